@@ -1,0 +1,119 @@
+//! Thin wrappers over aws-lc-rs: AES-256-GCM with random nonces, secure random bytes, SHA-256.
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// Length of an AES-GCM tag.
+pub const TAG_LEN: usize = 16;
+/// Length of key material (AES-256).
+pub const KEY_LEN: usize = 32;
+
+/// An AES-256-GCM key. The underlying AWS-LC object cleanses its memory when dropped.
+pub struct AeadKey(LessSafeKey);
+
+impl std::fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AeadKey(..)")
+    }
+}
+
+impl AeadKey {
+    /// Builds a key from 32 bytes of material.
+    pub fn new(material: &[u8]) -> Result<Self> {
+        let unbound = UnboundKey::new(&AES_256_GCM, material).map_err(|_| Error::Crypto)?;
+        Ok(Self(LessSafeKey::new(unbound)))
+    }
+
+    /// Encrypts `plaintext` with a fresh random nonce; returns `nonce ‖ ciphertext ‖ tag`,
+    /// appended to `out`.
+    pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce)?;
+        out.reserve(NONCE_LEN + plaintext.len() + TAG_LEN);
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[start..],
+            )
+            .map_err(|_| Error::Crypto)?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+
+    /// Opens `nonce ‖ ciphertext ‖ tag`. Fails on any tampering or AAD mismatch.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(Error::InvalidCiphertext("too short"));
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|_| Error::InvalidCiphertext("bad nonce"))?;
+        let mut buf = Zeroizing::new(rest.to_vec());
+        let len = self
+            .0
+            .open_in_place(nonce, Aad::from(aad), &mut buf[..])
+            .map_err(|_| Error::InvalidCiphertext("authentication failed"))?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+/// Fills `buf` from the system's secure random generator.
+pub fn fill_random(buf: &mut [u8]) -> Result<()> {
+    aws_lc_rs::rand::fill(buf).map_err(|_| Error::Crypto)
+}
+
+/// Fresh random key material, zeroized on drop.
+pub fn random_key() -> Result<Zeroizing<[u8; KEY_LEN]>> {
+    let mut k = Zeroizing::new([0u8; KEY_LEN]);
+    fill_random(&mut k[..])?;
+    Ok(k)
+}
+
+/// SHA-256 of the concatenation of `parts`.
+pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    let d = ctx.finish();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let k = AeadKey::new(&[7u8; 32]).unwrap();
+        let mut sealed = Vec::new();
+        k.seal_into(b"aad", b"hello", &mut sealed).unwrap();
+        assert_eq!(&k.open(b"aad", &sealed).unwrap()[..], b"hello");
+        assert!(k.open(b"other", &sealed).is_err());
+        let mut bad = sealed.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(k.open(b"aad", &bad).is_err());
+        assert!(k.open(b"aad", &sealed[..10]).is_err());
+    }
+
+    #[test]
+    fn nonces_differ() {
+        let k = AeadKey::new(&[7u8; 32]).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        k.seal_into(b"", b"same", &mut a).unwrap();
+        k.seal_into(b"", b"same", &mut b).unwrap();
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,29 @@
+//! envelope's key-management core.
+//!
+//! One core serves the plugin's embedded backend and (later) the AWS-KMS-compatible key server,
+//! so a key behaves the same in process and over HTTP.
+//!
+//! * [`model`]: keys, versions, states, key references.
+//! * [`blob`]: the versioned, self-describing ciphertext blob.
+//! * [`context`]: canonical encoding of an encryption context (AAD).
+//! * [`root`]: the root key that seals key material at rest.
+//! * [`store`]: [`KeyStore`], SQLite storage plus an in-memory snapshot for the hot path.
+//! * [`crypto`]: AES-256-GCM and randomness (aws-lc-rs).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod blob;
+pub mod context;
+pub mod crypto;
+pub mod error;
+pub mod model;
+pub mod root;
+pub mod store;
+
+pub use context::EncryptionContext;
+pub use error::{Error, Result};
+pub use model::{KeyMetadata, KeyRef, KeyState, KeyVersion};
+pub use store::{Decrypted, Encrypted, KeyStore};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+//! The key model: states, metadata, versions, and how keys are referred to.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// The lifecycle state of a key (names as in the AWS KMS API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyState {
+    /// Usable for encryption and decryption.
+    Enabled,
+    /// Temporarily unusable; can be enabled again.
+    Disabled,
+    /// Scheduled for deletion; unusable.
+    PendingDeletion,
+}
+
+impl KeyState {
+    /// The stored / wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Enabled => "Enabled",
+            KeyState::Disabled => "Disabled",
+            KeyState::PendingDeletion => "PendingDeletion",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "Enabled" => Ok(KeyState::Enabled),
+            "Disabled" => Ok(KeyState::Disabled),
+            "PendingDeletion" => Ok(KeyState::PendingDeletion),
+            other => Err(Error::Storage(format!("unknown key state {other:?} in database"))),
+        }
+    }
+}
+
+impl fmt::Display for KeyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A key's public description. Contains no key material.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyMetadata {
+    /// The key id, a UUID.
+    pub key_id: String,
+    /// Free-form description.
+    pub description: String,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Id of the current key material (64 lowercase hex characters); changes on every rotation.
+    pub current_material_id: String,
+    /// All key material versions, oldest first.
+    pub versions: Vec<KeyVersion>,
+    /// Aliases pointing at this key (`alias/...`).
+    pub aliases: Vec<String>,
+}
+
+impl serde::Serialize for KeyState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One version of a key's material (metadata only).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyVersion {
+    /// Material id, 64 lowercase hex characters.
+    pub material_id: String,
+    /// 1 for the original material, +1 per rotation.
+    pub seq: u32,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+}
+
+/// How a caller names a key: its UUID, or an alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    /// A key id (UUID).
+    Id(uuid::Uuid),
+    /// An alias name, always normalised to start with `alias/`.
+    Alias(String),
+}
+
+impl KeyRef {
+    /// Parses a key reference: a UUID is a key id; `alias/NAME` or a bare `NAME` is an alias.
+    pub fn parse(s: &str) -> Result<Self> {
+        if let Ok(u) = uuid::Uuid::parse_str(s) {
+            return Ok(KeyRef::Id(u));
+        }
+        let name = if s.starts_with("alias/") { s.to_string() } else { format!("alias/{s}") };
+        validate_alias(&name)?;
+        Ok(KeyRef::Alias(name))
+    }
+}
+
+impl fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyRef::Id(u) => write!(f, "{u}"),
+            KeyRef::Alias(a) => f.write_str(a),
+        }
+    }
+}
+
+/// Checks an alias name: `alias/` followed by 1–250 of `[A-Za-z0-9/_-]`, not `alias/aws/...`.
+pub fn validate_alias(name: &str) -> Result<()> {
+    let Some(rest) = name.strip_prefix("alias/") else {
+        return Err(Error::Invalid("alias names must start with alias/".into()));
+    };
+    if rest.is_empty() || name.len() > 256 {
+        return Err(Error::Invalid("alias name must be 1 to 250 characters after alias/".into()));
+    }
+    if rest.starts_with("aws/") {
+        return Err(Error::Invalid("alias names starting with alias/aws/ are reserved".into()));
+    }
+    if !rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-')) {
+        return Err(Error::Invalid(
+            "alias names may contain only letters, digits, '/', '_' and '-'".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_refs() {
+        assert!(matches!(KeyRef::parse("1234abcd-12ab-34cd-56ef-1234567890ab"), Ok(KeyRef::Id(_))));
+        assert_eq!(KeyRef::parse("k8s").unwrap(), KeyRef::Alias("alias/k8s".into()));
+        assert_eq!(KeyRef::parse("alias/k8s").unwrap(), KeyRef::Alias("alias/k8s".into()));
+        assert!(KeyRef::parse("alias/aws/x").is_err());
+        assert!(KeyRef::parse("bad name").is_err());
+        assert!(KeyRef::parse("").is_err());
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in [KeyState::Enabled, KeyState::Disabled, KeyState::PendingDeletion] {
+            assert_eq!(KeyState::parse(s.as_str()).unwrap(), s);
+        }
+        assert!(KeyState::parse("Bogus").is_err());
+    }
+}

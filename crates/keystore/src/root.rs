@@ -1,0 +1,118 @@
+//! The root key: seals every key version's material at rest.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+use crate::crypto::{AeadKey, KEY_LEN, random_key};
+use crate::error::{Error, Result};
+
+const MAGIC: &[u8; 8] = b"ENVROOT1";
+
+/// The unsealed root key.
+pub struct RootKey(AeadKey);
+
+impl std::fmt::Debug for RootKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RootKey(..)")
+    }
+}
+
+impl RootKey {
+    /// Loads the root key file at `path`, or creates it (mode 0600, fsynced, with its directory)
+    /// if it does not exist. Returns the key and whether it was created.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool)> {
+        match fs::File::open(path) {
+            Ok(mut f) => {
+                let mode = f.metadata().map_err(io)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    return Err(Error::RootKey(format!(
+                        "{} is accessible by group or others (mode {:o}); chmod 600 it",
+                        path.display(),
+                        mode & 0o777
+                    )));
+                }
+                let mut buf = Zeroizing::new(Vec::new());
+                f.read_to_end(&mut buf).map_err(io)?;
+                Ok((Self::from_file_bytes(&buf)?, false))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let material = random_key()?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .map_err(io)?;
+                let mut contents = Zeroizing::new(Vec::with_capacity(MAGIC.len() + KEY_LEN));
+                contents.extend_from_slice(MAGIC);
+                contents.extend_from_slice(&material[..]);
+                f.write_all(&contents).map_err(io)?;
+                f.sync_all().map_err(io)?;
+                if let Some(dir) = path.parent() {
+                    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+                }
+                Ok((Self(AeadKey::new(&material[..])?), true))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn from_file_bytes(buf: &[u8]) -> Result<Self> {
+        if buf.len() != MAGIC.len() + KEY_LEN || &buf[..MAGIC.len()] != MAGIC {
+            return Err(Error::RootKey("root key file is malformed".into()));
+        }
+        Ok(Self(AeadKey::new(&buf[MAGIC.len()..])?))
+    }
+
+    /// Seals `material` with `aad` as additional data.
+    pub fn seal(&self, aad: &[u8], material: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.0.seal_into(aad, material, &mut out)?;
+        Ok(out)
+    }
+
+    /// Opens material sealed by [`RootKey::seal`].
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        self.0
+            .open(aad, sealed)
+            .map_err(|_| Error::RootKey("sealed key material does not open with this root key".into()))
+    }
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::RootKey(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_then_load_and_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("root.key");
+        let (k1, created) = RootKey::load_or_create(&p).unwrap();
+        assert!(created);
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let sealed = k1.seal(b"x", b"material").unwrap();
+        let (k2, created) = RootKey::load_or_create(&p).unwrap();
+        assert!(!created);
+        assert_eq!(&k2.open(b"x", &sealed).unwrap()[..], b"material");
+    }
+
+    #[test]
+    fn refuses_loose_permissions_and_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("root.key");
+        fs::write(&p, b"garbage").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(RootKey::load_or_create(&p), Err(Error::RootKey(_))));
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = RootKey::load_or_create(&p).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+}

@@ -1,0 +1,539 @@
+//! [`KeyStore`]: keys and their versions in SQLite, material sealed under the root key, and an
+//! in-memory snapshot that serves the hot path (encrypt/decrypt) without touching the database.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so a mutation is fsynced before it returns.
+//! Several processes may open the same store (the plugin serving, `envelope key rotate` from a
+//! shell); a process sees another's changes after [`KeyStore::refresh`].
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use zeroize::Zeroizing;
+
+use crate::blob;
+use crate::context::{self, EncryptionContext};
+use crate::crypto::{AeadKey, random_key};
+use crate::error::{Error, Result};
+use crate::model::{KeyMetadata, KeyRef, KeyState, KeyVersion, validate_alias};
+use crate::root::RootKey;
+
+/// Largest plaintext accepted by [`KeyStore::encrypt`] (the AWS KMS limit).
+pub const MAX_PLAINTEXT: usize = 4096;
+/// Schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "keystore.db";
+/// File name of the root key inside the data directory.
+pub const ROOT_KEY_FILE: &str = "root.key";
+
+/// Result of [`KeyStore::encrypt`].
+#[derive(Debug, Clone)]
+pub struct Encrypted {
+    /// The ciphertext blob.
+    pub blob: Vec<u8>,
+    /// Binary key id.
+    pub key_id: [u8; 16],
+    /// Material id used.
+    pub material_id: [u8; 32],
+}
+
+/// Result of [`KeyStore::decrypt`].
+pub struct Decrypted {
+    /// The plaintext, zeroized on drop.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// Binary key id.
+    pub key_id: [u8; 16],
+    /// Material id that decrypted it.
+    pub material_id: [u8; 32],
+}
+
+impl std::fmt::Debug for Decrypted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decrypted").field("key_id", &uuid::Uuid::from_bytes(self.key_id)).finish_non_exhaustive()
+    }
+}
+
+/// The embedded key store.
+pub struct KeyStore {
+    conn: Mutex<Connection>,
+    root: RootKey,
+    snap: RwLock<Arc<Snapshot>>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+struct Material {
+    key_id: [u8; 16],
+    aead: AeadKey,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    keys: HashMap<[u8; 16], KeyMetadata>,
+    current: HashMap<[u8; 16], [u8; 32]>,
+    aliases: HashMap<String, [u8; 16]>,
+    materials: HashMap<[u8; 32], Arc<Material>>,
+}
+
+impl KeyStore {
+    /// Opens the store in `dir`, creating the directory (0700), the root key file (0600) and the
+    /// database on first use.
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let (root, _) = RootKey::load_or_create(&dir.join(ROOT_KEY_FILE))?;
+        let db = dir.join(DB_FILE);
+        let conn = Connection::open(&db)?;
+        let _ = fs::set_permissions(&db, fs::Permissions::from_mode(0o600));
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&conn)?;
+        let store = Self {
+            conn: Mutex::new(conn),
+            root,
+            snap: RwLock::new(Arc::new(Snapshot::default())),
+            dir: dir.to_path_buf(),
+        };
+        store.refresh()?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Re-reads keys, states, aliases and versions from the database (picking up changes made by
+    /// other processes) and unseals any material not yet in memory.
+    pub fn refresh(&self) -> Result<()> {
+        let old = self.snapshot();
+        let conn = self.lock_conn()?;
+        let mut keys: HashMap<[u8; 16], KeyMetadata> = HashMap::new();
+        let mut current = HashMap::new();
+        {
+            let mut st = conn.prepare_cached(
+                "SELECT key_id, description, state, created_at, current_material FROM keys",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (id, description, state, created_at, cur) = row?;
+                let kid = parse_key_id(&id)?;
+                current.insert(kid, parse_material_id(&cur)?);
+                keys.insert(
+                    kid,
+                    KeyMetadata {
+                        key_id: id,
+                        description,
+                        state: KeyState::parse(&state)?,
+                        created_at,
+                        current_material_id: cur,
+                        versions: Vec::new(),
+                        aliases: Vec::new(),
+                    },
+                );
+            }
+        }
+        let mut aliases = HashMap::new();
+        {
+            let mut st = conn.prepare_cached("SELECT name, key_id FROM aliases ORDER BY name")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (name, id) = row?;
+                let kid = parse_key_id(&id)?;
+                if let Some(k) = keys.get_mut(&kid) {
+                    k.aliases.push(name.clone());
+                }
+                aliases.insert(name, kid);
+            }
+        }
+        let mut materials = HashMap::new();
+        {
+            let mut st = conn.prepare_cached(
+                "SELECT material_id, key_id, seq, created_at, sealed FROM key_versions ORDER BY key_id, seq",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (mid_hex, kid_hex, seq, created_at, sealed) = row?;
+                let mid = parse_material_id(&mid_hex)?;
+                let kid = parse_key_id(&kid_hex)?;
+                if let Some(k) = keys.get_mut(&kid) {
+                    k.versions.push(KeyVersion { material_id: mid_hex, seq, created_at });
+                }
+                let m = match old.materials.get(&mid) {
+                    Some(m) => m.clone(),
+                    None => Arc::new(self.unseal(&kid, &mid, &sealed)?),
+                };
+                materials.insert(mid, m);
+            }
+        }
+        drop(conn);
+        let snap = Arc::new(Snapshot { keys, current, aliases, materials });
+        *self.snap.write().map_err(|_| poisoned())? = snap;
+        Ok(())
+    }
+
+    /// Creates a key with fresh random material, optionally with an alias. Durable on return.
+    pub fn create_key(&self, alias: Option<&str>, description: &str) -> Result<KeyMetadata> {
+        let alias = alias.map(normalise_alias).transpose()?;
+        let kid = *uuid::Uuid::new_v4().as_bytes();
+        let id = uuid::Uuid::from_bytes(kid).to_string();
+        let now = now();
+        {
+            let mut conn = self.lock_conn()?;
+            let tx = conn.transaction()?;
+            if let Some(a) = &alias {
+                let exists: Option<String> = tx
+                    .query_row("SELECT key_id FROM aliases WHERE name = ?1", [a], |r| r.get(0))
+                    .optional()?;
+                if exists.is_some() {
+                    return Err(Error::AlreadyExists(a.clone()));
+                }
+            }
+            let (mid, sealed) = self.new_material(&kid)?;
+            let mid_hex = hex::encode(mid);
+            tx.execute(
+                "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES (?1, ?2, 'Enabled', ?3, ?4)",
+                params![id, description, now, mid_hex],
+            )?;
+            tx.execute(
+                "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, 1, ?3, ?4)",
+                params![mid_hex, id, now, sealed],
+            )?;
+            if let Some(a) = &alias {
+                tx.execute(
+                    "INSERT INTO aliases (name, key_id, created_at) VALUES (?1, ?2, ?3)",
+                    params![a, id, now],
+                )?;
+            }
+            tx.commit()?;
+        }
+        self.refresh()?;
+        self.describe(&KeyRef::Id(uuid::Uuid::from_bytes(kid)))
+    }
+
+    /// Adds a new material version and makes it current. Older versions stay for decryption.
+    pub fn rotate(&self, key: &KeyRef) -> Result<KeyMetadata> {
+        let kid = self.resolve_db(key)?;
+        let id = uuid::Uuid::from_bytes(kid).to_string();
+        {
+            let mut conn = self.lock_conn()?;
+            let tx = conn.transaction()?;
+            let state: String =
+                tx.query_row("SELECT state FROM keys WHERE key_id = ?1", [&id], |r| r.get(0))?;
+            let state = KeyState::parse(&state)?;
+            if state == KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id, state });
+            }
+            let seq: u32 = tx.query_row(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM key_versions WHERE key_id = ?1",
+                [&id],
+                |r| r.get(0),
+            )?;
+            let (mid, sealed) = self.new_material(&kid)?;
+            let mid_hex = hex::encode(mid);
+            tx.execute(
+                "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![mid_hex, id, seq, now(), sealed],
+            )?;
+            tx.execute("UPDATE keys SET current_material = ?1 WHERE key_id = ?2", params![mid_hex, id])?;
+            tx.commit()?;
+        }
+        self.refresh()?;
+        self.describe(key)
+    }
+
+    /// Enables or disables a key. A key pending deletion cannot be changed this way.
+    pub fn set_enabled(&self, key: &KeyRef, enabled: bool) -> Result<KeyMetadata> {
+        let kid = self.resolve_db(key)?;
+        let id = uuid::Uuid::from_bytes(kid).to_string();
+        {
+            let mut conn = self.lock_conn()?;
+            let tx = conn.transaction()?;
+            let state: String =
+                tx.query_row("SELECT state FROM keys WHERE key_id = ?1", [&id], |r| r.get(0))?;
+            let state = KeyState::parse(&state)?;
+            if state == KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id, state });
+            }
+            let new = if enabled { KeyState::Enabled } else { KeyState::Disabled };
+            tx.execute("UPDATE keys SET state = ?1 WHERE key_id = ?2", params![new.as_str(), id])?;
+            tx.commit()?;
+        }
+        self.refresh()?;
+        self.describe(key)
+    }
+
+    /// Describes a key from the in-memory snapshot.
+    pub fn describe(&self, key: &KeyRef) -> Result<KeyMetadata> {
+        let snap = self.snapshot();
+        let kid = resolve(&snap, key)?;
+        snap.keys.get(&kid).cloned().ok_or_else(|| Error::NotFound(key.to_string()))
+    }
+
+    /// Lists all keys, ordered by creation time.
+    pub fn list(&self) -> Result<Vec<KeyMetadata>> {
+        let snap = self.snapshot();
+        let mut v: Vec<_> = snap.keys.values().cloned().collect();
+        v.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
+        Ok(v)
+    }
+
+    /// The key's state and current material id, from the snapshot. Cheap.
+    pub fn current(&self, key: &KeyRef) -> Result<([u8; 16], [u8; 32], KeyState)> {
+        let snap = self.snapshot();
+        let kid = resolve(&snap, key)?;
+        let state = snap.keys.get(&kid).map(|k| k.state).ok_or_else(|| Error::NotFound(key.to_string()))?;
+        let mid = *snap.current.get(&kid).ok_or_else(|| Error::NotFound(key.to_string()))?;
+        Ok((kid, mid, state))
+    }
+
+    /// Encrypts with the key's current material. The context is bound as AAD.
+    pub fn encrypt(&self, key: &KeyRef, plaintext: &[u8], ctx: &EncryptionContext) -> Result<Encrypted> {
+        let snap = self.snapshot();
+        let kid = resolve(&snap, key)?;
+        self.encrypt_with(&snap, kid, None, plaintext, ctx)
+    }
+
+    /// Encrypts with a specific material id of the key, which must be its current one. Lets a
+    /// caller that derived an identifier from `(key, material)` be sure the ciphertext matches it
+    /// even if a rotation happens concurrently.
+    pub fn encrypt_with_material(
+        &self,
+        key: &KeyRef,
+        material_id: &[u8; 32],
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Encrypted> {
+        let snap = self.snapshot();
+        let kid = resolve(&snap, key)?;
+        self.encrypt_with(&snap, kid, Some(material_id), plaintext, ctx)
+    }
+
+    fn encrypt_with(
+        &self,
+        snap: &Snapshot,
+        kid: [u8; 16],
+        want: Option<&[u8; 32]>,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Encrypted> {
+        if plaintext.is_empty() {
+            return Err(Error::Invalid("plaintext is empty".into()));
+        }
+        if plaintext.len() > MAX_PLAINTEXT {
+            return Err(Error::Invalid(format!("plaintext is longer than {MAX_PLAINTEXT} bytes")));
+        }
+        let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
+        check_usable(meta)?;
+        let mid = *snap.current.get(&kid).ok_or_else(|| Error::NotFound(meta.key_id.clone()))?;
+        if let Some(w) = want {
+            if *w != mid {
+                return Err(Error::Invalid("key was rotated during the request; retry".into()));
+            }
+        }
+        let material = snap.materials.get(&mid).ok_or_else(|| Error::NotFound(meta.key_id.clone()))?;
+        let ctx_bytes = context::encode(ctx);
+        let mut out = Vec::with_capacity(blob::MIN_LEN + plaintext.len());
+        blob::write_header(&kid, &mid, &mut out);
+        let mut aad = Vec::with_capacity(blob::HEADER_LEN + ctx_bytes.len());
+        aad.extend_from_slice(&out);
+        aad.extend_from_slice(&ctx_bytes);
+        material.aead.seal_into(&aad, plaintext, &mut out)?;
+        Ok(Encrypted { blob: out, key_id: kid, material_id: mid })
+    }
+
+    /// Decrypts a blob made by [`KeyStore::encrypt`] with the same context.
+    pub fn decrypt(&self, data: &[u8], ctx: &EncryptionContext) -> Result<Decrypted> {
+        let b = blob::parse(data)?;
+        let mut snap = self.snapshot();
+        if !snap.materials.contains_key(&b.material_id) && self.material_in_db(&b.material_id)? {
+            self.refresh()?;
+            snap = self.snapshot();
+        }
+        let material = snap
+            .materials
+            .get(&b.material_id)
+            .ok_or(Error::InvalidCiphertext("unknown key material"))?;
+        if material.key_id != b.key_id {
+            return Err(Error::InvalidCiphertext("key id does not match key material"));
+        }
+        let meta = snap.keys.get(&b.key_id).ok_or(Error::InvalidCiphertext("unknown key"))?;
+        check_usable(meta)?;
+        let mut aad = Vec::with_capacity(blob::HEADER_LEN + 64);
+        aad.extend_from_slice(b.header);
+        aad.extend_from_slice(&context::encode(ctx));
+        let plaintext = material.aead.open(&aad, b.sealed)?;
+        Ok(Decrypted { plaintext, key_id: b.key_id, material_id: b.material_id })
+    }
+
+    fn material_in_db(&self, mid: &[u8; 32]) -> Result<bool> {
+        let conn = self.lock_conn()?;
+        let found: Option<i64> = conn
+            .query_row("SELECT 1 FROM key_versions WHERE material_id = ?1", [hex::encode(mid)], |r| r.get(0))
+            .optional()?;
+        Ok(found.is_some())
+    }
+
+    fn new_material(&self, kid: &[u8; 16]) -> Result<([u8; 32], Vec<u8>)> {
+        let mut mid = [0u8; 32];
+        crate::crypto::fill_random(&mut mid)?;
+        let material = random_key()?;
+        let sealed = self.root.seal(&seal_aad(kid, &mid), &material[..])?;
+        Ok((mid, sealed))
+    }
+
+    fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], sealed: &[u8]) -> Result<Material> {
+        let material = self.root.open(&seal_aad(kid, mid), sealed)?;
+        Ok(Material { key_id: *kid, aead: AeadKey::new(&material)? })
+    }
+
+    fn resolve_db(&self, key: &KeyRef) -> Result<[u8; 16]> {
+        // Mutations resolve against the database, not the snapshot, so a key created by another
+        // process is found without waiting for a refresh.
+        self.refresh()?;
+        resolve(&self.snapshot(), key)
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        match self.snap.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn lock_conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+        self.conn.lock().map_err(|_| poisoned())
+    }
+}
+
+fn check_usable(meta: &KeyMetadata) -> Result<()> {
+    match meta.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled => Err(Error::Disabled(meta.key_id.clone())),
+        state => Err(Error::InvalidState { key: meta.key_id.clone(), state }),
+    }
+}
+
+fn resolve(snap: &Snapshot, key: &KeyRef) -> Result<[u8; 16]> {
+    match key {
+        KeyRef::Id(u) => {
+            let kid = *u.as_bytes();
+            if snap.keys.contains_key(&kid) { Ok(kid) } else { Err(Error::NotFound(key.to_string())) }
+        }
+        KeyRef::Alias(a) => snap.aliases.get(a).copied().ok_or_else(|| Error::NotFound(a.clone())),
+    }
+}
+
+fn normalise_alias(a: &str) -> Result<String> {
+    let name = if a.starts_with("alias/") { a.to_string() } else { format!("alias/{a}") };
+    validate_alias(&name)?;
+    Ok(name)
+}
+
+fn seal_aad(kid: &[u8; 16], mid: &[u8; 32]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(16 + 16 + 32);
+    aad.extend_from_slice(b"envelope-seal-v1");
+    aad.extend_from_slice(kid);
+    aad.extend_from_slice(mid);
+    aad
+}
+
+fn parse_key_id(s: &str) -> Result<[u8; 16]> {
+    uuid::Uuid::parse_str(s)
+        .map(|u| *u.as_bytes())
+        .map_err(|_| Error::Storage(format!("malformed key id {s:?} in database")))
+}
+
+fn parse_material_id(s: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).map_err(|_| Error::Storage("malformed material id in database".into()))?;
+    Ok(out)
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn poisoned() -> Error {
+    Error::Storage("internal lock poisoned".into())
+}
+
+const MIGRATIONS: &[&str] = &[
+    // version 1
+    "CREATE TABLE keys (
+        key_id TEXT PRIMARY KEY,
+        description TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        current_material TEXT NOT NULL
+     );
+     CREATE TABLE key_versions (
+        material_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        seq INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        sealed BLOB NOT NULL,
+        UNIQUE (key_id, seq)
+     );
+     CREATE TABLE aliases (
+        name TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        created_at INTEGER NOT NULL
+     );",
+];
+
+fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")?;
+    let version: i64 = conn
+        .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(|v| v.parse().unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(Error::SchemaVersion { found: version, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let v = i as i64 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql}; INSERT INTO meta (k, v) VALUES ('schema_version', '{v}') ON CONFLICT(k) DO UPDATE SET v = excluded.v; COMMIT;"
+        ))
+        .inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK");
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! Key store tests against a real SQLite database in a temporary directory.
+
+use super::*;
+use proptest::prelude::*;
+
+fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn store() -> (tempfile::TempDir, KeyStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let ks = KeyStore::open(&dir.path().join("data")).unwrap();
+    (dir, ks)
+}
+
+#[test]
+fn create_encrypt_decrypt_with_context() {
+    let (_d, ks) = store();
+    let k = ks.create_key(Some("k8s"), "test").unwrap();
+    assert_eq!(k.state, KeyState::Enabled);
+    assert_eq!(k.aliases, vec!["alias/k8s".to_string()]);
+    assert_eq!(k.current_material_id.len(), 64);
+    let r = KeyRef::parse("k8s").unwrap();
+    let c = ctx(&[("a", "1")]);
+    let e = ks.encrypt(&r, b"secret seed", &c).unwrap();
+    assert_eq!(&ks.decrypt(&e.blob, &c).unwrap().plaintext[..], b"secret seed");
+    assert!(matches!(ks.decrypt(&e.blob, &ctx(&[("a", "2")])), Err(Error::InvalidCiphertext(_))));
+    assert!(matches!(ks.decrypt(&e.blob, &EncryptionContext::new()), Err(Error::InvalidCiphertext(_))));
+}
+
+#[test]
+fn rotation_keeps_old_versions_decryptable() {
+    let (_d, ks) = store();
+    let k = ks.create_key(Some("r"), "").unwrap();
+    let r = KeyRef::parse(&k.key_id).unwrap();
+    let c = EncryptionContext::new();
+    let old = ks.encrypt(&r, b"one", &c).unwrap();
+    let k2 = ks.rotate(&r).unwrap();
+    assert_ne!(k.current_material_id, k2.current_material_id);
+    assert_eq!(k2.versions.len(), 2);
+    let new = ks.encrypt(&r, b"two", &c).unwrap();
+    assert_ne!(old.material_id, new.material_id);
+    assert_eq!(&ks.decrypt(&old.blob, &c).unwrap().plaintext[..], b"one");
+    assert_eq!(&ks.decrypt(&new.blob, &c).unwrap().plaintext[..], b"two");
+}
+
+#[test]
+fn disabled_key_refuses_both_directions_until_enabled() {
+    let (_d, ks) = store();
+    ks.create_key(Some("d"), "").unwrap();
+    let r = KeyRef::parse("d").unwrap();
+    let c = EncryptionContext::new();
+    let e = ks.encrypt(&r, b"x", &c).unwrap();
+    ks.set_enabled(&r, false).unwrap();
+    assert!(matches!(ks.encrypt(&r, b"x", &c), Err(Error::Disabled(_))));
+    assert!(matches!(ks.decrypt(&e.blob, &c), Err(Error::Disabled(_))));
+    ks.set_enabled(&r, true).unwrap();
+    assert_eq!(&ks.decrypt(&e.blob, &c).unwrap().plaintext[..], b"x");
+}
+
+#[test]
+fn changes_from_another_handle_are_seen_after_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = KeyStore::open(dir.path()).unwrap();
+    let b = KeyStore::open(dir.path()).unwrap();
+    let k = a.create_key(Some("shared"), "").unwrap();
+    let r = KeyRef::parse("shared").unwrap();
+    assert!(matches!(b.describe(&r), Err(Error::NotFound(_))));
+    b.refresh().unwrap();
+    assert_eq!(b.describe(&r).unwrap().key_id, k.key_id);
+    // b rotates; a decrypts a blob under the new material without an explicit refresh.
+    b.rotate(&r).unwrap();
+    let e = b.encrypt(&r, b"y", &EncryptionContext::new()).unwrap();
+    assert_eq!(&a.decrypt(&e.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"y");
+}
+
+#[test]
+fn persists_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = {
+        let ks = KeyStore::open(dir.path()).unwrap();
+        ks.create_key(Some("p"), "").unwrap();
+        ks.encrypt(&KeyRef::parse("p").unwrap(), b"durable", &EncryptionContext::new()).unwrap()
+    };
+    let ks = KeyStore::open(dir.path()).unwrap();
+    assert_eq!(&ks.decrypt(&e.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"durable");
+}
+
+#[test]
+fn wrong_root_key_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ks = KeyStore::open(dir.path()).unwrap();
+        ks.create_key(Some("p"), "").unwrap();
+    }
+    std::fs::remove_file(dir.path().join(store::ROOT_KEY_FILE)).unwrap();
+    let err = KeyStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::RootKey(_)), "{err}");
+}
+
+#[test]
+fn no_key_material_or_plaintext_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let ks = KeyStore::open(dir.path()).unwrap();
+    ks.create_key(Some("p"), "").unwrap();
+    let plaintext = b"PLAINTEXT-MARKER-0123456789abcdef";
+    let e = ks.encrypt(&KeyRef::parse("p").unwrap(), plaintext, &EncryptionContext::new()).unwrap();
+    drop(ks);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(plaintext.len()).any(|w| w == plaintext));
+        // The nonce+ciphertext portion must not appear either (ciphertexts are not stored).
+        assert!(!bytes.windows(e.blob.len()).any(|w| w == e.blob.as_slice()));
+    }
+}
+
+#[test]
+fn duplicate_alias_and_bad_input() {
+    let (_d, ks) = store();
+    ks.create_key(Some("dup"), "").unwrap();
+    assert!(matches!(ks.create_key(Some("dup"), ""), Err(Error::AlreadyExists(_))));
+    let r = KeyRef::parse("dup").unwrap();
+    assert!(matches!(ks.encrypt(&r, b"", &EncryptionContext::new()), Err(Error::Invalid(_))));
+    assert!(matches!(ks.encrypt(&r, &[0u8; 4097], &EncryptionContext::new()), Err(Error::Invalid(_))));
+    assert!(matches!(ks.encrypt(&KeyRef::parse("nope").unwrap(), b"x", &EncryptionContext::new()), Err(Error::NotFound(_))));
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(KeyStore::open(dir.path()).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
+    conn.execute("UPDATE meta SET v = '99' WHERE k = 'schema_version'", []).unwrap();
+    drop(conn);
+    assert!(matches!(KeyStore::open(dir.path()), Err(Error::SchemaVersion { found: 99, .. })));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn tampering_any_byte_fails(pos in 0usize..200, bit in 0u8..8) {
+        let (_d, ks) = store();
+        ks.create_key(Some("t"), "").unwrap();
+        let e = ks.encrypt(&KeyRef::parse("t").unwrap(), &[9u8; 32], &EncryptionContext::new()).unwrap();
+        let mut bad = e.blob.clone();
+        let i = pos % bad.len();
+        bad[i] ^= 1 << bit;
+        prop_assert!(ks.decrypt(&bad, &EncryptionContext::new()).is_err());
+    }
+
+    #[test]
+    fn random_and_truncated_blobs_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300), cut in 0usize..300) {
+        let (_d, ks) = store();
+        ks.create_key(Some("t"), "").unwrap();
+        let _ = ks.decrypt(&data, &EncryptionContext::new());
+        let e = ks.encrypt(&KeyRef::parse("t").unwrap(), &[1u8; 32], &EncryptionContext::new()).unwrap();
+        let cut = cut % e.blob.len();
+        prop_assert!(ks.decrypt(&e.blob[..cut], &EncryptionContext::new()).is_err());
+    }
+}

@@ -1,1 +1,36 @@
-fn main() {}
+//! The `envelope` binary: parses the command line, sets up logging and signals, and calls the
+//! libraries. All behaviour lives in the library crates.
+#![forbid(unsafe_code)]
+
+mod bench;
+mod cli;
+mod config;
+mod key;
+mod plugin_cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code for bad usage or configuration (sysexits EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => EXIT_CONFIG,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        cli::Command::Plugin(args) => plugin_cmd::run(args),
+        cli::Command::Key(args) => key::run(args),
+        cli::Command::Bench(args) => bench::run(args),
+    }
+}

@@ -327,7 +327,7 @@ impl KeyStore {
         self.encrypt_with(&snap, kid, None, plaintext, ctx)
     }
 
-    /// Encrypts with a specific material id of the key, which must be its current one. Lets a
+    /// Encrypts with a specific material version of the key (normally the current one). Lets a
     /// caller that derived an identifier from `(key, material)` be sure the ciphertext matches it
     /// even if a rotation happens concurrently.
     pub fn encrypt_with_material(
@@ -358,13 +358,15 @@ impl KeyStore {
         }
         let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
         check_usable(meta)?;
-        let mid = *snap.current.get(&kid).ok_or_else(|| Error::NotFound(meta.key_id.clone()))?;
-        if let Some(w) = want {
-            if *w != mid {
-                return Err(Error::Invalid("key was rotated during the request; retry".into()));
-            }
-        }
-        let material = snap.materials.get(&mid).ok_or_else(|| Error::NotFound(meta.key_id.clone()))?;
+        let mid = match want {
+            Some(w) => *w,
+            None => *snap.current.get(&kid).ok_or_else(|| Error::NotFound(meta.key_id.clone()))?,
+        };
+        let material = snap
+            .materials
+            .get(&mid)
+            .filter(|m| m.key_id == kid)
+            .ok_or_else(|| Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid))))?;
         let ctx_bytes = context::encode(ctx);
         let mut out = Vec::with_capacity(blob::MIN_LEN + plaintext.len());
         blob::write_header(&kid, &mid, &mut out);
@@ -386,7 +388,7 @@ impl KeyStore {
         let material = snap
             .materials
             .get(&b.material_id)
-            .ok_or(Error::InvalidCiphertext("unknown key material"))?;
+            .ok_or_else(|| Error::NotFound(format!("key material {}", hex::encode(b.material_id))))?;
         if material.key_id != b.key_id {
             return Err(Error::InvalidCiphertext("key id does not match key material"));
         }

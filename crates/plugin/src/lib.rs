@@ -1,1 +1,29 @@
-//! stub
+//! The Kubernetes KMS plugin as a library.
+//!
+//! * [`format`]: pure contract rules — the plugin ciphertext envelope, annotation checks.
+//! * [`backend`]: the [`KeyBackend`] trait and the embedded key-store backend.
+//! * [`plugin`]: [`Plugin`] — cached health (Status is O(1)), the background probe, and the
+//!   Encrypt/Decrypt logic shared by both APIs.
+//! * [`service`]: the KMS v2 and v1beta1 gRPC services (thin adapters).
+//! * [`server`]: `serve(listener, shutdown)` on a Unix socket behind the HTTP/2 `:authority`
+//!   adapter, and the `/livez` `/readyz` `/metrics` HTTP server.
+//! * [`socket`]: socket creation, stale-socket handling, modes, abstract sockets.
+//! * [`metrics`]: Prometheus metrics.
+//! * [`error`]: [`PluginError`] and its single mapping to gRPC codes.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod error;
+pub mod format;
+pub mod metrics;
+pub mod plugin;
+pub mod server;
+pub mod service;
+pub mod socket;
+
+pub use backend::{EmbeddedBackend, KeyBackend, Probe};
+pub use error::PluginError;
+pub use metrics::Metrics;
+pub use plugin::{Health, Plugin, PluginConfig};
+pub use socket::{BoundSocket, SocketSpec};

@@ -1,0 +1,128 @@
+//! Command-line definitions (clap derive). Every flag of `plugin` can also come from an
+//! environment variable or the YAML file given with `--config`; flags win over the
+//! environment, which wins over the file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// envelope: envelope encryption of Kubernetes Secrets with a master key you control.
+#[derive(Debug, Parser)]
+#[command(name = "envelope", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Kubernetes KMS plugin (KMS v2 and v1beta1 on one Unix socket).
+    Plugin(PluginArgs),
+    /// Manage keys of the embedded key store.
+    Key(KeyArgs),
+    /// Load-test a running component and report throughput, latency and memory.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Options of `envelope plugin`.
+#[derive(Debug, Args, Default)]
+#[command(after_help = "Configuration precedence: flags > ENVELOPE_* environment variables > --config file > defaults.\n\
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 for invalid configuration, 1 for runtime failures.")]
+pub struct PluginArgs {
+    /// YAML configuration file; its keys are the long flag names (e.g. `socket`, `data-dir`, `health-interval`).
+    #[arg(long, env = "ENVELOPE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Unix socket to serve on (absolute path, or @name for a Linux abstract socket).
+    /// Default: /run/envelope/kms.sock as root, else <data-dir>/kms.sock.
+    #[arg(long, env = "ENVELOPE_SOCKET", value_name = "PATH")]
+    pub socket: Option<String>,
+    /// Permission bits of the socket file, octal.
+    #[arg(long, env = "ENVELOPE_SOCKET_MODE", value_name = "OCTAL")]
+    pub socket_mode: Option<String>,
+    /// Group that should own the socket file (e.g. the group kube-apiserver runs as).
+    #[arg(long, env = "ENVELOPE_SOCKET_GROUP", value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Data directory of the embedded key store (created on first start, mode 0700).
+    /// Default: /var/lib/envelope as root, else ~/.local/share/envelope.
+    #[arg(long, env = "ENVELOPE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Key to use: an alias (`kubernetes` or `alias/kubernetes`) or a key id. Created on first
+    /// start if it does not exist (unless --no-create-key).
+    #[arg(long, env = "ENVELOPE_KEY", value_name = "KEY")]
+    pub key: Option<String>,
+    /// Do not create the key if it does not exist; fail instead.
+    #[arg(long, env = "ENVELOPE_NO_CREATE_KEY")]
+    pub no_create_key: bool,
+    /// Address of the HTTP server for /livez, /readyz and /metrics ("off" to disable).
+    #[arg(long, env = "ENVELOPE_HTTP_ADDR", value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
+    /// `version` reported by KMS v2 Status: v2beta1 (accepted by every Kubernetes since 1.27) or v2 (1.29+). Never change it on a running cluster.
+    #[arg(long, env = "ENVELOPE_STATUS_VERSION", value_name = "VERSION")]
+    pub status_version: Option<String>,
+    /// How often the key is probed in the background; a rotation or disable is noticed within this interval.
+    #[arg(long, env = "ENVELOPE_HEALTH_INTERVAL", value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// Longest time an RPC may take when the client sends no deadline.
+    #[arg(long, env = "ENVELOPE_REQUEST_TIMEOUT", value_name = "DURATION")]
+    pub request_timeout: Option<String>,
+    /// How long in-flight RPCs may finish after SIGTERM/SIGINT.
+    #[arg(long, env = "ENVELOPE_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+    /// Provider name used in the printed EncryptionConfiguration snippet.
+    #[arg(long, env = "ENVELOPE_PROVIDER_NAME", value_name = "NAME")]
+    pub provider_name: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "ENVELOPE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Log level or filter (error, warn, info, debug, or a RUST_LOG-style filter).
+    #[arg(long, env = "ENVELOPE_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// Options of `envelope key`.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Data directory of the embedded key store.
+    #[arg(long, env = "ENVELOPE_DATA_DIR", global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Output format: text or json.
+    #[arg(long, short = 'o', default_value = "text", global = true, value_parser = ["text", "json"])]
+    pub output: String,
+    #[command(subcommand)]
+    pub command: KeyCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key with fresh random material and the given alias.
+    Create {
+        /// Alias for the key (`NAME` or `alias/NAME`).
+        name: String,
+        /// Free-form description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List keys.
+    List,
+    /// Show a key's metadata, versions and the KMS v2 key_id it reports.
+    Describe {
+        /// Alias or key id.
+        key: String,
+    },
+    /// Add a new key version and make it current; older versions still decrypt. A running
+    /// plugin reports the new key_id within one health interval.
+    Rotate {
+        /// Alias or key id.
+        key: String,
+    },
+    /// Disable a key: the plugin turns unhealthy and Encrypt/Decrypt fail with FAILED_PRECONDITION.
+    Disable {
+        /// Alias or key id.
+        key: String,
+    },
+    /// Enable a disabled key.
+    Enable {
+        /// Alias or key id.
+        key: String,
+    },
+}

@@ -1,0 +1,257 @@
+//! Resolves the plugin's settings from flags, environment and the optional YAML file, and
+//! validates them before anything is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+
+use crate::cli::PluginArgs;
+
+/// A scalar from YAML, accepted as text whatever its YAML type.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    S(String),
+    I(i64),
+    B(bool),
+}
+
+impl Scalar {
+    fn text(self) -> String {
+        match self {
+            Scalar::S(s) => s,
+            Scalar::I(i) => i.to_string(),
+            Scalar::B(b) => b.to_string(),
+        }
+    }
+}
+
+/// The YAML file: the same names as the long flags.
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    socket: Option<Scalar>,
+    socket_mode: Option<Scalar>,
+    socket_group: Option<Scalar>,
+    data_dir: Option<Scalar>,
+    key: Option<Scalar>,
+    no_create_key: Option<bool>,
+    http_addr: Option<Scalar>,
+    status_version: Option<Scalar>,
+    health_interval: Option<Scalar>,
+    request_timeout: Option<Scalar>,
+    shutdown_grace: Option<Scalar>,
+    provider_name: Option<Scalar>,
+    log_format: Option<Scalar>,
+    log_level: Option<Scalar>,
+}
+
+/// Validated plugin settings.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    pub socket: String,
+    pub socket_mode: u32,
+    pub socket_group: Option<String>,
+    pub data_dir: PathBuf,
+    pub key: String,
+    pub create_key: bool,
+    pub http_addr: Option<SocketAddr>,
+    pub status_version: String,
+    pub health_interval: Duration,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub provider_name: String,
+    pub log_json: bool,
+    pub log_level: String,
+}
+
+/// Default data directory: /var/lib/envelope for root, else ~/.local/share/envelope.
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/envelope");
+    }
+    match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x).join("envelope"),
+        None => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".local/share/envelope"))
+            .unwrap_or_else(|| PathBuf::from("envelope-data")),
+    }
+}
+
+fn pick(flag: Option<String>, file: Option<Scalar>) -> Option<String> {
+    flag.or_else(|| file.map(Scalar::text))
+}
+
+/// Parses a duration such as `10s`, `500ms` or `1m`; must be positive.
+pub fn parse_duration(name: &str, s: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| anyhow!("{name}: {s:?} is not a duration like 10s or 500ms ({e})"))?;
+    if d.is_zero() {
+        bail!("{name} must be greater than zero");
+    }
+    Ok(d)
+}
+
+/// Merges flags/environment with the YAML file and validates everything.
+pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
+    let file = match &args.config {
+        Some(p) => load_file(p)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = pick(args.data_dir.map(|p| p.to_string_lossy().into_owned()), file.data_dir)
+        .map(PathBuf::from)
+        .unwrap_or_else(default_data_dir);
+    if data_dir.as_os_str().is_empty() {
+        bail!("data-dir must not be empty");
+    }
+    let data_dir = if data_dir.is_absolute() {
+        data_dir
+    } else {
+        std::env::current_dir().context("cannot read the current directory")?.join(data_dir)
+    };
+    let socket = pick(args.socket, file.socket).unwrap_or_else(|| {
+        if nix::unistd::geteuid().is_root() {
+            "/run/envelope/kms.sock".to_string()
+        } else {
+            data_dir.join("kms.sock").to_string_lossy().into_owned()
+        }
+    });
+    if !(socket.starts_with('/') || (socket.starts_with('@') && socket.len() > 1)) {
+        bail!("socket {socket:?} must be an absolute path or @name (abstract socket)");
+    }
+    if socket.len() > 107 {
+        bail!("socket path {socket:?} is longer than the 107 bytes a Unix socket address can hold");
+    }
+    let mode_text = pick(args.socket_mode, file.socket_mode).unwrap_or_else(|| "0600".into());
+    let socket_mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| anyhow!("socket-mode {mode_text:?} is not an octal permission like 0600 or 0660"))?;
+    if socket_mode & 0o600 != 0o600 {
+        bail!("socket-mode {mode_text} must let the owner read and write (0600 at least)");
+    }
+    let socket_group = pick(args.socket_group, file.socket_group).filter(|g| !g.is_empty());
+    if let Some(g) = &socket_group {
+        if nix::unistd::Group::from_name(g).ok().flatten().is_none() {
+            bail!("socket-group {g:?} does not exist");
+        }
+    }
+    let key = pick(args.key, file.key).unwrap_or_else(|| "kubernetes".into());
+    envelope_keystore::KeyRef::parse(&key).map_err(|e| anyhow!("key {key:?}: {e}"))?;
+    let http_text = pick(args.http_addr, file.http_addr).unwrap_or_else(|| "127.0.0.1:8423".into());
+    let http_addr = if http_text == "off" {
+        None
+    } else {
+        Some(http_text.parse::<SocketAddr>().map_err(|_| anyhow!("http-addr {http_text:?} is not HOST:PORT (an IP address and port, or \"off\")"))?)
+    };
+    let status_version = pick(args.status_version, file.status_version).unwrap_or_else(|| "v2beta1".into());
+    if status_version != "v2" && status_version != "v2beta1" {
+        bail!("status-version must be v2 or v2beta1, not {status_version:?}");
+    }
+    let health_interval = parse_duration("health-interval", &pick(args.health_interval, file.health_interval).unwrap_or_else(|| "10s".into()))?;
+    if health_interval > Duration::from_secs(30) {
+        bail!("health-interval must be at most 30s so rotations and disables are noticed promptly");
+    }
+    let request_timeout = parse_duration("request-timeout", &pick(args.request_timeout, file.request_timeout).unwrap_or_else(|| "10s".into()))?;
+    let shutdown_grace = parse_duration("shutdown-grace", &pick(args.shutdown_grace, file.shutdown_grace).unwrap_or_else(|| "10s".into()))?;
+    let provider_name = pick(args.provider_name, file.provider_name).unwrap_or_else(|| "envelope".into());
+    if provider_name.is_empty() || provider_name.contains(':') {
+        bail!("provider-name must be non-empty and contain no ':'");
+    }
+    let log_format = pick(args.log_format, file.log_format).unwrap_or_else(|| "text".into());
+    let log_json = match log_format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => bail!("log-format must be text or json, not {other:?}"),
+    };
+    let log_level = pick(args.log_level, file.log_level).unwrap_or_else(|| "info".into());
+    tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| anyhow!("log-level {log_level:?}: {e}"))?;
+    Ok(PluginSettings {
+        socket,
+        socket_mode,
+        socket_group,
+        data_dir,
+        key,
+        create_key: !(args.no_create_key || file.no_create_key.unwrap_or(false)),
+        http_addr,
+        status_version,
+        health_interval,
+        request_timeout,
+        shutdown_grace,
+        provider_name,
+        log_json,
+        log_level,
+    })
+}
+
+fn load_file(p: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config file {}", p.display()))?;
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_norway::from_str(&text).with_context(|| format!("config file {} is invalid", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> PluginArgs {
+        PluginArgs { socket: Some("/tmp/x.sock".into()), data_dir: Some("/tmp/d".into()), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let s = resolve(args()).unwrap();
+        assert_eq!(s.socket_mode, 0o600);
+        assert_eq!(s.http_addr.unwrap().to_string(), "127.0.0.1:8423");
+        assert_eq!(s.status_version, "v2beta1");
+        assert!(s.health_interval <= Duration::from_secs(30));
+        assert!(s.create_key);
+    }
+
+    #[test]
+    fn file_then_flags_precedence() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.yaml");
+        std::fs::write(&f, "socket-mode: 0660\nkey: fromfile\nhealth-interval: 2s\n").unwrap();
+        let s = resolve(PluginArgs { config: Some(f.clone()), ..args() }).unwrap();
+        assert_eq!(s.socket_mode, 0o660);
+        assert_eq!(s.key, "fromfile");
+        assert_eq!(s.health_interval, Duration::from_secs(2));
+        let s = resolve(PluginArgs { config: Some(f), key: Some("flag".into()), ..args() }).unwrap();
+        assert_eq!(s.key, "flag");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_clear_messages() {
+        let cases: Vec<(PluginArgs, &str)> = vec![
+            (PluginArgs { socket: Some("rel.sock".into()), ..args() }, "absolute"),
+            (PluginArgs { socket_mode: Some("999".into()), ..args() }, "octal"),
+            (PluginArgs { socket_mode: Some("0400".into()), ..args() }, "owner"),
+            (PluginArgs { http_addr: Some("nohost".into()), ..args() }, "HOST:PORT"),
+            (PluginArgs { status_version: Some("v3".into()), ..args() }, "v2 or v2beta1"),
+            (PluginArgs { health_interval: Some("5 parsecs".into()), ..args() }, "duration"),
+            (PluginArgs { health_interval: Some("1h".into()), ..args() }, "at most 30s"),
+            (PluginArgs { log_format: Some("xml".into()), ..args() }, "text or json"),
+            (PluginArgs { key: Some("bad key!".into()), ..args() }, "key"),
+            (PluginArgs { socket_group: Some("no-such-group-xyz".into()), ..args() }, "does not exist"),
+        ];
+        for (a, want) in cases {
+            let e = format!("{:#}", resolve(a).unwrap_err());
+            assert!(e.contains(want), "{e} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_and_garbage_are_rejected() {
+        let d = tempfile::tempdir().unwrap();
+        for (i, text) in ["sockett: /x\n", "[unclosed", "socket: [1, 2]\n", "\u{0}\u{1}binary"].iter().enumerate() {
+            let f = d.path().join(format!("c{i}.yaml"));
+            std::fs::write(&f, text).unwrap();
+            assert!(resolve(PluginArgs { config: Some(f), ..args() }).is_err(), "{text:?}");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The key backend abstraction and the embedded key-store backend.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use envelope_keystore::{EncryptionContext, KeyRef, KeyState, KeyStore};
+use zeroize::Zeroizing;
+
+use crate::error::PluginError;
+use crate::format::BackendKind;
+
+/// What a health probe learned about the configured key.
+#[derive(Debug, Clone)]
+pub struct Probe<V> {
+    /// The KMS v2 key_id of the key's current version.
+    pub key_id: String,
+    /// Backend-specific handle of that version, used by Encrypt so that the ciphertext always
+    /// matches the key_id that Status reported.
+    pub version: V,
+}
+
+/// A place that holds the master key and wraps/unwraps data keys with it.
+///
+/// Implementations must bind `ctx` into the wrap (as AEAD additional data or the KMS encryption
+/// context), so that a ciphertext only unwraps with the same context.
+pub trait KeyBackend: Send + Sync + 'static {
+    /// Backend-specific identifier of a key version.
+    type Version: Clone + Send + Sync + 'static;
+
+    /// Which backend this is; recorded in every ciphertext.
+    fn kind(&self) -> BackendKind;
+
+    /// Checks the key is usable now and returns the current key_id. Called by the background
+    /// health loop, never on the Status path.
+    fn probe(&self) -> impl Future<Output = Result<Probe<Self::Version>, PluginError>> + Send;
+
+    /// Wraps `plaintext` under `version`.
+    fn encrypt(
+        &self,
+        version: &Self::Version,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> impl Future<Output = Result<Vec<u8>, PluginError>> + Send;
+
+    /// The key_id of the key version that produced `blob` (no cryptography; a cheap parse).
+    fn key_id_of(&self, blob: &[u8]) -> Result<String, PluginError>;
+
+    /// Unwraps `blob`.
+    fn decrypt(
+        &self,
+        blob: &[u8],
+        ctx: &EncryptionContext,
+    ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, PluginError>> + Send;
+}
+
+/// The embedded key store as a backend: keys live in envelope's own SQLite store under the data
+/// directory, sealed by its root key.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBackend {
+    store: Arc<KeyStore>,
+    key: KeyRef,
+}
+
+impl EmbeddedBackend {
+    /// A backend using `key` (id or alias) of `store`.
+    pub fn new(store: Arc<KeyStore>, key: KeyRef) -> Self {
+        Self { store, key }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<KeyStore> {
+        &self.store
+    }
+}
+
+/// Derives the public KMS v2 key_id of an embedded key version: a hash of the key's UUID and its
+/// random material id, so it changes on every rotation and is never reused, even by a key that
+/// is deleted and created again under the same alias.
+pub fn embedded_key_id(key: &[u8; 16], material: &[u8; 32]) -> String {
+    let d = envelope_keystore::crypto::sha256(&[b"envelope-kms-key-id-v1", key, material]);
+    format!("envelope-{}", hex::encode(&d[..16]))
+}
+
+impl KeyBackend for EmbeddedBackend {
+    type Version = [u8; 32];
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Embedded
+    }
+
+    async fn probe(&self) -> Result<Probe<[u8; 32]>, PluginError> {
+        let store = self.store.clone();
+        let key = self.key.clone();
+        // SQLite is blocking I/O: keep it off the async workers.
+        tokio::task::spawn_blocking(move || -> Result<Probe<[u8; 32]>, PluginError> {
+            store.refresh()?;
+            let (kid, mid, state) = store.current(&key)?;
+            match state {
+                KeyState::Enabled => {}
+                KeyState::Disabled => {
+                    return Err(PluginError::KeyUnusable(format!("key {key} is disabled")));
+                }
+                other => return Err(PluginError::KeyUnusable(format!("key {key} is {other}"))),
+            }
+            // A real round trip proves the material unseals and works.
+            let ctx = EncryptionContext::from([("envelope:probe".to_string(), "1".to_string())]);
+            let e = store.encrypt_with_material(&key, &mid, b"probe", &ctx)?;
+            let d = store.decrypt(&e.blob, &ctx)?;
+            if &d.plaintext[..] != b"probe" {
+                return Err(PluginError::Internal("probe round trip returned other bytes".into()));
+            }
+            Ok(Probe { key_id: embedded_key_id(&kid, &mid), version: mid })
+        })
+        .await
+        .map_err(|e| PluginError::Internal(format!("probe task failed: {e}")))?
+    }
+
+    async fn encrypt(
+        &self,
+        version: &[u8; 32],
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Vec<u8>, PluginError> {
+        Ok(self.store.encrypt_with_material(&self.key, version, plaintext, ctx)?.blob)
+    }
+
+    fn key_id_of(&self, blob: &[u8]) -> Result<String, PluginError> {
+        let b = envelope_keystore::blob::parse(blob)?;
+        Ok(embedded_key_id(&b.key_id, &b.material_id))
+    }
+
+    async fn decrypt(&self, blob: &[u8], ctx: &EncryptionContext) -> Result<Zeroizing<Vec<u8>>, PluginError> {
+        Ok(self.store.decrypt(blob, ctx)?.plaintext)
+    }
+}

@@ -1,0 +1,132 @@
+//! Serving: the gRPC server on a Unix socket (both KMS APIs, behind the `:authority` adapter)
+//! and the loopback HTTP server for `/livez`, `/readyz` and `/metrics`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use envelope_h2authority::RewriteIo;
+use envelope_proto::{v1beta1, v2};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::{Connected, UdsConnectInfo};
+
+use crate::backend::KeyBackend;
+use crate::plugin::Plugin;
+use crate::service::{V1Service, V2Service};
+
+/// One accepted connection: the Unix stream behind the `:authority` rewriter.
+pub struct PluginConn(RewriteIo<UnixStream>);
+
+impl Connected for PluginConn {
+    type ConnectInfo = UdsConnectInfo;
+    fn connect_info(&self) -> UdsConnectInfo {
+        self.0.get_ref().connect_info()
+    }
+}
+
+impl AsyncRead for PluginConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PluginConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+impl<B: KeyBackend> Plugin<B> {
+    /// Serves KMS v2 and v1beta1 on `listener` until `shutdown` completes, then stops accepting
+    /// and lets in-flight RPCs finish for at most `shutdown_grace`.
+    pub async fn serve(&self, listener: UnixListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+        let cfg = self.config().clone();
+        let max = cfg.max_message_bytes;
+        let v2svc = v2::key_management_service_server::KeyManagementServiceServer::new(V2Service(self.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let v1svc = v1beta1::key_management_service_server::KeyManagementServiceServer::new(V1Service(self.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+        let incoming = UnixListenerStream::new(listener).map(|r| r.map(|s| PluginConn(RewriteIo::new(s))));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing in-flight requests");
+            let _ = started_tx.send(());
+        };
+        let server = tonic::transport::Server::builder()
+            .timeout(cfg.request_timeout)
+            .add_service(v2svc)
+            .add_service(v1svc)
+            .serve_with_incoming_shutdown(incoming, signal);
+        let grace = async move {
+            if started_rx.await.is_ok() {
+                tokio::time::sleep(cfg.shutdown_grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = server => r,
+            _ = grace => {
+                tracing::warn!(grace = ?cfg.shutdown_grace, "shutdown grace period over; dropping remaining connections");
+                Ok(())
+            }
+        }
+    }
+
+    /// The HTTP router for `/livez`, `/readyz` and `/metrics`.
+    pub fn http_router(&self) -> Router {
+        let ready = self.clone();
+        let metrics = self.metrics().clone();
+        Router::new()
+            .route("/livez", get(|| async { "ok\n" }))
+            .route(
+                "/readyz",
+                get(move || {
+                    let h = ready.health();
+                    async move {
+                        if h.is_ready() {
+                            (StatusCode::OK, "ok\n".to_string())
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", h.healthz()))
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                get(move || {
+                    let body = metrics.encode();
+                    async move {
+                        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+                    }
+                }),
+            )
+    }
+
+    /// Serves [`Plugin::http_router`] on `listener` until `shutdown` completes.
+    pub async fn serve_http(&self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        axum::serve(listener, self.http_router()).with_graceful_shutdown(shutdown).await
+    }
+}

@@ -1,0 +1,231 @@
+//! The plugin's Unix socket: safe creation, stale-file handling, permissions, abstract names,
+//! and removal on shutdown only if the file is still ours.
+
+use std::fs;
+use std::io;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{SocketAddr, UnixListener as StdUnixListener, UnixStream as StdUnixStream};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Where and how to create the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketSpec {
+    /// A filesystem path, or `@name` for a Linux abstract socket.
+    pub path: String,
+    /// File mode of the socket (ignored for abstract sockets). Default 0600.
+    pub mode: u32,
+    /// Group to own the socket file, if any.
+    pub group: Option<String>,
+}
+
+impl SocketSpec {
+    /// A spec with the default mode 0600 and no group.
+    pub fn new(path: impl Into<String>) -> Self {
+        Self { path: path.into(), mode: 0o600, group: None }
+    }
+
+    /// True for `@name` abstract sockets.
+    pub fn is_abstract(&self) -> bool {
+        self.path.starts_with('@')
+    }
+
+    /// The endpoint to put in kube-apiserver's EncryptionConfiguration.
+    pub fn endpoint(&self) -> String {
+        if self.is_abstract() { format!("unix:///{}", self.path) } else { format!("unix://{}", self.path) }
+    }
+}
+
+/// Socket set-up failures, each with a clear message.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SocketError {
+    /// The path is relative or empty.
+    #[error("socket path {0:?} must be absolute (or @name for an abstract socket)")]
+    NotAbsolute(String),
+    /// A live process already answers on the socket.
+    #[error("socket {0} is in use by a running process; refusing to take it over")]
+    InUse(String),
+    /// The path exists but is not a socket.
+    #[error("{0} exists and is not a socket; refusing to remove it")]
+    NotASocket(String),
+    /// The group does not exist.
+    #[error("group {0:?} does not exist")]
+    UnknownGroup(String),
+    /// Any other I/O failure, with context.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn ioe(context: impl Into<String>) -> impl FnOnce(io::Error) -> SocketError {
+    let context = context.into();
+    move |source| SocketError::Io { context, source }
+}
+
+/// A bound socket. Dropping it does not unlink; call [`BoundSocket::cleanup`].
+#[derive(Debug)]
+pub struct BoundSocket {
+    /// The listener (std, non-blocking) — convert with `tokio::net::UnixListener::from_std`.
+    pub listener: StdUnixListener,
+    spec: SocketSpec,
+    identity: Option<(u64, u64)>,
+}
+
+impl BoundSocket {
+    /// The spec it was bound with.
+    pub fn spec(&self) -> &SocketSpec {
+        &self.spec
+    }
+
+    /// Removes the socket file if it is still the one we created (same device and inode), so a
+    /// newer plugin's socket at the same path is never removed by an old one shutting down.
+    pub fn cleanup(&self) -> bool {
+        let Some((dev, ino)) = self.identity else { return false };
+        let path = Path::new(&self.spec.path);
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.dev() == dev && m.ino() == ino => fs::remove_file(path).is_ok(),
+            _ => false,
+        }
+    }
+}
+
+/// Creates and binds the socket described by `spec`.
+pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
+    if spec.is_abstract() {
+        let name = &spec.path[1..];
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(ioe(format!("abstract socket {}", spec.path)))?;
+        if StdUnixStream::connect_addr(&addr).is_ok() {
+            return Err(SocketError::InUse(spec.path.clone()));
+        }
+        let listener = StdUnixListener::bind_addr(&addr).map_err(ioe(format!("cannot bind abstract socket {}", spec.path)))?;
+        listener.set_nonblocking(true).map_err(ioe("set_nonblocking"))?;
+        return Ok(BoundSocket { listener, spec: spec.clone(), identity: None });
+    }
+    let path = PathBuf::from(&spec.path);
+    if spec.path.is_empty() || !path.is_absolute() {
+        return Err(SocketError::NotAbsolute(spec.path.clone()));
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(ioe(format!("cannot create directory {}", dir.display())))?;
+        }
+    }
+    match fs::symlink_metadata(&path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if StdUnixStream::connect(&path).is_ok() {
+                return Err(SocketError::InUse(spec.path.clone()));
+            }
+            tracing::info!(path = %spec.path, "removing stale socket (nothing answers on it)");
+            fs::remove_file(&path).map_err(ioe(format!("cannot remove stale socket {}", spec.path)))?;
+        }
+        Ok(_) => return Err(SocketError::NotASocket(spec.path.clone())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ioe(format!("cannot inspect {}", spec.path))(e)),
+    }
+    let gid = match &spec.group {
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .ok_or_else(|| SocketError::UnknownGroup(g.clone()))?
+                .gid,
+        ),
+        None => None,
+    };
+    // Create the socket with no group/other bits at all, so there is no window in which it is
+    // more open than requested; the final mode is applied right after.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = StdUnixListener::bind(&path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(ioe(format!("cannot bind {}", spec.path)))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(&path, None, Some(gid.as_raw())).map_err(ioe(format!("cannot chgrp {}", spec.path)))?;
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(spec.mode)).map_err(ioe(format!("cannot chmod {}", spec.path)))?;
+    listener.set_nonblocking(true).map_err(ioe("set_nonblocking"))?;
+    let m = fs::symlink_metadata(&path).map_err(ioe(format!("cannot stat {}", spec.path)))?;
+    Ok(BoundSocket { listener, spec: spec.clone(), identity: Some((m.dev(), m.ino())) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_parent_with_mode_and_cleans_up() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/dir/kms.sock");
+        let spec = SocketSpec::new(p.to_str().unwrap());
+        let b = bind(&spec).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(b.cleanup());
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn custom_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("kms.sock");
+        let spec = SocketSpec { mode: 0o660, ..SocketSpec::new(p.to_str().unwrap()) };
+        let _b = bind(&spec).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o660);
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_live_one_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("kms.sock");
+        let spec = SocketSpec::new(p.to_str().unwrap());
+        {
+            // A listener that is dropped leaves a stale socket file behind.
+            let _l = StdUnixListener::bind(&p).unwrap();
+        }
+        assert!(p.exists());
+        let live = bind(&spec).unwrap();
+        assert!(matches!(bind(&spec), Err(SocketError::InUse(_))));
+        drop(live);
+    }
+
+    #[test]
+    fn refuses_regular_file_and_relative_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("file");
+        fs::write(&p, b"x").unwrap();
+        assert!(matches!(bind(&SocketSpec::new(p.to_str().unwrap())), Err(SocketError::NotASocket(_))));
+        assert!(p.exists());
+        assert!(matches!(bind(&SocketSpec::new("relative.sock")), Err(SocketError::NotAbsolute(_))));
+    }
+
+    #[test]
+    fn cleanup_leaves_a_replaced_socket_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("kms.sock");
+        let spec = SocketSpec::new(p.to_str().unwrap());
+        let old = bind(&spec).unwrap();
+        fs::remove_file(&p).unwrap();
+        let _new = bind(&spec).unwrap();
+        assert!(!old.cleanup());
+        assert!(p.exists());
+    }
+
+    #[test]
+    fn abstract_socket_binds_and_detects_live_owner() {
+        let name = format!("@envelope-test-{}", std::process::id());
+        let spec = SocketSpec::new(name.clone());
+        let b = bind(&spec).unwrap();
+        assert!(matches!(bind(&spec), Err(SocketError::InUse(_))));
+        assert_eq!(spec.endpoint(), format!("unix:///{name}"));
+        assert!(!b.cleanup());
+    }
+}

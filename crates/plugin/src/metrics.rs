@@ -55,6 +55,8 @@ pub struct Metrics {
     last_probe: Gauge,
     key_id: Family<KeyIdLabels, Gauge>,
     key_id_current: Mutex<Option<String>>,
+    authority_rewrites: Counter,
+    connections: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -84,6 +86,14 @@ impl Metrics {
         let healthy = Gauge::default();
         let last_probe = Gauge::default();
         let key_id = Family::<KeyIdLabels, Gauge>::default();
+        let authority_rewrites = Counter::default();
+        let connections = Counter::default();
+        registry.register(
+            "authority_rewrites",
+            "HTTP/2 requests whose invalid :authority (a socket path) was rewritten to localhost, counted when their connection closes",
+            authority_rewrites.clone(),
+        );
+        registry.register("connections", "Accepted client connections", connections.clone());
         registry.register("rpc_requests", "KMS plugin RPCs by API, method and gRPC code", rpc_total.clone());
         registry.register("rpc_duration_seconds", "KMS plugin RPC latency by API, method and gRPC code", rpc_seconds.clone());
         registry.register("backend_operations", "Key backend operations by backend, operation and outcome", backend_total.clone());
@@ -106,6 +116,8 @@ impl Metrics {
             last_probe,
             key_id,
             key_id_current: Mutex::new(None),
+            authority_rewrites,
+            connections,
         }
     }
 
@@ -114,6 +126,16 @@ impl Metrics {
         let l = RpcLabels { api, method, code: code_name(code) };
         self.rpc_total.get_or_create(&l).inc();
         self.rpc_seconds.get_or_create(&l).observe(elapsed.as_secs_f64());
+    }
+
+    /// Records an accepted connection.
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    /// Records the `:authority` rewrites of a closed connection.
+    pub fn authority_rewrites(&self, n: u64) {
+        self.authority_rewrites.inc_by(n);
     }
 
     /// Records one backend operation.

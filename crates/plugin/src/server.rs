@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Router;
@@ -18,11 +19,18 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::backend::KeyBackend;
+use crate::metrics::Metrics;
 use crate::plugin::Plugin;
 use crate::service::{V1Service, V2Service};
 
 /// One accepted connection: the Unix stream behind the `:authority` rewriter.
-pub struct PluginConn(RewriteIo<UnixStream>);
+pub struct PluginConn(RewriteIo<UnixStream>, Arc<Metrics>);
+
+impl Drop for PluginConn {
+    fn drop(&mut self) {
+        self.1.authority_rewrites(self.0.rewrites());
+    }
+}
 
 impl Connected for PluginConn {
     type ConnectInfo = UdsConnectInfo;
@@ -67,7 +75,13 @@ impl<B: KeyBackend> Plugin<B> {
         let v1svc = v1beta1::key_management_service_server::KeyManagementServiceServer::new(V1Service(self.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let incoming = UnixListenerStream::new(listener).map(|r| r.map(|s| PluginConn(RewriteIo::new(s))));
+        let metrics = self.metrics().clone();
+        let incoming = UnixListenerStream::new(listener).map(move |r| {
+            r.map(|s| {
+                metrics.connection_opened();
+                PluginConn(RewriteIo::new(s), metrics.clone())
+            })
+        });
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;

@@ -356,7 +356,7 @@ mod tests {
         #[test]
         fn roundtrip_matches_loona(text in prop::collection::vec(any::<u8>(), 0..200)) {
             let enc = encoded(&text);
-            prop_assert_eq!(decoded(&enc).unwrap(), &text);
+            prop_assert_eq!(&decoded(&enc).unwrap(), &text);
             prop_assert_eq!(loona(&enc).unwrap(), text);
         }
 

@@ -28,6 +28,10 @@
 //!   replaced with `localhost` (configurable); nothing else changes, header
 //!   order included. `host` is left alone: h2 does not validate it.
 //!
+//! Decoding uses the crate's own RFC 7541 decoder, whose Huffman tables are
+//! computed at compile time: grpc-go Huffman-codes a fresh `grpc-timeout`
+//! value in every request, so per-string table setup would dominate.
+//!
 //! The state machine is the sans-I/O [`Rewriter`], usable (and fuzzable) on
 //! its own. Server→client traffic is never inspected.
 //!
@@ -56,11 +60,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod decoder;
 mod frame;
 mod hpack;
+mod huffman;
 mod io;
 mod rewriter;
 
+pub use decoder::HpackError;
 pub use frame::{DEFAULT_MAX_FRAME_SIZE, PREFACE};
 pub use io::RewriteIo;
 pub use rewriter::{
@@ -75,7 +82,7 @@ pub use rewriter::{
 pub enum RewriteError {
     /// The header block could not be HPACK-decoded.
     #[error("HPACK decoding failed: {0}")]
-    Hpack(String),
+    Hpack(#[from] HpackError),
     /// The compressed header block exceeds [`MAX_HEADER_BLOCK_SIZE`].
     #[error("header block on stream {stream_id} exceeds {limit} bytes")]
     HeaderBlockTooLarge {
@@ -156,6 +163,22 @@ pub enum RewriteError {
 /// applies). Socket paths and their percent-encoded forms do not.
 pub fn authority_is_valid(value: &[u8]) -> bool {
     http::uri::Authority::try_from(value).is_ok()
+}
+
+/// Internals exposed for the benchmark example only; not a stable API.
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::decoder::Decoder;
+
+    /// Huffman-encodes `src` (RFC 7541 §5.2), appending to `dst`.
+    pub fn huffman_encode(src: &[u8], dst: &mut Vec<u8>) {
+        crate::huffman::encode(src, dst);
+    }
+
+    /// Length of the Huffman encoding of `src`.
+    pub fn huffman_encoded_len(src: &[u8]) -> usize {
+        crate::huffman::encoded_len(src)
+    }
 }
 
 #[cfg(test)]

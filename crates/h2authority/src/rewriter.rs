@@ -2,8 +2,7 @@
 
 use std::fmt;
 
-use loona_hpack::Decoder;
-
+use crate::decoder::Decoder;
 use crate::frame::{
     self, DEFAULT_MAX_FRAME_SIZE, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY,
     FRAME_HEADER_LEN, FrameHeader, PREFACE, PRIORITY_LEN, TYPE_CONTINUATION, TYPE_HEADERS,
@@ -124,7 +123,7 @@ pub struct Rewriter {
     block: Vec<u8>,
     /// Re-encoded header block.
     encoded: Vec<u8>,
-    decoder: Decoder<'static>,
+    decoder: Decoder,
     replacement: Box<[u8]>,
     authority_cache: AuthorityCache,
     rewrites: u64,
@@ -166,15 +165,13 @@ impl Rewriter {
     }
 
     fn build(replacement: &[u8]) -> Self {
-        let mut decoder = Decoder::new();
-        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         Rewriter {
             state: State::Preface { matched: 0 },
             header: [0; FRAME_HEADER_LEN],
             pending: None,
             block: Vec::new(),
             encoded: Vec::new(),
-            decoder,
+            decoder: Decoder::new(HEADER_TABLE_SIZE),
             replacement: replacement.into(),
             authority_cache: AuthorityCache::default(),
             rewrites: 0,
@@ -521,28 +518,21 @@ impl Rewriter {
         encoded.reserve(block.len() + replacement.len());
         let mut list_size = 0usize;
         let mut rewrites = 0u64;
-        decoder
-            .decode_with_cb(block, |name, value| {
-                if list_size > MAX_HEADER_LIST_SIZE {
-                    return;
-                }
-                list_size = list_size.saturating_add(name.len() + value.len() + 32);
-                if list_size > MAX_HEADER_LIST_SIZE {
-                    return;
-                }
-                if &*name == b":authority" && !authority_cache.is_valid(&value) {
-                    rewrites += 1;
-                    hpack::encode_field(encoded, &name, replacement);
-                } else {
-                    hpack::encode_field(encoded, &name, &value);
-                }
-            })
-            .map_err(|e| RewriteError::Hpack(e.to_string()))?;
-        if list_size > MAX_HEADER_LIST_SIZE {
-            return Err(RewriteError::HeaderListTooLarge {
-                limit: MAX_HEADER_LIST_SIZE,
-            });
-        }
+        decoder.decode(block, |name, value| {
+            list_size = list_size.saturating_add(name.len() + value.len() + 32);
+            if list_size > MAX_HEADER_LIST_SIZE {
+                return Err(RewriteError::HeaderListTooLarge {
+                    limit: MAX_HEADER_LIST_SIZE,
+                });
+            }
+            if name == b":authority" && !authority_cache.is_valid(value) {
+                rewrites += 1;
+                hpack::encode_field(encoded, name, replacement);
+            } else {
+                hpack::encode_field(encoded, name, value);
+            }
+            Ok(())
+        })?;
         self.rewrites += rewrites;
         Ok(())
     }

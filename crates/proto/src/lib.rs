@@ -3,6 +3,10 @@
 //! * [`v2`]: the KMS v2 plugin API (`/v2.KeyManagementService/*`) and the apiserver's
 //!   `EncryptedObject` storage message (same protobuf package `v2`).
 //! * [`v1beta1`]: the deprecated KMS v1 plugin API (`/v1beta1.KeyManagementService/*`).
+//! * [`k8s`]: the Kubernetes object messages stored in etcd (`runtime.Unknown`, `ObjectMeta`,
+//!   `Secret`, `ConfigMap`), proto2, maps as `BTreeMap` (sorted, like kube-apiserver writes them).
+//! * [`etcdserverpb`] and [`mvccpb`]: etcd's v3 KV API (`/etcdserverpb.KV/{Range,Put,DeleteRange}`),
+//!   trimmed, with etcd's package names and field numbers.
 //!
 //! The `.proto` sources are in `proto/`; they are compiled at build time with protox.
 #![allow(missing_docs, clippy::all)]
@@ -17,9 +21,27 @@ pub mod v1beta1 {
     tonic::include_proto!("v1beta1");
 }
 
+/// Kubernetes object messages (proto2; optional fields are `Option<..>`).
+pub mod k8s {
+    tonic::include_proto!("k8s");
+}
+
+/// etcd v3 KV API: the `KV` service client (`etcdserverpb::kv_client::KvClient`) and its messages.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// etcd's stored key-value pair.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
 /// Encoded file descriptor set is not exported; the `.proto` files are the source of truth.
 pub const PROTO_FILES: &[&str] = &[
     "proto/kms_v2.proto",
     "proto/encrypted_object.proto",
     "proto/kms_v1beta1.proto",
+    "proto/k8s.proto",
+    "proto/mvccpb.proto",
+    "proto/etcd.proto",
 ];

@@ -27,6 +27,29 @@ pub struct BenchArgs {
 pub enum BenchTarget {
     /// Benchmark KMS v2 Encrypt and Decrypt RPCs of a plugin.
     Plugin(PluginBench),
+    /// Benchmark `envelope inspect` over many Secrets in etcd.
+    Inspect(InspectBench),
+}
+
+/// Options of `envelope bench inspect`.
+#[derive(Debug, Args)]
+pub struct InspectBench {
+    /// etcd endpoint to fill and inspect; omit with --spawn-etcd.
+    #[arg(long, value_name = "URL")]
+    pub etcd: Option<String>,
+    /// Start a private etcd (the `etcd` binary on PATH) on loopback in a temporary directory.
+    #[arg(long)]
+    pub spawn_etcd: bool,
+    /// Number of Secrets to have under /registry/secrets/ (missing ones are written first,
+    /// as KMS v2 values whose seed is wrapped by a plugin this command starts).
+    #[arg(long, default_value_t = 100_000)]
+    pub count: u64,
+    /// Timed runs of `envelope inspect -o summary`; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `envelope bench plugin`.
@@ -59,7 +82,6 @@ pub struct PluginBench {
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
-    let BenchTarget::Plugin(b) = args.target;
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -67,7 +89,11 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(bench_plugin(b)) {
+    let r = match args.target {
+        BenchTarget::Plugin(b) => rt.block_on(bench_plugin(b)),
+        BenchTarget::Inspect(b) => rt.block_on(bench_inspect(b)),
+    };
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("envelope bench: {e:#}");
@@ -252,3 +278,141 @@ async fn run_cell(
     (all, errors, start.elapsed())
 }
 
+
+struct SpawnedEtcd {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for SpawnedEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn spawn_etcd() -> Result<(String, SpawnedEtcd)> {
+    let dir = tempfile::tempdir()?;
+    let (cp, pp) = (free_port()?, free_port()?);
+    let url = format!("http://127.0.0.1:{cp}");
+    let child = std::process::Command::new("etcd")
+        .args(["--name", "bench", "--log-level", "error", "--quota-backend-bytes", "4294967296"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pp}"), "--initial-advertise-peer-urls", &format!("http://127.0.0.1:{pp}")])
+        .args(["--initial-cluster", &format!("bench=http://127.0.0.1:{pp}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start etcd (is it installed? apt-get install etcd-server)")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", cp)).is_err() {
+        if Instant::now() > deadline {
+            bail!("etcd did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok((url, SpawnedEtcd { child, _dir: dir }))
+}
+
+async fn bench_inspect(b: InspectBench) -> Result<()> {
+    use envelope_inspect::writer;
+    let (endpoint, _etcd) = match (&b.etcd, b.spawn_etcd) {
+        (Some(e), false) => (e.clone(), None),
+        (None, true) => {
+            let (u, g) = spawn_etcd()?;
+            (u, Some(g))
+        }
+        _ => bail!("give exactly one of --etcd URL or --spawn-etcd"),
+    };
+    let opts = crate::etcd::EtcdOptions { endpoints: vec![endpoint.clone()], ..Default::default() };
+    let mut etcd = crate::etcd::Etcd::connect(&opts).await?;
+    let have = etcd.count(b"/registry/secrets/").await?;
+    if have < b.count {
+        // A plugin wraps one seed, as kube-apiserver does; every Secret is then written with it.
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("kms.sock").to_string_lossy().into_owned();
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["plugin", "--socket", &socket, "--http-addr", "off", "--log-level", "warn", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdout(Stdio::null())
+            .spawn()?;
+        let _plugin = Spawned { child, _dir: dir };
+        wait_ready(&socket).await?;
+        let mut c = KeyManagementServiceClient::new(connect(&socket).await?);
+        let seed = writer::random_seed()?;
+        let w = c.encrypt(EncryptRequest { plaintext: seed.to_vec(), uid: "bench-fill".into() }).await?.into_inner();
+        let env = Arc::new(writer::KmsV2Envelope {
+            provider_name: "envelope".into(),
+            key_id: w.key_id,
+            encrypted_dek_source: w.ciphertext,
+            annotations: w.annotations.into_iter().collect(),
+        });
+        let seed = Arc::new(seed);
+        let t = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(have));
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let (mut etcd, next, env, seed, count) = (etcd.clone(), next.clone(), env.clone(), seed.clone(), b.count);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    let (ns, name) = (format!("ns-{:03}", i % 500), format!("secret-{i:07}"));
+                    let key = format!("/registry/secrets/{ns}/{name}");
+                    let meta = writer::new_object_meta(&ns, &name, &format!("uid-{i}"), 1_700_000_000);
+                    let data = std::collections::BTreeMap::from([("password".to_string(), format!("pw-{i}").into_bytes())]);
+                    let obj = writer::encode_secret(&writer::new_secret(meta, data, "Opaque"));
+                    let value = writer::kms_v2_seed(key.as_bytes(), &obj, &seed[..], &env)?;
+                    etcd.put(key.as_bytes(), &value).await?;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        eprintln!("wrote {} Secrets in {:.1} s", b.count - have, t.elapsed().as_secs_f64());
+    }
+    let total = etcd.count(b"/registry/secrets/").await?;
+    let mut times = Vec::new();
+    for run in 0..b.runs.max(1) {
+        let t = Instant::now();
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["inspect", "-o", "summary", "--progress", "never", "--etcd", &endpoint])
+            .output()?;
+        let el = t.elapsed();
+        if !out.status.success() {
+            bail!("inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !text.contains(&format!("Summary: {total} object(s)")) {
+            bail!("inspect did not see all {total} objects:\n{text}");
+        }
+        eprintln!("run {}: {:.2} s", run + 1, el.as_secs_f64());
+        times.push(el.as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+    if b.json {
+        println!("{}", serde_json::json!({ "objects": total, "runs_s": times, "median_s": median, "objects_per_s": total as f64 / median }));
+    } else {
+        println!("| objects | runs | median s | min s | max s | objects/s |");
+        println!("|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {total} | {} | {median:.2} | {:.2} | {:.2} | {:.0} |",
+            times.len(),
+            times[0],
+            times[times.len() - 1],
+            total as f64 / median
+        );
+    }
+    Ok(())
+}

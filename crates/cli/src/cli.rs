@@ -22,6 +22,12 @@ pub enum Command {
     Key(KeyArgs),
     /// Load-test a running component and report throughput, latency and memory.
     Bench(crate::bench::BenchArgs),
+    /// Read etcd and report, for every object, whether and how it is encrypted and with which key.
+    Inspect(crate::inspect_cmd::InspectArgs),
+    /// Decrypt one stored object (disaster recovery) and print it as kubectl would.
+    Decrypt(crate::inspect_cmd::DecryptArgs),
+    /// Run the self-hosted key server that speaks the AWS KMS API (`envelope kms serve`).
+    Kms(crate::kms_cmd::KmsArgs),
 }
 
 /// Options of `envelope plugin`.

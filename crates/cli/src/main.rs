@@ -5,7 +5,10 @@
 mod bench;
 mod cli;
 mod config;
+mod etcd;
+mod inspect_cmd;
 mod key;
+mod kms_cmd;
 mod plugin_cmd;
 
 use std::process::ExitCode;
@@ -32,5 +35,8 @@ fn main() -> ExitCode {
         cli::Command::Plugin(args) => plugin_cmd::run(args),
         cli::Command::Key(args) => key::run(args),
         cli::Command::Bench(args) => bench::run(args),
+        cli::Command::Inspect(args) => inspect_cmd::run_inspect(args),
+        cli::Command::Decrypt(args) => inspect_cmd::run_decrypt(args),
+        cli::Command::Kms(args) => kms_cmd::run(args),
     }
 }

@@ -23,7 +23,7 @@ pub mod store;
 pub use context::EncryptionContext;
 pub use error::{Error, Result};
 pub use model::{KeyMetadata, KeyRef, KeyState, KeyVersion};
-pub use store::{Decrypted, Encrypted, KeyStore};
+pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore};
 
 #[cfg(test)]
 mod tests;

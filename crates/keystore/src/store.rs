@@ -25,7 +25,7 @@ use crate::root::RootKey;
 /// Largest plaintext accepted by [`KeyStore::encrypt`] (the AWS KMS limit).
 pub const MAX_PLAINTEXT: usize = 4096;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "keystore.db";
 /// File name of the root key inside the data directory.
@@ -56,6 +56,19 @@ impl std::fmt::Debug for Decrypted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Decrypted").field("key_id", &uuid::Uuid::from_bytes(self.key_id)).finish_non_exhaustive()
     }
+}
+
+/// An alias and the key it points at (see [`KeyStore::list_aliases`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AliasInfo {
+    /// The alias name, `alias/...`.
+    pub name: String,
+    /// The key id (UUID) it points at.
+    pub key_id: String,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Time of the last change of its target, Unix seconds (the creation time if never changed).
+    pub updated_at: i64,
 }
 
 /// The embedded key store.
@@ -296,6 +309,80 @@ impl KeyStore {
         self.describe(key)
     }
 
+    /// Points a new alias at an existing key. The key must not be pending deletion.
+    pub fn create_alias(&self, alias: &str, target: &KeyRef) -> Result<()> {
+        let alias = normalise_alias(alias)?;
+        let kid = self.resolve_db(target)?;
+        let id = uuid::Uuid::from_bytes(kid).to_string();
+        {
+            let mut conn = self.lock_conn()?;
+            let tx = conn.transaction()?;
+            require_not_pending_deletion(&tx, &id)?;
+            let exists: Option<String> =
+                tx.query_row("SELECT key_id FROM aliases WHERE name = ?1", [&alias], |r| r.get(0)).optional()?;
+            if exists.is_some() {
+                return Err(Error::AlreadyExists(alias));
+            }
+            let now = now();
+            tx.execute(
+                "INSERT INTO aliases (name, key_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                params![alias, id, now],
+            )?;
+            tx.commit()?;
+        }
+        self.refresh()
+    }
+
+    /// Points an existing alias at another key. The new key must not be pending deletion.
+    pub fn update_alias(&self, alias: &str, target: &KeyRef) -> Result<()> {
+        let alias = normalise_alias(alias)?;
+        let kid = self.resolve_db(target)?;
+        let id = uuid::Uuid::from_bytes(kid).to_string();
+        {
+            let mut conn = self.lock_conn()?;
+            let tx = conn.transaction()?;
+            require_not_pending_deletion(&tx, &id)?;
+            let changed = tx.execute(
+                "UPDATE aliases SET key_id = ?1, updated_at = ?2 WHERE name = ?3",
+                params![id, now(), alias],
+            )?;
+            if changed == 0 {
+                return Err(Error::NotFound(alias));
+            }
+            tx.commit()?;
+        }
+        self.refresh()
+    }
+
+    /// Deletes an alias. The key it pointed at is not affected.
+    pub fn delete_alias(&self, alias: &str) -> Result<()> {
+        let alias = normalise_alias(alias)?;
+        {
+            let conn = self.lock_conn()?;
+            let changed = conn.execute("DELETE FROM aliases WHERE name = ?1", [&alias])?;
+            if changed == 0 {
+                return Err(Error::NotFound(alias));
+            }
+        }
+        self.refresh()
+    }
+
+    /// Lists all aliases, ordered by name, read from the database.
+    pub fn list_aliases(&self) -> Result<Vec<AliasInfo>> {
+        let conn = self.lock_conn()?;
+        let mut st = conn.prepare_cached(
+            "SELECT name, key_id, created_at, COALESCE(updated_at, created_at) FROM aliases ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(AliasInfo { name: r.get(0)?, key_id: r.get(1)?, created_at: r.get(2)?, updated_at: r.get(3)? })
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?);
+        }
+        Ok(out)
+    }
+
     /// Describes a key from the in-memory snapshot.
     pub fn describe(&self, key: &KeyRef) -> Result<KeyMetadata> {
         let snap = self.snapshot();
@@ -441,6 +528,18 @@ impl KeyStore {
     }
 }
 
+fn require_not_pending_deletion(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<()> {
+    let state: String = tx
+        .query_row("SELECT state FROM keys WHERE key_id = ?1", [id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::NotFound(id.to_string()))?;
+    let state = KeyState::parse(&state)?;
+    if state == KeyState::PendingDeletion {
+        return Err(Error::InvalidState { key: id.to_string(), state });
+    }
+    Ok(())
+}
+
 fn check_usable(meta: &KeyMetadata) -> Result<()> {
     match meta.state {
         KeyState::Enabled => Ok(()),
@@ -515,6 +614,8 @@ const MIGRATIONS: &[&str] = &[
         key_id TEXT NOT NULL REFERENCES keys(key_id),
         created_at INTEGER NOT NULL
      );",
+    // version 2: when an alias was last re-pointed (NULL = never, i.e. its creation time)
+    "ALTER TABLE aliases ADD COLUMN updated_at INTEGER",
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {

@@ -158,3 +158,67 @@ proptest! {
         prop_assert!(ks.decrypt(&e.blob[..cut], &EncryptionContext::new()).is_err());
     }
 }
+
+#[test]
+fn alias_create_update_delete_and_list() {
+    let (_d, ks) = store();
+    let a = ks.create_key(None, "a").unwrap();
+    let b = ks.create_key(None, "b").unwrap();
+    assert!(a.aliases.is_empty());
+    let ra = KeyRef::parse(&a.key_id).unwrap();
+    let rb = KeyRef::parse(&b.key_id).unwrap();
+    ks.create_alias("alias/one", &ra).unwrap();
+    ks.create_alias("two", &ra).unwrap();
+    assert!(matches!(ks.create_alias("alias/one", &rb), Err(Error::AlreadyExists(_))));
+    assert!(matches!(ks.create_alias("alias/aws/x", &rb), Err(Error::Invalid(_))));
+    let missing = KeyRef::Id(uuid::Uuid::new_v4());
+    assert!(matches!(ks.create_alias("alias/three", &missing), Err(Error::NotFound(_))));
+    assert_eq!(ks.describe(&ra).unwrap().aliases, vec!["alias/one".to_string(), "alias/two".to_string()]);
+
+    let c = EncryptionContext::new();
+    let e = ks.encrypt(&KeyRef::parse("alias/one").unwrap(), b"x", &c).unwrap();
+    assert_eq!(e.key_id, *ra_uuid(&a).as_bytes());
+
+    ks.update_alias("alias/one", &rb).unwrap();
+    let e = ks.encrypt(&KeyRef::parse("alias/one").unwrap(), b"x", &c).unwrap();
+    assert_eq!(e.key_id, *ra_uuid(&b).as_bytes());
+    assert!(matches!(ks.update_alias("alias/nope", &rb), Err(Error::NotFound(_))));
+
+    let list = ks.list_aliases().unwrap();
+    assert_eq!(list.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["alias/one", "alias/two"]);
+    assert_eq!(list[0].key_id, b.key_id);
+    assert!(list[0].updated_at >= list[0].created_at);
+
+    ks.delete_alias("alias/one").unwrap();
+    assert!(matches!(ks.delete_alias("alias/one"), Err(Error::NotFound(_))));
+    assert!(matches!(ks.describe(&KeyRef::parse("alias/one").unwrap()), Err(Error::NotFound(_))));
+    // The key itself and the other alias are untouched.
+    assert_eq!(ks.describe(&rb).unwrap().state, KeyState::Enabled);
+    assert_eq!(ks.list_aliases().unwrap().len(), 1);
+}
+
+fn ra_uuid(k: &KeyMetadata) -> uuid::Uuid {
+    uuid::Uuid::parse_str(&k.key_id).unwrap()
+}
+
+#[test]
+fn schema_v1_database_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = {
+        let ks = KeyStore::open(dir.path()).unwrap();
+        ks.create_key(Some("old"), "").unwrap()
+    };
+    // Turn the database back into a version-1 one, as an older build wrote it.
+    let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
+    conn.execute_batch("ALTER TABLE aliases DROP COLUMN updated_at; UPDATE meta SET v = '1' WHERE k = 'schema_version';")
+        .unwrap();
+    drop(conn);
+    let ks = KeyStore::open(dir.path()).unwrap();
+    let list = ks.list_aliases().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].key_id, k.key_id);
+    assert_eq!(list[0].updated_at, list[0].created_at);
+    let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
+    let v: String = conn.query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, store::SCHEMA_VERSION.to_string());
+}

@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests: start the real `envelope` binary and talk to its socket.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

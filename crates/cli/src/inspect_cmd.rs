@@ -1,0 +1,435 @@
+//! `envelope inspect` and `envelope decrypt`: read etcd directly, prove what is encrypted and
+//! with which key, and recover objects in a disaster.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use envelope_inspect::classify::{Classified, DekSourceType};
+use envelope_inspect::config::EncryptionConfig;
+use envelope_inspect::report::Summary;
+use envelope_inspect::{decode_object, decrypt};
+use envelope_proto::{v1beta1, v2};
+use tonic::transport::{Channel, Endpoint};
+use zeroize::Zeroizing;
+
+use crate::etcd::{Etcd, EtcdOptions};
+
+/// Exit code when `--fail-on-plaintext` finds unencrypted objects.
+pub const EXIT_PLAINTEXT: u8 = 2;
+/// Exit code when `--fail-on-stale` finds stale objects.
+pub const EXIT_STALE: u8 = 3;
+
+/// How to reach etcd (flag names as etcdctl's).
+#[derive(Debug, Args, Clone)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated (`https://10.0.0.1:2379`, or `host:port`).
+    #[arg(long = "etcd", env = "ENVELOPE_ETCD", value_delimiter = ',', value_name = "ENDPOINTS")]
+    pub endpoints: Vec<String>,
+    /// CA certificate that signed etcd's server certificate (PEM).
+    #[arg(long, env = "ENVELOPE_ETCD_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate for etcd (PEM), e.g. /etc/kubernetes/pki/apiserver-etcd-client.crt.
+    #[arg(long, env = "ENVELOPE_ETCD_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Client private key for etcd (PEM).
+    #[arg(long, env = "ENVELOPE_ETCD_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Timeout of each etcd request.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub etcd_timeout: String,
+}
+
+impl EtcdArgs {
+    fn options(&self) -> Result<EtcdOptions> {
+        Ok(EtcdOptions {
+            endpoints: self.endpoints.clone(),
+            ca: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            connect_timeout: Some(Duration::from_secs(10)),
+            request_timeout: Some(crate::config::parse_duration("etcd-timeout", &self.etcd_timeout)?),
+        })
+    }
+}
+
+/// Options of `envelope inspect`.
+#[derive(Debug, Args)]
+#[command(after_help = "Exit codes: 0 done; 2 unencrypted objects found with --fail-on-plaintext; \
+3 stale objects found with --fail-on-stale; 1 on errors (etcd unreachable, ...); 64 bad usage.\n\
+Values that are corrupt or unrecognised are reported per object and the run continues.")]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// kube-apiserver's --etcd-prefix.
+    #[arg(long, default_value = "/registry")]
+    pub prefix: String,
+    /// Which resources to inspect.
+    #[arg(long, default_value = "secrets", value_parser = ["secrets", "configmaps", "all"])]
+    pub resource: String,
+    /// Output: a table with a summary, JSON, or the summary only.
+    #[arg(long, short = 'o', default_value = "table", value_parser = ["table", "json", "summary"])]
+    pub output: String,
+    /// The current KMS v2 key_id: objects under another key_id are stale.
+    #[arg(long, value_name = "ID", conflicts_with = "plugin_socket")]
+    pub current_key_id: Option<String>,
+    /// Ask a running KMS v2 plugin (any plugin, not only envelope) for the current key_id.
+    #[arg(long, value_name = "PATH")]
+    pub plugin_socket: Option<String>,
+    /// Exit with code 2 if any object is stored unencrypted.
+    #[arg(long)]
+    pub fail_on_plaintext: bool,
+    /// Exit with code 3 if any KMS v2 object is stale (needs --current-key-id or --plugin-socket).
+    #[arg(long)]
+    pub fail_on_stale: bool,
+    /// EncryptionConfiguration to read provider and key names from (needed only when names contain ':').
+    #[arg(long, value_name = "FILE")]
+    pub encryption_config: Option<PathBuf>,
+    /// Keys fetched per etcd request (memory stays bounded by one page).
+    #[arg(long, default_value_t = 1000)]
+    pub page_size: i64,
+    /// Progress bar on stderr: auto (when stderr is a terminal), always, never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    pub progress: String,
+}
+
+/// Options of `envelope decrypt`.
+#[derive(Debug, Args)]
+#[command(after_help = "Unwraps through a KMS plugin socket (KMS v2 or v1, any implementation) or directly from an \
+envelope key store (--data-dir), decrypts with AAD = the etcd key, and prints the object as kubectl would.")]
+pub struct DecryptArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// The object's etcd key, e.g. /registry/secrets/default/db (it is the AAD, so it is needed
+    /// with --value-file too).
+    #[arg(long, value_name = "KEY")]
+    pub etcd_key: String,
+    /// Read the raw stored value from this file instead of etcd.
+    #[arg(long, value_name = "FILE")]
+    pub value_file: Option<PathBuf>,
+    /// KMS plugin socket to unwrap KMS v2/v1 data keys with.
+    #[arg(long, value_name = "PATH", conflicts_with = "data_dir")]
+    pub plugin_socket: Option<String>,
+    /// Unwrap with an envelope key store directly (no running plugin needed).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// EncryptionConfiguration with aescbc/aesgcm/secretbox keys for static-key values.
+    #[arg(long, value_name = "FILE")]
+    pub encryption_config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'o', default_value = "yaml", value_parser = ["yaml", "json"])]
+    pub output: String,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("runtime")
+}
+
+pub fn run_inspect(args: InspectArgs) -> ExitCode {
+    match runtime().and_then(|rt| rt.block_on(inspect(args))) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("envelope inspect: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn run_decrypt(args: DecryptArgs) -> ExitCode {
+    match runtime().and_then(|rt| rt.block_on(decrypt_one(args))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("envelope decrypt: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Connects to a plugin socket (path or @abstract).
+pub async fn plugin_channel(socket: &str) -> Result<Channel> {
+    if let Some(name) = socket.strip_prefix('@') {
+        let name = name.to_string();
+        return Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let name = name.clone();
+                async move {
+                    use std::os::linux::net::SocketAddrExt;
+                    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+                    let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+                    s.set_nonblocking(true)?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::from_std(s)?))
+                }
+            }))
+            .await
+            .with_context(|| format!("cannot connect to plugin socket {socket}"));
+    }
+    Endpoint::from_shared(format!("unix://{socket}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to plugin socket {socket}"))
+}
+
+async fn current_key_id(socket: &str) -> Result<String> {
+    let mut c = v2::key_management_service_client::KeyManagementServiceClient::new(plugin_channel(socket).await?);
+    let mut req = tonic::Request::new(v2::StatusRequest {});
+    req.set_timeout(Duration::from_secs(5));
+    let st = c.status(req).await.map_err(|s| anyhow!("plugin Status failed: {}", s.message()))?.into_inner();
+    if st.key_id.is_empty() {
+        bail!("plugin reported an empty key_id (healthz: {})", st.healthz);
+    }
+    Ok(st.key_id)
+}
+
+fn scan_prefix(prefix: &str, resource: &str) -> Vec<u8> {
+    let p = format!("/{}", prefix.trim_matches('/'));
+    let p = if p == "/" { String::new() } else { p };
+    match resource {
+        "all" => format!("{p}/").into_bytes(),
+        r => format!("{p}/{r}/").into_bytes(),
+    }
+}
+
+async fn inspect(args: InspectArgs) -> Result<u8> {
+    if args.fail_on_stale && args.current_key_id.is_none() && args.plugin_socket.is_none() {
+        bail!("--fail-on-stale needs --current-key-id or --plugin-socket");
+    }
+    let config = match &args.encryption_config {
+        Some(p) => Some(EncryptionConfig::load(p)?),
+        None => None,
+    };
+    let current = match (&args.current_key_id, &args.plugin_socket) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(s)) => Some(current_key_id(s).await?),
+        _ => None,
+    };
+    let mut etcd = Etcd::connect(&args.etcd.options()?).await?;
+    let base = format!("/{}", args.prefix.trim_matches('/'));
+    let prefix = scan_prefix(&args.prefix, &args.resource);
+    let show_progress = match args.progress.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stderr().is_terminal(),
+    };
+    let bar = if show_progress {
+        let total = etcd.count(&prefix).await.unwrap_or(0);
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} objects [{elapsed_precise}] {wide_bar} {per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut summary = Summary::new(current.clone());
+    let mut first = true;
+    let mut write_err: Option<std::io::Error> = None;
+    let table = args.output == "table";
+    let json = args.output == "json";
+    if json {
+        let _ = write!(out, "{{\"objects\":[");
+    } else if table {
+        let _ = writeln!(out, "{:<10} {:<24} {:<44} {:<6} OBJECT", "PROVIDER", "NAME", "KEY_ID", "STALE");
+    }
+    etcd.scan(&prefix, args.page_size, |kv| {
+        let classified = match &config {
+            Some(c) => envelope_inspect::classify::classify_with_config(&kv.key, &kv.value, c),
+            None => envelope_inspect::classify(&kv.key, &kv.value),
+        };
+        let row = summary.add(base.as_bytes(), &kv.key, &kv.value, &classified);
+        let r = if json {
+            let sep = if first { "" } else { "," };
+            serde_json::to_string(&row).map_err(std::io::Error::other).and_then(|s| write!(out, "{sep}\n{s}"))
+        } else if table {
+            let stale = match row.stale {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            };
+            let obj = if row.namespace.is_empty() { row.name.clone() } else { format!("{}/{}", row.namespace, row.name) };
+            let mut line = format!(
+                "{:<10} {:<24} {:<44} {:<6} {}/{}",
+                row.provider,
+                row.provider_name.as_deref().unwrap_or("-"),
+                row.key_id.as_deref().unwrap_or("-"),
+                stale,
+                row.resource,
+                obj
+            );
+            if let Some(p) = &row.problem {
+                line.push_str("  ! ");
+                line.push_str(p);
+            }
+            writeln!(out, "{line}")
+        } else {
+            Ok(())
+        };
+        first = false;
+        if let (Err(e), None) = (r, &write_err) {
+            write_err = Some(e);
+        }
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    })
+    .await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if json {
+        let s = serde_json::to_string(&summary)?;
+        let _ = writeln!(out, "\n],\"summary\":{s}}}");
+    } else {
+        print_summary(&mut out, &summary);
+    }
+    out.flush().ok();
+    if let Some(e) = write_err {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("writing output");
+        }
+    }
+    if args.fail_on_plaintext && summary.unencrypted > 0 {
+        eprintln!("envelope inspect: {} object(s) stored unencrypted", summary.unencrypted);
+        return Ok(EXIT_PLAINTEXT);
+    }
+    if args.fail_on_stale && summary.stale > 0 {
+        eprintln!("envelope inspect: {} object(s) stale (not under key_id {})", summary.stale, current.unwrap_or_default());
+        return Ok(EXIT_STALE);
+    }
+    Ok(0)
+}
+
+fn print_summary(out: &mut impl Write, s: &Summary) {
+    let _ = writeln!(out, "\nSummary: {} object(s)", s.total);
+    for (k, n) in &s.by_provider {
+        let _ = writeln!(out, "  {k:<12} {n}");
+    }
+    let _ = writeln!(out, "By provider, name and key_id:");
+    for (k, n) in &s.by_key {
+        let _ = writeln!(out, "  {k:<70} {n}");
+    }
+    let _ = writeln!(out, "Unencrypted: {}", s.unencrypted);
+    match &s.current_key_id {
+        Some(k) => {
+            let _ = writeln!(out, "Stale (KMS v2 not under key_id {k}): {}", s.stale);
+        }
+        None => {
+            let _ = writeln!(out, "Stale: unknown (give --current-key-id or --plugin-socket)");
+        }
+    }
+    let _ = writeln!(out, "Corrupt or unrecognised: {}", s.problems);
+}
+
+enum Unwrapper {
+    Socket(Channel),
+    Store(envelope_plugin::Plugin<envelope_plugin::EmbeddedBackend>),
+}
+
+impl Unwrapper {
+    async fn v2(&self, dek_source: &[u8], key_id: &str, annotations: HashMap<String, Vec<u8>>) -> Result<Zeroizing<Vec<u8>>> {
+        match self {
+            Unwrapper::Socket(ch) => {
+                let mut c = v2::key_management_service_client::KeyManagementServiceClient::new(ch.clone());
+                let req = v2::DecryptRequest {
+                    ciphertext: dek_source.to_vec(),
+                    uid: uuid::Uuid::new_v4().to_string(),
+                    key_id: key_id.to_string(),
+                    annotations,
+                };
+                let r = c.decrypt(req).await.map_err(|s| anyhow!("plugin Decrypt (KMS v2) failed: {:?}: {}", s.code(), s.message()))?;
+                Ok(Zeroizing::new(r.into_inner().plaintext))
+            }
+            Unwrapper::Store(p) => Ok(p.decrypt_v2(dek_source, key_id, &annotations).await?),
+        }
+    }
+
+    async fn v1(&self, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        match self {
+            Unwrapper::Socket(ch) => {
+                let mut c = v1beta1::key_management_service_client::KeyManagementServiceClient::new(ch.clone());
+                let req = v1beta1::DecryptRequest { version: "v1beta1".into(), cipher: wrapped.to_vec() };
+                let r = c.decrypt(req).await.map_err(|s| anyhow!("plugin Decrypt (KMS v1) failed: {:?}: {}", s.code(), s.message()))?;
+                Ok(Zeroizing::new(r.into_inner().plain))
+            }
+            Unwrapper::Store(p) => Ok(p.decrypt_v1(wrapped).await?),
+        }
+    }
+}
+
+async fn unwrapper(args: &DecryptArgs) -> Result<Unwrapper> {
+    if let Some(s) = &args.plugin_socket {
+        return Ok(Unwrapper::Socket(plugin_channel(s).await?));
+    }
+    if let Some(dir) = &args.data_dir {
+        let dir = dir.clone();
+        let store = tokio::task::spawn_blocking(move || envelope_keystore::KeyStore::open(&dir))
+            .await?
+            .context("cannot open the key store")?;
+        let backend = envelope_plugin::EmbeddedBackend::new(Arc::new(store), envelope_keystore::KeyRef::Alias("alias/kubernetes".into()));
+        let plugin = envelope_plugin::Plugin::new(backend, envelope_plugin::PluginConfig::default(), Arc::new(envelope_plugin::Metrics::new()));
+        return Ok(Unwrapper::Store(plugin));
+    }
+    bail!("this value is KMS-encrypted: give --plugin-socket PATH or --data-dir DIR to unwrap its data key")
+}
+
+async fn decrypt_one(args: DecryptArgs) -> Result<()> {
+    let key = args.etcd_key.as_bytes().to_vec();
+    let value: Zeroizing<Vec<u8>> = match &args.value_file {
+        Some(f) => Zeroizing::new(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?),
+        None => {
+            let mut etcd = Etcd::connect(&args.etcd.options()?).await?;
+            let kv = etcd.get(&key).await?.ok_or_else(|| anyhow!("etcd has no key {}", args.etcd_key))?;
+            Zeroizing::new(kv.value)
+        }
+    };
+    let config = match &args.encryption_config {
+        Some(p) => Some(EncryptionConfig::load(p)?),
+        None => None,
+    };
+    let classified = match &config {
+        Some(c) => envelope_inspect::classify::classify_with_config(&key, &value, c),
+        None => envelope_inspect::classify(&key, &value),
+    };
+    let plaintext: Zeroizing<Vec<u8>> = match &classified {
+        Classified::IdentityProtobuf | Classified::IdentityJson => Zeroizing::new(value.to_vec()),
+        Classified::KmsV2(v) => {
+            let u = unwrapper(&args).await?;
+            let annotations: HashMap<String, Vec<u8>> = v.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let dek_source = u.v2(&v.encrypted_dek_source, &v.key_id, annotations).await?;
+            if v.dek_source_type == DekSourceType::AesGcmKey {
+                eprintln!("note: legacy AES_GCM_KEY value (written by Kubernetes 1.27/1.28)");
+            }
+            decrypt::kms_v2(&key, &value, &dek_source)?
+        }
+        Classified::KmsV1(v) => {
+            let u = unwrapper(&args).await?;
+            let dek = u.v1(&v.wrapped_dek).await?;
+            decrypt::kms_v1(&key, &value, &v.provider_name, &dek)?.plaintext
+        }
+        Classified::StaticKey(_) => {
+            let c = config.as_ref().ok_or_else(|| anyhow!("this value is encrypted with a static key: give --encryption-config FILE"))?;
+            decrypt::with_config(&key, &value, c)?.plaintext
+        }
+        other => bail!("cannot decrypt: {other}"),
+    };
+    let object = decode_object(&plaintext)?;
+    let text: Zeroizing<String> = if args.output == "json" {
+        object.to_json_pretty()
+    } else {
+        Zeroizing::new(serde_norway::to_string(object.json()).context("rendering YAML")?)
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    if !text.ends_with('\n') {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! `envelope kms serve`: the self-hosted key server speaking the AWS KMS JSON API. Parses and
+//! checks the flags, opens the key store, loads (or generates) credentials, then hands a bound
+//! listener and a SIGTERM/SIGINT shutdown future to `envelope_kms_server::serve`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use envelope_keystore::KeyStore;
+use envelope_kms_server::{Config, Credential, CredentialStore, Server};
+use zeroize::Zeroizing;
+
+use crate::EXIT_CONFIG;
+
+/// Options of `envelope kms`.
+#[derive(Debug, Args)]
+pub struct KmsArgs {
+    #[command(subcommand)]
+    pub command: KmsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KmsCommand {
+    /// Serve the AWS KMS JSON API (SigV4-authenticated) over HTTP on a loopback address.
+    Serve(ServeArgs),
+}
+
+/// Options of `envelope kms serve`.
+#[derive(Debug, Args)]
+#[command(after_help = "Point any AWS client at it, e.g.\n  aws --endpoint-url http://127.0.0.1:4599 kms create-key\n\
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 for invalid configuration, 1 for runtime failures.")]
+pub struct ServeArgs {
+    /// Address to listen on. Only loopback addresses are accepted until TLS is supported.
+    #[arg(long, env = "ENVELOPE_KMS_LISTEN", default_value = "127.0.0.1:4599", value_name = "HOST:PORT")]
+    pub listen: String,
+    /// Data directory of the key store (created on first start, mode 0700).
+    /// Default: /var/lib/envelope/kms as root, else ~/.local/share/envelope/kms.
+    #[arg(long, env = "ENVELOPE_KMS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Credentials file: a YAML list of {access_key_id, secret_access_key, principal}.
+    /// Default: <data-dir>/credentials.yaml, generated (0600) and printed once on first start.
+    #[arg(long, env = "ENVELOPE_KMS_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+    /// Region the server answers for (SigV4 scope and ARNs).
+    #[arg(long, env = "ENVELOPE_KMS_REGION", default_value = "us-east-1", value_name = "REGION")]
+    pub region: String,
+    /// 12-digit account id used in ARNs.
+    #[arg(long, env = "ENVELOPE_KMS_ACCOUNT_ID", default_value = "111122223333", value_name = "ID")]
+    pub account_id: String,
+    /// Log format: text or json.
+    #[arg(long, env = "ENVELOPE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// Log level or filter (error, warn, info, debug, or a RUST_LOG-style filter).
+    #[arg(long, env = "ENVELOPE_LOG_LEVEL", default_value = "info", value_name = "FILTER")]
+    pub log_level: String,
+}
+
+/// Name of the generated credentials file inside the data directory.
+const CREDENTIALS_FILE: &str = "credentials.yaml";
+
+pub fn run(args: KmsArgs) -> ExitCode {
+    match args.command {
+        KmsCommand::Serve(a) => serve(a),
+    }
+}
+
+struct Settings {
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    credentials: Option<PathBuf>,
+    config: Config,
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let settings = match resolve(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("envelope: invalid configuration: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    crate::plugin_cmd::init_logging(args.log_format == "json", &args.log_level);
+    // No core dumps and no ptrace by other processes of the same user: key material lives in memory.
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    let _ = nix::sys::prctl::set_dumpable(false);
+
+    let store = match KeyStore::open(&settings.data_dir) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("envelope: cannot open the key store in {}: {e}", settings.data_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let credentials = match load_credentials(&settings) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("envelope: invalid configuration: {e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let server = match Server::new(store, credentials, settings.config.clone()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("envelope: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("envelope: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run_server(server, &settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "key server stopped with an error");
+            eprintln!("envelope: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn resolve(args: &ServeArgs) -> Result<Settings> {
+    let addrs: Vec<SocketAddr> = args
+        .listen
+        .to_socket_addrs()
+        .with_context(|| format!("--listen {:?} is not HOST:PORT", args.listen))?
+        .collect();
+    let Some(listen) = addrs.first().copied() else { bail!("--listen {:?} resolves to no address", args.listen) };
+    if !addrs.iter().all(|a| a.ip().is_loopback()) {
+        bail!("--listen {} is not a loopback address; only loopback is allowed until TLS is supported", args.listen);
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| crate::config::default_data_dir().join("kms"));
+    if data_dir.as_os_str().is_empty() {
+        bail!("--data-dir must not be empty");
+    }
+    let data_dir = if data_dir.is_absolute() { data_dir } else { std::env::current_dir()?.join(data_dir) };
+    let config = Config::new(&args.region, &args.account_id);
+    config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(c) = &args.credentials {
+        if !c.is_file() {
+            bail!("--credentials {} is not a readable file", c.display());
+        }
+    }
+    Ok(Settings { listen, data_dir, credentials: args.credentials.clone(), config })
+}
+
+/// The credentials file given, else `<data-dir>/credentials.yaml`, generated on first start.
+fn load_credentials(s: &Settings) -> Result<CredentialStore> {
+    if let Some(path) = &s.credentials {
+        return CredentialStore::load(path).map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    let path = s.data_dir.join(CREDENTIALS_FILE);
+    if path.exists() {
+        tracing::info!(path = %path.display(), "using the credentials file from the data directory");
+        return CredentialStore::load(&path).map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    let principal = format!("arn:aws:iam::{}:user/admin", s.config.account_id);
+    let (akid, secret) = generate_access_key()?;
+    write_credentials(&path, &akid, &secret, &principal)?;
+    println!("envelope kms: generated an access key (shown once; saved to {}, mode 0600):", path.display());
+    println!("  export AWS_ACCESS_KEY_ID={akid}");
+    println!("  export AWS_SECRET_ACCESS_KEY={}", secret.as_str());
+    println!("  export AWS_DEFAULT_REGION={}", s.config.region);
+    println!("  principal: {principal}");
+    CredentialStore::new(vec![Credential::new(akid, secret, None, principal)]).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// An `AKIA` + 16 base32 characters access key id and a 40-character secret.
+fn generate_access_key() -> Result<(String, Zeroizing<String>)> {
+    const B32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut raw = Zeroizing::new([0u8; 56]);
+    envelope_keystore::crypto::fill_random(&mut raw[..]).context("random")?;
+    let akid: String =
+        std::iter::once("AKIA".to_string()).chain(raw[..16].iter().map(|b| char::from(B32[usize::from(b % 32)]).to_string())).collect();
+    let mut secret = Zeroizing::new(String::with_capacity(40));
+    for b in &raw[16..] {
+        secret.push(char::from(B64[usize::from(b % 64)]));
+    }
+    Ok((akid, secret))
+}
+
+fn write_credentials(path: &Path, akid: &str, secret: &str, principal: &str) -> Result<()> {
+    let text = Zeroizing::new(format!(
+        "# Credentials of `envelope kms serve`. Keep this file secret (mode 0600).\n\
+         - access_key_id: {akid}\n  secret_access_key: '{secret}'\n  principal: {principal}\n"
+    ));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+async fn run_server(server: Arc<Server>, s: &Settings) -> Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {}", s.listen))?;
+    let addr = listener.local_addr().context("listener address")?;
+    println!(
+        "envelope kms serve listening on http://{addr} (region {}, account {}, data {})",
+        s.config.region,
+        s.config.account_id,
+        s.data_dir.display()
+    );
+    println!("  try: aws --endpoint-url http://{addr} kms create-key");
+    tracing::info!(addr = %addr, region = %s.config.region, "serving the AWS KMS API");
+    let shutdown = async {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("received SIGTERM"),
+                    _ = int.recv() => tracing::info!("received SIGINT"),
+                }
+            }
+            _ => {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    envelope_kms_server::serve(listener, server, shutdown).await.context("HTTP server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(listen: &str) -> ServeArgs {
+        ServeArgs {
+            listen: listen.into(),
+            data_dir: Some("/tmp/envelope-kms-test".into()),
+            credentials: None,
+            region: "us-east-1".into(),
+            account_id: "111122223333".into(),
+            log_format: "text".into(),
+            log_level: "info".into(),
+        }
+    }
+
+    #[test]
+    fn only_loopback_listen_addresses() {
+        assert!(resolve(&args("127.0.0.1:4599")).is_ok());
+        assert!(resolve(&args("[::1]:4599")).is_ok());
+        assert!(resolve(&args("0.0.0.0:4599")).is_err());
+        assert!(resolve(&args("10.1.2.3:4599")).is_err());
+        assert!(resolve(&args("no-port")).is_err());
+        let mut a = args("127.0.0.1:1");
+        a.account_id = "123".into();
+        assert!(resolve(&a).is_err());
+    }
+
+    #[test]
+    fn generated_credentials_load_back() {
+        let (akid, secret) = generate_access_key().unwrap();
+        assert!(akid.starts_with("AKIA") && akid.len() == 20);
+        assert_eq!(secret.len(), 40);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(CREDENTIALS_FILE);
+        write_credentials(&p, &akid, &secret, "arn:aws:iam::111122223333:user/admin").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        CredentialStore::load(&p).unwrap();
+        assert!(write_credentials(&p, &akid, &secret, "arn:x").is_err(), "never overwrites");
+    }
+}

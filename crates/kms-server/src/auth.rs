@@ -1,0 +1,460 @@
+//! Authentication: the access-key table (a YAML credentials file) and SigV4 verification.
+//!
+//! Verification recomputes the signature with `aws-sigv4` (the signer the AWS SDKs use, so the
+//! canonicalisation is identical) from the headers the client says it signed, and compares the
+//! result in constant time. Checked by hand around that: the credential scope (date, region,
+//! service `kms`, terminator), the ±5-minute clock window, the mandatory signed headers (`host`,
+//! `x-amz-date`), and the session token.
+//!
+//! The body is handed to the signer only as its SHA-256 (`SignableBody::Precomputed`), so the
+//! signer's trace logging can never print a request body.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use http::HeaderMap;
+use zeroize::Zeroizing;
+
+use crate::error::{KmsError, Result};
+
+/// Largest accepted difference between the client's `X-Amz-Date` and the server clock.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+const SIGNATURE_MISMATCH: &str = "The request signature we calculated does not match the signature you provided. \
+Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
+
+/// One access key: who it is and the secret it signs with.
+pub struct Credential {
+    /// The access key id (`AKIA...`).
+    pub access_key_id: String,
+    secret_access_key: Zeroizing<String>,
+    session_token: Option<Zeroizing<String>>,
+    /// The principal this key authenticates, e.g. `arn:aws:iam::111122223333:user/admin`.
+    pub principal: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("access_key_id", &self.access_key_id)
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// A credential from its parts; `session_token`, when set, must accompany every request.
+    pub fn new(
+        access_key_id: impl Into<String>,
+        secret_access_key: Zeroizing<String>,
+        session_token: Option<Zeroizing<String>>,
+        principal: impl Into<String>,
+    ) -> Self {
+        Self { access_key_id: access_key_id.into(), secret_access_key, session_token, principal: principal.into() }
+    }
+}
+
+/// The table of access keys the server accepts.
+#[derive(Debug, Default)]
+pub struct CredentialStore {
+    by_id: HashMap<String, Credential>,
+}
+
+/// One entry of the credentials file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    access_key_id: String,
+    secret_access_key: SecretString,
+    #[serde(default)]
+    session_token: Option<SecretString>,
+    principal: String,
+}
+
+/// A string read from a file straight into zeroizing memory.
+struct SecretString(Zeroizing<String>);
+
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d).map(|s| SecretString(Zeroizing::new(s)))
+    }
+}
+
+impl CredentialStore {
+    /// Builds the table; access key ids must be unique and well formed.
+    pub fn new(creds: Vec<Credential>) -> Result<Self> {
+        let mut by_id = HashMap::new();
+        for c in creds {
+            if c.access_key_id.len() < 16
+                || c.access_key_id.len() > 128
+                || !c.access_key_id.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return Err(KmsError::Config(format!(
+                    "access key id {:?} must be 16 to 128 letters or digits",
+                    c.access_key_id
+                )));
+            }
+            if c.secret_access_key.is_empty() {
+                return Err(KmsError::Config(format!("access key {} has an empty secret", c.access_key_id)));
+            }
+            if !c.principal.starts_with("arn:") {
+                return Err(KmsError::Config(format!(
+                    "principal of access key {} must be an ARN (arn:aws:iam::ACCOUNT:user/NAME), got {:?}",
+                    c.access_key_id, c.principal
+                )));
+            }
+            let id = c.access_key_id.clone();
+            if by_id.insert(id.clone(), c).is_some() {
+                return Err(KmsError::Config(format!("access key id {id} is listed twice")));
+            }
+        }
+        if by_id.is_empty() {
+            return Err(KmsError::Config("no credentials configured".into()));
+        }
+        Ok(Self { by_id })
+    }
+
+    /// Parses a credentials file: a YAML list of
+    /// `{access_key_id, secret_access_key, principal, session_token?}`.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let entries: Vec<FileEntry> =
+            serde_norway::from_str(text).map_err(|e| KmsError::Config(format!("credentials file: {e}")))?;
+        Self::new(
+            entries
+                .into_iter()
+                .map(|e| Credential {
+                    access_key_id: e.access_key_id,
+                    secret_access_key: e.secret_access_key.0,
+                    session_token: e.session_token.map(|t| t.0),
+                    principal: e.principal,
+                })
+                .collect(),
+        )
+    }
+
+    /// Reads and parses a credentials file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|e| KmsError::Config(format!("cannot read {}: {e}", path.display())))?,
+        );
+        Self::from_yaml(&text)
+    }
+
+    /// Verifies the SigV4 signature of a request for service `kms` in `region` at time `now`.
+    /// Returns the credential that signed it.
+    ///
+    /// `path_and_query` is the request target; the server serves only `/`.
+    pub fn verify(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        region: &str,
+        now: SystemTime,
+    ) -> Result<&Credential> {
+        let auth = headers.get(http::header::AUTHORIZATION).ok_or(KmsError::MissingAuthenticationToken)?;
+        let auth = auth
+            .to_str()
+            .map_err(|_| KmsError::IncompleteSignature("Authorization header is not valid ASCII.".into()))?;
+        let parsed = parse_authorization(auth)?;
+        let cred = self.by_id.get(parsed.access_key_id).ok_or(KmsError::UnrecognizedClient)?;
+
+        let amz_date = headers.get("x-amz-date").and_then(|v| v.to_str().ok()).ok_or_else(|| {
+            KmsError::IncompleteSignature(
+                "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into(),
+            )
+        })?;
+        let time = parse_amz_date(amz_date)
+            .ok_or_else(|| KmsError::IncompleteSignature(format!("Date must be in ISO-8601 'basic format'. Got '{amz_date}'.")))?;
+        if !amz_date.starts_with(parsed.date) {
+            return Err(KmsError::InvalidSignature(
+                "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP.".into(),
+            ));
+        }
+        if parsed.region != region {
+            return Err(KmsError::InvalidSignature(format!(
+                "Credential should be scoped to a valid region, not '{}'.",
+                parsed.region
+            )));
+        }
+        if parsed.service != "kms" {
+            return Err(KmsError::InvalidSignature("Credential should be scoped to correct service: 'kms'.".into()));
+        }
+        if parsed.terminator != "aws4_request" {
+            return Err(KmsError::InvalidSignature(
+                "Credential should be scoped with a valid terminator: 'aws4_request'.".into(),
+            ));
+        }
+        check_skew(amz_date, time, now)?;
+        for required in ["host", "x-amz-date"] {
+            if !parsed.signed_headers.contains(&required) {
+                return Err(KmsError::IncompleteSignature(format!(
+                    "'{required}' must be a 'SignedHeader' in the AWS Authorization."
+                )));
+            }
+        }
+        let token = match headers.get("x-amz-security-token") {
+            Some(v) => Some(v.to_str().map_err(|_| KmsError::UnrecognizedClient)?),
+            None => None,
+        };
+        match (&cred.session_token, token) {
+            (None, None) => {}
+            (Some(want), Some(got))
+                if aws_lc_rs::constant_time::verify_slices_are_equal(want.as_bytes(), got.as_bytes()).is_ok() => {}
+            _ => return Err(KmsError::UnrecognizedClient),
+        }
+
+        // The headers the client signed (except the two the signer inserts itself), every value.
+        let mut signed: Vec<(&str, &str)> = Vec::new();
+        for name in &parsed.signed_headers {
+            if matches!(*name, "x-amz-date" | "x-amz-security-token") {
+                continue;
+            }
+            let mut any = false;
+            for v in headers.get_all(*name) {
+                let v = v.to_str().map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
+                signed.push((name, v));
+                any = true;
+            }
+            if !any {
+                return Err(KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()));
+            }
+        }
+        if parsed.signed_headers.contains(&"x-amz-security-token") != token.is_some() {
+            return Err(KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()));
+        }
+
+        let identity: aws_smithy_runtime_api::client::identity::Identity = aws_credential_types::Credentials::new(
+            cred.access_key_id.clone(),
+            cred.secret_access_key.as_str(),
+            cred.session_token.as_ref().map(|t| t.to_string()),
+            None,
+            "envelope-kms",
+        )
+        .into();
+        let mut settings = SigningSettings::default();
+        settings.excluded_headers = Some(Vec::new());
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name("kms")
+            .time(time)
+            .settings(settings)
+            .build()
+            .map_err(|e| KmsError::Internal(format!("sigv4 parameters: {e}")))?
+            .into();
+        let body_hash = hex::encode(envelope_keystore::crypto::sha256(&[body]));
+        let request = SignableRequest::new(method, path_and_query, signed.into_iter(), SignableBody::Precomputed(body_hash))
+            .map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
+        let expected = sign(request, &params).map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
+        aws_lc_rs::constant_time::verify_slices_are_equal(expected.signature().as_bytes(), parsed.signature.as_bytes())
+            .map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
+        Ok(cred)
+    }
+}
+
+/// The parts of an `Authorization: AWS4-HMAC-SHA256 ...` header.
+#[derive(Debug, PartialEq, Eq)]
+struct Authorization<'a> {
+    access_key_id: &'a str,
+    date: &'a str,
+    region: &'a str,
+    service: &'a str,
+    terminator: &'a str,
+    signed_headers: Vec<&'a str>,
+    signature: &'a str,
+}
+
+fn parse_authorization(h: &str) -> Result<Authorization<'_>> {
+    let Some(rest) = h.strip_prefix("AWS4-HMAC-SHA256") else {
+        return Err(KmsError::IncompleteSignature(
+            "Unsupported Authorization Type; only AWS4-HMAC-SHA256 is accepted.".into(),
+        ));
+    };
+    let (mut credential, mut signed, mut signature) = (None, None, None);
+    for part in rest.split(',') {
+        let part = part.trim();
+        if let Some(v) = part.strip_prefix("Credential=") {
+            credential = Some(v);
+        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
+            signed = Some(v);
+        } else if let Some(v) = part.strip_prefix("Signature=") {
+            signature = Some(v);
+        }
+    }
+    let mut missing = Vec::new();
+    for (name, v) in [("Credential", credential), ("Signature", signature), ("SignedHeaders", signed)] {
+        if v.is_none_or(str::is_empty) {
+            missing.push(format!("Authorization header requires '{name}' parameter."));
+        }
+    }
+    let (Some(credential), Some(signed), Some(signature)) = (credential, signed, signature) else {
+        return Err(KmsError::IncompleteSignature(missing.join(" ")));
+    };
+    if !missing.is_empty() {
+        return Err(KmsError::IncompleteSignature(missing.join(" ")));
+    }
+    let scope: Vec<&str> = credential.split('/').collect();
+    let [access_key_id, date, region, service, terminator] = scope[..] else {
+        return Err(KmsError::IncompleteSignature(
+            "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term.".into(),
+        ));
+    };
+    if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()));
+    }
+    let signed_headers: Vec<&str> = signed.split(';').collect();
+    if signed_headers.iter().any(|n| n.is_empty() || n.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii_graphic())) {
+        return Err(KmsError::IncompleteSignature("SignedHeaders must be lowercase header names separated by ';'.".into()));
+    }
+    Ok(Authorization { access_key_id, date, region, service, terminator, signed_headers, signature })
+}
+
+fn check_skew(amz_date: &str, time: SystemTime, now: SystemTime) -> Result<()> {
+    match now.duration_since(time) {
+        Ok(behind) if behind > MAX_CLOCK_SKEW => Err(KmsError::InvalidSignature(format!(
+            "Signature expired: {amz_date} is now earlier than {} ({} - 5 min.)",
+            format_amz_date(now - MAX_CLOCK_SKEW),
+            format_amz_date(now)
+        ))),
+        Ok(_) => Ok(()),
+        Err(ahead) if ahead.duration() > MAX_CLOCK_SKEW => Err(KmsError::InvalidSignature(format!(
+            "Signature not yet current: {amz_date} is still later than {} ({} + 5 min.)",
+            format_amz_date(now + MAX_CLOCK_SKEW),
+            format_amz_date(now)
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Parses `YYYYMMDD'T'HHMMSS'Z'`. `None` for anything else (including impossible dates).
+pub fn parse_amz_date(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        if !t.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        t.parse().ok()
+    };
+    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
+    let (h, mi, se) = (num(9..11)?, num(11..13)?, num(13..15)?);
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 59 {
+        return None;
+    }
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se;
+    let secs = u64::try_from(secs).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// Formats a time as `YYYYMMDD'T'HHMMSS'Z'`.
+pub fn format_amz_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = i64::try_from(secs).unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+// Howard Hinnant's algorithms (proleptic Gregorian calendar).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn amz_dates() {
+        let t = parse_amz_date("20150830T123600Z").unwrap();
+        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_440_938_160);
+        assert_eq!(format_amz_date(t), "20150830T123600Z");
+        for bad in ["", "20150830T123600", "2015-08-30T12:36:00Z", "20150230T000000Z", "20151301T000000Z", "2015083OT123600Z", "+0150830T123600Z"] {
+            assert!(parse_amz_date(bad).is_none(), "{bad}");
+        }
+        assert!(parse_amz_date("20240229T235959Z").is_some());
+    }
+
+    #[test]
+    fn authorization_header() {
+        let h = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE0000000/20150830/us-east-1/kms/aws4_request, SignedHeaders=host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7";
+        let a = parse_authorization(h).unwrap();
+        assert_eq!(a.access_key_id, "AKIDEXAMPLE0000000");
+        assert_eq!(a.region, "us-east-1");
+        assert_eq!(a.signed_headers, ["host", "x-amz-date"]);
+        for bad in [
+            "Basic dXNlcjpwYXNz",
+            "AWS4-HMAC-SHA256 SignedHeaders=host, Signature=00",
+            "AWS4-HMAC-SHA256 Credential=a/b/c, SignedHeaders=host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
+            "AWS4-HMAC-SHA256 Credential=a/b/c/d/e, SignedHeaders=Host, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
+        ] {
+            assert!(parse_authorization(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_file() {
+        let ok = "- access_key_id: AKIAIOSFODNN7EXAMPLE\n  secret_access_key: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n  principal: arn:aws:iam::111122223333:user/admin\n";
+        let s = CredentialStore::from_yaml(ok).unwrap();
+        let c = &s.by_id["AKIAIOSFODNN7EXAMPLE"];
+        assert_eq!(c.principal, "arn:aws:iam::111122223333:user/admin");
+        assert!(!format!("{c:?}").contains("wJalr"), "secret must not be in Debug output");
+        let dup = format!("{ok}{ok}");
+        assert!(CredentialStore::from_yaml(&dup).is_err());
+        assert!(CredentialStore::from_yaml("[]").is_err());
+        assert!(CredentialStore::from_yaml("- access_key_id: AKIAIOSFODNN7EXAMPLE\n  secret_access_key: x\n  principal: admin\n").is_err());
+        assert!(CredentialStore::from_yaml("- access_key_id: AKIAIOSFODNN7EXAMPLE\n  secret: x\n  principal: arn:x\n").is_err());
+        assert!(CredentialStore::from_yaml("not: [a list").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn date_round_trip(secs in 0u64..8_000_000_000) {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            prop_assert_eq!(parse_amz_date(&format_amz_date(t)), Some(t));
+        }
+
+        #[test]
+        fn authorization_parser_never_panics(s in ".{0,300}") {
+            let _ = parse_authorization(&s);
+            let _ = parse_amz_date(&s);
+        }
+    }
+}

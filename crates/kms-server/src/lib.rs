@@ -1,0 +1,106 @@
+//! envelope's key server: the AWS KMS JSON 1.1 API over HTTP, so `aws kms ...`, boto3 and the
+//! AWS SDKs work against a self-hosted key store.
+//!
+//! * [`protocol`]: operation names, request parsing/validation, response encoding (pure).
+//! * [`auth`]: the access-key table and SigV4 verification (pure, given the clock).
+//! * [`ids`]: key identifiers — key id, key ARN, alias name, alias ARN.
+//! * [`ops`]: the operations, on top of `envelope_keystore::KeyStore`.
+//! * [`server`]: HTTP (axum): routing on `X-Amz-Target`, body limit, request ids, errors.
+//! * [`error`]: [`KmsError`] and its one mapping to AWS error codes and HTTP statuses.
+//!
+//! The library binds nothing: [`serve`] takes a bound listener and a shutdown future.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod error;
+pub mod ids;
+pub mod ops;
+pub mod protocol;
+pub mod server;
+
+use std::sync::Arc;
+
+use envelope_keystore::KeyStore;
+
+pub use auth::{Credential, CredentialStore};
+pub use error::{KmsError, Result};
+pub use protocol::{Operation, Request, parse_request};
+pub use server::serve;
+
+/// Default request body limit (1 MiB; the largest legitimate KMS request is far smaller).
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+/// Settings of a key server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The region the server answers for (SigV4 scope and ARNs), e.g. `us-east-1`.
+    pub region: String,
+    /// The 12-digit account id used in ARNs.
+    pub account_id: String,
+    /// Largest request body accepted.
+    pub max_body: usize,
+}
+
+impl Config {
+    /// A configuration with the default body limit.
+    pub fn new(region: impl Into<String>, account_id: impl Into<String>) -> Self {
+        Self { region: region.into(), account_id: account_id.into(), max_body: DEFAULT_MAX_BODY }
+    }
+
+    /// Checks the region (`^([a-z]+-){2,3}\d+$`) and the account id (12 digits).
+    pub fn validate(&self) -> Result<()> {
+        let parts: Vec<&str> = self.region.split('-').collect();
+        let region_ok = (3..=4).contains(&parts.len())
+            && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+            && parts.last().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !region_ok {
+            return Err(KmsError::Config(format!("region {:?} is not a region name like us-east-1", self.region)));
+        }
+        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(KmsError::Config(format!("account id {:?} must be 12 digits", self.account_id)));
+        }
+        if self.max_body < 64 * 1024 {
+            return Err(KmsError::Config("the body limit must be at least 64 KiB".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The key server's state: the key store, the accepted credentials and the settings.
+pub struct Server {
+    store: Arc<KeyStore>,
+    credentials: CredentialStore,
+    config: Config,
+    names: ids::Names,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server over `store`, accepting requests signed with `credentials`.
+    pub fn new(store: Arc<KeyStore>, credentials: CredentialStore, config: Config) -> Result<Self> {
+        config.validate()?;
+        let names = ids::Names::new(&config.region, &config.account_id);
+        Ok(Self { store, credentials, config, names })
+    }
+
+    /// The key store.
+    pub fn store(&self) -> &Arc<KeyStore> {
+        &self.store
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Naming (ARNs) for this server's region and account.
+    pub fn names(&self) -> &ids::Names {
+        &self.names
+    }
+}

@@ -1,0 +1,550 @@
+//! End-to-end tests: a real server on 127.0.0.1:0, requests signed with `aws-sigv4` (the SDKs'
+//! signer) and sent over plain TCP as HTTP/1.1.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use envelope_keystore::KeyStore;
+use envelope_kms_server::{Config, Credential, CredentialStore, Server, serve};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+const AKID: &str = "AKIAENVELOPETEST0001";
+const SECRET: &str = "envelope-test-secret-0123456789abcdefghij";
+const TOKEN_AKID: &str = "ASIAENVELOPETEST0002";
+const TOKEN: &str = "session-token-value";
+const REGION: &str = "us-east-1";
+const ACCOUNT: &str = "111122223333";
+
+struct Harness {
+    port: u16,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    json: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn error_type(&self) -> &str {
+        self.json["__type"].as_str().unwrap_or("")
+    }
+
+    #[track_caller]
+    fn ok(self) -> Value {
+        assert_eq!(self.status, 200, "{}", self.json);
+        self.json
+    }
+
+    #[track_caller]
+    fn err(self, code: &str) -> String {
+        assert_eq!((self.status, self.error_type()), (400, code), "{}", self.json);
+        assert_eq!(self.header("x-amzn-errortype"), Some(code));
+        self.json["message"].as_str().unwrap_or("").to_string()
+    }
+}
+
+/// How to sign (or mis-sign) a request.
+#[derive(Clone)]
+struct Signer {
+    akid: &'static str,
+    secret: &'static str,
+    token: Option<&'static str>,
+    region: &'static str,
+    time: SystemTime,
+}
+
+impl Default for Signer {
+    fn default() -> Self {
+        Signer { akid: AKID, secret: SECRET, token: None, region: REGION, time: SystemTime::now() }
+    }
+}
+
+async fn start() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(KeyStore::open(&dir.path().join("data")).unwrap());
+    let creds = CredentialStore::new(vec![
+        Credential::new(AKID, Zeroizing::new(SECRET.into()), None, "arn:aws:iam::111122223333:user/admin"),
+        Credential::new(
+            TOKEN_AKID,
+            Zeroizing::new(SECRET.into()),
+            Some(Zeroizing::new(TOKEN.into())),
+            "arn:aws:sts::111122223333:assumed-role/ops/session",
+        ),
+    ])
+    .unwrap();
+    let server = Arc::new(Server::new(store, creds, Config::new(REGION, ACCOUNT)).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(listener, server, async move {
+        let _ = rx.await;
+    }));
+    Harness { port, _dir: dir, _stop: tx }
+}
+
+impl Harness {
+    async fn call(&self, op: &str, body: Value) -> Reply {
+        self.call_with(op, body.to_string().into_bytes(), &Signer::default()).await
+    }
+
+    async fn call_with(&self, op: &str, body: Vec<u8>, s: &Signer) -> Reply {
+        let target = format!("TrentService.{op}");
+        let headers = self.signed_headers(&target, &body, &body, s);
+        self.send("POST", "/", &headers, &body).await
+    }
+
+    /// Headers for a request signed over `signed_body` (which may differ from what is sent).
+    fn signed_headers(&self, target: &str, _sent: &[u8], signed_body: &[u8], s: &Signer) -> Vec<(String, String)> {
+        let host = format!("127.0.0.1:{}", self.port);
+        let mut headers = vec![
+            ("host".to_string(), host.clone()),
+            ("content-type".to_string(), "application/x-amz-json-1.1".to_string()),
+            ("x-amz-target".to_string(), target.to_string()),
+        ];
+        let identity = aws_credential_types::Credentials::new(s.akid, s.secret, s.token.map(str::to_string), None, "test").into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(s.region)
+            .name("kms")
+            .time(s.time)
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let req = SignableRequest::new(
+            "POST",
+            format!("http://{host}/"),
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(signed_body),
+        )
+        .unwrap();
+        let (instructions, _) = sign(req, &params).unwrap().into_parts();
+        let mut http_req = http::Request::builder().uri(format!("http://{host}/")).body(()).unwrap();
+        instructions.apply_to_request_http1x(&mut http_req);
+        for (k, v) in http_req.headers() {
+            headers.push((k.as_str().to_string(), v.to_str().unwrap().to_string()));
+        }
+        headers
+    }
+
+    async fn send(&self, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Reply {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let mut head = format!("{method} {path} HTTP/1.1\r\n");
+        let has_host = headers.iter().any(|(k, _)| k == "host");
+        if !has_host {
+            head.push_str(&format!("host: 127.0.0.1:{}\r\n", self.port));
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()));
+        let (mut rd, mut wr) = conn.split();
+        let write = async {
+            let _ = wr.write_all(head.as_bytes()).await;
+            let _ = wr.write_all(body).await;
+        };
+        let mut raw = Vec::new();
+        let read = rd.read_to_end(&mut raw);
+        let (_, r) = tokio::join!(write, read);
+        r.unwrap();
+        parse_response(&raw)
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Reply {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
+    let head = std::str::from_utf8(&raw[..split]).unwrap();
+    let body = &raw[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked { dechunk(body) } else { body.to_vec() };
+    let json = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).expect("JSON body") };
+    let reply = Reply { status, headers, json };
+    assert_eq!(reply.header("content-type"), Some("application/x-amz-json-1.1"));
+    let rid = reply.header("x-amzn-requestid").expect("x-amzn-RequestId on every response");
+    assert!(uuid::Uuid::parse_str(rid).is_ok());
+    reply
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    STANDARD.encode(b)
+}
+
+fn unb64(v: &Value) -> Vec<u8> {
+    STANDARD.decode(v.as_str().expect("base64 string")).unwrap()
+}
+
+async fn create_key(h: &Harness) -> (String, String) {
+    let m = h.call("CreateKey", json!({"Description": "test"})).await.ok();
+    let m = &m["KeyMetadata"];
+    (m["KeyId"].as_str().unwrap().to_string(), m["Arn"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn create_describe_encrypt_decrypt_with_every_key_form() {
+    let h = start().await;
+    let r = h.call("CreateKey", json!({})).await.ok();
+    let m = &r["KeyMetadata"];
+    let id = m["KeyId"].as_str().unwrap().to_string();
+    let arn = format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/{id}");
+    assert_eq!(m["Arn"], arn);
+    assert_eq!(m["AWSAccountId"], ACCOUNT);
+    assert_eq!(m["KeyState"], "Enabled");
+    assert_eq!(m["Enabled"], true);
+    assert_eq!(m["KeySpec"], "SYMMETRIC_DEFAULT");
+    assert_eq!(m["KeyUsage"], "ENCRYPT_DECRYPT");
+    assert_eq!(m["Origin"], "AWS_KMS");
+    assert_eq!(m["KeyManager"], "CUSTOMER");
+    assert_eq!(m["EncryptionAlgorithms"], json!(["SYMMETRIC_DEFAULT"]));
+    assert_eq!(m["CurrentKeyMaterialId"].as_str().unwrap().len(), 64);
+    assert!(m["CreationDate"].is_number());
+
+    h.call("CreateAlias", json!({"AliasName": "alias/k8s-master-key", "TargetKeyId": id})).await.ok();
+    let alias_arn = format!("arn:aws:kms:{REGION}:{ACCOUNT}:alias/k8s-master-key");
+    for form in [id.as_str(), arn.as_str(), "alias/k8s-master-key", alias_arn.as_str()] {
+        let d = h.call("DescribeKey", json!({"KeyId": form})).await.ok();
+        assert_eq!(d["KeyMetadata"]["KeyId"], id, "{form}");
+        let ctx = json!({"cluster": "prod", "ns": "kube-system"});
+        let e = h.call("Encrypt", json!({"KeyId": form, "Plaintext": b64(b"top secret"), "EncryptionContext": ctx})).await.ok();
+        assert_eq!(e["KeyId"], arn);
+        assert_eq!(e["EncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+        let blob = e["CiphertextBlob"].as_str().unwrap().to_string();
+        // KeyId is optional on Decrypt; when given in any form it must be the encrypting key.
+        for key in [None, Some(form)] {
+            let mut req = json!({"CiphertextBlob": blob, "EncryptionContext": ctx});
+            if let Some(k) = key {
+                req["KeyId"] = json!(k);
+            }
+            let d = h.call("Decrypt", req).await.ok();
+            assert_eq!(unb64(&d["Plaintext"]), b"top secret");
+            assert_eq!(d["KeyId"], arn);
+            assert_eq!(d["KeyMaterialId"], m["CurrentKeyMaterialId"]);
+        }
+        // Wrong or missing context: InvalidCiphertextException.
+        h.call("Decrypt", json!({"CiphertextBlob": blob, "EncryptionContext": {"cluster": "dev", "ns": "kube-system"}}))
+            .await
+            .err("InvalidCiphertextException");
+        h.call("Decrypt", json!({"CiphertextBlob": blob})).await.err("InvalidCiphertextException");
+    }
+
+    // Decrypt naming another key: IncorrectKeyException.
+    let (_, other_arn) = create_key(&h).await;
+    let e = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.ok();
+    h.call("Decrypt", json!({"CiphertextBlob": e["CiphertextBlob"], "KeyId": other_arn})).await.err("IncorrectKeyException");
+    // Tampered and garbage ciphertexts.
+    let mut blob = unb64(&e["CiphertextBlob"]);
+    let last = blob.len() - 1;
+    blob[last] ^= 1;
+    h.call("Decrypt", json!({"CiphertextBlob": b64(&blob)})).await.err("InvalidCiphertextException");
+    h.call("Decrypt", json!({"CiphertextBlob": b64(b"garbage")})).await.err("InvalidCiphertextException");
+    let mut foreign = unb64(&e["CiphertextBlob"]);
+    foreign[1..17].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    h.call("Decrypt", json!({"CiphertextBlob": b64(&foreign)})).await.err("InvalidCiphertextException");
+}
+
+#[tokio::test]
+async fn unknown_keys_and_bad_identifiers() {
+    let h = start().await;
+    let missing = uuid::Uuid::new_v4().to_string();
+    let msg = h.call("DescribeKey", json!({"KeyId": missing})).await.err("NotFoundException");
+    assert_eq!(msg, format!("Key 'arn:aws:kms:{REGION}:{ACCOUNT}:key/{missing}' does not exist"));
+    let msg = h.call("Encrypt", json!({"KeyId": "alias/nope", "Plaintext": b64(b"x")})).await.err("NotFoundException");
+    assert_eq!(msg, format!("Alias arn:aws:kms:{REGION}:{ACCOUNT}:alias/nope is not found."));
+    h.call("DescribeKey", json!({"KeyId": "not-a-key"})).await.err("NotFoundException");
+    h.call("DescribeKey", json!({"KeyId": "arn:aws:s3:::bucket"})).await.err("InvalidArnException");
+    let (id, _) = create_key(&h).await;
+    h.call("DescribeKey", json!({"KeyId": format!("arn:aws:kms:eu-west-1:{ACCOUNT}:key/{id}")})).await.err("NotFoundException");
+    // Management operations take a key id or key ARN only.
+    h.call("CreateAlias", json!({"AliasName": "alias/a", "TargetKeyId": id})).await.ok();
+    h.call("DisableKey", json!({"KeyId": "alias/a"})).await.err("NotFoundException");
+}
+
+#[tokio::test]
+async fn list_keys_paginates() {
+    let h = start().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(create_key(&h).await.0);
+    }
+    let mut seen = Vec::new();
+    let mut marker: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut req = json!({"Limit": 2});
+        if let Some(m) = &marker {
+            req["Marker"] = json!(m);
+        }
+        let r = h.call("ListKeys", req).await.ok();
+        pages += 1;
+        for k in r["Keys"].as_array().unwrap() {
+            assert_eq!(k["KeyArn"], format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/{}", k["KeyId"].as_str().unwrap()));
+            seen.push(k["KeyId"].as_str().unwrap().to_string());
+        }
+        if r["Truncated"] == true {
+            marker = Some(r["NextMarker"].as_str().unwrap().to_string());
+        } else {
+            assert!(r.get("NextMarker").is_none());
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
+    let all = h.call("ListKeys", json!({})).await.ok();
+    assert_eq!(all["Keys"].as_array().unwrap().len(), 5);
+    assert_eq!(all["Truncated"], false);
+    h.call("ListKeys", json!({"Marker": "bm90IG91cnM="})).await.err("InvalidMarkerException");
+    h.call("ListKeys", json!({"Limit": 0})).await.err("ValidationException");
+}
+
+#[tokio::test]
+async fn alias_lifecycle() {
+    let h = start().await;
+    let (a, _) = create_key(&h).await;
+    let (b, _) = create_key(&h).await;
+    for name in ["alias/one", "alias/two", "alias/three"] {
+        h.call("CreateAlias", json!({"AliasName": name, "TargetKeyId": a})).await.ok();
+    }
+    let msg = h.call("CreateAlias", json!({"AliasName": "alias/one", "TargetKeyId": b})).await.err("AlreadyExistsException");
+    assert!(msg.contains("alias/one"), "{msg}");
+    h.call("CreateAlias", json!({"AliasName": "alias/aws/s3", "TargetKeyId": b})).await.err("NotAuthorizedException");
+    h.call("CreateAlias", json!({"AliasName": "one", "TargetKeyId": b})).await.err("ValidationException");
+    h.call("CreateAlias", json!({"AliasName": "alias/x", "TargetKeyId": uuid::Uuid::new_v4().to_string()}))
+        .await
+        .err("NotFoundException");
+
+    h.call("UpdateAlias", json!({"AliasName": "alias/two", "TargetKeyId": b})).await.ok();
+    let d = h.call("DescribeKey", json!({"KeyId": "alias/two"})).await.ok();
+    assert_eq!(d["KeyMetadata"]["KeyId"], b);
+    h.call("UpdateAlias", json!({"AliasName": "alias/nope", "TargetKeyId": b})).await.err("NotFoundException");
+
+    let all = h.call("ListAliases", json!({})).await.ok();
+    let names: Vec<&str> = all["Aliases"].as_array().unwrap().iter().map(|a| a["AliasName"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alias/one", "alias/three", "alias/two"]);
+    let two = &all["Aliases"][2];
+    assert_eq!(two["TargetKeyId"], b);
+    assert_eq!(two["AliasArn"], format!("arn:aws:kms:{REGION}:{ACCOUNT}:alias/two"));
+    assert!(two["LastUpdatedDate"].as_i64() >= two["CreationDate"].as_i64());
+
+    let only_a = h.call("ListAliases", json!({"KeyId": a})).await.ok();
+    assert_eq!(only_a["Aliases"].as_array().unwrap().len(), 2);
+    let p1 = h.call("ListAliases", json!({"Limit": 2})).await.ok();
+    assert_eq!(p1["Truncated"], true);
+    let p2 = h.call("ListAliases", json!({"Limit": 2, "Marker": p1["NextMarker"]})).await.ok();
+    assert_eq!(p2["Aliases"][0]["AliasName"], "alias/two");
+    assert_eq!(p2["Truncated"], false);
+
+    h.call("DeleteAlias", json!({"AliasName": "alias/one"})).await.ok();
+    h.call("DeleteAlias", json!({"AliasName": "alias/one"})).await.err("NotFoundException");
+    h.call("Encrypt", json!({"KeyId": "alias/one", "Plaintext": b64(b"x")})).await.err("NotFoundException");
+}
+
+#[tokio::test]
+async fn data_keys_random_and_reencrypt() {
+    let h = start().await;
+    let (a, a_arn) = create_key(&h).await;
+    let (_, b_arn) = create_key(&h).await;
+    let ctx = json!({"purpose": "dek"});
+    let g = h.call("GenerateDataKey", json!({"KeyId": a, "KeySpec": "AES_256", "EncryptionContext": ctx})).await.ok();
+    let dek = unb64(&g["Plaintext"]);
+    assert_eq!(dek.len(), 32);
+    assert_eq!(g["KeyId"], a_arn);
+    assert_eq!(g["KeyMaterialId"].as_str().unwrap().len(), 64);
+    let d = h.call("Decrypt", json!({"CiphertextBlob": g["CiphertextBlob"], "EncryptionContext": ctx})).await.ok();
+    assert_eq!(unb64(&d["Plaintext"]), dek);
+
+    let g = h.call("GenerateDataKey", json!({"KeyId": a, "NumberOfBytes": 64})).await.ok();
+    assert_eq!(unb64(&g["Plaintext"]).len(), 64);
+    let w = h.call("GenerateDataKeyWithoutPlaintext", json!({"KeyId": a, "KeySpec": "AES_128"})).await.ok();
+    assert!(w.get("Plaintext").is_none());
+    let d = h.call("Decrypt", json!({"CiphertextBlob": w["CiphertextBlob"]})).await.ok();
+    assert_eq!(unb64(&d["Plaintext"]).len(), 16);
+    h.call("GenerateDataKey", json!({"KeyId": a})).await.err("ValidationException");
+    h.call("GenerateDataKey", json!({"KeyId": a, "KeySpec": "AES_256", "NumberOfBytes": 32})).await.err("ValidationException");
+
+    let r = h.call("GenerateRandom", json!({"NumberOfBytes": 100})).await.ok();
+    assert_eq!(unb64(&r["Plaintext"]).len(), 100);
+    h.call("GenerateRandom", json!({"NumberOfBytes": 1025})).await.err("ValidationException");
+
+    // ReEncrypt from key a (context ctx) to key b with a new context.
+    let e = h.call("Encrypt", json!({"KeyId": a, "Plaintext": b64(b"move me"), "EncryptionContext": ctx})).await.ok();
+    let new_ctx = json!({"purpose": "moved"});
+    let re = h
+        .call(
+            "ReEncrypt",
+            json!({"CiphertextBlob": e["CiphertextBlob"], "SourceEncryptionContext": ctx,
+                   "DestinationKeyId": b_arn, "DestinationEncryptionContext": new_ctx}),
+        )
+        .await
+        .ok();
+    assert_eq!(re["SourceKeyId"], a_arn);
+    assert_eq!(re["KeyId"], b_arn);
+    assert_eq!(re["SourceEncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+    assert_eq!(re["DestinationKeyMaterialId"].as_str().unwrap().len(), 64);
+    let d = h.call("Decrypt", json!({"CiphertextBlob": re["CiphertextBlob"], "EncryptionContext": new_ctx})).await.ok();
+    assert_eq!(unb64(&d["Plaintext"]), b"move me");
+    assert_eq!(d["KeyId"], b_arn);
+    assert!(d.get("Plaintext").is_some());
+    h.call("ReEncrypt", json!({"CiphertextBlob": e["CiphertextBlob"], "DestinationKeyId": b_arn}))
+        .await
+        .err("InvalidCiphertextException");
+    h.call("ReEncrypt", json!({"CiphertextBlob": e["CiphertextBlob"], "SourceKeyId": b_arn, "SourceEncryptionContext": ctx, "DestinationKeyId": a}))
+        .await
+        .err("IncorrectKeyException");
+
+    // DryRun answers DryRunOperationException and does nothing.
+    h.call("Encrypt", json!({"KeyId": a, "Plaintext": b64(b"x"), "DryRun": true})).await.err("DryRunOperationException");
+}
+
+#[tokio::test]
+async fn rotation_keeps_old_ciphertexts_and_disable_blocks_use() {
+    let h = start().await;
+    let (id, arn) = create_key(&h).await;
+    let before = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["CurrentKeyMaterialId"].clone();
+    let old = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"old")})).await.ok();
+    let r = h.call("RotateKeyOnDemand", json!({"KeyId": arn})).await.ok();
+    assert_eq!(r["KeyId"], id);
+    let after = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["CurrentKeyMaterialId"].clone();
+    assert_ne!(before, after);
+    let d = h.call("Decrypt", json!({"CiphertextBlob": old["CiphertextBlob"]})).await.ok();
+    assert_eq!(unb64(&d["Plaintext"]), b"old");
+    assert_eq!(d["KeyMaterialId"], before);
+    let new = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"new")})).await.ok();
+    let d = h.call("Decrypt", json!({"CiphertextBlob": new["CiphertextBlob"]})).await.ok();
+    assert_eq!(d["KeyMaterialId"], after);
+
+    h.call("DisableKey", json!({"KeyId": id})).await.ok();
+    let m = h.call("DescribeKey", json!({"KeyId": id})).await.ok();
+    assert_eq!(m["KeyMetadata"]["KeyState"], "Disabled");
+    assert_eq!(m["KeyMetadata"]["Enabled"], false);
+    h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.err("DisabledException");
+    h.call("Decrypt", json!({"CiphertextBlob": old["CiphertextBlob"]})).await.err("DisabledException");
+    h.call("GenerateDataKey", json!({"KeyId": id, "KeySpec": "AES_256"})).await.err("DisabledException");
+    h.call("RotateKeyOnDemand", json!({"KeyId": id})).await.err("DisabledException");
+    h.call("EnableKey", json!({"KeyId": arn})).await.ok();
+    h.call("Decrypt", json!({"CiphertextBlob": old["CiphertextBlob"]})).await.ok();
+}
+
+#[tokio::test]
+async fn authentication_failures() {
+    let h = start().await;
+    let body = br#"{"NumberOfBytes": 8}"#.to_vec();
+    let ok = Signer::default();
+    assert_eq!(h.call_with("GenerateRandom", body.clone(), &ok).await.status, 200);
+
+    let wrong_secret = Signer { secret: "not-the-secret-at-all-0000000000000000000", ..ok.clone() };
+    let msg = h.call_with("GenerateRandom", body.clone(), &wrong_secret).await.err("InvalidSignatureException");
+    assert!(msg.starts_with("The request signature we calculated does not match"), "{msg}");
+
+    let unknown = Signer { akid: "AKIAUNKNOWNUNKNOWN00", ..ok.clone() };
+    h.call_with("GenerateRandom", body.clone(), &unknown).await.err("UnrecognizedClientException");
+
+    let stale = Signer { time: SystemTime::now() - Duration::from_secs(10 * 60), ..ok.clone() };
+    let msg = h.call_with("GenerateRandom", body.clone(), &stale).await.err("InvalidSignatureException");
+    assert!(msg.starts_with("Signature expired"), "{msg}");
+    let future = Signer { time: SystemTime::now() + Duration::from_secs(10 * 60), ..ok.clone() };
+    h.call_with("GenerateRandom", body.clone(), &future).await.err("InvalidSignatureException");
+    let skewed_ok = Signer { time: SystemTime::now() - Duration::from_secs(4 * 60), ..ok.clone() };
+    assert_eq!(h.call_with("GenerateRandom", body.clone(), &skewed_ok).await.status, 200);
+
+    let region = Signer { region: "eu-west-1", ..ok.clone() };
+    h.call_with("GenerateRandom", body.clone(), &region).await.err("InvalidSignatureException");
+
+    // Body changed after signing.
+    let headers = h.signed_headers("TrentService.GenerateRandom", &body, br#"{"NumberOfBytes": 9}"#, &ok);
+    h.send("POST", "/", &headers, &body).await.err("InvalidSignatureException");
+    // Target changed after signing.
+    let mut headers = h.signed_headers("TrentService.GenerateRandom", &body, &body, &ok);
+    for (k, v) in headers.iter_mut() {
+        if k == "x-amz-target" {
+            *v = "TrentService.ListKeys".into();
+        }
+    }
+    h.send("POST", "/", &headers, &body).await.err("InvalidSignatureException");
+
+    // No Authorization header at all; a malformed one.
+    let plain = vec![("x-amz-target".to_string(), "TrentService.ListKeys".to_string())];
+    h.send("POST", "/", &plain, b"{}").await.err("MissingAuthenticationTokenException");
+    let bad = vec![("authorization".to_string(), "AWS4-HMAC-SHA256 Credential=x".to_string())];
+    h.send("POST", "/", &bad, b"{}").await.err("IncompleteSignatureException");
+
+    // Session tokens: required for the key that has one, refused for the key that has none.
+    let with_token = Signer { akid: TOKEN_AKID, token: Some(TOKEN), ..ok.clone() };
+    assert_eq!(h.call_with("GenerateRandom", body.clone(), &with_token).await.status, 200);
+    let missing_token = Signer { akid: TOKEN_AKID, token: None, ..ok.clone() };
+    h.call_with("GenerateRandom", body.clone(), &missing_token).await.err("UnrecognizedClientException");
+    let wrong_token = Signer { akid: TOKEN_AKID, token: Some("other"), ..ok.clone() };
+    h.call_with("GenerateRandom", body.clone(), &wrong_token).await.err("UnrecognizedClientException");
+    let extra_token = Signer { token: Some(TOKEN), ..ok.clone() };
+    h.call_with("GenerateRandom", body.clone(), &extra_token).await.err("UnrecognizedClientException");
+}
+
+#[tokio::test]
+async fn protocol_errors_are_aws_shaped() {
+    let h = start().await;
+    let s = Signer::default();
+    h.call_with("Encrypt", b"{not json".to_vec(), &s).await.err("SerializationException");
+    h.call_with("Encrypt", br#"{"KeyId": 12, "Plaintext": "eA=="}"#.to_vec(), &s).await.err("SerializationException");
+    let msg = h.call("Encrypt", json!({"Plaintext": "eA=="})).await.err("ValidationException");
+    assert_eq!(msg, "1 validation error detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null");
+    h.call("Encrypt", json!({"KeyId": "alias/x", "Plaintext": b64(&[0u8; 4097])})).await.err("ValidationException");
+    h.call("NoSuchOperation", json!({})).await.err("UnknownOperationException");
+    h.call("ScheduleKeyDeletion", json!({"KeyId": "x"})).await.err("UnsupportedOperationException");
+    h.call("CreateKey", json!({"KeySpec": "RSA_2048"})).await.err("UnsupportedOperationException");
+
+    // Oversized body: an AWS-shaped 400, not a bare 413 or a reset.
+    let big = vec![b' '; envelope_kms_server::DEFAULT_MAX_BODY + 1000];
+    let msg = h.call_with("ListKeys", big, &s).await.err("ValidationException");
+    assert!(msg.contains("larger than the limit"), "{msg}");
+
+    // Wrong method / path / missing target.
+    let r = h.send("GET", "/", &[], b"").await;
+    assert_eq!(r.error_type(), "UnknownOperationException");
+    let r = h.send("POST", "/other", &[], b"{}").await;
+    assert_eq!(r.error_type(), "UnknownOperationException");
+    let headers: Vec<_> = h
+        .signed_headers("TrentService.ListKeys", b"{}", b"{}", &s)
+        .into_iter()
+        .filter(|(k, _)| k != "x-amz-target")
+        .collect();
+    // Dropping a signed header breaks the signature before the target is looked at.
+    h.send("POST", "/", &headers, b"{}").await.err("InvalidSignatureException");
+
+    // Empty-output operations answer 200 with an empty body.
+    let (id, _) = create_key(&h).await;
+    let r = h.call("DisableKey", json!({"KeyId": id})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json, Value::Null);
+}

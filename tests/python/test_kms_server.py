@@ -1,0 +1,317 @@
+"""`envelope kms serve` against independent clients: the real `aws` CLI (awscli v1) and boto3.
+
+The server binary comes from ENVELOPE_BIN (default target/debug/envelope).
+"""
+
+import base64
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import boto3
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+import pytest
+from botocore.exceptions import ClientError
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+AKID = "AKIAENVELOPEPYTEST01"
+SECRET = "py-test-secret-0123456789abcdefghijklmnop"
+REGION = "us-east-1"
+ACCOUNT = "111122223333"
+
+
+def _binary():
+    b = os.environ.get("ENVELOPE_BIN") or str(ROOT / "target" / "debug" / "envelope")
+    assert os.path.exists(b), f"build the binary first: {b}"
+    return b
+
+
+def _aws_cli():
+    exe = pathlib.Path(sys.executable).parent / "aws"
+    return str(exe) if exe.exists() else shutil.which("aws")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(p, port, deadline=20):
+    end = time.time() + deadline
+    while True:
+        assert p.poll() is None, "envelope kms serve exited early"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            assert time.time() < end, "server did not start listening"
+            time.sleep(0.05)
+
+
+def _env(akid=AKID, secret=SECRET):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({
+        "AWS_ACCESS_KEY_ID": akid,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    })
+    return env
+
+
+@pytest.fixture(scope="module")
+def kms():
+    d = tempfile.mkdtemp(prefix="envelope-kms-py-")
+    creds = os.path.join(d, "credentials.yaml")
+    with open(creds, "w") as f:
+        f.write(f"- access_key_id: {AKID}\n  secret_access_key: '{SECRET}'\n"
+                f"  principal: arn:aws:iam::{ACCOUNT}:user/admin\n")
+    os.chmod(creds, 0o600)
+    port = _free_port()
+    log = open(os.path.join(d, "stderr.log"), "w")
+    p = subprocess.Popen(
+        [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(d, "data"),
+         "--credentials", creds, "--region", REGION, "--account-id", ACCOUNT],
+        stdout=subprocess.DEVNULL, stderr=log,
+    )
+    _wait_port(p, port)
+    yield {"url": f"http://127.0.0.1:{port}", "port": port, "dir": d}
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=20) == 0
+    log.close()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def aws(kms, *args, env=None, check=True):
+    r = subprocess.run([_aws_cli(), "--endpoint-url", kms["url"], "kms", *args], env=env or _env(),
+                       capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def client(kms, secret=SECRET):
+    return boto3.client("kms", endpoint_url=kms["url"], region_name=REGION, aws_access_key_id=AKID,
+                        aws_secret_access_key=secret)
+
+
+def new_key(kms):
+    return client(kms).create_key(Description="pytest")["KeyMetadata"]
+
+
+def error_code(exc_info):
+    return exc_info.value.response["Error"]["Code"]
+
+
+def test_walkthrough_with_the_aws_cli(kms):
+    arn = aws(kms, "create-key", "--query", "KeyMetadata.Arn", "--output", "text").stdout.strip()
+    assert re.fullmatch(rf"arn:aws:kms:{REGION}:{ACCOUNT}:key/[0-9a-f-]{{36}}", arn), arn
+    key_id = arn.rsplit("/", 1)[1]
+    aws(kms, "create-alias", "--alias-name", "alias/k8s-master-key", "--target-key-id", key_id)
+    d = json.loads(aws(kms, "describe-key", "--key-id", "alias/k8s-master-key").stdout)
+    meta = d["KeyMetadata"]
+    assert meta["KeyId"] == key_id and meta["Arn"] == arn
+    assert meta["KeyState"] == "Enabled" and meta["AWSAccountId"] == ACCOUNT
+    assert len(meta["CurrentKeyMaterialId"]) == 64
+    aliases = json.loads(aws(kms, "list-aliases", "--key-id", key_id).stdout)["Aliases"]
+    assert [a["AliasName"] for a in aliases] == ["alias/k8s-master-key"]
+    # The CLI follows NextMarker by itself when asked for pages of one.
+    new_key(kms)
+    keys = json.loads(aws(kms, "list-keys", "--page-size", "1").stdout)["Keys"]
+    assert key_id in [k["KeyId"] for k in keys] and len(keys) >= 2
+
+
+def test_cli_encrypt_decrypt_with_and_without_context(kms, tmp_path):
+    key = new_key(kms)
+    pt = tmp_path / "pt"
+    pt.write_bytes(b"cli plaintext \x00\xff")
+    for ctx in ([], ["--encryption-context", "cluster=prod,app=etcd"]):
+        b64 = aws(kms, "encrypt", "--key-id", key["Arn"], "--plaintext", f"fileb://{pt}", *ctx,
+                  "--query", "CiphertextBlob", "--output", "text").stdout.strip()
+        ct = tmp_path / "ct"
+        ct.write_bytes(base64.b64decode(b64))
+        out = json.loads(aws(kms, "decrypt", "--ciphertext-blob", f"fileb://{ct}", *ctx).stdout)
+        assert base64.b64decode(out["Plaintext"]) == pt.read_bytes()
+        assert out["KeyId"] == key["Arn"]
+        if ctx:
+            r = aws(kms, "decrypt", "--ciphertext-blob", f"fileb://{ct}", check=False)
+            assert r.returncode != 0 and "InvalidCiphertextException" in r.stderr, r.stderr
+
+
+def test_boto3_encrypt_decrypt_with_and_without_context(kms):
+    c = client(kms)
+    key = new_key(kms)
+    for ctx in ({}, {"namespace": "default", "name": "db-password"}):
+        e = c.encrypt(KeyId=key["KeyId"], Plaintext=b"boto3 secret", EncryptionContext=ctx)
+        assert e["KeyId"] == key["Arn"] and e["EncryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
+        d = c.decrypt(CiphertextBlob=e["CiphertextBlob"], EncryptionContext=ctx)
+        assert d["Plaintext"] == b"boto3 secret" and d["KeyId"] == key["Arn"]
+        assert d["KeyMaterialId"] == key["CurrentKeyMaterialId"]
+        with pytest.raises(ClientError) as ei:
+            c.decrypt(CiphertextBlob=e["CiphertextBlob"], EncryptionContext={"other": "context"})
+        assert error_code(ei) == "InvalidCiphertextException"
+    other = new_key(kms)
+    with pytest.raises(ClientError) as ei:
+        c.decrypt(CiphertextBlob=e["CiphertextBlob"], EncryptionContext=ctx, KeyId=other["Arn"])
+    assert error_code(ei) == "IncorrectKeyException"
+    with pytest.raises(ClientError) as ei:
+        c.describe_key(KeyId="alias/does-not-exist")
+    assert error_code(ei) == "NotFoundException"
+
+
+def test_generate_data_key(kms, tmp_path):
+    c = client(kms)
+    key = new_key(kms)
+    g = c.generate_data_key(KeyId=key["KeyId"], KeySpec="AES_256", EncryptionContext={"k": "v"})
+    assert len(g["Plaintext"]) == 32 and g["KeyId"] == key["Arn"]
+    assert c.decrypt(CiphertextBlob=g["CiphertextBlob"], EncryptionContext={"k": "v"})["Plaintext"] == g["Plaintext"]
+    w = c.generate_data_key_without_plaintext(KeyId=key["KeyId"], NumberOfBytes=48)
+    assert "Plaintext" not in w
+    assert len(c.decrypt(CiphertextBlob=w["CiphertextBlob"])["Plaintext"]) == 48
+    out = json.loads(aws(kms, "generate-data-key", "--key-id", key["Arn"], "--key-spec", "AES_128").stdout)
+    assert len(base64.b64decode(out["Plaintext"])) == 16
+    r = json.loads(aws(kms, "generate-random", "--number-of-bytes", "64").stdout)
+    assert len(base64.b64decode(r["Plaintext"])) == 64
+
+
+def test_re_encrypt(kms, tmp_path):
+    c = client(kms)
+    src, dst = new_key(kms), new_key(kms)
+    e = c.encrypt(KeyId=src["KeyId"], Plaintext=b"moving", EncryptionContext={"a": "1"})
+    r = c.re_encrypt(CiphertextBlob=e["CiphertextBlob"], SourceEncryptionContext={"a": "1"},
+                     DestinationKeyId=dst["Arn"], DestinationEncryptionContext={"b": "2"})
+    assert r["SourceKeyId"] == src["Arn"] and r["KeyId"] == dst["Arn"]
+    d = c.decrypt(CiphertextBlob=r["CiphertextBlob"], EncryptionContext={"b": "2"})
+    assert d["Plaintext"] == b"moving" and d["KeyId"] == dst["Arn"]
+    # And through the CLI.
+    ct = tmp_path / "ct"
+    ct.write_bytes(r["CiphertextBlob"])
+    out = json.loads(aws(kms, "re-encrypt", "--ciphertext-blob", f"fileb://{ct}", "--source-encryption-context",
+                         "b=2", "--destination-key-id", src["KeyId"]).stdout)
+    assert out["KeyId"] == src["Arn"]
+    assert c.decrypt(CiphertextBlob=base64.b64decode(out["CiphertextBlob"]))["Plaintext"] == b"moving"
+
+
+def test_rotate_on_demand_then_decrypt_old_ciphertext(kms):
+    c = client(kms)
+    key = new_key(kms)
+    old = c.encrypt(KeyId=key["KeyId"], Plaintext=b"before rotation")["CiphertextBlob"]
+    out = json.loads(aws(kms, "rotate-key-on-demand", "--key-id", key["KeyId"]).stdout)
+    assert out["KeyId"] in (key["KeyId"], key["Arn"])
+    meta = c.describe_key(KeyId=key["KeyId"])["KeyMetadata"]
+    assert meta["CurrentKeyMaterialId"] != key["CurrentKeyMaterialId"]
+    d = c.decrypt(CiphertextBlob=old)
+    assert d["Plaintext"] == b"before rotation" and d["KeyMaterialId"] == key["CurrentKeyMaterialId"]
+    new = c.encrypt(KeyId=key["KeyId"], Plaintext=b"after")["CiphertextBlob"]
+    assert c.decrypt(CiphertextBlob=new)["KeyMaterialId"] == meta["CurrentKeyMaterialId"]
+
+
+def test_disable_key_then_encrypt_fails(kms, tmp_path):
+    c = client(kms)
+    key = new_key(kms)
+    aws(kms, "disable-key", "--key-id", key["KeyId"])
+    assert c.describe_key(KeyId=key["Arn"])["KeyMetadata"]["KeyState"] == "Disabled"
+    pt = tmp_path / "pt"
+    pt.write_bytes(b"x")
+    r = aws(kms, "encrypt", "--key-id", key["KeyId"], "--plaintext", f"fileb://{pt}", check=False)
+    assert r.returncode != 0 and "DisabledException" in r.stderr, r.stderr
+    with pytest.raises(ClientError) as ei:
+        c.encrypt(KeyId=key["KeyId"], Plaintext=b"x")
+    assert error_code(ei) == "DisabledException"
+    aws(kms, "enable-key", "--key-id", key["Arn"])
+    c.encrypt(KeyId=key["KeyId"], Plaintext=b"x")
+
+
+def test_wrong_secret_is_a_signature_error(kms):
+    r = aws(kms, "list-keys", env=_env(secret="wrong-secret-wrong-secret-wrong-secret-00"), check=False)
+    assert r.returncode != 0 and "InvalidSignatureException" in r.stderr, r.stderr
+    with pytest.raises(ClientError) as ei:
+        client(kms, secret="wrong").list_keys()
+    assert error_code(ei) == "InvalidSignatureException"
+    r = aws(kms, "list-keys", env=_env(akid="AKIAUNKNOWNKEY000000"), check=False)
+    assert r.returncode != 0 and "UnrecognizedClientException" in r.stderr, r.stderr
+
+
+def _signed_raw(kms, target, body):
+    """A request signed by botocore's SigV4 signer, sent with urllib; returns (status, headers, json)."""
+    req = botocore.awsrequest.AWSRequest(method="POST", url=kms["url"] + "/", data=body, headers={
+        "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": target})
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials(AKID, SECRET), "kms", REGION).add_auth(req)
+    prepared = req.prepare()
+    r = urllib.request.Request(prepared.url, data=body, method="POST", headers=dict(prepared.headers.items()))
+    try:
+        with urllib.request.urlopen(r, timeout=30) as resp:
+            return resp.status, resp.headers, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def test_unknown_target_and_malformed_json(kms):
+    status, headers, body = _signed_raw(kms, "TrentService.NoSuchThing", b"{}")
+    assert status == 400 and body["__type"] == "UnknownOperationException"
+    assert headers["Content-Type"] == "application/x-amz-json-1.1"
+    assert re.fullmatch(r"[0-9a-f-]{36}", headers["x-amzn-RequestId"])
+    status, _, body = _signed_raw(kms, "TrentService.Encrypt", b"{oops")
+    assert status == 400 and body["__type"] == "SerializationException"
+    status, _, body = _signed_raw(kms, "TrentService.Encrypt", b'{"KeyId": "alias/k8s-master-key"}')
+    assert status == 400 and body["__type"] == "ValidationException"
+    status, _, body = _signed_raw(kms, "TrentService.GenerateRandom", b'{"NumberOfBytes": 16}')
+    assert status == 200 and len(base64.b64decode(body["Plaintext"])) == 16
+
+
+def test_generated_credentials_are_printed_once_and_work(tmp_path):
+    data = tmp_path / "data"
+    port = _free_port()
+    cmd = [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        found = {}
+        for line in p.stdout:
+            m = re.search(r"export (AWS_ACCESS_KEY_ID|AWS_SECRET_ACCESS_KEY)=(\S+)", line)
+            if m:
+                found[m.group(1)] = m.group(2)
+            if "listening on" in line:
+                break
+        assert set(found) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        creds = data / "credentials.yaml"
+        assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+        assert found["AWS_SECRET_ACCESS_KEY"] in creds.read_text()
+        c = boto3.client("kms", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
+                         aws_access_key_id=found["AWS_ACCESS_KEY_ID"],
+                         aws_secret_access_key=found["AWS_SECRET_ACCESS_KEY"])
+        assert len(c.generate_random(NumberOfBytes=8)["Plaintext"]) == 8
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=20) == 0
+    # Second start: the file is reused and nothing secret is printed.
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in p.stdout:
+            assert "AWS_SECRET_ACCESS_KEY" not in line
+            if "listening on" in line:
+                break
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=20) == 0
+
+
+def test_non_loopback_listen_is_refused(tmp_path):
+    r = subprocess.run([_binary(), "kms", "serve", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 64 and "loopback" in r.stderr

@@ -66,7 +66,7 @@ async fn v2_contract_round_trip() {
 #[tokio::test]
 async fn v2_bad_input_gets_specific_codes() {
     let d = tempfile::tempdir().unwrap();
-    let p = RunningPlugin::start(d.path(), &[]).await;
+    let p = RunningPlugin::start(d.path(), &["--log-format", "json"]).await;
     let mut c = p.v2().await.unwrap();
     let good = c.encrypt(enc(&[9u8; 32])).await.unwrap().into_inner();
 
@@ -130,6 +130,20 @@ async fn v2_bad_input_gets_specific_codes() {
     // Nothing above broke the plugin.
     assert_eq!(c.decrypt(dec(&good)).await.unwrap().into_inner().plaintext, [9u8; 32]);
     assert!(!p.stderr().contains("panicked"));
+
+    // Failures are logged (JSON) with the request's uid, and never with the data.
+    let mut r = dec(&good);
+    r.uid = "uid-to-find-in-the-log".into();
+    r.key_id = "wrong".into();
+    assert!(c.decrypt(r).await.is_err());
+    let logged = eventually(Duration::from_secs(3), || async { p.stderr().contains("uid-to-find-in-the-log") }).await;
+    assert!(logged, "{}", p.stderr());
+    let log = p.stderr();
+    let line = log.lines().find(|l| l.contains("uid-to-find-in-the-log")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    assert_eq!(v["method"], "Decrypt");
+    assert_eq!(v["code"], "InvalidArgument");
+    assert!(!log.contains(&hex::encode(&good.ciphertext[..16])), "no ciphertext in logs");
 }
 
 #[tokio::test]

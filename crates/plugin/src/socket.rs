@@ -183,6 +183,21 @@ mod tests {
     }
 
     #[test]
+    fn group_ownership_is_applied() {
+        // The process's own primary group is always a group it may chown to.
+        let gid = nix::unistd::getegid();
+        let group = nix::unistd::Group::from_gid(gid).unwrap().expect("primary group has a name");
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("kms.sock");
+        let spec = SocketSpec { mode: 0o660, group: Some(group.name.clone()), ..SocketSpec::new(p.to_str().unwrap()) };
+        let _b = bind(&spec).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(&p).unwrap().gid(), gid.as_raw());
+        let bad = SocketSpec { group: Some("no-such-group-envelope".into()), ..SocketSpec::new(d.path().join("x.sock").to_str().unwrap()) };
+        assert!(matches!(bind(&bad), Err(SocketError::UnknownGroup(_))));
+    }
+
+    #[test]
     fn stale_socket_is_replaced_live_one_is_not() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("kms.sock");

@@ -145,10 +145,8 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
     let data_dir = if data_dir.is_absolute() { data_dir } else { std::env::current_dir()?.join(data_dir) };
     let config = Config::new(&args.region, &args.account_id);
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(c) = &args.credentials {
-        if !c.is_file() {
-            bail!("--credentials {} is not a readable file", c.display());
-        }
+    if let Some(c) = args.credentials.as_ref().filter(|c| !c.is_file()) {
+        bail!("--credentials {} is not a readable file", c.display());
     }
     Ok(Settings { listen, data_dir, credentials: args.credentials.clone(), config })
 }
@@ -206,6 +204,10 @@ fn write_credentials(path: &Path, akid: &str, secret: &str, principal: &str) -> 
 }
 
 async fn run_server(server: Arc<Server>, s: &Settings) -> Result<()> {
+    // Signal handlers first: a SIGTERM right after the banner must mean a clean shutdown.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let listener =
         tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {}", s.listen))?;
     let addr = listener.local_addr().context("listener address")?;
@@ -217,20 +219,10 @@ async fn run_server(server: Arc<Server>, s: &Settings) -> Result<()> {
     );
     println!("  try: aws --endpoint-url http://{addr} kms create-key");
     tracing::info!(addr = %addr, region = %s.config.region, "serving the AWS KMS API");
-    let shutdown = async {
-        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
-        let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("received SIGTERM"),
-                    _ = int.recv() => tracing::info!("received SIGINT"),
-                }
-            }
-            _ => {
-                tracing::error!("cannot install signal handlers; stop with SIGKILL");
-                std::future::pending::<()>().await;
-            }
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("received SIGTERM"),
+            _ = int.recv() => tracing::info!("received SIGINT"),
         }
     };
     envelope_kms_server::serve(listener, server, shutdown).await.context("HTTP server failed")?;

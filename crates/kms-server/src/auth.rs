@@ -452,6 +452,50 @@ mod tests {
         }
 
         #[test]
+        fn verify_never_panics(
+            signed in "[a-z0-9;:()-]{0,40}",
+            scope in "[A-Za-z0-9/_-]{0,60}",
+            date in "[0-9TZ]{0,16}",
+            host in proptest::option::of("[ -~]{0,20}"),
+            token in proptest::option::of("[ -~]{0,10}"),
+            valid_scope in any::<bool>(),
+        ) {
+            // Half the cases get a valid scope and date, so the signer itself is reached.
+            let (scope, date, signed) = if valid_scope {
+                ("20150830/us-east-1/kms/aws4_request".to_string(), "20150830T123600Z".to_string(), format!("host;x-amz-date;{signed}"))
+            } else {
+                (scope, date, signed)
+            };
+            let store = CredentialStore::new(vec![Credential::new(
+                "AKIAIOSFODNN7EXAMPLE",
+                Zeroizing::new("secret".into()),
+                None,
+                "arn:aws:iam::111122223333:user/admin",
+            )])
+            .unwrap();
+            let mut h = HeaderMap::new();
+            let sig = "0".repeat(64);
+            for cred in [scope.clone(), format!("AKIAIOSFODNN7EXAMPLE/{scope}")] {
+                let auth = format!("AWS4-HMAC-SHA256 Credential={cred}, SignedHeaders={signed}, Signature={sig}");
+                if let Ok(v) = http::HeaderValue::from_str(&auth) {
+                    h.insert(http::header::AUTHORIZATION, v);
+                }
+                if let Ok(v) = http::HeaderValue::from_str(&date) {
+                    h.insert("x-amz-date", v);
+                }
+                if let Some(Ok(v)) = host.as_deref().map(http::HeaderValue::from_str) {
+                    h.insert(http::header::HOST, v);
+                }
+                if let Some(Ok(v)) = token.as_deref().map(http::HeaderValue::from_str) {
+                    h.insert("x-amz-security-token", v);
+                }
+                let now = parse_amz_date(&date).unwrap_or(UNIX_EPOCH);
+                let rejected = store.verify("POST", "/", &h, b"body", "us-east-1", now).is_err();
+                prop_assert!(rejected);
+            }
+        }
+
+        #[test]
         fn authorization_parser_never_panics(s in ".{0,300}") {
             let _ = parse_authorization(&s);
             let _ = parse_amz_date(&s);

@@ -161,12 +161,10 @@ impl Server {
     ) -> Result<envelope_keystore::Decrypted> {
         let wanted = key_id.map(|k| self.resolve(k, Forms::Any)).transpose()?;
         let blob = envelope_keystore::blob::parse(ciphertext).map_err(|_| KmsError::InvalidCiphertext)?;
-        if let Some(w) = &wanted {
-            if w.kid != blob.key_id {
-                return Err(KmsError::IncorrectKey(
-                    "The key ID in the request does not identify a KMS key that can perform this operation.".into(),
-                ));
-            }
+        if wanted.as_ref().is_some_and(|w| w.kid != blob.key_id) {
+            return Err(KmsError::IncorrectKey(
+                "The key ID in the request does not identify a KMS key that can perform this operation.".into(),
+            ));
         }
         let blob_key = KeyRef::Id(uuid::Uuid::from_bytes(blob.key_id));
         let owner = match self.store.current(&blob_key) {

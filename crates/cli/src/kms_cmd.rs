@@ -53,6 +53,16 @@ pub struct ServeArgs {
     /// 12-digit account id used in ARNs.
     #[arg(long, env = "ENVELOPE_KMS_ACCOUNT_ID", default_value = "111122223333", value_name = "ID")]
     pub account_id: String,
+    /// Audit log: one CloudTrail-shaped JSON record per request, appended and flushed before the
+    /// response. Default: <data-dir>/audit.log. "off" disables it.
+    #[arg(long, env = "ENVELOPE_KMS_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<String>,
+    /// Refuse requests (KMSInternalException) whose audit record cannot be written.
+    #[arg(long, env = "ENVELOPE_KMS_AUDIT_FAIL_CLOSED")]
+    pub audit_fail_closed: bool,
+    /// Address for /livez, /readyz and /metrics ("off" to disable).
+    #[arg(long, env = "ENVELOPE_KMS_HTTP_ADDR", default_value = "127.0.0.1:4598", value_name = "HOST:PORT")]
+    pub http_addr: String,
     /// Log format: text or json.
     #[arg(long, env = "ENVELOPE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -75,6 +85,9 @@ struct Settings {
     data_dir: PathBuf,
     credentials: Option<PathBuf>,
     config: Config,
+    audit_log: Option<PathBuf>,
+    audit_fail_closed: bool,
+    http_addr: Option<SocketAddr>,
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -105,7 +118,16 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let server = match Server::new(store, credentials, settings.config.clone()) {
-        Ok(s) => Arc::new(s),
+        Ok(s) => match &settings.audit_log {
+            Some(path) => match envelope_kms_server::audit::AuditLog::open(path, settings.audit_fail_closed) {
+                Ok(log) => Arc::new(s.with_audit(log)),
+                Err(e) => {
+                    eprintln!("envelope: cannot open the audit log {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => Arc::new(s),
+        },
         Err(e) => {
             eprintln!("envelope: invalid configuration: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -148,7 +170,29 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
     if let Some(c) = args.credentials.as_ref().filter(|c| !c.is_file()) {
         bail!("--credentials {} is not a readable file", c.display());
     }
-    Ok(Settings { listen, data_dir, credentials: args.credentials.clone(), config })
+    let audit_log = match args.audit_log.as_deref() {
+        Some("off") => None,
+        Some(p) if p.is_empty() => bail!("--audit-log must not be empty"),
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(data_dir.join("audit.log")),
+    };
+    if audit_log.is_none() && args.audit_fail_closed {
+        bail!("--audit-fail-closed needs an audit log");
+    }
+    let http_addr = if args.http_addr == "off" {
+        None
+    } else {
+        Some(args.http_addr.parse::<SocketAddr>().with_context(|| format!("--http-addr {:?} is not HOST:PORT (or \"off\")", args.http_addr))?)
+    };
+    Ok(Settings {
+        listen,
+        data_dir,
+        credentials: args.credentials.clone(),
+        config,
+        audit_log,
+        audit_fail_closed: args.audit_fail_closed,
+        http_addr,
+    })
 }
 
 /// The credentials file given, else `<data-dir>/credentials.yaml`, generated on first start.
@@ -218,6 +262,23 @@ async fn run_server(server: Arc<Server>, s: &Settings) -> Result<()> {
         s.data_dir.display()
     );
     println!("  try: aws --endpoint-url http://{addr} kms create-key");
+    if let Some(a) = &s.audit_log {
+        println!("  audit log: {}{}", a.display(), if s.audit_fail_closed { " (fail-closed)" } else { "" });
+    }
+    let (obs_stop, obs_rx) = tokio::sync::watch::channel(false);
+    if let Some(h) = s.http_addr {
+        let l = tokio::net::TcpListener::bind(h).await.with_context(|| format!("cannot listen on {h} for HTTP"))?;
+        let (srv, mut rx) = (server.clone(), obs_rx.clone());
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            if let Err(e) = envelope_kms_server::metrics::serve_observability(l, srv, stop).await {
+                tracing::error!(error = %e, "health/metrics server failed");
+            }
+        });
+        println!("  health and metrics: http://{h}/livez /readyz /metrics");
+    }
     tracing::info!(addr = %addr, region = %s.config.region, "serving the AWS KMS API");
     let shutdown = async move {
         tokio::select! {
@@ -226,6 +287,7 @@ async fn run_server(server: Arc<Server>, s: &Settings) -> Result<()> {
         }
     };
     envelope_kms_server::serve(listener, server, shutdown).await.context("HTTP server failed")?;
+    let _ = obs_stop.send(true);
     tracing::info!("stopped");
     Ok(())
 }
@@ -243,6 +305,9 @@ mod tests {
             account_id: "111122223333".into(),
             log_format: "text".into(),
             log_level: "info".into(),
+            audit_log: None,
+            audit_fail_closed: false,
+            http_addr: "127.0.0.1:4598".into(),
         }
     }
 

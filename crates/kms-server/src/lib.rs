@@ -7,14 +7,18 @@
 //! * [`ops`]: the operations, on top of `envelope_keystore::KeyStore`.
 //! * [`server`]: HTTP (axum): routing on `X-Amz-Target`, body limit, request ids, errors.
 //! * [`error`]: [`KmsError`] and its one mapping to AWS error codes and HTTP statuses.
+//! * [`audit`]: the CloudTrail-shaped audit log (one JSON line per request, optional fail-closed).
+//! * [`metrics`]: Prometheus metrics and the loopback `/livez` `/readyz` `/metrics` router.
 //!
 //! The library binds nothing: [`serve`] takes a bound listener and a shutdown future.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod ids;
+pub mod metrics;
 pub mod ops;
 pub mod protocol;
 pub mod server;
@@ -73,6 +77,8 @@ pub struct Server {
     credentials: CredentialStore,
     config: Config,
     names: ids::Names,
+    audit: Option<audit::AuditLog>,
+    metrics: metrics::Metrics,
 }
 
 impl std::fmt::Debug for Server {
@@ -86,7 +92,23 @@ impl Server {
     pub fn new(store: Arc<KeyStore>, credentials: CredentialStore, config: Config) -> Result<Self> {
         config.validate()?;
         let names = ids::Names::new(&config.region, &config.account_id);
-        Ok(Self { store, credentials, config, names })
+        Ok(Self { store, credentials, config, names, audit: None, metrics: metrics::Metrics::new() })
+    }
+
+    /// Writes one audit record per request to `log`.
+    pub fn with_audit(mut self, log: audit::AuditLog) -> Self {
+        self.audit = Some(log);
+        self
+    }
+
+    /// The audit log, if configured.
+    pub fn audit(&self) -> Option<&audit::AuditLog> {
+        self.audit.as_ref()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
     }
 
     /// The key store.

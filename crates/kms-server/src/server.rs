@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
 use crate::Server;
+use crate::audit::AuditEvent;
 use crate::error::{KmsError, Result};
 use crate::protocol::{Operation, parse_request};
 
@@ -34,7 +35,9 @@ pub async fn serve(
     state: Arc<Server>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// The axum router (one fallback handler for every method and path).
@@ -43,21 +46,60 @@ pub fn router(state: Arc<Server>) -> Router {
 }
 
 async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Response<Body> {
+    let started = std::time::Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
-    let outcome = process(&server, req).await;
-    let (status, body, op, principal, code) = match outcome {
+    let source_ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
+    let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut audit = AuditInfo::default();
+    let outcome = process(&server, req, &mut audit).await;
+    let (mut status, mut body, op, principal, mut code) = match outcome {
         Ok(ok) => (StatusCode::OK, ok.body, Some(ok.op), Some(ok.principal), None),
         Err(failed) => {
             let (code, status) = failed.error.aws();
             if let KmsError::Internal(detail) = &failed.error {
                 tracing::error!(request_id = %request_id, error = %detail, "internal error");
             }
+            audit.error_message = Some(failed.error.to_string());
             let body = serde_json::to_vec(&serde_json::json!({"__type": code, "message": failed.error.to_string()}))
                 .map(Zeroizing::new)
                 .unwrap_or_default();
             (status, body, failed.op, failed.principal, Some(code))
         }
     };
+    if let Some(log) = server.audit() {
+        let response = match (code, op) {
+            (None, Some(o)) => audit_response(o, &body),
+            _ => None,
+        };
+        let ev = AuditEvent {
+            operation: op.map(Operation::name),
+            request_id: &request_id,
+            region: &server.config.region,
+            account_id: &server.config.account_id,
+            source_ip,
+            user_agent: user_agent.as_deref(),
+            access_key_id: audit.access_key_id.as_deref(),
+            principal: principal.as_deref(),
+            request: audit.request.as_ref(),
+            response: response.as_ref(),
+            error_code: code,
+            error_message: audit.error_message.take(),
+        };
+        if let Err(e) = log.write(&ev) {
+            tracing::error!(request_id = %request_id, error = %e, path = %log.path().display(), "cannot write the audit record");
+            if log.fail_closed() {
+                let refused = KmsError::Internal("audit log unavailable".into());
+                let (c, s) = refused.aws();
+                status = s;
+                code = Some(c);
+                body = Zeroizing::new(
+                    serde_json::to_vec(&serde_json::json!({"__type": c, "message": "The request was refused because its audit record could not be written."}))
+                        .unwrap_or_default(),
+                );
+            }
+        }
+    }
+    server.metrics().request(op.map(Operation::name).unwrap_or("-"), code.unwrap_or(""), started.elapsed());
     tracing::info!(
         request_id = %request_id,
         operation = op.map(Operation::name).unwrap_or("-"),
@@ -79,6 +121,30 @@ async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Respon
     resp
 }
 
+/// What the audit record needs from request processing, filled as far as it got.
+#[derive(Default)]
+struct AuditInfo {
+    access_key_id: Option<String>,
+    /// The request with secret members already removed.
+    request: Option<serde_json::Value>,
+    error_message: Option<String>,
+}
+
+/// The response members the audit record may show: everything but secrets for management
+/// calls; only the resolved key for cryptographic ones (their bodies are never parsed whole).
+fn audit_response(op: Operation, body: &[u8]) -> Option<serde_json::Value> {
+    #[derive(serde::Deserialize)]
+    struct KeyOnly {
+        #[serde(rename = "KeyId")]
+        key_id: Option<String>,
+    }
+    if crate::audit::is_crypto(op.name()) {
+        let k: KeyOnly = serde_json::from_slice(body).ok()?;
+        return Some(serde_json::json!({ "KeyId": k.key_id }));
+    }
+    serde_json::from_slice::<serde_json::Value>(body).ok().map(|v| crate::audit::sanitize(&v))
+}
+
 struct Done {
     op: Operation,
     principal: String,
@@ -97,7 +163,7 @@ impl From<KmsError> for Failed {
     }
 }
 
-async fn process(server: &Arc<Server>, req: Request<Body>) -> std::result::Result<Done, Failed> {
+async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo) -> std::result::Result<Done, Failed> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST || parts.uri.path() != "/" || parts.uri.query().is_some() {
         return Err(KmsError::UnknownOperation("This service accepts only POST / with an X-Amz-Target header.".into()).into());
@@ -110,6 +176,10 @@ async fn process(server: &Arc<Server>, req: Request<Body>) -> std::result::Resul
     let body = read_body(body, server.config.max_body, length).await?;
     let cred = server.credentials.verify("POST", "/", &parts.headers, &body, &server.config.region, SystemTime::now())?;
     let principal = cred.principal.clone();
+    if server.audit().is_some() {
+        audit.access_key_id = Some(cred.access_key_id.clone());
+        audit.request = serde_json::from_slice::<serde_json::Value>(&body).ok().map(|v| crate::audit::sanitize(&v));
+    }
     let fail = |error: KmsError, op: Option<Operation>| Failed { error, op, principal: Some(principal.clone()) };
     let target = parts
         .headers

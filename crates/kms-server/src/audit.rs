@@ -1,0 +1,341 @@
+//! The audit log: one CloudTrail-shaped JSON record per request (spec §7), appended to a file
+//! and flushed before the response is sent. Records carry the encryption context (audit
+//! material) but never plaintext, ciphertext, key material or import tokens.
+//!
+//! With `fail_closed`, a request whose record cannot be written is refused
+//! (`KMSInternalException`) instead of answered.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value, json};
+
+/// Request and response members that are never written to the audit log.
+const SECRET_MEMBERS: &[&str] =
+    &["Plaintext", "CiphertextBlob", "EncryptedKeyMaterial", "ImportToken", "PublicKey", "Recipient"];
+
+/// Members whose values are user maps: their keys are data, not member names, and stay as sent.
+const MAP_MEMBERS: &[&str] = &["EncryptionContext", "SourceEncryptionContext", "DestinationEncryptionContext"];
+
+/// Operations whose responses carry secrets or key-bound data: `responseElements` is `null`.
+const CRYPTO_OPS: &[&str] = &[
+    "Encrypt",
+    "Decrypt",
+    "ReEncrypt",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateRandom",
+];
+
+/// An append-only audit file.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    file: Mutex<File>,
+    fail_closed: bool,
+}
+
+/// Everything known about one request, for its record.
+#[derive(Debug, Default)]
+pub struct AuditEvent<'a> {
+    /// Operation name, if the target was understood.
+    pub operation: Option<&'a str>,
+    /// `x-amzn-RequestId` returned to the caller.
+    pub request_id: &'a str,
+    /// Region served.
+    pub region: &'a str,
+    /// Account that owns the keys.
+    pub account_id: &'a str,
+    /// Caller address.
+    pub source_ip: Option<String>,
+    /// Caller's User-Agent.
+    pub user_agent: Option<&'a str>,
+    /// Verified access key id, if authentication succeeded.
+    pub access_key_id: Option<&'a str>,
+    /// Verified principal ARN, if authentication succeeded.
+    pub principal: Option<&'a str>,
+    /// The request body as JSON, if it parsed.
+    pub request: Option<&'a Value>,
+    /// The response body as JSON on success.
+    pub response: Option<&'a Value>,
+    /// AWS error code on failure.
+    pub error_code: Option<&'a str>,
+    /// Error message on failure.
+    pub error_message: Option<String>,
+}
+
+impl AuditLog {
+    /// Opens (creating with mode 0600) the audit file for appending.
+    pub fn open(path: &Path, fail_closed: bool) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        Ok(Self { path: path.to_path_buf(), file: Mutex::new(file), fail_closed })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether requests are refused when their record cannot be written.
+    pub fn fail_closed(&self) -> bool {
+        self.fail_closed
+    }
+
+    /// Appends one record (one line) and flushes it to the operating system.
+    pub fn write(&self, ev: &AuditEvent<'_>) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&record(ev, SystemTime::now())).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let mut f = self.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
+        f.write_all(&line)?;
+        f.flush()
+    }
+}
+
+/// Builds the CloudTrail-shaped record of one request.
+pub fn record(ev: &AuditEvent<'_>, now: SystemTime) -> Value {
+    let op = ev.operation.unwrap_or("Unknown");
+    let crypto = CRYPTO_OPS.contains(&op);
+    let mut params = ev.request.map(|r| camel_clean(r, false)).unwrap_or(Value::Null);
+    if matches!(op, "Encrypt" | "Decrypt" | "ReEncrypt") {
+        if let Value::Object(m) = &mut params {
+            m.entry("encryptionAlgorithm").or_insert_with(|| json!("SYMMETRIC_DEFAULT"));
+        }
+    }
+    let key_arn = ev.response.and_then(resolved_key_arn);
+    if op == "Decrypt" {
+        if let (Value::Object(m), Some(arn)) = (&mut params, &key_arn) {
+            m.insert("keyId".into(), json!(arn));
+        }
+    }
+    let response = match ev.response {
+        Some(r) if !crypto => camel_clean(r, false),
+        _ => Value::Null,
+    };
+    let mut rec = json!({
+        "eventVersion": "1.11",
+        "userIdentity": user_identity(ev),
+        "eventTime": rfc3339_seconds(now),
+        "eventSource": "kms.amazonaws.com",
+        "eventName": op,
+        "awsRegion": ev.region,
+        "sourceIPAddress": ev.source_ip.clone().unwrap_or_default(),
+        "userAgent": ev.user_agent.unwrap_or(""),
+        "requestParameters": params,
+        "responseElements": response,
+        "requestID": ev.request_id,
+        "eventID": uuid::Uuid::new_v4().to_string(),
+        "readOnly": read_only(op),
+        "resources": key_arn.map(|arn| json!([{"accountId": ev.account_id, "type": "AWS::KMS::Key", "ARN": arn}])).unwrap_or(json!([])),
+        "eventType": "AwsApiCall",
+        "managementEvent": true,
+        "recipientAccountId": ev.account_id,
+        "eventCategory": "Management",
+    });
+    if let (Some(code), Value::Object(m)) = (ev.error_code, &mut rec) {
+        m.insert("errorCode".into(), json!(code));
+        m.insert("errorMessage".into(), json!(ev.error_message.clone().unwrap_or_default()));
+    }
+    rec
+}
+
+/// Whether `op`'s responses carry secrets (its `responseElements` are `null`).
+pub fn is_crypto(op: &str) -> bool {
+    CRYPTO_OPS.contains(&op)
+}
+
+/// A request or response body with secret members removed (PascalCase kept).
+pub fn sanitize(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter().filter(|(k, _)| !SECRET_MEMBERS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn read_only(op: &str) -> bool {
+    op.starts_with("Describe")
+        || op.starts_with("List")
+        || op.starts_with("Get")
+        || matches!(op, "Encrypt" | "Decrypt" | "ReEncrypt" | "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" | "GenerateRandom")
+}
+
+fn user_identity(ev: &AuditEvent<'_>) -> Value {
+    let Some(arn) = ev.principal else { return json!({"type": "Unknown"}) };
+    let resource = arn.splitn(6, ':').nth(5).unwrap_or("");
+    let kind = if resource == "root" {
+        "Root"
+    } else if resource.starts_with("assumed-role/") {
+        "AssumedRole"
+    } else if resource.starts_with("role/") {
+        "Role"
+    } else {
+        "IAMUser"
+    };
+    let account = arn.splitn(6, ':').nth(4).unwrap_or(ev.account_id);
+    let mut v = json!({
+        "type": kind,
+        "principalId": ev.access_key_id.unwrap_or(""),
+        "arn": arn,
+        "accountId": account,
+        "accessKeyId": ev.access_key_id.unwrap_or(""),
+    });
+    if kind == "IAMUser" {
+        if let (Some(name), Value::Object(m)) = (resource.rsplit('/').next(), &mut v) {
+            m.insert("userName".into(), json!(name));
+        }
+    }
+    v
+}
+
+/// The key ARN a response names (`KeyId` of crypto responses, `KeyMetadata.Arn` of management ones).
+fn resolved_key_arn(resp: &Value) -> Option<String> {
+    let arn = resp
+        .get("KeyMetadata")
+        .and_then(|m| m.get("Arn"))
+        .or_else(|| resp.get("KeyId"))
+        .and_then(Value::as_str)?;
+    arn.contains(":key/").then(|| arn.to_string())
+}
+
+/// camelCase member names, secrets removed; user maps (encryption contexts) kept as sent.
+fn camel_clean(v: &Value, inside_map: bool) -> Value {
+    match v {
+        Value::Object(m) if !inside_map => {
+            let mut out = Map::new();
+            for (k, val) in m {
+                if SECRET_MEMBERS.contains(&k.as_str()) {
+                    continue;
+                }
+                let is_map = MAP_MEMBERS.contains(&k.as_str());
+                out.insert(camel(k), camel_clean(val, is_map));
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| camel_clean(x, inside_map)).collect()),
+        other => other.clone(),
+    }
+}
+
+fn camel(k: &str) -> String {
+    let mut c = k.chars();
+    match c.next() {
+        Some(f) => f.to_ascii_lowercase().to_string() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+fn rfc3339_seconds(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn decrypt_record_has_context_and_no_secrets() {
+        let req = json!({"CiphertextBlob": "c2VjcmV0", "EncryptionContext": {"Tenant": "a", "KeyId": "x"}});
+        let resp = json!({"KeyId": "arn:aws:kms:us-east-1:111122223333:key/1234", "Plaintext": "cGxhaW4=", "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"});
+        let ev = AuditEvent {
+            operation: Some("Decrypt"),
+            request_id: "req-1",
+            region: "us-east-1",
+            account_id: "111122223333",
+            source_ip: Some("127.0.0.1".into()),
+            user_agent: Some("aws-cli/1"),
+            access_key_id: Some("AKIATEST"),
+            principal: Some("arn:aws:iam::111122223333:user/admin"),
+            request: Some(&req),
+            response: Some(&resp),
+            ..Default::default()
+        };
+        let r = record(&ev, SystemTime::UNIX_EPOCH + Duration::from_secs(1_747_773_900));
+        let text = r.to_string();
+        assert!(!text.contains("c2VjcmV0") && !text.contains("cGxhaW4="), "{text}");
+        assert_eq!(r["eventName"], "Decrypt");
+        assert_eq!(r["eventSource"], "kms.amazonaws.com");
+        assert_eq!(r["eventTime"], "2025-05-20T20:45:00Z");
+        assert_eq!(r["requestParameters"]["encryptionContext"]["Tenant"], "a");
+        assert_eq!(r["requestParameters"]["encryptionContext"]["KeyId"], "x", "context keys kept as sent");
+        assert_eq!(r["requestParameters"]["encryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+        assert_eq!(r["requestParameters"]["keyId"], "arn:aws:kms:us-east-1:111122223333:key/1234");
+        assert_eq!(r["responseElements"], Value::Null);
+        assert_eq!(r["readOnly"], true);
+        assert_eq!(r["resources"][0]["ARN"], "arn:aws:kms:us-east-1:111122223333:key/1234");
+        assert_eq!(r["userIdentity"]["type"], "IAMUser");
+        assert_eq!(r["userIdentity"]["userName"], "admin");
+        assert!(r.get("errorCode").is_none());
+    }
+
+    #[test]
+    fn failures_and_management_calls() {
+        let resp = json!({"KeyMetadata": {"KeyId": "1234", "Arn": "arn:aws:kms:us-east-1:111122223333:key/1234"}});
+        let ev = AuditEvent { operation: Some("CreateKey"), request_id: "r", region: "us-east-1", account_id: "111122223333", response: Some(&resp), ..Default::default() };
+        let r = record(&ev, SystemTime::now());
+        assert_eq!(r["responseElements"]["keyMetadata"]["arn"], "arn:aws:kms:us-east-1:111122223333:key/1234");
+        assert_eq!(r["readOnly"], false);
+        let ev = AuditEvent {
+            operation: None,
+            request_id: "r",
+            region: "us-east-1",
+            account_id: "111122223333",
+            error_code: Some("InvalidSignatureException"),
+            error_message: Some("bad".into()),
+            ..Default::default()
+        };
+        let r = record(&ev, SystemTime::now());
+        assert_eq!(r["errorCode"], "InvalidSignatureException");
+        assert_eq!(r["userIdentity"]["type"], "Unknown");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn file_is_private_and_appended() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        let log = AuditLog::open(&p, true).unwrap();
+        let ev = AuditEvent { operation: Some("ListKeys"), request_id: "a", region: "r", account_id: "1", ..Default::default() };
+        log.write(&ev).unwrap();
+        log.write(&ev).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        for l in text.lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["eventName"], "ListKeys");
+        }
+    }
+}

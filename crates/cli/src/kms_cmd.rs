@@ -36,9 +36,20 @@ pub enum KmsCommand {
 #[command(after_help = "Point any AWS client at it, e.g.\n  aws --endpoint-url http://127.0.0.1:4599 kms create-key\n\
 Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 for invalid configuration, 1 for runtime failures.")]
 pub struct ServeArgs {
-    /// Address to listen on. Only loopback addresses are accepted until TLS is supported.
+    /// Address to listen on. A non-loopback address needs --tls-cert/--tls-key (or
+    /// --insecure-plain-http).
     #[arg(long, env = "ENVELOPE_KMS_LISTEN", default_value = "127.0.0.1:4599", value_name = "HOST:PORT")]
     pub listen: String,
+    /// Serve HTTPS with this certificate chain (PEM).
+    #[arg(long, env = "ENVELOPE_KMS_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(long, env = "ENVELOPE_KMS_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (credentials' signatures still protect
+    /// integrity, but plaintext and data keys would cross the network unencrypted).
+    #[arg(long)]
+    pub insecure_plain_http: bool,
     /// Data directory of the key store (created on first start, mode 0700).
     /// Default: /var/lib/envelope/kms as root, else ~/.local/share/envelope/kms.
     #[arg(long, env = "ENVELOPE_KMS_DATA_DIR", value_name = "DIR")]
@@ -88,6 +99,7 @@ struct Settings {
     audit_log: Option<PathBuf>,
     audit_fail_closed: bool,
     http_addr: Option<SocketAddr>,
+    tls: Option<Arc<envelope_kms_server::tls::ServerConfig>>,
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -157,8 +169,15 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         .with_context(|| format!("--listen {:?} is not HOST:PORT", args.listen))?
         .collect();
     let Some(listen) = addrs.first().copied() else { bail!("--listen {:?} resolves to no address", args.listen) };
-    if !addrs.iter().all(|a| a.ip().is_loopback()) {
-        bail!("--listen {} is not a loopback address; only loopback is allowed until TLS is supported", args.listen);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(envelope_kms_server::tls::load(c, k).map_err(|e| anyhow::anyhow!("{e}"))?),
+        _ => None,
+    };
+    if tls.is_none() && !args.insecure_plain_http && !addrs.iter().all(|a| a.ip().is_loopback()) {
+        bail!(
+            "--listen {} is not a loopback address: serve HTTPS (--tls-cert, --tls-key) or force plain HTTP with --insecure-plain-http",
+            args.listen
+        );
     }
     let data_dir = args.data_dir.clone().unwrap_or_else(|| crate::config::default_data_dir().join("kms"));
     if data_dir.as_os_str().is_empty() {
@@ -192,6 +211,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         audit_log,
         audit_fail_closed: args.audit_fail_closed,
         http_addr,
+        tls,
     })
 }
 
@@ -255,13 +275,14 @@ async fn run_server(server: Arc<Server>, s: &Settings) -> Result<()> {
     let listener =
         tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {}", s.listen))?;
     let addr = listener.local_addr().context("listener address")?;
+    let scheme = if s.tls.is_some() { "https" } else { "http" };
     println!(
-        "envelope kms serve listening on http://{addr} (region {}, account {}, data {})",
+        "envelope kms serve listening on {scheme}://{addr} (region {}, account {}, data {})",
         s.config.region,
         s.config.account_id,
         s.data_dir.display()
     );
-    println!("  try: aws --endpoint-url http://{addr} kms create-key");
+    println!("  try: aws --endpoint-url {scheme}://{addr} kms create-key");
     if let Some(a) = &s.audit_log {
         println!("  audit log: {}{}", a.display(), if s.audit_fail_closed { " (fail-closed)" } else { "" });
     }
@@ -286,7 +307,10 @@ async fn run_server(server: Arc<Server>, s: &Settings) -> Result<()> {
             _ = int.recv() => tracing::info!("received SIGINT"),
         }
     };
-    envelope_kms_server::serve(listener, server, shutdown).await.context("HTTP server failed")?;
+    match &s.tls {
+        Some(tls) => envelope_kms_server::tls::serve_tls(listener, server, tls.clone(), shutdown).await.context("HTTPS server failed")?,
+        None => envelope_kms_server::serve(listener, server, shutdown).await.context("HTTP server failed")?,
+    }
     let _ = obs_stop.send(true);
     tracing::info!("stopped");
     Ok(())
@@ -308,6 +332,9 @@ mod tests {
             audit_log: None,
             audit_fail_closed: false,
             http_addr: "127.0.0.1:4598".into(),
+            tls_cert: None,
+            tls_key: None,
+            insecure_plain_http: false,
         }
     }
 

@@ -9,6 +9,7 @@
 //! * [`error`]: [`KmsError`] and its one mapping to AWS error codes and HTTP statuses.
 //! * [`audit`]: the CloudTrail-shaped audit log (one JSON line per request, optional fail-closed).
 //! * [`metrics`]: Prometheus metrics and the loopback `/livez` `/readyz` `/metrics` router.
+//! * [`tls`]: HTTPS with rustls (certificate and key from PEM files).
 //!
 //! The library binds nothing: [`serve`] takes a bound listener and a shutdown future.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod ops;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -34,9 +34,13 @@ pub enum BenchTarget {
 /// Options of `envelope bench inspect`.
 #[derive(Debug, Args)]
 pub struct InspectBench {
-    /// etcd endpoint to fill and inspect; omit with --spawn-etcd.
-    #[arg(long, value_name = "URL")]
+    /// etcd endpoint to fill and inspect (needs --allow-writes: it writes test Secrets); omit
+    /// with --spawn-etcd.
+    #[arg(long, value_name = "URL", requires = "allow_writes")]
     pub etcd: Option<String>,
+    /// Allow writing up to --count test Secrets under /registry/secrets/ of the --etcd given.
+    #[arg(long)]
+    pub allow_writes: bool,
     /// Start a private etcd (the `etcd` binary on PATH) on loopback in a temporary directory.
     #[arg(long)]
     pub spawn_etcd: bool,

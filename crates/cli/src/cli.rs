@@ -68,7 +68,7 @@ pub struct PluginArgs {
     /// How often the key is probed in the background; a rotation or disable is noticed within this interval.
     #[arg(long, env = "ENVELOPE_HEALTH_INTERVAL", value_name = "DURATION")]
     pub health_interval: Option<String>,
-    /// Longest time an RPC may take when the client sends no deadline.
+    /// Server-side cap on an RPC (the client's own deadline applies too, whichever is shorter).
     #[arg(long, env = "ENVELOPE_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub request_timeout: Option<String>,
     /// How long in-flight RPCs may finish after SIGTERM/SIGINT.

@@ -123,19 +123,22 @@ impl Etcd {
         let mut from = prefix.to_vec();
         let mut revision = 0i64;
         let mut n = 0u64;
+        let mut page = page.max(1);
         loop {
-            let r = self
+            let r = match self
                 .kv
-                .range(RangeRequest {
-                    key: from.clone(),
-                    range_end: end.clone(),
-                    limit: page.max(1),
-                    revision,
-                    ..Default::default()
-                })
+                .range(RangeRequest { key: from.clone(), range_end: end.clone(), limit: page, revision, ..Default::default() })
                 .await
-                .map_err(|e| etcd_err("range", e.message()))?
-                .into_inner();
+            {
+                Ok(r) => r.into_inner(),
+                // A page of large values (ConfigMaps up to 1.5 MiB each) can exceed the message
+                // limit: retry the same position with half the page.
+                Err(e) if page > 1 && matches!(e.code(), tonic::Code::ResourceExhausted | tonic::Code::OutOfRange) => {
+                    page = (page / 2).max(1);
+                    continue;
+                }
+                Err(e) => return Err(etcd_err("range", e.message())),
+            };
             if revision == 0 {
                 revision = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
             }

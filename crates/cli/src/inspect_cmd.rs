@@ -131,6 +131,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn run_inspect(args: InspectArgs) -> ExitCode {
+    if let Err(e) = check_usage(&args) {
+        eprintln!("envelope inspect: {e:#}");
+        return ExitCode::from(crate::EXIT_CONFIG);
+    }
     match runtime().and_then(|rt| rt.block_on(inspect(args))) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -194,10 +198,19 @@ fn scan_prefix(prefix: &str, resource: &str) -> Vec<u8> {
     }
 }
 
-async fn inspect(args: InspectArgs) -> Result<u8> {
+/// Usage errors, reported with exit code 64 before anything is contacted.
+fn check_usage(args: &InspectArgs) -> Result<()> {
     if args.fail_on_stale && args.current_key_id.is_none() && args.plugin_socket.is_none() {
         bail!("--fail-on-stale needs --current-key-id or --plugin-socket");
     }
+    if args.page_size < 1 {
+        bail!("--page-size must be at least 1");
+    }
+    args.etcd.options()?;
+    Ok(())
+}
+
+async fn inspect(args: InspectArgs) -> Result<u8> {
     let config = match &args.encryption_config {
         Some(p) => Some(EncryptionConfig::load(p)?),
         None => None,
@@ -370,7 +383,7 @@ async fn unwrapper(args: &DecryptArgs) -> Result<Unwrapper> {
     }
     if let Some(dir) = &args.data_dir {
         let dir = dir.clone();
-        let store = tokio::task::spawn_blocking(move || envelope_keystore::KeyStore::open(&dir))
+        let store = tokio::task::spawn_blocking(move || envelope_keystore::KeyStore::open_existing(&dir))
             .await?
             .context("cannot open the key store")?;
         let backend = envelope_plugin::EmbeddedBackend::new(Arc::new(store), envelope_keystore::KeyRef::Alias("alias/kubernetes".into()));

@@ -20,7 +20,13 @@ pub fn run(args: KeyArgs) -> ExitCode {
 
 fn run_inner(args: KeyArgs) -> Result<()> {
     let dir = args.data_dir.clone().unwrap_or_else(crate::config::default_data_dir);
-    let store = KeyStore::open(&dir).with_context(|| format!("cannot open the key store in {}", dir.display()))?;
+    // Only `create` may start a new store; every other command needs the existing one, so a
+    // mistyped --data-dir is an error rather than a fresh, empty store.
+    let store = match args.command {
+        KeyCommand::Create { .. } => KeyStore::open(&dir),
+        _ => KeyStore::open_existing(&dir),
+    }
+    .with_context(|| format!("cannot open the key store in {}", dir.display()))?;
     let json = args.output == "json";
     match args.command {
         KeyCommand::Create { name, description } => {

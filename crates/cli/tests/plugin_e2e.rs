@@ -74,8 +74,9 @@ async fn v2_bad_input_gets_specific_codes() {
 
     // Empty plaintext.
     assert_eq!(c.encrypt(enc(b"")).await.unwrap_err().code(), Code::InvalidArgument);
-    // Oversized plaintext.
+    // Oversized plaintext (more than a KMS v2 ciphertext can carry, and more than v1 accepts).
     assert_eq!(c.encrypt(enc(&[0u8; 5000])).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(c.encrypt(enc(&[0u8; 1000])).await.unwrap_err().code(), Code::InvalidArgument);
 
     // Tampered ciphertext (every region: envelope header, blob header, nonce, body, tag).
     for i in [0usize, 1, 2, 10, 30, 60, 70, good.ciphertext.len() - 1] {

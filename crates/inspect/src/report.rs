@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::classify::{Classified, DekSourceType};
+use crate::classify::Classified;
 
 /// One inspected object. Contains no secret material.
 #[derive(Debug, Clone, Serialize)]
@@ -139,9 +139,6 @@ fn row(prefix: &[u8], key: &[u8], value: &[u8], c: &Classified, current: Option<
             r.dek_source = Some(v.dek_source_type.to_string());
             r.annotation_keys = v.annotation_keys().map(str::to_string).collect();
             r.stale = current.map(|k| v.is_stale(k));
-            if v.dek_source_type != DekSourceType::HkdfSha256XNonceAesGcmSeed && current.is_none() {
-                r.stale = Some(true);
-            }
         }
         Classified::KmsV1(v) => {
             r.wrapped_dek_len = Some(v.wrapped_dek_len());

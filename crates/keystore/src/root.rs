@@ -40,22 +40,30 @@ impl RootKey {
                 Ok((Self::from_file_bytes(&buf)?, false))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Written to a private temporary file, fsynced, then linked into place: a crash
+                // never leaves a partial root key, and of two processes starting at once one
+                // wins the link and the other loads the winner's key.
                 let material = random_key()?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(io)?;
+                let mut nonce = [0u8; 8];
+                crate::crypto::fill_random(&mut nonce)?;
+                let tmp = path.with_extension(format!("tmp.{}", hex::encode(nonce)));
+                let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
                 let mut contents = Zeroizing::new(Vec::with_capacity(MAGIC.len() + KEY_LEN));
                 contents.extend_from_slice(MAGIC);
                 contents.extend_from_slice(&material[..]);
-                f.write_all(&contents).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                if let Some(dir) = path.parent() {
-                    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+                let written = f.write_all(&contents).and_then(|()| f.sync_all());
+                let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+                let _ = fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => {
+                        if let Some(dir) = path.parent() {
+                            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+                        }
+                        Ok((Self(AeadKey::new(&material[..])?), true))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load_or_create(path),
+                    Err(e) => Err(io(e)),
                 }
-                Ok((Self(AeadKey::new(&material[..])?), true))
             }
             Err(e) => Err(io(e)),
         }

@@ -130,6 +130,14 @@ impl KeyBackend for EmbeddedBackend {
     }
 
     async fn decrypt(&self, blob: &[u8], ctx: &EncryptionContext) -> Result<Zeroizing<Vec<u8>>, PluginError> {
-        Ok(self.store.decrypt(blob, ctx)?.plaintext)
+        if self.store.is_cached(blob) {
+            return Ok(self.store.decrypt(blob, ctx)?.plaintext);
+        }
+        // Unknown material: the store looks it up in SQLite (blocking), off the async workers.
+        let (store, blob, ctx) = (self.store.clone(), blob.to_vec(), ctx.clone());
+        tokio::task::spawn_blocking(move || store.decrypt(&blob, &ctx).map(|d| d.plaintext))
+            .await
+            .map_err(|e| PluginError::Internal(format!("decrypt task failed: {e}")))?
+            .map_err(PluginError::from)
     }
 }

@@ -13,6 +13,9 @@ pub const MAX_V2_FIELD: usize = 1024;
 pub const MAX_ANNOTATIONS: usize = 32 * 1024;
 /// Largest plaintext the plugin wraps (kube-apiserver sends 32 bytes; v1 health checks 4).
 pub const MAX_PLAINTEXT: usize = 4096;
+/// Largest KMS v2 plaintext: kube-apiserver always sends 32 bytes, and the wrapped result must
+/// stay within the 1024-byte ciphertext limit whatever the backend's overhead.
+pub const MAX_V2_PLAINTEXT: usize = 512;
 
 /// Which backend produced a ciphertext. Stored in byte 1 of the envelope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

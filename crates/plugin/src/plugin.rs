@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::backend::KeyBackend;
 use crate::error::PluginError;
-use crate::format::{self, MAX_PLAINTEXT, MAX_V2_FIELD};
+use crate::format::{self, MAX_PLAINTEXT, MAX_V2_FIELD, MAX_V2_PLAINTEXT};
 use crate::metrics::{Metrics, code_name};
 
 /// Plugin settings that the library needs (the CLI owns the rest).
@@ -199,6 +199,12 @@ impl<B: KeyBackend> Plugin<B> {
     /// KMS v2 Encrypt: returns `(ciphertext, key_id, annotations)`.
     pub async fn encrypt_v2(&self, plaintext: &[u8]) -> Result<(Vec<u8>, String, HashMap<String, Vec<u8>>), PluginError> {
         check_plaintext(plaintext)?;
+        if plaintext.len() > MAX_V2_PLAINTEXT {
+            return Err(PluginError::InvalidRequest(format!(
+                "KMS v2 plaintext is {} bytes; at most {MAX_V2_PLAINTEXT} are accepted (kube-apiserver sends 32)",
+                plaintext.len()
+            )));
+        }
         let h = self.health();
         let (Some(key_id), Some(version)) = (&h.key_id, &h.version) else {
             return Err(PluginError::Unavailable(format!("plugin not ready: {}", h.healthz())));

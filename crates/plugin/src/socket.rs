@@ -112,6 +112,16 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
     if spec.path.is_empty() || !path.is_absolute() {
         return Err(SocketError::NotAbsolute(spec.path.clone()));
     }
+    let gid = match &spec.group {
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .ok_or_else(|| SocketError::UnknownGroup(g.clone()))?
+                .gid,
+        ),
+        None => None,
+    };
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             fs::DirBuilder::new()
@@ -119,6 +129,11 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
                 .mode(0o750)
                 .create(dir)
                 .map_err(ioe(format!("cannot create directory {}", dir.display())))?;
+            // A directory we created must let the socket's group in, or the group mode of the
+            // socket itself would be useless.
+            if let Some(gid) = gid {
+                std::os::unix::fs::chown(dir, None, Some(gid.as_raw())).map_err(ioe(format!("cannot chgrp {}", dir.display())))?;
+            }
         }
     }
     match fs::symlink_metadata(&path) {
@@ -133,16 +148,6 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(ioe(format!("cannot inspect {}", spec.path))(e)),
     }
-    let gid = match &spec.group {
-        Some(g) => Some(
-            nix::unistd::Group::from_name(g)
-                .ok()
-                .flatten()
-                .ok_or_else(|| SocketError::UnknownGroup(g.clone()))?
-                .gid,
-        ),
-        None => None,
-    };
     // Create the socket with no group/other bits at all, so there is no window in which it is
     // more open than requested; the final mode is applied right after.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));

@@ -31,6 +31,10 @@ AKID = "AKIAENVELOPEPYTEST01"
 SECRET = "py-test-secret-0123456789abcdefghijklmnop"
 REGION = "us-east-1"
 ACCOUNT = "111122223333"
+ADMIN = f"arn:aws:iam::{ACCOUNT}:user/admin"
+APP_AKID = "AKIAENVELOPEPYAPP001"
+APP_SECRET = "py-app-secret-0123456789abcdefghijklmnopq"
+APP = f"arn:aws:iam::{ACCOUNT}:user/app"
 
 
 def _binary():
@@ -81,12 +85,14 @@ def kms():
     creds = os.path.join(d, "credentials.yaml")
     with open(creds, "w") as f:
         f.write(f"- access_key_id: {AKID}\n  secret_access_key: '{SECRET}'\n"
-                f"  principal: arn:aws:iam::{ACCOUNT}:user/admin\n")
+                f"  principal: arn:aws:iam::{ACCOUNT}:user/admin\n"
+                f"- access_key_id: {APP_AKID}\n  secret_access_key: '{APP_SECRET}'\n"
+                f"  principal: {APP}\n")
     os.chmod(creds, 0o600)
     port = _free_port()
     log = open(os.path.join(d, "stderr.log"), "w")
     p = subprocess.Popen(
-        [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(d, "data"),
+        [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off", "--data-dir", os.path.join(d, "data"),
          "--credentials", creds, "--region", REGION, "--account-id", ACCOUNT],
         stdout=subprocess.DEVNULL, stderr=log,
     )
@@ -278,7 +284,7 @@ def test_unknown_target_and_malformed_json(kms):
 def test_generated_credentials_are_printed_once_and_work(tmp_path):
     data = tmp_path / "data"
     port = _free_port()
-    cmd = [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)]
+    cmd = [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off", "--data-dir", str(data)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         found = {}
@@ -315,3 +321,92 @@ def test_non_loopback_listen_is_refused(tmp_path):
     r = subprocess.run([_binary(), "kms", "serve", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 64 and "loopback" in r.stderr
+
+
+def app_client(kms):
+    return boto3.client("kms", endpoint_url=kms["url"], region_name=REGION, aws_access_key_id=APP_AKID,
+                        aws_secret_access_key=APP_SECRET)
+
+
+def test_schedule_key_deletion_window_and_cancel_with_the_cli(kms):
+    key_id = new_key(kms)["KeyId"]
+    r = aws(kms, "schedule-key-deletion", "--key-id", key_id, "--pending-window-in-days", "6", check=False)
+    assert r.returncode != 0 and "ValidationException" in r.stderr, r.stderr
+    d = json.loads(aws(kms, "schedule-key-deletion", "--key-id", key_id, "--pending-window-in-days", "7").stdout)
+    assert d["KeyState"] == "PendingDeletion" and d["PendingWindowInDays"] == 7 and "DeletionDate" in d
+    meta = json.loads(aws(kms, "describe-key", "--key-id", key_id).stdout)["KeyMetadata"]
+    assert meta["KeyState"] == "PendingDeletion"
+    with pytest.raises(ClientError) as e:
+        client(kms).encrypt(KeyId=key_id, Plaintext=b"x")
+    assert error_code(e) == "KMSInvalidStateException"
+    aws(kms, "cancel-key-deletion", "--key-id", key_id)
+    meta = json.loads(aws(kms, "describe-key", "--key-id", key_id).stdout)["KeyMetadata"]
+    assert meta["KeyState"] == "Disabled" and meta["Enabled"] is False
+
+
+def test_tag_untag_list(kms):
+    c = client(kms)
+    key_id = c.create_key(Tags=[{"TagKey": "env", "TagValue": "prod"}])["KeyMetadata"]["KeyId"]
+    aws(kms, "tag-resource", "--key-id", key_id, "--tags", "TagKey=team,TagValue=k8s")
+    tags = json.loads(aws(kms, "list-resource-tags", "--key-id", key_id).stdout)["Tags"]
+    assert tags == [{"TagKey": "env", "TagValue": "prod"}, {"TagKey": "team", "TagValue": "k8s"}]
+    c.untag_resource(KeyId=key_id, TagKeys=["env"])
+    assert c.list_resource_tags(KeyId=key_id)["Tags"] == [{"TagKey": "team", "TagValue": "k8s"}]
+    with pytest.raises(ClientError) as e:
+        c.tag_resource(KeyId=key_id, Tags=[{"TagKey": "aws:reserved", "TagValue": "x"}])
+    assert error_code(e) == "TagException"
+
+
+def test_key_policy_get_put_and_denied_principal(kms, tmp_path):
+    c, app = client(kms), app_client(kms)
+    key_id = new_key(kms)["KeyId"]
+    d = json.loads(aws(kms, "get-key-policy", "--key-id", key_id, "--policy-name", "default").stdout)
+    assert f"arn:aws:iam::{ACCOUNT}:root" in d["Policy"]
+    assert c.list_key_policies(KeyId=key_id)["PolicyNames"] == ["default"]
+    app.describe_key(KeyId=key_id)  # the default policy: any principal of the account
+    only_admin = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]}
+    f = tmp_path / "policy.json"
+    f.write_text(json.dumps(only_admin))
+    aws(kms, "put-key-policy", "--key-id", key_id, "--policy-name", "default", "--policy", f"file://{f}")
+    assert json.loads(c.get_key_policy(KeyId=key_id)["Policy"]) == only_admin
+    with pytest.raises(ClientError) as e:
+        app.encrypt(KeyId=key_id, Plaintext=b"x")
+    assert error_code(e) == "AccessDeniedException"
+    assert f"User: {APP} is not authorized to perform: kms:Encrypt" in e.value.response["Error"]["Message"]
+    r = aws(kms, "describe-key", "--key-id", key_id, env=_env(APP_AKID, APP_SECRET), check=False)
+    assert r.returncode != 0 and "AccessDeniedException" in r.stderr, r.stderr
+    c.encrypt(KeyId=key_id, Plaintext=b"x")
+    with pytest.raises(ClientError) as e:
+        c.put_key_policy(KeyId=key_id, PolicyName="default", Policy="{not json")
+    assert error_code(e) == "MalformedPolicyDocumentException"
+
+
+def test_explicit_deny_statement(kms):
+    c = client(kms)
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": {"AWS": APP}, "Action": "kms:Decrypt", "Resource": "*"}]}
+    key_id = c.create_key(Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
+    blob = app_client(kms).encrypt(KeyId=key_id, Plaintext=b"x")["CiphertextBlob"]
+    with pytest.raises(ClientError) as e:
+        app_client(kms).decrypt(CiphertextBlob=blob)
+    assert error_code(e) == "AccessDeniedException"
+    assert "explicit deny" in e.value.response["Error"]["Message"]
+    assert c.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
+
+
+def test_rotation_status_and_list_key_rotations(kms):
+    key_id = new_key(kms)["KeyId"]
+    st = json.loads(aws(kms, "get-key-rotation-status", "--key-id", key_id).stdout)
+    assert st["KeyRotationEnabled"] is False
+    aws(kms, "enable-key-rotation", "--key-id", key_id, "--rotation-period-in-days", "180")
+    st = json.loads(aws(kms, "get-key-rotation-status", "--key-id", key_id).stdout)
+    assert st["KeyRotationEnabled"] is True and st["RotationPeriodInDays"] == 180 and "NextRotationDate" in st
+    aws(kms, "rotate-key-on-demand", "--key-id", key_id)
+    rot = json.loads(aws(kms, "list-key-rotations", "--key-id", key_id).stdout)["Rotations"]
+    assert len(rot) == 1 and rot[0]["RotationType"] == "ON_DEMAND" and len(rot[0]["KeyMaterialId"]) == 64
+    current = client(kms).describe_key(KeyId=key_id)["KeyMetadata"]["CurrentKeyMaterialId"]
+    assert rot[0]["KeyMaterialId"] == current
+    allm = client(kms).list_key_rotations(KeyId=key_id, IncludeKeyMaterial="ALL_KEY_MATERIAL")["Rotations"]
+    assert len(allm) == 2

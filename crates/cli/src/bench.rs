@@ -29,6 +29,28 @@ pub enum BenchTarget {
     Plugin(PluginBench),
     /// Benchmark `envelope inspect` over many Secrets in etcd.
     Inspect(InspectBench),
+    /// Benchmark signed Encrypt/Decrypt against `envelope kms serve` (and moto_server side by side).
+    Kms(KmsBench),
+}
+
+/// Options of `envelope bench kms`.
+#[derive(Debug, Args)]
+pub struct KmsBench {
+    /// In-flight requests.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Measured time per (server, operation).
+    #[arg(long, default_value = "5s")]
+    pub duration: String,
+    /// Warm-up time per (server, operation).
+    #[arg(long, default_value = "1s")]
+    pub warmup: String,
+    /// moto_server executable to compare with (pip install 'moto[server]'); "off" to skip.
+    #[arg(long, default_value = "moto_server")]
+    pub moto: String,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `envelope bench inspect`.
@@ -96,6 +118,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
     let r = match args.target {
         BenchTarget::Plugin(b) => rt.block_on(bench_plugin(b)),
         BenchTarget::Inspect(b) => rt.block_on(bench_inspect(b)),
+        BenchTarget::Kms(b) => rt.block_on(crate::bench_kms::run(b)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

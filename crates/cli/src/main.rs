@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_kms;
 mod cli;
 mod config;
 mod etcd;

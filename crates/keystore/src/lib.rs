@@ -22,7 +22,7 @@ pub mod store;
 
 pub use context::EncryptionContext;
 pub use error::{Error, Result};
-pub use model::{KeyMetadata, KeyRef, KeyState, KeyVersion};
+pub use model::{KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, Rotation, RotationType};
 pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore};
 
 #[cfg(test)]

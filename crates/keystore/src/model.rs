@@ -79,6 +79,61 @@ pub struct KeyVersion {
     pub created_at: i64,
 }
 
+/// How a key material version came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RotationType {
+    /// The key's first material (not a rotation).
+    Initial,
+    /// Made by the automatic rotation schedule.
+    Automatic,
+    /// Made by an explicit rotation (`RotateKeyOnDemand`, `envelope key rotate`).
+    OnDemand,
+}
+
+impl RotationType {
+    /// The wire name of a rotation (`AUTOMATIC`, `ON_DEMAND`); `None` for the initial material.
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            RotationType::Initial => None,
+            RotationType::Automatic => Some("AUTOMATIC"),
+            RotationType::OnDemand => Some("ON_DEMAND"),
+        }
+    }
+}
+
+/// One material version with how it was made (see [`KeyAttributes::rotations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// Material id, 64 lowercase hex characters.
+    pub material_id: String,
+    /// 1 for the original material, +1 per rotation.
+    pub seq: u32,
+    /// Creation time of the material, Unix seconds.
+    pub created_at: i64,
+    /// How it was made.
+    pub kind: RotationType,
+}
+
+/// Management attributes of a key beyond [`KeyMetadata`]: deletion schedule, automatic rotation,
+/// tags and key policy. Contains no key material.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyAttributes {
+    /// When a key pending deletion will be deleted, Unix seconds.
+    pub deletion_date: Option<i64>,
+    /// The waiting period chosen when deletion was scheduled, in days.
+    pub pending_window_days: Option<u32>,
+    /// Automatic rotation period in days; `None` when automatic rotation is off.
+    pub rotation_period_days: Option<u32>,
+    /// When the next automatic rotation is due, Unix seconds (with automatic rotation on).
+    pub next_rotation: Option<i64>,
+    /// Tags, ordered by tag key.
+    pub tags: Vec<(String, String)>,
+    /// The key policy document (policy name `default`); `None` when never set.
+    pub policy: Option<std::sync::Arc<str>>,
+    /// All material versions, oldest first, with how each was made.
+    pub rotations: Vec<Rotation>,
+}
+
 /// How a caller names a key: its UUID, or an alias.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyRef {

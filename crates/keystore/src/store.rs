@@ -12,20 +12,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use zeroize::Zeroizing;
 
 use crate::blob;
 use crate::context::{self, EncryptionContext};
 use crate::crypto::{AeadKey, random_key};
 use crate::error::{Error, Result};
-use crate::model::{KeyMetadata, KeyRef, KeyState, KeyVersion, validate_alias};
+use crate::model::{KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, Rotation, RotationType, validate_alias};
 use crate::root::RootKey;
 
 /// Largest plaintext accepted by [`KeyStore::encrypt`] (the AWS KMS limit).
 pub const MAX_PLAINTEXT: usize = 4096;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "keystore.db";
 /// File name of the root key inside the data directory.
@@ -96,12 +96,31 @@ struct Snapshot {
     current: HashMap<[u8; 16], [u8; 32]>,
     aliases: HashMap<String, [u8; 16]>,
     materials: HashMap<[u8; 32], Arc<Material>>,
+    attrs: HashMap<[u8; 16], Arc<KeyAttributes>>,
 }
 
 impl KeyStore {
+    /// Opens an existing store in `dir`; fails (instead of creating a new, empty store) when
+    /// `dir` holds no root key. For tools that read or change keys that must already exist.
+    pub fn open_existing(dir: &Path) -> Result<Self> {
+        if !dir.join(ROOT_KEY_FILE).exists() {
+            return Err(Error::NotFound(format!("no key store in {} (no {ROOT_KEY_FILE})", dir.display())));
+        }
+        Self::open(dir)
+    }
+
     /// Opens the store in `dir`, creating the directory (0700), the root key file (0600) and the
-    /// database on first use.
+    /// database on first use. Refuses a directory that group or others can write.
     pub fn open(dir: &Path) -> Result<Self> {
+        if let Ok(m) = fs::metadata(dir) {
+            if m.permissions().mode() & 0o022 != 0 {
+                return Err(Error::Storage(format!(
+                    "{} is writable by group or others (mode {:o}); chmod 700 it",
+                    dir.display(),
+                    m.permissions().mode() & 0o777
+                )));
+            }
+        }
         if !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -139,23 +158,36 @@ impl KeyStore {
         let old = self.snapshot();
         let conn = self.lock_conn()?;
         let mut keys: HashMap<[u8; 16], KeyMetadata> = HashMap::new();
+        let mut attrs: HashMap<[u8; 16], KeyAttributes> = HashMap::new();
         let mut current = HashMap::new();
         {
             let mut st = conn.prepare_cached(
-                "SELECT key_id, description, state, created_at, current_material FROM keys",
+                "SELECT k.key_id, k.description, k.state, k.created_at, k.current_material, a.deletion_date, \
+                 a.pending_window_days, a.rotation_period_days, a.next_rotation \
+                 FROM keys k LEFT JOIN key_attrs a ON a.key_id = k.key_id",
             )?;
             let rows = st.query_map([], |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, String>(4)?,
+                    (
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
+                    ),
+                    KeyAttributes {
+                        deletion_date: r.get(5)?,
+                        pending_window_days: r.get(6)?,
+                        rotation_period_days: r.get(7)?,
+                        next_rotation: r.get(8)?,
+                        ..KeyAttributes::default()
+                    },
                 ))
             })?;
             for row in rows {
-                let (id, description, state, created_at, cur) = row?;
+                let ((id, description, state, created_at, cur), a) = row?;
                 let kid = parse_key_id(&id)?;
+                attrs.insert(kid, a);
                 current.insert(kid, parse_material_id(&cur)?);
                 keys.insert(
                     kid,
@@ -187,7 +219,8 @@ impl KeyStore {
         let mut materials = HashMap::new();
         {
             let mut st = conn.prepare_cached(
-                "SELECT material_id, key_id, seq, created_at, sealed FROM key_versions ORDER BY key_id, seq",
+                "SELECT v.material_id, v.key_id, v.seq, v.created_at, v.sealed, t.rotation_type FROM key_versions v \
+                 LEFT JOIN version_types t ON t.material_id = v.material_id ORDER BY v.key_id, v.seq",
             )?;
             let rows = st.query_map([], |r| {
                 Ok((
@@ -196,12 +229,22 @@ impl KeyStore {
                     r.get::<_, u32>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             })?;
             for row in rows {
-                let (mid_hex, kid_hex, seq, created_at, sealed) = row?;
+                let (mid_hex, kid_hex, seq, created_at, sealed, rtype) = row?;
                 let mid = parse_material_id(&mid_hex)?;
                 let kid = parse_key_id(&kid_hex)?;
+                if let Some(a) = attrs.get_mut(&kid) {
+                    // Versions written before schema 3 have no type: later ones were explicit rotations.
+                    let kind = match (seq, rtype.as_deref()) {
+                        (_, Some("AUTOMATIC")) => RotationType::Automatic,
+                        (1, None) => RotationType::Initial,
+                        _ => RotationType::OnDemand,
+                    };
+                    a.rotations.push(Rotation { material_id: mid_hex.clone(), seq, created_at, kind });
+                }
                 if let Some(k) = keys.get_mut(&kid) {
                     k.versions.push(KeyVersion { material_id: mid_hex, seq, created_at });
                 }
@@ -212,21 +255,58 @@ impl KeyStore {
                 materials.insert(mid, m);
             }
         }
-        drop(conn);
-        let snap = Arc::new(Snapshot { keys, current, aliases, materials });
+        {
+            let mut st = conn.prepare_cached("SELECT key_id, tag_key, tag_value FROM key_tags ORDER BY key_id, tag_key")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+            for row in rows {
+                let (id, k, v) = row?;
+                if let Some(a) = attrs.get_mut(&parse_key_id(&id)?) {
+                    a.tags.push((k, v));
+                }
+            }
+            let mut st = conn.prepare_cached("SELECT key_id, policy FROM key_policies WHERE name = 'default'")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, p) = row?;
+                let kid = parse_key_id(&id)?;
+                if let Some(a) = attrs.get_mut(&kid) {
+                    // Keep the same allocation when unchanged, so callers can cache by pointer.
+                    a.policy = match old.attrs.get(&kid).and_then(|o| o.policy.clone()) {
+                        Some(o) if *o == *p => Some(o),
+                        _ => Some(Arc::from(p)),
+                    };
+                }
+            }
+        }
+        let attrs = attrs.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        let snap = Arc::new(Snapshot { keys, current, aliases, materials, attrs });
+        // Published while the database lock is still held, so two refreshes cannot finish in the
+        // wrong order and leave an older snapshot in place.
         *self.snap.write().map_err(|_| poisoned())? = snap;
+        drop(conn);
         Ok(())
     }
 
     /// Creates a key with fresh random material, optionally with an alias. Durable on return.
     pub fn create_key(&self, alias: Option<&str>, description: &str) -> Result<KeyMetadata> {
+        self.create_key_with(alias, description, &[], None)
+    }
+
+    /// [`KeyStore::create_key`] with initial tags and a key policy, all in one transaction.
+    pub fn create_key_with(
+        &self,
+        alias: Option<&str>,
+        description: &str,
+        tags: &[(String, String)],
+        policy: Option<&str>,
+    ) -> Result<KeyMetadata> {
         let alias = alias.map(normalise_alias).transpose()?;
         let kid = *uuid::Uuid::new_v4().as_bytes();
         let id = uuid::Uuid::from_bytes(kid).to_string();
         let now = now();
         {
             let mut conn = self.lock_conn()?;
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some(a) = &alias {
                 let exists: Option<String> = tx
                     .query_row("SELECT key_id FROM aliases WHERE name = ?1", [a], |r| r.get(0))
@@ -251,6 +331,16 @@ impl KeyStore {
                     params![a, id, now],
                 )?;
             }
+            for (k, v) in tags {
+                tx.execute(
+                    "INSERT INTO key_tags (key_id, tag_key, tag_value) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value",
+                    params![id, k, v],
+                )?;
+            }
+            if let Some(p) = policy {
+                tx.execute("INSERT INTO key_policies (key_id, name, policy) VALUES (?1, 'default', ?2)", params![id, p])?;
+            }
             tx.commit()?;
         }
         self.refresh()?;
@@ -259,29 +349,23 @@ impl KeyStore {
 
     /// Adds a new material version and makes it current. Older versions stay for decryption.
     pub fn rotate(&self, key: &KeyRef) -> Result<KeyMetadata> {
+        self.rotate_as(key, RotationType::OnDemand, now())
+    }
+
+    /// [`KeyStore::rotate`] recording how (`kind`) and when (`at`, Unix seconds) it happened.
+    pub fn rotate_as(&self, key: &KeyRef, kind: RotationType, at: i64) -> Result<KeyMetadata> {
         let kid = self.resolve_db(key)?;
         let id = uuid::Uuid::from_bytes(kid).to_string();
         {
             let mut conn = self.lock_conn()?;
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let state: String =
                 tx.query_row("SELECT state FROM keys WHERE key_id = ?1", [&id], |r| r.get(0))?;
             let state = KeyState::parse(&state)?;
             if state == KeyState::PendingDeletion {
                 return Err(Error::InvalidState { key: id, state });
             }
-            let seq: u32 = tx.query_row(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM key_versions WHERE key_id = ?1",
-                [&id],
-                |r| r.get(0),
-            )?;
-            let (mid, sealed) = self.new_material(&kid)?;
-            let mid_hex = hex::encode(mid);
-            tx.execute(
-                "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![mid_hex, id, seq, now(), sealed],
-            )?;
-            tx.execute("UPDATE keys SET current_material = ?1 WHERE key_id = ?2", params![mid_hex, id])?;
+            self.add_version(&tx, &kid, &id, kind, at)?;
             tx.commit()?;
         }
         self.refresh()?;
@@ -294,7 +378,7 @@ impl KeyStore {
         let id = uuid::Uuid::from_bytes(kid).to_string();
         {
             let mut conn = self.lock_conn()?;
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let state: String =
                 tx.query_row("SELECT state FROM keys WHERE key_id = ?1", [&id], |r| r.get(0))?;
             let state = KeyState::parse(&state)?;
@@ -309,6 +393,210 @@ impl KeyStore {
         self.describe(key)
     }
 
+    /// Schedules deletion of a key (Enabled or Disabled) at `deletion_date` (Unix seconds):
+    /// the key becomes PendingDeletion and unusable until [`KeyStore::cancel_deletion`], and
+    /// [`KeyStore::purge_deleted`] deletes it once the date has passed.
+    pub fn schedule_deletion(&self, key: &KeyRef, deletion_date: i64, window_days: u32) -> Result<KeyMetadata> {
+        self.mutate(key, |tx, id, state| {
+            if state == KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            tx.execute("UPDATE keys SET state = 'PendingDeletion' WHERE key_id = ?1", [id])?;
+            upsert_attrs(tx, id, "deletion_date = ?2, pending_window_days = ?3", params![id, deletion_date, window_days])?;
+            Ok(())
+        })?;
+        self.describe(key)
+    }
+
+    /// Cancels a scheduled deletion; the key becomes Disabled (as in AWS KMS).
+    pub fn cancel_deletion(&self, key: &KeyRef) -> Result<KeyMetadata> {
+        self.mutate(key, |tx, id, state| {
+            if state != KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            tx.execute("UPDATE keys SET state = 'Disabled' WHERE key_id = ?1", [id])?;
+            upsert_attrs(tx, id, "deletion_date = NULL, pending_window_days = NULL", params![id])?;
+            Ok(())
+        })?;
+        self.describe(key)
+    }
+
+    /// Deletes every key pending deletion whose deletion date is at or before `now` (Unix
+    /// seconds): its material versions, aliases, tags and policy go with it, irrecoverably.
+    /// Returns the deleted key ids.
+    pub fn purge_deleted(&self, now: i64) -> Result<Vec<String>> {
+        let ids = {
+            let mut conn = self.lock_conn()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ids: Vec<String> = {
+                let mut st = tx.prepare(
+                    "SELECT k.key_id FROM keys k JOIN key_attrs a ON a.key_id = k.key_id \
+                     WHERE k.state = 'PendingDeletion' AND a.deletion_date IS NOT NULL AND a.deletion_date <= ?1",
+                )?;
+                let rows = st.query_map([now], |r| r.get::<_, String>(0))?;
+                rows.collect::<std::result::Result<_, _>>()?
+            };
+            for id in &ids {
+                tx.execute(
+                    "DELETE FROM version_types WHERE material_id IN (SELECT material_id FROM key_versions WHERE key_id = ?1)",
+                    [id],
+                )?;
+                for table in ["aliases", "key_tags", "key_policies", "key_attrs", "key_versions", "keys"] {
+                    tx.execute(&format!("DELETE FROM {table} WHERE key_id = ?1"), [id])?;
+                }
+            }
+            tx.commit()?;
+            ids
+        };
+        if !ids.is_empty() {
+            self.refresh()?;
+        }
+        Ok(ids)
+    }
+
+    /// Replaces a key's description. Not for keys pending deletion.
+    pub fn set_description(&self, key: &KeyRef, description: &str) -> Result<()> {
+        self.mutate(key, |tx, id, state| {
+            if state == KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            tx.execute("UPDATE keys SET description = ?1 WHERE key_id = ?2", params![description, id])?;
+            Ok(())
+        })
+    }
+
+    /// Turns automatic rotation on (`Some((period_days, next_rotation))`) or off (`None`).
+    pub fn set_rotation(&self, key: &KeyRef, schedule: Option<(u32, i64)>) -> Result<()> {
+        self.mutate(key, |tx, id, state| {
+            if state == KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            let (period, next) = schedule.unzip();
+            upsert_attrs(tx, id, "rotation_period_days = ?2, next_rotation = ?3", params![id, period, next])?;
+            Ok(())
+        })
+    }
+
+    /// Rotates every Enabled key whose automatic rotation is due at `now` (Unix seconds) and
+    /// schedules its next rotation one period later. Returns the rotated key ids.
+    pub fn rotate_due(&self, now: i64) -> Result<Vec<String>> {
+        let due: Vec<(String, i64)> = {
+            let conn = self.lock_conn()?;
+            let mut st = conn.prepare(
+                "SELECT k.key_id, a.rotation_period_days FROM keys k JOIN key_attrs a ON a.key_id = k.key_id \
+                 WHERE k.state = 'Enabled' AND a.rotation_period_days IS NOT NULL AND a.next_rotation IS NOT NULL \
+                 AND a.next_rotation <= ?1",
+            )?;
+            let rows = st.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            rows.collect::<std::result::Result<_, _>>()?
+        };
+        let mut done = Vec::new();
+        for (id, period) in due {
+            let kid = parse_key_id(&id)?;
+            {
+                let mut conn = self.lock_conn()?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                self.add_version(&tx, &kid, &id, RotationType::Automatic, now)?;
+                let next = now.saturating_add(period.saturating_mul(86_400));
+                upsert_attrs(&tx, &id, "next_rotation = ?2", params![id, next])?;
+                tx.commit()?;
+            }
+            done.push(id);
+        }
+        if !done.is_empty() {
+            self.refresh()?;
+        }
+        Ok(done)
+    }
+
+    /// Adds or replaces tags of a key. Not for keys pending deletion.
+    pub fn tag(&self, key: &KeyRef, tags: &[(String, String)]) -> Result<()> {
+        self.mutate(key, |tx, id, state| {
+            if state == KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            for (k, v) in tags {
+                tx.execute(
+                    "INSERT INTO key_tags (key_id, tag_key, tag_value) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value",
+                    params![id, k, v],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes tags of a key by tag key (absent keys are ignored). Not for keys pending deletion.
+    pub fn untag(&self, key: &KeyRef, tag_keys: &[String]) -> Result<()> {
+        self.mutate(key, |tx, id, state| {
+            if state == KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            for k in tag_keys {
+                tx.execute("DELETE FROM key_tags WHERE key_id = ?1 AND tag_key = ?2", params![id, k])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Replaces the key policy (name `default`). The document is stored as given.
+    pub fn put_policy(&self, key: &KeyRef, policy: &str) -> Result<()> {
+        self.mutate(key, |tx, id, _| {
+            tx.execute(
+                "INSERT INTO key_policies (key_id, name, policy) VALUES (?1, 'default', ?2) \
+                 ON CONFLICT(key_id, name) DO UPDATE SET policy = excluded.policy",
+                params![id, policy],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The key's management attributes, from the in-memory snapshot. Cheap (an `Arc` clone).
+    pub fn attributes(&self, key: &KeyRef) -> Result<Arc<KeyAttributes>> {
+        let snap = self.snapshot();
+        let kid = resolve(&snap, key)?;
+        snap.attrs.get(&kid).cloned().ok_or_else(|| Error::NotFound(key.to_string()))
+    }
+
+    /// Runs `f` in a transaction on an existing key (given its id and state), then refreshes.
+    fn mutate<T>(
+        &self,
+        key: &KeyRef,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &str, KeyState) -> Result<T>,
+    ) -> Result<T> {
+        let kid = self.resolve_db(key)?;
+        let id = uuid::Uuid::from_bytes(kid).to_string();
+        let out = {
+            let mut conn = self.lock_conn()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let state: String = tx
+                .query_row("SELECT state FROM keys WHERE key_id = ?1", [&id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Error::NotFound(id.clone()))?;
+            let out = f(&tx, &id, KeyState::parse(&state)?)?;
+            tx.commit()?;
+            out
+        };
+        self.refresh()?;
+        Ok(out)
+    }
+
+    fn add_version(&self, tx: &rusqlite::Transaction<'_>, kid: &[u8; 16], id: &str, kind: RotationType, at: i64) -> Result<()> {
+        let seq: u32 =
+            tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM key_versions WHERE key_id = ?1", [id], |r| r.get(0))?;
+        let (mid, sealed) = self.new_material(kid)?;
+        let mid_hex = hex::encode(mid);
+        tx.execute(
+            "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![mid_hex, id, seq, at, sealed],
+        )?;
+        if let Some(t) = kind.as_str() {
+            tx.execute("INSERT INTO version_types (material_id, rotation_type) VALUES (?1, ?2)", params![mid_hex, t])?;
+        }
+        tx.execute("UPDATE keys SET current_material = ?1 WHERE key_id = ?2", params![mid_hex, id])?;
+        Ok(())
+    }
+
     /// Points a new alias at an existing key. The key must not be pending deletion.
     pub fn create_alias(&self, alias: &str, target: &KeyRef) -> Result<()> {
         let alias = normalise_alias(alias)?;
@@ -316,7 +604,7 @@ impl KeyStore {
         let id = uuid::Uuid::from_bytes(kid).to_string();
         {
             let mut conn = self.lock_conn()?;
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             require_not_pending_deletion(&tx, &id)?;
             let exists: Option<String> =
                 tx.query_row("SELECT key_id FROM aliases WHERE name = ?1", [&alias], |r| r.get(0)).optional()?;
@@ -340,7 +628,7 @@ impl KeyStore {
         let id = uuid::Uuid::from_bytes(kid).to_string();
         {
             let mut conn = self.lock_conn()?;
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             require_not_pending_deletion(&tx, &id)?;
             let changed = tx.execute(
                 "UPDATE aliases SET key_id = ?1, updated_at = ?2 WHERE name = ?3",
@@ -464,6 +752,12 @@ impl KeyStore {
         Ok(Encrypted { blob: out, key_id: kid, material_id: mid })
     }
 
+    /// Whether the material that made `data` is already in memory, so [`KeyStore::decrypt`] will
+    /// not touch the database (callers on async threads use this to pick the blocking pool).
+    pub fn is_cached(&self, data: &[u8]) -> bool {
+        blob::parse(data).is_ok_and(|b| self.snapshot().materials.contains_key(&b.material_id))
+    }
+
     /// Decrypts a blob made by [`KeyStore::encrypt`] with the same context.
     pub fn decrypt(&self, data: &[u8], ctx: &EncryptionContext) -> Result<Decrypted> {
         let b = blob::parse(data)?;
@@ -526,6 +820,14 @@ impl KeyStore {
     fn lock_conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
         self.conn.lock().map_err(|_| poisoned())
     }
+}
+
+/// Updates `set` (whose parameters start at ?2; ?1 is the key id) in the key's `key_attrs` row,
+/// creating the row first if needed.
+fn upsert_attrs(tx: &rusqlite::Transaction<'_>, id: &str, set: &str, p: &[&dyn rusqlite::ToSql]) -> Result<()> {
+    tx.execute("INSERT INTO key_attrs (key_id) VALUES (?1) ON CONFLICT(key_id) DO NOTHING", [id])?;
+    tx.execute(&format!("UPDATE key_attrs SET {set} WHERE key_id = ?1"), p)?;
+    Ok(())
 }
 
 fn require_not_pending_deletion(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<()> {
@@ -616,27 +918,67 @@ const MIGRATIONS: &[&str] = &[
      );",
     // version 2: when an alias was last re-pointed (NULL = never, i.e. its creation time)
     "ALTER TABLE aliases ADD COLUMN updated_at INTEGER",
+    // version 3: deletion schedule, automatic rotation, rotation types, tags, key policies
+    // (new tables only, created if missing, so the step is idempotent)
+    "CREATE TABLE IF NOT EXISTS key_attrs (
+        key_id TEXT PRIMARY KEY REFERENCES keys(key_id),
+        deletion_date INTEGER,
+        pending_window_days INTEGER,
+        rotation_period_days INTEGER,
+        next_rotation INTEGER
+     );
+     CREATE TABLE IF NOT EXISTS version_types (
+        material_id TEXT PRIMARY KEY REFERENCES key_versions(material_id),
+        rotation_type TEXT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS key_tags (
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        tag_key TEXT NOT NULL,
+        tag_value TEXT NOT NULL,
+        PRIMARY KEY (key_id, tag_key)
+     );
+     CREATE TABLE IF NOT EXISTS key_policies (
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        name TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        PRIMARY KEY (key_id, name)
+     )",
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")?;
-    let version: i64 = conn
-        .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get::<_, String>(0))
-        .optional()?
-        .map(|v| v.parse().unwrap_or(i64::MAX))
-        .unwrap_or(0);
     let supported = MIGRATIONS.len() as i64;
-    if version > supported {
-        return Err(Error::SchemaVersion { found: version, supported });
+    // Each step re-reads the version inside its own write transaction, so two processes opening
+    // a fresh store at once never run the same migration twice.
+    loop {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let step = (|| -> Result<bool> {
+            let version: i64 = conn
+                .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get::<_, String>(0))
+                .optional()?
+                .map(|v| v.parse().unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            if version > supported {
+                return Err(Error::SchemaVersion { found: version, supported });
+            }
+            let Some(sql) = MIGRATIONS.get(version as usize) else { return Ok(false) };
+            conn.execute_batch(sql)?;
+            conn.execute(
+                "INSERT INTO meta (k, v) VALUES ('schema_version', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                [(version + 1).to_string()],
+            )?;
+            Ok(true)
+        })();
+        match step {
+            Ok(true) => conn.execute_batch("COMMIT")?,
+            Ok(false) => {
+                conn.execute_batch("COMMIT")?;
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let v = i as i64 + 1;
-        conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {sql}; INSERT INTO meta (k, v) VALUES ('schema_version', '{v}') ON CONFLICT(k) DO UPDATE SET v = excluded.v; COMMIT;"
-        ))
-        .inspect_err(|_| {
-            let _ = conn.execute_batch("ROLLBACK");
-        })?;
-    }
-    Ok(())
 }

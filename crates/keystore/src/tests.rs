@@ -222,3 +222,98 @@ fn schema_v1_database_is_migrated() {
     let v: String = conn.query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0)).unwrap();
     assert_eq!(v, store::SCHEMA_VERSION.to_string());
 }
+
+#[test]
+fn scheduled_deletion_cancel_and_purge() {
+    let (_d, ks) = store();
+    let k = ks.create_key(Some("gone"), "").unwrap();
+    let r = KeyRef::parse(&k.key_id).unwrap();
+    let c = EncryptionContext::new();
+    let e = ks.encrypt(&r, b"x", &c).unwrap();
+    ks.tag(&r, &[("a".into(), "1".into())]).unwrap();
+    ks.put_policy(&r, "{}").unwrap();
+    let m = ks.schedule_deletion(&r, 1_000, 7).unwrap();
+    assert_eq!(m.state, KeyState::PendingDeletion);
+    assert_eq!(ks.attributes(&r).unwrap().deletion_date, Some(1_000));
+    assert!(matches!(ks.encrypt(&r, b"x", &c), Err(Error::InvalidState { .. })));
+    assert!(matches!(ks.schedule_deletion(&r, 1_000, 7), Err(Error::InvalidState { .. })));
+    assert_eq!(ks.cancel_deletion(&r).unwrap().state, KeyState::Disabled);
+    assert_eq!(ks.attributes(&r).unwrap().deletion_date, None);
+    assert!(matches!(ks.cancel_deletion(&r), Err(Error::InvalidState { .. })));
+    ks.schedule_deletion(&r, 1_000, 7).unwrap();
+    assert!(ks.purge_deleted(999).unwrap().is_empty());
+    assert_eq!(ks.purge_deleted(1_000).unwrap(), vec![k.key_id.clone()]);
+    assert!(matches!(ks.describe(&r), Err(Error::NotFound(_))));
+    assert!(matches!(ks.describe(&KeyRef::parse("gone").unwrap()), Err(Error::NotFound(_))));
+    assert!(ks.decrypt(&e.blob, &c).is_err());
+    assert!(ks.list_aliases().unwrap().is_empty());
+}
+
+#[test]
+fn automatic_rotation_tags_policy_and_description() {
+    let (_d, ks) = store();
+    let k = ks.create_key_with(None, "d", &[("t".into(), "v".into())], Some("{\"p\":1}")).unwrap();
+    let r = KeyRef::parse(&k.key_id).unwrap();
+    let a = ks.attributes(&r).unwrap();
+    assert_eq!(a.tags, vec![("t".to_string(), "v".to_string())]);
+    assert_eq!(a.policy.as_deref(), Some("{\"p\":1}"));
+    assert_eq!(a.rotations.len(), 1);
+    assert_eq!(a.rotations[0].kind, RotationType::Initial);
+    ks.set_rotation(&r, Some((90, 500))).unwrap();
+    assert!(ks.rotate_due(499).unwrap().is_empty());
+    assert_eq!(ks.rotate_due(500).unwrap(), vec![k.key_id.clone()]);
+    ks.rotate(&r).unwrap();
+    let a = ks.attributes(&r).unwrap();
+    assert_eq!(a.next_rotation, Some(500 + 90 * 86_400));
+    let kinds: Vec<_> = a.rotations.iter().map(|x| x.kind).collect();
+    assert_eq!(kinds, [RotationType::Initial, RotationType::Automatic, RotationType::OnDemand]);
+    assert_eq!(a.rotations[1].created_at, 500);
+    ks.set_rotation(&r, None).unwrap();
+    assert_eq!(ks.attributes(&r).unwrap().rotation_period_days, None);
+    ks.tag(&r, &[("t".into(), "w".into()), ("u".into(), "".into())]).unwrap();
+    ks.untag(&r, &["u".into(), "absent".into()]).unwrap();
+    assert_eq!(ks.attributes(&r).unwrap().tags, vec![("t".to_string(), "w".to_string())]);
+    ks.set_description(&r, "new").unwrap();
+    assert_eq!(ks.describe(&r).unwrap().description, "new");
+}
+
+#[test]
+fn open_existing_refuses_a_missing_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("typo");
+    assert!(matches!(KeyStore::open_existing(&d), Err(Error::NotFound(_))));
+    assert!(!d.exists(), "nothing is created");
+    drop(KeyStore::open(&d).unwrap());
+    assert!(KeyStore::open_existing(&d).is_ok());
+}
+
+#[test]
+fn group_writable_data_dir_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o770)).unwrap();
+    let e = KeyStore::open(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("chmod 700"), "{e}");
+}
+
+#[test]
+fn concurrent_first_opens_of_one_store_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("fresh");
+    std::fs::create_dir(&d).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let d = d.clone();
+            std::thread::spawn(move || KeyStore::open(&d).map(|_| ()))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    // Everyone ended up with the same root key: a key made by one opens in another.
+    let a = KeyStore::open(&d).unwrap();
+    a.create_key(Some("k"), "").unwrap();
+    let e = a.encrypt(&KeyRef::parse("k").unwrap(), b"x", &EncryptionContext::new()).unwrap();
+    let b = KeyStore::open(&d).unwrap();
+    assert_eq!(&b.decrypt(&e.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"x");
+}

@@ -43,6 +43,15 @@ pub enum KmsError {
     /// The key cannot be used for this (e.g. an unsupported encryption algorithm).
     #[error("{0}")]
     InvalidKeyUsage(String),
+    /// The caller's principal is not allowed this action on this key by its key policy.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// A key policy document is not valid JSON or not a valid policy.
+    #[error("{0}")]
+    MalformedPolicyDocument(String),
+    /// A tag is not acceptable (reserved `aws:` prefix, duplicate key).
+    #[error("{0}")]
+    Tag(String),
     /// A pagination marker that this server did not issue.
     #[error("The marker is not valid.")]
     InvalidMarker,
@@ -88,6 +97,7 @@ impl KmsError {
     pub fn aws(&self) -> (&'static str, StatusCode) {
         use KmsError::*;
         let code = match self {
+            AccessDenied(_) => "AccessDeniedException",
             AlreadyExists(_) => "AlreadyExistsException",
             Disabled(_) => "DisabledException",
             DryRun => "DryRunOperationException",
@@ -102,10 +112,12 @@ impl KmsError {
             InvalidSignature(_) => "InvalidSignatureException",
             InvalidState(_) => "KMSInvalidStateException",
             LimitExceeded(_) => "LimitExceededException",
+            MalformedPolicyDocument(_) => "MalformedPolicyDocumentException",
             MissingAuthenticationToken => "MissingAuthenticationTokenException",
             NotAuthorized(_) => "NotAuthorizedException",
             NotFound(_) => "NotFoundException",
             Serialization(_) => "SerializationException",
+            Tag(_) => "TagException",
             UnknownOperation(_) => "UnknownOperationException",
             UnrecognizedClient => "UnrecognizedClientException",
             UnsupportedOperation(_) => "UnsupportedOperationException",

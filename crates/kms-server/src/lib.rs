@@ -8,6 +8,8 @@
 //! * [`server`]: HTTP (axum): routing on `X-Amz-Target`, body limit, request ids, errors.
 //! * [`error`]: [`KmsError`] and its one mapping to AWS error codes and HTTP statuses.
 //! * [`audit`]: the CloudTrail-shaped audit log (one JSON line per request, optional fail-closed).
+//! * [`policy`]: key policies — parser and evaluation (pure).
+//! * [`maintenance`]: the clock, deletion of keys past their window, automatic rotation.
 //! * [`metrics`]: Prometheus metrics and the loopback `/livez` `/readyz` `/metrics` router.
 //! * [`tls`]: HTTPS with rustls (certificate and key from PEM files).
 //!
@@ -19,8 +21,10 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod ids;
+pub mod maintenance;
 pub mod metrics;
 pub mod ops;
+pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod tls;
@@ -81,6 +85,8 @@ pub struct Server {
     names: ids::Names,
     audit: Option<audit::AuditLog>,
     metrics: metrics::Metrics,
+    clock: Arc<maintenance::Clock>,
+    policies: ops::PolicyCache,
 }
 
 impl std::fmt::Debug for Server {
@@ -94,7 +100,13 @@ impl Server {
     pub fn new(store: Arc<KeyStore>, credentials: CredentialStore, config: Config) -> Result<Self> {
         config.validate()?;
         let names = ids::Names::new(&config.region, &config.account_id);
-        Ok(Self { store, credentials, config, names, audit: None, metrics: metrics::Metrics::new() })
+        let clock = Arc::new(maintenance::Clock::default());
+        if let Err(e) = maintenance::run(&store, clock.now()) {
+            tracing::error!(error = %e, "key maintenance failed");
+        }
+        maintenance::spawn(Arc::downgrade(&store), clock.clone());
+        let policies = ops::PolicyCache::new(&config.account_id)?;
+        Ok(Self { store, credentials, config, names, audit: None, metrics: metrics::Metrics::new(), clock, policies })
     }
 
     /// Writes one audit record per request to `log`.
@@ -111,6 +123,17 @@ impl Server {
     /// The metrics.
     pub fn metrics(&self) -> &metrics::Metrics {
         &self.metrics
+    }
+
+    /// The clock used for deletion dates and rotation schedules (tests move it forward).
+    pub fn clock(&self) -> &Arc<maintenance::Clock> {
+        &self.clock
+    }
+
+    /// Deletes keys past their deletion date and rotates keys that are due, now. Blocking; also
+    /// runs at creation and every [`maintenance::INTERVAL`] in the background.
+    pub fn run_maintenance(&self) -> Result<maintenance::Report> {
+        maintenance::run(&self.store, self.clock.now()).map_err(|e| KmsError::Internal(e.to_string()))
     }
 
     /// The key store.

@@ -2,6 +2,9 @@
 //! JSON response body (empty for operations without output). Blocking (SQLite, fsync): the HTTP
 //! layer runs [`Server::execute`] on the blocking thread pool.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use envelope_keystore::{EncryptionContext, KeyRef, KeyState};
@@ -11,7 +14,41 @@ use zeroize::Zeroizing;
 use crate::Server;
 use crate::error::{KmsError, Result};
 use crate::ids::Forms;
-use crate::protocol::{Request, SecretB64, b64, encode_secret, to_body};
+use crate::policy::{self, Decision, Policy, Query};
+use crate::protocol::{Context, MAX_POLICY, MAX_TAGS, Request, SecretB64, b64, encode_secret, to_body};
+
+/// Parsed key policies by key, re-parsed only when the stored document changes.
+pub(crate) struct PolicyCache {
+    default: Arc<Policy>,
+    parsed: Mutex<HashMap<[u8; 16], CachedPolicy>>,
+}
+
+/// A stored policy document and its parse.
+type CachedPolicy = (Arc<str>, Arc<Policy>);
+
+impl PolicyCache {
+    pub(crate) fn new(account: &str) -> Result<Self> {
+        let default = policy::parse(&policy::default_policy(account)).map_err(KmsError::Config)?;
+        Ok(Self { default: Arc::new(default), parsed: Mutex::new(HashMap::new()) })
+    }
+
+    fn get(&self, kid: [u8; 16], text: Option<&Arc<str>>) -> Result<Arc<Policy>> {
+        let Some(text) = text else { return Ok(self.default.clone()) };
+        let mut cache = self.parsed.lock().map_err(|_| KmsError::Internal("policy cache lock poisoned".into()))?;
+        if let Some((t, p)) = cache.get(&kid)
+            && (Arc::ptr_eq(t, text) || **t == **text)
+        {
+            return Ok(p.clone());
+        }
+        // Stored policies were validated when put; one that no longer parses denies everything.
+        let p = Arc::new(policy::parse(text).map_err(|e| KmsError::Internal(format!("stored key policy: {e}")))?);
+        cache.insert(kid, (text.clone(), p.clone()));
+        Ok(p)
+    }
+}
+
+/// Days in seconds.
+const DAY: i64 = 86_400;
 
 /// Most on-demand rotations per key (the AWS quota).
 pub const MAX_ON_DEMAND_ROTATIONS: usize = 25;
@@ -28,34 +65,190 @@ struct Resolved {
 }
 
 impl Server {
-    /// Runs one request and returns the JSON response body (empty for no-output operations).
-    pub fn execute(&self, req: Request) -> Result<Zeroizing<Vec<u8>>> {
+    /// Runs one request for the authenticated `principal` (checked against the key's policy
+    /// for key-scoped operations) and returns the JSON response body (empty for no-output
+    /// operations).
+    pub fn execute(&self, req: Request, principal: &str) -> Result<Zeroizing<Vec<u8>>> {
+        let no_ctx = Context::new();
+        let auth = |k: &Resolved, action: &str| self.authorize(k, action, principal, &no_ctx);
         match req {
-            Request::CreateKey { description } => {
-                let meta = self.store.create_key(None, &description).map_err(|e| KmsError::from_store(e, "new key"))?;
+            Request::CreateKey { description, tags, policy } => {
+                if let Some(p) = &policy {
+                    check_policy(p)?;
+                }
+                let meta = self
+                    .store
+                    .create_key_with(None, &description, &tags, policy.as_deref())
+                    .map_err(|e| KmsError::from_store(e, "new key"))?;
                 to_body(&KeyMetadataResponse { key_metadata: self.metadata(&meta) })
             }
             Request::DescribeKey { key_id } => {
                 let k = self.resolve(&key_id, Forms::Any)?;
+                auth(&k, "DescribeKey")?;
                 let meta = self.store.describe(&k.r).map_err(|e| self.store_err(e, &k))?;
                 to_body(&KeyMetadataResponse { key_metadata: self.metadata(&meta) })
+            }
+            Request::ScheduleKeyDeletion { key_id, window_days } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "ScheduleKeyDeletion")?;
+                self.not_pending(&k)?;
+                let date = self.clock.now().saturating_add(i64::from(window_days) * DAY);
+                self.store.schedule_deletion(&k.r, date, window_days).map_err(|e| self.store_err(e, &k))?;
+                to_body(&ScheduleDeletionResponse {
+                    key_id: k.arn,
+                    deletion_date: date,
+                    key_state: KeyState::PendingDeletion.as_str(),
+                    pending_window_in_days: window_days,
+                })
+            }
+            Request::CancelKeyDeletion { key_id } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "CancelKeyDeletion")?;
+                if k.state != KeyState::PendingDeletion {
+                    return Err(KmsError::InvalidState(format!("{} is not pending deletion.", k.arn)));
+                }
+                self.store.cancel_deletion(&k.r).map_err(|e| self.store_err(e, &k))?;
+                to_body(&KeyIdResponse { key_id: k.arn })
+            }
+            Request::UpdateKeyDescription { key_id, description } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "UpdateKeyDescription")?;
+                self.not_pending(&k)?;
+                self.store.set_description(&k.r, &description).map_err(|e| self.store_err(e, &k))?;
+                Ok(empty())
+            }
+            Request::EnableKeyRotation { key_id, period_days } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "EnableKeyRotation")?;
+                self.usable(&k)?;
+                let next = self.clock.now().saturating_add(i64::from(period_days) * DAY);
+                self.store.set_rotation(&k.r, Some((period_days, next))).map_err(|e| self.store_err(e, &k))?;
+                Ok(empty())
+            }
+            Request::DisableKeyRotation { key_id } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "DisableKeyRotation")?;
+                self.usable(&k)?;
+                self.store.set_rotation(&k.r, None).map_err(|e| self.store_err(e, &k))?;
+                Ok(empty())
+            }
+            Request::GetKeyRotationStatus { key_id } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "GetKeyRotationStatus")?;
+                let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                // A key pending deletion is not rotated; its status reads false until cancelled.
+                let on = a.rotation_period_days.is_some() && k.state != KeyState::PendingDeletion;
+                to_body(&RotationStatusResponse {
+                    key_rotation_enabled: on,
+                    key_id: k.arn,
+                    rotation_period_in_days: a.rotation_period_days.filter(|_| on),
+                    next_rotation_date: a.next_rotation.filter(|_| on),
+                })
+            }
+            Request::ListKeyRotations { key_id, all_material, limit, marker } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "ListKeyRotations")?;
+                let after = marker.map(|m| decode_marker(&m, "r1")).transpose()?;
+                let after: Option<u32> = after.map(|a| a.parse().map_err(|_| KmsError::InvalidMarker)).transpose()?;
+                let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let meta = self.store.describe(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let items: Vec<_> = a
+                    .rotations
+                    .iter()
+                    .filter(|r| all_material || r.kind != envelope_keystore::RotationType::Initial)
+                    .filter(|r| after.is_none_or(|a| r.seq > a))
+                    .collect();
+                let truncated = items.len() > limit;
+                let page: Vec<RotationEntry> = items
+                    .iter()
+                    .take(limit)
+                    .map(|r| RotationEntry {
+                        key_id: k.arn.clone(),
+                        key_material_id: r.material_id.clone(),
+                        key_material_state: if r.material_id == meta.current_material_id { "CURRENT" } else { "NON_CURRENT" },
+                        rotation_date: r.created_at,
+                        rotation_type: r.kind.as_str(),
+                    })
+                    .collect();
+                let next_marker = if truncated { items.get(limit.saturating_sub(1)).map(|r| encode_marker("r1", &r.seq.to_string())) } else { None };
+                to_body(&ListRotationsResponse { rotations: page, next_marker, truncated })
+            }
+            Request::TagResource { key_id, tags } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "TagResource")?;
+                self.not_pending(&k)?;
+                let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let added = tags.iter().filter(|(t, _)| !a.tags.iter().any(|(x, _)| x == t)).count();
+                if a.tags.len() + added > MAX_TAGS {
+                    return Err(KmsError::LimitExceeded(format!("A key can have at most {MAX_TAGS} tags.")));
+                }
+                self.store.tag(&k.r, &tags).map_err(|e| self.store_err(e, &k))?;
+                Ok(empty())
+            }
+            Request::UntagResource { key_id, tag_keys } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "UntagResource")?;
+                self.not_pending(&k)?;
+                self.store.untag(&k.r, &tag_keys).map_err(|e| self.store_err(e, &k))?;
+                Ok(empty())
+            }
+            Request::ListResourceTags { key_id, limit, marker } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "ListResourceTags")?;
+                let after = marker.map(|m| decode_marker(&m, "t1")).transpose()?;
+                let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let items: Vec<_> = a.tags.iter().filter(|(t, _)| after.as_deref().is_none_or(|m| t.as_str() > m)).collect();
+                let truncated = items.len() > limit;
+                let page: Vec<TagOut> =
+                    items.iter().take(limit).map(|(t, v)| TagOut { tag_key: t.clone(), tag_value: v.clone() }).collect();
+                let next_marker = if truncated { page.last().map(|t| encode_marker("t1", &t.tag_key)) } else { None };
+                to_body(&ListTagsResponse { tags: page, next_marker, truncated })
+            }
+            Request::GetKeyPolicy { key_id, policy_name } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "GetKeyPolicy")?;
+                check_policy_name(&policy_name)?;
+                let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let text = a.policy.as_deref().map(str::to_string).unwrap_or_else(|| policy::default_policy(&self.config.account_id));
+                to_body(&PolicyResponse { policy: text, policy_name })
+            }
+            Request::PutKeyPolicy { key_id, policy_name, policy } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "PutKeyPolicy")?;
+                check_policy_name(&policy_name)?;
+                check_policy(&policy)?;
+                self.store.put_policy(&k.r, &policy).map_err(|e| self.store_err(e, &k))?;
+                Ok(empty())
+            }
+            Request::ListKeyPolicies { key_id, limit: _, marker } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "ListKeyPolicies")?;
+                if marker.is_some() {
+                    return Err(KmsError::InvalidMarker);
+                }
+                to_body(&ListPoliciesResponse { policy_names: ["default"], truncated: false })
             }
             Request::ListKeys { limit, marker } => self.list_keys(limit, marker),
             Request::ListAliases { key_id, limit, marker } => self.list_aliases(key_id, limit, marker),
             Request::CreateAlias { alias_name, target_key_id } => {
                 check_alias_name(&alias_name)?;
                 let k = self.resolve(&target_key_id, Forms::KeyOnly)?;
+                auth(&k, "CreateAlias")?;
                 self.store.create_alias(&alias_name, &k.r).map_err(|e| self.alias_err(e, &alias_name, &k))?;
                 Ok(empty())
             }
             Request::UpdateAlias { alias_name, target_key_id } => {
                 check_alias_name(&alias_name)?;
                 let k = self.resolve(&target_key_id, Forms::KeyOnly)?;
+                auth(&k, "UpdateAlias")?;
                 self.store.update_alias(&alias_name, &k.r).map_err(|e| self.alias_err(e, &alias_name, &k))?;
                 Ok(empty())
             }
             Request::DeleteAlias { alias_name } => {
                 check_alias_name(&alias_name)?;
+                if let Ok(k) = self.resolve(&alias_name, Forms::Any) {
+                    auth(&k, "DeleteAlias")?;
+                }
                 self.store.delete_alias(&alias_name).map_err(|e| match e {
                     envelope_keystore::Error::NotFound(_) => self.names.not_found(&KeyRef::Alias(alias_name.clone())),
                     e => KmsError::from_store(e, &alias_name),
@@ -64,6 +257,7 @@ impl Server {
             }
             Request::Encrypt { key_id, plaintext, context, dry_run } => {
                 let k = self.resolve(&key_id, Forms::Any)?;
+                self.authorize(&k, "Encrypt", principal, &context)?;
                 self.usable(&k)?;
                 if dry_run {
                     return Err(KmsError::DryRun);
@@ -76,7 +270,7 @@ impl Server {
                 })
             }
             Request::Decrypt { ciphertext, context, key_id, dry_run } => {
-                let d = self.decrypt(&ciphertext, &context, key_id.as_deref(), dry_run)?;
+                let d = self.decrypt(&ciphertext, &context, key_id.as_deref(), dry_run, (principal, "Decrypt"))?;
                 to_body(&DecryptResponse {
                     key_id: self.names.key_arn(&uuid::Uuid::from_bytes(d.key_id).to_string()),
                     plaintext: encode_secret(&d.plaintext),
@@ -93,8 +287,9 @@ impl Server {
                 dry_run,
             } => {
                 let dest = self.resolve(&destination_key_id, Forms::Any)?;
+                self.authorize(&dest, "ReEncryptTo", principal, &destination_context)?;
                 self.usable(&dest)?;
-                let d = self.decrypt(&ciphertext, &source_context, source_key_id.as_deref(), dry_run)?;
+                let d = self.decrypt(&ciphertext, &source_context, source_key_id.as_deref(), dry_run, (principal, "ReEncryptFrom"))?;
                 let e = self
                     .store
                     .encrypt(&dest.r, &d.plaintext, &destination_context)
@@ -111,6 +306,8 @@ impl Server {
             }
             Request::GenerateDataKey { key_id, context, len, with_plaintext, dry_run } => {
                 let k = self.resolve(&key_id, Forms::Any)?;
+                let action = if with_plaintext { "GenerateDataKey" } else { "GenerateDataKeyWithoutPlaintext" };
+                self.authorize(&k, action, principal, &context)?;
                 self.usable(&k)?;
                 if dry_run {
                     return Err(KmsError::DryRun);
@@ -128,10 +325,11 @@ impl Server {
                 let bytes = random(len)?;
                 to_body(&RandomResponse { plaintext: encode_secret(&bytes) })
             }
-            Request::EnableKey { key_id } => self.set_enabled(&key_id, true),
-            Request::DisableKey { key_id } => self.set_enabled(&key_id, false),
+            Request::EnableKey { key_id } => self.set_enabled(&key_id, true, principal),
+            Request::DisableKey { key_id } => self.set_enabled(&key_id, false, principal),
             Request::RotateKeyOnDemand { key_id } => {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "RotateKeyOnDemand")?;
                 self.usable(&k)?;
                 let meta = self.store.describe(&k.r).map_err(|e| self.store_err(e, &k))?;
                 if meta.versions.len() > MAX_ON_DEMAND_ROTATIONS {
@@ -140,14 +338,18 @@ impl Server {
                         k.arn
                     )));
                 }
-                self.store.rotate(&k.r).map_err(|e| self.store_err(e, &k))?;
+                self.store
+                    .rotate_as(&k.r, envelope_keystore::RotationType::OnDemand, self.clock.now())
+                    .map_err(|e| self.store_err(e, &k))?;
                 to_body(&KeyIdResponse { key_id: k.id })
             }
         }
     }
 
-    fn set_enabled(&self, key_id: &str, enabled: bool) -> Result<Zeroizing<Vec<u8>>> {
+    fn set_enabled(&self, key_id: &str, enabled: bool, principal: &str) -> Result<Zeroizing<Vec<u8>>> {
         let k = self.resolve(key_id, Forms::KeyOnly)?;
+        self.authorize(&k, if enabled { "EnableKey" } else { "DisableKey" }, principal, &Context::new())?;
+        self.not_pending(&k)?;
         self.store.set_enabled(&k.r, enabled).map_err(|e| self.store_err(e, &k))?;
         Ok(empty())
     }
@@ -158,6 +360,7 @@ impl Server {
         context: &EncryptionContext,
         key_id: Option<&str>,
         dry_run: bool,
+        (principal, action): (&str, &str),
     ) -> Result<envelope_keystore::Decrypted> {
         let wanted = key_id.map(|k| self.resolve(k, Forms::Any)).transpose()?;
         let blob = envelope_keystore::blob::parse(ciphertext).map_err(|_| KmsError::InvalidCiphertext)?;
@@ -175,6 +378,7 @@ impl Server {
             // A blob naming a key this server does not have is simply an invalid ciphertext.
             Err(_) => return Err(KmsError::InvalidCiphertext),
         };
+        self.authorize(&owner, action, principal, context)?;
         self.usable(&owner)?;
         if dry_run {
             return Err(KmsError::DryRun);
@@ -240,6 +444,33 @@ impl Server {
         Ok(Resolved { r: KeyRef::Id(uuid::Uuid::from_bytes(kid)), arn: self.names.key_arn(&id), id, state, kid })
     }
 
+    /// Checks the key policy of `k` for `kms:<action>` by `principal` (spec: explicit Deny wins,
+    /// no Allow denies).
+    fn authorize(&self, k: &Resolved, action: &str, principal: &str, context: &Context) -> Result<()> {
+        let attrs = self.store.attributes(&k.r).map_err(|e| self.store_err(e, k))?;
+        let p = self.policies.get(k.kid, attrs.policy.as_ref())?;
+        let q = Query { principal, action, resource: &k.arn, context };
+        match policy::evaluate(&p, &q) {
+            Decision::Allow => Ok(()),
+            Decision::ImplicitDeny => Err(KmsError::AccessDenied(format!(
+                "User: {principal} is not authorized to perform: kms:{action} on resource: {} because no resource-based policy allows the kms:{action} action",
+                k.arn
+            ))),
+            Decision::ExplicitDeny => Err(KmsError::AccessDenied(format!(
+                "User: {principal} is not authorized to perform: kms:{action} on resource: {} with an explicit deny in a resource-based policy",
+                k.arn
+            ))),
+        }
+    }
+
+    /// Management calls refuse keys pending deletion (spec §3.2).
+    fn not_pending(&self, k: &Resolved) -> Result<()> {
+        if k.state == KeyState::PendingDeletion {
+            return Err(KmsError::InvalidState(format!("{} is pending deletion.", k.arn)));
+        }
+        Ok(())
+    }
+
     fn usable(&self, k: &Resolved) -> Result<()> {
         match k.state {
             KeyState::Enabled => Ok(()),
@@ -268,7 +499,11 @@ impl Server {
     }
 
     fn metadata(&self, m: &envelope_keystore::KeyMetadata) -> KeyMetadataOut {
+        let attrs = uuid::Uuid::parse_str(&m.key_id).ok().and_then(|u| self.store.attributes(&KeyRef::Id(u)).ok());
+        let pending = m.state == KeyState::PendingDeletion;
         KeyMetadataOut {
+            deletion_date: attrs.as_ref().and_then(|a| a.deletion_date).filter(|_| pending),
+            pending_deletion_window_in_days: attrs.as_ref().and_then(|a| a.pending_window_days).filter(|_| pending),
             aws_account_id: self.config.account_id.clone(),
             key_id: m.key_id.clone(),
             arn: self.names.key_arn(&m.key_id),
@@ -285,6 +520,22 @@ impl Server {
             multi_region: false,
             current_key_material_id: m.current_material_id.clone(),
         }
+    }
+}
+
+/// A key policy document acceptable for PutKeyPolicy / CreateKey.
+fn check_policy(p: &str) -> Result<()> {
+    if p.len() > MAX_POLICY {
+        return Err(KmsError::LimitExceeded(format!("The key policy is larger than the limit of {MAX_POLICY} bytes.")));
+    }
+    policy::parse(p).map(|_| ()).map_err(KmsError::MalformedPolicyDocument)
+}
+
+fn check_policy_name(name: &str) -> Result<()> {
+    if name == "default" {
+        Ok(())
+    } else {
+        Err(KmsError::NotFound(format!("Policy {name} does not exist; the only key policy name is 'default'.")))
     }
 }
 
@@ -346,6 +597,10 @@ struct KeyMetadataOut {
     encryption_algorithms: [&'static str; 1],
     multi_region: bool,
     current_key_material_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deletion_date: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_deletion_window_in_days: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -438,6 +693,76 @@ struct RandomResponse {
 #[serde(rename_all = "PascalCase")]
 struct KeyIdResponse {
     key_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ScheduleDeletionResponse {
+    key_id: String,
+    deletion_date: i64,
+    key_state: &'static str,
+    pending_window_in_days: u32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RotationStatusResponse {
+    key_rotation_enabled: bool,
+    key_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation_period_in_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_rotation_date: Option<i64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RotationEntry {
+    key_id: String,
+    key_material_id: String,
+    key_material_state: &'static str,
+    rotation_date: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation_type: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListRotationsResponse {
+    rotations: Vec<RotationEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_marker: Option<String>,
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagOut {
+    tag_key: String,
+    tag_value: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListTagsResponse {
+    tags: Vec<TagOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_marker: Option<String>,
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct PolicyResponse {
+    policy: String,
+    policy_name: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListPoliciesResponse {
+    policy_names: [&'static str; 1],
+    truncated: bool,
 }
 
 #[cfg(test)]

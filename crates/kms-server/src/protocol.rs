@@ -44,36 +44,52 @@ macro_rules! operations {
 }
 
 operations!(
+    CancelKeyDeletion,
     CreateAlias,
     CreateKey,
     Decrypt,
     DeleteAlias,
     DescribeKey,
     DisableKey,
+    DisableKeyRotation,
     EnableKey,
+    EnableKeyRotation,
     Encrypt,
     GenerateDataKey,
     GenerateDataKeyWithoutPlaintext,
     GenerateRandom,
+    GetKeyPolicy,
+    GetKeyRotationStatus,
     ListAliases,
+    ListKeyPolicies,
+    ListKeyRotations,
     ListKeys,
+    ListResourceTags,
+    PutKeyPolicy,
     ReEncrypt,
     RotateKeyOnDemand,
+    ScheduleKeyDeletion,
+    TagResource,
+    UntagResource,
     UpdateAlias,
+    UpdateKeyDescription,
 );
 
 /// Operations of the real service that this server does not implement (yet): they answer
 /// `UnsupportedOperationException` rather than `UnknownOperationException`.
 const NOT_IMPLEMENTED: &[&str] = &[
-    "CancelKeyDeletion", "ConnectCustomKeyStore", "CreateCustomKeyStore", "CreateGrant", "Decapsulate",
-    "DeleteCustomKeyStore", "DeleteImportedKeyMaterial", "DeriveSharedSecret", "DescribeCustomKeyStores",
-    "DisableKeyRotation", "DisconnectCustomKeyStore", "EnableKeyRotation", "Encapsulate", "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "GetKeyLastUsage", "GetKeyPolicy", "GetKeyRotationStatus",
-    "GetParametersForImport", "GetPublicKey", "ImportKeyMaterial", "ListGrants", "ListKeyPolicies", "ListKeyRotations",
-    "ListResourceTags", "ListRetirableGrants", "PutKeyPolicy", "ReplicateKey", "RetireGrant", "RevokeGrant",
-    "ScheduleKeyDeletion", "Sign", "TagResource", "UntagResource", "UpdateCustomKeyStore", "UpdateKeyDescription",
-    "UpdatePrimaryRegion", "Verify", "VerifyMac",
+    "ConnectCustomKeyStore", "CreateCustomKeyStore", "CreateGrant", "Decapsulate", "DeleteCustomKeyStore",
+    "DeleteImportedKeyMaterial", "DeriveSharedSecret", "DescribeCustomKeyStores", "DisconnectCustomKeyStore",
+    "Encapsulate", "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "GetKeyLastUsage",
+    "GetParametersForImport", "GetPublicKey", "ImportKeyMaterial", "ListGrants", "ListRetirableGrants",
+    "ReplicateKey", "RetireGrant", "RevokeGrant", "Sign", "UpdateCustomKeyStore", "UpdatePrimaryRegion", "Verify",
+    "VerifyMac",
 ];
+
+/// Most tags per key (the AWS quota).
+pub const MAX_TAGS: usize = 50;
+/// Largest key policy document in bytes (the AWS quota; larger → `LimitExceededException`).
+pub const MAX_POLICY: usize = 32 * 1024;
 
 impl Operation {
     /// Parses an `X-Amz-Target` value, `TrentService.<Operation>`.
@@ -99,7 +115,20 @@ pub type Context = BTreeMap<String, String>;
 #[allow(missing_docs)]
 pub enum Request {
     CreateAlias { alias_name: String, target_key_id: String },
-    CreateKey { description: String },
+    CreateKey { description: String, tags: Vec<(String, String)>, policy: Option<String> },
+    ScheduleKeyDeletion { key_id: String, window_days: u32 },
+    CancelKeyDeletion { key_id: String },
+    UpdateKeyDescription { key_id: String, description: String },
+    EnableKeyRotation { key_id: String, period_days: u32 },
+    DisableKeyRotation { key_id: String },
+    GetKeyRotationStatus { key_id: String },
+    ListKeyRotations { key_id: String, all_material: bool, limit: usize, marker: Option<String> },
+    TagResource { key_id: String, tags: Vec<(String, String)> },
+    UntagResource { key_id: String, tag_keys: Vec<String> },
+    ListResourceTags { key_id: String, limit: usize, marker: Option<String> },
+    GetKeyPolicy { key_id: String, policy_name: String },
+    PutKeyPolicy { key_id: String, policy_name: String, policy: String },
+    ListKeyPolicies { key_id: String, limit: usize, marker: Option<String> },
     Decrypt { ciphertext: Vec<u8>, context: Context, key_id: Option<String>, dry_run: bool },
     DeleteAlias { alias_name: String },
     DescribeKey { key_id: String },
@@ -132,8 +161,10 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
         Operation::CreateKey => {
             let description = raw.description.unwrap_or_default();
             v.len("description", &description, 0, 8192);
-            unsupported_if(raw.policy.is_some(), "Key policies are not supported yet.")?;
-            unsupported_if(raw.tags.as_ref().is_some_and(|t| !t.is_empty()), "Tags are not supported yet.")?;
+            if let Some(p) = &raw.policy {
+                v.len("policy", p, 1, 131_072);
+            }
+            let tags = v.tags(raw.tags);
             unsupported_if(raw.multi_region == Some(true), "Multi-Region keys are not supported.")?;
             unsupported_if(raw.custom_key_store_id.is_some() || raw.xks_key_id.is_some(), "Custom key stores are not supported.")?;
             if let Some(u) = &raw.key_usage {
@@ -154,7 +185,100 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
                 "Only KeySpec SYMMETRIC_DEFAULT is supported.",
             )?;
             unsupported_if(raw.origin.as_deref().is_some_and(|o| o != "AWS_KMS"), "Only Origin AWS_KMS is supported.")?;
-            Request::CreateKey { description }
+            tag_rules(&tags)?;
+            Request::CreateKey { description, tags, policy: raw.policy }
+        }
+        Operation::ScheduleKeyDeletion => {
+            let key_id = v.key_id("keyId", raw.key_id);
+            let days = raw.pending_window_in_days.unwrap_or(30);
+            v.range("pendingWindowInDays", days, 7, 30);
+            v.finish()?;
+            Request::ScheduleKeyDeletion { key_id: key_id.unwrap_or_default(), window_days: u32::try_from(days).unwrap_or(30) }
+        }
+        Operation::EnableKeyRotation => {
+            let key_id = v.key_id("keyId", raw.key_id);
+            let days = raw.rotation_period_in_days.unwrap_or(365);
+            v.range("rotationPeriodInDays", days, 90, 2560);
+            v.finish()?;
+            Request::EnableKeyRotation { key_id: key_id.unwrap_or_default(), period_days: u32::try_from(days).unwrap_or(365) }
+        }
+        Operation::CancelKeyDeletion | Operation::DisableKeyRotation | Operation::GetKeyRotationStatus => {
+            let key_id = v.key_id("keyId", raw.key_id).unwrap_or_default();
+            v.finish()?;
+            match op {
+                Operation::CancelKeyDeletion => Request::CancelKeyDeletion { key_id },
+                Operation::DisableKeyRotation => Request::DisableKeyRotation { key_id },
+                _ => Request::GetKeyRotationStatus { key_id },
+            }
+        }
+        Operation::UpdateKeyDescription => {
+            let key_id = v.key_id("keyId", raw.key_id);
+            let description = v.required("description", raw.description);
+            if let Some(d) = &description {
+                v.len("description", d, 0, 8192);
+            }
+            v.finish()?;
+            Request::UpdateKeyDescription { key_id: key_id.unwrap_or_default(), description: description.unwrap_or_default() }
+        }
+        Operation::ListKeyRotations | Operation::ListResourceTags | Operation::ListKeyPolicies => {
+            let key_id = v.key_id("keyId", raw.key_id).unwrap_or_default();
+            let limit = v.limit(raw.limit, 1000, if op == Operation::ListResourceTags { 50 } else { 100 });
+            let marker = v.marker(raw.marker);
+            if let Some(m) = &raw.include_key_material {
+                v.one_of("includeKeyMaterial", m, &["ALL_KEY_MATERIAL", "ROTATIONS_ONLY"]);
+            }
+            v.finish()?;
+            match op {
+                Operation::ListKeyRotations => Request::ListKeyRotations {
+                    key_id,
+                    all_material: raw.include_key_material.as_deref() == Some("ALL_KEY_MATERIAL"),
+                    limit,
+                    marker,
+                },
+                // ListResourceTags pages hold at most 50 tags whatever the limit.
+                Operation::ListResourceTags => Request::ListResourceTags { key_id, limit: limit.min(50), marker },
+                _ => Request::ListKeyPolicies { key_id, limit, marker },
+            }
+        }
+        Operation::TagResource => {
+            let key_id = v.key_id("keyId", raw.key_id);
+            let present = v.required("tags", raw.tags.as_ref().map(|_| ()));
+            let tags = v.tags(raw.tags);
+            let _ = present;
+            v.finish()?;
+            tag_rules(&tags)?;
+            Request::TagResource { key_id: key_id.unwrap_or_default(), tags }
+        }
+        Operation::UntagResource => {
+            let key_id = v.key_id("keyId", raw.key_id);
+            let tag_keys = v.required("tagKeys", raw.tag_keys);
+            for k in tag_keys.iter().flatten() {
+                v.len("tagKeys.member", k, 1, 128);
+            }
+            v.finish()?;
+            Request::UntagResource { key_id: key_id.unwrap_or_default(), tag_keys: tag_keys.unwrap_or_default() }
+        }
+        Operation::GetKeyPolicy | Operation::PutKeyPolicy => {
+            let key_id = v.key_id("keyId", raw.key_id).unwrap_or_default();
+            let policy_name = raw.policy_name.unwrap_or_else(|| "default".into());
+            v.len("policyName", &policy_name, 1, 128);
+            if !policy_name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                v.errors.push(format!(
+                    "Value '{}' at 'policyName' failed to satisfy constraint: Member must satisfy regular expression pattern: [\\w]+",
+                    shorten(&policy_name)
+                ));
+            }
+            if op == Operation::GetKeyPolicy {
+                v.finish()?;
+                Request::GetKeyPolicy { key_id, policy_name }
+            } else {
+                let policy = v.required("policy", raw.policy);
+                if let Some(p) = &policy {
+                    v.len("policy", p, 1, 131_072);
+                }
+                v.finish()?;
+                Request::PutKeyPolicy { key_id, policy_name, policy: policy.unwrap_or_default() }
+            }
         }
         Operation::DescribeKey | Operation::EnableKey | Operation::DisableKey | Operation::RotateKeyOnDemand => {
             let key_id = v.key_id("keyId", raw.key_id);
@@ -333,9 +457,39 @@ struct Raw {
     source_encryption_algorithm: Option<String>,
     source_encryption_context: Option<Context>,
     source_key_id: Option<String>,
-    tags: Option<Vec<serde_json::Value>>,
+    tags: Option<Vec<RawTag>>,
+    pending_window_in_days: Option<i64>,
+    rotation_period_in_days: Option<i64>,
+    include_key_material: Option<String>,
+    tag_keys: Option<Vec<String>>,
+    policy_name: Option<String>,
     target_key_id: Option<String>,
     xks_key_id: Option<String>,
+}
+
+/// One `{TagKey, TagValue}` of a request.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawTag {
+    tag_key: Option<String>,
+    tag_value: Option<String>,
+}
+
+/// The service's tag rules beyond the model's lengths (`TagException`).
+fn tag_rules(tags: &[(String, String)]) -> Result<()> {
+    if tags.len() > MAX_TAGS {
+        return Err(KmsError::LimitExceeded(format!("A key can have at most {MAX_TAGS} tags.")));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, _) in tags {
+        if k.to_ascii_lowercase().starts_with("aws:") {
+            return Err(KmsError::Tag("Tag keys beginning with 'aws:' are reserved for AWS use.".into()));
+        }
+        if !seen.insert(k.as_str()) {
+            return Err(KmsError::Tag(format!("Duplicate tag key '{}' in the request.", shorten(k))));
+        }
+    }
+    Ok(())
 }
 
 /// A string member that carries secret data (base64 plaintext), held in zeroizing memory.
@@ -414,6 +568,24 @@ impl Validator {
             }
         }
         v
+    }
+
+    fn tags(&mut self, v: Option<Vec<RawTag>>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for t in v.into_iter().flatten() {
+            let k = self.required("tags.member.tagKey", t.tag_key);
+            let val = self.required("tags.member.tagValue", t.tag_value);
+            if let Some(k) = &k {
+                self.len("tags.member.tagKey", k, 1, 128);
+            }
+            if let Some(val) = &val {
+                self.len("tags.member.tagValue", val, 0, 256);
+            }
+            if let (Some(k), Some(val)) = (k, val) {
+                out.push((k, val));
+            }
+        }
+        out
     }
 
     fn limit(&mut self, v: Option<i64>, max: i64, default: usize) -> usize {
@@ -557,10 +729,7 @@ mod tests {
         assert_eq!(Operation::from_target("TrentService.Encrypt").unwrap(), Operation::Encrypt);
         assert_eq!(Operation::from_target("TrentService.Nope").unwrap_err().aws().0, "UnknownOperationException");
         assert_eq!(Operation::from_target("Encrypt").unwrap_err().aws().0, "UnknownOperationException");
-        assert_eq!(
-            Operation::from_target("TrentService.ScheduleKeyDeletion").unwrap_err().aws().0,
-            "UnsupportedOperationException"
-        );
+        assert_eq!(Operation::from_target("TrentService.Sign").unwrap_err().aws().0, "UnsupportedOperationException");
         for op in Operation::ALL {
             assert_eq!(Operation::from_target(&format!("TrentService.{}", op.name())).unwrap(), *op);
         }
@@ -625,9 +794,33 @@ mod tests {
         assert!(matches!(parse_request(Operation::CreateKey, br#"{"KeySpec":"SYMMETRIC_DEFAULT","KeyUsage":"ENCRYPT_DECRYPT","Origin":"AWS_KMS","Description":"d"}"#), Ok(Request::CreateKey { .. })));
         assert_eq!(code(parse_request(Operation::CreateKey, br#"{"KeySpec":"RSA_2048"}"#)), "UnsupportedOperationException");
         assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Origin":"EXTERNAL"}"#)), "UnsupportedOperationException");
-        assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Policy":"{}"}"#)), "UnsupportedOperationException");
+        assert!(matches!(parse_request(Operation::CreateKey, br#"{"Policy":"{}","Tags":[{"TagKey":"a","TagValue":""}]}"#), Ok(Request::CreateKey { .. })));
+        assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Tags":[{"TagKey":"aws:x","TagValue":""}]}"#)), "TagException");
+        assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Tags":[{"TagKey":"","TagValue":""}]}"#)), "ValidationException");
         assert_eq!(code(parse_request(Operation::CreateKey, br#"{"KeySpec":"BOGUS"}"#)), "ValidationException");
         assert_eq!(code(parse_request(Operation::CreateAlias, br#"{"AliasName":"alias/a b","TargetKeyId":"k"}"#)), "ValidationException");
+    }
+
+    #[test]
+    fn management_parsing() {
+        let e = parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k","PendingWindowInDays":6}"#).unwrap_err();
+        assert_eq!(e.aws().0, "ValidationException");
+        assert!(e.to_string().contains("'pendingWindowInDays'"), "{e}");
+        assert!(matches!(parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k"}"#), Ok(Request::ScheduleKeyDeletion { window_days: 30, .. })));
+        assert_eq!(code(parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k","PendingWindowInDays":31}"#)), "ValidationException");
+        assert!(matches!(parse_request(Operation::EnableKeyRotation, br#"{"KeyId":"k"}"#), Ok(Request::EnableKeyRotation { period_days: 365, .. })));
+        assert_eq!(code(parse_request(Operation::EnableKeyRotation, br#"{"KeyId":"k","RotationPeriodInDays":89}"#)), "ValidationException");
+        assert_eq!(code(parse_request(Operation::UpdateKeyDescription, br#"{"KeyId":"k"}"#)), "ValidationException");
+        assert_eq!(code(parse_request(Operation::TagResource, br#"{"KeyId":"k"}"#)), "ValidationException");
+        let many: Vec<_> = (0..51).map(|i| serde_json::json!({"TagKey": format!("k{i}"), "TagValue": "v"})).collect();
+        let body = serde_json::json!({"KeyId": "k", "Tags": many}).to_string();
+        assert_eq!(code(parse_request(Operation::TagResource, body.as_bytes())), "LimitExceededException");
+        assert_eq!(code(parse_request(Operation::TagResource, br#"{"KeyId":"k","Tags":[{"TagKey":"a","TagValue":"1"},{"TagKey":"a","TagValue":"2"}]}"#)), "TagException");
+        assert_eq!(code(parse_request(Operation::UntagResource, br#"{"KeyId":"k"}"#)), "ValidationException");
+        assert!(matches!(parse_request(Operation::GetKeyPolicy, br#"{"KeyId":"k"}"#), Ok(Request::GetKeyPolicy { .. })));
+        assert_eq!(code(parse_request(Operation::PutKeyPolicy, br#"{"KeyId":"k"}"#)), "ValidationException");
+        assert_eq!(code(parse_request(Operation::GetKeyPolicy, br#"{"KeyId":"k","PolicyName":"a-b"}"#)), "ValidationException");
+        assert_eq!(code(parse_request(Operation::ListKeyRotations, br#"{"KeyId":"k","IncludeKeyMaterial":"X"}"#)), "ValidationException");
     }
 
     proptest! {

@@ -190,7 +190,7 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
     let request = parse_request(op, &body).map_err(|e| fail(e, Some(op)))?;
     drop(body);
     let s = server.clone();
-    let out = tokio::task::spawn_blocking(move || s.execute(request))
+    let out = tokio::task::spawn_blocking({ let principal = principal.clone(); move || s.execute(request, &principal) })
         .await
         .map_err(|e| fail(KmsError::Internal(format!("operation task failed: {e}")), Some(op)))?
         .map_err(|e| fail(e, Some(op)))?;

@@ -19,10 +19,14 @@ const SECRET: &str = "envelope-test-secret-0123456789abcdefghij";
 const TOKEN_AKID: &str = "ASIAENVELOPETEST0002";
 const TOKEN: &str = "session-token-value";
 const REGION: &str = "us-east-1";
+const APP_AKID: &str = "AKIAENVELOPETEST0003";
+const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
+const APP: &str = "arn:aws:iam::111122223333:user/app";
 const ACCOUNT: &str = "111122223333";
 
 struct Harness {
     port: u16,
+    server: Arc<Server>,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -83,16 +87,17 @@ async fn start() -> Harness {
             Some(Zeroizing::new(TOKEN.into())),
             "arn:aws:sts::111122223333:assumed-role/ops/session",
         ),
+        Credential::new(APP_AKID, Zeroizing::new(SECRET.into()), None, APP),
     ])
     .unwrap();
     let server = Arc::new(Server::new(store, creds, Config::new(REGION, ACCOUNT)).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, server, async move {
+    tokio::spawn(serve(listener, server.clone(), async move {
         let _ = rx.await;
     }));
-    Harness { port, _dir: dir, _stop: tx }
+    Harness { port, server, _dir: dir, _stop: tx }
 }
 
 impl Harness {
@@ -521,7 +526,7 @@ async fn protocol_errors_are_aws_shaped() {
     assert_eq!(msg, "1 validation error detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null");
     h.call("Encrypt", json!({"KeyId": "alias/x", "Plaintext": b64(&[0u8; 4097])})).await.err("ValidationException");
     h.call("NoSuchOperation", json!({})).await.err("UnknownOperationException");
-    h.call("ScheduleKeyDeletion", json!({"KeyId": "x"})).await.err("UnsupportedOperationException");
+    h.call("Sign", json!({"KeyId": "x"})).await.err("UnsupportedOperationException");
     h.call("CreateKey", json!({"KeySpec": "RSA_2048"})).await.err("UnsupportedOperationException");
 
     // Oversized body: an AWS-shaped 400, not a bare 413 or a reset.
@@ -547,4 +552,173 @@ async fn protocol_errors_are_aws_shaped() {
     let r = h.call("DisableKey", json!({"KeyId": id})).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json, Value::Null);
+}
+
+impl Harness {
+    async fn call_as(&self, akid: &'static str, op: &str, body: Value) -> Reply {
+        self.call_with(op, body.to_string().into_bytes(), &Signer { akid, ..Signer::default() }).await
+    }
+}
+
+#[tokio::test]
+async fn deletion_schedule_cancel_and_purge() {
+    let h = start().await;
+    let (id, arn) = create_key(&h).await;
+    h.call("CreateAlias", json!({"AliasName": "alias/doomed", "TargetKeyId": id})).await.ok();
+    let ct = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.ok()["CiphertextBlob"].clone();
+    let m = h.call("ScheduleKeyDeletion", json!({"KeyId": id, "PendingWindowInDays": 6})).await.err("ValidationException");
+    assert!(m.contains("pendingWindowInDays"), "{m}");
+    h.call("ScheduleKeyDeletion", json!({"KeyId": id, "PendingWindowInDays": 31})).await.err("ValidationException");
+    let r = h.call("ScheduleKeyDeletion", json!({"KeyId": id, "PendingWindowInDays": 7})).await.ok();
+    assert_eq!((r["KeyId"].as_str(), r["KeyState"].as_str(), r["PendingWindowInDays"].as_i64()), (Some(arn.as_str()), Some("PendingDeletion"), Some(7)));
+    let date = r["DeletionDate"].as_i64().unwrap();
+    let meta = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"].clone();
+    assert_eq!((meta["KeyState"].as_str(), meta["DeletionDate"].as_i64(), meta["Enabled"].as_bool()), (Some("PendingDeletion"), Some(date), Some(false)));
+    // Pending deletion: crypto and most management calls are KMSInvalidStateException.
+    h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.err("KMSInvalidStateException");
+    h.call("Decrypt", json!({"CiphertextBlob": ct})).await.err("KMSInvalidStateException");
+    h.call("EnableKey", json!({"KeyId": id})).await.err("KMSInvalidStateException");
+    h.call("DisableKey", json!({"KeyId": id})).await.err("KMSInvalidStateException");
+    h.call("ScheduleKeyDeletion", json!({"KeyId": id})).await.err("KMSInvalidStateException");
+    h.call("UpdateKeyDescription", json!({"KeyId": id, "Description": "x"})).await.err("KMSInvalidStateException");
+    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "a", "TagValue": "b"}]})).await.err("KMSInvalidStateException");
+    h.call("EnableKeyRotation", json!({"KeyId": id})).await.err("KMSInvalidStateException");
+    h.call("RotateKeyOnDemand", json!({"KeyId": id})).await.err("KMSInvalidStateException");
+    h.call("GetKeyPolicy", json!({"KeyId": id})).await.ok();
+    // Cancel → Disabled (crypto: DisabledException); cancel again → invalid state.
+    assert_eq!(h.call("CancelKeyDeletion", json!({"KeyId": id})).await.ok()["KeyId"].as_str(), Some(arn.as_str()));
+    h.call("CancelKeyDeletion", json!({"KeyId": id})).await.err("KMSInvalidStateException");
+    assert_eq!(h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["KeyState"], "Disabled");
+    h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.err("DisabledException");
+    // Schedule again (default window 30 days), move the clock, purge.
+    let r = h.call("ScheduleKeyDeletion", json!({"KeyId": id})).await.ok();
+    assert_eq!(r["PendingWindowInDays"].as_i64(), Some(30));
+    assert!(h.server.run_maintenance().unwrap().deleted.is_empty());
+    h.server.clock().advance(30 * 86_400 + 1);
+    assert_eq!(h.server.run_maintenance().unwrap().deleted, vec![id.clone()]);
+    h.call("DescribeKey", json!({"KeyId": id})).await.err("NotFoundException");
+    h.call("DescribeKey", json!({"KeyId": "alias/doomed"})).await.err("NotFoundException");
+    h.call("Decrypt", json!({"CiphertextBlob": ct})).await.err("InvalidCiphertextException");
+    let keys = h.call("ListKeys", json!({})).await.ok();
+    assert!(!keys["Keys"].as_array().unwrap().iter().any(|k| k["KeyId"] == id.as_str()));
+}
+
+#[tokio::test]
+async fn description_and_rotation_apis() {
+    let h = start().await;
+    let (id, arn) = create_key(&h).await;
+    h.call("UpdateKeyDescription", json!({"KeyId": id, "Description": "new"})).await.ok();
+    assert_eq!(h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["Description"], "new");
+    let st = h.call("GetKeyRotationStatus", json!({"KeyId": id})).await.ok();
+    assert_eq!(st["KeyRotationEnabled"], false);
+    assert_eq!(st["KeyId"].as_str(), Some(arn.as_str()));
+    h.call("EnableKeyRotation", json!({"KeyId": id, "RotationPeriodInDays": 89})).await.err("ValidationException");
+    h.call("EnableKeyRotation", json!({"KeyId": id, "RotationPeriodInDays": 90})).await.ok();
+    let st = h.call("GetKeyRotationStatus", json!({"KeyId": id})).await.ok();
+    assert_eq!((st["KeyRotationEnabled"].as_bool(), st["RotationPeriodInDays"].as_i64()), (Some(true), Some(90)));
+    let next = st["NextRotationDate"].as_i64().unwrap();
+    assert!(h.call("ListKeyRotations", json!({"KeyId": id})).await.ok()["Rotations"].as_array().unwrap().is_empty());
+    h.call("RotateKeyOnDemand", json!({"KeyId": id})).await.ok();
+    h.server.clock().advance(91 * 86_400);
+    assert_eq!(h.server.run_maintenance().unwrap().rotated, vec![id.clone()]);
+    let st = h.call("GetKeyRotationStatus", json!({"KeyId": id})).await.ok();
+    assert!(st["NextRotationDate"].as_i64().unwrap() > next);
+    let r = h.call("ListKeyRotations", json!({"KeyId": id})).await.ok();
+    let types: Vec<_> = r["Rotations"].as_array().unwrap().iter().map(|e| e["RotationType"].as_str().unwrap().to_string()).collect();
+    assert_eq!(types, ["ON_DEMAND", "AUTOMATIC"]);
+    let cur = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["CurrentKeyMaterialId"].clone();
+    assert_eq!(r["Rotations"][1]["KeyMaterialId"], cur);
+    assert_eq!(r["Rotations"][1]["KeyMaterialState"], "CURRENT");
+    // ALL_KEY_MATERIAL adds the first material; pagination with Limit 1.
+    let all = h.call("ListKeyRotations", json!({"KeyId": id, "IncludeKeyMaterial": "ALL_KEY_MATERIAL"})).await.ok();
+    assert_eq!(all["Rotations"].as_array().unwrap().len(), 3);
+    let mut marker: Option<String> = None;
+    let mut seen = 0;
+    loop {
+        let mut body = json!({"KeyId": id, "Limit": 1});
+        if let Some(m) = &marker {
+            body["Marker"] = json!(m);
+        }
+        let p = h.call("ListKeyRotations", body).await.ok();
+        seen += p["Rotations"].as_array().unwrap().len();
+        if p["Truncated"] != true {
+            break;
+        }
+        marker = p["NextMarker"].as_str().map(str::to_string);
+    }
+    assert_eq!(seen, 2);
+    h.call("ListKeyRotations", json!({"KeyId": id, "Marker": "bogus"})).await.err("InvalidMarkerException");
+    h.call("DisableKeyRotation", json!({"KeyId": id})).await.ok();
+    assert_eq!(h.call("GetKeyRotationStatus", json!({"KeyId": id})).await.ok()["KeyRotationEnabled"], false);
+    h.call("DisableKey", json!({"KeyId": id})).await.ok();
+    h.call("EnableKeyRotation", json!({"KeyId": id})).await.err("DisabledException");
+}
+
+#[tokio::test]
+async fn tags() {
+    let h = start().await;
+    let r = h.call("CreateKey", json!({"Tags": [{"TagKey": "env", "TagValue": "prod"}]})).await.ok();
+    let id = r["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "team", "TagValue": "k8s"}, {"TagKey": "env", "TagValue": "dev"}]})).await.ok();
+    let t = h.call("ListResourceTags", json!({"KeyId": id})).await.ok();
+    assert_eq!(t["Tags"], json!([{"TagKey": "env", "TagValue": "dev"}, {"TagKey": "team", "TagValue": "k8s"}]));
+    assert_eq!(t["Truncated"], false);
+    let p1 = h.call("ListResourceTags", json!({"KeyId": id, "Limit": 1})).await.ok();
+    assert_eq!((p1["Tags"][0]["TagKey"].as_str(), p1["Truncated"].as_bool()), (Some("env"), Some(true)));
+    let p2 = h.call("ListResourceTags", json!({"KeyId": id, "Limit": 1, "Marker": p1["NextMarker"]})).await.ok();
+    assert_eq!((p2["Tags"][0]["TagKey"].as_str(), p2["Truncated"].as_bool()), (Some("team"), Some(false)));
+    h.call("UntagResource", json!({"KeyId": id, "TagKeys": ["env"]})).await.ok();
+    assert_eq!(h.call("ListResourceTags", json!({"KeyId": id})).await.ok()["Tags"], json!([{"TagKey": "team", "TagValue": "k8s"}]));
+    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "aws:x", "TagValue": "1"}]})).await.err("TagException");
+    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "", "TagValue": "1"}]})).await.err("ValidationException");
+    let many: Vec<_> = (0..50).map(|i| json!({"TagKey": format!("k{i}"), "TagValue": ""})).collect();
+    h.call("TagResource", json!({"KeyId": id, "Tags": many})).await.err("LimitExceededException");
+    h.call("CreateKey", json!({"Tags": [{"TagKey": "aws:x", "TagValue": "1"}]})).await.err("TagException");
+}
+
+#[tokio::test]
+async fn key_policies_authorize_every_key_operation() {
+    let h = start().await;
+    let (id, arn) = create_key(&h).await;
+    // The default policy: the account root, i.e. every principal of the account.
+    let p = h.call("GetKeyPolicy", json!({"KeyId": id})).await.ok();
+    assert_eq!(p["PolicyName"], "default");
+    assert!(p["Policy"].as_str().unwrap().contains("arn:aws:iam::111122223333:root"));
+    assert_eq!(h.call("ListKeyPolicies", json!({"KeyId": id})).await.ok()["PolicyNames"], json!(["default"]));
+    h.call_as(APP_AKID, "DescribeKey", json!({"KeyId": id})).await.ok();
+    // Only the admin; the app may encrypt only with context app=web.
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": [APP]}, "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*",
+         "Condition": {"StringEquals": {"kms:EncryptionContext:app": "web"}}}]});
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": policy.to_string()})).await.ok();
+    let m = h.call_as(APP_AKID, "DescribeKey", json!({"KeyId": id})).await.err("AccessDeniedException");
+    assert_eq!(m, format!("User: {APP} is not authorized to perform: kms:DescribeKey on resource: {arn} because no resource-based policy allows the kms:DescribeKey action"));
+    h.call_as(APP_AKID, "Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.err("AccessDeniedException");
+    let ct = h.call_as(APP_AKID, "Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x"), "EncryptionContext": {"app": "web"}})).await.ok()["CiphertextBlob"].clone();
+    h.call_as(APP_AKID, "Decrypt", json!({"CiphertextBlob": ct, "EncryptionContext": {"app": "web"}})).await.ok();
+    h.call_as(APP_AKID, "ScheduleKeyDeletion", json!({"KeyId": id})).await.err("AccessDeniedException");
+    h.call_as(APP_AKID, "PutKeyPolicy", json!({"KeyId": id, "Policy": policy.to_string()})).await.err("AccessDeniedException");
+    // Not key-scoped: any authenticated principal.
+    h.call_as(APP_AKID, "ListKeys", json!({})).await.ok();
+    h.call_as(APP_AKID, "GenerateRandom", json!({"NumberOfBytes": 8})).await.ok();
+    // Explicit deny wins over the admin's Allow.
+    let deny = json!({"Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": "*", "Action": "kms:Encrypt*", "Resource": "*"}]});
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": deny.to_string()})).await.ok();
+    let m = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.err("AccessDeniedException");
+    assert!(m.ends_with("with an explicit deny in a resource-based policy"), "{m}");
+    h.call("Decrypt", json!({"CiphertextBlob": ct, "EncryptionContext": {"app": "web"}})).await.ok();
+    // Bad documents.
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": "{not json"})).await.err("MalformedPolicyDocumentException");
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": "{\"Statement\":[]}"})).await.err("MalformedPolicyDocumentException");
+    let big = format!("{{\"Id\":\"{}\"}}", "x".repeat(33 * 1024));
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": big})).await.err("LimitExceededException");
+    h.call("GetKeyPolicy", json!({"KeyId": id, "PolicyName": "other"})).await.err("NotFoundException");
+    // Policy on CreateKey.
+    let r = h.call("CreateKey", json!({"Policy": policy.to_string()})).await.ok();
+    let k2 = r["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    h.call_as(APP_AKID, "DescribeKey", json!({"KeyId": k2})).await.err("AccessDeniedException");
+    h.call("CreateKey", json!({"Policy": "[]"})).await.err("MalformedPolicyDocumentException");
 }

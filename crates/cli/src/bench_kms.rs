@@ -1,0 +1,246 @@
+//! `envelope bench kms`: signed AWS KMS Encrypt and Decrypt requests per second against
+//! `envelope kms serve`, and against moto_server in the same run for comparison. Every request
+//! is signed with SigV4 (aws-sigv4, as the AWS SDKs do) at send time.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::bench::KmsBench;
+
+const AKID: &str = "AKIAENVELOPEBENCH001";
+const SECRET: &str = "bench-secret-0123456789abcdefghijklmnopq";
+const REGION: &str = "us-east-1";
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+struct Child {
+    child: std::process::Child,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("server on port {port} did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn start_envelope() -> Result<(u16, Child)> {
+    let dir = tempfile::tempdir()?;
+    let creds = dir.path().join("credentials.yaml");
+    std::fs::write(&creds, format!("- access_key_id: {AKID}\n  secret_access_key: '{SECRET}'\n  principal: arn:aws:iam::111122223333:user/bench\n"))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600))?;
+    let port = free_port()?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["kms", "serve", "--listen", &format!("127.0.0.1:{port}"), "--http-addr", "off", "--log-level", "warn", "--credentials"])
+        .arg(&creds)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start envelope kms serve")?;
+    Ok((port, Child { child, _dir: Some(dir) }))
+}
+
+fn start_moto(bin: &str) -> Result<(u16, Child)> {
+    let port = free_port()?;
+    let child = std::process::Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {bin} (pip install 'moto[server]')"))?;
+    Ok((port, Child { child, _dir: None }))
+}
+
+fn signed(port: u16, target: &str, body: Bytes) -> Result<http::Request<Full<Bytes>>> {
+    let host = format!("127.0.0.1:{port}");
+    let target = format!("TrentService.{target}");
+    let headers = [("host", host.as_str()), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target", target.as_str())];
+    let identity = aws_credential_types::Credentials::new(AKID, SECRET, None, None, "bench").into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(REGION)
+        .name("kms")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| anyhow!("signing params: {e}"))?
+        .into();
+    let uri = format!("http://{host}/");
+    let req = SignableRequest::new("POST", uri.clone(), headers.iter().copied(), SignableBody::Bytes(&body)).map_err(|e| anyhow!("sign: {e}"))?;
+    let (instructions, _) = sign(req, &params).map_err(|e| anyhow!("sign: {e}"))?.into_parts();
+    let mut r = http::Request::builder().method("POST").uri(uri);
+    for (k, v) in headers {
+        r = r.header(k, v);
+    }
+    let mut r = r.body(Full::new(body))?;
+    instructions.apply_to_request_http1x(&mut r);
+    Ok(r)
+}
+
+async fn call(client: &HttpClient, port: u16, target: &str, body: Bytes) -> Result<serde_json::Value> {
+    let resp = client.request(signed(port, target, body)?).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{target}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+#[derive(serde::Serialize)]
+struct Cell {
+    server: String,
+    operation: &'static str,
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn load(client: &HttpClient, port: u16, target: &'static str, body: Bytes, concurrency: usize, duration: Duration) -> (Vec<u32>, u64, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, stop, body) = (client.clone(), stop.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut lat, mut errors) = (Vec::with_capacity(1 << 14), 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match call(&client, port, target, body.clone()).await {
+                    Ok(_) => lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        if let Ok((l, e)) = t.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    (all, errors, start.elapsed())
+}
+
+async fn bench_server(name: &str, port: u16, b: &KmsBench, duration: Duration, warmup: Duration) -> Result<Vec<Cell>> {
+    wait_port(port).await?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(b.concurrency * 2).build(connector);
+    // Servers may take a moment after binding; retry the first call.
+    let mut key = None;
+    for _ in 0..100 {
+        match call(&client, port, "CreateKey", Bytes::from_static(b"{}")).await {
+            Ok(v) => {
+                key = v["KeyMetadata"]["KeyId"].as_str().map(str::to_string);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let key = key.ok_or_else(|| anyhow!("{name}: CreateKey failed"))?;
+    let plaintext = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let enc_body = Bytes::from(serde_json::to_vec(&serde_json::json!({"KeyId": key, "Plaintext": plaintext}))?);
+    let ct = call(&client, port, "Encrypt", enc_body.clone()).await?;
+    let blob = ct["CiphertextBlob"].as_str().ok_or_else(|| anyhow!("{name}: no CiphertextBlob"))?.to_string();
+    let dec_body = Bytes::from(serde_json::to_vec(&serde_json::json!({"CiphertextBlob": blob}))?);
+    let back = call(&client, port, "Decrypt", dec_body.clone()).await?;
+    if back["Plaintext"].as_str() != Some(plaintext.as_str()) {
+        bail!("{name}: Decrypt did not return the plaintext");
+    }
+    let mut cells = Vec::new();
+    for (op, body) in [("Encrypt", enc_body), ("Decrypt", dec_body)] {
+        let _ = load(&client, port, op, body.clone(), b.concurrency, warmup).await;
+        let (mut lat, errors, el) = load(&client, port, op, body, b.concurrency, duration).await;
+        lat.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            if lat.is_empty() {
+                return 0.0;
+            }
+            let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+            lat[i] as f64 / 1000.0
+        };
+        cells.push(Cell {
+            server: name.to_string(),
+            operation: op,
+            requests: lat.len() as u64,
+            errors,
+            rps: lat.len() as f64 / el.as_secs_f64(),
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+        });
+    }
+    Ok(cells)
+}
+
+pub async fn run(b: KmsBench) -> Result<()> {
+    let duration = crate::config::parse_duration("duration", &b.duration)?;
+    let warmup = humantime::parse_duration(&b.warmup).context("warmup")?;
+    let mut cells = Vec::new();
+    {
+        let (port, _server) = start_envelope()?;
+        cells.extend(bench_server("envelope", port, &b, duration, warmup).await?);
+    }
+    if b.moto != "off" {
+        let (port, _server) = start_moto(&b.moto)?;
+        cells.extend(bench_server("moto", port, &b, duration, warmup).await?);
+    }
+    if b.json {
+        println!("{}", serde_json::json!({ "concurrency": b.concurrency, "cells": cells }));
+        return Ok(());
+    }
+    println!("| server | operation | concurrency | requests | errors | req/s | p50 ms | p99 ms |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for c in &cells {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.0} | {:.3} | {:.3} |",
+            c.server, c.operation, b.concurrency, c.requests, c.errors, c.rps, c.p50_ms, c.p99_ms
+        );
+    }
+    for op in ["Encrypt", "Decrypt"] {
+        let e = cells.iter().find(|c| c.server == "envelope" && c.operation == op);
+        let m = cells.iter().find(|c| c.server == "moto" && c.operation == op);
+        if let (Some(e), Some(m)) = (e, m) {
+            if m.rps > 0.0 {
+                println!("\n{op}: envelope / moto = {:.1}×", e.rps / m.rps);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Key policies: a strict parser for the subset of the IAM policy language this server
+//! evaluates, and the evaluation itself — pure functions, no I/O.
+//!
+//! Supported: `Effect` Allow/Deny; `Principal` `"*"` or `{"AWS": ARN | account id | "*" | [...]}`
+//! (an account root `arn:aws:iam::<acct>:root` or a bare account id means every principal of that
+//! account); `Action` with `*`/`?` wildcards (`kms:*`, `kms:Encrypt*`); `Resource` patterns
+//! (normally `*`); `Condition` `StringEquals`/`StringLike` (and their `IfExists` forms) on
+//! `kms:EncryptionContext:<key>` and `kms:CallerAccount`. Anything else (`NotAction`,
+//! `NotPrincipal`, other operators or condition keys) is rejected as malformed rather than
+//! silently mis-evaluated. An explicit Deny wins over any Allow; no Allow means deny.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// The default key policy: the account's root, i.e. every principal of the account, may do
+/// everything (AWS's default for keys created without a policy).
+pub fn default_policy(account: &str) -> String {
+    format!(
+        "{{\"Version\":\"2012-10-17\",\"Id\":\"key-default-1\",\"Statement\":[{{\"Sid\":\"Enable IAM User Permissions\",\
+         \"Effect\":\"Allow\",\"Principal\":{{\"AWS\":\"arn:aws:iam::{account}:root\"}},\"Action\":\"kms:*\",\"Resource\":\"*\"}}]}}"
+    )
+}
+
+/// A parsed key policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    statements: Vec<Statement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Statement {
+    allow: bool,
+    principals: Vec<String>,
+    actions: Vec<String>,
+    resources: Vec<String>,
+    conditions: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Condition {
+    like: bool,
+    if_exists: bool,
+    /// Lower-cased condition key.
+    key: String,
+    values: Vec<String>,
+}
+
+/// What is being asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// The caller's principal ARN.
+    pub principal: &'a str,
+    /// The action without prefix, e.g. `Encrypt`.
+    pub action: &'a str,
+    /// The key ARN.
+    pub resource: &'a str,
+    /// The encryption context of the request (empty if none).
+    pub context: &'a BTreeMap<String, String>,
+}
+
+/// The outcome of an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// An Allow statement matched and no Deny did.
+    Allow,
+    /// No statement allowed it.
+    ImplicitDeny,
+    /// A Deny statement matched.
+    ExplicitDeny,
+}
+
+/// Parses a key policy document. Never panics; the error is a client-facing message.
+pub fn parse(text: &str) -> Result<Policy, String> {
+    let v: Value = serde_json::from_str(text).map_err(|_| "The policy is not valid JSON.".to_string())?;
+    let obj = v.as_object().ok_or("The policy must be a JSON object.")?;
+    for k in obj.keys() {
+        if !matches!(k.as_str(), "Version" | "Id" | "Statement") {
+            return Err(format!("Unsupported policy element {k}."));
+        }
+    }
+    if obj.get("Version").is_some_and(|v| !matches!(v.as_str(), Some("2012-10-17" | "2008-10-17"))) {
+        return Err("The policy Version must be 2012-10-17.".into());
+    }
+    let stmts = match obj.get("Statement") {
+        Some(Value::Array(a)) if !a.is_empty() => a.iter().collect::<Vec<_>>(),
+        Some(o @ Value::Object(_)) => vec![o],
+        _ => return Err("The policy must have at least one Statement.".into()),
+    };
+    let statements = stmts.into_iter().map(statement).collect::<Result<Vec<_>, _>>()?;
+    Ok(Policy { statements })
+}
+
+fn statement(v: &Value) -> Result<Statement, String> {
+    let o = v.as_object().ok_or("Each Statement must be a JSON object.")?;
+    for k in o.keys() {
+        if !matches!(k.as_str(), "Sid" | "Effect" | "Principal" | "Action" | "Resource" | "Condition") {
+            return Err(format!("Unsupported statement element {k}."));
+        }
+    }
+    if o.get("Sid").is_some_and(|s| !s.is_string()) {
+        return Err("Sid must be a string.".into());
+    }
+    let allow = match o.get("Effect").and_then(Value::as_str) {
+        Some("Allow") => true,
+        Some("Deny") => false,
+        _ => return Err("Effect must be Allow or Deny.".into()),
+    };
+    let principals = match o.get("Principal") {
+        Some(Value::String(s)) if s == "*" => vec!["*".to_string()],
+        Some(Value::Object(p)) if !p.is_empty() => {
+            let mut out = Vec::new();
+            for (kind, val) in p {
+                if kind != "AWS" {
+                    return Err(format!("Unsupported principal type {kind}."));
+                }
+                out.extend(strings(val, "Principal")?);
+            }
+            for p in &out {
+                if p != "*" && !p.starts_with("arn:") && !(p.len() == 12 && p.bytes().all(|b| b.is_ascii_digit())) {
+                    return Err(format!("Invalid principal {p}."));
+                }
+            }
+            out
+        }
+        _ => return Err("Each Statement needs a Principal.".into()),
+    };
+    let actions = strings(o.get("Action").ok_or("Each Statement needs an Action.")?, "Action")?;
+    for a in &actions {
+        if a != "*" && !a.to_ascii_lowercase().starts_with("kms:") {
+            return Err(format!("Invalid action {a}."));
+        }
+    }
+    let resources = match o.get("Resource") {
+        Some(r) => strings(r, "Resource")?,
+        None => return Err("Each Statement needs a Resource.".into()),
+    };
+    let mut conditions = Vec::new();
+    if let Some(c) = o.get("Condition") {
+        let c = c.as_object().ok_or("Condition must be a JSON object.")?;
+        for (op, body) in c {
+            let (base, if_exists) = match op.strip_suffix("IfExists") {
+                Some(b) => (b, true),
+                None => (op.as_str(), false),
+            };
+            let like = match base {
+                "StringEquals" => false,
+                "StringLike" => true,
+                _ => return Err(format!("Unsupported condition operator {op}.")),
+            };
+            let body = body.as_object().ok_or("A condition operator must map keys to values.")?;
+            for (key, vals) in body {
+                let lk = key.to_ascii_lowercase();
+                let ok = lk == "kms:calleraccount"
+                    || lk.strip_prefix("kms:encryptioncontext:").is_some_and(|k| !k.is_empty());
+                if !ok {
+                    return Err(format!("Unsupported condition key {key}."));
+                }
+                conditions.push(Condition { like, if_exists, key: lk, values: strings(vals, "Condition")? });
+            }
+        }
+    }
+    Ok(Statement { allow, principals, actions, resources, conditions })
+}
+
+fn strings(v: &Value, what: &str) -> Result<Vec<String>, String> {
+    let out: Option<Vec<String>> = match v {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(a) if !a.is_empty() => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
+        _ => None,
+    };
+    out.ok_or_else(|| format!("{what} must be a string or a non-empty list of strings."))
+}
+
+/// The account id of a principal ARN (`arn:aws:iam::<acct>:...`, `arn:aws:sts::<acct>:...`).
+pub fn account_of(principal: &str) -> Option<&str> {
+    let mut parts = principal.splitn(6, ':');
+    let (_, _, _, _, acct) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some(acct)
+}
+
+/// Evaluates `q` against `p`.
+pub fn evaluate(p: &Policy, q: &Query<'_>) -> Decision {
+    let mut allowed = false;
+    for s in &p.statements {
+        if !matches_statement(s, q) {
+            continue;
+        }
+        if !s.allow {
+            return Decision::ExplicitDeny;
+        }
+        allowed = true;
+    }
+    if allowed { Decision::Allow } else { Decision::ImplicitDeny }
+}
+
+fn matches_statement(s: &Statement, q: &Query<'_>) -> bool {
+    let caller_account = account_of(q.principal).unwrap_or("");
+    let principal_ok = s.principals.iter().any(|p| {
+        if p == "*" || p == q.principal {
+            return true;
+        }
+        if p.len() == 12 && p.bytes().all(|b| b.is_ascii_digit()) {
+            return p == caller_account;
+        }
+        // The account root stands for every principal of the account.
+        match p.strip_suffix(":root") {
+            Some(prefix) => account_of(p).is_some_and(|a| a == caller_account) && prefix.starts_with("arn:"),
+            None => false,
+        }
+    });
+    let action = format!("kms:{}", q.action);
+    let action_ok = s.actions.iter().any(|a| glob(&a.to_ascii_lowercase(), &action.to_ascii_lowercase()));
+    let resource_ok = s.resources.iter().any(|r| glob(r, q.resource));
+    principal_ok
+        && action_ok
+        && resource_ok
+        && s.conditions.iter().all(|c| {
+            let value = if c.key == "kms:calleraccount" {
+                Some(caller_account)
+            } else {
+                let k = &c.key["kms:encryptioncontext:".len()..];
+                // Context keys are case-sensitive on the wire; condition keys are not.
+                q.context.iter().find(|(ck, _)| ck.to_ascii_lowercase() == k).map(|(_, v)| v.as_str())
+            };
+            match value {
+                None => c.if_exists,
+                Some(v) => c.values.iter().any(|want| if c.like { glob(want, v) } else { want == v }),
+            }
+        })
+}
+
+/// Wildcard match: `*` any run, `?` any one character. Linear-time backtracking, no recursion.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEY: &str = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
+    const OTHER: &str = "arn:aws:iam::111122223333:user/app";
+
+    fn q<'a>(principal: &'a str, action: &'a str, ctx: &'a BTreeMap<String, String>) -> Query<'a> {
+        Query { principal, action, resource: KEY, context: ctx }
+    }
+
+    #[test]
+    fn default_policy_allows_the_account_only() {
+        let p = parse(&default_policy("111122223333")).unwrap();
+        let c = BTreeMap::new();
+        assert_eq!(evaluate(&p, &q(ADMIN, "Encrypt", &c)), Decision::Allow);
+        assert_eq!(evaluate(&p, &q("arn:aws:sts::111122223333:assumed-role/r/s", "PutKeyPolicy", &c)), Decision::Allow);
+        assert_eq!(evaluate(&p, &q("arn:aws:iam::999999999999:user/x", "Encrypt", &c)), Decision::ImplicitDeny);
+    }
+
+    #[test]
+    fn principals_actions_deny_and_conditions() {
+        let p = parse(&format!(
+            r#"{{"Version":"2012-10-17","Statement":[
+              {{"Effect":"Allow","Principal":{{"AWS":["{ADMIN}"]}},"Action":"kms:*","Resource":"*"}},
+              {{"Effect":"Allow","Principal":{{"AWS":"{OTHER}"}},"Action":["kms:Encrypt*","kms:Decrypt"],"Resource":"*",
+                "Condition":{{"StringEquals":{{"kms:EncryptionContext:app":"web"}},"StringLike":{{"kms:CallerAccount":"1111*"}}}}}},
+              {{"Effect":"Deny","Principal":"*","Action":"kms:ScheduleKeyDeletion","Resource":"*"}}]}}"#
+        ))
+        .unwrap();
+        let none = BTreeMap::new();
+        let web: BTreeMap<String, String> = [("app".to_string(), "web".to_string())].into();
+        let db: BTreeMap<String, String> = [("app".to_string(), "db".to_string())].into();
+        assert_eq!(evaluate(&p, &q(ADMIN, "DescribeKey", &none)), Decision::Allow);
+        assert_eq!(evaluate(&p, &q(ADMIN, "ScheduleKeyDeletion", &none)), Decision::ExplicitDeny);
+        assert_eq!(evaluate(&p, &q(OTHER, "Encrypt", &web)), Decision::Allow);
+        assert_eq!(evaluate(&p, &q(OTHER, "encrypt", &web)), Decision::Allow);
+        assert_eq!(evaluate(&p, &q(OTHER, "Decrypt", &db)), Decision::ImplicitDeny);
+        assert_eq!(evaluate(&p, &q(OTHER, "Encrypt", &none)), Decision::ImplicitDeny);
+        assert_eq!(evaluate(&p, &q(OTHER, "DescribeKey", &web)), Decision::ImplicitDeny);
+        assert_eq!(evaluate(&p, &q("arn:aws:iam::999999999999:user/app", "Encrypt", &web)), Decision::ImplicitDeny);
+    }
+
+    #[test]
+    fn malformed_documents() {
+        for bad in [
+            "", "[]", "{}", r#"{"Statement":[]}"#, "not json",
+            r#"{"Statement":[{"Effect":"Maybe","Principal":"*","Action":"kms:*","Resource":"*"}]}"#,
+            r#"{"Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#,
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","NotAction":"kms:*","Resource":"*"}]}"#,
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:*","Resource":"*"}]}"#,
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"NumericEquals":{"kms:CallerAccount":"1"}}}]}"#,
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"StringEquals":{"aws:SourceIp":"1"}}}]}"#,
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Service":"x"},"Action":"kms:*","Resource":"*"}]}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("kms:*", "kms:encrypt"));
+        assert!(glob("kms:encrypt*", "kms:encrypt"));
+        assert!(!glob("kms:encrypt*", "kms:decrypt"));
+        assert!(glob("a?c", "abc"));
+        assert!(glob("*", ""));
+        assert!(!glob("a", ""));
+        assert!(glob("*a*b*", "xxaxxbxx"));
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(s in ".{0,300}") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn structured_documents_never_panic(effect in ".{0,8}", principal in ".{0,30}", action in ".{0,20}", ck in ".{0,30}", cv in ".{0,10}") {
+            let doc = serde_json::json!({"Statement": [{"Effect": effect, "Principal": {"AWS": principal}, "Action": action,
+                "Resource": "*", "Condition": {"StringLike": {ck: cv}}}]});
+            if let Ok(p) = parse(&doc.to_string()) {
+                let c = BTreeMap::new();
+                let _ = evaluate(&p, &Query { principal: &principal, action: &action, resource: KEY, context: &c });
+            }
+        }
+
+        #[test]
+        fn glob_never_panics(p in ".{0,20}", t in ".{0,40}") {
+            let _ = glob(&p, &t);
+            prop_assert!(glob("*", &t));
+            prop_assert!(glob(&t.replace(['*', '?'], ""), &t.replace(['*', '?'], "")));
+        }
+    }
+}

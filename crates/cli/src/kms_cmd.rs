@@ -27,7 +27,7 @@ pub struct KmsArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum KmsCommand {
-    /// Serve the AWS KMS JSON API (SigV4-authenticated) over HTTP on a loopback address.
+    /// Serve the AWS KMS JSON API (SigV4-authenticated) over HTTPS, or HTTP on loopback.
     Serve(ServeArgs),
 }
 

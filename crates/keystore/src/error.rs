@@ -32,6 +32,13 @@ pub enum Error {
     /// A caller-supplied value is not acceptable (empty plaintext, bad alias name, ...).
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// The operation does not apply to this kind of key (e.g. importing material into a key
+    /// whose material was generated).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Imported key material is not acceptable: not the material imported into the key before.
+    #[error("incorrect key material: {0}")]
+    IncorrectMaterial(String),
     /// The root key file is missing, unreadable or malformed, or sealed material does not open.
     #[error("root key: {0}")]
     RootKey(String),

@@ -14,6 +14,8 @@ pub enum KeyState {
     Disabled,
     /// Scheduled for deletion; unusable.
     PendingDeletion,
+    /// A key for imported material (origin `EXTERNAL`) that has none (yet, or any more); unusable.
+    PendingImport,
 }
 
 impl KeyState {
@@ -23,6 +25,7 @@ impl KeyState {
             KeyState::Enabled => "Enabled",
             KeyState::Disabled => "Disabled",
             KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::PendingImport => "PendingImport",
         }
     }
 
@@ -32,6 +35,7 @@ impl KeyState {
             "Enabled" => Ok(KeyState::Enabled),
             "Disabled" => Ok(KeyState::Disabled),
             "PendingDeletion" => Ok(KeyState::PendingDeletion),
+            "PendingImport" => Ok(KeyState::PendingImport),
             other => Err(Error::Storage(format!("unknown key state {other:?} in database"))),
         }
     }
@@ -132,6 +136,14 @@ pub struct KeyAttributes {
     pub policy: Option<std::sync::Arc<str>>,
     /// All material versions, oldest first, with how each was made.
     pub rotations: Vec<Rotation>,
+    /// Whether the key's material is imported (origin `EXTERNAL`) rather than generated.
+    pub external: bool,
+    /// For an external key: the id of the material fixed by its first import (only that same
+    /// material can be imported again); `None` before the first import.
+    pub imported_material_id: Option<String>,
+    /// For an external key with material: when the material expires, Unix seconds (`None`:
+    /// it does not expire).
+    pub valid_to: Option<i64>,
 }
 
 /// How a caller names a key: its UUID, or an alias.
@@ -199,7 +211,7 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        for s in [KeyState::Enabled, KeyState::Disabled, KeyState::PendingDeletion] {
+        for s in [KeyState::Enabled, KeyState::Disabled, KeyState::PendingDeletion, KeyState::PendingImport] {
             assert_eq!(KeyState::parse(s.as_str()).unwrap(), s);
         }
         assert!(KeyState::parse("Bogus").is_err());

@@ -25,7 +25,7 @@ use crate::root::RootKey;
 /// Largest plaintext accepted by [`KeyStore::encrypt`] (the AWS KMS limit).
 pub const MAX_PLAINTEXT: usize = 4096;
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "keystore.db";
 /// File name of the root key inside the data directory.
@@ -188,7 +188,10 @@ impl KeyStore {
                 let ((id, description, state, created_at, cur), a) = row?;
                 let kid = parse_key_id(&id)?;
                 attrs.insert(kid, a);
-                current.insert(kid, parse_material_id(&cur)?);
+                // An external key without imported material has no current material ('').
+                if !cur.is_empty() {
+                    current.insert(kid, parse_material_id(&cur)?);
+                }
                 keys.insert(
                     kid,
                     KeyMetadata {
@@ -264,6 +267,18 @@ impl KeyStore {
                     a.tags.push((k, v));
                 }
             }
+            let mut st = conn.prepare_cached("SELECT key_id, material_id, valid_to FROM key_import")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<i64>>(2)?))
+            })?;
+            for row in rows {
+                let (id, mid, valid_to) = row?;
+                if let Some(a) = attrs.get_mut(&parse_key_id(&id)?) {
+                    a.external = true;
+                    a.imported_material_id = mid;
+                    a.valid_to = valid_to;
+                }
+            }
             let mut st = conn.prepare_cached("SELECT key_id, policy FROM key_policies WHERE name = 'default'")?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             for row in rows {
@@ -300,6 +315,28 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
+        self.create(alias, description, tags, policy, false)
+    }
+
+    /// Creates a key for imported material (origin `EXTERNAL`): no material, state
+    /// [`KeyState::PendingImport`] until [`KeyStore::import_material`].
+    pub fn create_external_key(
+        &self,
+        description: &str,
+        tags: &[(String, String)],
+        policy: Option<&str>,
+    ) -> Result<KeyMetadata> {
+        self.create(None, description, tags, policy, true)
+    }
+
+    fn create(
+        &self,
+        alias: Option<&str>,
+        description: &str,
+        tags: &[(String, String)],
+        policy: Option<&str>,
+        external: bool,
+    ) -> Result<KeyMetadata> {
         let alias = alias.map(normalise_alias).transpose()?;
         let kid = *uuid::Uuid::new_v4().as_bytes();
         let id = uuid::Uuid::from_bytes(kid).to_string();
@@ -315,16 +352,24 @@ impl KeyStore {
                     return Err(Error::AlreadyExists(a.clone()));
                 }
             }
-            let (mid, sealed) = self.new_material(&kid)?;
-            let mid_hex = hex::encode(mid);
-            tx.execute(
-                "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES (?1, ?2, 'Enabled', ?3, ?4)",
-                params![id, description, now, mid_hex],
-            )?;
-            tx.execute(
-                "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, 1, ?3, ?4)",
-                params![mid_hex, id, now, sealed],
-            )?;
+            if external {
+                tx.execute(
+                    "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES (?1, ?2, 'PendingImport', ?3, '')",
+                    params![id, description, now],
+                )?;
+                tx.execute("INSERT INTO key_import (key_id) VALUES (?1)", [&id])?;
+            } else {
+                let (mid, sealed) = self.new_material(&kid)?;
+                let mid_hex = hex::encode(mid);
+                tx.execute(
+                    "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES (?1, ?2, 'Enabled', ?3, ?4)",
+                    params![id, description, now, mid_hex],
+                )?;
+                tx.execute(
+                    "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, 1, ?3, ?4)",
+                    params![mid_hex, id, now, sealed],
+                )?;
+            }
             if let Some(a) = &alias {
                 tx.execute(
                     "INSERT INTO aliases (name, key_id, created_at) VALUES (?1, ?2, ?3)",
@@ -365,6 +410,9 @@ impl KeyStore {
             if state == KeyState::PendingDeletion {
                 return Err(Error::InvalidState { key: id, state });
             }
+            if is_external(&tx, &id)? {
+                return Err(Error::Unsupported(format!("key {id} has imported key material and cannot be rotated")));
+            }
             self.add_version(&tx, &kid, &id, kind, at)?;
             tx.commit()?;
         }
@@ -382,7 +430,7 @@ impl KeyStore {
             let state: String =
                 tx.query_row("SELECT state FROM keys WHERE key_id = ?1", [&id], |r| r.get(0))?;
             let state = KeyState::parse(&state)?;
-            if state == KeyState::PendingDeletion {
+            if matches!(state, KeyState::PendingDeletion | KeyState::PendingImport) {
                 return Err(Error::InvalidState { key: id, state });
             }
             let new = if enabled { KeyState::Enabled } else { KeyState::Disabled };
@@ -414,7 +462,11 @@ impl KeyStore {
             if state != KeyState::PendingDeletion {
                 return Err(Error::InvalidState { key: id.to_string(), state });
             }
-            tx.execute("UPDATE keys SET state = 'Disabled' WHERE key_id = ?1", [id])?;
+            // A key without material (external, never imported or deleted) waits for an import.
+            tx.execute(
+                "UPDATE keys SET state = CASE WHEN current_material = '' THEN 'PendingImport' ELSE 'Disabled' END WHERE key_id = ?1",
+                [id],
+            )?;
             upsert_attrs(tx, id, "deletion_date = NULL, pending_window_days = NULL", params![id])?;
             Ok(())
         })?;
@@ -441,7 +493,7 @@ impl KeyStore {
                     "DELETE FROM version_types WHERE material_id IN (SELECT material_id FROM key_versions WHERE key_id = ?1)",
                     [id],
                 )?;
-                for table in ["aliases", "key_tags", "key_policies", "key_attrs", "key_versions", "keys"] {
+                for table in ["aliases", "key_tags", "key_policies", "key_attrs", "key_import", "key_versions", "keys"] {
                     tx.execute(&format!("DELETE FROM {table} WHERE key_id = ?1"), [id])?;
                 }
             }
@@ -485,7 +537,7 @@ impl KeyStore {
             let mut st = conn.prepare(
                 "SELECT k.key_id, a.rotation_period_days FROM keys k JOIN key_attrs a ON a.key_id = k.key_id \
                  WHERE k.state = 'Enabled' AND a.rotation_period_days IS NOT NULL AND a.next_rotation IS NOT NULL \
-                 AND a.next_rotation <= ?1",
+                 AND a.next_rotation <= ?1 AND k.key_id NOT IN (SELECT key_id FROM key_import)",
             )?;
             let rows = st.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             rows.collect::<std::result::Result<_, _>>()?
@@ -579,6 +631,104 @@ impl KeyStore {
         };
         self.refresh()?;
         Ok(out)
+    }
+
+    /// Imports `material` (exactly 32 bytes) into an external key at time `at` (Unix seconds),
+    /// expiring at `valid_to` (`None`: never). Its material id is derived from key id and
+    /// material, so re-importing the same material after [`KeyStore::delete_imported_material`]
+    /// restores the same version and old ciphertexts decrypt again. Only the material of the
+    /// first import is accepted later ([`Error::IncorrectMaterial`] otherwise). A key
+    /// PendingImport becomes Enabled; re-importing into a key that has the material updates its
+    /// expiry. Returns the material id (hex).
+    pub fn import_material(&self, key: &KeyRef, material: &[u8], valid_to: Option<i64>, at: i64) -> Result<String> {
+        if material.len() != crate::crypto::KEY_LEN {
+            return Err(Error::IncorrectMaterial(format!("key material must be {} bytes", crate::crypto::KEY_LEN)));
+        }
+        let kid = self.resolve_db(key)?;
+        let mid = imported_material_id(&kid, material)?;
+        let mid_hex = hex::encode(mid);
+        self.mutate(key, |tx, id, state| {
+            if state == KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            let fixed: Option<Option<String>> =
+                tx.query_row("SELECT material_id FROM key_import WHERE key_id = ?1", [id], |r| r.get(0)).optional()?;
+            let Some(fixed) = fixed else {
+                return Err(Error::Unsupported(format!("key {id} does not have origin EXTERNAL")));
+            };
+            if fixed.as_deref().is_some_and(|f| f != mid_hex) {
+                return Err(Error::IncorrectMaterial(
+                    "this is not the key material that was previously imported into this key".into(),
+                ));
+            }
+            let present: Option<i64> = tx
+                .query_row("SELECT 1 FROM key_versions WHERE material_id = ?1", [&mid_hex], |r| r.get(0))
+                .optional()?;
+            if present.is_none() {
+                let seq: u32 = tx.query_row(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM key_versions WHERE key_id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )?;
+                let sealed = self.root.seal(&seal_aad(&kid, &mid), material)?;
+                tx.execute(
+                    "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![mid_hex, id, seq, at, sealed],
+                )?;
+            }
+            tx.execute("UPDATE key_import SET material_id = ?2, valid_to = ?3 WHERE key_id = ?1", params![id, mid_hex, valid_to])?;
+            tx.execute("UPDATE keys SET current_material = ?2 WHERE key_id = ?1", params![id, mid_hex])?;
+            if state == KeyState::PendingImport {
+                tx.execute("UPDATE keys SET state = 'Enabled' WHERE key_id = ?1", [id])?;
+            }
+            Ok(())
+        })?;
+        Ok(mid_hex)
+    }
+
+    /// Deletes the imported material of an external key: the key becomes PendingImport (a key
+    /// pending deletion stays so) and unusable until the same material is imported again.
+    /// Returns the deleted material id (hex).
+    pub fn delete_imported_material(&self, key: &KeyRef) -> Result<String> {
+        self.mutate(key, |tx, id, state| delete_imported(tx, id, state))
+    }
+
+    /// Deletes imported material whose expiry is at or before `now` (Unix seconds), as
+    /// [`KeyStore::delete_imported_material`] does. Returns the affected key ids.
+    pub fn expire_imported(&self, now: i64) -> Result<Vec<String>> {
+        let ids = {
+            let mut conn = self.lock_conn()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let due: Vec<(String, String)> = {
+                let mut st = tx.prepare(
+                    "SELECT k.key_id, k.state FROM keys k JOIN key_import i ON i.key_id = k.key_id \
+                     WHERE k.current_material != '' AND i.valid_to IS NOT NULL AND i.valid_to <= ?1",
+                )?;
+                let rows = st.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                rows.collect::<std::result::Result<_, _>>()?
+            };
+            for (id, state) in &due {
+                delete_imported(&tx, id, KeyState::parse(state)?)?;
+            }
+            tx.commit()?;
+            due.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+        };
+        if !ids.is_empty() {
+            self.refresh()?;
+        }
+        Ok(ids)
+    }
+
+    /// Seals a short-lived secret (e.g. an import wrapping key) under the root key, bound to
+    /// `label`. Domain-separated from sealed key material.
+    pub fn seal_secret(&self, label: &[u8], secret: &[u8]) -> Result<Vec<u8>> {
+        self.root.seal(&secret_aad(label), secret)
+    }
+
+    /// Opens a secret sealed by [`KeyStore::seal_secret`] with the same label; anything else
+    /// (tampered, other label, other root key) is [`Error::InvalidCiphertext`].
+    pub fn open_secret(&self, label: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        self.root.open(&secret_aad(label), sealed).map_err(|_| Error::InvalidCiphertext("sealed secret does not open"))
     }
 
     fn add_version(&self, tx: &rusqlite::Transaction<'_>, kid: &[u8; 16], id: &str, kind: RotationType, at: i64) -> Result<()> {
@@ -686,13 +836,22 @@ impl KeyStore {
         Ok(v)
     }
 
-    /// The key's state and current material id, from the snapshot. Cheap.
+    /// The key's state and current material id, from the snapshot. Cheap. A key without
+    /// material (external, not imported) is [`Error::InvalidState`].
     pub fn current(&self, key: &KeyRef) -> Result<([u8; 16], [u8; 32], KeyState)> {
         let snap = self.snapshot();
         let kid = resolve(&snap, key)?;
         let state = snap.keys.get(&kid).map(|k| k.state).ok_or_else(|| Error::NotFound(key.to_string()))?;
-        let mid = *snap.current.get(&kid).ok_or_else(|| Error::NotFound(key.to_string()))?;
+        let mid = *snap.current.get(&kid).ok_or_else(|| Error::InvalidState { key: key.to_string(), state })?;
         Ok((kid, mid, state))
+    }
+
+    /// The key's binary id and state, from the snapshot. Cheap; works for keys without material.
+    pub fn state(&self, key: &KeyRef) -> Result<([u8; 16], KeyState)> {
+        let snap = self.snapshot();
+        let kid = resolve(&snap, key)?;
+        let state = snap.keys.get(&kid).map(|k| k.state).ok_or_else(|| Error::NotFound(key.to_string()))?;
+        Ok((kid, state))
     }
 
     /// Encrypts with the key's current material. The context is bound as AAD.
@@ -735,7 +894,10 @@ impl KeyStore {
         check_usable(meta)?;
         let mid = match want {
             Some(w) => *w,
-            None => *snap.current.get(&kid).ok_or_else(|| Error::NotFound(meta.key_id.clone()))?,
+            None => *snap
+                .current
+                .get(&kid)
+                .ok_or_else(|| Error::InvalidState { key: meta.key_id.clone(), state: KeyState::PendingImport })?,
         };
         let material = snap
             .materials
@@ -842,6 +1004,51 @@ fn require_not_pending_deletion(tx: &rusqlite::Transaction<'_>, id: &str) -> Res
     Ok(())
 }
 
+fn is_external(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<bool> {
+    let found: Option<i64> = tx.query_row("SELECT 1 FROM key_import WHERE key_id = ?1", [id], |r| r.get(0)).optional()?;
+    Ok(found.is_some())
+}
+
+/// Removes the current imported material of external key `id` (in state `state`).
+fn delete_imported(tx: &rusqlite::Transaction<'_>, id: &str, state: KeyState) -> Result<String> {
+    if !is_external(tx, id)? {
+        return Err(Error::Unsupported(format!("key {id} does not have origin EXTERNAL")));
+    }
+    let cur: String = tx.query_row("SELECT current_material FROM keys WHERE key_id = ?1", [id], |r| r.get(0))?;
+    if cur.is_empty() {
+        return Err(Error::InvalidState { key: id.to_string(), state });
+    }
+    tx.execute("DELETE FROM version_types WHERE material_id = ?1", [&cur])?;
+    tx.execute("DELETE FROM key_versions WHERE material_id = ?1", [&cur])?;
+    tx.execute("UPDATE key_import SET valid_to = NULL WHERE key_id = ?1", [id])?;
+    let new_state = if state == KeyState::PendingDeletion { state } else { KeyState::PendingImport };
+    tx.execute(
+        "UPDATE keys SET current_material = '', state = ?2 WHERE key_id = ?1",
+        params![id, new_state.as_str()],
+    )?;
+    Ok(cur)
+}
+
+/// The material id of imported material: HMAC-SHA-256 keyed with the material over a label and
+/// the key id, so the same material in the same key always gets the same id (and blobs made
+/// before a delete + re-import find it again) without the id revealing anything about it.
+fn imported_material_id(kid: &[u8; 16], material: &[u8]) -> Result<[u8; 32]> {
+    use aws_lc_rs::hmac;
+    let k = hmac::Key::new(hmac::HMAC_SHA256, material);
+    let mut msg = Vec::with_capacity(32 + 16);
+    msg.extend_from_slice(b"envelope-imported-material-id-v1");
+    msg.extend_from_slice(kid);
+    let tag = hmac::sign(&k, &msg);
+    <[u8; 32]>::try_from(tag.as_ref()).map_err(|_| Error::Crypto)
+}
+
+fn secret_aad(label: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(18 + label.len());
+    aad.extend_from_slice(b"envelope-secret-v1");
+    aad.extend_from_slice(label);
+    aad
+}
+
 fn check_usable(meta: &KeyMetadata) -> Result<()> {
     match meta.state {
         KeyState::Enabled => Ok(()),
@@ -942,6 +1149,13 @@ const MIGRATIONS: &[&str] = &[
         name TEXT NOT NULL,
         policy TEXT NOT NULL,
         PRIMARY KEY (key_id, name)
+     )",
+    // version 4: keys with imported material (origin EXTERNAL): a row per such key, with the
+    // material id fixed by its first import and the current material's expiry
+    "CREATE TABLE IF NOT EXISTS key_import (
+        key_id TEXT PRIMARY KEY REFERENCES keys(key_id),
+        material_id TEXT,
+        valid_to INTEGER
      )",
 ];
 

@@ -25,6 +25,15 @@ pub enum KmsError {
     /// The `Authorization` header is malformed or lacks a required part.
     #[error("{0}")]
     IncompleteSignature(String),
+    /// An import token past its validity (24 hours after GetParametersForImport).
+    #[error("{0}")]
+    ExpiredImportToken(String),
+    /// Imported key material is the wrong length, or not the material imported before.
+    #[error("{0}")]
+    IncorrectKeyMaterial(String),
+    /// An import token that is malformed, tampered with, or issued for another key.
+    #[error("{0}")]
+    InvalidImportToken(String),
     /// Decrypt/ReEncrypt named a key that did not encrypt the ciphertext.
     #[error("{0}")]
     IncorrectKey(String),
@@ -103,6 +112,9 @@ impl KmsError {
             DryRun => "DryRunOperationException",
             IncompleteSignature(_) => "IncompleteSignatureException",
             IncorrectKey(_) => "IncorrectKeyException",
+            ExpiredImportToken(_) => "ExpiredImportTokenException",
+            IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
+            InvalidImportToken(_) => "InvalidImportTokenException",
             Config(_) | Internal(_) => return ("KMSInternalException", StatusCode::INTERNAL_SERVER_ERROR),
             InvalidAliasName(_) => "InvalidAliasNameException",
             InvalidArn(_) => "InvalidArnException",
@@ -136,6 +148,8 @@ impl KmsError {
             E::InvalidState { state, .. } => KmsError::InvalidState(format!("{key} is {}.", state_words(state))),
             E::AlreadyExists(name) => KmsError::AlreadyExists(format!("An alias with the name {name} already exists")),
             E::Invalid(m) => KmsError::Validation(m),
+            E::Unsupported(m) => KmsError::UnsupportedOperation(m),
+            E::IncorrectMaterial(m) => KmsError::IncorrectKeyMaterial(m),
             other => KmsError::Internal(other.to_string()),
         }
     }
@@ -145,6 +159,7 @@ fn state_words(s: envelope_keystore::KeyState) -> &'static str {
     match s {
         envelope_keystore::KeyState::Enabled => "enabled",
         envelope_keystore::KeyState::Disabled => "disabled",
+        envelope_keystore::KeyState::PendingImport => "pending import",
         _ => "pending deletion",
     }
 }

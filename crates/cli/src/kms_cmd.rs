@@ -29,6 +29,40 @@ pub struct KmsArgs {
 pub enum KmsCommand {
     /// Serve the AWS KMS JSON API (SigV4-authenticated) over HTTPS, or HTTP on loopback.
     Serve(ServeArgs),
+    /// Write a consistent backup of the key database (sealed material only; back up root.key
+    /// separately). Safe while the server runs. Works for the plugin's key store too.
+    Backup(BackupArgs),
+    /// Restore a backup into a data directory, after checking every key version unseals with
+    /// the root key. Stop the server first.
+    Restore(RestoreArgs),
+}
+
+/// Options of `envelope kms backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Data directory of the key store to back up.
+    #[arg(long, env = "ENVELOPE_KMS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Backup file to write (must not exist; written with mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// Options of `envelope kms restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Data directory to restore into.
+    #[arg(long, env = "ENVELOPE_KMS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Backup file written by `envelope kms backup`.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// Root key file to install with it (default: the one already in the data directory).
+    #[arg(long, value_name = "FILE")]
+    pub root_key: Option<PathBuf>,
+    /// Replace an existing database in the data directory.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Options of `envelope kms serve`.
@@ -54,6 +88,11 @@ pub struct ServeArgs {
     /// Default: /var/lib/envelope/kms as root, else ~/.local/share/envelope/kms.
     #[arg(long, env = "ENVELOPE_KMS_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Derive the root key from the passphrase in this file (PBKDF2-HMAC-SHA256) instead of
+    /// keeping a root.key file; only a salt and a verifier are stored. Fixed when the store is
+    /// created.
+    #[arg(long, env = "ENVELOPE_ROOT_PASSPHRASE_FILE", value_name = "FILE")]
+    pub root_passphrase_file: Option<PathBuf>,
     /// Credentials file: a YAML list of {access_key_id, secret_access_key, principal}.
     /// Default: <data-dir>/credentials.yaml, generated (0600) and printed once on first start.
     #[arg(long, env = "ENVELOPE_KMS_CREDENTIALS", value_name = "FILE")]
@@ -88,7 +127,41 @@ const CREDENTIALS_FILE: &str = "credentials.yaml";
 pub fn run(args: KmsArgs) -> ExitCode {
     match args.command {
         KmsCommand::Serve(a) => serve(a),
+        KmsCommand::Backup(a) => report(backup(a)),
+        KmsCommand::Restore(a) => report(restore(a)),
     }
+}
+
+fn report(r: Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("envelope: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_kms_dir() -> PathBuf {
+    crate::config::default_data_dir().join("kms")
+}
+
+fn backup(a: BackupArgs) -> Result<()> {
+    let dir = a.data_dir.unwrap_or_else(default_kms_dir);
+    let store = KeyStore::open_existing(&dir).with_context(|| format!("cannot open the key store in {}", dir.display()))?;
+    store.backup_to(&a.out).with_context(|| format!("cannot write {}", a.out.display()))?;
+    let keys = store.list()?.len();
+    println!("backed up {keys} key(s) from {} to {}", dir.display(), a.out.display());
+    println!("the backup holds sealed material only: keep a copy of {} separately", dir.join("root.key").display());
+    Ok(())
+}
+
+fn restore(a: RestoreArgs) -> Result<()> {
+    let dir = a.data_dir.unwrap_or_else(default_kms_dir);
+    let store = envelope_keystore::backup::restore(&dir, &a.from, a.root_key.as_deref(), a.force)
+        .with_context(|| format!("cannot restore {} into {}", a.from.display(), dir.display()))?;
+    println!("restored {} key(s) into {}; every key version unsealed with the root key", store.list()?.len(), dir.display());
+    Ok(())
 }
 
 struct Settings {
@@ -115,7 +188,20 @@ fn serve(args: ServeArgs) -> ExitCode {
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
     let _ = nix::sys::prctl::set_dumpable(false);
 
-    let store = match KeyStore::open(&settings.data_dir) {
+    let root = match &args.root_passphrase_file {
+        None => envelope_keystore::RootSource::File,
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(text) => {
+                let text = Zeroizing::new(text);
+                envelope_keystore::RootSource::Passphrase(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()))
+            }
+            Err(e) => {
+                eprintln!("envelope: invalid configuration: cannot read --root-passphrase-file {}: {e}", f.display());
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let store = match KeyStore::open_with(&settings.data_dir, &root) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!("envelope: cannot open the key store in {}: {e}", settings.data_dir.display());
@@ -335,6 +421,7 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             insecure_plain_http: false,
+            root_passphrase_file: None,
         }
     }
 

@@ -8,10 +8,12 @@
 //! * [`context`]: canonical encoding of an encryption context (AAD).
 //! * [`root`]: the root key that seals key material at rest.
 //! * [`store`]: [`KeyStore`], SQLite storage plus an in-memory snapshot for the hot path.
+//! * [`backup`]: consistent database backups and verified restores.
 //! * [`crypto`]: AES-256-GCM and randomness (aws-lc-rs).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod blob;
 pub mod context;
 pub mod crypto;
@@ -23,7 +25,7 @@ pub mod store;
 pub use context::EncryptionContext;
 pub use error::{Error, Result};
 pub use model::{KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, Rotation, RotationType};
-pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore};
+pub use store::{RootSource, AliasInfo, Decrypted, Encrypted, KeyStore};
 
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,12 @@ use crate::crypto::{AeadKey, KEY_LEN, random_key};
 use crate::error::{Error, Result};
 
 const MAGIC: &[u8; 8] = b"ENVROOT1";
+const PASS_MAGIC: &[u8; 8] = b"ENVPASS1";
+/// PBKDF2-HMAC-SHA256 iterations for passphrase-derived root keys.
+pub const PBKDF2_ITERATIONS: u32 = 600_000;
+/// File that holds the salt and a verifier of a passphrase-derived root key.
+pub const PASSPHRASE_FILE: &str = "root.passphrase";
+const VERIFIER_AAD: &[u8] = b"envelope-root-passphrase-verifier-v1";
 
 /// The unsealed root key.
 pub struct RootKey(AeadKey);
@@ -69,6 +75,47 @@ impl RootKey {
         }
     }
 
+    /// Derives the root key from an operator passphrase (PBKDF2-HMAC-SHA256, 600,000
+    /// iterations, 16-byte random salt). The salt and a verifier — an AES-GCM seal of nothing
+    /// under the derived key — live in `path` (created 0600 on first use), so a wrong passphrase
+    /// is reported as such instead of as undecryptable material. No key is stored on disk.
+    pub fn from_passphrase(path: &Path, passphrase: &[u8]) -> Result<(Self, bool)> {
+        if passphrase.len() < 12 {
+            return Err(Error::RootKey("the root key passphrase must be at least 12 bytes".into()));
+        }
+        let derive = |salt: &[u8]| -> Result<AeadKey> {
+            let mut k = Zeroizing::new([0u8; KEY_LEN]);
+            let iterations = std::num::NonZeroU32::new(PBKDF2_ITERATIONS).ok_or(Error::Crypto)?;
+            aws_lc_rs::pbkdf2::derive(aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, passphrase, &mut k[..]);
+            AeadKey::new(&k[..])
+        };
+        match fs::read(path) {
+            Ok(buf) => {
+                if buf.len() < PASS_MAGIC.len() + 16 || &buf[..PASS_MAGIC.len()] != PASS_MAGIC {
+                    return Err(Error::RootKey(format!("{} is malformed", path.display())));
+                }
+                let salt = &buf[PASS_MAGIC.len()..PASS_MAGIC.len() + 16];
+                let key = derive(salt)?;
+                key.open(VERIFIER_AAD, &buf[PASS_MAGIC.len() + 16..])
+                    .map_err(|_| Error::RootKey("wrong root key passphrase".into()))?;
+                Ok((Self(key), false))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut salt = [0u8; 16];
+                crate::crypto::fill_random(&mut salt)?;
+                let key = derive(&salt)?;
+                let mut contents = Vec::new();
+                contents.extend_from_slice(PASS_MAGIC);
+                contents.extend_from_slice(&salt);
+                key.seal_into(VERIFIER_AAD, b"", &mut contents)?;
+                let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+                f.write_all(&contents).and_then(|()| f.sync_all()).map_err(io)?;
+                Ok((Self(key), true))
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
     fn from_file_bytes(buf: &[u8]) -> Result<Self> {
         if buf.len() != MAGIC.len() + KEY_LEN || &buf[..MAGIC.len()] != MAGIC {
             return Err(Error::RootKey("root key file is malformed".into()));
@@ -110,6 +157,23 @@ mod tests {
         let (k2, created) = RootKey::load_or_create(&p).unwrap();
         assert!(!created);
         assert_eq!(&k2.open(b"x", &sealed).unwrap()[..], b"material");
+    }
+
+    #[test]
+    fn passphrase_root_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(PASSPHRASE_FILE);
+        assert!(RootKey::from_passphrase(&p, b"short").is_err());
+        let (k1, created) = RootKey::from_passphrase(&p, b"correct horse battery staple").unwrap();
+        assert!(created);
+        let sealed = k1.seal(b"x", b"material").unwrap();
+        let (k2, created) = RootKey::from_passphrase(&p, b"correct horse battery staple").unwrap();
+        assert!(!created);
+        assert_eq!(&k2.open(b"x", &sealed).unwrap()[..], b"material");
+        let e = RootKey::from_passphrase(&p, b"wrong horse battery staple").unwrap_err().to_string();
+        assert!(e.contains("wrong root key passphrase"), "{e}");
+        let text = fs::read(&p).unwrap();
+        assert!(!text.windows(5).any(|w| w == b"horse"), "the passphrase is not stored");
     }
 
     #[test]

@@ -31,6 +31,25 @@ pub const DB_FILE: &str = "keystore.db";
 /// File name of the root key inside the data directory.
 pub const ROOT_KEY_FILE: &str = "root.key";
 
+/// Where the root key comes from.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum RootSource {
+    /// `root.key` in the data directory, created on first use (the default).
+    File,
+    /// Derived from an operator passphrase; only a salt and a verifier are stored.
+    Passphrase(Zeroizing<String>),
+}
+
+impl std::fmt::Debug for RootSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RootSource::File => "RootSource::File",
+            RootSource::Passphrase(_) => "RootSource::Passphrase(..)",
+        })
+    }
+}
+
 /// Result of [`KeyStore::encrypt`].
 #[derive(Debug, Clone)]
 pub struct Encrypted {
@@ -112,6 +131,12 @@ impl KeyStore {
     /// Opens the store in `dir`, creating the directory (0700), the root key file (0600) and the
     /// database on first use. Refuses a directory that group or others can write.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, &RootSource::File)
+    }
+
+    /// Like [`KeyStore::open`], with the root key from `root` (a file, or derived from a
+    /// passphrase). A store created under one source must always be opened with the same one.
+    pub fn open_with(dir: &Path, root: &RootSource) -> Result<Self> {
         if let Ok(m) = fs::metadata(dir) {
             if m.permissions().mode() & 0o022 != 0 {
                 return Err(Error::Storage(format!(
@@ -128,7 +153,23 @@ impl KeyStore {
                 .create(dir)
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let (root, _) = RootKey::load_or_create(&dir.join(ROOT_KEY_FILE))?;
+        let (root, _) = match root {
+            RootSource::File => {
+                if dir.join(crate::root::PASSPHRASE_FILE).exists() && !dir.join(ROOT_KEY_FILE).exists() {
+                    return Err(Error::RootKey(format!(
+                        "{} uses a passphrase-derived root key: give the passphrase",
+                        dir.display()
+                    )));
+                }
+                RootKey::load_or_create(&dir.join(ROOT_KEY_FILE))?
+            }
+            RootSource::Passphrase(p) => {
+                if dir.join(ROOT_KEY_FILE).exists() {
+                    return Err(Error::RootKey(format!("{} uses a root key file, not a passphrase", dir.display())));
+                }
+                RootKey::from_passphrase(&dir.join(crate::root::PASSPHRASE_FILE), p.as_bytes())?
+            }
+        };
         let db = dir.join(DB_FILE);
         let conn = Connection::open(&db)?;
         let _ = fs::set_permissions(&db, fs::Permissions::from_mode(0o600));
@@ -979,7 +1020,7 @@ impl KeyStore {
         }
     }
 
-    fn lock_conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
+    pub(crate) fn lock_conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
         self.conn.lock().map_err(|_| poisoned())
     }
 }

@@ -155,7 +155,7 @@ impl KmsError {
     }
 }
 
-fn state_words(s: envelope_keystore::KeyState) -> &'static str {
+pub(crate) fn state_words(s: envelope_keystore::KeyState) -> &'static str {
     match s {
         envelope_keystore::KeyState::Enabled => "enabled",
         envelope_keystore::KeyState::Disabled => "disabled",

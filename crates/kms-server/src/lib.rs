@@ -4,6 +4,7 @@
 //! * [`protocol`]: operation names, request parsing/validation, response encoding (pure).
 //! * [`auth`]: the access-key table and SigV4 verification (pure, given the clock).
 //! * [`ids`]: key identifiers — key id, key ARN, alias name, alias ARN.
+//! * [`import`]: importing key material — wrapping key pairs, sealed import tokens, unwrapping.
 //! * [`ops`]: the operations, on top of `envelope_keystore::KeyStore`.
 //! * [`server`]: HTTP (axum): routing on `X-Amz-Target`, body limit, request ids, errors.
 //! * [`error`]: [`KmsError`] and its one mapping to AWS error codes and HTTP statuses.
@@ -21,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod ids;
+pub mod import;
 pub mod maintenance;
 pub mod metrics;
 pub mod ops;

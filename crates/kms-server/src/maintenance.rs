@@ -1,6 +1,7 @@
-//! Background maintenance: deleting keys whose deletion window has passed and rotating keys
-//! whose automatic rotation is due. Runs once when the server is created and then every
-//! [`INTERVAL`] on a background thread that ends when the key store is dropped.
+//! Background maintenance: deleting keys whose deletion window has passed, rotating keys
+//! whose automatic rotation is due, and deleting imported material that expired. Runs once
+//! when the server is created and then every [`INTERVAL`] on a background thread that ends
+//! when the key store is dropped.
 //!
 //! Time comes from a [`Clock`] (system time plus an adjustable offset) so tests can move past a
 //! 7-day deletion window without waiting.
@@ -40,19 +41,25 @@ pub struct Report {
     pub deleted: Vec<String>,
     /// Keys rotated because their automatic rotation was due.
     pub rotated: Vec<String>,
+    /// Keys whose imported material expired (deleted; the keys are PendingImport).
+    pub expired: Vec<String>,
 }
 
 /// One maintenance run at time `now` (Unix seconds). Blocking.
 pub fn run(store: &KeyStore, now: i64) -> envelope_keystore::Result<Report> {
     let deleted = store.purge_deleted(now)?;
     let rotated = store.rotate_due(now)?;
+    let expired = store.expire_imported(now)?;
     for k in &deleted {
         tracing::info!(key_id = %k, "deleted key after its deletion window");
     }
     for k in &rotated {
         tracing::info!(key_id = %k, "rotated key (automatic rotation)");
     }
-    Ok(Report { deleted, rotated })
+    for k in &expired {
+        tracing::info!(key_id = %k, "deleted expired imported key material");
+    }
+    Ok(Report { deleted, rotated, expired })
 }
 
 /// Starts the background thread (a plain thread: the server may be created outside a runtime).

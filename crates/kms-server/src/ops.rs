@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 use crate::Server;
 use crate::error::{KmsError, Result};
 use crate::ids::Forms;
+use crate::import;
 use crate::policy::{self, Decision, Policy, Query};
 use crate::protocol::{Context, MAX_POLICY, MAX_TAGS, Request, SecretB64, b64, encode_secret, to_body};
 
@@ -72,14 +73,16 @@ impl Server {
         let no_ctx = Context::new();
         let auth = |k: &Resolved, action: &str| self.authorize(k, action, principal, &no_ctx);
         match req {
-            Request::CreateKey { description, tags, policy } => {
+            Request::CreateKey { description, tags, policy, external } => {
                 if let Some(p) = &policy {
                     check_policy(p)?;
                 }
-                let meta = self
-                    .store
-                    .create_key_with(None, &description, &tags, policy.as_deref())
-                    .map_err(|e| KmsError::from_store(e, "new key"))?;
+                let meta = if external {
+                    self.store.create_external_key(&description, &tags, policy.as_deref())
+                } else {
+                    self.store.create_key_with(None, &description, &tags, policy.as_deref())
+                }
+                .map_err(|e| KmsError::from_store(e, "new key"))?;
                 to_body(&KeyMetadataResponse { key_metadata: self.metadata(&meta) })
             }
             Request::DescribeKey { key_id } => {
@@ -120,6 +123,7 @@ impl Server {
             Request::EnableKeyRotation { key_id, period_days } => {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "EnableKeyRotation")?;
+                self.generated_material(&k)?;
                 self.usable(&k)?;
                 let next = self.clock.now().saturating_add(i64::from(period_days) * DAY);
                 self.store.set_rotation(&k.r, Some((period_days, next))).map_err(|e| self.store_err(e, &k))?;
@@ -325,11 +329,61 @@ impl Server {
                 let bytes = random(len)?;
                 to_body(&RandomResponse { plaintext: encode_secret(&bytes) })
             }
+            Request::GetParametersForImport { key_id, algorithm, key_spec } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "GetParametersForImport")?;
+                self.external_material(&k)?;
+                self.not_pending(&k)?;
+                let p = import::parameters(&self.store, &k.kid, algorithm, key_spec, self.clock.now())?;
+                to_body(&ImportParametersResponse {
+                    key_id: k.arn,
+                    import_token: b64(&p.token),
+                    public_key: b64(&p.public_key),
+                    parameters_valid_to: p.valid_to,
+                })
+            }
+            Request::ImportKeyMaterial { key_id, token, material, valid_to, key_material_id } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "ImportKeyMaterial")?;
+                self.external_material(&k)?;
+                self.not_pending(&k)?;
+                let now = self.clock.now();
+                if let Some(t) = valid_to
+                    && (t <= now || t > now.saturating_add(365 * DAY))
+                {
+                    return Err(KmsError::Validation("ValidTo must be in the future and at most 365 days from now.".into()));
+                }
+                if let Some(named) = &key_material_id {
+                    // Names the key's existing material (EXISTING_KEY_MATERIAL); this server keeps
+                    // one material per imported key.
+                    let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                    if a.imported_material_id.as_ref() != Some(named) {
+                        return Err(KmsError::IncorrectKeyMaterial(format!("{} has no key material with id {named}.", k.arn)));
+                    }
+                }
+                let material = import::unwrap(&self.store, &k.kid, &token, &material, now)?;
+                let mid = self.store.import_material(&k.r, &material, valid_to, now).map_err(|e| self.store_err(e, &k))?;
+                to_body(&ImportResponse { key_id: k.arn, key_material_id: mid })
+            }
+            Request::DeleteImportedKeyMaterial { key_id, key_material_id } => {
+                let k = self.resolve(&key_id, Forms::KeyOnly)?;
+                auth(&k, "DeleteImportedKeyMaterial")?;
+                self.external_material(&k)?;
+                if let Some(want) = &key_material_id {
+                    let meta = self.store.describe(&k.r).map_err(|e| self.store_err(e, &k))?;
+                    if *want != meta.current_material_id {
+                        return Err(self.names.not_found(&k.r));
+                    }
+                }
+                let mid = self.store.delete_imported_material(&k.r).map_err(|e| self.store_err(e, &k))?;
+                to_body(&ImportResponse { key_id: k.arn, key_material_id: mid })
+            }
             Request::EnableKey { key_id } => self.set_enabled(&key_id, true, principal),
             Request::DisableKey { key_id } => self.set_enabled(&key_id, false, principal),
             Request::RotateKeyOnDemand { key_id } => {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "RotateKeyOnDemand")?;
+                self.generated_material(&k)?;
                 self.usable(&k)?;
                 let meta = self.store.describe(&k.r).map_err(|e| self.store_err(e, &k))?;
                 if meta.versions.len() > MAX_ON_DEMAND_ROTATIONS {
@@ -370,8 +424,8 @@ impl Server {
             ));
         }
         let blob_key = KeyRef::Id(uuid::Uuid::from_bytes(blob.key_id));
-        let owner = match self.store.current(&blob_key) {
-            Ok((kid, _, state)) => {
+        let owner = match self.store.state(&blob_key) {
+            Ok((kid, state)) => {
                 let id = uuid::Uuid::from_bytes(kid).to_string();
                 Resolved { arn: self.names.key_arn(&id), id, r: blob_key, state, kid }
             }
@@ -436,7 +490,7 @@ impl Server {
     /// Resolves a client's identifier to an existing key (NotFound in AWS's wording otherwise).
     fn resolve(&self, s: &str, forms: Forms) -> Result<Resolved> {
         let r = self.names.resolve(s, forms)?;
-        let (kid, _, state) = self.store.current(&r).map_err(|e| match e {
+        let (kid, state) = self.store.state(&r).map_err(|e| match e {
             envelope_keystore::Error::NotFound(_) => self.names.not_found(&r),
             e => KmsError::from_store(e, s),
         })?;
@@ -475,7 +529,29 @@ impl Server {
         match k.state {
             KeyState::Enabled => Ok(()),
             KeyState::Disabled => Err(KmsError::Disabled(format!("{} is disabled.", k.arn))),
-            _ => Err(KmsError::InvalidState(format!("{} is pending deletion.", k.arn))),
+            s => Err(KmsError::InvalidState(format!("{} is {}.", k.arn, crate::error::state_words(s)))),
+        }
+    }
+
+    fn is_external(&self, k: &Resolved) -> Result<bool> {
+        Ok(self.store.attributes(&k.r).map_err(|e| self.store_err(e, k))?.external)
+    }
+
+    /// Import operations apply only to keys with origin EXTERNAL (spec §5).
+    fn external_material(&self, k: &Resolved) -> Result<()> {
+        if self.is_external(k)? {
+            Ok(())
+        } else {
+            Err(KmsError::UnsupportedOperation(format!("{} does not have origin EXTERNAL; its key material cannot be imported.", k.arn)))
+        }
+    }
+
+    /// Rotation applies only to keys with generated material (spec §3.3).
+    fn generated_material(&self, k: &Resolved) -> Result<()> {
+        if self.is_external(k)? {
+            Err(KmsError::UnsupportedOperation(format!("{} has imported key material; it cannot be rotated by this server.", k.arn)))
+        } else {
+            Ok(())
         }
     }
 
@@ -501,7 +577,14 @@ impl Server {
     fn metadata(&self, m: &envelope_keystore::KeyMetadata) -> KeyMetadataOut {
         let attrs = uuid::Uuid::parse_str(&m.key_id).ok().and_then(|u| self.store.attributes(&KeyRef::Id(u)).ok());
         let pending = m.state == KeyState::PendingDeletion;
+        let external = attrs.as_ref().is_some_and(|a| a.external);
+        let has_material = !m.current_material_id.is_empty();
         KeyMetadataOut {
+            origin: if external { "EXTERNAL" } else { "AWS_KMS" },
+            expiration_model: (external && has_material).then(|| {
+                if attrs.as_ref().is_some_and(|a| a.valid_to.is_some()) { "KEY_MATERIAL_EXPIRES" } else { "KEY_MATERIAL_DOES_NOT_EXPIRE" }
+            }),
+            valid_to: attrs.as_ref().and_then(|a| a.valid_to).filter(|_| external && has_material),
             deletion_date: attrs.as_ref().and_then(|a| a.deletion_date).filter(|_| pending),
             pending_deletion_window_in_days: attrs.as_ref().and_then(|a| a.pending_window_days).filter(|_| pending),
             aws_account_id: self.config.account_id.clone(),
@@ -512,13 +595,12 @@ impl Server {
             description: m.description.clone(),
             key_usage: "ENCRYPT_DECRYPT",
             key_state: m.state.as_str(),
-            origin: "AWS_KMS",
             key_manager: "CUSTOMER",
             customer_master_key_spec: SYMMETRIC_DEFAULT,
             key_spec: SYMMETRIC_DEFAULT,
             encryption_algorithms: [SYMMETRIC_DEFAULT],
             multi_region: false,
-            current_key_material_id: m.current_material_id.clone(),
+            current_key_material_id: has_material.then(|| m.current_material_id.clone()),
         }
     }
 }
@@ -596,7 +678,12 @@ struct KeyMetadataOut {
     key_spec: &'static str,
     encryption_algorithms: [&'static str; 1],
     multi_region: bool,
-    current_key_material_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_key_material_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expiration_model: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid_to: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     deletion_date: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -687,6 +774,22 @@ struct DataKeyResponse {
 #[serde(rename_all = "PascalCase")]
 struct RandomResponse {
     plaintext: SecretB64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImportParametersResponse {
+    key_id: String,
+    import_token: String,
+    public_key: String,
+    parameters_valid_to: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImportResponse {
+    key_id: String,
+    key_material_id: String,
 }
 
 #[derive(Serialize)]

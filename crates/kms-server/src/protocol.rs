@@ -49,6 +49,7 @@ operations!(
     CreateKey,
     Decrypt,
     DeleteAlias,
+    DeleteImportedKeyMaterial,
     DescribeKey,
     DisableKey,
     DisableKeyRotation,
@@ -60,6 +61,8 @@ operations!(
     GenerateRandom,
     GetKeyPolicy,
     GetKeyRotationStatus,
+    GetParametersForImport,
+    ImportKeyMaterial,
     ListAliases,
     ListKeyPolicies,
     ListKeyRotations,
@@ -79,9 +82,9 @@ operations!(
 /// `UnsupportedOperationException` rather than `UnknownOperationException`.
 const NOT_IMPLEMENTED: &[&str] = &[
     "ConnectCustomKeyStore", "CreateCustomKeyStore", "CreateGrant", "Decapsulate", "DeleteCustomKeyStore",
-    "DeleteImportedKeyMaterial", "DeriveSharedSecret", "DescribeCustomKeyStores", "DisconnectCustomKeyStore",
+    "DeriveSharedSecret", "DescribeCustomKeyStores", "DisconnectCustomKeyStore",
     "Encapsulate", "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "GetKeyLastUsage",
-    "GetParametersForImport", "GetPublicKey", "ImportKeyMaterial", "ListGrants", "ListRetirableGrants",
+    "GetPublicKey", "ListGrants", "ListRetirableGrants",
     "ReplicateKey", "RetireGrant", "RevokeGrant", "Sign", "UpdateCustomKeyStore", "UpdatePrimaryRegion", "Verify",
     "VerifyMac",
 ];
@@ -115,7 +118,10 @@ pub type Context = BTreeMap<String, String>;
 #[allow(missing_docs)]
 pub enum Request {
     CreateAlias { alias_name: String, target_key_id: String },
-    CreateKey { description: String, tags: Vec<(String, String)>, policy: Option<String> },
+    CreateKey { description: String, tags: Vec<(String, String)>, policy: Option<String>, external: bool },
+    GetParametersForImport { key_id: String, algorithm: WrappingAlgorithm, key_spec: WrappingKeySpec },
+    ImportKeyMaterial { key_id: String, token: Vec<u8>, material: Vec<u8>, valid_to: Option<i64>, key_material_id: Option<String> },
+    DeleteImportedKeyMaterial { key_id: String, key_material_id: Option<String> },
     ScheduleKeyDeletion { key_id: String, window_days: u32 },
     CancelKeyDeletion { key_id: String },
     UpdateKeyDescription { key_id: String, description: String },
@@ -184,9 +190,72 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
                 [&raw.key_spec, &raw.customer_master_key_spec].iter().any(|s| s.as_deref().is_some_and(|s| s != "SYMMETRIC_DEFAULT")),
                 "Only KeySpec SYMMETRIC_DEFAULT is supported.",
             )?;
-            unsupported_if(raw.origin.as_deref().is_some_and(|o| o != "AWS_KMS"), "Only Origin AWS_KMS is supported.")?;
+            unsupported_if(
+                raw.origin.as_deref().is_some_and(|o| o != "AWS_KMS" && o != "EXTERNAL"),
+                "Only Origin AWS_KMS and EXTERNAL are supported.",
+            )?;
             tag_rules(&tags)?;
-            Request::CreateKey { description, tags, policy: raw.policy }
+            Request::CreateKey { description, tags, policy: raw.policy, external: raw.origin.as_deref() == Some("EXTERNAL") }
+        }
+        Operation::GetParametersForImport => {
+            let key_id = v.key_id("keyId", raw.key_id);
+            let alg = v.required("wrappingAlgorithm", raw.wrapping_algorithm);
+            let spec = v.required("wrappingKeySpec", raw.wrapping_key_spec);
+            if let Some(a) = &alg {
+                v.one_of("wrappingAlgorithm", a, &["RSAES_PKCS1_V1_5", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_1", "RSA_AES_KEY_WRAP_SHA_256", "SM2PKE"]);
+            }
+            if let Some(s) = &spec {
+                v.one_of("wrappingKeySpec", s, &["RSA_2048", "RSA_3072", "RSA_4096", "SM2"]);
+            }
+            v.finish()?;
+            let algorithm = match alg.as_deref().unwrap_or_default() {
+                "RSAES_OAEP_SHA_1" => WrappingAlgorithm::OaepSha1,
+                "RSAES_OAEP_SHA_256" => WrappingAlgorithm::OaepSha256,
+                "RSA_AES_KEY_WRAP_SHA_1" => WrappingAlgorithm::AesKeyWrapSha1,
+                "RSA_AES_KEY_WRAP_SHA_256" => WrappingAlgorithm::AesKeyWrapSha256,
+                other => return Err(KmsError::UnsupportedOperation(format!("WrappingAlgorithm {other} is not supported."))),
+            };
+            let key_spec = match spec.as_deref().unwrap_or_default() {
+                "RSA_2048" => WrappingKeySpec::Rsa2048,
+                "RSA_3072" => WrappingKeySpec::Rsa3072,
+                "RSA_4096" => WrappingKeySpec::Rsa4096,
+                other => return Err(KmsError::UnsupportedOperation(format!("WrappingKeySpec {other} is not supported."))),
+            };
+            Request::GetParametersForImport { key_id: key_id.unwrap_or_default(), algorithm, key_spec }
+        }
+        Operation::ImportKeyMaterial => {
+            let key_id = v.key_id("keyId", raw.key_id);
+            let token = v.required("importToken", raw.import_token);
+            let material = v.required("encryptedKeyMaterial", raw.encrypted_key_material);
+            let model = raw.expiration_model.clone().unwrap_or_else(|| "KEY_MATERIAL_EXPIRES".into());
+            v.one_of("expirationModel", &model, &["KEY_MATERIAL_EXPIRES", "KEY_MATERIAL_DOES_NOT_EXPIRE"]);
+            if let Some(t) = &raw.import_type {
+                v.one_of("importType", t, &["NEW_KEY_MATERIAL", "EXISTING_KEY_MATERIAL"]);
+            }
+            if let Some(d) = &raw.key_material_description {
+                v.len("keyMaterialDescription", d, 0, 256);
+            }
+            v.material_id(&raw.key_material_id);
+            v.finish()?;
+            let token = decode_blob("importToken", token.as_deref().unwrap_or_default(), MAX_CIPHERTEXT)?;
+            let material = decode_blob("encryptedKeyMaterial", material.as_deref().unwrap_or_default(), MAX_CIPHERTEXT)?;
+            let valid_to = match (model.as_str(), raw.valid_to) {
+                ("KEY_MATERIAL_EXPIRES", Some(t)) if t.is_finite() => Some(t.floor() as i64),
+                ("KEY_MATERIAL_EXPIRES", _) => {
+                    return Err(KmsError::Validation("A ValidTo date is required when ExpirationModel is KEY_MATERIAL_EXPIRES.".into()))
+                }
+                (_, None) => None,
+                (_, Some(_)) => {
+                    return Err(KmsError::Validation("ValidTo must be omitted when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE.".into()))
+                }
+            };
+            Request::ImportKeyMaterial { key_id: key_id.unwrap_or_default(), token, material, valid_to, key_material_id: raw.key_material_id }
+        }
+        Operation::DeleteImportedKeyMaterial => {
+            let key_id = v.key_id("keyId", raw.key_id);
+            v.material_id(&raw.key_material_id);
+            v.finish()?;
+            Request::DeleteImportedKeyMaterial { key_id: key_id.unwrap_or_default(), key_material_id: raw.key_material_id }
         }
         Operation::ScheduleKeyDeletion => {
             let key_id = v.key_id("keyId", raw.key_id);
@@ -335,6 +404,7 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
                 return Err(length_error("plaintext", 1, MAX_PLAINTEXT, plaintext.len()));
             }
             symmetric_only(&raw.encryption_algorithm)?;
+            reserved_context(&raw.encryption_context)?;
             Request::Encrypt {
                 key_id: key_id.unwrap_or_default(),
                 plaintext,
@@ -353,6 +423,7 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
             unsupported_if(raw.recipient.is_some(), "Recipient (attestation) is not supported.")?;
             let ciphertext = decode_blob("ciphertextBlob", ciphertext.as_deref().unwrap_or_default(), MAX_CIPHERTEXT)?;
             symmetric_only(&raw.encryption_algorithm)?;
+            reserved_context(&raw.encryption_context)?;
             Request::Decrypt {
                 ciphertext,
                 context: raw.encryption_context.unwrap_or_default(),
@@ -373,6 +444,8 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
             let ciphertext = decode_blob("ciphertextBlob", ciphertext.as_deref().unwrap_or_default(), MAX_CIPHERTEXT)?;
             symmetric_only(&raw.source_encryption_algorithm)?;
             symmetric_only(&raw.destination_encryption_algorithm)?;
+            reserved_context(&raw.source_encryption_context)?;
+            reserved_context(&raw.destination_encryption_context)?;
             Request::ReEncrypt {
                 ciphertext,
                 source_context: raw.source_encryption_context.unwrap_or_default(),
@@ -399,6 +472,7 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
                 _ => return Err(KmsError::Validation("Please specify either number of bytes or key spec.".into())),
             };
             unsupported_if(raw.recipient.is_some(), "Recipient (attestation) is not supported.")?;
+            reserved_context(&raw.encryption_context)?;
             Request::GenerateDataKey {
                 key_id: key_id.unwrap_or_default(),
                 context: raw.encryption_context.unwrap_or_default(),
@@ -465,6 +539,53 @@ struct Raw {
     policy_name: Option<String>,
     target_key_id: Option<String>,
     xks_key_id: Option<String>,
+    wrapping_algorithm: Option<String>,
+    wrapping_key_spec: Option<String>,
+    import_token: Option<String>,
+    encrypted_key_material: Option<String>,
+    expiration_model: Option<String>,
+    valid_to: Option<f64>,
+    import_type: Option<String>,
+    key_material_description: Option<String>,
+    key_material_id: Option<String>,
+}
+
+/// How key material to import is wrapped (`WrappingAlgorithm`; PKCS#1 v1.5 and SM2 are not
+/// accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrappingAlgorithm {
+    /// `RSAES_OAEP_SHA_1`: RSA-OAEP with SHA-1 (and MGF1-SHA-1).
+    OaepSha1,
+    /// `RSAES_OAEP_SHA_256`: RSA-OAEP with SHA-256 (and MGF1-SHA-256).
+    OaepSha256,
+    /// `RSA_AES_KEY_WRAP_SHA_1`: RSA-OAEP-SHA-1 of an AES-256 key, then AES-KWP of the material.
+    AesKeyWrapSha1,
+    /// `RSA_AES_KEY_WRAP_SHA_256`: RSA-OAEP-SHA-256 of an AES-256 key, then AES-KWP of the material.
+    AesKeyWrapSha256,
+}
+
+/// The size of the RSA wrapping key (`WrappingKeySpec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrappingKeySpec {
+    /// `RSA_2048`.
+    Rsa2048,
+    /// `RSA_3072`.
+    Rsa3072,
+    /// `RSA_4096`.
+    Rsa4096,
+}
+
+/// Prefix of encryption-context keys reserved for the KMS plugin's wraps (which share the key
+/// store's blob format): a client may not use it, so it cannot make or open a plugin wrap.
+pub const RESERVED_CONTEXT_PREFIX: &str = "envelope:";
+
+fn reserved_context(ctx: &Option<Context>) -> Result<()> {
+    if ctx.iter().flatten().any(|(k, _)| k.starts_with(RESERVED_CONTEXT_PREFIX)) {
+        return Err(KmsError::Validation(format!(
+            "Encryption context keys starting with '{RESERVED_CONTEXT_PREFIX}' are reserved."
+        )));
+    }
+    Ok(())
 }
 
 /// One `{TagKey, TagValue}` of a request.
@@ -603,6 +724,18 @@ impl Validator {
             self.len("marker", m, 1, 1024);
         }
         v
+    }
+
+    fn material_id(&mut self, v: &Option<String>) {
+        if let Some(m) = v {
+            self.len("keyMaterialId", m, 64, 64);
+            if !m.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                self.errors.push(format!(
+                    "Value '{}' at 'keyMaterialId' failed to satisfy constraint: Member must satisfy regular expression pattern: ^[a-f0-9]+$",
+                    shorten(m)
+                ));
+            }
+        }
     }
 
     fn grant_tokens(&mut self, v: &Option<Vec<String>>) {
@@ -793,7 +926,8 @@ mod tests {
         assert!(matches!(parse_request(Operation::CreateKey, b""), Ok(Request::CreateKey { .. })));
         assert!(matches!(parse_request(Operation::CreateKey, br#"{"KeySpec":"SYMMETRIC_DEFAULT","KeyUsage":"ENCRYPT_DECRYPT","Origin":"AWS_KMS","Description":"d"}"#), Ok(Request::CreateKey { .. })));
         assert_eq!(code(parse_request(Operation::CreateKey, br#"{"KeySpec":"RSA_2048"}"#)), "UnsupportedOperationException");
-        assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Origin":"EXTERNAL"}"#)), "UnsupportedOperationException");
+        assert!(matches!(parse_request(Operation::CreateKey, br#"{"Origin":"EXTERNAL"}"#), Ok(Request::CreateKey { external: true, .. })));
+        assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Origin":"AWS_CLOUDHSM"}"#)), "UnsupportedOperationException");
         assert!(matches!(parse_request(Operation::CreateKey, br#"{"Policy":"{}","Tags":[{"TagKey":"a","TagValue":""}]}"#), Ok(Request::CreateKey { .. })));
         assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Tags":[{"TagKey":"aws:x","TagValue":""}]}"#)), "TagException");
         assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Tags":[{"TagKey":"","TagValue":""}]}"#)), "ValidationException");
@@ -821,6 +955,40 @@ mod tests {
         assert_eq!(code(parse_request(Operation::PutKeyPolicy, br#"{"KeyId":"k"}"#)), "ValidationException");
         assert_eq!(code(parse_request(Operation::GetKeyPolicy, br#"{"KeyId":"k","PolicyName":"a-b"}"#)), "ValidationException");
         assert_eq!(code(parse_request(Operation::ListKeyRotations, br#"{"KeyId":"k","IncludeKeyMaterial":"X"}"#)), "ValidationException");
+    }
+
+    #[test]
+    fn reserved_context_prefix() {
+        for (op, body) in [
+            (Operation::Encrypt, &br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"envelope:api":"x"}}"#[..]),
+            (Operation::Decrypt, br#"{"CiphertextBlob":"aGk=","EncryptionContext":{"envelope:key-id":"x"}}"#),
+            (Operation::ReEncrypt, br#"{"CiphertextBlob":"aGk=","DestinationKeyId":"k","SourceEncryptionContext":{"envelope:x":""}}"#),
+            (Operation::ReEncrypt, br#"{"CiphertextBlob":"aGk=","DestinationKeyId":"k","DestinationEncryptionContext":{"envelope:x":""}}"#),
+            (Operation::GenerateDataKey, br#"{"KeyId":"k","KeySpec":"AES_256","EncryptionContext":{"envelope:probe":"1"}}"#),
+            (Operation::GenerateDataKeyWithoutPlaintext, br#"{"KeyId":"k","NumberOfBytes":8,"EncryptionContext":{"envelope:":""}}"#),
+        ] {
+            assert_eq!(code(parse_request(op, body)), "ValidationException", "{op:?}");
+        }
+        // Only the exact prefix is reserved.
+        assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"Envelope:api":"x","envelope":"y"}}"#)), "ok");
+    }
+
+    #[test]
+    fn import_parsing() {
+        let ok = parse_request(Operation::GetParametersForImport, br#"{"KeyId":"k","WrappingAlgorithm":"RSAES_OAEP_SHA_256","WrappingKeySpec":"RSA_2048"}"#);
+        assert!(matches!(ok, Ok(Request::GetParametersForImport { algorithm: WrappingAlgorithm::OaepSha256, key_spec: WrappingKeySpec::Rsa2048, .. })));
+        assert_eq!(code(parse_request(Operation::GetParametersForImport, br#"{"KeyId":"k","WrappingAlgorithm":"RSAES_PKCS1_V1_5","WrappingKeySpec":"RSA_2048"}"#)), "UnsupportedOperationException");
+        assert_eq!(code(parse_request(Operation::GetParametersForImport, br#"{"KeyId":"k","WrappingAlgorithm":"X","WrappingKeySpec":"RSA_2048"}"#)), "ValidationException");
+        assert_eq!(code(parse_request(Operation::GetParametersForImport, br#"{"KeyId":"k"}"#)), "ValidationException");
+        let base = r#""KeyId":"k","ImportToken":"aGk=","EncryptedKeyMaterial":"aGk=""#;
+        let p = |extra: &str| parse_request(Operation::ImportKeyMaterial, format!("{{{base}{extra}}}").as_bytes());
+        assert!(matches!(p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE""#), Ok(Request::ImportKeyMaterial { valid_to: None, .. })));
+        assert!(matches!(p(r#","ValidTo":1900000000.5"#), Ok(Request::ImportKeyMaterial { valid_to: Some(1_900_000_000), .. })));
+        assert_eq!(code(p("")), "ValidationException");
+        assert_eq!(code(p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE","ValidTo":1900000000"#)), "ValidationException");
+        assert_eq!(code(p(r#","ExpirationModel":"NEVER""#)), "ValidationException");
+        assert_eq!(code(p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE","KeyMaterialId":"AB""#)), "ValidationException");
+        assert_eq!(code(parse_request(Operation::DeleteImportedKeyMaterial, br#"{"KeyId":"k"}"#)), "ok");
     }
 
     proptest! {

@@ -1,0 +1,157 @@
+//! Importing key material (BYOK, spec §5): wrapping key pairs, import tokens, unwrapping.
+//!
+//! `GetParametersForImport` makes a fresh RSA key pair (aws-lc-rs). The private key is never
+//! stored: it travels inside the import token, sealed under the key store's root key
+//! ([`KeyStore::seal_secret`]) together with the key id, the wrapping algorithm and the expiry,
+//! so the server keeps no per-token state and a token survives a restart. Token:
+//! `0x01 ‖ sealed(label = "import-token-v1" ‖ key id, kid (16) ‖ algorithm (1) ‖ valid-to
+//! (8, big-endian Unix seconds) ‖ PKCS#8 private key)`. Opening fails for a tampered token, or
+//! one issued for another key (its key id is part of the seal's AAD) →
+//! `InvalidImportTokenException`; past its valid-to → `ExpiredImportTokenException`.
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrapPadded};
+use aws_lc_rs::rsa::{
+    KeySize, OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OaepAlgorithm, OaepPrivateDecryptingKey, PrivateDecryptingKey,
+};
+use envelope_keystore::KeyStore;
+use zeroize::Zeroizing;
+
+use crate::error::{KmsError, Result};
+use crate::protocol::{WrappingAlgorithm, WrappingKeySpec};
+
+/// How long a public key and import token pair is valid (24 hours).
+pub const TOKEN_LIFETIME: i64 = 24 * 3600;
+/// Length of imported symmetric key material.
+pub const MATERIAL_LEN: usize = 32;
+
+const TOKEN_VERSION: u8 = 1;
+const HEADER: usize = 16 + 1 + 8;
+
+/// What GetParametersForImport returns.
+pub(crate) struct Parameters {
+    /// DER SubjectPublicKeyInfo of the wrapping key.
+    pub public_key: Vec<u8>,
+    /// The opaque import token.
+    pub token: Vec<u8>,
+    /// Expiry of both, Unix seconds.
+    pub valid_to: i64,
+}
+
+/// A fresh wrapping key pair and its token for key `kid` at time `now`.
+pub(crate) fn parameters(
+    store: &KeyStore,
+    kid: &[u8; 16],
+    algorithm: WrappingAlgorithm,
+    spec: WrappingKeySpec,
+    now: i64,
+) -> Result<Parameters> {
+    let size = match spec {
+        WrappingKeySpec::Rsa2048 => KeySize::Rsa2048,
+        WrappingKeySpec::Rsa3072 => KeySize::Rsa3072,
+        WrappingKeySpec::Rsa4096 => KeySize::Rsa4096,
+    };
+    let private = PrivateDecryptingKey::generate(size).map_err(|_| internal("RSA key generation failed"))?;
+    let public_key = private.public_key().as_der().map_err(|_| internal("public key encoding failed"))?.as_ref().to_vec();
+    let pkcs8 = private.as_der().map_err(|_| internal("private key encoding failed"))?;
+    let valid_to = now.saturating_add(TOKEN_LIFETIME);
+    let mut plain = Zeroizing::new(Vec::with_capacity(HEADER + pkcs8.as_ref().len()));
+    plain.extend_from_slice(kid);
+    plain.push(alg_byte(algorithm));
+    plain.extend_from_slice(&valid_to.to_be_bytes());
+    plain.extend_from_slice(pkcs8.as_ref());
+    let sealed = store.seal_secret(&label(kid), &plain).map_err(|e| KmsError::Internal(e.to_string()))?;
+    let mut token = Vec::with_capacity(1 + sealed.len());
+    token.push(TOKEN_VERSION);
+    token.extend_from_slice(&sealed);
+    Ok(Parameters { public_key, token, valid_to })
+}
+
+/// Opens `token` for key `kid` at time `now` and unwraps `encrypted` with it: the key material,
+/// exactly [`MATERIAL_LEN`] bytes.
+pub(crate) fn unwrap(store: &KeyStore, kid: &[u8; 16], token: &[u8], encrypted: &[u8], now: i64) -> Result<Zeroizing<Vec<u8>>> {
+    let invalid = || KmsError::InvalidImportToken("The import token is invalid or was issued for another key.".into());
+    let (&version, sealed) = token.split_first().ok_or_else(invalid)?;
+    if version != TOKEN_VERSION {
+        return Err(invalid());
+    }
+    let plain = store.open_secret(&label(kid), sealed).map_err(|_| invalid())?;
+    if plain.len() <= HEADER || plain[..16] != kid[..] {
+        return Err(invalid());
+    }
+    let algorithm = alg_from_byte(plain[16]).ok_or_else(invalid)?;
+    let mut valid_to = [0u8; 8];
+    valid_to.copy_from_slice(&plain[17..HEADER]);
+    if now > i64::from_be_bytes(valid_to) {
+        return Err(KmsError::ExpiredImportToken("The import token has expired; call GetParametersForImport again.".into()));
+    }
+    let private = PrivateDecryptingKey::from_pkcs8(&plain[HEADER..]).map_err(|_| invalid())?;
+    let private = OaepPrivateDecryptingKey::new(private).map_err(|_| invalid())?;
+    let material = match algorithm {
+        WrappingAlgorithm::OaepSha1 => oaep(&private, &OAEP_SHA1_MGF1SHA1, encrypted)?,
+        WrappingAlgorithm::OaepSha256 => oaep(&private, &OAEP_SHA256_MGF1SHA256, encrypted)?,
+        WrappingAlgorithm::AesKeyWrapSha1 => hybrid(&private, &OAEP_SHA1_MGF1SHA1, encrypted)?,
+        WrappingAlgorithm::AesKeyWrapSha256 => hybrid(&private, &OAEP_SHA256_MGF1SHA256, encrypted)?,
+    };
+    if material.len() != MATERIAL_LEN {
+        return Err(KmsError::IncorrectKeyMaterial(format!(
+            "The key material must be {MATERIAL_LEN} bytes for a SYMMETRIC_DEFAULT key."
+        )));
+    }
+    Ok(material)
+}
+
+fn oaep(private: &OaepPrivateDecryptingKey, alg: &'static OaepAlgorithm, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    let mut out = Zeroizing::new(vec![0u8; private.min_output_size()]);
+    let len = private.decrypt(alg, ct, &mut out[..], None).map_err(|_| KmsError::InvalidCiphertext)?.len();
+    out.truncate(len);
+    Ok(out)
+}
+
+/// RSA-OAEP of an AES-256 key (the first modulus-size bytes), then RFC 5649 AES key wrap with
+/// padding of the material (the rest).
+fn hybrid(private: &OaepPrivateDecryptingKey, alg: &'static OaepAlgorithm, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    let n = private.key_size_bytes();
+    if ct.len() <= n {
+        return Err(KmsError::InvalidCiphertext);
+    }
+    let (rsa_part, wrapped) = ct.split_at(n);
+    let aes = oaep(private, alg, rsa_part)?;
+    if aes.len() != 32 {
+        return Err(KmsError::InvalidCiphertext);
+    }
+    let kek = AesKek::new(&AES_256, &aes).map_err(|_| KmsError::InvalidCiphertext)?;
+    let mut out = Zeroizing::new(vec![0u8; wrapped.len()]);
+    let len = kek.unwrap_with_padding(wrapped, &mut out[..]).map_err(|_| KmsError::InvalidCiphertext)?.len();
+    out.truncate(len);
+    Ok(out)
+}
+
+fn label(kid: &[u8; 16]) -> Vec<u8> {
+    let mut l = b"import-token-v1".to_vec();
+    l.extend_from_slice(kid);
+    l
+}
+
+fn alg_byte(a: WrappingAlgorithm) -> u8 {
+    match a {
+        WrappingAlgorithm::OaepSha1 => 1,
+        WrappingAlgorithm::OaepSha256 => 2,
+        WrappingAlgorithm::AesKeyWrapSha1 => 3,
+        WrappingAlgorithm::AesKeyWrapSha256 => 4,
+    }
+}
+
+fn alg_from_byte(b: u8) -> Option<WrappingAlgorithm> {
+    Some(match b {
+        1 => WrappingAlgorithm::OaepSha1,
+        2 => WrappingAlgorithm::OaepSha256,
+        3 => WrappingAlgorithm::AesKeyWrapSha1,
+        4 => WrappingAlgorithm::AesKeyWrapSha256,
+        _ => return None,
+    })
+}
+
+fn internal(m: &str) -> KmsError {
+    KmsError::Internal(m.to_string())
+}

@@ -97,3 +97,56 @@ def test_passphrase_derived_root_key(tmp_path):
         assert _client(port).decrypt(CiphertextBlob=ct)["Plaintext"] == b"sealed by a passphrase"
     finally:
         _stop(p)
+
+
+SEED = """
+keys:
+  - alias: alias/k8s-master-key
+    description: Kubernetes Secrets KEK
+    rotation_period_days: 180
+    tags: {team: platform}
+    policy:
+      Version: "2012-10-17"
+      Statement:
+        - Sid: root
+          Effect: Allow
+          Principal: {AWS: "arn:aws:iam::111122223333:root"}
+          Action: "kms:*"
+          Resource: "*"
+  - alias: plain-key
+"""
+
+
+def test_seed_file_is_applied_idempotently(tmp_path):
+    seed = tmp_path / "seed.yaml"
+    seed.write_text(SEED)
+    p, port, _ = _start(str(tmp_path), ["--seed", str(seed)])
+    try:
+        kms = _client(port)
+        md = kms.describe_key(KeyId="alias/k8s-master-key")["KeyMetadata"]
+        assert md["Description"] == "Kubernetes Secrets KEK"
+        assert kms.get_key_rotation_status(KeyId=md["KeyId"])["KeyRotationEnabled"] is True
+        assert {"TagKey": "team", "TagValue": "platform"} in kms.list_resource_tags(KeyId=md["KeyId"])["Tags"]
+        assert '"Sid":"root"' in kms.get_key_policy(KeyId=md["KeyId"], PolicyName="default")["Policy"].replace(" ", "")
+        plain = kms.describe_key(KeyId="alias/plain-key")["KeyMetadata"]["KeyId"]
+        kms.update_key_description(KeyId=md["KeyId"], Description="changed by an operator")
+    finally:
+        _stop(p)
+    # Applying the same seed again creates nothing and overwrites nothing.
+    p, port, _ = _start(str(tmp_path), ["--seed", str(seed)])
+    try:
+        kms = _client(port)
+        again = kms.describe_key(KeyId="alias/k8s-master-key")["KeyMetadata"]
+        assert again["KeyId"] == md["KeyId"]
+        assert again["Description"] == "changed by an operator"
+        assert kms.describe_key(KeyId="alias/plain-key")["KeyMetadata"]["KeyId"] == plain
+        assert len(kms.list_keys()["Keys"]) == 2
+    finally:
+        _stop(p)
+    # A malformed seed is a configuration error (exit 64) before anything is served.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("keys:\n  - alias: x\n    colour: red\n")
+    r = subprocess.run([_binary(), "kms", "serve", "--http-addr", "off", "--listen", "127.0.0.1:0",
+                        "--data-dir", str(tmp_path / "data"), "--credentials", str(tmp_path / "credentials.yaml"),
+                        "--seed", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 64, r.stderr

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// created.
     #[arg(long, env = "ENVELOPE_ROOT_PASSPHRASE_FILE", value_name = "FILE")]
     pub root_passphrase_file: Option<PathBuf>,
+    /// Seed file (YAML): keys with aliases, policies, tags and rotation to create at start if
+    /// their alias does not exist yet; existing keys are never changed.
+    #[arg(long, env = "ENVELOPE_KMS_SEED", value_name = "FILE")]
+    pub seed: Option<PathBuf>,
     /// Credentials file: a YAML list of {access_key_id, secret_access_key, principal}.
     /// Default: <data-dir>/credentials.yaml, generated (0600) and printed once on first start.
     #[arg(long, env = "ENVELOPE_KMS_CREDENTIALS", value_name = "FILE")]
@@ -231,6 +235,22 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(seed) = &args.seed {
+        match envelope_kms_server::seed::apply_file(&server, seed) {
+            Ok(r) => {
+                for a in &r.created {
+                    println!("seed: created {a}");
+                }
+                for a in &r.existing {
+                    println!("seed: {a} exists, left unchanged");
+                }
+            }
+            Err(e) => {
+                eprintln!("envelope: invalid configuration: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -422,6 +442,7 @@ mod tests {
             tls_key: None,
             insecure_plain_http: false,
             root_passphrase_file: None,
+            seed: None,
         }
     }
 

@@ -317,3 +317,63 @@ fn concurrent_first_opens_of_one_store_agree() {
     let b = KeyStore::open(&d).unwrap();
     assert_eq!(&b.decrypt(&e.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"x");
 }
+
+#[test]
+fn imported_material_lifecycle() {
+    let (_d, ks) = store();
+    let k = ks.create_external_key("byok", &[], None).unwrap();
+    assert_eq!((k.state, k.current_material_id.as_str(), k.versions.len()), (KeyState::PendingImport, "", 0));
+    let r = KeyRef::Id(uuid::Uuid::parse_str(&k.key_id).unwrap());
+    assert!(ks.attributes(&r).unwrap().external);
+    assert!(matches!(ks.encrypt(&r, b"x", &ctx(&[])), Err(Error::InvalidState { state: KeyState::PendingImport, .. })));
+    assert!(matches!(ks.current(&r), Err(Error::InvalidState { .. })));
+    assert_eq!(ks.state(&r).unwrap().1, KeyState::PendingImport);
+    assert!(matches!(ks.set_enabled(&r, true), Err(Error::InvalidState { .. })));
+    assert!(matches!(ks.rotate(&r), Err(Error::Unsupported(_))));
+    assert!(matches!(ks.delete_imported_material(&r), Err(Error::InvalidState { .. })));
+    assert!(matches!(ks.import_material(&r, &[1u8; 16], None, 1), Err(Error::IncorrectMaterial(_))));
+
+    let mid = ks.import_material(&r, &[1u8; 32], None, 1).unwrap();
+    assert_eq!(mid.len(), 64);
+    let m = ks.describe(&r).unwrap();
+    assert_eq!((m.state, m.current_material_id.as_str()), (KeyState::Enabled, mid.as_str()));
+    let e = ks.encrypt(&r, b"secret", &ctx(&[])).unwrap();
+    assert!(matches!(ks.import_material(&r, &[2u8; 32], None, 2), Err(Error::IncorrectMaterial(_))));
+    // Same material: accepted, same id, expiry updated.
+    assert_eq!(ks.import_material(&r, &[1u8; 32], Some(99), 2).unwrap(), mid);
+    assert_eq!(ks.attributes(&r).unwrap().valid_to, Some(99));
+
+    assert_eq!(ks.delete_imported_material(&r).unwrap(), mid);
+    assert_eq!(ks.describe(&r).unwrap().state, KeyState::PendingImport);
+    assert!(ks.decrypt(&e.blob, &ctx(&[])).is_err());
+    // The sealed material is gone from the database, not just from memory.
+    let reopened = KeyStore::open(ks.dir()).unwrap();
+    assert!(reopened.decrypt(&e.blob, &ctx(&[])).is_err());
+    assert!(matches!(ks.import_material(&r, &[2u8; 32], None, 3), Err(Error::IncorrectMaterial(_))));
+    assert_eq!(ks.import_material(&r, &[1u8; 32], Some(50), 3).unwrap(), mid);
+    assert_eq!(&ks.decrypt(&e.blob, &ctx(&[])).unwrap().plaintext[..], b"secret");
+
+    // Expiry deletes the material; other keys (and generated keys) are not touched.
+    let g = ks.create_key(None, "generated").unwrap();
+    let gr = KeyRef::parse(&g.key_id).unwrap();
+    assert!(matches!(ks.import_material(&gr, &[1u8; 32], None, 1), Err(Error::Unsupported(_))));
+    assert!(ks.expire_imported(49).unwrap().is_empty());
+    assert_eq!(ks.expire_imported(50).unwrap(), vec![k.key_id.clone()]);
+    assert_eq!(ks.describe(&r).unwrap().state, KeyState::PendingImport);
+    assert_eq!(ks.describe(&gr).unwrap().state, KeyState::Enabled);
+
+    // Deleting a key pending deletion purges its import row too.
+    ks.schedule_deletion(&r, 10, 7).unwrap();
+    assert_eq!(ks.purge_deleted(10).unwrap(), vec![k.key_id.clone()]);
+}
+
+#[test]
+fn sealed_secrets_are_bound_to_their_label() {
+    let (_d, ks) = store();
+    let s = ks.seal_secret(b"label-a", b"wrapping key").unwrap();
+    assert_eq!(&ks.open_secret(b"label-a", &s).unwrap()[..], b"wrapping key");
+    assert!(matches!(ks.open_secret(b"label-b", &s), Err(Error::InvalidCiphertext(_))));
+    let mut t = s.clone();
+    t[20] ^= 1;
+    assert!(matches!(ks.open_secret(b"label-a", &t), Err(Error::InvalidCiphertext(_))));
+}

@@ -13,6 +13,7 @@
 //! * [`maintenance`]: the clock, deletion of keys past their window, automatic rotation.
 //! * [`metrics`]: Prometheus metrics and the loopback `/livez` `/readyz` `/metrics` router.
 //! * [`tls`]: HTTPS with rustls (certificate and key from PEM files).
+//! * [`seed`]: configuration as code — keys, aliases, policies from a YAML file, idempotently.
 //!
 //! The library binds nothing: [`serve`] takes a bound listener and a shutdown future.
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod ops;
 pub mod policy;
 pub mod protocol;
+pub mod seed;
 pub mod server;
 pub mod tls;
 

@@ -150,3 +150,37 @@ def test_seed_file_is_applied_idempotently(tmp_path):
                         "--data-dir", str(tmp_path / "data"), "--credentials", str(tmp_path / "credentials.yaml"),
                         "--seed", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 64, r.stderr
+
+
+def test_no_key_material_or_plaintext_in_clear_on_disk(tmp_path):
+    """Imports key material we know, uses it, then searches every file the server wrote."""
+    import base64
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    material = bytes(range(100, 132))
+    plaintext = b"THE-PLAINTEXT-THAT-MUST-NOT-LEAK"
+    p, port, _ = _start(str(tmp_path), [])
+    try:
+        kms = _client(port)
+        key_id = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+        params = kms.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                               WrappingKeySpec="RSA_2048")
+        public = serialization.load_der_public_key(params["PublicKey"])
+        wrapped = public.encrypt(material, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
+        kms.import_key_material(KeyId=key_id, ImportToken=params["ImportToken"], EncryptedKeyMaterial=wrapped,
+                                ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+        ct = kms.encrypt(KeyId=key_id, Plaintext=plaintext, EncryptionContext={"k": "v"})["CiphertextBlob"]
+        assert kms.decrypt(CiphertextBlob=ct, EncryptionContext={"k": "v"})["Plaintext"] == plaintext
+        dk = kms.generate_data_key(KeyId=key_id, NumberOfBytes=32)
+        data_key = dk["Plaintext"]
+    finally:
+        _stop(p)
+    needles = [material, material.hex().encode(), base64.b64encode(material),
+               plaintext, base64.b64encode(plaintext), data_key, base64.b64encode(data_key)]
+    files = [f for f in (tmp_path / "data").rglob("*") if f.is_file()]
+    assert any(f.name == "keystore.db" for f in files) and any(f.name == "audit.log" for f in files)
+    for f in files:
+        blob = f.read_bytes()
+        for n in needles:
+            assert n not in blob, f"{n[:8]!r}… found in {f}"

@@ -410,3 +410,89 @@ def test_rotation_status_and_list_key_rotations(kms):
     assert rot[0]["KeyMaterialId"] == current
     allm = client(kms).list_key_rotations(KeyId=key_id, IncludeKeyMaterial="ALL_KEY_MATERIAL")["Rotations"]
     assert len(allm) == 2
+
+
+# ---- BYOK: importing key material, wrapped by an independent implementation (cryptography) ----
+
+def _wrap(public_der, algorithm, material):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+
+    public = serialization.load_der_public_key(public_der)
+    h = hashes.SHA1() if algorithm.endswith("SHA_1") else hashes.SHA256()
+    oaep = padding.OAEP(mgf=padding.MGF1(algorithm=h), algorithm=h, label=None)
+    if algorithm.startswith("RSAES_OAEP"):
+        return public.encrypt(material, oaep)
+    aes = os.urandom(32)
+    return public.encrypt(aes, oaep) + aes_key_wrap_with_padding(aes, material)
+
+
+def test_import_key_material_with_the_aws_cli(kms, tmp_path):
+    meta = json.loads(aws(kms, "create-key", "--origin", "EXTERNAL").stdout)["KeyMetadata"]
+    key_id = meta["KeyId"]
+    assert meta["Origin"] == "EXTERNAL" and meta["KeyState"] == "PendingImport" and meta["Enabled"] is False
+    r = aws(kms, "encrypt", "--key-id", key_id, "--plaintext", "fileb:///dev/null", check=False)
+    assert r.returncode != 0
+
+    params = json.loads(aws(kms, "get-parameters-for-import", "--key-id", key_id,
+                            "--wrapping-algorithm", "RSAES_OAEP_SHA_256", "--wrapping-key-spec", "RSA_2048").stdout)
+    assert params["ParametersValidTo"]
+    material = os.urandom(32)
+    wrapped = _wrap(base64.b64decode(params["PublicKey"]), "RSAES_OAEP_SHA_256", material)
+    (tmp_path / "token").write_bytes(base64.b64decode(params["ImportToken"]))
+    (tmp_path / "material").write_bytes(wrapped)
+    out = json.loads(aws(kms, "import-key-material", "--key-id", key_id,
+                         "--import-token", f"fileb://{tmp_path / 'token'}",
+                         "--encrypted-key-material", f"fileb://{tmp_path / 'material'}",
+                         "--expiration-model", "KEY_MATERIAL_DOES_NOT_EXPIRE").stdout)
+    assert len(out["KeyMaterialId"]) == 64
+    meta = client(kms).describe_key(KeyId=key_id)["KeyMetadata"]
+    assert meta["KeyState"] == "Enabled" and meta["CurrentKeyMaterialId"] == out["KeyMaterialId"]
+
+    (tmp_path / "pt").write_bytes(b"bring your own key")
+    blob = aws(kms, "encrypt", "--key-id", key_id, "--plaintext", f"fileb://{tmp_path / 'pt'}",
+               "--query", "CiphertextBlob", "--output", "text").stdout.strip()
+    (tmp_path / "ct").write_bytes(base64.b64decode(blob))
+    pt = aws(kms, "decrypt", "--ciphertext-blob", f"fileb://{tmp_path / 'ct'}",
+             "--query", "Plaintext", "--output", "text").stdout.strip()
+    assert base64.b64decode(pt) == b"bring your own key"
+
+    # Delete the material, re-import the same material (boto3, another wrapping): old ciphertext decrypts.
+    kms_client = client(kms)
+    kms_client.delete_imported_key_material(KeyId=key_id)
+    assert kms_client.describe_key(KeyId=key_id)["KeyMetadata"]["KeyState"] == "PendingImport"
+    with pytest.raises(ClientError) as e:
+        kms_client.decrypt(CiphertextBlob=base64.b64decode(blob))
+    assert error_code(e) == "KMSInvalidStateException"
+    p = kms_client.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256",
+                                             WrappingKeySpec="RSA_4096")
+    kms_client.import_key_material(KeyId=key_id, ImportToken=p["ImportToken"],
+                                   EncryptedKeyMaterial=_wrap(p["PublicKey"], "RSA_AES_KEY_WRAP_SHA_256", material),
+                                   ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    assert kms_client.decrypt(CiphertextBlob=base64.b64decode(blob))["Plaintext"] == b"bring your own key"
+
+
+def test_import_key_material_errors_with_boto3(kms):
+    c = client(kms)
+    key_id = c.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    p = c.get_parameters_for_import(KeyId=key_id, WrappingAlgorithm="RSA_AES_KEY_WRAP_SHA_256", WrappingKeySpec="RSA_2048")
+    with pytest.raises(ClientError) as e:  # 16 bytes is not SYMMETRIC_DEFAULT material
+        c.import_key_material(KeyId=key_id, ImportToken=p["ImportToken"],
+                              EncryptedKeyMaterial=_wrap(p["PublicKey"], "RSA_AES_KEY_WRAP_SHA_256", os.urandom(16)),
+                              ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    assert error_code(e) == "IncorrectKeyMaterialException"
+    token = bytearray(p["ImportToken"])
+    token[len(token) // 2] ^= 1
+    with pytest.raises(ClientError) as e:
+        c.import_key_material(KeyId=key_id, ImportToken=bytes(token),
+                              EncryptedKeyMaterial=_wrap(p["PublicKey"], "RSA_AES_KEY_WRAP_SHA_256", os.urandom(32)),
+                              ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    assert error_code(e) == "InvalidImportTokenException"
+    with pytest.raises(ClientError) as e:
+        c.get_parameters_for_import(KeyId=new_key(kms)["KeyId"], WrappingAlgorithm="RSAES_OAEP_SHA_256",
+                                    WrappingKeySpec="RSA_2048")
+    assert error_code(e) == "UnsupportedOperationException"
+    with pytest.raises(ClientError) as e:
+        c.encrypt(KeyId=new_key(kms)["KeyId"], Plaintext=b"x", EncryptionContext={"envelope:api": "kms-v2"})
+    assert error_code(e) == "ValidationException"

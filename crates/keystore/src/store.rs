@@ -731,7 +731,7 @@ impl KeyStore {
     /// pending deletion stays so) and unusable until the same material is imported again.
     /// Returns the deleted material id (hex).
     pub fn delete_imported_material(&self, key: &KeyRef) -> Result<String> {
-        self.mutate(key, |tx, id, state| delete_imported(tx, id, state))
+        self.mutate(key, delete_imported)
     }
 
     /// Deletes imported material whose expiry is at or before `now` (Unix seconds), as

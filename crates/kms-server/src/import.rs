@@ -155,3 +155,66 @@ fn alg_from_byte(b: u8) -> Option<WrappingAlgorithm> {
 fn internal(m: &str) -> KmsError {
     KmsError::Internal(m.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::key_wrap::KeyWrapPadded;
+    use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey};
+    use proptest::prelude::*;
+
+    fn store() -> (tempfile::TempDir, KeyStore) {
+        let d = tempfile::tempdir().unwrap();
+        let s = KeyStore::open(&d.path().join("data")).unwrap();
+        (d, s)
+    }
+
+    fn wrap(public: &[u8], a: WrappingAlgorithm, material: &[u8]) -> Vec<u8> {
+        let pk = OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(public).unwrap()).unwrap();
+        let alg = match a {
+            WrappingAlgorithm::OaepSha1 | WrappingAlgorithm::AesKeyWrapSha1 => &OAEP_SHA1_MGF1SHA1,
+            _ => &OAEP_SHA256_MGF1SHA256,
+        };
+        let rsa = |pt: &[u8]| {
+            let mut out = vec![0u8; pk.ciphertext_size()];
+            pk.encrypt(alg, pt, &mut out, None).unwrap().to_vec()
+        };
+        match a {
+            WrappingAlgorithm::OaepSha1 | WrappingAlgorithm::OaepSha256 => rsa(material),
+            _ => {
+                let aes = [5u8; 32];
+                let mut w = vec![0u8; material.len() + 16];
+                let w = AesKek::new(&AES_256, &aes).unwrap().wrap_with_padding(material, &mut w).unwrap().to_vec();
+                [rsa(&aes), w].concat()
+            }
+        }
+    }
+
+    #[test]
+    fn every_algorithm_round_trips_and_tokens_are_bound() {
+        let (_d, s) = store();
+        let kid = [1u8; 16];
+        for a in [WrappingAlgorithm::OaepSha1, WrappingAlgorithm::OaepSha256, WrappingAlgorithm::AesKeyWrapSha1, WrappingAlgorithm::AesKeyWrapSha256] {
+            let p = parameters(&s, &kid, a, WrappingKeySpec::Rsa2048, 1000).unwrap();
+            assert!(p.token.len() <= crate::protocol::MAX_CIPHERTEXT);
+            assert_eq!(p.valid_to, 1000 + TOKEN_LIFETIME);
+            let enc = wrap(&p.public_key, a, &[9u8; 32]);
+            assert_eq!(&unwrap(&s, &kid, &p.token, &enc, 1000).unwrap()[..], &[9u8; 32]);
+            assert_eq!(unwrap(&s, &kid, &p.token, &enc, p.valid_to + 1).unwrap_err().aws().0, "ExpiredImportTokenException");
+            assert_eq!(unwrap(&s, &[2u8; 16], &p.token, &enc, 1000).unwrap_err().aws().0, "InvalidImportTokenException");
+            let short = wrap(&p.public_key, a, &[9u8; 24]);
+            assert_eq!(unwrap(&s, &kid, &p.token, &short, 1000).unwrap_err().aws().0, "IncorrectKeyMaterialException");
+        }
+        let p = parameters(&s, &kid, WrappingAlgorithm::OaepSha256, WrappingKeySpec::Rsa4096, 0).unwrap();
+        assert!(p.token.len() <= crate::protocol::MAX_CIPHERTEXT, "{}", p.token.len());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn garbage_never_panics(token in proptest::collection::vec(any::<u8>(), 0..200), enc in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let (_d, s) = store();
+            prop_assert!(unwrap(&s, &[0u8; 16], &token, &enc, 0).is_err());
+        }
+    }
+}

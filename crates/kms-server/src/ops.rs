@@ -172,6 +172,10 @@ impl Server {
                         key_material_state: if r.material_id == meta.current_material_id { "CURRENT" } else { "NON_CURRENT" },
                         rotation_date: r.created_at,
                         rotation_type: r.kind.as_str(),
+                        // Imported material (origin EXTERNAL): the one material, present or not.
+                        import_state: a.external.then_some(if meta.current_material_id.is_empty() { "PENDING_IMPORT" } else { "IMPORTED" }),
+                        expiration_model: a.external.then_some(if a.valid_to.is_some() { "KEY_MATERIAL_EXPIRES" } else { "KEY_MATERIAL_DOES_NOT_EXPIRE" }),
+                        valid_to: a.valid_to.filter(|_| a.external),
                     })
                     .collect();
                 let next_marker = if truncated { items.get(limit.saturating_sub(1)).map(|r| encode_marker("r1", &r.seq.to_string())) } else { None };
@@ -827,6 +831,12 @@ struct RotationEntry {
     rotation_date: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     rotation_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    import_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expiration_model: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid_to: Option<i64>,
 }
 
 #[derive(Serialize)]

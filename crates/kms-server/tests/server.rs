@@ -911,6 +911,9 @@ async fn imported_material_expires() {
     h.call("ImportKeyMaterial", body).await.ok();
     let m = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"].clone();
     assert_eq!((m["ExpirationModel"].as_str(), m["ValidTo"].as_i64()), (Some("KEY_MATERIAL_EXPIRES"), Some(valid_to)));
+    let rot = h.call("ListKeyRotations", json!({"KeyId": id, "IncludeKeyMaterial": "ALL_KEY_MATERIAL"})).await.ok();
+    let r0 = &rot["Rotations"][0];
+    assert_eq!((r0["ImportState"].as_str(), r0["KeyMaterialState"].as_str(), r0["ValidTo"].as_i64()), (Some("IMPORTED"), Some("CURRENT"), Some(valid_to)), "{rot}");
     let ct = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.ok();
     h.server.clock().advance(3601);
     let report = h.server.run_maintenance().unwrap();

@@ -163,6 +163,15 @@ async fn wait_ready(socket: &str) -> Result<()> {
     }
 }
 
+/// The `p` quantile (nearest rank) of latencies in microseconds, sorted ascending, in ms.
+pub fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted_us.len() as f64 * p).ceil() as usize).clamp(1, sorted_us.len()) - 1;
+    f64::from(sorted_us[i]) / 1000.0
+}
+
 /// Resident set size of a process, from /proc.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -223,13 +232,7 @@ async fn bench_plugin(b: PluginBench) -> Result<()> {
             let (lat, errors, elapsed) = run_cell(&channels, method, c, duration, &decrypt_req).await;
             let mut lat = lat;
             lat.sort_unstable();
-            let pct = |p: f64| -> f64 {
-                if lat.is_empty() {
-                    return 0.0;
-                }
-                let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-                lat[i] as f64 / 1000.0
-            };
+            let pct = |p: f64| percentile_ms(&lat, p);
             cells.push(Cell {
                 method: method.to_string(),
                 concurrency: c,

@@ -189,13 +189,7 @@ async fn bench_server(name: &str, port: u16, b: &KmsBench, duration: Duration, w
         let _ = load(&client, port, op, body.clone(), b.concurrency, warmup).await;
         let (mut lat, errors, el) = load(&client, port, op, body, b.concurrency, duration).await;
         lat.sort_unstable();
-        let pct = |p: f64| -> f64 {
-            if lat.is_empty() {
-                return 0.0;
-            }
-            let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-            lat[i] as f64 / 1000.0
-        };
+        let pct = |p: f64| crate::bench::percentile_ms(&lat, p);
         cells.push(Cell {
             server: name.to_string(),
             operation: op,

@@ -24,12 +24,15 @@ pub const MAX_V2_PLAINTEXT: usize = 512;
 pub enum BackendKind {
     /// The embedded key store.
     Embedded = 0x01,
+    /// A key of an AWS-KMS-API endpoint (AWS KMS or `envelope kms serve`).
+    Aws = 0x02,
 }
 
 impl BackendKind {
     fn from_byte(b: u8) -> Option<Self> {
         match b {
             0x01 => Some(BackendKind::Embedded),
+            0x02 => Some(BackendKind::Aws),
             _ => None,
         }
     }
@@ -38,6 +41,7 @@ impl BackendKind {
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Embedded => "embedded",
+            BackendKind::Aws => "aws",
         }
     }
 }

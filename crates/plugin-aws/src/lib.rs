@@ -1,0 +1,20 @@
+//! A [`KeyBackend`](envelope_plugin::KeyBackend) of the envelope KMS plugin for any endpoint that
+//! speaks the AWS KMS API — AWS KMS itself or `envelope kms serve` — through the official
+//! `aws-sdk-kms` client.
+//!
+//! * [`blob`]: the backend's self-describing ciphertext layout and the key_id derivation (pure).
+//! * [`classify`]: the one mapping of SDK errors to [`PluginError`](envelope_plugin::PluginError).
+//! * [`retry`]: bounded exponential backoff with full jitter for transient errors.
+//! * [`backend`]: [`AwsBackend`] itself.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod blob;
+pub mod classify;
+pub mod retry;
+
+pub use backend::{AwsBackend, AwsKeyVersion, PLUGIN_CONTEXT_PREFIX};
+pub use blob::{AwsBlob, aws_key_id};
+pub use classify::classify;
+pub use retry::RetryPolicy;

@@ -1,0 +1,167 @@
+//! Bounded retries for transient KMS errors: exponential backoff with full jitter, inside a
+//! total time budget that stays below kube-apiserver's 3 s KMS deadline, and a cap on attempts.
+//! The SDK's own retries are disabled by [`AwsBackend`](crate::AwsBackend), so this is the only
+//! retry layer (no multiplied retry storms).
+
+use std::future::Future;
+use std::time::Duration;
+
+use envelope_plugin::PluginError;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::classify::is_transient;
+
+/// How transient failures are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total time one logical call may take, attempts and sleeps included.
+    pub budget: Duration,
+    /// Backoff ceiling before the first retry; doubles with each retry.
+    pub base: Duration,
+    /// Largest backoff ceiling.
+    pub cap: Duration,
+    /// Most attempts per logical call (1 = no retries).
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { budget: Duration::from_secs(2), base: Duration::from_millis(50), cap: Duration::from_millis(800), max_attempts: 6 }
+    }
+}
+
+impl RetryPolicy {
+    /// The ceiling of the backoff before retry number `retry` (1-based): `min(cap, base·2^(retry-1))`.
+    pub fn ceiling(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+
+    /// Full jitter: a uniformly random duration in `[0, ceiling(retry)]`.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let ceiling = self.ceiling(retry).as_micros();
+        let ceiling = u64::try_from(ceiling).unwrap_or(u64::MAX);
+        let mut r = [0u8; 8];
+        // If the system RNG fails, fall back to the full ceiling (still bounded).
+        let x = match aws_lc_rs::rand::fill(&mut r) {
+            Ok(()) => u64::from_le_bytes(r),
+            Err(_) => u64::MAX,
+        };
+        Duration::from_micros(if ceiling == u64::MAX { x } else { x % (ceiling + 1) })
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails with a non-transient error, or the budget or attempt
+/// cap is spent. Each attempt holds one permit of `permits` (bounding in-flight remote calls);
+/// waiting for a permit counts against the budget.
+pub async fn run<T, F, Fut>(policy: &RetryPolicy, permits: &Semaphore, op: &str, mut attempt: F) -> Result<T, PluginError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, PluginError>>,
+{
+    let deadline = Instant::now() + policy.budget;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let one = async {
+            let _permit = permits
+                .acquire()
+                .await
+                .map_err(|_| PluginError::Unavailable(format!("{op}: backend is shutting down")))?;
+            attempt().await
+        };
+        let res = match tokio::time::timeout_at(deadline, one).await {
+            Ok(r) => r,
+            Err(_) => Err(PluginError::Unavailable(format!(
+                "{op}: no answer from the KMS within {} ms ({tries} attempt(s))",
+                policy.budget.as_millis()
+            ))),
+        };
+        match res {
+            Err(e) if is_transient(&e) && tries < policy.max_attempts => {
+                let pause = policy.backoff(tries);
+                if Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
+                tracing::debug!(op, tries, pause_ms = pause.as_millis() as u64, error = %e, "retrying KMS call");
+                tokio::time::sleep(pause).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy { budget: Duration::from_millis(200), base: Duration::from_millis(5), cap: Duration::from_millis(40), max_attempts: 6 }
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_grows() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.ceiling(1), Duration::from_millis(50));
+        assert_eq!(p.ceiling(2), Duration::from_millis(100));
+        assert_eq!(p.ceiling(5), Duration::from_millis(800));
+        assert_eq!(p.ceiling(60), Duration::from_millis(800));
+        for r in 1..40 {
+            assert!(p.backoff(r) <= p.ceiling(r));
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_only_transient_errors_within_the_budget() {
+        let p = fast();
+        let sem = Semaphore::new(1);
+        let n = AtomicU32::new(0);
+        let r: Result<(), _> = run(&p, &sem, "Op", || async {
+            n.fetch_add(1, Ordering::SeqCst);
+            Err(PluginError::InvalidCiphertext("x".into()))
+        })
+        .await;
+        assert!(matches!(r, Err(PluginError::InvalidCiphertext(_))));
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+
+        n.store(0, Ordering::SeqCst);
+        let start = Instant::now();
+        let r: Result<(), _> = run(&p, &sem, "Op", || async {
+            n.fetch_add(1, Ordering::SeqCst);
+            Err(PluginError::Unavailable("throttled".into()))
+        })
+        .await;
+        assert!(matches!(r, Err(PluginError::Unavailable(_))));
+        let tries = n.load(Ordering::SeqCst);
+        assert!((1..=p.max_attempts).contains(&tries), "{tries}");
+        assert!(start.elapsed() <= p.budget + Duration::from_millis(50));
+
+        n.store(0, Ordering::SeqCst);
+        let r = run(&p, &sem, "Op", || async {
+            if n.fetch_add(1, Ordering::SeqCst) < 2 { Err(PluginError::Unavailable("blip".into())) } else { Ok(7) }
+        })
+        .await;
+        assert_eq!(r, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_hanging_call_ends_at_the_budget() {
+        let p = fast();
+        let sem = Semaphore::new(1);
+        let start = Instant::now();
+        let r: Result<(), _> = run(&p, &sem, "Op", || std::future::pending()).await;
+        assert!(matches!(r, Err(PluginError::Unavailable(ref m)) if m.contains("within 200 ms")), "{r:?}");
+        assert!(start.elapsed() >= p.budget && start.elapsed() < p.budget + Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_permit_counts_against_the_budget() {
+        let p = fast();
+        let sem = Semaphore::new(1);
+        let _held = sem.acquire().await.unwrap();
+        let r: Result<(), _> = run(&p, &sem, "Op", || async { Ok(()) }).await;
+        assert!(matches!(r, Err(PluginError::Unavailable(_))));
+    }
+}

@@ -52,10 +52,27 @@ pub struct PluginArgs {
     /// Default: /var/lib/envelope as root, else ~/.local/share/envelope.
     #[arg(long, env = "ENVELOPE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Key to use: an alias (`kubernetes` or `alias/kubernetes`) or a key id. Created on first
-    /// start if it does not exist (unless --no-create-key).
+    /// Key backend: `embedded` (envelope's own key store in --data-dir) or `aws` (any
+    /// AWS-KMS-API endpoint: AWS KMS, a FIPS endpoint, `envelope kms serve`).
+    #[arg(long, env = "ENVELOPE_BACKEND", value_name = "BACKEND")]
+    pub backend: Option<String>,
+    /// Key to use. Embedded: an alias (`kubernetes` or `alias/kubernetes`) or a key id, created
+    /// on first start if missing (unless --no-create-key). aws: a key ARN, key id or alias
+    /// (required).
     #[arg(long, env = "ENVELOPE_KEY", value_name = "KEY")]
     pub key: Option<String>,
+    /// aws backend: region (else the standard AWS configuration chain).
+    #[arg(long, env = "ENVELOPE_AWS_REGION", value_name = "REGION")]
+    pub region: Option<String>,
+    /// aws backend: endpoint URL (AWS KMS by default; e.g. a FIPS endpoint or `envelope kms serve`).
+    #[arg(long, env = "ENVELOPE_AWS_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// aws backend: encryption context pair sent with every Encrypt and Decrypt (repeatable).
+    #[arg(long = "encryption-context", env = "ENVELOPE_ENCRYPTION_CONTEXT", value_delimiter = ',', value_name = "K=V")]
+    pub encryption_context: Vec<String>,
+    /// aws backend: most KMS calls in flight at once (more wait; no retry storms).
+    #[arg(long, env = "ENVELOPE_AWS_MAX_IN_FLIGHT", value_name = "N")]
+    pub max_in_flight: Option<usize>,
     /// Do not create the key if it does not exist; fail instead.
     #[arg(long, env = "ENVELOPE_NO_CREATE_KEY")]
     pub no_create_key: bool,

@@ -39,6 +39,11 @@ struct FileConfig {
     data_dir: Option<Scalar>,
     key: Option<Scalar>,
     no_create_key: Option<bool>,
+    backend: Option<Scalar>,
+    region: Option<Scalar>,
+    endpoint: Option<Scalar>,
+    encryption_context: Option<std::collections::BTreeMap<String, String>>,
+    max_in_flight: Option<usize>,
     http_addr: Option<Scalar>,
     status_version: Option<Scalar>,
     health_interval: Option<Scalar>,
@@ -58,6 +63,7 @@ pub struct PluginSettings {
     pub data_dir: PathBuf,
     pub key: String,
     pub create_key: bool,
+    pub backend: Backend,
     pub http_addr: Option<SocketAddr>,
     pub status_version: String,
     pub health_interval: Duration,
@@ -66,6 +72,20 @@ pub struct PluginSettings {
     pub provider_name: String,
     pub log_json: bool,
     pub log_level: String,
+}
+
+/// Which key backend the plugin uses.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// envelope's own key store in the data directory.
+    Embedded,
+    /// An AWS-KMS-API endpoint.
+    Aws {
+        region: Option<String>,
+        endpoint: Option<String>,
+        context: std::collections::BTreeMap<String, String>,
+        max_in_flight: usize,
+    },
 }
 
 /// Default data directory: /var/lib/envelope for root, else ~/.local/share/envelope.
@@ -138,8 +158,40 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
             bail!("socket-group {g:?} does not exist");
         }
     }
-    let key = pick(args.key, file.key).unwrap_or_else(|| "kubernetes".into());
-    envelope_keystore::KeyRef::parse(&key).map_err(|e| anyhow!("key {key:?}: {e}"))?;
+    let backend_name = pick(args.backend, file.backend).unwrap_or_else(|| "embedded".into());
+    let (backend, key) = match backend_name.as_str() {
+        "embedded" => {
+            let key = pick(args.key, file.key).unwrap_or_else(|| "kubernetes".into());
+            envelope_keystore::KeyRef::parse(&key).map_err(|e| anyhow!("key {key:?}: {e}"))?;
+            (Backend::Embedded, key)
+        }
+        "aws" => {
+            if !cfg!(feature = "aws") {
+                bail!("this build has no aws backend (built without the `aws` feature)");
+            }
+            let key = pick(args.key, file.key).ok_or_else(|| anyhow!("--backend aws needs --key (key ARN, key id or alias)"))?;
+            let mut context = file.encryption_context.unwrap_or_default();
+            for pair in &args.encryption_context {
+                let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("--encryption-context {pair:?} is not K=V"))?;
+                if k.is_empty() {
+                    bail!("--encryption-context {pair:?} has an empty key");
+                }
+                context.insert(k.to_string(), v.to_string());
+            }
+            let endpoint = pick(args.endpoint, file.endpoint);
+            if let Some(e) = &endpoint {
+                if !(e.starts_with("https://") || e.starts_with("http://")) {
+                    bail!("--endpoint {e:?} must be an http:// or https:// URL");
+                }
+            }
+            let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);
+            if max_in_flight == 0 {
+                bail!("--max-in-flight must be at least 1");
+            }
+            (Backend::Aws { region: pick(args.region, file.region), endpoint, context, max_in_flight }, key)
+        }
+        other => bail!("backend must be embedded or aws, not {other:?}"),
+    };
     let http_text = pick(args.http_addr, file.http_addr).unwrap_or_else(|| "127.0.0.1:8423".into());
     let http_addr = if http_text == "off" {
         None
@@ -175,6 +227,7 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         data_dir,
         key,
         create_key: !(args.no_create_key || file.no_create_key.unwrap_or(false)),
+        backend,
         http_addr,
         status_version,
         health_interval,

@@ -58,6 +58,42 @@ fn harden_process() {
 }
 
 async fn serve(s: PluginSettings) -> Result<()> {
+    let config = PluginConfig {
+        status_version: s.status_version.clone(),
+        health_interval: s.health_interval,
+        request_timeout: s.request_timeout,
+        shutdown_grace: s.shutdown_grace,
+        ..PluginConfig::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    match &s.backend {
+        crate::config::Backend::Embedded => {
+            let backend = embedded_backend(&s).await?;
+            serve_plugin(Plugin::new(backend, config, metrics), &s).await
+        }
+        #[cfg(feature = "aws")]
+        crate::config::Backend::Aws { region, endpoint, context, max_in_flight } => {
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            if let Some(r) = region {
+                loader = loader.region(aws_config::Region::new(r.clone()));
+            }
+            if let Some(e) = endpoint {
+                loader = loader.endpoint_url(e.clone());
+            }
+            let client = aws_sdk_kms::Client::new(&loader.load().await);
+            let backend = envelope_plugin_aws::AwsBackend::new(client, s.key.clone(), context.clone(), *max_in_flight)
+                .map_err(|e| anyhow::anyhow!("aws backend: {e}"))?
+                .with_metrics(metrics.clone());
+            tracing::info!(key = %s.key, endpoint = ?endpoint, region = ?region, "using the aws backend");
+            serve_plugin(Plugin::new(backend, config, metrics), &s).await
+        }
+        #[cfg(not(feature = "aws"))]
+        crate::config::Backend::Aws { .. } => anyhow::bail!("this build has no aws backend"),
+    }
+}
+
+/// Opens the embedded key store and makes sure the key exists (created on first start).
+async fn embedded_backend(s: &PluginSettings) -> Result<EmbeddedBackend> {
     let data_dir = s.data_dir.clone();
     let key_text = s.key.clone();
     let create = s.create_key;
@@ -83,14 +119,12 @@ async fn serve(s: PluginSettings) -> Result<()> {
     if created {
         tracing::info!(key = %key, data_dir = %s.data_dir.display(), "created a new key on first start");
     }
-    let config = PluginConfig {
-        status_version: s.status_version.clone(),
-        health_interval: s.health_interval,
-        request_timeout: s.request_timeout,
-        shutdown_grace: s.shutdown_grace,
-        ..PluginConfig::default()
-    };
-    let plugin = Plugin::new(EmbeddedBackend::new(store, key.clone()), config, Arc::new(Metrics::new()));
+    Ok(EmbeddedBackend::new(store, key))
+}
+
+/// Serves `plugin` on the configured socket (and HTTP port) until SIGTERM/SIGINT.
+async fn serve_plugin<B: envelope_plugin::KeyBackend>(plugin: Plugin<B>, s: &PluginSettings) -> Result<()> {
+    let key = s.key.clone();
     let h = plugin.probe_now().await;
     if let Some(e) = &h.error {
         tracing::warn!(error = %e, "the key is not usable yet; serving anyway and reporting unhealthy");
@@ -117,7 +151,7 @@ async fn serve(s: PluginSettings) -> Result<()> {
         });
         tracing::info!(addr = ?addr, "health and metrics on http://{}/livez, /readyz, /metrics", addr.map(|a| a.to_string()).unwrap_or_default());
     }
-    print_banner(&s, &spec, h.key_id.as_deref());
+    print_banner(s, &spec, h.key_id.as_deref());
     tracing::info!(socket = %s.socket, key = %key, key_id = ?h.key_id, "serving KMS v2 and v1beta1");
 
     let mut rx = stop_rx.clone();
@@ -144,7 +178,11 @@ async fn serve(s: PluginSettings) -> Result<()> {
 
 fn print_banner(s: &PluginSettings, spec: &SocketSpec, key_id: Option<&str>) {
     println!("envelope plugin listening on {}", s.socket);
-    println!("  key store: {}   key: {}   key_id: {}", s.data_dir.display(), s.key, key_id.unwrap_or("(not available yet)"));
+    let store = match &s.backend {
+        crate::config::Backend::Embedded => format!("embedded key store {}", s.data_dir.display()),
+        crate::config::Backend::Aws { endpoint, .. } => format!("aws KMS {}", endpoint.as_deref().unwrap_or("(default endpoint)")),
+    };
+    println!("  backend: {store}   key: {}   key_id: {}", s.key, key_id.unwrap_or("(not available yet)"));
     println!();
     println!("Give kube-apiserver this EncryptionConfiguration (--encryption-provider-config):");
     println!();

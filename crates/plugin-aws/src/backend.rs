@@ -44,6 +44,7 @@ pub struct AwsBackend {
     context: BTreeMap<String, String>,
     permits: Arc<Semaphore>,
     retry: RetryPolicy,
+    metrics: Option<Arc<envelope_plugin::Metrics>>,
 }
 
 impl AwsBackend {
@@ -80,7 +81,14 @@ impl AwsBackend {
             context: encryption_context,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             retry: RetryPolicy::default(),
+            metrics: None,
         })
+    }
+
+    /// Records every remote call (count and latency by operation and outcome) in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<envelope_plugin::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Replaces the retry policy (default: 2 s budget, 50 ms base, 800 ms cap, 6 attempts).
@@ -126,7 +134,21 @@ impl AwsBackend {
                     .key_id(arn)
                     .include_key_material(IncludeKeyMaterial::AllKeyMaterial)
                     .set_marker(marker.clone());
-                async move { req.send().await.map_err(|e| classify("ListKeyRotations", &e)) }
+                {
+                let metrics = self.metrics.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let r = req.send().await.map_err(|e| classify("ListKeyRotations", &e));
+                    if let Some(m) = &metrics {
+                        let outcome = match &r {
+                            Ok(_) => "ok",
+                            Err(e) => envelope_plugin::metrics::code_name(e.code()),
+                        };
+                        m.remote("ListKeyRotations", outcome, started.elapsed());
+                    }
+                    r
+                }
+            }
             })
             .await;
             let page = match page {
@@ -168,7 +190,21 @@ impl KeyBackend for AwsBackend {
         let key = self.key.as_str();
         let out = retry::run(&self.retry, &self.permits, "DescribeKey", || {
             let req = self.client.describe_key().key_id(key);
-            async move { req.send().await.map_err(|e| classify("DescribeKey", &e)) }
+            {
+                let metrics = self.metrics.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let r = req.send().await.map_err(|e| classify("DescribeKey", &e));
+                    if let Some(m) = &metrics {
+                        let outcome = match &r {
+                            Ok(_) => "ok",
+                            Err(e) => envelope_plugin::metrics::code_name(e.code()),
+                        };
+                        m.remote("DescribeKey", outcome, started.elapsed());
+                    }
+                    r
+                }
+            }
         })
         .await
         .map_err(|e| match e {
@@ -228,7 +264,21 @@ impl KeyBackend for AwsBackend {
                 // The SDK takes ownership of the bytes; they are marked sensitive (never logged).
                 .plaintext(Blob::new(plaintext.to_vec()))
                 .set_encryption_context(Some(aws_ctx.clone()));
-            async move { req.send().await.map_err(|e| classify("Encrypt", &e)) }
+            {
+                let metrics = self.metrics.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let r = req.send().await.map_err(|e| classify("Encrypt", &e));
+                    if let Some(m) = &metrics {
+                        let outcome = match &r {
+                            Ok(_) => "ok",
+                            Err(e) => envelope_plugin::metrics::code_name(e.code()),
+                        };
+                        m.remote("Encrypt", outcome, started.elapsed());
+                    }
+                    r
+                }
+            }
         })
         .await?;
         let ct = out
@@ -251,7 +301,21 @@ impl KeyBackend for AwsBackend {
                 .key_id(b.key_arn)
                 .ciphertext_blob(Blob::new(b.ciphertext.to_vec()))
                 .set_encryption_context(Some(aws_ctx.clone()));
-            async move { req.send().await.map_err(|e| classify("Decrypt", &e)) }
+            {
+                let metrics = self.metrics.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let r = req.send().await.map_err(|e| classify("Decrypt", &e));
+                    if let Some(m) = &metrics {
+                        let outcome = match &r {
+                            Ok(_) => "ok",
+                            Err(e) => envelope_plugin::metrics::code_name(e.code()),
+                        };
+                        m.remote("Decrypt", outcome, started.elapsed());
+                    }
+                    r
+                }
+            }
         })
         .await?;
         let plaintext = out

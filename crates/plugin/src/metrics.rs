@@ -34,6 +34,16 @@ pub struct BackendLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of one call to a remote KMS (one attempt; retries count separately).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemoteLabels {
+    /// KMS operation (`DescribeKey`, `Encrypt`, `Decrypt`, `ListKeyRotations`).
+    pub operation: &'static str,
+    /// `ok` or the class of the failure as a gRPC code name (`UNAVAILABLE` for throttling and
+    /// network errors, `FAILED_PRECONDITION` for a disabled key, ...).
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyIdLabels {
     key_id_hash: String,
@@ -57,6 +67,8 @@ pub struct Metrics {
     key_id_current: Mutex<Option<String>>,
     authority_rewrites: Counter,
     connections: Counter,
+    remote_total: Family<RemoteLabels, Counter>,
+    remote_seconds: Family<RemoteLabels, Histogram, fn() -> Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +98,12 @@ impl Metrics {
         let healthy = Gauge::default();
         let last_probe = Gauge::default();
         let key_id = Family::<KeyIdLabels, Gauge>::default();
+        let remote_total = Family::<RemoteLabels, Counter>::default();
+        let remote_seconds = Family::<RemoteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register("remote_calls", "Calls to a remote KMS by operation and outcome class (each attempt)", remote_total.clone());
+        registry.register("remote_call_duration_seconds", "Latency of calls to a remote KMS", remote_seconds.clone());
         let authority_rewrites = Counter::default();
         let connections = Counter::default();
         registry.register(
@@ -118,6 +136,8 @@ impl Metrics {
             key_id_current: Mutex::new(None),
             authority_rewrites,
             connections,
+            remote_total,
+            remote_seconds,
         }
     }
 
@@ -126,6 +146,13 @@ impl Metrics {
         let l = RpcLabels { api, method, code: code_name(code) };
         self.rpc_total.get_or_create(&l).inc();
         self.rpc_seconds.get_or_create(&l).observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one call (attempt) to a remote KMS.
+    pub fn remote(&self, operation: &'static str, outcome: &'static str, elapsed: Duration) {
+        let l = RemoteLabels { operation, outcome };
+        self.remote_total.get_or_create(&l).inc();
+        self.remote_seconds.get_or_create(&l).observe(elapsed.as_secs_f64());
     }
 
     /// Records an accepted connection.

@@ -188,9 +188,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     crate::plugin_cmd::init_logging(args.log_format == "json", &args.log_level);
-    // No core dumps and no ptrace by other processes of the same user: key material lives in memory.
-    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-    let _ = nix::sys::prctl::set_dumpable(false);
+    crate::plugin_cmd::harden_process();
 
     let root = match &args.root_passphrase_file {
         None => envelope_keystore::RootSource::File,

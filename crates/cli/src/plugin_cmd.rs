@@ -52,7 +52,7 @@ pub fn init_logging(json: bool, level: &str) {
 }
 
 /// No core dumps and no ptrace by other processes of the same user: key material lives in memory.
-fn harden_process() {
+pub fn harden_process() {
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
     let _ = nix::sys::prctl::set_dumpable(false);
 }

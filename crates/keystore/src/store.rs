@@ -174,10 +174,12 @@ impl KeyStore {
         let conn = Connection::open(&db)?;
         let _ = fs::set_permissions(&db, fs::Permissions::from_mode(0o600));
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Switching a fresh database to WAL and migrating it can meet SQLITE_BUSY without the
+        // busy handler being consulted when several processes open it at the same moment.
+        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL").map_err(Error::from))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&conn)?;
+        retry_busy(|| migrate(&conn))?;
         let store = Self {
             conn: Mutex::new(conn),
             root,
@@ -1199,6 +1201,19 @@ const MIGRATIONS: &[&str] = &[
         valid_to INTEGER
      )",
 ];
+
+/// Runs `f` again while it fails with SQLITE_BUSY/SQLITE_LOCKED, for at most 10 seconds.
+fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match f() {
+            Err(Error::Storage(m)) if (m.contains("database is locked") || m.contains("database table is locked")) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
 
 fn migrate(conn: &Connection) -> Result<()> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL)")?;

@@ -8,7 +8,9 @@ use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{IncludeKeyMaterial, KeyMaterialState, KeySpec, KeyState, KeyUsageType};
 use envelope_plugin::format::BackendKind;
-use envelope_plugin::{KeyBackend, PluginError, Probe};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::config::http::HttpResponse;
+use envelope_plugin::{InstanceMetrics, KeyBackend, PluginError, Probe};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
@@ -24,6 +26,27 @@ pub const PLUGIN_CONTEXT_PREFIX: &str = "k8s-envelope:";
 const PLUGIN_INTERNAL_PREFIX: &str = "envelope:";
 /// Most pages of ListKeyRotations read when looking for the current material id.
 const MAX_ROTATION_PAGES: usize = 20;
+
+/// Sends one KMS request (one attempt), classifies its failure, and records it in `metrics`.
+async fn send<T, E>(
+    metrics: Option<&InstanceMetrics>,
+    op: &'static str,
+    request: impl std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+) -> Result<T, PluginError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let started = std::time::Instant::now();
+    let r = request.await.map_err(|e| classify(op, &e));
+    if let Some(m) = metrics {
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(e) => envelope_plugin::metrics::code_name(e.code()),
+        };
+        m.remote(op, outcome, started.elapsed());
+    }
+    r
+}
 
 /// A version of the configured key, as learned by a probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +67,7 @@ pub struct AwsBackend {
     context: BTreeMap<String, String>,
     permits: Arc<Semaphore>,
     retry: RetryPolicy,
-    metrics: Option<Arc<envelope_plugin::Metrics>>,
+    metrics: Option<InstanceMetrics>,
 }
 
 impl AwsBackend {
@@ -53,7 +76,7 @@ impl AwsBackend {
     /// `encryption_context` is added to every Encrypt/Decrypt (key policies can require it); its
     /// keys may not start with `envelope:` or `k8s-envelope:`. At most `max_in_flight` KMS calls
     /// run at once. The client's own retries are turned off: this backend retries transient
-    /// errors itself within [`RetryPolicy::budget`].
+    /// errors itself, within the caller's deadline ([`envelope_plugin::deadline`]).
     pub fn new(
         client: Client,
         key: String,
@@ -86,12 +109,19 @@ impl AwsBackend {
     }
 
     /// Records every remote call (count and latency by operation and outcome) in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<envelope_plugin::Metrics>) -> Self {
-        self.metrics = Some(metrics);
+    pub fn with_metrics(mut self, metrics: impl Into<InstanceMetrics>) -> Self {
+        self.metrics = Some(metrics.into());
         self
     }
 
-    /// Replaces the retry policy (default: 2 s budget, 50 ms base, 800 ms cap, 6 attempts).
+    /// Shares one concurrency limit among several backends (several keys of one process toward
+    /// the same KMS), replacing this backend's own `max_in_flight` limit.
+    pub fn with_shared_limit(mut self, permits: Arc<Semaphore>) -> Self {
+        self.permits = permits;
+        self
+    }
+
+    /// Replaces the retry policy (see [`RetryPolicy::default`]).
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
@@ -134,21 +164,7 @@ impl AwsBackend {
                     .key_id(arn)
                     .include_key_material(IncludeKeyMaterial::AllKeyMaterial)
                     .set_marker(marker.clone());
-                {
-                let metrics = self.metrics.clone();
-                async move {
-                    let started = std::time::Instant::now();
-                    let r = req.send().await.map_err(|e| classify("ListKeyRotations", &e));
-                    if let Some(m) = &metrics {
-                        let outcome = match &r {
-                            Ok(_) => "ok",
-                            Err(e) => envelope_plugin::metrics::code_name(e.code()),
-                        };
-                        m.remote("ListKeyRotations", outcome, started.elapsed());
-                    }
-                    r
-                }
-            }
+                send(self.metrics.as_ref(), "ListKeyRotations", req.send())
             })
             .await;
             let page = match page {
@@ -189,22 +205,7 @@ impl KeyBackend for AwsBackend {
     async fn probe(&self) -> Result<Probe<AwsKeyVersion>, PluginError> {
         let key = self.key.as_str();
         let out = retry::run(&self.retry, &self.permits, "DescribeKey", || {
-            let req = self.client.describe_key().key_id(key);
-            {
-                let metrics = self.metrics.clone();
-                async move {
-                    let started = std::time::Instant::now();
-                    let r = req.send().await.map_err(|e| classify("DescribeKey", &e));
-                    if let Some(m) = &metrics {
-                        let outcome = match &r {
-                            Ok(_) => "ok",
-                            Err(e) => envelope_plugin::metrics::code_name(e.code()),
-                        };
-                        m.remote("DescribeKey", outcome, started.elapsed());
-                    }
-                    r
-                }
-            }
+            send(self.metrics.as_ref(), "DescribeKey", self.client.describe_key().key_id(key).send())
         })
         .await
         .map_err(|e| match e {
@@ -264,21 +265,7 @@ impl KeyBackend for AwsBackend {
                 // The SDK takes ownership of the bytes; they are marked sensitive (never logged).
                 .plaintext(Blob::new(plaintext.to_vec()))
                 .set_encryption_context(Some(aws_ctx.clone()));
-            {
-                let metrics = self.metrics.clone();
-                async move {
-                    let started = std::time::Instant::now();
-                    let r = req.send().await.map_err(|e| classify("Encrypt", &e));
-                    if let Some(m) = &metrics {
-                        let outcome = match &r {
-                            Ok(_) => "ok",
-                            Err(e) => envelope_plugin::metrics::code_name(e.code()),
-                        };
-                        m.remote("Encrypt", outcome, started.elapsed());
-                    }
-                    r
-                }
-            }
+            send(self.metrics.as_ref(), "Encrypt", req.send())
         })
         .await?;
         let ct = out
@@ -301,21 +288,7 @@ impl KeyBackend for AwsBackend {
                 .key_id(b.key_arn)
                 .ciphertext_blob(Blob::new(b.ciphertext.to_vec()))
                 .set_encryption_context(Some(aws_ctx.clone()));
-            {
-                let metrics = self.metrics.clone();
-                async move {
-                    let started = std::time::Instant::now();
-                    let r = req.send().await.map_err(|e| classify("Decrypt", &e));
-                    if let Some(m) = &metrics {
-                        let outcome = match &r {
-                            Ok(_) => "ok",
-                            Err(e) => envelope_plugin::metrics::code_name(e.code()),
-                        };
-                        m.remote("Decrypt", outcome, started.elapsed());
-                    }
-                    r
-                }
-            }
+            send(self.metrics.as_ref(), "Decrypt", req.send())
         })
         .await?;
         let plaintext = out

@@ -1,12 +1,14 @@
-//! Bounded retries for transient KMS errors: exponential backoff with full jitter, inside a
-//! total time budget that stays below kube-apiserver's 3 s KMS deadline, and a cap on attempts.
+//! Bounded retries for transient KMS errors: exponential backoff with full jitter, inside the
+//! caller's deadline (kube-apiserver's gRPC deadline, see [`envelope_plugin::deadline`]) less a
+//! small reserve for answering, and a cap on attempts. Without a caller's deadline (library use)
+//! a fixed budget applies.
 //! The SDK's own retries are disabled by [`AwsBackend`](crate::AwsBackend), so this is the only
 //! retry layer (no multiplied retry storms).
 
 use std::future::Future;
 use std::time::Duration;
 
-use envelope_plugin::PluginError;
+use envelope_plugin::{PluginError, deadline};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -15,8 +17,12 @@ use crate::classify::is_transient;
 /// How transient failures are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Total time one logical call may take, attempts and sleeps included.
+    /// Total time one logical call may take, attempts and sleeps included, when the caller set
+    /// no deadline.
     pub budget: Duration,
+    /// Time kept back before the caller's deadline so the answer (an error naming the cause)
+    /// reaches the caller before it gives up.
+    pub reserve: Duration,
     /// Backoff ceiling before the first retry; doubles with each retry.
     pub base: Duration,
     /// Largest backoff ceiling.
@@ -27,11 +33,30 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { budget: Duration::from_secs(2), base: Duration::from_millis(50), cap: Duration::from_millis(800), max_attempts: 6 }
+        Self {
+            budget: Duration::from_secs(2),
+            reserve: Duration::from_millis(50),
+            base: Duration::from_millis(50),
+            cap: Duration::from_millis(800),
+            max_attempts: 6,
+        }
     }
 }
 
 impl RetryPolicy {
+    /// When a logical call started at `now` must end: the caller's deadline less
+    /// [`reserve`](Self::reserve) (the whole remaining time if that is less than the reserve), or
+    /// `now + budget` without a caller's deadline.
+    pub fn deadline(&self, now: Instant, caller: Option<Instant>) -> Instant {
+        match caller {
+            Some(d) => match d.checked_sub(self.reserve) {
+                Some(early) if early > now => early,
+                _ => d,
+            },
+            None => now + self.budget,
+        }
+    }
+
     /// The ceiling of the backoff before retry number `retry` (1-based): `min(cap, base·2^(retry-1))`.
     pub fn ceiling(&self, retry: u32) -> Duration {
         let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
@@ -52,15 +77,16 @@ impl RetryPolicy {
     }
 }
 
-/// Runs `attempt` until it succeeds, fails with a non-transient error, or the budget or attempt
-/// cap is spent. Each attempt holds one permit of `permits` (bounding in-flight remote calls);
-/// waiting for a permit counts against the budget.
+/// Runs `attempt` until it succeeds, fails with a non-transient error, or the time (see
+/// [`RetryPolicy::deadline`]) or the attempt cap is spent. Each attempt holds one permit of
+/// `permits` (bounding in-flight remote calls); waiting for a permit counts against the time.
 pub async fn run<T, F, Fut>(policy: &RetryPolicy, permits: &Semaphore, op: &str, mut attempt: F) -> Result<T, PluginError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, PluginError>>,
 {
-    let deadline = Instant::now() + policy.budget;
+    let started = Instant::now();
+    let deadline = policy.deadline(started, deadline::current());
     let mut tries = 0u32;
     loop {
         tries += 1;
@@ -75,7 +101,7 @@ where
             Ok(r) => r,
             Err(_) => Err(PluginError::Unavailable(format!(
                 "{op}: no answer from the KMS within {} ms ({tries} attempt(s))",
-                policy.budget.as_millis()
+                deadline.saturating_duration_since(started).as_millis()
             ))),
         };
         match res {
@@ -98,7 +124,13 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn fast() -> RetryPolicy {
-        RetryPolicy { budget: Duration::from_millis(200), base: Duration::from_millis(5), cap: Duration::from_millis(40), max_attempts: 6 }
+        RetryPolicy {
+            budget: Duration::from_millis(200),
+            reserve: Duration::from_millis(20),
+            base: Duration::from_millis(5),
+            cap: Duration::from_millis(40),
+            max_attempts: 6,
+        }
     }
 
     #[test]
@@ -163,5 +195,48 @@ mod tests {
         let _held = sem.acquire().await.unwrap();
         let r: Result<(), _> = run(&p, &sem, "Op", || async { Ok(()) }).await;
         assert!(matches!(r, Err(PluginError::Unavailable(_))));
+    }
+
+    #[test]
+    fn the_callers_deadline_replaces_the_budget() {
+        let p = fast();
+        let now = Instant::now();
+        assert_eq!(p.deadline(now, None), now + p.budget);
+        let long = now + Duration::from_secs(3);
+        assert_eq!(p.deadline(now, Some(long)), long - p.reserve);
+        let short = now + Duration::from_millis(10);
+        assert_eq!(p.deadline(now, Some(short)), short, "less than the reserve left: use all of it");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_call_ends_before_the_callers_deadline() {
+        // Default policy: 2 s budget without a deadline; the caller allows 300 ms.
+        let p = RetryPolicy::default();
+        let sem = Semaphore::new(1);
+        let start = Instant::now();
+        let caller = start + Duration::from_millis(300);
+        let r: Result<(), _> = deadline::scope(caller, run(&p, &sem, "Op", || std::future::pending())).await;
+        let took = start.elapsed();
+        assert!(matches!(r, Err(PluginError::Unavailable(ref m)) if m.contains("no answer from the KMS within 2")), "{r:?}");
+        // Ended by the caller's deadline, not by the 2 s budget.
+        assert!(took >= Duration::from_millis(249) && took < Duration::from_millis(1500), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_up_to_a_long_callers_deadline() {
+        // A caller deadline longer than the budget allows more attempts than the budget would.
+        let p = RetryPolicy { budget: Duration::from_millis(30), reserve: Duration::from_millis(10), base: Duration::from_millis(20), cap: Duration::from_millis(20), max_attempts: 50 };
+        let sem = Semaphore::new(1);
+        let n = AtomicU32::new(0);
+        let caller = Instant::now() + Duration::from_millis(600);
+        let r: Result<(), _> = deadline::scope(caller, run(&p, &sem, "Op", || async {
+            n.fetch_add(1, Ordering::SeqCst);
+            Err(PluginError::Unavailable("throttled".into()))
+        }))
+        .await;
+        assert!(r.is_err());
+        assert!(Instant::now() <= caller, "answered after the caller's deadline");
+        // Backoff ≤ 20 ms each: well over 3 attempts fit in ~590 ms; the 30 ms budget would allow ~2.
+        assert!(n.load(Ordering::SeqCst) > 5, "{}", n.load(Ordering::SeqCst));
     }
 }

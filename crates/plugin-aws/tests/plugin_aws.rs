@@ -17,6 +17,7 @@ const ALIAS: &str = "alias/k8s-master-key";
 
 struct Running {
     client: Client,
+    server: Arc<Server>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -57,13 +58,43 @@ async fn start() -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let served = server.clone();
     let task = tokio::spawn(async move {
-        let _ = envelope_kms_server::serve(listener, server, async move {
+        let _ = envelope_kms_server::serve(listener, served, async move {
             let _ = rx.await;
         })
         .await;
     });
-    Running { client: sdk_client(&format!("http://127.0.0.1:{port}")), stop: Some(tx), task: Some(task), _dir: dir }
+    Running { client: sdk_client(&format!("http://127.0.0.1:{port}")), server, stop: Some(tx), task: Some(task), _dir: dir }
+}
+
+/// Serves the same key server a second time, on another port, with `CurrentKeyMaterialId`
+/// removed from every DescribeKey answer, as endpoints that predate that field answer (requests
+/// and their SigV4 checks are untouched). Returns a client of that endpoint.
+async fn serve_without_current_material_id(server: Arc<Server>) -> Client {
+    async fn strip(resp: axum::response::Response) -> axum::response::Response {
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+        let out = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(mut v) => {
+                if let Some(md) = v.get_mut("KeyMetadata").and_then(|m| m.as_object_mut()) {
+                    md.remove("CurrentKeyMaterialId");
+                }
+                serde_json::to_vec(&v).unwrap()
+            }
+            Err(_) => bytes.to_vec(),
+        };
+        let mut parts = parts;
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        axum::response::Response::from_parts(parts, axum::body::Body::from(out))
+    }
+    let app = envelope_kms_server::server::router(server).layer(axum::middleware::map_response(strip));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    sdk_client(&format!("http://127.0.0.1:{port}"))
 }
 
 /// Creates a key and points `alias` at it; returns the key id.
@@ -77,7 +108,7 @@ async fn create_key(c: &Client, alias: Option<&str>) -> String {
 }
 
 fn fast_retry() -> RetryPolicy {
-    RetryPolicy { budget: Duration::from_millis(400), base: Duration::from_millis(10), cap: Duration::from_millis(100), max_attempts: 4 }
+    RetryPolicy { budget: Duration::from_millis(400), reserve: Duration::from_millis(20), base: Duration::from_millis(10), cap: Duration::from_millis(100), max_attempts: 4 }
 }
 
 fn plugin(c: &Client, key: &str, ctx: &[(&str, &str)]) -> Plugin<AwsBackend> {
@@ -229,6 +260,70 @@ async fn key_policy_denial_is_permission_denied() {
     assert!(matches!(&h.error, Some(PluginError::PermissionDenied(m)) if m.contains("AccessDenied")), "{:?}", h.error);
     let err = p.encrypt_v2(&[1u8; 32]).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+}
+
+#[tokio::test]
+async fn without_current_key_material_id_the_key_id_comes_from_list_key_rotations() {
+    let r = start().await;
+    let id = create_key(&r.client, Some(ALIAS)).await;
+    let old_style = serve_without_current_material_id(r.server.clone()).await;
+    let md = old_style.describe_key().key_id(ALIAS).send().await.unwrap().key_metadata.unwrap();
+    assert_eq!(md.current_key_material_id(), None, "the stripped endpoint must not report the material id");
+
+    let direct = plugin(&r.client, ALIAS, &[]);
+    let metrics = Arc::new(Metrics::new());
+    let backend = AwsBackend::new(old_style.clone(), ALIAS.to_string(), BTreeMap::new(), 8)
+        .unwrap()
+        .with_retry(fast_retry())
+        .with_metrics(metrics.clone());
+    let fallback = Plugin::new(backend, PluginConfig::default(), metrics.clone());
+
+    // The same material id found both ways gives the same key_id.
+    let k1 = ready_key_id(&fallback).await;
+    assert_eq!(k1, ready_key_id(&direct).await);
+    assert!(
+        metrics.encode().contains(r#"envelope_plugin_remote_calls_total{operation="ListKeyRotations",outcome="ok"} 1"#),
+        "{}",
+        metrics.encode()
+    );
+    let (ct1, _, ann) = fallback.encrypt_v2(&[3u8; 32]).await.unwrap();
+
+    // Rotation: ListKeyRotations names the new CURRENT material, so the key_id follows it.
+    r.client.rotate_key_on_demand().key_id(&id).send().await.unwrap();
+    let k2 = ready_key_id(&fallback).await;
+    assert_ne!(k1, k2, "rotation must change the key_id through the fallback too");
+    assert_eq!(k2, ready_key_id(&direct).await);
+    assert_eq!(&fallback.decrypt_v2(&ct1, &k1, &ann).await.unwrap()[..], &[3u8; 32]);
+    let (ct2, kid2, _) = fallback.encrypt_v2(&[4u8; 32]).await.unwrap();
+    assert_eq!(kid2, k2);
+    assert_eq!(&direct.decrypt_v2(&ct2, &k2, &ann).await.unwrap()[..], &[4u8; 32]);
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_callers_deadline() {
+    // An endpoint that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let r = start().await;
+    create_key(&r.client, Some(ALIAS)).await;
+    let p = plugin(&r.client, ALIAS, &[]);
+    ready_key_id(&p).await;
+    let (ct, kid, ann) = p.encrypt_v2(&[6u8; 32]).await.unwrap();
+
+    // Same key, through the silent endpoint, with the default policy (2 s without a deadline).
+    let backend = AwsBackend::new(sdk_client(&format!("http://127.0.0.1:{port}")), ALIAS.to_string(), BTreeMap::new(), 8).unwrap();
+    let stuck = Plugin::new(backend, PluginConfig::default(), Arc::new(Metrics::new()));
+    let start = tokio::time::Instant::now();
+    let caller = start + Duration::from_millis(400);
+    let err = envelope_plugin::deadline::scope(caller, stuck.decrypt_v2(&ct, &kid, &ann)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(tokio::time::Instant::now() <= caller, "answered after the caller's deadline ({:?})", start.elapsed());
 }
 
 mod parsing {

@@ -8,12 +8,14 @@
 //! * [`server`]: `serve(listener, shutdown)` on a Unix socket behind the HTTP/2 `:authority`
 //!   adapter, and the `/livez` `/readyz` `/metrics` HTTP server.
 //! * [`socket`]: socket creation, stale-socket handling, modes, abstract sockets.
-//! * [`metrics`]: Prometheus metrics.
+//! * [`deadline`]: the caller's gRPC deadline, carried to backends that retry.
+//! * [`metrics`]: Prometheus metrics, one registry per process, labelled per instance.
 //! * [`error`]: [`PluginError`] and its single mapping to gRPC codes.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod deadline;
 pub mod error;
 pub mod format;
 pub mod metrics;
@@ -24,6 +26,7 @@ pub mod socket;
 
 pub use backend::{EmbeddedBackend, KeyBackend, Probe};
 pub use error::PluginError;
-pub use metrics::Metrics;
+pub use metrics::{Instance, InstanceMetrics, Metrics};
 pub use plugin::{Health, Plugin, PluginConfig};
+pub use server::Readiness;
 pub use socket::{BoundSocket, SocketSpec};

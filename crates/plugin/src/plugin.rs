@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use crate::backend::KeyBackend;
 use crate::error::PluginError;
 use crate::format::{self, MAX_PLAINTEXT, MAX_V2_FIELD, MAX_V2_PLAINTEXT};
-use crate::metrics::{Metrics, code_name};
+use crate::metrics::{InstanceMetrics, code_name};
 
 /// Plugin settings that the library needs (the CLI owns the rest).
 #[derive(Debug, Clone)]
@@ -81,7 +81,7 @@ pub const ANNOTATION_KEY: &str = "plugin.envelope.dev";
 pub(crate) struct Inner<B: KeyBackend> {
     pub(crate) backend: B,
     pub(crate) config: PluginConfig,
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) metrics: InstanceMetrics,
     health: RwLock<Arc<Health<B::Version>>>,
     annotations: HashMap<String, Vec<u8>>,
 }
@@ -100,7 +100,10 @@ impl<B: KeyBackend> Clone for Plugin<B> {
 impl<B: KeyBackend> Plugin<B> {
     /// Creates a plugin around `backend`. Call [`Plugin::probe_now`] (or start the health loop)
     /// before serving so the first Status is meaningful.
-    pub fn new(backend: B, config: PluginConfig, metrics: Arc<Metrics>) -> Self {
+    /// `metrics` is the process registry (`Arc<Metrics>`, for a single instance) or an
+    /// [`InstanceMetrics`] handle carrying this instance's labels.
+    pub fn new(backend: B, config: PluginConfig, metrics: impl Into<InstanceMetrics>) -> Self {
+        let metrics = metrics.into();
         let annotations = HashMap::from([(
             ANNOTATION_KEY.to_string(),
             format!("envelope/{}/v1", backend.kind().name()).into_bytes(),
@@ -116,8 +119,8 @@ impl<B: KeyBackend> Plugin<B> {
         }
     }
 
-    /// The metrics registry.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    /// This instance's metrics.
+    pub fn metrics(&self) -> &InstanceMetrics {
         &self.inner.metrics
     }
 
@@ -142,7 +145,9 @@ impl<B: KeyBackend> Plugin<B> {
     /// Runs one probe now and updates the cached health.
     pub async fn probe_now(&self) -> Arc<Health<B::Version>> {
         let start = Instant::now();
-        let res = match tokio::time::timeout(self.inner.config.probe_timeout, self.inner.backend.probe()).await {
+        let deadline = tokio::time::Instant::now() + self.inner.config.probe_timeout;
+        let probe = crate::deadline::scope(deadline, self.inner.backend.probe());
+        let res = match tokio::time::timeout_at(deadline, probe).await {
             Ok(r) => r,
             Err(_) => Err(PluginError::Unavailable("health probe timed out".into())),
         };

@@ -19,12 +19,12 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::backend::KeyBackend;
-use crate::metrics::Metrics;
+use crate::metrics::{InstanceMetrics, Metrics};
 use crate::plugin::Plugin;
 use crate::service::{V1Service, V2Service};
 
 /// One accepted connection: the Unix stream behind the `:authority` rewriter.
-pub struct PluginConn(RewriteIo<UnixStream>, Arc<Metrics>);
+pub struct PluginConn(RewriteIo<UnixStream>, InstanceMetrics);
 
 impl Drop for PluginConn {
     fn drop(&mut self) {
@@ -109,38 +109,107 @@ impl<B: KeyBackend> Plugin<B> {
         }
     }
 
-    /// The HTTP router for `/livez`, `/readyz` and `/metrics`.
+    /// This instance's readiness, for [`http_router`].
+    pub fn readiness(&self) -> Readiness {
+        let p = self.clone();
+        Readiness {
+            name: self.metrics().instance().name(),
+            check: Arc::new(move || {
+                let h = p.health();
+                if h.is_ready() { Ok(()) } else { Err(h.healthz()) }
+            }),
+        }
+    }
+
+    /// The HTTP router for `/livez`, `/readyz` and `/metrics` of this instance alone.
     pub fn http_router(&self) -> Router {
-        let ready = self.clone();
-        let metrics = self.metrics().clone();
-        Router::new()
-            .route("/livez", get(|| async { "ok\n" }))
-            .route(
-                "/readyz",
-                get(move || {
-                    let h = ready.health();
-                    async move {
-                        if h.is_ready() {
-                            (StatusCode::OK, "ok\n".to_string())
-                        } else {
-                            (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", h.healthz()))
-                        }
-                    }
-                }),
-            )
-            .route(
-                "/metrics",
-                get(move || {
-                    let body = metrics.encode();
-                    async move {
-                        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
-                    }
-                }),
-            )
+        http_router(vec![self.readiness()], self.metrics().shared().clone())
     }
 
     /// Serves [`Plugin::http_router`] on `listener` until `shutdown` completes.
     pub async fn serve_http(&self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        axum::serve(listener, self.http_router()).with_graceful_shutdown(shutdown).await
+        serve_router(listener, self.http_router(), shutdown).await
+    }
+}
+
+/// One instance's readiness check: its name (`socket (key)`, empty for a single instance) and a
+/// cheap function reading its cached health (`Err` carries the reason).
+#[derive(Clone)]
+pub struct Readiness {
+    /// Shown in the `/readyz` body.
+    pub name: String,
+    /// `Ok` when the instance can serve Encrypt now.
+    pub check: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+}
+
+/// `/readyz` body and status for `checks`: 200 `ok` when every instance is ready, else 503 with
+/// one line per instance (`[+] name ok` / `[-] name: reason`); a single unnamed instance
+/// answers with just its reason.
+pub fn readyz(checks: &[Readiness]) -> (StatusCode, String) {
+    let results: Vec<(&str, Result<(), String>)> = checks.iter().map(|c| (c.name.as_str(), (c.check)())).collect();
+    if results.iter().all(|(_, r)| r.is_ok()) {
+        return (StatusCode::OK, "ok\n".to_string());
+    }
+    if let [(name, Err(reason))] = results.as_slice() {
+        if name.is_empty() {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
+        }
+    }
+    let mut body = String::new();
+    for (name, r) in &results {
+        match r {
+            Ok(()) => body.push_str(&format!("[+] {name} ok\n")),
+            Err(reason) => body.push_str(&format!("[-] {name}: {reason}\n")),
+        }
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
+/// The HTTP router of a process serving the instances behind `checks`: `/livez` (up while the
+/// process runs, whatever the keys' state), `/readyz` (every instance ready) and `/metrics`.
+pub fn http_router(checks: Vec<Readiness>, metrics: Arc<Metrics>) -> Router {
+    let checks = Arc::new(checks);
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = readyz(&checks);
+                async move { r }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.encode();
+                async move {
+                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+                }
+            }),
+        )
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve_router(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, r: Result<(), &str>) -> Readiness {
+        let r = r.map_err(str::to_string);
+        Readiness { name: name.into(), check: Arc::new(move || r.clone()) }
+    }
+
+    #[test]
+    fn readyz_aggregates_instances() {
+        assert_eq!(readyz(&[check("", Ok(()))]), (StatusCode::OK, "ok\n".into()));
+        assert_eq!(readyz(&[check("", Err("key k is disabled"))]), (StatusCode::SERVICE_UNAVAILABLE, "key k is disabled\n".into()));
+        assert_eq!(readyz(&[check("/a (k1)", Ok(())), check("/b (k2)", Ok(()))]).0, StatusCode::OK);
+        let (code, body) = readyz(&[check("/a (k1)", Ok(())), check("/b (k2)", Err("throttled"))]);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "[+] /a (k1) ok\n[-] /b (k2): throttled\n");
     }
 }

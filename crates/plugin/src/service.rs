@@ -1,12 +1,13 @@
 //! The gRPC services: KMS v2 and KMS v1beta1, thin adapters over [`Plugin`].
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use envelope_proto::{v1beta1, v2};
 use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
 use crate::backend::KeyBackend;
+use crate::deadline;
 use crate::error::PluginError;
 use crate::plugin::Plugin;
 
@@ -51,8 +52,9 @@ impl<B: KeyBackend> v2::key_management_service_server::KeyManagementService for 
 
     async fn encrypt(&self, req: Request<v2::EncryptRequest>) -> Result<Response<v2::EncryptResponse>, Status> {
         let start = Instant::now();
+        let until = deadline::of_request(start, req.metadata(), self.0.config().request_timeout);
         let mut req = req.into_inner();
-        let r = self.0.encrypt_v2(&req.plaintext).await.map(|(ciphertext, key_id, annotations)| {
+        let r = deadline::scope(until, self.0.encrypt_v2(&req.plaintext)).await.map(|(ciphertext, key_id, annotations)| {
             v2::EncryptResponse { ciphertext, key_id, annotations }
         });
         req.plaintext.zeroize();
@@ -61,15 +63,14 @@ impl<B: KeyBackend> v2::key_management_service_server::KeyManagementService for 
 
     async fn decrypt(&self, req: Request<v2::DecryptRequest>) -> Result<Response<v2::DecryptResponse>, Status> {
         let start = Instant::now();
+        let until = deadline::of_request(start, req.metadata(), self.0.config().request_timeout);
         let req = req.into_inner();
         if req.ciphertext.is_empty() {
             let e = PluginError::InvalidCiphertext("ciphertext is empty".into());
             return finish(&self.0, "v2", "Decrypt", &req.uid, start, Err(e));
         }
         // The plaintext leaves through the response; prost does not zeroize it, but our copy is.
-        let r = self
-            .0
-            .decrypt_v2(&req.ciphertext, &req.key_id, &req.annotations)
+        let r = deadline::scope(until, self.0.decrypt_v2(&req.ciphertext, &req.key_id, &req.annotations))
             .await
             .map(|p| v2::DecryptResponse { plaintext: p.to_vec() });
         finish(&self.0, "v2", "Decrypt", &req.uid, start, r)
@@ -101,9 +102,10 @@ impl<B: KeyBackend> v1beta1::key_management_service_server::KeyManagementService
 
     async fn encrypt(&self, req: Request<v1beta1::EncryptRequest>) -> Result<Response<v1beta1::EncryptResponse>, Status> {
         let start = Instant::now();
+        let until = deadline::of_request(start, req.metadata(), self.0.config().request_timeout);
         let mut req = req.into_inner();
         let r = match check_v1_version(&req.version) {
-            Ok(()) => self.0.encrypt_v1(&req.plain).await.map(|cipher| v1beta1::EncryptResponse { cipher }),
+            Ok(()) => deadline::scope(until, self.0.encrypt_v1(&req.plain)).await.map(|cipher| v1beta1::EncryptResponse { cipher }),
             Err(e) => Err(e),
         };
         req.plain.zeroize();
@@ -112,9 +114,10 @@ impl<B: KeyBackend> v1beta1::key_management_service_server::KeyManagementService
 
     async fn decrypt(&self, req: Request<v1beta1::DecryptRequest>) -> Result<Response<v1beta1::DecryptResponse>, Status> {
         let start = Instant::now();
+        let until = deadline::of_request(start, req.metadata(), self.0.config().request_timeout);
         let req = req.into_inner();
         let r = match check_v1_version(&req.version) {
-            Ok(()) => self.0.decrypt_v1(&req.cipher).await.map(|p| v1beta1::DecryptResponse { plain: p.to_vec() }),
+            Ok(()) => deadline::scope(until, self.0.decrypt_v1(&req.cipher)).await.map(|p| v1beta1::DecryptResponse { plain: p.to_vec() }),
             Err(e) => Err(e),
         };
         finish(&self.0, "v1beta1", "Decrypt", "", start, r)

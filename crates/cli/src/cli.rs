@@ -35,13 +35,16 @@ pub enum Command {
 #[command(after_help = "Configuration precedence: flags > ENVELOPE_* environment variables > --config file > defaults.\n\
 Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 for invalid configuration, 1 for runtime failures.")]
 pub struct PluginArgs {
-    /// YAML configuration file; its keys are the long flag names (e.g. `socket`, `data-dir`, `health-interval`).
+    /// YAML configuration file; its keys are the long flag names (e.g. `socket`, `data-dir`,
+    /// `health-interval`), plus `instances:` (a list of `socket`, `key`, `provider-name`,
+    /// `encryption-context`) to serve several keys.
     #[arg(long, env = "ENVELOPE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Unix socket to serve on (absolute path, or @name for a Linux abstract socket).
-    /// Default: /run/envelope/kms.sock as root, else <data-dir>/kms.sock.
+    /// Default: /run/envelope/kms.sock as root, else <data-dir>/kms.sock. Repeat together with
+    /// --key to serve several keys from one process: the n-th --socket serves the n-th --key.
     #[arg(long, env = "ENVELOPE_SOCKET", value_name = "PATH")]
-    pub socket: Option<String>,
+    pub socket: Vec<String>,
     /// Permission bits of the socket file, octal.
     #[arg(long, env = "ENVELOPE_SOCKET_MODE", value_name = "OCTAL")]
     pub socket_mode: Option<String>,
@@ -58,9 +61,10 @@ pub struct PluginArgs {
     pub backend: Option<String>,
     /// Key to use. Embedded: an alias (`kubernetes` or `alias/kubernetes`) or a key id, created
     /// on first start if missing (unless --no-create-key). aws: a key ARN, key id or alias
-    /// (required).
+    /// (required). Repeatable, paired with --socket: each pair is an instance with its own
+    /// health, Status and metrics labels.
     #[arg(long, env = "ENVELOPE_KEY", value_name = "KEY")]
-    pub key: Option<String>,
+    pub key: Vec<String>,
     /// aws backend: region (else the standard AWS configuration chain).
     #[arg(long, env = "ENVELOPE_AWS_REGION", value_name = "REGION")]
     pub region: Option<String>,
@@ -91,7 +95,8 @@ pub struct PluginArgs {
     /// How long in-flight RPCs may finish after SIGTERM/SIGINT.
     #[arg(long, env = "ENVELOPE_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
-    /// Provider name used in the printed EncryptionConfiguration snippet.
+    /// Provider name used in the printed EncryptionConfiguration snippet (with several
+    /// instances: NAME-1, NAME-2, ...).
     #[arg(long, env = "ENVELOPE_PROVIDER_NAME", value_name = "NAME")]
     pub provider_name: Option<String>,
     /// Log format: text or json.

@@ -52,16 +52,38 @@ struct FileConfig {
     provider_name: Option<Scalar>,
     log_format: Option<Scalar>,
     log_level: Option<Scalar>,
+    instances: Option<Vec<FileInstance>>,
+}
+
+/// One entry of `instances:` in the YAML file.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileInstance {
+    socket: Scalar,
+    key: Scalar,
+    provider_name: Option<Scalar>,
+    encryption_context: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// One plugin instance: a key served on a socket, with its own health, Status and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceSettings {
+    pub socket: String,
+    pub key: String,
+    /// Name of its provider in the printed EncryptionConfiguration.
+    pub provider_name: String,
+    /// aws backend: encryption context of this instance (the global pairs plus its own).
+    pub encryption_context: std::collections::BTreeMap<String, String>,
 }
 
 /// Validated plugin settings.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
-    pub socket: String,
+    /// At least one; sockets are distinct.
+    pub instances: Vec<InstanceSettings>,
     pub socket_mode: u32,
     pub socket_group: Option<String>,
     pub data_dir: PathBuf,
-    pub key: String,
     pub create_key: bool,
     pub backend: Backend,
     pub http_addr: Option<SocketAddr>,
@@ -69,7 +91,6 @@ pub struct PluginSettings {
     pub health_interval: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
-    pub provider_name: String,
     pub log_json: bool,
     pub log_level: String,
 }
@@ -83,7 +104,6 @@ pub enum Backend {
     Aws {
         region: Option<String>,
         endpoint: Option<String>,
-        context: std::collections::BTreeMap<String, String>,
         max_in_flight: usize,
     },
 }
@@ -131,19 +151,13 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     } else {
         std::env::current_dir().context("cannot read the current directory")?.join(data_dir)
     };
-    let socket = pick(args.socket, file.socket).unwrap_or_else(|| {
+    let default_socket = || {
         if nix::unistd::geteuid().is_root() {
             "/run/envelope/kms.sock".to_string()
         } else {
             data_dir.join("kms.sock").to_string_lossy().into_owned()
         }
-    });
-    if !(socket.starts_with('/') || (socket.starts_with('@') && socket.len() > 1)) {
-        bail!("socket {socket:?} must be an absolute path or @name (abstract socket)");
-    }
-    if socket.len() > 107 {
-        bail!("socket path {socket:?} is longer than the 107 bytes a Unix socket address can hold");
-    }
+    };
     let mode_text = pick(args.socket_mode, file.socket_mode).unwrap_or_else(|| "0600".into());
     let socket_mode = u32::from_str_radix(mode_text.trim_start_matches("0o"), 8)
         .ok()
@@ -159,38 +173,98 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         }
     }
     let backend_name = pick(args.backend, file.backend).unwrap_or_else(|| "embedded".into());
-    let (backend, key) = match backend_name.as_str() {
-        "embedded" => {
-            let key = pick(args.key, file.key).unwrap_or_else(|| "kubernetes".into());
-            envelope_keystore::KeyRef::parse(&key).map_err(|e| anyhow!("key {key:?}: {e}"))?;
-            (Backend::Embedded, key)
-        }
-        "aws" => {
-            if !cfg!(feature = "aws") {
-                bail!("this build has no aws backend (built without the `aws` feature)");
-            }
-            let key = pick(args.key, file.key).ok_or_else(|| anyhow!("--backend aws needs --key (key ARN, key id or alias)"))?;
-            let mut context = file.encryption_context.unwrap_or_default();
-            for pair in &args.encryption_context {
-                let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("--encryption-context {pair:?} is not K=V"))?;
-                if k.is_empty() {
-                    bail!("--encryption-context {pair:?} has an empty key");
-                }
-                context.insert(k.to_string(), v.to_string());
-            }
-            let endpoint = pick(args.endpoint, file.endpoint);
-            if let Some(e) = &endpoint {
-                if !(e.starts_with("https://") || e.starts_with("http://")) {
-                    bail!("--endpoint {e:?} must be an http:// or https:// URL");
-                }
-            }
-            let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);
-            if max_in_flight == 0 {
-                bail!("--max-in-flight must be at least 1");
-            }
-            (Backend::Aws { region: pick(args.region, file.region), endpoint, context, max_in_flight }, key)
-        }
+    let aws = match backend_name.as_str() {
+        "embedded" => false,
+        "aws" if !cfg!(feature = "aws") => bail!("this build has no aws backend (built without the `aws` feature)"),
+        "aws" => true,
         other => bail!("backend must be embedded or aws, not {other:?}"),
+    };
+    let mut context = file.encryption_context.unwrap_or_default();
+    for pair in &args.encryption_context {
+        let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("--encryption-context {pair:?} is not K=V"))?;
+        if k.is_empty() {
+            bail!("--encryption-context {pair:?} has an empty key");
+        }
+        context.insert(k.to_string(), v.to_string());
+    }
+    if !aws && !context.is_empty() {
+        bail!("encryption-context applies to the aws backend only (the embedded backend binds its own context)");
+    }
+    let base_name = pick(args.provider_name, file.provider_name).unwrap_or_else(|| "envelope".into());
+
+    // Instances: --key/--socket pairs, the file's `instances:` list, or one key and socket.
+    let (n_keys, n_sockets) = (args.key.len(), args.socket.len());
+    let raw: Vec<(String, Option<String>, Option<String>, std::collections::BTreeMap<String, String>)> = if n_keys > 1 || n_sockets > 1 {
+        if n_keys != n_sockets {
+            bail!("give one --socket per --key ({n_keys} key(s), {n_sockets} socket(s)): the n-th --socket serves the n-th --key");
+        }
+        if file.instances.is_some() {
+            bail!("--key/--socket pairs and the config file's instances list cannot be combined");
+        }
+        args.socket.into_iter().zip(args.key).map(|(s, k)| (s, Some(k), None, Default::default())).collect()
+    } else if n_keys == 0 && n_sockets == 0 && file.instances.is_some() {
+        let list = file.instances.unwrap_or_default();
+        if file.socket.is_some() || file.key.is_some() {
+            bail!("the config file has both socket/key and instances; use one or the other");
+        }
+        if list.is_empty() {
+            bail!("instances must list at least one socket and key");
+        }
+        list.into_iter()
+            .map(|i| (i.socket.text(), Some(i.key.text()), i.provider_name.map(Scalar::text), i.encryption_context.unwrap_or_default()))
+            .collect()
+    } else {
+        if file.instances.is_some() {
+            bail!("--key/--socket flags and the config file's instances list cannot be combined");
+        }
+        let socket = args.socket.into_iter().next().or_else(|| file.socket.map(Scalar::text)).unwrap_or_else(default_socket);
+        let key = args.key.into_iter().next().or_else(|| file.key.map(Scalar::text));
+        vec![(socket, key, None, Default::default())]
+    };
+    let several = raw.len() > 1;
+    let mut instances: Vec<InstanceSettings> = Vec::with_capacity(raw.len());
+    for (i, (socket, key, name, own_context)) in raw.into_iter().enumerate() {
+        check_socket(&socket)?;
+        let key = match (aws, key) {
+            (false, key) => {
+                let key = key.unwrap_or_else(|| "kubernetes".into());
+                envelope_keystore::KeyRef::parse(&key).map_err(|e| anyhow!("key {key:?}: {e}"))?;
+                key
+            }
+            (true, Some(key)) if !key.trim().is_empty() => key,
+            (true, _) => bail!("--backend aws needs --key (key ARN, key id or alias)"),
+        };
+        if !aws && !own_context.is_empty() {
+            bail!("instance {socket}: encryption-context applies to the aws backend only");
+        }
+        let mut encryption_context = context.clone();
+        encryption_context.extend(own_context);
+        let provider_name = name.unwrap_or_else(|| if several { format!("{base_name}-{}", i + 1) } else { base_name.clone() });
+        if provider_name.is_empty() || provider_name.contains(':') {
+            bail!("provider-name {provider_name:?} must be non-empty and contain no ':'");
+        }
+        if instances.iter().any(|o| o.socket == socket) {
+            bail!("socket {socket} is given twice; every instance needs its own socket");
+        }
+        if instances.iter().any(|o| o.provider_name == provider_name) {
+            bail!("provider-name {provider_name} is given twice; kube-apiserver needs distinct names");
+        }
+        instances.push(InstanceSettings { socket, key, provider_name, encryption_context });
+    }
+    let backend = if aws {
+        let endpoint = pick(args.endpoint, file.endpoint);
+        if let Some(e) = &endpoint {
+            if !(e.starts_with("https://") || e.starts_with("http://")) {
+                bail!("--endpoint {e:?} must be an http:// or https:// URL");
+            }
+        }
+        let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);
+        if max_in_flight == 0 {
+            bail!("--max-in-flight must be at least 1");
+        }
+        Backend::Aws { region: pick(args.region, file.region), endpoint, max_in_flight }
+    } else {
+        Backend::Embedded
     };
     let http_text = pick(args.http_addr, file.http_addr).unwrap_or_else(|| "127.0.0.1:8423".into());
     let http_addr = if http_text == "off" {
@@ -208,10 +282,6 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     }
     let request_timeout = parse_duration("request-timeout", &pick(args.request_timeout, file.request_timeout).unwrap_or_else(|| "10s".into()))?;
     let shutdown_grace = parse_duration("shutdown-grace", &pick(args.shutdown_grace, file.shutdown_grace).unwrap_or_else(|| "10s".into()))?;
-    let provider_name = pick(args.provider_name, file.provider_name).unwrap_or_else(|| "envelope".into());
-    if provider_name.is_empty() || provider_name.contains(':') {
-        bail!("provider-name must be non-empty and contain no ':'");
-    }
     let log_format = pick(args.log_format, file.log_format).unwrap_or_else(|| "text".into());
     let log_json = match log_format.as_str() {
         "text" => false,
@@ -221,11 +291,10 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     let log_level = pick(args.log_level, file.log_level).unwrap_or_else(|| "info".into());
     tracing_subscriber::EnvFilter::try_new(&log_level).map_err(|e| anyhow!("log-level {log_level:?}: {e}"))?;
     Ok(PluginSettings {
-        socket,
+        instances,
         socket_mode,
         socket_group,
         data_dir,
-        key,
         create_key: !(args.no_create_key || file.no_create_key.unwrap_or(false)),
         backend,
         http_addr,
@@ -233,10 +302,19 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         health_interval,
         request_timeout,
         shutdown_grace,
-        provider_name,
         log_json,
         log_level,
     })
+}
+
+fn check_socket(socket: &str) -> Result<()> {
+    if !(socket.starts_with('/') || (socket.starts_with('@') && socket.len() > 1)) {
+        bail!("socket {socket:?} must be an absolute path or @name (abstract socket)");
+    }
+    if socket.len() > 107 {
+        bail!("socket path {socket:?} is longer than the 107 bytes a Unix socket address can hold");
+    }
+    Ok(())
 }
 
 fn load_file(p: &Path) -> Result<FileConfig> {
@@ -252,7 +330,7 @@ mod tests {
     use super::*;
 
     fn args() -> PluginArgs {
-        PluginArgs { socket: Some("/tmp/x.sock".into()), data_dir: Some("/tmp/d".into()), ..Default::default() }
+        PluginArgs { socket: vec!["/tmp/x.sock".into()], data_dir: Some("/tmp/d".into()), ..Default::default() }
     }
 
     #[test]
@@ -272,16 +350,16 @@ mod tests {
         std::fs::write(&f, "socket-mode: 0660\nkey: fromfile\nhealth-interval: 2s\n").unwrap();
         let s = resolve(PluginArgs { config: Some(f.clone()), ..args() }).unwrap();
         assert_eq!(s.socket_mode, 0o660);
-        assert_eq!(s.key, "fromfile");
+        assert_eq!(s.instances[0].key, "fromfile");
         assert_eq!(s.health_interval, Duration::from_secs(2));
-        let s = resolve(PluginArgs { config: Some(f), key: Some("flag".into()), ..args() }).unwrap();
-        assert_eq!(s.key, "flag");
+        let s = resolve(PluginArgs { config: Some(f), key: vec!["flag".into()], ..args() }).unwrap();
+        assert_eq!(s.instances[0].key, "flag");
     }
 
     #[test]
     fn bad_values_are_rejected_with_clear_messages() {
         let cases: Vec<(PluginArgs, &str)> = vec![
-            (PluginArgs { socket: Some("rel.sock".into()), ..args() }, "absolute"),
+            (PluginArgs { socket: vec!["rel.sock".into()], ..args() }, "absolute"),
             (PluginArgs { socket_mode: Some("999".into()), ..args() }, "octal"),
             (PluginArgs { socket_mode: Some("0400".into()), ..args() }, "owner"),
             (PluginArgs { http_addr: Some("nohost".into()), ..args() }, "HOST:PORT"),
@@ -289,7 +367,13 @@ mod tests {
             (PluginArgs { health_interval: Some("5 parsecs".into()), ..args() }, "duration"),
             (PluginArgs { health_interval: Some("1h".into()), ..args() }, "at most 30s"),
             (PluginArgs { log_format: Some("xml".into()), ..args() }, "text or json"),
-            (PluginArgs { key: Some("bad key!".into()), ..args() }, "key"),
+            (PluginArgs { key: vec!["bad key!".into()], ..args() }, "key"),
+            (PluginArgs { key: vec!["a".into(), "b".into()], ..args() }, "one --socket per --key"),
+            (
+                PluginArgs { key: vec!["a".into(), "b".into()], socket: vec!["/tmp/a.sock".into(), "/tmp/a.sock".into()], ..args() },
+                "given twice",
+            ),
+            (PluginArgs { encryption_context: vec!["a=b".into()], ..args() }, "aws backend only"),
             (PluginArgs { socket_group: Some("no-such-group-xyz".into()), ..args() }, "does not exist"),
         ];
         for (a, want) in cases {
@@ -305,6 +389,62 @@ mod tests {
             let f = d.path().join(format!("c{i}.yaml"));
             std::fs::write(&f, text).unwrap();
             assert!(resolve(PluginArgs { config: Some(f), ..args() }).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn single_instance_defaults() {
+        let s = resolve(args()).unwrap();
+        assert_eq!(s.instances.len(), 1);
+        assert_eq!(s.instances[0].socket, "/tmp/x.sock");
+        assert_eq!(s.instances[0].key, "kubernetes");
+        assert_eq!(s.instances[0].provider_name, "envelope");
+    }
+
+    #[test]
+    fn key_socket_pairs_make_instances_in_order() {
+        let a = PluginArgs {
+            key: vec!["alias/a".into(), "alias/b".into()],
+            socket: vec!["/tmp/a.sock".into(), "@b".into()],
+            ..args()
+        };
+        let s = resolve(a).unwrap();
+        let got: Vec<_> = s.instances.iter().map(|i| (i.socket.as_str(), i.key.as_str(), i.provider_name.as_str())).collect();
+        assert_eq!(got, vec![("/tmp/a.sock", "alias/a", "envelope-1"), ("@b", "alias/b", "envelope-2")]);
+    }
+
+    #[test]
+    fn file_instances_with_their_own_context() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "backend: aws\nencryption-context: {cluster: prod}\ninstances:\n  - socket: /tmp/a.sock\n    key: alias/a\n    provider-name: primary\n    encryption-context: {tenant: a}\n  - socket: /tmp/b.sock\n    key: arn:aws:kms:us-east-1:111122223333:key/b\n",
+        )
+        .unwrap();
+        let s = resolve(PluginArgs { config: Some(f.clone()), socket: vec![], ..args() }).unwrap();
+        assert_eq!(s.instances.len(), 2);
+        assert_eq!(s.instances[0].provider_name, "primary");
+        assert_eq!(s.instances[1].provider_name, "envelope-2");
+        assert_eq!(s.instances[0].encryption_context.get("tenant").map(String::as_str), Some("a"));
+        assert_eq!(s.instances[0].encryption_context.get("cluster").map(String::as_str), Some("prod"));
+        assert_eq!(s.instances[1].encryption_context.get("tenant"), None);
+        assert_eq!(s.instances[1].encryption_context.get("cluster").map(String::as_str), Some("prod"));
+        // Flags and the list do not mix.
+        let e = resolve(PluginArgs { config: Some(f), ..args() }).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot be combined"), "{e:#}");
+    }
+
+    #[test]
+    fn file_instances_need_socket_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        for (i, text) in ["instances: []\n", "instances:\n  - key: a\n", "instances:\n  - socket: /tmp/a.sock\n", "key: k\ninstances:\n  - {socket: /tmp/a.sock, key: a}\n"]
+            .iter()
+            .enumerate()
+        {
+            let f = d.path().join(format!("c{i}.yaml"));
+            std::fs::write(&f, text).unwrap();
+            assert!(resolve(PluginArgs { config: Some(f), socket: vec![], ..args() }).is_err(), "{text:?}");
         }
     }
 }

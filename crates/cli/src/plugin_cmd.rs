@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use envelope_keystore::{KeyRef, KeyStore};
-use envelope_plugin::{EmbeddedBackend, Metrics, Plugin, PluginConfig, SocketSpec};
+use envelope_plugin::{EmbeddedBackend, Instance, InstanceMetrics, Metrics, Plugin, PluginConfig, SocketSpec};
 use tokio::sync::watch;
 
 use crate::EXIT_CONFIG;
 use crate::cli::PluginArgs;
-use crate::config::{PluginSettings, resolve};
+use crate::config::{InstanceSettings, PluginSettings, resolve};
+use tracing::Instrument;
 
 pub fn run(args: PluginArgs) -> ExitCode {
     let settings = match resolve(args) {
@@ -68,11 +69,16 @@ async fn serve(s: PluginSettings) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     match &s.backend {
         crate::config::Backend::Embedded => {
-            let backend = embedded_backend(&s).await?;
-            serve_plugin(Plugin::new(backend, config, metrics), &s).await
+            let backends = embedded_backends(&s).await?;
+            let plugins = backends
+                .into_iter()
+                .zip(&s.instances)
+                .map(|(b, i)| Plugin::new(b, config.clone(), instance_metrics(&metrics, &s, i)))
+                .collect();
+            serve_plugins(plugins, metrics, &s).await
         }
         #[cfg(feature = "aws")]
-        crate::config::Backend::Aws { region, endpoint, context, max_in_flight } => {
+        crate::config::Backend::Aws { region, endpoint, max_in_flight } => {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
             if let Some(r) = region {
                 loader = loader.region(aws_config::Region::new(r.clone()));
@@ -81,110 +87,223 @@ async fn serve(s: PluginSettings) -> Result<()> {
                 loader = loader.endpoint_url(e.clone());
             }
             let client = aws_sdk_kms::Client::new(&loader.load().await);
-            let backend = envelope_plugin_aws::AwsBackend::new(client, s.key.clone(), context.clone(), *max_in_flight)
-                .map_err(|e| anyhow::anyhow!("aws backend: {e}"))?
-                .with_metrics(metrics.clone());
-            tracing::info!(key = %s.key, endpoint = ?endpoint, region = ?region, "using the aws backend");
-            serve_plugin(Plugin::new(backend, config, metrics), &s).await
+            // One limit for the process: several keys never multiply the load on the KMS.
+            let permits = Arc::new(tokio::sync::Semaphore::new(*max_in_flight));
+            let mut plugins = Vec::new();
+            for i in &s.instances {
+                let m = instance_metrics(&metrics, &s, i);
+                let backend = envelope_plugin_aws::AwsBackend::new(client.clone(), i.key.clone(), i.encryption_context.clone(), *max_in_flight)
+                    .map_err(|e| anyhow::anyhow!("aws backend, key {}: {e}", i.key))?
+                    .with_shared_limit(permits.clone())
+                    .with_metrics(m.clone());
+                tracing::info!(key = %i.key, socket = %i.socket, endpoint = ?endpoint, region = ?region, "using the aws backend");
+                plugins.push(Plugin::new(backend, config.clone(), m));
+            }
+            serve_plugins(plugins, metrics, &s).await
         }
         #[cfg(not(feature = "aws"))]
         crate::config::Backend::Aws { .. } => anyhow::bail!("this build has no aws backend"),
     }
 }
 
-/// Opens the embedded key store and makes sure the key exists (created on first start).
-async fn embedded_backend(s: &PluginSettings) -> Result<EmbeddedBackend> {
+/// A single instance records unlabelled series; several carry `socket` and `key` labels.
+fn instance_metrics(metrics: &Arc<Metrics>, s: &PluginSettings, i: &InstanceSettings) -> InstanceMetrics {
+    if s.instances.len() == 1 {
+        InstanceMetrics::from(metrics.clone())
+    } else {
+        metrics.instance(Instance::new(i.socket.clone(), i.key.clone()))
+    }
+}
+
+/// Opens the embedded key store once and makes sure every instance's key exists (aliases are
+/// created on first start unless --no-create-key).
+async fn embedded_backends(s: &PluginSettings) -> Result<Vec<EmbeddedBackend>> {
     let data_dir = s.data_dir.clone();
-    let key_text = s.key.clone();
+    let keys: Vec<String> = s.instances.iter().map(|i| i.key.clone()).collect();
     let create = s.create_key;
-    let (store, created) = tokio::task::spawn_blocking(move || -> Result<(Arc<KeyStore>, bool)> {
+    let (store, created) = tokio::task::spawn_blocking(move || -> Result<(Arc<KeyStore>, Vec<String>)> {
         let store = KeyStore::open(&data_dir).with_context(|| format!("cannot open the key store in {}", data_dir.display()))?;
-        let key = KeyRef::parse(&key_text)?;
-        let created = match store.describe(&key) {
-            Ok(_) => false,
-            Err(envelope_keystore::Error::NotFound(_)) if create => {
-                let alias = match &key {
-                    KeyRef::Alias(a) => a.clone(),
-                    KeyRef::Id(_) => anyhow::bail!("key id {key} does not exist (only aliases are created automatically)"),
-                };
-                store.create_key(Some(&alias), "created by envelope plugin on first start")?;
-                true
+        let mut created = Vec::new();
+        for key_text in &keys {
+            let key = KeyRef::parse(key_text)?;
+            match store.describe(&key) {
+                Ok(_) => {}
+                Err(envelope_keystore::Error::NotFound(_)) if create => {
+                    let alias = match &key {
+                        KeyRef::Alias(a) => a.clone(),
+                        KeyRef::Id(_) => anyhow::bail!("key id {key} does not exist (only aliases are created automatically)"),
+                    };
+                    // The same alias given twice is created once.
+                    if !created.contains(key_text) {
+                        store.create_key(Some(&alias), "created by envelope plugin on first start")?;
+                        created.push(key_text.clone());
+                    }
+                }
+                Err(e) => return Err(e).context(format!("key {key}")),
             }
-            Err(e) => return Err(e).context(format!("key {key}")),
-        };
+        }
         Ok((Arc::new(store), created))
     })
     .await??;
-    let key = KeyRef::parse(&s.key)?;
-    if created {
+    for key in &created {
         tracing::info!(key = %key, data_dir = %s.data_dir.display(), "created a new key on first start");
     }
-    Ok(EmbeddedBackend::new(store, key))
+    s.instances
+        .iter()
+        .map(|i| Ok(EmbeddedBackend::new(store.clone(), KeyRef::parse(&i.key)?)))
+        .collect()
 }
 
-/// Serves `plugin` on the configured socket (and HTTP port) until SIGTERM/SIGINT.
-async fn serve_plugin<B: envelope_plugin::KeyBackend>(plugin: Plugin<B>, s: &PluginSettings) -> Result<()> {
-    let key = s.key.clone();
-    let h = plugin.probe_now().await;
-    if let Some(e) = &h.error {
-        tracing::warn!(error = %e, "the key is not usable yet; serving anyway and reporting unhealthy");
+/// Serves every instance on its socket (and the shared HTTP port) until SIGTERM/SIGINT.
+async fn serve_plugins<B: envelope_plugin::KeyBackend>(plugins: Vec<Plugin<B>>, metrics: Arc<Metrics>, s: &PluginSettings) -> Result<()> {
+    let several = plugins.len() > 1;
+    let span = |i: &InstanceSettings| {
+        if several { tracing::info_span!("instance", socket = %i.socket, key = %i.key) } else { tracing::Span::none() }
+    };
+    let mut key_ids = Vec::new();
+    for (p, i) in plugins.iter().zip(&s.instances) {
+        let h = p.probe_now().instrument(span(i)).await;
+        if let Some(e) = &h.error {
+            tracing::warn!(key = %i.key, error = %e, "the key is not usable yet; serving anyway and reporting unhealthy");
+        }
+        key_ids.push(h.key_id.clone());
     }
 
-    let spec = SocketSpec { path: s.socket.clone(), mode: s.socket_mode, group: s.socket_group.clone() };
-    let bound = envelope_plugin::socket::bind(&spec)?;
-    let listener = tokio::net::UnixListener::from_std(bound.listener.try_clone().context("socket")?).context("socket")?;
+    let mut bound = Vec::new();
+    let mut listeners = Vec::new();
+    let mut specs = Vec::new();
+    for i in &s.instances {
+        let spec = SocketSpec { path: i.socket.clone(), mode: s.socket_mode, group: s.socket_group.clone() };
+        let b = match envelope_plugin::socket::bind(&spec) {
+            Ok(b) => b,
+            Err(e) => {
+                bound.iter().for_each(|b: &envelope_plugin::BoundSocket| {
+                    b.cleanup();
+                });
+                return Err(e).with_context(|| format!("socket {}", i.socket));
+            }
+        };
+        let listener = b
+            .listener
+            .try_clone()
+            .and_then(tokio::net::UnixListener::from_std)
+            .with_context(|| format!("socket {}", i.socket));
+        bound.push(b);
+        match listener {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                bound.iter().for_each(|b| {
+                    b.cleanup();
+                });
+                return Err(e);
+            }
+        }
+        specs.push(spec);
+    }
     let http = match s.http_addr {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for HTTP"))?),
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                bound.iter().for_each(|b| {
+                    b.cleanup();
+                });
+                return Err(e).with_context(|| format!("cannot listen on {addr} for HTTP"));
+            }
+        },
         None => None,
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let health_task = plugin.spawn_health_loop(stop_rx.clone());
+    let mut health_tasks = Vec::new();
+    for (p, i) in plugins.iter().zip(&s.instances) {
+        let _entered = span(i).entered();
+        health_tasks.push(p.spawn_health_loop(stop_rx.clone()));
+    }
     if let Some(l) = http {
-        let p = plugin.clone();
+        let router = envelope_plugin::server::http_router(plugins.iter().map(Plugin::readiness).collect(), metrics);
         let addr = l.local_addr().ok();
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = p.serve_http(l, async move { let _ = rx.wait_for(|v| *v).await; }).await {
+            let stop = async move {
+                let _ = rx.wait_for(|v| *v).await;
+            };
+            if let Err(e) = envelope_plugin::server::serve_router(l, router, stop).await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
         tracing::info!(addr = ?addr, "health and metrics on http://{}/livez, /readyz, /metrics", addr.map(|a| a.to_string()).unwrap_or_default());
     }
-    print_banner(s, &spec, h.key_id.as_deref());
-    tracing::info!(socket = %s.socket, key = %key, key_id = ?h.key_id, "serving KMS v2 and v1beta1");
+    print_banner(s, &specs, &key_ids);
 
-    let mut rx = stop_rx.clone();
-    let serve = plugin.serve(listener, async move {
-        let _ = rx.wait_for(|v| *v).await;
-    });
-    let signals = async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut servers = tokio::task::JoinSet::new();
+    for ((p, listener), i) in plugins.iter().zip(listeners).zip(&s.instances) {
+        tracing::info!(socket = %i.socket, key = %i.key, "serving KMS v2 and v1beta1");
+        let mut rx = stop_rx.clone();
+        let p = p.clone();
+        let socket = i.socket.clone();
+        let fut = async move {
+            p.serve(listener, async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await
+            .with_context(|| format!("gRPC server on {socket} failed"))
+        };
+        servers.spawn(fut.instrument(span(i)));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("signal handler")?;
+    // Run until a signal; a server that fails stops the others too. Then wait for all of them.
+    let mut failure: Option<anyhow::Error> = None;
+    loop {
         tokio::select! {
-            _ = term.recv() => tracing::info!("received SIGTERM"),
-            _ = int.recv() => tracing::info!("received SIGINT"),
+            _ = term.recv(), if !*stop_tx.borrow() => {
+                tracing::info!("received SIGTERM");
+                let _ = stop_tx.send(true);
+            }
+            _ = int.recv(), if !*stop_tx.borrow() => {
+                tracing::info!("received SIGINT");
+                let _ = stop_tx.send(true);
+            }
+            done = servers.join_next() => match done {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => {
+                    tracing::error!(error = %format!("{e:#}"), "stopping every instance");
+                    failure.get_or_insert(e);
+                    let _ = stop_tx.send(true);
+                }
+                Some(Err(e)) => {
+                    failure.get_or_insert(anyhow::anyhow!("server task failed: {e}"));
+                    let _ = stop_tx.send(true);
+                }
+            },
         }
-        let _ = stop_tx.send(true);
-        Ok::<_, std::io::Error>(stop_tx)
-    };
-    let (served, _tx) = tokio::join!(serve, signals);
-    health_task.abort();
-    bound.cleanup();
-    served.context("gRPC server failed")?;
+    }
+    health_tasks.iter().for_each(|t| t.abort());
+    bound.iter().for_each(|b| {
+        b.cleanup();
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-fn print_banner(s: &PluginSettings, spec: &SocketSpec, key_id: Option<&str>) {
-    println!("envelope plugin listening on {}", s.socket);
+fn print_banner(s: &PluginSettings, specs: &[SocketSpec], key_ids: &[Option<String>]) {
     let store = match &s.backend {
         crate::config::Backend::Embedded => format!("embedded key store {}", s.data_dir.display()),
         crate::config::Backend::Aws { endpoint, .. } => format!("aws KMS {}", endpoint.as_deref().unwrap_or("(default endpoint)")),
     };
-    println!("  backend: {store}   key: {}   key_id: {}", s.key, key_id.unwrap_or("(not available yet)"));
+    for (i, key_id) in s.instances.iter().zip(key_ids) {
+        println!("envelope plugin listening on {}", i.socket);
+        println!("  backend: {store}   key: {}   key_id: {}", i.key, key_id.as_deref().unwrap_or("(not available yet)"));
+    }
     println!();
     println!("Give kube-apiserver this EncryptionConfiguration (--encryption-provider-config):");
+    if specs.len() > 1 {
+        println!("(the first provider encrypts; the others decrypt what they wrote: reorder to switch keys)");
+    }
     println!();
     println!("apiVersion: apiserver.config.k8s.io/v1");
     println!("kind: EncryptionConfiguration");
@@ -192,11 +311,13 @@ fn print_banner(s: &PluginSettings, spec: &SocketSpec, key_id: Option<&str>) {
     println!("  - resources:");
     println!("      - secrets");
     println!("    providers:");
-    println!("      - kms:");
-    println!("          apiVersion: v2");
-    println!("          name: {}", s.provider_name);
-    println!("          endpoint: {}", spec.endpoint());
-    println!("          timeout: 3s");
+    for (i, spec) in s.instances.iter().zip(specs) {
+        println!("      - kms:");
+        println!("          apiVersion: v2");
+        println!("          name: {}", i.provider_name);
+        println!("          endpoint: {}", spec.endpoint());
+        println!("          timeout: 3s");
+    }
     println!("      - identity: {{}}");
     println!();
     use std::io::Write;

@@ -411,3 +411,84 @@ fn every_command_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
     }
 }
+
+async fn v2_at(socket: &str) -> v2::key_management_service_client::KeyManagementServiceClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("unix://{socket}")).unwrap().connect().await.unwrap();
+    v2::key_management_service_client::KeyManagementServiceClient::new(ch)
+}
+
+// Multi-threaded: the clients' connections must answer the server's shutdown while the test
+// thread blocks in `stop()`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_keys_in_one_process_each_with_its_own_health() {
+    let d = tempfile::tempdir().unwrap();
+    let second = d.path().join("second.sock").to_string_lossy().into_owned();
+    // The first --socket (kms.sock, given by the helper) serves alpha, the second serves beta.
+    let mut p = RunningPlugin::start(d.path(), &["--key", "alpha", "--socket", &second, "--key", "beta"]).await;
+    let mut a = p.v2().await.unwrap();
+    let mut b = v2_at(&second).await;
+    let sa = a.status(v2::StatusRequest {}).await.unwrap().into_inner();
+    let sb = b.status(v2::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!((sa.healthz.as_str(), sb.healthz.as_str()), ("ok", "ok"));
+    assert_ne!(sa.key_id, sb.key_id, "each instance reports its own key");
+
+    // Each socket wraps with its own key. A ciphertext names its key, so (as after an alias
+    // moves) any instance of the same store unwraps it.
+    let ra = a.encrypt(enc(&[7u8; 32])).await.unwrap().into_inner();
+    assert_eq!(ra.key_id, sa.key_id);
+    assert_eq!(a.decrypt(dec(&ra)).await.unwrap().into_inner().plaintext, [7u8; 32]);
+    assert_eq!(b.decrypt(dec(&ra)).await.unwrap().into_inner().plaintext, [7u8; 32]);
+    let rb = b.encrypt(enc(&[8u8; 32])).await.unwrap().into_inner();
+    assert_eq!(rb.key_id, sb.key_id);
+
+    // The printed EncryptionConfiguration lists both providers, in order.
+    let out = p.stdout();
+    let first = out.find("name: envelope-1").unwrap_or_else(|| panic!("{out}"));
+    let then = out.find("name: envelope-2").unwrap_or_else(|| panic!("{out}"));
+    assert!(first < then && out.contains(&format!("endpoint: unix://{second}")), "{out}");
+
+    // Metrics carry the instance.
+    let (_, body) = p.http_get("/metrics").await;
+    let label_a = format!(r#"socket="{}",key="alpha""#, p.socket);
+    let label_b = format!(r#"socket="{second}",key="beta""#);
+    assert!(body.contains(&format!("envelope_plugin_healthy{{{label_a}}} 1")), "{body}");
+    assert!(body.contains(&format!(r#"envelope_plugin_rpc_requests_total{{{label_b},api="v2",method="Encrypt",code="OK"}} 1"#)), "{body}");
+
+    // Disabling beta makes that instance alone unhealthy; /readyz says which, /livez stays up.
+    p.key_cmd(&["disable", "beta"]);
+    let unhealthy = eventually(Duration::from_secs(10), || {
+        let mut b = b.clone();
+        async move { b.status(v2::StatusRequest {}).await.map(|s| s.into_inner().healthz != "ok").unwrap_or(false) }
+    })
+    .await;
+    assert!(unhealthy);
+    assert_eq!(a.status(v2::StatusRequest {}).await.unwrap().into_inner().healthz, "ok");
+    assert_eq!(b.encrypt(enc(&[1u8; 32])).await.unwrap_err().code(), Code::FailedPrecondition);
+    assert!(a.encrypt(enc(&[1u8; 32])).await.is_ok());
+    let (code, body) = p.http_get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains(&format!("[+] {} (alpha) ok", p.socket)), "{body}");
+    assert!(body.contains(&format!("[-] {second} (beta): ")) && body.contains("disabled"), "{body}");
+    assert_eq!(p.http_get("/livez").await.0, 200);
+
+    p.key_cmd(&["enable", "beta"]);
+    let ready = eventually(Duration::from_secs(10), || async { p.http_get("/readyz").await.0 == 200 }).await;
+    assert!(ready);
+
+    assert_eq!(p.stop(), Some(0));
+    assert!(!std::path::Path::new(&p.socket).exists() && !std::path::Path::new(&second).exists(), "sockets removed on exit");
+}
+
+#[tokio::test]
+async fn mismatched_key_socket_pairs_are_a_configuration_error() {
+    let d = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["plugin", "--key", "a", "--key", "b", "--socket"])
+        .arg(d.path().join("one.sock"))
+        .arg("--data-dir")
+        .arg(d.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one --socket per --key"), "{}", String::from_utf8_lossy(&out.stderr));
+}

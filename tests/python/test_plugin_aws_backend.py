@@ -149,3 +149,117 @@ def test_aws_backend_against_moto(stubs, tmp_path):
     finally:
         m.send_signal(signal.SIGTERM)
         m.wait(timeout=20)
+
+
+def test_aws_backend_two_keys_in_one_process(stubs, tmp_path):
+    """Two --key/--socket pairs: each instance has its own key_id and health; one disabled key
+    makes only its instance unhealthy, /readyz names it, /livez stays up."""
+    import urllib.error
+    import urllib.request
+    v2, v2g = stubs["v2"], stubs["v2_grpc"]
+    srv_dir = tmp_path / "kms"
+    srv_dir.mkdir(mode=0o700)
+    server, port, _ = _start(str(srv_dir), [])
+    try:
+        kms = _client(port)
+        ids = {}
+        for name in ("a", "b"):
+            ids[name] = kms.create_key()["KeyMetadata"]["KeyId"]
+            kms.create_alias(AliasName=f"alias/k8s-{name}", TargetKeyId=ids[name])
+        sock_b = str(tmp_path / "b.sock")
+        hport = _free_port()
+        plugin, sock_a = _plugin(str(tmp_path), f"http://127.0.0.1:{port}", "alias/k8s-a", http=f"127.0.0.1:{hport}",
+                                 extra=["--key", "alias/k8s-b", "--socket", sock_b])
+
+        def http(path):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{hport}{path}", timeout=5) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        try:
+            assert _wait(lambda: os.path.exists(sock_b))
+            with grpc.insecure_channel(f"unix://{sock_a}") as cha, grpc.insecure_channel(f"unix://{sock_b}") as chb:
+                a, b = v2g.KeyManagementServiceStub(cha), v2g.KeyManagementServiceStub(chb)
+                assert _wait(lambda: a.Status(v2.StatusRequest(), timeout=3).healthz == "ok")
+                assert _wait(lambda: b.Status(v2.StatusRequest(), timeout=3).healthz == "ok")
+                ka, kb = a.Status(v2.StatusRequest(), timeout=3).key_id, b.Status(v2.StatusRequest(), timeout=3).key_id
+                assert ka != kb
+                for c, kid in ((a, ka), (b, kb)):
+                    seed = os.urandom(32)
+                    e = c.Encrypt(v2.EncryptRequest(plaintext=seed, uid="x"), timeout=3)
+                    assert e.key_id == kid
+                    d = c.Decrypt(v2.DecryptRequest(ciphertext=e.ciphertext, uid="y", key_id=e.key_id,
+                                                    annotations=dict(e.annotations)), timeout=3)
+                    assert d.plaintext == seed
+                assert http("/readyz") == (200, "ok\n")
+
+                kms.disable_key(KeyId=ids["b"])
+                assert _wait(lambda: b.Status(v2.StatusRequest(), timeout=3).healthz != "ok")
+                assert "disabled" in b.Status(v2.StatusRequest(), timeout=3).healthz
+                assert a.Status(v2.StatusRequest(), timeout=3).healthz == "ok"
+                with pytest.raises(grpc.RpcError) as err:
+                    b.Encrypt(v2.EncryptRequest(plaintext=b"k" * 32, uid="z"), timeout=3)
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                a.Encrypt(v2.EncryptRequest(plaintext=b"k" * 32, uid="w"), timeout=3)
+                code, body = http("/readyz")
+                assert code == 503 and f"[-] {sock_b} (alias/k8s-b): " in body and f"[+] {sock_a} (alias/k8s-a) ok" in body, body
+                assert http("/livez")[0] == 200
+                _, metrics = http("/metrics")
+                assert f'envelope_plugin_healthy{{socket="{sock_b}",key="alias/k8s-b"}} 0' in metrics, metrics
+                assert f'envelope_plugin_healthy{{socket="{sock_a}",key="alias/k8s-a"}} 1' in metrics, metrics
+                assert (f'envelope_plugin_remote_calls_total{{socket="{sock_a}",key="alias/k8s-a",'
+                        f'operation="Encrypt",outcome="ok"}}') in metrics, metrics
+
+                kms.enable_key(KeyId=ids["b"])
+                assert _wait(lambda: http("/readyz")[0] == 200)
+        finally:
+            _stop(plugin)
+        assert not os.path.exists(sock_a) and not os.path.exists(sock_b)
+    finally:
+        _stop(server)
+
+
+def test_retries_end_within_the_callers_deadline(stubs, tmp_path):
+    """With the KMS not answering, a Decrypt sent with a 600 ms gRPC deadline gets the plugin's
+    UNAVAILABLE before that deadline, not after the plugin's 2 s default retry budget."""
+    v2, v2g = stubs["v2"], stubs["v2_grpc"]
+    srv_dir = tmp_path / "kms"
+    srv_dir.mkdir(mode=0o700)
+    server, port, _ = _start(str(srv_dir), [])
+    try:
+        kms = _client(port)
+        key_arn = kms.create_key()["KeyMetadata"]["Arn"]
+        (tmp_path / "p1").mkdir()
+        plugin, sock = _plugin(str(tmp_path / "p1"), f"http://127.0.0.1:{port}", key_arn)
+        try:
+            with grpc.insecure_channel(f"unix://{sock}") as ch:
+                c = v2g.KeyManagementServiceStub(ch)
+                assert _wait(lambda: c.Status(v2.StatusRequest(), timeout=3).healthz == "ok")
+                e = c.Encrypt(v2.EncryptRequest(plaintext=os.urandom(32), uid="d1"), timeout=3)
+        finally:
+            _stop(plugin)
+    finally:
+        _stop(server)
+
+    # An endpoint that accepts connections and never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    (tmp_path / "p2").mkdir()
+    plugin, sock = _plugin(str(tmp_path / "p2"), f"http://127.0.0.1:{silent.getsockname()[1]}", key_arn)
+    try:
+        with grpc.insecure_channel(f"unix://{sock}") as ch:
+            c = v2g.KeyManagementServiceStub(ch)
+            req = v2.DecryptRequest(ciphertext=e.ciphertext, uid="d2", key_id=e.key_id, annotations=dict(e.annotations))
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                c.Decrypt(req, timeout=0.6)
+            took = time.monotonic() - start
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, (err.value.code(), err.value.details())
+            assert "no answer from the KMS within" in err.value.details(), err.value.details()
+            assert took < 0.6, took
+    finally:
+        _stop(plugin)
+        silent.close()

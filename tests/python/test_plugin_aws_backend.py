@@ -128,7 +128,9 @@ def test_aws_backend_against_moto(stubs, tmp_path):
         kms = _client(port)
         key_arn = kms.create_key()["KeyMetadata"]["Arn"]
         hport = _free_port()
-        plugin, sock = _plugin(str(tmp_path), f"http://127.0.0.1:{port}", key_arn, http=f"127.0.0.1:{hport}")
+        # One DescribeKey per probe, so the Encrypt count below is the client's alone.
+        plugin, sock = _plugin(str(tmp_path), f"http://127.0.0.1:{port}", key_arn, http=f"127.0.0.1:{hport}",
+                               extra=["--health-probe", "describe-key"])
         try:
             with grpc.insecure_channel(f"unix://{sock}") as ch:
                 c = v2g.KeyManagementServiceStub(ch)

@@ -77,6 +77,10 @@ pub struct PluginArgs {
     /// aws backend: most KMS calls in flight at once (more wait; no retry storms).
     #[arg(long, env = "ENVELOPE_AWS_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// aws backend: what the background health probe does: `round-trip` (DescribeKey, then an
+    /// Encrypt and a Decrypt: proves the key may be used) or `describe-key` (one cheap call).
+    #[arg(long, env = "ENVELOPE_HEALTH_PROBE", value_name = "MODE")]
+    pub health_probe: Option<String>,
     /// Do not create the key if it does not exist; fail instead.
     #[arg(long, env = "ENVELOPE_NO_CREATE_KEY")]
     pub no_create_key: bool,

@@ -44,6 +44,7 @@ struct FileConfig {
     endpoint: Option<Scalar>,
     encryption_context: Option<std::collections::BTreeMap<String, String>>,
     max_in_flight: Option<usize>,
+    health_probe: Option<Scalar>,
     http_addr: Option<Scalar>,
     status_version: Option<Scalar>,
     health_interval: Option<Scalar>,
@@ -105,6 +106,8 @@ pub enum Backend {
         region: Option<String>,
         endpoint: Option<String>,
         max_in_flight: usize,
+        /// Round trip (true) or DescribeKey only (false).
+        round_trip_probe: bool,
     },
 }
 
@@ -190,6 +193,7 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     if !aws && !context.is_empty() {
         bail!("encryption-context applies to the aws backend only (the embedded backend binds its own context)");
     }
+    let probe = pick(args.health_probe, file.health_probe);
     let base_name = pick(args.provider_name, file.provider_name).unwrap_or_else(|| "envelope".into());
 
     // Instances: --key/--socket pairs, the file's `instances:` list, or one key and socket.
@@ -262,8 +266,16 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         if max_in_flight == 0 {
             bail!("--max-in-flight must be at least 1");
         }
-        Backend::Aws { region: pick(args.region, file.region), endpoint, max_in_flight }
+        let round_trip_probe = match probe.as_deref() {
+            None | Some("round-trip") => true,
+            Some("describe-key") => false,
+            Some(other) => bail!("health-probe must be round-trip or describe-key, not {other:?}"),
+        };
+        Backend::Aws { region: pick(args.region, file.region), endpoint, max_in_flight, round_trip_probe }
     } else {
+        if probe.as_deref().is_some_and(|p| p != "round-trip") {
+            bail!("health-probe applies to the aws backend (the embedded backend always probes with a local round trip)");
+        }
         Backend::Embedded
     };
     let http_text = pick(args.http_addr, file.http_addr).unwrap_or_else(|| "127.0.0.1:8423".into());
@@ -374,6 +386,8 @@ mod tests {
                 "given twice",
             ),
             (PluginArgs { encryption_context: vec!["a=b".into()], ..args() }, "aws backend only"),
+            (PluginArgs { health_probe: Some("describe-key".into()), ..args() }, "aws backend"),
+            (PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], health_probe: Some("ping".into()), ..args() }, "round-trip or describe-key"),
             (PluginArgs { socket_group: Some("no-such-group-xyz".into()), ..args() }, "does not exist"),
         ];
         for (a, want) in cases {

@@ -78,7 +78,9 @@ async fn serve(s: PluginSettings) -> Result<()> {
             serve_plugins(plugins, metrics, &s).await
         }
         #[cfg(feature = "aws")]
-        crate::config::Backend::Aws { region, endpoint, max_in_flight } => {
+        crate::config::Backend::Aws { region, endpoint, max_in_flight, round_trip_probe } => {
+            use envelope_plugin_aws::ProbeMode;
+            let probe = if *round_trip_probe { ProbeMode::RoundTrip } else { ProbeMode::DescribeKey };
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
             if let Some(r) = region {
                 loader = loader.region(aws_config::Region::new(r.clone()));
@@ -95,6 +97,7 @@ async fn serve(s: PluginSettings) -> Result<()> {
                 let backend = envelope_plugin_aws::AwsBackend::new(client.clone(), i.key.clone(), i.encryption_context.clone(), *max_in_flight)
                     .map_err(|e| anyhow::anyhow!("aws backend, key {}: {e}", i.key))?
                     .with_shared_limit(permits.clone())
+                    .with_probe(probe)
                     .with_metrics(m.clone());
                 tracing::info!(key = %i.key, socket = %i.socket, endpoint = ?endpoint, region = ?region, "using the aws backend");
                 plugins.push(Plugin::new(backend, config.clone(), m));

@@ -59,6 +59,19 @@ pub struct AwsKeyVersion {
     digest: [u8; KEY_ID_DIGEST_LEN],
 }
 
+/// What the background health probe does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProbeMode {
+    /// DescribeKey, then an Encrypt and a Decrypt with the current key version: proves the
+    /// credentials may use the key (a policy may allow DescribeKey but deny Encrypt). Three KMS
+    /// calls per probe.
+    #[default]
+    RoundTrip,
+    /// DescribeKey only (plus ListKeyRotations on endpoints without `CurrentKeyMaterialId`): one
+    /// call per probe; a denied Encrypt shows up on the first real request instead.
+    DescribeKey,
+}
+
 /// A [`KeyBackend`] whose master key lives in AWS KMS or in `envelope kms serve`.
 #[derive(Debug, Clone)]
 pub struct AwsBackend {
@@ -68,6 +81,7 @@ pub struct AwsBackend {
     permits: Arc<Semaphore>,
     retry: RetryPolicy,
     metrics: Option<InstanceMetrics>,
+    probe_mode: ProbeMode,
 }
 
 impl AwsBackend {
@@ -105,12 +119,19 @@ impl AwsBackend {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             retry: RetryPolicy::default(),
             metrics: None,
+            probe_mode: ProbeMode::default(),
         })
     }
 
     /// Records every remote call (count and latency by operation and outcome) in `metrics`.
     pub fn with_metrics(mut self, metrics: impl Into<InstanceMetrics>) -> Self {
         self.metrics = Some(metrics.into());
+        self
+    }
+
+    /// Sets what the health probe does (default [`ProbeMode::RoundTrip`]).
+    pub fn with_probe(mut self, mode: ProbeMode) -> Self {
+        self.probe_mode = mode;
         self
     }
 
@@ -246,7 +267,16 @@ impl KeyBackend for AwsBackend {
         };
         let digest = blob::key_id_digest(arn, material.as_deref());
         let key_id = blob::key_id_from_digest(&digest);
-        Ok(Probe { key_id: key_id.clone(), version: AwsKeyVersion { key_arn: Arc::from(arn), key_id, digest } })
+        let version = AwsKeyVersion { key_arn: Arc::from(arn), key_id: key_id.clone(), digest };
+        if self.probe_mode == ProbeMode::RoundTrip {
+            let ctx = BTreeMap::from([("envelope:probe".to_string(), "1".to_string())]);
+            let wrapped = self.encrypt(&version, b"envelope health probe", &ctx).await?;
+            let back = self.decrypt(&wrapped, &ctx).await?;
+            if &back[..] != b"envelope health probe" {
+                return Err(PluginError::Internal("health probe round trip returned other bytes".into()));
+            }
+        }
+        Ok(Probe { key_id, version })
     }
 
     async fn encrypt(

@@ -14,7 +14,7 @@ pub mod blob;
 pub mod classify;
 pub mod retry;
 
-pub use backend::{AwsBackend, AwsKeyVersion, PLUGIN_CONTEXT_PREFIX};
+pub use backend::{AwsBackend, AwsKeyVersion, PLUGIN_CONTEXT_PREFIX, ProbeMode};
 pub use blob::{AwsBlob, aws_key_id};
 pub use classify::classify;
 pub use retry::RetryPolicy;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_kms::Client;
 use envelope_kms_server::{Config, Credential, CredentialStore, Server};
 use envelope_plugin::{KeyBackend, Metrics, Plugin, PluginConfig, PluginError};
-use envelope_plugin_aws::{AwsBackend, RetryPolicy};
+use envelope_plugin_aws::{AwsBackend, ProbeMode, RetryPolicy};
 use tonic::Code;
 
 const AKID: &str = "AKIAENVELOPEPLUGINAW";
@@ -324,6 +324,30 @@ async fn retries_stop_at_the_callers_deadline() {
     let err = envelope_plugin::deadline::scope(caller, stuck.decrypt_v2(&ct, &kid, &ann)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert!(tokio::time::Instant::now() <= caller, "answered after the caller's deadline ({:?})", start.elapsed());
+}
+
+#[tokio::test]
+async fn round_trip_probe_catches_a_denied_encrypt_that_describe_key_misses() {
+    let r = start().await;
+    let id = create_key(&r.client, Some(ALIAS)).await;
+    let full = plugin(&r.client, ALIAS, &[]);
+    let cheap_backend = AwsBackend::new(r.client.clone(), ALIAS.to_string(), BTreeMap::new(), 8)
+        .unwrap()
+        .with_retry(fast_retry())
+        .with_probe(ProbeMode::DescribeKey);
+    let cheap = Plugin::new(cheap_backend, PluginConfig::default(), Arc::new(Metrics::new()));
+    ready_key_id(&full).await;
+    ready_key_id(&cheap).await;
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+        {"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Action":"kms:*","Resource":"*"},
+        {"Effect":"Deny","Principal":{"AWS":"arn:aws:iam::111122223333:user/plugin"},"Action":"kms:Encrypt","Resource":"*"}]}"#;
+    r.client.put_key_policy().key_id(&id).policy_name("default").policy(policy).send().await.unwrap();
+    let h = full.probe_now().await;
+    assert!(matches!(&h.error, Some(PluginError::PermissionDenied(m)) if m.contains("Encrypt")), "{:?}", h.error);
+    assert!(!h.is_ready());
+    let h = cheap.probe_now().await;
+    assert!(h.is_ready(), "DescribeKey alone is still allowed: {:?}", h.error);
+    assert_eq!(cheap.encrypt_v2(&[1u8; 32]).await.unwrap_err().code(), Code::PermissionDenied);
 }
 
 mod parsing {

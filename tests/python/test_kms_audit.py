@@ -40,12 +40,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _start(tmp, extra):
+def _start(tmp, extra, port=None):
     creds = os.path.join(tmp, "credentials.yaml")
     with open(creds, "w") as f:
         f.write(f"- access_key_id: {AKID}\n  secret_access_key: '{SECRET}'\n  principal: {PRINCIPAL}\n")
     os.chmod(creds, 0o600)
-    port, hport = _free_port(), _free_port()
+    port, hport = port or _free_port(), _free_port()
     p = subprocess.Popen(
         [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", f"127.0.0.1:{hport}",
          "--data-dir", os.path.join(tmp, "data"), "--credentials", creds] + extra,

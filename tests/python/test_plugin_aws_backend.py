@@ -103,6 +103,12 @@ def test_aws_backend_against_envelope_kms_serve(stubs, tmp_path):
                 with pytest.raises(grpc.RpcError) as err:
                     c.Encrypt(v2.EncryptRequest(plaintext=b"x" * 32, uid="u5"), timeout=3)
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                # Server back on the same address → healthy again, same key_id, Encrypt works.
+                server, _, _ = _start(str(srv_dir), [], port=port)
+                assert _wait(lambda: c.Status(v2.StatusRequest(), timeout=3).healthz == "ok")
+                assert c.Status(v2.StatusRequest(), timeout=3).key_id == last
+                e = c.Encrypt(v2.EncryptRequest(plaintext=b"y" * 32, uid="u6"), timeout=3)
+                assert e.key_id == last
         finally:
             _stop(plugin)
     finally:

@@ -18,6 +18,7 @@ const ALIAS: &str = "alias/k8s-master-key";
 struct Running {
     client: Client,
     server: Arc<Server>,
+    port: u16,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -65,7 +66,23 @@ async fn start() -> Running {
         })
         .await;
     });
-    Running { client: sdk_client(&format!("http://127.0.0.1:{port}")), server, stop: Some(tx), task: Some(task), _dir: dir }
+    Running { client: sdk_client(&format!("http://127.0.0.1:{port}")), server, port, stop: Some(tx), task: Some(task), _dir: dir }
+}
+
+impl Running {
+    /// Serves the same key server again on the same port (after [`Running::stop`]).
+    async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = self.server.clone();
+        self.task = Some(tokio::spawn(async move {
+            let _ = envelope_kms_server::serve(listener, served, async move {
+                let _ = rx.await;
+            })
+            .await;
+        }));
+        self.stop = Some(tx);
+    }
 }
 
 /// Serves the same key server a second time, on another port, with `CurrentKeyMaterialId`
@@ -227,6 +244,37 @@ async fn server_stopped_is_unavailable_and_key_id_is_kept() {
     assert_eq!(h.key_id.as_deref(), Some(kid.as_str()));
     assert_eq!(p.decrypt_v2(&ct, &kid, &ann).await.unwrap_err().code(), Code::Unavailable);
     assert_eq!(p.encrypt_v2(&[5u8; 32]).await.unwrap_err().code(), Code::Unavailable);
+
+    // Server back: the next probe recovers, with the same key_id, and the data decrypts.
+    r.restart().await;
+    let h = p.probe_now().await;
+    assert!(h.is_ready(), "{:?}", h.error);
+    assert_eq!(h.key_id.as_deref(), Some(kid.as_str()));
+    assert_eq!(&p.decrypt_v2(&ct, &kid, &ann).await.unwrap()[..], &[5u8; 32]);
+    assert_eq!(p.encrypt_v2(&[5u8; 32]).await.unwrap().1, kid);
+}
+
+#[tokio::test]
+async fn pending_deletion_is_unusable_until_cancelled_and_enabled() {
+    let r = start().await;
+    let id = create_key(&r.client, Some(ALIAS)).await;
+    let p = plugin(&r.client, ALIAS, &[]);
+    let kid = ready_key_id(&p).await;
+    let (ct, _, ann) = p.encrypt_v2(&[4u8; 32]).await.unwrap();
+    r.client.schedule_key_deletion().key_id(&id).pending_window_in_days(7).send().await.unwrap();
+    let h = p.probe_now().await;
+    assert!(matches!(&h.error, Some(PluginError::KeyUnusable(m)) if m.contains("PendingDeletion")), "{:?}", h.error);
+    assert!(h.healthz().contains("PendingDeletion"), "{}", h.healthz());
+    assert_eq!(h.key_id.as_deref(), Some(kid.as_str()), "the last key_id is kept");
+    assert_eq!(p.encrypt_v2(&[4u8; 32]).await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(p.decrypt_v2(&ct, &kid, &ann).await.unwrap_err().code(), Code::FailedPrecondition);
+    // Cancelling leaves the key disabled (as in AWS KMS); enabling makes it usable again.
+    r.client.cancel_key_deletion().key_id(&id).send().await.unwrap();
+    let h = p.probe_now().await;
+    assert!(h.healthz().contains("disabled"), "{}", h.healthz());
+    r.client.enable_key().key_id(&id).send().await.unwrap();
+    assert_eq!(ready_key_id(&p).await, kid);
+    assert_eq!(&p.decrypt_v2(&ct, &kid, &ann).await.unwrap()[..], &[4u8; 32]);
 }
 
 #[tokio::test]

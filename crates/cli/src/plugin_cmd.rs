@@ -12,7 +12,6 @@ use tokio::sync::watch;
 use crate::EXIT_CONFIG;
 use crate::cli::PluginArgs;
 use crate::config::{InstanceSettings, PluginSettings, resolve};
-use tracing::Instrument;
 
 pub fn run(args: PluginArgs) -> ExitCode {
     let settings = match resolve(args) {
@@ -159,67 +158,46 @@ async fn embedded_backends(s: &PluginSettings) -> Result<Vec<EmbeddedBackend>> {
 
 /// Serves every instance on its socket (and the shared HTTP port) until SIGTERM/SIGINT.
 async fn serve_plugins<B: envelope_plugin::KeyBackend>(plugins: Vec<Plugin<B>>, metrics: Arc<Metrics>, s: &PluginSettings) -> Result<()> {
-    let several = plugins.len() > 1;
-    let span = |i: &InstanceSettings| {
-        if several { tracing::info_span!("instance", socket = %i.socket, key = %i.key) } else { tracing::Span::none() }
-    };
+    // Installed first, so a SIGTERM from now on always ends in a clean shutdown.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("signal handler")?;
+    // First probes of all instances at once (a slow KMS delays the start once, not per key).
+    let probes: Vec<_> = plugins
+        .iter()
+        .map(|p| {
+            let p = p.clone();
+            tokio::spawn(async move { p.probe_now().await })
+        })
+        .collect();
     let mut key_ids = Vec::new();
-    for (p, i) in plugins.iter().zip(&s.instances) {
-        let h = p.probe_now().instrument(span(i)).await;
+    for (probe, i) in probes.into_iter().zip(&s.instances) {
+        let h = probe.await.context("first health probe")?;
         if let Some(e) = &h.error {
             tracing::warn!(key = %i.key, error = %e, "the key is not usable yet; serving anyway and reporting unhealthy");
         }
         key_ids.push(h.key_id.clone());
     }
 
-    let mut bound = Vec::new();
+    // Sockets are unlinked when `bound` goes out of scope: on every error path and at exit.
+    let mut bound = BoundSockets(Vec::new());
     let mut listeners = Vec::new();
     let mut specs = Vec::new();
     for i in &s.instances {
         let spec = SocketSpec { path: i.socket.clone(), mode: s.socket_mode, group: s.socket_group.clone() };
-        let b = match envelope_plugin::socket::bind(&spec) {
-            Ok(b) => b,
-            Err(e) => {
-                bound.iter().for_each(|b: &envelope_plugin::BoundSocket| {
-                    b.cleanup();
-                });
-                return Err(e).with_context(|| format!("socket {}", i.socket));
-            }
-        };
-        let listener = b
-            .listener
-            .try_clone()
-            .and_then(tokio::net::UnixListener::from_std)
-            .with_context(|| format!("socket {}", i.socket));
-        bound.push(b);
-        match listener {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                bound.iter().for_each(|b| {
-                    b.cleanup();
-                });
-                return Err(e);
-            }
-        }
+        let b = envelope_plugin::socket::bind(&spec).with_context(|| format!("socket {}", i.socket))?;
+        let listener = b.listener.try_clone().and_then(tokio::net::UnixListener::from_std);
+        bound.0.push(b);
+        listeners.push(listener.with_context(|| format!("socket {}", i.socket))?);
         specs.push(spec);
     }
     let http = match s.http_addr {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                bound.iter().for_each(|b| {
-                    b.cleanup();
-                });
-                return Err(e).with_context(|| format!("cannot listen on {addr} for HTTP"));
-            }
-        },
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for HTTP"))?),
         None => None,
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut health_tasks = Vec::new();
-    for (p, i) in plugins.iter().zip(&s.instances) {
-        let _entered = span(i).entered();
+    for p in &plugins {
         health_tasks.push(p.spawn_health_loop(stop_rx.clone()));
     }
     if let Some(l) = http {
@@ -251,10 +229,8 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(plugins: Vec<Plugin<B>>, 
             .await
             .with_context(|| format!("gRPC server on {socket} failed"))
         };
-        servers.spawn(fut.instrument(span(i)));
+        servers.spawn(fut);
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("signal handler")?;
     // Run until a signal; a server that fails stops the others too. Then wait for all of them.
     let mut failure: Option<anyhow::Error> = None;
     loop {
@@ -283,14 +259,23 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(plugins: Vec<Plugin<B>>, 
         }
     }
     health_tasks.iter().for_each(|t| t.abort());
-    bound.iter().for_each(|b| {
-        b.cleanup();
-    });
+    drop(bound);
     if let Some(e) = failure {
         return Err(e);
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The instances' sockets; each is unlinked on drop if it is still ours.
+struct BoundSockets(Vec<envelope_plugin::BoundSocket>);
+
+impl Drop for BoundSockets {
+    fn drop(&mut self) {
+        for b in &self.0 {
+            b.cleanup();
+        }
+    }
 }
 
 fn print_banner(s: &PluginSettings, specs: &[SocketSpec], key_ids: &[Option<String>]) {

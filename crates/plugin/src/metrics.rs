@@ -28,6 +28,11 @@ impl Instance {
         Self(Some(Arc::new((socket.into(), key.into()))))
     }
 
+    /// `(socket, key)`, or `None` for the unnamed single instance.
+    pub fn labels(&self) -> Option<(&str, &str)> {
+        self.0.as_ref().map(|l| (l.0.as_str(), l.1.as_str()))
+    }
+
     /// `socket (key)`, or an empty string for the unnamed single instance.
     pub fn name(&self) -> String {
         match &self.0 {

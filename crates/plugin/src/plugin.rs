@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use envelope_keystore::EncryptionContext;
 use tokio::sync::watch;
+use tracing::Instrument;
 use zeroize::Zeroizing;
 
 use crate::backend::KeyBackend;
@@ -84,6 +85,8 @@ pub(crate) struct Inner<B: KeyBackend> {
     pub(crate) metrics: InstanceMetrics,
     health: RwLock<Arc<Health<B::Version>>>,
     annotations: HashMap<String, Vec<u8>>,
+    /// Carries the instance's socket and key into every log line of a process with several.
+    span: tracing::Span,
 }
 
 /// The plugin: clone it freely (it is an `Arc`).
@@ -104,6 +107,10 @@ impl<B: KeyBackend> Plugin<B> {
     /// [`InstanceMetrics`] handle carrying this instance's labels.
     pub fn new(backend: B, config: PluginConfig, metrics: impl Into<InstanceMetrics>) -> Self {
         let metrics = metrics.into();
+        let span = match metrics.instance().labels() {
+            Some((socket, key)) => tracing::info_span!("instance", socket = %socket, key = %key),
+            None => tracing::Span::none(),
+        };
         let annotations = HashMap::from([(
             ANNOTATION_KEY.to_string(),
             format!("envelope/{}/v1", backend.kind().name()).into_bytes(),
@@ -115,6 +122,7 @@ impl<B: KeyBackend> Plugin<B> {
                 metrics,
                 health: RwLock::new(Arc::new(Health { key_id: None, version: None, error: None, checked_at: None })),
                 annotations,
+                span,
             }),
         }
     }
@@ -122,6 +130,11 @@ impl<B: KeyBackend> Plugin<B> {
     /// This instance's metrics.
     pub fn metrics(&self) -> &InstanceMetrics {
         &self.inner.metrics
+    }
+
+    /// The tracing span of this instance (empty for a single instance).
+    pub fn span(&self) -> &tracing::Span {
+        &self.inner.span
     }
 
     /// The configuration.
@@ -144,6 +157,10 @@ impl<B: KeyBackend> Plugin<B> {
 
     /// Runs one probe now and updates the cached health.
     pub async fn probe_now(&self) -> Arc<Health<B::Version>> {
+        self.probe_inner().instrument(self.inner.span.clone()).await
+    }
+
+    async fn probe_inner(&self) -> Arc<Health<B::Version>> {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + self.inner.config.probe_timeout;
         let probe = crate::deadline::scope(deadline, self.inner.backend.probe());

@@ -83,9 +83,10 @@ impl<B: KeyBackend> Plugin<B> {
             })
         });
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let span = self.span().clone();
         let signal = async move {
             shutdown.await;
-            tracing::info!("shutting down: no new connections; finishing in-flight requests");
+            span.in_scope(|| tracing::info!("shutting down: no new connections; finishing in-flight requests"));
             let _ = started_tx.send(());
         };
         let server = tonic::transport::Server::builder()
@@ -103,6 +104,7 @@ impl<B: KeyBackend> Plugin<B> {
         tokio::select! {
             r = server => r,
             _ = grace => {
+                let _instance = self.span().enter();
                 tracing::warn!(grace = ?cfg.shutdown_grace, "shutdown grace period over; dropping remaining connections");
                 Ok(())
             }

@@ -22,6 +22,7 @@ pub struct V1Service<B: KeyBackend>(pub Plugin<B>);
 fn finish<T>(p: &Plugin<impl KeyBackend>, api: &'static str, method: &'static str, uid: &str, start: Instant, r: Result<T, PluginError>) -> Result<Response<T>, Status> {
     let code = r.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|e| e.code());
     p.metrics().rpc(api, method, code, start.elapsed());
+    let _instance = p.span().enter();
     match r {
         Ok(v) => {
             tracing::debug!(api, method, uid, "ok");

@@ -64,6 +64,7 @@ struct FileInstance {
     key: Scalar,
     provider_name: Option<Scalar>,
     encryption_context: Option<std::collections::BTreeMap<String, String>>,
+    health_probe: Option<Scalar>,
 }
 
 /// One plugin instance: a key served on a socket, with its own health, Status and metrics.
@@ -75,6 +76,8 @@ pub struct InstanceSettings {
     pub provider_name: String,
     /// aws backend: encryption context of this instance (the global pairs plus its own).
     pub encryption_context: std::collections::BTreeMap<String, String>,
+    /// aws backend: probe with an Encrypt/Decrypt round trip (else DescribeKey only).
+    pub round_trip_probe: bool,
 }
 
 /// Validated plugin settings.
@@ -96,6 +99,11 @@ pub struct PluginSettings {
     pub log_level: String,
 }
 
+/// Largest `--max-in-flight`: far above what one KMS endpoint serves from one client.
+pub const MAX_IN_FLIGHT: usize = 10_000;
+/// Largest `--request-timeout` and `--shutdown-grace`.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+
 /// Which key backend the plugin uses.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -106,8 +114,6 @@ pub enum Backend {
         region: Option<String>,
         endpoint: Option<String>,
         max_in_flight: usize,
-        /// Round trip (true) or DescribeKey only (false).
-        round_trip_probe: bool,
     },
 }
 
@@ -198,14 +204,15 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
 
     // Instances: --key/--socket pairs, the file's `instances:` list, or one key and socket.
     let (n_keys, n_sockets) = (args.key.len(), args.socket.len());
-    let raw: Vec<(String, Option<String>, Option<String>, std::collections::BTreeMap<String, String>)> = if n_keys > 1 || n_sockets > 1 {
+    type Raw = (String, Option<String>, Option<String>, std::collections::BTreeMap<String, String>, Option<String>);
+    let raw: Vec<Raw> = if n_keys > 1 || n_sockets > 1 {
         if n_keys != n_sockets {
             bail!("give one --socket per --key ({n_keys} key(s), {n_sockets} socket(s)): the n-th --socket serves the n-th --key");
         }
         if file.instances.is_some() {
             bail!("--key/--socket pairs and the config file's instances list cannot be combined");
         }
-        args.socket.into_iter().zip(args.key).map(|(s, k)| (s, Some(k), None, Default::default())).collect()
+        args.socket.into_iter().zip(args.key).map(|(s, k)| (s, Some(k), None, Default::default(), None)).collect()
     } else if n_keys == 0 && n_sockets == 0 && file.instances.is_some() {
         let list = file.instances.unwrap_or_default();
         if file.socket.is_some() || file.key.is_some() {
@@ -215,7 +222,10 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
             bail!("instances must list at least one socket and key");
         }
         list.into_iter()
-            .map(|i| (i.socket.text(), Some(i.key.text()), i.provider_name.map(Scalar::text), i.encryption_context.unwrap_or_default()))
+            .map(|i| {
+                let name = i.provider_name.map(Scalar::text);
+                (i.socket.text(), Some(i.key.text()), name, i.encryption_context.unwrap_or_default(), i.health_probe.map(Scalar::text))
+            })
             .collect()
     } else {
         if file.instances.is_some() {
@@ -223,11 +233,22 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         }
         let socket = args.socket.into_iter().next().or_else(|| file.socket.map(Scalar::text)).unwrap_or_else(default_socket);
         let key = args.key.into_iter().next().or_else(|| file.key.map(Scalar::text));
-        vec![(socket, key, None, Default::default())]
+        vec![(socket, key, None, Default::default(), None)]
     };
     let several = raw.len() > 1;
     let mut instances: Vec<InstanceSettings> = Vec::with_capacity(raw.len());
-    for (i, (socket, key, name, own_context)) in raw.into_iter().enumerate() {
+    let round_trip = |probe: Option<&str>| -> Result<bool> {
+        match probe {
+            None | Some("round-trip") => Ok(true),
+            Some("describe-key") if aws => Ok(false),
+            Some("describe-key") => {
+                bail!("health-probe describe-key applies to the aws backend (the embedded backend always probes with a local round trip)")
+            }
+            Some(other) => bail!("health-probe must be round-trip or describe-key, not {other:?}"),
+        }
+    };
+    let default_round_trip = round_trip(probe.as_deref())?;
+    for (i, (socket, key, name, own_context, own_probe)) in raw.into_iter().enumerate() {
         check_socket(&socket)?;
         let key = match (aws, key) {
             (false, key) => {
@@ -253,7 +274,11 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         if instances.iter().any(|o| o.provider_name == provider_name) {
             bail!("provider-name {provider_name} is given twice; kube-apiserver needs distinct names");
         }
-        instances.push(InstanceSettings { socket, key, provider_name, encryption_context });
+        let round_trip_probe = match own_probe {
+            Some(p) => round_trip(Some(&p))?,
+            None => default_round_trip,
+        };
+        instances.push(InstanceSettings { socket, key, provider_name, encryption_context, round_trip_probe });
     }
     let backend = if aws {
         let endpoint = pick(args.endpoint, file.endpoint);
@@ -263,19 +288,11 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
             }
         }
         let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);
-        if max_in_flight == 0 {
-            bail!("--max-in-flight must be at least 1");
+        if !(1..=MAX_IN_FLIGHT).contains(&max_in_flight) {
+            bail!("--max-in-flight must be between 1 and {MAX_IN_FLIGHT}");
         }
-        let round_trip_probe = match probe.as_deref() {
-            None | Some("round-trip") => true,
-            Some("describe-key") => false,
-            Some(other) => bail!("health-probe must be round-trip or describe-key, not {other:?}"),
-        };
-        Backend::Aws { region: pick(args.region, file.region), endpoint, max_in_flight, round_trip_probe }
+        Backend::Aws { region: pick(args.region, file.region), endpoint, max_in_flight }
     } else {
-        if probe.as_deref().is_some_and(|p| p != "round-trip") {
-            bail!("health-probe applies to the aws backend (the embedded backend always probes with a local round trip)");
-        }
         Backend::Embedded
     };
     let http_text = pick(args.http_addr, file.http_addr).unwrap_or_else(|| "127.0.0.1:8423".into());
@@ -294,6 +311,11 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     }
     let request_timeout = parse_duration("request-timeout", &pick(args.request_timeout, file.request_timeout).unwrap_or_else(|| "10s".into()))?;
     let shutdown_grace = parse_duration("shutdown-grace", &pick(args.shutdown_grace, file.shutdown_grace).unwrap_or_else(|| "10s".into()))?;
+    for (name, d) in [("request-timeout", request_timeout), ("shutdown-grace", shutdown_grace)] {
+        if d > MAX_WAIT {
+            bail!("{name} must be at most 1h");
+        }
+    }
     let log_format = pick(args.log_format, file.log_format).unwrap_or_else(|| "text".into());
     let log_json = match log_format.as_str() {
         "text" => false,
@@ -386,7 +408,13 @@ mod tests {
                 "given twice",
             ),
             (PluginArgs { encryption_context: vec!["a=b".into()], ..args() }, "aws backend only"),
-            (PluginArgs { health_probe: Some("describe-key".into()), ..args() }, "aws backend"),
+            (PluginArgs { health_probe: Some("describe-key".into()), ..args() }, "applies to the aws backend"),
+            (PluginArgs { request_timeout: Some("500000000000y".into()), ..args() }, "at most 1h"),
+            (PluginArgs { shutdown_grace: Some("2h".into()), ..args() }, "at most 1h"),
+            (
+                PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], max_in_flight: Some(usize::MAX), ..args() },
+                "between 1 and",
+            ),
             (PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], health_probe: Some("ping".into()), ..args() }, "round-trip or describe-key"),
             (PluginArgs { socket_group: Some("no-such-group-xyz".into()), ..args() }, "does not exist"),
         ];
@@ -433,7 +461,7 @@ mod tests {
         let f = d.path().join("c.yaml");
         std::fs::write(
             &f,
-            "backend: aws\nencryption-context: {cluster: prod}\ninstances:\n  - socket: /tmp/a.sock\n    key: alias/a\n    provider-name: primary\n    encryption-context: {tenant: a}\n  - socket: /tmp/b.sock\n    key: arn:aws:kms:us-east-1:111122223333:key/b\n",
+            "backend: aws\nencryption-context: {cluster: prod}\ninstances:\n  - socket: /tmp/a.sock\n    key: alias/a\n    provider-name: primary\n    encryption-context: {tenant: a}\n  - socket: /tmp/b.sock\n    key: arn:aws:kms:us-east-1:111122223333:key/b\n    health-probe: describe-key\n",
         )
         .unwrap();
         let s = resolve(PluginArgs { config: Some(f.clone()), socket: vec![], ..args() }).unwrap();
@@ -444,6 +472,8 @@ mod tests {
         assert_eq!(s.instances[0].encryption_context.get("cluster").map(String::as_str), Some("prod"));
         assert_eq!(s.instances[1].encryption_context.get("tenant"), None);
         assert_eq!(s.instances[1].encryption_context.get("cluster").map(String::as_str), Some("prod"));
+        assert!(s.instances[0].round_trip_probe, "round trip by default");
+        assert!(!s.instances[1].round_trip_probe, "describe-key for a decrypt-only key");
         // Flags and the list do not mix.
         let e = resolve(PluginArgs { config: Some(f), ..args() }).unwrap_err();
         assert!(format!("{e:#}").contains("cannot be combined"), "{e:#}");

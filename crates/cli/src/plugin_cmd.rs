@@ -77,9 +77,8 @@ async fn serve(s: PluginSettings) -> Result<()> {
             serve_plugins(plugins, metrics, &s).await
         }
         #[cfg(feature = "aws")]
-        crate::config::Backend::Aws { region, endpoint, max_in_flight, round_trip_probe } => {
+        crate::config::Backend::Aws { region, endpoint, max_in_flight } => {
             use envelope_plugin_aws::ProbeMode;
-            let probe = if *round_trip_probe { ProbeMode::RoundTrip } else { ProbeMode::DescribeKey };
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
             if let Some(r) = region {
                 loader = loader.region(aws_config::Region::new(r.clone()));
@@ -96,7 +95,7 @@ async fn serve(s: PluginSettings) -> Result<()> {
                 let backend = envelope_plugin_aws::AwsBackend::new(client.clone(), i.key.clone(), i.encryption_context.clone(), *max_in_flight)
                     .map_err(|e| anyhow::anyhow!("aws backend, key {}: {e}", i.key))?
                     .with_shared_limit(permits.clone())
-                    .with_probe(probe)
+                    .with_probe(if i.round_trip_probe { ProbeMode::RoundTrip } else { ProbeMode::DescribeKey })
                     .with_metrics(m.clone());
                 tracing::info!(key = %i.key, socket = %i.socket, endpoint = ?endpoint, region = ?region, "using the aws backend");
                 plugins.push(Plugin::new(backend, config.clone(), m));
@@ -169,14 +168,28 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(plugins: Vec<Plugin<B>>, 
             tokio::spawn(async move { p.probe_now().await })
         })
         .collect();
-    let mut key_ids = Vec::new();
-    for (probe, i) in probes.into_iter().zip(&s.instances) {
-        let h = probe.await.context("first health probe")?;
-        if let Some(e) = &h.error {
-            tracing::warn!(key = %i.key, error = %e, "the key is not usable yet; serving anyway and reporting unhealthy");
+    let first = async {
+        let mut key_ids = Vec::new();
+        for (probe, i) in probes.into_iter().zip(&s.instances) {
+            let h = probe.await.context("first health probe")?;
+            if let Some(e) = &h.error {
+                tracing::warn!(key = %i.key, error = %e, "the key is not usable yet; serving anyway and reporting unhealthy");
+            }
+            key_ids.push(h.key_id.clone());
         }
-        key_ids.push(h.key_id.clone());
-    }
+        Ok::<_, anyhow::Error>(key_ids)
+    };
+    let key_ids = tokio::select! {
+        r = first => r?,
+        _ = term.recv() => {
+            tracing::info!("received SIGTERM before serving; stopped");
+            return Ok(());
+        }
+        _ = int.recv() => {
+            tracing::info!("received SIGINT before serving; stopped");
+            return Ok(());
+        }
+    };
 
     // Sockets are unlinked when `bound` goes out of scope: on every error path and at exit.
     let mut bound = BoundSockets(Vec::new());
@@ -231,31 +244,38 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(plugins: Vec<Plugin<B>>, 
         };
         servers.spawn(fut);
     }
-    // Run until a signal; a server that fails stops the others too. Then wait for all of them.
+    // Run until a signal; a server that fails stops the others too. Then wait for all of them
+    // (at most --shutdown-grace); a second signal stops at once.
     let mut failure: Option<anyhow::Error> = None;
     loop {
-        tokio::select! {
-            _ = term.recv(), if !*stop_tx.borrow() => {
-                tracing::info!("received SIGTERM");
-                let _ = stop_tx.send(true);
-            }
-            _ = int.recv(), if !*stop_tx.borrow() => {
-                tracing::info!("received SIGINT");
-                let _ = stop_tx.send(true);
-            }
-            done = servers.join_next() => match done {
-                None => break,
-                Some(Ok(Ok(()))) => {}
-                Some(Ok(Err(e))) => {
-                    tracing::error!(error = %format!("{e:#}"), "stopping every instance");
-                    failure.get_or_insert(e);
-                    let _ = stop_tx.send(true);
+        let signal = tokio::select! {
+            _ = term.recv() => Some("SIGTERM"),
+            _ = int.recv() => Some("SIGINT"),
+            done = servers.join_next() => {
+                match done {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => {
+                        tracing::error!(error = %format!("{e:#}"), "stopping every instance");
+                        failure.get_or_insert(e);
+                        let _ = stop_tx.send(true);
+                    }
+                    Some(Err(e)) => {
+                        failure.get_or_insert(anyhow::anyhow!("server task failed: {e}"));
+                        let _ = stop_tx.send(true);
+                    }
                 }
-                Some(Err(e)) => {
-                    failure.get_or_insert(anyhow::anyhow!("server task failed: {e}"));
-                    let _ = stop_tx.send(true);
-                }
-            },
+                None
+            }
+        };
+        if let Some(name) = signal {
+            if *stop_tx.borrow() {
+                tracing::warn!("received {name} again: stopping now without waiting for in-flight requests");
+                servers.abort_all();
+                break;
+            }
+            tracing::info!("received {name}");
+            let _ = stop_tx.send(true);
         }
     }
     health_tasks.iter().for_each(|t| t.abort());

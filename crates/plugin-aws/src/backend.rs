@@ -28,6 +28,8 @@ const PLUGIN_INTERNAL_PREFIX: &str = "envelope:";
 const MAX_ROTATION_PAGES: usize = 20;
 
 /// Sends one KMS request (one attempt), classifies its failure, and records it in `metrics`.
+/// An attempt abandoned before it ends (the caller's deadline passed, or the caller went away)
+/// is recorded with the outcome `DEADLINE_EXCEEDED`.
 async fn send<T, E>(
     metrics: Option<&InstanceMetrics>,
     op: &'static str,
@@ -36,15 +38,25 @@ async fn send<T, E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let started = std::time::Instant::now();
-    let r = request.await.map_err(|e| classify(op, &e));
-    if let Some(m) = metrics {
-        let outcome = match &r {
-            Ok(_) => "ok",
-            Err(e) => envelope_plugin::metrics::code_name(e.code()),
-        };
-        m.remote(op, outcome, started.elapsed());
+    struct Record<'a> {
+        metrics: Option<&'a InstanceMetrics>,
+        op: &'static str,
+        started: std::time::Instant,
+        outcome: &'static str,
     }
+    impl Drop for Record<'_> {
+        fn drop(&mut self) {
+            if let Some(m) = self.metrics {
+                m.remote(self.op, self.outcome, self.started.elapsed());
+            }
+        }
+    }
+    let mut record = Record { metrics, op, started: std::time::Instant::now(), outcome: "DEADLINE_EXCEEDED" };
+    let r = request.await.map_err(|e| classify(op, &e));
+    record.outcome = match &r {
+        Ok(_) => "ok",
+        Err(e) => envelope_plugin::metrics::code_name(e.code()),
+    };
     r
 }
 
@@ -101,7 +113,7 @@ impl AwsBackend {
             return Err(PluginError::InvalidRequest("the AWS key (ARN, key id or alias) is empty".into()));
         }
         if max_in_flight == 0 || max_in_flight > Semaphore::MAX_PERMITS {
-            return Err(PluginError::InvalidRequest("max_in_flight must be at least 1".into()));
+            return Err(PluginError::InvalidRequest(format!("max_in_flight must be between 1 and {}", Semaphore::MAX_PERMITS)));
         }
         if let Some(k) = encryption_context
             .keys()

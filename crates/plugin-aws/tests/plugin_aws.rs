@@ -365,13 +365,19 @@ async fn retries_stop_at_the_callers_deadline() {
     let (ct, kid, ann) = p.encrypt_v2(&[6u8; 32]).await.unwrap();
 
     // Same key, through the silent endpoint, with the default policy (2 s without a deadline).
-    let backend = AwsBackend::new(sdk_client(&format!("http://127.0.0.1:{port}")), ALIAS.to_string(), BTreeMap::new(), 8).unwrap();
-    let stuck = Plugin::new(backend, PluginConfig::default(), Arc::new(Metrics::new()));
+    let metrics = Arc::new(Metrics::new());
+    let backend = AwsBackend::new(sdk_client(&format!("http://127.0.0.1:{port}")), ALIAS.to_string(), BTreeMap::new(), 8)
+        .unwrap()
+        .with_metrics(metrics.clone());
+    let stuck = Plugin::new(backend, PluginConfig::default(), metrics.clone());
     let start = tokio::time::Instant::now();
     let caller = start + Duration::from_millis(400);
     let err = envelope_plugin::deadline::scope(caller, stuck.decrypt_v2(&ct, &kid, &ann)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert!(tokio::time::Instant::now() <= caller, "answered after the caller's deadline ({:?})", start.elapsed());
+    // The abandoned attempt is still counted.
+    let text = metrics.encode();
+    assert!(text.contains(r#"envelope_plugin_remote_calls_total{operation="Decrypt",outcome="DEADLINE_EXCEEDED"} 1"#), "{text}");
 }
 
 #[tokio::test]

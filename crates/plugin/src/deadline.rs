@@ -50,7 +50,12 @@ pub fn of_request(start: Instant, metadata: &tonic::metadata::MetadataMap, limit
         .get("grpc-timeout")
         .and_then(|v| parse_grpc_timeout(v.as_bytes()))
         .unwrap_or(limit);
-    start + asked.min(limit)
+    later(start, asked.min(limit))
+}
+
+/// `start + d`, saturating at a far-future instant instead of overflowing.
+pub fn later(start: Instant, d: Duration) -> Instant {
+    start.checked_add(d).unwrap_or_else(|| start + Duration::from_secs(86_400 * 365 * 30))
 }
 
 #[cfg(test)]
@@ -70,6 +75,8 @@ mod tests {
         }
     }
 
+    use tonic::metadata::MetadataMap;
+
     #[test]
     fn request_deadline_is_capped_by_the_server_limit() {
         let start = Instant::now();
@@ -80,6 +87,8 @@ mod tests {
         assert_eq!(of_request(start, &md, Duration::from_secs(1)), start + Duration::from_secs(1));
         md.insert("grpc-timeout", "junk".parse().unwrap());
         assert_eq!(of_request(start, &md, Duration::from_secs(10)), start + Duration::from_secs(10));
+        // An absurd limit does not overflow.
+        assert!(of_request(start, &MetadataMap::new(), Duration::MAX) > start + Duration::from_secs(3600));
     }
 
     #[tokio::test]

@@ -162,7 +162,7 @@ impl<B: KeyBackend> Plugin<B> {
 
     async fn probe_inner(&self) -> Arc<Health<B::Version>> {
         let start = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.inner.config.probe_timeout;
+        let deadline = crate::deadline::later(tokio::time::Instant::now(), self.inner.config.probe_timeout);
         let probe = crate::deadline::scope(deadline, self.inner.backend.probe());
         let res = match tokio::time::timeout_at(deadline, probe).await {
             Ok(r) => r,

@@ -8,6 +8,7 @@ use zeroize::Zeroize;
 
 use crate::backend::KeyBackend;
 use crate::deadline;
+use tracing::Instrument;
 use crate::error::PluginError;
 use crate::plugin::Plugin;
 
@@ -55,7 +56,7 @@ impl<B: KeyBackend> v2::key_management_service_server::KeyManagementService for 
         let start = Instant::now();
         let until = deadline::of_request(start, req.metadata(), self.0.config().request_timeout);
         let mut req = req.into_inner();
-        let r = deadline::scope(until, self.0.encrypt_v2(&req.plaintext)).await.map(|(ciphertext, key_id, annotations)| {
+        let r = deadline::scope(until, self.0.encrypt_v2(&req.plaintext)).instrument(self.0.span().clone()).await.map(|(ciphertext, key_id, annotations)| {
             v2::EncryptResponse { ciphertext, key_id, annotations }
         });
         req.plaintext.zeroize();
@@ -72,6 +73,7 @@ impl<B: KeyBackend> v2::key_management_service_server::KeyManagementService for 
         }
         // The plaintext leaves through the response; prost does not zeroize it, but our copy is.
         let r = deadline::scope(until, self.0.decrypt_v2(&req.ciphertext, &req.key_id, &req.annotations))
+            .instrument(self.0.span().clone())
             .await
             .map(|p| v2::DecryptResponse { plaintext: p.to_vec() });
         finish(&self.0, "v2", "Decrypt", &req.uid, start, r)
@@ -106,7 +108,7 @@ impl<B: KeyBackend> v1beta1::key_management_service_server::KeyManagementService
         let until = deadline::of_request(start, req.metadata(), self.0.config().request_timeout);
         let mut req = req.into_inner();
         let r = match check_v1_version(&req.version) {
-            Ok(()) => deadline::scope(until, self.0.encrypt_v1(&req.plain)).await.map(|cipher| v1beta1::EncryptResponse { cipher }),
+            Ok(()) => deadline::scope(until, self.0.encrypt_v1(&req.plain)).instrument(self.0.span().clone()).await.map(|cipher| v1beta1::EncryptResponse { cipher }),
             Err(e) => Err(e),
         };
         req.plain.zeroize();
@@ -118,7 +120,7 @@ impl<B: KeyBackend> v1beta1::key_management_service_server::KeyManagementService
         let until = deadline::of_request(start, req.metadata(), self.0.config().request_timeout);
         let req = req.into_inner();
         let r = match check_v1_version(&req.version) {
-            Ok(()) => deadline::scope(until, self.0.decrypt_v1(&req.cipher)).await.map(|p| v1beta1::DecryptResponse { plain: p.to_vec() }),
+            Ok(()) => deadline::scope(until, self.0.decrypt_v1(&req.cipher)).instrument(self.0.span().clone()).await.map(|p| v1beta1::DecryptResponse { plain: p.to_vec() }),
             Err(e) => Err(e),
         };
         finish(&self.0, "v1beta1", "Decrypt", "", start, r)

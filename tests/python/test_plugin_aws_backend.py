@@ -37,6 +37,16 @@ def _plugin(tmp, endpoint, key, extra=(), env_extra=None, http="off"):
     return p, sock
 
 
+def _http(port, path):
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def _wait(pred, timeout=10):
     end = time.time() + timeout
     while time.time() < end:
@@ -90,7 +100,8 @@ def test_aws_backend_against_envelope_kms_serve(stubs, tmp_path):
             _stop(plugin)
         # Server down → UNAVAILABLE, and Status keeps the last key_id.
         (tmp_path / "p2").mkdir()
-        plugin, sock = _plugin(str(tmp_path / "p2"), f"http://127.0.0.1:{port}", "alias/k8s")
+        hport = _free_port()
+        plugin, sock = _plugin(str(tmp_path / "p2"), f"http://127.0.0.1:{port}", "alias/k8s", http=f"127.0.0.1:{hport}")
         try:
             with grpc.insecure_channel(f"unix://{sock}") as ch:
                 c = v2g.KeyManagementServiceStub(ch)
@@ -103,6 +114,9 @@ def test_aws_backend_against_envelope_kms_serve(stubs, tmp_path):
                 with pytest.raises(grpc.RpcError) as err:
                     c.Encrypt(v2.EncryptRequest(plaintext=b"x" * 32, uid="u5"), timeout=3)
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                # Not ready, but alive: a KMS outage must not get the plugin restarted.
+                assert _http(hport, "/readyz")[0] == 503
+                assert _http(hport, "/livez") == (200, "ok\n")
                 # Server back on the same address → healthy again, same key_id, Encrypt works.
                 server, _, _ = _start(str(srv_dir), [], port=port)
                 assert _wait(lambda: c.Status(v2.StatusRequest(), timeout=3).healthz == "ok")
@@ -162,8 +176,6 @@ def test_aws_backend_against_moto(stubs, tmp_path):
 def test_aws_backend_two_keys_in_one_process(stubs, tmp_path):
     """Two --key/--socket pairs: each instance has its own key_id and health; one disabled key
     makes only its instance unhealthy, /readyz names it, /livez stays up."""
-    import urllib.error
-    import urllib.request
     v2, v2g = stubs["v2"], stubs["v2_grpc"]
     srv_dir = tmp_path / "kms"
     srv_dir.mkdir(mode=0o700)
@@ -180,11 +192,7 @@ def test_aws_backend_two_keys_in_one_process(stubs, tmp_path):
                                  extra=["--key", "alias/k8s-b", "--socket", sock_b])
 
         def http(path):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{hport}{path}", timeout=5) as r:
-                    return r.status, r.read().decode()
-            except urllib.error.HTTPError as e:
-                return e.code, e.read().decode()
+            return _http(hport, path)
 
         try:
             assert _wait(lambda: os.path.exists(sock_b))

@@ -37,7 +37,7 @@ Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 for invalid configurat
 pub struct PluginArgs {
     /// YAML configuration file; its keys are the long flag names (e.g. `socket`, `data-dir`,
     /// `health-interval`), plus `instances:` (a list of `socket`, `key`, `provider-name`,
-    /// `encryption-context`) to serve several keys.
+    /// `encryption-context`, `health-probe`) to serve several keys.
     #[arg(long, env = "ENVELOPE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Unix socket to serve on (absolute path, or @name for a Linux abstract socket).

@@ -117,6 +117,13 @@ pub struct ServeArgs {
     /// Address for /livez, /readyz and /metrics ("off" to disable).
     #[arg(long, env = "ENVELOPE_KMS_HTTP_ADDR", default_value = "127.0.0.1:4598", value_name = "HOST:PORT")]
     pub http_addr: String,
+    /// Most client connections served at once; further ones wait in the listen backlog.
+    #[arg(long, env = "ENVELOPE_KMS_MAX_CONNECTIONS", default_value_t = envelope_kms_server::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and then its body; also how long an idle
+    /// keep-alive connection stays open (100ms to 1h).
+    #[arg(long, env = "ENVELOPE_KMS_CLIENT_TIMEOUT", default_value = "30s", value_name = "DURATION")]
+    pub client_timeout: String,
     /// Log format: text or json.
     #[arg(long, env = "ENVELOPE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -288,7 +295,9 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         bail!("--data-dir must not be empty");
     }
     let data_dir = if data_dir.is_absolute() { data_dir } else { std::env::current_dir()?.join(data_dir) };
-    let config = Config::new(&args.region, &args.account_id);
+    let mut config = Config::new(&args.region, &args.account_id);
+    config.max_connections = args.max_connections;
+    config.client_timeout = crate::config::parse_duration("--client-timeout", &args.client_timeout)?;
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(c) = args.credentials.as_ref().filter(|c| !c.is_file()) {
         bail!("--credentials {} is not a readable file", c.display());
@@ -441,6 +450,8 @@ mod tests {
             insecure_plain_http: false,
             root_passphrase_file: None,
             seed: None,
+            max_connections: 1024,
+            client_timeout: "30s".into(),
         }
     }
 
@@ -454,6 +465,24 @@ mod tests {
         let mut a = args("127.0.0.1:1");
         a.account_id = "123".into();
         assert!(resolve(&a).is_err());
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let mut a = args("127.0.0.1:4599");
+        a.max_connections = 0;
+        assert!(resolve(&a).is_err());
+        let mut a = args("127.0.0.1:4599");
+        a.client_timeout = "2h".into();
+        assert!(resolve(&a).is_err());
+        let mut a = args("127.0.0.1:4599");
+        a.client_timeout = "soon".into();
+        assert!(resolve(&a).is_err());
+        let mut a = args("127.0.0.1:4599");
+        a.client_timeout = "5s".into();
+        a.max_connections = 64;
+        let s = resolve(&a).unwrap();
+        assert_eq!((s.config.max_connections, s.config.client_timeout), (64, std::time::Duration::from_secs(5)));
     }
 
     #[test]

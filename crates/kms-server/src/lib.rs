@@ -54,15 +54,31 @@ pub struct Config {
     pub account_id: String,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// Most client connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (also how long an idle keep-alive HTTP/1
+    /// connection stays open) and, separately, its body.
+    pub client_timeout: std::time::Duration,
 }
+
+/// Default [`Config::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default [`Config::client_timeout`].
+pub const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Config {
     /// A configuration with the default body limit.
     pub fn new(region: impl Into<String>, account_id: impl Into<String>) -> Self {
-        Self { region: region.into(), account_id: account_id.into(), max_body: DEFAULT_MAX_BODY }
+        Self {
+            region: region.into(),
+            account_id: account_id.into(),
+            max_body: DEFAULT_MAX_BODY,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            client_timeout: DEFAULT_CLIENT_TIMEOUT,
+        }
     }
 
-    /// Checks the region (`^([a-z]+-){2,3}\d+$`) and the account id (12 digits).
+    /// Checks the region (`^([a-z]+-){2,3}\d+$`), the account id (12 digits) and the limits.
     pub fn validate(&self) -> Result<()> {
         let parts: Vec<&str> = self.region.split('-').collect();
         let region_ok = (3..=4).contains(&parts.len())
@@ -76,6 +92,12 @@ impl Config {
         }
         if self.max_body < 64 * 1024 {
             return Err(KmsError::Config("the body limit must be at least 64 KiB".into()));
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(KmsError::Config("the connection limit must be between 1 and 1000000".into()));
+        }
+        if self.client_timeout < std::time::Duration::from_millis(100) || self.client_timeout > std::time::Duration::from_secs(3600) {
+            return Err(KmsError::Config("the client timeout must be between 100ms and 1h".into()));
         }
         Ok(())
     }

@@ -4,16 +4,24 @@
 //! response, errors as `{"__type": ..., "message": ...}`.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 use zeroize::Zeroizing;
 
 use crate::Server;
@@ -28,16 +36,175 @@ pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 /// client receives the error instead of a connection reset; beyond it the connection is dropped.
 const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 
-/// Serves the AWS KMS JSON API on `listener` until `shutdown` completes, then finishes
-/// in-flight requests and returns.
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests may take after shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Most concurrent requests on one HTTP/2 connection.
+const MAX_H2_STREAMS: u32 = 256;
+
+/// Serves the AWS KMS JSON API over plain HTTP on `listener` until `shutdown` completes, then
+/// lets in-flight requests finish (at most 10 s). Limits: see [`serve_connections`].
 pub async fn serve(
     listener: TcpListener,
     state: Arc<Server>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_connections(listener, state, None, shutdown).await
+}
+
+/// The accept loop of both HTTP and HTTPS. It keeps slow or numerous clients from exhausting
+/// the server: at most [`Config::max_connections`](crate::Config::max_connections) connections
+/// are served at once (further ones wait in the kernel's listen backlog), a request's headers
+/// must arrive within [`Config::client_timeout`](crate::Config::client_timeout) (which also
+/// closes idle keep-alive HTTP/1 connections), its body within the same time again, a TLS
+/// handshake within 10 s, and an HTTP/2 connection carries at most 256 concurrent requests and
+/// is closed when its peer stops answering pings. After `shutdown`, in-flight requests get 10 s.
+pub(crate) async fn serve_connections(
+    listener: TcpListener,
+    state: Arc<Server>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let client_timeout = state.config.client_timeout;
+    let permits = Arc::new(Semaphore::new(state.config.max_connections));
+    let app = router(state);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, watcher, tls) = (app.clone(), graceful.watcher(), tls.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_connection(tcp, peer, app, client_timeout, watcher).await,
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, peer, app, client_timeout, watcher).await,
+                    Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("shutdown grace period over; dropping remaining connections");
+    }
+    Ok(())
+}
+
+/// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads a connection's first bytes (at most `limit` for them) until they tell HTTP/2 (the
+/// preface) from HTTP/1. Returns the bytes read and whether it is HTTP/2; `None` when the peer
+/// sent nothing usable in time or closed. hyper's own detection has no time limit, so a client
+/// that connects and stays silent would hold its connection slot forever.
+async fn detect_version<I: AsyncRead + Unpin>(io: &mut I, limit: Duration) -> Option<(Vec<u8>, bool)> {
+    let mut buf = Vec::with_capacity(H2_PREFACE.len());
+    let read = async {
+        let mut chunk = [0u8; 24];
+        loop {
+            let want = H2_PREFACE.len() - buf.len();
+            let n = io.read(&mut chunk[..want]).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf[..] != H2_PREFACE[..buf.len()] {
+                return Some(false);
+            }
+            if buf.len() == H2_PREFACE.len() {
+                return Some(true);
+            }
+        }
+    };
+    let h2 = tokio::time::timeout(limit, read).await.ok()??;
+    Some((buf, h2))
+}
+
+async fn serve_connection<I>(mut io: I, peer: SocketAddr, app: Router, client_timeout: Duration, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some((first, h2)) = detect_version(&mut io, client_timeout).await else {
+        tracing::debug!(peer = %peer, "no request within the client timeout; closing");
+        return;
+    };
+    let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(client_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .keep_alive_interval(client_timeout)
+        .keep_alive_timeout(client_timeout);
+    let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
+    let conn = builder.serve_connection(TokioIo::new(Prefixed { prefix: first, at: 0, io }), svc);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A stream whose first bytes were already read: they are returned again before the rest.
+struct Prefixed<I> {
+    prefix: Vec<u8>,
+    at: usize,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = (self.prefix.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// The axum router (one fallback handler for every method and path).
@@ -173,8 +340,24 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    let body = read_body(body, server.config.max_body, length).await?;
-    let cred = server.credentials.verify("POST", "/", &parts.headers, &body, &server.config.region, SystemTime::now())?;
+    let timeout = server.config.client_timeout;
+    let body = tokio::time::timeout(timeout, read_body(body, server.config.max_body, length))
+        .await
+        .map_err(|_| KmsError::Serialization(format!("The request body was not received within {} ms.", timeout.as_millis())))??;
+    // HTTP/2 clients send the host as `:authority` (RFC 9113 §8.3.1), with no Host header; it is
+    // what they signed as `host`.
+    let mut with_host;
+    let headers = match (parts.headers.contains_key(http::header::HOST), parts.uri.authority()) {
+        (false, Some(authority)) => {
+            with_host = parts.headers.clone();
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                with_host.insert(http::header::HOST, v);
+            }
+            &with_host
+        }
+        _ => &parts.headers,
+    };
+    let cred = server.credentials.verify("POST", "/", headers, &body, &server.config.region, SystemTime::now())?;
     let principal = cred.principal.clone();
     if server.audit().is_some() {
         audit.access_key_id = Some(cred.access_key_id.clone());

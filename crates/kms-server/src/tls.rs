@@ -2,27 +2,17 @@
 //! from PEM files; TLS 1.2 and 1.3 with rustls' safe defaults.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 pub use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 
 use crate::Server;
 use crate::error::{KmsError, Result};
 
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long in-flight requests may take after shutdown starts.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Loads a certificate chain and private key (PEM) into a rustls server configuration.
 pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
@@ -47,50 +37,13 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
 }
 
 /// Serves the AWS KMS API over HTTPS on `listener` until `shutdown` completes, then lets
-/// in-flight requests finish (bounded).
+/// in-flight requests finish (bounded). The same limits as plain HTTP apply
+/// (see [`crate::server::serve`]), plus 10 s for the TLS handshake.
 pub async fn serve_tls(
     listener: TcpListener,
     state: Arc<Server>,
     tls: Arc<ServerConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = crate::server::router(state);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let (acceptor, app, watcher) = (acceptor.clone(), app.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                app.clone().oneshot(req.map(Body::new))
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            let _ = watcher.watch(conn.into_owned()).await;
-        });
-    }
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
-        tracing::warn!("shutdown grace period over; dropping remaining connections");
-    }
-    Ok(())
+    crate::server::serve_connections(listener, state, Some(tokio_rustls::TlsAcceptor::from(tls)), shutdown).await
 }

@@ -382,6 +382,28 @@ def test_key_policy_get_put_and_denied_principal(kms, tmp_path):
     assert error_code(e) == "MalformedPolicyDocumentException"
 
 
+def test_policy_lockout_safety_check_with_the_cli_and_boto3(kms, tmp_path):
+    c = client(kms)
+    key_id = new_key(kms)["KeyId"]
+    use_only = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": "*"}]}
+    f = tmp_path / "lockout.json"
+    f.write_text(json.dumps(use_only))
+    r = aws(kms, "put-key-policy", "--key-id", key_id, "--policy-name", "default", "--policy", f"file://{f}", check=False)
+    assert r.returncode != 0 and "MalformedPolicyDocumentException" in r.stderr, r.stderr
+    assert "will not allow you to update the key policy in the future" in r.stderr
+    with pytest.raises(ClientError) as e:
+        c.create_key(Policy=json.dumps(use_only))
+    assert error_code(e) == "MalformedPolicyDocumentException"
+    # The operator insists: the flag bypasses the check, and the admin can no longer change it.
+    aws(kms, "put-key-policy", "--key-id", key_id, "--policy-name", "default", "--policy", f"file://{f}",
+        "--bypass-policy-lockout-safety-check")
+    c.encrypt(KeyId=key_id, Plaintext=b"x")
+    with pytest.raises(ClientError) as e:
+        c.put_key_policy(KeyId=key_id, PolicyName="default", Policy=json.dumps(use_only), BypassPolicyLockoutSafetyCheck=True)
+    assert error_code(e) == "AccessDeniedException"
+
+
 def test_explicit_deny_statement(kms):
     c = client(kms)
     policy = {"Version": "2012-10-17", "Statement": [

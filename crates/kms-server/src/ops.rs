@@ -73,9 +73,14 @@ impl Server {
         let no_ctx = Context::new();
         let auth = |k: &Resolved, action: &str| self.authorize(k, action, principal, &no_ctx);
         match req {
-            Request::CreateKey { description, tags, policy, external } => {
+            Request::CreateKey { description, tags, policy, external, bypass_lockout_check } => {
                 if let Some(p) = &policy {
                     check_policy(p)?;
+                    if !bypass_lockout_check {
+                        // The key's ARN does not exist yet; a policy naming it cannot match anyway.
+                        let resource = self.names.key_arn("00000000-0000-0000-0000-000000000000");
+                        lockout_check(p, principal, &resource)?;
+                    }
                 }
                 let meta = if external {
                     self.store.create_external_key(&description, &tags, policy.as_deref())
@@ -220,11 +225,14 @@ impl Server {
                 let text = a.policy.as_deref().map(str::to_string).unwrap_or_else(|| policy::default_policy(&self.config.account_id));
                 to_body(&PolicyResponse { policy: text, policy_name })
             }
-            Request::PutKeyPolicy { key_id, policy_name, policy } => {
+            Request::PutKeyPolicy { key_id, policy_name, policy, bypass_lockout_check } => {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "PutKeyPolicy")?;
                 check_policy_name(&policy_name)?;
                 check_policy(&policy)?;
+                if !bypass_lockout_check {
+                    lockout_check(&policy, principal, &k.arn)?;
+                }
                 self.store.put_policy(&k.r, &policy).map_err(|e| self.store_err(e, &k))?;
                 Ok(empty())
             }
@@ -610,6 +618,19 @@ impl Server {
 }
 
 /// A key policy document acceptable for PutKeyPolicy / CreateKey.
+/// The policy lockout safety check: refuses a policy under which the caller could not change
+/// the key's policy again (unless the request sets `BypassPolicyLockoutSafetyCheck`).
+fn lockout_check(policy_text: &str, principal: &str, resource: &str) -> Result<()> {
+    let p = policy::parse(policy_text).map_err(KmsError::MalformedPolicyDocument)?;
+    let context = Context::new();
+    match policy::evaluate(&p, &Query { principal, action: "PutKeyPolicy", resource, context: &context }) {
+        Decision::Allow => Ok(()),
+        Decision::ImplicitDeny | Decision::ExplicitDeny => Err(KmsError::MalformedPolicyDocument(
+            "The new key policy will not allow you to update the key policy in the future.".into(),
+        )),
+    }
+}
+
 fn check_policy(p: &str) -> Result<()> {
     if p.len() > MAX_POLICY {
         return Err(KmsError::LimitExceeded(format!("The key policy is larger than the limit of {MAX_POLICY} bytes.")));

@@ -118,7 +118,7 @@ pub type Context = BTreeMap<String, String>;
 #[allow(missing_docs)]
 pub enum Request {
     CreateAlias { alias_name: String, target_key_id: String },
-    CreateKey { description: String, tags: Vec<(String, String)>, policy: Option<String>, external: bool },
+    CreateKey { description: String, tags: Vec<(String, String)>, policy: Option<String>, external: bool, bypass_lockout_check: bool },
     GetParametersForImport { key_id: String, algorithm: WrappingAlgorithm, key_spec: WrappingKeySpec },
     ImportKeyMaterial { key_id: String, token: Vec<u8>, material: Vec<u8>, valid_to: Option<i64>, key_material_id: Option<String> },
     DeleteImportedKeyMaterial { key_id: String, key_material_id: Option<String> },
@@ -133,7 +133,7 @@ pub enum Request {
     UntagResource { key_id: String, tag_keys: Vec<String> },
     ListResourceTags { key_id: String, limit: usize, marker: Option<String> },
     GetKeyPolicy { key_id: String, policy_name: String },
-    PutKeyPolicy { key_id: String, policy_name: String, policy: String },
+    PutKeyPolicy { key_id: String, policy_name: String, policy: String, bypass_lockout_check: bool },
     ListKeyPolicies { key_id: String, limit: usize, marker: Option<String> },
     Decrypt { ciphertext: Vec<u8>, context: Context, key_id: Option<String>, dry_run: bool },
     DeleteAlias { alias_name: String },
@@ -195,7 +195,13 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
                 "Only Origin AWS_KMS and EXTERNAL are supported.",
             )?;
             tag_rules(&tags)?;
-            Request::CreateKey { description, tags, policy: raw.policy, external: raw.origin.as_deref() == Some("EXTERNAL") }
+            Request::CreateKey {
+                description,
+                tags,
+                policy: raw.policy,
+                external: raw.origin.as_deref() == Some("EXTERNAL"),
+                bypass_lockout_check: raw.bypass_policy_lockout_safety_check == Some(true),
+            }
         }
         Operation::GetParametersForImport => {
             let key_id = v.key_id("keyId", raw.key_id);
@@ -346,7 +352,12 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
                     v.len("policy", p, 1, 131_072);
                 }
                 v.finish()?;
-                Request::PutKeyPolicy { key_id, policy_name, policy: policy.unwrap_or_default() }
+                Request::PutKeyPolicy {
+                    key_id,
+                    policy_name,
+                    policy: policy.unwrap_or_default(),
+                    bypass_lockout_check: raw.bypass_policy_lockout_safety_check == Some(true),
+                }
             }
         }
         Operation::DescribeKey | Operation::EnableKey | Operation::DisableKey | Operation::RotateKeyOnDemand => {
@@ -506,6 +517,7 @@ const KEY_SPECS: &[&str] = &[
 #[serde(rename_all = "PascalCase")]
 struct Raw {
     alias_name: Option<String>,
+    bypass_policy_lockout_safety_check: Option<bool>,
     ciphertext_blob: Option<String>,
     custom_key_store_id: Option<String>,
     customer_master_key_spec: Option<String>,

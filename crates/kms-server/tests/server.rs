@@ -1080,3 +1080,36 @@ async fn a_partial_http2_preface_does_not_hold_the_connection() {
     let (_, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
     assert!(closed);
 }
+
+#[tokio::test]
+async fn policy_lockout_safety_check() {
+    let h = start().await;
+    let (id, _) = create_key(&h).await;
+    // A policy that lets the admin use the key but not change its policy again.
+    let locks_out = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*"}]});
+    let m = h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": locks_out.to_string()})).await.err("MalformedPolicyDocumentException");
+    assert_eq!(m, "The new key policy will not allow you to update the key policy in the future.");
+    // An explicit Deny of PutKeyPolicy for the caller counts too.
+    let denies = json!({"Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Deny", "Principal": {"AWS": ADMIN}, "Action": "kms:PutKeyPolicy", "Resource": "*"}]});
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": denies.to_string()})).await.err("MalformedPolicyDocumentException");
+    // The policy was not changed by the refused calls.
+    assert!(h.call("GetKeyPolicy", json!({"KeyId": id})).await.ok()["Policy"].as_str().unwrap().contains(":root"));
+    // A policy that keeps the caller in control passes; so does another principal's lockout.
+    let keeps = json!({"Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]});
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": keeps.to_string()})).await.ok();
+    // The same checks on CreateKey.
+    h.call("CreateKey", json!({"Policy": locks_out.to_string()})).await.err("MalformedPolicyDocumentException");
+    let created = h.call("CreateKey", json!({"Policy": locks_out.to_string(), "BypassPolicyLockoutSafetyCheck": true})).await.ok();
+    let k2 = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
+    h.call("Encrypt", json!({"KeyId": k2, "Plaintext": b64(b"x")})).await.ok();
+    h.call("PutKeyPolicy", json!({"KeyId": k2, "Policy": keeps.to_string()})).await.err("AccessDeniedException");
+    // Bypassed on PutKeyPolicy: accepted, and the caller has locked itself out.
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": locks_out.to_string(), "BypassPolicyLockoutSafetyCheck": true})).await.ok();
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": keeps.to_string()})).await.err("AccessDeniedException");
+    // The flag must be a boolean.
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": keeps.to_string(), "BypassPolicyLockoutSafetyCheck": "yes"})).await.err("SerializationException");
+}

@@ -313,3 +313,62 @@ def test_sigterm_during_the_first_probe_stops_cleanly(tmp_path):
         if p.poll() is None:
             p.kill()
         silent.close()
+
+
+def test_aws_backend_over_https_with_a_private_ca(stubs, tmp_path):
+    """The plugin reaches `envelope kms serve` over HTTPS signed by a private CA when given
+    --ca-bundle (and AWS_CA_BUNDLE), and is unhealthy with a TLS error without it."""
+    from test_kms_tls import _certs, _serve
+    import boto3
+    from botocore.config import Config
+    v2, v2g = stubs["v2"], stubs["v2_grpc"]
+    srv = tmp_path / "srv"
+    srv.mkdir(mode=0o700)
+    ca, cert, key = _certs(str(srv))
+    port = _free_port()
+    server = _serve(str(srv), ["--listen", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key])
+    try:
+        end = time.time() + 20
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.time() < end
+                time.sleep(0.05)
+        kms = boto3.client("kms", endpoint_url=f"https://127.0.0.1:{port}", region_name="us-east-1",
+                           aws_access_key_id=AKID, aws_secret_access_key=SECRET, verify=ca,
+                           config=Config(retries={"max_attempts": 1}))
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        endpoint = f"https://127.0.0.1:{port}"
+        for name, extra, env_extra in (("flag", ["--ca-bundle", ca], None), ("env", [], {"AWS_CA_BUNDLE": ca})):
+            (tmp_path / name).mkdir()
+            plugin, sock = _plugin(str(tmp_path / name), endpoint, key_id, extra=extra, env_extra=env_extra)
+            try:
+                with grpc.insecure_channel(f"unix://{sock}") as ch:
+                    c = v2g.KeyManagementServiceStub(ch)
+                    assert _wait(lambda: c.Status(v2.StatusRequest(), timeout=3).healthz == "ok"), \
+                        open(tmp_path / name / "plugin.log").read()
+                    seed = os.urandom(32)
+                    e = c.Encrypt(v2.EncryptRequest(plaintext=seed, uid="t1"), timeout=3)
+                    d = c.Decrypt(v2.DecryptRequest(ciphertext=e.ciphertext, uid="t2", key_id=e.key_id,
+                                                    annotations=dict(e.annotations)), timeout=3)
+                    assert d.plaintext == seed
+            finally:
+                _stop(plugin)
+        # Without the CA: the system roots do not know it, so the plugin is unhealthy and says why.
+        (tmp_path / "none").mkdir()
+        plugin, sock = _plugin(str(tmp_path / "none"), endpoint, key_id)
+        try:
+            with grpc.insecure_channel(f"unix://{sock}") as ch:
+                c = v2g.KeyManagementServiceStub(ch)
+                with pytest.raises(grpc.RpcError) as err:
+                    c.Status(v2.StatusRequest(), timeout=3)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                log = open(tmp_path / "none" / "plugin.log").read()
+                assert "certificate" in log.lower() or "tls" in log.lower(), log
+        finally:
+            _stop(plugin)
+    finally:
+        _stop(server)

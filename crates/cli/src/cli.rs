@@ -71,6 +71,10 @@ pub struct PluginArgs {
     /// aws backend: endpoint URL (AWS KMS by default; e.g. a FIPS endpoint or `envelope kms serve`).
     #[arg(long, env = "ENVELOPE_AWS_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
+    /// aws backend: PEM file of the CA certificates to trust for an https:// endpoint instead of
+    /// the system's (e.g. the CA of `envelope kms serve`). Default: $AWS_CA_BUNDLE if set.
+    #[arg(long, env = "ENVELOPE_AWS_CA_BUNDLE", value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
     /// aws backend: encryption context pair sent with every Encrypt and Decrypt (repeatable).
     #[arg(long = "encryption-context", env = "ENVELOPE_ENCRYPTION_CONTEXT", value_delimiter = ',', value_name = "K=V")]
     pub encryption_context: Vec<String>,

@@ -45,6 +45,7 @@ struct FileConfig {
     encryption_context: Option<std::collections::BTreeMap<String, String>>,
     max_in_flight: Option<usize>,
     health_probe: Option<Scalar>,
+    ca_bundle: Option<Scalar>,
     http_addr: Option<Scalar>,
     status_version: Option<Scalar>,
     health_interval: Option<Scalar>,
@@ -114,6 +115,8 @@ pub enum Backend {
         region: Option<String>,
         endpoint: Option<String>,
         max_in_flight: usize,
+        /// PEM CA certificates to trust instead of the system's.
+        ca_bundle: Option<PathBuf>,
     },
 }
 
@@ -291,7 +294,17 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         if !(1..=MAX_IN_FLIGHT).contains(&max_in_flight) {
             bail!("--max-in-flight must be between 1 and {MAX_IN_FLIGHT}");
         }
-        Backend::Aws { region: pick(args.region, file.region), endpoint, max_in_flight }
+        let ca_bundle = args
+            .ca_bundle
+            .or_else(|| file.ca_bundle.map(|c| PathBuf::from(c.text())))
+            .or_else(|| std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty()).map(PathBuf::from));
+        if let Some(f) = &ca_bundle {
+            let pem = std::fs::read(f).with_context(|| format!("ca-bundle {}", f.display()))?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                bail!("ca-bundle {} holds no PEM certificate", f.display());
+            }
+        }
+        Backend::Aws { region: pick(args.region, file.region), endpoint, max_in_flight, ca_bundle }
     } else {
         Backend::Embedded
     };
@@ -409,6 +422,14 @@ mod tests {
             ),
             (PluginArgs { encryption_context: vec!["a=b".into()], ..args() }, "aws backend only"),
             (PluginArgs { health_probe: Some("describe-key".into()), ..args() }, "applies to the aws backend"),
+            (
+                PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], ca_bundle: Some("/nonexistent/ca.pem".into()), ..args() },
+                "ca-bundle",
+            ),
+            (
+                PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], ca_bundle: Some("/etc/hostname".into()), ..args() },
+                "no PEM certificate",
+            ),
             (PluginArgs { request_timeout: Some("500000000000y".into()), ..args() }, "at most 1h"),
             (PluginArgs { shutdown_grace: Some("2h".into()), ..args() }, "at most 1h"),
             (

@@ -77,7 +77,7 @@ async fn serve(s: PluginSettings) -> Result<()> {
             serve_plugins(plugins, metrics, &s).await
         }
         #[cfg(feature = "aws")]
-        crate::config::Backend::Aws { region, endpoint, max_in_flight } => {
+        crate::config::Backend::Aws { region, endpoint, max_in_flight, ca_bundle } => {
             use envelope_plugin_aws::ProbeMode;
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
             if let Some(r) = region {
@@ -85,6 +85,20 @@ async fn serve(s: PluginSettings) -> Result<()> {
             }
             if let Some(e) = endpoint {
                 loader = loader.endpoint_url(e.clone());
+            }
+            if let Some(f) = ca_bundle {
+                use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
+                let pem = std::fs::read(f).with_context(|| format!("ca-bundle {}", f.display()))?;
+                let trust = TlsContext::builder()
+                    .with_trust_store(TrustStore::empty().with_pem_certificate(pem))
+                    .build()
+                    .map_err(|e| anyhow::anyhow!("ca-bundle {}: {e}", f.display()))?;
+                let http = aws_smithy_http_client::Builder::new()
+                    .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+                    .tls_context(trust)
+                    .build_https();
+                loader = loader.http_client(http);
+                tracing::info!(ca_bundle = %f.display(), "trusting the CA certificates of the bundle for the KMS endpoint");
             }
             let client = aws_sdk_kms::Client::new(&loader.load().await);
             // One limit for the process: several keys never multiply the load on the KMS.

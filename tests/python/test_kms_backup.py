@@ -95,6 +95,26 @@ def test_passphrase_derived_root_key(tmp_path):
     p, port, _ = _start(str(tmp_path), ["--root-passphrase-file", str(pw)])
     try:
         assert _client(port).decrypt(CiphertextBlob=ct)["Plaintext"] == b"sealed by a passphrase"
+        # Backup of a passphrase store: the salt and verifier are saved next to it.
+        out = _run("backup", "--data-dir", str(data), "--out", str(tmp_path / "pass.backup"))
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "pass.backup.passphrase").exists() and "--root-passphrase-file" in out.stdout
+    finally:
+        _stop(p)
+
+    # Disaster: the data directory is gone. Restore with the passphrase alone (no root key file).
+    dst = tmp_path / "dst"
+    r = _run("restore", "--data-dir", str(dst / "data"), "--from", str(tmp_path / "pass.backup"),
+             "--root-passphrase-file", str(bad))
+    assert r.returncode == 1 and "passphrase" in r.stderr, r.stderr
+    assert not (dst / "data" / "keystore.db").exists()
+    r = _run("restore", "--data-dir", str(dst / "data"), "--from", str(tmp_path / "pass.backup"),
+             "--root-passphrase-file", str(pw))
+    assert r.returncode == 0, r.stderr
+    assert not (dst / "data" / "root.key").exists()
+    p, port, _ = _start(str(dst), ["--root-passphrase-file", str(pw)])
+    try:
+        assert _client(port).decrypt(CiphertextBlob=ct)["Plaintext"] == b"sealed by a passphrase"
     finally:
         _stop(p)
 

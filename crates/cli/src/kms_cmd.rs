@@ -58,8 +58,14 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "FILE")]
     pub from: PathBuf,
     /// Root key file to install with it (default: the one already in the data directory).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "root_passphrase_file")]
     pub root_key: Option<PathBuf>,
+    /// For a store whose root key comes from a passphrase: file holding the passphrase.
+    #[arg(long, env = "ENVELOPE_ROOT_PASSPHRASE_FILE", value_name = "FILE")]
+    pub root_passphrase_file: Option<PathBuf>,
+    /// The passphrase store's salt and verifier saved by the backup (default: <FROM>.passphrase).
+    #[arg(long, value_name = "FILE", requires = "root_passphrase_file")]
+    pub passphrase_params: Option<PathBuf>,
     /// Replace an existing database in the data directory.
     #[arg(long)]
     pub force: bool,
@@ -159,17 +165,32 @@ fn default_kms_dir() -> PathBuf {
 
 fn backup(a: BackupArgs) -> Result<()> {
     let dir = a.data_dir.unwrap_or_else(default_kms_dir);
-    let store = KeyStore::open_existing(&dir).with_context(|| format!("cannot open the key store in {}", dir.display()))?;
-    store.backup_to(&a.out).with_context(|| format!("cannot write {}", a.out.display()))?;
-    let keys = store.list()?.len();
+    // The copy is taken without unsealing anything: no root key or passphrase is needed.
+    let keys = envelope_keystore::backup::backup_dir(&dir, &a.out).with_context(|| format!("cannot back up {} to {}", dir.display(), a.out.display()))?;
     println!("backed up {keys} key(s) from {} to {}", dir.display(), a.out.display());
-    println!("the backup holds sealed material only: keep a copy of {} separately", dir.join("root.key").display());
+    let params = envelope_keystore::backup::passphrase_params_of(&a.out);
+    if params.exists() {
+        println!("the root key comes from a passphrase: its salt and verifier are in {} (keep it with the backup;", params.display());
+        println!("restore with --root-passphrase-file; the backup is useless without the passphrase)");
+    } else {
+        println!("the backup holds sealed material only: keep a copy of {} separately", dir.join("root.key").display());
+    }
     Ok(())
 }
 
 fn restore(a: RestoreArgs) -> Result<()> {
     let dir = a.data_dir.unwrap_or_else(default_kms_dir);
-    let store = envelope_keystore::backup::restore(&dir, &a.from, a.root_key.as_deref(), a.force)
+    let root = match &a.root_passphrase_file {
+        Some(f) => {
+            let text = Zeroizing::new(std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?);
+            envelope_keystore::backup::RestoreRoot::Passphrase {
+                passphrase: Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()),
+                params: a.passphrase_params.clone().unwrap_or_else(|| envelope_keystore::backup::passphrase_params_of(&a.from)),
+            }
+        }
+        None => envelope_keystore::backup::RestoreRoot::File(a.root_key.clone()),
+    };
+    let store = envelope_keystore::backup::restore_with(&dir, &a.from, root, a.force)
         .with_context(|| format!("cannot restore {} into {}", a.from.display(), dir.display()))?;
     println!("restored {} key(s) into {}; every key version unsealed with the root key", store.list()?.len(), dir.display());
     Ok(())

@@ -4,36 +4,112 @@
 //! store may be in use. It holds only sealed material: it is useless without the root key, which
 //! is backed up separately (and should be kept apart from it). Restoring checks that every
 //! version unseals with the root key before the restored store is used.
+//!
+//! A store whose root key is derived from a passphrase keeps the derivation's salt and a
+//! verifier in `root.passphrase`; a backup of it writes a copy next to the database copy
+//! (`<backup>.passphrase`, not secret), and a restore needs it and the passphrase.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::root::RootKey;
-use crate::store::{DB_FILE, KeyStore, ROOT_KEY_FILE};
+use crate::root::{PASSPHRASE_FILE, RootKey};
+use crate::store::{DB_FILE, KeyStore, ROOT_KEY_FILE, RootSource};
+
+/// The file a backup of a passphrase store writes next to `backup`: `<backup>.passphrase`.
+pub fn passphrase_params_of(backup: &Path) -> std::path::PathBuf {
+    let mut name = backup.as_os_str().to_owned();
+    name.push(".passphrase");
+    std::path::PathBuf::from(name)
+}
+
+/// Where the root key of a restored store comes from.
+pub enum RestoreRoot {
+    /// A root key file copied into the directory, or `None`: the one already there.
+    File(Option<std::path::PathBuf>),
+    /// A passphrase-derived root key: the passphrase and the store's salt and verifier (the
+    /// `<backup>.passphrase` file written by the backup).
+    Passphrase {
+        /// The operator's passphrase.
+        passphrase: zeroize::Zeroizing<String>,
+        /// The saved `root.passphrase`.
+        params: std::path::PathBuf,
+    },
+}
+
+impl std::fmt::Debug for RestoreRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreRoot::File(p) => f.debug_tuple("File").field(p).finish(),
+            RestoreRoot::Passphrase { params, .. } => f.debug_struct("Passphrase").field("params", params).finish_non_exhaustive(),
+        }
+    }
+}
 
 impl KeyStore {
-    /// Writes a consistent copy of the database to `out` (which must not exist), mode 0600.
+    /// Writes a consistent copy of the database to `out` (which must not exist), mode 0600,
+    /// and for a passphrase store its salt and verifier to `<out>.passphrase`.
     pub fn backup_to(&self, out: &Path) -> Result<()> {
-        if out.exists() {
-            return Err(Error::AlreadyExists(out.display().to_string()));
-        }
-        let target = out.to_str().ok_or_else(|| Error::Invalid("backup path is not UTF-8".into()))?;
+        let target = check_backup_target(self.dir(), out)?;
         {
             let conn = self.lock_conn()?;
             conn.execute("VACUUM INTO ?1", [target])?;
         }
-        fs::set_permissions(out, fs::Permissions::from_mode(0o600)).map_err(|e| Error::Storage(e.to_string()))?;
-        fs::File::open(out).and_then(|f| f.sync_all()).map_err(|e| Error::Storage(e.to_string()))?;
-        Ok(())
+        finish_backup(self.dir(), out)
     }
+}
+
+/// Backs up the key store in `dir` like [`KeyStore::backup_to`], without opening it: no root
+/// key or passphrase is needed (the copy holds sealed material only). Returns the number of keys.
+pub fn backup_dir(dir: &Path, out: &Path) -> Result<usize> {
+    let db = dir.join(DB_FILE);
+    if !db.is_file() {
+        return Err(Error::NotFound(format!("no key store in {} (no {DB_FILE})", dir.display())));
+    }
+    let target = check_backup_target(dir, out)?;
+    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let keys: i64 = conn.query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
+    conn.execute("VACUUM INTO ?1", [target])?;
+    drop(conn);
+    finish_backup(dir, out)?;
+    Ok(usize::try_from(keys).unwrap_or(0))
+}
+
+fn check_backup_target<'a>(dir: &Path, out: &'a Path) -> Result<&'a str> {
+    if out.exists() {
+        return Err(Error::AlreadyExists(out.display().to_string()));
+    }
+    if dir.join(PASSPHRASE_FILE).exists() && passphrase_params_of(out).exists() {
+        return Err(Error::AlreadyExists(passphrase_params_of(out).display().to_string()));
+    }
+    out.to_str().ok_or_else(|| Error::Invalid("backup path is not UTF-8".into()))
+}
+
+/// Makes the copy private and durable, and saves a passphrase store's salt and verifier.
+fn finish_backup(dir: &Path, out: &Path) -> Result<()> {
+    fs::set_permissions(out, fs::Permissions::from_mode(0o600)).map_err(|e| Error::Storage(e.to_string()))?;
+    fs::File::open(out).and_then(|f| f.sync_all()).map_err(|e| Error::Storage(e.to_string()))?;
+    let params = dir.join(PASSPHRASE_FILE);
+    if params.exists() {
+        let copy = passphrase_params_of(out);
+        fs::copy(&params, &copy).map_err(|e| Error::Storage(format!("cannot write {}: {e}", copy.display())))?;
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o600)).map_err(|e| Error::Storage(e.to_string()))?;
+        fs::File::open(&copy).and_then(|f| f.sync_all()).map_err(|e| Error::Storage(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Restores `backup` into `dir`: the database is installed only after every key version in it
 /// has been unsealed with the root key (`root_key`, copied into `dir`, or the one already there).
 /// Refuses to overwrite an existing database unless `force`.
 pub fn restore(dir: &Path, backup: &Path, root_key: Option<&Path>, force: bool) -> Result<KeyStore> {
+    restore_with(dir, backup, RestoreRoot::File(root_key.map(Path::to_path_buf)), force)
+}
+
+/// Like [`restore`], with the root key from `root` (a file, or a passphrase and its saved salt).
+pub fn restore_with(dir: &Path, backup: &Path, root: RestoreRoot, force: bool) -> Result<KeyStore> {
     let db = dir.join(DB_FILE);
     if db.exists() && !force {
         return Err(Error::AlreadyExists(format!("{} (use force to replace it)", db.display())));
@@ -50,20 +126,45 @@ pub fn restore(dir: &Path, backup: &Path, root_key: Option<&Path>, force: bool) 
     let _ = fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| Error::Storage(format!("cannot create {}: {e}", staging.display())))?;
     fs::set_permissions(&staging, fs::Permissions::from_mode(0o700)).map_err(|e| Error::Storage(e.to_string()))?;
+    let source = match &root {
+        RestoreRoot::File(_) => RootSource::File,
+        RestoreRoot::Passphrase { passphrase, .. } => RootSource::Passphrase(passphrase.clone()),
+    };
     let result = (|| -> Result<()> {
-        let root_src = match root_key {
-            Some(p) => p.to_path_buf(),
-            None => dir.join(ROOT_KEY_FILE),
-        };
-        if !root_src.is_file() {
-            return Err(Error::RootKey(format!("no root key at {}", root_src.display())));
+        match &root {
+            RestoreRoot::File(root_key) => {
+                let root_src = match root_key {
+                    Some(p) => p.clone(),
+                    None => dir.join(ROOT_KEY_FILE),
+                };
+                if !root_src.is_file() {
+                    return Err(Error::RootKey(format!("no root key at {}", root_src.display())));
+                }
+                fs::copy(&root_src, staging.join(ROOT_KEY_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
+                fs::set_permissions(staging.join(ROOT_KEY_FILE), fs::Permissions::from_mode(0o600)).map_err(|e| Error::RootKey(e.to_string()))?;
+                RootKey::load_or_create(&staging.join(ROOT_KEY_FILE))?;
+            }
+            RestoreRoot::Passphrase { params, .. } => {
+                if dir.join(ROOT_KEY_FILE).exists() {
+                    return Err(Error::RootKey(format!(
+                        "{} holds a root key file; restore a passphrase store into a directory without one",
+                        dir.display()
+                    )));
+                }
+                if !params.is_file() {
+                    return Err(Error::RootKey(format!(
+                        "no passphrase parameters at {} (written next to the backup as <backup>.passphrase)",
+                        params.display()
+                    )));
+                }
+                fs::copy(params, staging.join(PASSPHRASE_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
+                fs::set_permissions(staging.join(PASSPHRASE_FILE), fs::Permissions::from_mode(0o600)).map_err(|e| Error::RootKey(e.to_string()))?;
+            }
         }
-        fs::copy(&root_src, staging.join(ROOT_KEY_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
-        fs::set_permissions(staging.join(ROOT_KEY_FILE), fs::Permissions::from_mode(0o600)).map_err(|e| Error::RootKey(e.to_string()))?;
-        RootKey::load_or_create(&staging.join(ROOT_KEY_FILE))?;
         fs::copy(backup, staging.join(DB_FILE)).map_err(|e| Error::Storage(e.to_string()))?;
-        // Opening unseals every version: a wrong root key or a damaged backup fails here.
-        drop(KeyStore::open(&staging)?);
+        // Opening unseals every version: a wrong root key or passphrase, or a damaged backup,
+        // fails here.
+        drop(KeyStore::open_with(&staging, &source)?);
         Ok(())
     })();
     if let Err(e) = result {
@@ -77,12 +178,18 @@ pub fn restore(dir: &Path, backup: &Path, root_key: Option<&Path>, force: bool) 
     for stale in ["keystore.db-wal", "keystore.db-shm"] {
         let _ = fs::remove_file(dir.join(stale));
     }
-    if root_key.is_some() {
-        fs::rename(staging.join(ROOT_KEY_FILE), dir.join(ROOT_KEY_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
+    match &root {
+        RestoreRoot::File(Some(_)) => {
+            fs::rename(staging.join(ROOT_KEY_FILE), dir.join(ROOT_KEY_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
+        }
+        RestoreRoot::File(None) => {}
+        RestoreRoot::Passphrase { .. } => {
+            fs::rename(staging.join(PASSPHRASE_FILE), dir.join(PASSPHRASE_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
+        }
     }
     fs::rename(staging.join(DB_FILE), &db).map_err(|e| Error::Storage(e.to_string()))?;
     let _ = fs::remove_dir_all(&staging);
-    KeyStore::open(dir)
+    KeyStore::open_with(dir, &source)
 }
 
 #[cfg(test)]
@@ -122,5 +229,42 @@ mod tests {
         // An existing database is only replaced with force.
         assert!(matches!(restore(&dst, &bak, None, false), Err(Error::AlreadyExists(_))));
         assert!(restore(&dst, &bak, None, true).is_ok());
+    }
+
+    #[test]
+    fn a_passphrase_store_restores_with_its_saved_salt_and_the_passphrase() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let pass = |p: &str| zeroize::Zeroizing::new(p.to_string());
+        let ks = KeyStore::open_with(&src, &RootSource::Passphrase(pass("correct horse battery"))).unwrap();
+        ks.create_key(Some("p"), "").unwrap();
+        let ct = ks.encrypt(&KeyRef::parse("p").unwrap(), b"sealed under a passphrase", &EncryptionContext::new()).unwrap();
+        let bak = d.path().join("backup.db");
+        ks.backup_to(&bak).unwrap();
+        let params = passphrase_params_of(&bak);
+        // Without opening the store (no passphrase needed) the same files are written.
+        let bak2 = d.path().join("backup2.db");
+        assert_eq!(backup_dir(&src, &bak2).unwrap(), 1);
+        assert!(passphrase_params_of(&bak2).is_file());
+        assert!(backup_dir(&src, &bak2).is_err(), "never overwrites");
+        assert!(params.is_file(), "the salt and verifier travel with the backup");
+        assert_eq!(fs::metadata(&params).unwrap().permissions().mode() & 0o777, 0o600);
+
+        let dst = d.path().join("dst");
+        let with = |p: &str, params: &Path| RestoreRoot::Passphrase { passphrase: pass(p), params: params.to_path_buf() };
+        // A wrong passphrase or missing parameters restore nothing.
+        assert!(restore_with(&dst, &bak, with("wrong passphrase!!", &params), false).is_err());
+        assert!(restore_with(&dst, &bak, with("correct horse battery", &d.path().join("nope")), false).is_err());
+        assert!(!dst.join(DB_FILE).exists());
+        // A root-key restore of a passphrase backup fails too (nothing unseals).
+        drop(KeyStore::open(&d.path().join("other")).unwrap());
+        assert!(restore(&dst, &bak, Some(&d.path().join("other").join(ROOT_KEY_FILE)), false).is_err());
+        assert!(!dst.join(DB_FILE).exists());
+        // The right passphrase restores; the store then opens with it alone.
+        let restored = restore_with(&dst, &bak, with("correct horse battery", &params), false).unwrap();
+        assert_eq!(&restored.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"sealed under a passphrase");
+        drop(restored);
+        let reopened = KeyStore::open_with(&dst, &RootSource::Passphrase(pass("correct horse battery"))).unwrap();
+        assert_eq!(&reopened.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"sealed under a passphrase");
     }
 }

@@ -71,6 +71,9 @@ pub struct PluginArgs {
     /// aws backend: endpoint URL (AWS KMS by default; e.g. a FIPS endpoint or `envelope kms serve`).
     #[arg(long, env = "ENVELOPE_AWS_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
+    /// aws backend: use the region's FIPS 140 endpoint of AWS KMS (kms-fips.<region>.amazonaws.com).
+    #[arg(long, env = "ENVELOPE_AWS_FIPS")]
+    pub fips: bool,
     /// aws backend: PEM file of the CA certificates to trust for an https:// endpoint instead of
     /// the system's (e.g. the CA of `envelope kms serve`). Default: $AWS_CA_BUNDLE if set.
     #[arg(long, env = "ENVELOPE_AWS_CA_BUNDLE", value_name = "FILE")]

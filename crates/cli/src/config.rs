@@ -46,6 +46,7 @@ struct FileConfig {
     max_in_flight: Option<usize>,
     health_probe: Option<Scalar>,
     ca_bundle: Option<Scalar>,
+    fips: Option<bool>,
     http_addr: Option<Scalar>,
     status_version: Option<Scalar>,
     health_interval: Option<Scalar>,
@@ -117,6 +118,8 @@ pub enum Backend {
         max_in_flight: usize,
         /// PEM CA certificates to trust instead of the system's.
         ca_bundle: Option<PathBuf>,
+        /// Use the region's FIPS endpoint.
+        fips: bool,
     },
 }
 
@@ -304,7 +307,11 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
                 bail!("ca-bundle {} holds no PEM certificate", f.display());
             }
         }
-        Backend::Aws { region: pick(args.region, file.region), endpoint, max_in_flight, ca_bundle }
+        let fips = args.fips || file.fips.unwrap_or(false);
+        if fips && endpoint.is_some() {
+            bail!("--fips picks the region's FIPS endpoint; with --endpoint give that endpoint's URL instead");
+        }
+        Backend::Aws { region: pick(args.region, file.region), endpoint, max_in_flight, ca_bundle, fips }
     } else {
         Backend::Embedded
     };
@@ -422,6 +429,10 @@ mod tests {
             ),
             (PluginArgs { encryption_context: vec!["a=b".into()], ..args() }, "aws backend only"),
             (PluginArgs { health_probe: Some("describe-key".into()), ..args() }, "applies to the aws backend"),
+            (
+                PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], fips: true, endpoint: Some("https://kms.internal".into()), ..args() },
+                "--fips",
+            ),
             (
                 PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], ca_bundle: Some("/nonexistent/ca.pem".into()), ..args() },
                 "ca-bundle",

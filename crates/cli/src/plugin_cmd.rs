@@ -77,7 +77,7 @@ async fn serve(s: PluginSettings) -> Result<()> {
             serve_plugins(plugins, metrics, &s).await
         }
         #[cfg(feature = "aws")]
-        crate::config::Backend::Aws { region, endpoint, max_in_flight, ca_bundle } => {
+        crate::config::Backend::Aws { region, endpoint, max_in_flight, ca_bundle, fips } => {
             use envelope_plugin_aws::ProbeMode;
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
             if let Some(r) = region {
@@ -85,6 +85,9 @@ async fn serve(s: PluginSettings) -> Result<()> {
             }
             if let Some(e) = endpoint {
                 loader = loader.endpoint_url(e.clone());
+            }
+            if *fips {
+                loader = loader.use_fips(true);
             }
             if let Some(f) = ca_bundle {
                 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};

@@ -149,6 +149,36 @@ pub fn is_crypto(op: &str) -> bool {
     CRYPTO_OPS.contains(&op)
 }
 
+/// Parses a JSON request body for the audit record with its secret members skipped while
+/// parsing: their values (base64 plaintext, ciphertext, key material) are scanned, never copied
+/// into a string. `None` when the body is not a JSON object.
+pub fn sanitized_request(body: &[u8]) -> Option<Value> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    struct Members;
+    impl<'de> Visitor<'de> for Members {
+        type Value = Map<String, Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut m = Map::new();
+            while let Some(k) = a.next_key::<String>()? {
+                if SECRET_MEMBERS.contains(&k.as_str()) {
+                    a.next_value::<IgnoredAny>()?;
+                } else {
+                    let v = a.next_value::<Value>()?;
+                    m.insert(k, v);
+                }
+            }
+            Ok(m)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let m = (&mut de).deserialize_map(Members).ok()?;
+    de.end().ok()?;
+    Some(Value::Object(m))
+}
+
 /// A request or response body with secret members removed (PascalCase kept).
 pub fn sanitize(v: &Value) -> Value {
     match v {
@@ -336,6 +366,24 @@ mod tests {
         for l in text.lines() {
             let v: Value = serde_json::from_str(l).unwrap();
             assert_eq!(v["eventName"], "ListKeys");
+        }
+    }
+
+    #[test]
+    fn sanitized_request_matches_sanitize_and_skips_secrets() {
+        for body in [
+            &br#"{"KeyId":"alias/a","Plaintext":"c2VjcmV0","EncryptionContext":{"Plaintext":"kept: a context key"}}"#[..],
+            br#"{"CiphertextBlob":"AAEC\u0041","GrantTokens":["t"],"Limit":5}"#,
+            br#"{"EncryptedKeyMaterial":"eA==","ImportToken":"eQ==","KeyId":"k","ValidTo":1.5e9}"#,
+            br#"{}"#,
+        ] {
+            let parsed: Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(sanitized_request(body), Some(sanitize(&parsed)), "{}", String::from_utf8_lossy(body));
+            let text = sanitized_request(body).unwrap().to_string();
+            assert!(!text.contains("c2VjcmV0") && !text.contains("AAEC") && !text.contains("eA=="), "{text}");
+        }
+        for bad in [&b"[1,2]"[..], b"{", b"{\"a\":1} trailing", b"", b"\"str\""] {
+            assert_eq!(sanitized_request(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -361,7 +361,7 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
     let principal = cred.principal.clone();
     if server.audit().is_some() {
         audit.access_key_id = Some(cred.access_key_id.clone());
-        audit.request = serde_json::from_slice::<serde_json::Value>(&body).ok().map(|v| crate::audit::sanitize(&v));
+        audit.request = crate::audit::sanitized_request(&body);
     }
     let fail = |error: KmsError, op: Option<Operation>| Failed { error, op, principal: Some(principal.clone()) };
     let target = parts

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -53,13 +52,16 @@ pub async fn serve(
     serve_connections(listener, state, None, shutdown).await
 }
 
-/// The accept loop of both HTTP and HTTPS. It keeps slow or numerous clients from exhausting
-/// the server: at most [`Config::max_connections`](crate::Config::max_connections) connections
-/// are served at once (further ones wait in the kernel's listen backlog), a request's headers
-/// must arrive within [`Config::client_timeout`](crate::Config::client_timeout) (which also
-/// closes idle keep-alive HTTP/1 connections), its body within the same time again, a TLS
-/// handshake within 10 s, and an HTTP/2 connection carries at most 256 concurrent requests and
-/// is closed when its peer stops answering pings. After `shutdown`, in-flight requests get 10 s.
+/// The accept loop of both HTTP and HTTPS. It keeps slow, idle or numerous clients from
+/// exhausting the server: at most [`Config::max_connections`](crate::Config::max_connections)
+/// connections are served at once (further ones wait in the kernel's listen backlog); with
+/// `client_timeout` = [`Config::client_timeout`](crate::Config::client_timeout), a connection
+/// must send its first bytes and each request's headers within `client_timeout`, a body within
+/// `client_timeout` more, and a connection with no request in progress for `client_timeout`
+/// (idle keep-alive, idle HTTP/2, or a response the client never reads) is shut down and
+/// dropped `client_timeout` later; a TLS handshake gets 10 s; an HTTP/2 connection carries at
+/// most 256 concurrent requests. After `shutdown`, in-flight requests get 10 s, then every
+/// connection is dropped.
 pub(crate) async fn serve_connections(
     listener: TcpListener,
     state: Arc<Server>,
@@ -69,11 +71,13 @@ pub(crate) async fn serve_connections(
     let client_timeout = state.config.client_timeout;
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
     let app = router(state);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
             _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
@@ -92,24 +96,72 @@ pub(crate) async fn serve_connections(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (app, watcher, tls) = (app.clone(), graceful.watcher(), tls.clone());
-        tokio::spawn(async move {
+        let (app, tls, mut stop) = (app.clone(), tls.clone(), stop_rx.clone());
+        connections.spawn(async move {
             let _permit = permit;
             match tls {
-                None => serve_connection(tcp, peer, app, client_timeout, watcher).await,
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => serve_connection(stream, peer, app, client_timeout, watcher).await,
-                    Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                },
+                None => serve_connection(tcp, peer, app, client_timeout, stop).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(stream)) => serve_connection(stream, peer, app, client_timeout, stop).await,
+                            Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                        },
+                        _ = stopped(&mut stop) => {}
+                    }
+                }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    let _ = stop_tx.send(true);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         tracing::warn!("shutdown grace period over; dropping remaining connections");
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
     }
     Ok(())
+}
+
+/// Completes once the server is shutting down.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+/// Requests in progress on one connection, and when the last one ended.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_end: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has had no request in progress (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.last_end.lock().map(|t| t.elapsed()).unwrap_or(Duration::ZERO)
+    }
+}
+
+/// One request in progress; ends when dropped (also when the request is cancelled).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.0.last_end.lock() {
+            *t = tokio::time::Instant::now();
+        }
+        self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
@@ -142,17 +194,32 @@ async fn detect_version<I: AsyncRead + Unpin>(io: &mut I, limit: Duration) -> Op
     Some((buf, h2))
 }
 
-async fn serve_connection<I>(mut io: I, peer: SocketAddr, app: Router, client_timeout: Duration, watcher: Watcher)
+async fn serve_connection<I>(mut io: I, peer: SocketAddr, app: Router, client_timeout: Duration, mut stop: tokio::sync::watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some((first, h2)) = detect_version(&mut io, client_timeout).await else {
+    let detected = tokio::select! {
+        d = detect_version(&mut io, client_timeout) => d,
+        _ = stopped(&mut stop) => return,
+    };
+    let Some((first, h2)) = detected else {
         tracing::debug!(peer = %peer, "no request within the client timeout; closing");
         return;
     };
+    let activity = Arc::new(Activity {
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
+        last_end: std::sync::Mutex::new(tokio::time::Instant::now()),
+    });
+    let tracked = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-        app.clone().oneshot(req.map(Body::new))
+        let request = tracked.begin();
+        let response = app.clone().oneshot(req.map(Body::new));
+        async move {
+            let r = response.await;
+            drop(request);
+            r
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(client_timeout);
@@ -164,8 +231,38 @@ where
         .keep_alive_timeout(client_timeout);
     let builder = if h2 { builder.http2_only() } else { builder.http1_only() };
     let conn = builder.serve_connection(TokioIo::new(Prefixed { prefix: first, at: 0, io }), svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+    tokio::pin!(conn);
+    // Shut the connection down (finishing what is in progress) on server shutdown or when it has
+    // been idle for the client timeout; drop it if it has not closed a client timeout later.
+    let mut closing_since: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(client_timeout / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stopped(&mut stop), if closing_since.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing_since = Some(tokio::time::Instant::now());
+            }
+            _ = tick.tick() => match closing_since {
+                Some(t) if t.elapsed() >= client_timeout => {
+                    tracing::debug!(peer = %peer, "connection did not close in time; dropping it");
+                    return;
+                }
+                Some(_) => {}
+                None if activity.idle_for() >= client_timeout => {
+                    tracing::debug!(peer = %peer, "connection idle; closing it");
+                    conn.as_mut().graceful_shutdown();
+                    closing_since = Some(tokio::time::Instant::now());
+                }
+                None => {}
+            },
+        }
     }
 }
 

@@ -1113,3 +1113,56 @@ async fn policy_lockout_safety_check() {
     // The flag must be a boolean.
     h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": keeps.to_string(), "BypassPolicyLockoutSafetyCheck": "yes"})).await.err("SerializationException");
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let h = start_with(slow_config(300, 64)).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", h.port)).await.unwrap();
+    let (_client, conn) = h2::client::handshake(tcp).await.unwrap();
+    // The client answers pings by itself; with no request the server still closes it.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection stayed open");
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_responses_is_dropped() {
+    let h = start_with(slow_config(300, 64)).await;
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", h.port)).await.unwrap();
+    let (_rd, mut wr) = s.into_split();
+    // Pipelined requests, responses never read: the server's writes block once the buffers fill.
+    let request = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}".repeat(64);
+    let writer = tokio::spawn(async move {
+        loop {
+            if wr.write_all(&request).await.is_err() {
+                return;
+            }
+        }
+    });
+    assert!(tokio::time::timeout(Duration::from_secs(20), writer).await.is_ok(), "the connection was never dropped");
+    assert_eq!(h.call("ListKeys", json!({})).await.status, 200);
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_silent_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(KeyStore::open(&dir.path().join("data")).unwrap());
+    let creds = CredentialStore::new(vec![Credential::new(AKID, Zeroizing::new(SECRET.into()), None, ADMIN)]).unwrap();
+    let server = Arc::new(Server::new(store, creds, Config::new(REGION, ACCOUNT)).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, server, async move {
+        let _ = rx.await;
+    }));
+    // Connected, nothing sent (a TCP health probe, say), and an idle keep-alive connection.
+    let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (_h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), task).await.expect("serve returned").unwrap().unwrap();
+    // The grace period (10 s) is for requests in progress; there were none.
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}

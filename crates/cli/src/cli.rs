@@ -74,8 +74,8 @@ pub struct PluginArgs {
     /// aws backend: use the region's FIPS 140 endpoint of AWS KMS (kms-fips.<region>.amazonaws.com).
     #[arg(long, env = "ENVELOPE_AWS_FIPS")]
     pub fips: bool,
-    /// aws backend: PEM file of the CA certificates to trust for an https:// endpoint instead of
-    /// the system's (e.g. the CA of `envelope kms serve`). Default: $AWS_CA_BUNDLE if set.
+    /// aws backend: PEM file of CA certificates to trust for an https:// endpoint, besides the
+    /// system's (e.g. the CA of `envelope kms serve`). Default: $AWS_CA_BUNDLE if set.
     #[arg(long, env = "ENVELOPE_AWS_CA_BUNDLE", value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
     /// aws backend: encryption context pair sent with every Encrypt and Decrypt (repeatable).

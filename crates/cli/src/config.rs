@@ -302,10 +302,7 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
             .or_else(|| file.ca_bundle.map(|c| PathBuf::from(c.text())))
             .or_else(|| std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty()).map(PathBuf::from));
         if let Some(f) = &ca_bundle {
-            let pem = std::fs::read(f).with_context(|| format!("ca-bundle {}", f.display()))?;
-            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                bail!("ca-bundle {} holds no PEM certificate", f.display());
-            }
+            check_ca_bundle(f)?;
         }
         let fips = args.fips || file.fips.unwrap_or(false);
         if fips && endpoint.is_some() {
@@ -313,6 +310,9 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         }
         Backend::Aws { region: pick(args.region, file.region), endpoint, max_in_flight, ca_bundle, fips }
     } else {
+        if args.fips || file.fips == Some(true) || args.ca_bundle.is_some() || file.ca_bundle.is_some() {
+            bail!("fips and ca-bundle apply to the aws backend (add --backend aws)");
+        }
         Backend::Embedded
     };
     let http_text = pick(args.http_addr, file.http_addr).unwrap_or_else(|| "127.0.0.1:8423".into());
@@ -359,6 +359,23 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         log_json,
         log_level,
     })
+}
+
+/// The CA bundle must be readable and every PEM certificate in it a usable trust anchor (the
+/// AWS SDK would panic on a bad one at the first request).
+fn check_ca_bundle(f: &Path) -> Result<()> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(f).with_context(|| format!("ca-bundle {}", f.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| anyhow!("ca-bundle {}: not valid PEM ({e})", f.display()))?;
+        roots.add(cert).map_err(|e| anyhow!("ca-bundle {}: a certificate cannot be used as a CA ({e})", f.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("ca-bundle {} holds no PEM certificate", f.display());
+    }
+    Ok(())
 }
 
 fn check_socket(socket: &str) -> Result<()> {
@@ -441,6 +458,8 @@ mod tests {
                 PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], ca_bundle: Some("/etc/hostname".into()), ..args() },
                 "no PEM certificate",
             ),
+            (PluginArgs { fips: true, ..args() }, "apply to the aws backend"),
+            (PluginArgs { ca_bundle: Some("/etc/hostname".into()), ..args() }, "apply to the aws backend"),
             (PluginArgs { request_timeout: Some("500000000000y".into()), ..args() }, "at most 1h"),
             (PluginArgs { shutdown_grace: Some("2h".into()), ..args() }, "at most 1h"),
             (
@@ -522,5 +541,16 @@ mod tests {
             std::fs::write(&f, text).unwrap();
             assert!(resolve(PluginArgs { config: Some(f), socket: vec![], ..args() }).is_err(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn a_damaged_ca_bundle_is_a_configuration_error() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("ca.pem");
+        std::fs::write(&f, "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n").unwrap();
+        let e = check_ca_bundle(&f).unwrap_err();
+        assert!(format!("{e:#}").contains("ca-bundle"), "{e:#}");
+        std::fs::write(&f, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        assert!(check_ca_bundle(&f).is_err(), "DER that is no certificate");
     }
 }

@@ -169,7 +169,7 @@ fn backup(a: BackupArgs) -> Result<()> {
     let keys = envelope_keystore::backup::backup_dir(&dir, &a.out).with_context(|| format!("cannot back up {} to {}", dir.display(), a.out.display()))?;
     println!("backed up {keys} key(s) from {} to {}", dir.display(), a.out.display());
     let params = envelope_keystore::backup::passphrase_params_of(&a.out);
-    if params.exists() {
+    if dir.join(envelope_keystore::root::PASSPHRASE_FILE).exists() {
         println!("the root key comes from a passphrase: its salt and verifier are in {} (keep it with the backup;", params.display());
         println!("restore with --root-passphrase-file; the backup is useless without the passphrase)");
     } else {

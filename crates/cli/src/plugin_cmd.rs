@@ -93,7 +93,9 @@ async fn serve(s: PluginSettings) -> Result<()> {
                 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
                 let pem = std::fs::read(f).with_context(|| format!("ca-bundle {}", f.display()))?;
                 let trust = TlsContext::builder()
-                    .with_trust_store(TrustStore::empty().with_pem_certificate(pem))
+                    // The system roots stay: credential providers (STS for web identity) use
+                    // this client too.
+                    .with_trust_store(TrustStore::default().with_pem_certificate(pem))
                     .build()
                     .map_err(|e| anyhow::anyhow!("ca-bundle {}: {e}", f.display()))?;
                 let http = aws_smithy_http_client::Builder::new()

@@ -10,7 +10,7 @@
 //! (`<backup>.passphrase`, not secret), and a restore needs it and the passphrase.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -52,11 +52,18 @@ impl KeyStore {
     /// and for a passphrase store its salt and verifier to `<out>.passphrase`.
     pub fn backup_to(&self, out: &Path) -> Result<()> {
         let target = check_backup_target(self.dir(), out)?;
-        {
-            let conn = self.lock_conn()?;
-            conn.execute("VACUUM INTO ?1", [target])?;
+        let written = (|| -> Result<()> {
+            {
+                let conn = self.lock_conn()?;
+                conn.execute("VACUUM INTO ?1", [target])?;
+            }
+            finish_backup(self.dir(), out)
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(out);
+            let _ = fs::remove_file(passphrase_params_of(out));
         }
-        finish_backup(self.dir(), out)
+        written
     }
 }
 
@@ -68,13 +75,23 @@ pub fn backup_dir(dir: &Path, out: &Path) -> Result<usize> {
         return Err(Error::NotFound(format!("no key store in {} (no {DB_FILE})", dir.display())));
     }
     let target = check_backup_target(dir, out)?;
-    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    let keys: i64 = conn.query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
-    conn.execute("VACUUM INTO ?1", [target])?;
-    drop(conn);
-    finish_backup(dir, out)?;
-    Ok(usize::try_from(keys).unwrap_or(0))
+    let written = (|| -> Result<usize> {
+        let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute("VACUUM INTO ?1", [target])?;
+        drop(conn);
+        finish_backup(dir, out)?;
+        // Counted in the copy itself, so the number matches what was saved.
+        let copy = rusqlite::Connection::open_with_flags(out, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let keys: i64 = copy.query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
+        Ok(usize::try_from(keys).unwrap_or(0))
+    })();
+    if written.is_err() {
+        // Never leave a partial backup behind (a retry would be refused as existing).
+        let _ = fs::remove_file(out);
+        let _ = fs::remove_file(passphrase_params_of(out));
+    }
+    written
 }
 
 fn check_backup_target<'a>(dir: &Path, out: &'a Path) -> Result<&'a str> {
@@ -117,79 +134,103 @@ pub fn restore_with(dir: &Path, backup: &Path, root: RestoreRoot, force: bool) -
     if !backup.is_file() {
         return Err(Error::NotFound(backup.display().to_string()));
     }
-    // Verify in a private staging directory first: nothing in `dir` changes unless it all opens.
-    let staging = dir.with_file_name(format!(
-        ".{}.restore-{}",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("envelope"),
-        std::process::id()
-    ));
+    // Verify in a private staging directory inside `dir` (same file system, so the final renames
+    // are atomic): nothing in `dir` changes unless the backup opens with the root key.
+    if !dir.exists() {
+        fs::DirBuilder::new().recursive(true).create(dir).map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| Error::Storage(e.to_string()))?;
+    }
+    let staging = dir.join(format!(".restore-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| Error::Storage(format!("cannot create {}: {e}", staging.display())))?;
-    fs::set_permissions(&staging, fs::Permissions::from_mode(0o700)).map_err(|e| Error::Storage(e.to_string()))?;
+    fs::DirBuilder::new().mode(0o700).create(&staging).map_err(|e| Error::Storage(format!("cannot create {}: {e}", staging.display())))?;
     let source = match &root {
         RestoreRoot::File(_) => RootSource::File,
         RestoreRoot::Passphrase { passphrase, .. } => RootSource::Passphrase(passphrase.clone()),
     };
-    let result = (|| -> Result<()> {
-        match &root {
-            RestoreRoot::File(root_key) => {
-                let root_src = match root_key {
-                    Some(p) => p.clone(),
-                    None => dir.join(ROOT_KEY_FILE),
-                };
-                if !root_src.is_file() {
-                    return Err(Error::RootKey(format!("no root key at {}", root_src.display())));
-                }
-                fs::copy(&root_src, staging.join(ROOT_KEY_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
-                fs::set_permissions(staging.join(ROOT_KEY_FILE), fs::Permissions::from_mode(0o600)).map_err(|e| Error::RootKey(e.to_string()))?;
-                RootKey::load_or_create(&staging.join(ROOT_KEY_FILE))?;
-            }
-            RestoreRoot::Passphrase { params, .. } => {
-                if dir.join(ROOT_KEY_FILE).exists() {
-                    return Err(Error::RootKey(format!(
-                        "{} holds a root key file; restore a passphrase store into a directory without one",
-                        dir.display()
-                    )));
-                }
-                if !params.is_file() {
-                    return Err(Error::RootKey(format!(
-                        "no passphrase parameters at {} (written next to the backup as <backup>.passphrase)",
-                        params.display()
-                    )));
-                }
-                fs::copy(params, staging.join(PASSPHRASE_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
-                fs::set_permissions(staging.join(PASSPHRASE_FILE), fs::Permissions::from_mode(0o600)).map_err(|e| Error::RootKey(e.to_string()))?;
-            }
-        }
-        fs::copy(backup, staging.join(DB_FILE)).map_err(|e| Error::Storage(e.to_string()))?;
-        // Opening unseals every version: a wrong root key or passphrase, or a damaged backup,
-        // fails here.
-        drop(KeyStore::open_with(&staging, &source)?);
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_dir_all(&staging);
-        return Err(e);
-    }
-    if !dir.exists() {
-        fs::DirBuilder::new().recursive(true).create(dir).map_err(|e| Error::Storage(e.to_string()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| Error::Storage(e.to_string()))?;
-    }
-    for stale in ["keystore.db-wal", "keystore.db-shm"] {
-        let _ = fs::remove_file(dir.join(stale));
-    }
-    match &root {
-        RestoreRoot::File(Some(_)) => {
-            fs::rename(staging.join(ROOT_KEY_FILE), dir.join(ROOT_KEY_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
-        }
-        RestoreRoot::File(None) => {}
-        RestoreRoot::Passphrase { .. } => {
-            fs::rename(staging.join(PASSPHRASE_FILE), dir.join(PASSPHRASE_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
-        }
-    }
-    fs::rename(staging.join(DB_FILE), &db).map_err(|e| Error::Storage(e.to_string()))?;
+    let result = stage(dir, &staging, backup, &root, &source).and_then(|()| install(dir, &staging, &root));
+    // The staging directory may hold a copy of the root key: it never outlives the restore.
     let _ = fs::remove_dir_all(&staging);
+    result?;
     KeyStore::open_with(dir, &source)
+}
+
+/// Copies the backup and the root (key file or passphrase parameters) into `staging` and opens
+/// the store there, which unseals every key version.
+fn stage(dir: &Path, staging: &Path, backup: &Path, root: &RestoreRoot, source: &RootSource) -> Result<()> {
+    match root {
+        RestoreRoot::File(root_key) => {
+            let root_src = match root_key {
+                Some(p) => p.clone(),
+                None => dir.join(ROOT_KEY_FILE),
+            };
+            if !root_src.is_file() {
+                return Err(Error::RootKey(format!("no root key at {}", root_src.display())));
+            }
+            fs::copy(&root_src, staging.join(ROOT_KEY_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
+            fs::set_permissions(staging.join(ROOT_KEY_FILE), fs::Permissions::from_mode(0o600)).map_err(|e| Error::RootKey(e.to_string()))?;
+            RootKey::load_or_create(&staging.join(ROOT_KEY_FILE))?;
+        }
+        RestoreRoot::Passphrase { params, .. } => {
+            if dir.join(ROOT_KEY_FILE).exists() {
+                return Err(Error::RootKey(format!(
+                    "{} holds a root key file; restore a passphrase store into a directory without one",
+                    dir.display()
+                )));
+            }
+            if !params.is_file() {
+                return Err(Error::RootKey(format!(
+                    "no passphrase parameters at {} (written next to the backup as <backup>.passphrase)",
+                    params.display()
+                )));
+            }
+            fs::copy(params, staging.join(PASSPHRASE_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
+            fs::set_permissions(staging.join(PASSPHRASE_FILE), fs::Permissions::from_mode(0o600)).map_err(|e| Error::RootKey(e.to_string()))?;
+        }
+    }
+    fs::copy(backup, staging.join(DB_FILE)).map_err(|e| Error::Storage(e.to_string()))?;
+    // Opening unseals every version: a wrong root key or passphrase, or a damaged backup, fails
+    // here. Closing checkpoints the staged database into its one file.
+    drop(KeyStore::open_with(staging, source)?);
+    Ok(())
+}
+
+/// Moves the current database (with its WAL) and root file aside into `staging/replaced`, then
+/// the staged ones into place; on any failure puts everything back as it was.
+fn install(dir: &Path, staging: &Path, root: &RestoreRoot) -> Result<()> {
+    let root_file = match root {
+        RestoreRoot::File(Some(_)) => Some(ROOT_KEY_FILE),
+        RestoreRoot::File(None) => None,
+        RestoreRoot::Passphrase { .. } => Some(PASSPHRASE_FILE),
+    };
+    let aside = staging.join("replaced");
+    fs::create_dir(&aside).map_err(|e| Error::Storage(e.to_string()))?;
+    let mut moved: Vec<&str> = Vec::new();
+    let mut installed: Vec<&str> = Vec::new();
+    let io = |e: std::io::Error| Error::Storage(e.to_string());
+    let result = (|| -> Result<()> {
+        for name in [DB_FILE, "keystore.db-wal", "keystore.db-shm"].into_iter().chain(root_file) {
+            if dir.join(name).exists() {
+                fs::rename(dir.join(name), aside.join(name)).map_err(io)?;
+                moved.push(name);
+            }
+        }
+        // A staged WAL (should closing not have checkpointed it) travels with its database.
+        let wal = staging.join("keystore.db-wal").exists().then_some("keystore.db-wal");
+        for name in root_file.into_iter().chain(wal).chain([DB_FILE]) {
+            fs::rename(staging.join(name), dir.join(name)).map_err(io)?;
+            installed.push(name);
+        }
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    })();
+    if result.is_err() {
+        for name in &installed {
+            let _ = fs::remove_file(dir.join(name));
+        }
+        for name in &moved {
+            let _ = fs::rename(aside.join(name), dir.join(name));
+        }
+    }
+    result
 }
 
 #[cfg(test)]
@@ -266,5 +307,37 @@ mod tests {
         drop(restored);
         let reopened = KeyStore::open_with(&dst, &RootSource::Passphrase(pass("correct horse battery"))).unwrap();
         assert_eq!(&reopened.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"sealed under a passphrase");
+    }
+
+    #[test]
+    fn a_failed_restore_leaves_the_current_store_as_it_was() {
+        let d = tempfile::tempdir().unwrap();
+        let live = d.path().join("live");
+        let ks = KeyStore::open(&live).unwrap();
+        ks.create_key(Some("live"), "").unwrap();
+        let ct = ks.encrypt(&KeyRef::parse("live").unwrap(), b"live data", &EncryptionContext::new()).unwrap();
+        drop(ks);
+        let other = d.path().join("other");
+        let ks2 = KeyStore::open(&other).unwrap();
+        ks2.create_key(Some("other"), "").unwrap();
+        let bak = d.path().join("other.db");
+        ks2.backup_to(&bak).unwrap();
+        // Wrong root key (the live one) for the other store's backup: refused, nothing changes,
+        // no staging directory or root key copy is left behind.
+        assert!(restore(&live, &bak, None, true).is_err());
+        let names: Vec<String> = fs::read_dir(&live).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| !n.starts_with(".restore")), "{names:?}");
+        let ks = KeyStore::open(&live).unwrap();
+        assert_eq!(&ks.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"live data");
+        drop(ks);
+        // With its own root key it replaces the live store (forced), in place.
+        let restored = restore(&live, &bak, Some(&other.join(ROOT_KEY_FILE)), true).unwrap();
+        assert!(restored.describe(&KeyRef::parse("other").unwrap()).is_ok());
+        assert!(restored.describe(&KeyRef::parse("live").unwrap()).is_err());
+        let names: Vec<String> = fs::read_dir(&live).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| !n.starts_with(".restore")), "{names:?}");
+        // Nothing was staged next to the data directory either.
+        let siblings: Vec<String> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(siblings.iter().all(|n| !n.contains("restore")), "{siblings:?}");
     }
 }

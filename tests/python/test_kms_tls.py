@@ -43,21 +43,25 @@ def _serve(d, extra):
     )
 
 
-def test_https_with_boto3_and_aws_cli(tmp_path):
-    d = str(tmp_path)
+def _serve_tls(d):
+    """Starts `envelope kms serve` over HTTPS with a fresh CA; returns (process, port, CA file)."""
     ca, cert, key = _certs(d)
     port = _free_port()
     p = _serve(d, ["--listen", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key])
+    end = time.time() + 20
+    while True:
+        assert p.poll() is None, p.stderr.read().decode()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return p, port, ca
+        except OSError:
+            assert time.time() < end
+            time.sleep(0.05)
+
+
+def test_https_with_boto3_and_aws_cli(tmp_path):
+    p, port, ca = _serve_tls(str(tmp_path))
     try:
-        end = time.time() + 20
-        while True:
-            assert p.poll() is None, p.stderr.read().decode()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.time() < end
-                time.sleep(0.05)
         kms = boto3.client("kms", endpoint_url=f"https://127.0.0.1:{port}", region_name="us-east-1",
                            aws_access_key_id=AKID, aws_secret_access_key=SECRET, verify=ca,
                            config=Config(retries={"max_attempts": 1}))

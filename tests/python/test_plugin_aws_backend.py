@@ -318,25 +318,14 @@ def test_sigterm_during_the_first_probe_stops_cleanly(tmp_path):
 def test_aws_backend_over_https_with_a_private_ca(stubs, tmp_path):
     """The plugin reaches `envelope kms serve` over HTTPS signed by a private CA when given
     --ca-bundle (and AWS_CA_BUNDLE), and is unhealthy with a TLS error without it."""
-    from test_kms_tls import _certs, _serve
+    from test_kms_tls import _serve_tls
     import boto3
     from botocore.config import Config
     v2, v2g = stubs["v2"], stubs["v2_grpc"]
     srv = tmp_path / "srv"
     srv.mkdir(mode=0o700)
-    ca, cert, key = _certs(str(srv))
-    port = _free_port()
-    server = _serve(str(srv), ["--listen", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key])
+    server, port, ca = _serve_tls(str(srv))
     try:
-        end = time.time() + 20
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.time() < end
-                time.sleep(0.05)
         kms = boto3.client("kms", endpoint_url=f"https://127.0.0.1:{port}", region_name="us-east-1",
                            aws_access_key_id=AKID, aws_secret_access_key=SECRET, verify=ca,
                            config=Config(retries={"max_attempts": 1}))

@@ -386,4 +386,20 @@ mod tests {
             assert_eq!(sanitized_request(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn sanitized_request_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = sanitized_request(&body);
+        }
+
+        #[test]
+        fn sanitized_request_never_keeps_a_secret_member(secret in "\\+/[A-Za-z0-9+/]{4,40}", other in "[a-z]{1,10}") {
+            // `+/` starts every secret and cannot occur in the other member or the member names.
+            let body = format!(r#"{{"Plaintext":"{secret}","CiphertextBlob":"{secret}","KeyId":"{other}"}}"#);
+            let v = sanitized_request(body.as_bytes()).unwrap();
+            proptest::prop_assert!(!v.to_string().contains(&secret));
+            proptest::prop_assert_eq!(v["KeyId"].as_str(), Some(other.as_str()));
+        }
+    }
 }

@@ -226,9 +226,9 @@ mod tests {
         let took = start.elapsed();
         let Err(PluginError::Unavailable(m)) = &r else { panic!("{r:?}") };
         let ms: u64 = m.split("within ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
-        assert!((150..=200).contains(&ms), "window {ms} ms: the 300 ms deadline less the 100 ms reserve ({m})");
+        assert!((50..=200).contains(&ms), "window {ms} ms: at most the 300 ms deadline less the 100 ms reserve ({m})");
         // Ended by the caller's deadline, not by the 2 s budget.
-        assert!(took >= Duration::from_millis(150) && took < Duration::from_millis(1500), "{took:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
     }
 
     #[tokio::test]

@@ -69,6 +69,21 @@ struct FileInstance {
     health_probe: Option<Scalar>,
 }
 
+/// An instance as given (flags or file), before defaults and checks.
+struct RawInstance {
+    socket: String,
+    key: Option<String>,
+    provider_name: Option<String>,
+    encryption_context: std::collections::BTreeMap<String, String>,
+    health_probe: Option<String>,
+}
+
+impl RawInstance {
+    fn new(socket: String, key: Option<String>) -> Self {
+        Self { socket, key, provider_name: None, encryption_context: Default::default(), health_probe: None }
+    }
+}
+
 /// One plugin instance: a key served on a socket, with its own health, Status and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceSettings {
@@ -117,7 +132,7 @@ pub enum Backend {
         endpoint: Option<String>,
         max_in_flight: usize,
         /// PEM CA certificates to trust instead of the system's.
-        ca_bundle: Option<PathBuf>,
+        ca_bundle: Option<CaBundle>,
         /// Use the region's FIPS endpoint.
         fips: bool,
     },
@@ -210,15 +225,14 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
 
     // Instances: --key/--socket pairs, the file's `instances:` list, or one key and socket.
     let (n_keys, n_sockets) = (args.key.len(), args.socket.len());
-    type Raw = (String, Option<String>, Option<String>, std::collections::BTreeMap<String, String>, Option<String>);
-    let raw: Vec<Raw> = if n_keys > 1 || n_sockets > 1 {
+    let raw: Vec<RawInstance> = if n_keys > 1 || n_sockets > 1 {
         if n_keys != n_sockets {
             bail!("give one --socket per --key ({n_keys} key(s), {n_sockets} socket(s)): the n-th --socket serves the n-th --key");
         }
         if file.instances.is_some() {
             bail!("--key/--socket pairs and the config file's instances list cannot be combined");
         }
-        args.socket.into_iter().zip(args.key).map(|(s, k)| (s, Some(k), None, Default::default(), None)).collect()
+        args.socket.into_iter().zip(args.key).map(|(socket, key)| RawInstance::new(socket, Some(key))).collect()
     } else if n_keys == 0 && n_sockets == 0 && file.instances.is_some() {
         let list = file.instances.unwrap_or_default();
         if file.socket.is_some() || file.key.is_some() {
@@ -228,9 +242,12 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
             bail!("instances must list at least one socket and key");
         }
         list.into_iter()
-            .map(|i| {
-                let name = i.provider_name.map(Scalar::text);
-                (i.socket.text(), Some(i.key.text()), name, i.encryption_context.unwrap_or_default(), i.health_probe.map(Scalar::text))
+            .map(|i| RawInstance {
+                socket: i.socket.text(),
+                key: Some(i.key.text()),
+                provider_name: i.provider_name.map(Scalar::text),
+                encryption_context: i.encryption_context.unwrap_or_default(),
+                health_probe: i.health_probe.map(Scalar::text),
             })
             .collect()
     } else {
@@ -239,7 +256,7 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         }
         let socket = args.socket.into_iter().next().or_else(|| file.socket.map(Scalar::text)).unwrap_or_else(default_socket);
         let key = args.key.into_iter().next().or_else(|| file.key.map(Scalar::text));
-        vec![(socket, key, None, Default::default(), None)]
+        vec![RawInstance::new(socket, key)]
     };
     let several = raw.len() > 1;
     let mut instances: Vec<InstanceSettings> = Vec::with_capacity(raw.len());
@@ -254,7 +271,9 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         }
     };
     let default_round_trip = round_trip(probe.as_deref())?;
-    for (i, (socket, key, name, own_context, own_probe)) in raw.into_iter().enumerate() {
+    for (i, RawInstance { socket, key, provider_name: name, encryption_context: own_context, health_probe: own_probe }) in
+        raw.into_iter().enumerate()
+    {
         check_socket(&socket)?;
         let key = match (aws, key) {
             (false, key) => {
@@ -300,10 +319,9 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         let ca_bundle = args
             .ca_bundle
             .or_else(|| file.ca_bundle.map(|c| PathBuf::from(c.text())))
-            .or_else(|| std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty()).map(PathBuf::from));
-        if let Some(f) = &ca_bundle {
-            check_ca_bundle(f)?;
-        }
+            .or_else(|| std::env::var_os("AWS_CA_BUNDLE").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .map(|f| CaBundle::load(&f).map(|pem| CaBundle { path: f, pem }))
+            .transpose()?;
         let fips = args.fips || file.fips.unwrap_or(false);
         if fips && endpoint.is_some() {
             bail!("--fips picks the region's FIPS endpoint; with --endpoint give that endpoint's URL instead");
@@ -361,21 +379,31 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     })
 }
 
-/// The CA bundle must be readable and every PEM certificate in it a usable trust anchor (the
-/// AWS SDK would panic on a bad one at the first request).
-fn check_ca_bundle(f: &Path) -> Result<()> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let pem = std::fs::read(f).with_context(|| format!("ca-bundle {}", f.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| anyhow!("ca-bundle {}: not valid PEM ({e})", f.display()))?;
-        roots.add(cert).map_err(|e| anyhow!("ca-bundle {}: a certificate cannot be used as a CA ({e})", f.display()))?;
+/// A CA bundle for the aws backend, read and checked once when the configuration is resolved.
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    /// The PEM text; every certificate in it is a usable trust anchor.
+    pub pem: Vec<u8>,
+}
+
+impl CaBundle {
+    /// Reads `f`; it must be readable and every PEM certificate in it a usable trust anchor
+    /// (the AWS SDK would panic on a bad one at the first request).
+    fn load(f: &Path) -> Result<Vec<u8>> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(f).with_context(|| format!("ca-bundle {}", f.display()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| anyhow!("ca-bundle {}: not valid PEM ({e})", f.display()))?;
+            roots.add(cert).map_err(|e| anyhow!("ca-bundle {}: a certificate cannot be used as a CA ({e})", f.display()))?;
+        }
+        if roots.is_empty() {
+            bail!("ca-bundle {} holds no PEM certificate", f.display());
+        }
+        Ok(pem)
     }
-    if roots.is_empty() {
-        bail!("ca-bundle {} holds no PEM certificate", f.display());
-    }
-    Ok(())
 }
 
 fn check_socket(socket: &str) -> Result<()> {
@@ -548,9 +576,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("ca.pem");
         std::fs::write(&f, "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n").unwrap();
-        let e = check_ca_bundle(&f).unwrap_err();
+        let e = CaBundle::load(&f).unwrap_err();
         assert!(format!("{e:#}").contains("ca-bundle"), "{e:#}");
         std::fs::write(&f, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
-        assert!(check_ca_bundle(&f).is_err(), "DER that is no certificate");
+        assert!(CaBundle::load(&f).is_err(), "DER that is no certificate");
     }
 }

@@ -89,9 +89,10 @@ async fn serve(s: PluginSettings) -> Result<()> {
             if *fips {
                 loader = loader.use_fips(true);
             }
-            if let Some(f) = ca_bundle {
+            if let Some(bundle) = ca_bundle {
                 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-                let pem = std::fs::read(f).with_context(|| format!("ca-bundle {}", f.display()))?;
+                let pem = bundle.pem.clone();
+                let f = &bundle.path;
                 let trust = TlsContext::builder()
                     // The system roots stay: credential providers (STS for web identity) use
                     // this client too.

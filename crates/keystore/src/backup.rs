@@ -47,28 +47,10 @@ impl std::fmt::Debug for RestoreRoot {
     }
 }
 
-impl KeyStore {
-    /// Writes a consistent copy of the database to `out` (which must not exist), mode 0600,
-    /// and for a passphrase store its salt and verifier to `<out>.passphrase`.
-    pub fn backup_to(&self, out: &Path) -> Result<()> {
-        let target = check_backup_target(self.dir(), out)?;
-        let written = (|| -> Result<()> {
-            {
-                let conn = self.lock_conn()?;
-                conn.execute("VACUUM INTO ?1", [target])?;
-            }
-            finish_backup(self.dir(), out)
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(out);
-            let _ = fs::remove_file(passphrase_params_of(out));
-        }
-        written
-    }
-}
-
-/// Backs up the key store in `dir` like [`KeyStore::backup_to`], without opening it: no root
-/// key or passphrase is needed (the copy holds sealed material only). Returns the number of keys.
+/// Writes a consistent copy of the key store's database in `dir` to `out` (which must not
+/// exist), mode 0600, and for a passphrase store its salt and verifier to `<out>.passphrase`.
+/// Safe while the store is in use; the store is not opened, so no root key or passphrase is
+/// needed (the copy holds sealed material only). Returns the number of keys in the copy.
 pub fn backup_dir(dir: &Path, out: &Path) -> Result<usize> {
     let db = dir.join(DB_FILE);
     if !db.is_file() {
@@ -249,8 +231,8 @@ mod tests {
         ks.rotate(&r).unwrap();
         let new = ks.encrypt(&r, b"after rotation", &EncryptionContext::new()).unwrap();
         let bak = d.path().join("backup.db");
-        ks.backup_to(&bak).unwrap();
-        assert!(ks.backup_to(&bak).is_err(), "never overwrites");
+        assert_eq!(backup_dir(ks.dir(), &bak).unwrap(), 1);
+        assert!(backup_dir(ks.dir(), &bak).is_err(), "never overwrites");
         assert_eq!(fs::metadata(&bak).unwrap().permissions().mode() & 0o777, 0o600);
 
         // Without the root key nothing is restored.
@@ -281,7 +263,7 @@ mod tests {
         ks.create_key(Some("p"), "").unwrap();
         let ct = ks.encrypt(&KeyRef::parse("p").unwrap(), b"sealed under a passphrase", &EncryptionContext::new()).unwrap();
         let bak = d.path().join("backup.db");
-        ks.backup_to(&bak).unwrap();
+        backup_dir(ks.dir(), &bak).unwrap();
         let params = passphrase_params_of(&bak);
         // Without opening the store (no passphrase needed) the same files are written.
         let bak2 = d.path().join("backup2.db");
@@ -321,7 +303,7 @@ mod tests {
         let ks2 = KeyStore::open(&other).unwrap();
         ks2.create_key(Some("other"), "").unwrap();
         let bak = d.path().join("other.db");
-        ks2.backup_to(&bak).unwrap();
+        backup_dir(ks2.dir(), &bak).unwrap();
         // Wrong root key (the live one) for the other store's backup: refused, nothing changes,
         // no staging directory or root key copy is left behind.
         assert!(restore(&live, &bak, None, true).is_err());

@@ -109,7 +109,11 @@ def test_one_record_per_request_without_secrets(tmp_path):
 
     recs = _records(os.path.join(tmp, "data", "audit.log"))
     names = [r["eventName"] for r in recs]
-    assert names == ["CreateKey", "CreateAlias", "Encrypt", "Decrypt", "Decrypt", "Unknown"], names
+    # State changes have an intent record (before) and an outcome record (after); the request
+    # that failed authentication is recorded under the operation it named.
+    assert names == ["CreateKey", "CreateKey", "CreateAlias", "CreateAlias", "Encrypt", "Decrypt", "Decrypt", "ListKeys"], names
+    stages = [r.get("additionalEventData", {}).get("auditStage") for r in recs]
+    assert stages == ["intent", "outcome", "intent", "outcome", None, None, None, None], stages
     text = open(os.path.join(tmp, "data", "audit.log")).read()
     assert "PLAINTEXT-MUST-NOT-BE-LOGGED" not in text
     assert base64.b64encode(secret_plain).decode() not in text
@@ -121,7 +125,9 @@ def test_one_record_per_request_without_secrets(tmp_path):
         assert r["eventTime"].endswith("Z")
         assert r["requestID"] and r["eventID"]
         assert "Boto3" in r["userAgent"] or "botocore" in r["userAgent"]
-    create, alias, enc, dec, bad, unauth = recs
+    create_intent, create, alias_intent, alias, enc, dec, bad, unauth = recs
+    assert create_intent["requestID"] == create["requestID"]
+    assert create_intent["responseElements"] is None
     assert create["responseElements"]["keyMetadata"]["arn"] == arn
     assert create["readOnly"] is False
     assert create["userIdentity"]["arn"] == PRINCIPAL
@@ -134,7 +140,7 @@ def test_one_record_per_request_without_secrets(tmp_path):
     assert dec["requestParameters"]["encryptionAlgorithm"] == "SYMMETRIC_DEFAULT"
     assert bad["errorCode"] == "InvalidCiphertextException"
     assert unauth["errorCode"] == "InvalidSignatureException"
-    assert unauth["userIdentity"]["type"] == "Unknown"
+    assert unauth["userIdentity"] == {"type": "Unknown", "accessKeyId": AKID}
     assert oct(os.stat(os.path.join(tmp, "data", "audit.log")).st_mode & 0o777) == "0o600"
 
 

@@ -151,11 +151,10 @@ async fn connect(socket: &str) -> Result<Channel> {
 async fn wait_ready(socket: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(ch) = connect(socket).await {
-            if KeyManagementServiceClient::new(ch).status(StatusRequest {}).await.is_ok() {
+        if let Ok(ch) = connect(socket).await
+            && KeyManagementServiceClient::new(ch).status(StatusRequest {}).await.is_ok() {
                 return Ok(());
             }
-        }
         if Instant::now() > deadline {
             bail!("plugin on {socket} did not become ready");
         }

@@ -230,11 +230,10 @@ pub async fn run(b: KmsBench) -> Result<()> {
     for op in ["Encrypt", "Decrypt"] {
         let e = cells.iter().find(|c| c.server == "envelope" && c.operation == op);
         let m = cells.iter().find(|c| c.server == "moto" && c.operation == op);
-        if let (Some(e), Some(m)) = (e, m) {
-            if m.rps > 0.0 {
+        if let (Some(e), Some(m)) = (e, m)
+            && m.rps > 0.0 {
                 println!("\n{op}: envelope / moto = {:.1}×", e.rps / m.rps);
             }
-        }
     }
     Ok(())
 }

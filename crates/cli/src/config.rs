@@ -197,11 +197,10 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         bail!("socket-mode {mode_text} must let the owner read and write (0600 at least)");
     }
     let socket_group = pick(args.socket_group, file.socket_group).filter(|g| !g.is_empty());
-    if let Some(g) = &socket_group {
-        if nix::unistd::Group::from_name(g).ok().flatten().is_none() {
+    if let Some(g) = &socket_group
+        && nix::unistd::Group::from_name(g).ok().flatten().is_none() {
             bail!("socket-group {g:?} does not exist");
         }
-    }
     let backend_name = pick(args.backend, file.backend).unwrap_or_else(|| "embedded".into());
     let aws = match backend_name.as_str() {
         "embedded" => false,
@@ -307,11 +306,10 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     }
     let backend = if aws {
         let endpoint = pick(args.endpoint, file.endpoint);
-        if let Some(e) = &endpoint {
-            if !(e.starts_with("https://") || e.starts_with("http://")) {
+        if let Some(e) = &endpoint
+            && !(e.starts_with("https://") || e.starts_with("http://")) {
                 bail!("--endpoint {e:?} must be an http:// or https:// URL");
             }
-        }
         let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);
         if !(1..=MAX_IN_FLIGHT).contains(&max_in_flight) {
             bail!("--max-in-flight must be between 1 and {MAX_IN_FLIGHT}");

@@ -304,11 +304,10 @@ async fn inspect(args: InspectArgs) -> Result<u8> {
         print_summary(&mut out, &summary);
     }
     out.flush().ok();
-    if let Some(e) = write_err {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
+    if let Some(e) = write_err
+        && e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e).context("writing output");
         }
-    }
     if args.fail_on_plaintext && summary.unencrypted > 0 {
         eprintln!("envelope inspect: {} object(s) stored unencrypted", summary.unencrypted);
         return Ok(EXIT_PLAINTEXT);

@@ -28,7 +28,7 @@ pub struct KmsArgs {
 #[derive(Debug, Subcommand)]
 pub enum KmsCommand {
     /// Serve the AWS KMS JSON API (SigV4-authenticated) over HTTPS, or HTTP on loopback.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write a consistent backup of the key database (sealed material only; back up root.key
     /// separately). Safe while the server runs. Works for the plugin's key store too.
     Backup(BackupArgs),
@@ -103,8 +103,10 @@ pub struct ServeArgs {
     /// their alias does not exist yet; existing keys are never changed.
     #[arg(long, env = "ENVELOPE_KMS_SEED", value_name = "FILE")]
     pub seed: Option<PathBuf>,
-    /// Credentials file: a YAML list of {access_key_id, secret_access_key, principal}.
-    /// Default: <data-dir>/credentials.yaml, generated (0600) and printed once on first start.
+    /// Credentials file (mode 0600): a YAML list of {access_key_id, secret_access_key,
+    /// principal, policy?}; `policy` is the principal's identity policy (none: unrestricted).
+    /// Default: <data-dir>/credentials.yaml, generated on first start with one administrator
+    /// and printed once.
     #[arg(long, env = "ENVELOPE_KMS_CREDENTIALS", value_name = "FILE")]
     pub credentials: Option<PathBuf>,
     /// Region the server answers for (SigV4 scope and ARNs).
@@ -123,6 +125,10 @@ pub struct ServeArgs {
     /// Address for /livez, /readyz and /metrics ("off" to disable).
     #[arg(long, env = "ENVELOPE_KMS_HTTP_ADDR", default_value = "127.0.0.1:4598", value_name = "HOST:PORT")]
     pub http_addr: String,
+    /// Most KMS keys the account may hold (pending deletion included); CreateKey beyond it
+    /// answers LimitExceededException.
+    #[arg(long, env = "ENVELOPE_KMS_MAX_KEYS", default_value_t = envelope_kms_server::DEFAULT_MAX_KEYS, value_name = "N")]
+    pub max_keys: usize,
     /// Most client connections served at once; further ones wait in the listen backlog.
     #[arg(long, env = "ENVELOPE_KMS_MAX_CONNECTIONS", default_value_t = envelope_kms_server::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
@@ -143,7 +149,7 @@ const CREDENTIALS_FILE: &str = "credentials.yaml";
 
 pub fn run(args: KmsArgs) -> ExitCode {
     match args.command {
-        KmsCommand::Serve(a) => serve(a),
+        KmsCommand::Serve(a) => serve(*a),
         KmsCommand::Backup(a) => report(backup(a)),
         KmsCommand::Restore(a) => report(restore(a)),
     }
@@ -318,6 +324,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
     let data_dir = if data_dir.is_absolute() { data_dir } else { std::env::current_dir()?.join(data_dir) };
     let mut config = Config::new(&args.region, &args.account_id);
     config.max_connections = args.max_connections;
+    config.max_keys = args.max_keys;
     config.client_timeout = crate::config::parse_duration("--client-timeout", &args.client_timeout)?;
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(c) = args.credentials.as_ref().filter(|c| !c.is_file()) {
@@ -325,7 +332,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
     }
     let audit_log = match args.audit_log.as_deref() {
         Some("off") => None,
-        Some(p) if p.is_empty() => bail!("--audit-log must not be empty"),
+        Some("") => bail!("--audit-log must not be empty"),
         Some(p) => Some(PathBuf::from(p)),
         None => Some(data_dir.join("audit.log")),
     };
@@ -367,7 +374,9 @@ fn load_credentials(s: &Settings) -> Result<CredentialStore> {
     println!("  export AWS_SECRET_ACCESS_KEY={}", secret.as_str());
     println!("  export AWS_DEFAULT_REGION={}", s.config.region);
     println!("  principal: {principal}");
-    CredentialStore::new(vec![Credential::new(akid, secret, None, principal)]).map_err(|e| anyhow::anyhow!("{e}"))
+    let admin = envelope_kms_server::policy::parse_identity(envelope_kms_server::policy::ADMIN_IDENTITY_POLICY)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    CredentialStore::new(vec![Credential::new(akid, secret, None, principal).with_policy(admin)]).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// An `AKIA` + 16 base32 characters access key id and a 40-character secret.
@@ -388,7 +397,10 @@ fn generate_access_key() -> Result<(String, Zeroizing<String>)> {
 fn write_credentials(path: &Path, akid: &str, secret: &str, principal: &str) -> Result<()> {
     let text = Zeroizing::new(format!(
         "# Credentials of `envelope kms serve`. Keep this file secret (mode 0600).\n\
-         - access_key_id: {akid}\n  secret_access_key: '{secret}'\n  principal: {principal}\n"
+         # `policy` is the principal's identity policy (this one: an administrator).\n\
+         - access_key_id: {akid}\n  secret_access_key: '{secret}'\n  principal: {principal}\n  \
+         policy: '{}'\n",
+        envelope_kms_server::policy::ADMIN_IDENTITY_POLICY
     ));
     let mut f = OpenOptions::new()
         .write(true)
@@ -472,6 +484,7 @@ mod tests {
             root_passphrase_file: None,
             seed: None,
             max_connections: 1024,
+            max_keys: 100,
             client_timeout: "30s".into(),
         }
     }
@@ -516,7 +529,9 @@ mod tests {
         write_credentials(&p, &akid, &secret, "arn:aws:iam::111122223333:user/admin").unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        CredentialStore::load(&p).unwrap();
+        let loaded = CredentialStore::load(&p).unwrap();
+        let admin = loaded.get(&akid).expect("the generated access key");
+        assert!(admin.policy.is_some(), "the generated credential carries an administrator identity policy");
         assert!(write_credentials(&p, &akid, &secret, "arn:x").is_err(), "never overwrites");
     }
 }

@@ -215,7 +215,19 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(plugins: Vec<Plugin<B>>, 
     let mut bound = BoundSockets(Vec::new());
     let mut listeners = Vec::new();
     let mut specs = Vec::new();
+    if s.socket_mode & 0o007 != 0 {
+        tracing::warn!(
+            socket_mode = format!("{:04o}", s.socket_mode),
+            "the socket mode is wider than 0660: every local user can ask the plugin to decrypt; use --socket-group with 0660"
+        );
+    }
     for i in &s.instances {
+        if i.socket.starts_with('@') {
+            tracing::warn!(
+                socket = %i.socket,
+                "an abstract socket has no file permissions: any process in this network namespace can connect to it"
+            );
+        }
         let spec = SocketSpec { path: i.socket.clone(), mode: s.socket_mode, group: s.socket_group.clone() };
         let b = envelope_plugin::socket::bind(&spec).with_context(|| format!("socket {}", i.socket))?;
         let listener = b.listener.try_clone().and_then(tokio::net::UnixListener::from_std);

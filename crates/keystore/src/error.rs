@@ -26,6 +26,9 @@ pub enum Error {
         /// The state it is in.
         state: crate::KeyState,
     },
+    /// The alias no longer points where the caller checked (it changed concurrently).
+    #[error("changed concurrently: {0}")]
+    Changed(String),
     /// An alias or key with this name already exists.
     #[error("already exists: {0}")]
     AlreadyExists(String),

@@ -137,15 +137,14 @@ impl KeyStore {
     /// Like [`KeyStore::open`], with the root key from `root` (a file, or derived from a
     /// passphrase). A store created under one source must always be opened with the same one.
     pub fn open_with(dir: &Path, root: &RootSource) -> Result<Self> {
-        if let Ok(m) = fs::metadata(dir) {
-            if m.permissions().mode() & 0o022 != 0 {
+        if let Ok(m) = fs::metadata(dir)
+            && m.permissions().mode() & 0o022 != 0 {
                 return Err(Error::Storage(format!(
                     "{} is writable by group or others (mode {:o}); chmod 700 it",
                     dir.display(),
                     m.permissions().mode() & 0o777
                 )));
             }
-        }
         if !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -815,14 +814,20 @@ impl KeyStore {
     }
 
     /// Points an existing alias at another key. The new key must not be pending deletion.
-    pub fn update_alias(&self, alias: &str, target: &KeyRef) -> Result<()> {
+    ///
+    /// With `expected`, the alias must still point at that key when the change commits
+    /// ([`Error::Changed`] otherwise): a caller authorized on the alias's current key cannot
+    /// move an alias that someone else re-pointed in between.
+    pub fn update_alias(&self, alias: &str, target: &KeyRef, expected: Option<&KeyRef>) -> Result<()> {
         let alias = normalise_alias(alias)?;
         let kid = self.resolve_db(target)?;
         let id = uuid::Uuid::from_bytes(kid).to_string();
+        let expected = expected.map(|e| resolve(&self.snapshot(), e)).transpose()?;
         {
             let mut conn = self.lock_conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             require_not_pending_deletion(&tx, &id)?;
+            require_alias_target(&tx, &alias, expected)?;
             let changed = tx.execute(
                 "UPDATE aliases SET key_id = ?1, updated_at = ?2 WHERE name = ?3",
                 params![id, now(), alias],
@@ -835,15 +840,20 @@ impl KeyStore {
         self.refresh()
     }
 
-    /// Deletes an alias. The key it pointed at is not affected.
-    pub fn delete_alias(&self, alias: &str) -> Result<()> {
+    /// Deletes an alias. The key it pointed at is not affected. With `expected`, the alias must
+    /// still point at that key ([`Error::Changed`] otherwise).
+    pub fn delete_alias(&self, alias: &str, expected: Option<&KeyRef>) -> Result<()> {
         let alias = normalise_alias(alias)?;
+        let expected = expected.map(|e| resolve(&self.snapshot(), e)).transpose()?;
         {
-            let conn = self.lock_conn()?;
-            let changed = conn.execute("DELETE FROM aliases WHERE name = ?1", [&alias])?;
+            let mut conn = self.lock_conn()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            require_alias_target(&tx, &alias, expected)?;
+            let changed = tx.execute("DELETE FROM aliases WHERE name = ?1", [&alias])?;
             if changed == 0 {
                 return Err(Error::NotFound(alias));
             }
+            tx.commit()?;
         }
         self.refresh()
     }
@@ -1033,6 +1043,18 @@ fn upsert_attrs(tx: &rusqlite::Transaction<'_>, id: &str, set: &str, p: &[&dyn r
     tx.execute("INSERT INTO key_attrs (key_id) VALUES (?1) ON CONFLICT(key_id) DO NOTHING", [id])?;
     tx.execute(&format!("UPDATE key_attrs SET {set} WHERE key_id = ?1"), p)?;
     Ok(())
+}
+
+/// With `expected`, the alias must exist and point at that key.
+fn require_alias_target(tx: &rusqlite::Transaction<'_>, alias: &str, expected: Option<[u8; 16]>) -> Result<()> {
+    let Some(want) = expected else { return Ok(()) };
+    let current: Option<String> =
+        tx.query_row("SELECT key_id FROM aliases WHERE name = ?1", [alias], |r| r.get(0)).optional()?;
+    match current {
+        None => Err(Error::NotFound(alias.to_string())),
+        Some(c) if c == uuid::Uuid::from_bytes(want).to_string() => Ok(()),
+        Some(_) => Err(Error::Changed(alias.to_string())),
+    }
 }
 
 fn require_not_pending_deletion(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<()> {

@@ -179,18 +179,23 @@ fn alias_create_update_delete_and_list() {
     let e = ks.encrypt(&KeyRef::parse("alias/one").unwrap(), b"x", &c).unwrap();
     assert_eq!(e.key_id, *ra_uuid(&a).as_bytes());
 
-    ks.update_alias("alias/one", &rb).unwrap();
+    ks.update_alias("alias/one", &rb, None).unwrap();
     let e = ks.encrypt(&KeyRef::parse("alias/one").unwrap(), b"x", &c).unwrap();
     assert_eq!(e.key_id, *ra_uuid(&b).as_bytes());
-    assert!(matches!(ks.update_alias("alias/nope", &rb), Err(Error::NotFound(_))));
+    assert!(matches!(ks.update_alias("alias/nope", &rb, None), Err(Error::NotFound(_))));
+    // Guarded changes: the alias must still point where the caller checked.
+    assert!(matches!(ks.update_alias("alias/one", &ra, Some(&ra)), Err(Error::Changed(_))));
+    assert!(matches!(ks.delete_alias("alias/one", Some(&ra)), Err(Error::Changed(_))));
+    assert_eq!(ks.list_aliases().unwrap()[0].key_id, b.key_id, "a refused guarded change changes nothing");
+    ks.update_alias("alias/one", &rb, Some(&rb)).unwrap();
 
     let list = ks.list_aliases().unwrap();
     assert_eq!(list.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["alias/one", "alias/two"]);
     assert_eq!(list[0].key_id, b.key_id);
     assert!(list[0].updated_at >= list[0].created_at);
 
-    ks.delete_alias("alias/one").unwrap();
-    assert!(matches!(ks.delete_alias("alias/one"), Err(Error::NotFound(_))));
+    ks.delete_alias("alias/one", None).unwrap();
+    assert!(matches!(ks.delete_alias("alias/one", None), Err(Error::NotFound(_))));
     assert!(matches!(ks.describe(&KeyRef::parse("alias/one").unwrap()), Err(Error::NotFound(_))));
     // The key itself and the other alias are untouched.
     assert_eq!(ks.describe(&rb).unwrap().state, KeyState::Enabled);

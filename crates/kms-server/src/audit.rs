@@ -2,8 +2,12 @@
 //! and flushed before the response is sent. Records carry the encryption context (audit
 //! material) but never plaintext, ciphertext, key material or import tokens.
 //!
-//! With `fail_closed`, a request whose record cannot be written is refused
-//! (`KMSInternalException`) instead of answered.
+//! A state-changing request gets two records sharing its `requestID`: an **intent** record,
+//! written and synced to disk before the change runs, and an **outcome** record after it
+//! (`additionalEventData.auditStage` tells them apart). With `fail_closed`, a request whose
+//! intent record cannot be written is refused (`KMSInternalException`) before anything changes,
+//! and a read whose record cannot be written is refused instead of answered. A failed write
+//! leaves no partial line: the file is cut back to where the record began.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -68,6 +72,28 @@ pub struct AuditEvent<'a> {
     pub error_code: Option<&'a str>,
     /// Error message on failure.
     pub error_message: Option<String>,
+    /// ARNs of the keys the request touched (empty: taken from the response, if any).
+    pub resources: &'a [String],
+    /// For state-changing requests: which of their two records this is.
+    pub stage: Option<Stage>,
+}
+
+/// The two records of a state-changing request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Written (and synced) before the change runs.
+    Intent,
+    /// Written after it, with its result.
+    Outcome,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Intent => "intent",
+            Stage::Outcome => "outcome",
+        }
+    }
 }
 
 impl AuditLog {
@@ -87,13 +113,30 @@ impl AuditLog {
         self.fail_closed
     }
 
-    /// Appends one record (one line) and flushes it to the operating system.
+    /// Appends one record (one line) and hands it to the operating system.
     pub fn write(&self, ev: &AuditEvent<'_>) -> std::io::Result<()> {
+        self.append(ev, false)
+    }
+
+    /// Appends one record and syncs it to disk before returning (intent records).
+    pub fn write_durable(&self, ev: &AuditEvent<'_>) -> std::io::Result<()> {
+        self.append(ev, true)
+    }
+
+    fn append(&self, ev: &AuditEvent<'_>, sync: bool) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&record(ev, SystemTime::now())).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let mut f = self.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
-        f.write_all(&line)?;
-        f.flush()
+        // Where this record starts: on failure the file is cut back to it, so a full disk never
+        // leaves half a line that would corrupt the next record.
+        let start = f.metadata().map(|m| m.len()).ok();
+        let written = f.write_all(&line).and_then(|()| f.flush()).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+        if written.is_err()
+            && let Some(len) = start
+        {
+            let _ = f.set_len(len);
+        }
+        written
     }
 }
 
@@ -102,17 +145,21 @@ pub fn record(ev: &AuditEvent<'_>, now: SystemTime) -> Value {
     let op = ev.operation.unwrap_or("Unknown");
     let crypto = CRYPTO_OPS.contains(&op);
     let mut params = ev.request.map(|r| camel_clean(r, false)).unwrap_or(Value::Null);
-    if matches!(op, "Encrypt" | "Decrypt" | "ReEncrypt") {
-        if let Value::Object(m) = &mut params {
+    if matches!(op, "Encrypt" | "Decrypt" | "ReEncrypt")
+        && let Value::Object(m) = &mut params {
             m.entry("encryptionAlgorithm").or_insert_with(|| json!("SYMMETRIC_DEFAULT"));
         }
-    }
     let key_arn = ev.response.and_then(resolved_key_arn);
-    if op == "Decrypt" {
-        if let (Value::Object(m), Some(arn)) = (&mut params, &key_arn) {
+    let mut resources: Vec<&str> = ev.resources.iter().map(String::as_str).collect();
+    if resources.is_empty()
+        && let Some(arn) = key_arn.as_deref()
+    {
+        resources.push(arn);
+    }
+    if op == "Decrypt"
+        && let (Value::Object(m), Some(arn)) = (&mut params, &key_arn) {
             m.insert("keyId".into(), json!(arn));
         }
-    }
     let response = match ev.response {
         Some(r) if !crypto => camel_clean(r, false),
         _ => Value::Null,
@@ -131,12 +178,15 @@ pub fn record(ev: &AuditEvent<'_>, now: SystemTime) -> Value {
         "requestID": ev.request_id,
         "eventID": uuid::Uuid::new_v4().to_string(),
         "readOnly": read_only(op),
-        "resources": key_arn.map(|arn| json!([{"accountId": ev.account_id, "type": "AWS::KMS::Key", "ARN": arn}])).unwrap_or(json!([])),
+        "resources": resources.iter().map(|arn| json!({"accountId": ev.account_id, "type": "AWS::KMS::Key", "ARN": arn})).collect::<Vec<_>>(),
         "eventType": "AwsApiCall",
         "managementEvent": true,
         "recipientAccountId": ev.account_id,
         "eventCategory": "Management",
     });
+    if let (Some(stage), Value::Object(m)) = (ev.stage, &mut rec) {
+        m.insert("additionalEventData".into(), json!({"auditStage": stage.as_str()}));
+    }
     if let (Some(code), Value::Object(m)) = (ev.error_code, &mut rec) {
         m.insert("errorCode".into(), json!(code));
         m.insert("errorMessage".into(), json!(ev.error_message.clone().unwrap_or_default()));
@@ -189,7 +239,8 @@ pub fn sanitize(v: &Value) -> Value {
     }
 }
 
-fn read_only(op: &str) -> bool {
+/// CloudTrail's `readOnly`: reads and cryptographic operations (which change no state).
+pub fn read_only(op: &str) -> bool {
     op.starts_with("Describe")
         || op.starts_with("List")
         || op.starts_with("Get")
@@ -197,7 +248,13 @@ fn read_only(op: &str) -> bool {
 }
 
 fn user_identity(ev: &AuditEvent<'_>) -> Value {
-    let Some(arn) = ev.principal else { return json!({"type": "Unknown"}) };
+    let Some(arn) = ev.principal else {
+        // Not authenticated: only the access key id the request claimed, if any.
+        return match ev.access_key_id {
+            Some(id) => json!({"type": "Unknown", "accessKeyId": id}),
+            None => json!({"type": "Unknown"}),
+        };
+    };
     let resource = arn.splitn(6, ':').nth(5).unwrap_or("");
     let kind = if resource == "root" {
         "Root"
@@ -208,7 +265,7 @@ fn user_identity(ev: &AuditEvent<'_>) -> Value {
     } else {
         "IAMUser"
     };
-    let account = arn.splitn(6, ':').nth(4).unwrap_or(ev.account_id);
+    let account = arn.split(':').nth(4).unwrap_or(ev.account_id);
     let mut v = json!({
         "type": kind,
         "principalId": ev.access_key_id.unwrap_or(""),
@@ -216,11 +273,10 @@ fn user_identity(ev: &AuditEvent<'_>) -> Value {
         "accountId": account,
         "accessKeyId": ev.access_key_id.unwrap_or(""),
     });
-    if kind == "IAMUser" {
-        if let (Some(name), Value::Object(m)) = (resource.rsplit('/').next(), &mut v) {
+    if kind == "IAMUser"
+        && let (Some(name), Value::Object(m)) = (resource.rsplit('/').next(), &mut v) {
             m.insert("userName".into(), json!(name));
         }
-    }
     v
 }
 

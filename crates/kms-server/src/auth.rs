@@ -4,7 +4,11 @@
 //! canonicalisation is identical) from the headers the client says it signed, and compares the
 //! result in constant time. Checked by hand around that: the credential scope (date, region,
 //! service `kms`, terminator), the ±5-minute clock window, the mandatory signed headers (`host`,
-//! `x-amz-date`), and the session token.
+//! `x-amz-date`, and, when present, `content-type` and every `x-amz-*` header — the operation is
+//! named by `X-Amz-Target`, so an unsigned target could be swapped in a replay), and the session
+//! token.
+//!
+//! Each credential may carry an identity policy (see [`crate::policy::authorize`]).
 //!
 //! The body is handed to the signer only as its SHA-256 (`SignableBody::Precomputed`), so the
 //! signer's trace logging can never print a request body.
@@ -12,6 +16,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
@@ -20,6 +25,7 @@ use http::HeaderMap;
 use zeroize::Zeroizing;
 
 use crate::error::{KmsError, Result};
+use crate::policy::{self, Policy};
 
 /// Largest accepted difference between the client's `X-Amz-Date` and the server clock.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
@@ -35,6 +41,9 @@ pub struct Credential {
     session_token: Option<Zeroizing<String>>,
     /// The principal this key authenticates, e.g. `arn:aws:iam::111122223333:user/admin`.
     pub principal: String,
+    /// The principal's identity policy; `None` means unrestricted (credentials files written
+    /// before identity policies existed).
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl fmt::Debug for Credential {
@@ -54,7 +63,19 @@ impl Credential {
         session_token: Option<Zeroizing<String>>,
         principal: impl Into<String>,
     ) -> Self {
-        Self { access_key_id: access_key_id.into(), secret_access_key, session_token, principal: principal.into() }
+        Self {
+            access_key_id: access_key_id.into(),
+            secret_access_key,
+            session_token,
+            principal: principal.into(),
+            policy: None,
+        }
+    }
+
+    /// The same credential restricted by an identity policy.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(Arc::new(policy));
+        self
     }
 }
 
@@ -73,6 +94,9 @@ struct FileEntry {
     #[serde(default)]
     session_token: Option<SecretString>,
     principal: String,
+    /// The identity policy: a YAML mapping or a JSON document in a string.
+    #[serde(default)]
+    policy: Option<serde_json::Value>,
 }
 
 /// A string read from a file straight into zeroizing memory.
@@ -119,29 +143,56 @@ impl CredentialStore {
     }
 
     /// Parses a credentials file: a YAML list of
-    /// `{access_key_id, secret_access_key, principal, session_token?}`.
+    /// `{access_key_id, secret_access_key, principal, session_token?, policy?}`.
     pub fn from_yaml(text: &str) -> Result<Self> {
         let entries: Vec<FileEntry> =
             serde_norway::from_str(text).map_err(|e| KmsError::Config(format!("credentials file: {e}")))?;
-        Self::new(
-            entries
-                .into_iter()
-                .map(|e| Credential {
-                    access_key_id: e.access_key_id,
-                    secret_access_key: e.secret_access_key.0,
-                    session_token: e.session_token.map(|t| t.0),
-                    principal: e.principal,
-                })
-                .collect(),
-        )
+        let mut creds = Vec::with_capacity(entries.len());
+        for e in entries {
+            let policy = match e.policy {
+                None => None,
+                Some(v) => {
+                    let text = match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    Some(Arc::new(policy::parse_identity(&text).map_err(|m| {
+                        KmsError::Config(format!("policy of access key {}: {m}", e.access_key_id))
+                    })?))
+                }
+            };
+            creds.push(Credential {
+                access_key_id: e.access_key_id,
+                secret_access_key: e.secret_access_key.0,
+                session_token: e.session_token.map(|t| t.0),
+                principal: e.principal,
+                policy,
+            });
+        }
+        Self::new(creds)
     }
 
-    /// Reads and parses a credentials file.
+    /// Reads and parses a credentials file. A file that its group or others may read is
+    /// refused: its secrets sign requests.
     pub fn load(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| KmsError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KmsError::Config(format!(
+                "credentials file {} is accessible by group or others (mode {mode:o}); chmod 600 it",
+                path.display()
+            )));
+        }
         let text = Zeroizing::new(
             std::fs::read_to_string(path).map_err(|e| KmsError::Config(format!("cannot read {}: {e}", path.display())))?,
         );
         Self::from_yaml(&text)
+    }
+
+    /// The credential with this access key id.
+    pub fn get(&self, access_key_id: &str) -> Option<&Credential> {
+        self.by_id.get(access_key_id)
     }
 
     /// Verifies the SigV4 signature of a request for service `kms` in `region` at time `now`.
@@ -191,13 +242,7 @@ impl CredentialStore {
             ));
         }
         check_skew(amz_date, time, now)?;
-        for required in ["host", "x-amz-date"] {
-            if !parsed.signed_headers.contains(&required) {
-                return Err(KmsError::IncompleteSignature(format!(
-                    "'{required}' must be a 'SignedHeader' in the AWS Authorization."
-                )));
-            }
-        }
+        check_signed_headers(&parsed.signed_headers, headers)?;
         let token = match headers.get("x-amz-security-token") {
             Some(v) => Some(v.to_str().map_err(|_| KmsError::UnrecognizedClient)?),
             None => None,
@@ -256,6 +301,35 @@ impl CredentialStore {
             .map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
         Ok(cred)
     }
+}
+
+/// The headers a signature must cover: `host` and `x-amz-date` always; `content-type` and every
+/// `x-amz-*` header (above all `x-amz-target`, which names the operation) whenever present.
+fn check_signed_headers(signed: &[&str], headers: &HeaderMap) -> Result<()> {
+    let unsigned = |name: &str| !signed.contains(&name);
+    for required in ["host", "x-amz-date"] {
+        if unsigned(required) {
+            return Err(KmsError::IncompleteSignature(format!("'{required}' must be a 'SignedHeader' in the AWS Authorization.")));
+        }
+    }
+    for name in headers.keys() {
+        let name = name.as_str();
+        if (name == "content-type" || name.starts_with("x-amz-")) && unsigned(name) {
+            return Err(KmsError::IncompleteSignature(format!("'{name}' must be a 'SignedHeader' in the AWS Authorization.")));
+        }
+    }
+    Ok(())
+}
+
+/// The access key id a request claims in its `Authorization` header, unverified (for the audit
+/// record of a request that fails authentication). Only a plausible id (letters and digits, at
+/// most 128) is returned, so a record never carries arbitrary client text.
+pub fn claimed_access_key_id(headers: &HeaderMap) -> Option<&str> {
+    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let rest = auth.strip_prefix("AWS4-HMAC-SHA256")?;
+    let cred = rest.split(',').find_map(|p| p.trim().strip_prefix("Credential="))?;
+    let id = cred.split('/').next()?;
+    (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(id)
 }
 
 /// The parts of an `Authorization: AWS4-HMAC-SHA256 ...` header.

@@ -37,6 +37,9 @@ pub enum KmsError {
     /// Decrypt/ReEncrypt named a key that did not encrypt the ciphertext.
     #[error("{0}")]
     IncorrectKey(String),
+    /// The request's audit record could not be written under `--audit-fail-closed`.
+    #[error("The request was refused because its audit record could not be written.")]
+    AuditUnavailable,
     /// Something failed on the server (storage, crypto library). The detail is not sent.
     #[error("An internal error occurred.")]
     Internal(String),
@@ -115,7 +118,7 @@ impl KmsError {
             ExpiredImportToken(_) => "ExpiredImportTokenException",
             IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
             InvalidImportToken(_) => "InvalidImportTokenException",
-            Config(_) | Internal(_) => return ("KMSInternalException", StatusCode::INTERNAL_SERVER_ERROR),
+            Config(_) | Internal(_) | AuditUnavailable => return ("KMSInternalException", StatusCode::INTERNAL_SERVER_ERROR),
             InvalidAliasName(_) => "InvalidAliasNameException",
             InvalidArn(_) => "InvalidArnException",
             InvalidCiphertext => "InvalidCiphertextException",

@@ -39,6 +39,7 @@ use envelope_keystore::KeyStore;
 
 pub use auth::{Credential, CredentialStore};
 pub use error::{KmsError, Result};
+pub use ops::{Caller, Outcome};
 pub use protocol::{Operation, Request, parse_request};
 pub use server::serve;
 
@@ -59,10 +60,15 @@ pub struct Config {
     /// Time a client has to send a request's headers (also how long an idle keep-alive HTTP/1
     /// connection stays open) and, separately, its body.
     pub client_timeout: std::time::Duration,
+    /// Most keys the account may hold (pending deletion included); CreateKey beyond it is
+    /// `LimitExceededException`.
+    pub max_keys: usize,
 }
 
 /// Default [`Config::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default [`Config::max_keys`] (AWS's default quota of customer managed keys per region).
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Default [`Config::client_timeout`].
 pub const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -75,6 +81,7 @@ impl Config {
             max_body: DEFAULT_MAX_BODY,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
+            max_keys: DEFAULT_MAX_KEYS,
         }
     }
 
@@ -96,6 +103,9 @@ impl Config {
         if !(1..=1_000_000).contains(&self.max_connections) {
             return Err(KmsError::Config("the connection limit must be between 1 and 1000000".into()));
         }
+        if !(1..=10_000_000).contains(&self.max_keys) {
+            return Err(KmsError::Config("the key limit must be between 1 and 10000000".into()));
+        }
         if self.client_timeout < std::time::Duration::from_millis(100) || self.client_timeout > std::time::Duration::from_secs(3600) {
             return Err(KmsError::Config("the client timeout must be between 100ms and 1h".into()));
         }
@@ -113,6 +123,8 @@ pub struct Server {
     metrics: metrics::Metrics,
     clock: Arc<maintenance::Clock>,
     policies: ops::PolicyCache,
+    /// Serializes CreateKey so the key count and the insert cannot interleave.
+    create_lock: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -132,7 +144,17 @@ impl Server {
         }
         maintenance::spawn(Arc::downgrade(&store), clock.clone());
         let policies = ops::PolicyCache::new(&config.account_id)?;
-        Ok(Self { store, credentials, config, names, audit: None, metrics: metrics::Metrics::new(), clock, policies })
+        Ok(Self {
+            store,
+            credentials,
+            config,
+            names,
+            audit: None,
+            metrics: metrics::Metrics::new(),
+            clock,
+            policies,
+            create_lock: std::sync::Mutex::new(()),
+        })
     }
 
     /// Writes one audit record per request to `log`.

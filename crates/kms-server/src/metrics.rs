@@ -37,6 +37,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     seconds: Family<OpLabels, Histogram, fn() -> Histogram>,
+    audit_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -59,14 +60,25 @@ impl Metrics {
         let seconds = Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram as fn() -> Histogram);
         registry.register("requests", "Requests by operation and AWS error code (empty = success)", requests.clone());
         registry.register("request_duration_seconds", "Request latency by operation", seconds.clone());
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_write_failures",
+            "Audit records (intent or outcome) that could not be written",
+            audit_failures.clone(),
+        );
         registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
-        Self { registry, requests, seconds }
+        Self { registry, requests, seconds, audit_failures }
     }
 
     /// Records one request.
     pub fn request(&self, operation: &'static str, error: &'static str, elapsed: Duration) {
         self.requests.get_or_create(&RequestLabels { operation, error }).inc();
         self.seconds.get_or_create(&OpLabels { operation }).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an audit record that could not be written.
+    pub fn audit_failure(&self) {
+        self.audit_failures.inc();
     }
 
     /// OpenMetrics text.

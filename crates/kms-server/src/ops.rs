@@ -2,6 +2,7 @@
 //! JSON response body (empty for operations without output). Blocking (SQLite, fsync): the HTTP
 //! layer runs [`Server::execute`] on the blocking thread pool.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +16,7 @@ use crate::Server;
 use crate::error::{KmsError, Result};
 use crate::ids::Forms;
 use crate::import;
-use crate::policy::{self, Decision, Policy, Query};
+use crate::policy::{self, Policy, Query, Source, Verdict};
 use crate::protocol::{Context, MAX_POLICY, MAX_TAGS, Request, SecretB64, b64, encode_secret, to_body};
 
 /// Parsed key policies by key, re-parsed only when the stored document changes.
@@ -56,6 +57,68 @@ pub const MAX_ON_DEMAND_ROTATIONS: usize = 25;
 
 const SYMMETRIC_DEFAULT: &str = "SYMMETRIC_DEFAULT";
 
+/// Who makes a request: the verified principal and its identity policy.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The principal ARN, e.g. `arn:aws:iam::111122223333:user/app`.
+    pub principal: String,
+    /// Its identity policy; `None` is unrestricted (a credential without a policy).
+    pub identity: Option<Arc<Policy>>,
+}
+
+impl Caller {
+    /// The caller a credential authenticates.
+    pub fn of(c: &crate::Credential) -> Self {
+        Self { principal: c.principal.clone(), identity: c.policy.clone() }
+    }
+
+    /// The account's root user (unrestricted; what the seed file acts as).
+    pub fn account_root(account: &str) -> Self {
+        Self { principal: format!("arn:aws:iam::{account}:root"), identity: None }
+    }
+}
+
+/// The result of [`Server::execute`]: the response body or the error, and the ARNs of every key
+/// the request touched (authorized or denied), for the audit record's `resources`.
+pub struct Outcome {
+    /// The JSON response body (empty for operations without output), or the error.
+    pub result: Result<Zeroizing<Vec<u8>>>,
+    /// Key ARNs the request named or resolved, in the order they were checked, without repeats.
+    pub resources: Vec<String>,
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the body: it may hold plaintext or data keys.
+        f.debug_struct("Outcome")
+            .field("result", &self.result.as_ref().map(|b| b.len()))
+            .field("resources", &self.resources)
+            .finish()
+    }
+}
+
+/// One request in progress: the caller and the keys touched so far.
+struct Call<'a> {
+    caller: &'a Caller,
+    resources: RefCell<Vec<String>>,
+}
+
+impl Call<'_> {
+    fn principal(&self) -> &str {
+        &self.caller.principal
+    }
+
+    fn touched(&self, arn: &str) {
+        let mut r = self.resources.borrow_mut();
+        if !r.iter().any(|a| a == arn) {
+            r.push(arn.to_string());
+        }
+    }
+}
+
+/// Attempts at a guarded alias change before giving up (another writer keeps moving it).
+const ALIAS_ATTEMPTS: usize = 5;
+
 /// A key resolved from a client's identifier.
 struct Resolved {
     r: KeyRef,
@@ -66,21 +129,37 @@ struct Resolved {
 }
 
 impl Server {
-    /// Runs one request for the authenticated `principal` (checked against the key's policy
-    /// for key-scoped operations) and returns the JSON response body (empty for no-output
-    /// operations).
-    pub fn execute(&self, req: Request, principal: &str) -> Result<Zeroizing<Vec<u8>>> {
+    /// Runs one request for `caller`. Every key the request touches is authorized by its key
+    /// policy and the caller's identity policy ([`policy::authorize`]); account-level operations
+    /// (CreateKey, ListKeys, ListAliases, GenerateRandom) and aliases by the identity policy.
+    pub fn execute(&self, req: Request, caller: &Caller) -> Outcome {
+        let call = Call { caller, resources: RefCell::new(Vec::new()) };
+        let result = self.run(req, &call);
+        Outcome { result, resources: call.resources.into_inner() }
+    }
+
+    fn run(&self, req: Request, call: &Call<'_>) -> Result<Zeroizing<Vec<u8>>> {
         let no_ctx = Context::new();
-        let auth = |k: &Resolved, action: &str| self.authorize(k, action, principal, &no_ctx);
+        let auth = |k: &Resolved, action: &str| self.authorize(call, k, action, &no_ctx);
         match req {
             Request::CreateKey { description, tags, policy, external, bypass_lockout_check } => {
+                self.authorize_account(call, "CreateKey")?;
                 if let Some(p) = &policy {
                     check_policy(p)?;
                     if !bypass_lockout_check {
                         // The key's ARN does not exist yet; a policy naming it cannot match anyway.
                         let resource = self.names.key_arn("00000000-0000-0000-0000-000000000000");
-                        lockout_check(p, principal, &resource)?;
+                        lockout_check(p, call.caller, &self.config.account_id, &resource)?;
                     }
+                }
+                // One creation at a time, so the count and the insert cannot interleave.
+                let _one = self.create_lock.lock().map_err(|_| KmsError::Internal("create lock poisoned".into()))?;
+                let count = self.store.list().map_err(|e| KmsError::from_store(e, "keys"))?.len();
+                if count >= self.config.max_keys {
+                    return Err(KmsError::LimitExceeded(format!(
+                        "The request was rejected because account {} has reached its limit of {} KMS keys.",
+                        self.config.account_id, self.config.max_keys
+                    )));
                 }
                 let meta = if external {
                     self.store.create_external_key(&description, &tags, policy.as_deref())
@@ -88,6 +167,7 @@ impl Server {
                     self.store.create_key_with(None, &description, &tags, policy.as_deref())
                 }
                 .map_err(|e| KmsError::from_store(e, "new key"))?;
+                call.touched(&self.names.key_arn(&meta.key_id));
                 to_body(&KeyMetadataResponse { key_metadata: self.metadata(&meta) })
             }
             Request::DescribeKey { key_id } => {
@@ -231,7 +311,7 @@ impl Server {
                 check_policy_name(&policy_name)?;
                 check_policy(&policy)?;
                 if !bypass_lockout_check {
-                    lockout_check(&policy, principal, &k.arn)?;
+                    lockout_check(&policy, call.caller, &self.config.account_id, &k.arn)?;
                 }
                 self.store.put_policy(&k.r, &policy).map_err(|e| self.store_err(e, &k))?;
                 Ok(empty())
@@ -244,10 +324,20 @@ impl Server {
                 }
                 to_body(&ListPoliciesResponse { policy_names: ["default"], truncated: false })
             }
-            Request::ListKeys { limit, marker } => self.list_keys(limit, marker),
-            Request::ListAliases { key_id, limit, marker } => self.list_aliases(key_id, limit, marker),
+            Request::ListKeys { limit, marker } => {
+                self.authorize_account(call, "ListKeys")?;
+                self.list_keys(limit, marker)
+            }
+            Request::ListAliases { key_id, limit, marker } => {
+                self.authorize_account(call, "ListAliases")?;
+                self.list_aliases(key_id, limit, marker)
+            }
+            // Alias operations: the caller needs the action on the alias (identity policy) and on
+            // every key the alias points at before or after (key policy and identity policy), as
+            // AWS requires — otherwise moving an alias would redirect another principal's writes.
             Request::CreateAlias { alias_name, target_key_id } => {
                 check_alias_name(&alias_name)?;
+                self.authorize_alias(call, &alias_name, "CreateAlias")?;
                 let k = self.resolve(&target_key_id, Forms::KeyOnly)?;
                 auth(&k, "CreateAlias")?;
                 self.store.create_alias(&alias_name, &k.r).map_err(|e| self.alias_err(e, &alias_name, &k))?;
@@ -255,25 +345,40 @@ impl Server {
             }
             Request::UpdateAlias { alias_name, target_key_id } => {
                 check_alias_name(&alias_name)?;
-                let k = self.resolve(&target_key_id, Forms::KeyOnly)?;
-                auth(&k, "UpdateAlias")?;
-                self.store.update_alias(&alias_name, &k.r).map_err(|e| self.alias_err(e, &alias_name, &k))?;
-                Ok(empty())
+                self.authorize_alias(call, &alias_name, "UpdateAlias")?;
+                let new = self.resolve(&target_key_id, Forms::KeyOnly)?;
+                for _ in 0..ALIAS_ATTEMPTS {
+                    let current = self.resolve(&alias_name, Forms::Any)?;
+                    auth(&current, "UpdateAlias")?;
+                    auth(&new, "UpdateAlias")?;
+                    match self.store.update_alias(&alias_name, &new.r, Some(&current.r)) {
+                        Err(envelope_keystore::Error::Changed(_)) => continue,
+                        r => r.map_err(|e| self.alias_err(e, &alias_name, &new))?,
+                    }
+                    return Ok(empty());
+                }
+                Err(KmsError::Internal(format!("{alias_name} kept changing while it was being updated")))
             }
             Request::DeleteAlias { alias_name } => {
                 check_alias_name(&alias_name)?;
-                if let Ok(k) = self.resolve(&alias_name, Forms::Any) {
-                    auth(&k, "DeleteAlias")?;
+                self.authorize_alias(call, &alias_name, "DeleteAlias")?;
+                for _ in 0..ALIAS_ATTEMPTS {
+                    let current = self.resolve(&alias_name, Forms::Any)?;
+                    auth(&current, "DeleteAlias")?;
+                    match self.store.delete_alias(&alias_name, Some(&current.r)) {
+                        Err(envelope_keystore::Error::Changed(_)) => continue,
+                        Err(envelope_keystore::Error::NotFound(_)) => {
+                            return Err(self.names.not_found(&KeyRef::Alias(alias_name.clone())));
+                        }
+                        r => r.map_err(|e| KmsError::from_store(e, &alias_name))?,
+                    }
+                    return Ok(empty());
                 }
-                self.store.delete_alias(&alias_name).map_err(|e| match e {
-                    envelope_keystore::Error::NotFound(_) => self.names.not_found(&KeyRef::Alias(alias_name.clone())),
-                    e => KmsError::from_store(e, &alias_name),
-                })?;
-                Ok(empty())
+                Err(KmsError::Internal(format!("{alias_name} kept changing while it was being deleted")))
             }
             Request::Encrypt { key_id, plaintext, context, dry_run } => {
                 let k = self.resolve(&key_id, Forms::Any)?;
-                self.authorize(&k, "Encrypt", principal, &context)?;
+                self.authorize(call, &k, "Encrypt", &context)?;
                 self.usable(&k)?;
                 if dry_run {
                     return Err(KmsError::DryRun);
@@ -286,7 +391,7 @@ impl Server {
                 })
             }
             Request::Decrypt { ciphertext, context, key_id, dry_run } => {
-                let d = self.decrypt(&ciphertext, &context, key_id.as_deref(), dry_run, (principal, "Decrypt"))?;
+                let d = self.decrypt(&ciphertext, &context, key_id.as_deref(), dry_run, (call, "Decrypt"))?;
                 to_body(&DecryptResponse {
                     key_id: self.names.key_arn(&uuid::Uuid::from_bytes(d.key_id).to_string()),
                     plaintext: encode_secret(&d.plaintext),
@@ -303,9 +408,9 @@ impl Server {
                 dry_run,
             } => {
                 let dest = self.resolve(&destination_key_id, Forms::Any)?;
-                self.authorize(&dest, "ReEncryptTo", principal, &destination_context)?;
+                self.authorize(call, &dest, "ReEncryptTo", &destination_context)?;
                 self.usable(&dest)?;
-                let d = self.decrypt(&ciphertext, &source_context, source_key_id.as_deref(), dry_run, (principal, "ReEncryptFrom"))?;
+                let d = self.decrypt(&ciphertext, &source_context, source_key_id.as_deref(), dry_run, (call, "ReEncryptFrom"))?;
                 let e = self
                     .store
                     .encrypt(&dest.r, &d.plaintext, &destination_context)
@@ -323,7 +428,7 @@ impl Server {
             Request::GenerateDataKey { key_id, context, len, with_plaintext, dry_run } => {
                 let k = self.resolve(&key_id, Forms::Any)?;
                 let action = if with_plaintext { "GenerateDataKey" } else { "GenerateDataKeyWithoutPlaintext" };
-                self.authorize(&k, action, principal, &context)?;
+                self.authorize(call, &k, action, &context)?;
                 self.usable(&k)?;
                 if dry_run {
                     return Err(KmsError::DryRun);
@@ -338,6 +443,7 @@ impl Server {
                 })
             }
             Request::GenerateRandom { len } => {
+                self.authorize_account(call, "GenerateRandom")?;
                 let bytes = random(len)?;
                 to_body(&RandomResponse { plaintext: encode_secret(&bytes) })
             }
@@ -390,8 +496,8 @@ impl Server {
                 let mid = self.store.delete_imported_material(&k.r).map_err(|e| self.store_err(e, &k))?;
                 to_body(&ImportResponse { key_id: k.arn, key_material_id: mid })
             }
-            Request::EnableKey { key_id } => self.set_enabled(&key_id, true, principal),
-            Request::DisableKey { key_id } => self.set_enabled(&key_id, false, principal),
+            Request::EnableKey { key_id } => self.set_enabled(&key_id, true, call),
+            Request::DisableKey { key_id } => self.set_enabled(&key_id, false, call),
             Request::RotateKeyOnDemand { key_id } => {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "RotateKeyOnDemand")?;
@@ -412,9 +518,9 @@ impl Server {
         }
     }
 
-    fn set_enabled(&self, key_id: &str, enabled: bool, principal: &str) -> Result<Zeroizing<Vec<u8>>> {
+    fn set_enabled(&self, key_id: &str, enabled: bool, call: &Call<'_>) -> Result<Zeroizing<Vec<u8>>> {
         let k = self.resolve(key_id, Forms::KeyOnly)?;
-        self.authorize(&k, if enabled { "EnableKey" } else { "DisableKey" }, principal, &Context::new())?;
+        self.authorize(call, &k, if enabled { "EnableKey" } else { "DisableKey" }, &Context::new())?;
         self.not_pending(&k)?;
         self.store.set_enabled(&k.r, enabled).map_err(|e| self.store_err(e, &k))?;
         Ok(empty())
@@ -426,7 +532,7 @@ impl Server {
         context: &EncryptionContext,
         key_id: Option<&str>,
         dry_run: bool,
-        (principal, action): (&str, &str),
+        (call, action): (&Call<'_>, &str),
     ) -> Result<envelope_keystore::Decrypted> {
         let wanted = key_id.map(|k| self.resolve(k, Forms::Any)).transpose()?;
         let blob = envelope_keystore::blob::parse(ciphertext).map_err(|_| KmsError::InvalidCiphertext)?;
@@ -444,7 +550,7 @@ impl Server {
             // A blob naming a key this server does not have is simply an invalid ciphertext.
             Err(_) => return Err(KmsError::InvalidCiphertext),
         };
-        self.authorize(&owner, action, principal, context)?;
+        self.authorize(call, &owner, action, context)?;
         self.usable(&owner)?;
         if dry_run {
             return Err(KmsError::DryRun);
@@ -510,22 +616,41 @@ impl Server {
         Ok(Resolved { r: KeyRef::Id(uuid::Uuid::from_bytes(kid)), arn: self.names.key_arn(&id), id, state, kid })
     }
 
-    /// Checks the key policy of `k` for `kms:<action>` by `principal` (spec: explicit Deny wins,
-    /// no Allow denies).
-    fn authorize(&self, k: &Resolved, action: &str, principal: &str, context: &Context) -> Result<()> {
+    /// Checks `kms:<action>` on key `k` for the caller: the key's policy and the caller's
+    /// identity policy ([`policy::authorize`]). The key is recorded as touched either way.
+    fn authorize(&self, call: &Call<'_>, k: &Resolved, action: &str, context: &Context) -> Result<()> {
+        call.touched(&k.arn);
         let attrs = self.store.attributes(&k.r).map_err(|e| self.store_err(e, k))?;
         let p = self.policies.get(k.kid, attrs.policy.as_ref())?;
-        let q = Query { principal, action, resource: &k.arn, context };
-        match policy::evaluate(&p, &q) {
-            Decision::Allow => Ok(()),
-            Decision::ImplicitDeny => Err(KmsError::AccessDenied(format!(
-                "User: {principal} is not authorized to perform: kms:{action} on resource: {} because no resource-based policy allows the kms:{action} action",
-                k.arn
+        self.decide(call, Some(&p), action, &k.arn, context)
+    }
+
+    /// Checks an account-level action (resource `*`): identity policy only, and only for
+    /// principals of this server's account.
+    fn authorize_account(&self, call: &Call<'_>, action: &str) -> Result<()> {
+        self.decide(call, None, action, "*", &Context::new())
+    }
+
+    /// Checks an action on an alias (resource: the alias ARN): identity policy only.
+    fn authorize_alias(&self, call: &Call<'_>, alias: &str, action: &str) -> Result<()> {
+        self.decide(call, None, action, &self.names.alias_arn(alias), &Context::new())
+    }
+
+    fn decide(&self, call: &Call<'_>, key: Option<&Policy>, action: &str, resource: &str, context: &Context) -> Result<()> {
+        let principal = call.principal();
+        let q = Query { principal, action, resource, context };
+        let verdict = policy::authorize(key, call.caller.identity.as_deref(), &self.config.account_id, &q);
+        let kind = |s: Source| if s == Source::Resource { "a resource-based" } else { "an identity-based" };
+        let denied = |why: String| {
+            KmsError::AccessDenied(format!("User: {principal} is not authorized to perform: kms:{action} on resource: {resource} {why}"))
+        };
+        match verdict {
+            Verdict::Allow => Ok(()),
+            Verdict::ImplicitDeny(s) => Err(denied(format!(
+                "because no {} policy allows the kms:{action} action",
+                if s == Source::Resource { "resource-based" } else { "identity-based" }
             ))),
-            Decision::ExplicitDeny => Err(KmsError::AccessDenied(format!(
-                "User: {principal} is not authorized to perform: kms:{action} on resource: {} with an explicit deny in a resource-based policy",
-                k.arn
-            ))),
+            Verdict::ExplicitDeny(s) => Err(denied(format!("with an explicit deny in {} policy", kind(s)))),
         }
     }
 
@@ -620,12 +745,13 @@ impl Server {
 /// A key policy document acceptable for PutKeyPolicy / CreateKey.
 /// The policy lockout safety check: refuses a policy under which the caller could not change
 /// the key's policy again (unless the request sets `BypassPolicyLockoutSafetyCheck`).
-fn lockout_check(policy_text: &str, principal: &str, resource: &str) -> Result<()> {
+fn lockout_check(policy_text: &str, caller: &Caller, account: &str, resource: &str) -> Result<()> {
     let p = policy::parse(policy_text).map_err(KmsError::MalformedPolicyDocument)?;
     let context = Context::new();
-    match policy::evaluate(&p, &Query { principal, action: "PutKeyPolicy", resource, context: &context }) {
-        Decision::Allow => Ok(()),
-        Decision::ImplicitDeny | Decision::ExplicitDeny => Err(KmsError::MalformedPolicyDocument(
+    let q = Query { principal: &caller.principal, action: "PutKeyPolicy", resource, context: &context };
+    match policy::authorize(Some(&p), caller.identity.as_deref(), account, &q) {
+        Verdict::Allow => Ok(()),
+        Verdict::ImplicitDeny(_) | Verdict::ExplicitDeny(_) => Err(KmsError::MalformedPolicyDocument(
             "The new key policy will not allow you to update the key policy in the future.".into(),
         )),
     }

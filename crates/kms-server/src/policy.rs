@@ -2,12 +2,18 @@
 //! evaluates, and the evaluation itself — pure functions, no I/O.
 //!
 //! Supported: `Effect` Allow/Deny; `Principal` `"*"` or `{"AWS": ARN | account id | "*" | [...]}`
-//! (an account root `arn:aws:iam::<acct>:root` or a bare account id means every principal of that
+//! (an account root — exactly `arn:aws:iam::<12 digits>:root` — or a bare account id means the
 //! account); `Action` with `*`/`?` wildcards (`kms:*`, `kms:Encrypt*`); `Resource` patterns
-//! (normally `*`); `Condition` `StringEquals`/`StringLike` (and their `IfExists` forms) on
-//! `kms:EncryptionContext:<key>` and `kms:CallerAccount`. Anything else (`NotAction`,
-//! `NotPrincipal`, other operators or condition keys) is rejected as malformed rather than
-//! silently mis-evaluated. An explicit Deny wins over any Allow; no Allow means deny.
+//! (normally `*` in key policies, key or alias ARNs in identity policies); `Condition`
+//! `StringEquals`/`StringLike` (and their `IfExists` forms) on `kms:EncryptionContext:<key>` and
+//! `kms:CallerAccount`. Anything else (`NotAction`, `NotPrincipal`, other operators or condition
+//! keys) is rejected as malformed rather than silently mis-evaluated.
+//!
+//! Two kinds of documents use this syntax: **key policies** (resource-based, with `Principal`)
+//! and **identity policies** (attached to a credential, without `Principal`). [`authorize`]
+//! combines them as AWS KMS does: an explicit Deny in either wins; a key-policy statement that
+//! names the caller (or `*`) allows on its own; a statement that names the caller's *account*
+//! (its root or its id) delegates to the caller's identity policy, which must then allow too.
 
 use std::collections::BTreeMap;
 
@@ -22,10 +28,19 @@ pub fn default_policy(account: &str) -> String {
     )
 }
 
-/// A parsed key policy.
+/// A parsed key policy or identity policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     statements: Vec<Statement>,
+}
+
+/// Which kind of document is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A key policy: every statement names its `Principal`.
+    Key,
+    /// An identity policy: statements apply to the credential they are attached to; no `Principal`.
+    Identity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +87,20 @@ pub enum Decision {
 
 /// Parses a key policy document. Never panics; the error is a client-facing message.
 pub fn parse(text: &str) -> Result<Policy, String> {
+    parse_kind(text, Kind::Key)
+}
+
+/// Parses an identity policy (a credential's policy: no `Principal`, a `Resource` per
+/// statement). Never panics; the error names what is wrong.
+pub fn parse_identity(text: &str) -> Result<Policy, String> {
+    parse_kind(text, Kind::Identity)
+}
+
+/// The identity policy of an administrator: every KMS action on every resource.
+pub const ADMIN_IDENTITY_POLICY: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#;
+
+fn parse_kind(text: &str, kind: Kind) -> Result<Policy, String> {
     let v: Value = serde_json::from_str(text).map_err(|_| "The policy is not valid JSON.".to_string())?;
     let obj = v.as_object().ok_or("The policy must be a JSON object.")?;
     for k in obj.keys() {
@@ -87,11 +116,11 @@ pub fn parse(text: &str) -> Result<Policy, String> {
         Some(o @ Value::Object(_)) => vec![o],
         _ => return Err("The policy must have at least one Statement.".into()),
     };
-    let statements = stmts.into_iter().map(statement).collect::<Result<Vec<_>, _>>()?;
+    let statements = stmts.into_iter().map(|s| statement(s, kind)).collect::<Result<Vec<_>, _>>()?;
     Ok(Policy { statements })
 }
 
-fn statement(v: &Value) -> Result<Statement, String> {
+fn statement(v: &Value, kind: Kind) -> Result<Statement, String> {
     let o = v.as_object().ok_or("Each Statement must be a JSON object.")?;
     for k in o.keys() {
         if !matches!(k.as_str(), "Sid" | "Effect" | "Principal" | "Action" | "Resource" | "Condition") {
@@ -107,6 +136,10 @@ fn statement(v: &Value) -> Result<Statement, String> {
         _ => return Err("Effect must be Allow or Deny.".into()),
     };
     let principals = match o.get("Principal") {
+        Some(_) if kind == Kind::Identity => {
+            return Err("An identity policy has no Principal: it applies to the credential it is attached to.".into());
+        }
+        None if kind == Kind::Identity => vec!["*".to_string()],
         Some(Value::String(s)) if s == "*" => vec!["*".to_string()],
         Some(Value::Object(p)) if !p.is_empty() => {
             let mut out = Vec::new();
@@ -179,41 +212,128 @@ pub fn account_of(principal: &str) -> Option<&str> {
     Some(acct)
 }
 
-/// Evaluates `q` against `p`.
-pub fn evaluate(p: &Policy, q: &Query<'_>) -> Decision {
-    let mut allowed = false;
-    for s in &p.statements {
-        if !matches_statement(s, q) {
-            continue;
-        }
-        if !s.allow {
-            return Decision::ExplicitDeny;
-        }
-        allowed = true;
+/// The account a principal string stands for as a whole: a bare 12-digit account id, or exactly
+/// `arn:aws:iam::<12 digits>:root`. Anything else (`…:user/x:root`, `arn:aws:sts::…:root`) is
+/// not an account.
+pub fn account_root(p: &str) -> Option<&str> {
+    let is_account = |a: &str| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit());
+    if is_account(p) {
+        return Some(p);
     }
-    if allowed { Decision::Allow } else { Decision::ImplicitDeny }
+    let acct = p.strip_prefix("arn:aws:iam::")?.strip_suffix(":root")?;
+    is_account(acct).then_some(acct)
 }
 
-fn matches_statement(s: &Statement, q: &Query<'_>) -> bool {
+/// How a policy's statements match a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    /// No statement applies.
+    None,
+    /// An Allow statement names the caller (its ARN or `*`).
+    Direct,
+    /// The only Allow statements that apply name the caller's account (root or id).
+    Account,
+    /// A Deny statement applies.
+    Deny,
+}
+
+/// Evaluates `q` against `p` on its own: explicit Deny wins, any matching Allow allows (a
+/// statement naming the caller's account counts as an Allow here; [`authorize`] is what
+/// defers those to the identity policy).
+pub fn evaluate(p: &Policy, q: &Query<'_>) -> Decision {
+    match matches(p, q) {
+        Match::Deny => Decision::ExplicitDeny,
+        Match::Direct | Match::Account => Decision::Allow,
+        Match::None => Decision::ImplicitDeny,
+    }
+}
+
+fn matches(p: &Policy, q: &Query<'_>) -> Match {
+    let mut out = Match::None;
+    for s in &p.statements {
+        let Some(how) = matches_statement(s, q) else { continue };
+        if !s.allow {
+            return Match::Deny;
+        }
+        if how == Match::Direct || out == Match::None {
+            out = how;
+        }
+    }
+    out
+}
+
+/// Which policy decided, for the caller's error message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The key policy (resource-based).
+    Resource,
+    /// The caller's identity policy.
+    Identity,
+}
+
+/// The outcome of [`authorize`]: allowed, or denied with the policy kind that denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed.
+    Allow,
+    /// No statement allowed it; `Source` is the policy that would have had to.
+    ImplicitDeny(Source),
+    /// A Deny statement matched in that policy.
+    ExplicitDeny(Source),
+}
+
+/// AWS's evaluation of a request on one resource.
+///
+/// * `key`: the key policy, for key-scoped requests (`None` for account-level operations such
+///   as CreateKey or ListKeys, and for alias resources, which only identity policies govern).
+/// * `identity`: the caller's identity policy; `None` means unrestricted (a credential without a
+///   policy, as before identity policies existed).
+/// * `own_account`: the account that owns the resources. Identity policies grant only inside
+///   it: an account-level request from another account is denied.
+///
+/// Explicit Deny anywhere wins. With a key policy: a statement naming the caller allows on its
+/// own; one naming the caller's account allows only if the identity policy allows too.
+/// Without one: the caller must belong to `own_account` and its identity policy must allow.
+pub fn authorize(key: Option<&Policy>, identity: Option<&Policy>, own_account: &str, q: &Query<'_>) -> Verdict {
+    let id = identity.map(|p| matches(p, q));
+    if id == Some(Match::Deny) {
+        return Verdict::ExplicitDeny(Source::Identity);
+    }
+    let identity_allows = id.is_none_or(|m| m != Match::None);
+    match key {
+        Some(kp) => match matches(kp, q) {
+            Match::Deny => Verdict::ExplicitDeny(Source::Resource),
+            Match::Direct => Verdict::Allow,
+            Match::Account if identity_allows => Verdict::Allow,
+            Match::Account => Verdict::ImplicitDeny(Source::Identity),
+            Match::None => Verdict::ImplicitDeny(Source::Resource),
+        },
+        None if account_of(q.principal) != Some(own_account) => Verdict::ImplicitDeny(Source::Identity),
+        None if identity_allows => Verdict::Allow,
+        None => Verdict::ImplicitDeny(Source::Identity),
+    }
+}
+
+/// How statement `s` applies to `q`: `None` if it does not, else [`Match::Direct`] or
+/// [`Match::Account`] by how its principal matched.
+fn matches_statement(s: &Statement, q: &Query<'_>) -> Option<Match> {
     let caller_account = account_of(q.principal).unwrap_or("");
-    let principal_ok = s.principals.iter().any(|p| {
+    let mut how = None;
+    for p in &s.principals {
         if p == "*" || p == q.principal {
-            return true;
+            how = Some(Match::Direct);
+            break;
         }
-        if p.len() == 12 && p.bytes().all(|b| b.is_ascii_digit()) {
-            return p == caller_account;
+        // The account (its root or its id) stands for every principal of the account.
+        if account_root(p).is_some_and(|a| a == caller_account) {
+            how = Some(Match::Account);
         }
-        // The account root stands for every principal of the account.
-        match p.strip_suffix(":root") {
-            Some(prefix) => account_of(p).is_some_and(|a| a == caller_account) && prefix.starts_with("arn:"),
-            None => false,
-        }
-    });
+    }
+    let how = how?;
     let action = format!("kms:{}", q.action);
     let action_ok = s.actions.iter().any(|a| glob(&a.to_ascii_lowercase(), &action.to_ascii_lowercase()));
     let resource_ok = s.resources.iter().any(|r| glob(r, q.resource));
-    principal_ok
-        && action_ok
+    let ok = action_ok
         && resource_ok
         && s.conditions.iter().all(|c| {
             let value = if c.key == "kms:calleraccount" {
@@ -227,7 +347,8 @@ fn matches_statement(s: &Statement, q: &Query<'_>) -> bool {
                 None => c.if_exists,
                 Some(v) => c.values.iter().any(|want| if c.like { glob(want, v) } else { want == v }),
             }
-        })
+        });
+    ok.then_some(how)
 }
 
 /// Wildcard match: `*` any run, `?` any one character. Linear-time backtracking, no recursion.
@@ -316,6 +437,81 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_the_exact_root_arn_is_the_account() {
+        assert_eq!(account_root("arn:aws:iam::111122223333:root"), Some("111122223333"));
+        assert_eq!(account_root("111122223333"), Some("111122223333"));
+        for not_account in [
+            "arn:aws:iam::111122223333:user/nobody:root",
+            "arn:aws:sts::111122223333:root",
+            "arn:aws:iam::11112222333:root",
+            "arn:aws:iam::111122223333:root:root",
+            "arn:aws:iam::111122223333:role/root",
+            "1111222233334",
+        ] {
+            assert_eq!(account_root(not_account), None, "{not_account}");
+        }
+        // A statement naming `…:user/nobody:root` grants nothing to the rest of the account.
+        let p = parse(r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/nobody:root"},"Action":"kms:*","Resource":"*"}]}"#).unwrap();
+        let c = BTreeMap::new();
+        assert_eq!(evaluate(&p, &q(ADMIN, "Decrypt", &c)), Decision::ImplicitDeny);
+    }
+
+    #[test]
+    fn identity_policies_have_no_principal_and_need_a_resource() {
+        assert!(parse_identity(ADMIN_IDENTITY_POLICY).is_ok());
+        assert!(parse(ADMIN_IDENTITY_POLICY).is_err(), "a key policy needs principals");
+        assert!(parse_identity(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}]}"#).is_err());
+        assert!(parse_identity(r#"{"Statement":[{"Effect":"Allow","Action":"kms:*"}]}"#).is_err());
+    }
+
+    #[test]
+    fn key_policy_and_identity_policy_combined() {
+        let c = BTreeMap::new();
+        let account_policy = parse(&default_policy("111122223333")).unwrap();
+        let names_app = parse(&format!(
+            r#"{{"Statement":[{{"Effect":"Allow","Principal":{{"AWS":"{OTHER}"}},"Action":"kms:Decrypt","Resource":"*"}},
+                {{"Effect":"Allow","Principal":{{"AWS":"111122223333"}},"Action":"kms:DescribeKey","Resource":"*"}}]}}"#
+        ))
+        .unwrap();
+        let encrypt_only = parse_identity(&format!(
+            r#"{{"Statement":[{{"Effect":"Allow","Action":"kms:Encrypt","Resource":"{KEY}"}}]}}"#
+        ))
+        .unwrap();
+        let deny_decrypt = parse_identity(
+            r#"{"Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"},{"Effect":"Deny","Action":"kms:Decrypt","Resource":"*"}]}"#,
+        )
+        .unwrap();
+        let acct = "111122223333";
+        let run = |key: Option<&Policy>, id: Option<&Policy>, who: &str, action: &str| {
+            authorize(key, id, acct, &Query { principal: who, action, resource: KEY, context: &c })
+        };
+        // Key policy for the account root defers to the identity policy.
+        assert_eq!(run(Some(&account_policy), Some(&encrypt_only), OTHER, "Encrypt"), Verdict::Allow);
+        assert_eq!(run(Some(&account_policy), Some(&encrypt_only), OTHER, "Decrypt"), Verdict::ImplicitDeny(Source::Identity));
+        // No identity policy: unrestricted inside the account (credentials files written before).
+        assert_eq!(run(Some(&account_policy), None, OTHER, "ScheduleKeyDeletion"), Verdict::Allow);
+        // A statement naming the caller allows on its own; an identity Deny still wins.
+        assert_eq!(run(Some(&names_app), Some(&encrypt_only), OTHER, "Decrypt"), Verdict::Allow);
+        assert_eq!(run(Some(&names_app), Some(&deny_decrypt), OTHER, "Decrypt"), Verdict::ExplicitDeny(Source::Identity));
+        assert_eq!(run(Some(&names_app), Some(&encrypt_only), OTHER, "DescribeKey"), Verdict::ImplicitDeny(Source::Identity));
+        assert_eq!(run(Some(&names_app), None, OTHER, "DescribeKey"), Verdict::Allow);
+        assert_eq!(run(Some(&names_app), None, ADMIN, "Encrypt"), Verdict::ImplicitDeny(Source::Resource));
+        // The identity policy's Resource is matched against the key ARN.
+        let other_key = parse_identity(r#"{"Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"arn:aws:kms:us-east-1:111122223333:key/other"}]}"#).unwrap();
+        assert_eq!(run(Some(&account_policy), Some(&other_key), OTHER, "Encrypt"), Verdict::ImplicitDeny(Source::Identity));
+        // Account-level operations: identity policy only, and only inside the server's account.
+        assert_eq!(run(None, None, OTHER, "CreateKey"), Verdict::Allow);
+        assert_eq!(run(None, Some(&encrypt_only), OTHER, "CreateKey"), Verdict::ImplicitDeny(Source::Identity));
+        assert_eq!(run(None, None, "arn:aws:iam::999999999999:user/x", "CreateKey"), Verdict::ImplicitDeny(Source::Identity));
+        let admin = parse_identity(ADMIN_IDENTITY_POLICY).unwrap();
+        assert_eq!(run(None, Some(&admin), "arn:aws:iam::999999999999:user/x", "ListKeys"), Verdict::ImplicitDeny(Source::Identity));
+        // Another account named by the key policy: that account's identity policy decides.
+        let cross = parse(r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::999999999999:root"},"Action":"kms:Decrypt","Resource":"*"}]}"#).unwrap();
+        assert_eq!(run(Some(&cross), Some(&admin), "arn:aws:iam::999999999999:user/x", "Decrypt"), Verdict::Allow);
+        assert_eq!(run(Some(&cross), Some(&encrypt_only), "arn:aws:iam::999999999999:user/x", "Decrypt"), Verdict::ImplicitDeny(Source::Identity));
     }
 
     #[test]

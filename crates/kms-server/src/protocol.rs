@@ -95,6 +95,13 @@ pub const MAX_TAGS: usize = 50;
 pub const MAX_POLICY: usize = 32 * 1024;
 
 impl Operation {
+    /// Whether the operation changes state (keys, aliases, policies, tags, material); such
+    /// requests get an audit intent record before they run. Reads and cryptographic operations
+    /// do not.
+    pub fn mutates(self) -> bool {
+        !crate::audit::read_only(self.name())
+    }
+
     /// Parses an `X-Amz-Target` value, `TrentService.<Operation>`.
     pub fn from_target(target: &str) -> Result<Self> {
         let unknown = || KmsError::UnknownOperation(format!("Unknown operation {target:?}."));

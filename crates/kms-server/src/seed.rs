@@ -70,12 +70,12 @@ pub fn apply_file(server: &Server, path: &Path) -> Result<SeedReport> {
 /// Applies a seed document.
 pub fn apply(server: &Server, yaml: &str) -> Result<SeedReport> {
     let seed: SeedFile = serde_norway::from_str(yaml).map_err(|e| KmsError::Config(format!("seed file: {e}")))?;
-    let root = format!("arn:aws:iam::{}:root", server.config().account_id);
+    let root = crate::Caller::account_root(&server.config().account_id);
     let run = |op: Operation, body: serde_json::Value| -> Result<serde_json::Value> {
         let bytes = serde_json::to_vec(&body).map_err(|e| KmsError::Internal(e.to_string()))?;
         let req = parse_request(op, &bytes)?;
-        let out = server.execute(req, &root)?;
-        serde_json::from_slice(&out).or_else(|_| Ok(serde_json::Value::Null))
+        let out = server.execute(req, &root).result?;
+        serde_json::from_slice(&out).or(Ok(serde_json::Value::Null))
     };
     let mut report = SeedReport::default();
     for k in seed.keys {

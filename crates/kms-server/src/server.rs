@@ -314,51 +314,45 @@ async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Respon
     let request_id = uuid::Uuid::new_v4().to_string();
     let source_ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
     let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let mut audit = AuditInfo::default();
+    let mut audit = AuditInfo { request_id, source_ip, user_agent, ..AuditInfo::default() };
     let outcome = process(&server, req, &mut audit).await;
-    let (mut status, mut body, op, principal, mut code) = match outcome {
-        Ok(ok) => (StatusCode::OK, ok.body, Some(ok.op), Some(ok.principal), None),
-        Err(failed) => {
-            let (code, status) = failed.error.aws();
-            if let KmsError::Internal(detail) = &failed.error {
+    let request_id = audit.request_id.clone();
+    let (mut status, mut body, mut code) = match outcome {
+        Ok(body) => (StatusCode::OK, body, None),
+        Err(error) => {
+            let (code, status) = error.aws();
+            if let KmsError::Internal(detail) = &error {
                 tracing::error!(request_id = %request_id, error = %detail, "internal error");
             }
-            audit.error_message = Some(failed.error.to_string());
-            let body = serde_json::to_vec(&serde_json::json!({"__type": code, "message": failed.error.to_string()}))
+            audit.error_message = Some(error.to_string());
+            let body = serde_json::to_vec(&serde_json::json!({"__type": code, "message": error.to_string()}))
                 .map(Zeroizing::new)
                 .unwrap_or_default();
-            (status, body, failed.op, failed.principal, Some(code))
+            (status, body, Some(code))
         }
     };
+    let op = audit.op;
     if let Some(log) = server.audit() {
         let response = match (code, op) {
             (None, Some(o)) => audit_response(o, &body),
             _ => None,
         };
-        let ev = AuditEvent {
-            operation: op.map(Operation::name),
-            request_id: &request_id,
-            region: &server.config.region,
-            account_id: &server.config.account_id,
-            source_ip,
-            user_agent: user_agent.as_deref(),
-            access_key_id: audit.access_key_id.as_deref(),
-            principal: principal.as_deref(),
-            request: audit.request.as_ref(),
-            response: response.as_ref(),
-            error_code: code,
-            error_message: audit.error_message.take(),
-        };
+        // A request that got as far as its intent record may have changed state.
+        let mutating = audit.intent;
+        let ev = audit.event(&server, response.as_ref(), code, mutating.then_some(crate::audit::Stage::Outcome));
         if let Err(e) = log.write(&ev) {
             tracing::error!(request_id = %request_id, error = %e, path = %log.path().display(), "cannot write the audit record");
-            if log.fail_closed() {
-                let refused = KmsError::Internal("audit log unavailable".into());
+            server.metrics().audit_failure();
+            // A state change already has its durable intent record (written before it ran), and
+            // its client must learn that it happened: refusing now would make SDKs retry it.
+            // Anything else is withheld (a Decrypt's plaintext is never released unaudited).
+            if log.fail_closed() && !mutating {
+                let refused = KmsError::AuditUnavailable;
                 let (c, s) = refused.aws();
                 status = s;
                 code = Some(c);
                 body = Zeroizing::new(
-                    serde_json::to_vec(&serde_json::json!({"__type": c, "message": "The request was refused because its audit record could not be written."}))
-                        .unwrap_or_default(),
+                    serde_json::to_vec(&serde_json::json!({"__type": c, "message": refused.to_string()})).unwrap_or_default(),
                 );
             }
         }
@@ -367,7 +361,7 @@ async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Respon
     tracing::info!(
         request_id = %request_id,
         operation = op.map(Operation::name).unwrap_or("-"),
-        principal = principal.as_deref().unwrap_or("-"),
+        principal = audit.principal.as_deref().unwrap_or("-"),
         status = status.as_u16(),
         error = code.unwrap_or(""),
         "request"
@@ -388,10 +382,50 @@ async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Respon
 /// What the audit record needs from request processing, filled as far as it got.
 #[derive(Default)]
 struct AuditInfo {
+    request_id: String,
+    source_ip: Option<String>,
+    user_agent: Option<String>,
+    /// The operation named by `X-Amz-Target` (known before authentication).
+    op: Option<Operation>,
+    /// The verified access key id, or before (and without) verification the claimed one.
     access_key_id: Option<String>,
+    /// The verified principal.
+    principal: Option<String>,
     /// The request with secret members already removed.
     request: Option<serde_json::Value>,
+    /// Key ARNs the request touched.
+    resources: Vec<String>,
+    /// Whether an intent record was attempted (the request is a state change that was run or
+    /// refused for want of that record).
+    intent: bool,
     error_message: Option<String>,
+}
+
+impl AuditInfo {
+    fn event<'a>(
+        &'a mut self,
+        server: &'a Server,
+        response: Option<&'a serde_json::Value>,
+        error_code: Option<&'a str>,
+        stage: Option<crate::audit::Stage>,
+    ) -> AuditEvent<'a> {
+        AuditEvent {
+            operation: self.op.map(Operation::name),
+            request_id: &self.request_id,
+            region: &server.config.region,
+            account_id: &server.config.account_id,
+            source_ip: self.source_ip.clone(),
+            user_agent: self.user_agent.as_deref(),
+            access_key_id: self.access_key_id.as_deref(),
+            principal: self.principal.as_deref(),
+            request: self.request.as_ref(),
+            response,
+            resources: &self.resources,
+            error_code,
+            error_message: self.error_message.take(),
+            stage,
+        }
+    }
 }
 
 /// The response members the audit record may show: everything but secrets for management
@@ -409,29 +443,16 @@ fn audit_response(op: Operation, body: &[u8]) -> Option<serde_json::Value> {
     serde_json::from_slice::<serde_json::Value>(body).ok().map(|v| crate::audit::sanitize(&v))
 }
 
-struct Done {
-    op: Operation,
-    principal: String,
-    body: Zeroizing<Vec<u8>>,
-}
-
-struct Failed {
-    error: KmsError,
-    op: Option<Operation>,
-    principal: Option<String>,
-}
-
-impl From<KmsError> for Failed {
-    fn from(error: KmsError) -> Self {
-        Failed { error, op: None, principal: None }
-    }
-}
-
-async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo) -> std::result::Result<Done, Failed> {
+async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo) -> Result<Zeroizing<Vec<u8>>> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST || parts.uri.path() != "/" || parts.uri.query().is_some() {
-        return Err(KmsError::UnknownOperation("This service accepts only POST / with an X-Amz-Target header.".into()).into());
+        return Err(KmsError::UnknownOperation("This service accepts only POST / with an X-Amz-Target header.".into()));
     }
+    // Known before authentication, so even a refused request's record names what it attempted
+    // and with which access key id.
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok());
+    audit.op = target.and_then(|t| Operation::from_target(t).ok());
+    audit.access_key_id = crate::auth::claimed_access_key_id(&parts.headers).map(str::to_string);
     let length = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -455,26 +476,47 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
         _ => &parts.headers,
     };
     let cred = server.credentials.verify("POST", "/", headers, &body, &server.config.region, SystemTime::now())?;
-    let principal = cred.principal.clone();
+    let caller = crate::Caller::of(cred);
+    audit.access_key_id = Some(cred.access_key_id.clone());
+    audit.principal = Some(cred.principal.clone());
+    // Only authenticated requests' parameters are recorded: an anonymous client cannot fill the
+    // audit log with request bodies.
     if server.audit().is_some() {
-        audit.access_key_id = Some(cred.access_key_id.clone());
         audit.request = crate::audit::sanitized_request(&body);
     }
-    let fail = |error: KmsError, op: Option<Operation>| Failed { error, op, principal: Some(principal.clone()) };
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| fail(KmsError::UnknownOperation("Missing X-Amz-Target header.".into()), None))?;
-    let op = Operation::from_target(target).map_err(|e| fail(e, None))?;
-    let request = parse_request(op, &body).map_err(|e| fail(e, Some(op)))?;
+    let target = target.ok_or_else(|| KmsError::UnknownOperation("Missing X-Amz-Target header.".into()))?;
+    let op = Operation::from_target(target)?;
+    let request = parse_request(op, &body)?;
     drop(body);
+    if op.mutates() {
+        write_intent(server, audit)?;
+    }
     let s = server.clone();
-    let out = tokio::task::spawn_blocking({ let principal = principal.clone(); move || s.execute(request, &principal) })
+    let outcome = tokio::task::spawn_blocking(move || s.execute(request, &caller))
         .await
-        .map_err(|e| fail(KmsError::Internal(format!("operation task failed: {e}")), Some(op)))?
-        .map_err(|e| fail(e, Some(op)))?;
-    Ok(Done { op, principal, body: out })
+        .map_err(|e| KmsError::Internal(format!("operation task failed: {e}")))?;
+    audit.resources = outcome.resources;
+    outcome.result
+}
+
+/// Writes (and syncs) the intent record of a state-changing request before it runs. Under
+/// `--audit-fail-closed` a failure refuses the request, so nothing changes unaudited.
+fn write_intent(server: &Server, audit: &mut AuditInfo) -> Result<()> {
+    let Some(log) = server.audit() else { return Ok(()) };
+    audit.intent = true;
+    let ev = audit.event(server, None, None, Some(crate::audit::Stage::Intent));
+    match log.write_durable(&ev) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            tracing::error!(request_id = %audit.request_id, error = %e, path = %log.path().display(), "cannot write the audit intent record");
+            server.metrics().audit_failure();
+            if log.fail_closed() {
+                Err(KmsError::AuditUnavailable)
+            } else {
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Reads the body into zeroizing memory, at most `max` bytes. `length` (the Content-Length)

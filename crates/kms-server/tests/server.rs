@@ -1,224 +1,19 @@
 //! End-to-end tests: a real server on 127.0.0.1:0, requests signed with `aws-sigv4` (the SDKs'
 //! signer) and sent over plain TCP as HTTP/1.1.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_sigv4::sign::v4;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use common::*;
 use envelope_keystore::KeyStore;
 use envelope_kms_server::{Config, Credential, CredentialStore, Server, serve};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
-
-const AKID: &str = "AKIAENVELOPETEST0001";
-const SECRET: &str = "envelope-test-secret-0123456789abcdefghij";
-const TOKEN_AKID: &str = "ASIAENVELOPETEST0002";
-const TOKEN: &str = "session-token-value";
-const REGION: &str = "us-east-1";
-const APP_AKID: &str = "AKIAENVELOPETEST0003";
-const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
-const APP: &str = "arn:aws:iam::111122223333:user/app";
-const ACCOUNT: &str = "111122223333";
-
-struct Harness {
-    port: u16,
-    server: Arc<Server>,
-    _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    json: Value,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn error_type(&self) -> &str {
-        self.json["__type"].as_str().unwrap_or("")
-    }
-
-    #[track_caller]
-    fn ok(self) -> Value {
-        assert_eq!(self.status, 200, "{}", self.json);
-        self.json
-    }
-
-    #[track_caller]
-    fn err(self, code: &str) -> String {
-        assert_eq!((self.status, self.error_type()), (400, code), "{}", self.json);
-        assert_eq!(self.header("x-amzn-errortype"), Some(code));
-        self.json["message"].as_str().unwrap_or("").to_string()
-    }
-}
-
-/// How to sign (or mis-sign) a request.
-#[derive(Clone)]
-struct Signer {
-    akid: &'static str,
-    secret: &'static str,
-    token: Option<&'static str>,
-    region: &'static str,
-    time: SystemTime,
-}
-
-impl Default for Signer {
-    fn default() -> Self {
-        Signer { akid: AKID, secret: SECRET, token: None, region: REGION, time: SystemTime::now() }
-    }
-}
-
-async fn start() -> Harness {
-    start_with(Config::new(REGION, ACCOUNT)).await
-}
-
-async fn start_with(config: Config) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(KeyStore::open(&dir.path().join("data")).unwrap());
-    let creds = CredentialStore::new(vec![
-        Credential::new(AKID, Zeroizing::new(SECRET.into()), None, "arn:aws:iam::111122223333:user/admin"),
-        Credential::new(
-            TOKEN_AKID,
-            Zeroizing::new(SECRET.into()),
-            Some(Zeroizing::new(TOKEN.into())),
-            "arn:aws:sts::111122223333:assumed-role/ops/session",
-        ),
-        Credential::new(APP_AKID, Zeroizing::new(SECRET.into()), None, APP),
-    ])
-    .unwrap();
-    let server = Arc::new(Server::new(store, creds, config).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, server.clone(), async move {
-        let _ = rx.await;
-    }));
-    Harness { port, server, _dir: dir, _stop: tx }
-}
-
-impl Harness {
-    async fn call(&self, op: &str, body: Value) -> Reply {
-        self.call_with(op, body.to_string().into_bytes(), &Signer::default()).await
-    }
-
-    async fn call_with(&self, op: &str, body: Vec<u8>, s: &Signer) -> Reply {
-        let target = format!("TrentService.{op}");
-        let headers = self.signed_headers(&target, &body, &body, s);
-        self.send("POST", "/", &headers, &body).await
-    }
-
-    /// Headers for a request signed over `signed_body` (which may differ from what is sent).
-    fn signed_headers(&self, target: &str, _sent: &[u8], signed_body: &[u8], s: &Signer) -> Vec<(String, String)> {
-        let host = format!("127.0.0.1:{}", self.port);
-        let mut headers = vec![
-            ("host".to_string(), host.clone()),
-            ("content-type".to_string(), "application/x-amz-json-1.1".to_string()),
-            ("x-amz-target".to_string(), target.to_string()),
-        ];
-        let identity = aws_credential_types::Credentials::new(s.akid, s.secret, s.token.map(str::to_string), None, "test").into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(s.region)
-            .name("kms")
-            .time(s.time)
-            .settings(SigningSettings::default())
-            .build()
-            .unwrap()
-            .into();
-        let req = SignableRequest::new(
-            "POST",
-            format!("http://{host}/"),
-            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            SignableBody::Bytes(signed_body),
-        )
-        .unwrap();
-        let (instructions, _) = sign(req, &params).unwrap().into_parts();
-        let mut http_req = http::Request::builder().uri(format!("http://{host}/")).body(()).unwrap();
-        instructions.apply_to_request_http1x(&mut http_req);
-        for (k, v) in http_req.headers() {
-            headers.push((k.as_str().to_string(), v.to_str().unwrap().to_string()));
-        }
-        headers
-    }
-
-    async fn send(&self, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Reply {
-        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        let mut head = format!("{method} {path} HTTP/1.1\r\n");
-        let has_host = headers.iter().any(|(k, _)| k == "host");
-        if !has_host {
-            head.push_str(&format!("host: 127.0.0.1:{}\r\n", self.port));
-        }
-        for (k, v) in headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str(&format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()));
-        let (mut rd, mut wr) = conn.split();
-        let write = async {
-            let _ = wr.write_all(head.as_bytes()).await;
-            let _ = wr.write_all(body).await;
-        };
-        let mut raw = Vec::new();
-        let read = rd.read_to_end(&mut raw);
-        let (_, r) = tokio::join!(write, read);
-        r.unwrap();
-        parse_response(&raw)
-    }
-}
-
-fn parse_response(raw: &[u8]) -> Reply {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
-    let head = std::str::from_utf8(&raw[..split]).unwrap();
-    let body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_vec() };
-    let json = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).expect("JSON body") };
-    let reply = Reply { status, headers, json };
-    assert_eq!(reply.header("content-type"), Some("application/x-amz-json-1.1"));
-    let rid = reply.header("x-amzn-requestid").expect("x-amzn-RequestId on every response");
-    assert!(uuid::Uuid::parse_str(rid).is_ok());
-    reply
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
-        b = &b[eol + 2 + n + 2..];
-    }
-}
-
-fn b64(b: &[u8]) -> String {
-    STANDARD.encode(b)
-}
-
-fn unb64(v: &Value) -> Vec<u8> {
-    STANDARD.decode(v.as_str().expect("base64 string")).unwrap()
-}
-
-async fn create_key(h: &Harness) -> (String, String) {
-    let m = h.call("CreateKey", json!({"Description": "test"})).await.ok();
-    let m = &m["KeyMetadata"];
-    (m["KeyId"].as_str().unwrap().to_string(), m["Arn"].as_str().unwrap().to_string())
-}
 
 #[tokio::test]
 async fn create_describe_encrypt_decrypt_with_every_key_form() {
@@ -558,11 +353,6 @@ async fn protocol_errors_are_aws_shaped() {
     assert_eq!(r.json, Value::Null);
 }
 
-impl Harness {
-    async fn call_as(&self, akid: &'static str, op: &str, body: Value) -> Reply {
-        self.call_with(op, body.to_string().into_bytes(), &Signer { akid, ..Signer::default() }).await
-    }
-}
 
 #[tokio::test]
 async fn deletion_schedule_cancel_and_purge() {
@@ -728,46 +518,6 @@ async fn key_policies_authorize_every_key_operation() {
 }
 
 // ---- BYOK: importing key material (spec §5) ----
-
-/// Wraps `material` with the DER public key as `alg` (a WrappingAlgorithm name) does.
-fn wrap(public_der: &[u8], alg: &str, material: &[u8]) -> Vec<u8> {
-    use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrapPadded};
-    use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
-    let public = OaepPublicEncryptingKey::new(PublicEncryptingKey::from_der(public_der).unwrap()).unwrap();
-    let oaep = if alg.ends_with("SHA_1") { &OAEP_SHA1_MGF1SHA1 } else { &OAEP_SHA256_MGF1SHA256 };
-    let rsa = |pt: &[u8]| {
-        let mut out = vec![0u8; public.ciphertext_size()];
-        public.encrypt(oaep, pt, &mut out, None).unwrap().to_vec()
-    };
-    if alg.starts_with("RSAES_OAEP") {
-        return rsa(material);
-    }
-    let mut aes = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut aes).unwrap();
-    let mut wrapped = vec![0u8; material.len() + 16];
-    let wrapped = AesKek::new(&AES_256, &aes).unwrap().wrap_with_padding(material, &mut wrapped).unwrap().to_vec();
-    let mut out = rsa(&aes);
-    out.extend_from_slice(&wrapped);
-    out
-}
-
-async fn external_key(h: &Harness) -> String {
-    let m = h.call("CreateKey", json!({"Origin": "EXTERNAL"})).await.ok();
-    m["KeyMetadata"]["KeyId"].as_str().unwrap().to_string()
-}
-
-/// GetParametersForImport → (public key DER, token base64).
-async fn import_params(h: &Harness, id: &str, alg: &str, spec: &str) -> (Vec<u8>, String) {
-    let p = h.call("GetParametersForImport", json!({"KeyId": id, "WrappingAlgorithm": alg, "WrappingKeySpec": spec})).await.ok();
-    (unb64(&p["PublicKey"]), p["ImportToken"].as_str().unwrap().to_string())
-}
-
-async fn import(h: &Harness, id: &str, alg: &str, material: &[u8]) -> Reply {
-    let (public, token) = import_params(h, id, alg, "RSA_2048").await;
-    let body = json!({"KeyId": id, "ImportToken": token, "EncryptedKeyMaterial": b64(&wrap(&public, alg, material)),
-        "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"});
-    h.call("ImportKeyMaterial", body).await
-}
 
 #[tokio::test]
 async fn external_keys_wait_for_material() {

@@ -213,11 +213,10 @@ impl AwsBackend {
                 if r.key_material_state() == Some(&KeyMaterialState::Current) {
                     return Ok(Some(id.to_string()));
                 }
-                if let Some(date) = r.rotation_date() {
-                    if newest.as_ref().is_none_or(|(d, _)| date > d) {
+                if let Some(date) = r.rotation_date()
+                    && newest.as_ref().is_none_or(|(d, _)| date > d) {
                         newest = Some((*date, id.to_string()));
                     }
-                }
             }
             match (page.truncated(), page.next_marker()) {
                 (true, Some(m)) => marker = Some(m.to_string()),
@@ -257,22 +256,20 @@ impl KeyBackend for AwsBackend {
             }
             None => return Err(PluginError::Internal("DescribeKey returned no KeyState".into())),
         }
-        if let Some(u) = md.key_usage() {
-            if *u != KeyUsageType::EncryptDecrypt {
+        if let Some(u) = md.key_usage()
+            && *u != KeyUsageType::EncryptDecrypt {
                 return Err(PluginError::KeyUnusable(format!(
                     "key {key} ({arn}) has usage {}; ENCRYPT_DECRYPT is required",
                     u.as_str()
                 )));
             }
-        }
-        if let Some(s) = md.key_spec() {
-            if *s != KeySpec::SymmetricDefault {
+        if let Some(s) = md.key_spec()
+            && *s != KeySpec::SymmetricDefault {
                 return Err(PluginError::KeyUnusable(format!(
                     "key {key} ({arn}) is {}; a SYMMETRIC_DEFAULT key is required",
                     s.as_str()
                 )));
             }
-        }
         let material = match md.current_key_material_id() {
             Some(m) if !m.is_empty() => Some(m.to_string()),
             _ => self.material_from_rotations(arn).await?,

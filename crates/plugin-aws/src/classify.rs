@@ -132,9 +132,12 @@ mod tests {
         assert!(matches!(classify("Decrypt", &e), P::KeyUnusable(ref m) if m.contains("disabled")));
     }
 
+    /// An AWS error code, an HTTP status, and the class it must map to.
+    type Case = (&'static str, u16, fn(&P) -> bool);
+
     #[test]
     fn codes_map_to_classes() {
-        let cases: &[(&str, u16, fn(&P) -> bool)] = &[
+        let cases: &[Case] = &[
             ("IncorrectKeyException", 400, |p| matches!(p, P::InvalidCiphertext(_))),
             ("KMSInvalidStateException", 400, |p| matches!(p, P::KeyUnusable(_))),
             ("NotFoundException", 400, |p| matches!(p, P::UnknownKey(_))),

@@ -190,7 +190,7 @@ mod tests {
         let p = fast();
         let sem = Semaphore::new(1);
         let start = Instant::now();
-        let r: Result<(), _> = run(&p, &sem, "Op", || std::future::pending()).await;
+        let r: Result<(), _> = run(&p, &sem, "Op", std::future::pending).await;
         assert!(matches!(r, Err(PluginError::Unavailable(ref m)) if m.contains("within 200 ms")), "{r:?}");
         assert!(start.elapsed() >= p.budget && start.elapsed() < p.budget + Duration::from_millis(1000));
     }
@@ -222,7 +222,7 @@ mod tests {
         let sem = Semaphore::new(1);
         let start = Instant::now();
         let caller = start + Duration::from_millis(300);
-        let r: Result<(), _> = deadline::scope(caller, run(&p, &sem, "Op", || std::future::pending())).await;
+        let r: Result<(), _> = deadline::scope(caller, run(&p, &sem, "Op", std::future::pending)).await;
         let took = start.elapsed();
         let Err(PluginError::Unavailable(m)) = &r else { panic!("{r:?}") };
         let ms: u64 = m.split("within ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);

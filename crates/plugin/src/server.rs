@@ -152,11 +152,10 @@ pub fn readyz(checks: &[Readiness]) -> (StatusCode, String) {
     if results.iter().all(|(_, r)| r.is_ok()) {
         return (StatusCode::OK, "ok\n".to_string());
     }
-    if let [(name, Err(reason))] = results.as_slice() {
-        if name.is_empty() {
+    if let [(name, Err(reason))] = results.as_slice()
+        && name.is_empty() {
             return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
         }
-    }
     let mut body = String::new();
     for (name, r) in &results {
         match r {

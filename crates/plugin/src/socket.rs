@@ -122,8 +122,8 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
         ),
         None => None,
     };
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
+    if let Some(dir) = path.parent()
+        && !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o750)
@@ -135,7 +135,6 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
                 std::os::unix::fs::chown(dir, None, Some(gid.as_raw())).map_err(ioe(format!("cannot chgrp {}", dir.display())))?;
             }
         }
-    }
     match fs::symlink_metadata(&path) {
         Ok(m) if m.file_type().is_socket() => {
             if StdUnixStream::connect(&path).is_ok() {

@@ -72,11 +72,10 @@ impl RunningPlugin {
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(mut c) = self.v2().await {
-                if c.status(StatusRequest {}).await.is_ok() {
+            if let Ok(mut c) = self.v2().await
+                && c.status(StatusRequest {}).await.is_ok() {
                     return;
                 }
-            }
             if Instant::now() > deadline {
                 panic!("plugin did not become ready; stderr:\n{}", self.stderr());
             }

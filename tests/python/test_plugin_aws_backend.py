@@ -189,7 +189,8 @@ def test_aws_backend_two_keys_in_one_process(stubs, tmp_path):
         sock_b = str(tmp_path / "b.sock")
         hport = _free_port()
         plugin, sock_a = _plugin(str(tmp_path), f"http://127.0.0.1:{port}", "alias/k8s-a", http=f"127.0.0.1:{hport}",
-                                 extra=["--key", "alias/k8s-b", "--socket", sock_b])
+                                 extra=["--provider-name", "envelope-a", "--key", "alias/k8s-b", "--socket", sock_b,
+                                        "--provider-name", "envelope-b"])
 
         def http(path):
             return _http(hport, path)

@@ -106,10 +106,15 @@ pub struct PluginArgs {
     /// How long in-flight RPCs may finish after SIGTERM/SIGINT.
     #[arg(long, env = "ENVELOPE_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
-    /// Provider name used in the printed EncryptionConfiguration snippet (with several
-    /// instances: NAME-1, NAME-2, ...).
+    /// Provider name in the printed EncryptionConfiguration (default: envelope). kube-apiserver
+    /// stores it with every Secret and finds the provider by it, so a key keeps its name for
+    /// good. Several instances need one each, paired by position like --key.
     #[arg(long, env = "ENVELOPE_PROVIDER_NAME", value_name = "NAME")]
-    pub provider_name: Option<String>,
+    pub provider_name: Vec<String>,
+    /// KMS API of the printed EncryptionConfiguration: v2 (default) or v1 (the deprecated
+    /// API, behind kube-apiserver's KMSv1 feature gate). The socket serves both either way.
+    #[arg(long, env = "ENVELOPE_KMS_API_VERSION", value_name = "VERSION")]
+    pub kms_api_version: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "ENVELOPE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,

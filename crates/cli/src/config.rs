@@ -53,6 +53,7 @@ struct FileConfig {
     request_timeout: Option<Scalar>,
     shutdown_grace: Option<Scalar>,
     provider_name: Option<Scalar>,
+    kms_api_version: Option<Scalar>,
     log_format: Option<Scalar>,
     log_level: Option<Scalar>,
     instances: Option<Vec<FileInstance>>,
@@ -109,6 +110,8 @@ pub struct PluginSettings {
     pub backend: Backend,
     pub http_addr: Option<SocketAddr>,
     pub status_version: String,
+    /// KMS API version of the printed EncryptionConfiguration (`v1` or `v2`).
+    pub kms_api_version: String,
     pub health_interval: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
@@ -220,7 +223,8 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         bail!("encryption-context applies to the aws backend only (the embedded backend binds its own context)");
     }
     let probe = pick(args.health_probe, file.health_probe);
-    let base_name = pick(args.provider_name, file.provider_name).unwrap_or_else(|| "envelope".into());
+    let n_names = args.provider_name.len();
+    let file_name = file.provider_name.map(Scalar::text);
 
     // Instances: --key/--socket pairs, the file's `instances:` list, or one key and socket.
     let (n_keys, n_sockets) = (args.key.len(), args.socket.len());
@@ -231,7 +235,15 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         if file.instances.is_some() {
             bail!("--key/--socket pairs and the config file's instances list cannot be combined");
         }
-        args.socket.into_iter().zip(args.key).map(|(socket, key)| RawInstance::new(socket, Some(key))).collect()
+        if n_names != 0 && n_names != n_keys {
+            bail!("give one --provider-name per --key ({n_keys} key(s), {n_names} name(s)), or none");
+        }
+        let mut names = args.provider_name.into_iter();
+        args.socket
+            .into_iter()
+            .zip(args.key)
+            .map(|(socket, key)| RawInstance { provider_name: names.next(), ..RawInstance::new(socket, Some(key)) })
+            .collect()
     } else if n_keys == 0 && n_sockets == 0 && file.instances.is_some() {
         let list = file.instances.unwrap_or_default();
         if file.socket.is_some() || file.key.is_some() {
@@ -239,6 +251,9 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         }
         if list.is_empty() {
             bail!("instances must list at least one socket and key");
+        }
+        if n_names != 0 {
+            bail!("--provider-name and the config file's instances list cannot be combined; name each instance in the file");
         }
         list.into_iter()
             .map(|i| RawInstance {
@@ -255,7 +270,11 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         }
         let socket = args.socket.into_iter().next().or_else(|| file.socket.map(Scalar::text)).unwrap_or_else(default_socket);
         let key = args.key.into_iter().next().or_else(|| file.key.map(Scalar::text));
-        vec![RawInstance::new(socket, key)]
+        if n_names > 1 {
+            bail!("{n_names} --provider-name flags for one instance");
+        }
+        let name = args.provider_name.into_iter().next().or(file_name.clone());
+        vec![RawInstance { provider_name: name, ..RawInstance::new(socket, key) }]
     };
     let several = raw.len() > 1;
     let mut instances: Vec<InstanceSettings> = Vec::with_capacity(raw.len());
@@ -270,9 +289,10 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         }
     };
     let default_round_trip = round_trip(probe.as_deref())?;
-    for (i, RawInstance { socket, key, provider_name: name, encryption_context: own_context, health_probe: own_probe }) in
-        raw.into_iter().enumerate()
-    {
+    if several && file_name.is_some() {
+        bail!("provider-name at the top of the config file names a single instance; name each entry of instances instead");
+    }
+    for RawInstance { socket, key, provider_name: name, encryption_context: own_context, health_probe: own_probe } in raw {
         check_socket(&socket)?;
         let key = match (aws, key) {
             (false, key) => {
@@ -288,7 +308,17 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         }
         let mut encryption_context = context.clone();
         encryption_context.extend(own_context);
-        let provider_name = name.unwrap_or_else(|| if several { format!("{base_name}-{}", i + 1) } else { base_name.clone() });
+        // kube-apiserver finds a Secret's provider by the name stored with it, so names must not
+        // follow positions (which change when keys are reordered in a migration).
+        let provider_name = match name {
+            Some(n) => n,
+            None if several => bail!(
+                "instance {socket} ({key}) has no provider name: with several keys give each a --provider-name \
+                 (or provider-name in instances); keep \"envelope\" for the key that was served alone before, \
+                 so the Secrets it wrote stay readable"
+            ),
+            None => "envelope".into(),
+        };
         if provider_name.is_empty() || provider_name.contains(':') {
             bail!("provider-name {provider_name:?} must be non-empty and contain no ':'");
         }
@@ -337,6 +367,10 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     } else {
         Some(http_text.parse::<SocketAddr>().map_err(|_| anyhow!("http-addr {http_text:?} is not HOST:PORT (an IP address and port, or \"off\")"))?)
     };
+    let kms_api_version = pick(args.kms_api_version, file.kms_api_version).unwrap_or_else(|| "v2".into());
+    if kms_api_version != "v2" && kms_api_version != "v1" {
+        bail!("kms-api-version must be v2 or v1, not {kms_api_version:?}");
+    }
     let status_version = pick(args.status_version, file.status_version).unwrap_or_else(|| "v2beta1".into());
     if status_version != "v2" && status_version != "v2beta1" {
         bail!("status-version must be v2 or v2beta1, not {status_version:?}");
@@ -369,6 +403,7 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         backend,
         http_addr,
         status_version,
+        kms_api_version,
         health_interval,
         request_timeout,
         shutdown_grace,
@@ -461,15 +496,31 @@ mod tests {
             (PluginArgs { socket_mode: Some("0400".into()), ..args() }, "owner"),
             (PluginArgs { http_addr: Some("nohost".into()), ..args() }, "HOST:PORT"),
             (PluginArgs { status_version: Some("v3".into()), ..args() }, "v2 or v2beta1"),
+            (PluginArgs { kms_api_version: Some("v3".into()), ..args() }, "v2 or v1"),
             (PluginArgs { health_interval: Some("5 parsecs".into()), ..args() }, "duration"),
             (PluginArgs { health_interval: Some("1h".into()), ..args() }, "at most 30s"),
             (PluginArgs { log_format: Some("xml".into()), ..args() }, "text or json"),
             (PluginArgs { key: vec!["bad key!".into()], ..args() }, "key"),
             (PluginArgs { key: vec!["a".into(), "b".into()], ..args() }, "one --socket per --key"),
             (
-                PluginArgs { key: vec!["a".into(), "b".into()], socket: vec!["/tmp/a.sock".into(), "/tmp/a.sock".into()], ..args() },
-                "given twice",
+                PluginArgs {
+                    key: vec!["a".into(), "b".into()],
+                    socket: vec!["/tmp/a.sock".into(), "/tmp/a.sock".into()],
+                    provider_name: vec!["x".into(), "y".into()],
+                    ..args()
+                },
+                "socket /tmp/a.sock is given twice",
             ),
+            (
+                PluginArgs {
+                    key: vec!["a".into(), "b".into()],
+                    socket: vec!["/tmp/a.sock".into(), "/tmp/b.sock".into()],
+                    provider_name: vec!["x".into(), "x".into()],
+                    ..args()
+                },
+                "provider-name x is given twice",
+            ),
+            (PluginArgs { provider_name: vec!["a:b".into()], ..args() }, "no ':'"),
             (PluginArgs { encryption_context: vec!["a=b".into()], ..args() }, "aws backend only"),
             (PluginArgs { health_probe: Some("describe-key".into()), ..args() }, "applies to the aws backend"),
             (
@@ -525,11 +576,33 @@ mod tests {
         let a = PluginArgs {
             key: vec!["alias/a".into(), "alias/b".into()],
             socket: vec!["/tmp/a.sock".into(), "@b".into()],
+            provider_name: vec!["envelope".into(), "envelope-b".into()],
             ..args()
         };
         let s = resolve(a).unwrap();
         let got: Vec<_> = s.instances.iter().map(|i| (i.socket.as_str(), i.key.as_str(), i.provider_name.as_str())).collect();
-        assert_eq!(got, vec![("/tmp/a.sock", "alias/a", "envelope-1"), ("@b", "alias/b", "envelope-2")]);
+        assert_eq!(got, vec![("/tmp/a.sock", "alias/a", "envelope"), ("@b", "alias/b", "envelope-b")]);
+        // Names follow their keys when the order changes (the step of a key migration).
+        let swapped = PluginArgs {
+            key: vec!["alias/b".into(), "alias/a".into()],
+            socket: vec!["@b".into(), "/tmp/a.sock".into()],
+            provider_name: vec!["envelope-b".into(), "envelope".into()],
+            ..args()
+        };
+        let s = resolve(swapped).unwrap();
+        let got: Vec<_> = s.instances.iter().map(|i| (i.key.as_str(), i.provider_name.as_str())).collect();
+        assert_eq!(got, vec![("alias/b", "envelope-b"), ("alias/a", "envelope")]);
+        // Without names, or with a count that does not match, several instances are refused.
+        for names in [vec![], vec!["only-one".to_string()]] {
+            let a = PluginArgs {
+                key: vec!["alias/a".into(), "alias/b".into()],
+                socket: vec!["/tmp/a.sock".into(), "@b".into()],
+                provider_name: names,
+                ..args()
+            };
+            let e = format!("{:#}", resolve(a).unwrap_err());
+            assert!(e.contains("provider"), "{e}");
+        }
     }
 
     #[test]
@@ -538,13 +611,13 @@ mod tests {
         let f = d.path().join("c.yaml");
         std::fs::write(
             &f,
-            "backend: aws\nencryption-context: {cluster: prod}\ninstances:\n  - socket: /tmp/a.sock\n    key: alias/a\n    provider-name: primary\n    encryption-context: {tenant: a}\n  - socket: /tmp/b.sock\n    key: arn:aws:kms:us-east-1:111122223333:key/b\n    health-probe: describe-key\n",
+            "backend: aws\nencryption-context: {cluster: prod}\ninstances:\n  - socket: /tmp/a.sock\n    key: alias/a\n    provider-name: primary\n    encryption-context: {tenant: a}\n  - socket: /tmp/b.sock\n    key: arn:aws:kms:us-east-1:111122223333:key/b\n    provider-name: previous\n    health-probe: describe-key\n",
         )
         .unwrap();
         let s = resolve(PluginArgs { config: Some(f.clone()), socket: vec![], ..args() }).unwrap();
         assert_eq!(s.instances.len(), 2);
         assert_eq!(s.instances[0].provider_name, "primary");
-        assert_eq!(s.instances[1].provider_name, "envelope-2");
+        assert_eq!(s.instances[1].provider_name, "previous");
         assert_eq!(s.instances[0].encryption_context.get("tenant").map(String::as_str), Some("a"));
         assert_eq!(s.instances[0].encryption_context.get("cluster").map(String::as_str), Some("prod"));
         assert_eq!(s.instances[1].encryption_context.get("tenant"), None);

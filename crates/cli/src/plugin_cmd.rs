@@ -353,9 +353,13 @@ fn print_banner(s: &PluginSettings, specs: &[SocketSpec], key_ids: &[Option<Stri
     println!("    providers:");
     for (i, spec) in s.instances.iter().zip(specs) {
         println!("      - kms:");
-        println!("          apiVersion: v2");
+        println!("          apiVersion: {}", s.kms_api_version);
         println!("          name: {}", i.provider_name);
         println!("          endpoint: {}", spec.endpoint());
+        if s.kms_api_version == "v1" {
+            // KMS v1 caches unwrapped DEKs per provider; without it every read is a KMS call.
+            println!("          cachesize: 1000");
+        }
         println!("          timeout: 3s");
     }
     println!("      - identity: {{}}");

@@ -424,7 +424,11 @@ async fn several_keys_in_one_process_each_with_its_own_health() {
     let d = tempfile::tempdir().unwrap();
     let second = d.path().join("second.sock").to_string_lossy().into_owned();
     // The first --socket (kms.sock, given by the helper) serves alpha, the second serves beta.
-    let mut p = RunningPlugin::start(d.path(), &["--key", "alpha", "--socket", &second, "--key", "beta"]).await;
+    let mut p = RunningPlugin::start(
+        d.path(),
+        &["--key", "alpha", "--provider-name", "envelope", "--socket", &second, "--key", "beta", "--provider-name", "envelope-beta"],
+    )
+    .await;
     let mut a = p.v2().await.unwrap();
     let mut b = v2_at(&second).await;
     let sa = a.status(v2::StatusRequest {}).await.unwrap().into_inner();
@@ -443,8 +447,8 @@ async fn several_keys_in_one_process_each_with_its_own_health() {
 
     // The printed EncryptionConfiguration lists both providers, in order.
     let out = p.stdout();
-    let first = out.find("name: envelope-1").unwrap_or_else(|| panic!("{out}"));
-    let then = out.find("name: envelope-2").unwrap_or_else(|| panic!("{out}"));
+    let first = out.find("name: envelope\n").unwrap_or_else(|| panic!("{out}"));
+    let then = out.find("name: envelope-beta\n").unwrap_or_else(|| panic!("{out}"));
     assert!(first < then && out.contains(&format!("endpoint: unix://{second}")), "{out}");
 
     // Metrics carry the instance.

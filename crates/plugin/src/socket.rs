@@ -54,6 +54,23 @@ pub enum SocketError {
     /// The group does not exist.
     #[error("group {0:?} does not exist")]
     UnknownGroup(String),
+    /// The socket's directory keeps the socket's group out, and it is not ours to change.
+    #[error(
+        "members of group {group} cannot reach the socket: {dir} is mode {mode:04o} owned by uid {uid} gid {gid}; \
+         run `chgrp {group} {dir} && chmod g+x {dir}`, or put the socket in a directory of its own"
+    )]
+    DirectoryClosed {
+        /// The socket group.
+        group: String,
+        /// The parent directory.
+        dir: String,
+        /// Its mode.
+        mode: u32,
+        /// Its owner.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+    },
     /// Any other I/O failure, with context.
     #[error("{context}: {source}")]
     Io {
@@ -122,19 +139,20 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
         ),
         None => None,
     };
-    if let Some(dir) = path.parent()
-        && !dir.exists() {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o750)
                 .create(dir)
                 .map_err(ioe(format!("cannot create directory {}", dir.display())))?;
-            // A directory we created must let the socket's group in, or the group mode of the
-            // socket itself would be useless.
-            if let Some(gid) = gid {
-                std::os::unix::fs::chown(dir, None, Some(gid.as_raw())).map_err(ioe(format!("cannot chgrp {}", dir.display())))?;
-            }
         }
+        // The directory must let the socket's group in, or the group mode of the socket itself
+        // would be useless (members would get EACCES).
+        if let (Some(gid), Some(group)) = (gid, &spec.group) {
+            open_directory_to_group(dir, gid.as_raw(), group)?;
+        }
+    }
     match fs::symlink_metadata(&path) {
         Ok(m) if m.file_type().is_socket() => {
             if StdUnixStream::connect(&path).is_ok() {
@@ -160,6 +178,37 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
     listener.set_nonblocking(true).map_err(ioe("set_nonblocking"))?;
     let m = fs::symlink_metadata(&path).map_err(ioe(format!("cannot stat {}", spec.path)))?;
     Ok(BoundSocket { listener, spec: spec.clone(), identity: Some((m.dev(), m.ino())) })
+}
+
+/// Makes sure members of group `gid` can search `dir`. A directory that is ours (owned by this
+/// user) and holds nothing but sockets — a socket directory like `/run/envelope`, possibly made
+/// by an earlier run — is given that group and `g+x`; any other directory that keeps the group
+/// out is refused with what to run, rather than silently leaving the socket unreachable.
+fn open_directory_to_group(dir: &Path, gid: u32, group: &str) -> Result<(), SocketError> {
+    let m = fs::metadata(dir).map_err(ioe(format!("cannot inspect {}", dir.display())))?;
+    let mode = m.permissions().mode() & 0o7777;
+    let reachable = mode & 0o001 != 0 || (m.gid() == gid && mode & 0o010 != 0);
+    if reachable {
+        return Ok(());
+    }
+    let ours = m.uid() == nix::unistd::geteuid().as_raw();
+    let only_sockets = fs::read_dir(dir)
+        .map_err(ioe(format!("cannot list {}", dir.display())))?
+        .all(|e| e.and_then(|e| e.file_type()).is_ok_and(|t| t.is_socket()));
+    if !(ours && only_sockets) {
+        return Err(SocketError::DirectoryClosed {
+            group: group.to_string(),
+            dir: dir.display().to_string(),
+            mode,
+            uid: m.uid(),
+            gid: m.gid(),
+        });
+    }
+    std::os::unix::fs::chown(dir, None, Some(gid)).map_err(ioe(format!("cannot chgrp {}", dir.display())))?;
+    let opened = (mode | 0o010) & !0o002;
+    fs::set_permissions(dir, fs::Permissions::from_mode(opened)).map_err(ioe(format!("cannot chmod {}", dir.display())))?;
+    tracing::info!(dir = %dir.display(), group, mode = format!("{opened:04o}"), "opened the socket directory to the socket group");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -199,6 +248,45 @@ mod tests {
         assert_eq!(fs::metadata(&p).unwrap().gid(), gid.as_raw());
         let bad = SocketSpec { group: Some("no-such-group-envelope".into()), ..SocketSpec::new(d.path().join("x.sock").to_str().unwrap()) };
         assert!(matches!(bind(&bad), Err(SocketError::UnknownGroup(_))));
+    }
+
+    fn own_group() -> (nix::unistd::Gid, String) {
+        let gid = nix::unistd::getegid();
+        (gid, nix::unistd::Group::from_gid(gid).unwrap().expect("primary group has a name").name)
+    }
+
+    #[test]
+    fn a_socket_directory_left_closed_by_an_earlier_run_is_opened_to_the_group() {
+        // As a first run without --socket-group leaves it: 0700 (here), no group access.
+        let (gid, group) = own_group();
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("run-envelope");
+        fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        drop(bind(&SocketSpec::new(dir.join("kms.sock").to_str().unwrap())).unwrap()); // a stale socket stays
+        let spec = SocketSpec { mode: 0o660, group: Some(group), ..SocketSpec::new(dir.join("kms.sock").to_str().unwrap()) };
+        let _b = bind(&spec).unwrap();
+        let m = fs::metadata(&dir).unwrap();
+        assert_eq!((m.gid(), m.permissions().mode() & 0o777), (gid.as_raw(), 0o710));
+    }
+
+    #[test]
+    fn a_closed_directory_that_is_not_only_sockets_is_refused_with_the_fix() {
+        let (_, group) = own_group();
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("data");
+        fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        fs::write(dir.join("keystore.db"), b"x").unwrap();
+        let spec = SocketSpec { mode: 0o660, group: Some(group.clone()), ..SocketSpec::new(dir.join("kms.sock").to_str().unwrap()) };
+        let e = bind(&spec).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, SocketError::DirectoryClosed { .. }), "{msg}");
+        assert!(msg.contains(&format!("chgrp {group}")) && msg.contains("chmod g+x"), "{msg}");
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "left as it was");
+        assert!(!dir.join("kms.sock").exists());
+        // A directory others may search needs nothing.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let _b = bind(&spec).unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o755);
     }
 
     #[test]

@@ -323,6 +323,22 @@ def test_non_loopback_listen_is_refused(tmp_path):
     assert r.returncode == 64 and "loopback" in r.stderr
 
 
+def test_a_busy_port_stops_the_start_before_anything_is_created(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for i, flags in enumerate((["--listen", f"127.0.0.1:{_free_port()}", "--http-addr", f"127.0.0.1:{port}"],
+                                   ["--listen", f"127.0.0.1:{port}", "--http-addr", "off"])):
+            data = tmp_path / f"data{i}"
+            r = subprocess.run([_binary(), "kms", "serve", *flags, "--data-dir", str(data)],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 69, r.stdout + r.stderr
+            assert f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
+            assert "listening on" not in r.stdout and "AWS_SECRET_ACCESS_KEY" not in r.stdout, r.stdout
+            assert not (data / "credentials.yaml").exists(), "nothing is created before the ports are bound"
+
+
 def app_client(kms):
     return boto3.client("kms", endpoint_url=kms["url"], region_name=REGION, aws_access_key_id=APP_AKID,
                         aws_secret_access_key=APP_SECRET)

@@ -74,7 +74,7 @@ pub struct RestoreArgs {
 /// Options of `envelope kms serve`.
 #[derive(Debug, Args)]
 #[command(after_help = "Point any AWS client at it, e.g.\n  aws --endpoint-url http://127.0.0.1:4599 kms create-key\n\
-Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 for invalid configuration, 1 for runtime failures.")]
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 for invalid configuration, 69 when a port to listen on is taken, 1 for runtime failures.")]
 pub struct ServeArgs {
     /// Address to listen on. A non-loopback address needs --tls-cert/--tls-key (or
     /// --insecure-plain-http).
@@ -223,6 +223,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     crate::plugin_cmd::init_logging(args.log_format == "json", &args.log_level);
     crate::plugin_cmd::harden_process();
+    // Every port first: a busy one stops the start before anything is created or announced
+    // (no credentials file written, no "listening on" for a server that is not).
+    let listeners = match bind_listeners(&settings) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("envelope: {e:#}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
 
     let root = match &args.root_passphrase_file {
         None => envelope_keystore::RootSource::File,
@@ -290,7 +299,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run_server(server, &settings)) {
+    match rt.block_on(run_server(server, &settings, listeners)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "key server stopped with an error");
@@ -413,13 +422,32 @@ fn write_credentials(path: &Path, akid: &str, secret: &str, principal: &str) -> 
     Ok(())
 }
 
-async fn run_server(server: Arc<Server>, s: &Settings) -> Result<()> {
+/// Exit status when a port to listen on is taken (sysexits EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+/// The API listener and, unless disabled, the health/metrics listener, bound (non-blocking).
+struct Listeners {
+    api: std::net::TcpListener,
+    http: Option<std::net::TcpListener>,
+}
+
+fn bind_listeners(s: &Settings) -> Result<Listeners> {
+    let bind = |addr: SocketAddr, what: &str| -> Result<std::net::TcpListener> {
+        let l = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} ({what})"))?;
+        l.set_nonblocking(true).with_context(|| format!("{addr}: set_nonblocking"))?;
+        Ok(l)
+    };
+    let api = bind(s.listen, "--listen")?;
+    let http = s.http_addr.map(|h| bind(h, "--http-addr")).transpose()?;
+    Ok(Listeners { api, http })
+}
+
+async fn run_server(server: Arc<Server>, s: &Settings, listeners: Listeners) -> Result<()> {
     // Signal handlers first: a SIGTERM right after the banner must mean a clean shutdown.
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let listener =
-        tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {}", s.listen))?;
+    let listener = tokio::net::TcpListener::from_std(listeners.api).context("listener")?;
     let addr = listener.local_addr().context("listener address")?;
     let scheme = if s.tls.is_some() { "https" } else { "http" };
     println!(
@@ -433,8 +461,9 @@ async fn run_server(server: Arc<Server>, s: &Settings) -> Result<()> {
         println!("  audit log: {}{}", a.display(), if s.audit_fail_closed { " (fail-closed)" } else { "" });
     }
     let (obs_stop, obs_rx) = tokio::sync::watch::channel(false);
-    if let Some(h) = s.http_addr {
-        let l = tokio::net::TcpListener::bind(h).await.with_context(|| format!("cannot listen on {h} for HTTP"))?;
+    if let Some(l) = listeners.http {
+        let l = tokio::net::TcpListener::from_std(l).context("health listener")?;
+        let h = l.local_addr().context("health listener address")?;
         let (srv, mut rx) = (server.clone(), obs_rx.clone());
         tokio::spawn(async move {
             let stop = async move {

@@ -204,3 +204,32 @@ def test_no_key_material_or_plaintext_in_clear_on_disk(tmp_path):
         blob = f.read_bytes()
         for n in needles:
             assert n not in blob, f"{n[:8]!r}… found in {f}"
+
+
+def test_backup_and_restore_say_that_the_credentials_are_not_in_the_backup(tmp_path):
+    import signal
+    import socket
+    import time
+
+    data = tmp_path / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # A server with a generated credentials file in its data directory.
+    p = subprocess.Popen([_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off",
+                          "--data-dir", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.time() + 30
+        while not (data / "credentials.yaml").exists():
+            assert p.poll() is None and time.time() < end
+            time.sleep(0.05)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 0
+    out = _run("backup", "--data-dir", str(data), "--out", str(tmp_path / "kms.backup"))
+    assert out.returncode == 0, out.stderr
+    assert "credentials.yaml" in out.stdout and "NOT in the backup" in out.stdout, out.stdout
+    out = _run("restore", "--data-dir", str(tmp_path / "restored"), "--from", str(tmp_path / "kms.backup"),
+               "--root-key", str(data / "root.key"))
+    assert out.returncode == 0, out.stderr
+    assert "no credentials.yaml" in out.stdout, out.stdout

@@ -181,6 +181,14 @@ fn backup(a: BackupArgs) -> Result<()> {
     } else {
         println!("the backup holds sealed material only: keep a copy of {} separately", dir.join("root.key").display());
     }
+    let creds = dir.join(CREDENTIALS_FILE);
+    if creds.exists() {
+        println!(
+            "NOTE: {} (the key server's access keys) is NOT in the backup: copy it (mode 0600) with the root key, \
+             or after a restore the server generates a new access key and every client, the plugin too, stops authenticating",
+            creds.display()
+        );
+    }
     Ok(())
 }
 
@@ -199,6 +207,13 @@ fn restore(a: RestoreArgs) -> Result<()> {
     let store = envelope_keystore::backup::restore_with(&dir, &a.from, root, a.force)
         .with_context(|| format!("cannot restore {} into {}", a.from.display(), dir.display()))?;
     println!("restored {} key(s) into {}; every key version unsealed with the root key", store.list()?.len(), dir.display());
+    if !dir.join(CREDENTIALS_FILE).exists() {
+        println!(
+            "NOTE: no {CREDENTIALS_FILE} in {}: copy the backed-up one there before `kms serve` (unless it is given --credentials), \
+             or it generates a new access key and existing clients stop authenticating",
+            dir.display()
+        );
+    }
     Ok(())
 }
 

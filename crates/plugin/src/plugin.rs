@@ -30,6 +30,12 @@ pub struct PluginConfig {
     pub shutdown_grace: Duration,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
+    /// Most client connections per socket at once; further ones wait in the listen backlog
+    /// (kube-apiserver holds one per provider).
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (kube-apiserver polls Status
+    /// about every minute and reconnects on its own).
+    pub idle_timeout: Duration,
 }
 
 impl Default for PluginConfig {
@@ -41,6 +47,8 @@ impl Default for PluginConfig {
             request_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             max_message_bytes: 128 * 1024,
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }

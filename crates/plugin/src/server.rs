@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -14,8 +15,9 @@ use envelope_h2authority::RewriteIo;
 use envelope_proto::{v1beta1, v2};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, Sleep};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::backend::KeyBackend;
@@ -23,43 +25,118 @@ use crate::metrics::{InstanceMetrics, Metrics};
 use crate::plugin::Plugin;
 use crate::service::{V1Service, V2Service};
 
-/// One accepted connection: the Unix stream behind the `:authority` rewriter.
-pub struct PluginConn(RewriteIo<UnixStream>, InstanceMetrics);
+/// One accepted connection: the Unix stream behind the `:authority` rewriter, holding one of
+/// the socket's connection slots, closed after `idle_timeout` without a byte from the client.
+pub struct PluginConn {
+    io: RewriteIo<UnixStream>,
+    metrics: InstanceMetrics,
+    _slot: OwnedSemaphorePermit,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    last_read: Instant,
+}
 
 impl Drop for PluginConn {
     fn drop(&mut self) {
-        self.1.authority_rewrites(self.0.rewrites());
+        self.metrics.authority_rewrites(self.io.rewrites());
     }
 }
 
 impl Connected for PluginConn {
     type ConnectInfo = UdsConnectInfo;
     fn connect_info(&self) -> UdsConnectInfo {
-        self.0.get_ref().connect_info()
+        self.io.get_ref().connect_info()
     }
 }
 
 impl AsyncRead for PluginConn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    // Re-arm the idle timer at most once a second (a timer reset per read would
+                    // cost more than the read).
+                    let now = Instant::now();
+                    if now.duration_since(this.last_read) >= Duration::from_secs(1) {
+                        this.last_read = now;
+                        this.idle.as_mut().reset(now + this.idle_timeout);
+                    }
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.idle.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle"))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Accepts connections for [`Plugin::serve`]: at most `max` at once (the rest wait in the
+/// listen backlog), and on errors such as EMFILE (out of file descriptors) it backs off
+/// instead of spinning on a listener that stays readable.
+fn accept_loop(listener: UnixListener, max: usize, idle_timeout: Duration, metrics: InstanceMetrics) -> (ReceiverStream<std::io::Result<PluginConn>>, AbortOnDrop) {
+    let (tx, rx) = mpsc::channel(1);
+    let slots = Arc::new(Semaphore::new(max.max(1)));
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            match listener.accept().await {
+                Ok((io, _)) => {
+                    backoff = Duration::from_millis(5);
+                    metrics.connection_opened();
+                    let conn = PluginConn {
+                        io: RewriteIo::new(io),
+                        metrics: metrics.clone(),
+                        _slot: slot,
+                        idle: Box::pin(tokio::time::sleep(idle_timeout)),
+                        idle_timeout,
+                        last_read: Instant::now(),
+                    };
+                    if tx.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Out of descriptors or memory, or a connection reset before it was
+                    // accepted: the listener stays readable, so wait before trying again.
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot accept a connection");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    });
+    (ReceiverStream::new(rx), AbortOnDrop(task))
+}
+
+/// Stops the accept task when serving ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
 impl AsyncWrite for PluginConn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 }
 
@@ -75,13 +152,7 @@ impl<B: KeyBackend> Plugin<B> {
         let v1svc = v1beta1::key_management_service_server::KeyManagementServiceServer::new(V1Service(self.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let metrics = self.metrics().clone();
-        let incoming = UnixListenerStream::new(listener).map(move |r| {
-            r.map(|s| {
-                metrics.connection_opened();
-                PluginConn(RewriteIo::new(s), metrics.clone())
-            })
-        });
+        let (incoming, _accepting) = accept_loop(listener, cfg.max_connections, cfg.idle_timeout, self.metrics().clone());
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let span = self.span().clone();
         let signal = async move {

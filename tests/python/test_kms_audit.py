@@ -161,3 +161,56 @@ def test_fail_closed_refuses_requests_it_cannot_record(tmp_path):
         assert "Keys" in _client(port).list_keys()
     finally:
         _stop(p)
+
+
+def test_sighup_reloads_credentials_and_reopens_the_audit_log(tmp_path):
+    import http.client
+
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+
+    tmp = str(tmp_path)
+    audit = os.path.join(tmp, "data", "audit.log")
+    p, port, _ = _start(tmp, [])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def call(akid, secret):
+        req = botocore.awsrequest.AWSRequest(method="POST", url=f"http://127.0.0.1:{port}/", data=b"{}", headers={
+            "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService.ListKeys"})
+        botocore.auth.SigV4Auth(botocore.credentials.Credentials(akid, secret), "kms", "us-east-1").add_auth(req)
+        conn.request("POST", "/", body=b"{}", headers=dict(req.headers.items()))
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+
+    new_akid, new_secret = "AKIAENVELOPEAUDIT002", "rotated-secret-0123456789abcdefghijklmnop"
+    try:
+        assert call(AKID, SECRET)[0] == 200
+        sock = conn.sock
+        # logrotate moves the audit log away; the credentials file gets a new key, the old one goes.
+        os.rename(audit, audit + ".1")
+        creds = os.path.join(tmp, "credentials.yaml")
+        with open(creds, "w") as f:
+            f.write(f"- access_key_id: {new_akid}\n  secret_access_key: '{new_secret}'\n  principal: {PRINCIPAL}\n")
+        p.send_signal(signal.SIGHUP)
+        end = time.time() + 10
+        while call(new_akid, new_secret)[0] != 200:
+            assert time.time() < end, "the new access key was not accepted after SIGHUP"
+            time.sleep(0.1)
+        assert p.poll() is None, "SIGHUP stopped the server"
+        status, body = call(AKID, SECRET)
+        assert (status, body["__type"]) == (400, "UnrecognizedClientException")
+        assert conn.sock is sock, "the keep-alive connection was dropped"
+        # A broken file keeps the credentials in use.
+        with open(creds, "w") as f:
+            f.write("not: [valid")
+        p.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert call(new_akid, new_secret)[0] == 200 and p.poll() is None
+    finally:
+        conn.close()
+        _stop(p)
+    rotated, fresh = _records(audit + ".1"), _records(audit)
+    assert [r["userIdentity"].get("accessKeyId") for r in rotated] == [AKID]
+    assert fresh and all(r["eventName"] == "ListKeys" for r in fresh)
+    assert fresh[-1]["userIdentity"]["accessKeyId"] == new_akid

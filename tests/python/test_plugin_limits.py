@@ -59,3 +59,23 @@ def test_out_of_descriptors_does_not_spin_and_recovers(stubs):
             c.close()
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=30) == 0
+
+
+def test_sighup_does_not_stop_the_plugin(stubs):
+    d = tempfile.mkdtemp(prefix="envelope-hup-")
+    sock = os.path.join(d, "kms.sock")
+    p = subprocess.Popen([envelope_bin(), "plugin", "--socket", sock, "--data-dir", os.path.join(d, "data"),
+                          "--http-addr", "off"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "plugin.err"), "w"))
+    try:
+        wait_for(lambda: os.path.exists(sock), 30, "the plugin's socket")
+        v2, v2g = stubs["v2"], stubs["v2_grpc"]
+        with grpc.insecure_channel(f"unix://{sock}") as ch:
+            stub = v2g.KeyManagementServiceStub(ch)
+            assert stub.Status(v2.StatusRequest(), timeout=3).healthz == "ok"
+            p.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            assert p.poll() is None, "SIGHUP stopped the plugin"
+            assert stub.Status(v2.StatusRequest(), timeout=3).healthz == "ok", "the open connection still serves"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 0

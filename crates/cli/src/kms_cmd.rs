@@ -437,6 +437,25 @@ fn write_credentials(path: &Path, akid: &str, secret: &str, principal: &str) -> 
     Ok(())
 }
 
+/// What SIGHUP does: the credentials file is read again (a broken file keeps the current
+/// credentials) and the audit log reopened at its path.
+fn reload(server: &Server, credentials: &Path) {
+    match CredentialStore::load(credentials) {
+        Ok(c) => {
+            let n = c.len();
+            server.reload_credentials(c);
+            tracing::info!(path = %credentials.display(), access_keys = n, "SIGHUP: credentials reloaded");
+        }
+        Err(e) => tracing::error!(path = %credentials.display(), error = %e, "SIGHUP: credentials not reloaded; the current ones stay in use"),
+    }
+    if let Some(log) = server.audit() {
+        match log.reopen() {
+            Ok(()) => tracing::info!(path = %log.path().display(), "SIGHUP: audit log reopened"),
+            Err(e) => tracing::error!(path = %log.path().display(), error = %e, "SIGHUP: cannot reopen the audit log; still writing the old file"),
+        }
+    }
+}
+
 /// Exit status when a port to listen on is taken (sysexits EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
 
@@ -462,6 +481,16 @@ async fn run_server(server: Arc<Server>, s: &Settings, listeners: Listeners) -> 
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    // SIGHUP: re-read the credentials file and reopen the audit log (after log rotation),
+    // without dropping connections.
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let credentials_path = s.credentials.clone().unwrap_or_else(|| s.data_dir.join(CREDENTIALS_FILE));
+    let reloading = server.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload(&reloading, &credentials_path);
+        }
+    });
     let listener = tokio::net::TcpListener::from_std(listeners.api).context("listener")?;
     let addr = listener.local_addr().context("listener address")?;
     let scheme = if s.tls.is_some() { "https" } else { "http" };

@@ -180,6 +180,14 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(plugins: Vec<Plugin<B>>, 
     // Installed first, so a SIGTERM from now on always ends in a clean shutdown.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("signal handler")?;
+    // SIGHUP (sent by log rotation and by habit) must not stop the plugin kube-apiserver relies
+    // on. Logs go to stderr and key changes are picked up by the health loop: nothing to reopen.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("signal handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: nothing to reload (key changes are picked up every health interval; flags need a restart)");
+        }
+    });
     // First probes of all instances at once (a slow KMS delays the start once, not per key).
     let probes: Vec<_> = plugins
         .iter()

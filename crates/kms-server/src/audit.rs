@@ -103,6 +103,15 @@ impl AuditLog {
         Ok(Self { path: path.to_path_buf(), file: Mutex::new(file), fail_closed })
     }
 
+    /// Opens the file again at its path (after log rotation moved it away) and writes there
+    /// from now on. On failure the current file stays in use.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
+        let mut f = self.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
+        *f = file;
+        Ok(())
+    }
+
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -190,6 +190,16 @@ impl CredentialStore {
         Self::from_yaml(&text)
     }
 
+    /// How many access keys are accepted.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether no access key is accepted (never true for a store built by [`CredentialStore::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
     /// The credential with this access key id.
     pub fn get(&self, access_key_id: &str) -> Option<&Credential> {
         self.by_id.get(access_key_id)

@@ -116,7 +116,8 @@ impl Config {
 /// The key server's state: the key store, the accepted credentials and the settings.
 pub struct Server {
     store: Arc<KeyStore>,
-    credentials: CredentialStore,
+    /// Replaced whole by [`Server::reload_credentials`] (SIGHUP); requests take a snapshot.
+    credentials: std::sync::RwLock<Arc<CredentialStore>>,
     config: Config,
     names: ids::Names,
     audit: Option<audit::AuditLog>,
@@ -146,7 +147,7 @@ impl Server {
         let policies = ops::PolicyCache::new(&config.account_id)?;
         Ok(Self {
             store,
-            credentials,
+            credentials: std::sync::RwLock::new(Arc::new(credentials)),
             config,
             names,
             audit: None,
@@ -161,6 +162,24 @@ impl Server {
     pub fn with_audit(mut self, log: audit::AuditLog) -> Self {
         self.audit = Some(log);
         self
+    }
+
+    /// The accepted credentials now.
+    pub fn credentials(&self) -> Arc<CredentialStore> {
+        match self.credentials.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the accepted credentials (e.g. the credentials file re-read on SIGHUP). Requests
+    /// in progress finish with the credentials they started with; open connections stay open.
+    pub fn reload_credentials(&self, credentials: CredentialStore) {
+        let new = Arc::new(credentials);
+        match self.credentials.write() {
+            Ok(mut c) => *c = new,
+            Err(p) => *p.into_inner() = new,
+        }
     }
 
     /// The audit log, if configured.

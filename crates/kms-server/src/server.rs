@@ -475,7 +475,8 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
         }
         _ => &parts.headers,
     };
-    let cred = server.credentials.verify("POST", "/", headers, &body, &server.config.region, SystemTime::now())?;
+    let credentials = server.credentials();
+    let cred = credentials.verify("POST", "/", headers, &body, &server.config.region, SystemTime::now())?;
     let caller = crate::Caller::of(cred);
     audit.access_key_id = Some(cred.access_key_id.clone());
     audit.principal = Some(cred.principal.clone());

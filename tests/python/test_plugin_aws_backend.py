@@ -111,9 +111,16 @@ def test_aws_backend_against_envelope_kms_serve(stubs, tmp_path):
                 server = None
                 assert _wait(lambda: c.Status(v2.StatusRequest(), timeout=3).healthz != "ok")
                 assert c.Status(v2.StatusRequest(), timeout=3).key_id == last
+                # One line that says what is wrong, never the SDK's Debug dumps.
+                healthz = c.Status(v2.StatusRequest(), timeout=3).healthz
+                assert "cannot reach the KMS" in healthz and "\n" not in healthz, healthz
+                for dump in ("DispatchFailure(", "ConnectorError {", "Some(", "source:"):
+                    assert dump not in healthz, healthz
                 with pytest.raises(grpc.RpcError) as err:
                     c.Encrypt(v2.EncryptRequest(plaintext=b"x" * 32, uid="u5"), timeout=3)
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "DispatchFailure(" not in err.value.details(), err.value.details()
+                assert "DispatchFailure(" not in _http(hport, "/readyz")[1]
                 # Not ready, but alive: a KMS outage must not get the plugin restarted.
                 assert _http(hport, "/readyz")[0] == 503
                 assert _http(hport, "/livez") == (200, "ok\n")
@@ -362,3 +369,23 @@ def test_aws_backend_over_https_with_a_private_ca(stubs, tmp_path):
             _stop(plugin)
     finally:
         _stop(server)
+
+
+def test_start_up_mistakes_are_configuration_errors(tmp_path):
+    """No region, or no credentials anywhere in the AWS chain: exit 64 with the fix, at once,
+    instead of a plugin that serves and can never be healthy."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    base.update({"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+                 "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
+    common = [_binary(), "plugin", "--backend", "aws", "--key", "alias/k8s", "--endpoint", "http://127.0.0.1:9",
+              "--socket", str(tmp_path / "kms.sock"), "--http-addr", "off", "--data-dir", str(tmp_path / "unused")]
+    creds = {"AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET}
+    r = subprocess.run(common, env={**base, **creds}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 64, r.stderr
+    assert "no region" in r.stderr and "--region" in r.stderr, r.stderr
+    r = subprocess.run(common + ["--region", "us-east-1"], env=base, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 64, r.stderr
+    assert "found no credentials" in r.stderr and "AWS_ACCESS_KEY_ID" in r.stderr, r.stderr
+    assert r.stderr.count("\n") < 5, r.stderr
+    assert not (tmp_path / "kms.sock").exists()
+

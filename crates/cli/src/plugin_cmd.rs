@@ -32,6 +32,10 @@ pub fn run(args: PluginArgs) -> ExitCode {
     };
     match rt.block_on(serve(settings)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<StartupConfigError>().is_some() => {
+            eprintln!("envelope: invalid configuration: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "plugin stopped with an error");
             eprintln!("envelope: {e:#}");
@@ -39,6 +43,19 @@ pub fn run(args: PluginArgs) -> ExitCode {
         }
     }
 }
+
+/// A configuration mistake found only when the backend is set up (e.g. no AWS region or no
+/// credentials anywhere in the AWS chain): exit 64 like the flags' own checks.
+#[derive(Debug)]
+struct StartupConfigError(String);
+
+impl std::fmt::Display for StartupConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartupConfigError {}
 
 /// Logs go to stderr, as text or one JSON object per line.
 pub fn init_logging(json: bool, level: &str) {
@@ -106,7 +123,9 @@ async fn serve(s: PluginSettings) -> Result<()> {
                 loader = loader.http_client(http);
                 tracing::info!(ca_bundle = %f.display(), "trusting the CA certificates of the bundle for the KMS endpoint");
             }
-            let client = aws_sdk_kms::Client::new(&loader.load().await);
+            let sdk_config = loader.load().await;
+            check_aws_setup(&sdk_config).await?;
+            let client = aws_sdk_kms::Client::new(&sdk_config);
             // One limit for the process: several keys never multiply the load on the KMS.
             let permits = Arc::new(tokio::sync::Semaphore::new(*max_in_flight));
             let mut plugins = Vec::new();
@@ -124,6 +143,38 @@ async fn serve(s: PluginSettings) -> Result<()> {
         }
         #[cfg(not(feature = "aws"))]
         crate::config::Backend::Aws { .. } => anyhow::bail!("this build has no aws backend"),
+    }
+}
+
+/// The mistakes that would otherwise start a plugin that serves but can never be healthy: no
+/// region, and no credentials anywhere in the standard AWS chain (which then tries the instance
+/// metadata service again on every call).
+#[cfg(feature = "aws")]
+async fn check_aws_setup(c: &aws_config::SdkConfig) -> Result<()> {
+    use aws_credential_types::provider::ProvideCredentials;
+    if c.region().is_none() {
+        return Err(StartupConfigError(
+            "the aws backend has no region: pass --region (or region: in the config file), or set AWS_REGION".into(),
+        )
+        .into());
+    }
+    let Some(provider) = c.credentials_provider() else {
+        return Err(StartupConfigError("the aws backend has no credentials provider".into()).into());
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(15), provider.provide_credentials()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(StartupConfigError(format!(
+            "the aws backend found no credentials ({}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, \
+             a web identity token (IRSA), or run where an instance or task role is available",
+            envelope_plugin_aws::one_line(&e)
+        ))
+        .into()),
+        Err(_) => Err(StartupConfigError(
+            "the aws backend found no credentials within 15 s (the standard chain: environment, profile, web identity, \
+             container and instance metadata)"
+                .into(),
+        )
+        .into()),
     }
 }
 

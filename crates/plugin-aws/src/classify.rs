@@ -4,7 +4,7 @@
 //! connection failures and 5xx answers. Every other class is final.
 
 use aws_sdk_kms::config::http::HttpResponse;
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use envelope_plugin::PluginError;
 
 /// Converts an SDK error of operation `op` (e.g. `"Decrypt"`) into a [`PluginError`].
@@ -19,22 +19,37 @@ where
             classify_service(op, e.code(), e.message(), status)
         }
         SdkError::TimeoutError(_) => PluginError::Unavailable(format!("{op}: the KMS did not answer in time")),
-        SdkError::DispatchFailure(d) if d.is_user() => {
-            PluginError::Internal(format!("{op}: request could not be sent: {}", DisplayErrorContext(err)))
-        }
-        SdkError::DispatchFailure(_) => {
-            PluginError::Unavailable(format!("{op}: cannot reach the KMS: {}", DisplayErrorContext(err)))
-        }
+        SdkError::DispatchFailure(d) if d.is_user() => PluginError::Internal(format!("{op}: request could not be sent: {}", one_line(err))),
+        SdkError::DispatchFailure(_) => PluginError::Unavailable(format!("{op}: cannot reach the KMS: {}", one_line(err))),
         // The endpoint answered with something that is not a KMS response (a proxy page, a cut
         // connection): decide by the HTTP status.
         SdkError::ResponseError(_) => match status {
             Some(401 | 403) => {
                 PluginError::PermissionDenied(format!("{op}: HTTP {} from the KMS endpoint", status.unwrap_or(0)))
             }
-            _ => PluginError::Unavailable(format!("{op}: unreadable response from the KMS: {}", DisplayErrorContext(err))),
+            _ => PluginError::Unavailable(format!("{op}: unreadable response from the KMS: {}", one_line(err))),
         },
-        _ => PluginError::Internal(format!("{op}: {}", DisplayErrorContext(err))),
+        _ => PluginError::Internal(format!("{op}: {}", one_line(err))),
     }
+}
+
+/// An error and its causes on one line (`a: b: c`), each cause's `Display` only — never the
+/// SDK's `Debug` dumps — with causes that repeat their parent's text left out.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        // Some causes span lines (the credentials chain lists each provider): one line, `; `.
+        let text = e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = e.source();
+    }
+    // The SDK's outer layers say only which layer failed ("dispatch failure", "io error");
+    // keep them when nothing more specific follows.
+    let specific: Vec<&String> = parts.iter().filter(|p| !matches!(p.as_str(), "dispatch failure" | "io error" | "other")).collect();
+    if specific.is_empty() { parts.join(": ") } else { specific.into_iter().cloned().collect::<Vec<_>>().join(": ") }
 }
 
 /// Classifies a service error by its AWS error code, falling back to the HTTP status.
@@ -130,6 +145,30 @@ mod tests {
             raw(400),
         );
         assert!(matches!(classify("Decrypt", &e), P::KeyUnusable(ref m) if m.contains("disabled")));
+    }
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    #[test]
+    fn one_line_keeps_the_causes_and_drops_generic_layers_and_repeats() {
+        let e = Layer("dispatch failure", Some(Box::new(Layer("io error", Some(Box::new(Layer("connection refused", None)))))));
+        assert_eq!(one_line(&e), "connection refused");
+        let e = Layer("cannot load credentials", Some(Box::new(Layer("Environment: not set\nProfile: not set\n", None))));
+        assert_eq!(one_line(&e), "cannot load credentials: Environment: not set; Profile: not set");
+        let e = Layer("timed out: the KMS", Some(Box::new(Layer("timed out", None))));
+        assert_eq!(one_line(&e), "timed out: the KMS");
+        assert_eq!(one_line(&Layer("dispatch failure", None)), "dispatch failure");
     }
 
     /// An AWS error code, an HTTP status, and the class it must map to.

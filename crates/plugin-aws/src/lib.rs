@@ -16,5 +16,5 @@ pub mod retry;
 
 pub use backend::{AwsBackend, AwsKeyVersion, PLUGIN_CONTEXT_PREFIX, ProbeMode};
 pub use blob::{AwsBlob, aws_key_id};
-pub use classify::classify;
+pub use classify::{classify, one_line};
 pub use retry::RetryPolicy;

@@ -1,5 +1,8 @@
 // Go module that builds the real Kubernetes peers for envelope's end-to-end tests:
 // kube-apiserver and kubectl from k8s.io/kubernetes, and a small etcd server (./etcd).
+// It also holds scripts/bench-kube-kms's programs: ./kmsbench (a KMS v2 load driver on the
+// k8s.io/kms client, as kube-apiserver uses it) and ./refplugin (the upstream reference plugin:
+// k8s.io/kms/pkg/service around a small AES-256-GCM service).
 //
 // Managed by scripts/kube-peers: `scripts/kube-peers --update [VERSION]` rewrites the
 // k8s.io/kubernetes and go.etcd.io/etcd/server/v3 requirements and the k8s.io staging
@@ -15,8 +18,11 @@ tool (
 )
 
 require (
+	github.com/google/uuid v1.6.0
 	go.etcd.io/etcd/client/pkg/v3 v3.6.8
 	go.etcd.io/etcd/server/v3 v3.6.8
+	google.golang.org/grpc v1.79.3
+	k8s.io/kms v0.36.5
 )
 
 require (
@@ -58,7 +64,6 @@ require (
 	github.com/google/cel-go v0.26.0 // indirect
 	github.com/google/gnostic-models v0.7.0 // indirect
 	github.com/google/go-cmp v0.7.0 // indirect
-	github.com/google/uuid v1.6.0 // indirect
 	github.com/gorilla/websocket v1.5.4-0.20250319132907-e064f32e3674 // indirect
 	github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus v1.1.0 // indirect
 	github.com/grpc-ecosystem/go-grpc-middleware/v2 v2.3.3 // indirect
@@ -131,7 +136,6 @@ require (
 	golang.org/x/tools v0.47.0 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20260128011058-8636f8732409 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260128011058-8636f8732409 // indirect
-	google.golang.org/grpc v1.79.3 // indirect
 	google.golang.org/protobuf v1.36.12-0.20260120151049-f2248ac996af // indirect
 	gopkg.in/evanphx/json-patch.v4 v4.13.0 // indirect
 	gopkg.in/go-jose/go-jose.v2 v2.6.3 // indirect
@@ -154,7 +158,6 @@ require (
 	k8s.io/endpointslice v0.0.0 // indirect
 	k8s.io/externaljwt v0.0.0 // indirect
 	k8s.io/klog/v2 v2.140.0 // indirect
-	k8s.io/kms v0.36.5 // indirect
 	k8s.io/kube-aggregator v0.0.0 // indirect
 	k8s.io/kube-controller-manager v0.0.0 // indirect
 	k8s.io/kube-openapi v0.0.0-20260317180543-43fb72c5454a // indirect

@@ -133,11 +133,21 @@ class ApiServer:
         pki = os.path.join(workdir, "pki")
         os.makedirs(pki, exist_ok=True)
         self.cert, self.key = os.path.join(pki, "serving.crt"), os.path.join(pki, "serving.key")
+        self.ca, ca_key = os.path.join(pki, "ca.crt"), os.path.join(pki, "ca.key")
+        csr, ext = os.path.join(pki, "serving.csr"), os.path.join(pki, "serving.ext")
+        with open(ext, "w") as f:
+            f.write("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
         self.sa_key, self.sa_pub = os.path.join(pki, "sa.key"), os.path.join(pki, "sa.pub")
+        # A CA and a serving certificate it signed (clients such as rustls refuse a CA certificate
+        # used as the server's own).
         for cmd in (
             ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-             "-subj", "/CN=kube-apiserver", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-             "-keyout", self.key, "-out", self.cert],
+             "-subj", "/CN=envelope-e2e-ca", "-keyout", ca_key, "-out", self.ca],
+            ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-subj", "/CN=kube-apiserver", "-keyout", self.key, "-out", csr],
+            ["openssl", "x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+             "-extfile", ext, "-out", self.cert],
             ["openssl", "genrsa", "-out", self.sa_key, "2048"],
             ["openssl", "rsa", "-in", self.sa_key, "-pubout", "-out", self.sa_pub],
         ):
@@ -157,7 +167,7 @@ clusters:
 - name: e2e
   cluster:
     server: {self.url}
-    certificate-authority: {self.cert}
+    certificate-authority: {self.ca}
 users:
 - name: admin
   user:
@@ -200,7 +210,7 @@ current-context: e2e
         self.start(encryption_config, extra)
 
     def readyz(self, check=""):
-        ctx = ssl.create_default_context(cafile=self.cert)
+        ctx = ssl.create_default_context(cafile=self.ca)
         req = urllib.request.Request(f"{self.url}/readyz{'/' + check if check else ''}",
                                      headers={"Authorization": f"Bearer {self.token}"})
         try:

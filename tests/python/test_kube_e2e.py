@@ -361,3 +361,58 @@ def test_inspect_agrees_with_the_api_and_decrypt_recovers_without_it(cluster, tm
         obj = json.loads(r.stdout)
         import base64
         assert base64.b64decode(obj["data"]["data"]) == value, obj
+
+
+def test_rotate_then_reencrypt_leaves_nothing_stale(cluster, tmp_path):
+    etcd, api, plugins = cluster
+    d = str(tmp_path)
+    p = Plugin(d, embedded(d, "kms.sock"))
+    plugins.append(p)
+    api.start(p.config())
+    api.kubectl("create", "namespace", "re")
+    expected = {("re", f"s{i}"): f"value {i}".encode() for i in range(12)}
+    for (ns, name), value in expected.items():
+        api.create_secret(ns, name, value)
+    old = key_json(d, "describe", "kubernetes")["kms_key_id"]
+    new = key_json(d, "rotate", "kubernetes")["kms_key_id"]
+    etcd_flags = ["--etcd", etcd.url, "--plugin-socket", f"{d}/kms.sock"]
+
+    def envelope(*args, timeout=400):
+        return subprocess.run([envelope_bin(), *args], capture_output=True, text=True, timeout=timeout)
+
+    def versions():
+        items = json.loads(api.kubectl("get", "secrets", "-n", "re", "-o", "json").stdout)["items"]
+        return {i["metadata"]["name"]: i["metadata"]["resourceVersion"] for i in items}
+
+    # Stale as soon as the plugin reports the rotated key_id.
+    wait_for(lambda: envelope("inspect", *etcd_flags, "-o", "summary", "--fail-on-stale").returncode == 3, 30,
+             "inspect to see the Secrets as stale")
+    reencrypt = ["reencrypt", "--kubeconfig", api.kubeconfig, *etcd_flags, "--provider-name", "envelope"]
+    before = versions()
+    r = envelope(*reencrypt, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(f"re/s{i}" in r.stdout + r.stderr for i in range(12)), r.stdout + r.stderr
+    assert versions() == before, "--dry-run changed nothing"
+    assert {kms_v2(stored(etcd, "re", f"s{i}"))[1] for i in range(12)} == {old}
+
+    r = envelope(*reencrypt)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "12 rewritten" in r.stdout, r.stdout
+    assert {kms_v2(stored(etcd, "re", f"s{i}"))[1] for i in range(12)} == {new}
+    r = envelope("inspect", *etcd_flags, "-o", "summary", "--fail-on-stale")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_readable(api, expected)
+
+    # A rerun finds nothing stale and rewrites nothing; --all rewrites everything.
+    current = versions()
+    r = envelope(*reencrypt)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "rewritten secrets/re/" not in r.stdout and "0 selected" in r.stdout, r.stdout
+    assert versions() == current, "a rerun rewrote current objects"
+    # --all puts every object through the API (kube-apiserver itself skips storing an unchanged
+    # object that is already current, so resource versions need not change).
+    r = envelope(*reencrypt, "--all")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Summary: 12 selected" in r.stdout and "0 failed" in r.stdout, r.stdout
+    assert {kms_v2(stored(etcd, "re", f"s{i}"))[1] for i in range(12)} == {new}
+    assert_readable(api, expected)

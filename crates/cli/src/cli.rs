@@ -28,6 +28,9 @@ pub enum Command {
     Decrypt(crate::inspect_cmd::DecryptArgs),
     /// Run the self-hosted key server that speaks the AWS KMS API (`envelope kms serve`).
     Kms(crate::kms_cmd::KmsArgs),
+    /// Rewrite stored objects through the Kubernetes API so they are stored under the current
+    /// provider and key_id (after a key rotation or a provider migration).
+    Reencrypt(crate::reencrypt::ReencryptArgs),
 }
 
 /// Options of `envelope plugin`.

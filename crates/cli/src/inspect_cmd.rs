@@ -46,7 +46,8 @@ pub struct EtcdArgs {
 }
 
 impl EtcdArgs {
-    fn options(&self) -> Result<EtcdOptions> {
+    /// The connection options these flags describe (fails on a bad `--etcd-timeout`).
+    pub fn options(&self) -> Result<EtcdOptions> {
         Ok(EtcdOptions {
             endpoints: self.endpoints.clone(),
             ca: self.cacert.clone(),
@@ -178,7 +179,8 @@ pub async fn plugin_channel(socket: &str) -> Result<Channel> {
         .with_context(|| format!("cannot connect to plugin socket {socket}"))
 }
 
-async fn current_key_id(socket: &str) -> Result<String> {
+/// The current key_id reported by a KMS v2 plugin's Status.
+pub async fn current_key_id(socket: &str) -> Result<String> {
     let mut c = v2::key_management_service_client::KeyManagementServiceClient::new(plugin_channel(socket).await?);
     let mut req = tonic::Request::new(v2::StatusRequest {});
     req.set_timeout(Duration::from_secs(5));
@@ -189,7 +191,8 @@ async fn current_key_id(socket: &str) -> Result<String> {
     Ok(st.key_id)
 }
 
-fn scan_prefix(prefix: &str, resource: &str) -> Vec<u8> {
+/// The etcd key prefix of `resource` (`all`: every resource) under kube-apiserver's `--etcd-prefix`.
+pub fn scan_prefix(prefix: &str, resource: &str) -> Vec<u8> {
     let p = format!("/{}", prefix.trim_matches('/'));
     let p = if p == "/" { String::new() } else { p };
     match resource {
@@ -223,19 +226,9 @@ async fn inspect(args: InspectArgs) -> Result<u8> {
     let mut etcd = Etcd::connect(&args.etcd.options()?).await?;
     let base = format!("/{}", args.prefix.trim_matches('/'));
     let prefix = scan_prefix(&args.prefix, &args.resource);
-    let show_progress = match args.progress.as_str() {
-        "always" => true,
-        "never" => false,
-        _ => std::io::stderr().is_terminal(),
-    };
-    let bar = if show_progress {
+    let bar = if show_progress(&args.progress) {
         let total = etcd.count(&prefix).await.unwrap_or(0);
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} objects [{elapsed_precise}] {wide_bar} {per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(b)
+        Some(progress_bar(total, "objects"))
     } else {
         None
     };
@@ -253,10 +246,7 @@ async fn inspect(args: InspectArgs) -> Result<u8> {
         let _ = writeln!(out, "{:<10} {:<24} {:<44} {:<6} OBJECT", "PROVIDER", "NAME", "KEY_ID", "STALE");
     }
     etcd.scan(&prefix, args.page_size, |kv| {
-        let classified = match &config {
-            Some(c) => envelope_inspect::classify::classify_with_config(&kv.key, &kv.value, c),
-            None => envelope_inspect::classify(&kv.key, &kv.value),
-        };
+        let classified = classify_value(config.as_ref(), &kv.key, &kv.value);
         let row = summary.add(base.as_bytes(), &kv.key, &kv.value, &classified);
         let r = if json {
             let sep = if first { "" } else { "," };
@@ -317,6 +307,32 @@ async fn inspect(args: InspectArgs) -> Result<u8> {
         return Ok(EXIT_STALE);
     }
     Ok(0)
+}
+
+/// Classifies one stored value, with the names of `config` when given (names containing ':').
+pub fn classify_value(config: Option<&EncryptionConfig>, key: &[u8], value: &[u8]) -> Classified {
+    match config {
+        Some(c) => envelope_inspect::classify::classify_with_config(key, value, c),
+        None => envelope_inspect::classify(key, value),
+    }
+}
+
+/// Whether `--progress MODE` (auto, always, never) asks for a progress bar; auto: when stderr
+/// is a terminal.
+pub fn show_progress(mode: &str) -> bool {
+    match mode {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stderr().is_terminal(),
+    }
+}
+
+/// A progress bar on stderr over `total` items counted in `unit` (e.g. "objects").
+pub fn progress_bar(total: u64, unit: &str) -> indicatif::ProgressBar {
+    let b = indicatif::ProgressBar::new(total);
+    let template = format!("{{spinner}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}] {{wide_bar}} {{per_sec}}");
+    b.set_style(indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    b
 }
 
 fn print_summary(out: &mut impl Write, s: &Summary) {
@@ -406,10 +422,7 @@ async fn decrypt_one(args: DecryptArgs) -> Result<()> {
         Some(p) => Some(EncryptionConfig::load(p)?),
         None => None,
     };
-    let classified = match &config {
-        Some(c) => envelope_inspect::classify::classify_with_config(&key, &value, c),
-        None => envelope_inspect::classify(&key, &value),
-    };
+    let classified = classify_value(config.as_ref(), &key, &value);
     let plaintext: Zeroizing<Vec<u8>> = match &classified {
         Classified::IdentityProtobuf | Classified::IdentityJson => Zeroizing::new(value.to_vec()),
         Classified::KmsV2(v) => {

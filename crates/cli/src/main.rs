@@ -11,6 +11,7 @@ mod inspect_cmd;
 mod key;
 mod kms_cmd;
 mod plugin_cmd;
+mod reencrypt;
 
 use std::process::ExitCode;
 
@@ -39,5 +40,6 @@ fn main() -> ExitCode {
         cli::Command::Inspect(args) => inspect_cmd::run_inspect(args),
         cli::Command::Decrypt(args) => inspect_cmd::run_decrypt(args),
         cli::Command::Kms(args) => kms_cmd::run(args),
+        cli::Command::Reencrypt(args) => reencrypt::run(args),
     }
 }

@@ -24,6 +24,8 @@ use crate::etcd::{Etcd, EtcdOptions};
 pub const EXIT_PLAINTEXT: u8 = 2;
 /// Exit code when `--fail-on-stale` finds stale objects.
 pub const EXIT_STALE: u8 = 3;
+/// Exit code when no object was found at all (without `--allow-empty`).
+pub const EXIT_EMPTY: u8 = 4;
 
 /// How to reach etcd (flag names as etcdctl's).
 #[derive(Debug, Args, Clone)]
@@ -88,6 +90,10 @@ pub struct InspectArgs {
     /// Exit with code 3 if any KMS v2 object is stale (needs --current-key-id or --plugin-socket).
     #[arg(long)]
     pub fail_on_stale: bool,
+    /// Accept finding no object at all (otherwise an error: a wrong --prefix or etcd address
+    /// would make --fail-on-plaintext and --fail-on-stale pass on nothing).
+    #[arg(long)]
+    pub allow_empty: bool,
     /// EncryptionConfiguration to read provider and key names from (needed only when names contain ':').
     #[arg(long, value_name = "FILE")]
     pub encryption_config: Option<PathBuf>,
@@ -298,6 +304,15 @@ async fn inspect(args: InspectArgs) -> Result<u8> {
         && e.kind() != std::io::ErrorKind::BrokenPipe {
             return Err(e).context("writing output");
         }
+    if summary.total == 0 && !args.allow_empty {
+        eprintln!(
+            "envelope inspect: no objects under {} in etcd {}: check --prefix (kube-apiserver's --etcd-prefix), \
+             --resource and --etcd; --allow-empty accepts an empty result",
+            String::from_utf8_lossy(&prefix),
+            args.etcd.endpoints.join(",")
+        );
+        return Ok(EXIT_EMPTY);
+    }
     if args.fail_on_plaintext && summary.unencrypted > 0 {
         eprintln!("envelope inspect: {} object(s) stored unencrypted", summary.unencrypted);
         return Ok(EXIT_PLAINTEXT);

@@ -190,6 +190,17 @@ async fn inspect_classifies_every_kind_and_flags_plaintext_and_stale() {
     assert!(text.contains("Summary: 14 object(s)"), "{text}");
     assert!(text.contains("configmaps/default/cm"));
     assert!(!text.contains("v2-pw") && !text.contains("oops"), "no secret data in the report");
+
+    // A wrong --prefix finds nothing: an error (exit 4), so --fail-on-plaintext cannot pass on
+    // nothing; --allow-empty accepts it.
+    let mut a = s(&["inspect", "-o", "summary", "--fail-on-plaintext", "--prefix", "/wrong-prefix"]);
+    a.extend(etcd.args());
+    let out = envelope(&a);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no objects under /wrong-prefix/secrets/") && err.contains("--allow-empty"), "{err}");
+    a.push("--allow-empty".into());
+    assert_eq!(envelope(&a).status.code(), Some(0));
 }
 
 #[tokio::test]

@@ -136,7 +136,10 @@ struct Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let _ = self.child.wait();
     }
 }
@@ -152,9 +155,10 @@ async fn wait_ready(socket: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(ch) = connect(socket).await
-            && KeyManagementServiceClient::new(ch).status(StatusRequest {}).await.is_ok() {
-                return Ok(());
-            }
+            && KeyManagementServiceClient::new(ch).status(StatusRequest {}).await.is_ok()
+        {
+            return Ok(());
+        }
         if Instant::now() > deadline {
             bail!("plugin on {socket} did not become ready");
         }
@@ -218,7 +222,12 @@ async fn bench_plugin(b: PluginBench) -> Result<()> {
         .await
         .context("encrypt")?
         .into_inner();
-    let decrypt_req = DecryptRequest { ciphertext: enc.ciphertext, uid: "bench".into(), key_id: enc.key_id, annotations: enc.annotations };
+    let decrypt_req = DecryptRequest {
+        ciphertext: enc.ciphertext,
+        uid: "bench".into(),
+        key_id: enc.key_id,
+        annotations: enc.annotations,
+    };
 
     let mut cells = Vec::new();
     for &c in &b.concurrency {
@@ -245,12 +254,18 @@ async fn bench_plugin(b: PluginBench) -> Result<()> {
     }
     let rss = pid.and_then(rss_kib);
     if b.json {
-        println!("{}", serde_json::json!({ "cells": cells, "plugin_rss_kib": rss, "connections": b.connections, "duration_s": duration.as_secs_f64() }));
+        println!(
+            "{}",
+            serde_json::json!({ "cells": cells, "plugin_rss_kib": rss, "connections": b.connections, "duration_s": duration.as_secs_f64() })
+        );
     } else {
         println!("| method | concurrency | requests | errors | RPC/s | p50 ms | p99 ms |");
         println!("|---|---:|---:|---:|---:|---:|---:|");
         for c in &cells {
-            println!("| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} |", c.method, c.concurrency, c.requests, c.errors, c.rps, c.p50_ms, c.p99_ms);
+            println!(
+                "| {} | {} | {} | {} | {:.0} | {:.3} | {:.3} |",
+                c.method, c.concurrency, c.requests, c.errors, c.rps, c.p50_ms, c.p99_ms
+            );
         }
         match rss {
             Some(k) => println!("\nplugin RSS after the run: {:.1} MiB", k as f64 / 1024.0),
@@ -307,7 +322,6 @@ async fn run_cell(
     (all, errors, start.elapsed())
 }
 
-
 struct SpawnedEtcd {
     child: std::process::Child,
     _dir: tempfile::TempDir,
@@ -333,7 +347,12 @@ fn spawn_etcd() -> Result<(String, SpawnedEtcd)> {
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{pp}"), "--initial-advertise-peer-urls", &format!("http://127.0.0.1:{pp}")])
+        .args([
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{pp}"),
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{pp}"),
+        ])
         .args(["--initial-cluster", &format!("bench=http://127.0.0.1:{pp}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -398,7 +417,8 @@ async fn bench_inspect(b: InspectBench) -> Result<()> {
                     let (ns, name) = (format!("ns-{:03}", i % 500), format!("secret-{i:07}"));
                     let key = format!("/registry/secrets/{ns}/{name}");
                     let meta = writer::new_object_meta(&ns, &name, &format!("uid-{i}"), 1_700_000_000);
-                    let data = std::collections::BTreeMap::from([("password".to_string(), format!("pw-{i}").into_bytes())]);
+                    let data =
+                        std::collections::BTreeMap::from([("password".to_string(), format!("pw-{i}").into_bytes())]);
                     let obj = writer::encode_secret(&writer::new_secret(meta, data, "Opaque"));
                     let value = writer::kms_v2_seed(key.as_bytes(), &obj, &seed[..], &env)?;
                     etcd.put(key.as_bytes(), &value).await?;
@@ -431,7 +451,10 @@ async fn bench_inspect(b: InspectBench) -> Result<()> {
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     if b.json {
-        println!("{}", serde_json::json!({ "objects": total, "runs_s": times, "median_s": median, "objects_per_s": total as f64 / median }));
+        println!(
+            "{}",
+            serde_json::json!({ "objects": total, "runs_s": times, "median_s": median, "objects_per_s": total as f64 / median })
+        );
     } else {
         println!("| objects | runs | median s | min s | max s | objects/s |");
         println!("|---:|---:|---:|---:|---:|---:|");

@@ -32,7 +32,10 @@ struct Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let _ = self.child.wait();
     }
 }
@@ -55,12 +58,27 @@ async fn wait_port(port: u16) -> Result<()> {
 fn start_envelope() -> Result<(u16, Child)> {
     let dir = tempfile::tempdir()?;
     let creds = dir.path().join("credentials.yaml");
-    std::fs::write(&creds, format!("- access_key_id: {AKID}\n  secret_access_key: '{SECRET}'\n  principal: arn:aws:iam::111122223333:user/bench\n"))?;
+    std::fs::write(
+        &creds,
+        format!(
+            "- access_key_id: {AKID}\n  secret_access_key: '{SECRET}'\n  principal: arn:aws:iam::111122223333:user/bench\n"
+        ),
+    )?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600))?;
     let port = free_port()?;
     let child = std::process::Command::new(std::env::current_exe()?)
-        .args(["kms", "serve", "--listen", &format!("127.0.0.1:{port}"), "--http-addr", "off", "--log-level", "warn", "--credentials"])
+        .args([
+            "kms",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http-addr",
+            "off",
+            "--log-level",
+            "warn",
+            "--credentials",
+        ])
         .arg(&creds)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -84,7 +102,8 @@ fn start_moto(bin: &str) -> Result<(u16, Child)> {
 fn signed(port: u16, target: &str, body: Bytes) -> Result<http::Request<Full<Bytes>>> {
     let host = format!("127.0.0.1:{port}");
     let target = format!("TrentService.{target}");
-    let headers = [("host", host.as_str()), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target", target.as_str())];
+    let headers =
+        [("host", host.as_str()), ("content-type", "application/x-amz-json-1.1"), ("x-amz-target", target.as_str())];
     let identity = aws_credential_types::Credentials::new(AKID, SECRET, None, None, "bench").into();
     let params = v4::SigningParams::builder()
         .identity(&identity)
@@ -96,7 +115,8 @@ fn signed(port: u16, target: &str, body: Bytes) -> Result<http::Request<Full<Byt
         .map_err(|e| anyhow!("signing params: {e}"))?
         .into();
     let uri = format!("http://{host}/");
-    let req = SignableRequest::new("POST", uri.clone(), headers.iter().copied(), SignableBody::Bytes(&body)).map_err(|e| anyhow!("sign: {e}"))?;
+    let req = SignableRequest::new("POST", uri.clone(), headers.iter().copied(), SignableBody::Bytes(&body))
+        .map_err(|e| anyhow!("sign: {e}"))?;
     let (instructions, _) = sign(req, &params).map_err(|e| anyhow!("sign: {e}"))?.into_parts();
     let mut r = http::Request::builder().method("POST").uri(uri);
     for (k, v) in headers {
@@ -128,7 +148,14 @@ struct Cell {
     p99_ms: f64,
 }
 
-async fn load(client: &HttpClient, port: u16, target: &'static str, body: Bytes, concurrency: usize, duration: Duration) -> (Vec<u32>, u64, Duration) {
+async fn load(
+    client: &HttpClient,
+    port: u16,
+    target: &'static str,
+    body: Bytes,
+    concurrency: usize,
+    duration: Duration,
+) -> (Vec<u32>, u64, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -162,7 +189,8 @@ async fn bench_server(name: &str, port: u16, b: &KmsBench, duration: Duration, w
     wait_port(port).await?;
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(b.concurrency * 2).build(connector);
+    let client: HttpClient =
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(b.concurrency * 2).build(connector);
     // Servers may take a moment after binding; retry the first call.
     let mut key = None;
     for _ in 0..100 {
@@ -231,9 +259,10 @@ pub async fn run(b: KmsBench) -> Result<()> {
         let e = cells.iter().find(|c| c.server == "envelope" && c.operation == op);
         let m = cells.iter().find(|c| c.server == "moto" && c.operation == op);
         if let (Some(e), Some(m)) = (e, m)
-            && m.rps > 0.0 {
-                println!("\n{op}: envelope / moto = {:.1}×", e.rps / m.rps);
-            }
+            && m.rps > 0.0
+        {
+            println!("\n{op}: envelope / moto = {:.1}×", e.rps / m.rps);
+        }
     }
     Ok(())
 }

@@ -35,8 +35,10 @@ pub enum Command {
 
 /// Options of `envelope plugin`.
 #[derive(Debug, Args, Default)]
-#[command(after_help = "Configuration precedence: flags > ENVELOPE_* environment variables > --config file > defaults.\n\
-Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 for invalid configuration, 1 for runtime failures.")]
+#[command(
+    after_help = "Configuration precedence: flags > ENVELOPE_* environment variables > --config file > defaults.\n\
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 for invalid configuration, 1 for runtime failures."
+)]
 pub struct PluginArgs {
     /// YAML configuration file; its keys are the long flag names (e.g. `socket`, `data-dir`,
     /// `health-interval`), plus `instances:` (a list of `socket`, `key`, `provider-name`,

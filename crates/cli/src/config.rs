@@ -160,7 +160,8 @@ fn pick(flag: Option<String>, file: Option<Scalar>) -> Option<String> {
 
 /// Parses a duration such as `10s`, `500ms` or `1m`; must be positive.
 pub fn parse_duration(name: &str, s: &str) -> Result<Duration> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| anyhow!("{name}: {s:?} is not a duration like 10s or 500ms ({e})"))?;
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| anyhow!("{name}: {s:?} is not a duration like 10s or 500ms ({e})"))?;
     if d.is_zero() {
         bail!("{name} must be greater than zero");
     }
@@ -201,9 +202,10 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     }
     let socket_group = pick(args.socket_group, file.socket_group).filter(|g| !g.is_empty());
     if let Some(g) = &socket_group
-        && nix::unistd::Group::from_name(g).ok().flatten().is_none() {
-            bail!("socket-group {g:?} does not exist");
-        }
+        && nix::unistd::Group::from_name(g).ok().flatten().is_none()
+    {
+        bail!("socket-group {g:?} does not exist");
+    }
     let backend_name = pick(args.backend, file.backend).unwrap_or_else(|| "embedded".into());
     let aws = match backend_name.as_str() {
         "embedded" => false,
@@ -230,7 +232,9 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     let (n_keys, n_sockets) = (args.key.len(), args.socket.len());
     let raw: Vec<RawInstance> = if n_keys > 1 || n_sockets > 1 {
         if n_keys != n_sockets {
-            bail!("give one --socket per --key ({n_keys} key(s), {n_sockets} socket(s)): the n-th --socket serves the n-th --key");
+            bail!(
+                "give one --socket per --key ({n_keys} key(s), {n_sockets} socket(s)): the n-th --socket serves the n-th --key"
+            );
         }
         if file.instances.is_some() {
             bail!("--key/--socket pairs and the config file's instances list cannot be combined");
@@ -253,7 +257,9 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
             bail!("instances must list at least one socket and key");
         }
         if n_names != 0 {
-            bail!("--provider-name and the config file's instances list cannot be combined; name each instance in the file");
+            bail!(
+                "--provider-name and the config file's instances list cannot be combined; name each instance in the file"
+            );
         }
         list.into_iter()
             .map(|i| RawInstance {
@@ -268,7 +274,8 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         if file.instances.is_some() {
             bail!("--key/--socket flags and the config file's instances list cannot be combined");
         }
-        let socket = args.socket.into_iter().next().or_else(|| file.socket.map(Scalar::text)).unwrap_or_else(default_socket);
+        let socket =
+            args.socket.into_iter().next().or_else(|| file.socket.map(Scalar::text)).unwrap_or_else(default_socket);
         let key = args.key.into_iter().next().or_else(|| file.key.map(Scalar::text));
         if n_names > 1 {
             bail!("{n_names} --provider-name flags for one instance");
@@ -283,16 +290,22 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
             None | Some("round-trip") => Ok(true),
             Some("describe-key") if aws => Ok(false),
             Some("describe-key") => {
-                bail!("health-probe describe-key applies to the aws backend (the embedded backend always probes with a local round trip)")
+                bail!(
+                    "health-probe describe-key applies to the aws backend (the embedded backend always probes with a local round trip)"
+                )
             }
             Some(other) => bail!("health-probe must be round-trip or describe-key, not {other:?}"),
         }
     };
     let default_round_trip = round_trip(probe.as_deref())?;
     if several && file_name.is_some() {
-        bail!("provider-name at the top of the config file names a single instance; name each entry of instances instead");
+        bail!(
+            "provider-name at the top of the config file names a single instance; name each entry of instances instead"
+        );
     }
-    for RawInstance { socket, key, provider_name: name, encryption_context: own_context, health_probe: own_probe } in raw {
+    for RawInstance { socket, key, provider_name: name, encryption_context: own_context, health_probe: own_probe } in
+        raw
+    {
         check_socket(&socket)?;
         let key = match (aws, key) {
             (false, key) => {
@@ -337,9 +350,10 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     let backend = if aws {
         let endpoint = pick(args.endpoint, file.endpoint);
         if let Some(e) = &endpoint
-            && !(e.starts_with("https://") || e.starts_with("http://")) {
-                bail!("--endpoint {e:?} must be an http:// or https:// URL");
-            }
+            && !(e.starts_with("https://") || e.starts_with("http://"))
+        {
+            bail!("--endpoint {e:?} must be an http:// or https:// URL");
+        }
         let max_in_flight = args.max_in_flight.or(file.max_in_flight).unwrap_or(64);
         if !(1..=MAX_IN_FLIGHT).contains(&max_in_flight) {
             bail!("--max-in-flight must be between 1 and {MAX_IN_FLIGHT}");
@@ -362,11 +376,14 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         Backend::Embedded
     };
     let http_text = pick(args.http_addr, file.http_addr).unwrap_or_else(|| "127.0.0.1:8423".into());
-    let http_addr = if http_text == "off" {
-        None
-    } else {
-        Some(http_text.parse::<SocketAddr>().map_err(|_| anyhow!("http-addr {http_text:?} is not HOST:PORT (an IP address and port, or \"off\")"))?)
-    };
+    let http_addr =
+        if http_text == "off" {
+            None
+        } else {
+            Some(http_text.parse::<SocketAddr>().map_err(|_| {
+                anyhow!("http-addr {http_text:?} is not HOST:PORT (an IP address and port, or \"off\")")
+            })?)
+        };
     let kms_api_version = pick(args.kms_api_version, file.kms_api_version).unwrap_or_else(|| "v2".into());
     if kms_api_version != "v2" && kms_api_version != "v1" {
         bail!("kms-api-version must be v2 or v1, not {kms_api_version:?}");
@@ -375,12 +392,21 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     if status_version != "v2" && status_version != "v2beta1" {
         bail!("status-version must be v2 or v2beta1, not {status_version:?}");
     }
-    let health_interval = parse_duration("health-interval", &pick(args.health_interval, file.health_interval).unwrap_or_else(|| "10s".into()))?;
+    let health_interval = parse_duration(
+        "health-interval",
+        &pick(args.health_interval, file.health_interval).unwrap_or_else(|| "10s".into()),
+    )?;
     if health_interval > Duration::from_secs(30) {
         bail!("health-interval must be at most 30s so rotations and disables are noticed promptly");
     }
-    let request_timeout = parse_duration("request-timeout", &pick(args.request_timeout, file.request_timeout).unwrap_or_else(|| "10s".into()))?;
-    let shutdown_grace = parse_duration("shutdown-grace", &pick(args.shutdown_grace, file.shutdown_grace).unwrap_or_else(|| "10s".into()))?;
+    let request_timeout = parse_duration(
+        "request-timeout",
+        &pick(args.request_timeout, file.request_timeout).unwrap_or_else(|| "10s".into()),
+    )?;
+    let shutdown_grace = parse_duration(
+        "shutdown-grace",
+        &pick(args.shutdown_grace, file.shutdown_grace).unwrap_or_else(|| "10s".into()),
+    )?;
     for (name, d) in [("request-timeout", request_timeout), ("shutdown-grace", shutdown_grace)] {
         if d > MAX_WAIT {
             bail!("{name} must be at most 1h");
@@ -430,7 +456,9 @@ impl CaBundle {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(&pem) {
             let cert = cert.map_err(|e| anyhow!("ca-bundle {}: not valid PEM ({e})", f.display()))?;
-            roots.add(cert).map_err(|e| anyhow!("ca-bundle {}: a certificate cannot be used as a CA ({e})", f.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| anyhow!("ca-bundle {}: a certificate cannot be used as a CA ({e})", f.display()))?;
         }
         if roots.is_empty() {
             bail!("ca-bundle {} holds no PEM certificate", f.display());
@@ -524,15 +552,31 @@ mod tests {
             (PluginArgs { encryption_context: vec!["a=b".into()], ..args() }, "aws backend only"),
             (PluginArgs { health_probe: Some("describe-key".into()), ..args() }, "applies to the aws backend"),
             (
-                PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], fips: true, endpoint: Some("https://kms.internal".into()), ..args() },
+                PluginArgs {
+                    backend: Some("aws".into()),
+                    key: vec!["k".into()],
+                    fips: true,
+                    endpoint: Some("https://kms.internal".into()),
+                    ..args()
+                },
                 "--fips",
             ),
             (
-                PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], ca_bundle: Some("/nonexistent/ca.pem".into()), ..args() },
+                PluginArgs {
+                    backend: Some("aws".into()),
+                    key: vec!["k".into()],
+                    ca_bundle: Some("/nonexistent/ca.pem".into()),
+                    ..args()
+                },
                 "ca-bundle",
             ),
             (
-                PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], ca_bundle: Some("/etc/hostname".into()), ..args() },
+                PluginArgs {
+                    backend: Some("aws".into()),
+                    key: vec!["k".into()],
+                    ca_bundle: Some("/etc/hostname".into()),
+                    ..args()
+                },
                 "no PEM certificate",
             ),
             (PluginArgs { fips: true, ..args() }, "apply to the aws backend"),
@@ -540,10 +584,23 @@ mod tests {
             (PluginArgs { request_timeout: Some("500000000000y".into()), ..args() }, "at most 1h"),
             (PluginArgs { shutdown_grace: Some("2h".into()), ..args() }, "at most 1h"),
             (
-                PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], max_in_flight: Some(usize::MAX), ..args() },
+                PluginArgs {
+                    backend: Some("aws".into()),
+                    key: vec!["k".into()],
+                    max_in_flight: Some(usize::MAX),
+                    ..args()
+                },
                 "between 1 and",
             ),
-            (PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], health_probe: Some("ping".into()), ..args() }, "round-trip or describe-key"),
+            (
+                PluginArgs {
+                    backend: Some("aws".into()),
+                    key: vec!["k".into()],
+                    health_probe: Some("ping".into()),
+                    ..args()
+                },
+                "round-trip or describe-key",
+            ),
             (PluginArgs { socket_group: Some("no-such-group-xyz".into()), ..args() }, "does not exist"),
         ];
         for (a, want) in cases {
@@ -580,7 +637,8 @@ mod tests {
             ..args()
         };
         let s = resolve(a).unwrap();
-        let got: Vec<_> = s.instances.iter().map(|i| (i.socket.as_str(), i.key.as_str(), i.provider_name.as_str())).collect();
+        let got: Vec<_> =
+            s.instances.iter().map(|i| (i.socket.as_str(), i.key.as_str(), i.provider_name.as_str())).collect();
         assert_eq!(got, vec![("/tmp/a.sock", "alias/a", "envelope"), ("@b", "alias/b", "envelope-b")]);
         // Names follow their keys when the order changes (the step of a key migration).
         let swapped = PluginArgs {
@@ -632,9 +690,14 @@ mod tests {
     #[test]
     fn file_instances_need_socket_and_key() {
         let d = tempfile::tempdir().unwrap();
-        for (i, text) in ["instances: []\n", "instances:\n  - key: a\n", "instances:\n  - socket: /tmp/a.sock\n", "key: k\ninstances:\n  - {socket: /tmp/a.sock, key: a}\n"]
-            .iter()
-            .enumerate()
+        for (i, text) in [
+            "instances: []\n",
+            "instances:\n  - key: a\n",
+            "instances:\n  - socket: /tmp/a.sock\n",
+            "key: k\ninstances:\n  - {socket: /tmp/a.sock, key: a}\n",
+        ]
+        .iter()
+        .enumerate()
         {
             let f = d.path().join(format!("c{i}.yaml"));
             std::fs::write(&f, text).unwrap();

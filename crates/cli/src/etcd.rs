@@ -55,7 +55,8 @@ impl Etcd {
             tls = tls.ca_certificate(Certificate::from_pem(pem));
         }
         if let (Some(c), Some(k)) = (&o.cert, &o.key) {
-            let cert = std::fs::read(c).map_err(|e| etcd_err(&format!("cannot read certificate {}", c.display()), e))?;
+            let cert =
+                std::fs::read(c).map_err(|e| etcd_err(&format!("cannot read certificate {}", c.display()), e))?;
             let key = std::fs::read(k).map_err(|e| etcd_err(&format!("cannot read key {}", k.display()), e))?;
             tls = tls.identity(Identity::from_pem(cert, key));
         }
@@ -68,7 +69,8 @@ impl Etcd {
             } else {
                 format!("http://{raw}")
             };
-            let mut ep = Endpoint::from_shared(url.clone()).map_err(|e| etcd_err(&format!("bad endpoint {raw:?}"), e))?;
+            let mut ep =
+                Endpoint::from_shared(url.clone()).map_err(|e| etcd_err(&format!("bad endpoint {raw:?}"), e))?;
             if let Some(t) = o.connect_timeout {
                 ep = ep.connect_timeout(t);
             }
@@ -113,12 +115,7 @@ impl Etcd {
 
     /// Calls `f` for every key under `prefix`, `page` keys per request, all read at one revision
     /// so the result is a consistent snapshot. Only one page is held in memory at a time.
-    pub async fn scan(
-        &mut self,
-        prefix: &[u8],
-        page: i64,
-        mut f: impl FnMut(KeyValue),
-    ) -> Result<u64> {
+    pub async fn scan(&mut self, prefix: &[u8], page: i64, mut f: impl FnMut(KeyValue)) -> Result<u64> {
         let end = prefix_end(prefix);
         let mut from = prefix.to_vec();
         let mut revision = 0i64;
@@ -127,7 +124,13 @@ impl Etcd {
         loop {
             let r = match self
                 .kv
-                .range(RangeRequest { key: from.clone(), range_end: end.clone(), limit: page, revision, ..Default::default() })
+                .range(RangeRequest {
+                    key: from.clone(),
+                    range_end: end.clone(),
+                    limit: page,
+                    revision,
+                    ..Default::default()
+                })
                 .await
             {
                 Ok(r) => r.into_inner(),
@@ -163,7 +166,12 @@ impl Etcd {
     pub async fn count(&mut self, prefix: &[u8]) -> Result<u64> {
         let r = self
             .kv
-            .range(RangeRequest { key: prefix.to_vec(), range_end: prefix_end(prefix), count_only: true, ..Default::default() })
+            .range(RangeRequest {
+                key: prefix.to_vec(),
+                range_end: prefix_end(prefix),
+                count_only: true,
+                ..Default::default()
+            })
             .await
             .map_err(|e| etcd_err("range", e.message()))?
             .into_inner();

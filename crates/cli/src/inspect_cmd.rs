@@ -263,7 +263,8 @@ async fn inspect(args: InspectArgs) -> Result<u8> {
                 Some(false) => "no",
                 None => "-",
             };
-            let obj = if row.namespace.is_empty() { row.name.clone() } else { format!("{}/{}", row.namespace, row.name) };
+            let obj =
+                if row.namespace.is_empty() { row.name.clone() } else { format!("{}/{}", row.namespace, row.name) };
             let mut line = format!(
                 "{:<10} {:<24} {:<44} {:<6} {}/{}",
                 row.provider,
@@ -301,9 +302,10 @@ async fn inspect(args: InspectArgs) -> Result<u8> {
     }
     out.flush().ok();
     if let Some(e) = write_err
-        && e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e).context("writing output");
-        }
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e).context("writing output");
+    }
     if summary.total == 0 && !args.allow_empty {
         eprintln!(
             "envelope inspect: no objects under {} in etcd {}: check --prefix (kube-apiserver's --etcd-prefix), \
@@ -318,7 +320,11 @@ async fn inspect(args: InspectArgs) -> Result<u8> {
         return Ok(EXIT_PLAINTEXT);
     }
     if args.fail_on_stale && summary.stale > 0 {
-        eprintln!("envelope inspect: {} object(s) stale (not under key_id {})", summary.stale, current.unwrap_or_default());
+        eprintln!(
+            "envelope inspect: {} object(s) stale (not under key_id {})",
+            summary.stale,
+            current.unwrap_or_default()
+        );
         return Ok(EXIT_STALE);
     }
     Ok(0)
@@ -346,7 +352,9 @@ pub fn show_progress(mode: &str) -> bool {
 pub fn progress_bar(total: u64, unit: &str) -> indicatif::ProgressBar {
     let b = indicatif::ProgressBar::new(total);
     let template = format!("{{spinner}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}] {{wide_bar}} {{per_sec}}");
-    b.set_style(indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+    b.set_style(
+        indicatif::ProgressStyle::with_template(&template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     b
 }
 
@@ -377,7 +385,12 @@ enum Unwrapper {
 }
 
 impl Unwrapper {
-    async fn v2(&self, dek_source: &[u8], key_id: &str, annotations: HashMap<String, Vec<u8>>) -> Result<Zeroizing<Vec<u8>>> {
+    async fn v2(
+        &self,
+        dek_source: &[u8],
+        key_id: &str,
+        annotations: HashMap<String, Vec<u8>>,
+    ) -> Result<Zeroizing<Vec<u8>>> {
         match self {
             Unwrapper::Socket(ch) => {
                 let mut c = v2::key_management_service_client::KeyManagementServiceClient::new(ch.clone());
@@ -387,7 +400,10 @@ impl Unwrapper {
                     key_id: key_id.to_string(),
                     annotations,
                 };
-                let r = c.decrypt(req).await.map_err(|s| anyhow!("plugin Decrypt (KMS v2) failed: {:?}: {}", s.code(), s.message()))?;
+                let r = c
+                    .decrypt(req)
+                    .await
+                    .map_err(|s| anyhow!("plugin Decrypt (KMS v2) failed: {:?}: {}", s.code(), s.message()))?;
                 Ok(Zeroizing::new(r.into_inner().plaintext))
             }
             Unwrapper::Store(p) => Ok(p.decrypt_v2(dek_source, key_id, &annotations).await?),
@@ -399,7 +415,10 @@ impl Unwrapper {
             Unwrapper::Socket(ch) => {
                 let mut c = v1beta1::key_management_service_client::KeyManagementServiceClient::new(ch.clone());
                 let req = v1beta1::DecryptRequest { version: "v1beta1".into(), cipher: wrapped.to_vec() };
-                let r = c.decrypt(req).await.map_err(|s| anyhow!("plugin Decrypt (KMS v1) failed: {:?}: {}", s.code(), s.message()))?;
+                let r = c
+                    .decrypt(req)
+                    .await
+                    .map_err(|s| anyhow!("plugin Decrypt (KMS v1) failed: {:?}: {}", s.code(), s.message()))?;
                 Ok(Zeroizing::new(r.into_inner().plain))
             }
             Unwrapper::Store(p) => Ok(p.decrypt_v1(wrapped).await?),
@@ -416,8 +435,15 @@ async fn unwrapper(args: &DecryptArgs) -> Result<Unwrapper> {
         let store = tokio::task::spawn_blocking(move || envelope_keystore::KeyStore::open_existing(&dir))
             .await?
             .context("cannot open the key store")?;
-        let backend = envelope_plugin::EmbeddedBackend::new(Arc::new(store), envelope_keystore::KeyRef::Alias("alias/kubernetes".into()));
-        let plugin = envelope_plugin::Plugin::new(backend, envelope_plugin::PluginConfig::default(), Arc::new(envelope_plugin::Metrics::new()));
+        let backend = envelope_plugin::EmbeddedBackend::new(
+            Arc::new(store),
+            envelope_keystore::KeyRef::Alias("alias/kubernetes".into()),
+        );
+        let plugin = envelope_plugin::Plugin::new(
+            backend,
+            envelope_plugin::PluginConfig::default(),
+            Arc::new(envelope_plugin::Metrics::new()),
+        );
         return Ok(Unwrapper::Store(plugin));
     }
     bail!("this value is KMS-encrypted: give --plugin-socket PATH or --data-dir DIR to unwrap its data key")
@@ -442,7 +468,8 @@ async fn decrypt_one(args: DecryptArgs) -> Result<()> {
         Classified::IdentityProtobuf | Classified::IdentityJson => Zeroizing::new(value.to_vec()),
         Classified::KmsV2(v) => {
             let u = unwrapper(&args).await?;
-            let annotations: HashMap<String, Vec<u8>> = v.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let annotations: HashMap<String, Vec<u8>> =
+                v.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             let dek_source = u.v2(&v.encrypted_dek_source, &v.key_id, annotations).await?;
             if v.dek_source_type == DekSourceType::AesGcmKey {
                 eprintln!("note: legacy AES_GCM_KEY value (written by Kubernetes 1.27/1.28)");
@@ -455,7 +482,9 @@ async fn decrypt_one(args: DecryptArgs) -> Result<()> {
             decrypt::kms_v1(&key, &value, &v.provider_name, &dek)?.plaintext
         }
         Classified::StaticKey(_) => {
-            let c = config.as_ref().ok_or_else(|| anyhow!("this value is encrypted with a static key: give --encryption-config FILE"))?;
+            let c = config
+                .as_ref()
+                .ok_or_else(|| anyhow!("this value is encrypted with a static key: give --encryption-config FILE"))?;
             decrypt::with_config(&key, &value, c)?.plaintext
         }
         other => bail!("cannot decrypt: {other}"),

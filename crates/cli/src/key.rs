@@ -41,7 +41,14 @@ fn run_inner(args: KeyArgs) -> Result<()> {
             } else {
                 println!("{:<36}  {:<16}  {:>8}  {:<42}  ALIASES", "KEY ID", "STATE", "VERSIONS", "KMS KEY_ID");
                 for k in &keys {
-                    println!("{:<36}  {:<16}  {:>8}  {:<42}  {}", k.key_id, k.state, k.versions.len(), kms_key_id(k), k.aliases.join(","));
+                    println!(
+                        "{:<36}  {:<16}  {:>8}  {:<42}  {}",
+                        k.key_id,
+                        k.state,
+                        k.versions.len(),
+                        kms_key_id(k),
+                        k.aliases.join(",")
+                    );
                 }
             }
             Ok(())
@@ -79,7 +86,12 @@ fn show(k: &KeyMetadata, json: bool) -> Result<()> {
     println!("aliases:      {}", k.aliases.join(", "));
     println!("state:        {}", k.state);
     println!("description:  {}", k.description);
-    println!("created:      {}", humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(k.created_at.max(0) as u64)));
+    println!(
+        "created:      {}",
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(k.created_at.max(0) as u64)
+        )
+    );
     println!("kms key_id:   {}", kms_key_id(k));
     println!("versions:");
     for v in &k.versions {

@@ -172,11 +172,15 @@ fn default_kms_dir() -> PathBuf {
 fn backup(a: BackupArgs) -> Result<()> {
     let dir = a.data_dir.unwrap_or_else(default_kms_dir);
     // The copy is taken without unsealing anything: no root key or passphrase is needed.
-    let keys = envelope_keystore::backup::backup_dir(&dir, &a.out).with_context(|| format!("cannot back up {} to {}", dir.display(), a.out.display()))?;
+    let keys = envelope_keystore::backup::backup_dir(&dir, &a.out)
+        .with_context(|| format!("cannot back up {} to {}", dir.display(), a.out.display()))?;
     println!("backed up {keys} key(s) from {} to {}", dir.display(), a.out.display());
     let params = envelope_keystore::backup::passphrase_params_of(&a.out);
     if dir.join(envelope_keystore::root::PASSPHRASE_FILE).exists() {
-        println!("the root key comes from a passphrase: its salt and verifier are in {} (keep it with the backup;", params.display());
+        println!(
+            "the root key comes from a passphrase: its salt and verifier are in {} (keep it with the backup;",
+            params.display()
+        );
         println!("restore with --root-passphrase-file; the backup is useless without the passphrase)");
     } else {
         println!("the backup holds sealed material only: keep a copy of {} separately", dir.join("root.key").display());
@@ -196,17 +200,25 @@ fn restore(a: RestoreArgs) -> Result<()> {
     let dir = a.data_dir.unwrap_or_else(default_kms_dir);
     let root = match &a.root_passphrase_file {
         Some(f) => {
-            let text = Zeroizing::new(std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?);
+            let text =
+                Zeroizing::new(std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?);
             envelope_keystore::backup::RestoreRoot::Passphrase {
                 passphrase: Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()),
-                params: a.passphrase_params.clone().unwrap_or_else(|| envelope_keystore::backup::passphrase_params_of(&a.from)),
+                params: a
+                    .passphrase_params
+                    .clone()
+                    .unwrap_or_else(|| envelope_keystore::backup::passphrase_params_of(&a.from)),
             }
         }
         None => envelope_keystore::backup::RestoreRoot::File(a.root_key.clone()),
     };
     let store = envelope_keystore::backup::restore_with(&dir, &a.from, root, a.force)
         .with_context(|| format!("cannot restore {} into {}", a.from.display(), dir.display()))?;
-    println!("restored {} key(s) into {}; every key version unsealed with the root key", store.list()?.len(), dir.display());
+    println!(
+        "restored {} key(s) into {}; every key version unsealed with the root key",
+        store.list()?.len(),
+        dir.display()
+    );
     if !dir.join(CREDENTIALS_FILE).exists() {
         println!(
             "NOTE: no {CREDENTIALS_FILE} in {}: copy the backed-up one there before `kms serve` (unless it is given --credentials), \
@@ -253,7 +265,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         Some(f) => match std::fs::read_to_string(f) {
             Ok(text) => {
                 let text = Zeroizing::new(text);
-                envelope_keystore::RootSource::Passphrase(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()))
+                envelope_keystore::RootSource::Passphrase(Zeroizing::new(
+                    text.trim_end_matches(['\n', '\r']).to_string(),
+                ))
             }
             Err(e) => {
                 eprintln!("envelope: invalid configuration: cannot read --root-passphrase-file {}: {e}", f.display());
@@ -366,7 +380,11 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
     let http_addr = if args.http_addr == "off" {
         None
     } else {
-        Some(args.http_addr.parse::<SocketAddr>().with_context(|| format!("--http-addr {:?} is not HOST:PORT (or \"off\")", args.http_addr))?)
+        Some(
+            args.http_addr
+                .parse::<SocketAddr>()
+                .with_context(|| format!("--http-addr {:?} is not HOST:PORT (or \"off\")", args.http_addr))?,
+        )
     };
     Ok(Settings {
         listen,
@@ -400,7 +418,8 @@ fn load_credentials(s: &Settings) -> Result<CredentialStore> {
     println!("  principal: {principal}");
     let admin = envelope_kms_server::policy::parse_identity(envelope_kms_server::policy::ADMIN_IDENTITY_POLICY)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    CredentialStore::new(vec![Credential::new(akid, secret, None, principal).with_policy(admin)]).map_err(|e| anyhow::anyhow!("{e}"))
+    CredentialStore::new(vec![Credential::new(akid, secret, None, principal).with_policy(admin)])
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// An `AKIA` + 16 base32 characters access key id and a 40-character secret.
@@ -409,8 +428,9 @@ fn generate_access_key() -> Result<(String, Zeroizing<String>)> {
     const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut raw = Zeroizing::new([0u8; 56]);
     envelope_keystore::crypto::fill_random(&mut raw[..]).context("random")?;
-    let akid: String =
-        std::iter::once("AKIA".to_string()).chain(raw[..16].iter().map(|b| char::from(B32[usize::from(b % 32)]).to_string())).collect();
+    let akid: String = std::iter::once("AKIA".to_string())
+        .chain(raw[..16].iter().map(|b| char::from(B32[usize::from(b % 32)]).to_string()))
+        .collect();
     let mut secret = Zeroizing::new(String::with_capacity(40));
     for b in &raw[16..] {
         secret.push(char::from(B64[usize::from(b % 64)]));
@@ -446,12 +466,16 @@ fn reload(server: &Server, credentials: &Path) {
             server.reload_credentials(c);
             tracing::info!(path = %credentials.display(), access_keys = n, "SIGHUP: credentials reloaded");
         }
-        Err(e) => tracing::error!(path = %credentials.display(), error = %e, "SIGHUP: credentials not reloaded; the current ones stay in use"),
+        Err(e) => {
+            tracing::error!(path = %credentials.display(), error = %e, "SIGHUP: credentials not reloaded; the current ones stay in use")
+        }
     }
     if let Some(log) = server.audit() {
         match log.reopen() {
             Ok(()) => tracing::info!(path = %log.path().display(), "SIGHUP: audit log reopened"),
-            Err(e) => tracing::error!(path = %log.path().display(), error = %e, "SIGHUP: cannot reopen the audit log; still writing the old file"),
+            Err(e) => {
+                tracing::error!(path = %log.path().display(), error = %e, "SIGHUP: cannot reopen the audit log; still writing the old file")
+            }
         }
     }
 }
@@ -527,7 +551,9 @@ async fn run_server(server: Arc<Server>, s: &Settings, listeners: Listeners) -> 
         }
     };
     match &s.tls {
-        Some(tls) => envelope_kms_server::tls::serve_tls(listener, server, tls.clone(), shutdown).await.context("HTTPS server failed")?,
+        Some(tls) => envelope_kms_server::tls::serve_tls(listener, server, tls.clone(), shutdown)
+            .await
+            .context("HTTPS server failed")?,
         None => envelope_kms_server::serve(listener, server, shutdown).await.context("HTTP server failed")?,
     }
     let _ = obs_stop.send(true);

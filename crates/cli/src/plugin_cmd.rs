@@ -59,7 +59,8 @@ impl std::error::Error for StartupConfigError {}
 
 /// Logs go to stderr, as text or one JSON object per line.
 pub fn init_logging(json: bool, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -131,11 +132,16 @@ async fn serve(s: PluginSettings) -> Result<()> {
             let mut plugins = Vec::new();
             for i in &s.instances {
                 let m = instance_metrics(&metrics, &s, i);
-                let backend = envelope_plugin_aws::AwsBackend::new(client.clone(), i.key.clone(), i.encryption_context.clone(), *max_in_flight)
-                    .map_err(|e| anyhow::anyhow!("aws backend, key {}: {e}", i.key))?
-                    .with_shared_limit(permits.clone())
-                    .with_probe(if i.round_trip_probe { ProbeMode::RoundTrip } else { ProbeMode::DescribeKey })
-                    .with_metrics(m.clone());
+                let backend = envelope_plugin_aws::AwsBackend::new(
+                    client.clone(),
+                    i.key.clone(),
+                    i.encryption_context.clone(),
+                    *max_in_flight,
+                )
+                .map_err(|e| anyhow::anyhow!("aws backend, key {}: {e}", i.key))?
+                .with_shared_limit(permits.clone())
+                .with_probe(if i.round_trip_probe { ProbeMode::RoundTrip } else { ProbeMode::DescribeKey })
+                .with_metrics(m.clone());
                 tracing::info!(key = %i.key, socket = %i.socket, endpoint = ?endpoint, region = ?region, "using the aws backend");
                 plugins.push(Plugin::new(backend, config.clone(), m));
             }
@@ -194,7 +200,8 @@ async fn embedded_backends(s: &PluginSettings) -> Result<Vec<EmbeddedBackend>> {
     let keys: Vec<String> = s.instances.iter().map(|i| i.key.clone()).collect();
     let create = s.create_key;
     let (store, created) = tokio::task::spawn_blocking(move || -> Result<(Arc<KeyStore>, Vec<String>)> {
-        let store = KeyStore::open(&data_dir).with_context(|| format!("cannot open the key store in {}", data_dir.display()))?;
+        let store = KeyStore::open(&data_dir)
+            .with_context(|| format!("cannot open the key store in {}", data_dir.display()))?;
         let mut created = Vec::new();
         for key_text in &keys {
             let key = KeyRef::parse(key_text)?;
@@ -203,7 +210,9 @@ async fn embedded_backends(s: &PluginSettings) -> Result<Vec<EmbeddedBackend>> {
                 Err(envelope_keystore::Error::NotFound(_)) if create => {
                     let alias = match &key {
                         KeyRef::Alias(a) => a.clone(),
-                        KeyRef::Id(_) => anyhow::bail!("key id {key} does not exist (only aliases are created automatically)"),
+                        KeyRef::Id(_) => {
+                            anyhow::bail!("key id {key} does not exist (only aliases are created automatically)")
+                        }
                     };
                     // The same alias given twice is created once.
                     if !created.contains(key_text) {
@@ -220,23 +229,28 @@ async fn embedded_backends(s: &PluginSettings) -> Result<Vec<EmbeddedBackend>> {
     for key in &created {
         tracing::info!(key = %key, data_dir = %s.data_dir.display(), "created a new key on first start");
     }
-    s.instances
-        .iter()
-        .map(|i| Ok(EmbeddedBackend::new(store.clone(), KeyRef::parse(&i.key)?)))
-        .collect()
+    s.instances.iter().map(|i| Ok(EmbeddedBackend::new(store.clone(), KeyRef::parse(&i.key)?))).collect()
 }
 
 /// Serves every instance on its socket (and the shared HTTP port) until SIGTERM/SIGINT.
-async fn serve_plugins<B: envelope_plugin::KeyBackend>(plugins: Vec<Plugin<B>>, metrics: Arc<Metrics>, s: &PluginSettings) -> Result<()> {
+async fn serve_plugins<B: envelope_plugin::KeyBackend>(
+    plugins: Vec<Plugin<B>>,
+    metrics: Arc<Metrics>,
+    s: &PluginSettings,
+) -> Result<()> {
     // Installed first, so a SIGTERM from now on always ends in a clean shutdown.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("signal handler")?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
+    let mut int =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("signal handler")?;
     // SIGHUP (sent by log rotation and by habit) must not stop the plugin kube-apiserver relies
     // on. Logs go to stderr and key changes are picked up by the health loop: nothing to reopen.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("signal handler")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: nothing to reload (key changes are picked up every health interval; flags need a restart)");
+            tracing::info!(
+                "SIGHUP: nothing to reload (key changes are picked up every health interval; flags need a restart)"
+            );
         }
     });
     // First probes of all instances at once (a slow KMS delays the start once, not per key).
@@ -295,7 +309,9 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(plugins: Vec<Plugin<B>>, 
         specs.push(spec);
     }
     let http = match s.http_addr {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for HTTP"))?),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for HTTP"))?,
+        ),
         None => None,
     };
 
@@ -392,11 +408,17 @@ impl Drop for BoundSockets {
 fn print_banner(s: &PluginSettings, specs: &[SocketSpec], key_ids: &[Option<String>]) {
     let store = match &s.backend {
         crate::config::Backend::Embedded => format!("embedded key store {}", s.data_dir.display()),
-        crate::config::Backend::Aws { endpoint, .. } => format!("aws KMS {}", endpoint.as_deref().unwrap_or("(default endpoint)")),
+        crate::config::Backend::Aws { endpoint, .. } => {
+            format!("aws KMS {}", endpoint.as_deref().unwrap_or("(default endpoint)"))
+        }
     };
     for (i, key_id) in s.instances.iter().zip(key_ids) {
         println!("envelope plugin listening on {}", i.socket);
-        println!("  backend: {store}   key: {}   key_id: {}", i.key, key_id.as_deref().unwrap_or("(not available yet)"));
+        println!(
+            "  backend: {store}   key: {}   key_id: {}",
+            i.key,
+            key_id.as_deref().unwrap_or("(not available yet)")
+        );
     }
     println!();
     println!("Give kube-apiserver this EncryptionConfiguration (--encryption-provider-config):");

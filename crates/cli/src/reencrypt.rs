@@ -33,9 +33,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use tokio::sync::{mpsc, watch};
 
 use crate::etcd::Etcd;
-use crate::inspect_cmd::{
-    EtcdArgs, classify_value, current_key_id, progress_bar, scan_prefix, show_progress,
-};
+use crate::inspect_cmd::{EtcdArgs, classify_value, current_key_id, progress_bar, scan_prefix, show_progress};
 use retry::{Failure, RetryPolicy, Step};
 use select::{Configured, FirstProvider, Resource, Selected, Stale, Target};
 
@@ -52,8 +50,7 @@ pub const DEFAULT_PROVIDER_NAME: &str = "envelope";
 
 /// Options of `envelope reencrypt`.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Selection: without --all, etcd is read (as `envelope inspect` does) and every object of the \
+#[command(after_help = "Selection: without --all, etcd is read (as `envelope inspect` does) and every object of the \
 selected resources that kube-apiserver would write differently now is rewritten: unencrypted, other providers, \
 static keys, other KMS v2 key_ids, legacy KMS v2 data keys, unreadable values. The target is KMS v2 provider \
 --provider-name (default: envelope) under the current key_id (--current-key-id, or the Status of --plugin-socket); \
@@ -67,8 +64,7 @@ SIGINT/SIGTERM: no new objects are started, in-flight ones finish; a second sign
 is rewritten on its own: a rerun picks up what is still stale.\n\
 Exit codes: 0 every selected object rewritten or skipped; 1 some objects failed (listed on stderr) or an error \
 (etcd, plugin or API unreachable); 2 interrupted before every object was done (run again); 64 bad usage or \
-configuration (flags, EncryptionConfiguration, kubeconfig); 130 a second signal."
-)]
+configuration (flags, EncryptionConfiguration, kubeconfig); 130 a second signal.")]
 pub struct ReencryptArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -144,11 +140,7 @@ pub fn run(args: ReencryptArgs) -> ExitCode {
             return ExitCode::from(crate::EXIT_CONFIG);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             warn(&format!("envelope reencrypt: runtime: {e}"));
@@ -193,37 +185,22 @@ fn settings(args: ReencryptArgs) -> Result<Settings> {
     if args.page_size < 1 || args.page_size > i64::from(u32::MAX) {
         bail!("--page-size must be at least 1");
     }
-    let wait = humantime::parse_duration(args.wait.trim()).map_err(|e| {
-        anyhow!(
-            "--wait: {:?} is not a duration like 3m or 90s ({e})",
-            args.wait
-        )
-    })?;
-    let request_timeout =
-        crate::config::parse_duration("--request-timeout", &args.request_timeout)?;
+    let wait = humantime::parse_duration(args.wait.trim())
+        .map_err(|e| anyhow!("--wait: {:?} is not a duration like 3m or 90s ({e})", args.wait))?;
+    let request_timeout = crate::config::parse_duration("--request-timeout", &args.request_timeout)?;
     let config = match &args.encryption_config {
-        Some(p) => Some(
-            EncryptionConfig::load(p)
-                .with_context(|| format!("--encryption-config {}", p.display()))?,
-        ),
+        Some(p) => Some(EncryptionConfig::load(p).with_context(|| format!("--encryption-config {}", p.display()))?),
         None => None,
     };
     let resources = plan(&args, config.as_ref())?;
     if !args.all {
         args.etcd.options()?;
         if args.etcd.endpoints.is_empty() {
-            bail!(
-                "give etcd's endpoints with --etcd (or rewrite every object, without reading etcd, with --all)"
-            );
+            bail!("give etcd's endpoints with --etcd (or rewrite every object, without reading etcd, with --all)");
         }
-        let kms_v2_targets = resources
-            .iter()
-            .filter(|c| matches!(c.first, FirstProvider::KmsV2 { .. }))
-            .count();
+        let kms_v2_targets = resources.iter().filter(|c| matches!(c.first, FirstProvider::KmsV2 { .. })).count();
         if config.is_none() && args.current_key_id.is_none() && args.plugin_socket.is_none() {
-            bail!(
-                "give the current key_id with --current-key-id or --plugin-socket (or use --all)"
-            );
+            bail!("give the current key_id with --current-key-id or --plugin-socket (or use --all)");
         }
         let providers: std::collections::BTreeSet<&str> = resources
             .iter()
@@ -232,9 +209,7 @@ fn settings(args: ReencryptArgs) -> Result<Settings> {
                 FirstProvider::Known(_) => None,
             })
             .collect();
-        if kms_v2_targets > 0
-            && providers.len() > 1
-            && (args.current_key_id.is_some() || args.plugin_socket.is_some())
+        if kms_v2_targets > 0 && providers.len() > 1 && (args.current_key_id.is_some() || args.plugin_socket.is_some())
         {
             bail!(
                 "the resources are written by several KMS v2 providers ({}): leave out --current-key-id and --plugin-socket so that each provider's socket is asked",
@@ -242,37 +217,16 @@ fn settings(args: ReencryptArgs) -> Result<Settings> {
             );
         }
     }
-    let kube = api::KubeOptions {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-        request_timeout,
-    };
-    let policy = RetryPolicy {
-        max_attempts: args.max_attempts,
-        ..RetryPolicy::default()
-    };
-    Ok(Settings {
-        args,
-        config,
-        resources,
-        policy,
-        wait,
-        kube,
-    })
+    let kube = api::KubeOptions { kubeconfig: args.kubeconfig.clone(), context: args.context.clone(), request_timeout };
+    let policy = RetryPolicy { max_attempts: args.max_attempts, ..RetryPolicy::default() };
+    Ok(Settings { args, config, resources, policy, wait, kube })
 }
 
 /// The resources to rewrite and the first provider kube-apiserver writes each with.
 fn plan(args: &ReencryptArgs, config: Option<&EncryptionConfig>) -> Result<Vec<Configured>> {
     let Some(config) = config else {
-        let names = if args.resource.is_empty() {
-            vec!["secrets".to_string()]
-        } else {
-            args.resource.clone()
-        };
-        let provider_name = args
-            .provider_name
-            .clone()
-            .unwrap_or_else(|| DEFAULT_PROVIDER_NAME.to_string());
+        let names = if args.resource.is_empty() { vec!["secrets".to_string()] } else { args.resource.clone() };
+        let provider_name = args.provider_name.clone().unwrap_or_else(|| DEFAULT_PROVIDER_NAME.to_string());
         if provider_name.is_empty() {
             bail!("--provider-name must not be empty");
         }
@@ -281,24 +235,15 @@ fn plan(args: &ReencryptArgs, config: Option<&EncryptionConfig>) -> Result<Vec<C
             .into_iter()
             .map(|resource| Configured {
                 resource,
-                first: FirstProvider::KmsV2 {
-                    provider_name: provider_name.clone(),
-                    socket: socket.clone(),
-                },
+                first: FirstProvider::KmsV2 { provider_name: provider_name.clone(), socket: socket.clone() },
             })
             .collect());
     };
     let (mut listed, unsupported) = select::resources_from_config(config);
     if !args.resource.is_empty() {
         let wanted = select::resources_from_names(&args.resource)?;
-        if let Some(missing) = wanted
-            .iter()
-            .find(|r| !listed.iter().any(|c| c.resource == **r))
-        {
-            bail!(
-                "--resource {}: the EncryptionConfiguration does not list it",
-                missing.plural
-            );
+        if let Some(missing) = wanted.iter().find(|r| !listed.iter().any(|c| c.resource == **r)) {
+            bail!("--resource {}: the EncryptionConfiguration does not list it", missing.plural);
         }
         listed.retain(|c| wanted.contains(&c.resource));
     } else if !unsupported.is_empty() {
@@ -309,10 +254,7 @@ fn plan(args: &ReencryptArgs, config: Option<&EncryptionConfig>) -> Result<Vec<C
         ));
     }
     if listed.is_empty() {
-        bail!(
-            "the EncryptionConfiguration lists no resource this command can rewrite ({})",
-            select::supported_names()
-        );
+        bail!("the EncryptionConfiguration lists no resource this command can rewrite ({})", select::supported_names());
     }
     if let Some(name) = &args.provider_name {
         for c in &listed {
@@ -488,23 +430,12 @@ fn warn(line: &str) {
 async fn reencrypt(s: Settings) -> Result<u8, Fatal> {
     // kube's rustls client uses the process-wide provider: the workspace's aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let Settings {
-        args,
-        config,
-        resources,
-        policy,
-        wait,
-        kube,
-    } = s;
+    let Settings { args, config, resources, policy, wait, kube } = s;
     let out = Out { bar: None };
 
     // The API client first: a bad kubeconfig is a configuration error, found before etcd is
     // scanned. A dry run that reads etcd never contacts the API.
-    let client = if args.dry_run && !args.all {
-        None
-    } else {
-        Some(api::client(&kube).await.map_err(Fatal::Config)?)
-    };
+    let client = if args.dry_run && !args.all { None } else { Some(api::client(&kube).await.map_err(Fatal::Config)?) };
     if let Some(client) = &client {
         preflight(client, policy).await?;
     }
@@ -518,75 +449,40 @@ async fn reencrypt(s: Settings) -> Result<u8, Fatal> {
         (list_all(client, &planned, &args, policy).await?, None)
     } else {
         let mut etcd = Etcd::connect(&args.etcd.options()?).await?;
-        let items = select_stale(
-            &mut etcd,
-            &planned,
-            &args,
-            config.as_ref(),
-            &mut tally,
-            &out,
-        )
-        .await?;
+        let items = select_stale(&mut etcd, &planned, &args, config.as_ref(), &mut tally, &out).await?;
         (items, Some(etcd))
     };
     tally.selected += items.len() as u64;
 
     if args.dry_run {
         for item in &items {
-            out.stdout(&format!(
-                "would rewrite {}: {}",
-                planned[item.resource].display(item),
-                item.why
-            ));
+            out.stdout(&format!("would rewrite {}: {}", planned[item.resource].display(item), item.why));
         }
         for (object, why) in &tally.failed {
             out.stderr(&format!("cannot rewrite {object}: {why}"));
         }
-        out.stdout(&format!(
-            "Dry run: {} object(s) would be rewritten; nothing was changed.",
-            items.len()
-        ));
-        return Ok(if tally.failed.is_empty() {
-            0
-        } else {
-            EXIT_FAILED
-        });
+        out.stdout(&format!("Dry run: {} object(s) would be rewritten; nothing was changed.", items.len()));
+        return Ok(if tally.failed.is_empty() { 0 } else { EXIT_FAILED });
     }
     let Some(client) = client else {
         return Err(anyhow!("no API client").into());
     };
     for (object, why) in &tally.failed {
-        warn(&format!(
-            "envelope reencrypt: cannot rewrite {object}: {why}"
-        ));
+        warn(&format!("envelope reencrypt: cannot rewrite {object}: {why}"));
     }
 
     let (stop_tx, stop_rx) = watch::channel(None::<StopReason>);
     let stop_tx = Arc::new(stop_tx);
     watch_signals(stop_tx.clone()).map_err(|e| anyhow!("signal handlers: {e}"))?;
 
-    let out = Out {
-        bar: show_progress(&args.progress).then(|| progress_bar(items.len() as u64, "objects")),
-    };
-    let ctx = Arc::new(Ctx {
-        client,
-        planned,
-        etcd,
-        config,
-        policy,
-        wait,
-    });
+    let out = Out { bar: show_progress(&args.progress).then(|| progress_bar(items.len() as u64, "objects")) };
+    let ctx = Arc::new(Ctx { client, planned, etcd, config, policy, wait });
     let workers = args.concurrency.min(items.len()).max(1);
     let queue = Arc::new(Mutex::new(VecDeque::from(items)));
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..workers {
-        tasks.spawn(worker(
-            ctx.clone(),
-            queue.clone(),
-            tx.clone(),
-            stop_rx.clone(),
-        ));
+        tasks.spawn(worker(ctx.clone(), queue.clone(), tx.clone(), stop_rx.clone()));
     }
     drop(tx);
 
@@ -605,31 +501,16 @@ async fn reencrypt(s: Settings) -> Result<u8, Fatal> {
                 let object = ctx.planned[item.resource].display(&item);
                 match &outcome {
                     Outcome::Rewritten => out.stdout(&format!("rewritten {object}")),
-                    Outcome::AlreadyCurrent => {
-                        out.stdout(&format!("unchanged {object} (already current)"))
-                    }
-                    Outcome::Deleted => {
-                        out.stdout(&format!("skipped {object} (deleted meanwhile)"))
-                    }
+                    Outcome::AlreadyCurrent => out.stdout(&format!("unchanged {object} (already current)")),
+                    Outcome::Deleted => out.stdout(&format!("skipped {object} (deleted meanwhile)")),
                     Outcome::Interrupted => {}
-                    Outcome::Failed { message, .. } => {
-                        out.stderr(&format!("failed {object}: {message}"))
-                    }
+                    Outcome::Failed { message, .. } => out.stderr(&format!("failed {object}: {message}")),
                 }
                 match &outcome {
-                    Outcome::Failed {
-                        message,
-                        kind: FailKind::Fatal,
-                    } => {
-                        stop(
-                            &stop_tx,
-                            StopReason::Breaker(format!("{object}: {message}")),
-                        );
+                    Outcome::Failed { message, kind: FailKind::Fatal } => {
+                        stop(&stop_tx, StopReason::Breaker(format!("{object}: {message}")));
                     }
-                    Outcome::Failed {
-                        kind: FailKind::Transient,
-                        message,
-                    } => {
+                    Outcome::Failed { kind: FailKind::Transient, message } => {
                         transient_in_a_row += 1;
                         if transient_in_a_row >= breaker_after {
                             stop(
@@ -640,9 +521,7 @@ async fn reencrypt(s: Settings) -> Result<u8, Fatal> {
                             );
                         }
                     }
-                    Outcome::Rewritten | Outcome::AlreadyCurrent | Outcome::Deleted => {
-                        transient_in_a_row = 0
-                    }
+                    Outcome::Rewritten | Outcome::AlreadyCurrent | Outcome::Deleted => transient_in_a_row = 0,
                     _ => {}
                 }
                 tally.add(object, &outcome);
@@ -702,10 +581,7 @@ async fn resolve_targets(args: &ReencryptArgs, resources: Vec<Configured>) -> Re
         } else {
             Some(match c.first {
                 FirstProvider::Known(t) => t,
-                FirstProvider::KmsV2 {
-                    provider_name,
-                    socket,
-                } => {
+                FirstProvider::KmsV2 { provider_name, socket } => {
                     let key_id = match (&args.current_key_id, &args.plugin_socket) {
                         (Some(k), _) => k.clone(),
                         (None, explicit) => {
@@ -714,9 +590,7 @@ async fn resolve_targets(args: &ReencryptArgs, resources: Vec<Configured>) -> Re
                                 Some((_, k)) => k.clone(),
                                 None => {
                                     let k = current_key_id(&socket).await.with_context(|| {
-                                        format!(
-                                            "current key_id of KMS v2 provider {provider_name:?}"
-                                        )
+                                        format!("current key_id of KMS v2 provider {provider_name:?}")
                                     })?;
                                     asked.push((socket, k.clone()));
                                     k
@@ -724,18 +598,11 @@ async fn resolve_targets(args: &ReencryptArgs, resources: Vec<Configured>) -> Re
                             }
                         }
                     };
-                    Target::KmsV2 {
-                        provider_name,
-                        key_id,
-                    }
+                    Target::KmsV2 { provider_name, key_id }
                 }
             })
         };
-        planned.push(Planned {
-            resource: c.resource,
-            api: api::api_resource(c.resource),
-            target,
-        });
+        planned.push(Planned { resource: c.resource, api: api::api_resource(c.resource), target });
     }
     Ok(planned)
 }
@@ -761,14 +628,22 @@ async fn select_stale(
                 let classified = classify_value(config, &kv.key, &kv.value);
                 match select::select(&args.prefix, p.resource, target, &kv.key, &classified) {
                     Selected::Current => current += 1,
-                    Selected::Stale { namespace, name, why } => {
-                        items.push(Item { resource: index, namespace, name, etcd_key: Some(kv.key), why: why.to_string() })
-                    }
+                    Selected::Stale { namespace, name, why } => items.push(Item {
+                        resource: index,
+                        namespace,
+                        name,
+                        etcd_key: Some(kv.key),
+                        why: why.to_string(),
+                    }),
                     Selected::Unmapped(why) => {
                         tally.selected += 1;
                         tally.failed.push((
                             String::from_utf8_lossy(&kv.key).into_owned(),
-                            format!("{why}, but the etcd key does not name a {} object ({}<namespace>/<name>)", p.resource.kind, String::from_utf8_lossy(&prefix)),
+                            format!(
+                                "{why}, but the etcd key does not name a {} object ({}<namespace>/<name>)",
+                                p.resource.kind,
+                                String::from_utf8_lossy(&prefix)
+                            ),
                         ));
                     }
                 }
@@ -822,11 +697,7 @@ async fn list_all(
                 break;
             }
         }
-        say(&format!(
-            "{}: {} object(s) to rewrite (--all)",
-            p.resource.plural,
-            items.len() - before
-        ));
+        say(&format!("{}: {} object(s) to rewrite (--all)", p.resource.plural, items.len() - before));
     }
     Ok(items)
 }
@@ -920,12 +791,7 @@ enum ReadBack {
     Stale(Stale),
 }
 
-async fn read_back(
-    etcd: &Etcd,
-    key: &[u8],
-    target: &Target,
-    config: Option<&EncryptionConfig>,
-) -> Result<ReadBack> {
+async fn read_back(etcd: &Etcd, key: &[u8], target: &Target, config: Option<&EncryptionConfig>) -> Result<ReadBack> {
     let mut etcd = etcd.clone();
     Ok(match etcd.get(key).await? {
         None => ReadBack::Gone,
@@ -952,13 +818,8 @@ async fn rewrite_one(
         let failure = match api::get_and_replace(&api, &item.name).await {
             Err(f) => f,
             Ok(put) => {
-                let done = if put == api::Put::Unchanged {
-                    Outcome::AlreadyCurrent
-                } else {
-                    Outcome::Rewritten
-                };
-                let (Some(etcd), Some(key), Some(target)) = (&ctx.etcd, &item.etcd_key, &p.target)
-                else {
+                let done = if put == api::Put::Unchanged { Outcome::AlreadyCurrent } else { Outcome::Rewritten };
+                let (Some(etcd), Some(key), Some(target)) = (&ctx.etcd, &item.etcd_key, &p.target) else {
                     return done;
                 };
                 match read_back(etcd, key, target, ctx.config.as_ref()).await {
@@ -975,10 +836,7 @@ async fn rewrite_one(
                                 humantime::format_duration(Duration::from_secs(waited.as_secs())),
                                 p.resource.plural
                             );
-                            return Outcome::Failed {
-                                message,
-                                kind: FailKind::Fatal,
-                            };
+                            return Outcome::Failed { message, kind: FailKind::Fatal };
                         }
                         let _ = tx.try_send(Event::Waiting(format!(
                             "kube-apiserver still writes {} as {why}, not {target}; retrying for up to {} while it picks up the current key_id (kube-apiserver asks a KMS v2 plugin's Status about once a minute)",
@@ -1010,15 +868,8 @@ async fn rewrite_one(
                     Failure::Transient | Failure::Conflict => FailKind::Transient,
                     Failure::NotFound | Failure::Permanent => FailKind::Other,
                 };
-                let tries = if attempt > 1 {
-                    format!(" (after {attempt} attempts)")
-                } else {
-                    String::new()
-                };
-                return Outcome::Failed {
-                    message: format!("{}{tries}", failure.message),
-                    kind,
-                };
+                let tries = if attempt > 1 { format!(" (after {attempt} attempts)") } else { String::new() };
+                return Outcome::Failed { message: format!("{}{tries}", failure.message), kind };
             }
             Step::Retry(d) => {
                 if sleep_or_stop(d, &mut stop_rx).await {
@@ -1041,9 +892,7 @@ mod tests {
     }
 
     fn args(v: &[&str]) -> ReencryptArgs {
-        Cli::try_parse_from(std::iter::once("reencrypt").chain(v.iter().copied()))
-            .unwrap()
-            .args
+        Cli::try_parse_from(std::iter::once("reencrypt").chain(v.iter().copied())).unwrap().args
     }
 
     fn config_file(yaml: &str) -> tempfile::NamedTempFile {
@@ -1065,21 +914,12 @@ resources:
 
     #[test]
     fn defaults_are_secrets_under_provider_envelope() {
-        let s = settings(args(&[
-            "--etcd",
-            "http://127.0.0.1:2379",
-            "--current-key-id",
-            "k",
-        ]))
-        .unwrap();
+        let s = settings(args(&["--etcd", "http://127.0.0.1:2379", "--current-key-id", "k"])).unwrap();
         assert_eq!(s.resources.len(), 1);
         assert_eq!(s.resources[0].resource.plural, "secrets");
         assert_eq!(
             s.resources[0].first,
-            FirstProvider::KmsV2 {
-                provider_name: "envelope".into(),
-                socket: String::new()
-            }
+            FirstProvider::KmsV2 { provider_name: "envelope".into(), socket: String::new() }
         );
         assert_eq!(s.args.concurrency, 4);
         assert_eq!(s.wait, Duration::from_secs(180));
@@ -1094,96 +934,28 @@ resources:
             "configmaps,secrets",
         ]))
         .unwrap();
-        let got: Vec<_> = s
-            .resources
-            .iter()
-            .map(|c| (c.resource.plural, c.first.clone()))
-            .collect();
-        let first = FirstProvider::KmsV2 {
-            provider_name: "p".into(),
-            socket: "/s".into(),
-        };
+        let got: Vec<_> = s.resources.iter().map(|c| (c.resource.plural, c.first.clone())).collect();
+        let first = FirstProvider::KmsV2 { provider_name: "p".into(), socket: "/s".into() };
         assert_eq!(got, [("configmaps", first.clone()), ("secrets", first)]);
     }
 
     #[test]
     fn usage_errors_are_reported_before_anything_is_contacted() {
-        let err = |v: &[&str]| {
-            settings(args(v))
-                .err()
-                .map(|e| format!("{e:#}"))
-                .unwrap_or_default()
-        };
+        let err = |v: &[&str]| settings(args(v)).err().map(|e| format!("{e:#}")).unwrap_or_default();
         assert!(err(&["--current-key-id", "k"]).contains("--etcd"));
         assert!(err(&["--etcd", "e:1"]).contains("--current-key-id or --plugin-socket"));
+        assert!(err(&["--etcd", "e:1", "--current-key-id", "k", "--concurrency", "0"]).contains("--concurrency"));
+        assert!(err(&["--etcd", "e:1", "--current-key-id", "k", "--max-attempts", "0"]).contains("--max-attempts"));
+        assert!(err(&["--etcd", "e:1", "--current-key-id", "k", "--wait", "soon"]).contains("--wait"));
         assert!(
-            err(&[
-                "--etcd",
-                "e:1",
-                "--current-key-id",
-                "k",
-                "--concurrency",
-                "0"
-            ])
-            .contains("--concurrency")
+            err(&["--etcd", "e:1", "--current-key-id", "k", "--request-timeout", "0s"]).contains("request-timeout")
         );
+        assert!(err(&["--etcd", "e:1", "--current-key-id", "k", "--resource", "nodes"]).contains("not supported"));
         assert!(
-            err(&[
-                "--etcd",
-                "e:1",
-                "--current-key-id",
-                "k",
-                "--max-attempts",
-                "0"
-            ])
-            .contains("--max-attempts")
+            err(&["--etcd", "e:1", "--current-key-id", "k", "--encryption-config", "/nonexistent/x.yaml"])
+                .contains("encryption-config")
         );
-        assert!(
-            err(&["--etcd", "e:1", "--current-key-id", "k", "--wait", "soon"]).contains("--wait")
-        );
-        assert!(
-            err(&[
-                "--etcd",
-                "e:1",
-                "--current-key-id",
-                "k",
-                "--request-timeout",
-                "0s"
-            ])
-            .contains("request-timeout")
-        );
-        assert!(
-            err(&[
-                "--etcd",
-                "e:1",
-                "--current-key-id",
-                "k",
-                "--resource",
-                "nodes"
-            ])
-            .contains("not supported")
-        );
-        assert!(
-            err(&[
-                "--etcd",
-                "e:1",
-                "--current-key-id",
-                "k",
-                "--encryption-config",
-                "/nonexistent/x.yaml"
-            ])
-            .contains("encryption-config")
-        );
-        assert!(
-            Cli::try_parse_from([
-                "reencrypt",
-                "--current-key-id",
-                "k",
-                "--plugin-socket",
-                "/s"
-            ])
-            .is_err()
-        );
+        assert!(Cli::try_parse_from(["reencrypt", "--current-key-id", "k", "--plugin-socket", "/s"]).is_err());
         // --all needs neither etcd nor a key_id.
         assert!(settings(args(&["--all"])).is_ok());
         assert!(settings(args(&["--all", "--dry-run", "--resource", "configmaps"])).is_ok());
@@ -1194,15 +966,8 @@ resources:
         let f = config_file(CONFIG);
         let path = f.path().to_str().unwrap();
         let s = settings(args(&["--etcd", "e:1", "--encryption-config", path])).unwrap();
-        let first = FirstProvider::KmsV2 {
-            provider_name: "envelope-new".into(),
-            socket: "/run/new.sock".into(),
-        };
-        let got: Vec<_> = s
-            .resources
-            .iter()
-            .map(|c| (c.resource.plural, c.first.clone()))
-            .collect();
+        let first = FirstProvider::KmsV2 { provider_name: "envelope-new".into(), socket: "/run/new.sock".into() };
+        let got: Vec<_> = s.resources.iter().map(|c| (c.resource.plural, c.first.clone())).collect();
         assert_eq!(got, [("secrets", first.clone()), ("configmaps", first)]);
         // --resource narrows; --provider-name must agree.
         let s = settings(args(&[
@@ -1218,27 +983,11 @@ resources:
         .unwrap();
         assert_eq!(s.resources.len(), 1);
         assert_eq!(s.resources[0].resource.plural, "configmaps");
-        let e = settings(args(&[
-            "--etcd",
-            "e:1",
-            "--encryption-config",
-            path,
-            "--provider-name",
-            "envelope",
-        ]))
-        .err()
-        .unwrap();
+        let e = settings(args(&["--etcd", "e:1", "--encryption-config", path, "--provider-name", "envelope"]))
+            .err()
+            .unwrap();
         assert!(format!("{e:#}").contains("envelope-new"));
-        let e = settings(args(&[
-            "--etcd",
-            "e:1",
-            "--encryption-config",
-            path,
-            "--resource",
-            "pods",
-        ]))
-        .err()
-        .unwrap();
+        let e = settings(args(&["--etcd", "e:1", "--encryption-config", path, "--resource", "pods"])).err().unwrap();
         assert!(format!("{e:#}").contains("does not list"));
     }
 
@@ -1256,30 +1005,13 @@ resources:
 "#,
         );
         let path = f.path().to_str().unwrap();
-        assert!(
-            settings(args(&[
-                "--etcd",
-                "e:1",
-                "--encryption-config",
-                path,
-                "--current-key-id",
-                "k"
-            ]))
-            .is_err()
-        );
+        assert!(settings(args(&["--etcd", "e:1", "--encryption-config", path, "--current-key-id", "k"])).is_err());
         assert!(settings(args(&["--etcd", "e:1", "--encryption-config", path])).is_ok());
     }
 
     fn tally(selected: u64, rewritten: u64, deleted: u64, failed: usize) -> Tally {
-        let mut t = Tally {
-            selected,
-            rewritten,
-            deleted,
-            ..Default::default()
-        };
-        t.failed = (0..failed)
-            .map(|i| (format!("secrets/ns/{i}"), "403".to_string()))
-            .collect();
+        let mut t = Tally { selected, rewritten, deleted, ..Default::default() };
+        t.failed = (0..failed).map(|i| (format!("secrets/ns/{i}"), "403".to_string())).collect();
         t
     }
 
@@ -1289,43 +1021,22 @@ resources:
         assert_eq!(tally(0, 0, 0, 0).exit_code(None), 0);
         assert_eq!(tally(3, 2, 0, 1).exit_code(None), EXIT_FAILED);
         // Interrupted with work left → 2, even with failures; a signal after the last object → as usual.
-        assert_eq!(
-            tally(5, 2, 0, 1).exit_code(Some(&StopReason::Signal)),
-            EXIT_INTERRUPTED
-        );
+        assert_eq!(tally(5, 2, 0, 1).exit_code(Some(&StopReason::Signal)), EXIT_INTERRUPTED);
         assert_eq!(tally(3, 3, 0, 0).exit_code(Some(&StopReason::Signal)), 0);
-        assert_eq!(
-            tally(3, 2, 0, 1).exit_code(Some(&StopReason::Signal)),
-            EXIT_FAILED
-        );
+        assert_eq!(tally(3, 2, 0, 1).exit_code(Some(&StopReason::Signal)), EXIT_FAILED);
         // Stopped because objects kept failing → 1.
-        assert_eq!(
-            tally(9, 0, 0, 8).exit_code(Some(&StopReason::Breaker("x".into()))),
-            EXIT_FAILED
-        );
+        assert_eq!(tally(9, 0, 0, 8).exit_code(Some(&StopReason::Breaker("x".into()))), EXIT_FAILED);
     }
 
     #[test]
     fn tally_counts_and_summarises() {
-        let mut t = Tally {
-            selected: 6,
-            ..Default::default()
-        };
+        let mut t = Tally { selected: 6, ..Default::default() };
         t.add("a".into(), &Outcome::Rewritten);
         t.add("b".into(), &Outcome::AlreadyCurrent);
         t.add("c".into(), &Outcome::Deleted);
-        t.add(
-            "d".into(),
-            &Outcome::Failed {
-                message: "403 Forbidden: no".into(),
-                kind: FailKind::Other,
-            },
-        );
+        t.add("d".into(), &Outcome::Failed { message: "403 Forbidden: no".into(), kind: FailKind::Other });
         t.add("e".into(), &Outcome::Interrupted);
-        assert_eq!(
-            (t.rewritten, t.skipped(), t.failed.len(), t.not_done()),
-            (1, 2, 1, 2)
-        );
+        assert_eq!((t.rewritten, t.skipped(), t.failed.len(), t.not_done()), (1, 2, 1, 2));
         assert_eq!(
             t.summary(),
             "Summary: 6 selected, 1 rewritten, 2 skipped (1 deleted meanwhile, 1 already current), 1 failed, 2 not done"

@@ -59,7 +59,8 @@ async fn fill(etcd: &Etcd, plugin: &RunningPlugin) -> Filled {
     // KMS v2, seed mode: one seed wrapped by the plugin, reused for several writes.
     let st = v2c.status(v2::StatusRequest {}).await.unwrap().into_inner();
     let seed = writer::random_seed().unwrap();
-    let wrapped = v2c.encrypt(v2::EncryptRequest { plaintext: seed.to_vec(), uid: "fill".into() }).await.unwrap().into_inner();
+    let wrapped =
+        v2c.encrypt(v2::EncryptRequest { plaintext: seed.to_vec(), uid: "fill".into() }).await.unwrap().into_inner();
     let env = writer::KmsV2Envelope {
         provider_name: "envelope".into(),
         key_id: wrapped.key_id.clone(),
@@ -68,14 +69,23 @@ async fn fill(etcd: &Etcd, plugin: &RunningPlugin) -> Filled {
     };
     for i in 0..3 {
         let key = format!("/registry/secrets/prod/kms2-{i}");
-        let v = writer::kms_v2_seed(key.as_bytes(), &secret("prod", &format!("kms2-{i}"), "v2-pw"), &seed[..], &env).unwrap();
+        let v = writer::kms_v2_seed(key.as_bytes(), &secret("prod", &format!("kms2-{i}"), "v2-pw"), &seed[..], &env)
+            .unwrap();
         put(key, v).await;
     }
     // KMS v1: a fresh DEK per write, wrapped by the plugin's v1 API.
     let dek = [0x44u8; 32];
-    let wdek = v1c.encrypt(v1beta1::EncryptRequest { version: "v1beta1".into(), plain: dek.to_vec() }).await.unwrap().into_inner();
+    let wdek = v1c
+        .encrypt(v1beta1::EncryptRequest { version: "v1beta1".into(), plain: dek.to_vec() })
+        .await
+        .unwrap()
+        .into_inner();
     let key = "/registry/secrets/prod/kms1".to_string();
-    put(key.clone(), writer::kms_v1(key.as_bytes(), &secret("prod", "kms1", "v1-pw"), "envelope-v1", &dek, &wdek.cipher).unwrap()).await;
+    put(
+        key.clone(),
+        writer::kms_v1(key.as_bytes(), &secret("prod", "kms1", "v1-pw"), "envelope-v1", &dek, &wdek.cipher).unwrap(),
+    )
+    .await;
     // Static keys.
     for (prov, name, k, obj) in [
         (envelope_inspect::StaticProvider::AesGcm, "gcmkey", AESGCM_KEY, "gcm"),
@@ -98,7 +108,9 @@ async fn fill(etcd: &Etcd, plugin: &RunningPlugin) -> Filled {
     put("/registry/secrets/broken/unknown".into(), b"k8s:enc:rot13:v1:x:abc".to_vec()).await;
     put("/registry/secrets/broken/v1short".into(), b"k8s:enc:kms:v1:envelope-v1:\x00".to_vec()).await;
     // A KMS v2 value copied to another key: classifies fine, but must not decrypt (AAD).
-    let moved = writer::kms_v2_seed(b"/registry/secrets/prod/original", &secret("prod", "original", "x"), &seed[..], &env).unwrap();
+    let moved =
+        writer::kms_v2_seed(b"/registry/secrets/prod/original", &secret("prod", "original", "x"), &seed[..], &env)
+            .unwrap();
     put("/registry/secrets/prod/moved".into(), moved).await;
     // A ConfigMap, outside the secrets prefix.
     put("/registry/configmaps/default/cm".into(), b"k8s\x00junk".to_vec()).await;
@@ -231,7 +243,14 @@ async fn decrypt_recovers_objects_through_socket_store_and_config() {
 
     // Static keys from an EncryptionConfiguration.
     for (obj, pw) in [("gcm", "c3RhdGljLXB3"), ("cbc", "c3RhdGljLXB3"), ("sb", "c3RhdGljLXB3")] {
-        let mut a = s(&["decrypt", "-o", "json", "--etcd-key", &format!("/registry/secrets/legacy/{obj}"), "--encryption-config"]);
+        let mut a = s(&[
+            "decrypt",
+            "-o",
+            "json",
+            "--etcd-key",
+            &format!("/registry/secrets/legacy/{obj}"),
+            "--encryption-config",
+        ]);
         a.push(cfg.to_string_lossy().into_owned());
         a.extend(etcd.args());
         let out = envelope(&a);
@@ -245,7 +264,10 @@ async fn decrypt_recovers_objects_through_socket_store_and_config() {
         let ch = tonic::transport::Endpoint::from_shared(etcd.endpoint.clone()).unwrap().connect().await.unwrap();
         let mut kv = KvClient::new(ch);
         let r = kv
-            .range(envelope_proto::etcdserverpb::RangeRequest { key: b"/registry/secrets/prod/kms2-2".to_vec(), ..Default::default() })
+            .range(envelope_proto::etcdserverpb::RangeRequest {
+                key: b"/registry/secrets/prod/kms2-2".to_vec(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -253,12 +275,32 @@ async fn decrypt_recovers_objects_through_socket_store_and_config() {
     };
     let f = d.path().join("value.bin");
     std::fs::write(&f, &raw).unwrap();
-    let out = envelope(&s(&["decrypt", "--value-file", f.to_str().unwrap(), "--etcd-key", "/registry/secrets/prod/kms2-2", "--plugin-socket", &p.socket]));
+    let out = envelope(&s(&[
+        "decrypt",
+        "--value-file",
+        f.to_str().unwrap(),
+        "--etcd-key",
+        "/registry/secrets/prod/kms2-2",
+        "--plugin-socket",
+        &p.socket,
+    ]));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The wrong etcd key (AAD) fails with a clear message.
-    let out = envelope(&s(&["decrypt", "--value-file", f.to_str().unwrap(), "--etcd-key", "/registry/secrets/prod/other", "--plugin-socket", &p.socket]));
+    let out = envelope(&s(&[
+        "decrypt",
+        "--value-file",
+        f.to_str().unwrap(),
+        "--etcd-key",
+        "/registry/secrets/prod/other",
+        "--plugin-socket",
+        &p.socket,
+    ]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("decryption failed"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("decryption failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A value moved to another key does not decrypt either.
     let mut a = s(&["decrypt", "--etcd-key", "/registry/secrets/prod/moved", "--plugin-socket", &p.socket]);
     a.extend(etcd.args());
@@ -287,11 +329,21 @@ async fn inspect_over_tls_with_client_certificates() {
     let cfg = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca))
         .identity(tonic::transport::Identity::from_pem(cert, key));
-    let ch = tonic::transport::Endpoint::from_shared(etcd.endpoint.clone()).unwrap().tls_config(cfg).unwrap().connect().await.unwrap();
-    let mut kv = KvClient::new(ch);
-    kv.put(PutRequest { key: b"/registry/secrets/default/a".to_vec(), value: secret("default", "a", "p"), ..Default::default() })
+    let ch = tonic::transport::Endpoint::from_shared(etcd.endpoint.clone())
+        .unwrap()
+        .tls_config(cfg)
+        .unwrap()
+        .connect()
         .await
         .unwrap();
+    let mut kv = KvClient::new(ch);
+    kv.put(PutRequest {
+        key: b"/registry/secrets/default/a".to_vec(),
+        value: secret("default", "a", "p"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     let mut a = s(&["inspect", "-o", "json"]);
     a.extend(etcd.args());
@@ -317,7 +369,13 @@ async fn inspect_pages_through_many_keys() {
         tasks.push(tokio::spawn(async move {
             for i in 0..300 {
                 let key = format!("/registry/secrets/ns{t}/s{i:04}");
-                kv.put(PutRequest { key: key.into_bytes(), value: secret(&format!("ns{t}"), &format!("s{i}"), "p"), ..Default::default() }).await.unwrap();
+                kv.put(PutRequest {
+                    key: key.into_bytes(),
+                    value: secret(&format!("ns{t}"), &format!("s{i}"), "p"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
             }
         }));
     }

@@ -156,14 +156,30 @@ async fn v1beta1_version_ping_and_round_trip() {
     assert_eq!(v.version, "v1beta1");
     assert_eq!(v.runtime_name, "envelope");
 
-    let ping = c.encrypt(v1beta1::EncryptRequest { version: "v1beta1".into(), plain: b"ping".to_vec() }).await.unwrap().into_inner();
-    let back = c.decrypt(v1beta1::DecryptRequest { version: "v1beta1".into(), cipher: ping.cipher }).await.unwrap().into_inner();
+    let ping = c
+        .encrypt(v1beta1::EncryptRequest { version: "v1beta1".into(), plain: b"ping".to_vec() })
+        .await
+        .unwrap()
+        .into_inner();
+    let back = c
+        .decrypt(v1beta1::DecryptRequest { version: "v1beta1".into(), cipher: ping.cipher })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(back.plain, b"ping");
 
     let dek = [3u8; 32];
-    let e = c.encrypt(v1beta1::EncryptRequest { version: "v1beta1".into(), plain: dek.to_vec() }).await.unwrap().into_inner();
+    let e = c
+        .encrypt(v1beta1::EncryptRequest { version: "v1beta1".into(), plain: dek.to_vec() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(e.cipher.len() <= 65535);
-    let back = c.decrypt(v1beta1::DecryptRequest { version: "v1beta1".into(), cipher: e.cipher.clone() }).await.unwrap().into_inner();
+    let back = c
+        .decrypt(v1beta1::DecryptRequest { version: "v1beta1".into(), cipher: e.cipher.clone() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(back.plain, dek);
 
     // Wrong version field.
@@ -171,15 +187,24 @@ async fn v1beta1_version_ping_and_round_trip() {
         let err = c.encrypt(v1beta1::EncryptRequest { version: bad.into(), plain: dek.to_vec() }).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
         assert!(err.message().contains("version"));
-        let err = c.decrypt(v1beta1::DecryptRequest { version: bad.into(), cipher: e.cipher.clone() }).await.unwrap_err();
+        let err =
+            c.decrypt(v1beta1::DecryptRequest { version: bad.into(), cipher: e.cipher.clone() }).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
     }
-    assert_eq!(c.version(v1beta1::VersionRequest { version: "v9".into() }).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        c.version(v1beta1::VersionRequest { version: "v9".into() }).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
 
     // A v1 ciphertext is not a v2 ciphertext and vice versa (the API is bound into the wrap).
     let mut c2 = p.v2().await.unwrap();
     let st = c2.status(v2::StatusRequest {}).await.unwrap().into_inner();
-    let r = v2::DecryptRequest { ciphertext: e.cipher.clone(), uid: "u".into(), key_id: st.key_id, annotations: HashMap::new() };
+    let r = v2::DecryptRequest {
+        ciphertext: e.cipher.clone(),
+        uid: "u".into(),
+        key_id: st.key_id,
+        annotations: HashMap::new(),
+    };
     assert_eq!(c2.decrypt(r).await.unwrap_err().code(), Code::InvalidArgument);
 }
 
@@ -412,7 +437,9 @@ fn every_command_has_help() {
     }
 }
 
-async fn v2_at(socket: &str) -> v2::key_management_service_client::KeyManagementServiceClient<tonic::transport::Channel> {
+async fn v2_at(
+    socket: &str,
+) -> v2::key_management_service_client::KeyManagementServiceClient<tonic::transport::Channel> {
     let ch = tonic::transport::Endpoint::from_shared(format!("unix://{socket}")).unwrap().connect().await.unwrap();
     v2::key_management_service_client::KeyManagementServiceClient::new(ch)
 }
@@ -426,7 +453,18 @@ async fn several_keys_in_one_process_each_with_its_own_health() {
     // The first --socket (kms.sock, given by the helper) serves alpha, the second serves beta.
     let mut p = RunningPlugin::start(
         d.path(),
-        &["--key", "alpha", "--provider-name", "envelope", "--socket", &second, "--key", "beta", "--provider-name", "envelope-beta"],
+        &[
+            "--key",
+            "alpha",
+            "--provider-name",
+            "envelope",
+            "--socket",
+            &second,
+            "--key",
+            "beta",
+            "--provider-name",
+            "envelope-beta",
+        ],
     )
     .await;
     let mut a = p.v2().await.unwrap();
@@ -456,7 +494,12 @@ async fn several_keys_in_one_process_each_with_its_own_health() {
     let label_a = format!(r#"socket="{}",key="alpha""#, p.socket);
     let label_b = format!(r#"socket="{second}",key="beta""#);
     assert!(body.contains(&format!("envelope_plugin_healthy{{{label_a}}} 1")), "{body}");
-    assert!(body.contains(&format!(r#"envelope_plugin_rpc_requests_total{{{label_b},api="v2",method="Encrypt",code="OK"}} 1"#)), "{body}");
+    assert!(
+        body.contains(&format!(
+            r#"envelope_plugin_rpc_requests_total{{{label_b},api="v2",method="Encrypt",code="OK"}} 1"#
+        )),
+        "{body}"
+    );
 
     // Disabling beta makes that instance alone unhealthy; /readyz says which, /livez stays up.
     p.key_cmd(&["disable", "beta"]);
@@ -480,7 +523,10 @@ async fn several_keys_in_one_process_each_with_its_own_health() {
     assert!(ready);
 
     assert_eq!(p.stop(), Some(0));
-    assert!(!std::path::Path::new(&p.socket).exists() && !std::path::Path::new(&second).exists(), "sockets removed on exit");
+    assert!(
+        !std::path::Path::new(&p.socket).exists() && !std::path::Path::new(&second).exists(),
+        "sockets removed on exit"
+    );
 }
 
 #[tokio::test]
@@ -494,5 +540,9 @@ async fn mismatched_key_socket_pairs_are_a_configuration_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("one --socket per --key"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("one --socket per --key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

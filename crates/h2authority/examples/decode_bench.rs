@@ -125,11 +125,8 @@ impl GoEncoder {
 }
 
 fn request_blocks() -> (Vec<Vec<u8>>, usize) {
-    let paths = [
-        "/v2.KeyManagementService/Encrypt",
-        "/v2.KeyManagementService/Decrypt",
-        "/v2.KeyManagementService/Status",
-    ];
+    let paths =
+        ["/v2.KeyManagementService/Encrypt", "/v2.KeyManagementService/Decrypt", "/v2.KeyManagementService/Status"];
     let mut encoder = GoEncoder::default();
     let mut huffman = 0;
     let blocks = (0..BLOCKS)

@@ -133,10 +133,7 @@ impl Entry {
         let mut bytes = Vec::with_capacity(name.len() + value.len());
         bytes.extend_from_slice(name);
         bytes.extend_from_slice(value);
-        Entry {
-            bytes: bytes.into_boxed_slice(),
-            name_len: name.len(),
-        }
+        Entry { bytes: bytes.into_boxed_slice(), name_len: name.len() }
     }
 
     fn field(&self) -> (&[u8], &[u8]) {
@@ -216,11 +213,7 @@ impl Decoder {
     /// `max_table_size` octets.
     pub fn new(max_table_size: usize) -> Self {
         Decoder {
-            table: DynamicTable {
-                entries: VecDeque::new(),
-                size: 0,
-                max_size: max_table_size,
-            },
+            table: DynamicTable { entries: VecDeque::new(), size: 0, max_size: max_table_size },
             limit: max_table_size,
             name_buf: Vec::new(),
             value_buf: Vec::new(),
@@ -236,20 +229,11 @@ impl Decoder {
     /// fragments, concatenated), calling `emit` with each field's name and
     /// value in order. An error from `emit` stops decoding and is returned;
     /// after any error the decoder must not be used for further blocks.
-    pub fn decode<E>(
-        &mut self,
-        block: &[u8],
-        mut emit: impl FnMut(&[u8], &[u8]) -> Result<(), E>,
-    ) -> Result<(), E>
+    pub fn decode<E>(&mut self, block: &[u8], mut emit: impl FnMut(&[u8], &[u8]) -> Result<(), E>) -> Result<(), E>
     where
         E: From<HpackError>,
     {
-        let Decoder {
-            table,
-            limit,
-            name_buf,
-            value_buf,
-        } = self;
+        let Decoder { table, limit, name_buf, value_buf } = self;
         let mut pos = 0;
         let mut fields_seen = false;
         while let Some(&first) = block.get(pos) {
@@ -261,11 +245,7 @@ impl Decoder {
             } else if first & 0x40 != 0 {
                 // Literal header field with incremental indexing (§6.2.1).
                 let index = decode_integer(block, &mut pos, 6)?;
-                let name = if index == 0 {
-                    decode_string(block, &mut pos, name_buf)?
-                } else {
-                    table.get(index)?.0
-                };
+                let name = if index == 0 { decode_string(block, &mut pos, name_buf)? } else { table.get(index)?.0 };
                 let value = decode_string(block, &mut pos, value_buf)?;
                 emit(name, value)?;
                 // Copy before inserting: `name` may borrow an entry that the
@@ -280,11 +260,7 @@ impl Decoder {
                 }
                 let size = decode_integer(block, &mut pos, 5)?;
                 if size > *limit {
-                    return Err(HpackError::TableSizeTooLarge {
-                        size,
-                        limit: *limit,
-                    }
-                    .into());
+                    return Err(HpackError::TableSizeTooLarge { size, limit: *limit }.into());
                 }
                 table.set_max_size(size);
                 continue;
@@ -292,11 +268,7 @@ impl Decoder {
                 // Literal header field without indexing (§6.2.2, 0000) or
                 // never indexed (§6.2.3, 0001).
                 let index = decode_integer(block, &mut pos, 4)?;
-                let name = if index == 0 {
-                    decode_string(block, &mut pos, name_buf)?
-                } else {
-                    table.get(index)?.0
-                };
+                let name = if index == 0 { decode_string(block, &mut pos, name_buf)? } else { table.get(index)?.0 };
                 let value = decode_string(block, &mut pos, value_buf)?;
                 emit(name, value)?;
             }
@@ -332,18 +304,11 @@ fn decode_integer(block: &[u8], pos: &mut usize, prefix_bits: u32) -> Result<usi
 /// Decodes a string literal (§5.2) at `block[*pos]`, advancing `pos` past
 /// it. A raw string is borrowed from `block`; a Huffman-coded one is
 /// decoded into `scratch`.
-fn decode_string<'a>(
-    block: &'a [u8],
-    pos: &mut usize,
-    scratch: &'a mut Vec<u8>,
-) -> Result<&'a [u8], HpackError> {
+fn decode_string<'a>(block: &'a [u8], pos: &mut usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8], HpackError> {
     let huffman = block.get(*pos).ok_or(HpackError::Truncated)? & 0x80 != 0;
     let len = decode_integer(block, pos, 7)?;
     let start = *pos;
-    let raw = start
-        .checked_add(len)
-        .and_then(|end| block.get(start..end))
-        .ok_or(HpackError::Truncated)?;
+    let raw = start.checked_add(len).and_then(|end| block.get(start..end)).ok_or(HpackError::Truncated)?;
     *pos = start + len;
     if huffman {
         scratch.clear();

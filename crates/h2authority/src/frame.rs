@@ -51,13 +51,7 @@ impl FrameHeader {
 
 /// Appends a frame header. `length` must fit in 24 bits; callers only pass
 /// values ≤ [`DEFAULT_MAX_FRAME_SIZE`].
-pub(crate) fn write_frame_header(
-    out: &mut Vec<u8>,
-    length: usize,
-    kind: u8,
-    flags: u8,
-    stream_id: u32,
-) {
+pub(crate) fn write_frame_header(out: &mut Vec<u8>, length: usize, kind: u8, flags: u8, stream_id: u32) {
     debug_assert!(length < 1 << 24);
     let len = (length as u32).to_be_bytes();
     out.extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
@@ -90,13 +84,7 @@ pub(crate) fn write_header_block(
     if rest.is_empty() {
         flags |= FLAG_END_HEADERS;
     }
-    write_frame_header(
-        out,
-        priority_len + first.len(),
-        TYPE_HEADERS,
-        flags,
-        stream_id,
-    );
+    write_frame_header(out, priority_len + first.len(), TYPE_HEADERS, flags, stream_id);
     if let Some(priority) = priority {
         out.extend_from_slice(&priority);
     }
@@ -122,15 +110,7 @@ mod tests {
         let raw: [u8; 9] = out.as_slice().try_into().unwrap();
         assert_eq!(raw, [1, 2, 3, 7, 0xab, 0x12, 0x34, 0x56, 0x78]);
         let h = FrameHeader::parse(&raw);
-        assert_eq!(
-            h,
-            FrameHeader {
-                length: 0x01_02_03,
-                kind: 7,
-                flags: 0xab,
-                stream_id: 0x1234_5678
-            }
-        );
+        assert_eq!(h, FrameHeader { length: 0x01_02_03, kind: 7, flags: 0xab, stream_id: 0x1234_5678 });
     }
 
     #[test]
@@ -144,14 +124,7 @@ mod tests {
     fn large_block_is_split_into_continuations() {
         let block: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
         let mut out = Vec::new();
-        write_header_block(
-            &mut out,
-            5,
-            true,
-            Some([0, 0, 0, 3, 15]),
-            &block,
-            DEFAULT_MAX_FRAME_SIZE,
-        );
+        write_header_block(&mut out, 5, true, Some([0, 0, 0, 3, 15]), &block, DEFAULT_MAX_FRAME_SIZE);
 
         let mut rest = out.as_slice();
         let mut reassembled = Vec::new();

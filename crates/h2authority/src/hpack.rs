@@ -97,10 +97,7 @@ mod tests {
         assert_eq!(out[1], 0x86, ":scheme http is a static-table hit");
         let mut decoder = loona_hpack::Decoder::new();
         let decoded = decoder.decode(&out).unwrap();
-        let expected: Vec<(Vec<u8>, Vec<u8>)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_vec(), v.to_vec()))
-            .collect();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = headers.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
         assert_eq!(decoded, expected);
         // The block must not have touched the dynamic table: index 62 is
         // still out of bounds.

@@ -113,14 +113,7 @@ const fn build_tables() -> Tables {
         }
         sym += 1;
     }
-    Tables {
-        codes,
-        short,
-        first,
-        limit,
-        offset,
-        sorted,
-    }
+    Tables { codes, short, first, limit, offset, sorted }
 }
 
 // Spot checks against the "code as hex" column of RFC 7541 Appendix B.
@@ -182,11 +175,7 @@ pub(crate) fn decode(src: &[u8], dst: &mut Vec<u8>) -> Result<(), HpackError> {
             return Ok(());
         }
         let entry = t.short[(bits >> (64 - LOOKUP_BITS)) as usize];
-        let (sym, len) = if entry != 0 {
-            (entry & 0x1ff, u32::from(entry >> 9))
-        } else {
-            decode_long(bits)
-        };
+        let (sym, len) = if entry != 0 { (entry & 0x1ff, u32::from(entry >> 9)) } else { decode_long(bits) };
         if len > nbits {
             // The remaining bits are a proper prefix of a code: padding.
             break;
@@ -232,10 +221,7 @@ pub(crate) fn encode(src: &[u8], dst: &mut Vec<u8>) {
 
 /// Length in bytes of the Huffman encoding of `src`.
 pub(crate) fn encoded_len(src: &[u8]) -> usize {
-    let bits: usize = src
-        .iter()
-        .map(|&b| usize::from(CODE_LENGTHS[usize::from(b)]))
-        .sum();
+    let bits: usize = src.iter().map(|&b| usize::from(CODE_LENGTHS[usize::from(b)])).sum();
     bits.div_ceil(8)
 }
 
@@ -277,14 +263,8 @@ mod tests {
             ("25a849e95bb8e8b4bf", b"custom-value"),
             ("6402", b"302"),
             ("aec3771a4b", b"private"),
-            (
-                "d07abe941054d444a8200595040b8166e082a62d1bff",
-                b"Mon, 21 Oct 2013 20:13:21 GMT",
-            ),
-            (
-                "9d29ad171863c78f0b97c8e9ae82ae43d3",
-                b"https://www.example.com",
-            ),
+            ("d07abe941054d444a8200595040b8166e082a62d1bff", b"Mon, 21 Oct 2013 20:13:21 GMT"),
+            ("9d29ad171863c78f0b97c8e9ae82ae43d3", b"https://www.example.com"),
         ] {
             let raw = hex_bytes(hex);
             assert_eq!(decoded(&raw).unwrap(), text, "{hex}");
@@ -314,40 +294,19 @@ mod tests {
         assert_eq!(decoded(&[0b0000_0111]).unwrap(), b"0");
         // 8 bits of padding.
         assert_eq!(decoded(&[0xff]), Err(HpackError::HuffmanPaddingTooLong));
-        assert_eq!(
-            decoded(&[0b0000_0111, 0xff]),
-            Err(HpackError::HuffmanPaddingTooLong)
-        );
+        assert_eq!(decoded(&[0b0000_0111, 0xff]), Err(HpackError::HuffmanPaddingTooLong));
         // Padding with a zero bit.
-        assert_eq!(
-            decoded(&[0b0000_0101]),
-            Err(HpackError::HuffmanInvalidPadding)
-        );
-        assert_eq!(
-            decoded(&[0b0000_0110]),
-            Err(HpackError::HuffmanInvalidPadding)
-        );
+        assert_eq!(decoded(&[0b0000_0101]), Err(HpackError::HuffmanInvalidPadding));
+        assert_eq!(decoded(&[0b0000_0110]), Err(HpackError::HuffmanInvalidPadding));
         // EOS (30 ones) in the string, with and without padding.
-        assert_eq!(
-            decoded(&[0xff, 0xff, 0xff, 0xfc]),
-            Err(HpackError::HuffmanEos)
-        );
-        assert_eq!(
-            decoded(&[0xff, 0xff, 0xff, 0xff]),
-            Err(HpackError::HuffmanEos)
-        );
+        assert_eq!(decoded(&[0xff, 0xff, 0xff, 0xfc]), Err(HpackError::HuffmanEos));
+        assert_eq!(decoded(&[0xff, 0xff, 0xff, 0xff]), Err(HpackError::HuffmanEos));
         // A long code cut short: padding too long.
-        assert_eq!(
-            decoded(&[0xff, 0xff, 0xfe]),
-            Err(HpackError::HuffmanPaddingTooLong)
-        );
+        assert_eq!(decoded(&[0xff, 0xff, 0xfe]), Err(HpackError::HuffmanPaddingTooLong));
     }
 
     fn hex_bytes(hex: &str) -> Vec<u8> {
-        (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect()
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
     }
 
     proptest! {

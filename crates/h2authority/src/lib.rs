@@ -71,8 +71,8 @@ pub use decoder::HpackError;
 pub use frame::{DEFAULT_MAX_FRAME_SIZE, PREFACE};
 pub use io::RewriteIo;
 pub use rewriter::{
-    DEFAULT_REPLACEMENT, HEADER_TABLE_SIZE, MAX_CONTINUATION_FRAMES, MAX_HEADER_BLOCK_SIZE,
-    MAX_HEADER_LIST_SIZE, Rewriter,
+    DEFAULT_REPLACEMENT, HEADER_TABLE_SIZE, MAX_CONTINUATION_FRAMES, MAX_HEADER_BLOCK_SIZE, MAX_HEADER_LIST_SIZE,
+    Rewriter,
 };
 
 /// Why a client→server byte stream could not be rewritten. Any of these
@@ -124,9 +124,7 @@ pub enum RewriteError {
         stream_id: u32,
     },
     /// A PADDED HEADERS frame with more padding than payload.
-    #[error(
-        "HEADERS frame on stream {stream_id}: padding of {pad_length} exceeds payload of {payload_length} bytes"
-    )]
+    #[error("HEADERS frame on stream {stream_id}: padding of {pad_length} exceeds payload of {payload_length} bytes")]
     InvalidPadding {
         /// Stream of the frame.
         stream_id: u32,
@@ -136,9 +134,7 @@ pub enum RewriteError {
         payload_length: usize,
     },
     /// A HEADERS frame too short for the fields its flags announce.
-    #[error(
-        "HEADERS frame on stream {stream_id} is {length} bytes, flags require at least {required}"
-    )]
+    #[error("HEADERS frame on stream {stream_id} is {length} bytes, flags require at least {required}")]
     FrameTooShort {
         /// Stream of the frame.
         stream_id: u32,

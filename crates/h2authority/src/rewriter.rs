@@ -4,8 +4,8 @@ use std::fmt;
 
 use crate::decoder::Decoder;
 use crate::frame::{
-    self, DEFAULT_MAX_FRAME_SIZE, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY,
-    FRAME_HEADER_LEN, FrameHeader, PREFACE, PRIORITY_LEN, TYPE_CONTINUATION, TYPE_HEADERS,
+    self, DEFAULT_MAX_FRAME_SIZE, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED, FLAG_PRIORITY, FRAME_HEADER_LEN,
+    FrameHeader, PREFACE, PRIORITY_LEN, TYPE_CONTINUATION, TYPE_HEADERS,
 };
 use crate::{RewriteError, authority_is_valid, hpack};
 
@@ -52,11 +52,7 @@ enum State {
     /// the payload length after that octet.
     PadLength { rest: usize, priority: bool },
     /// Reading the 5 priority octets of a HEADERS frame.
-    Priority {
-        filled: usize,
-        fragment: usize,
-        padding: usize,
-    },
+    Priority { filled: usize, fragment: usize, padding: usize },
     /// Accumulating a header block fragment.
     Fragment { remaining: usize, padding: usize },
     /// Dropping padding at the end of a HEADERS frame.
@@ -264,9 +260,7 @@ impl Rewriter {
                     self.state = if matched + n == PREFACE.len() {
                         State::FrameHeader { filled: 0 }
                     } else {
-                        State::Preface {
-                            matched: matched + n,
-                        }
+                        State::Preface { matched: matched + n }
                     };
                 }
                 State::FrameHeader { filled } => {
@@ -293,9 +287,7 @@ impl Rewriter {
                     let n = remaining.min(input.len());
                     out.extend_from_slice(&input[..n]);
                     input = &input[n..];
-                    self.state = State::Passthrough {
-                        remaining: remaining - n,
-                    };
+                    self.state = State::Passthrough { remaining: remaining - n };
                 }
                 State::PadLength { rest, priority } => {
                     let Some((&pad, tail)) = input.split_first() else {
@@ -312,20 +304,12 @@ impl Rewriter {
                         });
                     };
                     self.state = if priority_len > 0 {
-                        State::Priority {
-                            filled: 0,
-                            fragment,
-                            padding,
-                        }
+                        State::Priority { filled: 0, fragment, padding }
                     } else {
                         self.start_fragment(fragment, padding)?
                     };
                 }
-                State::Priority {
-                    filled,
-                    fragment,
-                    padding,
-                } => {
+                State::Priority { filled, fragment, padding } => {
                     if input.is_empty() {
                         return Ok(());
                     }
@@ -335,11 +319,7 @@ impl Rewriter {
                     priority[filled..filled + n].copy_from_slice(&input[..n]);
                     input = &input[n..];
                     self.state = if filled + n < PRIORITY_LEN {
-                        State::Priority {
-                            filled: filled + n,
-                            fragment,
-                            padding,
-                        }
+                        State::Priority { filled: filled + n, fragment, padding }
                     } else {
                         self.start_fragment(fragment, padding)?
                     };
@@ -355,10 +335,7 @@ impl Rewriter {
                     let n = remaining.min(input.len());
                     self.block.extend_from_slice(&input[..n]);
                     input = &input[n..];
-                    self.state = State::Fragment {
-                        remaining: remaining - n,
-                        padding,
-                    };
+                    self.state = State::Fragment { remaining: remaining - n, padding };
                 }
                 State::Padding { remaining } => {
                     if remaining == 0 {
@@ -371,23 +348,18 @@ impl Rewriter {
                     }
                     let n = remaining.min(input.len());
                     input = &input[n..];
-                    self.state = State::Padding {
-                        remaining: remaining - n,
-                    };
+                    self.state = State::Padding { remaining: remaining - n };
                 }
             }
         }
     }
 
     fn pending(&self) -> Result<Pending, RewriteError> {
-        self.pending
-            .ok_or(RewriteError::Internal("no pending header block"))
+        self.pending.ok_or(RewriteError::Internal("no pending header block"))
     }
 
     fn pending_mut(&mut self) -> Result<&mut Pending, RewriteError> {
-        self.pending
-            .as_mut()
-            .ok_or(RewriteError::Internal("no pending header block"))
+        self.pending.as_mut().ok_or(RewriteError::Internal("no pending header block"))
     }
 
     /// Dispatches on a complete frame header in `self.header`.
@@ -437,30 +409,19 @@ impl Rewriter {
                     continuations: 0,
                 });
                 self.state = if padded {
-                    State::PadLength {
-                        rest: header.length - 1,
-                        priority,
-                    }
+                    State::PadLength { rest: header.length - 1, priority }
                 } else if priority {
-                    State::Priority {
-                        filled: 0,
-                        fragment: header.length - PRIORITY_LEN,
-                        padding: 0,
-                    }
+                    State::Priority { filled: 0, fragment: header.length - PRIORITY_LEN, padding: 0 }
                 } else {
                     self.start_fragment(header.length, 0)?
                 };
             }
             TYPE_CONTINUATION => {
-                return Err(RewriteError::UnexpectedContinuation {
-                    stream_id: header.stream_id,
-                });
+                return Err(RewriteError::UnexpectedContinuation { stream_id: header.stream_id });
             }
             _ => {
                 out.extend_from_slice(&self.header);
-                self.state = State::Passthrough {
-                    remaining: header.length,
-                };
+                self.state = State::Passthrough { remaining: header.length };
             }
         }
         Ok(())
@@ -470,16 +431,10 @@ impl Rewriter {
     fn start_fragment(&mut self, fragment: usize, padding: usize) -> Result<State, RewriteError> {
         if self.block.len() + fragment > MAX_HEADER_BLOCK_SIZE {
             let stream_id = self.pending()?.stream_id;
-            return Err(RewriteError::HeaderBlockTooLarge {
-                stream_id,
-                limit: MAX_HEADER_BLOCK_SIZE,
-            });
+            return Err(RewriteError::HeaderBlockTooLarge { stream_id, limit: MAX_HEADER_BLOCK_SIZE });
         }
         self.block.reserve(fragment);
-        Ok(State::Fragment {
-            remaining: fragment,
-            padding,
-        })
+        Ok(State::Fragment { remaining: fragment, padding })
     }
 
     /// Called when a HEADERS or CONTINUATION frame has been fully read.
@@ -506,14 +461,7 @@ impl Rewriter {
 
     /// Decodes `self.block` and re-encodes it into `self.encoded`.
     fn rewrite_block(&mut self) -> Result<(), RewriteError> {
-        let Rewriter {
-            block,
-            encoded,
-            decoder,
-            replacement,
-            authority_cache,
-            ..
-        } = self;
+        let Rewriter { block, encoded, decoder, replacement, authority_cache, .. } = self;
         encoded.clear();
         encoded.reserve(block.len() + replacement.len());
         let mut list_size = 0usize;
@@ -521,9 +469,7 @@ impl Rewriter {
         decoder.decode(block, |name, value| {
             list_size = list_size.saturating_add(name.len() + value.len() + 32);
             if list_size > MAX_HEADER_LIST_SIZE {
-                return Err(RewriteError::HeaderListTooLarge {
-                    limit: MAX_HEADER_LIST_SIZE,
-                });
+                return Err(RewriteError::HeaderListTooLarge { limit: MAX_HEADER_LIST_SIZE });
             }
             if name == b":authority" && !authority_cache.is_valid(value) {
                 rewrites += 1;

@@ -7,8 +7,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::test_support::*;
 use crate::{
-    HpackError, MAX_CONTINUATION_FRAMES, MAX_HEADER_BLOCK_SIZE, MAX_HEADER_LIST_SIZE, RewriteError,
-    RewriteIo, Rewriter, authority_is_valid,
+    HpackError, MAX_CONTINUATION_FRAMES, MAX_HEADER_BLOCK_SIZE, MAX_HEADER_LIST_SIZE, RewriteError, RewriteIo,
+    Rewriter, authority_is_valid,
 };
 
 const SOCKET: &str = "/var/run/kms/x.sock";
@@ -41,14 +41,7 @@ fn connection(parts: &[Vec<u8>]) -> Vec<u8> {
 
 fn simple_headers(stream_id: u32, list: &Headers) -> Vec<u8> {
     let block = encode_blocks(std::slice::from_ref(list)).remove(0);
-    header_block_frames(
-        &Framing {
-            stream_id,
-            end_stream: true,
-            ..Framing::default()
-        },
-        &block,
-    )
+    header_block_frames(&Framing { stream_id, end_stream: true, ..Framing::default() }, &block)
 }
 
 fn only_block(items: &[Item]) -> Block {
@@ -65,24 +58,10 @@ fn only_block(items: &[Item]) -> Block {
 
 #[test]
 fn authority_validity_matches_http() {
-    for valid in [
-        "localhost",
-        "localhost:8080",
-        "example.com",
-        "127.0.0.1:1",
-        "[::1]:443",
-        "user@host",
-    ] {
+    for valid in ["localhost", "localhost:8080", "example.com", "127.0.0.1:1", "[::1]:443", "user@host"] {
         assert!(authority_is_valid(valid.as_bytes()), "{valid}");
     }
-    for invalid in [
-        SOCKET,
-        SOCKET_PCT,
-        "",
-        "unix:///var/run/kms.sock",
-        "a b",
-        "host/path",
-    ] {
+    for invalid in [SOCKET, SOCKET_PCT, "", "unix:///var/run/kms.sock", "a b", "host/path"] {
         assert!(!authority_is_valid(invalid.as_bytes()), "{invalid}");
     }
     assert!(!authority_is_valid(&[0xff, 0xfe]));
@@ -91,10 +70,7 @@ fn authority_validity_matches_http() {
 #[test]
 fn replacement_must_be_valid() {
     assert!(Rewriter::with_replacement("kms.local:1").is_ok());
-    assert_eq!(
-        Rewriter::with_replacement(SOCKET).unwrap_err(),
-        RewriteError::InvalidReplacement(SOCKET.to_owned())
-    );
+    assert_eq!(Rewriter::with_replacement(SOCKET).unwrap_err(), RewriteError::InvalidReplacement(SOCKET.to_owned()));
 }
 
 #[test]
@@ -126,8 +102,7 @@ fn socket_path_authorities_are_rewritten() {
         let list = kms_request(authority, STATUS);
         let mut r = Rewriter::new();
         let mut out = Vec::new();
-        r.feed(&connection(&[simple_headers(1, &list)]), &mut out)
-            .unwrap();
+        r.feed(&connection(&[simple_headers(1, &list)]), &mut out).unwrap();
         let block = only_block(&decode_output(&out));
         assert_eq!(block.headers, expected_after_rewrite(&list));
         assert_eq!(block.stream_id, 1);
@@ -136,11 +111,7 @@ fn socket_path_authorities_are_rewritten() {
         assert_eq!(r.rewrites(), u64::from(rewritten));
         assert_eq!(r.header_blocks(), 1);
         if rewritten {
-            assert!(
-                block
-                    .headers
-                    .contains(&(b":authority".to_vec(), b"localhost".to_vec()))
-            );
+            assert!(block.headers.contains(&(b":authority".to_vec(), b"localhost".to_vec())));
         }
     }
 }
@@ -150,13 +121,9 @@ fn custom_replacement() {
     let list = kms_request(Some(SOCKET), STATUS);
     let mut r = Rewriter::with_replacement("kms.invalid").unwrap();
     let mut out = Vec::new();
-    r.feed(&connection(&[simple_headers(1, &list)]), &mut out)
-        .unwrap();
+    r.feed(&connection(&[simple_headers(1, &list)]), &mut out).unwrap();
     let block = only_block(&decode_output(&out));
-    assert_eq!(
-        block.headers[3],
-        (b":authority".to_vec(), b"kms.invalid".to_vec())
-    );
+    assert_eq!(block.headers[3], (b":authority".to_vec(), b"kms.invalid".to_vec()));
 }
 
 #[test]
@@ -169,22 +136,13 @@ fn dynamic_table_state_spans_blocks() {
         kms_request(Some(SOCKET), STATUS),
     ];
     let blocks = encode_blocks(&lists);
-    assert!(
-        blocks[2].len() < blocks[0].len(),
-        "client encoder should use its dynamic table"
-    );
+    assert!(blocks[2].len() < blocks[0].len(), "client encoder should use its dynamic table");
     let parts: Vec<Vec<u8>> = blocks
         .iter()
         .enumerate()
         .map(|(i, b)| {
             let sid = 1 + 2 * u32::try_from(i).unwrap();
-            header_block_frames(
-                &Framing {
-                    stream_id: sid,
-                    ..Framing::default()
-                },
-                b,
-            )
+            header_block_frames(&Framing { stream_id: sid, ..Framing::default() }, b)
         })
         .collect();
     let out = run(&connection(&parts)).unwrap();
@@ -199,20 +157,11 @@ fn blocks_of(out: &[u8]) -> Vec<Headers> {
 #[test]
 fn padding_is_stripped_and_priority_kept() {
     let list = kms_request(Some(SOCKET), STATUS);
-    for (padding, priority) in [
-        (Some(0), None),
-        (Some(17), None),
-        (None, Some([0x80, 0, 0, 3, 200])),
-        (Some(255), Some([0, 0, 0, 0, 15])),
-    ] {
+    for (padding, priority) in
+        [(Some(0), None), (Some(17), None), (None, Some([0x80, 0, 0, 3, 200])), (Some(255), Some([0, 0, 0, 0, 15]))]
+    {
         let block = encode_blocks(std::slice::from_ref(&list)).remove(0);
-        let framing = Framing {
-            stream_id: 3,
-            end_stream: false,
-            priority,
-            padding,
-            splits: vec![],
-        };
+        let framing = Framing { stream_id: 3, end_stream: false, priority, padding, splits: vec![] };
         let out = run(&connection(&[header_block_frames(&framing, &block)])).unwrap();
         let b = only_block(&decode_output(&out));
         assert_eq!(b.headers, expected_after_rewrite(&list));
@@ -225,45 +174,25 @@ fn padding_is_stripped_and_priority_kept() {
 #[test]
 fn padding_longer_than_payload_is_rejected() {
     // PADDED, pad length 10, but only 4 bytes follow.
-    let input = connection(&[frame(
-        HEADERS,
-        END_HEADERS | PADDED,
-        1,
-        &[10, 0x82, 0x86, 0x84, 0],
-    )]);
+    let input = connection(&[frame(HEADERS, END_HEADERS | PADDED, 1, &[10, 0x82, 0x86, 0x84, 0])]);
     assert!(matches!(
         run(&input),
-        Err(RewriteError::InvalidPadding {
-            stream_id: 1,
-            pad_length: 10,
-            payload_length: 5
-        })
+        Err(RewriteError::InvalidPadding { stream_id: 1, pad_length: 10, payload_length: 5 })
     ));
     // Pad length equal to the remaining bytes leaves an empty fragment: fine.
     let ok = connection(&[frame(HEADERS, END_HEADERS | PADDED, 1, &[3, 0, 0, 0])]);
     let out = run(&ok).unwrap();
     assert_eq!(only_block(&decode_output(&out)).headers, Headers::new());
     // PADDED + PRIORITY: the priority fields count against the payload too.
-    let bad = connection(&[frame(
-        HEADERS,
-        END_HEADERS | PADDED | PRIORITY_FLAG,
-        1,
-        &[1, 0, 0, 0, 0, 16],
-    )]);
-    assert!(matches!(
-        run(&bad),
-        Err(RewriteError::InvalidPadding { .. })
-    ));
+    let bad = connection(&[frame(HEADERS, END_HEADERS | PADDED | PRIORITY_FLAG, 1, &[1, 0, 0, 0, 0, 16])]);
+    assert!(matches!(run(&bad), Err(RewriteError::InvalidPadding { .. })));
 }
 
 #[test]
 fn frames_too_short_for_their_flags_are_rejected() {
     for (flags, len) in [(PADDED, 0), (PRIORITY_FLAG, 4), (PADDED | PRIORITY_FLAG, 5)] {
         let input = connection(&[frame(HEADERS, END_HEADERS | flags, 1, &vec![0; len])]);
-        assert!(
-            matches!(run(&input), Err(RewriteError::FrameTooShort { .. })),
-            "{flags:#x}"
-        );
+        assert!(matches!(run(&input), Err(RewriteError::FrameTooShort { .. })), "{flags:#x}");
     }
 }
 
@@ -278,24 +207,14 @@ fn continuations_are_reassembled() {
         padding: Some(3),
         splits: vec![1, 2, 2, 10, block.len() - 1],
     };
-    let input = connection(&[
-        header_block_frames(&framing, &block),
-        frame(DATA, END_STREAM, 1, b"body"),
-    ]);
+    let input = connection(&[header_block_frames(&framing, &block), frame(DATA, END_STREAM, 1, b"body")]);
     assert_eq!(parse_frames(&input[24..]).len(), 6);
     let out = run(&input).unwrap();
     let items = decode_output(&out);
-    assert_eq!(
-        parse_frames(&out[24..]).len(),
-        2,
-        "one HEADERS + the DATA frame"
-    );
+    assert_eq!(parse_frames(&out[24..]).len(), 2, "one HEADERS + the DATA frame");
     assert_eq!(only_block(&items).headers, expected_after_rewrite(&list));
     assert_eq!(only_block(&items).priority, Some([0, 0, 0, 0, 1]));
-    assert_eq!(
-        items[1],
-        Item::Other(parse_frames(&frame(DATA, END_STREAM, 1, b"body")).remove(0))
-    );
+    assert_eq!(items[1], Item::Other(parse_frames(&frame(DATA, END_STREAM, 1, b"body")).remove(0)));
 }
 
 #[test]
@@ -303,11 +222,7 @@ fn large_blocks_are_reemitted_with_continuations() {
     let mut list = kms_request(Some(SOCKET), STATUS);
     list.push((b"x-big".to_vec(), vec![b'v'; 40_000]));
     let block = encode_blocks(std::slice::from_ref(&list)).remove(0);
-    let framing = Framing {
-        stream_id: 1,
-        splits: vec![16_000, 32_000],
-        ..Framing::default()
-    };
+    let framing = Framing { stream_id: 1, splits: vec![16_000, 32_000], ..Framing::default() };
     let out = run(&connection(&[header_block_frames(&framing, &block)])).unwrap();
     let frames = parse_frames(&out[24..]);
     assert_eq!(frames.len(), 3);
@@ -315,19 +230,13 @@ fn large_blocks_are_reemitted_with_continuations() {
     assert_eq!(frames[0].payload.len(), 16_384);
     assert_eq!(frames[1].kind, CONTINUATION);
     assert_eq!(frames[2].flags, END_HEADERS);
-    assert_eq!(
-        only_block(&decode_output(&out)).headers,
-        expected_after_rewrite(&list)
-    );
+    assert_eq!(only_block(&decode_output(&out)).headers, expected_after_rewrite(&list));
 }
 
 #[test]
 fn continuation_without_headers_is_rejected() {
     let input = connection(&[frame(CONTINUATION, END_HEADERS, 1, &[0x82])]);
-    assert_eq!(
-        run(&input),
-        Err(RewriteError::UnexpectedContinuation { stream_id: 1 })
-    );
+    assert_eq!(run(&input), Err(RewriteError::UnexpectedContinuation { stream_id: 1 }));
 }
 
 #[test]
@@ -338,26 +247,15 @@ fn interleaved_frames_are_rejected() {
     let other_headers = frame(HEADERS, END_HEADERS, 3, &[0x84]);
     assert_eq!(
         run(&connection(&[start.clone(), ping])),
-        Err(RewriteError::InterleavedFrame {
-            expected_stream_id: 1,
-            frame_type: PING,
-            stream_id: 0
-        })
+        Err(RewriteError::InterleavedFrame { expected_stream_id: 1, frame_type: PING, stream_id: 0 })
     );
     assert_eq!(
         run(&connection(&[start.clone(), other_stream])),
-        Err(RewriteError::InterleavedFrame {
-            expected_stream_id: 1,
-            frame_type: CONTINUATION,
-            stream_id: 3
-        })
+        Err(RewriteError::InterleavedFrame { expected_stream_id: 1, frame_type: CONTINUATION, stream_id: 3 })
     );
     assert!(matches!(
         run(&connection(&[start, other_headers])),
-        Err(RewriteError::InterleavedFrame {
-            frame_type: HEADERS,
-            ..
-        })
+        Err(RewriteError::InterleavedFrame { frame_type: HEADERS, .. })
     ));
 }
 
@@ -369,13 +267,7 @@ fn header_block_size_is_capped() {
         parts.push(frame(CONTINUATION, 0, 1, &chunk));
     }
     let err = run(&connection(&parts)).unwrap_err();
-    assert_eq!(
-        err,
-        RewriteError::HeaderBlockTooLarge {
-            stream_id: 1,
-            limit: MAX_HEADER_BLOCK_SIZE
-        }
-    );
+    assert_eq!(err, RewriteError::HeaderBlockTooLarge { stream_id: 1, limit: MAX_HEADER_BLOCK_SIZE });
 }
 
 #[test]
@@ -386,19 +278,12 @@ fn continuation_flood_is_capped() {
     }
     assert_eq!(
         run(&connection(&parts)),
-        Err(RewriteError::TooManyContinuations {
-            stream_id: 1,
-            limit: MAX_CONTINUATION_FRAMES
-        })
+        Err(RewriteError::TooManyContinuations { stream_id: 1, limit: MAX_CONTINUATION_FRAMES })
     );
     // Exactly the limit is fine.
     let mut parts = vec![frame(HEADERS, 0, 1, &[0x82])];
     for i in 0..MAX_CONTINUATION_FRAMES {
-        let flags = if i + 1 == MAX_CONTINUATION_FRAMES {
-            END_HEADERS
-        } else {
-            0
-        };
+        let flags = if i + 1 == MAX_CONTINUATION_FRAMES { END_HEADERS } else { 0 };
         parts.push(frame(CONTINUATION, flags, 1, &[]));
     }
     assert!(run(&connection(&parts)).is_ok());
@@ -411,16 +296,8 @@ fn hpack_bomb_is_capped() {
     first.extend(loona_hpack::encoder::encode_integer(3990, 7));
     first.extend(vec![b'a'; 3990]);
     let bomb = vec![0x80 | 62; 300];
-    let input = connection(&[
-        frame(HEADERS, END_HEADERS, 1, &first),
-        frame(HEADERS, END_HEADERS, 3, &bomb),
-    ]);
-    assert_eq!(
-        run(&input),
-        Err(RewriteError::HeaderListTooLarge {
-            limit: MAX_HEADER_LIST_SIZE
-        })
-    );
+    let input = connection(&[frame(HEADERS, END_HEADERS, 1, &first), frame(HEADERS, END_HEADERS, 3, &bomb)]);
+    assert_eq!(run(&input), Err(RewriteError::HeaderListTooLarge { limit: MAX_HEADER_LIST_SIZE }));
 }
 
 #[test]
@@ -434,10 +311,7 @@ fn hpack_errors_are_reported_and_poison() {
         other => panic!("unexpected {other:?}"),
     }
     assert!(r.is_failed());
-    assert_eq!(
-        r.feed(&frame(PING, 0, 0, &[0; 8]), &mut out),
-        Err(RewriteError::Poisoned)
-    );
+    assert_eq!(r.feed(&frame(PING, 0, 0, &[0; 8]), &mut out), Err(RewriteError::Poisoned));
 }
 
 #[test]
@@ -447,13 +321,7 @@ fn table_size_updates_are_bounded_by_4096() {
     assert!(run(&ok).is_ok());
     // Size update to 4097.
     let too_big = connection(&[frame(HEADERS, END_HEADERS, 1, &[0x3f, 0xe2, 0x1f, 0x82])]);
-    assert_eq!(
-        run(&too_big),
-        Err(RewriteError::Hpack(HpackError::TableSizeTooLarge {
-            size: 4097,
-            limit: 4096
-        }))
-    );
+    assert_eq!(run(&too_big), Err(RewriteError::Hpack(HpackError::TableSizeTooLarge { size: 4097, limit: 4096 })));
 }
 
 #[test]
@@ -487,10 +355,8 @@ fn partial_preface_is_forwarded_immediately() {
 
 #[test]
 fn split_anywhere_matches_one_shot() {
-    let lists = [
-        kms_request(Some(SOCKET), STATUS),
-        kms_request(Some(SOCKET_PCT), "/v1beta1.KeyManagementService/Decrypt"),
-    ];
+    let lists =
+        [kms_request(Some(SOCKET), STATUS), kms_request(Some(SOCKET_PCT), "/v1beta1.KeyManagementService/Decrypt")];
     let blocks = encode_blocks(&lists);
     let input = connection(&[
         frame(SETTINGS, 0, 0, &[0, 4, 0, 1, 0, 0]),
@@ -508,12 +374,7 @@ fn split_anywhere_matches_one_shot() {
         frame(DATA, END_STREAM, 1, &[]),
         frame(WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]),
         header_block_frames(
-            &Framing {
-                stream_id: 3,
-                end_stream: true,
-                splits: vec![3, 7],
-                ..Framing::default()
-            },
+            &Framing { stream_id: 3, end_stream: true, splits: vec![3, 7], ..Framing::default() },
             &blocks[1],
         ),
         frame(PING, 0, 0, b"12345678"),
@@ -555,11 +416,7 @@ struct Chunked {
 }
 
 impl AsyncRead for Chunked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let size = self.sizes[self.next % self.sizes.len()].max(1);
         self.next += 1;
         let n = size.min(buf.remaining()).min(self.data.len() - self.pos);
@@ -571,32 +428,15 @@ impl AsyncRead for Chunked {
 }
 
 fn mixed_connection() -> Vec<u8> {
-    let lists = [
-        kms_request(Some(SOCKET), STATUS),
-        kms_request(Some("localhost"), STATUS),
-    ];
+    let lists = [kms_request(Some(SOCKET), STATUS), kms_request(Some("localhost"), STATUS)];
     let blocks = encode_blocks(&lists);
     let big: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
     connection(&[
         frame(SETTINGS, 0, 0, &[]),
-        header_block_frames(
-            &Framing {
-                stream_id: 1,
-                splits: vec![4],
-                ..Framing::default()
-            },
-            &blocks[0],
-        ),
+        header_block_frames(&Framing { stream_id: 1, splits: vec![4], ..Framing::default() }, &blocks[0]),
         frame(DATA, 0, 1, &big),
         frame(DATA, END_STREAM, 1, &big[..5000]),
-        header_block_frames(
-            &Framing {
-                stream_id: 3,
-                end_stream: true,
-                ..Framing::default()
-            },
-            &blocks[1],
-        ),
+        header_block_frames(&Framing { stream_id: 3, end_stream: true, ..Framing::default() }, &blocks[1]),
         frame(DATA, 0, 3, &big[..20_000]),
     ])
 }
@@ -612,12 +452,7 @@ async fn io_wrapper_matches_rewriter_for_any_chunking() {
         (vec![30_000, 3], 8192),
         (vec![16_384], 7),
     ] {
-        let reader = Chunked {
-            data: input.clone(),
-            pos: 0,
-            sizes,
-            next: 0,
-        };
+        let reader = Chunked { data: input.clone(), pos: 0, sizes, next: 0 };
         let mut io = RewriteIo::new(reader);
         let mut out = Vec::new();
         let mut buf = vec![0u8; read_size];
@@ -636,22 +471,13 @@ async fn io_wrapper_matches_rewriter_for_any_chunking() {
 
 #[tokio::test]
 async fn io_wrapper_reports_invalid_data() {
-    let input = connection(&[
-        frame(SETTINGS, 0, 0, &[]),
-        frame(CONTINUATION, END_HEADERS, 1, &[0x82]),
-    ]);
+    let input = connection(&[frame(SETTINGS, 0, 0, &[]), frame(CONTINUATION, END_HEADERS, 1, &[0x82])]);
     let mut io = RewriteIo::new(&input[..]);
     let mut out = Vec::new();
     let err = io.read_to_end(&mut out).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
-    let inner = err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<RewriteError>())
-        .unwrap();
-    assert_eq!(
-        *inner,
-        RewriteError::UnexpectedContinuation { stream_id: 1 }
-    );
+    let inner = err.get_ref().and_then(|e| e.downcast_ref::<RewriteError>()).unwrap();
+    assert_eq!(*inner, RewriteError::UnexpectedContinuation { stream_id: 1 });
     let again = io.read(&mut [0u8; 16]).await.unwrap_err();
     assert_eq!(again.kind(), std::io::ErrorKind::InvalidData);
 }
@@ -660,9 +486,7 @@ async fn io_wrapper_reports_invalid_data() {
 async fn io_wrapper_writes_pass_through() {
     let (a, mut b) = tokio::io::duplex(1024);
     let mut io = RewriteIo::new(a);
-    io.write_all(b"server bytes are not touched: /var/run/kms/x.sock")
-        .await
-        .unwrap();
+    io.write_all(b"server bytes are not touched: /var/run/kms/x.sock").await.unwrap();
     io.flush().await.unwrap();
     io.shutdown().await.unwrap();
     let mut got = Vec::new();

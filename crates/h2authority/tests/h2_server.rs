@@ -59,9 +59,7 @@ enum Outcome {
 
 async fn read_frame(io: &mut DuplexStream) -> Frame {
     let mut header = [0u8; 9];
-    io.read_exact(&mut header)
-        .await
-        .expect("server closed the connection");
+    io.read_exact(&mut header).await.expect("server closed the connection");
     let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
     let mut payload = vec![0; len];
     io.read_exact(&mut payload).await.unwrap();
@@ -85,9 +83,7 @@ async fn raw_client(mut io: DuplexStream, authorities: &[Option<&str>]) -> Vec<O
         let list = kms_request(*authority, STATUS);
         let block = encoder.encode(list.iter().map(|(n, v)| (&n[..], &v[..])));
         let stream_id = 1 + 2 * u32::try_from(i).unwrap();
-        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, stream_id, &block))
-            .await
-            .unwrap();
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, stream_id, &block)).await.unwrap();
     }
     io.flush().await.unwrap();
 
@@ -96,20 +92,12 @@ async fn raw_client(mut io: DuplexStream, authorities: &[Option<&str>]) -> Vec<O
         let f = read_frame(&mut io).await;
         let slot = usize::try_from(f.stream_id / 2).unwrap();
         match f.kind {
-            SETTINGS if f.flags & ACK == 0 => {
-                io.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap()
-            }
+            SETTINGS if f.flags & ACK == 0 => io.write_all(&frame(SETTINGS, ACK, 0, &[])).await.unwrap(),
             HEADERS => {
-                assert_ne!(
-                    f.flags & END_HEADERS,
-                    0,
-                    "test client expects single-frame blocks"
-                );
+                assert_ne!(f.flags & END_HEADERS, 0, "test client expects single-frame blocks");
                 let headers = decoder.decode(&f.payload).unwrap();
                 if let Some((_, status)) = headers.iter().find(|(n, _)| n == b":status") {
-                    outcomes[slot].get_or_insert(Outcome::Response {
-                        status: status.clone(),
-                    });
+                    outcomes[slot].get_or_insert(Outcome::Response { status: status.clone() });
                 }
             }
             RST_STREAM => {
@@ -127,9 +115,7 @@ async fn raw_client(mut io: DuplexStream, authorities: &[Option<&str>]) -> Vec<O
 }
 
 async fn with_timeout<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("test timed out")
+    tokio::time::timeout(Duration::from_secs(10), f).await.expect("test timed out")
 }
 
 fn drain(rx: &mut mpsc::UnboundedReceiver<http::Uri>) -> Vec<String> {
@@ -144,20 +130,11 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<http::Uri>) -> Vec<String> {
 async fn socket_path_authority_is_accepted_through_the_adapter() {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let mut uris = spawn_server(RewriteIo::new(server));
-    let outcomes = with_timeout(raw_client(
-        client,
-        &[Some(SOCKET), Some(SOCKET_PCT), Some(SOCKET)],
-    ))
-    .await;
-    let ok = || Outcome::Response {
-        status: b"200".to_vec(),
-    };
+    let outcomes = with_timeout(raw_client(client, &[Some(SOCKET), Some(SOCKET_PCT), Some(SOCKET)])).await;
+    let ok = || Outcome::Response { status: b"200".to_vec() };
     assert_eq!(outcomes, [ok(), ok(), ok()]);
     let expected = format!("http://localhost{STATUS}");
-    assert_eq!(
-        drain(&mut uris),
-        [expected.clone(), expected.clone(), expected]
-    );
+    assert_eq!(drain(&mut uris), [expected.clone(), expected.clone(), expected]);
 }
 
 #[tokio::test]
@@ -165,14 +142,9 @@ async fn socket_path_authority_is_reset_without_the_adapter() {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let mut uris = spawn_server(server);
     let outcomes = with_timeout(raw_client(client, &[Some(SOCKET), Some(SOCKET_PCT)])).await;
-    let reset = || Outcome::Reset {
-        error_code: PROTOCOL_ERROR,
-    };
+    let reset = || Outcome::Reset { error_code: PROTOCOL_ERROR };
     assert_eq!(outcomes, [reset(), reset()]);
-    assert!(
-        drain(&mut uris).is_empty(),
-        "h2 must not have delivered the request"
-    );
+    assert!(drain(&mut uris).is_empty(), "h2 must not have delivered the request");
 }
 
 #[tokio::test]
@@ -180,17 +152,9 @@ async fn valid_and_missing_authorities_are_untouched() {
     let (client, server) = tokio::io::duplex(64 * 1024);
     let mut uris = spawn_server(RewriteIo::new(server));
     let outcomes = with_timeout(raw_client(client, &[Some("kms.example:8443"), None])).await;
-    let ok = || Outcome::Response {
-        status: b"200".to_vec(),
-    };
+    let ok = || Outcome::Response { status: b"200".to_vec() };
     assert_eq!(outcomes, [ok(), ok()]);
-    assert_eq!(
-        drain(&mut uris),
-        [
-            format!("http://kms.example:8443{STATUS}"),
-            STATUS.to_owned()
-        ]
-    );
+    assert_eq!(drain(&mut uris), [format!("http://kms.example:8443{STATUS}"), STATUS.to_owned()]);
 }
 
 /// A real h2 client (Huffman coding, dynamic table, request bodies, flow
@@ -207,13 +171,11 @@ async fn real_h2_client_round_trips_through_the_adapter() {
         let mut h2 = h2.ready().await.unwrap();
         let body = Bytes::from(vec![0xa5; 200_000]);
         for i in 0..20 {
-            let request = http::Request::post(format!(
-                "http://kms.local/v2.KeyManagementService/Encrypt?i={i}"
-            ))
-            .header("content-type", "application/grpc")
-            .header("grpc-timeout", format!("{}m", 1000 + i))
-            .body(())
-            .unwrap();
+            let request = http::Request::post(format!("http://kms.local/v2.KeyManagementService/Encrypt?i={i}"))
+                .header("content-type", "application/grpc")
+                .header("grpc-timeout", format!("{}m", 1000 + i))
+                .body(())
+                .unwrap();
             let (response, mut send) = h2.send_request(request, false).unwrap();
             send.reserve_capacity(body.len());
             send.send_data(body.clone(), true).unwrap();
@@ -237,8 +199,6 @@ async fn real_h2_client_round_trips_through_the_adapter() {
     let seen = drain(&mut uris);
     assert_eq!(seen.len(), 20);
     assert!(
-        seen.iter()
-            .enumerate()
-            .all(|(i, u)| *u == format!("http://kms.local/v2.KeyManagementService/Encrypt?i={i}"))
+        seen.iter().enumerate().all(|(i, u)| *u == format!("http://kms.local/v2.KeyManagementService/Encrypt?i={i}"))
     );
 }

@@ -68,67 +68,28 @@ fn block_spec() -> impl Strategy<Value = BlockSpec> {
         prop::collection::vec(header_field(), 0..8),
         any::<prop::sample::Index>(),
         prop::option::weighted(0.1, authority()),
-        prop::sample::select(vec![
-            "/v2.KeyManagementService/Status",
-            "/v2.KeyManagementService/Encrypt",
-            "/",
-        ]),
-        (
-            any::<bool>(),
-            prop::option::of(any::<[u8; 5]>()),
-            prop::option::of(any::<u8>()),
-        ),
+        prop::sample::select(vec!["/v2.KeyManagementService/Status", "/v2.KeyManagementService/Encrypt", "/"]),
+        (any::<bool>(), prop::option::of(any::<[u8; 5]>()), prop::option::of(any::<u8>())),
         prop::collection::vec(0usize..50_000, 0..4),
         prop::option::weighted(0.1, 0usize..=4096),
     )
-        .prop_map(
-            |(
-                auth,
-                extra,
-                dup_at,
-                dup,
-                path,
-                (end_stream, priority, padding),
-                splits,
-                size_update,
-            )| {
-                let mut headers =
-                    headers(&[(":method", "POST"), (":scheme", "http"), (":path", path)]);
-                if let Some(a) = auth {
-                    headers.push((b":authority".to_vec(), a.value()));
-                }
-                headers.extend(extra);
-                if let Some(a) = dup {
-                    let at = dup_at.index(headers.len() + 1);
-                    headers.insert(at, (b":authority".to_vec(), a.value()));
-                }
-                BlockSpec {
-                    headers,
-                    framing: Framing {
-                        stream_id: 0,
-                        end_stream,
-                        priority,
-                        padding,
-                        splits,
-                    },
-                    size_update,
-                }
-            },
-        )
+        .prop_map(|(auth, extra, dup_at, dup, path, (end_stream, priority, padding), splits, size_update)| {
+            let mut headers = headers(&[(":method", "POST"), (":scheme", "http"), (":path", path)]);
+            if let Some(a) = auth {
+                headers.push((b":authority".to_vec(), a.value()));
+            }
+            headers.extend(extra);
+            if let Some(a) = dup {
+                let at = dup_at.index(headers.len() + 1);
+                headers.insert(at, (b":authority".to_vec(), a.value()));
+            }
+            BlockSpec { headers, framing: Framing { stream_id: 0, end_stream, priority, padding, splits }, size_update }
+        })
 }
 
 fn other_frame() -> impl Strategy<Value = Frame> {
-    let data = (
-        any::<u8>(),
-        1u32..100,
-        prop::collection::vec(any::<u8>(), 0..3000),
-    )
-        .prop_map(|(flags, stream_id, payload)| Frame {
-            kind: DATA,
-            flags,
-            stream_id,
-            payload,
-        });
+    let data = (any::<u8>(), 1u32..100, prop::collection::vec(any::<u8>(), 0..3000))
+        .prop_map(|(flags, stream_id, payload)| Frame { kind: DATA, flags, stream_id, payload });
     let settings = prop::collection::vec(any::<u8>(), 0..5).prop_map(|v| Frame {
         kind: SETTINGS,
         flags: 0,
@@ -153,12 +114,7 @@ fn other_frame() -> impl Strategy<Value = Frame> {
         0u32..10,
         prop::collection::vec(any::<u8>(), 0..40),
     )
-        .prop_map(|(kind, flags, stream_id, payload)| Frame {
-            kind,
-            flags,
-            stream_id,
-            payload,
-        });
+        .prop_map(|(kind, flags, stream_id, payload)| Frame { kind, flags, stream_id, payload });
     prop_oneof![3 => data, 1 => settings, 1 => ping, 1 => window, 1 => misc]
 }
 
@@ -186,17 +142,10 @@ fn build(specs: &[BlockSpec], others: &[Vec<Frame>]) -> (Vec<u8>, Vec<Item>, u64
         }
         block.extend(encoder.encode(spec.headers.iter().map(|(n, v)| (&n[..], &v[..]))));
         let stream_id = 1 + 2 * u32::try_from(i).unwrap();
-        let framing = Framing {
-            stream_id,
-            ..spec.framing.clone()
-        };
+        let framing = Framing { stream_id, ..spec.framing.clone() };
         input.extend(header_block_frames(&framing, &block));
         let after = expected_after_rewrite(&spec.headers);
-        rewrites += after
-            .iter()
-            .zip(&spec.headers)
-            .filter(|(a, b)| a != b)
-            .count() as u64;
+        rewrites += after.iter().zip(&spec.headers).filter(|(a, b)| a != b).count() as u64;
         expected.push(Item::Block(Block {
             stream_id,
             end_stream: spec.framing.end_stream,
@@ -210,24 +159,13 @@ fn build(specs: &[BlockSpec], others: &[Vec<Frame>]) -> (Vec<u8>, Vec<Item>, u64
     (input, expected, rewrites)
 }
 
-fn feed_chunked(
-    input: &[u8],
-    sizes: &[usize],
-) -> (
-    Result<(), envelope_h2authority::RewriteError>,
-    Vec<u8>,
-    Rewriter,
-) {
+fn feed_chunked(input: &[u8], sizes: &[usize]) -> (Result<(), envelope_h2authority::RewriteError>, Vec<u8>, Rewriter) {
     let mut r = Rewriter::new();
     let mut out = Vec::new();
     let mut rest = input;
     let mut i = 0;
     while !rest.is_empty() {
-        let n = sizes
-            .get(i % sizes.len().max(1))
-            .copied()
-            .unwrap_or(rest.len())
-            .clamp(1, rest.len());
+        let n = sizes.get(i % sizes.len().max(1)).copied().unwrap_or(rest.len()).clamp(1, rest.len());
         i += 1;
         if let Err(e) = r.feed(&rest[..n], &mut out) {
             return (Err(e), out, r);

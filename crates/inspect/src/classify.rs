@@ -141,11 +141,7 @@ pub enum StaticProvider {
 
 impl StaticProvider {
     /// All three.
-    pub const ALL: [StaticProvider; 3] = [
-        StaticProvider::AesCbc,
-        StaticProvider::AesGcm,
-        StaticProvider::Secretbox,
-    ];
+    pub const ALL: [StaticProvider; 3] = [StaticProvider::AesCbc, StaticProvider::AesGcm, StaticProvider::Secretbox];
 
     /// The name used in the EncryptionConfiguration and the prefix: `aescbc`, `aesgcm`, `secretbox`.
     pub const fn as_str(self) -> &'static str {
@@ -337,8 +333,7 @@ impl KmsV2Value {
     /// Whether a value written now would look different: different key_id, or legacy DEK mode.
     /// `current_key_id` is the plugin's current Status key_id.
     pub fn is_stale(&self, current_key_id: &str) -> bool {
-        self.key_id != current_key_id
-            || self.dek_source_type != DekSourceType::HkdfSha256XNonceAesGcmSeed
+        self.key_id != current_key_id || self.dek_source_type != DekSourceType::HkdfSha256XNonceAesGcmSeed
     }
 }
 
@@ -363,9 +358,7 @@ impl Classified {
             Classified::StaticKey(s) => s.provider.kind(),
             Classified::KmsV1(_) => ProviderKind::KmsV1,
             Classified::KmsV2(_) => ProviderKind::KmsV2,
-            Classified::UnknownPrefix { .. } | Classified::Unrecognized { .. } => {
-                ProviderKind::Unknown
-            }
+            Classified::UnknownPrefix { .. } | Classified::Unrecognized { .. } => ProviderKind::Unknown,
             Classified::Corrupt(_) => ProviderKind::Corrupt,
         }
     }
@@ -379,9 +372,7 @@ impl Classified {
             | Classified::KmsV2(_)
             | Classified::UnknownPrefix { .. }
             | Classified::Corrupt(_) => true,
-            Classified::IdentityProtobuf
-            | Classified::IdentityJson
-            | Classified::Unrecognized { .. } => false,
+            Classified::IdentityProtobuf | Classified::IdentityJson | Classified::Unrecognized { .. } => false,
         }
     }
 
@@ -407,11 +398,7 @@ impl fmt::Display for Classified {
         match self {
             Classified::IdentityProtobuf => f.write_str("identity (protobuf)"),
             Classified::IdentityJson => f.write_str("identity (json)"),
-            Classified::StaticKey(s) => write!(
-                f,
-                "{} key={:?} payload={}B",
-                s.provider, s.key_name, s.payload_len
-            ),
+            Classified::StaticKey(s) => write!(f, "{} key={:?} payload={}B", s.provider, s.key_name, s.payload_len),
             Classified::KmsV1(v) => write!(
                 f,
                 "kms-v1 provider={:?} wrapped_dek={}B data={}B",
@@ -467,11 +454,7 @@ pub fn classify_with_names(etcd_key: &[u8], value: &[u8], names: &[&str]) -> Cla
 
 /// Like [`classify_with_names`], with the names `config` gives each provider kind (its static
 /// key names and KMS v1 provider names).
-pub fn classify_with_config(
-    etcd_key: &[u8],
-    value: &[u8],
-    config: &EncryptionConfig,
-) -> Classified {
+pub fn classify_with_config(etcd_key: &[u8], value: &[u8], config: &EncryptionConfig) -> Classified {
     let _ = etcd_key;
     classify_inner(value, |kind| config.names(kind))
 }
@@ -484,23 +467,13 @@ pub fn match_name<'n>(value: &[u8], provider: ProviderKind, names: &[&'n str]) -
     names
         .iter()
         .copied()
-        .filter(|n| {
-            !n.is_empty()
-                && rest
-                    .strip_prefix(n.as_bytes())
-                    .is_some_and(|r| r.first() == Some(&b':'))
-        })
+        .filter(|n| !n.is_empty() && rest.strip_prefix(n.as_bytes()).is_some_and(|r| r.first() == Some(&b':')))
         .max_by_key(|n| n.len())
 }
 
-fn classify_inner<'n>(
-    value: &[u8],
-    names_for: impl Fn(ProviderKind) -> Vec<&'n str>,
-) -> Classified {
+fn classify_inner<'n>(value: &[u8], names_for: impl Fn(ProviderKind) -> Vec<&'n str>) -> Classified {
     if value.is_empty() {
-        return Classified::Unrecognized {
-            reason: "empty value".to_owned(),
-        };
+        return Classified::Unrecognized { reason: "empty value".to_owned() };
     }
     if value.starts_with(PROTOBUF_MAGIC) {
         return Classified::IdentityProtobuf;
@@ -516,13 +489,9 @@ fn classify_inner<'n>(
             ),
         };
     };
-    for kind in [
-        ProviderKind::AesCbc,
-        ProviderKind::AesGcm,
-        ProviderKind::Secretbox,
-        ProviderKind::KmsV1,
-        ProviderKind::KmsV2,
-    ] {
+    for kind in
+        [ProviderKind::AesCbc, ProviderKind::AesGcm, ProviderKind::Secretbox, ProviderKind::KmsV1, ProviderKind::KmsV2]
+    {
         let Some(tag) = kind.prefix_tag() else {
             continue;
         };
@@ -530,11 +499,7 @@ fn classify_inner<'n>(
             continue;
         };
         // KMS v2 names cannot contain ':' (validation), so only v1 and static names are matched.
-        let configured = if kind == ProviderKind::KmsV2 {
-            None
-        } else {
-            match_name(value, kind, &names_for(kind))
-        };
+        let configured = if kind == ProviderKind::KmsV2 { None } else { match_name(value, kind, &names_for(kind)) };
         let (name, payload) = match split_name(after_tag, configured) {
             Ok(split) => split,
             Err(reason) => return corrupt(kind, None, reason),
@@ -547,16 +512,11 @@ fn classify_inner<'n>(
             _ => classify_kms_v2(name, payload),
         };
     }
-    Classified::UnknownPrefix {
-        prefix: describe_prefix(value),
-    }
+    Classified::UnknownPrefix { prefix: describe_prefix(value) }
 }
 
 /// Split `name:payload`, using the configured name when one matched.
-fn split_name<'a>(
-    after_tag: &'a [u8],
-    configured: Option<&str>,
-) -> Result<(String, &'a [u8]), String> {
+fn split_name<'a>(after_tag: &'a [u8], configured: Option<&str>) -> Result<(String, &'a [u8]), String> {
     let (name, payload) = match configured {
         Some(n) => {
             let payload = after_tag
@@ -566,10 +526,7 @@ fn split_name<'a>(
             (n.as_bytes(), payload)
         }
         None => {
-            let colon = after_tag
-                .iter()
-                .position(|&b| b == b':')
-                .ok_or_else(|| "no ':' after the name".to_owned())?;
+            let colon = after_tag.iter().position(|&b| b == b':').ok_or_else(|| "no ':' after the name".to_owned())?;
             let (name, rest) = after_tag.split_at(colon);
             (name, rest.get(1..).unwrap_or_default())
         }
@@ -577,8 +534,7 @@ fn split_name<'a>(
     if name.is_empty() {
         return Err("empty name".to_owned());
     }
-    let name = std::str::from_utf8(name)
-        .map_err(|_| format!("name is not UTF-8 ({})", escape_bytes(name, 64)))?;
+    let name = std::str::from_utf8(name).map_err(|_| format!("name is not UTF-8 ({})", escape_bytes(name, 64)))?;
     Ok((name.to_owned(), payload))
 }
 
@@ -588,63 +544,42 @@ fn classify_static(provider: StaticProvider, key_name: String, payload: &[u8]) -
         return corrupt(
             provider.kind(),
             Some(key_name),
-            format!(
-                "payload of {} bytes is shorter than the {min}-byte minimum",
-                payload.len()
-            ),
+            format!("payload of {} bytes is shorter than the {min}-byte minimum", payload.len()),
         );
     }
     if provider == StaticProvider::AesCbc && !payload.len().is_multiple_of(AES_BLOCK_LEN) {
         return corrupt(
             provider.kind(),
             Some(key_name),
-            format!(
-                "payload of {} bytes is not a whole number of 16-byte blocks",
-                payload.len()
-            ),
+            format!("payload of {} bytes is not a whole number of 16-byte blocks", payload.len()),
         );
     }
-    Classified::StaticKey(StaticKeyValue {
-        provider,
-        key_name,
-        payload_len: payload.len(),
-    })
+    Classified::StaticKey(StaticKeyValue { provider, key_name, payload_len: payload.len() })
 }
 
 /// Parsed KMS v1 payload: wrapped DEK and encrypted data.
 pub(crate) fn split_kms_v1(payload: &[u8]) -> Result<(&[u8], &[u8]), String> {
     let Some((len, rest)) = payload.split_first_chunk::<2>() else {
-        return Err(format!(
-            "payload of {} bytes has no 2-byte DEK length",
-            payload.len()
-        ));
+        return Err(format!("payload of {} bytes has no 2-byte DEK length", payload.len()));
     };
     let dek_len = usize::from(u16::from_be_bytes(*len));
     if dek_len == 0 {
         return Err("wrapped DEK length is 0".to_owned());
     }
     let Some((dek, data)) = rest.split_at_checked(dek_len) else {
-        return Err(format!(
-            "wrapped DEK length {dek_len} exceeds the {} bytes that follow",
-            rest.len()
-        ));
+        return Err(format!("wrapped DEK length {dek_len} exceeds the {} bytes that follow", rest.len()));
     };
     if data.len() < GCM_NONCE_LEN + GCM_TAG_LEN {
-        return Err(format!(
-            "{} bytes of encrypted data after the wrapped DEK, fewer than nonce and tag",
-            data.len()
-        ));
+        return Err(format!("{} bytes of encrypted data after the wrapped DEK, fewer than nonce and tag", data.len()));
     }
     Ok((dek, data))
 }
 
 fn classify_kms_v1(provider_name: String, payload: &[u8]) -> Classified {
     match split_kms_v1(payload) {
-        Ok((dek, data)) => Classified::KmsV1(KmsV1Value {
-            provider_name,
-            wrapped_dek: dek.to_vec(),
-            data_len: data.len(),
-        }),
+        Ok((dek, data)) => {
+            Classified::KmsV1(KmsV1Value { provider_name, wrapped_dek: dek.to_vec(), data_len: data.len() })
+        }
         Err(reason) => corrupt(ProviderKind::KmsV1, Some(provider_name), reason),
     }
 }
@@ -656,11 +591,7 @@ pub(crate) fn decode_kms_v2(payload: &[u8]) -> Result<envelope_proto::v2::Encryp
     if obj.encrypted_data.is_empty() {
         return Err("encryptedData is empty".to_owned());
     }
-    check_kms_v2_fields(
-        &obj.key_id,
-        &obj.encrypted_dek_source,
-        obj.annotations.iter(),
-    )?;
+    check_kms_v2_fields(&obj.key_id, &obj.encrypted_dek_source, obj.annotations.iter())?;
     let min = match DekSourceType::from_i32(obj.encrypted_dek_source_type) {
         DekSourceType::HkdfSha256XNonceAesGcmSeed => KMS_V2_INFO_LEN + GCM_NONCE_LEN + GCM_TAG_LEN,
         DekSourceType::AesGcmKey => GCM_NONCE_LEN + GCM_TAG_LEN,
@@ -685,34 +616,23 @@ pub(crate) fn check_kms_v2_fields<'a>(
         return Err("keyID is empty".to_owned());
     }
     if key_id.len() > KMS_V2_MAX_FIELD_LEN {
-        return Err(format!(
-            "keyID of {} bytes exceeds {KMS_V2_MAX_FIELD_LEN}",
-            key_id.len()
-        ));
+        return Err(format!("keyID of {} bytes exceeds {KMS_V2_MAX_FIELD_LEN}", key_id.len()));
     }
     if dek_source.is_empty() {
         return Err("encryptedDEKSource is empty".to_owned());
     }
     if dek_source.len() > KMS_V2_MAX_FIELD_LEN {
-        return Err(format!(
-            "encryptedDEKSource of {} bytes exceeds {KMS_V2_MAX_FIELD_LEN}",
-            dek_source.len()
-        ));
+        return Err(format!("encryptedDEKSource of {} bytes exceeds {KMS_V2_MAX_FIELD_LEN}", dek_source.len()));
     }
     let mut total = 0usize;
     for (k, v) in annotations {
         if !is_fully_qualified_domain_name(k) {
-            return Err(format!(
-                "annotation key {:?} is not a fully qualified domain name",
-                truncate(k, 64)
-            ));
+            return Err(format!("annotation key {:?} is not a fully qualified domain name", truncate(k, 64)));
         }
         total = total.saturating_add(k.len()).saturating_add(v.len());
     }
     if total > KMS_V2_MAX_ANNOTATIONS_SIZE {
-        return Err(format!(
-            "annotations total {total} bytes, more than {KMS_V2_MAX_ANNOTATIONS_SIZE}"
-        ));
+        return Err(format!("annotations total {total} bytes, more than {KMS_V2_MAX_ANNOTATIONS_SIZE}"));
     }
     Ok(())
 }
@@ -732,21 +652,14 @@ fn classify_kms_v2(provider_name: String, payload: &[u8]) -> Classified {
 }
 
 fn corrupt(claimed: ProviderKind, name: Option<String>, reason: String) -> Classified {
-    Classified::Corrupt(CorruptValue {
-        claimed,
-        name,
-        reason,
-    })
+    Classified::Corrupt(CorruptValue { claimed, name, reason })
 }
 
 /// `k8s:enc:` and up to two more `:`-terminated segments, escaped, at most ~64 characters.
 fn describe_prefix(value: &[u8]) -> String {
     let mut end = ENCRYPTED_PREFIX.len();
     for _ in 0..2 {
-        match value
-            .get(end..)
-            .and_then(|r| r.iter().take(32).position(|&b| b == b':'))
-        {
+        match value.get(end..).and_then(|r| r.iter().take(32).position(|&b| b == b':')) {
             Some(i) => end += i + 1,
             None => break,
         }
@@ -810,12 +723,8 @@ mod tests {
     fn fqdn_rule() {
         assert!(is_fully_qualified_domain_name("kms.example.io"));
         assert!(is_fully_qualified_domain_name("kms.example.io."));
-        assert!(is_fully_qualified_domain_name(
-            "remote-kms-auditid.kms.example.io"
-        ));
-        assert!(!is_fully_qualified_domain_name(
-            "kms.example.io/remote-kms-auditid"
-        ));
+        assert!(is_fully_qualified_domain_name("remote-kms-auditid.kms.example.io"));
+        assert!(!is_fully_qualified_domain_name("kms.example.io/remote-kms-auditid"));
         assert!(!is_fully_qualified_domain_name("Example.com"));
         assert!(!is_fully_qualified_domain_name("localhost"));
         assert!(!is_fully_qualified_domain_name("-a.b"));
@@ -825,14 +734,8 @@ mod tests {
 
     #[test]
     fn prefixes() {
-        assert_eq!(
-            ProviderKind::KmsV2.prefix("p").as_deref(),
-            Some(b"k8s:enc:kms:v2:p:".as_slice())
-        );
-        assert_eq!(
-            StaticProvider::Secretbox.prefix("k"),
-            b"k8s:enc:secretbox:v1:k:".to_vec()
-        );
+        assert_eq!(ProviderKind::KmsV2.prefix("p").as_deref(), Some(b"k8s:enc:kms:v2:p:".as_slice()));
+        assert_eq!(StaticProvider::Secretbox.prefix("k"), b"k8s:enc:secretbox:v1:k:".to_vec());
         assert_eq!(ProviderKind::Identity.prefix("x"), None);
         for p in StaticProvider::ALL {
             assert_eq!(p.kind().prefix("n"), Some(p.prefix("n")));
@@ -841,10 +744,7 @@ mod tests {
 
     #[test]
     fn describe_unknown_prefix() {
-        assert_eq!(
-            describe_prefix(b"k8s:enc:foo:v9:name:\x00\x01"),
-            "k8s:enc:foo:v9:"
-        );
+        assert_eq!(describe_prefix(b"k8s:enc:foo:v9:name:\x00\x01"), "k8s:enc:foo:v9:");
         assert_eq!(describe_prefix(b"k8s:enc:\xff"), "k8s:enc:");
         assert_eq!(escape_bytes(b"a\x00b", 64), "a\\x00b");
     }
@@ -864,10 +764,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            match_name(&v, ProviderKind::AesGcm, &["a", "a:b"]),
-            Some("a:b")
-        );
+        assert_eq!(match_name(&v, ProviderKind::AesGcm, &["a", "a:b"]), Some("a:b"));
         assert_eq!(match_name(&v, ProviderKind::AesCbc, &["a", "a:b"]), None);
     }
 }

@@ -90,10 +90,7 @@ pub struct StaticKey {
 impl StaticKey {
     /// A key from its name and raw (decoded) secret.
     pub fn new(name: impl Into<String>, secret: Zeroizing<Vec<u8>>) -> Self {
-        StaticKey {
-            name: name.into(),
-            secret,
-        }
+        StaticKey { name: name.into(), secret }
     }
 
     /// The decoded key bytes (16, 24 or 32 for AES, 32 for secretbox).
@@ -150,10 +147,7 @@ impl KmsProvider {
     /// The socket path of a `unix://` endpoint (`unix:///path` → `/path`,
     /// `unix:///@name` → `@name` for an abstract socket).
     pub fn socket_path(&self) -> &str {
-        let rest = self
-            .endpoint
-            .strip_prefix("unix://")
-            .unwrap_or(&self.endpoint);
+        let rest = self.endpoint.strip_prefix("unix://").unwrap_or(&self.endpoint);
         match rest.strip_prefix("/@") {
             Some(_) => rest.get(1..).unwrap_or(rest),
             None => rest,
@@ -168,8 +162,7 @@ impl EncryptionConfig {
     /// [`Error::Config`] describing the first problem (with its line and column for syntax and
     /// schema errors). Secrets are never part of the message.
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let raw: RawConfig =
-            serde_norway::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        let raw: RawConfig = serde_norway::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
         validate(raw)
     }
 
@@ -179,12 +172,9 @@ impl EncryptionConfig {
     /// [`Error::Io`] if the file cannot be read, otherwise as [`EncryptionConfig::from_yaml`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?);
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| Error::Config(format!("{} is not UTF-8", path.display())))?;
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| Error::Io { path: path.to_owned(), source })?);
+        let text =
+            std::str::from_utf8(&bytes).map_err(|_| Error::Config(format!("{} is not UTF-8", path.display())))?;
         Self::from_yaml(text)
     }
 
@@ -203,10 +193,7 @@ impl EncryptionConfig {
                     continue;
                 }
                 for k in keys {
-                    if !out
-                        .iter()
-                        .any(|o| o.name == k.name && o.secret() == k.secret())
-                    {
+                    if !out.iter().any(|o| o.name == k.name && o.secret() == k.secret()) {
                         out.push(k);
                     }
                 }
@@ -218,10 +205,7 @@ impl EncryptionConfig {
     /// The keys of `provider` named `name` (usually one; several if different rules reuse a
     /// name with different secrets).
     pub fn static_keys_named(&self, provider: StaticProvider, name: &str) -> Vec<&StaticKey> {
-        self.static_keys(provider)
-            .into_iter()
-            .filter(|k| k.name == name)
-            .collect()
+        self.static_keys(provider).into_iter().filter(|k| k.name == name).collect()
     }
 
     /// Every KMS provider in file order; one listed again (same name and API version) is
@@ -230,9 +214,7 @@ impl EncryptionConfig {
         let mut out: Vec<&KmsProvider> = Vec::new();
         for p in self.rules.iter().flat_map(|r| &r.providers) {
             if let Provider::Kms(k) = p
-                && !out
-                    .iter()
-                    .any(|o| o.name == k.name && o.api_version == k.api_version)
+                && !out.iter().any(|o| o.name == k.name && o.api_version == k.api_version)
             {
                 out.push(k);
             }
@@ -243,9 +225,7 @@ impl EncryptionConfig {
     /// The KMS provider whose values carry `kind` ([`ProviderKind::KmsV1`] or
     /// [`ProviderKind::KmsV2`]) and `name`.
     pub fn kms_provider(&self, kind: ProviderKind, name: &str) -> Option<&KmsProvider> {
-        self.kms_providers()
-            .into_iter()
-            .find(|k| k.api_version.kind() == kind && k.name == name)
+        self.kms_providers().into_iter().find(|k| k.api_version.kind() == kind && k.name == name)
     }
 
     /// The configured names that appear in prefixes of `kind`: static key names for the static
@@ -325,21 +305,13 @@ struct RawKms {
 
 fn validate(raw: RawConfig) -> Result<EncryptionConfig> {
     if raw.kind != KIND {
-        return Err(Error::Config(format!(
-            "kind is {:?}, expected {KIND:?}",
-            raw.kind
-        )));
+        return Err(Error::Config(format!("kind is {:?}, expected {KIND:?}", raw.kind)));
     }
     if raw.api_version != API_VERSION {
-        return Err(Error::Config(format!(
-            "apiVersion is {:?}, expected {API_VERSION:?}",
-            raw.api_version
-        )));
+        return Err(Error::Config(format!("apiVersion is {:?}, expected {API_VERSION:?}", raw.api_version)));
     }
     if raw.resources.is_empty() {
-        return Err(Error::Config(
-            "resources: at least one entry is required".into(),
-        ));
+        return Err(Error::Config("resources: at least one entry is required".into()));
     }
     let mut rules = Vec::with_capacity(raw.resources.len());
     let mut seen_wildcards: Vec<String> = Vec::new();
@@ -348,9 +320,7 @@ fn validate(raw: RawConfig) -> Result<EncryptionConfig> {
         let at = format!("resources[{i}]");
         validate_resources(&at, &rule.resources, &mut seen_wildcards)?;
         if rule.providers.is_empty() {
-            return Err(Error::Config(format!(
-                "{at}.providers: at least one provider is required"
-            )));
+            return Err(Error::Config(format!("{at}.providers: at least one provider is required")));
         }
         let mut providers = Vec::with_capacity(rule.providers.len());
         for (j, p) in rule.providers.into_iter().enumerate() {
@@ -367,27 +337,18 @@ fn validate(raw: RawConfig) -> Result<EncryptionConfig> {
             }
             providers.push(provider);
         }
-        rules.push(ResourceRule {
-            resources: rule.resources,
-            providers,
-        });
+        rules.push(ResourceRule { resources: rule.resources, providers });
     }
     Ok(EncryptionConfig { rules })
 }
 
-const FORBIDDEN_RESOURCES: [&str; 3] = [
-    "apiserveripinfo",
-    "serviceipallocations",
-    "servicenodeportallocations",
-];
+const FORBIDDEN_RESOURCES: [&str; 3] = ["apiserveripinfo", "serviceipallocations", "servicenodeportallocations"];
 
 /// Resource-name rules of §8.1. `seen_wildcards` holds the `*.group` / `*.*` entries of earlier
 /// rules (a later entry they cover is an error).
 fn validate_resources(at: &str, list: &[String], seen_wildcards: &mut Vec<String>) -> Result<()> {
     if list.is_empty() {
-        return Err(Error::Config(format!(
-            "{at}.resources: at least one resource is required"
-        )));
+        return Err(Error::Config(format!("{at}.resources: at least one resource is required")));
     }
     let mut here: BTreeSet<&str> = BTreeSet::new();
     for r in list {
@@ -399,18 +360,14 @@ fn validate_resources(at: &str, list: &[String], seen_wildcards: &mut Vec<String
             return Err(bad("must be lowercase without spaces"));
         }
         if r == "*" {
-            return Err(bad(
-                "is not allowed; use '*.' for the core group or '*.*' for all",
-            ));
+            return Err(bad("is not allowed; use '*.' for the core group or '*.*' for all"));
         }
         let (resource, group) = r.split_once('.').unwrap_or((r.as_str(), ""));
         if group == "*" && resource != "*" {
             return Err(bad("is not allowed ('resource.*' cannot be used)"));
         }
         if group == "extensions" {
-            return Err(bad(
-                "is not allowed (the extensions group cannot be encrypted)",
-            ));
+            return Err(bad("is not allowed (the extensions group cannot be encrypted)"));
         }
         if group == "events.k8s.io" {
             return Err(bad("is not allowed (use 'events')"));
@@ -423,9 +380,7 @@ fn validate_resources(at: &str, list: &[String], seen_wildcards: &mut Vec<String
         }
         for w in seen_wildcards.iter() {
             if covers(w, group) {
-                return Err(bad(&format!(
-                    "is already covered by {w:?} in an earlier rule"
-                )));
+                return Err(bad(&format!("is already covered by {w:?} in an earlier rule")));
             }
         }
     }
@@ -434,17 +389,11 @@ fn validate_resources(at: &str, list: &[String], seen_wildcards: &mut Vec<String
         for r in here.iter().filter(|r| *r != w) {
             let (_, group) = r.split_once('.').unwrap_or((r, ""));
             if covers(w, group) {
-                return Err(Error::Config(format!(
-                    "{at}.resources: {r:?} overlaps with {w:?}"
-                )));
+                return Err(Error::Config(format!("{at}.resources: {r:?} overlaps with {w:?}")));
             }
         }
     }
-    seen_wildcards.extend(
-        here.iter()
-            .filter(|r| r.starts_with("*."))
-            .map(|r| (*r).to_owned()),
-    );
+    seen_wildcards.extend(here.iter().filter(|r| r.starts_with("*.")).map(|r| (*r).to_owned()));
     Ok(())
 }
 
@@ -459,16 +408,10 @@ fn covers(w: &str, group: &str) -> bool {
 }
 
 fn validate_provider(at: &str, p: RawProvider) -> Result<Provider> {
-    let count = [
-        p.aesgcm.is_some(),
-        p.aescbc.is_some(),
-        p.secretbox.is_some(),
-        p.identity.is_some(),
-        p.kms.is_some(),
-    ]
-    .into_iter()
-    .filter(|x| *x)
-    .count();
+    let count = [p.aesgcm.is_some(), p.aescbc.is_some(), p.secretbox.is_some(), p.identity.is_some(), p.kms.is_some()]
+        .into_iter()
+        .filter(|x| *x)
+        .count();
     if count != 1 {
         return Err(Error::Config(format!(
             "{at}: exactly one of aesgcm, aescbc, secretbox, identity, kms is required ({count} given)"
@@ -491,9 +434,7 @@ fn validate_provider(at: &str, p: RawProvider) -> Result<Provider> {
 
 fn static_provider(at: &str, provider: StaticProvider, raw: RawKeys) -> Result<Provider> {
     if raw.keys.is_empty() {
-        return Err(Error::Config(format!(
-            "{at}.{provider}.keys: at least one key is required"
-        )));
+        return Err(Error::Config(format!("{at}.{provider}.keys: at least one key is required")));
     }
     let mut keys = Vec::with_capacity(raw.keys.len());
     for (i, k) in raw.keys.into_iter().enumerate() {
@@ -505,9 +446,7 @@ fn static_provider(at: &str, provider: StaticProvider, raw: RawKeys) -> Result<P
         let secret = Zeroizing::new(
             base64::engine::general_purpose::STANDARD
                 .decode(k.secret.trim().as_bytes())
-                .map_err(|_| {
-                    Error::Config(format!("{at}.secret: key {:?} is not valid base64", k.name))
-                })?,
+                .map_err(|_| Error::Config(format!("{at}.secret: key {:?} is not valid base64", k.name)))?,
         );
         if !provider.is_valid_key_len(secret.len()) {
             let want = match provider {
@@ -520,10 +459,7 @@ fn static_provider(at: &str, provider: StaticProvider, raw: RawKeys) -> Result<P
                 secret.len()
             )));
         }
-        keys.push(StaticKey {
-            name: k.name,
-            secret,
-        });
+        keys.push(StaticKey { name: k.name, secret });
     }
     Ok(Provider::Static { provider, keys })
 }
@@ -534,19 +470,14 @@ fn kms_provider(at: &str, raw: RawKms) -> Result<KmsProvider> {
         None | Some("v1") => KmsApiVersion::V1,
         Some("v2") => KmsApiVersion::V2,
         Some(other) => {
-            return Err(Error::Config(format!(
-                "{at}.apiVersion: {other:?} is not v1 or v2"
-            )));
+            return Err(Error::Config(format!("{at}.apiVersion: {other:?} is not v1 or v2")));
         }
     };
     if raw.name.is_empty() {
         return Err(Error::Config(format!("{at}.name: must not be empty")));
     }
     if api_version == KmsApiVersion::V2 && raw.name.contains(':') {
-        return Err(Error::Config(format!(
-            "{at}.name: {:?} must not contain ':' for apiVersion v2",
-            raw.name
-        )));
+        return Err(Error::Config(format!("{at}.name: {:?} must not contain ':' for apiVersion v2", raw.name)));
     }
     match raw.endpoint.strip_prefix("unix://") {
         Some(path) if !path.is_empty() && path != "/" => {}
@@ -559,15 +490,11 @@ fn kms_provider(at: &str, raw: RawKms) -> Result<KmsProvider> {
     }
     let cache_size = match (api_version, raw.cachesize) {
         (KmsApiVersion::V2, Some(_)) => {
-            return Err(Error::Config(format!(
-                "{at}.cachesize: not supported for apiVersion v2"
-            )));
+            return Err(Error::Config(format!("{at}.cachesize: not supported for apiVersion v2")));
         }
         (KmsApiVersion::V2, None) => None,
         (KmsApiVersion::V1, Some(0)) => {
-            return Err(Error::Config(format!(
-                "{at}.cachesize: 0 is invalid (negative disables the cache)"
-            )));
+            return Err(Error::Config(format!("{at}.cachesize: 0 is invalid (negative disables the cache)")));
         }
         (KmsApiVersion::V1, c) => Some(c.unwrap_or(DEFAULT_KMS_V1_CACHE_SIZE)),
     };
@@ -582,13 +509,7 @@ fn kms_provider(at: &str, raw: RawKms) -> Result<KmsProvider> {
             }
         },
     };
-    Ok(KmsProvider {
-        name: raw.name,
-        api_version,
-        endpoint: raw.endpoint,
-        cache_size,
-        timeout,
-    })
+    Ok(KmsProvider { name: raw.name, api_version, endpoint: raw.endpoint, cache_size, timeout })
 }
 
 /// Parse a Go `time.Duration` string (`300ms`, `1.5h`, `2h45m`, `0`). Negative durations and
@@ -604,13 +525,9 @@ fn parse_go_duration(s: &str) -> Option<Duration> {
     let mut rest = s;
     let mut total_nanos: u128 = 0;
     while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         let (num, after) = rest.split_at(num_end);
-        let unit_end = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
+        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_end);
         let unit_nanos: u128 = match unit {
             "ns" => 1,

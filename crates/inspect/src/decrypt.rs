@@ -19,9 +19,7 @@
 use std::fmt;
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
-use aws_lc_rs::cipher::{
-    AES_128, AES_192, AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey,
-};
+use aws_lc_rs::cipher::{AES_128, AES_192, AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey};
 use aws_lc_rs::hmac;
 use aws_lc_rs::iv::FixedLength;
 use crypto_secretbox::XSalsa20Poly1305;
@@ -29,8 +27,8 @@ use crypto_secretbox::aead::{AeadInPlace, KeyInit};
 use zeroize::Zeroizing;
 
 use crate::classify::{
-    self, AES_BLOCK_LEN, DekSourceType, GCM_NONCE_LEN, GCM_TAG_LEN, KMS_V2_INFO_LEN, ProviderKind,
-    SECRETBOX_NONCE_LEN, SECRETBOX_TAG_LEN, StaticProvider,
+    self, AES_BLOCK_LEN, DekSourceType, GCM_NONCE_LEN, GCM_TAG_LEN, KMS_V2_INFO_LEN, ProviderKind, SECRETBOX_NONCE_LEN,
+    SECRETBOX_TAG_LEN, StaticProvider,
 };
 use crate::config::EncryptionConfig;
 use crate::error::{Error, Result};
@@ -73,10 +71,7 @@ pub struct StaticPlaintext {
 impl fmt::Debug for KmsV1Plaintext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KmsV1Plaintext")
-            .field(
-                "plaintext",
-                &format_args!("<{} bytes>", self.plaintext.len()),
-            )
+            .field("plaintext", &format_args!("<{} bytes>", self.plaintext.len()))
             .field("cipher", &self.cipher)
             .finish()
     }
@@ -85,10 +80,7 @@ impl fmt::Debug for KmsV1Plaintext {
 impl fmt::Debug for StaticPlaintext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StaticPlaintext")
-            .field(
-                "plaintext",
-                &format_args!("<{} bytes>", self.plaintext.len()),
-            )
+            .field("plaintext", &format_args!("<{} bytes>", self.plaintext.len()))
             .field("provider", &self.provider)
             .field("key_name", &self.key_name)
             .finish()
@@ -107,12 +99,7 @@ impl fmt::Debug for StaticPlaintext {
 pub fn kms_v2(etcd_key: &[u8], value: &[u8], dek_source: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     let payload = strip_kms_v2_prefix(value)?;
     let obj = classify::decode_kms_v2(payload).map_err(Error::MalformedValue)?;
-    open_kms_v2_data(
-        DekSourceType::from_i32(obj.encrypted_dek_source_type),
-        dek_source,
-        &obj.encrypted_data,
-        etcd_key,
-    )
+    open_kms_v2_data(DekSourceType::from_i32(obj.encrypted_dek_source_type), dek_source, &obj.encrypted_data, etcd_key)
 }
 
 /// Decrypt KMS v2 `encryptedData` given its DEK source type and the unwrapped DEK source.
@@ -133,9 +120,7 @@ pub fn open_kms_v2_data(
         DekSourceType::HkdfSha256XNonceAesGcmSeed => {
             let (info, rest) = encrypted_data
                 .split_first_chunk::<KMS_V2_INFO_LEN>()
-                .ok_or_else(|| {
-                    Error::MalformedValue("encryptedData shorter than the 32-byte info".into())
-                })?;
+                .ok_or_else(|| Error::MalformedValue("encryptedData shorter than the 32-byte info".into()))?;
             let key = derive_kms_v2_key(dek_source, info)?;
             open_gcm(ProviderKind::KmsV2, key.as_slice(), rest, aad)
         }
@@ -177,12 +162,7 @@ pub fn derive_kms_v2_key(seed: &[u8], info: &[u8; 32]) -> Result<Zeroizing<[u8; 
 /// [`Error::WrongProvider`] / [`Error::MalformedValue`] for a value that is not KMS v1 with this
 /// provider name, [`Error::InvalidKey`] for a DEK that is not 16/24/32 bytes,
 /// [`Error::DecryptionFailed`] if neither cipher opens it.
-pub fn kms_v1(
-    etcd_key: &[u8],
-    value: &[u8],
-    provider_name: &str,
-    dek: &[u8],
-) -> Result<KmsV1Plaintext> {
+pub fn kms_v1(etcd_key: &[u8], value: &[u8], provider_name: &str, dek: &[u8]) -> Result<KmsV1Plaintext> {
     let payload = strip_prefix(value, ProviderKind::KmsV1, provider_name)?;
     let (_, data) = classify::split_kms_v1(payload).map_err(Error::MalformedValue)?;
     open_kms_v1_data(dek, data, etcd_key)
@@ -196,19 +176,11 @@ pub fn kms_v1(
 pub fn open_kms_v1_data(dek: &[u8], data: &[u8], aad: &[u8]) -> Result<KmsV1Plaintext> {
     check_aes_key_len(dek)?;
     if let Ok(plaintext) = open_gcm(ProviderKind::KmsV1, dek, data, aad) {
-        return Ok(KmsV1Plaintext {
-            plaintext,
-            cipher: KmsV1Cipher::AesGcm,
-        });
+        return Ok(KmsV1Plaintext { plaintext, cipher: KmsV1Cipher::AesGcm });
     }
     match open_cbc(ProviderKind::KmsV1, dek, data) {
-        Ok(plaintext) => Ok(KmsV1Plaintext {
-            plaintext,
-            cipher: KmsV1Cipher::AesCbc,
-        }),
-        Err(_) => Err(Error::DecryptionFailed {
-            provider: ProviderKind::KmsV1,
-        }),
+        Ok(plaintext) => Ok(KmsV1Plaintext { plaintext, cipher: KmsV1Cipher::AesCbc }),
+        Err(_) => Err(Error::DecryptionFailed { provider: ProviderKind::KmsV1 }),
     }
 }
 
@@ -239,11 +211,7 @@ pub fn static_key(
 /// # Errors
 /// [`Error::WrongProvider`] if the value is not a static-key value, [`Error::NoMatchingKey`] if
 /// no configured key name matches, otherwise the last key's error.
-pub fn with_config(
-    etcd_key: &[u8],
-    value: &[u8],
-    config: &EncryptionConfig,
-) -> Result<StaticPlaintext> {
+pub fn with_config(etcd_key: &[u8], value: &[u8], config: &EncryptionConfig) -> Result<StaticPlaintext> {
     let classified = classify::classify_with_config(etcd_key, value, config);
     let provider = match &classified {
         classify::Classified::StaticKey(s) => s.provider,
@@ -251,21 +219,12 @@ pub fn with_config(
             return Err(Error::MalformedValue(c.reason.clone()));
         }
         other => {
-            return Err(Error::WrongProvider {
-                expected: ProviderKind::AesCbc,
-                found: other.provider(),
-            });
+            return Err(Error::WrongProvider { expected: ProviderKind::AesCbc, found: other.provider() });
         }
     };
     let keys = config.static_keys(provider);
-    let candidates: Vec<_> = keys
-        .iter()
-        .filter(|k| {
-            value
-                .strip_prefix(provider.prefix(&k.name).as_slice())
-                .is_some()
-        })
-        .collect();
+    let candidates: Vec<_> =
+        keys.iter().filter(|k| value.strip_prefix(provider.prefix(&k.name).as_slice()).is_some()).collect();
     if candidates.is_empty() {
         return Err(Error::NoMatchingKey {
             provider: provider.kind(),
@@ -277,13 +236,9 @@ pub fn with_config(
     for k in candidates {
         match static_key(provider, etcd_key, value, &k.name, k.secret()) {
             Ok(plaintext) => {
-                let looks_like_object = plaintext.starts_with(classify::PROTOBUF_MAGIC)
-                    || plaintext.first() == Some(&b'{');
-                let found = StaticPlaintext {
-                    plaintext,
-                    provider,
-                    key_name: k.name.clone(),
-                };
+                let looks_like_object =
+                    plaintext.starts_with(classify::PROTOBUF_MAGIC) || plaintext.first() == Some(&b'{');
+                let found = StaticPlaintext { plaintext, provider, key_name: k.name.clone() };
                 if provider != StaticProvider::AesCbc || looks_like_object {
                     return Ok(found);
                 }
@@ -295,9 +250,7 @@ pub fn with_config(
     match (fallback, last_err) {
         (Some(found), _) => Ok(found),
         (None, Some(e)) => Err(e),
-        (None, None) => Err(Error::DecryptionFailed {
-            provider: provider.kind(),
-        }),
+        (None, None) => Err(Error::DecryptionFailed { provider: provider.kind() }),
     }
 }
 
@@ -341,9 +294,8 @@ pub fn open_aes_cbc(key: &[u8], payload: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
 /// # Errors
 /// [`Error::InvalidKey`], [`Error::MalformedValue`] (too short), [`Error::DecryptionFailed`].
 pub fn open_secretbox(key: &[u8], payload: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-    let key: &[u8; 32] = key.try_into().map_err(|_| {
-        Error::InvalidKey(format!("secretbox key is {} bytes, 32 required", key.len()))
-    })?;
+    let key: &[u8; 32] =
+        key.try_into().map_err(|_| Error::InvalidKey(format!("secretbox key is {} bytes, 32 required", key.len())))?;
     let (nonce, rest) = payload
         .split_first_chunk::<SECRETBOX_NONCE_LEN>()
         .ok_or_else(|| Error::MalformedValue("secretbox payload shorter than its nonce".into()))?;
@@ -354,9 +306,7 @@ pub fn open_secretbox(key: &[u8], payload: &[u8]) -> Result<Zeroizing<Vec<u8>>> 
     let mut buf = Zeroizing::new(ciphertext.to_vec());
     cipher
         .decrypt_in_place_detached(nonce.into(), b"", &mut buf, tag.into())
-        .map_err(|_| Error::DecryptionFailed {
-            provider: ProviderKind::Secretbox,
-        })?;
+        .map_err(|_| Error::DecryptionFailed { provider: ProviderKind::Secretbox })?;
     Ok(buf)
 }
 
@@ -366,10 +316,7 @@ pub(crate) fn check_aes_key_len(key: &[u8]) -> Result<()> {
     if matches!(key.len(), 16 | 24 | 32) {
         Ok(())
     } else {
-        Err(Error::InvalidKey(format!(
-            "AES key is {} bytes, 16, 24 or 32 required",
-            key.len()
-        )))
+        Err(Error::InvalidKey(format!("AES key is {} bytes, 16, 24 or 32 required", key.len())))
     }
 }
 
@@ -391,29 +338,18 @@ pub(crate) fn cbc_algorithm(key: &[u8]) -> Result<&'static aws_lc_rs::cipher::Al
     })
 }
 
-fn open_gcm(
-    provider: ProviderKind,
-    key: &[u8],
-    payload: &[u8],
-    aad: &[u8],
-) -> Result<Zeroizing<Vec<u8>>> {
+fn open_gcm(provider: ProviderKind, key: &[u8], payload: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
     let algorithm = gcm_algorithm(key)?;
     let (nonce, sealed) = payload
         .split_first_chunk::<GCM_NONCE_LEN>()
         .ok_or_else(|| Error::MalformedValue("AES-GCM data shorter than its nonce".into()))?;
     if sealed.len() < GCM_TAG_LEN {
-        return Err(Error::MalformedValue(
-            "AES-GCM data shorter than nonce and tag".into(),
-        ));
+        return Err(Error::MalformedValue("AES-GCM data shorter than nonce and tag".into()));
     }
     let key = LessSafeKey::new(UnboundKey::new(algorithm, key).map_err(|_| Error::Crypto)?);
     let mut buf = Zeroizing::new(sealed.to_vec());
     let len = key
-        .open_in_place(
-            Nonce::assume_unique_for_key(*nonce),
-            Aad::from(aad),
-            buf.as_mut_slice(),
-        )
+        .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf.as_mut_slice())
         .map_err(|_| Error::DecryptionFailed { provider })?
         .len();
     buf.truncate(len);
@@ -431,16 +367,11 @@ fn open_cbc(provider: ProviderKind, key: &[u8], payload: &[u8]) -> Result<Zeroiz
             ciphertext.len()
         )));
     }
-    let key = PaddedBlockDecryptingKey::cbc_pkcs7(
-        UnboundCipherKey::new(algorithm, key).map_err(|_| Error::Crypto)?,
-    )
-    .map_err(|_| Error::Crypto)?;
+    let key = PaddedBlockDecryptingKey::cbc_pkcs7(UnboundCipherKey::new(algorithm, key).map_err(|_| Error::Crypto)?)
+        .map_err(|_| Error::Crypto)?;
     let mut buf = Zeroizing::new(ciphertext.to_vec());
     let len = key
-        .decrypt(
-            buf.as_mut_slice(),
-            DecryptionContext::Iv128(FixedLength::from(*iv)),
-        )
+        .decrypt(buf.as_mut_slice(), DecryptionContext::Iv128(FixedLength::from(*iv)))
         .map_err(|_| Error::DecryptionFailed { provider })?
         .len();
     buf.truncate(len);
@@ -463,15 +394,11 @@ fn strip_kms_v2_prefix(value: &[u8]) -> Result<&[u8]> {
 /// `value` after `k8s:enc:<kind tag>`, or the error naming what the value is instead.
 fn strip_kind(value: &[u8], kind: ProviderKind) -> Result<&[u8]> {
     // The prefix for the empty name ends with ':' which the name would precede; strip without it.
-    let full = kind.prefix("").ok_or(Error::WrongProvider {
-        expected: kind,
-        found: ProviderKind::Unknown,
-    })?;
+    let full = kind.prefix("").ok_or(Error::WrongProvider { expected: kind, found: ProviderKind::Unknown })?;
     let tag = full.get(..full.len().saturating_sub(1)).unwrap_or_default();
-    value.strip_prefix(tag).ok_or_else(|| Error::WrongProvider {
-        expected: kind,
-        found: classify::classify(b"", value).provider(),
-    })
+    value
+        .strip_prefix(tag)
+        .ok_or_else(|| Error::WrongProvider { expected: kind, found: classify::classify(b"", value).provider() })
 }
 
 /// `value` after `k8s:enc:<kind tag><name>:`.
@@ -488,10 +415,7 @@ mod tests {
 
     #[test]
     fn strip_helpers() {
-        assert_eq!(
-            strip_kms_v2_prefix(b"k8s:enc:kms:v2:p:xyz").ok(),
-            Some(b"xyz".as_slice())
-        );
+        assert_eq!(strip_kms_v2_prefix(b"k8s:enc:kms:v2:p:xyz").ok(), Some(b"xyz".as_slice()));
         assert!(matches!(
             strip_kms_v2_prefix(b"k8s:enc:kms:v1:p:xyz"),
             Err(Error::WrongProvider {
@@ -509,10 +433,7 @@ mod tests {
 
     #[test]
     fn short_seed_rejected() {
-        assert!(matches!(
-            derive_kms_v2_key(&[0u8; 31], &[0u8; 32]),
-            Err(Error::InvalidKey(_))
-        ));
+        assert!(matches!(derive_kms_v2_key(&[0u8; 31], &[0u8; 32]), Err(Error::InvalidKey(_))));
         assert!(derive_kms_v2_key(&[0u8; 200], &[0u8; 32]).is_ok());
     }
 }

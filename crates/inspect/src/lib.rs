@@ -62,8 +62,8 @@ pub mod report;
 pub mod writer;
 
 pub use classify::{
-    Classified, CorruptValue, DekSourceType, KmsV1Value, KmsV2Value, ProviderKind, StaticKeyValue,
-    StaticProvider, classify, classify_with_config, classify_with_names,
+    Classified, CorruptValue, DekSourceType, KmsV1Value, KmsV2Value, ProviderKind, StaticKeyValue, StaticProvider,
+    classify, classify_with_config, classify_with_names,
 };
 pub use config::{EncryptionConfig, KmsApiVersion, KmsProvider, Provider, ResourceRule, StaticKey};
 pub use error::{Error, Result};

@@ -117,15 +117,13 @@ pub fn decode_object(bytes: &[u8]) -> Result<DecodedObject> {
     } else if bytes.first() == Some(&b'{') {
         decode_json(bytes)
     } else {
-        Err(Error::Object(
-            "neither a protobuf object (k8s\\0) nor a JSON object".into(),
-        ))
+        Err(Error::Object("neither a protobuf object (k8s\\0) nor a JSON object".into()))
     }
 }
 
 fn decode_protobuf(rest: &[u8]) -> Result<DecodedObject> {
-    let mut unknown = k8s::Unknown::decode(rest)
-        .map_err(|e| Error::Object(format!("runtime.Unknown does not decode: {e}")))?;
+    let mut unknown =
+        k8s::Unknown::decode(rest).map_err(|e| Error::Object(format!("runtime.Unknown does not decode: {e}")))?;
     let raw = Zeroizing::new(unknown.raw.take().unwrap_or_default());
     let type_meta = unknown.type_meta.unwrap_or_default();
     let api_version = type_meta.api_version.unwrap_or_default();
@@ -134,9 +132,7 @@ fn decode_protobuf(rest: &[u8]) -> Result<DecodedObject> {
         return Err(Error::Object("runtime.Unknown has no typeMeta.kind".into()));
     }
     if let Some(enc) = unknown.content_encoding.filter(|e| !e.is_empty()) {
-        return Err(Error::Object(format!(
-            "unsupported contentEncoding {enc:?}"
-        )));
+        return Err(Error::Object(format!("unsupported contentEncoding {enc:?}")));
     }
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "Secret") => {
@@ -157,33 +153,22 @@ fn decode_protobuf(rest: &[u8]) -> Result<DecodedObject> {
             Ok(render_config_map(api_version, kind, &cm))
         }
         _ => {
-            let partial = k8s::ObjectMetadataOnly::decode(raw.as_slice()).map_err(|e| {
-                Error::Object(format!("{kind} metadata (field 1) does not decode: {e}"))
-            })?;
+            let partial = k8s::ObjectMetadataOnly::decode(raw.as_slice())
+                .map_err(|e| Error::Object(format!("{kind} metadata (field 1) does not decode: {e}")))?;
             let meta = partial.metadata.unwrap_or_default();
             let summary = summary_of(&api_version, &kind, &meta, Vec::new());
             let mut obj = Map::new();
             obj.insert("apiVersion".into(), Value::String(api_version));
             obj.insert("kind".into(), Value::String(kind));
             obj.insert("metadata".into(), render_meta(&meta));
-            Ok(DecodedObject {
-                summary,
-                encoding: ObjectEncoding::Protobuf,
-                complete: false,
-                json: Value::Object(obj),
-            })
+            Ok(DecodedObject { summary, encoding: ObjectEncoding::Protobuf, complete: false, json: Value::Object(obj) })
         }
     }
 }
 
 fn render_secret(api_version: String, kind: String, secret: &k8s::Secret) -> DecodedObject {
     let meta = secret.metadata.clone().unwrap_or_default();
-    let summary = summary_of(
-        &api_version,
-        &kind,
-        &meta,
-        secret.data.keys().cloned().collect(),
-    );
+    let summary = summary_of(&api_version, &kind, &meta, secret.data.keys().cloned().collect());
     let mut obj = Map::new();
     obj.insert("apiVersion".into(), Value::String(api_version));
     if !secret.data.is_empty() {
@@ -197,22 +182,12 @@ fn render_secret(api_version: String, kind: String, secret: &k8s::Secret) -> Dec
     if let Some(t) = secret.r#type.as_ref().filter(|t| !t.is_empty()) {
         obj.insert("type".into(), Value::String(t.clone()));
     }
-    DecodedObject {
-        summary,
-        encoding: ObjectEncoding::Protobuf,
-        complete: true,
-        json: Value::Object(obj),
-    }
+    DecodedObject { summary, encoding: ObjectEncoding::Protobuf, complete: true, json: Value::Object(obj) }
 }
 
 fn render_config_map(api_version: String, kind: String, cm: &k8s::ConfigMap) -> DecodedObject {
     let meta = cm.metadata.clone().unwrap_or_default();
-    let mut keys: Vec<String> = cm
-        .data
-        .keys()
-        .chain(cm.binary_data.keys())
-        .cloned()
-        .collect();
+    let mut keys: Vec<String> = cm.data.keys().chain(cm.binary_data.keys()).cloned().collect();
     keys.sort_unstable();
     keys.dedup();
     let summary = summary_of(&api_version, &kind, &meta, keys);
@@ -229,20 +204,10 @@ fn render_config_map(api_version: String, kind: String, cm: &k8s::ConfigMap) -> 
     }
     obj.insert("kind".into(), Value::String(kind));
     obj.insert("metadata".into(), render_meta(&meta));
-    DecodedObject {
-        summary,
-        encoding: ObjectEncoding::Protobuf,
-        complete: true,
-        json: Value::Object(obj),
-    }
+    DecodedObject { summary, encoding: ObjectEncoding::Protobuf, complete: true, json: Value::Object(obj) }
 }
 
-fn summary_of(
-    api_version: &str,
-    kind: &str,
-    meta: &k8s::ObjectMeta,
-    data_keys: Vec<String>,
-) -> ObjectSummary {
+fn summary_of(api_version: &str, kind: &str, meta: &k8s::ObjectMeta, data_keys: Vec<String>) -> ObjectSummary {
     ObjectSummary {
         api_version: api_version.to_owned(),
         kind: kind.to_owned(),
@@ -256,22 +221,13 @@ fn summary_of(
 fn base64_map(m: &BTreeMap<String, Vec<u8>>) -> Value {
     Value::Object(
         m.iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(v)),
-                )
-            })
+            .map(|(k, v)| (k.clone(), Value::String(base64::engine::general_purpose::STANDARD.encode(v))))
             .collect(),
     )
 }
 
 fn string_map(m: &BTreeMap<String, String>) -> Value {
-    Value::Object(
-        m.iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
+    Value::Object(m.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
 }
 
 fn non_empty(s: &Option<String>) -> Option<&String> {
@@ -285,10 +241,7 @@ fn render_meta(meta: &k8s::ObjectMeta) -> Value {
     if !meta.annotations.is_empty() {
         m.insert("annotations".into(), string_map(&meta.annotations));
     }
-    m.insert(
-        "creationTimestamp".into(),
-        time_json(meta.creation_timestamp.as_ref()),
-    );
+    m.insert("creationTimestamp".into(), time_json(meta.creation_timestamp.as_ref()));
     if let Some(s) = meta.deletion_grace_period_seconds {
         m.insert("deletionGracePeriodSeconds".into(), Value::from(s));
     }
@@ -296,10 +249,7 @@ fn render_meta(meta: &k8s::ObjectMeta) -> Value {
         m.insert("deletionTimestamp".into(), time_json(Some(t)));
     }
     if !meta.finalizers.is_empty() {
-        m.insert(
-            "finalizers".into(),
-            Value::Array(meta.finalizers.iter().cloned().map(Value::String).collect()),
-        );
+        m.insert("finalizers".into(), Value::Array(meta.finalizers.iter().cloned().map(Value::String).collect()));
     }
     if let Some(s) = non_empty(&meta.generate_name) {
         m.insert("generateName".into(), Value::String(s.clone()));
@@ -322,28 +272,16 @@ fn render_meta(meta: &k8s::ObjectMeta) -> Value {
             .iter()
             .map(|r| {
                 let mut o = Map::new();
-                o.insert(
-                    "apiVersion".into(),
-                    Value::String(r.api_version.clone().unwrap_or_default()),
-                );
+                o.insert("apiVersion".into(), Value::String(r.api_version.clone().unwrap_or_default()));
                 if let Some(b) = r.block_owner_deletion {
                     o.insert("blockOwnerDeletion".into(), Value::Bool(b));
                 }
                 if let Some(c) = r.controller {
                     o.insert("controller".into(), Value::Bool(c));
                 }
-                o.insert(
-                    "kind".into(),
-                    Value::String(r.kind.clone().unwrap_or_default()),
-                );
-                o.insert(
-                    "name".into(),
-                    Value::String(r.name.clone().unwrap_or_default()),
-                );
-                o.insert(
-                    "uid".into(),
-                    Value::String(r.uid.clone().unwrap_or_default()),
-                );
+                o.insert("kind".into(), Value::String(r.kind.clone().unwrap_or_default()));
+                o.insert("name".into(), Value::String(r.name.clone().unwrap_or_default()));
+                o.insert("uid".into(), Value::String(r.uid.clone().unwrap_or_default()));
                 Value::Object(o)
             })
             .collect();
@@ -362,9 +300,7 @@ fn render_meta(meta: &k8s::ObjectMeta) -> Value {
 /// absent or empty message is Go's zero time) or outside years 1–9999.
 fn time_json(t: Option<&k8s::Time>) -> Value {
     match t {
-        Some(k8s::Time {
-            seconds: Some(s), ..
-        }) => rfc3339(*s).map_or(Value::Null, Value::String),
+        Some(k8s::Time { seconds: Some(s), .. }) => rfc3339(*s).map_or(Value::Null, Value::String),
         _ => Value::Null,
     }
 }
@@ -400,8 +336,8 @@ fn civil_from_days(days: i64) -> Option<(i64, i64, i64)> {
 }
 
 fn decode_json(bytes: &[u8]) -> Result<DecodedObject> {
-    let mut json: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::Object(format!("JSON does not parse: {e}")))?;
+    let mut json: Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::Object(format!("JSON does not parse: {e}")))?;
     let Value::Object(obj) = &mut json else {
         return Err(Error::Object("JSON value is not an object".into()));
     };
@@ -426,12 +362,7 @@ fn decode_json(bytes: &[u8]) -> Result<DecodedObject> {
         uid: str_at(meta.and_then(|m| m.get("uid"))),
         data_keys,
     };
-    Ok(DecodedObject {
-        summary,
-        encoding: ObjectEncoding::Json,
-        complete: true,
-        json,
-    })
+    Ok(DecodedObject { summary, encoding: ObjectEncoding::Json, complete: true, json })
 }
 
 /// Overwrite every string in `v` (object keys stay: they are names, not values).
@@ -451,24 +382,12 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0).as_deref(), Some("1970-01-01T00:00:00Z"));
-        assert_eq!(
-            rfc3339(951_782_400).as_deref(),
-            Some("2000-02-29T00:00:00Z")
-        );
-        assert_eq!(
-            rfc3339(1_700_000_000).as_deref(),
-            Some("2023-11-14T22:13:20Z")
-        );
+        assert_eq!(rfc3339(951_782_400).as_deref(), Some("2000-02-29T00:00:00Z"));
+        assert_eq!(rfc3339(1_700_000_000).as_deref(), Some("2023-11-14T22:13:20Z"));
         assert_eq!(rfc3339(-1).as_deref(), Some("1969-12-31T23:59:59Z"));
-        assert_eq!(
-            rfc3339(253_402_300_799).as_deref(),
-            Some("9999-12-31T23:59:59Z")
-        );
+        assert_eq!(rfc3339(253_402_300_799).as_deref(), Some("9999-12-31T23:59:59Z"));
         assert_eq!(rfc3339(253_402_300_800), None);
-        assert_eq!(
-            rfc3339(-62_135_596_800).as_deref(),
-            Some("0001-01-01T00:00:00Z")
-        );
+        assert_eq!(rfc3339(-62_135_596_800).as_deref(), Some("0001-01-01T00:00:00Z"));
         assert_eq!(rfc3339(-62_135_596_801), None);
         assert_eq!(rfc3339(i64::MAX), None);
         assert_eq!(rfc3339(i64::MIN), None);

@@ -24,9 +24,7 @@ use envelope_proto::k8s;
 use prost::Message;
 use zeroize::Zeroizing;
 
-use crate::classify::{
-    DekSourceType, PROTOBUF_MAGIC, ProviderKind, StaticProvider, check_kms_v2_fields,
-};
+use crate::classify::{DekSourceType, PROTOBUF_MAGIC, ProviderKind, StaticProvider, check_kms_v2_fields};
 use crate::decrypt::{MIN_KMS_V2_SEED_LEN, cbc_algorithm, derive_kms_v2_key, gcm_algorithm};
 use crate::error::{Error, Result};
 
@@ -49,12 +47,7 @@ pub struct KmsV2Envelope {
 /// `ObjectMeta` as kube-apiserver stores it for a new object: name, generateName (empty),
 /// namespace, selfLink (empty), uid, resourceVersion (empty), generation 0 and
 /// creationTimestamp are always present; the rest is empty.
-pub fn new_object_meta(
-    namespace: &str,
-    name: &str,
-    uid: &str,
-    created_unix: i64,
-) -> k8s::ObjectMeta {
+pub fn new_object_meta(namespace: &str, name: &str, uid: &str, created_unix: i64) -> k8s::ObjectMeta {
     k8s::ObjectMeta {
         name: Some(name.to_owned()),
         generate_name: Some(String::new()),
@@ -63,20 +56,13 @@ pub fn new_object_meta(
         uid: Some(uid.to_owned()),
         resource_version: Some(String::new()),
         generation: Some(0),
-        creation_timestamp: Some(k8s::Time {
-            seconds: Some(created_unix),
-            nanos: Some(0),
-        }),
+        creation_timestamp: Some(k8s::Time { seconds: Some(created_unix), nanos: Some(0) }),
         ..Default::default()
     }
 }
 
 /// A Secret with `data` and `type` (e.g. `Opaque`); `immutable` unset.
-pub fn new_secret(
-    metadata: k8s::ObjectMeta,
-    data: BTreeMap<String, Vec<u8>>,
-    secret_type: &str,
-) -> k8s::Secret {
+pub fn new_secret(metadata: k8s::ObjectMeta, data: BTreeMap<String, Vec<u8>>, secret_type: &str) -> k8s::Secret {
     k8s::Secret {
         metadata: Some(metadata),
         data,
@@ -92,21 +78,13 @@ pub fn new_config_map(
     data: BTreeMap<String, String>,
     binary_data: BTreeMap<String, Vec<u8>>,
 ) -> k8s::ConfigMap {
-    k8s::ConfigMap {
-        metadata: Some(metadata),
-        data,
-        binary_data,
-        immutable: None,
-    }
+    k8s::ConfigMap { metadata: Some(metadata), data, binary_data, immutable: None }
 }
 
 /// `k8s\0` + `runtime.Unknown{typeMeta{api_version, kind}, raw, contentEncoding "", contentType ""}`.
 pub fn encode_object(api_version: &str, kind: &str, raw: &[u8]) -> Zeroizing<Vec<u8>> {
     let unknown = k8s::Unknown {
-        type_meta: Some(k8s::TypeMeta {
-            api_version: Some(api_version.to_owned()),
-            kind: Some(kind.to_owned()),
-        }),
+        type_meta: Some(k8s::TypeMeta { api_version: Some(api_version.to_owned()), kind: Some(kind.to_owned()) }),
         raw: Some(raw.to_vec()),
         content_encoding: Some(String::new()),
         content_type: Some(String::new()),
@@ -145,12 +123,7 @@ pub fn encode_config_map(config_map: &k8s::ConfigMap) -> Zeroizing<Vec<u8>> {
 /// [`Error::InvalidInput`] for envelope fields kube-apiserver would refuse,
 /// [`Error::InvalidKey`] for a seed shorter than 32 bytes, [`Error::Crypto`] if the random
 /// generator fails.
-pub fn kms_v2_seed(
-    etcd_key: &[u8],
-    plaintext: &[u8],
-    seed: &[u8],
-    envelope: &KmsV2Envelope,
-) -> Result<Vec<u8>> {
+pub fn kms_v2_seed(etcd_key: &[u8], plaintext: &[u8], seed: &[u8], envelope: &KmsV2Envelope) -> Result<Vec<u8>> {
     let info: [u8; 32] = random()?;
     let nonce: [u8; 12] = random()?;
     let data = seal_kms_v2_seed_data(seed, &info, &nonce, etcd_key, plaintext)?;
@@ -202,12 +175,7 @@ pub fn kms_v1(
 ///
 /// # Errors
 /// As [`kms_v1`].
-pub fn kms_v1_legacy_cbc(
-    plaintext: &[u8],
-    provider_name: &str,
-    dek: &[u8],
-    wrapped_dek: &[u8],
-) -> Result<Vec<u8>> {
+pub fn kms_v1_legacy_cbc(plaintext: &[u8], provider_name: &str, dek: &[u8], wrapped_dek: &[u8]) -> Result<Vec<u8>> {
     let iv: [u8; 16] = random()?;
     let data = seal_aes_cbc(dek, &iv, plaintext)?;
     kms_v1_value(provider_name, wrapped_dek, &data)
@@ -253,12 +221,8 @@ pub fn seal_aes_gcm(key: &[u8], nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) 
     buf.extend_from_slice(nonce);
     buf.extend_from_slice(plaintext);
     let mut body = buf.split_off(nonce.len());
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(*nonce),
-        Aad::from(aad),
-        &mut body,
-    )
-    .map_err(|_| Error::Crypto)?;
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut body)
+        .map_err(|_| Error::Crypto)?;
     buf.extend_from_slice(&body);
     Ok(buf)
 }
@@ -269,13 +233,10 @@ pub fn seal_aes_gcm(key: &[u8], nonce: &[u8; 12], aad: &[u8], plaintext: &[u8]) 
 /// [`Error::InvalidKey`], [`Error::Crypto`].
 pub fn seal_aes_cbc(key: &[u8], iv: &[u8; 16], plaintext: &[u8]) -> Result<Vec<u8>> {
     let algorithm = cbc_algorithm(key)?;
-    let key = PaddedBlockEncryptingKey::cbc_pkcs7(
-        UnboundCipherKey::new(algorithm, key).map_err(|_| Error::Crypto)?,
-    )
-    .map_err(|_| Error::Crypto)?;
-    let mut body = plaintext.to_vec();
-    key.less_safe_encrypt(&mut body, EncryptionContext::Iv128(FixedLength::from(*iv)))
+    let key = PaddedBlockEncryptingKey::cbc_pkcs7(UnboundCipherKey::new(algorithm, key).map_err(|_| Error::Crypto)?)
         .map_err(|_| Error::Crypto)?;
+    let mut body = plaintext.to_vec();
+    key.less_safe_encrypt(&mut body, EncryptionContext::Iv128(FixedLength::from(*iv))).map_err(|_| Error::Crypto)?;
     let mut out = Vec::with_capacity(iv.len() + body.len());
     out.extend_from_slice(iv);
     out.extend_from_slice(&body);
@@ -287,14 +248,11 @@ pub fn seal_aes_cbc(key: &[u8], iv: &[u8; 16], plaintext: &[u8]) -> Result<Vec<u
 /// # Errors
 /// [`Error::InvalidKey`], [`Error::Crypto`].
 pub fn seal_secretbox(key: &[u8], nonce: &[u8; 24], plaintext: &[u8]) -> Result<Vec<u8>> {
-    let key: &[u8; 32] = key.try_into().map_err(|_| {
-        Error::InvalidKey(format!("secretbox key is {} bytes, 32 required", key.len()))
-    })?;
+    let key: &[u8; 32] =
+        key.try_into().map_err(|_| Error::InvalidKey(format!("secretbox key is {} bytes, 32 required", key.len())))?;
     let cipher = XSalsa20Poly1305::new(key.into());
     let mut body = plaintext.to_vec();
-    let tag = cipher
-        .encrypt_in_place_detached(nonce.into(), b"", &mut body)
-        .map_err(|_| Error::Crypto)?;
+    let tag = cipher.encrypt_in_place_detached(nonce.into(), b"", &mut body).map_err(|_| Error::Crypto)?;
     let mut out = Vec::with_capacity(nonce.len() + tag.len() + body.len());
     out.extend_from_slice(nonce);
     out.extend_from_slice(&tag);
@@ -326,39 +284,23 @@ pub fn seal_kms_v2_seed_data(
 ///
 /// # Errors
 /// [`Error::InvalidInput`] for fields kube-apiserver would refuse.
-pub fn kms_v2_value(
-    envelope: &KmsV2Envelope,
-    source_type: DekSourceType,
-    encrypted_data: Vec<u8>,
-) -> Result<Vec<u8>> {
+pub fn kms_v2_value(envelope: &KmsV2Envelope, source_type: DekSourceType, encrypted_data: Vec<u8>) -> Result<Vec<u8>> {
     if envelope.provider_name.is_empty() || envelope.provider_name.contains(':') {
-        return Err(Error::InvalidInput(
-            "KMS v2 provider name must be non-empty and contain no ':'".into(),
-        ));
+        return Err(Error::InvalidInput("KMS v2 provider name must be non-empty and contain no ':'".into()));
     }
     if encrypted_data.is_empty() {
         return Err(Error::InvalidInput("encryptedData is empty".into()));
     }
-    check_kms_v2_fields(
-        &envelope.key_id,
-        &envelope.encrypted_dek_source,
-        envelope.annotations.iter(),
-    )
-    .map_err(Error::InvalidInput)?;
+    check_kms_v2_fields(&envelope.key_id, &envelope.encrypted_dek_source, envelope.annotations.iter())
+        .map_err(Error::InvalidInput)?;
     let obj = envelope_proto::v2::EncryptedObject {
         encrypted_data,
         key_id: envelope.key_id.clone(),
         encrypted_dek_source: envelope.encrypted_dek_source.clone(),
-        annotations: envelope
-            .annotations
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        annotations: envelope.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         encrypted_dek_source_type: source_type.as_i32(),
     };
-    let mut out = ProviderKind::KmsV2
-        .prefix(&envelope.provider_name)
-        .unwrap_or_default();
+    let mut out = ProviderKind::KmsV2.prefix(&envelope.provider_name).unwrap_or_default();
     out.extend_from_slice(&obj.encode_to_vec());
     Ok(out)
 }
@@ -371,18 +313,10 @@ pub fn kms_v1_value(provider_name: &str, wrapped_dek: &[u8], data: &[u8]) -> Res
     if provider_name.is_empty() {
         return Err(Error::InvalidInput("empty KMS v1 provider name".into()));
     }
-    let len = u16::try_from(wrapped_dek.len())
-        .ok()
-        .filter(|l| *l > 0)
-        .ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "wrapped DEK is {} bytes, 1..=65535 required",
-                wrapped_dek.len()
-            ))
-        })?;
-    let mut out = ProviderKind::KmsV1
-        .prefix(provider_name)
-        .unwrap_or_default();
+    let len = u16::try_from(wrapped_dek.len()).ok().filter(|l| *l > 0).ok_or_else(|| {
+        Error::InvalidInput(format!("wrapped DEK is {} bytes, 1..=65535 required", wrapped_dek.len()))
+    })?;
+    let mut out = ProviderKind::KmsV1.prefix(provider_name).unwrap_or_default();
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(wrapped_dek);
     out.extend_from_slice(data);

@@ -42,7 +42,9 @@ impl std::fmt::Debug for RestoreRoot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RestoreRoot::File(p) => f.debug_tuple("File").field(p).finish(),
-            RestoreRoot::Passphrase { params, .. } => f.debug_struct("Passphrase").field("params", params).finish_non_exhaustive(),
+            RestoreRoot::Passphrase { params, .. } => {
+                f.debug_struct("Passphrase").field("params", params).finish_non_exhaustive()
+            }
         }
     }
 }
@@ -58,13 +60,19 @@ pub fn backup_dir(dir: &Path, out: &Path) -> Result<usize> {
     }
     let target = check_backup_target(dir, out)?;
     let written = (|| -> Result<usize> {
-        let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let conn = rusqlite::Connection::open_with_flags(
+            &db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute("VACUUM INTO ?1", [target])?;
         drop(conn);
         finish_backup(dir, out)?;
         // Counted in the copy itself, so the number matches what was saved.
-        let copy = rusqlite::Connection::open_with_flags(out, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        let copy = rusqlite::Connection::open_with_flags(
+            out,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
         let keys: i64 = copy.query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
         Ok(usize::try_from(keys).unwrap_or(0))
     })();
@@ -119,12 +127,18 @@ pub fn restore_with(dir: &Path, backup: &Path, root: RestoreRoot, force: bool) -
     // Verify in a private staging directory inside `dir` (same file system, so the final renames
     // are atomic): nothing in `dir` changes unless the backup opens with the root key.
     if !dir.exists() {
-        fs::DirBuilder::new().recursive(true).create(dir).map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .create(dir)
+            .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| Error::Storage(e.to_string()))?;
     }
     let staging = dir.join(format!(".restore-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    fs::DirBuilder::new().mode(0o700).create(&staging).map_err(|e| Error::Storage(format!("cannot create {}: {e}", staging.display())))?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| Error::Storage(format!("cannot create {}: {e}", staging.display())))?;
     let source = match &root {
         RestoreRoot::File(_) => RootSource::File,
         RestoreRoot::Passphrase { passphrase, .. } => RootSource::Passphrase(passphrase.clone()),
@@ -149,7 +163,8 @@ fn stage(dir: &Path, staging: &Path, backup: &Path, root: &RestoreRoot, source: 
                 return Err(Error::RootKey(format!("no root key at {}", root_src.display())));
             }
             fs::copy(&root_src, staging.join(ROOT_KEY_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
-            fs::set_permissions(staging.join(ROOT_KEY_FILE), fs::Permissions::from_mode(0o600)).map_err(|e| Error::RootKey(e.to_string()))?;
+            fs::set_permissions(staging.join(ROOT_KEY_FILE), fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::RootKey(e.to_string()))?;
             RootKey::load_or_create(&staging.join(ROOT_KEY_FILE))?;
         }
         RestoreRoot::Passphrase { params, .. } => {
@@ -166,7 +181,8 @@ fn stage(dir: &Path, staging: &Path, backup: &Path, root: &RestoreRoot, source: 
                 )));
             }
             fs::copy(params, staging.join(PASSPHRASE_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
-            fs::set_permissions(staging.join(PASSPHRASE_FILE), fs::Permissions::from_mode(0o600)).map_err(|e| Error::RootKey(e.to_string()))?;
+            fs::set_permissions(staging.join(PASSPHRASE_FILE), fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::RootKey(e.to_string()))?;
         }
     }
     fs::copy(backup, staging.join(DB_FILE)).map_err(|e| Error::Storage(e.to_string()))?;
@@ -261,7 +277,8 @@ mod tests {
         let pass = |p: &str| zeroize::Zeroizing::new(p.to_string());
         let ks = KeyStore::open_with(&src, &RootSource::Passphrase(pass("correct horse battery"))).unwrap();
         ks.create_key(Some("p"), "").unwrap();
-        let ct = ks.encrypt(&KeyRef::parse("p").unwrap(), b"sealed under a passphrase", &EncryptionContext::new()).unwrap();
+        let ct =
+            ks.encrypt(&KeyRef::parse("p").unwrap(), b"sealed under a passphrase", &EncryptionContext::new()).unwrap();
         let bak = d.path().join("backup.db");
         backup_dir(ks.dir(), &bak).unwrap();
         let params = passphrase_params_of(&bak);
@@ -274,7 +291,8 @@ mod tests {
         assert_eq!(fs::metadata(&params).unwrap().permissions().mode() & 0o777, 0o600);
 
         let dst = d.path().join("dst");
-        let with = |p: &str, params: &Path| RestoreRoot::Passphrase { passphrase: pass(p), params: params.to_path_buf() };
+        let with =
+            |p: &str, params: &Path| RestoreRoot::Passphrase { passphrase: pass(p), params: params.to_path_buf() };
         // A wrong passphrase or missing parameters restore nothing.
         assert!(restore_with(&dst, &bak, with("wrong passphrase!!", &params), false).is_err());
         assert!(restore_with(&dst, &bak, with("correct horse battery", &d.path().join("nope")), false).is_err());
@@ -285,10 +303,16 @@ mod tests {
         assert!(!dst.join(DB_FILE).exists());
         // The right passphrase restores; the store then opens with it alone.
         let restored = restore_with(&dst, &bak, with("correct horse battery", &params), false).unwrap();
-        assert_eq!(&restored.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"sealed under a passphrase");
+        assert_eq!(
+            &restored.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..],
+            b"sealed under a passphrase"
+        );
         drop(restored);
         let reopened = KeyStore::open_with(&dst, &RootSource::Passphrase(pass("correct horse battery"))).unwrap();
-        assert_eq!(&reopened.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"sealed under a passphrase");
+        assert_eq!(
+            &reopened.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..],
+            b"sealed under a passphrase"
+        );
     }
 
     #[test]
@@ -307,7 +331,8 @@ mod tests {
         // Wrong root key (the live one) for the other store's backup: refused, nothing changes,
         // no staging directory or root key copy is left behind.
         assert!(restore(&live, &bak, None, true).is_err());
-        let names: Vec<String> = fs::read_dir(&live).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> =
+            fs::read_dir(&live).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.iter().all(|n| !n.starts_with(".restore")), "{names:?}");
         let ks = KeyStore::open(&live).unwrap();
         assert_eq!(&ks.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"live data");
@@ -316,10 +341,12 @@ mod tests {
         let restored = restore(&live, &bak, Some(&other.join(ROOT_KEY_FILE)), true).unwrap();
         assert!(restored.describe(&KeyRef::parse("other").unwrap()).is_ok());
         assert!(restored.describe(&KeyRef::parse("live").unwrap()).is_err());
-        let names: Vec<String> = fs::read_dir(&live).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> =
+            fs::read_dir(&live).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(names.iter().all(|n| !n.starts_with(".restore")), "{names:?}");
         // Nothing was staged next to the data directory either.
-        let siblings: Vec<String> = fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let siblings: Vec<String> =
+            fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert!(siblings.iter().all(|n| !n.contains("restore")), "{siblings:?}");
     }
 }

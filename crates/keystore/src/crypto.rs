@@ -37,11 +37,7 @@ impl AeadKey {
         out.extend_from_slice(plaintext);
         let tag = self
             .0
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut out[start..],
-            )
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[start..])
             .map_err(|_| Error::Crypto)?;
         out.extend_from_slice(tag.as_ref());
         Ok(())
@@ -53,8 +49,7 @@ impl AeadKey {
             return Err(Error::InvalidCiphertext("too short"));
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| Error::InvalidCiphertext("bad nonce"))?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| Error::InvalidCiphertext("bad nonce"))?;
         let mut buf = Zeroizing::new(rest.to_vec());
         let len = self
             .0

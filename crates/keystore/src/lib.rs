@@ -25,7 +25,7 @@ pub mod store;
 pub use context::EncryptionContext;
 pub use error::{Error, Result};
 pub use model::{KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, Rotation, RotationType};
-pub use store::{RootSource, AliasInfo, Decrypted, Encrypted, KeyStore};
+pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, RootSource};
 
 #[cfg(test)]
 mod tests;

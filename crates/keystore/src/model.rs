@@ -188,9 +188,7 @@ pub fn validate_alias(name: &str) -> Result<()> {
         return Err(Error::Invalid("alias names starting with alias/aws/ are reserved".into()));
     }
     if !rest.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-')) {
-        return Err(Error::Invalid(
-            "alias names may contain only letters, digits, '/', '_' and '-'".into(),
-        ));
+        return Err(Error::Invalid("alias names may contain only letters, digits, '/', '_' and '-'".into()));
     }
     Ok(())
 }

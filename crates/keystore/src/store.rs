@@ -138,13 +138,14 @@ impl KeyStore {
     /// passphrase). A store created under one source must always be opened with the same one.
     pub fn open_with(dir: &Path, root: &RootSource) -> Result<Self> {
         if let Ok(m) = fs::metadata(dir)
-            && m.permissions().mode() & 0o022 != 0 {
-                return Err(Error::Storage(format!(
-                    "{} is writable by group or others (mode {:o}); chmod 700 it",
-                    dir.display(),
-                    m.permissions().mode() & 0o777
-                )));
-            }
+            && m.permissions().mode() & 0o022 != 0
+        {
+            return Err(Error::Storage(format!(
+                "{} is writable by group or others (mode {:o}); chmod 700 it",
+                dir.display(),
+                m.permissions().mode() & 0o777
+            )));
+        }
         if !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -301,8 +302,10 @@ impl KeyStore {
             }
         }
         {
-            let mut st = conn.prepare_cached("SELECT key_id, tag_key, tag_value FROM key_tags ORDER BY key_id, tag_key")?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+            let mut st =
+                conn.prepare_cached("SELECT key_id, tag_key, tag_value FROM key_tags ORDER BY key_id, tag_key")?;
+            let rows =
+                st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
             for row in rows {
                 let (id, k, v) = row?;
                 if let Some(a) = attrs.get_mut(&parse_key_id(&id)?) {
@@ -387,9 +390,8 @@ impl KeyStore {
             let mut conn = self.lock_conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some(a) = &alias {
-                let exists: Option<String> = tx
-                    .query_row("SELECT key_id FROM aliases WHERE name = ?1", [a], |r| r.get(0))
-                    .optional()?;
+                let exists: Option<String> =
+                    tx.query_row("SELECT key_id FROM aliases WHERE name = ?1", [a], |r| r.get(0)).optional()?;
                 if exists.is_some() {
                     return Err(Error::AlreadyExists(a.clone()));
                 }
@@ -413,10 +415,7 @@ impl KeyStore {
                 )?;
             }
             if let Some(a) = &alias {
-                tx.execute(
-                    "INSERT INTO aliases (name, key_id, created_at) VALUES (?1, ?2, ?3)",
-                    params![a, id, now],
-                )?;
+                tx.execute("INSERT INTO aliases (name, key_id, created_at) VALUES (?1, ?2, ?3)", params![a, id, now])?;
             }
             for (k, v) in tags {
                 tx.execute(
@@ -426,7 +425,10 @@ impl KeyStore {
                 )?;
             }
             if let Some(p) = policy {
-                tx.execute("INSERT INTO key_policies (key_id, name, policy) VALUES (?1, 'default', ?2)", params![id, p])?;
+                tx.execute(
+                    "INSERT INTO key_policies (key_id, name, policy) VALUES (?1, 'default', ?2)",
+                    params![id, p],
+                )?;
             }
             tx.commit()?;
         }
@@ -446,8 +448,7 @@ impl KeyStore {
         {
             let mut conn = self.lock_conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let state: String =
-                tx.query_row("SELECT state FROM keys WHERE key_id = ?1", [&id], |r| r.get(0))?;
+            let state: String = tx.query_row("SELECT state FROM keys WHERE key_id = ?1", [&id], |r| r.get(0))?;
             let state = KeyState::parse(&state)?;
             if state == KeyState::PendingDeletion {
                 return Err(Error::InvalidState { key: id, state });
@@ -469,8 +470,7 @@ impl KeyStore {
         {
             let mut conn = self.lock_conn()?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let state: String =
-                tx.query_row("SELECT state FROM keys WHERE key_id = ?1", [&id], |r| r.get(0))?;
+            let state: String = tx.query_row("SELECT state FROM keys WHERE key_id = ?1", [&id], |r| r.get(0))?;
             let state = KeyState::parse(&state)?;
             if matches!(state, KeyState::PendingDeletion | KeyState::PendingImport) {
                 return Err(Error::InvalidState { key: id, state });
@@ -492,7 +492,12 @@ impl KeyStore {
                 return Err(Error::InvalidState { key: id.to_string(), state });
             }
             tx.execute("UPDATE keys SET state = 'PendingDeletion' WHERE key_id = ?1", [id])?;
-            upsert_attrs(tx, id, "deletion_date = ?2, pending_window_days = ?3", params![id, deletion_date, window_days])?;
+            upsert_attrs(
+                tx,
+                id,
+                "deletion_date = ?2, pending_window_days = ?3",
+                params![id, deletion_date, window_days],
+            )?;
             Ok(())
         })?;
         self.describe(key)
@@ -535,7 +540,8 @@ impl KeyStore {
                     "DELETE FROM version_types WHERE material_id IN (SELECT material_id FROM key_versions WHERE key_id = ?1)",
                     [id],
                 )?;
-                for table in ["aliases", "key_tags", "key_policies", "key_attrs", "key_import", "key_versions", "keys"] {
+                for table in ["aliases", "key_tags", "key_policies", "key_attrs", "key_import", "key_versions", "keys"]
+                {
                     tx.execute(&format!("DELETE FROM {table} WHERE key_id = ?1"), [id])?;
                 }
             }
@@ -773,7 +779,14 @@ impl KeyStore {
         self.root.open(&secret_aad(label), sealed).map_err(|_| Error::InvalidCiphertext("sealed secret does not open"))
     }
 
-    fn add_version(&self, tx: &rusqlite::Transaction<'_>, kid: &[u8; 16], id: &str, kind: RotationType, at: i64) -> Result<()> {
+    fn add_version(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        kid: &[u8; 16],
+        id: &str,
+        kind: RotationType,
+        at: i64,
+    ) -> Result<()> {
         let seq: u32 =
             tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM key_versions WHERE key_id = ?1", [id], |r| r.get(0))?;
         let (mid, sealed) = self.new_material(kid)?;
@@ -1070,7 +1083,8 @@ fn require_not_pending_deletion(tx: &rusqlite::Transaction<'_>, id: &str) -> Res
 }
 
 fn is_external(tx: &rusqlite::Transaction<'_>, id: &str) -> Result<bool> {
-    let found: Option<i64> = tx.query_row("SELECT 1 FROM key_import WHERE key_id = ?1", [id], |r| r.get(0)).optional()?;
+    let found: Option<i64> =
+        tx.query_row("SELECT 1 FROM key_import WHERE key_id = ?1", [id], |r| r.get(0)).optional()?;
     Ok(found.is_some())
 }
 
@@ -1087,10 +1101,7 @@ fn delete_imported(tx: &rusqlite::Transaction<'_>, id: &str, state: KeyState) ->
     tx.execute("DELETE FROM key_versions WHERE material_id = ?1", [&cur])?;
     tx.execute("UPDATE key_import SET valid_to = NULL WHERE key_id = ?1", [id])?;
     let new_state = if state == KeyState::PendingDeletion { state } else { KeyState::PendingImport };
-    tx.execute(
-        "UPDATE keys SET current_material = '', state = ?2 WHERE key_id = ?1",
-        params![id, new_state.as_str()],
-    )?;
+    tx.execute("UPDATE keys SET current_material = '', state = ?2 WHERE key_id = ?1", params![id, new_state.as_str()])?;
     Ok(cur)
 }
 
@@ -1229,7 +1240,10 @@ fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match f() {
-            Err(Error::Storage(m)) if (m.contains("database is locked") || m.contains("database table is locked")) && std::time::Instant::now() < deadline => {
+            Err(Error::Storage(m))
+                if (m.contains("database is locked") || m.contains("database table is locked"))
+                    && std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,

@@ -122,7 +122,10 @@ fn duplicate_alias_and_bad_input() {
     let r = KeyRef::parse("dup").unwrap();
     assert!(matches!(ks.encrypt(&r, b"", &EncryptionContext::new()), Err(Error::Invalid(_))));
     assert!(matches!(ks.encrypt(&r, &[0u8; 4097], &EncryptionContext::new()), Err(Error::Invalid(_))));
-    assert!(matches!(ks.encrypt(&KeyRef::parse("nope").unwrap(), b"x", &EncryptionContext::new()), Err(Error::NotFound(_))));
+    assert!(matches!(
+        ks.encrypt(&KeyRef::parse("nope").unwrap(), b"x", &EncryptionContext::new()),
+        Err(Error::NotFound(_))
+    ));
 }
 
 #[test]
@@ -215,8 +218,10 @@ fn schema_v1_database_is_migrated() {
     };
     // Turn the database back into a version-1 one, as an older build wrote it.
     let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
-    conn.execute_batch("ALTER TABLE aliases DROP COLUMN updated_at; UPDATE meta SET v = '1' WHERE k = 'schema_version';")
-        .unwrap();
+    conn.execute_batch(
+        "ALTER TABLE aliases DROP COLUMN updated_at; UPDATE meta SET v = '1' WHERE k = 'schema_version';",
+    )
+    .unwrap();
     drop(conn);
     let ks = KeyStore::open(dir.path()).unwrap();
     let list = ks.list_aliases().unwrap();

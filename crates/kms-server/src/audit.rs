@@ -139,7 +139,8 @@ impl AuditLog {
         // Where this record starts: on failure the file is cut back to it, so a full disk never
         // leaves half a line that would corrupt the next record.
         let start = f.metadata().map(|m| m.len()).ok();
-        let written = f.write_all(&line).and_then(|()| f.flush()).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+        let written =
+            f.write_all(&line).and_then(|()| f.flush()).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
         if written.is_err()
             && let Some(len) = start
         {
@@ -155,9 +156,10 @@ pub fn record(ev: &AuditEvent<'_>, now: SystemTime) -> Value {
     let crypto = CRYPTO_OPS.contains(&op);
     let mut params = ev.request.map(|r| camel_clean(r, false)).unwrap_or(Value::Null);
     if matches!(op, "Encrypt" | "Decrypt" | "ReEncrypt")
-        && let Value::Object(m) = &mut params {
-            m.entry("encryptionAlgorithm").or_insert_with(|| json!("SYMMETRIC_DEFAULT"));
-        }
+        && let Value::Object(m) = &mut params
+    {
+        m.entry("encryptionAlgorithm").or_insert_with(|| json!("SYMMETRIC_DEFAULT"));
+    }
     let key_arn = ev.response.and_then(resolved_key_arn);
     let mut resources: Vec<&str> = ev.resources.iter().map(String::as_str).collect();
     if resources.is_empty()
@@ -166,9 +168,10 @@ pub fn record(ev: &AuditEvent<'_>, now: SystemTime) -> Value {
         resources.push(arn);
     }
     if op == "Decrypt"
-        && let (Value::Object(m), Some(arn)) = (&mut params, &key_arn) {
-            m.insert("keyId".into(), json!(arn));
-        }
+        && let (Value::Object(m), Some(arn)) = (&mut params, &key_arn)
+    {
+        m.insert("keyId".into(), json!(arn));
+    }
     let response = match ev.response {
         Some(r) if !crypto => camel_clean(r, false),
         _ => Value::Null,
@@ -242,7 +245,10 @@ pub fn sanitized_request(body: &[u8]) -> Option<Value> {
 pub fn sanitize(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.iter().filter(|(k, _)| !SECRET_MEMBERS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect(),
+            m.iter()
+                .filter(|(k, _)| !SECRET_MEMBERS.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         ),
         other => other.clone(),
     }
@@ -253,7 +259,15 @@ pub fn read_only(op: &str) -> bool {
     op.starts_with("Describe")
         || op.starts_with("List")
         || op.starts_with("Get")
-        || matches!(op, "Encrypt" | "Decrypt" | "ReEncrypt" | "GenerateDataKey" | "GenerateDataKeyWithoutPlaintext" | "GenerateRandom")
+        || matches!(
+            op,
+            "Encrypt"
+                | "Decrypt"
+                | "ReEncrypt"
+                | "GenerateDataKey"
+                | "GenerateDataKeyWithoutPlaintext"
+                | "GenerateRandom"
+        )
 }
 
 fn user_identity(ev: &AuditEvent<'_>) -> Value {
@@ -283,19 +297,17 @@ fn user_identity(ev: &AuditEvent<'_>) -> Value {
         "accessKeyId": ev.access_key_id.unwrap_or(""),
     });
     if kind == "IAMUser"
-        && let (Some(name), Value::Object(m)) = (resource.rsplit('/').next(), &mut v) {
-            m.insert("userName".into(), json!(name));
-        }
+        && let (Some(name), Value::Object(m)) = (resource.rsplit('/').next(), &mut v)
+    {
+        m.insert("userName".into(), json!(name));
+    }
     v
 }
 
 /// The key ARN a response names (`KeyId` of crypto responses, `KeyMetadata.Arn` of management ones).
 fn resolved_key_arn(resp: &Value) -> Option<String> {
-    let arn = resp
-        .get("KeyMetadata")
-        .and_then(|m| m.get("Arn"))
-        .or_else(|| resp.get("KeyId"))
-        .and_then(Value::as_str)?;
+    let arn =
+        resp.get("KeyMetadata").and_then(|m| m.get("Arn")).or_else(|| resp.get("KeyId")).and_then(Value::as_str)?;
     arn.contains(":key/").then(|| arn.to_string())
 }
 
@@ -391,7 +403,14 @@ mod tests {
     #[test]
     fn failures_and_management_calls() {
         let resp = json!({"KeyMetadata": {"KeyId": "1234", "Arn": "arn:aws:kms:us-east-1:111122223333:key/1234"}});
-        let ev = AuditEvent { operation: Some("CreateKey"), request_id: "r", region: "us-east-1", account_id: "111122223333", response: Some(&resp), ..Default::default() };
+        let ev = AuditEvent {
+            operation: Some("CreateKey"),
+            request_id: "r",
+            region: "us-east-1",
+            account_id: "111122223333",
+            response: Some(&resp),
+            ..Default::default()
+        };
         let r = record(&ev, SystemTime::now());
         assert_eq!(r["responseElements"]["keyMetadata"]["arn"], "arn:aws:kms:us-east-1:111122223333:key/1234");
         assert_eq!(r["readOnly"], false);
@@ -421,7 +440,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("audit.log");
         let log = AuditLog::open(&p, true).unwrap();
-        let ev = AuditEvent { operation: Some("ListKeys"), request_id: "a", region: "r", account_id: "1", ..Default::default() };
+        let ev = AuditEvent {
+            operation: Some("ListKeys"),
+            request_id: "a",
+            region: "r",
+            account_id: "1",
+            ..Default::default()
+        };
         log.write(&ev).unwrap();
         log.write(&ev).unwrap();
         use std::os::unix::fs::PermissionsExt;

@@ -156,9 +156,10 @@ impl CredentialStore {
                         serde_json::Value::String(s) => s,
                         other => other.to_string(),
                     };
-                    Some(Arc::new(policy::parse_identity(&text).map_err(|m| {
-                        KmsError::Config(format!("policy of access key {}: {m}", e.access_key_id))
-                    })?))
+                    Some(Arc::new(
+                        policy::parse_identity(&text)
+                            .map_err(|m| KmsError::Config(format!("policy of access key {}: {m}", e.access_key_id)))?,
+                    ))
                 }
             };
             creds.push(Credential {
@@ -176,7 +177,8 @@ impl CredentialStore {
     /// refused: its secrets sign requests.
     pub fn load(path: &Path) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| KmsError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| KmsError::Config(format!("cannot read {}: {e}", path.display())))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(KmsError::Config(format!(
@@ -185,7 +187,8 @@ impl CredentialStore {
             )));
         }
         let text = Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| KmsError::Config(format!("cannot read {}: {e}", path.display())))?,
+            std::fs::read_to_string(path)
+                .map_err(|e| KmsError::Config(format!("cannot read {}: {e}", path.display())))?,
         );
         Self::from_yaml(&text)
     }
@@ -230,8 +233,9 @@ impl CredentialStore {
                 "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into(),
             )
         })?;
-        let time = parse_amz_date(amz_date)
-            .ok_or_else(|| KmsError::IncompleteSignature(format!("Date must be in ISO-8601 'basic format'. Got '{amz_date}'.")))?;
+        let time = parse_amz_date(amz_date).ok_or_else(|| {
+            KmsError::IncompleteSignature(format!("Date must be in ISO-8601 'basic format'. Got '{amz_date}'."))
+        })?;
         if !amz_date.starts_with(parsed.date) {
             return Err(KmsError::InvalidSignature(
                 "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP.".into(),
@@ -304,8 +308,9 @@ impl CredentialStore {
             .map_err(|e| KmsError::Internal(format!("sigv4 parameters: {e}")))?
             .into();
         let body_hash = hex::encode(envelope_keystore::crypto::sha256(&[body]));
-        let request = SignableRequest::new(method, path_and_query, signed.into_iter(), SignableBody::Precomputed(body_hash))
-            .map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
+        let request =
+            SignableRequest::new(method, path_and_query, signed.into_iter(), SignableBody::Precomputed(body_hash))
+                .map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
         let expected = sign(request, &params).map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
         aws_lc_rs::constant_time::verify_slices_are_equal(expected.signature().as_bytes(), parsed.signature.as_bytes())
             .map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
@@ -319,13 +324,17 @@ fn check_signed_headers(signed: &[&str], headers: &HeaderMap) -> Result<()> {
     let unsigned = |name: &str| !signed.contains(&name);
     for required in ["host", "x-amz-date"] {
         if unsigned(required) {
-            return Err(KmsError::IncompleteSignature(format!("'{required}' must be a 'SignedHeader' in the AWS Authorization.")));
+            return Err(KmsError::IncompleteSignature(format!(
+                "'{required}' must be a 'SignedHeader' in the AWS Authorization."
+            )));
         }
     }
     for name in headers.keys() {
         let name = name.as_str();
         if (name == "content-type" || name.starts_with("x-amz-")) && unsigned(name) {
-            return Err(KmsError::IncompleteSignature(format!("'{name}' must be a 'SignedHeader' in the AWS Authorization.")));
+            return Err(KmsError::IncompleteSignature(format!(
+                "'{name}' must be a 'SignedHeader' in the AWS Authorization."
+            )));
         }
     }
     Ok(())
@@ -393,8 +402,11 @@ fn parse_authorization(h: &str) -> Result<Authorization<'_>> {
         return Err(KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()));
     }
     let signed_headers: Vec<&str> = signed.split(';').collect();
-    if signed_headers.iter().any(|n| n.is_empty() || n.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii_graphic())) {
-        return Err(KmsError::IncompleteSignature("SignedHeaders must be lowercase header names separated by ';'.".into()));
+    if signed_headers.iter().any(|n| n.is_empty() || n.bytes().any(|b| b.is_ascii_uppercase() || !b.is_ascii_graphic()))
+    {
+        return Err(KmsError::IncompleteSignature(
+            "SignedHeaders must be lowercase header names separated by ';'.".into(),
+        ));
     }
     Ok(Authorization { access_key_id, date, region, service, terminator, signed_headers, signature })
 }
@@ -490,7 +502,15 @@ mod tests {
         let t = parse_amz_date("20150830T123600Z").unwrap();
         assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 1_440_938_160);
         assert_eq!(format_amz_date(t), "20150830T123600Z");
-        for bad in ["", "20150830T123600", "2015-08-30T12:36:00Z", "20150230T000000Z", "20151301T000000Z", "2015083OT123600Z", "+0150830T123600Z"] {
+        for bad in [
+            "",
+            "20150830T123600",
+            "2015-08-30T12:36:00Z",
+            "20150230T000000Z",
+            "20151301T000000Z",
+            "2015083OT123600Z",
+            "+0150830T123600Z",
+        ] {
             assert!(parse_amz_date(bad).is_none(), "{bad}");
         }
         assert!(parse_amz_date("20240229T235959Z").is_some());
@@ -523,8 +543,16 @@ mod tests {
         let dup = format!("{ok}{ok}");
         assert!(CredentialStore::from_yaml(&dup).is_err());
         assert!(CredentialStore::from_yaml("[]").is_err());
-        assert!(CredentialStore::from_yaml("- access_key_id: AKIAIOSFODNN7EXAMPLE\n  secret_access_key: x\n  principal: admin\n").is_err());
-        assert!(CredentialStore::from_yaml("- access_key_id: AKIAIOSFODNN7EXAMPLE\n  secret: x\n  principal: arn:x\n").is_err());
+        assert!(
+            CredentialStore::from_yaml(
+                "- access_key_id: AKIAIOSFODNN7EXAMPLE\n  secret_access_key: x\n  principal: admin\n"
+            )
+            .is_err()
+        );
+        assert!(
+            CredentialStore::from_yaml("- access_key_id: AKIAIOSFODNN7EXAMPLE\n  secret: x\n  principal: arn:x\n")
+                .is_err()
+        );
         assert!(CredentialStore::from_yaml("not: [a list").is_err());
     }
 

@@ -118,7 +118,9 @@ impl KmsError {
             ExpiredImportToken(_) => "ExpiredImportTokenException",
             IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
             InvalidImportToken(_) => "InvalidImportTokenException",
-            Config(_) | Internal(_) | AuditUnavailable => return ("KMSInternalException", StatusCode::INTERNAL_SERVER_ERROR),
+            Config(_) | Internal(_) | AuditUnavailable => {
+                return ("KMSInternalException", StatusCode::INTERNAL_SERVER_ERROR);
+            }
             InvalidAliasName(_) => "InvalidAliasNameException",
             InvalidArn(_) => "InvalidArnException",
             InvalidCiphertext => "InvalidCiphertextException",

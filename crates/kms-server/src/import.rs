@@ -52,7 +52,8 @@ pub(crate) fn parameters(
         WrappingKeySpec::Rsa4096 => KeySize::Rsa4096,
     };
     let private = PrivateDecryptingKey::generate(size).map_err(|_| internal("RSA key generation failed"))?;
-    let public_key = private.public_key().as_der().map_err(|_| internal("public key encoding failed"))?.as_ref().to_vec();
+    let public_key =
+        private.public_key().as_der().map_err(|_| internal("public key encoding failed"))?.as_ref().to_vec();
     let pkcs8 = private.as_der().map_err(|_| internal("private key encoding failed"))?;
     let valid_to = now.saturating_add(TOKEN_LIFETIME);
     let mut plain = Zeroizing::new(Vec::with_capacity(HEADER + pkcs8.as_ref().len()));
@@ -69,7 +70,13 @@ pub(crate) fn parameters(
 
 /// Opens `token` for key `kid` at time `now` and unwraps `encrypted` with it: the key material,
 /// exactly [`MATERIAL_LEN`] bytes.
-pub(crate) fn unwrap(store: &KeyStore, kid: &[u8; 16], token: &[u8], encrypted: &[u8], now: i64) -> Result<Zeroizing<Vec<u8>>> {
+pub(crate) fn unwrap(
+    store: &KeyStore,
+    kid: &[u8; 16],
+    token: &[u8],
+    encrypted: &[u8],
+    now: i64,
+) -> Result<Zeroizing<Vec<u8>>> {
     let invalid = || KmsError::InvalidImportToken("The import token is invalid or was issued for another key.".into());
     let (&version, sealed) = token.split_first().ok_or_else(invalid)?;
     if version != TOKEN_VERSION {
@@ -83,7 +90,9 @@ pub(crate) fn unwrap(store: &KeyStore, kid: &[u8; 16], token: &[u8], encrypted: 
     let mut valid_to = [0u8; 8];
     valid_to.copy_from_slice(&plain[17..HEADER]);
     if now > i64::from_be_bytes(valid_to) {
-        return Err(KmsError::ExpiredImportToken("The import token has expired; call GetParametersForImport again.".into()));
+        return Err(KmsError::ExpiredImportToken(
+            "The import token has expired; call GetParametersForImport again.".into(),
+        ));
     }
     let private = PrivateDecryptingKey::from_pkcs8(&plain[HEADER..]).map_err(|_| invalid())?;
     let private = OaepPrivateDecryptingKey::new(private).map_err(|_| invalid())?;
@@ -194,14 +203,25 @@ mod tests {
     fn every_algorithm_round_trips_and_tokens_are_bound() {
         let (_d, s) = store();
         let kid = [1u8; 16];
-        for a in [WrappingAlgorithm::OaepSha1, WrappingAlgorithm::OaepSha256, WrappingAlgorithm::AesKeyWrapSha1, WrappingAlgorithm::AesKeyWrapSha256] {
+        for a in [
+            WrappingAlgorithm::OaepSha1,
+            WrappingAlgorithm::OaepSha256,
+            WrappingAlgorithm::AesKeyWrapSha1,
+            WrappingAlgorithm::AesKeyWrapSha256,
+        ] {
             let p = parameters(&s, &kid, a, WrappingKeySpec::Rsa2048, 1000).unwrap();
             assert!(p.token.len() <= crate::protocol::MAX_CIPHERTEXT);
             assert_eq!(p.valid_to, 1000 + TOKEN_LIFETIME);
             let enc = wrap(&p.public_key, a, &[9u8; 32]);
             assert_eq!(&unwrap(&s, &kid, &p.token, &enc, 1000).unwrap()[..], &[9u8; 32]);
-            assert_eq!(unwrap(&s, &kid, &p.token, &enc, p.valid_to + 1).unwrap_err().aws().0, "ExpiredImportTokenException");
-            assert_eq!(unwrap(&s, &[2u8; 16], &p.token, &enc, 1000).unwrap_err().aws().0, "InvalidImportTokenException");
+            assert_eq!(
+                unwrap(&s, &kid, &p.token, &enc, p.valid_to + 1).unwrap_err().aws().0,
+                "ExpiredImportTokenException"
+            );
+            assert_eq!(
+                unwrap(&s, &[2u8; 16], &p.token, &enc, 1000).unwrap_err().aws().0,
+                "InvalidImportTokenException"
+            );
             let short = wrap(&p.public_key, a, &[9u8; 24]);
             assert_eq!(unwrap(&s, &kid, &p.token, &short, 1000).unwrap_err().aws().0, "IncorrectKeyMaterialException");
         }

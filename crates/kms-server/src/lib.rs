@@ -106,7 +106,9 @@ impl Config {
         if !(1..=10_000_000).contains(&self.max_keys) {
             return Err(KmsError::Config("the key limit must be between 1 and 10000000".into()));
         }
-        if self.client_timeout < std::time::Duration::from_millis(100) || self.client_timeout > std::time::Duration::from_secs(3600) {
+        if self.client_timeout < std::time::Duration::from_millis(100)
+            || self.client_timeout > std::time::Duration::from_secs(3600)
+        {
             return Err(KmsError::Config("the client timeout must be between 100ms and 1h".into()));
         }
         Ok(())

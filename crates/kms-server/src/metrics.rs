@@ -57,7 +57,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("envelope_kms");
         let requests = Family::<RequestLabels, Counter>::default();
-        let seconds = Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram as fn() -> Histogram);
+        let seconds =
+            Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram as fn() -> Histogram);
         registry.register("requests", "Requests by operation and AWS error code (empty = success)", requests.clone());
         registry.register("request_duration_seconds", "Request latency by operation", seconds.clone());
         let audit_failures = Counter::default();
@@ -113,7 +114,10 @@ pub fn observability_router(server: Arc<Server>) -> Router {
             "/metrics",
             get(move || {
                 let body = server.metrics().encode();
-                async move { ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response() }
+                async move {
+                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                        .into_response()
+                }
             }),
         )
 }

@@ -254,16 +254,32 @@ impl Server {
                     .map(|r| RotationEntry {
                         key_id: k.arn.clone(),
                         key_material_id: r.material_id.clone(),
-                        key_material_state: if r.material_id == meta.current_material_id { "CURRENT" } else { "NON_CURRENT" },
+                        key_material_state: if r.material_id == meta.current_material_id {
+                            "CURRENT"
+                        } else {
+                            "NON_CURRENT"
+                        },
                         rotation_date: r.created_at,
                         rotation_type: r.kind.as_str(),
                         // Imported material (origin EXTERNAL): the one material, present or not.
-                        import_state: a.external.then_some(if meta.current_material_id.is_empty() { "PENDING_IMPORT" } else { "IMPORTED" }),
-                        expiration_model: a.external.then_some(if a.valid_to.is_some() { "KEY_MATERIAL_EXPIRES" } else { "KEY_MATERIAL_DOES_NOT_EXPIRE" }),
+                        import_state: a.external.then_some(if meta.current_material_id.is_empty() {
+                            "PENDING_IMPORT"
+                        } else {
+                            "IMPORTED"
+                        }),
+                        expiration_model: a.external.then_some(if a.valid_to.is_some() {
+                            "KEY_MATERIAL_EXPIRES"
+                        } else {
+                            "KEY_MATERIAL_DOES_NOT_EXPIRE"
+                        }),
                         valid_to: a.valid_to.filter(|_| a.external),
                     })
                     .collect();
-                let next_marker = if truncated { items.get(limit.saturating_sub(1)).map(|r| encode_marker("r1", &r.seq.to_string())) } else { None };
+                let next_marker = if truncated {
+                    items.get(limit.saturating_sub(1)).map(|r| encode_marker("r1", &r.seq.to_string()))
+                } else {
+                    None
+                };
                 to_body(&ListRotationsResponse { rotations: page, next_marker, truncated })
             }
             Request::TagResource { key_id, tags } => {
@@ -290,10 +306,14 @@ impl Server {
                 auth(&k, "ListResourceTags")?;
                 let after = marker.map(|m| decode_marker(&m, "t1")).transpose()?;
                 let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
-                let items: Vec<_> = a.tags.iter().filter(|(t, _)| after.as_deref().is_none_or(|m| t.as_str() > m)).collect();
+                let items: Vec<_> =
+                    a.tags.iter().filter(|(t, _)| after.as_deref().is_none_or(|m| t.as_str() > m)).collect();
                 let truncated = items.len() > limit;
-                let page: Vec<TagOut> =
-                    items.iter().take(limit).map(|(t, v)| TagOut { tag_key: t.clone(), tag_value: v.clone() }).collect();
+                let page: Vec<TagOut> = items
+                    .iter()
+                    .take(limit)
+                    .map(|(t, v)| TagOut { tag_key: t.clone(), tag_value: v.clone() })
+                    .collect();
                 let next_marker = if truncated { page.last().map(|t| encode_marker("t1", &t.tag_key)) } else { None };
                 to_body(&ListTagsResponse { tags: page, next_marker, truncated })
             }
@@ -302,7 +322,11 @@ impl Server {
                 auth(&k, "GetKeyPolicy")?;
                 check_policy_name(&policy_name)?;
                 let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
-                let text = a.policy.as_deref().map(str::to_string).unwrap_or_else(|| policy::default_policy(&self.config.account_id));
+                let text = a
+                    .policy
+                    .as_deref()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| policy::default_policy(&self.config.account_id));
                 to_body(&PolicyResponse { policy: text, policy_name })
             }
             Request::PutKeyPolicy { key_id, policy_name, policy, bypass_lockout_check } => {
@@ -410,7 +434,13 @@ impl Server {
                 let dest = self.resolve(&destination_key_id, Forms::Any)?;
                 self.authorize(call, &dest, "ReEncryptTo", &destination_context)?;
                 self.usable(&dest)?;
-                let d = self.decrypt(&ciphertext, &source_context, source_key_id.as_deref(), dry_run, (call, "ReEncryptFrom"))?;
+                let d = self.decrypt(
+                    &ciphertext,
+                    &source_context,
+                    source_key_id.as_deref(),
+                    dry_run,
+                    (call, "ReEncryptFrom"),
+                )?;
                 let e = self
                     .store
                     .encrypt(&dest.r, &d.plaintext, &destination_context)
@@ -469,18 +499,24 @@ impl Server {
                 if let Some(t) = valid_to
                     && (t <= now || t > now.saturating_add(365 * DAY))
                 {
-                    return Err(KmsError::Validation("ValidTo must be in the future and at most 365 days from now.".into()));
+                    return Err(KmsError::Validation(
+                        "ValidTo must be in the future and at most 365 days from now.".into(),
+                    ));
                 }
                 if let Some(named) = &key_material_id {
                     // Names the key's existing material (EXISTING_KEY_MATERIAL); this server keeps
                     // one material per imported key.
                     let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
                     if a.imported_material_id.as_ref() != Some(named) {
-                        return Err(KmsError::IncorrectKeyMaterial(format!("{} has no key material with id {named}.", k.arn)));
+                        return Err(KmsError::IncorrectKeyMaterial(format!(
+                            "{} has no key material with id {named}.",
+                            k.arn
+                        )));
                     }
                 }
                 let material = import::unwrap(&self.store, &k.kid, &token, &material, now)?;
-                let mid = self.store.import_material(&k.r, &material, valid_to, now).map_err(|e| self.store_err(e, &k))?;
+                let mid =
+                    self.store.import_material(&k.r, &material, valid_to, now).map_err(|e| self.store_err(e, &k))?;
                 to_body(&ImportResponse { key_id: k.arn, key_material_id: mid })
             }
             Request::DeleteImportedKeyMaterial { key_id, key_material_id } => {
@@ -636,13 +672,22 @@ impl Server {
         self.decide(call, None, action, &self.names.alias_arn(alias), &Context::new())
     }
 
-    fn decide(&self, call: &Call<'_>, key: Option<&Policy>, action: &str, resource: &str, context: &Context) -> Result<()> {
+    fn decide(
+        &self,
+        call: &Call<'_>,
+        key: Option<&Policy>,
+        action: &str,
+        resource: &str,
+        context: &Context,
+    ) -> Result<()> {
         let principal = call.principal();
         let q = Query { principal, action, resource, context };
         let verdict = policy::authorize(key, call.caller.identity.as_deref(), &self.config.account_id, &q);
         let kind = |s: Source| if s == Source::Resource { "a resource-based" } else { "an identity-based" };
         let denied = |why: String| {
-            KmsError::AccessDenied(format!("User: {principal} is not authorized to perform: kms:{action} on resource: {resource} {why}"))
+            KmsError::AccessDenied(format!(
+                "User: {principal} is not authorized to perform: kms:{action} on resource: {resource} {why}"
+            ))
         };
         match verdict {
             Verdict::Allow => Ok(()),
@@ -679,14 +724,20 @@ impl Server {
         if self.is_external(k)? {
             Ok(())
         } else {
-            Err(KmsError::UnsupportedOperation(format!("{} does not have origin EXTERNAL; its key material cannot be imported.", k.arn)))
+            Err(KmsError::UnsupportedOperation(format!(
+                "{} does not have origin EXTERNAL; its key material cannot be imported.",
+                k.arn
+            )))
         }
     }
 
     /// Rotation applies only to keys with generated material (spec §3.3).
     fn generated_material(&self, k: &Resolved) -> Result<()> {
         if self.is_external(k)? {
-            Err(KmsError::UnsupportedOperation(format!("{} has imported key material; it cannot be rotated by this server.", k.arn)))
+            Err(KmsError::UnsupportedOperation(format!(
+                "{} has imported key material; it cannot be rotated by this server.",
+                k.arn
+            )))
         } else {
             Ok(())
         }
@@ -702,9 +753,10 @@ impl Server {
     fn alias_err(&self, e: envelope_keystore::Error, alias: &str, k: &Resolved) -> KmsError {
         use envelope_keystore::Error as E;
         match e {
-            E::AlreadyExists(_) => {
-                KmsError::AlreadyExists(format!("An alias with the name {} already exists", self.names.alias_arn(alias)))
-            }
+            E::AlreadyExists(_) => KmsError::AlreadyExists(format!(
+                "An alias with the name {} already exists",
+                self.names.alias_arn(alias)
+            )),
             E::NotFound(_) => self.names.not_found(&KeyRef::Alias(alias.to_string())),
             E::Invalid(m) => KmsError::InvalidAliasName(m),
             e => KmsError::from_store(e, &k.arn),
@@ -719,7 +771,11 @@ impl Server {
         KeyMetadataOut {
             origin: if external { "EXTERNAL" } else { "AWS_KMS" },
             expiration_model: (external && has_material).then(|| {
-                if attrs.as_ref().is_some_and(|a| a.valid_to.is_some()) { "KEY_MATERIAL_EXPIRES" } else { "KEY_MATERIAL_DOES_NOT_EXPIRE" }
+                if attrs.as_ref().is_some_and(|a| a.valid_to.is_some()) {
+                    "KEY_MATERIAL_EXPIRES"
+                } else {
+                    "KEY_MATERIAL_DOES_NOT_EXPIRE"
+                }
             }),
             valid_to: attrs.as_ref().and_then(|a| a.valid_to).filter(|_| external && has_material),
             deletion_date: attrs.as_ref().and_then(|a| a.deletion_date).filter(|_| pending),

@@ -426,7 +426,11 @@ mod tests {
     #[test]
     fn malformed_documents() {
         for bad in [
-            "", "[]", "{}", r#"{"Statement":[]}"#, "not json",
+            "",
+            "[]",
+            "{}",
+            r#"{"Statement":[]}"#,
+            "not json",
             r#"{"Statement":[{"Effect":"Maybe","Principal":"*","Action":"kms:*","Resource":"*"}]}"#,
             r#"{"Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#,
             r#"{"Statement":[{"Effect":"Allow","Principal":"*","NotAction":"kms:*","Resource":"*"}]}"#,
@@ -463,7 +467,10 @@ mod tests {
     fn identity_policies_have_no_principal_and_need_a_resource() {
         assert!(parse_identity(ADMIN_IDENTITY_POLICY).is_ok());
         assert!(parse(ADMIN_IDENTITY_POLICY).is_err(), "a key policy needs principals");
-        assert!(parse_identity(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}]}"#).is_err());
+        assert!(
+            parse_identity(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}]}"#)
+                .is_err()
+        );
         assert!(parse_identity(r#"{"Statement":[{"Effect":"Allow","Action":"kms:*"}]}"#).is_err());
     }
 
@@ -490,28 +497,49 @@ mod tests {
         };
         // Key policy for the account root defers to the identity policy.
         assert_eq!(run(Some(&account_policy), Some(&encrypt_only), OTHER, "Encrypt"), Verdict::Allow);
-        assert_eq!(run(Some(&account_policy), Some(&encrypt_only), OTHER, "Decrypt"), Verdict::ImplicitDeny(Source::Identity));
+        assert_eq!(
+            run(Some(&account_policy), Some(&encrypt_only), OTHER, "Decrypt"),
+            Verdict::ImplicitDeny(Source::Identity)
+        );
         // No identity policy: unrestricted inside the account (credentials files written before).
         assert_eq!(run(Some(&account_policy), None, OTHER, "ScheduleKeyDeletion"), Verdict::Allow);
         // A statement naming the caller allows on its own; an identity Deny still wins.
         assert_eq!(run(Some(&names_app), Some(&encrypt_only), OTHER, "Decrypt"), Verdict::Allow);
-        assert_eq!(run(Some(&names_app), Some(&deny_decrypt), OTHER, "Decrypt"), Verdict::ExplicitDeny(Source::Identity));
-        assert_eq!(run(Some(&names_app), Some(&encrypt_only), OTHER, "DescribeKey"), Verdict::ImplicitDeny(Source::Identity));
+        assert_eq!(
+            run(Some(&names_app), Some(&deny_decrypt), OTHER, "Decrypt"),
+            Verdict::ExplicitDeny(Source::Identity)
+        );
+        assert_eq!(
+            run(Some(&names_app), Some(&encrypt_only), OTHER, "DescribeKey"),
+            Verdict::ImplicitDeny(Source::Identity)
+        );
         assert_eq!(run(Some(&names_app), None, OTHER, "DescribeKey"), Verdict::Allow);
         assert_eq!(run(Some(&names_app), None, ADMIN, "Encrypt"), Verdict::ImplicitDeny(Source::Resource));
         // The identity policy's Resource is matched against the key ARN.
         let other_key = parse_identity(r#"{"Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"arn:aws:kms:us-east-1:111122223333:key/other"}]}"#).unwrap();
-        assert_eq!(run(Some(&account_policy), Some(&other_key), OTHER, "Encrypt"), Verdict::ImplicitDeny(Source::Identity));
+        assert_eq!(
+            run(Some(&account_policy), Some(&other_key), OTHER, "Encrypt"),
+            Verdict::ImplicitDeny(Source::Identity)
+        );
         // Account-level operations: identity policy only, and only inside the server's account.
         assert_eq!(run(None, None, OTHER, "CreateKey"), Verdict::Allow);
         assert_eq!(run(None, Some(&encrypt_only), OTHER, "CreateKey"), Verdict::ImplicitDeny(Source::Identity));
-        assert_eq!(run(None, None, "arn:aws:iam::999999999999:user/x", "CreateKey"), Verdict::ImplicitDeny(Source::Identity));
+        assert_eq!(
+            run(None, None, "arn:aws:iam::999999999999:user/x", "CreateKey"),
+            Verdict::ImplicitDeny(Source::Identity)
+        );
         let admin = parse_identity(ADMIN_IDENTITY_POLICY).unwrap();
-        assert_eq!(run(None, Some(&admin), "arn:aws:iam::999999999999:user/x", "ListKeys"), Verdict::ImplicitDeny(Source::Identity));
+        assert_eq!(
+            run(None, Some(&admin), "arn:aws:iam::999999999999:user/x", "ListKeys"),
+            Verdict::ImplicitDeny(Source::Identity)
+        );
         // Another account named by the key policy: that account's identity policy decides.
         let cross = parse(r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::999999999999:root"},"Action":"kms:Decrypt","Resource":"*"}]}"#).unwrap();
         assert_eq!(run(Some(&cross), Some(&admin), "arn:aws:iam::999999999999:user/x", "Decrypt"), Verdict::Allow);
-        assert_eq!(run(Some(&cross), Some(&encrypt_only), "arn:aws:iam::999999999999:user/x", "Decrypt"), Verdict::ImplicitDeny(Source::Identity));
+        assert_eq!(
+            run(Some(&cross), Some(&encrypt_only), "arn:aws:iam::999999999999:user/x", "Decrypt"),
+            Verdict::ImplicitDeny(Source::Identity)
+        );
     }
 
     #[test]

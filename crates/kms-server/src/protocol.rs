@@ -81,11 +81,29 @@ operations!(
 /// Operations of the real service that this server does not implement (yet): they answer
 /// `UnsupportedOperationException` rather than `UnknownOperationException`.
 const NOT_IMPLEMENTED: &[&str] = &[
-    "ConnectCustomKeyStore", "CreateCustomKeyStore", "CreateGrant", "Decapsulate", "DeleteCustomKeyStore",
-    "DeriveSharedSecret", "DescribeCustomKeyStores", "DisconnectCustomKeyStore",
-    "Encapsulate", "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "GetKeyLastUsage",
-    "GetPublicKey", "ListGrants", "ListRetirableGrants",
-    "ReplicateKey", "RetireGrant", "RevokeGrant", "Sign", "UpdateCustomKeyStore", "UpdatePrimaryRegion", "Verify",
+    "ConnectCustomKeyStore",
+    "CreateCustomKeyStore",
+    "CreateGrant",
+    "Decapsulate",
+    "DeleteCustomKeyStore",
+    "DeriveSharedSecret",
+    "DescribeCustomKeyStores",
+    "DisconnectCustomKeyStore",
+    "Encapsulate",
+    "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateMac",
+    "GetKeyLastUsage",
+    "GetPublicKey",
+    "ListGrants",
+    "ListRetirableGrants",
+    "ReplicateKey",
+    "RetireGrant",
+    "RevokeGrant",
+    "Sign",
+    "UpdateCustomKeyStore",
+    "UpdatePrimaryRegion",
+    "Verify",
     "VerifyMac",
 ];
 
@@ -124,34 +142,131 @@ pub type Context = BTreeMap<String, String>;
 #[non_exhaustive]
 #[allow(missing_docs)]
 pub enum Request {
-    CreateAlias { alias_name: String, target_key_id: String },
-    CreateKey { description: String, tags: Vec<(String, String)>, policy: Option<String>, external: bool, bypass_lockout_check: bool },
-    GetParametersForImport { key_id: String, algorithm: WrappingAlgorithm, key_spec: WrappingKeySpec },
-    ImportKeyMaterial { key_id: String, token: Vec<u8>, material: Vec<u8>, valid_to: Option<i64>, key_material_id: Option<String> },
-    DeleteImportedKeyMaterial { key_id: String, key_material_id: Option<String> },
-    ScheduleKeyDeletion { key_id: String, window_days: u32 },
-    CancelKeyDeletion { key_id: String },
-    UpdateKeyDescription { key_id: String, description: String },
-    EnableKeyRotation { key_id: String, period_days: u32 },
-    DisableKeyRotation { key_id: String },
-    GetKeyRotationStatus { key_id: String },
-    ListKeyRotations { key_id: String, all_material: bool, limit: usize, marker: Option<String> },
-    TagResource { key_id: String, tags: Vec<(String, String)> },
-    UntagResource { key_id: String, tag_keys: Vec<String> },
-    ListResourceTags { key_id: String, limit: usize, marker: Option<String> },
-    GetKeyPolicy { key_id: String, policy_name: String },
-    PutKeyPolicy { key_id: String, policy_name: String, policy: String, bypass_lockout_check: bool },
-    ListKeyPolicies { key_id: String, limit: usize, marker: Option<String> },
-    Decrypt { ciphertext: Vec<u8>, context: Context, key_id: Option<String>, dry_run: bool },
-    DeleteAlias { alias_name: String },
-    DescribeKey { key_id: String },
-    DisableKey { key_id: String },
-    EnableKey { key_id: String },
-    Encrypt { key_id: String, plaintext: Zeroizing<Vec<u8>>, context: Context, dry_run: bool },
-    GenerateDataKey { key_id: String, context: Context, len: usize, with_plaintext: bool, dry_run: bool },
-    GenerateRandom { len: usize },
-    ListAliases { key_id: Option<String>, limit: usize, marker: Option<String> },
-    ListKeys { limit: usize, marker: Option<String> },
+    CreateAlias {
+        alias_name: String,
+        target_key_id: String,
+    },
+    CreateKey {
+        description: String,
+        tags: Vec<(String, String)>,
+        policy: Option<String>,
+        external: bool,
+        bypass_lockout_check: bool,
+    },
+    GetParametersForImport {
+        key_id: String,
+        algorithm: WrappingAlgorithm,
+        key_spec: WrappingKeySpec,
+    },
+    ImportKeyMaterial {
+        key_id: String,
+        token: Vec<u8>,
+        material: Vec<u8>,
+        valid_to: Option<i64>,
+        key_material_id: Option<String>,
+    },
+    DeleteImportedKeyMaterial {
+        key_id: String,
+        key_material_id: Option<String>,
+    },
+    ScheduleKeyDeletion {
+        key_id: String,
+        window_days: u32,
+    },
+    CancelKeyDeletion {
+        key_id: String,
+    },
+    UpdateKeyDescription {
+        key_id: String,
+        description: String,
+    },
+    EnableKeyRotation {
+        key_id: String,
+        period_days: u32,
+    },
+    DisableKeyRotation {
+        key_id: String,
+    },
+    GetKeyRotationStatus {
+        key_id: String,
+    },
+    ListKeyRotations {
+        key_id: String,
+        all_material: bool,
+        limit: usize,
+        marker: Option<String>,
+    },
+    TagResource {
+        key_id: String,
+        tags: Vec<(String, String)>,
+    },
+    UntagResource {
+        key_id: String,
+        tag_keys: Vec<String>,
+    },
+    ListResourceTags {
+        key_id: String,
+        limit: usize,
+        marker: Option<String>,
+    },
+    GetKeyPolicy {
+        key_id: String,
+        policy_name: String,
+    },
+    PutKeyPolicy {
+        key_id: String,
+        policy_name: String,
+        policy: String,
+        bypass_lockout_check: bool,
+    },
+    ListKeyPolicies {
+        key_id: String,
+        limit: usize,
+        marker: Option<String>,
+    },
+    Decrypt {
+        ciphertext: Vec<u8>,
+        context: Context,
+        key_id: Option<String>,
+        dry_run: bool,
+    },
+    DeleteAlias {
+        alias_name: String,
+    },
+    DescribeKey {
+        key_id: String,
+    },
+    DisableKey {
+        key_id: String,
+    },
+    EnableKey {
+        key_id: String,
+    },
+    Encrypt {
+        key_id: String,
+        plaintext: Zeroizing<Vec<u8>>,
+        context: Context,
+        dry_run: bool,
+    },
+    GenerateDataKey {
+        key_id: String,
+        context: Context,
+        len: usize,
+        with_plaintext: bool,
+        dry_run: bool,
+    },
+    GenerateRandom {
+        len: usize,
+    },
+    ListAliases {
+        key_id: Option<String>,
+        limit: usize,
+        marker: Option<String>,
+    },
+    ListKeys {
+        limit: usize,
+        marker: Option<String>,
+    },
     ReEncrypt {
         ciphertext: Vec<u8>,
         source_context: Context,
@@ -160,8 +275,13 @@ pub enum Request {
         destination_context: Context,
         dry_run: bool,
     },
-    RotateKeyOnDemand { key_id: String },
-    UpdateAlias { alias_name: String, target_key_id: String },
+    RotateKeyOnDemand {
+        key_id: String,
+    },
+    UpdateAlias {
+        alias_name: String,
+        target_key_id: String,
+    },
 }
 
 /// Parses and validates the JSON body of `op`. Never panics on any input.
@@ -179,11 +299,25 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
             }
             let tags = v.tags(raw.tags);
             unsupported_if(raw.multi_region == Some(true), "Multi-Region keys are not supported.")?;
-            unsupported_if(raw.custom_key_store_id.is_some() || raw.xks_key_id.is_some(), "Custom key stores are not supported.")?;
+            unsupported_if(
+                raw.custom_key_store_id.is_some() || raw.xks_key_id.is_some(),
+                "Custom key stores are not supported.",
+            )?;
             if let Some(u) = &raw.key_usage {
-                v.one_of("keyUsage", u, &["SIGN_VERIFY", "ENCRYPT_DECRYPT", "GENERATE_VERIFY_MAC", "KEY_AGREEMENT", "ENCAPSULATE_DECAPSULATE"]);
+                v.one_of(
+                    "keyUsage",
+                    u,
+                    &[
+                        "SIGN_VERIFY",
+                        "ENCRYPT_DECRYPT",
+                        "GENERATE_VERIFY_MAC",
+                        "KEY_AGREEMENT",
+                        "ENCAPSULATE_DECAPSULATE",
+                    ],
+                );
             }
-            for (member, spec) in [("keySpec", &raw.key_spec), ("customerMasterKeySpec", &raw.customer_master_key_spec)] {
+            for (member, spec) in [("keySpec", &raw.key_spec), ("customerMasterKeySpec", &raw.customer_master_key_spec)]
+            {
                 if let Some(s) = spec {
                     v.one_of(member, s, KEY_SPECS);
                 }
@@ -192,9 +326,14 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
                 v.one_of("origin", o, &["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"]);
             }
             v.finish()?;
-            unsupported_if(raw.key_usage.as_deref().is_some_and(|u| u != "ENCRYPT_DECRYPT"), "Only KeyUsage ENCRYPT_DECRYPT is supported.")?;
             unsupported_if(
-                [&raw.key_spec, &raw.customer_master_key_spec].iter().any(|s| s.as_deref().is_some_and(|s| s != "SYMMETRIC_DEFAULT")),
+                raw.key_usage.as_deref().is_some_and(|u| u != "ENCRYPT_DECRYPT"),
+                "Only KeyUsage ENCRYPT_DECRYPT is supported.",
+            )?;
+            unsupported_if(
+                [&raw.key_spec, &raw.customer_master_key_spec]
+                    .iter()
+                    .any(|s| s.as_deref().is_some_and(|s| s != "SYMMETRIC_DEFAULT")),
                 "Only KeySpec SYMMETRIC_DEFAULT is supported.",
             )?;
             unsupported_if(
@@ -215,7 +354,18 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
             let alg = v.required("wrappingAlgorithm", raw.wrapping_algorithm);
             let spec = v.required("wrappingKeySpec", raw.wrapping_key_spec);
             if let Some(a) = &alg {
-                v.one_of("wrappingAlgorithm", a, &["RSAES_PKCS1_V1_5", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "RSA_AES_KEY_WRAP_SHA_1", "RSA_AES_KEY_WRAP_SHA_256", "SM2PKE"]);
+                v.one_of(
+                    "wrappingAlgorithm",
+                    a,
+                    &[
+                        "RSAES_PKCS1_V1_5",
+                        "RSAES_OAEP_SHA_1",
+                        "RSAES_OAEP_SHA_256",
+                        "RSA_AES_KEY_WRAP_SHA_1",
+                        "RSA_AES_KEY_WRAP_SHA_256",
+                        "SM2PKE",
+                    ],
+                );
             }
             if let Some(s) = &spec {
                 v.one_of("wrappingKeySpec", s, &["RSA_2048", "RSA_3072", "RSA_4096", "SM2"]);
@@ -226,13 +376,17 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
                 "RSAES_OAEP_SHA_256" => WrappingAlgorithm::OaepSha256,
                 "RSA_AES_KEY_WRAP_SHA_1" => WrappingAlgorithm::AesKeyWrapSha1,
                 "RSA_AES_KEY_WRAP_SHA_256" => WrappingAlgorithm::AesKeyWrapSha256,
-                other => return Err(KmsError::UnsupportedOperation(format!("WrappingAlgorithm {other} is not supported."))),
+                other => {
+                    return Err(KmsError::UnsupportedOperation(format!("WrappingAlgorithm {other} is not supported.")));
+                }
             };
             let key_spec = match spec.as_deref().unwrap_or_default() {
                 "RSA_2048" => WrappingKeySpec::Rsa2048,
                 "RSA_3072" => WrappingKeySpec::Rsa3072,
                 "RSA_4096" => WrappingKeySpec::Rsa4096,
-                other => return Err(KmsError::UnsupportedOperation(format!("WrappingKeySpec {other} is not supported."))),
+                other => {
+                    return Err(KmsError::UnsupportedOperation(format!("WrappingKeySpec {other} is not supported.")));
+                }
             };
             Request::GetParametersForImport { key_id: key_id.unwrap_or_default(), algorithm, key_spec }
         }
@@ -251,38 +405,58 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
             v.material_id(&raw.key_material_id);
             v.finish()?;
             let token = decode_blob("importToken", token.as_deref().unwrap_or_default(), MAX_CIPHERTEXT)?;
-            let material = decode_blob("encryptedKeyMaterial", material.as_deref().unwrap_or_default(), MAX_CIPHERTEXT)?;
+            let material =
+                decode_blob("encryptedKeyMaterial", material.as_deref().unwrap_or_default(), MAX_CIPHERTEXT)?;
             let valid_to = match (model.as_str(), raw.valid_to) {
                 ("KEY_MATERIAL_EXPIRES", Some(t)) if t.is_finite() => Some(t.floor() as i64),
                 ("KEY_MATERIAL_EXPIRES", _) => {
-                    return Err(KmsError::Validation("A ValidTo date is required when ExpirationModel is KEY_MATERIAL_EXPIRES.".into()))
+                    return Err(KmsError::Validation(
+                        "A ValidTo date is required when ExpirationModel is KEY_MATERIAL_EXPIRES.".into(),
+                    ));
                 }
                 (_, None) => None,
                 (_, Some(_)) => {
-                    return Err(KmsError::Validation("ValidTo must be omitted when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE.".into()))
+                    return Err(KmsError::Validation(
+                        "ValidTo must be omitted when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE.".into(),
+                    ));
                 }
             };
-            Request::ImportKeyMaterial { key_id: key_id.unwrap_or_default(), token, material, valid_to, key_material_id: raw.key_material_id }
+            Request::ImportKeyMaterial {
+                key_id: key_id.unwrap_or_default(),
+                token,
+                material,
+                valid_to,
+                key_material_id: raw.key_material_id,
+            }
         }
         Operation::DeleteImportedKeyMaterial => {
             let key_id = v.key_id("keyId", raw.key_id);
             v.material_id(&raw.key_material_id);
             v.finish()?;
-            Request::DeleteImportedKeyMaterial { key_id: key_id.unwrap_or_default(), key_material_id: raw.key_material_id }
+            Request::DeleteImportedKeyMaterial {
+                key_id: key_id.unwrap_or_default(),
+                key_material_id: raw.key_material_id,
+            }
         }
         Operation::ScheduleKeyDeletion => {
             let key_id = v.key_id("keyId", raw.key_id);
             let days = raw.pending_window_in_days.unwrap_or(30);
             v.range("pendingWindowInDays", days, 7, 30);
             v.finish()?;
-            Request::ScheduleKeyDeletion { key_id: key_id.unwrap_or_default(), window_days: u32::try_from(days).unwrap_or(30) }
+            Request::ScheduleKeyDeletion {
+                key_id: key_id.unwrap_or_default(),
+                window_days: u32::try_from(days).unwrap_or(30),
+            }
         }
         Operation::EnableKeyRotation => {
             let key_id = v.key_id("keyId", raw.key_id);
             let days = raw.rotation_period_in_days.unwrap_or(365);
             v.range("rotationPeriodInDays", days, 90, 2560);
             v.finish()?;
-            Request::EnableKeyRotation { key_id: key_id.unwrap_or_default(), period_days: u32::try_from(days).unwrap_or(365) }
+            Request::EnableKeyRotation {
+                key_id: key_id.unwrap_or_default(),
+                period_days: u32::try_from(days).unwrap_or(365),
+            }
         }
         Operation::CancelKeyDeletion | Operation::DisableKeyRotation | Operation::GetKeyRotationStatus => {
             let key_id = v.key_id("keyId", raw.key_id).unwrap_or_default();
@@ -300,7 +474,10 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
                 v.len("description", d, 0, 8192);
             }
             v.finish()?;
-            Request::UpdateKeyDescription { key_id: key_id.unwrap_or_default(), description: description.unwrap_or_default() }
+            Request::UpdateKeyDescription {
+                key_id: key_id.unwrap_or_default(),
+                description: description.unwrap_or_default(),
+            }
         }
         Operation::ListKeyRotations | Operation::ListResourceTags | Operation::ListKeyPolicies => {
             let key_id = v.key_id("keyId", raw.key_id).unwrap_or_default();
@@ -514,9 +691,26 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
 }
 
 const KEY_SPECS: &[&str] = &[
-    "RSA_2048", "RSA_3072", "RSA_4096", "ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521", "ECC_SECG_P256K1",
-    "SYMMETRIC_DEFAULT", "HMAC_224", "HMAC_256", "HMAC_384", "HMAC_512", "SM2", "ML_DSA_44", "ML_DSA_65", "ML_DSA_87",
-    "ECC_NIST_EDWARDS25519", "ML_KEM_512", "ML_KEM_768", "ML_KEM_1024",
+    "RSA_2048",
+    "RSA_3072",
+    "RSA_4096",
+    "ECC_NIST_P256",
+    "ECC_NIST_P384",
+    "ECC_NIST_P521",
+    "ECC_SECG_P256K1",
+    "SYMMETRIC_DEFAULT",
+    "HMAC_224",
+    "HMAC_256",
+    "HMAC_384",
+    "HMAC_512",
+    "SM2",
+    "ML_DSA_44",
+    "ML_DSA_65",
+    "ML_DSA_87",
+    "ECC_NIST_EDWARDS25519",
+    "ML_KEM_512",
+    "ML_KEM_768",
+    "ML_KEM_1024",
 ];
 
 /// Every request member of the implemented operations; unknown members are ignored.
@@ -789,7 +983,8 @@ fn shorten(s: &str) -> String {
 }
 
 fn length_error(member: &str, min: usize, max: usize, got: usize) -> KmsError {
-    let rule = if got < min { format!("greater than or equal to {min}") } else { format!("less than or equal to {max}") };
+    let rule =
+        if got < min { format!("greater than or equal to {min}") } else { format!("less than or equal to {max}") };
     KmsError::Validation(format!(
         "1 validation error detected: Value at '{member}' failed to satisfy constraint: Member must have length {rule}"
     ))
@@ -819,9 +1014,8 @@ fn serialization(e: serde_json::Error) -> KmsError {
 }
 
 fn decode_blob(member: &str, s: &str, max: usize) -> Result<Vec<u8>> {
-    let b = STANDARD
-        .decode(s)
-        .map_err(|_| KmsError::Serialization(format!("Value at '{member}' is not valid base64.")))?;
+    let b =
+        STANDARD.decode(s).map_err(|_| KmsError::Serialization(format!("Value at '{member}' is not valid base64.")))?;
     if b.is_empty() || b.len() > max {
         return Err(length_error(member, 1, max, b.len()));
     }
@@ -889,25 +1083,46 @@ mod tests {
 
     #[test]
     fn encrypt_parsing_and_validation() {
-        let r = parse_request(Operation::Encrypt, br#"{"KeyId":"alias/x","Plaintext":"aGVsbG8=","EncryptionContext":{"a":"b"}}"#);
+        let r = parse_request(
+            Operation::Encrypt,
+            br#"{"KeyId":"alias/x","Plaintext":"aGVsbG8=","EncryptionContext":{"a":"b"}}"#,
+        );
         let Ok(Request::Encrypt { key_id, plaintext, context, dry_run }) = r else { panic!("{r:?}") };
-        assert_eq!((key_id.as_str(), &plaintext[..], context["a"].as_str(), dry_run), ("alias/x", &b"hello"[..], "b", false));
+        assert_eq!(
+            (key_id.as_str(), &plaintext[..], context["a"].as_str(), dry_run),
+            ("alias/x", &b"hello"[..], "b", false)
+        );
 
         assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"k"}"#)), "ValidationException");
         assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":""}"#)), "ValidationException");
         let big = format!(r#"{{"KeyId":"k","Plaintext":"{}"}}"#, STANDARD.encode([0u8; 4097]));
         assert_eq!(code(parse_request(Operation::Encrypt, big.as_bytes())), "ValidationException");
-        assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"!!"}"#)), "SerializationException");
-        assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":5,"Plaintext":"aGk="}"#)), "SerializationException");
-        assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"a":1}}"#)), "SerializationException");
+        assert_eq!(
+            code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"!!"}"#)),
+            "SerializationException"
+        );
+        assert_eq!(
+            code(parse_request(Operation::Encrypt, br#"{"KeyId":5,"Plaintext":"aGk="}"#)),
+            "SerializationException"
+        );
+        assert_eq!(
+            code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"a":1}}"#)),
+            "SerializationException"
+        );
         assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"#)), "SerializationException");
         assert_eq!(code(parse_request(Operation::Encrypt, br#"[]"#)), "SerializationException");
         assert_eq!(
-            code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionAlgorithm":"RSAES_OAEP_SHA_1"}"#)),
+            code(parse_request(
+                Operation::Encrypt,
+                br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionAlgorithm":"RSAES_OAEP_SHA_1"}"#
+            )),
             "InvalidKeyUsageException"
         );
         assert_eq!(
-            code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionAlgorithm":"ROT13"}"#)),
+            code(parse_request(
+                Operation::Encrypt,
+                br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionAlgorithm":"ROT13"}"#
+            )),
             "ValidationException"
         );
     }
@@ -933,25 +1148,61 @@ mod tests {
         assert_eq!(ok(br#"{"KeyId":"k","KeySpec":"AES_256"}"#), 32);
         assert_eq!(ok(br#"{"KeyId":"k","KeySpec":"AES_128"}"#), 16);
         assert_eq!(ok(br#"{"KeyId":"k","NumberOfBytes":7}"#), 7);
-        for bad in [&br#"{"KeyId":"k"}"#[..], br#"{"KeyId":"k","KeySpec":"AES_256","NumberOfBytes":32}"#, br#"{"KeyId":"k","NumberOfBytes":0}"#, br#"{"KeyId":"k","NumberOfBytes":1025}"#, br#"{"KeyId":"k","KeySpec":"AES_512"}"#] {
+        for bad in [
+            &br#"{"KeyId":"k"}"#[..],
+            br#"{"KeyId":"k","KeySpec":"AES_256","NumberOfBytes":32}"#,
+            br#"{"KeyId":"k","NumberOfBytes":0}"#,
+            br#"{"KeyId":"k","NumberOfBytes":1025}"#,
+            br#"{"KeyId":"k","KeySpec":"AES_512"}"#,
+        ] {
             assert_eq!(code(parse_request(Operation::GenerateDataKey, bad)), "ValidationException");
         }
         assert_eq!(code(parse_request(Operation::GenerateRandom, b"{}")), "ValidationException");
-        assert_eq!(code(parse_request(Operation::GenerateRandom, br#"{"NumberOfBytes":1.5}"#)), "SerializationException");
+        assert_eq!(
+            code(parse_request(Operation::GenerateRandom, br#"{"NumberOfBytes":1.5}"#)),
+            "SerializationException"
+        );
     }
 
     #[test]
     fn create_key_options() {
         assert!(matches!(parse_request(Operation::CreateKey, b""), Ok(Request::CreateKey { .. })));
-        assert!(matches!(parse_request(Operation::CreateKey, br#"{"KeySpec":"SYMMETRIC_DEFAULT","KeyUsage":"ENCRYPT_DECRYPT","Origin":"AWS_KMS","Description":"d"}"#), Ok(Request::CreateKey { .. })));
-        assert_eq!(code(parse_request(Operation::CreateKey, br#"{"KeySpec":"RSA_2048"}"#)), "UnsupportedOperationException");
-        assert!(matches!(parse_request(Operation::CreateKey, br#"{"Origin":"EXTERNAL"}"#), Ok(Request::CreateKey { external: true, .. })));
-        assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Origin":"AWS_CLOUDHSM"}"#)), "UnsupportedOperationException");
-        assert!(matches!(parse_request(Operation::CreateKey, br#"{"Policy":"{}","Tags":[{"TagKey":"a","TagValue":""}]}"#), Ok(Request::CreateKey { .. })));
-        assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Tags":[{"TagKey":"aws:x","TagValue":""}]}"#)), "TagException");
-        assert_eq!(code(parse_request(Operation::CreateKey, br#"{"Tags":[{"TagKey":"","TagValue":""}]}"#)), "ValidationException");
+        assert!(matches!(
+            parse_request(
+                Operation::CreateKey,
+                br#"{"KeySpec":"SYMMETRIC_DEFAULT","KeyUsage":"ENCRYPT_DECRYPT","Origin":"AWS_KMS","Description":"d"}"#
+            ),
+            Ok(Request::CreateKey { .. })
+        ));
+        assert_eq!(
+            code(parse_request(Operation::CreateKey, br#"{"KeySpec":"RSA_2048"}"#)),
+            "UnsupportedOperationException"
+        );
+        assert!(matches!(
+            parse_request(Operation::CreateKey, br#"{"Origin":"EXTERNAL"}"#),
+            Ok(Request::CreateKey { external: true, .. })
+        ));
+        assert_eq!(
+            code(parse_request(Operation::CreateKey, br#"{"Origin":"AWS_CLOUDHSM"}"#)),
+            "UnsupportedOperationException"
+        );
+        assert!(matches!(
+            parse_request(Operation::CreateKey, br#"{"Policy":"{}","Tags":[{"TagKey":"a","TagValue":""}]}"#),
+            Ok(Request::CreateKey { .. })
+        ));
+        assert_eq!(
+            code(parse_request(Operation::CreateKey, br#"{"Tags":[{"TagKey":"aws:x","TagValue":""}]}"#)),
+            "TagException"
+        );
+        assert_eq!(
+            code(parse_request(Operation::CreateKey, br#"{"Tags":[{"TagKey":"","TagValue":""}]}"#)),
+            "ValidationException"
+        );
         assert_eq!(code(parse_request(Operation::CreateKey, br#"{"KeySpec":"BOGUS"}"#)), "ValidationException");
-        assert_eq!(code(parse_request(Operation::CreateAlias, br#"{"AliasName":"alias/a b","TargetKeyId":"k"}"#)), "ValidationException");
+        assert_eq!(
+            code(parse_request(Operation::CreateAlias, br#"{"AliasName":"alias/a b","TargetKeyId":"k"}"#)),
+            "ValidationException"
+        );
     }
 
     #[test]
@@ -959,21 +1210,48 @@ mod tests {
         let e = parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k","PendingWindowInDays":6}"#).unwrap_err();
         assert_eq!(e.aws().0, "ValidationException");
         assert!(e.to_string().contains("'pendingWindowInDays'"), "{e}");
-        assert!(matches!(parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k"}"#), Ok(Request::ScheduleKeyDeletion { window_days: 30, .. })));
-        assert_eq!(code(parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k","PendingWindowInDays":31}"#)), "ValidationException");
-        assert!(matches!(parse_request(Operation::EnableKeyRotation, br#"{"KeyId":"k"}"#), Ok(Request::EnableKeyRotation { period_days: 365, .. })));
-        assert_eq!(code(parse_request(Operation::EnableKeyRotation, br#"{"KeyId":"k","RotationPeriodInDays":89}"#)), "ValidationException");
+        assert!(matches!(
+            parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k"}"#),
+            Ok(Request::ScheduleKeyDeletion { window_days: 30, .. })
+        ));
+        assert_eq!(
+            code(parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k","PendingWindowInDays":31}"#)),
+            "ValidationException"
+        );
+        assert!(matches!(
+            parse_request(Operation::EnableKeyRotation, br#"{"KeyId":"k"}"#),
+            Ok(Request::EnableKeyRotation { period_days: 365, .. })
+        ));
+        assert_eq!(
+            code(parse_request(Operation::EnableKeyRotation, br#"{"KeyId":"k","RotationPeriodInDays":89}"#)),
+            "ValidationException"
+        );
         assert_eq!(code(parse_request(Operation::UpdateKeyDescription, br#"{"KeyId":"k"}"#)), "ValidationException");
         assert_eq!(code(parse_request(Operation::TagResource, br#"{"KeyId":"k"}"#)), "ValidationException");
         let many: Vec<_> = (0..51).map(|i| serde_json::json!({"TagKey": format!("k{i}"), "TagValue": "v"})).collect();
         let body = serde_json::json!({"KeyId": "k", "Tags": many}).to_string();
         assert_eq!(code(parse_request(Operation::TagResource, body.as_bytes())), "LimitExceededException");
-        assert_eq!(code(parse_request(Operation::TagResource, br#"{"KeyId":"k","Tags":[{"TagKey":"a","TagValue":"1"},{"TagKey":"a","TagValue":"2"}]}"#)), "TagException");
+        assert_eq!(
+            code(parse_request(
+                Operation::TagResource,
+                br#"{"KeyId":"k","Tags":[{"TagKey":"a","TagValue":"1"},{"TagKey":"a","TagValue":"2"}]}"#
+            )),
+            "TagException"
+        );
         assert_eq!(code(parse_request(Operation::UntagResource, br#"{"KeyId":"k"}"#)), "ValidationException");
-        assert!(matches!(parse_request(Operation::GetKeyPolicy, br#"{"KeyId":"k"}"#), Ok(Request::GetKeyPolicy { .. })));
+        assert!(matches!(
+            parse_request(Operation::GetKeyPolicy, br#"{"KeyId":"k"}"#),
+            Ok(Request::GetKeyPolicy { .. })
+        ));
         assert_eq!(code(parse_request(Operation::PutKeyPolicy, br#"{"KeyId":"k"}"#)), "ValidationException");
-        assert_eq!(code(parse_request(Operation::GetKeyPolicy, br#"{"KeyId":"k","PolicyName":"a-b"}"#)), "ValidationException");
-        assert_eq!(code(parse_request(Operation::ListKeyRotations, br#"{"KeyId":"k","IncludeKeyMaterial":"X"}"#)), "ValidationException");
+        assert_eq!(
+            code(parse_request(Operation::GetKeyPolicy, br#"{"KeyId":"k","PolicyName":"a-b"}"#)),
+            "ValidationException"
+        );
+        assert_eq!(
+            code(parse_request(Operation::ListKeyRotations, br#"{"KeyId":"k","IncludeKeyMaterial":"X"}"#)),
+            "ValidationException"
+        );
     }
 
     #[test]
@@ -981,32 +1259,84 @@ mod tests {
         for (op, body) in [
             (Operation::Encrypt, &br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"envelope:api":"x"}}"#[..]),
             (Operation::Decrypt, br#"{"CiphertextBlob":"aGk=","EncryptionContext":{"envelope:key-id":"x"}}"#),
-            (Operation::ReEncrypt, br#"{"CiphertextBlob":"aGk=","DestinationKeyId":"k","SourceEncryptionContext":{"envelope:x":""}}"#),
-            (Operation::ReEncrypt, br#"{"CiphertextBlob":"aGk=","DestinationKeyId":"k","DestinationEncryptionContext":{"envelope:x":""}}"#),
-            (Operation::GenerateDataKey, br#"{"KeyId":"k","KeySpec":"AES_256","EncryptionContext":{"envelope:probe":"1"}}"#),
-            (Operation::GenerateDataKeyWithoutPlaintext, br#"{"KeyId":"k","NumberOfBytes":8,"EncryptionContext":{"envelope:":""}}"#),
+            (
+                Operation::ReEncrypt,
+                br#"{"CiphertextBlob":"aGk=","DestinationKeyId":"k","SourceEncryptionContext":{"envelope:x":""}}"#,
+            ),
+            (
+                Operation::ReEncrypt,
+                br#"{"CiphertextBlob":"aGk=","DestinationKeyId":"k","DestinationEncryptionContext":{"envelope:x":""}}"#,
+            ),
+            (
+                Operation::GenerateDataKey,
+                br#"{"KeyId":"k","KeySpec":"AES_256","EncryptionContext":{"envelope:probe":"1"}}"#,
+            ),
+            (
+                Operation::GenerateDataKeyWithoutPlaintext,
+                br#"{"KeyId":"k","NumberOfBytes":8,"EncryptionContext":{"envelope:":""}}"#,
+            ),
         ] {
             assert_eq!(code(parse_request(op, body)), "ValidationException", "{op:?}");
         }
         // Only the exact prefix is reserved.
-        assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"Envelope:api":"x","envelope":"y"}}"#)), "ok");
+        assert_eq!(
+            code(parse_request(
+                Operation::Encrypt,
+                br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"Envelope:api":"x","envelope":"y"}}"#
+            )),
+            "ok"
+        );
     }
 
     #[test]
     fn import_parsing() {
-        let ok = parse_request(Operation::GetParametersForImport, br#"{"KeyId":"k","WrappingAlgorithm":"RSAES_OAEP_SHA_256","WrappingKeySpec":"RSA_2048"}"#);
-        assert!(matches!(ok, Ok(Request::GetParametersForImport { algorithm: WrappingAlgorithm::OaepSha256, key_spec: WrappingKeySpec::Rsa2048, .. })));
-        assert_eq!(code(parse_request(Operation::GetParametersForImport, br#"{"KeyId":"k","WrappingAlgorithm":"RSAES_PKCS1_V1_5","WrappingKeySpec":"RSA_2048"}"#)), "UnsupportedOperationException");
-        assert_eq!(code(parse_request(Operation::GetParametersForImport, br#"{"KeyId":"k","WrappingAlgorithm":"X","WrappingKeySpec":"RSA_2048"}"#)), "ValidationException");
+        let ok = parse_request(
+            Operation::GetParametersForImport,
+            br#"{"KeyId":"k","WrappingAlgorithm":"RSAES_OAEP_SHA_256","WrappingKeySpec":"RSA_2048"}"#,
+        );
+        assert!(matches!(
+            ok,
+            Ok(Request::GetParametersForImport {
+                algorithm: WrappingAlgorithm::OaepSha256,
+                key_spec: WrappingKeySpec::Rsa2048,
+                ..
+            })
+        ));
+        assert_eq!(
+            code(parse_request(
+                Operation::GetParametersForImport,
+                br#"{"KeyId":"k","WrappingAlgorithm":"RSAES_PKCS1_V1_5","WrappingKeySpec":"RSA_2048"}"#
+            )),
+            "UnsupportedOperationException"
+        );
+        assert_eq!(
+            code(parse_request(
+                Operation::GetParametersForImport,
+                br#"{"KeyId":"k","WrappingAlgorithm":"X","WrappingKeySpec":"RSA_2048"}"#
+            )),
+            "ValidationException"
+        );
         assert_eq!(code(parse_request(Operation::GetParametersForImport, br#"{"KeyId":"k"}"#)), "ValidationException");
         let base = r#""KeyId":"k","ImportToken":"aGk=","EncryptedKeyMaterial":"aGk=""#;
         let p = |extra: &str| parse_request(Operation::ImportKeyMaterial, format!("{{{base}{extra}}}").as_bytes());
-        assert!(matches!(p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE""#), Ok(Request::ImportKeyMaterial { valid_to: None, .. })));
-        assert!(matches!(p(r#","ValidTo":1900000000.5"#), Ok(Request::ImportKeyMaterial { valid_to: Some(1_900_000_000), .. })));
+        assert!(matches!(
+            p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE""#),
+            Ok(Request::ImportKeyMaterial { valid_to: None, .. })
+        ));
+        assert!(matches!(
+            p(r#","ValidTo":1900000000.5"#),
+            Ok(Request::ImportKeyMaterial { valid_to: Some(1_900_000_000), .. })
+        ));
         assert_eq!(code(p("")), "ValidationException");
-        assert_eq!(code(p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE","ValidTo":1900000000"#)), "ValidationException");
+        assert_eq!(
+            code(p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE","ValidTo":1900000000"#)),
+            "ValidationException"
+        );
         assert_eq!(code(p(r#","ExpirationModel":"NEVER""#)), "ValidationException");
-        assert_eq!(code(p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE","KeyMaterialId":"AB""#)), "ValidationException");
+        assert_eq!(
+            code(p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE","KeyMaterialId":"AB""#)),
+            "ValidationException"
+        );
         assert_eq!(code(parse_request(Operation::DeleteImportedKeyMaterial, br#"{"KeyId":"k"}"#)), "ok");
     }
 

@@ -102,7 +102,8 @@ pub fn apply(server: &Server, yaml: &str) -> Result<SeedReport> {
         if !k.tags.is_empty() {
             create["Tags"] = json!(k.tags.iter().map(|(t, v)| json!({"TagKey": t, "TagValue": v})).collect::<Vec<_>>());
         }
-        let created = run(Operation::CreateKey, create).map_err(|e| KmsError::Config(format!("seed key {alias}: {e}")))?;
+        let created =
+            run(Operation::CreateKey, create).map_err(|e| KmsError::Config(format!("seed key {alias}: {e}")))?;
         let key_id = created["KeyMetadata"]["KeyId"]
             .as_str()
             .ok_or_else(|| KmsError::Internal("CreateKey returned no KeyId".into()))?

@@ -194,8 +194,13 @@ async fn detect_version<I: AsyncRead + Unpin>(io: &mut I, limit: Duration) -> Op
     Some((buf, h2))
 }
 
-async fn serve_connection<I>(mut io: I, peer: SocketAddr, app: Router, client_timeout: Duration, mut stop: tokio::sync::watch::Receiver<bool>)
-where
+async fn serve_connection<I>(
+    mut io: I,
+    peer: SocketAddr,
+    app: Router,
+    client_timeout: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let detected = tokio::select! {
@@ -274,7 +279,11 @@ struct Prefixed<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         if self.at < self.prefix.len() {
             let n = (self.prefix.len() - self.at).min(buf.remaining());
             let at = self.at;
@@ -287,7 +296,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
@@ -296,7 +309,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -312,7 +329,8 @@ pub fn router(state: Arc<Server>) -> Router {
 async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Response<Body> {
     let started = std::time::Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
-    let source_ip = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
+    let source_ip =
+        req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
     let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
     let mut audit = AuditInfo { request_id, source_ip, user_agent, ..AuditInfo::default() };
     let outcome = process(&server, req, &mut audit).await;
@@ -352,7 +370,8 @@ async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Respon
                 status = s;
                 code = Some(c);
                 body = Zeroizing::new(
-                    serde_json::to_vec(&serde_json::json!({"__type": c, "message": refused.to_string()})).unwrap_or_default(),
+                    serde_json::to_vec(&serde_json::json!({"__type": c, "message": refused.to_string()}))
+                        .unwrap_or_default(),
                 );
             }
         }
@@ -459,9 +478,10 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let timeout = server.config.client_timeout;
-    let body = tokio::time::timeout(timeout, read_body(body, server.config.max_body, length))
-        .await
-        .map_err(|_| KmsError::Serialization(format!("The request body was not received within {} ms.", timeout.as_millis())))??;
+    let body =
+        tokio::time::timeout(timeout, read_body(body, server.config.max_body, length)).await.map_err(|_| {
+            KmsError::Serialization(format!("The request body was not received within {} ms.", timeout.as_millis()))
+        })??;
     // HTTP/2 clients send the host as `:authority` (RFC 9113 §8.3.1), with no Host header; it is
     // what they signed as `host`.
     let mut with_host;
@@ -511,11 +531,7 @@ fn write_intent(server: &Server, audit: &mut AuditInfo) -> Result<()> {
         Err(e) => {
             tracing::error!(request_id = %audit.request_id, error = %e, path = %log.path().display(), "cannot write the audit intent record");
             server.metrics().audit_failure();
-            if log.fail_closed() {
-                Err(KmsError::AuditUnavailable)
-            } else {
-                Ok(())
-            }
+            if log.fail_closed() { Err(KmsError::AuditUnavailable) } else { Ok(()) }
         }
     }
 }

@@ -13,7 +13,6 @@ use tokio::net::TcpListener;
 use crate::Server;
 use crate::error::{KmsError, Result};
 
-
 /// Loads a certificate chain and private key (PEM) into a rustls server configuration.
 pub fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)

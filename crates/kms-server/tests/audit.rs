@@ -49,7 +49,9 @@ async fn state_changes(helper: &Harness) -> Vec<(&'static str, Value)> {
     let wrapped = b64(&wrap(&public, "RSAES_OAEP_SHA_256", &[7u8; 32]));
     let imported = key_id(&helper.call("CreateKey", json!({"Origin": "EXTERNAL"})).await.ok());
     import(helper, &imported, "RSAES_OAEP_SHA_256", &[9u8; 32]).await.ok();
-    let policy = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]}).to_string();
+    let policy =
+        json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]})
+            .to_string();
     // In an order in which each succeeds after the ones before it.
     vec![
         ("CreateKey", json!({"Description": "new"})),
@@ -62,7 +64,10 @@ async fn state_changes(helper: &Harness) -> Vec<(&'static str, Value)> {
         ("EnableKeyRotation", json!({"KeyId": k})),
         ("DisableKeyRotation", json!({"KeyId": rotating})),
         ("RotateKeyOnDemand", json!({"KeyId": k})),
-        ("ImportKeyMaterial", json!({"KeyId": external, "ImportToken": token, "EncryptedKeyMaterial": wrapped, "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"})),
+        (
+            "ImportKeyMaterial",
+            json!({"KeyId": external, "ImportToken": token, "EncryptedKeyMaterial": wrapped, "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"}),
+        ),
         ("DeleteImportedKeyMaterial", json!({"KeyId": imported})),
         ("TagResource", json!({"KeyId": k, "Tags": [{"TagKey": "x", "TagValue": "y"}]})),
         ("UntagResource", json!({"KeyId": k2, "TagKeys": ["team"]})),
@@ -71,7 +76,6 @@ async fn state_changes(helper: &Harness) -> Vec<(&'static str, Value)> {
         ("ScheduleKeyDeletion", json!({"KeyId": k, "PendingWindowInDays": 7})),
     ]
 }
-
 
 /// Two servers over one key store: `helper` without an audit log (set-up and inspection), and
 /// `audited` writing its records to `log`.
@@ -135,9 +139,24 @@ fn records(path: &std::path::Path) -> Vec<Value> {
 /// The fields every CloudTrail record of a KMS API call carries (spec §7).
 fn assert_cloudtrail_shape(r: &Value) {
     for field in [
-        "eventVersion", "userIdentity", "eventTime", "eventSource", "eventName", "awsRegion", "sourceIPAddress",
-        "userAgent", "requestParameters", "responseElements", "requestID", "eventID", "readOnly", "resources",
-        "eventType", "managementEvent", "recipientAccountId", "eventCategory",
+        "eventVersion",
+        "userIdentity",
+        "eventTime",
+        "eventSource",
+        "eventName",
+        "awsRegion",
+        "sourceIPAddress",
+        "userAgent",
+        "requestParameters",
+        "responseElements",
+        "requestID",
+        "eventID",
+        "readOnly",
+        "resources",
+        "eventType",
+        "managementEvent",
+        "recipientAccountId",
+        "eventCategory",
     ] {
         assert!(r.get(field).is_some(), "{field} missing in {r}");
     }
@@ -167,7 +186,9 @@ fn arns(r: &Value) -> Vec<String> {
 async fn record_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
-    let h = start_custom(Config::new(REGION, ACCOUNT), default_credentials(), Some(AuditLog::open(&path, true).unwrap())).await;
+    let h =
+        start_custom(Config::new(REGION, ACCOUNT), default_credentials(), Some(AuditLog::open(&path, true).unwrap()))
+            .await;
 
     // A state change: an intent record before, an outcome record after, one request id.
     let created = h.call("CreateKey", json!({"Description": "audited"})).await.ok();
@@ -197,7 +218,13 @@ async fn record_shapes() {
 
     // A cryptographic call by alias: one record, the resolved key in resources, no secrets.
     h.call("CreateAlias", json!({"AliasName": "alias/shape", "TargetKeyId": id})).await.ok();
-    let e = h.call("Encrypt", json!({"KeyId": "alias/shape", "Plaintext": b64(b"very secret"), "EncryptionContext": {"app": "web"}})).await.ok();
+    let e = h
+        .call(
+            "Encrypt",
+            json!({"KeyId": "alias/shape", "Plaintext": b64(b"very secret"), "EncryptionContext": {"app": "web"}}),
+        )
+        .await
+        .ok();
     let recs = records(&path);
     let r = recs.last().unwrap();
     assert_cloudtrail_shape(r);
@@ -213,9 +240,12 @@ async fn record_shapes() {
     assert!(!text.contains(&b64(b"very secret")) && !text.contains(e["CiphertextBlob"].as_str().unwrap()));
 
     // Denied: the record names the key the request was refused on.
-    let policy = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]});
+    let policy =
+        json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]});
     h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": policy.to_string()})).await.ok();
-    h.call_as(APP_AKID, "Decrypt", json!({"CiphertextBlob": e["CiphertextBlob"], "EncryptionContext": {"app": "web"}})).await.err("AccessDeniedException");
+    h.call_as(APP_AKID, "Decrypt", json!({"CiphertextBlob": e["CiphertextBlob"], "EncryptionContext": {"app": "web"}}))
+        .await
+        .err("AccessDeniedException");
     let recs = records(&path);
     let r = recs.last().unwrap();
     assert_cloudtrail_shape(r);
@@ -227,7 +257,9 @@ async fn record_shapes() {
 
     // A denied alias move names both keys it touched (the alias's current key first).
     let (other, _) = create_key(&h).await;
-    h.call_as(APP_AKID, "UpdateAlias", json!({"AliasName": "alias/shape", "TargetKeyId": other})).await.err("AccessDeniedException");
+    h.call_as(APP_AKID, "UpdateAlias", json!({"AliasName": "alias/shape", "TargetKeyId": other}))
+        .await
+        .err("AccessDeniedException");
     let recs = records(&path);
     let (intent, outcome) = (&recs[recs.len() - 2], &recs[recs.len() - 1]);
     assert_eq!(intent["additionalEventData"]["auditStage"], "intent");
@@ -239,7 +271,9 @@ async fn record_shapes() {
     let r = h.call_with("DisableKey", json!({"KeyId": id}).to_string().into_bytes(), &wrong).await;
     assert_eq!(r.error_type(), "InvalidSignatureException");
     let unknown = Signer { akid: "AKIAUNKNOWNUNKNOWN00", ..Signer::default() };
-    h.call_with("ScheduleKeyDeletion", json!({"KeyId": id}).to_string().into_bytes(), &unknown).await.err("UnrecognizedClientException");
+    h.call_with("ScheduleKeyDeletion", json!({"KeyId": id}).to_string().into_bytes(), &unknown)
+        .await
+        .err("UnrecognizedClientException");
     let recs = records(&path);
     let (bad_sig, bad_key) = (&recs[recs.len() - 2], &recs[recs.len() - 1]);
     for (r, op, akid, code) in [

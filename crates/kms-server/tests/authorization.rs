@@ -16,14 +16,21 @@ const OUTSIDER: &str = "arn:aws:iam::999999999999:user/outsider";
 
 /// A key only the admin may use: its policy names the admin's ARN and nobody else.
 async fn admin_only_key(h: &Harness) -> (String, String) {
-    let policy = json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]});
+    let policy =
+        json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]});
     let m = h.call("CreateKey", json!({"Policy": policy.to_string()})).await.ok();
     let m = &m["KeyMetadata"];
     (m["KeyId"].as_str().unwrap().to_string(), m["Arn"].as_str().unwrap().to_string())
 }
 
 fn target_of(h: &Value, alias: &str) -> String {
-    h["Aliases"].as_array().unwrap().iter().find(|a| a["AliasName"] == alias).map(|a| a["TargetKeyId"].as_str().unwrap().to_string()).unwrap_or_default()
+    h["Aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["AliasName"] == alias)
+        .map(|a| a["TargetKeyId"].as_str().unwrap().to_string())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -35,10 +42,15 @@ async fn an_alias_cannot_be_moved_away_from_a_key_the_caller_may_not_use() {
     let (own_id, _) = create_key_as(&h, APP_AKID).await;
 
     // The hijack: re-point alias/victim at the attacker's key.
-    let m = h.call_as(APP_AKID, "UpdateAlias", json!({"AliasName": "alias/victim", "TargetKeyId": own_id})).await.err("AccessDeniedException");
+    let m = h
+        .call_as(APP_AKID, "UpdateAlias", json!({"AliasName": "alias/victim", "TargetKeyId": own_id}))
+        .await
+        .err("AccessDeniedException");
     assert_eq!(
         m,
-        format!("User: {APP} is not authorized to perform: kms:UpdateAlias on resource: {victim_arn} because no resource-based policy allows the kms:UpdateAlias action")
+        format!(
+            "User: {APP} is not authorized to perform: kms:UpdateAlias on resource: {victim_arn} because no resource-based policy allows the kms:UpdateAlias action"
+        )
     );
     let aliases = h.call("ListAliases", json!({})).await.ok();
     assert_eq!(target_of(&aliases, "alias/victim"), victim_id, "the alias did not move");
@@ -50,7 +62,9 @@ async fn an_alias_cannot_be_moved_away_from_a_key_the_caller_may_not_use() {
 
     // Deleting the alias, or naming the victim key in a new alias, is refused the same way.
     h.call_as(APP_AKID, "DeleteAlias", json!({"AliasName": "alias/victim"})).await.err("AccessDeniedException");
-    h.call_as(APP_AKID, "CreateAlias", json!({"AliasName": "alias/mine", "TargetKeyId": victim_id})).await.err("AccessDeniedException");
+    h.call_as(APP_AKID, "CreateAlias", json!({"AliasName": "alias/mine", "TargetKeyId": victim_id}))
+        .await
+        .err("AccessDeniedException");
     let aliases = h.call("ListAliases", json!({})).await.ok();
     assert_eq!(target_of(&aliases, "alias/victim"), victim_id);
     assert_eq!(target_of(&aliases, "alias/mine"), "");
@@ -58,7 +72,9 @@ async fn an_alias_cannot_be_moved_away_from_a_key_the_caller_may_not_use() {
     // The other direction: moving an alias of the attacker's onto the victim key is refused too
     // (UpdateAlias needs the permission on the new target as well).
     h.call_as(APP_AKID, "CreateAlias", json!({"AliasName": "alias/own", "TargetKeyId": own_id})).await.ok();
-    h.call_as(APP_AKID, "UpdateAlias", json!({"AliasName": "alias/own", "TargetKeyId": victim_id})).await.err("AccessDeniedException");
+    h.call_as(APP_AKID, "UpdateAlias", json!({"AliasName": "alias/own", "TargetKeyId": victim_id}))
+        .await
+        .err("AccessDeniedException");
 
     // The attacker manages its own aliases on its own keys; the admin moves the victim alias.
     let (own2, _) = create_key_as(&h, APP_AKID).await;
@@ -78,8 +94,10 @@ async fn create_key_as(h: &Harness, akid: &'static str) -> (String, String) {
 
 fn policy_credentials(app_policy: &str) -> Vec<Credential> {
     vec![
-        Credential::new(AKID, Zeroizing::new(SECRET.into()), None, ADMIN).with_policy(parse_identity(ADMIN_IDENTITY_POLICY).unwrap()),
-        Credential::new(APP_AKID, Zeroizing::new(SECRET.into()), None, APP).with_policy(parse_identity(app_policy).unwrap()),
+        Credential::new(AKID, Zeroizing::new(SECRET.into()), None, ADMIN)
+            .with_policy(parse_identity(ADMIN_IDENTITY_POLICY).unwrap()),
+        Credential::new(APP_AKID, Zeroizing::new(SECRET.into()), None, APP)
+            .with_policy(parse_identity(app_policy).unwrap()),
         Credential::new(OUTSIDER_AKID, Zeroizing::new(SECRET.into()), None, OUTSIDER),
     ]
 }
@@ -100,15 +118,23 @@ async fn identity_policies_decide_inside_key_policies_that_trust_the_account() {
         ("GenerateRandom", json!({"NumberOfBytes": 16})),
     ] {
         let m = h.call_as(APP_AKID, op, body).await.err("AccessDeniedException");
-        assert_eq!(m, format!("User: {APP} is not authorized to perform: kms:{op} on resource: * because no identity-based policy allows the kms:{op} action"));
+        assert_eq!(
+            m,
+            format!(
+                "User: {APP} is not authorized to perform: kms:{op} on resource: * because no identity-based policy allows the kms:{op} action"
+            )
+        );
     }
     // Inside the default key policy (the account root), the identity policy decides.
-    let ct = h.call_as(APP_AKID, "Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.ok()["CiphertextBlob"].clone();
+    let ct = h.call_as(APP_AKID, "Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.ok()["CiphertextBlob"]
+        .clone();
     h.call_as(APP_AKID, "Decrypt", json!({"CiphertextBlob": ct})).await.ok();
     h.call_as(APP_AKID, "DescribeKey", json!({"KeyId": arn})).await.ok();
     let m = h.call_as(APP_AKID, "DisableKey", json!({"KeyId": id})).await.err("AccessDeniedException");
     assert!(m.ends_with("because no identity-based policy allows the kms:DisableKey action"), "{m}");
-    h.call_as(APP_AKID, "CreateAlias", json!({"AliasName": "alias/app", "TargetKeyId": id})).await.err("AccessDeniedException");
+    h.call_as(APP_AKID, "CreateAlias", json!({"AliasName": "alias/app", "TargetKeyId": id}))
+        .await
+        .err("AccessDeniedException");
 
     // A key policy naming the app directly allows on its own; the identity Deny still wins.
     let policy = json!({"Statement": [
@@ -129,7 +155,9 @@ async fn identity_policies_decide_inside_key_policies_that_trust_the_account() {
 async fn principals_of_other_accounts_cannot_create_or_list_keys() {
     let h = start_custom(Config::new(REGION, ACCOUNT), policy_credentials(ADMIN_IDENTITY_POLICY), None).await;
     let (id, arn) = create_key(&h).await;
-    for (op, body) in [("CreateKey", json!({"Description": "x".repeat(8192)})), ("ListKeys", json!({})), ("ListAliases", json!({}))] {
+    for (op, body) in
+        [("CreateKey", json!({"Description": "x".repeat(8192)})), ("ListKeys", json!({})), ("ListAliases", json!({}))]
+    {
         h.call_as(OUTSIDER_AKID, op, body).await.err("AccessDeniedException");
     }
     assert_eq!(h.call("ListKeys", json!({})).await.ok()["Keys"].as_array().unwrap().len(), 1, "no key was created");
@@ -175,7 +203,12 @@ async fn the_target_and_every_amz_header_must_be_signed() {
         s
     };
     // Signed over host and x-amz-date only (the attack's capture)...
-    let headers = h.sign_headers(h.base_headers("TrentService.DescribeKey"), &body, &Signer::default(), excluding(&["x-amz-target", "content-type"]));
+    let headers = h.sign_headers(
+        h.base_headers("TrentService.DescribeKey"),
+        &body,
+        &Signer::default(),
+        excluding(&["x-amz-target", "content-type"]),
+    );
     let signed = headers.iter().find(|(k, _)| k == "authorization").unwrap().1.clone();
     assert!(signed.contains("SignedHeaders=host;x-amz-date,"), "{signed}");
     let m = h.send("POST", "/", &headers, &body).await.err("IncompleteSignatureException");
@@ -183,13 +216,24 @@ async fn the_target_and_every_amz_header_must_be_signed() {
     // ...replayed with the target swapped to DisableKey: refused, and the key stays enabled.
     let replay: Vec<_> = headers
         .iter()
-        .map(|(k, v)| if k == "x-amz-target" { (k.clone(), "TrentService.DisableKey".to_string()) } else { (k.clone(), v.clone()) })
+        .map(|(k, v)| {
+            if k == "x-amz-target" {
+                (k.clone(), "TrentService.DisableKey".to_string())
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
         .collect();
     h.send("POST", "/", &replay, &body).await.err("IncompleteSignatureException");
     assert_eq!(h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["KeyState"], "Enabled");
 
     for (excluded, name) in [("x-amz-target", "x-amz-target"), ("content-type", "content-type")] {
-        let headers = h.sign_headers(h.base_headers("TrentService.DescribeKey"), &body, &Signer::default(), excluding(&[excluded]));
+        let headers = h.sign_headers(
+            h.base_headers("TrentService.DescribeKey"),
+            &body,
+            &Signer::default(),
+            excluding(&[excluded]),
+        );
         let m = h.send("POST", "/", &headers, &body).await.err("IncompleteSignatureException");
         assert_eq!(m, format!("'{name}' must be a 'SignedHeader' in the AWS Authorization."));
     }

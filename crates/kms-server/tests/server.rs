@@ -40,7 +40,10 @@ async fn create_describe_encrypt_decrypt_with_every_key_form() {
         let d = h.call("DescribeKey", json!({"KeyId": form})).await.ok();
         assert_eq!(d["KeyMetadata"]["KeyId"], id, "{form}");
         let ctx = json!({"cluster": "prod", "ns": "kube-system"});
-        let e = h.call("Encrypt", json!({"KeyId": form, "Plaintext": b64(b"top secret"), "EncryptionContext": ctx})).await.ok();
+        let e = h
+            .call("Encrypt", json!({"KeyId": form, "Plaintext": b64(b"top secret"), "EncryptionContext": ctx}))
+            .await
+            .ok();
         assert_eq!(e["KeyId"], arn);
         assert_eq!(e["EncryptionAlgorithm"], "SYMMETRIC_DEFAULT");
         let blob = e["CiphertextBlob"].as_str().unwrap().to_string();
@@ -56,16 +59,21 @@ async fn create_describe_encrypt_decrypt_with_every_key_form() {
             assert_eq!(d["KeyMaterialId"], m["CurrentKeyMaterialId"]);
         }
         // Wrong or missing context: InvalidCiphertextException.
-        h.call("Decrypt", json!({"CiphertextBlob": blob, "EncryptionContext": {"cluster": "dev", "ns": "kube-system"}}))
-            .await
-            .err("InvalidCiphertextException");
+        h.call(
+            "Decrypt",
+            json!({"CiphertextBlob": blob, "EncryptionContext": {"cluster": "dev", "ns": "kube-system"}}),
+        )
+        .await
+        .err("InvalidCiphertextException");
         h.call("Decrypt", json!({"CiphertextBlob": blob})).await.err("InvalidCiphertextException");
     }
 
     // Decrypt naming another key: IncorrectKeyException.
     let (_, other_arn) = create_key(&h).await;
     let e = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.ok();
-    h.call("Decrypt", json!({"CiphertextBlob": e["CiphertextBlob"], "KeyId": other_arn})).await.err("IncorrectKeyException");
+    h.call("Decrypt", json!({"CiphertextBlob": e["CiphertextBlob"], "KeyId": other_arn}))
+        .await
+        .err("IncorrectKeyException");
     // Tampered and garbage ciphertexts.
     let mut blob = unb64(&e["CiphertextBlob"]);
     let last = blob.len() - 1;
@@ -88,7 +96,9 @@ async fn unknown_keys_and_bad_identifiers() {
     h.call("DescribeKey", json!({"KeyId": "not-a-key"})).await.err("NotFoundException");
     h.call("DescribeKey", json!({"KeyId": "arn:aws:s3:::bucket"})).await.err("InvalidArnException");
     let (id, _) = create_key(&h).await;
-    h.call("DescribeKey", json!({"KeyId": format!("arn:aws:kms:eu-west-1:{ACCOUNT}:key/{id}")})).await.err("NotFoundException");
+    h.call("DescribeKey", json!({"KeyId": format!("arn:aws:kms:eu-west-1:{ACCOUNT}:key/{id}")}))
+        .await
+        .err("NotFoundException");
     // Management operations take a key id or key ARN only.
     h.call("CreateAlias", json!({"AliasName": "alias/a", "TargetKeyId": id})).await.ok();
     h.call("DisableKey", json!({"KeyId": "alias/a"})).await.err("NotFoundException");
@@ -141,7 +151,8 @@ async fn alias_lifecycle() {
     for name in ["alias/one", "alias/two", "alias/three"] {
         h.call("CreateAlias", json!({"AliasName": name, "TargetKeyId": a})).await.ok();
     }
-    let msg = h.call("CreateAlias", json!({"AliasName": "alias/one", "TargetKeyId": b})).await.err("AlreadyExistsException");
+    let msg =
+        h.call("CreateAlias", json!({"AliasName": "alias/one", "TargetKeyId": b})).await.err("AlreadyExistsException");
     assert!(msg.contains("alias/one"), "{msg}");
     h.call("CreateAlias", json!({"AliasName": "alias/aws/s3", "TargetKeyId": b})).await.err("NotAuthorizedException");
     h.call("CreateAlias", json!({"AliasName": "one", "TargetKeyId": b})).await.err("ValidationException");
@@ -155,7 +166,8 @@ async fn alias_lifecycle() {
     h.call("UpdateAlias", json!({"AliasName": "alias/nope", "TargetKeyId": b})).await.err("NotFoundException");
 
     let all = h.call("ListAliases", json!({})).await.ok();
-    let names: Vec<&str> = all["Aliases"].as_array().unwrap().iter().map(|a| a["AliasName"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        all["Aliases"].as_array().unwrap().iter().map(|a| a["AliasName"].as_str().unwrap()).collect();
     assert_eq!(names, ["alias/one", "alias/three", "alias/two"]);
     let two = &all["Aliases"][2];
     assert_eq!(two["TargetKeyId"], b);
@@ -196,7 +208,9 @@ async fn data_keys_random_and_reencrypt() {
     let d = h.call("Decrypt", json!({"CiphertextBlob": w["CiphertextBlob"]})).await.ok();
     assert_eq!(unb64(&d["Plaintext"]).len(), 16);
     h.call("GenerateDataKey", json!({"KeyId": a})).await.err("ValidationException");
-    h.call("GenerateDataKey", json!({"KeyId": a, "KeySpec": "AES_256", "NumberOfBytes": 32})).await.err("ValidationException");
+    h.call("GenerateDataKey", json!({"KeyId": a, "KeySpec": "AES_256", "NumberOfBytes": 32}))
+        .await
+        .err("ValidationException");
 
     let r = h.call("GenerateRandom", json!({"NumberOfBytes": 100})).await.ok();
     assert_eq!(unb64(&r["Plaintext"]).len(), 100);
@@ -229,7 +243,9 @@ async fn data_keys_random_and_reencrypt() {
         .err("IncorrectKeyException");
 
     // DryRun answers DryRunOperationException and does nothing.
-    h.call("Encrypt", json!({"KeyId": a, "Plaintext": b64(b"x"), "DryRun": true})).await.err("DryRunOperationException");
+    h.call("Encrypt", json!({"KeyId": a, "Plaintext": b64(b"x"), "DryRun": true}))
+        .await
+        .err("DryRunOperationException");
 }
 
 #[tokio::test]
@@ -322,7 +338,10 @@ async fn protocol_errors_are_aws_shaped() {
     h.call_with("Encrypt", b"{not json".to_vec(), &s).await.err("SerializationException");
     h.call_with("Encrypt", br#"{"KeyId": 12, "Plaintext": "eA=="}"#.to_vec(), &s).await.err("SerializationException");
     let msg = h.call("Encrypt", json!({"Plaintext": "eA=="})).await.err("ValidationException");
-    assert_eq!(msg, "1 validation error detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null");
+    assert_eq!(
+        msg,
+        "1 validation error detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null"
+    );
     h.call("Encrypt", json!({"KeyId": "alias/x", "Plaintext": b64(&[0u8; 4097])})).await.err("ValidationException");
     h.call("NoSuchOperation", json!({})).await.err("UnknownOperationException");
     h.call("Sign", json!({"KeyId": "x"})).await.err("UnsupportedOperationException");
@@ -353,21 +372,27 @@ async fn protocol_errors_are_aws_shaped() {
     assert_eq!(r.json, Value::Null);
 }
 
-
 #[tokio::test]
 async fn deletion_schedule_cancel_and_purge() {
     let h = start().await;
     let (id, arn) = create_key(&h).await;
     h.call("CreateAlias", json!({"AliasName": "alias/doomed", "TargetKeyId": id})).await.ok();
     let ct = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.ok()["CiphertextBlob"].clone();
-    let m = h.call("ScheduleKeyDeletion", json!({"KeyId": id, "PendingWindowInDays": 6})).await.err("ValidationException");
+    let m =
+        h.call("ScheduleKeyDeletion", json!({"KeyId": id, "PendingWindowInDays": 6})).await.err("ValidationException");
     assert!(m.contains("pendingWindowInDays"), "{m}");
     h.call("ScheduleKeyDeletion", json!({"KeyId": id, "PendingWindowInDays": 31})).await.err("ValidationException");
     let r = h.call("ScheduleKeyDeletion", json!({"KeyId": id, "PendingWindowInDays": 7})).await.ok();
-    assert_eq!((r["KeyId"].as_str(), r["KeyState"].as_str(), r["PendingWindowInDays"].as_i64()), (Some(arn.as_str()), Some("PendingDeletion"), Some(7)));
+    assert_eq!(
+        (r["KeyId"].as_str(), r["KeyState"].as_str(), r["PendingWindowInDays"].as_i64()),
+        (Some(arn.as_str()), Some("PendingDeletion"), Some(7))
+    );
     let date = r["DeletionDate"].as_i64().unwrap();
     let meta = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"].clone();
-    assert_eq!((meta["KeyState"].as_str(), meta["DeletionDate"].as_i64(), meta["Enabled"].as_bool()), (Some("PendingDeletion"), Some(date), Some(false)));
+    assert_eq!(
+        (meta["KeyState"].as_str(), meta["DeletionDate"].as_i64(), meta["Enabled"].as_bool()),
+        (Some("PendingDeletion"), Some(date), Some(false))
+    );
     // Pending deletion: crypto and most management calls are KMSInvalidStateException.
     h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.err("KMSInvalidStateException");
     h.call("Decrypt", json!({"CiphertextBlob": ct})).await.err("KMSInvalidStateException");
@@ -375,7 +400,9 @@ async fn deletion_schedule_cancel_and_purge() {
     h.call("DisableKey", json!({"KeyId": id})).await.err("KMSInvalidStateException");
     h.call("ScheduleKeyDeletion", json!({"KeyId": id})).await.err("KMSInvalidStateException");
     h.call("UpdateKeyDescription", json!({"KeyId": id, "Description": "x"})).await.err("KMSInvalidStateException");
-    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "a", "TagValue": "b"}]})).await.err("KMSInvalidStateException");
+    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "a", "TagValue": "b"}]}))
+        .await
+        .err("KMSInvalidStateException");
     h.call("EnableKeyRotation", json!({"KeyId": id})).await.err("KMSInvalidStateException");
     h.call("RotateKeyOnDemand", json!({"KeyId": id})).await.err("KMSInvalidStateException");
     h.call("GetKeyPolicy", json!({"KeyId": id})).await.ok();
@@ -418,7 +445,8 @@ async fn description_and_rotation_apis() {
     let st = h.call("GetKeyRotationStatus", json!({"KeyId": id})).await.ok();
     assert!(st["NextRotationDate"].as_i64().unwrap() > next);
     let r = h.call("ListKeyRotations", json!({"KeyId": id})).await.ok();
-    let types: Vec<_> = r["Rotations"].as_array().unwrap().iter().map(|e| e["RotationType"].as_str().unwrap().to_string()).collect();
+    let types: Vec<_> =
+        r["Rotations"].as_array().unwrap().iter().map(|e| e["RotationType"].as_str().unwrap().to_string()).collect();
     assert_eq!(types, ["ON_DEMAND", "AUTOMATIC"]);
     let cur = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["CurrentKeyMaterialId"].clone();
     assert_eq!(r["Rotations"][1]["KeyMaterialId"], cur);
@@ -453,7 +481,12 @@ async fn tags() {
     let h = start().await;
     let r = h.call("CreateKey", json!({"Tags": [{"TagKey": "env", "TagValue": "prod"}]})).await.ok();
     let id = r["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
-    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "team", "TagValue": "k8s"}, {"TagKey": "env", "TagValue": "dev"}]})).await.ok();
+    h.call(
+        "TagResource",
+        json!({"KeyId": id, "Tags": [{"TagKey": "team", "TagValue": "k8s"}, {"TagKey": "env", "TagValue": "dev"}]}),
+    )
+    .await
+    .ok();
     let t = h.call("ListResourceTags", json!({"KeyId": id})).await.ok();
     assert_eq!(t["Tags"], json!([{"TagKey": "env", "TagValue": "dev"}, {"TagKey": "team", "TagValue": "k8s"}]));
     assert_eq!(t["Truncated"], false);
@@ -462,9 +495,16 @@ async fn tags() {
     let p2 = h.call("ListResourceTags", json!({"KeyId": id, "Limit": 1, "Marker": p1["NextMarker"]})).await.ok();
     assert_eq!((p2["Tags"][0]["TagKey"].as_str(), p2["Truncated"].as_bool()), (Some("team"), Some(false)));
     h.call("UntagResource", json!({"KeyId": id, "TagKeys": ["env"]})).await.ok();
-    assert_eq!(h.call("ListResourceTags", json!({"KeyId": id})).await.ok()["Tags"], json!([{"TagKey": "team", "TagValue": "k8s"}]));
-    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "aws:x", "TagValue": "1"}]})).await.err("TagException");
-    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "", "TagValue": "1"}]})).await.err("ValidationException");
+    assert_eq!(
+        h.call("ListResourceTags", json!({"KeyId": id})).await.ok()["Tags"],
+        json!([{"TagKey": "team", "TagValue": "k8s"}])
+    );
+    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "aws:x", "TagValue": "1"}]}))
+        .await
+        .err("TagException");
+    h.call("TagResource", json!({"KeyId": id, "Tags": [{"TagKey": "", "TagValue": "1"}]}))
+        .await
+        .err("ValidationException");
     let many: Vec<_> = (0..50).map(|i| json!({"TagKey": format!("k{i}"), "TagValue": ""})).collect();
     h.call("TagResource", json!({"KeyId": id, "Tags": many})).await.err("LimitExceededException");
     h.call("CreateKey", json!({"Tags": [{"TagKey": "aws:x", "TagValue": "1"}]})).await.err("TagException");
@@ -487,12 +527,23 @@ async fn key_policies_authorize_every_key_operation() {
          "Condition": {"StringEquals": {"kms:EncryptionContext:app": "web"}}}]});
     h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": policy.to_string()})).await.ok();
     let m = h.call_as(APP_AKID, "DescribeKey", json!({"KeyId": id})).await.err("AccessDeniedException");
-    assert_eq!(m, format!("User: {APP} is not authorized to perform: kms:DescribeKey on resource: {arn} because no resource-based policy allows the kms:DescribeKey action"));
+    assert_eq!(
+        m,
+        format!(
+            "User: {APP} is not authorized to perform: kms:DescribeKey on resource: {arn} because no resource-based policy allows the kms:DescribeKey action"
+        )
+    );
     h.call_as(APP_AKID, "Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.err("AccessDeniedException");
-    let ct = h.call_as(APP_AKID, "Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x"), "EncryptionContext": {"app": "web"}})).await.ok()["CiphertextBlob"].clone();
+    let ct = h
+        .call_as(APP_AKID, "Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x"), "EncryptionContext": {"app": "web"}}))
+        .await
+        .ok()["CiphertextBlob"]
+        .clone();
     h.call_as(APP_AKID, "Decrypt", json!({"CiphertextBlob": ct, "EncryptionContext": {"app": "web"}})).await.ok();
     h.call_as(APP_AKID, "ScheduleKeyDeletion", json!({"KeyId": id})).await.err("AccessDeniedException");
-    h.call_as(APP_AKID, "PutKeyPolicy", json!({"KeyId": id, "Policy": policy.to_string()})).await.err("AccessDeniedException");
+    h.call_as(APP_AKID, "PutKeyPolicy", json!({"KeyId": id, "Policy": policy.to_string()}))
+        .await
+        .err("AccessDeniedException");
     // Not key-scoped: any authenticated principal.
     h.call_as(APP_AKID, "ListKeys", json!({})).await.ok();
     h.call_as(APP_AKID, "GenerateRandom", json!({"NumberOfBytes": 8})).await.ok();
@@ -506,7 +557,9 @@ async fn key_policies_authorize_every_key_operation() {
     h.call("Decrypt", json!({"CiphertextBlob": ct, "EncryptionContext": {"app": "web"}})).await.ok();
     // Bad documents.
     h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": "{not json"})).await.err("MalformedPolicyDocumentException");
-    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": "{\"Statement\":[]}"})).await.err("MalformedPolicyDocumentException");
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": "{\"Statement\":[]}"}))
+        .await
+        .err("MalformedPolicyDocumentException");
     let big = format!("{{\"Id\":\"{}\"}}", "x".repeat(33 * 1024));
     h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": big})).await.err("LimitExceededException");
     h.call("GetKeyPolicy", json!({"KeyId": id, "PolicyName": "other"})).await.err("NotFoundException");
@@ -524,11 +577,16 @@ async fn external_keys_wait_for_material() {
     let h = start().await;
     let id = external_key(&h).await;
     let m = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"].clone();
-    assert_eq!((m["Origin"].as_str(), m["KeyState"].as_str(), m["Enabled"].as_bool()), (Some("EXTERNAL"), Some("PendingImport"), Some(false)));
+    assert_eq!(
+        (m["Origin"].as_str(), m["KeyState"].as_str(), m["Enabled"].as_bool()),
+        (Some("EXTERNAL"), Some("PendingImport"), Some(false))
+    );
     assert!(m.get("CurrentKeyMaterialId").is_none(), "{m}");
     h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.err("KMSInvalidStateException");
     h.call("GenerateDataKey", json!({"KeyId": id, "KeySpec": "AES_256"})).await.err("KMSInvalidStateException");
-    h.call("GenerateDataKeyWithoutPlaintext", json!({"KeyId": id, "NumberOfBytes": 8})).await.err("KMSInvalidStateException");
+    h.call("GenerateDataKeyWithoutPlaintext", json!({"KeyId": id, "NumberOfBytes": 8}))
+        .await
+        .err("KMSInvalidStateException");
     h.call("EnableKey", json!({"KeyId": id})).await.err("KMSInvalidStateException");
     h.call("EnableKeyRotation", json!({"KeyId": id})).await.err("UnsupportedOperationException");
     h.call("RotateKeyOnDemand", json!({"KeyId": id})).await.err("UnsupportedOperationException");
@@ -551,7 +609,13 @@ async fn external_keys_wait_for_material() {
 async fn import_encrypt_delete_reimport() {
     let h = start().await;
     let id = external_key(&h).await;
-    let p = h.call("GetParametersForImport", json!({"KeyId": id, "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_3072"})).await.ok();
+    let p = h
+        .call(
+            "GetParametersForImport",
+            json!({"KeyId": id, "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_3072"}),
+        )
+        .await
+        .ok();
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
     let valid_to = p["ParametersValidTo"].as_i64().unwrap();
     assert!((valid_to - now - 86_400).abs() < 60, "{p}");
@@ -570,8 +634,10 @@ async fn import_encrypt_delete_reimport() {
     assert_eq!(m["CurrentKeyMaterialId"], mid.as_str());
     assert_eq!(m["ExpirationModel"], "KEY_MATERIAL_DOES_NOT_EXPIRE");
 
-    let ct = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"byok"), "EncryptionContext": {"a": "b"}})).await.ok();
-    let d = h.call("Decrypt", json!({"CiphertextBlob": ct["CiphertextBlob"], "EncryptionContext": {"a": "b"}})).await.ok();
+    let ct =
+        h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"byok"), "EncryptionContext": {"a": "b"}})).await.ok();
+    let d =
+        h.call("Decrypt", json!({"CiphertextBlob": ct["CiphertextBlob"], "EncryptionContext": {"a": "b"}})).await.ok();
     assert_eq!((unb64(&d["Plaintext"]), d["KeyMaterialId"].as_str()), (b"byok".to_vec(), Some(mid.as_str())));
 
     // Different material into a key that had material: refused, even while it has it.
@@ -583,7 +649,9 @@ async fn import_encrypt_delete_reimport() {
     let m = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"].clone();
     assert_eq!(m["KeyState"], "PendingImport");
     h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.err("KMSInvalidStateException");
-    h.call("Decrypt", json!({"CiphertextBlob": ct["CiphertextBlob"], "EncryptionContext": {"a": "b"}})).await.err("KMSInvalidStateException");
+    h.call("Decrypt", json!({"CiphertextBlob": ct["CiphertextBlob"], "EncryptionContext": {"a": "b"}}))
+        .await
+        .err("KMSInvalidStateException");
     h.call("EnableKey", json!({"KeyId": id})).await.err("KMSInvalidStateException");
 
     // Other material still refused; the same material (another algorithm) restores the key.
@@ -591,7 +659,8 @@ async fn import_encrypt_delete_reimport() {
     assert_eq!(h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["KeyState"], "PendingImport");
     let r = import(&h, &id, "RSA_AES_KEY_WRAP_SHA_256", &material).await.ok();
     assert_eq!(r["KeyMaterialId"], mid.as_str());
-    let d = h.call("Decrypt", json!({"CiphertextBlob": ct["CiphertextBlob"], "EncryptionContext": {"a": "b"}})).await.ok();
+    let d =
+        h.call("Decrypt", json!({"CiphertextBlob": ct["CiphertextBlob"], "EncryptionContext": {"a": "b"}})).await.ok();
     assert_eq!(unb64(&d["Plaintext"]), b"byok");
     // Re-importing the same material while present is accepted (e.g. to change the expiry).
     import(&h, &id, "RSAES_OAEP_SHA_1", &material).await.ok();
@@ -667,7 +736,11 @@ async fn imported_material_expires() {
     assert_eq!((m["ExpirationModel"].as_str(), m["ValidTo"].as_i64()), (Some("KEY_MATERIAL_EXPIRES"), Some(valid_to)));
     let rot = h.call("ListKeyRotations", json!({"KeyId": id, "IncludeKeyMaterial": "ALL_KEY_MATERIAL"})).await.ok();
     let r0 = &rot["Rotations"][0];
-    assert_eq!((r0["ImportState"].as_str(), r0["KeyMaterialState"].as_str(), r0["ValidTo"].as_i64()), (Some("IMPORTED"), Some("CURRENT"), Some(valid_to)), "{rot}");
+    assert_eq!(
+        (r0["ImportState"].as_str(), r0["KeyMaterialState"].as_str(), r0["ValidTo"].as_i64()),
+        (Some("IMPORTED"), Some("CURRENT"), Some(valid_to)),
+        "{rot}"
+    );
     let ct = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x")})).await.ok();
     h.server.clock().advance(3601);
     let report = h.server.run_maintenance().unwrap();
@@ -683,11 +756,16 @@ async fn envelope_context_prefix_is_reserved() {
     let h = start().await;
     let (id, _) = create_key(&h).await;
     let ctx = json!({"envelope:api": "kms-v2"});
-    h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x"), "EncryptionContext": ctx})).await.err("ValidationException");
-    h.call("GenerateDataKey", json!({"KeyId": id, "KeySpec": "AES_256", "EncryptionContext": ctx})).await.err("ValidationException");
+    h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"x"), "EncryptionContext": ctx}))
+        .await
+        .err("ValidationException");
+    h.call("GenerateDataKey", json!({"KeyId": id, "KeySpec": "AES_256", "EncryptionContext": ctx}))
+        .await
+        .err("ValidationException");
     // A blob made by the plugin (context with envelope: keys) cannot be opened through the server.
     let ctx_map = [("envelope:api".to_string(), "kms-v2".to_string())].into_iter().collect();
-    let blob = h.server.store().encrypt(&envelope_keystore::KeyRef::parse(&id).unwrap(), b"dek", &ctx_map).unwrap().blob;
+    let blob =
+        h.server.store().encrypt(&envelope_keystore::KeyRef::parse(&id).unwrap(), b"dek", &ctx_map).unwrap().blob;
     h.call("Decrypt", json!({"CiphertextBlob": b64(&blob), "EncryptionContext": ctx})).await.err("ValidationException");
     h.call("Decrypt", json!({"CiphertextBlob": b64(&blob)})).await.err("InvalidCiphertextException");
     let body = json!({"CiphertextBlob": b64(&blob), "SourceEncryptionContext": ctx, "DestinationKeyId": id});
@@ -838,13 +916,18 @@ async fn policy_lockout_safety_check() {
     // A policy that lets the admin use the key but not change its policy again.
     let locks_out = json!({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": ["kms:Encrypt", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*"}]});
-    let m = h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": locks_out.to_string()})).await.err("MalformedPolicyDocumentException");
+    let m = h
+        .call("PutKeyPolicy", json!({"KeyId": id, "Policy": locks_out.to_string()}))
+        .await
+        .err("MalformedPolicyDocumentException");
     assert_eq!(m, "The new key policy will not allow you to update the key policy in the future.");
     // An explicit Deny of PutKeyPolicy for the caller counts too.
     let denies = json!({"Statement": [
         {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111122223333:root"}, "Action": "kms:*", "Resource": "*"},
         {"Effect": "Deny", "Principal": {"AWS": ADMIN}, "Action": "kms:PutKeyPolicy", "Resource": "*"}]});
-    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": denies.to_string()})).await.err("MalformedPolicyDocumentException");
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": denies.to_string()}))
+        .await
+        .err("MalformedPolicyDocumentException");
     // The policy was not changed by the refused calls.
     assert!(h.call("GetKeyPolicy", json!({"KeyId": id})).await.ok()["Policy"].as_str().unwrap().contains(":root"));
     // A policy that keeps the caller in control passes; so does another principal's lockout.
@@ -853,15 +936,25 @@ async fn policy_lockout_safety_check() {
     h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": keeps.to_string()})).await.ok();
     // The same checks on CreateKey.
     h.call("CreateKey", json!({"Policy": locks_out.to_string()})).await.err("MalformedPolicyDocumentException");
-    let created = h.call("CreateKey", json!({"Policy": locks_out.to_string(), "BypassPolicyLockoutSafetyCheck": true})).await.ok();
+    let created = h
+        .call("CreateKey", json!({"Policy": locks_out.to_string(), "BypassPolicyLockoutSafetyCheck": true}))
+        .await
+        .ok();
     let k2 = created["KeyMetadata"]["KeyId"].as_str().unwrap().to_string();
     h.call("Encrypt", json!({"KeyId": k2, "Plaintext": b64(b"x")})).await.ok();
     h.call("PutKeyPolicy", json!({"KeyId": k2, "Policy": keeps.to_string()})).await.err("AccessDeniedException");
     // Bypassed on PutKeyPolicy: accepted, and the caller has locked itself out.
-    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": locks_out.to_string(), "BypassPolicyLockoutSafetyCheck": true})).await.ok();
+    h.call(
+        "PutKeyPolicy",
+        json!({"KeyId": id, "Policy": locks_out.to_string(), "BypassPolicyLockoutSafetyCheck": true}),
+    )
+    .await
+    .ok();
     h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": keeps.to_string()})).await.err("AccessDeniedException");
     // The flag must be a boolean.
-    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": keeps.to_string(), "BypassPolicyLockoutSafetyCheck": "yes"})).await.err("SerializationException");
+    h.call("PutKeyPolicy", json!({"KeyId": id, "Policy": keeps.to_string(), "BypassPolicyLockoutSafetyCheck": "yes"}))
+        .await
+        .err("SerializationException");
 }
 
 #[tokio::test]

@@ -4,12 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use aws_sdk_kms::Client;
+use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::config::retry::RetryConfig;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{IncludeKeyMaterial, KeyMaterialState, KeySpec, KeyState, KeyUsageType};
 use envelope_plugin::format::BackendKind;
-use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_kms::config::http::HttpResponse;
 use envelope_plugin::{InstanceMetrics, KeyBackend, PluginError, Probe};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
@@ -113,7 +113,10 @@ impl AwsBackend {
             return Err(PluginError::InvalidRequest("the AWS key (ARN, key id or alias) is empty".into()));
         }
         if max_in_flight == 0 || max_in_flight > Semaphore::MAX_PERMITS {
-            return Err(PluginError::InvalidRequest(format!("max_in_flight must be between 1 and {}", Semaphore::MAX_PERMITS)));
+            return Err(PluginError::InvalidRequest(format!(
+                "max_in_flight must be between 1 and {}",
+                Semaphore::MAX_PERMITS
+            )));
         }
         if let Some(k) = encryption_context
             .keys()
@@ -176,7 +179,9 @@ impl AwsBackend {
         let mut out: HashMap<String, String> = self.context.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (k, v) in ctx {
             let Some(rest) = k.strip_prefix(PLUGIN_INTERNAL_PREFIX) else {
-                return Err(PluginError::Internal(format!("plugin context key {k:?} lacks the {PLUGIN_INTERNAL_PREFIX:?} prefix")));
+                return Err(PluginError::Internal(format!(
+                    "plugin context key {k:?} lacks the {PLUGIN_INTERNAL_PREFIX:?} prefix"
+                )));
             };
             out.insert(format!("{PLUGIN_CONTEXT_PREFIX}{rest}"), v.clone());
         }
@@ -214,9 +219,10 @@ impl AwsBackend {
                     return Ok(Some(id.to_string()));
                 }
                 if let Some(date) = r.rotation_date()
-                    && newest.as_ref().is_none_or(|(d, _)| date > d) {
-                        newest = Some((*date, id.to_string()));
-                    }
+                    && newest.as_ref().is_none_or(|(d, _)| date > d)
+                {
+                    newest = Some((*date, id.to_string()));
+                }
             }
             match (page.truncated(), page.next_marker()) {
                 (true, Some(m)) => marker = Some(m.to_string()),
@@ -244,9 +250,8 @@ impl KeyBackend for AwsBackend {
             PluginError::UnknownKey(m) => PluginError::KeyUnusable(format!("key {key} not found ({m})")),
             other => other,
         })?;
-        let md = out
-            .key_metadata()
-            .ok_or_else(|| PluginError::Internal("DescribeKey returned no KeyMetadata".into()))?;
+        let md =
+            out.key_metadata().ok_or_else(|| PluginError::Internal("DescribeKey returned no KeyMetadata".into()))?;
         let arn = md.arn().ok_or_else(|| PluginError::Internal("DescribeKey returned no key ARN".into()))?;
         match md.key_state() {
             Some(KeyState::Enabled) => {}
@@ -257,19 +262,21 @@ impl KeyBackend for AwsBackend {
             None => return Err(PluginError::Internal("DescribeKey returned no KeyState".into())),
         }
         if let Some(u) = md.key_usage()
-            && *u != KeyUsageType::EncryptDecrypt {
-                return Err(PluginError::KeyUnusable(format!(
-                    "key {key} ({arn}) has usage {}; ENCRYPT_DECRYPT is required",
-                    u.as_str()
-                )));
-            }
+            && *u != KeyUsageType::EncryptDecrypt
+        {
+            return Err(PluginError::KeyUnusable(format!(
+                "key {key} ({arn}) has usage {}; ENCRYPT_DECRYPT is required",
+                u.as_str()
+            )));
+        }
         if let Some(s) = md.key_spec()
-            && *s != KeySpec::SymmetricDefault {
-                return Err(PluginError::KeyUnusable(format!(
-                    "key {key} ({arn}) is {}; a SYMMETRIC_DEFAULT key is required",
-                    s.as_str()
-                )));
-            }
+            && *s != KeySpec::SymmetricDefault
+        {
+            return Err(PluginError::KeyUnusable(format!(
+                "key {key} ({arn}) is {}; a SYMMETRIC_DEFAULT key is required",
+                s.as_str()
+            )));
+        }
         let material = match md.current_key_material_id() {
             Some(m) if !m.is_empty() => Some(m.to_string()),
             _ => self.material_from_rotations(arn).await?,
@@ -307,9 +314,8 @@ impl KeyBackend for AwsBackend {
             send(self.metrics.as_ref(), "Encrypt", req.send())
         })
         .await?;
-        let ct = out
-            .ciphertext_blob()
-            .ok_or_else(|| PluginError::Internal("Encrypt returned no CiphertextBlob".into()))?;
+        let ct =
+            out.ciphertext_blob().ok_or_else(|| PluginError::Internal("Encrypt returned no CiphertextBlob".into()))?;
         blob::encode(arn, &version.digest, ct.as_ref())
     }
 
@@ -330,9 +336,7 @@ impl KeyBackend for AwsBackend {
             send(self.metrics.as_ref(), "Decrypt", req.send())
         })
         .await?;
-        let plaintext = out
-            .plaintext
-            .ok_or_else(|| PluginError::Internal("Decrypt returned no Plaintext".into()))?;
+        let plaintext = out.plaintext.ok_or_else(|| PluginError::Internal("Decrypt returned no Plaintext".into()))?;
         Ok(Zeroizing::new(plaintext.into_inner()))
     }
 }
@@ -367,9 +371,7 @@ mod tests {
     fn plugin_context_is_renamed() {
         let ctx = BTreeMap::from([("cluster".to_string(), "prod".to_string())]);
         let b = AwsBackend::new(client(), "alias/k".into(), ctx, 4).unwrap();
-        let m = b
-            .aws_context(&BTreeMap::from([("envelope:api".to_string(), "kms-v2".to_string())]))
-            .unwrap();
+        let m = b.aws_context(&BTreeMap::from([("envelope:api".to_string(), "kms-v2".to_string())])).unwrap();
         assert_eq!(m.get("cluster").map(String::as_str), Some("prod"));
         assert_eq!(m.get("k8s-envelope:api").map(String::as_str), Some("kms-v2"));
         assert_eq!(m.len(), 2);

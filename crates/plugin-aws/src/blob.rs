@@ -78,8 +78,7 @@ pub fn encode(key_arn: &str, digest: &[u8; KEY_ID_DIGEST_LEN], ciphertext: &[u8]
     if ciphertext.is_empty() {
         return Err(PluginError::Internal("the KMS returned an empty CiphertextBlob".into()));
     }
-    let arn_len = u16::try_from(key_arn.len())
-        .map_err(|_| PluginError::Internal("key ARN is too long".into()))?;
+    let arn_len = u16::try_from(key_arn.len()).map_err(|_| PluginError::Internal("key ARN is too long".into()))?;
     let mut out = Vec::with_capacity(3 + key_arn.len() + KEY_ID_DIGEST_LEN + ciphertext.len());
     out.push(BLOB_V1);
     out.extend_from_slice(&arn_len.to_be_bytes());

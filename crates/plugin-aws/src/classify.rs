@@ -19,8 +19,12 @@ where
             classify_service(op, e.code(), e.message(), status)
         }
         SdkError::TimeoutError(_) => PluginError::Unavailable(format!("{op}: the KMS did not answer in time")),
-        SdkError::DispatchFailure(d) if d.is_user() => PluginError::Internal(format!("{op}: request could not be sent: {}", one_line(err))),
-        SdkError::DispatchFailure(_) => PluginError::Unavailable(format!("{op}: cannot reach the KMS: {}", one_line(err))),
+        SdkError::DispatchFailure(d) if d.is_user() => {
+            PluginError::Internal(format!("{op}: request could not be sent: {}", one_line(err)))
+        }
+        SdkError::DispatchFailure(_) => {
+            PluginError::Unavailable(format!("{op}: cannot reach the KMS: {}", one_line(err)))
+        }
         // The endpoint answered with something that is not a KMS response (a proxy page, a cut
         // connection): decide by the HTTP status.
         SdkError::ResponseError(_) => match status {
@@ -48,7 +52,8 @@ pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
     }
     // The SDK's outer layers say only which layer failed ("dispatch failure", "io error");
     // keep them when nothing more specific follows.
-    let specific: Vec<&String> = parts.iter().filter(|p| !matches!(p.as_str(), "dispatch failure" | "io error" | "other")).collect();
+    let specific: Vec<&String> =
+        parts.iter().filter(|p| !matches!(p.as_str(), "dispatch failure" | "io error" | "other")).collect();
     if specific.is_empty() { parts.join(": ") } else { specific.into_iter().cloned().collect::<Vec<_>>().join(": ") }
 }
 
@@ -61,9 +66,7 @@ pub fn classify_service(op: &str, code: Option<&str>, message: Option<&str>, sta
     };
     match code.unwrap_or("") {
         "InvalidCiphertextException" | "IncorrectKeyException" => PluginError::InvalidCiphertext(text),
-        "DisabledException" | "KMSInvalidStateException" | "InvalidKeyUsageException" => {
-            PluginError::KeyUnusable(text)
-        }
+        "DisabledException" | "KMSInvalidStateException" | "InvalidKeyUsageException" => PluginError::KeyUnusable(text),
         "NotFoundException" => PluginError::UnknownKey(text),
         "AccessDeniedException"
         | "NotAuthorized"
@@ -135,13 +138,17 @@ mod tests {
     #[test]
     fn modeled_service_errors() {
         let e = SdkError::service_error(
-            DecryptError::InvalidCiphertextException(InvalidCiphertextException::builder().meta(code("InvalidCiphertextException", "bad")).build()),
+            DecryptError::InvalidCiphertextException(
+                InvalidCiphertextException::builder().meta(code("InvalidCiphertextException", "bad")).build(),
+            ),
             raw(400),
         );
         let p = classify("Decrypt", &e);
         assert!(matches!(p, P::InvalidCiphertext(ref m) if m.contains("InvalidCiphertextException")), "{p:?}");
         let e = SdkError::service_error(
-            DecryptError::DisabledException(DisabledException::builder().meta(code("DisabledException", "k is disabled.")).build()),
+            DecryptError::DisabledException(
+                DisabledException::builder().meta(code("DisabledException", "k is disabled.")).build(),
+            ),
             raw(400),
         );
         assert!(matches!(classify("Decrypt", &e), P::KeyUnusable(ref m) if m.contains("disabled")));
@@ -162,9 +169,13 @@ mod tests {
 
     #[test]
     fn one_line_keeps_the_causes_and_drops_generic_layers_and_repeats() {
-        let e = Layer("dispatch failure", Some(Box::new(Layer("io error", Some(Box::new(Layer("connection refused", None)))))));
+        let e = Layer(
+            "dispatch failure",
+            Some(Box::new(Layer("io error", Some(Box::new(Layer("connection refused", None)))))),
+        );
         assert_eq!(one_line(&e), "connection refused");
-        let e = Layer("cannot load credentials", Some(Box::new(Layer("Environment: not set\nProfile: not set\n", None))));
+        let e =
+            Layer("cannot load credentials", Some(Box::new(Layer("Environment: not set\nProfile: not set\n", None))));
         assert_eq!(one_line(&e), "cannot load credentials: Environment: not set; Profile: not set");
         let e = Layer("timed out: the KMS", Some(Box::new(Layer("timed out", None))));
         assert_eq!(one_line(&e), "timed out: the KMS");
@@ -207,7 +218,8 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let d: SdkError<DecryptError, HttpResponse> = SdkError::dispatch_failure(ConnectorError::io(io.into()));
         assert!(matches!(classify("Decrypt", &d), P::Unavailable(ref m) if m.contains("cannot reach")));
-        let u: SdkError<DecryptError, HttpResponse> = SdkError::dispatch_failure(ConnectorError::user("bad uri".into()));
+        let u: SdkError<DecryptError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::user("bad uri".into()));
         assert!(matches!(classify("Decrypt", &u), P::Internal(_)));
         let r: SdkError<DecryptError, HttpResponse> = SdkError::response_error("html", raw(502));
         assert!(matches!(classify("Decrypt", &r), P::Unavailable(_)));

@@ -81,7 +81,12 @@ impl RetryPolicy {
 /// Runs `attempt` until it succeeds, fails with a non-transient error, or the time (see
 /// [`RetryPolicy::deadline`]) or the attempt cap is spent. Each attempt holds one permit of
 /// `permits` (bounding in-flight remote calls); waiting for a permit counts against the time.
-pub async fn run<T, F, Fut>(policy: &RetryPolicy, permits: &Semaphore, op: &str, mut attempt: F) -> Result<T, PluginError>
+pub async fn run<T, F, Fut>(
+    policy: &RetryPolicy,
+    permits: &Semaphore,
+    op: &str,
+    mut attempt: F,
+) -> Result<T, PluginError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, PluginError>>,
@@ -225,7 +230,12 @@ mod tests {
         let r: Result<(), _> = deadline::scope(caller, run(&p, &sem, "Op", std::future::pending)).await;
         let took = start.elapsed();
         let Err(PluginError::Unavailable(m)) = &r else { panic!("{r:?}") };
-        let ms: u64 = m.split("within ").nth(1).and_then(|t| t.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+        let ms: u64 = m
+            .split("within ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX);
         assert!((50..=200).contains(&ms), "window {ms} ms: at most the 300 ms deadline less the 100 ms reserve ({m})");
         // Ended by the caller's deadline, not by the 2 s budget.
         assert!(took < Duration::from_millis(1500), "{took:?}");
@@ -234,14 +244,23 @@ mod tests {
     #[tokio::test]
     async fn transient_errors_are_retried_up_to_a_long_callers_deadline() {
         // A caller deadline longer than the budget allows more attempts than the budget would.
-        let p = RetryPolicy { budget: Duration::from_millis(30), reserve: Duration::from_millis(10), base: Duration::from_millis(20), cap: Duration::from_millis(20), max_attempts: 50 };
+        let p = RetryPolicy {
+            budget: Duration::from_millis(30),
+            reserve: Duration::from_millis(10),
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(20),
+            max_attempts: 50,
+        };
         let sem = Semaphore::new(1);
         let n = AtomicU32::new(0);
         let caller = Instant::now() + Duration::from_millis(600);
-        let r: Result<(), _> = deadline::scope(caller, run(&p, &sem, "Op", || async {
-            n.fetch_add(1, Ordering::SeqCst);
-            Err(PluginError::Unavailable("throttled".into()))
-        }))
+        let r: Result<(), _> = deadline::scope(
+            caller,
+            run(&p, &sem, "Op", || async {
+                n.fetch_add(1, Ordering::SeqCst);
+                Err(PluginError::Unavailable("throttled".into()))
+            }),
+        )
         .await;
         assert!(r.is_err());
         assert!(Instant::now() <= caller, "answered after the caller's deadline");

@@ -66,7 +66,14 @@ async fn start() -> Running {
         })
         .await;
     });
-    Running { client: sdk_client(&format!("http://127.0.0.1:{port}")), server, port, stop: Some(tx), task: Some(task), _dir: dir }
+    Running {
+        client: sdk_client(&format!("http://127.0.0.1:{port}")),
+        server,
+        port,
+        stop: Some(tx),
+        task: Some(task),
+        _dir: dir,
+    }
 }
 
 impl Running {
@@ -125,7 +132,13 @@ async fn create_key(c: &Client, alias: Option<&str>) -> String {
 }
 
 fn fast_retry() -> RetryPolicy {
-    RetryPolicy { budget: Duration::from_millis(400), reserve: Duration::from_millis(20), base: Duration::from_millis(10), cap: Duration::from_millis(100), max_attempts: 4 }
+    RetryPolicy {
+        budget: Duration::from_millis(400),
+        reserve: Duration::from_millis(20),
+        base: Duration::from_millis(10),
+        cap: Duration::from_millis(100),
+        max_attempts: 4,
+    }
 }
 
 fn plugin(c: &Client, key: &str, ctx: &[(&str, &str)]) -> Plugin<AwsBackend> {
@@ -366,9 +379,10 @@ async fn retries_stop_at_the_callers_deadline() {
 
     // Same key, through the silent endpoint, with the default policy (2 s without a deadline).
     let metrics = Arc::new(Metrics::new());
-    let backend = AwsBackend::new(sdk_client(&format!("http://127.0.0.1:{port}")), ALIAS.to_string(), BTreeMap::new(), 8)
-        .unwrap()
-        .with_metrics(metrics.clone());
+    let backend =
+        AwsBackend::new(sdk_client(&format!("http://127.0.0.1:{port}")), ALIAS.to_string(), BTreeMap::new(), 8)
+            .unwrap()
+            .with_metrics(metrics.clone());
     let stuck = Plugin::new(backend, PluginConfig::default(), metrics.clone());
     let start = tokio::time::Instant::now();
     let caller = start + Duration::from_millis(400);
@@ -377,7 +391,10 @@ async fn retries_stop_at_the_callers_deadline() {
     assert!(tokio::time::Instant::now() <= caller, "answered after the caller's deadline ({:?})", start.elapsed());
     // The abandoned attempt is still counted.
     let text = metrics.encode();
-    assert!(text.contains(r#"envelope_plugin_remote_calls_total{operation="Decrypt",outcome="DEADLINE_EXCEEDED"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"envelope_plugin_remote_calls_total{operation="Decrypt",outcome="DEADLINE_EXCEEDED"} 1"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -46,10 +46,7 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
 /// The deadline of a request that arrived at `start` with `metadata`: its `grpc-timeout`, capped
 /// by `limit` (the server's request timeout, which also applies when the header is missing).
 pub fn of_request(start: Instant, metadata: &tonic::metadata::MetadataMap, limit: Duration) -> Instant {
-    let asked = metadata
-        .get("grpc-timeout")
-        .and_then(|v| parse_grpc_timeout(v.as_bytes()))
-        .unwrap_or(limit);
+    let asked = metadata.get("grpc-timeout").and_then(|v| parse_grpc_timeout(v.as_bytes())).unwrap_or(limit);
     later(start, asked.min(limit))
 }
 

@@ -41,9 +41,9 @@ impl PluginError {
     /// The gRPC code for this error. This is the only place errors become codes.
     pub fn code(&self) -> Code {
         match self {
-            PluginError::InvalidRequest(_)
-            | PluginError::InvalidCiphertext(_)
-            | PluginError::KeyIdMismatch(_) => Code::InvalidArgument,
+            PluginError::InvalidRequest(_) | PluginError::InvalidCiphertext(_) | PluginError::KeyIdMismatch(_) => {
+                Code::InvalidArgument
+            }
             PluginError::UnknownKey(_) => Code::NotFound,
             PluginError::KeyUnusable(_) => Code::FailedPrecondition,
             PluginError::PermissionDenied(_) => Code::PermissionDenied,

@@ -60,9 +60,8 @@ pub fn open_envelope(ciphertext: &[u8]) -> Result<(BackendKind, &[u8]), PluginEr
     match ciphertext {
         [] => Err(PluginError::InvalidCiphertext("ciphertext is empty".into())),
         [FORMAT_V1, kind, blob @ ..] => {
-            let kind = BackendKind::from_byte(*kind).ok_or_else(|| {
-                PluginError::InvalidCiphertext(format!("unknown backend kind 0x{kind:02x}"))
-            })?;
+            let kind = BackendKind::from_byte(*kind)
+                .ok_or_else(|| PluginError::InvalidCiphertext(format!("unknown backend kind 0x{kind:02x}")))?;
             if blob.is_empty() {
                 return Err(PluginError::InvalidCiphertext("ciphertext is truncated".into()));
             }

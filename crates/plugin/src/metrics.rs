@@ -147,7 +147,11 @@ impl Metrics {
             remote_total: Family::default(),
             remote_seconds: histograms(),
         };
-        registry.register("remote_calls", "Calls to a remote KMS by operation and outcome class (each attempt)", m.remote_total.clone());
+        registry.register(
+            "remote_calls",
+            "Calls to a remote KMS by operation and outcome class (each attempt)",
+            m.remote_total.clone(),
+        );
         registry.register("remote_call_duration_seconds", "Latency of calls to a remote KMS", m.remote_seconds.clone());
         registry.register(
             "authority_rewrites",
@@ -156,12 +160,24 @@ impl Metrics {
         );
         registry.register("connections", "Accepted client connections", m.connections.clone());
         registry.register("rpc_requests", "KMS plugin RPCs by API, method and gRPC code", m.rpc_total.clone());
-        registry.register("rpc_duration_seconds", "KMS plugin RPC latency by API, method and gRPC code", m.rpc_seconds.clone());
-        registry.register("backend_operations", "Key backend operations by backend, operation and outcome", m.backend_total.clone());
+        registry.register(
+            "rpc_duration_seconds",
+            "KMS plugin RPC latency by API, method and gRPC code",
+            m.rpc_seconds.clone(),
+        );
+        registry.register(
+            "backend_operations",
+            "Key backend operations by backend, operation and outcome",
+            m.backend_total.clone(),
+        );
         registry.register("backend_duration_seconds", "Key backend operation latency", m.backend_seconds.clone());
         registry.register("healthy", "1 if the last health probe succeeded, else 0", m.healthy.clone());
         registry.register("last_probe_timestamp_seconds", "Unix time of the last health probe", m.last_probe.clone());
-        registry.register("key_id", "The current KMS v2 key_id, as a SHA-256 prefix label (value always 1)", m.key_id.clone());
+        registry.register(
+            "key_id",
+            "The current KMS v2 key_id, as a SHA-256 prefix label (value always 1)",
+            m.key_id.clone(),
+        );
         registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         Self { registry, ..m }
     }
@@ -249,7 +265,10 @@ impl InstanceMetrics {
                 self.shared.key_id.remove(&(self.instance.clone(), KeyIdLabels { key_id_hash: old }));
             }
             if let Some(h) = hash {
-                self.shared.key_id.get_or_create(&(self.instance.clone(), KeyIdLabels { key_id_hash: h.clone() })).set(1);
+                self.shared
+                    .key_id
+                    .get_or_create(&(self.instance.clone(), KeyIdLabels { key_id_hash: h.clone() }))
+                    .set(1);
                 cur.insert(self.instance.clone(), h);
             }
         }
@@ -303,7 +322,10 @@ mod tests {
         m.backend("embedded", "encrypt", "ok", Duration::from_micros(10));
         m.health(true, Some("envelope-secret-looking-key-id"), 1_700_000_000);
         let text = m.encode();
-        assert!(text.contains("envelope_plugin_rpc_requests_total{api=\"v2\",method=\"Encrypt\",code=\"OK\"} 1"), "{text}");
+        assert!(
+            text.contains("envelope_plugin_rpc_requests_total{api=\"v2\",method=\"Encrypt\",code=\"OK\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("envelope_plugin_rpc_duration_seconds_bucket"), "{text}");
         assert!(text.contains("envelope_plugin_healthy 1"), "{text}");
         assert!(text.contains(&key_id_hash("envelope-secret-looking-key-id")));

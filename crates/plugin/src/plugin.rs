@@ -190,13 +190,23 @@ impl<B: KeyBackend> Plugin<B> {
                 if prev.error.is_some() {
                     tracing::info!("backend healthy again");
                 }
-                Health { key_id: Some(p.key_id), version: Some(p.version), error: None, checked_at: Some(SystemTime::now()) }
+                Health {
+                    key_id: Some(p.key_id),
+                    version: Some(p.version),
+                    error: None,
+                    checked_at: Some(SystemTime::now()),
+                }
             }
             Err(e) => {
                 if prev.error.as_ref() != Some(&e) {
                     tracing::warn!(error = %e, "health probe failed");
                 }
-                Health { key_id: prev.key_id.clone(), version: prev.version.clone(), error: Some(e), checked_at: Some(SystemTime::now()) }
+                Health {
+                    key_id: prev.key_id.clone(),
+                    version: prev.version.clone(),
+                    error: Some(e),
+                    checked_at: Some(SystemTime::now()),
+                }
             }
         };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
@@ -227,7 +237,10 @@ impl<B: KeyBackend> Plugin<B> {
     }
 
     /// KMS v2 Encrypt: returns `(ciphertext, key_id, annotations)`.
-    pub async fn encrypt_v2(&self, plaintext: &[u8]) -> Result<(Vec<u8>, String, HashMap<String, Vec<u8>>), PluginError> {
+    pub async fn encrypt_v2(
+        &self,
+        plaintext: &[u8],
+    ) -> Result<(Vec<u8>, String, HashMap<String, Vec<u8>>), PluginError> {
         check_plaintext(plaintext)?;
         if plaintext.len() > MAX_V2_PLAINTEXT {
             return Err(PluginError::InvalidRequest(format!(
@@ -306,7 +319,12 @@ impl<B: KeyBackend> Plugin<B> {
         Ok(blob)
     }
 
-    async fn backend_encrypt(&self, version: &B::Version, plaintext: &[u8], ctx: &EncryptionContext) -> Result<Vec<u8>, PluginError> {
+    async fn backend_encrypt(
+        &self,
+        version: &B::Version,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Vec<u8>, PluginError> {
         let start = Instant::now();
         let r = self.inner.backend.encrypt(version, plaintext, ctx).await;
         self.record("encrypt", &r, start);

@@ -67,7 +67,9 @@ impl AsyncRead for PluginConn {
                 Poll::Ready(r)
             }
             Poll::Pending => match this.idle.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle"))),
+                Poll::Ready(()) => {
+                    Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle")))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -77,7 +79,12 @@ impl AsyncRead for PluginConn {
 /// Accepts connections for [`Plugin::serve`]: at most `max` at once (the rest wait in the
 /// listen backlog), and on errors such as EMFILE (out of file descriptors) it backs off
 /// instead of spinning on a listener that stays readable.
-fn accept_loop(listener: UnixListener, max: usize, idle_timeout: Duration, metrics: InstanceMetrics) -> (ReceiverStream<std::io::Result<PluginConn>>, AbortOnDrop) {
+fn accept_loop(
+    listener: UnixListener,
+    max: usize,
+    idle_timeout: Duration,
+    metrics: InstanceMetrics,
+) -> (ReceiverStream<std::io::Result<PluginConn>>, AbortOnDrop) {
     let (tx, rx) = mpsc::channel(1);
     let slots = Arc::new(Semaphore::new(max.max(1)));
     let task = tokio::spawn(async move {
@@ -132,7 +139,11 @@ impl AsyncWrite for PluginConn {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -143,7 +154,11 @@ impl AsyncWrite for PluginConn {
 impl<B: KeyBackend> Plugin<B> {
     /// Serves KMS v2 and v1beta1 on `listener` until `shutdown` completes, then stops accepting
     /// and lets in-flight RPCs finish for at most `shutdown_grace`.
-    pub async fn serve(&self, listener: UnixListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), tonic::transport::Error> {
+    pub async fn serve(
+        &self,
+        listener: UnixListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
         let cfg = self.config().clone();
         let max = cfg.max_message_bytes;
         let v2svc = v2::key_management_service_server::KeyManagementServiceServer::new(V2Service(self.clone()))
@@ -152,7 +167,8 @@ impl<B: KeyBackend> Plugin<B> {
         let v1svc = v1beta1::key_management_service_server::KeyManagementServiceServer::new(V1Service(self.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max);
-        let (incoming, _accepting) = accept_loop(listener, cfg.max_connections, cfg.idle_timeout, self.metrics().clone());
+        let (incoming, _accepting) =
+            accept_loop(listener, cfg.max_connections, cfg.idle_timeout, self.metrics().clone());
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let span = self.span().clone();
         let signal = async move {
@@ -200,7 +216,11 @@ impl<B: KeyBackend> Plugin<B> {
     }
 
     /// Serves [`Plugin::http_router`] on `listener` until `shutdown` completes.
-    pub async fn serve_http(&self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve_http(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         serve_router(listener, self.http_router(), shutdown).await
     }
 }
@@ -224,9 +244,10 @@ pub fn readyz(checks: &[Readiness]) -> (StatusCode, String) {
         return (StatusCode::OK, "ok\n".to_string());
     }
     if let [(name, Err(reason))] = results.as_slice()
-        && name.is_empty() {
-            return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
-        }
+        && name.is_empty()
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
+    }
     let mut body = String::new();
     for (name, r) in &results {
         match r {
@@ -255,14 +276,19 @@ pub fn http_router(checks: Vec<Readiness>, metrics: Arc<Metrics>) -> Router {
             get(move || {
                 let body = metrics.encode();
                 async move {
-                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                        .into_response()
                 }
             }),
         )
 }
 
 /// Serves `router` on `listener` until `shutdown` completes.
-pub async fn serve_router(listener: TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
@@ -278,7 +304,10 @@ mod tests {
     #[test]
     fn readyz_aggregates_instances() {
         assert_eq!(readyz(&[check("", Ok(()))]), (StatusCode::OK, "ok\n".into()));
-        assert_eq!(readyz(&[check("", Err("key k is disabled"))]), (StatusCode::SERVICE_UNAVAILABLE, "key k is disabled\n".into()));
+        assert_eq!(
+            readyz(&[check("", Err("key k is disabled"))]),
+            (StatusCode::SERVICE_UNAVAILABLE, "key k is disabled\n".into())
+        );
         assert_eq!(readyz(&[check("/a (k1)", Ok(())), check("/b (k2)", Ok(()))]).0, StatusCode::OK);
         let (code, body) = readyz(&[check("/a (k1)", Ok(())), check("/b (k2)", Err("throttled"))]);
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);

@@ -8,9 +8,9 @@ use zeroize::Zeroize;
 
 use crate::backend::KeyBackend;
 use crate::deadline;
-use tracing::Instrument;
 use crate::error::PluginError;
 use crate::plugin::Plugin;
+use tracing::Instrument;
 
 /// The only `version` kube-apiserver sends and accepts on KMS v1beta1.
 pub const V1_VERSION: &str = "v1beta1";
@@ -20,7 +20,14 @@ pub struct V2Service<B: KeyBackend>(pub Plugin<B>);
 /// KMS v1beta1 service.
 pub struct V1Service<B: KeyBackend>(pub Plugin<B>);
 
-fn finish<T>(p: &Plugin<impl KeyBackend>, api: &'static str, method: &'static str, uid: &str, start: Instant, r: Result<T, PluginError>) -> Result<Response<T>, Status> {
+fn finish<T>(
+    p: &Plugin<impl KeyBackend>,
+    api: &'static str,
+    method: &'static str,
+    uid: &str,
+    start: Instant,
+    r: Result<T, PluginError>,
+) -> Result<Response<T>, Status> {
     let code = r.as_ref().map(|_| tonic::Code::Ok).unwrap_or_else(|e| e.code());
     p.metrics().rpc(api, method, code, start.elapsed());
     let _instance = p.span().enter();
@@ -56,9 +63,10 @@ impl<B: KeyBackend> v2::key_management_service_server::KeyManagementService for 
         let start = Instant::now();
         let until = deadline::of_request(start, req.metadata(), self.0.config().request_timeout);
         let mut req = req.into_inner();
-        let r = deadline::scope(until, self.0.encrypt_v2(&req.plaintext)).instrument(self.0.span().clone()).await.map(|(ciphertext, key_id, annotations)| {
-            v2::EncryptResponse { ciphertext, key_id, annotations }
-        });
+        let r = deadline::scope(until, self.0.encrypt_v2(&req.plaintext))
+            .instrument(self.0.span().clone())
+            .await
+            .map(|(ciphertext, key_id, annotations)| v2::EncryptResponse { ciphertext, key_id, annotations });
         req.plaintext.zeroize();
         finish(&self.0, "v2", "Encrypt", &req.uid, start, r)
     }
@@ -90,7 +98,10 @@ fn check_v1_version(v: &str) -> Result<(), PluginError> {
 
 #[tonic::async_trait]
 impl<B: KeyBackend> v1beta1::key_management_service_server::KeyManagementService for V1Service<B> {
-    async fn version(&self, req: Request<v1beta1::VersionRequest>) -> Result<Response<v1beta1::VersionResponse>, Status> {
+    async fn version(
+        &self,
+        req: Request<v1beta1::VersionRequest>,
+    ) -> Result<Response<v1beta1::VersionResponse>, Status> {
         let start = Instant::now();
         let req = req.into_inner();
         let r = if req.version.is_empty() { Ok(()) } else { check_v1_version(&req.version) }.map(|_| {
@@ -103,24 +114,36 @@ impl<B: KeyBackend> v1beta1::key_management_service_server::KeyManagementService
         finish(&self.0, "v1beta1", "Version", "", start, r)
     }
 
-    async fn encrypt(&self, req: Request<v1beta1::EncryptRequest>) -> Result<Response<v1beta1::EncryptResponse>, Status> {
+    async fn encrypt(
+        &self,
+        req: Request<v1beta1::EncryptRequest>,
+    ) -> Result<Response<v1beta1::EncryptResponse>, Status> {
         let start = Instant::now();
         let until = deadline::of_request(start, req.metadata(), self.0.config().request_timeout);
         let mut req = req.into_inner();
         let r = match check_v1_version(&req.version) {
-            Ok(()) => deadline::scope(until, self.0.encrypt_v1(&req.plain)).instrument(self.0.span().clone()).await.map(|cipher| v1beta1::EncryptResponse { cipher }),
+            Ok(()) => deadline::scope(until, self.0.encrypt_v1(&req.plain))
+                .instrument(self.0.span().clone())
+                .await
+                .map(|cipher| v1beta1::EncryptResponse { cipher }),
             Err(e) => Err(e),
         };
         req.plain.zeroize();
         finish(&self.0, "v1beta1", "Encrypt", "", start, r)
     }
 
-    async fn decrypt(&self, req: Request<v1beta1::DecryptRequest>) -> Result<Response<v1beta1::DecryptResponse>, Status> {
+    async fn decrypt(
+        &self,
+        req: Request<v1beta1::DecryptRequest>,
+    ) -> Result<Response<v1beta1::DecryptResponse>, Status> {
         let start = Instant::now();
         let until = deadline::of_request(start, req.metadata(), self.0.config().request_timeout);
         let req = req.into_inner();
         let r = match check_v1_version(&req.version) {
-            Ok(()) => deadline::scope(until, self.0.decrypt_v1(&req.cipher)).instrument(self.0.span().clone()).await.map(|p| v1beta1::DecryptResponse { plain: p.to_vec() }),
+            Ok(()) => deadline::scope(until, self.0.decrypt_v1(&req.cipher))
+                .instrument(self.0.span().clone())
+                .await
+                .map(|p| v1beta1::DecryptResponse { plain: p.to_vec() }),
             Err(e) => Err(e),
         };
         finish(&self.0, "v1beta1", "Decrypt", "", start, r)

@@ -117,11 +117,13 @@ impl BoundSocket {
 pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
     if spec.is_abstract() {
         let name = &spec.path[1..];
-        let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(ioe(format!("abstract socket {}", spec.path)))?;
+        let addr =
+            SocketAddr::from_abstract_name(name.as_bytes()).map_err(ioe(format!("abstract socket {}", spec.path)))?;
         if StdUnixStream::connect_addr(&addr).is_ok() {
             return Err(SocketError::InUse(spec.path.clone()));
         }
-        let listener = StdUnixListener::bind_addr(&addr).map_err(ioe(format!("cannot bind abstract socket {}", spec.path)))?;
+        let listener =
+            StdUnixListener::bind_addr(&addr).map_err(ioe(format!("cannot bind abstract socket {}", spec.path)))?;
         listener.set_nonblocking(true).map_err(ioe("set_nonblocking"))?;
         return Ok(BoundSocket { listener, spec: spec.clone(), identity: None });
     }
@@ -131,11 +133,7 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
     }
     let gid = match &spec.group {
         Some(g) => Some(
-            nix::unistd::Group::from_name(g)
-                .ok()
-                .flatten()
-                .ok_or_else(|| SocketError::UnknownGroup(g.clone()))?
-                .gid,
+            nix::unistd::Group::from_name(g).ok().flatten().ok_or_else(|| SocketError::UnknownGroup(g.clone()))?.gid,
         ),
         None => None,
     };
@@ -172,9 +170,11 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
     nix::sys::stat::umask(old);
     let listener = bound.map_err(ioe(format!("cannot bind {}", spec.path)))?;
     if let Some(gid) = gid {
-        std::os::unix::fs::chown(&path, None, Some(gid.as_raw())).map_err(ioe(format!("cannot chgrp {}", spec.path)))?;
+        std::os::unix::fs::chown(&path, None, Some(gid.as_raw()))
+            .map_err(ioe(format!("cannot chgrp {}", spec.path)))?;
     }
-    fs::set_permissions(&path, fs::Permissions::from_mode(spec.mode)).map_err(ioe(format!("cannot chmod {}", spec.path)))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(spec.mode))
+        .map_err(ioe(format!("cannot chmod {}", spec.path)))?;
     listener.set_nonblocking(true).map_err(ioe("set_nonblocking"))?;
     let m = fs::symlink_metadata(&path).map_err(ioe(format!("cannot stat {}", spec.path)))?;
     Ok(BoundSocket { listener, spec: spec.clone(), identity: Some((m.dev(), m.ino())) })
@@ -206,7 +206,8 @@ fn open_directory_to_group(dir: &Path, gid: u32, group: &str) -> Result<(), Sock
     }
     std::os::unix::fs::chown(dir, None, Some(gid)).map_err(ioe(format!("cannot chgrp {}", dir.display())))?;
     let opened = (mode | 0o010) & !0o002;
-    fs::set_permissions(dir, fs::Permissions::from_mode(opened)).map_err(ioe(format!("cannot chmod {}", dir.display())))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(opened))
+        .map_err(ioe(format!("cannot chmod {}", dir.display())))?;
     tracing::info!(dir = %dir.display(), group, mode = format!("{opened:04o}"), "opened the socket directory to the socket group");
     Ok(())
 }
@@ -246,7 +247,10 @@ mod tests {
         let _b = bind(&spec).unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!(fs::metadata(&p).unwrap().gid(), gid.as_raw());
-        let bad = SocketSpec { group: Some("no-such-group-envelope".into()), ..SocketSpec::new(d.path().join("x.sock").to_str().unwrap()) };
+        let bad = SocketSpec {
+            group: Some("no-such-group-envelope".into()),
+            ..SocketSpec::new(d.path().join("x.sock").to_str().unwrap())
+        };
         assert!(matches!(bind(&bad), Err(SocketError::UnknownGroup(_))));
     }
 
@@ -263,7 +267,8 @@ mod tests {
         let dir = d.path().join("run-envelope");
         fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
         drop(bind(&SocketSpec::new(dir.join("kms.sock").to_str().unwrap())).unwrap()); // a stale socket stays
-        let spec = SocketSpec { mode: 0o660, group: Some(group), ..SocketSpec::new(dir.join("kms.sock").to_str().unwrap()) };
+        let spec =
+            SocketSpec { mode: 0o660, group: Some(group), ..SocketSpec::new(dir.join("kms.sock").to_str().unwrap()) };
         let _b = bind(&spec).unwrap();
         let m = fs::metadata(&dir).unwrap();
         assert_eq!((m.gid(), m.permissions().mode() & 0o777), (gid.as_raw(), 0o710));
@@ -276,7 +281,11 @@ mod tests {
         let dir = d.path().join("data");
         fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
         fs::write(dir.join("keystore.db"), b"x").unwrap();
-        let spec = SocketSpec { mode: 0o660, group: Some(group.clone()), ..SocketSpec::new(dir.join("kms.sock").to_str().unwrap()) };
+        let spec = SocketSpec {
+            mode: 0o660,
+            group: Some(group.clone()),
+            ..SocketSpec::new(dir.join("kms.sock").to_str().unwrap())
+        };
         let e = bind(&spec).unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, SocketError::DirectoryClosed { .. }), "{msg}");

@@ -68,7 +68,12 @@ async fn serve(grace: Duration) -> Served {
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let p = plugin.clone();
-    let task = tokio::spawn(async move { p.serve(listener, async move { let _ = rx.await; }).await });
+    let task = tokio::spawn(async move {
+        p.serve(listener, async move {
+            let _ = rx.await;
+        })
+        .await
+    });
     Served { plugin, backend, socket, stop: Some(tx), task, _dir: dir }
 }
 
@@ -82,7 +87,8 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let mut s = serve(Duration::from_secs(5)).await;
     s.backend.delay_ms.store(400, Ordering::SeqCst);
     let mut c = client(&s).await;
-    let inflight = tokio::spawn(async move { c.encrypt(v2::EncryptRequest { plaintext: vec![1; 32], uid: "u".into() }).await });
+    let inflight =
+        tokio::spawn(async move { c.encrypt(v2::EncryptRequest { plaintext: vec![1; 32], uid: "u".into() }).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = Instant::now();
     s.stop.take().unwrap().send(()).unwrap();
@@ -97,7 +103,8 @@ async fn shutdown_grace_bounds_slow_requests() {
     let mut s = serve(Duration::from_millis(300)).await;
     s.backend.delay_ms.store(10_000, Ordering::SeqCst);
     let mut c = client(&s).await;
-    let _inflight = tokio::spawn(async move { c.encrypt(v2::EncryptRequest { plaintext: vec![1; 32], uid: "u".into() }).await });
+    let _inflight =
+        tokio::spawn(async move { c.encrypt(v2::EncryptRequest { plaintext: vec![1; 32], uid: "u".into() }).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = Instant::now();
     s.stop.take().unwrap().send(()).unwrap();
@@ -140,7 +147,12 @@ async fn last_good_key_id_survives_a_transient_failure_and_rotation_shows() {
     assert_eq!((st.healthz.as_str(), st.key_id.as_str()), ("ok", "fixture-1"));
     let e = c.encrypt(v2::EncryptRequest { plaintext: vec![1; 32], uid: "u".into() }).await.unwrap().into_inner();
     assert_eq!(e.key_id, "fixture-1");
-    let d = v2::DecryptRequest { ciphertext: wrapped.ciphertext, uid: "u".into(), key_id: wrapped.key_id, annotations: wrapped.annotations };
+    let d = v2::DecryptRequest {
+        ciphertext: wrapped.ciphertext,
+        uid: "u".into(),
+        key_id: wrapped.key_id,
+        annotations: wrapped.annotations,
+    };
     assert_eq!(c.decrypt(d).await.unwrap().into_inner().plaintext, vec![9; 32]);
 }
 

@@ -30,24 +30,21 @@ pub struct KubeOptions {
 /// A client as kubectl would build it. Errors are configuration errors (no kubeconfig, unknown
 /// context, unreadable certificate files); nothing is contacted yet.
 pub async fn client(o: &KubeOptions) -> Result<kube::Client> {
-    let options = KubeConfigOptions {
-        context: o.context.clone(),
-        ..Default::default()
-    };
+    let options = KubeConfigOptions { context: o.context.clone(), ..Default::default() };
     let mut config = match &o.kubeconfig {
         Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            let kubeconfig =
+                Kubeconfig::read_from(path).with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &options)
                 .await
                 .with_context(|| format!("kubeconfig {}", path.display()))?
         }
-        None if o.context.is_some() => kube::Config::from_kubeconfig(&options)
+        None if o.context.is_some() => {
+            kube::Config::from_kubeconfig(&options).await.context("kubeconfig ($KUBECONFIG or ~/.kube/config)")?
+        }
+        None => kube::Config::infer()
             .await
-            .context("kubeconfig ($KUBECONFIG or ~/.kube/config)")?,
-        None => kube::Config::infer().await.context(
-            "no Kubernetes configuration (give --kubeconfig, set KUBECONFIG, or run in a pod)",
-        )?,
+            .context("no Kubernetes configuration (give --kubeconfig, set KUBECONFIG, or run in a pod)")?,
     };
     // Our own retry policy applies (retry.rs); the client's would multiply the attempts.
     config.default_retry = false;
@@ -75,15 +72,8 @@ impl From<kube::Error> for ApiFailure {
     fn from(e: kube::Error) -> Self {
         match &e {
             kube::Error::Api(s) => {
-                let reason = if s.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {}", s.reason)
-                };
-                ApiFailure {
-                    failure: failure_of_status(s.code),
-                    message: format!("{}{reason}: {}", s.code, s.message),
-                }
+                let reason = if s.reason.is_empty() { String::new() } else { format!(" {}", s.reason) };
+                ApiFailure { failure: failure_of_status(s.code), message: format!("{}{reason}: {}", s.code, s.message) }
             }
             kube::Error::HyperError(_) | kube::Error::Service(_) if is_certificate_error(&e) => {
                 let mut message = error_chain(&e);
@@ -93,23 +83,13 @@ impl From<kube::Error> for ApiFailure {
                          accepts only a serving certificate issued by the CA of the kubeconfig)",
                     );
                 }
-                ApiFailure {
-                    failure: Failure::Fatal,
-                    message,
-                }
+                ApiFailure { failure: Failure::Fatal, message }
             }
-            kube::Error::HyperError(_) | kube::Error::Service(_) => ApiFailure {
-                failure: Failure::Transient,
-                message: error_chain(&e),
-            },
-            kube::Error::Auth(_) => ApiFailure {
-                failure: Failure::Fatal,
-                message: error_chain(&e),
-            },
-            _ => ApiFailure {
-                failure: Failure::Permanent,
-                message: error_chain(&e),
-            },
+            kube::Error::HyperError(_) | kube::Error::Service(_) => {
+                ApiFailure { failure: Failure::Transient, message: error_chain(&e) }
+            }
+            kube::Error::Auth(_) => ApiFailure { failure: Failure::Fatal, message: error_chain(&e) },
+            _ => ApiFailure { failure: Failure::Permanent, message: error_chain(&e) },
         }
     }
 }
@@ -129,18 +109,9 @@ pub enum Put {
 pub async fn get_and_replace(api: &Api<DynamicObject>, name: &str) -> Result<Put, ApiFailure> {
     let object = api.get(name).await?;
     let before = object.metadata.resource_version.clone();
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..Default::default()
-    };
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() };
     let after = api.replace(name, &params, &object).await?;
-    Ok(
-        if before.is_some() && after.metadata.resource_version == before {
-            Put::Unchanged
-        } else {
-            Put::Written
-        },
-    )
+    Ok(if before.is_some() && after.metadata.resource_version == before { Put::Unchanged } else { Put::Written })
 }
 
 /// One page of (namespace, name) of every object of `api`'s resource, and the token for the next.
@@ -154,11 +125,7 @@ pub async fn list_page(
         params = params.continue_token(&t);
     }
     let list = api.list_metadata(&params).await?;
-    let names = list
-        .items
-        .into_iter()
-        .filter_map(|o| Some((o.metadata.namespace?, o.metadata.name?)))
-        .collect();
+    let names = list.items.into_iter().filter_map(|o| Some((o.metadata.namespace?, o.metadata.name?))).collect();
     Ok((names, list.metadata.continue_.filter(|t| !t.is_empty())))
 }
 
@@ -177,10 +144,7 @@ fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
         {
             return true;
         }
-        if let Some(inner) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
+        if let Some(inner) = err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
             pending.push(inner);
         }
         if let Some(source) = err.source() {
@@ -218,18 +182,8 @@ mod tests {
     #[test]
     fn core_resources_map_to_v1_urls() {
         let ar = api_resource(super::super::select::resource("configmaps").unwrap());
-        assert_eq!(
-            (
-                ar.group.as_str(),
-                ar.version.as_str(),
-                ar.api_version.as_str()
-            ),
-            ("", "v1", "v1")
-        );
-        assert_eq!(
-            (ar.kind.as_str(), ar.plural.as_str()),
-            ("ConfigMap", "configmaps")
-        );
+        assert_eq!((ar.group.as_str(), ar.version.as_str(), ar.api_version.as_str()), ("", "v1", "v1"));
+        assert_eq!((ar.kind.as_str(), ar.plural.as_str()), ("ConfigMap", "configmaps"));
     }
 
     #[test]
@@ -238,36 +192,19 @@ mod tests {
         let f = ApiFailure::from(kube::Error::Service(Box::new(std::io::Error::other(tls()))));
         assert_eq!(f.failure, Failure::Fatal, "{}", f.message);
         // Nested io::Errors, as TLS stacks wrap them.
-        let nested =
-            std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, tls()));
-        assert_eq!(
-            ApiFailure::from(kube::Error::Service(Box::new(nested))).failure,
-            Failure::Fatal
-        );
+        let nested = std::io::Error::other(std::io::Error::new(std::io::ErrorKind::InvalidData, tls()));
+        assert_eq!(ApiFailure::from(kube::Error::Service(Box::new(nested))).failure, Failure::Fatal);
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(
-            ApiFailure::from(kube::Error::Service(Box::new(refused))).failure,
-            Failure::Transient
-        );
+        assert_eq!(ApiFailure::from(kube::Error::Service(Box::new(refused))).failure, Failure::Transient);
     }
 
     #[test]
     fn api_errors_keep_their_status_code() {
-        let status =
-            kube::core::Status::failure("the object has been modified", "Conflict").with_code(409);
+        let status = kube::core::Status::failure("the object has been modified", "Conflict").with_code(409);
         let f = ApiFailure::from(kube::Error::Api(status.boxed()));
         assert_eq!(f.failure, Failure::Conflict);
-        assert!(
-            f.message
-                .starts_with("409 Conflict: the object has been modified"),
-            "{}",
-            f.message
-        );
-        let status = kube::core::Status::failure("etcdserver: request timed out", "InternalError")
-            .with_code(500);
-        assert_eq!(
-            ApiFailure::from(kube::Error::Api(status.boxed())).failure,
-            Failure::Transient
-        );
+        assert!(f.message.starts_with("409 Conflict: the object has been modified"), "{}", f.message);
+        let status = kube::core::Status::failure("etcdserver: request timed out", "InternalError").with_code(500);
+        assert_eq!(ApiFailure::from(kube::Error::Api(status.boxed())).failure, Failure::Transient);
     }
 }

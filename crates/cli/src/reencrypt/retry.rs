@@ -67,11 +67,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 6,
-            base: Duration::from_millis(200),
-            cap: Duration::from_secs(10),
-        }
+        RetryPolicy { max_attempts: 6, base: Duration::from_millis(200), cap: Duration::from_secs(10) }
     }
 }
 
@@ -102,12 +98,7 @@ impl RetryPolicy {
 pub fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -116,11 +107,7 @@ mod tests {
     use super::*;
 
     fn policy() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 5,
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-        }
+        RetryPolicy { max_attempts: 5, base: Duration::from_millis(100), cap: Duration::from_secs(1) }
     }
 
     #[test]
@@ -141,10 +128,7 @@ mod tests {
     fn conflicts_retry_at_once_until_the_attempts_run_out() {
         let p = policy();
         for attempt in 1..5 {
-            assert_eq!(
-                p.next(Failure::Conflict, attempt, 0.5),
-                Step::Retry(Duration::ZERO)
-            );
+            assert_eq!(p.next(Failure::Conflict, attempt, 0.5), Step::Retry(Duration::ZERO));
         }
         assert_eq!(p.next(Failure::Conflict, 5, 0.5), Step::GiveUp);
     }
@@ -182,10 +166,7 @@ mod tests {
 
     #[test]
     fn a_single_attempt_never_retries() {
-        let p = RetryPolicy {
-            max_attempts: 1,
-            ..policy()
-        };
+        let p = RetryPolicy { max_attempts: 1, ..policy() };
         assert_eq!(p.next(Failure::Transient, 1, 0.5), Step::GiveUp);
         assert_eq!(p.next(Failure::Conflict, 1, 0.5), Step::GiveUp);
     }

@@ -12,9 +12,7 @@
 use std::fmt;
 
 use anyhow::{Result, bail};
-use envelope_inspect::{
-    Classified, DekSourceType, EncryptionConfig, Provider, ProviderKind, StaticProvider,
-};
+use envelope_inspect::{Classified, DekSourceType, EncryptionConfig, Provider, ProviderKind, StaticProvider};
 
 /// A namespaced resource of the core API group (`v1`) and where kube-apiserver stores it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,66 +28,18 @@ pub struct Resource {
 
 /// Every resource `envelope reencrypt` can rewrite: the namespaced core resources.
 pub const RESOURCES: &[Resource] = &[
-    Resource {
-        plural: "secrets",
-        kind: "Secret",
-        etcd_dir: "secrets",
-    },
-    Resource {
-        plural: "configmaps",
-        kind: "ConfigMap",
-        etcd_dir: "configmaps",
-    },
-    Resource {
-        plural: "serviceaccounts",
-        kind: "ServiceAccount",
-        etcd_dir: "serviceaccounts",
-    },
-    Resource {
-        plural: "pods",
-        kind: "Pod",
-        etcd_dir: "pods",
-    },
-    Resource {
-        plural: "services",
-        kind: "Service",
-        etcd_dir: "services/specs",
-    },
-    Resource {
-        plural: "endpoints",
-        kind: "Endpoints",
-        etcd_dir: "services/endpoints",
-    },
-    Resource {
-        plural: "events",
-        kind: "Event",
-        etcd_dir: "events",
-    },
-    Resource {
-        plural: "persistentvolumeclaims",
-        kind: "PersistentVolumeClaim",
-        etcd_dir: "persistentvolumeclaims",
-    },
-    Resource {
-        plural: "replicationcontrollers",
-        kind: "ReplicationController",
-        etcd_dir: "controllers",
-    },
-    Resource {
-        plural: "resourcequotas",
-        kind: "ResourceQuota",
-        etcd_dir: "resourcequotas",
-    },
-    Resource {
-        plural: "limitranges",
-        kind: "LimitRange",
-        etcd_dir: "limitranges",
-    },
-    Resource {
-        plural: "podtemplates",
-        kind: "PodTemplate",
-        etcd_dir: "podtemplates",
-    },
+    Resource { plural: "secrets", kind: "Secret", etcd_dir: "secrets" },
+    Resource { plural: "configmaps", kind: "ConfigMap", etcd_dir: "configmaps" },
+    Resource { plural: "serviceaccounts", kind: "ServiceAccount", etcd_dir: "serviceaccounts" },
+    Resource { plural: "pods", kind: "Pod", etcd_dir: "pods" },
+    Resource { plural: "services", kind: "Service", etcd_dir: "services/specs" },
+    Resource { plural: "endpoints", kind: "Endpoints", etcd_dir: "services/endpoints" },
+    Resource { plural: "events", kind: "Event", etcd_dir: "events" },
+    Resource { plural: "persistentvolumeclaims", kind: "PersistentVolumeClaim", etcd_dir: "persistentvolumeclaims" },
+    Resource { plural: "replicationcontrollers", kind: "ReplicationController", etcd_dir: "controllers" },
+    Resource { plural: "resourcequotas", kind: "ResourceQuota", etcd_dir: "resourcequotas" },
+    Resource { plural: "limitranges", kind: "LimitRange", etcd_dir: "limitranges" },
+    Resource { plural: "podtemplates", kind: "PodTemplate", etcd_dir: "podtemplates" },
 ];
 
 /// The resource named `name` (`secrets`, or `secrets.` with the empty core group spelled out).
@@ -130,10 +80,7 @@ impl fmt::Display for Target {
         match self {
             Target::Identity => f.write_str("identity (unencrypted)"),
             Target::KmsV1 { provider_name } => write!(f, "kms-v1 provider {provider_name:?}"),
-            Target::KmsV2 {
-                provider_name,
-                key_id,
-            } => write!(f, "kms-v2 provider {provider_name:?} key_id {key_id:?}"),
+            Target::KmsV2 { provider_name, key_id } => write!(f, "kms-v2 provider {provider_name:?} key_id {key_id:?}"),
             Target::Static { provider, key_name } => write!(f, "{provider} key {key_name:?}"),
         }
     }
@@ -179,15 +126,12 @@ impl Target {
                 Target::Identity => None,
                 _ => Some(Stale::Plaintext),
             },
-            Classified::UnknownPrefix { .. }
-            | Classified::Unrecognized { .. }
-            | Classified::Corrupt(_) => Some(Stale::Unreadable(stored.to_string())),
+            Classified::UnknownPrefix { .. } | Classified::Unrecognized { .. } | Classified::Corrupt(_) => {
+                Some(Stale::Unreadable(stored.to_string()))
+            }
             _ if *self == Target::Identity => Some(Stale::Encrypted(describe(stored))),
             Classified::KmsV2(v) => match self {
-                Target::KmsV2 {
-                    provider_name,
-                    key_id,
-                } if *provider_name == v.provider_name => {
+                Target::KmsV2 { provider_name, key_id } if *provider_name == v.provider_name => {
                     if v.key_id != *key_id {
                         Some(Stale::OtherKeyId(v.key_id.clone()))
                     } else if v.dek_source_type != DekSourceType::HkdfSha256XNonceAesGcmSeed {
@@ -203,11 +147,7 @@ impl Target {
                 _ => Some(other()),
             },
             Classified::StaticKey(s) => match self {
-                Target::Static { provider, key_name }
-                    if *provider == s.provider && *key_name == s.key_name =>
-                {
-                    None
-                }
+                Target::Static { provider, key_name } if *provider == s.provider && *key_name == s.key_name => None,
                 _ => Some(other()),
             },
             // `Classified` is non-exhaustive: whatever a newer classifier reports is not current.
@@ -219,10 +159,7 @@ impl Target {
 /// A short description of a stored value's provider: `kms-v2 provider "old"`, `aescbc key "k1"`.
 fn describe(c: &Classified) -> String {
     match c {
-        Classified::KmsV2(v) => format!(
-            "kms-v2 provider {:?} key_id {:?}",
-            v.provider_name, v.key_id
-        ),
+        Classified::KmsV2(v) => format!("kms-v2 provider {:?} key_id {:?}", v.provider_name, v.key_id),
         Classified::KmsV1(v) => format!("kms-v1 provider {:?}", v.provider_name),
         Classified::StaticKey(s) => format!("{} key {:?}", s.provider, s.key_name),
         other => other.provider().as_str().to_string(),
@@ -234,10 +171,7 @@ pub fn resources_from_names(names: &[String]) -> Result<Vec<&'static Resource>> 
     let mut out: Vec<&'static Resource> = Vec::new();
     for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
         let Some(r) = resource(n) else {
-            bail!(
-                "--resource {n:?} is not supported: give namespaced core resources ({})",
-                supported_names()
-            );
+            bail!("--resource {n:?} is not supported: give namespaced core resources ({})", supported_names());
         };
         if !out.contains(&r) {
             out.push(r);
@@ -251,11 +185,7 @@ pub fn resources_from_names(names: &[String]) -> Result<Vec<&'static Resource>> 
 
 /// The plural names of [`RESOURCES`], comma-separated.
 pub fn supported_names() -> String {
-    RESOURCES
-        .iter()
-        .map(|r| r.plural)
-        .collect::<Vec<_>>()
-        .join(", ")
+    RESOURCES.iter().map(|r| r.plural).collect::<Vec<_>>().join(", ")
 }
 
 /// A resource an EncryptionConfiguration covers and the first provider of its rule.
@@ -295,21 +225,13 @@ pub fn resources_from_config(config: &EncryptionConfig) -> (Vec<Configured>, Vec
         let first = match first {
             Provider::Identity => FirstProvider::Known(Target::Identity),
             Provider::Static { provider, keys } => match keys.first() {
-                Some(k) => FirstProvider::Known(Target::Static {
-                    provider: *provider,
-                    key_name: k.name.clone(),
-                }),
+                Some(k) => FirstProvider::Known(Target::Static { provider: *provider, key_name: k.name.clone() }),
                 None => continue,
             },
             Provider::Kms(k) if k.api_version.kind() == ProviderKind::KmsV2 => {
-                FirstProvider::KmsV2 {
-                    provider_name: k.name.clone(),
-                    socket: k.socket_path().to_string(),
-                }
+                FirstProvider::KmsV2 { provider_name: k.name.clone(), socket: k.socket_path().to_string() }
             }
-            Provider::Kms(k) => FirstProvider::Known(Target::KmsV1 {
-                provider_name: k.name.clone(),
-            }),
+            Provider::Kms(k) => FirstProvider::Known(Target::KmsV1 { provider_name: k.name.clone() }),
             // `Provider` is non-exhaustive; a provider this reader does not know cannot be a target.
             _ => continue,
         };
@@ -330,10 +252,7 @@ pub fn resources_from_config(config: &EncryptionConfig) -> (Vec<Configured>, Vec
             };
             for r in matched {
                 if !out.iter().any(|c| c.resource == r) {
-                    out.push(Configured {
-                        resource: r,
-                        first: first.clone(),
-                    });
+                    out.push(Configured { resource: r, first: first.clone() });
                 }
             }
         }
@@ -362,21 +281,11 @@ pub enum Selected {
 
 /// Decides for one etcd row (`key` under `prefix`, its value classified as `stored`) of
 /// `resource`, whose objects kube-apiserver now writes as `target`.
-pub fn select(
-    prefix: &str,
-    resource: &Resource,
-    target: &Target,
-    key: &[u8],
-    stored: &Classified,
-) -> Selected {
+pub fn select(prefix: &str, resource: &Resource, target: &Target, key: &[u8], stored: &Classified) -> Selected {
     match target.stale(stored) {
         None => Selected::Current,
         Some(why) => match object_name(prefix, resource, key) {
-            Some((namespace, name)) => Selected::Stale {
-                namespace,
-                name,
-                why,
-            },
+            Some((namespace, name)) => Selected::Stale { namespace, name, why },
             None => Selected::Unmapped(why),
         },
     }
@@ -403,12 +312,7 @@ mod tests {
 
     fn secret() -> Vec<u8> {
         let meta = writer::new_object_meta("default", "db", "uid-1", 1_700_000_000);
-        writer::encode_secret(&writer::new_secret(
-            meta,
-            [("k".to_owned(), b"v".to_vec())].into(),
-            "Opaque",
-        ))
-        .to_vec()
+        writer::encode_secret(&writer::new_secret(meta, [("k".to_owned(), b"v".to_vec())].into(), "Opaque")).to_vec()
     }
 
     fn kms_v2(provider: &str, key_id: &str) -> Classified {
@@ -423,34 +327,20 @@ mod tests {
     }
 
     fn target(provider: &str, key_id: &str) -> Target {
-        Target::KmsV2 {
-            provider_name: provider.into(),
-            key_id: key_id.into(),
-        }
+        Target::KmsV2 { provider_name: provider.into(), key_id: key_id.into() }
     }
 
     #[test]
     fn kms_v2_under_the_current_provider_and_key_id_is_current() {
-        assert_eq!(
-            target("envelope", "k2").stale(&kms_v2("envelope", "k2")),
-            None
-        );
+        assert_eq!(target("envelope", "k2").stale(&kms_v2("envelope", "k2")), None);
     }
 
     #[test]
     fn another_key_id_provider_or_plaintext_is_stale() {
         let t = target("envelope", "k2");
-        assert_eq!(
-            t.stale(&kms_v2("envelope", "k1")),
-            Some(Stale::OtherKeyId("k1".into()))
-        );
-        assert!(
-            matches!(t.stale(&kms_v2("old", "k2")), Some(Stale::OtherProvider(d)) if d.contains("\"old\""))
-        );
-        assert_eq!(
-            t.stale(&envelope_inspect::classify(KEY, &secret())),
-            Some(Stale::Plaintext)
-        );
+        assert_eq!(t.stale(&kms_v2("envelope", "k1")), Some(Stale::OtherKeyId("k1".into())));
+        assert!(matches!(t.stale(&kms_v2("old", "k2")), Some(Stale::OtherProvider(d)) if d.contains("\"old\"")));
+        assert_eq!(t.stale(&envelope_inspect::classify(KEY, &secret())), Some(Stale::Plaintext));
         assert_eq!(t.stale(&Classified::IdentityJson), Some(Stale::Plaintext));
     }
 
@@ -462,8 +352,7 @@ mod tests {
             encrypted_dek_source: b"wrapped".to_vec(),
             annotations: Default::default(),
         };
-        let value =
-            writer::kms_v2_aes_gcm_key(KEY, &secret(), &[7u8; 32], 1_000_000_001, &env).unwrap();
+        let value = writer::kms_v2_aes_gcm_key(KEY, &secret(), &[7u8; 32], 1_000_000_001, &env).unwrap();
         let c = envelope_inspect::classify(KEY, &value);
         assert_eq!(target("envelope", "k2").stale(&c), Some(Stale::LegacyDek));
     }
@@ -472,23 +361,9 @@ mod tests {
     fn kms_v1_is_current_only_under_its_provider_name() {
         let value = writer::kms_v1(KEY, &secret(), "v1p", &[9u8; 32], b"wrapped-dek").unwrap();
         let c = envelope_inspect::classify(KEY, &value);
-        assert_eq!(
-            Target::KmsV1 {
-                provider_name: "v1p".into()
-            }
-            .stale(&c),
-            None
-        );
-        assert!(matches!(
-            Target::KmsV1 {
-                provider_name: "other".into()
-            }
-            .stale(&c),
-            Some(Stale::OtherProvider(_))
-        ));
-        assert!(
-            matches!(target("v1p", "k").stale(&c), Some(Stale::OtherProvider(d)) if d.starts_with("kms-v1"))
-        );
+        assert_eq!(Target::KmsV1 { provider_name: "v1p".into() }.stale(&c), None);
+        assert!(matches!(Target::KmsV1 { provider_name: "other".into() }.stale(&c), Some(Stale::OtherProvider(_))));
+        assert!(matches!(target("v1p", "k").stale(&c), Some(Stale::OtherProvider(d)) if d.starts_with("kms-v1")));
     }
 
     #[test]
@@ -506,58 +381,30 @@ resources:
         )
         .unwrap();
         let keys = cfg.static_keys(StaticProvider::AesCbc);
-        let value = writer::static_key(
-            StaticProvider::AesCbc,
-            KEY,
-            &secret(),
-            "key1",
-            keys[0].secret(),
-        )
-        .unwrap();
+        let value = writer::static_key(StaticProvider::AesCbc, KEY, &secret(), "key1", keys[0].secret()).unwrap();
         let c = envelope_inspect::classify(KEY, &value);
-        let cur = Target::Static {
-            provider: StaticProvider::AesCbc,
-            key_name: "key1".into(),
-        };
+        let cur = Target::Static { provider: StaticProvider::AesCbc, key_name: "key1".into() };
         assert_eq!(cur.stale(&c), None);
-        let other = Target::Static {
-            provider: StaticProvider::AesCbc,
-            key_name: "key2".into(),
-        };
+        let other = Target::Static { provider: StaticProvider::AesCbc, key_name: "key2".into() };
         assert!(matches!(other.stale(&c), Some(Stale::OtherProvider(_))));
-        assert!(
-            matches!(target("envelope", "k").stale(&c), Some(Stale::OtherProvider(d)) if d.starts_with("aescbc"))
-        );
-        assert!(matches!(
-            Target::Identity.stale(&c),
-            Some(Stale::Encrypted(_))
-        ));
+        assert!(matches!(target("envelope", "k").stale(&c), Some(Stale::OtherProvider(d)) if d.starts_with("aescbc")));
+        assert!(matches!(Target::Identity.stale(&c), Some(Stale::Encrypted(_))));
         assert_eq!(Target::Identity.stale(&Classified::IdentityProtobuf), None);
     }
 
     #[test]
     fn unreadable_values_are_selected() {
         let c = envelope_inspect::classify(KEY, b"k8s:enc:kms:v2:envelope:\xff\xff");
-        assert!(matches!(
-            target("envelope", "k").stale(&c),
-            Some(Stale::Unreadable(_))
-        ));
+        assert!(matches!(target("envelope", "k").stale(&c), Some(Stale::Unreadable(_))));
         let c = envelope_inspect::classify(KEY, b"garbage");
-        assert!(matches!(
-            Target::Identity.stale(&c),
-            Some(Stale::Unreadable(_))
-        ));
+        assert!(matches!(Target::Identity.stale(&c), Some(Stale::Unreadable(_))));
     }
 
     #[test]
     fn resource_names_parse_in_order_without_duplicates() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let r = resources_from_names(&names(&["configmaps", "secrets", "configmaps", "secrets."]))
-            .unwrap();
-        assert_eq!(
-            r.iter().map(|r| r.plural).collect::<Vec<_>>(),
-            ["configmaps", "secrets"]
-        );
+        let r = resources_from_names(&names(&["configmaps", "secrets", "configmaps", "secrets."])).unwrap();
+        assert_eq!(r.iter().map(|r| r.plural).collect::<Vec<_>>(), ["configmaps", "secrets"]);
         assert!(resources_from_names(&names(&["deployments.apps"])).is_err());
         assert!(resources_from_names(&names(&["nodes"])).is_err());
         assert!(resources_from_names(&names(&[""])).is_err());
@@ -588,22 +435,13 @@ resources:
         assert_eq!(unsupported, ["deployments.apps"]);
         assert_eq!(list.len(), RESOURCES.len());
         assert_eq!(list[0].resource.plural, "secrets");
-        assert_eq!(
-            list[0].first,
-            FirstProvider::KmsV2 {
-                provider_name: "new".into(),
-                socket: "/run/new.sock".into()
-            }
-        );
+        assert_eq!(list[0].first, FirstProvider::KmsV2 { provider_name: "new".into(), socket: "/run/new.sock".into() });
         assert_eq!(list[1].resource.plural, "configmaps");
         assert_eq!(list[1].first, FirstProvider::Known(Target::Identity));
         let pods = list.iter().find(|c| c.resource.plural == "pods").unwrap();
         assert_eq!(
             pods.first,
-            FirstProvider::Known(Target::Static {
-                provider: StaticProvider::AesGcm,
-                key_name: "k1".into()
-            })
+            FirstProvider::Known(Target::Static { provider: StaticProvider::AesGcm, key_name: "k1".into() })
         );
     }
 
@@ -611,37 +449,18 @@ resources:
     fn select_picks_stale_rows_and_names_their_objects() {
         let secrets = resource("secrets").unwrap();
         let t = target("envelope", "k2");
-        assert_eq!(
-            select("/registry", secrets, &t, KEY, &kms_v2("envelope", "k2")),
-            Selected::Current
-        );
+        assert_eq!(select("/registry", secrets, &t, KEY, &kms_v2("envelope", "k2")), Selected::Current);
         assert_eq!(
             select("/registry", secrets, &t, KEY, &kms_v2("envelope", "k1")),
-            Selected::Stale {
-                namespace: "default".into(),
-                name: "db".into(),
-                why: Stale::OtherKeyId("k1".into())
-            }
+            Selected::Stale { namespace: "default".into(), name: "db".into(), why: Stale::OtherKeyId("k1".into()) }
         );
         assert_eq!(
-            select(
-                "/registry",
-                secrets,
-                &t,
-                b"/registry/secrets/odd",
-                &Classified::IdentityProtobuf
-            ),
+            select("/registry", secrets, &t, b"/registry/secrets/odd", &Classified::IdentityProtobuf),
             Selected::Unmapped(Stale::Plaintext)
         );
         // A current value under an odd key is simply left alone.
         assert_eq!(
-            select(
-                "/registry",
-                secrets,
-                &t,
-                b"/registry/secrets/odd",
-                &kms_v2("envelope", "k2")
-            ),
+            select("/registry", secrets, &t, b"/registry/secrets/odd", &kms_v2("envelope", "k2")),
             Selected::Current
         );
     }
@@ -649,34 +468,13 @@ resources:
     #[test]
     fn etcd_keys_map_to_namespace_and_name() {
         let secrets = resource("secrets").unwrap();
-        assert_eq!(
-            object_name("/registry", secrets, KEY),
-            Some(("default".into(), "db".into()))
-        );
-        assert_eq!(
-            object_name("registry/", secrets, KEY),
-            Some(("default".into(), "db".into()))
-        );
-        assert_eq!(
-            object_name("/other", secrets, b"/other/secrets/ns/n"),
-            Some(("ns".into(), "n".into()))
-        );
-        assert_eq!(
-            object_name("/registry", secrets, b"/registry/secrets/ns"),
-            None
-        );
-        assert_eq!(
-            object_name("/registry", secrets, b"/registry/secrets/ns/a/b"),
-            None
-        );
-        assert_eq!(
-            object_name("/registry", secrets, b"/registry/configmaps/ns/n"),
-            None
-        );
-        assert_eq!(
-            object_name("/registry", secrets, b"/registry/secrets//n"),
-            None
-        );
+        assert_eq!(object_name("/registry", secrets, KEY), Some(("default".into(), "db".into())));
+        assert_eq!(object_name("registry/", secrets, KEY), Some(("default".into(), "db".into())));
+        assert_eq!(object_name("/other", secrets, b"/other/secrets/ns/n"), Some(("ns".into(), "n".into())));
+        assert_eq!(object_name("/registry", secrets, b"/registry/secrets/ns"), None);
+        assert_eq!(object_name("/registry", secrets, b"/registry/secrets/ns/a/b"), None);
+        assert_eq!(object_name("/registry", secrets, b"/registry/configmaps/ns/n"), None);
+        assert_eq!(object_name("/registry", secrets, b"/registry/secrets//n"), None);
         let services = resource("services").unwrap();
         assert_eq!(
             object_name("/registry", services, b"/registry/services/specs/ns/web"),

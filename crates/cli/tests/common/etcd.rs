@@ -22,7 +22,10 @@ pub struct TlsFiles {
 
 fn etcd_bin() -> String {
     let b = std::env::var("ENVELOPE_ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".to_string());
-    assert!(Path::new(&b).exists(), "etcd not found at {b}: run scripts/test (it installs etcd-server) or set ENVELOPE_ETCD_BIN");
+    assert!(
+        Path::new(&b).exists(),
+        "etcd not found at {b}: run scripts/test (it installs etcd-server) or set ENVELOPE_ETCD_BIN"
+    );
     b
 }
 
@@ -33,13 +36,72 @@ fn openssl(args: &[&str], dir: &Path) {
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
 pub fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, TlsFiles) {
-    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
-    openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test-etcd-ca"], dir);
+    std::fs::write(
+        dir.join("san.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-etcd-ca",
+        ],
+        dir,
+    );
     for name in ["server", "client"] {
-        openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")], dir);
-        openssl(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.crt"), "-days", "2", "-extfile", "san.cnf"], dir);
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+            dir,
+        );
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                "san.cnf",
+            ],
+            dir,
+        );
     }
-    let tls = TlsFiles { ca: dir.join("ca.crt"), client_cert: dir.join("client.crt"), client_key: dir.join("client.key") };
+    let tls =
+        TlsFiles { ca: dir.join("ca.crt"), client_cert: dir.join("client.crt"), client_key: dir.join("client.key") };
     (dir.join("server.crt"), dir.join("server.key"), dir.join("ca.crt"), tls)
 }
 
@@ -59,20 +121,34 @@ impl Etcd {
         let scheme = if tls { "https" } else { "http" };
         let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
         let mut cmd = Command::new(etcd_bin());
-        cmd.arg("--name").arg("test")
-            .arg("--data-dir").arg(dir.path().join("data"))
-            .arg("--listen-client-urls").arg(&endpoint)
-            .arg("--advertise-client-urls").arg(&endpoint)
-            .arg("--listen-peer-urls").arg(format!("http://127.0.0.1:{peer_port}"))
-            .arg("--initial-advertise-peer-urls").arg(format!("http://127.0.0.1:{peer_port}"))
-            .arg("--initial-cluster").arg(format!("test=http://127.0.0.1:{peer_port}"))
-            .arg("--log-level").arg("error")
+        cmd.arg("--name")
+            .arg("test")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&endpoint)
+            .arg("--advertise-client-urls")
+            .arg(&endpoint)
+            .arg("--listen-peer-urls")
+            .arg(format!("http://127.0.0.1:{peer_port}"))
+            .arg("--initial-advertise-peer-urls")
+            .arg(format!("http://127.0.0.1:{peer_port}"))
+            .arg("--initial-cluster")
+            .arg(format!("test=http://127.0.0.1:{peer_port}"))
+            .arg("--log-level")
+            .arg("error")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap());
         let mut files = None;
         if tls {
             let (cert, key, ca, t) = make_certs(dir.path());
-            cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key).arg("--trusted-ca-file").arg(ca).arg("--client-cert-auth");
+            cmd.arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--client-cert-auth");
             files = Some(t);
         }
         let child = cmd.spawn().expect("spawn etcd");
@@ -85,7 +161,11 @@ impl Etcd {
         let addr = self.endpoint.rsplit("//").next().unwrap().to_string();
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start: {}", std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start: {}",
+                std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         // The port answers a little before the KV API is ready.
@@ -97,9 +177,12 @@ impl Etcd {
         let mut v = vec!["--etcd".to_string(), self.endpoint.clone()];
         if let Some(t) = &self.tls {
             v.extend([
-                "--cacert".to_string(), t.ca.to_string_lossy().into_owned(),
-                "--cert".to_string(), t.client_cert.to_string_lossy().into_owned(),
-                "--key".to_string(), t.client_key.to_string_lossy().into_owned(),
+                "--cacert".to_string(),
+                t.ca.to_string_lossy().into_owned(),
+                "--cert".to_string(),
+                t.client_cert.to_string_lossy().into_owned(),
+                "--key".to_string(),
+                t.client_key.to_string_lossy().into_owned(),
             ]);
         }
         v

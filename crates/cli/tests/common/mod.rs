@@ -8,8 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use envelope_proto::v1beta1::key_management_service_client::KeyManagementServiceClient as V1Client;
-use envelope_proto::v2::key_management_service_client::KeyManagementServiceClient as V2Client;
 use envelope_proto::v2::StatusRequest;
+use envelope_proto::v2::key_management_service_client::KeyManagementServiceClient as V2Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 
@@ -73,9 +73,10 @@ impl RunningPlugin {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut c) = self.v2().await
-                && c.status(StatusRequest {}).await.is_ok() {
-                    return;
-                }
+                && c.status(StatusRequest {}).await.is_ok()
+            {
+                return;
+            }
             if Instant::now() > deadline {
                 panic!("plugin did not become ready; stderr:\n{}", self.stderr());
             }
@@ -124,7 +125,8 @@ impl RunningPlugin {
     /// SIGTERM and wait; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(st)) = child.try_wait() {
@@ -167,21 +169,17 @@ impl Drop for RunningPlugin {
 }
 
 pub fn key_cmd(data_dir: &Path, args: &[&str]) -> Output {
-    let out = Command::new(BIN)
-        .arg("key")
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out =
+        Command::new(BIN).arg("key").args(args).arg("--data-dir").arg(data_dir).stdin(Stdio::null()).output().unwrap();
     assert!(out.status.success(), "envelope key {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
 
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);

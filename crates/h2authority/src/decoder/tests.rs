@@ -12,10 +12,7 @@ type Field = (Vec<u8>, Vec<u8>);
 
 fn hex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
-    digits
-        .chunks(2)
-        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap())
-        .collect()
+    digits.chunks(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap()).collect()
 }
 
 fn decode_all(decoder: &mut Decoder, block: &[u8]) -> Result<Vec<Field>, HpackError> {
@@ -28,9 +25,7 @@ fn decode_all(decoder: &mut Decoder, block: &[u8]) -> Result<Vec<Field>, HpackEr
 }
 
 fn fields(list: &[(&str, &str)]) -> Vec<Field> {
-    list.iter()
-        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect()
+    list.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
 }
 
 /// Decodes `blocks` in sequence, checking each block's fields and the
@@ -45,12 +40,7 @@ fn check_sequence(table_size: usize, blocks: &[(&str, Vec<Field>, usize)]) {
 }
 
 fn request(scheme: &str, path: &str, extra: &[(&str, &str)]) -> Vec<Field> {
-    let mut list = vec![
-        (":method", "GET"),
-        (":scheme", scheme),
-        (":path", path),
-        (":authority", "www.example.com"),
-    ];
+    let mut list = vec![(":method", "GET"), (":scheme", scheme), (":path", path), (":authority", "www.example.com")];
     list.extend_from_slice(extra);
     fields(&list)
 }
@@ -80,22 +70,8 @@ fn rfc_c2_field_representations() {
             55,
         )],
     );
-    check_sequence(
-        4096,
-        &[(
-            "040c 2f73 616d 706c 652f 7061 7468",
-            fields(&[(":path", "/sample/path")]),
-            0,
-        )],
-    );
-    check_sequence(
-        4096,
-        &[(
-            "1008 7061 7373 776f 7264 0673 6563 7265 74",
-            fields(&[("password", "secret")]),
-            0,
-        )],
-    );
+    check_sequence(4096, &[("040c 2f73 616d 706c 652f 7061 7468", fields(&[(":path", "/sample/path")]), 0)]);
+    check_sequence(4096, &[("1008 7061 7373 776f 7264 0673 6563 7265 74", fields(&[("password", "secret")]), 0)]);
     check_sequence(4096, &[("82", fields(&[(":method", "GET")]), 0)]);
 }
 
@@ -104,16 +80,8 @@ fn rfc_c3_requests_without_huffman() {
     check_sequence(
         4096,
         &[
-            (
-                "8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d",
-                request("http", "/", &[]),
-                57,
-            ),
-            (
-                "8286 84be 5808 6e6f 2d63 6163 6865",
-                request("http", "/", &[("cache-control", "no-cache")]),
-                110,
-            ),
+            ("8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d", request("http", "/", &[]), 57),
+            ("8286 84be 5808 6e6f 2d63 6163 6865", request("http", "/", &[("cache-control", "no-cache")]), 110),
             (
                 "8287 85bf 400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65",
                 request("https", "/index.html", &[("custom-key", "custom-value")]),
@@ -128,16 +96,8 @@ fn rfc_c4_requests_with_huffman() {
     check_sequence(
         4096,
         &[
-            (
-                "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff",
-                request("http", "/", &[]),
-                57,
-            ),
-            (
-                "8286 84be 5886 a8eb 1064 9cbf",
-                request("http", "/", &[("cache-control", "no-cache")]),
-                110,
-            ),
+            ("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff", request("http", "/", &[]), 57),
+            ("8286 84be 5886 a8eb 1064 9cbf", request("http", "/", &[("cache-control", "no-cache")]), 110),
             (
                 "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
                 request("https", "/index.html", &[("custom-key", "custom-value")]),
@@ -165,11 +125,7 @@ fn rfc_c5_responses_without_huffman() {
                  3220 474d 54c0 5a04 677a 6970 7738 666f 6f3d 4153 444a 4b48 514b 425a \
                  584f 5157 454f 5049 5541 5851 5745 4f49 553b 206d 6178 2d61 6765 3d33 \
                  3630 303b 2076 6572 7369 6f6e 3d31",
-                response(
-                    "200",
-                    DATE2,
-                    &[("content-encoding", "gzip"), ("set-cookie", COOKIE)],
-                ),
+                response("200", DATE2, &[("content-encoding", "gzip"), ("set-cookie", COOKIE)]),
                 215,
             ),
         ],
@@ -192,11 +148,7 @@ fn rfc_c6_responses_with_huffman() {
                 "88c1 6196 d07a be94 1054 d444 a820 0595 040b 8166 e084 a62d 1bff c05a \
                  839b d9ab 77ad 94e7 821d d7f2 e6c7 b335 dfdf cd5b 3960 d5af 2708 7f36 \
                  72c1 ab27 0fb5 291f 9587 3160 65c0 03ed 4ee5 b106 3d50 07",
-                response(
-                    "200",
-                    DATE2,
-                    &[("content-encoding", "gzip"), ("set-cookie", COOKIE)],
-                ),
+                response("200", DATE2, &[("content-encoding", "gzip"), ("set-cookie", COOKIE)]),
                 215,
             ),
         ],
@@ -219,45 +171,19 @@ fn integers() {
     // Redundant zero continuations are fine up to the octet limit.
     assert_eq!(int(&[0x0f, 0x80, 0x80, 0x80, 0x00], 4), Ok((15, 5)));
     // The largest accepted value.
-    assert_eq!(
-        int(&[0x7f, 0xff, 0xff, 0xff, 0x7f], 7),
-        Ok((127 + (1 << 28) - 1, 5))
-    );
-    assert_eq!(
-        int(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0x01], 7),
-        Err(HpackError::IntegerTooLong)
-    );
-    assert_eq!(
-        int(&[0x7f, 0x80, 0x80, 0x80, 0x80, 0x00], 7),
-        Err(HpackError::IntegerTooLong)
-    );
+    assert_eq!(int(&[0x7f, 0xff, 0xff, 0xff, 0x7f], 7), Ok((127 + (1 << 28) - 1, 5)));
+    assert_eq!(int(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0x01], 7), Err(HpackError::IntegerTooLong));
+    assert_eq!(int(&[0x7f, 0x80, 0x80, 0x80, 0x80, 0x00], 7), Err(HpackError::IntegerTooLong));
     assert_eq!(int(&[], 7), Err(HpackError::Truncated));
     assert_eq!(int(&[0x7f], 7), Err(HpackError::Truncated));
     assert_eq!(int(&[0x7f, 0x80, 0x80], 7), Err(HpackError::Truncated));
 
     // Round trip with the encoder toward h2.
     for prefix in 1..=7 {
-        for value in [
-            0,
-            1,
-            30,
-            31,
-            126,
-            127,
-            128,
-            255,
-            1337,
-            16_383,
-            1 << 20,
-            1 << 27,
-        ] {
+        for value in [0, 1, 30, 31, 126, 127, 128, 255, 1337, 16_383, 1 << 20, 1 << 27] {
             let mut buf = Vec::new();
             encode_integer(&mut buf, value, prefix, 0);
-            assert_eq!(
-                int(&buf, prefix),
-                Ok((value, buf.len())),
-                "{value}/{prefix}"
-            );
+            assert_eq!(int(&buf, prefix), Ok((value, buf.len())), "{value}/{prefix}");
         }
     }
 }
@@ -265,34 +191,16 @@ fn integers() {
 #[test]
 fn bad_indexes_are_rejected() {
     let mut d = Decoder::new(4096);
-    assert_eq!(
-        decode_all(&mut d, &[0x80]),
-        Err(HpackError::IndexOutOfBounds(0))
-    );
-    assert_eq!(
-        decode_all(&mut d, &[0x80 | 62]),
-        Err(HpackError::IndexOutOfBounds(62))
-    );
+    assert_eq!(decode_all(&mut d, &[0x80]), Err(HpackError::IndexOutOfBounds(0)));
+    assert_eq!(decode_all(&mut d, &[0x80 | 62]), Err(HpackError::IndexOutOfBounds(62)));
     // Literal with an indexed name past the table.
-    assert_eq!(
-        decode_all(&mut d, &[0x40 | 62, 0]),
-        Err(HpackError::IndexOutOfBounds(62))
-    );
-    assert_eq!(
-        decode_all(&mut d, &[0x0f, 62 - 15, 0]),
-        Err(HpackError::IndexOutOfBounds(62))
-    );
+    assert_eq!(decode_all(&mut d, &[0x40 | 62, 0]), Err(HpackError::IndexOutOfBounds(62)));
+    assert_eq!(decode_all(&mut d, &[0x0f, 62 - 15, 0]), Err(HpackError::IndexOutOfBounds(62)));
     let mut d = Decoder::new(4096);
-    assert_eq!(
-        decode_all(&mut d, &[0x81, 0xbd]).unwrap(),
-        fields(&[(":authority", ""), ("www-authenticate", "")])
-    );
+    assert_eq!(decode_all(&mut d, &[0x81, 0xbd]).unwrap(), fields(&[(":authority", ""), ("www-authenticate", "")]));
     decode_all(&mut d, &hex("4001 6101 62")).unwrap();
     assert_eq!(decode_all(&mut d, &[0xbe]).unwrap(), fields(&[("a", "b")]));
-    assert_eq!(
-        decode_all(&mut d, &[0xbf]),
-        Err(HpackError::IndexOutOfBounds(63))
-    );
+    assert_eq!(decode_all(&mut d, &[0xbf]), Err(HpackError::IndexOutOfBounds(63)));
 }
 
 #[test]
@@ -313,10 +221,7 @@ fn truncated_blocks_are_rejected() {
     }
     // A string length past the end of the block, even a huge one.
     let mut d = Decoder::new(4096);
-    assert_eq!(
-        decode_all(&mut d, &[0x00, 0x7f, 0xff, 0xff, 0xff, 0x7f]),
-        Err(HpackError::Truncated)
-    );
+    assert_eq!(decode_all(&mut d, &[0x00, 0x7f, 0xff, 0xff, 0xff, 0x7f]), Err(HpackError::Truncated));
 }
 
 #[test]
@@ -353,21 +258,13 @@ fn literal_representations() {
     );
     assert_eq!(d.table_size(), 0);
     // Huffman and raw encodings of the same field decode alike.
-    for (huffman_name, huffman_value) in
-        [(false, false), (true, false), (false, true), (true, true)]
-    {
+    for (huffman_name, huffman_value) in [(false, false), (true, false), (false, true), (true, true)] {
         let mut block = vec![0x40];
         TestEncoder::string(&mut block, b"grpc-timeout", huffman_name);
         TestEncoder::string(&mut block, b"2999869u", huffman_value);
         let mut d = Decoder::new(4096);
-        assert_eq!(
-            decode_all(&mut d, &block).unwrap(),
-            fields(&[("grpc-timeout", "2999869u")])
-        );
-        assert_eq!(
-            decode_all(&mut d, &[0xbe]).unwrap(),
-            fields(&[("grpc-timeout", "2999869u")])
-        );
+        assert_eq!(decode_all(&mut d, &block).unwrap(), fields(&[("grpc-timeout", "2999869u")]));
+        assert_eq!(decode_all(&mut d, &[0xbe]).unwrap(), fields(&[("grpc-timeout", "2999869u")]));
         assert_eq!(d.table_size(), 12 + 8 + 32);
     }
 }
@@ -379,18 +276,12 @@ fn table_size_updates() {
     assert!(decode_all(&mut d, &[0x3f, 0xe1, 0x1f, 0x82]).is_ok());
     assert_eq!(
         decode_all(&mut d, &[0x3f, 0xe2, 0x1f, 0x82]),
-        Err(HpackError::TableSizeTooLarge {
-            size: 4097,
-            limit: 4096
-        })
+        Err(HpackError::TableSizeTooLarge { size: 4097, limit: 4096 })
     );
     // Only at the start of a block, but several are allowed there, and a
     // block may consist of size updates alone.
     let mut d = Decoder::new(4096);
-    assert_eq!(
-        decode_all(&mut d, &[0x82, 0x20]),
-        Err(HpackError::LateTableSizeUpdate)
-    );
+    assert_eq!(decode_all(&mut d, &[0x82, 0x20]), Err(HpackError::LateTableSizeUpdate));
     let mut d = Decoder::new(4096);
     assert_eq!(decode_all(&mut d, &[0x20, 0x3f, 0xe1, 0x1f]), Ok(vec![]));
     assert_eq!(decode_all(&mut d, &[0x20, 0x30, 0x84]).unwrap().len(), 1);
@@ -399,21 +290,12 @@ fn table_size_updates() {
     let mut d = Decoder::new(4096);
     decode_all(&mut d, &hex("4001 6101 31 4001 6201 32 4001 6301 33")).unwrap();
     assert_eq!(d.table_size(), 3 * 34);
-    assert_eq!(
-        decode_all(&mut d, &[0x3f, 0x2d, 0xbe, 0xbf]).unwrap(),
-        fields(&[("c", "3"), ("b", "2")])
-    );
+    assert_eq!(decode_all(&mut d, &[0x3f, 0x2d, 0xbe, 0xbf]).unwrap(), fields(&[("c", "3"), ("b", "2")]));
     assert_eq!(d.table_size(), 68);
-    assert_eq!(
-        decode_all(&mut d, &[0xc0]),
-        Err(HpackError::IndexOutOfBounds(64))
-    );
+    assert_eq!(decode_all(&mut d, &[0xc0]), Err(HpackError::IndexOutOfBounds(64)));
     assert!(decode_all(&mut d, &[0x20]).is_ok());
     assert_eq!(d.table_size(), 0);
-    assert_eq!(
-        decode_all(&mut d, &[0xbe]),
-        Err(HpackError::IndexOutOfBounds(62))
-    );
+    assert_eq!(decode_all(&mut d, &[0xbe]), Err(HpackError::IndexOutOfBounds(62)));
     // With a zero-size table, inserts are dropped; growing it back works.
     decode_all(&mut d, &hex("4001 6101 31")).unwrap();
     assert_eq!(d.table_size(), 0);
@@ -434,35 +316,20 @@ fn eviction_keeps_a_referenced_name() {
     assert_eq!(decode_all(&mut d, &block).unwrap(), expected);
     assert_eq!(d.table_size(), 65);
     assert_eq!(decode_all(&mut d, &[0xbe]).unwrap(), expected);
-    assert_eq!(
-        decode_all(&mut d, &[0xbf]),
-        Err(HpackError::IndexOutOfBounds(63))
-    );
+    assert_eq!(decode_all(&mut d, &[0xbf]), Err(HpackError::IndexOutOfBounds(63)));
     // An entry larger than the table empties it and is not added.
     let mut block = vec![0x40 | 62, 70];
     block.extend([b'y'; 70]);
-    assert_eq!(
-        decode_all(&mut d, &block).unwrap(),
-        vec![(b"name".to_vec(), vec![b'y'; 70])]
-    );
+    assert_eq!(decode_all(&mut d, &block).unwrap(), vec![(b"name".to_vec(), vec![b'y'; 70])]);
     assert_eq!(d.table_size(), 0);
 }
 
 #[test]
 fn huffman_errors_surface() {
     let mut d = Decoder::new(4096);
-    assert_eq!(
-        decode_all(&mut d, &[0x00, 0x81, 0xff, 0x00]),
-        Err(HpackError::HuffmanPaddingTooLong)
-    );
-    assert_eq!(
-        decode_all(&mut d, &[0x04, 0x81, 0x05]),
-        Err(HpackError::HuffmanInvalidPadding)
-    );
-    assert_eq!(
-        decode_all(&mut d, &[0x04, 0x84, 0xff, 0xff, 0xff, 0xff]),
-        Err(HpackError::HuffmanEos)
-    );
+    assert_eq!(decode_all(&mut d, &[0x00, 0x81, 0xff, 0x00]), Err(HpackError::HuffmanPaddingTooLong));
+    assert_eq!(decode_all(&mut d, &[0x04, 0x81, 0x05]), Err(HpackError::HuffmanInvalidPadding));
+    assert_eq!(decode_all(&mut d, &[0x04, 0x84, 0xff, 0xff, 0xff, 0xff]), Err(HpackError::HuffmanEos));
 }
 
 #[test]
@@ -485,10 +352,7 @@ fn emit_errors_stop_decoding() {
     });
     assert_eq!(result, Err(Stop::Enough));
     assert_eq!(seen, 2);
-    assert_eq!(
-        d.decode(&[0x80], |_, _| Ok::<(), Stop>(())),
-        Err(Stop::Hpack(HpackError::IndexOutOfBounds(0)))
-    );
+    assert_eq!(d.decode(&[0x80], |_, _| Ok::<(), Stop>(())), Err(Stop::Hpack(HpackError::IndexOutOfBounds(0))));
 }
 
 /// How the test encoder represents one field.
@@ -528,11 +392,7 @@ struct TestEncoder {
 
 impl TestEncoder {
     fn new() -> Self {
-        TestEncoder {
-            table: VecDeque::new(),
-            size: 0,
-            max_size: 4096,
-        }
+        TestEncoder { table: VecDeque::new(), size: 0, max_size: 4096 }
     }
 
     fn evict(&mut self) {
@@ -549,10 +409,7 @@ impl TestEncoder {
     }
 
     fn find(&self, name: &[u8], value: &[u8]) -> (Option<usize>, Option<usize>) {
-        let all = STATIC_TABLE
-            .iter()
-            .map(|(n, v)| (*n, *v))
-            .chain(self.table.iter().map(|(n, v)| (&n[..], &v[..])));
+        let all = STATIC_TABLE.iter().map(|(n, v)| (*n, *v)).chain(self.table.iter().map(|(n, v)| (&n[..], &v[..])));
         let (mut exact, mut name_only) = (None, None);
         for (i, (n, v)) in all.enumerate() {
             if n == name {
@@ -649,14 +506,8 @@ fn field_spec() -> impl Strategy<Value = FieldSpec> {
 }
 
 fn block_spec() -> impl Strategy<Value = BlockSpec> {
-    (
-        prop::collection::vec(0usize..=4096, 0..3),
-        prop::collection::vec(field_spec(), 1..10),
-    )
-        .prop_map(|(size_updates, fields)| BlockSpec {
-            size_updates,
-            fields,
-        })
+    (prop::collection::vec(0usize..=4096, 0..3), prop::collection::vec(field_spec(), 1..10))
+        .prop_map(|(size_updates, fields)| BlockSpec { size_updates, fields })
 }
 
 fn loona_decoder() -> loona_hpack::Decoder<'static> {

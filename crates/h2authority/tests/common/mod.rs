@@ -23,9 +23,7 @@ pub const PRIORITY_FLAG: u8 = 0x20;
 pub type Headers = Vec<(Vec<u8>, Vec<u8>)>;
 
 pub fn headers(list: &[(&str, &str)]) -> Headers {
-    list.iter()
-        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
-        .collect()
+    list.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())).collect()
 }
 
 /// One raw frame.
@@ -92,11 +90,8 @@ pub fn header_block_frames(framing: &Framing, block: &[u8]) -> Vec<u8> {
     cuts.push(block.len());
     cuts.sort_unstable();
     cuts.dedup();
-    let fragments: Vec<&[u8]> = if cuts.len() < 2 {
-        vec![block]
-    } else {
-        cuts.windows(2).map(|w| &block[w[0]..w[1]]).collect()
-    };
+    let fragments: Vec<&[u8]> =
+        if cuts.len() < 2 { vec![block] } else { cuts.windows(2).map(|w| &block[w[0]..w[1]]).collect() };
     let last = fragments.len() - 1;
     let mut out = Vec::new();
     for (i, fragment) in fragments.iter().enumerate() {
@@ -121,12 +116,7 @@ pub fn header_block_frames(framing: &Framing, block: &[u8]) -> Vec<u8> {
             }
             out.extend(frame(HEADERS, flags, framing.stream_id, &payload));
         } else {
-            out.extend(frame(
-                CONTINUATION,
-                end_headers,
-                framing.stream_id,
-                fragment,
-            ));
+            out.extend(frame(CONTINUATION, end_headers, framing.stream_id, fragment));
         }
     }
     out
@@ -151,10 +141,7 @@ pub enum Item {
 /// header blocks are HEADERS (+CONTINUATION ≤ 16384 bytes, no padding)
 /// and decodes them with one fresh decoder.
 pub fn decode_output(output: &[u8]) -> Vec<Item> {
-    assert!(
-        output.starts_with(PREFACE),
-        "output must start with the preface"
-    );
+    assert!(output.starts_with(PREFACE), "output must start with the preface");
     let mut decoder = loona_hpack::Decoder::new();
     let mut items = Vec::new();
     let mut pending: Option<(Block, Vec<u8>)> = None;
@@ -166,10 +153,7 @@ pub fn decode_output(output: &[u8]) -> Vec<Item> {
                 assert_eq!(f.flags & PADDED, 0, "output must not be padded");
                 assert_eq!(f.flags & !(END_STREAM | END_HEADERS | PRIORITY_FLAG), 0);
                 let (priority, fragment) = if f.flags & PRIORITY_FLAG != 0 {
-                    (
-                        Some(<[u8; 5]>::try_from(&f.payload[..5]).unwrap()),
-                        f.payload[5..].to_vec(),
-                    )
+                    (Some(<[u8; 5]>::try_from(&f.payload[..5]).unwrap()), f.payload[5..].to_vec())
                 } else {
                     (None, f.payload.clone())
                 };
@@ -222,10 +206,7 @@ pub fn blocks(items: &[Item]) -> Vec<Headers> {
 /// Encodes header lists with one client-side encoder (dynamic table on).
 pub fn encode_blocks(lists: &[Headers]) -> Vec<Vec<u8>> {
     let mut encoder = loona_hpack::Encoder::new();
-    lists
-        .iter()
-        .map(|l| encoder.encode(l.iter().map(|(n, v)| (&n[..], &v[..]))))
-        .collect()
+    lists.iter().map(|l| encoder.encode(l.iter().map(|(n, v)| (&n[..], &v[..])))).collect()
 }
 
 /// A typical kube-apiserver request header list.

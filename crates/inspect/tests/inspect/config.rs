@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use envelope_inspect::{
-    EncryptionConfig, Error, KmsApiVersion, Provider, ProviderKind, StaticProvider,
-};
+use envelope_inspect::{EncryptionConfig, Error, KmsApiVersion, Provider, ProviderKind, StaticProvider};
 
 const FULL: &str = r#"
 apiVersion: apiserver.config.k8s.io/v1
@@ -66,9 +64,7 @@ fn err(yaml: &str) -> String {
 }
 
 fn one_provider(provider: &str) -> String {
-    header(&format!(
-        "resources:\n  - resources: [secrets]\n    providers:\n      - {provider}\n"
-    ))
+    header(&format!("resources:\n  - resources: [secrets]\n    providers:\n      - {provider}\n"))
 }
 
 #[test]
@@ -91,42 +87,27 @@ fn full_file() {
     assert_eq!(kms[1].socket_path(), "@abstract-kms");
     assert_eq!(kms[2].cache_size, Some(1000), "v1 default cache size");
     assert_eq!(kms[2].timeout, Duration::from_secs(3), "default timeout");
-    assert_eq!(
-        c.kms_provider(ProviderKind::KmsV1, "old:v1")
-            .map(|k| k.name.as_str()),
-        Some("old:v1")
-    );
+    assert_eq!(c.kms_provider(ProviderKind::KmsV1, "old:v1").map(|k| k.name.as_str()), Some("old:v1"));
     assert!(c.kms_provider(ProviderKind::KmsV2, "old:v1").is_none());
 
     let gcm = c.static_keys(StaticProvider::AesGcm);
     assert_eq!(
-        gcm.iter()
-            .map(|k| (k.name.as_str(), k.secret().len()))
-            .collect::<Vec<_>>(),
+        gcm.iter().map(|k| (k.name.as_str(), k.secret().len())).collect::<Vec<_>>(),
         [("k128", 16), ("k192", 24)]
     );
     // key1 appears twice with the same secret: returned once.
     let cbc = c.static_keys(StaticProvider::AesCbc);
     assert_eq!(cbc.len(), 1);
     assert_eq!(cbc[0].secret(), (0u8..32).collect::<Vec<_>>());
-    assert_eq!(
-        c.static_keys_named(StaticProvider::Secretbox, "sb").len(),
-        1
-    );
-    assert!(
-        c.static_keys_named(StaticProvider::Secretbox, "nope")
-            .is_empty()
-    );
+    assert_eq!(c.static_keys_named(StaticProvider::Secretbox, "sb").len(), 1);
+    assert!(c.static_keys_named(StaticProvider::Secretbox, "nope").is_empty());
     assert_eq!(c.names(ProviderKind::KmsV1), ["old:v1", "v1-only"]);
     assert_eq!(c.names(ProviderKind::AesGcm), ["k128", "k192"]);
     assert!(c.names(ProviderKind::Identity).is_empty());
 
     // Debug never shows secrets.
     let dbg = format!("{:?}", c);
-    assert!(
-        dbg.contains("<32 bytes>") && !dbg.contains("[0, 1, 2"),
-        "{dbg}"
-    );
+    assert!(dbg.contains("<32 bytes>") && !dbg.contains("[0, 1, 2"), "{dbg}");
 }
 
 #[test]
@@ -137,10 +118,7 @@ fn load_from_file() {
     std::fs::write(&path, FULL).unwrap();
     assert_eq!(EncryptionConfig::load(&path).unwrap().rules().len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(matches!(
-        EncryptionConfig::load(&path),
-        Err(Error::Io { .. })
-    ));
+    assert!(matches!(EncryptionConfig::load(&path), Err(Error::Io { .. })));
 }
 
 #[test]
@@ -153,8 +131,16 @@ fn rejects_bad_files() {
         (header("resources: []\n"), "at least one"),
         (header("resources:\n  - resources: [secrets]\n    providers: []\n"), "at least one provider"),
         (header("resources:\n  - resources: []\n    providers: [{identity: {}}]\n"), "at least one resource"),
-        (header("resources:\n  - resources: [secrets]\n    providers: [{identity: {}}]\n    extra: 1\n"), "unknown field"),
-        (header("resources:\n  - resources: [secrets]\n    resources: [configmaps]\n    providers: [{identity: {}}]\n"), "duplicate"),
+        (
+            header("resources:\n  - resources: [secrets]\n    providers: [{identity: {}}]\n    extra: 1\n"),
+            "unknown field",
+        ),
+        (
+            header(
+                "resources:\n  - resources: [secrets]\n    resources: [configmaps]\n    providers: [{identity: {}}]\n",
+            ),
+            "duplicate",
+        ),
         (one_provider("{identity: {}, aescbc: {keys: [{name: a, secret: AAECAwQFBgcICQoLDA0ODw==}]}}"), "exactly one"),
         (one_provider("{}"), "exactly one"),
         (one_provider("{identity: {x: 1}}"), "unknown field"),
@@ -172,17 +158,33 @@ fn rejects_bad_files() {
         (one_provider("{kms: {name: '', endpoint: 'unix:///a'}}"), "name"),
         (one_provider("{kms: {name: a, endpoint: 'unix:///a', timeout: 0s}}"), "timeout"),
         (one_provider("{kms: {name: a, endpoint: 'unix:///a', timeout: 3}}"), "timeout"),
-        (header("resources:\n  - resources: [secrets]\n    providers: [{kms: {apiVersion: v2, name: a, endpoint: 'unix:///a'}}]\n  - resources: [configmaps]\n    providers: [{kms: {apiVersion: v2, name: a, endpoint: 'unix:///b'}}]\n"), "more than once"),
+        (
+            header(
+                "resources:\n  - resources: [secrets]\n    providers: [{kms: {apiVersion: v2, name: a, endpoint: 'unix:///a'}}]\n  - resources: [configmaps]\n    providers: [{kms: {apiVersion: v2, name: a, endpoint: 'unix:///b'}}]\n",
+            ),
+            "more than once",
+        ),
         (header("resources:\n  - resources: ['*']\n    providers: [{identity: {}}]\n"), "not allowed"),
         (header("resources:\n  - resources: ['secrets.*']\n    providers: [{identity: {}}]\n"), "not allowed"),
         (header("resources:\n  - resources: [Secrets]\n    providers: [{identity: {}}]\n"), "lowercase"),
         (header("resources:\n  - resources: [secrets, secrets]\n    providers: [{identity: {}}]\n"), "twice"),
         (header("resources:\n  - resources: ['*.*', secrets]\n    providers: [{identity: {}}]\n"), "overlaps"),
-        (header("resources:\n  - resources: ['*.']\n    providers: [{identity: {}}]\n  - resources: [secrets]\n    providers: [{identity: {}}]\n"), "earlier rule"),
+        (
+            header(
+                "resources:\n  - resources: ['*.']\n    providers: [{identity: {}}]\n  - resources: [secrets]\n    providers: [{identity: {}}]\n",
+            ),
+            "earlier rule",
+        ),
         (header("resources:\n  - resources: [ingresses.extensions]\n    providers: [{identity: {}}]\n"), "extensions"),
         (header("resources:\n  - resources: [events.events.k8s.io]\n    providers: [{identity: {}}]\n"), "events"),
-        (header("resources:\n  - resources: [serviceipallocations]\n    providers: [{identity: {}}]\n"), "cannot be encrypted"),
-        ("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources: []\n---\nx: 1\n".into(), ""),
+        (
+            header("resources:\n  - resources: [serviceipallocations]\n    providers: [{identity: {}}]\n"),
+            "cannot be encrypted",
+        ),
+        (
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources: []\n---\nx: 1\n".into(),
+            "",
+        ),
     ];
     for (yaml, needle) in cases {
         let m = err(&yaml);

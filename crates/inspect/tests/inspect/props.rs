@@ -2,8 +2,7 @@
 //! bit-flipped values are classified and rejected without panicking.
 
 use envelope_inspect::{
-    Classified, DekSourceType, StaticProvider, classify, classify_with_names, decode_object,
-    decrypt, writer,
+    Classified, DekSourceType, StaticProvider, classify, classify_with_names, decode_object, decrypt, writer,
 };
 use proptest::prelude::*;
 

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use envelope_inspect::{
-    Classified, DekSourceType, EncryptionConfig, Error, ProviderKind, StaticProvider, classify,
-    classify_with_config, decode_object, decrypt, writer,
+    Classified, DekSourceType, EncryptionConfig, Error, ProviderKind, StaticProvider, classify, classify_with_config,
+    decode_object, decrypt, writer,
 };
 
 const KEY: &[u8] = b"/registry/secrets/prod/db-credentials";
@@ -14,11 +14,8 @@ fn secret_plaintext() -> Vec<u8> {
     let mut meta = writer::new_object_meta("prod", "db-credentials", "0b7e-uid", 1_700_000_000);
     meta.labels.insert("app".into(), "db".into());
     meta.annotations.insert("note".into(), "x".into());
-    let data: BTreeMap<String, Vec<u8>> = [
-        ("password".to_owned(), b"s3cr3t\x00\xff".to_vec()),
-        ("user".to_owned(), b"admin".to_vec()),
-    ]
-    .into();
+    let data: BTreeMap<String, Vec<u8>> =
+        [("password".to_owned(), b"s3cr3t\x00\xff".to_vec()), ("user".to_owned(), b"admin".to_vec())].into();
     writer::encode_secret(&writer::new_secret(meta, data, "Opaque")).to_vec()
 }
 
@@ -26,12 +23,7 @@ fn check_secret(plaintext: &[u8]) {
     let object = decode_object(plaintext).expect("decodes");
     let s = object.summary();
     assert_eq!(
-        (
-            s.kind.as_str(),
-            s.namespace.as_str(),
-            s.name.as_str(),
-            s.uid.as_str()
-        ),
+        (s.kind.as_str(), s.namespace.as_str(), s.name.as_str(), s.uid.as_str()),
         ("Secret", "prod", "db-credentials", "0b7e-uid")
     );
     assert_eq!(s.data_keys, ["password", "user"]);
@@ -78,28 +70,16 @@ fn kms_v2_seed_mode() {
     assert_eq!(v.encrypted_dek_source, [1, 2, 3, 4]);
     assert_eq!(v.encrypted_data_len, 32 + 12 + pt.len() + 16);
     let line = c.to_string();
-    assert!(
-        line.contains("audit.kms.example.io") && line.contains("HKDF"),
-        "{line}"
-    );
+    assert!(line.contains("audit.kms.example.io") && line.contains("HKDF"), "{line}");
 
     let out = decrypt::kms_v2(KEY, &value, seed.as_slice()).unwrap();
     assert_eq!(out.as_slice(), pt.as_slice());
     check_secret(&out);
-    assert!(matches!(
-        decrypt::kms_v2(OTHER_KEY, &value, seed.as_slice()),
-        Err(Error::DecryptionFailed { .. })
-    ));
+    assert!(matches!(decrypt::kms_v2(OTHER_KEY, &value, seed.as_slice()), Err(Error::DecryptionFailed { .. })));
     assert!(decrypt::kms_v2(KEY, &value, &[9u8; 32]).is_err());
-    assert!(matches!(
-        decrypt::kms_v2(KEY, &value, &[9u8; 16]),
-        Err(Error::InvalidKey(_))
-    ));
+    assert!(matches!(decrypt::kms_v2(KEY, &value, &[9u8; 16]), Err(Error::InvalidKey(_))));
     // Two writes differ (fresh info and nonce).
-    assert_ne!(
-        value,
-        writer::kms_v2_seed(KEY, &pt, seed.as_slice(), &envelope()).unwrap()
-    );
+    assert_ne!(value, writer::kms_v2_seed(KEY, &pt, seed.as_slice(), &envelope()).unwrap());
 }
 
 #[test]
@@ -107,9 +87,7 @@ fn kms_v2_key_mode() {
     let pt = secret_plaintext();
     let dek = [5u8; 32];
     let value = writer::kms_v2_aes_gcm_key(KEY, &pt, &dek, 1_000_000_001, &envelope()).unwrap();
-    let Classified::KmsV2(v) = classify(KEY, &value) else {
-        panic!()
-    };
+    let Classified::KmsV2(v) = classify(KEY, &value) else { panic!() };
     assert_eq!(v.dek_source_type, DekSourceType::AesGcmKey);
     check_secret(&decrypt::kms_v2(KEY, &value, &dek).unwrap());
     assert!(decrypt::kms_v2(OTHER_KEY, &value, &dek).is_err());
@@ -121,10 +99,7 @@ fn kms_v2_writer_validates_like_apiserver() {
     let seed = [1u8; 32];
     let mut e = envelope();
     e.annotations.insert("kms.example.io/bad".into(), vec![]);
-    assert!(matches!(
-        writer::kms_v2_seed(KEY, &pt, &seed, &e),
-        Err(Error::InvalidInput(_))
-    ));
+    assert!(matches!(writer::kms_v2_seed(KEY, &pt, &seed, &e), Err(Error::InvalidInput(_))));
     let mut e = envelope();
     e.key_id.clear();
     assert!(writer::kms_v2_seed(KEY, &pt, &seed, &e).is_err());
@@ -134,10 +109,7 @@ fn kms_v2_writer_validates_like_apiserver() {
     let mut e = envelope();
     e.provider_name = "a:b".into();
     assert!(writer::kms_v2_seed(KEY, &pt, &seed, &e).is_err());
-    assert!(matches!(
-        writer::kms_v2_seed(KEY, &pt, &[1u8; 31], &envelope()),
-        Err(Error::InvalidKey(_))
-    ));
+    assert!(matches!(writer::kms_v2_seed(KEY, &pt, &[1u8; 31], &envelope()), Err(Error::InvalidKey(_))));
 }
 
 #[test]
@@ -145,15 +117,10 @@ fn kms_v2_unknown_dek_source_type_is_reported() {
     let data = writer::seal_aes_gcm(&[1u8; 32], &[0u8; 12], KEY, b"x").unwrap();
     let value = writer::kms_v2_value(&envelope(), DekSourceType::from_i32(7), data).unwrap();
     let c = classify(KEY, &value);
-    let Classified::KmsV2(v) = &c else {
-        panic!("{c}")
-    };
+    let Classified::KmsV2(v) = &c else { panic!("{c}") };
     assert_eq!(v.dek_source_type, DekSourceType::Unknown(7));
     assert!(c.to_string().contains("UNKNOWN(7)"));
-    assert!(matches!(
-        decrypt::kms_v2(KEY, &value, &[1u8; 32]),
-        Err(Error::UnsupportedDekSourceType(7))
-    ));
+    assert!(matches!(decrypt::kms_v2(KEY, &value, &[1u8; 32]), Err(Error::UnsupportedDekSourceType(7))));
 }
 
 #[test]
@@ -165,9 +132,7 @@ fn kms_v1_gcm_and_legacy_cbc() {
     // Default split stops at the first ':'; the configured name resolves it.
     assert_eq!(classify(KEY, &value).name(), Some("legacy"));
     let c = envelope_inspect::classify_with_names(KEY, &value, &["legacy:kms"]);
-    let Classified::KmsV1(v) = &c else {
-        panic!("{c}")
-    };
+    let Classified::KmsV1(v) = &c else { panic!("{c}") };
     assert_eq!(v.provider_name, "legacy:kms");
     assert_eq!(v.wrapped_dek, wrapped);
     let out = decrypt::kms_v1(KEY, &value, "legacy:kms", &dek).unwrap();
@@ -175,9 +140,7 @@ fn kms_v1_gcm_and_legacy_cbc() {
     check_secret(&out.plaintext);
     assert!(matches!(
         decrypt::kms_v1(OTHER_KEY, &value, "legacy:kms", &dek),
-        Err(Error::DecryptionFailed {
-            provider: ProviderKind::KmsV1
-        })
+        Err(Error::DecryptionFailed { provider: ProviderKind::KmsV1 })
     ));
 
     let value = writer::kms_v1_legacy_cbc(&pt, "p", &dek, &wrapped).unwrap();
@@ -206,11 +169,7 @@ fn static_providers() {
             check_secret(&out);
             // Only aesgcm binds the etcd key.
             let moved = decrypt::static_key(provider, OTHER_KEY, &value, "key1", &key);
-            assert_eq!(
-                moved.is_ok(),
-                provider != StaticProvider::AesGcm,
-                "{provider}"
-            );
+            assert_eq!(moved.is_ok(), provider != StaticProvider::AesGcm, "{provider}");
             // Wrong key, wrong name, wrong provider.
             let mut wrong = key.clone();
             wrong[0] ^= 1;
@@ -218,14 +177,8 @@ fn static_providers() {
                 assert!(decrypt::static_key(provider, KEY, &value, "key1", &wrong).is_err());
             }
             assert!(decrypt::static_key(provider, KEY, &value, "key2", &key).is_err());
-            let other = StaticProvider::ALL
-                .into_iter()
-                .find(|p| *p != provider)
-                .unwrap();
-            assert!(matches!(
-                decrypt::static_key(other, KEY, &value, "key1", &key),
-                Err(Error::WrongProvider { .. })
-            ));
+            let other = StaticProvider::ALL.into_iter().find(|p| *p != provider).unwrap();
+            assert!(matches!(decrypt::static_key(other, KEY, &value, "key1", &key), Err(Error::WrongProvider { .. })));
         }
     }
 }
@@ -257,10 +210,7 @@ fn decrypt_with_config() {
     ];
     for (provider, name, key) in cases {
         let value = writer::static_key(provider, KEY, &pt, name, &key).unwrap();
-        assert_eq!(
-            classify_with_config(KEY, &value, &config).name(),
-            Some(name)
-        );
+        assert_eq!(classify_with_config(KEY, &value, &config).name(), Some(name));
         let out = decrypt::with_config(KEY, &value, &config).unwrap();
         assert_eq!((out.provider, out.key_name.as_str()), (provider, name));
         check_secret(&out.plaintext);
@@ -269,24 +219,15 @@ fn decrypt_with_config() {
     let value = writer::static_key(StaticProvider::AesGcm, KEY, &pt, "gone", &[0u8; 32]).unwrap();
     assert!(matches!(
         decrypt::with_config(KEY, &value, &config),
-        Err(Error::NoMatchingKey {
-            provider: ProviderKind::AesGcm,
-            ..
-        })
+        Err(Error::NoMatchingKey { provider: ProviderKind::AesGcm, .. })
     ));
     // Same name, wrong secret.
     let value = writer::static_key(StaticProvider::Secretbox, KEY, &pt, "sb", &[7u8; 32]).unwrap();
-    assert!(matches!(
-        decrypt::with_config(KEY, &value, &config),
-        Err(Error::DecryptionFailed { .. })
-    ));
+    assert!(matches!(decrypt::with_config(KEY, &value, &config), Err(Error::DecryptionFailed { .. })));
     // Not a static-key value.
     assert!(matches!(
         decrypt::with_config(KEY, &pt, &config),
-        Err(Error::WrongProvider {
-            found: ProviderKind::Identity,
-            ..
-        })
+        Err(Error::WrongProvider { found: ProviderKind::Identity, .. })
     ));
 }
 
@@ -304,10 +245,7 @@ fn identity_values() {
     let object = decode_object(json).unwrap();
     assert_eq!(object.encoding(), envelope_inspect::ObjectEncoding::Json);
     let s = object.summary();
-    assert_eq!(
-        (s.kind.as_str(), s.namespace.as_str(), s.name.as_str()),
-        ("Widget", "ns", "w")
-    );
+    assert_eq!((s.kind.as_str(), s.namespace.as_str(), s.name.as_str()), ("Widget", "ns", "w"));
     assert!(object.json()["metadata"].get("resourceVersion").is_none());
     assert_eq!(object.json()["spec"]["size"], 3);
 }
@@ -341,22 +279,14 @@ fn config_map_and_other_kinds() {
 
     // Any other built-in kind: metadata from field 1; other fields skipped.
     use prost::Message;
-    let mut raw = envelope_proto::k8s::ObjectMetadataOnly {
-        metadata: Some(meta),
-    }
-    .encode_to_vec();
+    let mut raw = envelope_proto::k8s::ObjectMetadataOnly { metadata: Some(meta) }.encode_to_vec();
     raw.extend_from_slice(&[0x12, 0x03, b'a', b'b', b'c']); // field 2 (a spec), skipped
     let pt = writer::encode_object("apps/v1", "Deployment", &raw);
     let object = decode_object(&pt).unwrap();
     assert!(!object.is_complete());
     let s = object.summary();
     assert_eq!(
-        (
-            s.api_version.as_str(),
-            s.kind.as_str(),
-            s.namespace.as_str(),
-            s.name.as_str()
-        ),
+        (s.api_version.as_str(), s.kind.as_str(), s.namespace.as_str(), s.name.as_str()),
         ("apps/v1", "Deployment", "kube-system", "cfg")
     );
     assert_eq!(object.json()["apiVersion"], "apps/v1");
@@ -371,30 +301,15 @@ fn classification_of_malformed_values() {
     };
     // KMS v1: truncated length, length past the end, zero length.
     let c = corrupt(b"k8s:enc:kms:v1:p:\x00");
-    assert_eq!(
-        (c.claimed, c.name.as_deref()),
-        (ProviderKind::KmsV1, Some("p"))
-    );
+    assert_eq!((c.claimed, c.name.as_deref()), (ProviderKind::KmsV1, Some("p")));
     assert!(c.reason.contains("length"), "{}", c.reason);
-    assert!(
-        corrupt(b"k8s:enc:kms:v1:p:\x01\x00abc")
-            .reason
-            .contains("exceeds")
-    );
-    assert!(
-        corrupt(b"k8s:enc:kms:v1:p:\x00\x00abc")
-            .reason
-            .contains("0")
-    );
+    assert!(corrupt(b"k8s:enc:kms:v1:p:\x01\x00abc").reason.contains("exceeds"));
+    assert!(corrupt(b"k8s:enc:kms:v1:p:\x00\x00abc").reason.contains("0"));
     // KMS v2: not protobuf; empty fields.
     let c = corrupt(b"k8s:enc:kms:v2:p:\xff\xff\xff");
     assert!(c.reason.contains("does not decode"), "{}", c.reason);
     assert_eq!(c.claimed, ProviderKind::KmsV2);
-    assert!(
-        corrupt(b"k8s:enc:kms:v2:p:")
-            .reason
-            .contains("encryptedData is empty")
-    );
+    assert!(corrupt(b"k8s:enc:kms:v2:p:").reason.contains("encryptedData is empty"));
     let obj = envelope_proto::v2::EncryptedObject {
         encrypted_data: vec![0; 100],
         key_id: String::new(),
@@ -406,33 +321,16 @@ fn classification_of_malformed_values() {
     v.extend_from_slice(&prost::Message::encode_to_vec(&obj));
     assert!(corrupt(&v).reason.contains("keyID is empty"));
     // Static: short payloads, CBC block size, missing/empty names.
-    assert!(
-        corrupt(b"k8s:enc:aesgcm:v1:k:short")
-            .reason
-            .contains("shorter")
-    );
+    assert!(corrupt(b"k8s:enc:aesgcm:v1:k:short").reason.contains("shorter"));
     let mut v = b"k8s:enc:aescbc:v1:k:".to_vec();
     v.extend_from_slice(&[0; 33]);
     assert!(corrupt(&v).reason.contains("blocks"));
-    assert!(
-        corrupt(b"k8s:enc:secretbox:v1:noname")
-            .reason
-            .contains("':'")
-    );
-    assert!(
-        corrupt(b"k8s:enc:secretbox:v1::xyz")
-            .reason
-            .contains("empty name")
-    );
+    assert!(corrupt(b"k8s:enc:secretbox:v1:noname").reason.contains("':'"));
+    assert!(corrupt(b"k8s:enc:secretbox:v1::xyz").reason.contains("empty name"));
     let c = corrupt(b"k8s:enc:aesgcm:v1:\xff:xyz");
     assert!(c.reason.contains("UTF-8"));
     assert!(classify(KEY, b"k8s:enc:aesgcm:v1:\xff:xyz").is_encrypted());
-    assert_eq!(
-        classify(KEY, b"k8s:enc:aesgcm:v1:\xff:xyz")
-            .provider()
-            .as_str(),
-        "corrupt"
-    );
+    assert_eq!(classify(KEY, b"k8s:enc:aesgcm:v1:\xff:xyz").provider().as_str(), "corrupt");
 
     // Unknown prefixes and unrecognised bytes.
     match classify(KEY, b"k8s:enc:kms:v3:p:data") {
@@ -454,19 +352,7 @@ fn classification_of_malformed_values() {
 #[test]
 fn kinds_have_stable_names() {
     let names: Vec<_> = ProviderKind::ALL.iter().map(|k| k.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "identity",
-            "aescbc",
-            "aesgcm",
-            "secretbox",
-            "kms-v1",
-            "kms-v2",
-            "unknown",
-            "corrupt"
-        ]
-    );
+    assert_eq!(names, ["identity", "aescbc", "aesgcm", "secretbox", "kms-v1", "kms-v2", "unknown", "corrupt"]);
 }
 
 #[test]
@@ -479,10 +365,7 @@ fn debug_output_hides_plaintext() {
     assert!(dbg.contains("bytes>") && !dbg.contains("115, 51"), "{dbg}");
     let object = decode_object(&out.plaintext).unwrap();
     let dbg = format!("{object:?}");
-    assert!(
-        dbg.contains("db-credentials") && !dbg.contains("czNjcjN0"),
-        "{dbg}"
-    );
+    assert!(dbg.contains("db-credentials") && !dbg.contains("czNjcjN0"), "{dbg}");
     let v1 = writer::kms_v1(KEY, &pt, "p", &[3u8; 32], &[1]).unwrap();
     let dbg = format!("{:?}", decrypt::kms_v1(KEY, &v1, "p", &[3u8; 32]).unwrap());
     assert!(dbg.contains("AesGcm") && dbg.contains("bytes>"), "{dbg}");

@@ -3,8 +3,7 @@
 
 use base64::Engine as _;
 use envelope_inspect::{
-    Classified, DekSourceType, ObjectEncoding, ProviderKind, StaticProvider, classify,
-    decode_object, decrypt, writer,
+    Classified, DekSourceType, ObjectEncoding, ProviderKind, StaticProvider, classify, decode_object, decrypt, writer,
 };
 use prost::Message;
 
@@ -45,18 +44,12 @@ const VALUE_11_2: &str = "
 
 /// The upstream test plugin "wraps" by base64-encoding, so unwrapping is base64-decoding.
 fn unwrap_test_plugin(wrapped: &[u8]) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(wrapped)
-        .expect("test plugin ciphertext is base64")
+    base64::engine::general_purpose::STANDARD.decode(wrapped).expect("test plugin ciphertext is base64")
 }
 
 fn encrypted_data(value: &[u8]) -> Vec<u8> {
-    let payload = value
-        .strip_prefix(b"k8s:enc:kms:v2:kms-provider:".as_slice())
-        .expect("prefix");
-    envelope_proto::v2::EncryptedObject::decode(payload)
-        .expect("EncryptedObject")
-        .encrypted_data
+    let payload = value.strip_prefix(b"k8s:enc:kms:v2:kms-provider:".as_slice()).expect("prefix");
+    envelope_proto::v2::EncryptedObject::decode(payload).expect("EncryptedObject").encrypted_data
 }
 
 fn check_legacy_secret(plaintext: &[u8], name: &str) {
@@ -89,42 +82,25 @@ fn kms_v2_hkdf_seed_recorded_11_1() {
     assert_eq!(v.provider_name, "kms-provider");
     assert_eq!(v.key_id, "1");
     assert_eq!(v.dek_source_type, DekSourceType::HkdfSha256XNonceAesGcmSeed);
+    assert_eq!(v.encrypted_dek_source, b"/+WnKXQEM/AhXICYRNBeGk+WSuB+7OBuSYJTbP66Zyc=");
     assert_eq!(
-        v.encrypted_dek_source,
-        b"/+WnKXQEM/AhXICYRNBeGk+WSuB+7OBuSYJTbP66Zyc="
-    );
-    assert_eq!(
-        v.annotations
-            .get("local-kek.kms.kubernetes.io")
-            .map(Vec::as_slice),
+        v.annotations.get("local-kek.kms.kubernetes.io").map(Vec::as_slice),
         Some(b"encrypted-local-kek".as_slice())
     );
-    assert_eq!(
-        v.annotation_keys().collect::<Vec<_>>(),
-        ["local-kek.kms.kubernetes.io"]
-    );
+    assert_eq!(v.annotation_keys().collect::<Vec<_>>(), ["local-kek.kms.kubernetes.io"]);
     assert_eq!(v.encrypted_data_len, 465);
     assert!(v.is_stale("2"));
     assert!(!v.is_stale("1"));
 
     let seed = unwrap_test_plugin(&v.encrypted_dek_source);
-    assert_eq!(
-        seed,
-        unhex("ffe5a729740433f0215c809844d05e1a4f964ae07eece06e4982536cfeba6727")
-    );
+    assert_eq!(seed, unhex("ffe5a729740433f0215c809844d05e1a4f964ae07eece06e4982536cfeba6727"));
 
     let data = encrypted_data(&value);
     let info: [u8; 32] = data[..32].try_into().unwrap();
-    assert_eq!(
-        info.to_vec(),
-        unhex("120f87aea2a2f54a1106d0be8a81b615df3448a3b769935e29e569e27ffd6fee")
-    );
+    assert_eq!(info.to_vec(), unhex("120f87aea2a2f54a1106d0be8a81b615df3448a3b769935e29e569e27ffd6fee"));
     assert_eq!(data[32..44].to_vec(), unhex("221730b70aa00bece0fa0923"));
     let k = decrypt::derive_kms_v2_key(&seed, &info).unwrap();
-    assert_eq!(
-        k.to_vec(),
-        unhex("5cad1e7c7388618e86009092cac3eef592e41b9af5df436a59c0ab9570ac0d7f")
-    );
+    assert_eq!(k.to_vec(), unhex("5cad1e7c7388618e86009092cac3eef592e41b9af5df436a59c0ab9570ac0d7f"));
 
     let plaintext = decrypt::kms_v2(KEY_11_1, &value, &seed).expect("decrypts");
     assert_eq!(plaintext.len(), 405);
@@ -132,10 +108,7 @@ fn kms_v2_hkdf_seed_recorded_11_1() {
     check_legacy_secret(&plaintext, "dek-source-hkdf-sha256-xnonce-aes-gcm-seed");
     let object = decode_object(&plaintext).unwrap();
     assert_eq!(object.summary().uid, "87c514b4-9c26-4041-ad0d-0d07dca557ed");
-    assert_eq!(
-        object.json()["metadata"]["uid"],
-        "87c514b4-9c26-4041-ad0d-0d07dca557ed"
-    );
+    assert_eq!(object.json()["metadata"]["uid"], "87c514b4-9c26-4041-ad0d-0d07dca557ed");
 
     // runtime.Unknown fields 3 and 4 are present and empty.
     let unknown = envelope_proto::k8s::Unknown::decode(&plaintext[4..]).unwrap();
@@ -144,17 +117,12 @@ fn kms_v2_hkdf_seed_recorded_11_1() {
 
     // The writer reproduces kube-apiserver's serialization byte for byte.
     let secret = envelope_proto::k8s::Secret::decode(unknown.raw.as_deref().unwrap()).unwrap();
-    assert_eq!(
-        writer::encode_secret(&secret).as_slice(),
-        plaintext.as_slice()
-    );
+    assert_eq!(writer::encode_secret(&secret).as_slice(), plaintext.as_slice());
 
     // Wrong etcd key (AAD) and wrong seed fail.
     assert!(matches!(
         decrypt::kms_v2(b"/registry/secrets/other/name", &value, &seed),
-        Err(envelope_inspect::Error::DecryptionFailed {
-            provider: ProviderKind::KmsV2
-        })
+        Err(envelope_inspect::Error::DecryptionFailed { provider: ProviderKind::KmsV2 })
     ));
     assert!(decrypt::kms_v2(KEY_11_1, &value, &[0u8; 32]).is_err());
 }
@@ -170,16 +138,10 @@ fn kms_v2_aes_gcm_key_recorded_11_2() {
     assert_eq!(v.key_id, "1");
     assert!(v.is_stale("1"), "legacy mode is stale");
     let dek = unwrap_test_plugin(&v.encrypted_dek_source);
-    assert_eq!(
-        dek,
-        unhex("81a7c8bf04f4012a0a759fc3d4bd92947ef72d4323e6a6b786ba258df4b9d707")
-    );
+    assert_eq!(dek, unhex("81a7c8bf04f4012a0a759fc3d4bd92947ef72d4323e6a6b786ba258df4b9d707"));
     let data = encrypted_data(&value);
     assert_eq!(data[..12].to_vec(), unhex("b0c699dc01ca9a3b00000000"));
-    assert_eq!(
-        u64::from_le_bytes(data[4..12].try_into().unwrap()),
-        1_000_000_001
-    );
+    assert_eq!(u64::from_le_bytes(data[4..12].try_into().unwrap()), 1_000_000_001);
 
     let plaintext = decrypt::kms_v2(KEY_11_2, &value, &dek).expect("decrypts");
     check_legacy_secret(&plaintext, "dek-source-aes-gcm-key");
@@ -198,33 +160,18 @@ fn extended_nonce_gcm_recorded_11_3() {
         decrypt::derive_kms_v2_key(&seed, &info).unwrap().to_vec(),
         unhex("6e58b7659c304b0c382f42f16bd700465def1dead80bf6f1bf1d52073bdb0c00")
     );
-    let pt = decrypt::open_kms_v2_data(
-        DekSourceType::HkdfSha256XNonceAesGcmSeed,
-        &seed,
-        &ct,
-        b"bamboo",
-    )
-    .unwrap();
+    let pt = decrypt::open_kms_v2_data(DekSourceType::HkdfSha256XNonceAesGcmSeed, &seed, &ct, b"bamboo").unwrap();
     assert_eq!(pt.as_slice(), b"pandas are the best");
-    assert!(
-        decrypt::open_kms_v2_data(
-            DekSourceType::HkdfSha256XNonceAesGcmSeed,
-            &seed,
-            &ct,
-            b"bambo0"
-        )
-        .is_err()
-    );
+    assert!(decrypt::open_kms_v2_data(DekSourceType::HkdfSha256XNonceAesGcmSeed, &seed, &ct, b"bambo0").is_err());
 
-    let gcm = unhex(
-        "9f27c8fcea8a58c467d8e437dbf2d85955f9b4bd912f4ef967d788a0cb07797dac0a3f0a0845605ca85ac8562b4ae1",
-    );
+    let gcm = unhex("9f27c8fcea8a58c467d8e437dbf2d85955f9b4bd912f4ef967d788a0cb07797dac0a3f0a0845605ca85ac8562b4ae1");
     let pt = decrypt::open_aes_gcm(b"snorlax_awesomes", &gcm, b"bamboo").unwrap();
     assert_eq!(pt.as_slice(), b"pandas are the best");
 }
 
 const KMS_V1_11_4: &str = "6b38733a656e633a6b6d733a76313a70313a0008aaaaaaaaaaaaaaaa404142434445464748494a4b8adcc24f49170b80e2569f225dfef19b100891f731";
-const AESGCM_11_4: &str = "6b38733a656e633a61657367636d3a76313a6b6579313a404142434445464748494a4b8adcc24f49170b80e2569f225dfef19b100891f731";
+const AESGCM_11_4: &str =
+    "6b38733a656e633a61657367636d3a76313a6b6579313a404142434445464748494a4b8adcc24f49170b80e2569f225dfef19b100891f731";
 
 #[test]
 fn self_computed_11_4() {
@@ -272,17 +219,9 @@ fn self_computed_11_4() {
 fn independent_secretbox_and_aescbc() {
     let key: Vec<u8> = (0u8..32).collect();
     let sb_nonce: [u8; 24] = std::array::from_fn(|i| 0x40 + i as u8);
-    let sb = unhex(
-        "404142434445464748494a4b4c4d4e4f5051525354555657158ae64c372f6f919aadf164cb7983232272391555",
-    );
-    assert_eq!(
-        writer::seal_secretbox(&key, &sb_nonce, b"hello").unwrap(),
-        sb
-    );
-    assert_eq!(
-        decrypt::open_secretbox(&key, &sb).unwrap().as_slice(),
-        b"hello"
-    );
+    let sb = unhex("404142434445464748494a4b4c4d4e4f5051525354555657158ae64c372f6f919aadf164cb7983232272391555");
+    assert_eq!(writer::seal_secretbox(&key, &sb_nonce, b"hello").unwrap(), sb);
+    assert_eq!(decrypt::open_secretbox(&key, &sb).unwrap().as_slice(), b"hello");
     let mut value = StaticProvider::Secretbox.prefix("k");
     value.extend_from_slice(&sb);
     let pt = decrypt::static_key(StaticProvider::Secretbox, b"/any", &value, "k", &key).unwrap();
@@ -291,8 +230,5 @@ fn independent_secretbox_and_aescbc() {
     let iv: [u8; 16] = std::array::from_fn(|i| 0x40 + i as u8);
     let cbc = unhex("404142434445464748494a4b4c4d4e4ffd16f7efb1cf350ec4b42e82608cadd8");
     assert_eq!(writer::seal_aes_cbc(&key, &iv, b"hello").unwrap(), cbc);
-    assert_eq!(
-        decrypt::open_aes_cbc(&key, &cbc).unwrap().as_slice(),
-        b"hello"
-    );
+    assert_eq!(decrypt::open_aes_cbc(&key, &cbc).unwrap().as_slice(), b"hello");
 }

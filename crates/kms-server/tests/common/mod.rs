@@ -110,7 +110,12 @@ pub async fn start_custom(config: Config, creds: Vec<Credential>, audit: Option<
 }
 
 /// A server over an existing key store (several servers may share one).
-pub async fn start_on(store: Arc<KeyStore>, config: Config, creds: Vec<Credential>, audit: Option<AuditLog>) -> Harness {
+pub async fn start_on(
+    store: Arc<KeyStore>,
+    config: Config,
+    creds: Vec<Credential>,
+    audit: Option<AuditLog>,
+) -> Harness {
     let mut server = Server::new(store, CredentialStore::new(creds).unwrap(), config).unwrap();
     if let Some(log) = audit {
         server = server.with_audit(log);
@@ -155,9 +160,16 @@ impl Harness {
     }
 
     /// `headers` plus the signature headers, signed with `settings` (e.g. some headers excluded).
-    pub fn sign_headers(&self, mut headers: Vec<(String, String)>, body: &[u8], s: &Signer, settings: SigningSettings) -> Vec<(String, String)> {
+    pub fn sign_headers(
+        &self,
+        mut headers: Vec<(String, String)>,
+        body: &[u8],
+        s: &Signer,
+        settings: SigningSettings,
+    ) -> Vec<(String, String)> {
         let host = format!("127.0.0.1:{}", self.port);
-        let identity = aws_credential_types::Credentials::new(s.akid, s.secret, s.token.map(str::to_string), None, "test").into();
+        let identity =
+            aws_credential_types::Credentials::new(s.akid, s.secret, s.token.map(str::to_string), None, "test").into();
         let params = v4::SigningParams::builder()
             .identity(&identity)
             .region(s.region)
@@ -285,7 +297,10 @@ pub async fn external_key(h: &Harness) -> String {
 
 /// GetParametersForImport → (public key DER, token base64).
 pub async fn import_params(h: &Harness, id: &str, alg: &str, spec: &str) -> (Vec<u8>, String) {
-    let p = h.call("GetParametersForImport", json!({"KeyId": id, "WrappingAlgorithm": alg, "WrappingKeySpec": spec})).await.ok();
+    let p = h
+        .call("GetParametersForImport", json!({"KeyId": id, "WrappingAlgorithm": alg, "WrappingKeySpec": spec}))
+        .await
+        .ok();
     (unb64(&p["PublicKey"]), p["ImportToken"].as_str().unwrap().to_string())
 }
 

@@ -209,7 +209,6 @@ def test_no_key_material_or_plaintext_in_clear_on_disk(tmp_path):
 def test_backup_and_restore_say_that_the_credentials_are_not_in_the_backup(tmp_path):
     import signal
     import socket
-    import time
 
     data = tmp_path / "data"
     with socket.socket() as s:
@@ -217,12 +216,14 @@ def test_backup_and_restore_say_that_the_credentials_are_not_in_the_backup(tmp_p
         port = s.getsockname()[1]
     # A server with a generated credentials file in its data directory.
     p = subprocess.Popen([_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off",
-                          "--data-dir", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        end = time.time() + 30
-        while not (data / "credentials.yaml").exists():
-            assert p.poll() is None and time.time() < end
-            time.sleep(0.05)
+        # Serving (signal handlers installed, credentials written) once it says so.
+        for line in p.stdout:
+            if "listening on" in line:
+                break
+        assert p.poll() is None
+        assert (data / "credentials.yaml").exists()
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=30) == 0

@@ -174,4 +174,34 @@ pub enum KeyCommand {
         /// Alias or key id.
         key: String,
     },
+    /// Write every key, its versions (still sealed by root.key: nothing is unsealed into the
+    /// file), states and aliases to one file for `envelope key import` on the other control-plane
+    /// nodes. Consistent while the plugin runs (unlike a copy of keystore.db, which misses what is
+    /// still only in keystore.db-wal). Run it after every `key create` and `key rotate`.
+    #[command(after_help = "Example (on the node that rotated):
+  envelope key export --data-dir /var/lib/envelope --out /root/envelope-keys.export
+then copy the file to every other control-plane node and run `envelope key import` there.")]
+    Export {
+        /// File to write (mode 0600; refused if it exists, unless --force).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Merge a file written by `envelope key export` into this store: adds the keys, versions and
+    /// aliases it lacks and makes each key's newest version current. Safe while this node's
+    /// plugin runs (it reports the new key_id within one health interval); importing the same
+    /// file again changes nothing. Needs the same root.key as the exporting node; refuses, and
+    /// changes nothing, on a different root key, a damaged file or a key rotated on two nodes.
+    #[command(after_help = "Example (on every other control-plane node, root.key copied there once):
+  envelope key import --data-dir /var/lib/envelope --from /root/envelope-keys.export")]
+    Import {
+        /// Export file written by `envelope key export`.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// Report what would be added without changing the store.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }

@@ -22,11 +22,22 @@ fn run_inner(args: KeyArgs) -> Result<()> {
     let dir = args.data_dir.clone().unwrap_or_else(crate::config::default_data_dir);
     // Only `create` may start a new store; every other command needs the existing one, so a
     // mistyped --data-dir is an error rather than a fresh, empty store.
+    let importing = matches!(args.command, KeyCommand::Import { .. });
     let store = match args.command {
         KeyCommand::Create { .. } => KeyStore::open(&dir),
         _ => KeyStore::open_existing(&dir),
     }
-    .with_context(|| format!("cannot open the key store in {}", dir.display()))?;
+    .with_context(|| {
+        if importing && !dir.join(envelope_keystore::store::ROOT_KEY_FILE).exists() {
+            format!(
+                "cannot open the key store in {}: before the first import, copy root.key from the node that \
+                 exported (once, over a secure channel, mode 0600; see docs/operations.md, High availability)",
+                dir.display()
+            )
+        } else {
+            format!("cannot open the key store in {}", dir.display())
+        }
+    })?;
     let json = args.output == "json";
     match args.command {
         KeyCommand::Create { name, description } => {
@@ -57,7 +68,103 @@ fn run_inner(args: KeyArgs) -> Result<()> {
         KeyCommand::Rotate { key } => show(&store.rotate(&KeyRef::parse(&key)?)?, json),
         KeyCommand::Disable { key } => show(&store.set_enabled(&KeyRef::parse(&key)?, false)?, json),
         KeyCommand::Enable { key } => show(&store.set_enabled(&KeyRef::parse(&key)?, true)?, json),
+        KeyCommand::Export { out, force } => export(&store, &out, force, json),
+        KeyCommand::Import { from, dry_run } => import(&store, &from, dry_run, json),
     }
+}
+
+/// `envelope key export`: one consistent file with every key and version, sealed by root.key.
+fn export(store: &KeyStore, out: &std::path::Path, force: bool, json: bool) -> Result<()> {
+    let e = store.export().context("cannot export the keys")?;
+    envelope_keystore::export::write_file(out, &e.bytes, force)?;
+    if json {
+        let v = serde_json::json!({
+            "file": out, "keys": e.keys, "versions": e.versions, "aliases": e.aliases,
+            "skipped_external": e.skipped_external,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "exported {} key(s), {} version(s), {} alias(es) from {} to {} (mode 0600; key material sealed by root.key)",
+        e.keys,
+        e.versions,
+        e.aliases,
+        store.dir().display(),
+        out.display()
+    );
+    for id in &e.skipped_external {
+        println!("note: key {id} has imported key material (origin EXTERNAL) and is not exported");
+    }
+    println!(
+        "next: copy it to every other control-plane node and run there: envelope key import --data-dir {} --from FILE",
+        store.dir().display()
+    );
+    Ok(())
+}
+
+/// `envelope key import`: merge an export into this store and say what changed.
+fn import(store: &KeyStore, from: &std::path::Path, dry_run: bool, json: bool) -> Result<()> {
+    let bytes = envelope_keystore::export::read_file(from)?;
+    let s = store.import(&bytes, dry_run).with_context(|| format!("cannot import {}", from.display()))?;
+    let new_key_id = |id: &str| {
+        KeyRef::parse(id).ok().and_then(|r| store.describe(&r).ok()).map(|k| kms_key_id(&k)).unwrap_or_default()
+    };
+    if json {
+        let mut v = serde_json::to_value(&s)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("file".into(), from.display().to_string().into());
+            o.insert("changed".into(), s.changed().into());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let exported = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.exported_at.max(0) as u64),
+    );
+    if !s.changed() {
+        println!(
+            "nothing to import: {} already has every key, version and alias in {} (exported {exported})",
+            store.dir().display(),
+            from.display()
+        );
+    } else {
+        let verb = if dry_run { "dry run, nothing written: would add" } else { "imported: added" };
+        println!(
+            "{verb} {} key(s), {} version(s), {} alias(es) from {} (exported {exported})",
+            s.keys_added.len(),
+            s.versions_added,
+            s.aliases_added.len(),
+            from.display()
+        );
+        for id in &s.keys_added {
+            println!("  new key {id}");
+        }
+        for a in &s.aliases_added {
+            println!("  new alias {a}");
+        }
+        for c in &s.current_advanced {
+            if dry_run {
+                println!("  key {}: current version would move {} -> {}", c.key_id, c.from_seq, c.to_seq);
+            } else {
+                println!(
+                    "  key {}: current version {} -> {} (KMS key_id {}); a running plugin reports it within one \
+                     health interval",
+                    c.key_id,
+                    c.from_seq,
+                    c.to_seq,
+                    new_key_id(&c.key_id)
+                );
+            }
+        }
+    }
+    for d in &s.state_differs {
+        println!(
+            "note: key {} is {} here but {} in the export; left as it is (`envelope key enable|disable` changes it)",
+            d.key_id, d.here, d.file
+        );
+    }
+    Ok(())
 }
 
 /// The KMS v2 key_id the plugin reports for this key's current version.

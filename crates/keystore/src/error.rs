@@ -42,6 +42,10 @@ pub enum Error {
     /// Imported key material is not acceptable: not the material imported into the key before.
     #[error("incorrect key material: {0}")]
     IncorrectMaterial(String),
+    /// Two stores disagree about the same key (a key export that cannot be merged: the same key
+    /// or alias with different material or target). Nothing was changed.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The root key file is missing, unreadable or malformed, or sealed material does not open.
     #[error("root key: {0}")]
     RootKey(String),

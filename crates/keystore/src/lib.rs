@@ -9,6 +9,7 @@
 //! * [`root`]: the root key that seals key material at rest.
 //! * [`store`]: [`KeyStore`], SQLite storage plus an in-memory snapshot for the hot path.
 //! * [`backup`]: consistent database backups and verified restores.
+//! * [`export`]: sealed key export files, merged into another store with the same root key.
 //! * [`crypto`]: AES-256-GCM and randomness (aws-lc-rs).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@ pub mod blob;
 pub mod context;
 pub mod crypto;
 pub mod error;
+pub mod export;
 pub mod model;
 pub mod root;
 pub mod store;

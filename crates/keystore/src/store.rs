@@ -1045,6 +1045,11 @@ impl KeyStore {
         }
     }
 
+    /// The root key that seals this store's material (for export files, which carry it sealed).
+    pub(crate) fn root_key(&self) -> &RootKey {
+        &self.root
+    }
+
     pub(crate) fn lock_conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>> {
         self.conn.lock().map_err(|_| poisoned())
     }
@@ -1149,7 +1154,7 @@ fn normalise_alias(a: &str) -> Result<String> {
     Ok(name)
 }
 
-fn seal_aad(kid: &[u8; 16], mid: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn seal_aad(kid: &[u8; 16], mid: &[u8; 32]) -> Vec<u8> {
     let mut aad = Vec::with_capacity(16 + 16 + 32);
     aad.extend_from_slice(b"envelope-seal-v1");
     aad.extend_from_slice(kid);
@@ -1169,7 +1174,7 @@ fn parse_material_id(s: &str) -> Result<[u8; 32]> {
     Ok(out)
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PEERS = ("etcd", "kube-apiserver", "kubectl")
+PEERS = ("etcd", "etcdctl", "kube-apiserver", "kubectl")
 
 
 def envelope_bin():
@@ -29,7 +29,7 @@ def envelope_bin():
 
 
 def peers_bin():
-    """The directory of etcd, kube-apiserver and kubectl built by scripts/kube-peers."""
+    """The directory of etcd, etcdctl, kube-apiserver and kubectl built by scripts/kube-peers."""
     b = os.environ.get("KUBE_PEERS_BIN")
     env = ROOT / "target" / "kube-peers.env"
     if not b and env.exists():

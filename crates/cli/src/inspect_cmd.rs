@@ -13,7 +13,7 @@ use clap::Args;
 use envelope_inspect::classify::{Classified, DekSourceType};
 use envelope_inspect::config::EncryptionConfig;
 use envelope_inspect::report::Summary;
-use envelope_inspect::{decode_object, decrypt};
+use envelope_inspect::{decode_object, decrypt, input};
 use envelope_proto::{v1beta1, v2};
 use tonic::transport::{Channel, Endpoint};
 use zeroize::Zeroizing;
@@ -116,7 +116,8 @@ pub struct DecryptArgs {
     /// with --value-file too).
     #[arg(long, value_name = "KEY")]
     pub etcd_key: String,
-    /// Read the raw stored value from this file instead of etcd.
+    /// Read the raw stored value from this file instead of etcd, saved with `etcdctl get
+    /// --print-value-only KEY > FILE` (the one newline etcdctl appends is ignored).
     #[arg(long, value_name = "FILE")]
     pub value_file: Option<PathBuf>,
     /// KMS plugin socket to unwrap KMS v2/v1 data keys with.
@@ -451,46 +452,83 @@ async fn unwrapper(args: &DecryptArgs) -> Result<Unwrapper> {
 
 async fn decrypt_one(args: DecryptArgs) -> Result<()> {
     let key = args.etcd_key.as_bytes().to_vec();
-    let value: Zeroizing<Vec<u8>> = match &args.value_file {
-        Some(f) => Zeroizing::new(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?),
+    let (value, source): (Zeroizing<Vec<u8>>, String) = match &args.value_file {
+        Some(f) => (
+            Zeroizing::new(std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?),
+            f.display().to_string(),
+        ),
         None => {
             let mut etcd = Etcd::connect(&args.etcd.options()?).await?;
             let kv = etcd.get(&key).await?.ok_or_else(|| anyhow!("etcd has no key {}", args.etcd_key))?;
-            Zeroizing::new(kv.value)
+            (Zeroizing::new(kv.value), format!("etcd key {}", args.etcd_key))
         }
     };
     let config = match &args.encryption_config {
         Some(p) => Some(EncryptionConfig::load(p)?),
         None => None,
     };
-    let classified = classify_value(config.as_ref(), &key, &value);
-    let plaintext: Zeroizing<Vec<u8>> = match &classified {
-        Classified::IdentityProtobuf | Classified::IdentityJson => Zeroizing::new(value.to_vec()),
-        Classified::KmsV2(v) => {
-            let u = unwrapper(&args).await?;
+    // A saved value may end with the one newline `etcdctl get --print-value-only` appends: try
+    // the exact bytes, then without that newline, and keep the first complete value.
+    let candidates = if args.value_file.is_some() { input::candidates(&value) } else { vec![value.as_slice()] };
+    let mut unwrap = None;
+    let (mut not_a_value, mut failed) = (None, None);
+    for candidate in candidates {
+        let classified = classify_value(config.as_ref(), &key, candidate);
+        if let Some(why) = input::explain(candidate, &classified) {
+            not_a_value.get_or_insert(anyhow!(why));
+            continue;
+        }
+        match open_value(&args, &mut unwrap, config.as_ref(), &key, candidate, &classified).await {
+            Ok(object) => return print_object(&object, &args.output),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    // The error of a well-formed value (wrong key, ...) says more than "not a value".
+    Err(failed.or(not_a_value).unwrap_or_else(|| anyhow!("no value")).context(source))
+}
+
+/// Unwraps the data key if needed (through `unwrap`, set up on first use), decrypts `value` and
+/// decodes the object inside.
+async fn open_value(
+    args: &DecryptArgs,
+    unwrap: &mut Option<Unwrapper>,
+    config: Option<&EncryptionConfig>,
+    key: &[u8],
+    value: &[u8],
+    classified: &Classified,
+) -> Result<envelope_inspect::DecodedObject> {
+    if matches!(classified, Classified::KmsV1(_) | Classified::KmsV2(_)) && unwrap.is_none() {
+        *unwrap = Some(unwrapper(args).await?);
+    }
+    let plaintext: Zeroizing<Vec<u8>> = match (classified, unwrap.as_ref()) {
+        (Classified::IdentityProtobuf | Classified::IdentityJson, _) => Zeroizing::new(value.to_vec()),
+        (Classified::KmsV2(v), Some(u)) => {
             let annotations: HashMap<String, Vec<u8>> =
                 v.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             let dek_source = u.v2(&v.encrypted_dek_source, &v.key_id, annotations).await?;
             if v.dek_source_type == DekSourceType::AesGcmKey {
                 eprintln!("note: legacy AES_GCM_KEY value (written by Kubernetes 1.27/1.28)");
             }
-            decrypt::kms_v2(&key, &value, &dek_source)?
+            decrypt::kms_v2(key, value, &dek_source)?
         }
-        Classified::KmsV1(v) => {
-            let u = unwrapper(&args).await?;
+        (Classified::KmsV1(v), Some(u)) => {
             let dek = u.v1(&v.wrapped_dek).await?;
-            decrypt::kms_v1(&key, &value, &v.provider_name, &dek)?.plaintext
+            decrypt::kms_v1(key, value, &v.provider_name, &dek)?.plaintext
         }
-        Classified::StaticKey(_) => {
+        (Classified::StaticKey(_), _) => {
             let c = config
-                .as_ref()
                 .ok_or_else(|| anyhow!("this value is encrypted with a static key: give --encryption-config FILE"))?;
-            decrypt::with_config(&key, &value, c)?.plaintext
+            decrypt::with_config(key, value, c)?.plaintext
         }
-        other => bail!("cannot decrypt: {other}"),
+        (other, _) => bail!("cannot decrypt: {other}"),
     };
-    let object = decode_object(&plaintext)?;
-    let text: Zeroizing<String> = if args.output == "json" {
+    Ok(decode_object(&plaintext)?)
+}
+
+fn print_object(object: &envelope_inspect::DecodedObject, output: &str) -> Result<()> {
+    let text: Zeroizing<String> = if output == "json" {
         object.to_json_pretty()
     } else {
         Zeroizing::new(serde_norway::to_string(object.json()).context("rendering YAML")?)

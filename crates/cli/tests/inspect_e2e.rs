@@ -310,7 +310,8 @@ async fn decrypt_recovers_objects_through_socket_store_and_config() {
     a.extend(etcd.args());
     let out = envelope(&a);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected a KMS v2 value") && err.contains("EncryptedObject does not decode"), "{err}");
     // A KMS value without an unwrapper says what to give.
     let mut a = s(&["decrypt", "--etcd-key", "/registry/secrets/prod/kms2-0"]);
     a.extend(etcd.args());

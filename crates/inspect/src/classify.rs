@@ -656,7 +656,7 @@ fn corrupt(claimed: ProviderKind, name: Option<String>, reason: String) -> Class
 }
 
 /// `k8s:enc:` and up to two more `:`-terminated segments, escaped, at most ~64 characters.
-fn describe_prefix(value: &[u8]) -> String {
+pub(crate) fn describe_prefix(value: &[u8]) -> String {
     let mut end = ENCRYPTED_PREFIX.len();
     for _ in 0..2 {
         match value.get(end..).and_then(|r| r.iter().take(32).position(|&b| b == b':')) {

@@ -32,7 +32,7 @@ pub enum Error {
     #[error("unsupported KMS v2 DEK source type {0}")]
     UnsupportedDekSourceType(i32),
     /// The value was written by a different provider than the one asked for.
-    #[error("value is {found}, not {expected}")]
+    #[error("expected a {expected} value, found {found}")]
     WrongProvider {
         /// What the caller asked for.
         expected: ProviderKind,

@@ -14,6 +14,8 @@
 //!   [`ObjectSummary`] (kind, namespace, name, data keys).
 //! * [`writer`]: the inverse — values byte-for-byte as kube-apiserver writes them, for tests
 //!   and benchmarks.
+//! * [`input`]: values an operator saved to a file (`etcdctl get --print-value-only`): which
+//!   bytes to try (etcdctl's trailing newline) and what to say when they are not a value.
 //! * [`report`]: per-object rows and running counts for an inspection report (pure).
 //! * [`error`]: the crate's one [`Error`].
 //!
@@ -57,6 +59,7 @@ pub mod classify;
 pub mod config;
 pub mod decrypt;
 pub mod error;
+pub mod input;
 pub mod object;
 pub mod report;
 pub mod writer;

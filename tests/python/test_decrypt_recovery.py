@@ -1,0 +1,91 @@
+"""docs/inspect.md's disaster-recovery recipe, step by step with the real tools: kube-apiserver
+stores Secrets through `envelope plugin` (KMS v2) in etcd, the operator saves a raw value with
+`etcdctl get --print-value-only KEY > value.bin` (etcdctl 3.6 from scripts/kube-peers, which
+appends a newline), and `envelope decrypt --value-file value.bin` recovers the Secret with the key
+store alone: no kube-apiserver, no plugin, no etcd.
+"""
+
+import base64
+import json
+import os
+import shlex
+import subprocess
+
+import pytest
+
+from kube import ApiServer, Etcd, Plugin, envelope_bin, peers_bin
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    etcd = Etcd(str(tmp_path))
+    api = ApiServer(str(tmp_path), etcd)
+    plugins = []
+    yield etcd, api, plugins
+    for p in plugins:
+        if p.proc.poll() is None:
+            p.stop()
+    if api.proc is not None and api.proc.poll() is None:
+        api.stop()
+    etcd.stop()
+
+
+def etcdctl_save(etcd, key, path):
+    """The recipe's command, through a shell exactly as an operator types it."""
+    etcdctl = os.path.join(peers_bin(), "etcdctl")
+    cmd = f"{shlex.quote(etcdctl)} --endpoints {etcd.url} get --print-value-only {shlex.quote(key)} > {shlex.quote(path)}"
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def decrypt(path, key, data_dir):
+    return subprocess.run([envelope_bin(), "decrypt", "--value-file", path, "--etcd-key", key, "--data-dir", data_dir,
+                           "-o", "json"], capture_output=True, text=True, timeout=60)
+
+
+def test_value_saved_with_etcdctl_decrypts_with_the_key_store_alone(cluster, tmp_path):
+    etcd, api, plugins = cluster
+    d = str(tmp_path)
+    data = os.path.join(d, "data")
+    # A Secret written before encryption (stored as a plaintext protobuf), then KMS v2 ones.
+    api.start()
+    api.kubectl("create", "namespace", "prod")
+    api.create_secret("prod", "plain", b"written before encryption")
+    p = Plugin(d, ["--socket", os.path.join(d, "kms.sock"), "--data-dir", data, "--http-addr", "off"])
+    plugins.append(p)
+    api.restart(p.config())
+    secrets = {"plain": b"written before encryption", "db": b"hunter2\n", "tls": os.urandom(300)}
+    for name in ("db", "tls"):
+        api.create_secret("prod", name, secrets[name])
+
+    # Disaster: kube-apiserver and the plugin are gone; etcd and the key store are left.
+    api.stop()
+    p.stop()
+    for name, value in secrets.items():
+        key = f"/registry/secrets/prod/{name}"
+        path = os.path.join(d, f"{name}.bin")
+        saved = etcdctl_save(etcd, key, path)
+        raw = etcd.get(key)
+        assert saved == raw + b"\n", "etcdctl --print-value-only appends one newline"
+        assert raw.startswith(b"k8s\x00" if name == "plain" else b"k8s:enc:kms:v2:envelope:"), raw[:30]
+
+        r = decrypt(path, key, data)
+        assert r.returncode == 0, r.stderr
+        obj = json.loads(r.stdout)
+        assert (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]) == ("Secret", "prod", name)
+        assert base64.b64decode(obj["data"]["data"]) == value
+
+    # The value is bound to its etcd key (AAD): under another key it does not decrypt.
+    r = decrypt(os.path.join(d, "db.bin"), "/registry/secrets/prod/other", data)
+    assert r.returncode == 1 and "decryption failed" in r.stderr, r.stderr
+
+    # `etcdctl get` without --print-value-only also prints the key: the error says what to run.
+    path = os.path.join(d, "with-key.bin")
+    cmd = f"{shlex.quote(os.path.join(peers_bin(), 'etcdctl'))} --endpoints {etcd.url} get /registry/secrets/prod/db > {path}"
+    subprocess.run(cmd, shell=True, check=True, timeout=60)
+    r = decrypt(path, "/registry/secrets/prod/db", data)
+    assert r.returncode == 1, r.stdout
+    assert "expected a value starting with k8s:enc:" in r.stderr and "--print-value-only" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr

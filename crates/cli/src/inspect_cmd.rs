@@ -64,7 +64,8 @@ impl EtcdArgs {
 /// Options of `envelope inspect`.
 #[derive(Debug, Args)]
 #[command(after_help = "Exit codes: 0 done; 2 unencrypted objects found with --fail-on-plaintext; \
-3 stale objects found with --fail-on-stale; 1 on errors (etcd unreachable, ...); 64 bad usage.\n\
+3 stale objects found with --fail-on-stale; 4 no object found (without --allow-empty); 1 on errors \
+(etcd unreachable, ...); 64 bad usage (no --etcd, ...).\n\
 Values that are corrupt or unrecognised are reported per object and the run continues.")]
 pub struct InspectArgs {
     #[command(flatten)]
@@ -153,6 +154,17 @@ pub fn run_inspect(args: InspectArgs) -> ExitCode {
 }
 
 pub fn run_decrypt(args: DecryptArgs) -> ExitCode {
+    let usage = match &args.value_file {
+        Some(_) => Ok(()),
+        None if args.etcd.endpoints.is_empty() => Err(anyhow!(
+            "give --etcd (etcd's client URL, e.g. https://127.0.0.1:2379) or a saved value with --value-file"
+        )),
+        None => crate::etcd::check_endpoints(&args.etcd.endpoints).and_then(|()| args.etcd.options().map(drop)),
+    };
+    if let Err(e) = usage {
+        eprintln!("envelope decrypt: {e:#}");
+        return ExitCode::from(crate::EXIT_CONFIG);
+    }
     match runtime().and_then(|rt| rt.block_on(decrypt_one(args))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -216,6 +228,7 @@ fn check_usage(args: &InspectArgs) -> Result<()> {
     if args.page_size < 1 {
         bail!("--page-size must be at least 1");
     }
+    crate::etcd::check_endpoints(&args.etcd.endpoints)?;
     args.etcd.options()?;
     Ok(())
 }
@@ -243,6 +256,9 @@ async fn inspect(args: InspectArgs) -> Result<u8> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut summary = Summary::new(current.clone());
+    if summary.stale.is_none() {
+        summary.stale_unknown = Some("no current KMS v2 key_id: give --current-key-id or --plugin-socket".into());
+    }
     let mut first = true;
     let mut write_err: Option<std::io::Error> = None;
     let table = args.output == "table";
@@ -320,12 +336,8 @@ async fn inspect(args: InspectArgs) -> Result<u8> {
         eprintln!("envelope inspect: {} object(s) stored unencrypted", summary.unencrypted);
         return Ok(EXIT_PLAINTEXT);
     }
-    if args.fail_on_stale && summary.stale > 0 {
-        eprintln!(
-            "envelope inspect: {} object(s) stale (not under key_id {})",
-            summary.stale,
-            current.unwrap_or_default()
-        );
+    if let (true, Some(stale @ 1..)) = (args.fail_on_stale, summary.stale) {
+        eprintln!("envelope inspect: {stale} object(s) stale (not under key_id {})", current.unwrap_or_default());
         return Ok(EXIT_STALE);
     }
     Ok(0)
@@ -369,11 +381,11 @@ fn print_summary(out: &mut impl Write, s: &Summary) {
         let _ = writeln!(out, "  {k:<70} {n}");
     }
     let _ = writeln!(out, "Unencrypted: {}", s.unencrypted);
-    match &s.current_key_id {
-        Some(k) => {
-            let _ = writeln!(out, "Stale (KMS v2 not under key_id {k}): {}", s.stale);
+    match (&s.current_key_id, s.stale) {
+        (Some(k), Some(n)) => {
+            let _ = writeln!(out, "Stale (KMS v2 not under key_id {k}): {n}");
         }
-        None => {
+        _ => {
             let _ = writeln!(out, "Stale: unknown (give --current-key-id or --plugin-socket)");
         }
     }

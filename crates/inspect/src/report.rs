@@ -60,8 +60,12 @@ pub struct Summary {
     pub by_key: BTreeMap<String, u64>,
     /// Objects stored unencrypted.
     pub unencrypted: u64,
-    /// KMS v2 objects that are stale (only counted when a current key_id is known).
-    pub stale: u64,
+    /// KMS v2 objects that are stale; `None` (JSON `null`) when no current key_id is known, so
+    /// staleness cannot be determined ([`Summary::stale_unknown`] says why).
+    pub stale: Option<u64>,
+    /// Why `stale` is unknown (set when it is `None`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_unknown: Option<String>,
     /// Objects whose value is corrupt or unrecognised.
     pub problems: u64,
     /// The current key_id used for staleness, if known.
@@ -70,9 +74,14 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// A summary that marks KMS v2 objects stale against `current_key_id`.
+    /// A summary that marks KMS v2 objects stale against `current_key_id`; without one,
+    /// staleness is unknown (`stale` is `None`, `stale_unknown` gives the reason).
     pub fn new(current_key_id: Option<String>) -> Self {
-        Self { current_key_id, ..Default::default() }
+        let (stale, stale_unknown) = match current_key_id {
+            Some(_) => (Some(0), None),
+            None => (None, Some("no current KMS v2 key_id to compare with".to_owned())),
+        };
+        Self { current_key_id, stale, stale_unknown, ..Default::default() }
     }
 
     /// Classifies one value into a row and adds it to the counts.
@@ -93,8 +102,10 @@ impl Summary {
         if !row.encrypted {
             self.unencrypted += 1;
         }
-        if row.stale == Some(true) {
-            self.stale += 1;
+        if row.stale == Some(true)
+            && let Some(n) = &mut self.stale
+        {
+            *n += 1;
         }
         if row.problem.is_some() {
             self.problems += 1;
@@ -149,4 +160,39 @@ fn row(prefix: &[u8], key: &[u8], value: &[u8], c: &Classified, current: Option<
         _ => {}
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{DekSourceType, KmsV2Value};
+
+    fn kms_v2(key_id: &str) -> Classified {
+        Classified::KmsV2(KmsV2Value {
+            provider_name: "p".into(),
+            key_id: key_id.into(),
+            dek_source_type: DekSourceType::HkdfSha256XNonceAesGcmSeed,
+            encrypted_dek_source: vec![1],
+            annotations: Default::default(),
+            encrypted_data_len: 60,
+        })
+    }
+
+    #[test]
+    fn stale_is_counted_against_the_current_key_id_and_unknown_without_one() {
+        let mut known = Summary::new(Some("k2".into()));
+        known.add(b"/registry", b"/registry/secrets/a/b", b"", &kms_v2("k1"));
+        known.add(b"/registry", b"/registry/secrets/a/c", b"", &kms_v2("k2"));
+        assert_eq!(known.stale, Some(1));
+        let json = serde_json::to_value(&known).unwrap();
+        assert_eq!(json["stale"], 1);
+        assert!(json.get("stale_unknown").is_none());
+
+        let mut unknown = Summary::new(None);
+        let row = unknown.add(b"/registry", b"/registry/secrets/a/b", b"", &kms_v2("k1"));
+        assert_eq!((row.stale, unknown.stale), (None, None));
+        let json = serde_json::to_value(&unknown).unwrap();
+        assert!(json["stale"].is_null(), "{json}");
+        assert_eq!(json["stale_unknown"], "no current KMS v2 key_id to compare with");
+    }
 }

@@ -45,85 +45,88 @@ pub struct PluginArgs {
     /// `encryption-context`, `health-probe`) to serve several keys.
     #[arg(long, env = "ENVELOPE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Unix socket to serve on (absolute path, or @name for a Linux abstract socket).
-    /// Default: /run/envelope/kms.sock as root, else <data-dir>/kms.sock. Repeat together with
-    /// --key to serve several keys from one process: the n-th --socket serves the n-th --key.
+    /// Unix socket to serve on (absolute path, or @name for a Linux abstract socket). Repeat
+    /// together with --key to serve several keys from one process: the n-th --socket serves
+    /// the n-th --key. [default: /run/envelope/kms.sock as root, else <data-dir>/kms.sock]
     #[arg(long, env = "ENVELOPE_SOCKET", value_name = "PATH")]
     pub socket: Vec<String>,
-    /// Permission bits of the socket file, octal.
+    /// Permission bits of the socket file, octal. [default: 0600]
     #[arg(long, env = "ENVELOPE_SOCKET_MODE", value_name = "OCTAL")]
     pub socket_mode: Option<String>,
     /// Group that should own the socket file (e.g. the group kube-apiserver runs as).
     #[arg(long, env = "ENVELOPE_SOCKET_GROUP", value_name = "GROUP")]
     pub socket_group: Option<String>,
     /// Data directory of the embedded key store (created on first start, mode 0700).
-    /// Default: /var/lib/envelope as root, else ~/.local/share/envelope.
+    /// [default: /var/lib/envelope as root, else ~/.local/share/envelope]
     #[arg(long, env = "ENVELOPE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Key backend: `embedded` (envelope's own key store in --data-dir) or `aws` (any
-    /// AWS-KMS-API endpoint: AWS KMS, a FIPS endpoint, `envelope kms serve`).
+    /// AWS-KMS-API endpoint: AWS KMS, a FIPS endpoint, `envelope kms serve`). [default: embedded]
     #[arg(long, env = "ENVELOPE_BACKEND", value_name = "BACKEND")]
     pub backend: Option<String>,
     /// Key to use. Embedded: an alias (`kubernetes` or `alias/kubernetes`) or a key id, created
     /// on first start if missing (unless --no-create-key). aws: a key ARN, key id or alias
     /// (required). Repeatable, paired with --socket: each pair is an instance with its own
-    /// health, Status and metrics labels.
+    /// health, Status and metrics labels. [default: kubernetes (embedded)]
     #[arg(long, env = "ENVELOPE_KEY", value_name = "KEY")]
     pub key: Vec<String>,
     /// aws backend: region (else the standard AWS configuration chain).
     #[arg(long, env = "ENVELOPE_AWS_REGION", value_name = "REGION")]
     pub region: Option<String>,
-    /// aws backend: endpoint URL (AWS KMS by default; e.g. a FIPS endpoint or `envelope kms serve`).
+    /// aws backend: endpoint URL (e.g. a FIPS endpoint or `envelope kms serve`). [default:
+    /// $AWS_ENDPOINT_URL_KMS or $AWS_ENDPOINT_URL if set, else AWS KMS of the region]
     #[arg(long, env = "ENVELOPE_AWS_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
     /// aws backend: use the region's FIPS 140 endpoint of AWS KMS (kms-fips.<region>.amazonaws.com).
     #[arg(long, env = "ENVELOPE_AWS_FIPS")]
     pub fips: bool,
     /// aws backend: PEM file of CA certificates to trust for an https:// endpoint, besides the
-    /// system's (e.g. the CA of `envelope kms serve`). Default: $AWS_CA_BUNDLE if set.
+    /// system's (e.g. the CA of `envelope kms serve`). [default: $AWS_CA_BUNDLE if set]
     #[arg(long, env = "ENVELOPE_AWS_CA_BUNDLE", value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
     /// aws backend: encryption context pair sent with every Encrypt and Decrypt (repeatable).
     #[arg(long = "encryption-context", env = "ENVELOPE_ENCRYPTION_CONTEXT", value_delimiter = ',', value_name = "K=V")]
     pub encryption_context: Vec<String>,
-    /// aws backend: most KMS calls in flight at once (more wait; no retry storms).
+    /// aws backend: most KMS calls in flight at once (more wait; no retry storms). [default: 64]
     #[arg(long, env = "ENVELOPE_AWS_MAX_IN_FLIGHT", value_name = "N")]
     pub max_in_flight: Option<usize>,
     /// aws backend: what the background health probe does: `round-trip` (DescribeKey, then an
     /// Encrypt and a Decrypt: proves the key may be used) or `describe-key` (one cheap call).
+    /// [default: round-trip]
     #[arg(long, env = "ENVELOPE_HEALTH_PROBE", value_name = "MODE")]
     pub health_probe: Option<String>,
     /// Do not create the key if it does not exist; fail instead.
     #[arg(long, env = "ENVELOPE_NO_CREATE_KEY")]
     pub no_create_key: bool,
     /// Address of the HTTP server for /livez, /readyz and /metrics ("off" to disable).
+    /// [default: 127.0.0.1:8423]
     #[arg(long, env = "ENVELOPE_HTTP_ADDR", value_name = "HOST:PORT")]
     pub http_addr: Option<String>,
-    /// `version` reported by KMS v2 Status: v2beta1 (accepted by every Kubernetes since 1.27) or v2 (1.29+). Never change it on a running cluster.
+    /// `version` reported by KMS v2 Status: v2beta1 (accepted by every Kubernetes since 1.27) or v2 (1.29+). Never change it on a running cluster. [default: v2beta1]
     #[arg(long, env = "ENVELOPE_STATUS_VERSION", value_name = "VERSION")]
     pub status_version: Option<String>,
-    /// How often the key is probed in the background; a rotation or disable is noticed within this interval.
+    /// How often the key is probed in the background; a rotation or disable is noticed within this interval. [default: 10s]
     #[arg(long, env = "ENVELOPE_HEALTH_INTERVAL", value_name = "DURATION")]
     pub health_interval: Option<String>,
-    /// Server-side cap on an RPC (the client's own deadline applies too, whichever is shorter).
+    /// Server-side cap on an RPC (the client's own deadline applies too, whichever is shorter). [default: 10s]
     #[arg(long, env = "ENVELOPE_REQUEST_TIMEOUT", value_name = "DURATION")]
     pub request_timeout: Option<String>,
-    /// How long in-flight RPCs may finish after SIGTERM/SIGINT.
+    /// How long in-flight RPCs may finish after SIGTERM/SIGINT. [default: 10s]
     #[arg(long, env = "ENVELOPE_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
-    /// Provider name in the printed EncryptionConfiguration (default: envelope). kube-apiserver
-    /// stores it with every Secret and finds the provider by it, so a key keeps its name for
-    /// good. Several instances need one each, paired by position like --key.
+    /// Provider name in the printed EncryptionConfiguration. kube-apiserver stores it with every
+    /// Secret and finds the provider by it, so a key keeps its name for good. Several instances
+    /// need one each, paired by position like --key. [default: envelope]
     #[arg(long, env = "ENVELOPE_PROVIDER_NAME", value_name = "NAME")]
     pub provider_name: Vec<String>,
-    /// KMS API of the printed EncryptionConfiguration: v2 (default) or v1 (the deprecated
-    /// API, behind kube-apiserver's KMSv1 feature gate). The socket serves both either way.
+    /// KMS API of the printed EncryptionConfiguration: v2 or v1 (the deprecated API, behind
+    /// kube-apiserver's KMSv1 feature gate). The socket serves both either way. [default: v2]
     #[arg(long, env = "ENVELOPE_KMS_API_VERSION", value_name = "VERSION")]
     pub kms_api_version: Option<String>,
-    /// Log format: text or json.
+    /// Log format: text or json. [default: text]
     #[arg(long, env = "ENVELOPE_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<String>,
-    /// Log level or filter (error, warn, info, debug, or a RUST_LOG-style filter).
+    /// Log level or filter (error, warn, info, debug, or a RUST_LOG-style filter). [default: info]
     #[arg(long, env = "ENVELOPE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
 }

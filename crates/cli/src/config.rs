@@ -438,6 +438,25 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     })
 }
 
+/// The KMS endpoint the aws backend uses, for the banner and logs: `--endpoint`, else what the
+/// AWS SDK takes from the environment (`AWS_ENDPOINT_URL_KMS`, then `AWS_ENDPOINT_URL`, unless
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else the region's AWS KMS endpoint. `env` reads
+/// an environment variable.
+pub fn describe_aws_endpoint(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
+    if let Some(e) = endpoint {
+        return e.to_owned();
+    }
+    let ignored = env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if !ignored {
+        for var in ["AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL"] {
+            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+                return format!("{v} (from {var})");
+            }
+        }
+    }
+    "(the region's AWS KMS endpoint)".to_owned()
+}
+
 /// A CA bundle for the aws backend, read and checked once when the configuration is resolved.
 #[derive(Debug, Clone)]
 pub struct CaBundle {
@@ -491,6 +510,62 @@ mod tests {
 
     fn args() -> PluginArgs {
         PluginArgs { socket: vec!["/tmp/x.sock".into()], data_dir: Some("/tmp/d".into()), ..Default::default() }
+    }
+
+    /// `envelope plugin --help` states each default as `[default: …]` (the flags are optional so
+    /// that the config file can fill them); the stated defaults are the ones `resolve` applies.
+    #[test]
+    fn help_states_the_defaults_resolve_applies() {
+        use clap::CommandFactory;
+        let s = resolve(args()).unwrap();
+        let cmd = crate::cli::Cli::command();
+        let plugin = cmd.find_subcommand("plugin").unwrap();
+        let help = |id: &str| {
+            let a = plugin.get_arguments().find(|a| a.get_id() == id).unwrap_or_else(|| panic!("no {id}"));
+            a.get_help().map(|h| h.to_string()).unwrap_or_default()
+        };
+        let secs = |d: Duration| format!("{}s", d.as_secs());
+        for (id, value) in [
+            ("socket_mode", format!("{:04o}", s.socket_mode)),
+            ("backend", "embedded".to_owned()),
+            ("http_addr", s.http_addr.unwrap().to_string()),
+            ("status_version", s.status_version.clone()),
+            ("health_interval", secs(s.health_interval)),
+            ("request_timeout", secs(s.request_timeout)),
+            ("shutdown_grace", secs(s.shutdown_grace)),
+            ("provider_name", s.instances[0].provider_name.clone()),
+            ("kms_api_version", s.kms_api_version.clone()),
+            ("log_format", if s.log_json { "json" } else { "text" }.to_owned()),
+            ("log_level", s.log_level.clone()),
+            ("max_in_flight", "64".to_owned()),
+            ("health_probe", "round-trip".to_owned()),
+        ] {
+            let h = help(id);
+            assert!(h.contains(&format!("[default: {value}]")), "--{id}: {h}");
+        }
+        assert!(help("key").contains(&format!("[default: {} (embedded)]", s.instances[0].key)));
+        let aws = resolve(PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], ..args() }).unwrap();
+        match aws.backend {
+            Backend::Aws { max_in_flight, .. } => assert_eq!(max_in_flight, 64),
+            Backend::Embedded => panic!("aws expected"),
+        }
+    }
+
+    #[test]
+    fn aws_endpoint_named_as_the_sdk_picks_it() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(describe_aws_endpoint(Some("https://kms.local"), env(&[])), "https://kms.local");
+        assert_eq!(describe_aws_endpoint(None, env(&[])), "(the region's AWS KMS endpoint)");
+        let both = env(&[("AWS_ENDPOINT_URL", "http://a"), ("AWS_ENDPOINT_URL_KMS", "http://k")]);
+        assert_eq!(describe_aws_endpoint(None, both), "http://k (from AWS_ENDPOINT_URL_KMS)");
+        assert_eq!(
+            describe_aws_endpoint(None, env(&[("AWS_ENDPOINT_URL", "http://a")])),
+            "http://a (from AWS_ENDPOINT_URL)"
+        );
+        let ignored = env(&[("AWS_ENDPOINT_URL_KMS", "http://k"), ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")]);
+        assert_eq!(describe_aws_endpoint(None, ignored), "(the region's AWS KMS endpoint)");
     }
 
     #[test]

@@ -546,9 +546,12 @@ fn print_object(object: &envelope_inspect::DecodedObject, output: &str) -> Resul
         Zeroizing::new(serde_norway::to_string(object.json()).context("rendering YAML")?)
     };
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    if !text.ends_with('\n') {
-        out.write_all(b"\n")?;
+    let written = out.write_all(text.as_bytes()).and_then(|()| match text.ends_with('\n') {
+        true => Ok(()),
+        false => out.write_all(b"\n"),
+    });
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        crate::output::on_error(&e);
     }
     Ok(())
 }

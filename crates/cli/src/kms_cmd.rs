@@ -240,6 +240,14 @@ struct Settings {
     tls: Option<Arc<envelope_kms_server::tls::ServerConfig>>,
 }
 
+/// "invalid configuration: …", once (the key server's `Config` errors say it themselves).
+fn config_error(e: &envelope_kms_server::KmsError) -> String {
+    match e {
+        envelope_kms_server::KmsError::Config(m) => format!("invalid configuration: {m}"),
+        other => format!("invalid configuration: {other}"),
+    }
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
     let settings = match resolve(&args) {
         Ok(s) => s,
@@ -301,7 +309,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             None => Arc::new(s),
         },
         Err(e) => {
-            eprintln!("envelope: invalid configuration: {e}");
+            eprintln!("envelope: {}", config_error(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -316,7 +324,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("envelope: invalid configuration: {e}");
+                eprintln!("envelope: {}", config_error(&e));
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
@@ -415,7 +423,7 @@ fn load_credentials(s: &Settings) -> Result<CredentialStore> {
     println!("  export AWS_ACCESS_KEY_ID={akid}");
     println!("  export AWS_SECRET_ACCESS_KEY={}", secret.as_str());
     println!("  export AWS_DEFAULT_REGION={}", s.config.region);
-    println!("  principal: {principal}");
+    println!("  # principal: {principal}");
     let admin = envelope_kms_server::policy::parse_identity(envelope_kms_server::policy::ADMIN_IDENTITY_POLICY)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     CredentialStore::new(vec![Credential::new(akid, secret, None, principal).with_policy(admin)])

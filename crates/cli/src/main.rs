@@ -2,6 +2,24 @@
 //! libraries. All behaviour lives in the library crates.
 #![forbid(unsafe_code)]
 
+// Every `println!` / `print!` below (and in every module) writes through `output::print`, which
+// ends the process quietly when stdout is a closed pipe instead of panicking (see output.rs).
+macro_rules! println {
+    () => {
+        $crate::output::print(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::output::print(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod bench_kms;
 mod cli;
@@ -10,6 +28,7 @@ mod etcd;
 mod inspect_cmd;
 mod key;
 mod kms_cmd;
+mod output;
 mod plugin_cmd;
 mod reencrypt;
 

@@ -142,7 +142,9 @@ async fn serve(s: PluginSettings) -> Result<()> {
                 .with_shared_limit(permits.clone())
                 .with_probe(if i.round_trip_probe { ProbeMode::RoundTrip } else { ProbeMode::DescribeKey })
                 .with_metrics(m.clone());
-                tracing::info!(key = %i.key, socket = %i.socket, endpoint = ?endpoint, region = ?region, "using the aws backend");
+                let endpoint = crate::config::describe_aws_endpoint(endpoint.as_deref(), |v| std::env::var(v).ok());
+                let region = region.as_deref().unwrap_or("(from the AWS configuration)");
+                tracing::info!(key = %i.key, socket = %i.socket, %endpoint, %region, "using the aws backend");
                 plugins.push(Plugin::new(backend, config.clone(), m));
             }
             serve_plugins(plugins, metrics, &s).await
@@ -302,7 +304,8 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(
             );
         }
         let spec = SocketSpec { path: i.socket.clone(), mode: s.socket_mode, group: s.socket_group.clone() };
-        let b = envelope_plugin::socket::bind(&spec).with_context(|| format!("socket {}", i.socket))?;
+        // Most socket errors name the socket already ("socket X is in use ..."): say it once.
+        let b = envelope_plugin::socket::bind(&spec).map_err(|e| naming(&i.socket, e))?;
         let listener = b.listener.try_clone().and_then(tokio::net::UnixListener::from_std);
         bound.0.push(b);
         listeners.push(listener.with_context(|| format!("socket {}", i.socket))?);
@@ -332,7 +335,8 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
-        tracing::info!(addr = ?addr, "health and metrics on http://{}/livez, /readyz, /metrics", addr.map(|a| a.to_string()).unwrap_or_default());
+        let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(%addr, "health and metrics on http://{addr}/livez, /readyz, /metrics");
     }
     print_banner(s, &specs, &key_ids);
 
@@ -394,6 +398,15 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(
     Ok(())
 }
 
+/// `e`, prefixed with `subject` unless its message names it already.
+fn naming(subject: &str, e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Error {
+    if e.to_string().contains(subject) {
+        anyhow::Error::new(e)
+    } else {
+        anyhow::Error::new(e).context(format!("socket {subject}"))
+    }
+}
+
 /// The instances' sockets; each is unlinked on drop if it is still ours.
 struct BoundSockets(Vec<envelope_plugin::BoundSocket>);
 
@@ -409,7 +422,7 @@ fn print_banner(s: &PluginSettings, specs: &[SocketSpec], key_ids: &[Option<Stri
     let store = match &s.backend {
         crate::config::Backend::Embedded => format!("embedded key store {}", s.data_dir.display()),
         crate::config::Backend::Aws { endpoint, .. } => {
-            format!("aws KMS {}", endpoint.as_deref().unwrap_or("(default endpoint)"))
+            format!("aws KMS {}", crate::config::describe_aws_endpoint(endpoint.as_deref(), |v| std::env::var(v).ok()))
         }
     };
     for (i, key_id) in s.instances.iter().zip(key_ids) {

@@ -42,8 +42,9 @@ impl KeyState {
 }
 
 impl fmt::Display for KeyState {
+    /// The state's name; honours width and alignment (`{:<16}`) so tables line up.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

@@ -123,6 +123,13 @@ impl KeyStore {
     /// `dir` holds no root key. For tools that read or change keys that must already exist.
     pub fn open_existing(dir: &Path) -> Result<Self> {
         if !dir.join(ROOT_KEY_FILE).exists() {
+            if dir.join(crate::root::PASSPHRASE_FILE).exists() {
+                return Err(Error::RootKey(format!(
+                    "this store's root key comes from a passphrase ({} instead of {ROOT_KEY_FILE}): it opens only \
+                     with the passphrase (envelope kms serve --root-passphrase-file)",
+                    crate::root::PASSPHRASE_FILE
+                )));
+            }
             return Err(Error::NotFound(format!("no key store in {} (no {ROOT_KEY_FILE})", dir.display())));
         }
         Self::open(dir)

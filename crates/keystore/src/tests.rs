@@ -298,6 +298,23 @@ fn open_existing_refuses_a_missing_store() {
 }
 
 #[test]
+fn open_existing_names_a_passphrase_store_for_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("kms");
+    let pass = crate::RootSource::Passphrase(zeroize::Zeroizing::new("correct horse battery".to_owned()));
+    drop(KeyStore::open_with(&d, &pass).unwrap());
+    let e = KeyStore::open_existing(&d).unwrap_err().to_string();
+    assert!(e.contains("comes from a passphrase") && e.contains("--root-passphrase-file"), "{e}");
+    assert!(!e.contains("no key store"), "{e}");
+}
+
+#[test]
+fn key_state_pads_in_tables() {
+    assert_eq!(format!("[{:<9}]", crate::KeyState::Enabled), "[Enabled  ]");
+    assert_eq!(format!("[{:>9}]", crate::KeyState::Disabled), "[ Disabled]");
+}
+
+#[test]
 fn group_writable_data_dir_is_refused() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

@@ -185,7 +185,10 @@ impl<B: KeyBackend> Plugin<B> {
         let next = match res {
             Ok(p) => {
                 if prev.key_id.as_deref() != Some(p.key_id.as_str()) {
-                    tracing::info!(key_id = %p.key_id, previous = ?prev.key_id, "key_id is now current");
+                    match &prev.key_id {
+                        Some(previous) => tracing::info!(key_id = %p.key_id, %previous, "key_id is now current"),
+                        None => tracing::info!(key_id = %p.key_id, "key_id is now current"),
+                    }
                 }
                 if prev.error.is_some() {
                     tracing::info!("backend healthy again");

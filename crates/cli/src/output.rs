@@ -1,0 +1,26 @@
+//! Standard output of every command. `println!` and `print!` in this crate are the macros of
+//! `main.rs`, which write through [`print`]: when the reader has gone away (`envelope key list |
+//! head -1`), the write fails with EPIPE and the process ends quietly with exit code 0 — the
+//! reader has what it wanted, and `set -o pipefail` pipelines do not fail on it. Rust ignores
+//! SIGPIPE, so without this `println!` would panic (exit 101). Other write errors (a full disk)
+//! end the process with a one-line error and exit code 1.
+
+use std::io::Write;
+
+/// Writes `args` to stdout; see the module docs for what happens when that fails.
+pub fn print(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args) {
+        on_error(&e);
+    }
+}
+
+/// Ends the process after a failed write to stdout: quietly (exit 0) on EPIPE, else with an
+/// error (exit 1).
+pub fn on_error(e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("envelope: cannot write to standard output: {e}");
+    std::process::exit(1);
+}

@@ -23,7 +23,11 @@ pub fn run(args: PluginArgs) -> ExitCode {
     };
     init_logging(settings.log_json, &settings.log_level);
     harden_process();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread serves every socket: an RPC's work is microseconds of CPU, and on one thread
+    // the tasks of a connection never wake each other across cores, its responses leave in one
+    // write, and nothing contends (docs/benchmarks.md). Blocking work (SQLite) still goes to
+    // the blocking pool.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("envelope: cannot start the runtime: {e}");

@@ -7,6 +7,8 @@
 //! * [`service`]: the KMS v2 and v1beta1 gRPC services (thin adapters).
 //! * [`server`]: `serve(listener, shutdown)` on a Unix socket behind the HTTP/2 `:authority`
 //!   adapter, and the `/livez` `/readyz` `/metrics` HTTP server.
+//! * [`conn`]: the byte stream under each connection (read-only readiness, writes coalesced so
+//!   a PING ACK leaves with the response).
 //! * [`socket`]: socket creation, stale-socket handling, modes, abstract sockets.
 //! * [`deadline`]: the caller's gRPC deadline, carried to backends that retry.
 //! * [`metrics`]: Prometheus metrics, one registry per process, labelled per instance.
@@ -15,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod conn;
 pub mod deadline;
 pub mod error;
 pub mod format;

@@ -14,13 +14,14 @@ use axum::routing::get;
 use envelope_h2authority::RewriteIo;
 use envelope_proto::{v1beta1, v2};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, UdsConnectInfo};
 
 use crate::backend::KeyBackend;
+use crate::conn::UdsIo;
 use crate::metrics::{InstanceMetrics, Metrics};
 use crate::plugin::Plugin;
 use crate::service::{V1Service, V2Service};
@@ -28,7 +29,8 @@ use crate::service::{V1Service, V2Service};
 /// One accepted connection: the Unix stream behind the `:authority` rewriter, holding one of
 /// the socket's connection slots, closed after `idle_timeout` without a byte from the client.
 pub struct PluginConn {
-    io: RewriteIo<UnixStream>,
+    io: RewriteIo<UdsIo>,
+    info: UdsConnectInfo,
     metrics: InstanceMetrics,
     _slot: OwnedSemaphorePermit,
     idle: Pin<Box<Sleep>>,
@@ -45,7 +47,7 @@ impl Drop for PluginConn {
 impl Connected for PluginConn {
     type ConnectInfo = UdsConnectInfo;
     fn connect_info(&self) -> UdsConnectInfo {
-        self.io.get_ref().connect_info()
+        self.info.clone()
     }
 }
 
@@ -92,11 +94,20 @@ fn accept_loop(
         loop {
             let Ok(slot) = slots.clone().acquire_owned().await else { return };
             match listener.accept().await {
-                Ok((io, _)) => {
+                Ok((stream, addr)) => {
                     backoff = Duration::from_millis(5);
+                    let info = UdsConnectInfo { peer_addr: Some(Arc::new(addr)), peer_cred: stream.peer_cred().ok() };
+                    let io = match stream.into_std().and_then(UdsIo::new) {
+                        Ok(io) => io,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot set up an accepted connection");
+                            continue;
+                        }
+                    };
                     metrics.connection_opened();
                     let conn = PluginConn {
                         io: RewriteIo::new(io),
+                        info,
                         metrics: metrics.clone(),
                         _slot: slot,
                         idle: Box::pin(tokio::time::sleep(idle_timeout)),
@@ -119,6 +130,25 @@ fn accept_loop(
     });
     (ReceiverStream::new(rx), AbortOnDrop(task))
 }
+
+/// Keeps a timer due within [`WHEEL_TICK`] at all times.
+///
+/// Every RPC arms a timer for its deadline (kube-apiserver sends `grpc-timeout`, 3 s by
+/// default). When the runtime's next planned wake-up is later than that deadline (only the
+/// health loop's timer is armed, up to `health_interval` away), arming it makes tokio's timer
+/// driver interrupt its own `epoll_wait` through its eventfd: one extra system call and event
+/// per RPC. With a timer always due sooner than any RPC deadline the driver already plans to
+/// wake in time, and the cost is one wake-up per [`WHEEL_TICK`].
+async fn keep_timer_wheel_warm() {
+    let mut tick = tokio::time::interval(WHEEL_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
+/// See [`keep_timer_wheel_warm`]; shorter than any deadline kube-apiserver uses.
+const WHEEL_TICK: Duration = Duration::from_millis(500);
 
 /// Stops the accept task when serving ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -169,6 +199,7 @@ impl<B: KeyBackend> Plugin<B> {
             .max_encoding_message_size(max);
         let (incoming, _accepting) =
             accept_loop(listener, cfg.max_connections, cfg.idle_timeout, self.metrics().clone());
+        let _wheel = AbortOnDrop(tokio::spawn(keep_timer_wheel_warm()));
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let span = self.span().clone();
         let signal = async move {

@@ -90,7 +90,7 @@ func report(args []string) error {
 	// Where the CPU goes besides the server's own work: the driver shares the machine, and how
 	// a server batches its HTTP/2 writes decides how often the client must wake up and read.
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| RPC | concurrency | server | client CPU µs/RPC | server write syscalls/RPC | client read syscalls/RPC | server context switches/RPC |")
+	fmt.Fprintln(w, "| RPC | concurrency | server | client CPU µs/RPC | server write(2)+writev(2) calls/RPC (send(2) not counted) | client read syscalls/RPC | server context switches/RPC |")
 	fmt.Fprintln(w, "|---|---:|---|---:|---:|---:|---:|")
 	for _, k := range cells {
 		for _, label := range []string{*a, *b} {

@@ -21,12 +21,16 @@
 //!   streamed, never buffered whole;
 //! * every header block (HEADERS plus CONTINUATIONs, padding stripped,
 //!   priority kept) is HPACK-decoded with one decoder per connection — the
-//!   client's encoder uses the dynamic table, so no block can be skipped —
-//!   and re-encoded for h2 using only the static table and literals, which
-//!   is valid for any table size h2 advertises and keeps h2's dynamic table
-//!   empty. An `:authority` for which [`authority_is_valid`] is false is
-//!   replaced with `localhost` (configurable); nothing else changes, header
-//!   order included. `host` is left alone: h2 does not validate it.
+//!   client's encoder uses the dynamic table, so no block can be skipped.
+//!   Until a block carries an `:authority` for which [`authority_is_valid`]
+//!   is false, blocks reach h2 as the client encoded them (h2's decoder then
+//!   follows the client's dynamic table itself; a client that sends
+//!   `localhost`, as kube-apiserver does since 1.32, costs no re-encoding).
+//!   From that block on, every block is re-encoded using only the static
+//!   table and literals (valid for any table size h2 advertises; h2's table
+//!   is never referenced again), with the `:authority` replaced by
+//!   `localhost` (configurable); nothing else changes, header order
+//!   included. `host` is left alone: h2 does not validate it.
 //!
 //! Decoding uses the crate's own RFC 7541 decoder, whose Huffman tables are
 //! computed at compile time: grpc-go Huffman-codes a fresh `grpc-timeout`

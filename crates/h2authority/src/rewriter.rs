@@ -104,10 +104,14 @@ impl AuthorityCache {
 ///
 /// Feed it the bytes read from the client, in order and split anywhere; it
 /// appends the bytes h2 should see. Every header block is HPACK-decoded with
-/// a per-connection decoder (mirroring the client's encoder) and re-encoded
-/// without dynamic-table use; an `:authority` that h2 would reject (see
-/// [`authority_is_valid`]) is replaced. All other frames are forwarded
-/// byte-for-byte, streamed without buffering.
+/// a per-connection decoder (mirroring the client's encoder). Until the first
+/// block with an `:authority` that h2 would reject (see [`authority_is_valid`]),
+/// blocks are forwarded as the client encoded them (h2's decoder then mirrors
+/// the client's encoder too, and modern clients, which send `localhost`, never
+/// pay for a re-encoding). From that block on, every block is re-encoded
+/// without dynamic-table use, with the `:authority` replaced: h2's table keeps
+/// whatever the forwarded blocks put there and is never referenced again. All
+/// other frames are forwarded byte-for-byte, streamed without buffering.
 ///
 /// After an error the rewriter is poisoned: every later [`feed`](Self::feed)
 /// returns [`RewriteError::Poisoned`]. The connection must be closed.
@@ -122,6 +126,10 @@ pub struct Rewriter {
     decoder: Decoder,
     replacement: Box<[u8]>,
     authority_cache: AuthorityCache,
+    /// No block has needed a rewrite yet: blocks are forwarded as received.
+    verbatim: bool,
+    /// Fields of the current block, while it is still forwarded as received.
+    seen: Fields,
     rewrites: u64,
     header_blocks: u64,
 }
@@ -170,6 +178,8 @@ impl Rewriter {
             decoder: Decoder::new(HEADER_TABLE_SIZE),
             replacement: replacement.into(),
             authority_cache: AuthorityCache::default(),
+            verbatim: true,
+            seen: Fields::default(),
             rewrites: 0,
             header_blocks: 0,
         }
@@ -444,13 +454,13 @@ impl Rewriter {
             return Ok(());
         }
         self.pending = None;
-        self.rewrite_block()?;
+        let as_received = self.rewrite_block()?;
         frame::write_header_block(
             out,
             pending.stream_id,
             pending.end_stream,
             pending.priority,
-            &self.encoded,
+            if as_received { &self.block } else { &self.encoded },
             DEFAULT_MAX_FRAME_SIZE,
         );
         self.header_blocks += 1;
@@ -459,11 +469,17 @@ impl Rewriter {
         Ok(())
     }
 
-    /// Decodes `self.block` and re-encodes it into `self.encoded`.
-    fn rewrite_block(&mut self) -> Result<(), RewriteError> {
-        let Rewriter { block, encoded, decoder, replacement, authority_cache, .. } = self;
+    /// Decodes `self.block`; returns `true` when it is to be forwarded as
+    /// received, else its re-encoding is in `self.encoded`.
+    ///
+    /// While the connection is verbatim the decoded fields are only copied
+    /// aside (cheaper than encoding them); the first `:authority` to replace
+    /// encodes the copies, in order, and the rest of the block is encoded as
+    /// it is decoded.
+    fn rewrite_block(&mut self) -> Result<bool, RewriteError> {
+        let Rewriter { block, encoded, decoder, replacement, authority_cache, verbatim, seen, .. } = self;
         encoded.clear();
-        encoded.reserve(block.len() + replacement.len());
+        seen.clear();
         let mut list_size = 0usize;
         let mut rewrites = 0u64;
         decoder.decode(block, |name, value| {
@@ -471,7 +487,19 @@ impl Rewriter {
             if list_size > MAX_HEADER_LIST_SIZE {
                 return Err(RewriteError::HeaderListTooLarge { limit: MAX_HEADER_LIST_SIZE });
             }
-            if name == b":authority" && !authority_cache.is_valid(value) {
+            let replace = name == b":authority" && !authority_cache.is_valid(value);
+            if *verbatim {
+                if !replace {
+                    seen.push(name, value);
+                    return Ok(());
+                }
+                *verbatim = false;
+                encoded.reserve(block.len() + replacement.len());
+                for (n, v) in seen.iter() {
+                    hpack::encode_field(encoded, n, v);
+                }
+            }
+            if replace {
                 rewrites += 1;
                 hpack::encode_field(encoded, name, replacement);
             } else {
@@ -480,7 +508,38 @@ impl Rewriter {
             Ok(())
         })?;
         self.rewrites += rewrites;
-        Ok(())
+        Ok(self.verbatim)
+    }
+}
+
+/// Header fields decoded so far in a block, copied back to back.
+#[derive(Default)]
+struct Fields {
+    bytes: Vec<u8>,
+    /// (name length, value length) of each field, in order.
+    lens: Vec<(usize, usize)>,
+}
+
+impl Fields {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.lens.clear();
+        shrink(&mut self.bytes);
+    }
+
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(value);
+        self.lens.push((name.len(), value.len()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut at = 0;
+        self.lens.iter().map(move |&(n, v)| {
+            let field = (&self.bytes[at..at + n], &self.bytes[at + n..at + n + v]);
+            at += n + v;
+            field
+        })
     }
 }
 

@@ -10,6 +10,8 @@
 //! * [`conn`]: the byte stream under each connection (read-only readiness, writes coalesced so
 //!   a PING ACK leaves with the response).
 //! * [`socket`]: socket creation, stale-socket handling, modes, abstract sockets.
+//! * [`supervisor`]: several instances (key + socket) in one process: first probes, sockets,
+//!   health loops, the shared HTTP server, shutdown together.
 //! * [`deadline`]: the caller's gRPC deadline, carried to backends that retry.
 //! * [`metrics`]: Prometheus metrics, one registry per process, labelled per instance.
 //! * [`error`]: [`PluginError`] and its single mapping to gRPC codes.
@@ -26,6 +28,7 @@ pub mod plugin;
 pub mod server;
 pub mod service;
 pub mod socket;
+pub mod supervisor;
 
 pub use backend::{EmbeddedBackend, KeyBackend, Probe};
 pub use error::PluginError;

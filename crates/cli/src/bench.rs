@@ -108,7 +108,7 @@ pub struct PluginBench {
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match crate::runtime::build(crate::runtime::Flavor::MultiThread) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("envelope bench: {e}");

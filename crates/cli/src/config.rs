@@ -438,25 +438,6 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     })
 }
 
-/// The KMS endpoint the aws backend uses, for the banner and logs: `--endpoint`, else what the
-/// AWS SDK takes from the environment (`AWS_ENDPOINT_URL_KMS`, then `AWS_ENDPOINT_URL`, unless
-/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`), else the region's AWS KMS endpoint. `env` reads
-/// an environment variable.
-pub fn describe_aws_endpoint(endpoint: Option<&str>, env: impl Fn(&str) -> Option<String>) -> String {
-    if let Some(e) = endpoint {
-        return e.to_owned();
-    }
-    let ignored = env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    if !ignored {
-        for var in ["AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL"] {
-            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
-                return format!("{v} (from {var})");
-            }
-        }
-    }
-    "(the region's AWS KMS endpoint)".to_owned()
-}
-
 /// A CA bundle for the aws backend, read and checked once when the configuration is resolved.
 #[derive(Debug, Clone)]
 pub struct CaBundle {
@@ -549,23 +530,6 @@ mod tests {
             Backend::Aws { max_in_flight, .. } => assert_eq!(max_in_flight, 64),
             Backend::Embedded => panic!("aws expected"),
         }
-    }
-
-    #[test]
-    fn aws_endpoint_named_as_the_sdk_picks_it() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-        };
-        assert_eq!(describe_aws_endpoint(Some("https://kms.local"), env(&[])), "https://kms.local");
-        assert_eq!(describe_aws_endpoint(None, env(&[])), "(the region's AWS KMS endpoint)");
-        let both = env(&[("AWS_ENDPOINT_URL", "http://a"), ("AWS_ENDPOINT_URL_KMS", "http://k")]);
-        assert_eq!(describe_aws_endpoint(None, both), "http://k (from AWS_ENDPOINT_URL_KMS)");
-        assert_eq!(
-            describe_aws_endpoint(None, env(&[("AWS_ENDPOINT_URL", "http://a")])),
-            "http://a (from AWS_ENDPOINT_URL)"
-        );
-        let ignored = env(&[("AWS_ENDPOINT_URL_KMS", "http://k"), ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "true")]);
-        assert_eq!(describe_aws_endpoint(None, ignored), "(the region's AWS KMS endpoint)");
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub struct DecryptArgs {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("runtime")
+    crate::runtime::build(crate::runtime::Flavor::Workers(2)).context("runtime")
 }
 
 pub fn run_inspect(args: InspectArgs) -> ExitCode {

@@ -256,8 +256,8 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    crate::plugin_cmd::init_logging(args.log_format == "json", &args.log_level);
-    crate::plugin_cmd::harden_process();
+    crate::runtime::init_logging(args.log_format == "json", &args.log_level);
+    crate::runtime::harden_process();
     // Every port first: a busy one stops the start before anything is created or announced
     // (no credentials file written, no "listening on" for a server that is not).
     let listeners = match bind_listeners(&settings) {
@@ -329,7 +329,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match crate::runtime::build(crate::runtime::Flavor::MultiThread) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("envelope: cannot start the runtime: {e}");
@@ -510,19 +510,12 @@ fn bind_listeners(s: &Settings) -> Result<Listeners> {
 
 async fn run_server(server: Arc<Server>, s: &Settings, listeners: Listeners) -> Result<()> {
     // Signal handlers first: a SIGTERM right after the banner must mean a clean shutdown.
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut signals = crate::runtime::shutdown_signals().context("cannot handle SIGTERM and SIGINT")?;
     // SIGHUP: re-read the credentials file and reopen the audit log (after log rotation),
     // without dropping connections.
-    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let credentials_path = s.credentials.clone().unwrap_or_else(|| s.data_dir.join(CREDENTIALS_FILE));
     let reloading = server.clone();
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            reload(&reloading, &credentials_path);
-        }
-    });
+    crate::runtime::on_hangup(move || reload(&reloading, &credentials_path)).context("cannot handle SIGHUP")?;
     let listener = tokio::net::TcpListener::from_std(listeners.api).context("listener")?;
     let addr = listener.local_addr().context("listener address")?;
     let scheme = if s.tls.is_some() { "https" } else { "http" };
@@ -553,9 +546,8 @@ async fn run_server(server: Arc<Server>, s: &Settings, listeners: Listeners) -> 
     }
     tracing::info!(addr = %addr, region = %s.config.region, "serving the AWS KMS API");
     let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("received SIGTERM"),
-            _ = int.recv() => tracing::info!("received SIGINT"),
+        if let Some(name) = signals.recv().await {
+            tracing::info!("received {name}");
         }
     };
     match &s.tls {

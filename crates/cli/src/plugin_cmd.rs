@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use envelope_keystore::{KeyRef, KeyStore};
-use envelope_plugin::{EmbeddedBackend, Instance, InstanceMetrics, Metrics, Plugin, PluginConfig, SocketSpec};
-use tokio::sync::watch;
+use envelope_plugin::{
+    EmbeddedBackend, Instance, InstanceMetrics, Metrics, Plugin, PluginConfig, SocketSpec, supervisor,
+};
 
 use crate::EXIT_CONFIG;
 use crate::cli::PluginArgs;
 use crate::config::{InstanceSettings, PluginSettings, resolve};
+use crate::runtime;
 
 pub fn run(args: PluginArgs) -> ExitCode {
     let settings = match resolve(args) {
@@ -21,13 +23,13 @@ pub fn run(args: PluginArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging(settings.log_json, &settings.log_level);
-    harden_process();
+    runtime::init_logging(settings.log_json, &settings.log_level);
+    runtime::harden_process();
     // One thread serves every socket: an RPC's work is microseconds of CPU, and on one thread
     // the tasks of a connection never wake each other across cores, its responses leave in one
     // write, and nothing contends (docs/benchmarks.md). Blocking work (SQLite) still goes to
     // the blocking pool.
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match runtime::build(runtime::Flavor::CurrentThread) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("envelope: cannot start the runtime: {e}");
@@ -36,7 +38,7 @@ pub fn run(args: PluginArgs) -> ExitCode {
     };
     match rt.block_on(serve(settings)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<StartupConfigError>().is_some() => {
+        Err(e) if is_startup_config_error(&e) => {
             eprintln!("envelope: invalid configuration: {e:#}");
             ExitCode::from(EXIT_CONFIG)
         }
@@ -50,33 +52,13 @@ pub fn run(args: PluginArgs) -> ExitCode {
 
 /// A configuration mistake found only when the backend is set up (e.g. no AWS region or no
 /// credentials anywhere in the AWS chain): exit 64 like the flags' own checks.
-#[derive(Debug)]
-struct StartupConfigError(String);
-
-impl std::fmt::Display for StartupConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+fn is_startup_config_error(e: &anyhow::Error) -> bool {
+    #[cfg(feature = "aws")]
+    if let Some(e) = e.downcast_ref::<envelope_plugin_aws::ClientError>() {
+        return e.is_config();
     }
-}
-
-impl std::error::Error for StartupConfigError {}
-
-/// Logs go to stderr, as text or one JSON object per line.
-pub fn init_logging(json: bool, level: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
-}
-
-/// No core dumps and no ptrace by other processes of the same user: key material lives in memory.
-pub fn harden_process() {
-    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
-    let _ = nix::sys::prctl::set_dumpable(false);
+    let _ = e;
+    false
 }
 
 async fn serve(s: PluginSettings) -> Result<()> {
@@ -101,36 +83,15 @@ async fn serve(s: PluginSettings) -> Result<()> {
         #[cfg(feature = "aws")]
         crate::config::Backend::Aws { region, endpoint, max_in_flight, ca_bundle, fips } => {
             use envelope_plugin_aws::ProbeMode;
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-            if let Some(r) = region {
-                loader = loader.region(aws_config::Region::new(r.clone()));
-            }
-            if let Some(e) = endpoint {
-                loader = loader.endpoint_url(e.clone());
-            }
-            if *fips {
-                loader = loader.use_fips(true);
-            }
-            if let Some(bundle) = ca_bundle {
-                use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-                let pem = bundle.pem.clone();
-                let f = &bundle.path;
-                let trust = TlsContext::builder()
-                    // The system roots stay: credential providers (STS for web identity) use
-                    // this client too.
-                    .with_trust_store(TrustStore::default().with_pem_certificate(pem))
-                    .build()
-                    .map_err(|e| anyhow::anyhow!("ca-bundle {}: {e}", f.display()))?;
-                let http = aws_smithy_http_client::Builder::new()
-                    .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
-                    .tls_context(trust)
-                    .build_https();
-                loader = loader.http_client(http);
-                tracing::info!(ca_bundle = %f.display(), "trusting the CA certificates of the bundle for the KMS endpoint");
-            }
-            let sdk_config = loader.load().await;
-            check_aws_setup(&sdk_config).await?;
-            let client = aws_sdk_kms::Client::new(&sdk_config);
+            let options = envelope_plugin_aws::ClientOptions {
+                region: region.clone(),
+                endpoint: endpoint.clone(),
+                fips: *fips,
+                ca_bundle: ca_bundle
+                    .as_ref()
+                    .map(|b| envelope_plugin_aws::client::CaBundle { path: b.path.clone(), pem: b.pem.clone() }),
+            };
+            let client = envelope_plugin_aws::build_client(&options).await?;
             // One limit for the process: several keys never multiply the load on the KMS.
             let permits = Arc::new(tokio::sync::Semaphore::new(*max_in_flight));
             let mut plugins = Vec::new();
@@ -146,7 +107,8 @@ async fn serve(s: PluginSettings) -> Result<()> {
                 .with_shared_limit(permits.clone())
                 .with_probe(if i.round_trip_probe { ProbeMode::RoundTrip } else { ProbeMode::DescribeKey })
                 .with_metrics(m.clone());
-                let endpoint = crate::config::describe_aws_endpoint(endpoint.as_deref(), |v| std::env::var(v).ok());
+                let endpoint =
+                    envelope_plugin_aws::client::describe_endpoint(endpoint.as_deref(), |v| std::env::var(v).ok());
                 let region = region.as_deref().unwrap_or("(from the AWS configuration)");
                 tracing::info!(key = %i.key, socket = %i.socket, %endpoint, %region, "using the aws backend");
                 plugins.push(Plugin::new(backend, config.clone(), m));
@@ -155,38 +117,6 @@ async fn serve(s: PluginSettings) -> Result<()> {
         }
         #[cfg(not(feature = "aws"))]
         crate::config::Backend::Aws { .. } => anyhow::bail!("this build has no aws backend"),
-    }
-}
-
-/// The mistakes that would otherwise start a plugin that serves but can never be healthy: no
-/// region, and no credentials anywhere in the standard AWS chain (which then tries the instance
-/// metadata service again on every call).
-#[cfg(feature = "aws")]
-async fn check_aws_setup(c: &aws_config::SdkConfig) -> Result<()> {
-    use aws_credential_types::provider::ProvideCredentials;
-    if c.region().is_none() {
-        return Err(StartupConfigError(
-            "the aws backend has no region: pass --region (or region: in the config file), or set AWS_REGION".into(),
-        )
-        .into());
-    }
-    let Some(provider) = c.credentials_provider() else {
-        return Err(StartupConfigError("the aws backend has no credentials provider".into()).into());
-    };
-    match tokio::time::timeout(std::time::Duration::from_secs(15), provider.provide_credentials()).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(StartupConfigError(format!(
-            "the aws backend found no credentials ({}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, \
-             a web identity token (IRSA), or run where an instance or task role is available",
-            envelope_plugin_aws::one_line(&e)
-        ))
-        .into()),
-        Err(_) => Err(StartupConfigError(
-            "the aws backend found no credentials within 15 s (the standard chain: environment, profile, web identity, \
-             container and instance metadata)"
-                .into(),
-        )
-        .into()),
     }
 }
 
@@ -245,189 +175,42 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(
     s: &PluginSettings,
 ) -> Result<()> {
     // Installed first, so a SIGTERM from now on always ends in a clean shutdown.
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("signal handler")?;
-    let mut int =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("signal handler")?;
+    let mut signals = runtime::shutdown_signals().context("signal handler")?;
     // SIGHUP (sent by log rotation and by habit) must not stop the plugin kube-apiserver relies
     // on. Logs go to stderr and key changes are picked up by the health loop: nothing to reopen.
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("signal handler")?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!(
-                "SIGHUP: nothing to reload (key changes are picked up every health interval; flags need a restart)"
-            );
-        }
-    });
-    // First probes of all instances at once (a slow KMS delays the start once, not per key).
-    let probes: Vec<_> = plugins
-        .iter()
-        .map(|p| {
-            let p = p.clone();
-            tokio::spawn(async move { p.probe_now().await })
+    runtime::on_hangup(|| {
+        tracing::info!(
+            "SIGHUP: nothing to reload (key changes are picked up every health interval; flags need a restart)"
+        )
+    })
+    .context("signal handler")?;
+    let instances = plugins
+        .into_iter()
+        .zip(&s.instances)
+        .map(|(plugin, i)| supervisor::Instance {
+            plugin,
+            socket: SocketSpec { path: i.socket.clone(), mode: s.socket_mode, group: s.socket_group.clone() },
+            key: i.key.clone(),
         })
-        .collect();
-    let first = async {
-        let mut key_ids = Vec::new();
-        for (probe, i) in probes.into_iter().zip(&s.instances) {
-            let h = probe.await.context("first health probe")?;
-            if let Some(e) = &h.error {
-                tracing::warn!(key = %i.key, error = %e, "the key is not usable yet; serving anyway and reporting unhealthy");
-            }
-            key_ids.push(h.key_id.clone());
-        }
-        Ok::<_, anyhow::Error>(key_ids)
+        .collect::<Vec<_>>();
+    let specs: Vec<SocketSpec> = instances.iter().map(|i| i.socket.clone()).collect();
+    let Some(running) = supervisor::start(instances, s.http_addr, metrics, &mut signals).await? else {
+        return Ok(());
     };
-    let key_ids = tokio::select! {
-        r = first => r?,
-        _ = term.recv() => {
-            tracing::info!("received SIGTERM before serving; stopped");
-            return Ok(());
-        }
-        _ = int.recv() => {
-            tracing::info!("received SIGINT before serving; stopped");
-            return Ok(());
-        }
-    };
-
-    // Sockets are unlinked when `bound` goes out of scope: on every error path and at exit.
-    let mut bound = BoundSockets(Vec::new());
-    let mut listeners = Vec::new();
-    let mut specs = Vec::new();
-    if s.socket_mode & 0o007 != 0 {
-        tracing::warn!(
-            socket_mode = format!("{:04o}", s.socket_mode),
-            "the socket mode is wider than 0660: every local user can ask the plugin to decrypt; use --socket-group with 0660"
-        );
-    }
-    for i in &s.instances {
-        if i.socket.starts_with('@') {
-            tracing::warn!(
-                socket = %i.socket,
-                "an abstract socket has no file permissions: any process in this network namespace can connect to it"
-            );
-        }
-        let spec = SocketSpec { path: i.socket.clone(), mode: s.socket_mode, group: s.socket_group.clone() };
-        // Most socket errors name the socket already ("socket X is in use ..."): say it once.
-        let b = envelope_plugin::socket::bind(&spec).map_err(|e| naming(&i.socket, e))?;
-        let listener = b.listener.try_clone().and_then(tokio::net::UnixListener::from_std);
-        bound.0.push(b);
-        listeners.push(listener.with_context(|| format!("socket {}", i.socket))?);
-        specs.push(spec);
-    }
-    let http = match s.http_addr {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for HTTP"))?,
-        ),
-        None => None,
-    };
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut health_tasks = Vec::new();
-    for p in &plugins {
-        health_tasks.push(p.spawn_health_loop(stop_rx.clone()));
-    }
-    if let Some(l) = http {
-        let router = envelope_plugin::server::http_router(plugins.iter().map(Plugin::readiness).collect(), metrics);
-        let addr = l.local_addr().ok();
-        let mut rx = stop_rx.clone();
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|v| *v).await;
-            };
-            if let Err(e) = envelope_plugin::server::serve_router(l, router, stop).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
-        let addr = addr.map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(%addr, "health and metrics on http://{addr}/livez, /readyz, /metrics");
-    }
-    print_banner(s, &specs, &key_ids);
-
-    let mut servers = tokio::task::JoinSet::new();
-    for ((p, listener), i) in plugins.iter().zip(listeners).zip(&s.instances) {
-        tracing::info!(socket = %i.socket, key = %i.key, "serving KMS v2 and v1beta1");
-        let mut rx = stop_rx.clone();
-        let p = p.clone();
-        let socket = i.socket.clone();
-        let fut = async move {
-            p.serve(listener, async move {
-                let _ = rx.wait_for(|v| *v).await;
-            })
-            .await
-            .with_context(|| format!("gRPC server on {socket} failed"))
-        };
-        servers.spawn(fut);
-    }
-    // Run until a signal; a server that fails stops the others too. Then wait for all of them
-    // (at most --shutdown-grace); a second signal stops at once.
-    let mut failure: Option<anyhow::Error> = None;
-    loop {
-        let signal = tokio::select! {
-            _ = term.recv() => Some("SIGTERM"),
-            _ = int.recv() => Some("SIGINT"),
-            done = servers.join_next() => {
-                match done {
-                    None => break,
-                    Some(Ok(Ok(()))) => {}
-                    Some(Ok(Err(e))) => {
-                        tracing::error!(error = %format!("{e:#}"), "stopping every instance");
-                        failure.get_or_insert(e);
-                        let _ = stop_tx.send(true);
-                    }
-                    Some(Err(e)) => {
-                        failure.get_or_insert(anyhow::anyhow!("server task failed: {e}"));
-                        let _ = stop_tx.send(true);
-                    }
-                }
-                None
-            }
-        };
-        if let Some(name) = signal {
-            if *stop_tx.borrow() {
-                tracing::warn!("received {name} again: stopping now without waiting for in-flight requests");
-                servers.abort_all();
-                break;
-            }
-            tracing::info!("received {name}");
-            let _ = stop_tx.send(true);
-        }
-    }
-    health_tasks.iter().for_each(|t| t.abort());
-    drop(bound);
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// `e`, prefixed with `subject` unless its message names it already.
-fn naming(subject: &str, e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Error {
-    if e.to_string().contains(subject) {
-        anyhow::Error::new(e)
-    } else {
-        anyhow::Error::new(e).context(format!("socket {subject}"))
-    }
-}
-
-/// The instances' sockets; each is unlinked on drop if it is still ours.
-struct BoundSockets(Vec<envelope_plugin::BoundSocket>);
-
-impl Drop for BoundSockets {
-    fn drop(&mut self) {
-        for b in &self.0 {
-            b.cleanup();
-        }
-    }
+    print_banner(s, &specs, running.key_ids());
+    Ok(running.serve(&mut signals).await?)
 }
 
 fn print_banner(s: &PluginSettings, specs: &[SocketSpec], key_ids: &[Option<String>]) {
     let store = match &s.backend {
         crate::config::Backend::Embedded => format!("embedded key store {}", s.data_dir.display()),
-        crate::config::Backend::Aws { endpoint, .. } => {
-            format!("aws KMS {}", crate::config::describe_aws_endpoint(endpoint.as_deref(), |v| std::env::var(v).ok()))
-        }
+        #[cfg(feature = "aws")]
+        crate::config::Backend::Aws { endpoint, .. } => format!(
+            "aws KMS {}",
+            envelope_plugin_aws::client::describe_endpoint(endpoint.as_deref(), |v| std::env::var(v).ok())
+        ),
+        #[cfg(not(feature = "aws"))]
+        crate::config::Backend::Aws { .. } => "aws KMS".to_owned(),
     };
     for (i, key_id) in s.instances.iter().zip(key_ids) {
         println!("envelope plugin listening on {}", i.socket);

@@ -140,7 +140,7 @@ pub fn run(args: ReencryptArgs) -> ExitCode {
             return ExitCode::from(crate::EXIT_CONFIG);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match crate::runtime::build(crate::runtime::Flavor::Workers(2)) {
         Ok(rt) => rt,
         Err(e) => {
             warn(&format!("envelope reencrypt: runtime: {e}"));
@@ -731,16 +731,10 @@ fn stop(tx: &watch::Sender<Option<StopReason>>, reason: StopReason) {
 
 /// First SIGINT/SIGTERM: stop taking new objects. Second: exit at once.
 fn watch_signals(tx: Arc<watch::Sender<Option<StopReason>>>) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
+    let mut received = crate::runtime::shutdown_signals()?;
     tokio::spawn(async move {
         let mut signals = 0;
-        loop {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
+        while received.recv().await.is_some() {
             signals += 1;
             if signals == 1 {
                 warn(

@@ -24,7 +24,7 @@ fn dec(r: &v2::EncryptResponse) -> v2::DecryptRequest {
 }
 
 fn fqdn(s: &str) -> bool {
-    envelope_plugin::format::is_fqdn(s)
+    envelope_proto::rules::is_fully_qualified_domain_name(s)
 }
 
 #[tokio::test]

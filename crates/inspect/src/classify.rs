@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use envelope_proto::rules::{self, AnnotationError, MAX_FIELD_LEN};
 use prost::Message;
 
 use crate::config::EncryptionConfig;
@@ -42,10 +43,6 @@ pub(crate) const SECRETBOX_NONCE_LEN: usize = 24;
 pub(crate) const SECRETBOX_TAG_LEN: usize = 16;
 /// KMS v2 HKDF info length (the first bytes of `encryptedData` in seed mode).
 pub(crate) const KMS_V2_INFO_LEN: usize = 32;
-/// Largest `keyID` / `encryptedDEKSource` kube-apiserver accepts (bytes).
-pub const KMS_V2_MAX_FIELD_LEN: usize = 1024;
-/// Largest total annotation size (sum of key and value lengths) kube-apiserver accepts.
-pub const KMS_V2_MAX_ANNOTATIONS_SIZE: usize = 32 * 1024;
 
 /// What wrote a value, as a stable short string for summaries ([`ProviderKind::as_str`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -615,26 +612,20 @@ pub(crate) fn check_kms_v2_fields<'a>(
     if key_id.is_empty() {
         return Err("keyID is empty".to_owned());
     }
-    if key_id.len() > KMS_V2_MAX_FIELD_LEN {
-        return Err(format!("keyID of {} bytes exceeds {KMS_V2_MAX_FIELD_LEN}", key_id.len()));
+    if key_id.len() > MAX_FIELD_LEN {
+        return Err(format!("keyID of {} bytes exceeds {MAX_FIELD_LEN}", key_id.len()));
     }
     if dek_source.is_empty() {
         return Err("encryptedDEKSource is empty".to_owned());
     }
-    if dek_source.len() > KMS_V2_MAX_FIELD_LEN {
-        return Err(format!("encryptedDEKSource of {} bytes exceeds {KMS_V2_MAX_FIELD_LEN}", dek_source.len()));
+    if dek_source.len() > MAX_FIELD_LEN {
+        return Err(format!("encryptedDEKSource of {} bytes exceeds {MAX_FIELD_LEN}", dek_source.len()));
     }
-    let mut total = 0usize;
-    for (k, v) in annotations {
-        if !is_fully_qualified_domain_name(k) {
-            return Err(format!("annotation key {:?} is not a fully qualified domain name", truncate(k, 64)));
-        }
-        total = total.saturating_add(k.len()).saturating_add(v.len());
-    }
-    if total > KMS_V2_MAX_ANNOTATIONS_SIZE {
-        return Err(format!("annotations total {total} bytes, more than {KMS_V2_MAX_ANNOTATIONS_SIZE}"));
-    }
-    Ok(())
+    rules::check_annotations(annotations).map_err(|e| match e {
+        // A key can be long and is echoed in reports: cut it.
+        AnnotationError::KeyNotFqdn(k) => AnnotationError::KeyNotFqdn(truncate(&k, 64)).to_string(),
+        e => e.to_string(),
+    })
 }
 
 fn classify_kms_v2(provider_name: String, payload: &[u8]) -> Classified {
@@ -690,47 +681,9 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// apimachinery's `IsFullyQualifiedDomainName`: one optional trailing `.` is ignored; the rest is
-/// a lowercase RFC 1123 subdomain (≤ 253 chars, labels of `[a-z0-9-]`, alphanumeric at both
-/// ends, ≤ 63 chars each) with at least two labels.
-pub fn is_fully_qualified_domain_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() || name.len() > 253 {
-        return false;
-    }
-    let mut labels = 0usize;
-    for label in name.split('.') {
-        labels += 1;
-        let bytes = label.as_bytes();
-        let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-        let ok = !bytes.is_empty()
-            && bytes.len() <= 63
-            && bytes.first().is_some_and(alnum)
-            && bytes.last().is_some_and(alnum)
-            && bytes.iter().all(|b| alnum(b) || *b == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    labels >= 2
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fqdn_rule() {
-        assert!(is_fully_qualified_domain_name("kms.example.io"));
-        assert!(is_fully_qualified_domain_name("kms.example.io."));
-        assert!(is_fully_qualified_domain_name("remote-kms-auditid.kms.example.io"));
-        assert!(!is_fully_qualified_domain_name("kms.example.io/remote-kms-auditid"));
-        assert!(!is_fully_qualified_domain_name("Example.com"));
-        assert!(!is_fully_qualified_domain_name("localhost"));
-        assert!(!is_fully_qualified_domain_name("-a.b"));
-        assert!(!is_fully_qualified_domain_name("a..b"));
-        assert!(!is_fully_qualified_domain_name(""));
-    }
 
     #[test]
     fn prefixes() {

@@ -6,13 +6,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use envelope_keystore::EncryptionContext;
+use envelope_proto::rules::MAX_FIELD_LEN;
 use tokio::sync::watch;
 use tracing::Instrument;
 use zeroize::Zeroizing;
 
 use crate::backend::KeyBackend;
 use crate::error::PluginError;
-use crate::format::{self, MAX_PLAINTEXT, MAX_V2_FIELD, MAX_V2_PLAINTEXT};
+use crate::format::{self, MAX_PLAINTEXT, MAX_V2_PLAINTEXT};
 use crate::metrics::{InstanceMetrics, code_name};
 
 /// Plugin settings that the library needs (the CLI owns the rest).
@@ -258,7 +259,7 @@ impl<B: KeyBackend> Plugin<B> {
         let ctx = v2_context(key_id, &self.inner.annotations);
         let blob = self.backend_encrypt(version, plaintext, &ctx).await?;
         let ciphertext = format::seal_envelope(self.inner.backend.kind(), &blob);
-        if ciphertext.len() > MAX_V2_FIELD || key_id.is_empty() || key_id.len() > MAX_V2_FIELD {
+        if ciphertext.len() > MAX_FIELD_LEN || key_id.is_empty() || key_id.len() > MAX_FIELD_LEN {
             return Err(PluginError::Internal("backend output exceeds the KMS v2 limits".into()));
         }
         Ok((ciphertext, key_id.clone(), self.inner.annotations.clone()))
@@ -274,11 +275,11 @@ impl<B: KeyBackend> Plugin<B> {
         if key_id.is_empty() {
             return Err(PluginError::InvalidRequest("key_id is empty".into()));
         }
-        if key_id.len() > MAX_V2_FIELD {
-            return Err(PluginError::InvalidRequest("key_id is longer than 1024 bytes".into()));
+        if key_id.len() > MAX_FIELD_LEN {
+            return Err(PluginError::InvalidRequest(format!("key_id is longer than {MAX_FIELD_LEN} bytes")));
         }
-        if ciphertext.len() > MAX_V2_FIELD {
-            return Err(PluginError::InvalidCiphertext("ciphertext is longer than 1024 bytes".into()));
+        if ciphertext.len() > MAX_FIELD_LEN {
+            return Err(PluginError::InvalidCiphertext(format!("ciphertext is longer than {MAX_FIELD_LEN} bytes")));
         }
         format::check_annotations(annotations)?;
         let blob = self.open(ciphertext)?;

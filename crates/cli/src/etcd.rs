@@ -391,6 +391,12 @@ impl Symptom {
         }
         let text = dedup_chain(&chain);
         let lower = text.to_ascii_lowercase();
+        // tonic wraps what fails while connecting — TCP, then the TLS handshake — in a
+        // ConnectError, and nothing after it. A peer that closes (EOF, or a reset when it left our
+        // ClientHello unread: a matter of timing) before the TLS handshake is done does not speak
+        // TLS; one that closes later refused what came after it (e.g. no client certificate).
+        let in_connect = chain.iter().any(|c| c.is::<tonic::ConnectError>());
+        let closed = if in_connect { Symptom::NotTls } else { Symptom::Closed };
         for c in &chain {
             if let Some(io) = c.downcast_ref::<std::io::Error>() {
                 use std::io::ErrorKind as K;
@@ -398,9 +404,7 @@ impl Symptom {
                     K::ConnectionRefused => return Symptom::Refused,
                     K::TimedOut => return Symptom::Timeout,
                     K::UnexpectedEof if lower.contains("tls handshake") => return Symptom::NotTls,
-                    K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
-                        return Symptom::Closed;
-                    }
+                    K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => return closed,
                     _ => {}
                 }
             }
@@ -419,8 +423,11 @@ impl Symptom {
         } else if lower.contains("connection closed")
             || lower.contains("broken pipe")
             || lower.contains("reset by peer")
+            // hyper: the connection ended before the request could be sent on it (the peer closed
+            // it right after the handshake; which of these messages comes is a matter of timing).
+            || lower.contains("connection was not ready")
         {
-            Symptom::Closed
+            closed
         } else if lower.contains("http2")
             || lower.contains("frame")
             || lower.contains("protocol error")
@@ -503,6 +510,11 @@ mod tests {
         assert_eq!(of("tls handshake eof"), Symptom::NotTls);
         assert_eq!(of("grpc-status header missing, mapped from HTTP status code 404"), Symptom::NotGrpc);
         assert_eq!(of("operation was canceled: connection closed"), Symptom::Closed);
+        assert_eq!(of("operation was canceled: transport error: connection was not ready"), Symptom::Closed);
+        // Closed while connecting (TCP or the TLS handshake, wrapped by tonic) or after it.
+        let reset = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(Symptom::of(&reset()), Symptom::Closed);
+        assert_eq!(Symptom::of(&tonic::ConnectError(Box::new(reset()))), Symptom::NotTls);
         let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(Symptom::of(&io), Symptom::Refused);
         let tls = std::io::Error::new(

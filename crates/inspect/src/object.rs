@@ -307,32 +307,16 @@ fn time_json(t: Option<&k8s::Time>) -> Value {
 
 /// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`; `None` outside years 1–9999.
 pub fn rfc3339(seconds: i64) -> Option<String> {
-    let days = seconds.div_euclid(86_400);
-    let secs_of_day = seconds.rem_euclid(86_400);
-    let (y, mo, d) = civil_from_days(days)?;
-    if !(1..=9999).contains(&y) {
-        return None;
-    }
+    let t = time::OffsetDateTime::from_unix_timestamp(seconds).ok().filter(|t| t.year() >= 1)?;
     Some(format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs_of_day / 3600,
-        (secs_of_day % 3600) / 60,
-        secs_of_day % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     ))
-}
-
-/// Proleptic Gregorian date of `days` since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> Option<(i64, i64, i64)> {
-    let z = days.checked_add(719_468)?;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe.checked_add(era.checked_mul(400)?)?;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    Some((if m <= 2 { y + 1 } else { y }, m, d))
 }
 
 fn decode_json(bytes: &[u8]) -> Result<DecodedObject> {

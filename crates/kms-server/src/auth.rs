@@ -428,68 +428,43 @@ fn check_skew(amz_date: &str, time: SystemTime, now: SystemTime) -> Result<()> {
     }
 }
 
-/// Parses `YYYYMMDD'T'HHMMSS'Z'`. `None` for anything else (including impossible dates).
+/// Parses `YYYYMMDD'T'HHMMSS'Z'` (UTC). `None` for anything else, including impossible dates and
+/// times (the calendar is the `time` crate's).
 pub fn parse_amz_date(s: &str) -> Option<SystemTime> {
+    fn field<T: std::str::FromStr>(s: &str, r: std::ops::Range<usize>) -> Option<T> {
+        s.get(r)?.parse().ok()
+    }
     let b = s.as_bytes();
-    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' || !digits(0..8) || !digits(9..15) {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        if !t.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        t.parse().ok()
-    };
-    let (y, mo, d) = (num(0..4)?, num(4..6)?, num(6..8)?);
-    let (h, mi, se) = (num(9..11)?, num(11..13)?, num(13..15)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 59 {
-        return None;
-    }
-    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se;
-    let secs = u64::try_from(secs).ok()?;
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+    let month = time::Month::try_from(field::<u8>(s, 4..6)?).ok()?;
+    let t = time::Date::from_calendar_date(field(s, 0..4)?, month, field(s, 6..8)?)
+        .ok()?
+        .with_hms(field(s, 9..11)?, field(s, 11..13)?, field(s, 13..15)?)
+        .ok()?
+        .assume_utc();
+    UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(t.unix_timestamp()).ok()?))
 }
 
-/// Formats a time as `YYYYMMDD'T'HHMMSS'Z'`.
+/// Formats a time as `YYYYMMDD'T'HHMMSS'Z'` (UTC, whole seconds; the epoch for times outside
+/// 1970–9999).
 pub fn format_amz_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let secs = i64::try_from(secs).unwrap_or(0);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-// Howard Hinnant's algorithms (proleptic Gregorian calendar).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 #[cfg(test)]
@@ -510,10 +485,29 @@ mod tests {
             "20151301T000000Z",
             "2015083OT123600Z",
             "+0150830T123600Z",
+            "2015 830T123600Z",
+            "20150830T123660Z",
+            "20150830T243600Z",
+            "20150830T126000Z",
+            "20150800T000000Z",
+            "20150830T123600Zx",
+            "20230229T000000Z",
+            "21000229T000000Z",
+            "00000101T000000Z",
+            "19691231T235959Z",
+            "２0150830T123600Z",
         ] {
             assert!(parse_amz_date(bad).is_none(), "{bad}");
         }
         assert!(parse_amz_date("20240229T235959Z").is_some());
+        assert!(parse_amz_date("20000229T000000Z").is_some());
+        assert_eq!(parse_amz_date("19700101T000000Z"), Some(UNIX_EPOCH));
+        let last = parse_amz_date("99991231T235959Z").unwrap();
+        assert_eq!(last.duration_since(UNIX_EPOCH).unwrap().as_secs(), 253_402_300_799);
+        assert_eq!(format_amz_date(last), "99991231T235959Z");
+        assert_eq!(format_amz_date(UNIX_EPOCH), "19700101T000000Z");
+        assert_eq!(format_amz_date(UNIX_EPOCH - Duration::from_secs(1)), "19700101T000000Z");
+        assert_eq!(format_amz_date(UNIX_EPOCH + Duration::from_millis(1_999)), "19700101T000001Z");
     }
 
     #[test]

@@ -90,22 +90,14 @@ pub struct CredentialStore {
 #[serde(deny_unknown_fields)]
 struct FileEntry {
     access_key_id: String,
-    secret_access_key: SecretString,
+    /// Read straight into zeroizing memory (zeroize's `serde` feature).
+    secret_access_key: Zeroizing<String>,
     #[serde(default)]
-    session_token: Option<SecretString>,
+    session_token: Option<Zeroizing<String>>,
     principal: String,
     /// The identity policy: a YAML mapping or a JSON document in a string.
     #[serde(default)]
     policy: Option<serde_json::Value>,
-}
-
-/// A string read from a file straight into zeroizing memory.
-struct SecretString(Zeroizing<String>);
-
-impl<'de> serde::Deserialize<'de> for SecretString {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d).map(|s| SecretString(Zeroizing::new(s)))
-    }
 }
 
 impl CredentialStore {
@@ -164,8 +156,8 @@ impl CredentialStore {
             };
             creds.push(Credential {
                 access_key_id: e.access_key_id,
-                secret_access_key: e.secret_access_key.0,
-                session_token: e.session_token.map(|t| t.0),
+                secret_access_key: e.secret_access_key,
+                session_token: e.session_token,
                 principal: e.principal,
                 policy,
             });

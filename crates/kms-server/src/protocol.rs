@@ -594,7 +594,7 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
             v.grant_tokens(&raw.grant_tokens);
             v.algorithm("encryptionAlgorithm", &raw.encryption_algorithm);
             v.finish()?;
-            let plaintext = decode_secret(plaintext.as_ref().map(|p| p.0.as_str()).unwrap_or_default())?;
+            let plaintext = decode_secret(plaintext.as_ref().map(|p| p.as_str()).unwrap_or_default())?;
             if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
                 return Err(length_error("plaintext", 1, MAX_PLAINTEXT, plaintext.len()));
             }
@@ -738,7 +738,8 @@ struct Raw {
     multi_region: Option<bool>,
     number_of_bytes: Option<i64>,
     origin: Option<String>,
-    plaintext: Option<SecretString>,
+    /// Secret data (base64 plaintext), read straight into zeroizing memory.
+    plaintext: Option<Zeroizing<String>>,
     policy: Option<String>,
     recipient: Option<serde_json::Value>,
     source_encryption_algorithm: Option<String>,
@@ -824,15 +825,6 @@ fn tag_rules(tags: &[(String, String)]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A string member that carries secret data (base64 plaintext), held in zeroizing memory.
-struct SecretString(Zeroizing<String>);
-
-impl<'de> Deserialize<'de> for SecretString {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d).map(|s| SecretString(Zeroizing::new(s)))
-    }
 }
 
 /// Collects constraint violations into one AWS-style `ValidationException`.

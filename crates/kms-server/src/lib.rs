@@ -10,7 +10,8 @@
 //! * [`error`]: [`KmsError`] and its one mapping to AWS error codes and HTTP statuses.
 //! * [`audit`]: the CloudTrail-shaped audit log (one JSON line per request, optional fail-closed).
 //! * [`policy`]: key policies — parser and evaluation (pure).
-//! * [`maintenance`]: the clock, deletion of keys past their window, automatic rotation.
+//! * [`maintenance`]: the clock, deletion of keys past their window, automatic rotation; the
+//!   [`Maintenance`](maintenance::Maintenance) task `serve` owns.
 //! * [`metrics`]: Prometheus metrics and the loopback `/livez` `/readyz` `/metrics` router.
 //! * [`tls`]: HTTPS with rustls (certificate and key from PEM files).
 //! * [`seed`]: configuration as code — keys, aliases, policies from a YAML file, idempotently.
@@ -137,7 +138,9 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// A server over `store`, accepting requests signed with `credentials`.
+    /// A server over `store`, accepting requests signed with `credentials`. Runs the key
+    /// maintenance once; [`serve`] and [`tls::serve_tls`] run it every
+    /// [`maintenance::INTERVAL`] while they serve. Starts nothing in the background.
     pub fn new(store: Arc<KeyStore>, credentials: CredentialStore, config: Config) -> Result<Self> {
         config.validate()?;
         let names = ids::Names::new(&config.region, &config.account_id);
@@ -145,7 +148,6 @@ impl Server {
         if let Err(e) = maintenance::run(&store, clock.now()) {
             tracing::error!(error = %e, "key maintenance failed");
         }
-        maintenance::spawn(Arc::downgrade(&store), clock.clone());
         let policies = ops::PolicyCache::new(&config.account_id)?;
         Ok(Self {
             store,
@@ -200,7 +202,7 @@ impl Server {
     }
 
     /// Deletes keys past their deletion date and rotates keys that are due, now. Blocking; also
-    /// runs at creation and every [`maintenance::INTERVAL`] in the background.
+    /// runs at creation and every [`maintenance::INTERVAL`] while serving.
     pub fn run_maintenance(&self) -> Result<maintenance::Report> {
         maintenance::run(&self.store, self.clock.now()).map_err(|e| KmsError::Internal(e.to_string()))
     }

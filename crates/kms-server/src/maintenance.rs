@@ -1,14 +1,21 @@
 //! Background maintenance: deleting keys whose deletion window has passed, rotating keys
 //! whose automatic rotation is due, and deleting imported material that expired. Runs once
-//! when the server is created and then every [`INTERVAL`] on a background thread that ends
-//! when the key store is dropped.
+//! when the server is created and then every [`INTERVAL`] while it serves, in a task owned by a
+//! [`Maintenance`] handle: `serve` starts it and stops it at shutdown; dropping the handle
+//! stops it too. The interval is tokio time, so tests drive it with `tokio::time::pause`.
 //!
-//! Time comes from a [`Clock`] (system time plus an adjustable offset) so tests can move past a
-//! 7-day deletion window without waiting.
+//! The dates themselves (deletion dates, rotation dates, material expiry) are wall-clock Unix
+//! seconds that clients see and send (`DeletionDate`, `NextRotationDate`, `ValidTo`), stored
+//! with the keys. They come from a [`Clock`] (system time plus an offset): paused tokio time
+//! cannot move the system time, and tests move past a 7-day deletion window with
+//! [`Clock::advance`].
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use envelope_keystore::KeyStore;
 
@@ -62,18 +69,155 @@ pub fn run(store: &KeyStore, now: i64) -> envelope_keystore::Result<Report> {
     Ok(Report { deleted, rotated, expired })
 }
 
-/// Starts the background thread (a plain thread: the server may be created outside a runtime).
-pub(crate) fn spawn(store: Weak<KeyStore>, clock: Arc<Clock>) {
-    let started = std::thread::Builder::new().name("envelope-kms-maintenance".into()).spawn(move || {
-        loop {
-            std::thread::sleep(INTERVAL);
-            let Some(store) = store.upgrade() else { return };
-            if let Err(e) = run(&store, clock.now()) {
-                tracing::error!(error = %e, "key maintenance failed");
+/// The periodic maintenance of a key store, running until [`Maintenance::stop`] or until the
+/// handle is dropped (or the key store is gone).
+#[derive(Debug)]
+pub struct Maintenance {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Maintenance {
+    /// Starts a task (on the current tokio runtime) that runs maintenance on `store` every
+    /// [`INTERVAL`], the first time one interval from now.
+    pub fn start(store: Weak<KeyStore>, clock: Arc<Clock>) -> Self {
+        let (stop, mut stopped) = oneshot::channel();
+        let first = tokio::time::Instant::now() + INTERVAL;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(first, INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(store) = store.upgrade() else { return };
+                let now = clock.now();
+                match tokio::task::spawn_blocking(move || run(&store, now)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "key maintenance failed"),
+                    Err(e) => tracing::error!(error = %e, "key maintenance failed"),
+                }
             }
+        });
+        Self { stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the task and waits for it (a run in progress finishes first).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-    });
-    if let Err(e) = started {
-        tracing::error!(error = %e, "cannot start the key maintenance thread");
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Maintenance {
+    /// Stops the task; a run in progress on the blocking pool still finishes.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envelope_keystore::KeyRef;
+
+    /// A store with one key due for deletion since a minute ago, its id, and the clock.
+    fn store_with_due_deletion(dir: &std::path::Path) -> (Arc<KeyStore>, String, Arc<Clock>) {
+        let store = Arc::new(KeyStore::open(dir).unwrap());
+        let clock = Arc::new(Clock::default());
+        let id = store.create_key(None, "due").unwrap().key_id;
+        store.schedule_deletion(&KeyRef::parse(&id).unwrap(), clock.now() - 60, 7).unwrap();
+        (store, id, clock)
+    }
+
+    fn exists(store: &KeyStore, id: &str) -> bool {
+        store.describe(&KeyRef::parse(id).unwrap()).is_ok()
+    }
+
+    /// Lets the maintenance task and its blocking run finish (time is paused: no interval
+    /// passes meanwhile unless the test advances it).
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_every_interval_until_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id, clock) = store_with_due_deletion(dir.path());
+        let m = Maintenance::start(Arc::downgrade(&store), clock.clone());
+        tokio::time::advance(INTERVAL - Duration::from_secs(1)).await;
+        settle().await;
+        assert!(exists(&store, &id), "nothing runs before the first interval");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert!(!exists(&store, &id), "the first interval deletes the due key");
+
+        m.stop().await;
+        let id2 = store.create_key(None, "due later").unwrap().key_id;
+        store.schedule_deletion(&KeyRef::parse(&id2).unwrap(), clock.now() - 60, 7).unwrap();
+        tokio::time::advance(INTERVAL * 3).await;
+        settle().await;
+        assert!(exists(&store, &id2), "a stopped maintenance no longer runs");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_handle_stops_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id, clock) = store_with_due_deletion(dir.path());
+        drop(Maintenance::start(Arc::downgrade(&store), clock));
+        tokio::time::advance(INTERVAL * 3).await;
+        settle().await;
+        assert!(exists(&store, &id), "a dropped maintenance never runs");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn serve_runs_it_while_serving_and_stops_it_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, id, _) = store_with_due_deletion(dir.path());
+        // Server::new runs maintenance once: the key due now is gone at once.
+        let creds = crate::CredentialStore::new(vec![crate::Credential::new(
+            "AKIAMAINTENANCETEST1",
+            zeroize::Zeroizing::new("secret".to_owned()),
+            None,
+            "arn:aws:iam::111122223333:user/test",
+        )])
+        .unwrap();
+        let server = Arc::new(
+            crate::Server::new(store.clone(), creds, crate::Config::new("us-east-1", "111122223333")).unwrap(),
+        );
+        assert!(!exists(&store, &id));
+        let clock = server.clock().clone();
+        let due = |store: &KeyStore| {
+            let id = store.create_key(None, "due").unwrap().key_id;
+            store.schedule_deletion(&KeyRef::parse(&id).unwrap(), clock.now() - 60, 7).unwrap();
+            id
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(crate::serve(listener, server.clone(), async move {
+            let _ = stopped.await;
+        }));
+        settle().await; // the server is up and its maintenance started
+        let id = due(&store);
+        tokio::time::advance(INTERVAL).await;
+        settle().await;
+        assert!(!exists(&store, &id), "maintenance runs while serving");
+
+        stop.send(()).unwrap();
+        serving.await.unwrap().unwrap();
+        let id = due(&store);
+        tokio::time::advance(INTERVAL * 3).await;
+        settle().await;
+        assert!(exists(&store, &id), "maintenance stopped with the server");
     }
 }

@@ -52,7 +52,8 @@ pub async fn serve(
     serve_connections(listener, state, None, shutdown).await
 }
 
-/// The accept loop of both HTTP and HTTPS. It keeps slow, idle or numerous clients from
+/// The accept loop of both HTTP and HTTPS; it also runs the key maintenance every
+/// [`crate::maintenance::INTERVAL`] until it returns. It keeps slow, idle or numerous clients from
 /// exhausting the server: at most [`Config::max_connections`](crate::Config::max_connections)
 /// connections are served at once (further ones wait in the kernel's listen backlog); with
 /// `client_timeout` = [`Config::client_timeout`](crate::Config::client_timeout), a connection
@@ -69,6 +70,9 @@ pub(crate) async fn serve_connections(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let client_timeout = state.config.client_timeout;
+    // Key maintenance runs while the server serves: stopped at shutdown, or when this future
+    // is dropped.
+    let maintenance = crate::maintenance::Maintenance::start(Arc::downgrade(state.store()), state.clock().clone());
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
     let app = router(state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -123,6 +127,7 @@ pub(crate) async fn serve_connections(
         connections.abort_all();
         while connections.join_next().await.is_some() {}
     }
+    maintenance.stop().await;
     Ok(())
 }
 

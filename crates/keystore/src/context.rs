@@ -9,6 +9,18 @@ use std::collections::BTreeMap;
 /// An encryption context: non-secret string pairs bound to a ciphertext.
 pub type EncryptionContext = BTreeMap<String, String>;
 
+/// Prefix of the encryption-context keys the KMS plugin binds into its own wraps
+/// (`envelope:api`, `envelope:key-id`, ...; see [`reserved_key`]). Plugin wraps and the key
+/// server's share the key store's blob format, so the key server refuses these keys from its
+/// clients: no client can make or open a plugin wrap. Over the AWS API the plugin sends them as
+/// `k8s-envelope:…`.
+pub const RESERVED_CONTEXT_PREFIX: &str = "envelope:";
+
+/// The reserved context key `envelope:<name>` ([`RESERVED_CONTEXT_PREFIX`]).
+pub fn reserved_key(name: &str) -> String {
+    [RESERVED_CONTEXT_PREFIX, name].concat()
+}
+
 /// Encodes `ctx` canonically (keys sorted by their bytes, which `BTreeMap<String, _>` guarantees).
 pub fn encode(ctx: &EncryptionContext) -> Vec<u8> {
     let size = 7 + ctx.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>();
@@ -34,6 +46,12 @@ fn push_len(out: &mut Vec<u8>, n: usize) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn reserved_keys() {
+        assert_eq!(reserved_key("api"), "envelope:api");
+        assert!(reserved_key("").starts_with(RESERVED_CONTEXT_PREFIX));
+    }
 
     #[test]
     fn empty_context_is_fixed() {

@@ -24,7 +24,7 @@ pub mod model;
 pub mod root;
 pub mod store;
 
-pub use context::EncryptionContext;
+pub use context::{EncryptionContext, RESERVED_CONTEXT_PREFIX};
 pub use error::{Error, Result};
 pub use model::{KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, Rotation, RotationType};
 pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, RootSource};

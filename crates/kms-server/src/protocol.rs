@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use envelope_keystore::RESERVED_CONTEXT_PREFIX;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -788,10 +789,6 @@ pub enum WrappingKeySpec {
     /// `RSA_4096`.
     Rsa4096,
 }
-
-/// Prefix of encryption-context keys reserved for the KMS plugin's wraps (which share the key
-/// store's blob format): a client may not use it, so it cannot make or open a plugin wrap.
-pub const RESERVED_CONTEXT_PREFIX: &str = "envelope:";
 
 fn reserved_context(ctx: &Option<Context>) -> Result<()> {
     if ctx.iter().flatten().any(|(k, _)| k.starts_with(RESERVED_CONTEXT_PREFIX)) {

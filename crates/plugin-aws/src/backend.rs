@@ -10,7 +10,7 @@ use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{IncludeKeyMaterial, KeyMaterialState, KeySpec, KeyState, KeyUsageType};
 use envelope_plugin::format::BackendKind;
-use envelope_plugin::{InstanceMetrics, KeyBackend, PluginError, Probe};
+use envelope_plugin::{InstanceMetrics, KeyBackend, PluginError, Probe, RESERVED_CONTEXT_PREFIX};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
@@ -18,12 +18,11 @@ use crate::blob::{self, KEY_ID_DIGEST_LEN};
 use crate::classify::classify;
 use crate::retry::{self, RetryPolicy};
 
-/// The plugin binds its own encryption context (keys `envelope:…`) into every wrap. The key
-/// server reserves `envelope:` keys for wraps made inside its key store and refuses them from
-/// clients, so over the AWS API the plugin's keys travel as `k8s-envelope:…`.
+/// The plugin binds its own encryption context (keys [`RESERVED_CONTEXT_PREFIX`] `envelope:…`)
+/// into every wrap. The key server reserves `envelope:` keys for wraps made inside its key store
+/// and refuses them from clients, so over the AWS API the plugin's keys travel as
+/// `k8s-envelope:…`.
 pub const PLUGIN_CONTEXT_PREFIX: &str = "k8s-envelope:";
-/// Prefix of the plugin's own encryption-context keys (see [`PLUGIN_CONTEXT_PREFIX`]).
-const PLUGIN_INTERNAL_PREFIX: &str = "envelope:";
 /// Most pages of ListKeyRotations read when looking for the current material id.
 const MAX_ROTATION_PAGES: usize = 20;
 
@@ -120,10 +119,10 @@ impl AwsBackend {
         }
         if let Some(k) = encryption_context
             .keys()
-            .find(|k| k.starts_with(PLUGIN_INTERNAL_PREFIX) || k.starts_with(PLUGIN_CONTEXT_PREFIX))
+            .find(|k| k.starts_with(RESERVED_CONTEXT_PREFIX) || k.starts_with(PLUGIN_CONTEXT_PREFIX))
         {
             return Err(PluginError::InvalidRequest(format!(
-                "encryption context key {k:?} uses a prefix reserved for envelope ({PLUGIN_INTERNAL_PREFIX:?}, {PLUGIN_CONTEXT_PREFIX:?})"
+                "encryption context key {k:?} uses a prefix reserved for envelope ({RESERVED_CONTEXT_PREFIX:?}, {PLUGIN_CONTEXT_PREFIX:?})"
             )));
         }
         let conf = client.config().to_builder().retry_config(RetryConfig::disabled()).build();
@@ -178,9 +177,9 @@ impl AwsBackend {
     pub fn aws_context(&self, ctx: &BTreeMap<String, String>) -> Result<HashMap<String, String>, PluginError> {
         let mut out: HashMap<String, String> = self.context.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (k, v) in ctx {
-            let Some(rest) = k.strip_prefix(PLUGIN_INTERNAL_PREFIX) else {
+            let Some(rest) = k.strip_prefix(RESERVED_CONTEXT_PREFIX) else {
                 return Err(PluginError::Internal(format!(
-                    "plugin context key {k:?} lacks the {PLUGIN_INTERNAL_PREFIX:?} prefix"
+                    "plugin context key {k:?} lacks the {RESERVED_CONTEXT_PREFIX:?} prefix"
                 )));
             };
             out.insert(format!("{PLUGIN_CONTEXT_PREFIX}{rest}"), v.clone());
@@ -285,7 +284,7 @@ impl KeyBackend for AwsBackend {
         let key_id = blob::key_id_from_digest(&digest);
         let version = AwsKeyVersion { key_arn: Arc::from(arn), key_id: key_id.clone(), digest };
         if self.probe_mode == ProbeMode::RoundTrip {
-            let ctx = BTreeMap::from([("envelope:probe".to_string(), "1".to_string())]);
+            let ctx = BTreeMap::from([(format!("{RESERVED_CONTEXT_PREFIX}probe"), "1".to_string())]);
             let wrapped = self.encrypt(&version, b"envelope health probe", &ctx).await?;
             let back = self.decrypt(&wrapped, &ctx).await?;
             if &back[..] != b"envelope health probe" {

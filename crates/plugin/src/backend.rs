@@ -103,7 +103,7 @@ impl KeyBackend for EmbeddedBackend {
                 other => return Err(PluginError::KeyUnusable(format!("key {key} is {other}"))),
             }
             // A real round trip proves the material unseals and works.
-            let ctx = EncryptionContext::from([("envelope:probe".to_string(), "1".to_string())]);
+            let ctx = EncryptionContext::from([(envelope_keystore::context::reserved_key("probe"), "1".to_string())]);
             let e = store.encrypt_with_material(&key, &mid, b"probe", &ctx)?;
             let d = store.decrypt(&e.blob, &ctx)?;
             if &d.plaintext[..] != b"probe" {

@@ -31,6 +31,7 @@ pub mod socket;
 pub mod supervisor;
 
 pub use backend::{EmbeddedBackend, KeyBackend, Probe};
+pub use envelope_keystore::RESERVED_CONTEXT_PREFIX;
 pub use error::PluginError;
 pub use metrics::{Instance, InstanceMetrics, Metrics};
 pub use plugin::{Health, Plugin, PluginConfig};

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use envelope_keystore::EncryptionContext;
+use envelope_keystore::context::reserved_key;
 use envelope_proto::rules::MAX_FIELD_LEN;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -369,13 +370,13 @@ fn check_plaintext(p: &[u8]) -> Result<(), PluginError> {
 /// The encryption context bound into a KMS v2 wrap: the API, the key_id and the annotations.
 pub fn v2_context(key_id: &str, annotations: &HashMap<String, Vec<u8>>) -> EncryptionContext {
     EncryptionContext::from([
-        ("envelope:api".to_string(), "kms-v2".to_string()),
-        ("envelope:key-id".to_string(), key_id.to_string()),
-        ("envelope:annotations".to_string(), format::annotations_digest(annotations)),
+        (reserved_key("api"), "kms-v2".to_string()),
+        (reserved_key("key-id"), key_id.to_string()),
+        (reserved_key("annotations"), format::annotations_digest(annotations)),
     ])
 }
 
 /// The encryption context bound into a KMS v1 wrap.
 pub fn v1_context() -> EncryptionContext {
-    EncryptionContext::from([("envelope:api".to_string(), "kms-v1".to_string())])
+    EncryptionContext::from([(reserved_key("api"), "kms-v1".to_string())])
 }

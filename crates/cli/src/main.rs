@@ -29,7 +29,6 @@ macro_rules! print {
 }
 
 mod bench;
-mod bench_kms;
 mod cli;
 mod config;
 mod etcd;

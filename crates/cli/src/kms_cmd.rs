@@ -249,6 +249,7 @@ fn config_error(e: &envelope_kms_server::KmsError) -> String {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    crate::output::keep_serving();
     let settings = match resolve(&args) {
         Ok(s) => s,
         Err(e) => {

@@ -16,6 +16,7 @@ use crate::config::{InstanceSettings, PluginSettings, resolve};
 use crate::runtime;
 
 pub fn run(args: PluginArgs) -> ExitCode {
+    crate::output::keep_serving();
     let settings = match resolve(args) {
         Ok(s) => s,
         Err(e) => {

@@ -45,6 +45,41 @@ fn a_closed_stdout_pipe_ends_commands_quietly() {
 }
 
 #[test]
+fn a_server_keeps_serving_when_its_stdout_reader_goes_away() {
+    // `envelope plugin | head -3`: the banner cannot be written, but kube-apiserver's plugin must
+    // not stop because a terminal pipe closed.
+    let d = tempfile::tempdir().unwrap();
+    let socket = d.path().join("kms.sock");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(BIN)
+        .args(["plugin", "--http-addr", "off", "--data-dir"])
+        .arg(d.path().join("data"))
+        .arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the plugin ended");
+        assert!(std::time::Instant::now() < deadline, "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The banner comes after the socket is bound: give it time to fail, then check we still serve.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "the plugin must keep serving");
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok(), "and accept connections");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err.matches("cannot write to standard output").count(), 1, "reported once: {err}");
+}
+
+#[test]
 fn plugin_help_shows_defaults_like_kms_serve() {
     let help = |args: &[&str]| String::from_utf8(Command::new(BIN).args(args).output().unwrap().stdout).unwrap();
     let kms = help(&["kms", "serve", "--help"]);

@@ -54,7 +54,7 @@ impl AeadKey {
         let len = self
             .0
             .open_in_place(nonce, Aad::from(aad), &mut buf[..])
-            .map_err(|_| Error::InvalidCiphertext("authentication failed"))?
+            .map_err(|_| Error::AuthenticationFailed)?
             .len();
         buf.truncate(len);
         Ok(buf)

@@ -8,10 +8,14 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The ciphertext blob is malformed, truncated, of an unknown version, or fails authentication
-    /// (tampered, wrong key, or wrong encryption context).
+    /// The ciphertext blob is malformed, truncated, of an unknown version, or names a key or
+    /// material it was not made with.
     #[error("invalid ciphertext: {0}")]
     InvalidCiphertext(&'static str),
+    /// The ciphertext does not authenticate: it was altered, or the encryption context (or the
+    /// key material) is not the one it was made with.
+    #[error("invalid ciphertext: authentication failed")]
+    AuthenticationFailed,
     /// No key (or key material) with this identifier exists.
     #[error("key not found: {0}")]
     NotFound(String),
@@ -49,9 +53,14 @@ pub enum Error {
     /// The root key file is missing, unreadable or malformed, or sealed material does not open.
     #[error("root key: {0}")]
     RootKey(String),
-    /// The storage layer failed.
+    /// The storage layer failed (files, encoding, malformed rows).
     #[error("storage: {0}")]
     Storage(String),
+    /// The SQLite database failed. The rusqlite error is kept as it is, typed (its SQLite code
+    /// decides [`Error::is_busy`]); its text is this error's message, so it is not repeated as a
+    /// `source()`.
+    #[error("storage: {0}")]
+    Database(rusqlite::Error),
     /// The database was written by a newer, unknown schema version.
     #[error("unsupported database schema version {found} (this build supports up to {supported})")]
     SchemaVersion {
@@ -65,11 +74,47 @@ pub enum Error {
     Crypto,
 }
 
+impl Error {
+    /// True if the database was busy or locked by another connection (SQLITE_BUSY,
+    /// SQLITE_LOCKED): trying again later may succeed.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Error::Database(e)
+                if matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+        )
+    }
+}
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
-        Error::Storage(e.to_string())
+        Error::Database(e)
     }
 }
 
 /// Convenience alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_is_told_by_the_sqlite_code() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("t.db");
+        let a = rusqlite::Connection::open(&path).unwrap();
+        a.execute_batch("CREATE TABLE t (x); BEGIN EXCLUSIVE").unwrap();
+        let b = rusqlite::Connection::open(&path).unwrap();
+        b.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let e = Error::from(b.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert!(e.is_busy(), "{e:?}");
+        assert_eq!(e.to_string(), "storage: database is locked");
+
+        a.execute_batch("COMMIT").unwrap();
+        let other = Error::from(b.execute("INSERT INTO nowhere VALUES (1)", []).unwrap_err());
+        assert!(!other.is_busy(), "{other:?}");
+        assert!(!Error::Storage("database is locked".into()).is_busy(), "the text alone does not count");
+        assert_eq!(Error::AuthenticationFailed.to_string(), "invalid ciphertext: authentication failed");
+    }
+}

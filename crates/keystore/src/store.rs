@@ -1252,10 +1252,7 @@ fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match f() {
-            Err(Error::Storage(m))
-                if (m.contains("database is locked") || m.contains("database table is locked"))
-                    && std::time::Instant::now() < deadline =>
-            {
+            Err(e) if e.is_busy() && std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,

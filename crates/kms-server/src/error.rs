@@ -147,7 +147,7 @@ impl KmsError {
     pub(crate) fn from_store(e: envelope_keystore::Error, key: &str) -> Self {
         use envelope_keystore::Error as E;
         match e {
-            E::InvalidCiphertext(_) => KmsError::InvalidCiphertext,
+            E::InvalidCiphertext(_) | E::AuthenticationFailed => KmsError::InvalidCiphertext,
             E::NotFound(_) => KmsError::NotFound(format!("Key '{key}' does not exist")),
             E::Disabled(_) => KmsError::Disabled(format!("{key} is disabled.")),
             E::InvalidState { state, .. } => KmsError::InvalidState(format!("{key} is {}.", state_words(state))),

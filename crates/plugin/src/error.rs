@@ -70,6 +70,9 @@ impl From<envelope_keystore::Error> for PluginError {
         use envelope_keystore::Error as K;
         match e {
             K::InvalidCiphertext(m) => PluginError::InvalidCiphertext(m.to_string()),
+            K::AuthenticationFailed => PluginError::InvalidCiphertext(
+                "authentication failed: the ciphertext, key_id or annotations were altered".into(),
+            ),
             K::NotFound(m) => PluginError::UnknownKey(m),
             K::Disabled(_) | K::InvalidState { .. } => PluginError::KeyUnusable(e.to_string()),
             K::Invalid(m) => PluginError::InvalidRequest(m),
@@ -106,6 +109,10 @@ mod tests {
         use envelope_keystore::Error as K;
         assert_eq!(PluginError::from(K::Disabled("k".into())).code(), Code::FailedPrecondition);
         assert_eq!(PluginError::from(K::InvalidCiphertext("t")).code(), Code::InvalidArgument);
+        assert_eq!(
+            PluginError::from(K::AuthenticationFailed).to_status().message(),
+            "invalid ciphertext: authentication failed: the ciphertext, key_id or annotations were altered"
+        );
         assert_eq!(PluginError::from(K::NotFound("k".into())).code(), Code::NotFound);
         assert_eq!(PluginError::from(K::Storage("disk".into())).code(), Code::Internal);
     }

@@ -338,12 +338,7 @@ impl<B: KeyBackend> Plugin<B> {
 
     async fn backend_decrypt(&self, blob: &[u8], ctx: &EncryptionContext) -> Result<Zeroizing<Vec<u8>>, PluginError> {
         let start = Instant::now();
-        let r = self.inner.backend.decrypt(blob, ctx).await.map_err(|e| match e {
-            PluginError::InvalidCiphertext(m) if m.contains("authentication") => PluginError::InvalidCiphertext(
-                "authentication failed: the ciphertext, key_id or annotations were altered".into(),
-            ),
-            other => other,
-        });
+        let r = self.inner.backend.decrypt(blob, ctx).await;
         self.record("decrypt", &r, start);
         r
     }

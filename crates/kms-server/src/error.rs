@@ -143,21 +143,67 @@ impl KmsError {
         (code, StatusCode::BAD_REQUEST)
     }
 
-    /// Converts a key-store error met while working on `key` (as the client named it, or its ARN).
-    pub(crate) fn from_store(e: envelope_keystore::Error, key: &str) -> Self {
+    /// The one conversion of key-store errors into client errors. `on` says what the call was
+    /// working on, which decides the wording (the key's ARN, the alias's) and what a missing key
+    /// means; storage and crypto failures are [`KmsError::Internal`] (detail logged, not sent).
+    pub(crate) fn from_store(e: envelope_keystore::Error, on: Subject<'_>) -> Self {
         use envelope_keystore::Error as E;
-        match e {
-            E::InvalidCiphertext(_) | E::AuthenticationFailed => KmsError::InvalidCiphertext,
-            E::NotFound(_) => KmsError::NotFound(format!("Key '{key}' does not exist")),
-            E::Disabled(_) => KmsError::Disabled(format!("{key} is disabled.")),
-            E::InvalidState { state, .. } => KmsError::InvalidState(format!("{key} is {}.", state_words(state))),
-            E::AlreadyExists(name) => KmsError::AlreadyExists(format!("An alias with the name {name} already exists")),
-            E::Invalid(m) => KmsError::Validation(m),
-            E::Unsupported(m) => KmsError::UnsupportedOperation(m),
-            E::IncorrectMaterial(m) => KmsError::IncorrectKeyMaterial(m),
-            other => KmsError::Internal(other.to_string()),
+        let label = match on {
+            Subject::Key(label) | Subject::Named { label, .. } | Subject::Ciphertext(label) => label,
+            Subject::Alias { key, .. } => key,
+            Subject::Internal => return KmsError::Internal(e.to_string()),
+        };
+        match (e, on) {
+            (E::InvalidCiphertext(_) | E::AuthenticationFailed, _) => KmsError::InvalidCiphertext,
+            (E::NotFound(_), Subject::Named { missing, .. }) => missing,
+            (E::NotFound(_), Subject::Alias { arn, .. }) => KmsError::NotFound(format!("Alias {arn} is not found.")),
+            (E::NotFound(_), Subject::Ciphertext(_)) => KmsError::InvalidCiphertext,
+            (E::NotFound(_), _) => KmsError::NotFound(format!("Key '{label}' does not exist")),
+            (E::Disabled(_), _) => KmsError::Disabled(format!("{label} is disabled.")),
+            (E::InvalidState { state, .. }, _) => KmsError::InvalidState(format!("{label} is {}.", state_words(state))),
+            (E::AlreadyExists(_), Subject::Alias { arn, .. }) => {
+                KmsError::AlreadyExists(format!("An alias with the name {arn} already exists"))
+            }
+            (E::AlreadyExists(name), _) => {
+                KmsError::AlreadyExists(format!("An alias with the name {name} already exists"))
+            }
+            (E::Invalid(m), Subject::Alias { .. }) => KmsError::InvalidAliasName(m),
+            (E::Invalid(m), _) => KmsError::Validation(m),
+            (E::Unsupported(m), _) => KmsError::UnsupportedOperation(m),
+            (E::IncorrectMaterial(m), _) => KmsError::IncorrectKeyMaterial(m),
+            (other, _) => KmsError::Internal(other.to_string()),
         }
     }
+}
+
+/// What a key-store call was working on, for [`KmsError::from_store`].
+#[derive(Debug)]
+pub(crate) enum Subject<'a> {
+    /// The key with this ARN (a missing one is `Key '<arn>' does not exist`); also the wording
+    /// for a key being created.
+    Key(&'a str),
+    /// A key or alias as the client named it (`label`, not yet resolved); a missing one is
+    /// `missing`, AWS's NotFound for the form the client used.
+    Named {
+        /// The identifier as given.
+        label: &'a str,
+        /// The error for a key or alias that does not exist.
+        missing: KmsError,
+    },
+    /// The alias with ARN `arn`, and the key `key` (its ARN) it points at or is to point at:
+    /// a missing alias is `Alias <arn> is not found.`, an invalid name `InvalidAliasName`.
+    Alias {
+        /// The alias's ARN.
+        arn: &'a str,
+        /// The target key's ARN.
+        key: &'a str,
+    },
+    /// Decrypting a ciphertext made under the key with this ARN: a key or material the store
+    /// does not have makes the ciphertext invalid.
+    Ciphertext(&'a str),
+    /// The server's own work (listing, maintenance, import tokens, randomness): every failure
+    /// is internal.
+    Internal,
 }
 
 pub(crate) fn state_words(s: envelope_keystore::KeyState) -> &'static str {
@@ -189,12 +235,50 @@ mod tests {
     fn store_errors_map_to_aws_codes() {
         use envelope_keystore::Error as E;
         let k = "arn:aws:kms:us-east-1:111122223333:key/x";
-        assert_eq!(KmsError::from_store(E::Disabled("x".into()), k).aws().0, "DisabledException");
-        assert_eq!(KmsError::from_store(E::InvalidCiphertext("t"), k).aws().0, "InvalidCiphertextException");
-        let st = E::InvalidState { key: "x".into(), state: envelope_keystore::KeyState::PendingDeletion };
-        let e = KmsError::from_store(st, k);
-        assert_eq!(e.aws().0, "KMSInvalidStateException");
-        assert_eq!(e.to_string(), format!("{k} is pending deletion."));
-        assert_eq!(KmsError::from_store(E::Storage("disk".into()), k).aws().0, "KMSInternalException");
+        let key = || Subject::Key(k);
+        let map = |e: E, on: Subject<'_>| {
+            let e = KmsError::from_store(e, on);
+            (e.aws().0, e.to_string())
+        };
+        assert_eq!(map(E::Disabled("x".into()), key()), ("DisabledException", format!("{k} is disabled.")));
+        assert_eq!(KmsError::from_store(E::InvalidCiphertext("t"), key()).aws().0, "InvalidCiphertextException");
+        assert_eq!(KmsError::from_store(E::AuthenticationFailed, key()).aws().0, "InvalidCiphertextException");
+        let st = || E::InvalidState { key: "x".into(), state: envelope_keystore::KeyState::PendingDeletion };
+        assert_eq!(map(st(), key()), ("KMSInvalidStateException", format!("{k} is pending deletion.")));
+        let internal = ("KMSInternalException", "An internal error occurred.".to_string());
+        assert_eq!(map(E::Storage("disk".into()), key()), internal);
+        assert_eq!(map(E::NotFound("x".into()), key()), ("NotFoundException", format!("Key '{k}' does not exist")));
+        assert_eq!(map(E::Invalid("bad".into()), key()), ("ValidationException", "bad".into()));
+        assert_eq!(map(E::Unsupported("no".into()), key()), ("UnsupportedOperationException", "no".into()));
+        assert_eq!(map(E::IncorrectMaterial("m".into()), key()), ("IncorrectKeyMaterialException", "m".into()));
+        assert_eq!(
+            map(E::AlreadyExists("alias/a".into()), key()),
+            ("AlreadyExistsException", "An alias with the name alias/a already exists".into())
+        );
+
+        let missing = || KmsError::NotFound("Alias arn:a is not found.".into());
+        let named = || Subject::Named { label: "alias/a", missing: missing() };
+        assert_eq!(map(E::NotFound("x".into()), named()), ("NotFoundException", "Alias arn:a is not found.".into()));
+        assert_eq!(map(E::Disabled("x".into()), named()), ("DisabledException", "alias/a is disabled.".into()));
+
+        let alias = || Subject::Alias { arn: "arn:alias/a", key: k };
+        assert_eq!(
+            map(E::AlreadyExists("alias/a".into()), alias()),
+            ("AlreadyExistsException", "An alias with the name arn:alias/a already exists".into())
+        );
+        assert_eq!(
+            map(E::NotFound("x".into()), alias()),
+            ("NotFoundException", "Alias arn:alias/a is not found.".into())
+        );
+        assert_eq!(map(E::Invalid("bad".into()), alias()), ("InvalidAliasNameException", "bad".into()));
+        assert_eq!(map(st(), alias()), ("KMSInvalidStateException", format!("{k} is pending deletion.")));
+
+        let ct = || Subject::Ciphertext(k);
+        assert_eq!(KmsError::from_store(E::NotFound("m".into()), ct()).aws().0, "InvalidCiphertextException");
+        assert_eq!(map(E::Disabled("x".into()), ct()), ("DisabledException", format!("{k} is disabled.")));
+
+        for e in [E::NotFound("x".into()), E::Invalid("bad".into()), E::Disabled("x".into()), E::Crypto] {
+            assert_eq!(map(e, Subject::Internal), internal);
+        }
     }
 }

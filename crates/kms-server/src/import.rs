@@ -17,7 +17,7 @@ use aws_lc_rs::rsa::{
 use envelope_keystore::KeyStore;
 use zeroize::Zeroizing;
 
-use crate::error::{KmsError, Result};
+use crate::error::{KmsError, Result, Subject};
 use crate::protocol::{WrappingAlgorithm, WrappingKeySpec};
 
 /// How long a public key and import token pair is valid (24 hours).
@@ -61,7 +61,7 @@ pub(crate) fn parameters(
     plain.push(alg_byte(algorithm));
     plain.extend_from_slice(&valid_to.to_be_bytes());
     plain.extend_from_slice(pkcs8.as_ref());
-    let sealed = store.seal_secret(&label(kid), &plain).map_err(|e| KmsError::Internal(e.to_string()))?;
+    let sealed = store.seal_secret(&label(kid), &plain).map_err(|e| KmsError::from_store(e, Subject::Internal))?;
     let mut token = Vec::with_capacity(1 + sealed.len());
     token.push(TOKEN_VERSION);
     token.extend_from_slice(&sealed);

@@ -204,7 +204,7 @@ impl Server {
     /// Deletes keys past their deletion date and rotates keys that are due, now. Blocking; also
     /// runs at creation and every [`maintenance::INTERVAL`] while serving.
     pub fn run_maintenance(&self) -> Result<maintenance::Report> {
-        maintenance::run(&self.store, self.clock.now()).map_err(|e| KmsError::Internal(e.to_string()))
+        maintenance::run(&self.store, self.clock.now()).map_err(|e| KmsError::from_store(e, error::Subject::Internal))
     }
 
     /// The key store.

@@ -13,7 +13,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use crate::Server;
-use crate::error::{KmsError, Result};
+use crate::error::{KmsError, Result, Subject};
 use crate::ids::Forms;
 use crate::import;
 use crate::policy::{self, Policy, Query, Source, Verdict};
@@ -154,7 +154,7 @@ impl Server {
                 }
                 // One creation at a time, so the count and the insert cannot interleave.
                 let _one = self.create_lock.lock().map_err(|_| KmsError::Internal("create lock poisoned".into()))?;
-                let count = self.store.list().map_err(|e| KmsError::from_store(e, "keys"))?.len();
+                let count = self.store.list().map_err(|e| KmsError::from_store(e, Subject::Internal))?.len();
                 if count >= self.config.max_keys {
                     return Err(KmsError::LimitExceeded(format!(
                         "The request was rejected because account {} has reached its limit of {} KMS keys.",
@@ -166,14 +166,14 @@ impl Server {
                 } else {
                     self.store.create_key_with(None, &description, &tags, policy.as_deref())
                 }
-                .map_err(|e| KmsError::from_store(e, "new key"))?;
+                .map_err(|e| KmsError::from_store(e, Subject::Key("new key")))?;
                 call.touched(&self.names.key_arn(&meta.key_id));
                 to_body(&KeyMetadataResponse { key_metadata: self.metadata(&meta) })
             }
             Request::DescribeKey { key_id } => {
                 let k = self.resolve(&key_id, Forms::Any)?;
                 auth(&k, "DescribeKey")?;
-                let meta = self.store.describe(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let meta = self.store.describe(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 to_body(&KeyMetadataResponse { key_metadata: self.metadata(&meta) })
             }
             Request::ScheduleKeyDeletion { key_id, window_days } => {
@@ -181,7 +181,9 @@ impl Server {
                 auth(&k, "ScheduleKeyDeletion")?;
                 self.not_pending(&k)?;
                 let date = self.clock.now().saturating_add(i64::from(window_days) * DAY);
-                self.store.schedule_deletion(&k.r, date, window_days).map_err(|e| self.store_err(e, &k))?;
+                self.store
+                    .schedule_deletion(&k.r, date, window_days)
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 to_body(&ScheduleDeletionResponse {
                     key_id: k.arn,
                     deletion_date: date,
@@ -195,14 +197,16 @@ impl Server {
                 if k.state != KeyState::PendingDeletion {
                     return Err(KmsError::InvalidState(format!("{} is not pending deletion.", k.arn)));
                 }
-                self.store.cancel_deletion(&k.r).map_err(|e| self.store_err(e, &k))?;
+                self.store.cancel_deletion(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 to_body(&KeyIdResponse { key_id: k.arn })
             }
             Request::UpdateKeyDescription { key_id, description } => {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "UpdateKeyDescription")?;
                 self.not_pending(&k)?;
-                self.store.set_description(&k.r, &description).map_err(|e| self.store_err(e, &k))?;
+                self.store
+                    .set_description(&k.r, &description)
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 Ok(empty())
             }
             Request::EnableKeyRotation { key_id, period_days } => {
@@ -211,20 +215,22 @@ impl Server {
                 self.generated_material(&k)?;
                 self.usable(&k)?;
                 let next = self.clock.now().saturating_add(i64::from(period_days) * DAY);
-                self.store.set_rotation(&k.r, Some((period_days, next))).map_err(|e| self.store_err(e, &k))?;
+                self.store
+                    .set_rotation(&k.r, Some((period_days, next)))
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 Ok(empty())
             }
             Request::DisableKeyRotation { key_id } => {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "DisableKeyRotation")?;
                 self.usable(&k)?;
-                self.store.set_rotation(&k.r, None).map_err(|e| self.store_err(e, &k))?;
+                self.store.set_rotation(&k.r, None).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 Ok(empty())
             }
             Request::GetKeyRotationStatus { key_id } => {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "GetKeyRotationStatus")?;
-                let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let a = self.store.attributes(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 // A key pending deletion is not rotated; its status reads false until cancelled.
                 let on = a.rotation_period_days.is_some() && k.state != KeyState::PendingDeletion;
                 to_body(&RotationStatusResponse {
@@ -239,8 +245,8 @@ impl Server {
                 auth(&k, "ListKeyRotations")?;
                 let after = marker.map(|m| decode_marker(&m, "r1")).transpose()?;
                 let after: Option<u32> = after.map(|a| a.parse().map_err(|_| KmsError::InvalidMarker)).transpose()?;
-                let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
-                let meta = self.store.describe(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let a = self.store.attributes(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+                let meta = self.store.describe(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 let items: Vec<_> = a
                     .rotations
                     .iter()
@@ -286,26 +292,26 @@ impl Server {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "TagResource")?;
                 self.not_pending(&k)?;
-                let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let a = self.store.attributes(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 let added = tags.iter().filter(|(t, _)| !a.tags.iter().any(|(x, _)| x == t)).count();
                 if a.tags.len() + added > MAX_TAGS {
                     return Err(KmsError::LimitExceeded(format!("A key can have at most {MAX_TAGS} tags.")));
                 }
-                self.store.tag(&k.r, &tags).map_err(|e| self.store_err(e, &k))?;
+                self.store.tag(&k.r, &tags).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 Ok(empty())
             }
             Request::UntagResource { key_id, tag_keys } => {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "UntagResource")?;
                 self.not_pending(&k)?;
-                self.store.untag(&k.r, &tag_keys).map_err(|e| self.store_err(e, &k))?;
+                self.store.untag(&k.r, &tag_keys).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 Ok(empty())
             }
             Request::ListResourceTags { key_id, limit, marker } => {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "ListResourceTags")?;
                 let after = marker.map(|m| decode_marker(&m, "t1")).transpose()?;
-                let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let a = self.store.attributes(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 let items: Vec<_> =
                     a.tags.iter().filter(|(t, _)| after.as_deref().is_none_or(|m| t.as_str() > m)).collect();
                 let truncated = items.len() > limit;
@@ -321,7 +327,7 @@ impl Server {
                 let k = self.resolve(&key_id, Forms::KeyOnly)?;
                 auth(&k, "GetKeyPolicy")?;
                 check_policy_name(&policy_name)?;
-                let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let a = self.store.attributes(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 let text = a
                     .policy
                     .as_deref()
@@ -337,7 +343,7 @@ impl Server {
                 if !bypass_lockout_check {
                     lockout_check(&policy, call.caller, &self.config.account_id, &k.arn)?;
                 }
-                self.store.put_policy(&k.r, &policy).map_err(|e| self.store_err(e, &k))?;
+                self.store.put_policy(&k.r, &policy).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 Ok(empty())
             }
             Request::ListKeyPolicies { key_id, limit: _, marker } => {
@@ -391,10 +397,10 @@ impl Server {
                     auth(&current, "DeleteAlias")?;
                     match self.store.delete_alias(&alias_name, Some(&current.r)) {
                         Err(envelope_keystore::Error::Changed(_)) => continue,
-                        Err(envelope_keystore::Error::NotFound(_)) => {
-                            return Err(self.names.not_found(&KeyRef::Alias(alias_name.clone())));
-                        }
-                        r => r.map_err(|e| KmsError::from_store(e, &alias_name))?,
+                        r => r.map_err(|e| {
+                            let on = Subject::Alias { arn: &self.names.alias_arn(&alias_name), key: &alias_name };
+                            KmsError::from_store(e, on)
+                        })?,
                     }
                     return Ok(empty());
                 }
@@ -407,7 +413,10 @@ impl Server {
                 if dry_run {
                     return Err(KmsError::DryRun);
                 }
-                let e = self.store.encrypt(&k.r, &plaintext, &context).map_err(|e| self.store_err(e, &k))?;
+                let e = self
+                    .store
+                    .encrypt(&k.r, &plaintext, &context)
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 to_body(&EncryptResponse {
                     ciphertext_blob: b64(&e.blob),
                     key_id: k.arn,
@@ -444,7 +453,7 @@ impl Server {
                 let e = self
                     .store
                     .encrypt(&dest.r, &d.plaintext, &destination_context)
-                    .map_err(|e| self.store_err(e, &dest))?;
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&dest.arn)))?;
                 to_body(&ReEncryptResponse {
                     ciphertext_blob: b64(&e.blob),
                     source_key_id: self.names.key_arn(&uuid::Uuid::from_bytes(d.key_id).to_string()),
@@ -464,7 +473,10 @@ impl Server {
                     return Err(KmsError::DryRun);
                 }
                 let key = random(len)?;
-                let e = self.store.encrypt(&k.r, &key, &context).map_err(|e| self.store_err(e, &k))?;
+                let e = self
+                    .store
+                    .encrypt(&k.r, &key, &context)
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 to_body(&DataKeyResponse {
                     ciphertext_blob: b64(&e.blob),
                     plaintext: with_plaintext.then(|| encode_secret(&key)),
@@ -506,7 +518,7 @@ impl Server {
                 if let Some(named) = &key_material_id {
                     // Names the key's existing material (EXISTING_KEY_MATERIAL); this server keeps
                     // one material per imported key.
-                    let a = self.store.attributes(&k.r).map_err(|e| self.store_err(e, &k))?;
+                    let a = self.store.attributes(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                     if a.imported_material_id.as_ref() != Some(named) {
                         return Err(KmsError::IncorrectKeyMaterial(format!(
                             "{} has no key material with id {named}.",
@@ -515,8 +527,10 @@ impl Server {
                     }
                 }
                 let material = import::unwrap(&self.store, &k.kid, &token, &material, now)?;
-                let mid =
-                    self.store.import_material(&k.r, &material, valid_to, now).map_err(|e| self.store_err(e, &k))?;
+                let mid = self
+                    .store
+                    .import_material(&k.r, &material, valid_to, now)
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 to_body(&ImportResponse { key_id: k.arn, key_material_id: mid })
             }
             Request::DeleteImportedKeyMaterial { key_id, key_material_id } => {
@@ -524,12 +538,15 @@ impl Server {
                 auth(&k, "DeleteImportedKeyMaterial")?;
                 self.external_material(&k)?;
                 if let Some(want) = &key_material_id {
-                    let meta = self.store.describe(&k.r).map_err(|e| self.store_err(e, &k))?;
+                    let meta = self.store.describe(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                     if *want != meta.current_material_id {
                         return Err(self.names.not_found(&k.r));
                     }
                 }
-                let mid = self.store.delete_imported_material(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let mid = self
+                    .store
+                    .delete_imported_material(&k.r)
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 to_body(&ImportResponse { key_id: k.arn, key_material_id: mid })
             }
             Request::EnableKey { key_id } => self.set_enabled(&key_id, true, call),
@@ -539,7 +556,7 @@ impl Server {
                 auth(&k, "RotateKeyOnDemand")?;
                 self.generated_material(&k)?;
                 self.usable(&k)?;
-                let meta = self.store.describe(&k.r).map_err(|e| self.store_err(e, &k))?;
+                let meta = self.store.describe(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 if meta.versions.len() > MAX_ON_DEMAND_ROTATIONS {
                     return Err(KmsError::LimitExceeded(format!(
                         "{} has reached the limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
@@ -548,7 +565,7 @@ impl Server {
                 }
                 self.store
                     .rotate_as(&k.r, envelope_keystore::RotationType::OnDemand, self.clock.now())
-                    .map_err(|e| self.store_err(e, &k))?;
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
                 to_body(&KeyIdResponse { key_id: k.id })
             }
         }
@@ -558,7 +575,7 @@ impl Server {
         let k = self.resolve(key_id, Forms::KeyOnly)?;
         self.authorize(call, &k, if enabled { "EnableKey" } else { "DisableKey" }, &Context::new())?;
         self.not_pending(&k)?;
-        self.store.set_enabled(&k.r, enabled).map_err(|e| self.store_err(e, &k))?;
+        self.store.set_enabled(&k.r, enabled).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
         Ok(empty())
     }
 
@@ -591,15 +608,12 @@ impl Server {
         if dry_run {
             return Err(KmsError::DryRun);
         }
-        self.store.decrypt(ciphertext, context).map_err(|e| match e {
-            envelope_keystore::Error::NotFound(_) => KmsError::InvalidCiphertext,
-            e => self.store_err(e, &owner),
-        })
+        self.store.decrypt(ciphertext, context).map_err(|e| KmsError::from_store(e, Subject::Ciphertext(&owner.arn)))
     }
 
     fn list_keys(&self, limit: usize, marker: Option<String>) -> Result<Zeroizing<Vec<u8>>> {
         let after = marker.map(|m| decode_marker(&m, "k1")).transpose()?;
-        let keys = self.store.list().map_err(|e| KmsError::from_store(e, "keys"))?;
+        let keys = self.store.list().map_err(|e| KmsError::from_store(e, Subject::Internal))?;
         let mut page: Vec<KeyListEntry> = Vec::new();
         let mut truncated = false;
         let mut last = None;
@@ -618,7 +632,7 @@ impl Server {
     fn list_aliases(&self, key_id: Option<String>, limit: usize, marker: Option<String>) -> Result<Zeroizing<Vec<u8>>> {
         let after = marker.map(|m| decode_marker(&m, "a1")).transpose()?;
         let only = key_id.map(|k| self.resolve(&k, Forms::KeyOnly)).transpose()?;
-        let aliases = self.store.list_aliases().map_err(|e| KmsError::from_store(e, "aliases"))?;
+        let aliases = self.store.list_aliases().map_err(|e| KmsError::from_store(e, Subject::Internal))?;
         let mut page: Vec<AliasListEntry> = Vec::new();
         let mut truncated = false;
         let matching = aliases.into_iter().filter(|a| {
@@ -644,10 +658,10 @@ impl Server {
     /// Resolves a client's identifier to an existing key (NotFound in AWS's wording otherwise).
     fn resolve(&self, s: &str, forms: Forms) -> Result<Resolved> {
         let r = self.names.resolve(s, forms)?;
-        let (kid, state) = self.store.state(&r).map_err(|e| match e {
-            envelope_keystore::Error::NotFound(_) => self.names.not_found(&r),
-            e => KmsError::from_store(e, s),
-        })?;
+        let (kid, state) = self
+            .store
+            .state(&r)
+            .map_err(|e| KmsError::from_store(e, Subject::Named { label: s, missing: self.names.not_found(&r) }))?;
         let id = uuid::Uuid::from_bytes(kid).to_string();
         Ok(Resolved { r: KeyRef::Id(uuid::Uuid::from_bytes(kid)), arn: self.names.key_arn(&id), id, state, kid })
     }
@@ -656,7 +670,7 @@ impl Server {
     /// identity policy ([`policy::authorize`]). The key is recorded as touched either way.
     fn authorize(&self, call: &Call<'_>, k: &Resolved, action: &str, context: &Context) -> Result<()> {
         call.touched(&k.arn);
-        let attrs = self.store.attributes(&k.r).map_err(|e| self.store_err(e, k))?;
+        let attrs = self.store.attributes(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
         let p = self.policies.get(k.kid, attrs.policy.as_ref())?;
         self.decide(call, Some(&p), action, &k.arn, context)
     }
@@ -716,7 +730,7 @@ impl Server {
     }
 
     fn is_external(&self, k: &Resolved) -> Result<bool> {
-        Ok(self.store.attributes(&k.r).map_err(|e| self.store_err(e, k))?.external)
+        Ok(self.store.attributes(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?.external)
     }
 
     /// Import operations apply only to keys with origin EXTERNAL (spec §5).
@@ -743,24 +757,9 @@ impl Server {
         }
     }
 
-    fn store_err(&self, e: envelope_keystore::Error, k: &Resolved) -> KmsError {
-        match e {
-            envelope_keystore::Error::NotFound(_) => self.names.not_found(&k.r),
-            e => KmsError::from_store(e, &k.arn),
-        }
-    }
-
+    /// A key-store error of an operation on alias `alias` that points (or is to point) at `k`.
     fn alias_err(&self, e: envelope_keystore::Error, alias: &str, k: &Resolved) -> KmsError {
-        use envelope_keystore::Error as E;
-        match e {
-            E::AlreadyExists(_) => KmsError::AlreadyExists(format!(
-                "An alias with the name {} already exists",
-                self.names.alias_arn(alias)
-            )),
-            E::NotFound(_) => self.names.not_found(&KeyRef::Alias(alias.to_string())),
-            E::Invalid(m) => KmsError::InvalidAliasName(m),
-            e => KmsError::from_store(e, &k.arn),
-        }
+        KmsError::from_store(e, Subject::Alias { arn: &self.names.alias_arn(alias), key: &k.arn })
     }
 
     fn metadata(&self, m: &envelope_keystore::KeyMetadata) -> KeyMetadataOut {
@@ -836,10 +835,9 @@ fn check_alias_name(name: &str) -> Result<()> {
     if name.starts_with("alias/aws/") {
         return Err(KmsError::NotAuthorized("The alias/aws/ prefix is reserved for AWS managed keys.".into()));
     }
-    envelope_keystore::model::validate_alias(name).map_err(|e| match e {
-        envelope_keystore::Error::Invalid(m) => KmsError::InvalidAliasName(m),
-        e => KmsError::InvalidAliasName(e.to_string()),
-    })
+    // Only the name is checked: Invalid (InvalidAliasName) is the only error.
+    envelope_keystore::model::validate_alias(name)
+        .map_err(|e| KmsError::from_store(e, Subject::Alias { arn: name, key: name }))
 }
 
 fn key_position(k: &envelope_keystore::KeyMetadata) -> String {
@@ -859,7 +857,7 @@ fn decode_marker(m: &str, kind: &str) -> Result<String> {
 
 fn random(len: usize) -> Result<Zeroizing<Vec<u8>>> {
     let mut b = Zeroizing::new(vec![0u8; len]);
-    envelope_keystore::crypto::fill_random(&mut b[..]).map_err(|e| KmsError::Internal(e.to_string()))?;
+    envelope_keystore::crypto::fill_random(&mut b[..]).map_err(|e| KmsError::from_store(e, Subject::Internal))?;
     Ok(b)
 }
 

@@ -51,11 +51,8 @@ impl AeadKey {
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| Error::InvalidCiphertext("bad nonce"))?;
         let mut buf = Zeroizing::new(rest.to_vec());
-        let len = self
-            .0
-            .open_in_place(nonce, Aad::from(aad), &mut buf[..])
-            .map_err(|_| Error::AuthenticationFailed)?
-            .len();
+        let len =
+            self.0.open_in_place(nonce, Aad::from(aad), &mut buf[..]).map_err(|_| Error::AuthenticationFailed)?.len();
         buf.truncate(len);
         Ok(buf)
     }

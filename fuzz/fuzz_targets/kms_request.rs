@@ -13,6 +13,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = envelope_kms_server::audit::sanitized_request(body);
     if let Ok(s) = std::str::from_utf8(body) {
         let _ = Operation::from_target(s);
-        let _ = envelope_kms_server::auth::parse_amz_date(s);
+        let _ = envelope_kms_server::dates::parse_amz_date(s);
     }
 });

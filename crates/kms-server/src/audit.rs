@@ -179,7 +179,7 @@ pub fn record(ev: &AuditEvent<'_>, now: SystemTime) -> Value {
     let mut rec = json!({
         "eventVersion": "1.11",
         "userIdentity": user_identity(ev),
-        "eventTime": rfc3339_seconds(now),
+        "eventTime": crate::dates::rfc3339_seconds(now),
         "eventSource": "kms.amazonaws.com",
         "eventName": op,
         "awsRegion": ev.region,
@@ -338,24 +338,6 @@ fn camel(k: &str) -> String {
     }
 }
 
-/// RFC 3339 in UTC, whole seconds (`2025-05-20T20:45:00Z`); the epoch for times outside 1970–9999.
-fn rfc3339_seconds(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let t = i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,17 +404,6 @@ mod tests {
         let r = record(&ev, SystemTime::now());
         assert_eq!(r["errorCode"], "InvalidSignatureException");
         assert_eq!(r["userIdentity"]["type"], "Unknown");
-    }
-
-    #[test]
-    fn event_time_format() {
-        let at = |secs: u64| rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
-        assert_eq!(at(0), "1970-01-01T00:00:00Z");
-        assert_eq!(at(19_782 * 86_400), "2024-02-29T00:00:00Z");
-        assert_eq!(at(1_747_773_900), "2025-05-20T20:45:00Z");
-        assert_eq!(at(253_402_300_799), "9999-12-31T23:59:59Z");
-        assert_eq!(rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(1_999)), "1970-01-01T00:00:01Z");
-        assert_eq!(rfc3339_seconds(SystemTime::UNIX_EPOCH - Duration::from_secs(1)), "1970-01-01T00:00:00Z");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! * [`protocol`]: operation names, request parsing/validation, response encoding (pure).
 //! * [`auth`]: the access-key table and SigV4 verification (pure, given the clock).
+//! * [`dates`]: `X-Amz-Date` and RFC 3339 times (the calendar is the `time` crate's).
 //! * [`ids`]: key identifiers — key id, key ARN, alias name, alias ARN.
 //! * [`import`]: importing key material — wrapping key pairs, sealed import tokens, unwrapping.
 //! * [`ops`]: the operations, on top of `envelope_keystore::KeyStore`.
@@ -22,6 +23,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod dates;
 pub mod error;
 pub mod ids;
 pub mod import;

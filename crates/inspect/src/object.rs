@@ -308,15 +308,8 @@ fn time_json(t: Option<&k8s::Time>) -> Value {
 /// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`; `None` outside years 1–9999.
 pub fn rfc3339(seconds: i64) -> Option<String> {
     let t = time::OffsetDateTime::from_unix_timestamp(seconds).ok().filter(|t| t.year() >= 1)?;
-    Some(format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    ))
+    let (y, mo, d) = (t.year(), u8::from(t.month()), t.day());
+    Some(format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", t.hour(), t.minute(), t.second()))
 }
 
 fn decode_json(bytes: &[u8]) -> Result<DecodedObject> {

@@ -28,39 +28,25 @@ pub fn parse_amz_date(s: &str) -> Option<SystemTime> {
 
 /// Formats a time as `YYYYMMDD'T'HHMMSS'Z'`.
 pub fn format_amz_date(t: SystemTime) -> String {
-    let t = utc(t);
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let (y, mo, d, h, mi, s) = utc(t);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
 /// Formats a time as RFC 3339 (`2025-05-20T20:45:00Z`).
 pub fn rfc3339_seconds(t: SystemTime) -> String {
-    let t = utc(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    let (y, mo, d, h, mi, s) = utc(t);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
-/// `t` in UTC, cut to whole seconds; the epoch for times outside 1970–9999.
-fn utc(t: SystemTime) -> OffsetDateTime {
+/// `t` in UTC, cut to whole seconds, as (year, month, day, hour, minute, second); the epoch for
+/// times outside 1970–9999.
+fn utc(t: SystemTime) -> (i32, u8, u8, u8, u8, u8) {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    i64::try_from(secs)
+    let t = i64::try_from(secs)
         .ok()
         .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    (t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! What the binary prints, beyond each command's own job: a closed stdout pipe ends a command
 //! quietly (no Broken pipe panic), help states defaults, tables line up, errors say their subject
 //! once, logs hold no Rust `Debug` renderings, and printouts do what they claim.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! recipe saves them (`etcdctl get --print-value-only KEY > value.bin`, which appends one `\n`),
 //! and the errors for files that hold something else. No etcd needed; the KMS v2 seed is wrapped
 //! by a running `envelope plugin`, as kube-apiserver has it wrapped.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! operator makes with TLS, schemes and addresses gives one line with the cause and a hint, not
 //! "transport error"; a missing `--etcd` is bad usage (64); and the JSON summary says when
 //! staleness is unknown instead of counting 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod common;
 

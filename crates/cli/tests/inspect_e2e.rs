@@ -2,6 +2,7 @@
 //! way kube-apiserver fills it: KMS v2 values whose seed is wrapped by a running `envelope
 //! plugin`, KMS v1 values whose DEK is wrapped by it, static-key values, plaintext objects, and
 //! damaged values.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! End-to-end tests: the real `envelope` binary, its real socket, the project's own gRPC client.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod common;
 

@@ -12,6 +12,7 @@
 //! are Huffman-coded whenever that is shorter. The first block is all
 //! literals; later ones reference the dynamic table and carry a fresh
 //! `grpc-timeout` literal, which eventually evicts older entries.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 use std::collections::VecDeque;
 use std::hint::black_box;

@@ -1,6 +1,7 @@
 //! End-to-end: a real `h2` server behind `RewriteIo`, driven by a
 //! hand-rolled HTTP/2 client that sends the `:authority` kube-apiserver
 //! sends over a Unix socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Property tests: random header lists, framings and interleavings.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The official AWS SDK for Rust (aws-sdk-kms) against `envelope kms serve`, served in process
 //! on a loopback port with real SigV4 and real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! The audit log against a real server: no state change without its record (fail-closed on a
 //! sink that refuses writes), and each record shape checked against CloudTrail's fields.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Authorization attacks against a real key server: alias hijacking, identity policies,
 //! account-level operations, the key quota, unsigned headers and look-alike account roots.
 //! Each test is the attack first, then what the legitimate owner still can do.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! AwsBackend through envelope_plugin::Plugin against `envelope kms serve`, served in process on
 //! a loopback port with real SigV4 and real HTTP, driven by the official aws-sdk-kms client.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

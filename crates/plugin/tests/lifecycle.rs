@@ -2,6 +2,7 @@
 //! shutdown with requests in flight, deadlines, and health caching through transient failures.
 //! The backend here is a test fixture (an in-memory XOR "wrap" with configurable delay and
 //! failures); the real backends are exercised by the end-to-end tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

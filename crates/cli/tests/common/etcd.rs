@@ -1,5 +1,6 @@
 //! A real etcd server for tests: Debian's `etcd` binary on loopback ports with a temporary data
 //! directory (installed by scripts/test), optionally with TLS and client-certificate auth.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

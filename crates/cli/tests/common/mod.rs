@@ -1,4 +1,5 @@
 //! Helpers for end-to-end tests: start the real `envelope` binary and talk to its socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 #![allow(dead_code)]
 
 pub mod etcd;

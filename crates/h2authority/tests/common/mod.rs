@@ -1,5 +1,6 @@
 //! Test helpers shared by the unit tests (included via `#[path]`) and the
 //! integration tests. Self-contained: only std and loona_hpack.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 #![allow(dead_code)]
 
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

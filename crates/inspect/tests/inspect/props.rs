@@ -1,5 +1,6 @@
 //! Property tests: no input makes classify, decrypt or object decoding panic; truncated and
 //! bit-flipped values are classified and rejected without panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 use envelope_inspect::{
     Classified, DekSourceType, StaticProvider, classify, classify_with_names, decode_object, decrypt, writer,

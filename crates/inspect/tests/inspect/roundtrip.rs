@@ -1,4 +1,5 @@
 //! writer → classify → decrypt → object, for every provider; wrong AAD and wrong keys fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 use std::collections::BTreeMap;
 

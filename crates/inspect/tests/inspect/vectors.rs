@@ -1,5 +1,6 @@
 //! The test vectors of spec §11: recorded kube-apiserver output (§11.1–§11.3) and
 //! self-computed values (§11.4).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 use base64::Engine as _;
 use envelope_inspect::{

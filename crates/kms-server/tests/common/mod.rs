@@ -1,5 +1,6 @@
 //! The key server test harness: a real server on 127.0.0.1:0, requests signed with `aws-sigv4`
 //! (the SDKs' signer) and sent over plain TCP as HTTP/1.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 #![allow(dead_code)]
 
 use std::sync::Arc;

@@ -133,11 +133,6 @@ impl UdsIo {
         })
     }
 
-    /// The socket.
-    pub fn get_ref(&self) -> &StdUnixStream {
-        self.read.get_ref()
-    }
-
     fn pending(&self) -> &[u8] {
         &self.out[self.out_pos..]
     }

@@ -27,6 +27,7 @@ pub mod dates;
 pub mod error;
 pub mod ids;
 pub mod import;
+pub mod lookup;
 pub mod maintenance;
 pub mod metrics;
 pub mod ops;

@@ -35,6 +35,9 @@ pub enum KmsCommand {
     /// Restore a backup into a data directory, after checking every key version unseals with
     /// the root key. Stop the server first.
     Restore(RestoreArgs),
+    /// Search the audit log (and its rotated copies): filter by operation, user, access key,
+    /// key, time or errors; `--follow` prints new records as they are written.
+    Audit(crate::kms_audit::AuditArgs),
 }
 
 /// Options of `envelope kms backup`.
@@ -152,6 +155,7 @@ pub fn run(args: KmsArgs) -> ExitCode {
         KmsCommand::Serve(a) => serve(*a),
         KmsCommand::Backup(a) => report(backup(a)),
         KmsCommand::Restore(a) => report(restore(a)),
+        KmsCommand::Audit(a) => report(crate::kms_audit::run(a)),
     }
 }
 

@@ -34,6 +34,7 @@ mod config;
 mod etcd;
 mod inspect_cmd;
 mod key;
+mod kms_audit;
 mod kms_cmd;
 mod output;
 mod plugin_cmd;

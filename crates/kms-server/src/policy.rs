@@ -66,7 +66,8 @@ struct Condition {
 pub struct Query<'a> {
     /// The caller's principal ARN.
     pub principal: &'a str,
-    /// The action without prefix, e.g. `Encrypt`.
+    /// The action: a KMS operation without prefix (`Encrypt`, meaning `kms:Encrypt`), or another
+    /// service's action with its prefix (`cloudtrail:LookupEvents`).
     pub action: &'a str,
     /// The key ARN.
     pub resource: &'a str,
@@ -96,9 +97,9 @@ pub fn parse_identity(text: &str) -> Result<Policy, String> {
     parse_kind(text, Kind::Identity)
 }
 
-/// The identity policy of an administrator: every KMS action on every resource.
-pub const ADMIN_IDENTITY_POLICY: &str =
-    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#;
+/// The identity policy of an administrator: every KMS action on every resource, and the search
+/// of the audit history (`cloudtrail:LookupEvents`).
+pub const ADMIN_IDENTITY_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["kms:*","cloudtrail:LookupEvents"],"Resource":"*"}]}"#;
 
 fn parse_kind(text: &str, kind: Kind) -> Result<Policy, String> {
     let v: Value = serde_json::from_str(text).map_err(|_| "The policy is not valid JSON.".to_string())?;
@@ -160,7 +161,11 @@ fn statement(v: &Value, kind: Kind) -> Result<Statement, String> {
     };
     let actions = strings(o.get("Action").ok_or("Each Statement needs an Action.")?, "Action")?;
     for a in &actions {
-        if a != "*" && !a.to_ascii_lowercase().starts_with("kms:") {
+        let lower = a.to_ascii_lowercase();
+        // An identity policy may also grant the audit search (`cloudtrail:LookupEvents`); a key
+        // policy governs only its key's KMS actions.
+        let cloudtrail = kind == Kind::Identity && lower.starts_with("cloudtrail:");
+        if a != "*" && !lower.starts_with("kms:") && !cloudtrail {
             return Err(format!("Invalid action {a}."));
         }
     }
@@ -330,7 +335,7 @@ fn matches_statement(s: &Statement, q: &Query<'_>) -> Option<Match> {
         }
     }
     let how = how?;
-    let action = format!("kms:{}", q.action);
+    let action = if q.action.contains(':') { q.action.to_string() } else { format!("kms:{}", q.action) };
     let action_ok = s.actions.iter().any(|a| glob(&a.to_ascii_lowercase(), &action.to_ascii_lowercase()));
     let resource_ok = s.resources.iter().any(|r| glob(r, q.resource));
     let ok = action_ok
@@ -461,6 +466,31 @@ mod tests {
         let p = parse(r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/nobody:root"},"Action":"kms:*","Resource":"*"}]}"#).unwrap();
         let c = BTreeMap::new();
         assert_eq!(evaluate(&p, &q(ADMIN, "Decrypt", &c)), Decision::ImplicitDeny);
+    }
+
+    #[test]
+    fn the_audit_search_is_an_identity_permission_of_its_own() {
+        let ctx = BTreeMap::new();
+        let q = |action| Query { principal: "arn:aws:iam::111122223333:user/a", action, resource: "*", context: &ctx };
+        let kms_only = parse_identity(r#"{"Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#).unwrap();
+        let lookup =
+            parse_identity(r#"{"Statement":[{"Effect":"Allow","Action":"cloudtrail:LookupEvents","Resource":"*"}]}"#)
+                .unwrap();
+        let admin = parse_identity(ADMIN_IDENTITY_POLICY).unwrap();
+        let verdict = |p: &Policy, action| authorize(None, Some(p), "111122223333", &q(action));
+        assert_eq!(verdict(&kms_only, "cloudtrail:LookupEvents"), Verdict::ImplicitDeny(Source::Identity));
+        assert_eq!(verdict(&kms_only, "Decrypt"), Verdict::Allow);
+        assert_eq!(verdict(&lookup, "cloudtrail:LookupEvents"), Verdict::Allow);
+        assert_eq!(verdict(&lookup, "Decrypt"), Verdict::ImplicitDeny(Source::Identity));
+        assert_eq!(verdict(&admin, "cloudtrail:LookupEvents"), Verdict::Allow);
+        // A key policy governs KMS actions only.
+        assert!(
+            parse(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"cloudtrail:LookupEvents","Resource":"*"}]}"#)
+                .is_err()
+        );
+        assert!(
+            parse_identity(r#"{"Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#).is_err()
+        );
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The audit log: one CloudTrail-shaped JSON record per request (spec §7), appended to a file
-//! and flushed before the response is sent. Records carry the encryption context (audit
-//! material) but never plaintext, ciphertext, key material or import tokens.
+//! before the response is sent. Records carry the encryption context (audit material) but never
+//! plaintext, ciphertext, key material or import tokens.
 //!
 //! A state-changing request gets two records sharing its `requestID`: an **intent** record,
 //! written and synced to disk before the change runs, and an **outcome** record after it
 //! (`additionalEventData.auditStage` tells them apart). With `fail_closed`, a request whose
 //! intent record cannot be written is refused (`KMSInternalException`) before anything changes,
 //! and a read whose record cannot be written is refused instead of answered. A failed write
-//! leaves no partial line: the file is cut back to where the record began.
+//! leaves no partial line: the file is cut back to where the write began.
+//!
+//! Records are typed values serialized straight into their line ([`AuditEvent`]: the request
+//! as sent minus secrets, [`Params`]; the response's audit view, built by the operation).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -16,7 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
+
+use crate::protocol::Raw;
 
 /// Request and response members that are never written to the audit log.
 const SECRET_MEMBERS: &[&str] =
@@ -40,9 +46,55 @@ const CRYPTO_OPS: &[&str] = &[
 /// An append-only audit file.
 #[derive(Debug)]
 pub struct AuditLog {
+    file: LogFile,
+}
+
+/// The file and its settings.
+#[derive(Debug)]
+struct LogFile {
     path: PathBuf,
     file: Mutex<File>,
     fail_closed: bool,
+}
+
+/// A request's parameters for its record.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Params {
+    /// The members as sent, from the request's one parse (secret members are never written).
+    Typed(Box<Raw>),
+    /// A body that did not parse as the operation's request: its members read as JSON with the
+    /// secret ones skipped ([`sanitized_request`]).
+    Json(Value),
+}
+
+impl Params {
+    /// Completes the parameters as CloudTrail shows them: the encryption algorithm of
+    /// Encrypt/Decrypt/ReEncrypt (default `SYMMETRIC_DEFAULT`), and Decrypt's `keyId` as the
+    /// key that decrypted (`key_arn`).
+    pub fn complete(&mut self, op: &str, key_arn: Option<&str>) {
+        let algorithm = matches!(op, "Encrypt" | "Decrypt" | "ReEncrypt");
+        let key_arn = key_arn.filter(|_| op == "Decrypt");
+        match self {
+            Params::Typed(raw) => {
+                if algorithm && raw.encryption_algorithm.is_none() {
+                    raw.encryption_algorithm = Some("SYMMETRIC_DEFAULT".into());
+                }
+                if let Some(arn) = key_arn {
+                    raw.key_id = Some(arn.to_string());
+                }
+            }
+            Params::Json(Value::Object(m)) => {
+                if algorithm {
+                    m.entry("EncryptionAlgorithm").or_insert_with(|| json!("SYMMETRIC_DEFAULT"));
+                }
+                if let Some(arn) = key_arn {
+                    m.insert("KeyId".into(), json!(arn));
+                }
+            }
+            Params::Json(_) => {}
+        }
+    }
 }
 
 /// Everything known about one request, for its record.
@@ -57,22 +109,25 @@ pub struct AuditEvent<'a> {
     /// Account that owns the keys.
     pub account_id: &'a str,
     /// Caller address.
-    pub source_ip: Option<String>,
+    pub source_ip: Option<&'a str>,
     /// Caller's User-Agent.
     pub user_agent: Option<&'a str>,
     /// Verified access key id, if authentication succeeded.
     pub access_key_id: Option<&'a str>,
     /// Verified principal ARN, if authentication succeeded.
     pub principal: Option<&'a str>,
-    /// The request body as JSON, if it parsed.
-    pub request: Option<&'a Value>,
-    /// The response body as JSON on success.
+    /// The request's parameters, if it was authenticated and its body read.
+    pub request: Option<&'a Params>,
+    /// On success, the response members the record shows (secrets already left out; PascalCase
+    /// as sent); `None` for cryptographic calls and empty responses.
     pub response: Option<&'a Value>,
+    /// On success, the key ARN the response names.
+    pub key_arn: Option<&'a str>,
     /// AWS error code on failure.
     pub error_code: Option<&'a str>,
     /// Error message on failure.
-    pub error_message: Option<String>,
-    /// ARNs of the keys the request touched (empty: taken from the response, if any).
+    pub error_message: Option<&'a str>,
+    /// ARNs of the keys the request touched (empty: the response's key, if any).
     pub resources: &'a [String],
     /// For state-changing requests: which of their two records this is.
     pub stage: Option<Stage>,
@@ -100,47 +155,48 @@ impl AuditLog {
     /// Opens (creating with mode 0600) the audit file for appending.
     pub fn open(path: &Path, fail_closed: bool) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        Ok(Self { path: path.to_path_buf(), file: Mutex::new(file), fail_closed })
+        Ok(Self { file: LogFile { path: path.to_path_buf(), file: Mutex::new(file), fail_closed } })
     }
 
     /// Opens the file again at its path (after log rotation moved it away) and writes there
     /// from now on. On failure the current file stays in use.
     pub fn reopen(&self) -> std::io::Result<()> {
-        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
-        let mut f = self.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.file.path)?;
+        let mut f = self.file.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
         *f = file;
         Ok(())
     }
 
     /// The file.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
     /// Whether requests are refused when their record cannot be written.
     pub fn fail_closed(&self) -> bool {
-        self.fail_closed
+        self.file.fail_closed
     }
 
     /// Appends one record (one line) and hands it to the operating system.
     pub fn write(&self, ev: &AuditEvent<'_>) -> std::io::Result<()> {
-        self.append(ev, false)
+        self.file.append(&line(ev, SystemTime::now())?, false)
     }
 
     /// Appends one record and syncs it to disk before returning (intent records).
     pub fn write_durable(&self, ev: &AuditEvent<'_>) -> std::io::Result<()> {
-        self.append(ev, true)
+        self.file.append(&line(ev, SystemTime::now())?, true)
     }
+}
 
-    fn append(&self, ev: &AuditEvent<'_>, sync: bool) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&record(ev, SystemTime::now())).map_err(std::io::Error::other)?;
-        line.push(b'\n');
+impl LogFile {
+    /// Writes `bytes` (whole lines) in one `write`, synced if `sync`; on failure the file is
+    /// cut back to where they began, so a full disk never leaves half a line that would corrupt
+    /// the next record.
+    fn append(&self, bytes: &[u8], sync: bool) -> std::io::Result<()> {
         let mut f = self.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
-        // Where this record starts: on failure the file is cut back to it, so a full disk never
-        // leaves half a line that would corrupt the next record.
         let start = f.metadata().map(|m| m.len()).ok();
         let written =
-            f.write_all(&line).and_then(|()| f.flush()).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+            f.write_all(bytes).and_then(|()| f.flush()).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
         if written.is_err()
             && let Some(len) = start
         {
@@ -150,60 +206,144 @@ impl AuditLog {
     }
 }
 
-/// Builds the CloudTrail-shaped record of one request.
+/// The record's line: its JSON and a newline.
+fn line(ev: &AuditEvent<'_>, now: SystemTime) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut out, &Record::of(ev, now)).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Builds the CloudTrail-shaped record of one request (as JSON, e.g. for tests).
 pub fn record(ev: &AuditEvent<'_>, now: SystemTime) -> Value {
-    let op = ev.operation.unwrap_or("Unknown");
-    let crypto = CRYPTO_OPS.contains(&op);
-    let mut params = ev.request.map(|r| camel_clean(r, false)).unwrap_or(Value::Null);
-    if matches!(op, "Encrypt" | "Decrypt" | "ReEncrypt")
-        && let Value::Object(m) = &mut params
-    {
-        m.entry("encryptionAlgorithm").or_insert_with(|| json!("SYMMETRIC_DEFAULT"));
+    serde_json::to_value(Record::of(ev, now)).unwrap_or(Value::Null)
+}
+
+/// One record. Members in name order, as CloudTrail's JSON read into a map is written.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Record<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    additional_event_data: Option<AdditionalData>,
+    aws_region: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_message: Option<&'a str>,
+    event_category: &'static str,
+    #[serde(rename = "eventID")]
+    event_id: String,
+    event_name: &'a str,
+    event_source: &'static str,
+    event_time: String,
+    event_type: &'static str,
+    event_version: &'static str,
+    management_event: bool,
+    read_only: bool,
+    recipient_account_id: &'a str,
+    #[serde(rename = "requestID")]
+    request_id: &'a str,
+    request_parameters: RequestParameters<'a>,
+    resources: Vec<Resource<'a>>,
+    response_elements: Option<Value>,
+    #[serde(rename = "sourceIPAddress")]
+    source_ip_address: &'a str,
+    user_agent: &'a str,
+    user_identity: UserIdentity<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AdditionalData {
+    audit_stage: &'static str,
+}
+
+/// `requestParameters`: the typed members as sent, a fallback JSON object, or `null`.
+enum RequestParameters<'a> {
+    Typed(&'a Raw),
+    Json(Value),
+    None,
+}
+
+impl Serialize for RequestParameters<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            RequestParameters::Typed(raw) => raw.serialize(s),
+            RequestParameters::Json(v) => v.serialize(s),
+            RequestParameters::None => s.serialize_none(),
+        }
     }
-    let key_arn = ev.response.and_then(resolved_key_arn);
-    let mut resources: Vec<&str> = ev.resources.iter().map(String::as_str).collect();
-    if resources.is_empty()
-        && let Some(arn) = key_arn.as_deref()
-    {
-        resources.push(arn);
+}
+
+#[derive(Serialize)]
+struct Resource<'a> {
+    #[serde(rename = "ARN")]
+    arn: &'a str,
+    #[serde(rename = "accountId")]
+    account_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserIdentity<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_key_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arn: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal_id: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_name: Option<&'a str>,
+}
+
+impl<'a> Record<'a> {
+    fn of(ev: &'a AuditEvent<'a>, now: SystemTime) -> Self {
+        let op = ev.operation.unwrap_or("Unknown");
+        let crypto = CRYPTO_OPS.contains(&op);
+        let request_parameters = match ev.request {
+            Some(Params::Typed(raw)) => RequestParameters::Typed(raw),
+            Some(Params::Json(v)) => RequestParameters::Json(camel_clean(v, false)),
+            None => RequestParameters::None,
+        };
+        let mut resources: Vec<&str> = ev.resources.iter().map(String::as_str).collect();
+        if resources.is_empty()
+            && let Some(arn) = ev.key_arn
+        {
+            resources.push(arn);
+        }
+        Record {
+            additional_event_data: ev.stage.map(|s| AdditionalData { audit_stage: s.as_str() }),
+            aws_region: ev.region,
+            error_code: ev.error_code,
+            error_message: ev.error_code.map(|_| ev.error_message.unwrap_or_default()),
+            event_category: "Management",
+            event_id: uuid::Uuid::new_v4().to_string(),
+            event_name: op,
+            event_source: "kms.amazonaws.com",
+            event_time: crate::dates::rfc3339_seconds(now),
+            event_type: "AwsApiCall",
+            event_version: "1.11",
+            management_event: true,
+            read_only: read_only(op),
+            recipient_account_id: ev.account_id,
+            request_id: ev.request_id,
+            request_parameters,
+            resources: resources
+                .into_iter()
+                .map(|arn| Resource { arn, account_id: ev.account_id, kind: "AWS::KMS::Key" })
+                .collect(),
+            response_elements: ev.response.filter(|_| !crypto).map(|r| camel_clean(r, false)),
+            source_ip_address: ev.source_ip.unwrap_or_default(),
+            user_agent: ev.user_agent.unwrap_or(""),
+            user_identity: user_identity(ev),
+        }
     }
-    if op == "Decrypt"
-        && let (Value::Object(m), Some(arn)) = (&mut params, &key_arn)
-    {
-        m.insert("keyId".into(), json!(arn));
-    }
-    let response = match ev.response {
-        Some(r) if !crypto => camel_clean(r, false),
-        _ => Value::Null,
-    };
-    let mut rec = json!({
-        "eventVersion": "1.11",
-        "userIdentity": user_identity(ev),
-        "eventTime": crate::dates::rfc3339_seconds(now),
-        "eventSource": "kms.amazonaws.com",
-        "eventName": op,
-        "awsRegion": ev.region,
-        "sourceIPAddress": ev.source_ip.clone().unwrap_or_default(),
-        "userAgent": ev.user_agent.unwrap_or(""),
-        "requestParameters": params,
-        "responseElements": response,
-        "requestID": ev.request_id,
-        "eventID": uuid::Uuid::new_v4().to_string(),
-        "readOnly": read_only(op),
-        "resources": resources.iter().map(|arn| json!({"accountId": ev.account_id, "type": "AWS::KMS::Key", "ARN": arn})).collect::<Vec<_>>(),
-        "eventType": "AwsApiCall",
-        "managementEvent": true,
-        "recipientAccountId": ev.account_id,
-        "eventCategory": "Management",
-    });
-    if let (Some(stage), Value::Object(m)) = (ev.stage, &mut rec) {
-        m.insert("additionalEventData".into(), json!({"auditStage": stage.as_str()}));
-    }
-    if let (Some(code), Value::Object(m)) = (ev.error_code, &mut rec) {
-        m.insert("errorCode".into(), json!(code));
-        m.insert("errorMessage".into(), json!(ev.error_message.clone().unwrap_or_default()));
-    }
-    rec
 }
 
 /// Whether `op`'s responses carry secrets (its `responseElements` are `null`).
@@ -270,13 +410,18 @@ pub fn read_only(op: &str) -> bool {
         )
 }
 
-fn user_identity(ev: &AuditEvent<'_>) -> Value {
+fn user_identity<'a>(ev: &AuditEvent<'a>) -> UserIdentity<'a> {
+    let unknown = UserIdentity {
+        access_key_id: None,
+        account_id: None,
+        arn: None,
+        principal_id: None,
+        kind: "Unknown",
+        user_name: None,
+    };
     let Some(arn) = ev.principal else {
         // Not authenticated: only the access key id the request claimed, if any.
-        return match ev.access_key_id {
-            Some(id) => json!({"type": "Unknown", "accessKeyId": id}),
-            None => json!({"type": "Unknown"}),
-        };
+        return UserIdentity { access_key_id: ev.access_key_id, ..unknown };
     };
     let resource = arn.splitn(6, ':').nth(5).unwrap_or("");
     let kind = if resource == "root" {
@@ -288,24 +433,18 @@ fn user_identity(ev: &AuditEvent<'_>) -> Value {
     } else {
         "IAMUser"
     };
-    let account = arn.split(':').nth(4).unwrap_or(ev.account_id);
-    let mut v = json!({
-        "type": kind,
-        "principalId": ev.access_key_id.unwrap_or(""),
-        "arn": arn,
-        "accountId": account,
-        "accessKeyId": ev.access_key_id.unwrap_or(""),
-    });
-    if kind == "IAMUser"
-        && let (Some(name), Value::Object(m)) = (resource.rsplit('/').next(), &mut v)
-    {
-        m.insert("userName".into(), json!(name));
+    UserIdentity {
+        access_key_id: Some(ev.access_key_id.unwrap_or("")),
+        account_id: Some(arn.split(':').nth(4).unwrap_or(ev.account_id)),
+        arn: Some(arn),
+        principal_id: Some(ev.access_key_id.unwrap_or("")),
+        kind,
+        user_name: if kind == "IAMUser" { resource.rsplit('/').next() } else { None },
     }
-    v
 }
 
 /// The key ARN a response names (`KeyId` of crypto responses, `KeyMetadata.Arn` of management ones).
-fn resolved_key_arn(resp: &Value) -> Option<String> {
+pub(crate) fn resolved_key_arn(resp: &Value) -> Option<String> {
     let arn =
         resp.get("KeyMetadata").and_then(|m| m.get("Arn")).or_else(|| resp.get("KeyId")).and_then(Value::as_str)?;
     arn.contains(":key/").then(|| arn.to_string())
@@ -345,65 +484,84 @@ mod tests {
 
     #[test]
     fn decrypt_record_has_context_and_no_secrets() {
-        let req = json!({"CiphertextBlob": "c2VjcmV0", "EncryptionContext": {"Tenant": "a", "KeyId": "x"}});
-        let resp = json!({"KeyId": "arn:aws:kms:us-east-1:111122223333:key/1234", "Plaintext": "cGxhaW4=", "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"});
-        let ev = AuditEvent {
-            operation: Some("Decrypt"),
-            request_id: "req-1",
-            region: "us-east-1",
-            account_id: "111122223333",
-            source_ip: Some("127.0.0.1".into()),
-            user_agent: Some("aws-cli/1"),
-            access_key_id: Some("AKIATEST"),
-            principal: Some("arn:aws:iam::111122223333:user/admin"),
-            request: Some(&req),
-            response: Some(&resp),
-            ..Default::default()
-        };
-        let r = record(&ev, SystemTime::UNIX_EPOCH + Duration::from_secs(1_747_773_900));
-        let text = r.to_string();
-        assert!(!text.contains("c2VjcmV0") && !text.contains("cGxhaW4="), "{text}");
-        assert_eq!(r["eventName"], "Decrypt");
-        assert_eq!(r["eventSource"], "kms.amazonaws.com");
-        assert_eq!(r["eventTime"], "2025-05-20T20:45:00Z");
-        assert_eq!(r["requestParameters"]["encryptionContext"]["Tenant"], "a");
-        assert_eq!(r["requestParameters"]["encryptionContext"]["KeyId"], "x", "context keys kept as sent");
-        assert_eq!(r["requestParameters"]["encryptionAlgorithm"], "SYMMETRIC_DEFAULT");
-        assert_eq!(r["requestParameters"]["keyId"], "arn:aws:kms:us-east-1:111122223333:key/1234");
-        assert_eq!(r["responseElements"], Value::Null);
-        assert_eq!(r["readOnly"], true);
-        assert_eq!(r["resources"][0]["ARN"], "arn:aws:kms:us-east-1:111122223333:key/1234");
-        assert_eq!(r["userIdentity"]["type"], "IAMUser");
-        assert_eq!(r["userIdentity"]["userName"], "admin");
-        assert!(r.get("errorCode").is_none());
+        let body = br#"{"CiphertextBlob": "c2VjcmV0", "EncryptionContext": {"Tenant": "a", "KeyId": "x"}}"#;
+        let arn = "arn:aws:kms:us-east-1:111122223333:key/1234";
+        let typed = crate::op::parse(crate::Operation::Decrypt, body).unwrap().params;
+        // The typed parameters and the JSON fallback make the same record.
+        for mut params in [Params::Typed(typed), Params::Json(sanitized_request(body).unwrap())] {
+            params.complete("Decrypt", Some(arn));
+            let ev = AuditEvent {
+                operation: Some("Decrypt"),
+                request_id: "req-1",
+                region: "us-east-1",
+                account_id: "111122223333",
+                source_ip: Some("127.0.0.1"),
+                user_agent: Some("aws-cli/1"),
+                access_key_id: Some("AKIATEST"),
+                principal: Some("arn:aws:iam::111122223333:user/admin"),
+                request: Some(&params),
+                key_arn: Some(arn),
+                ..Default::default()
+            };
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_747_773_900);
+            let text = String::from_utf8(line(&ev, now).unwrap()).unwrap();
+            assert!(!text.contains("c2VjcmV0"), "{text}");
+            let r: Value = serde_json::from_str(&text).unwrap();
+            // Members in name order: the text is that of the record read into a map.
+            assert_eq!(text.trim_end(), r.to_string());
+            assert_eq!(r["eventName"], "Decrypt");
+            assert_eq!(r["eventSource"], "kms.amazonaws.com");
+            assert_eq!(r["eventTime"], "2025-05-20T20:45:00Z");
+            assert_eq!(r["requestParameters"]["encryptionContext"]["Tenant"], "a");
+            assert_eq!(r["requestParameters"]["encryptionContext"]["KeyId"], "x", "context keys kept as sent");
+            assert_eq!(r["requestParameters"]["encryptionAlgorithm"], "SYMMETRIC_DEFAULT");
+            assert_eq!(r["requestParameters"]["keyId"], arn);
+            assert_eq!(r["responseElements"], Value::Null);
+            assert_eq!(r["readOnly"], true);
+            assert_eq!(r["resources"], json!([{"ARN": arn, "accountId": "111122223333", "type": "AWS::KMS::Key"}]));
+            assert_eq!(
+                r["userIdentity"],
+                json!({"type": "IAMUser", "principalId": "AKIATEST", "arn": "arn:aws:iam::111122223333:user/admin",
+                    "accountId": "111122223333", "accessKeyId": "AKIATEST", "userName": "admin"})
+            );
+            assert!(r.get("errorCode").is_none() && r.get("additionalEventData").is_none());
+        }
     }
 
     #[test]
     fn failures_and_management_calls() {
         let resp = json!({"KeyMetadata": {"KeyId": "1234", "Arn": "arn:aws:kms:us-east-1:111122223333:key/1234"}});
+        let arn = resolved_key_arn(&resp);
         let ev = AuditEvent {
             operation: Some("CreateKey"),
             request_id: "r",
             region: "us-east-1",
             account_id: "111122223333",
             response: Some(&resp),
+            key_arn: arn.as_deref(),
             ..Default::default()
         };
         let r = record(&ev, SystemTime::now());
         assert_eq!(r["responseElements"]["keyMetadata"]["arn"], "arn:aws:kms:us-east-1:111122223333:key/1234");
         assert_eq!(r["readOnly"], false);
+        assert_eq!(r["resources"][0]["ARN"], "arn:aws:kms:us-east-1:111122223333:key/1234");
         let ev = AuditEvent {
             operation: None,
             request_id: "r",
             region: "us-east-1",
             account_id: "111122223333",
             error_code: Some("InvalidSignatureException"),
-            error_message: Some("bad".into()),
+            error_message: Some("bad"),
+            access_key_id: Some("AKIACLAIMED"),
+            stage: Some(Stage::Outcome),
             ..Default::default()
         };
         let r = record(&ev, SystemTime::now());
         assert_eq!(r["errorCode"], "InvalidSignatureException");
-        assert_eq!(r["userIdentity"]["type"], "Unknown");
+        assert_eq!(r["errorMessage"], "bad");
+        assert_eq!(r["userIdentity"], json!({"type": "Unknown", "accessKeyId": "AKIACLAIMED"}));
+        assert_eq!(r["additionalEventData"], json!({"auditStage": "outcome"}));
+        assert_eq!(r["requestParameters"], Value::Null);
     }
 
     #[test]

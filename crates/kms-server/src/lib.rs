@@ -1,12 +1,16 @@
 //! envelope's key server: the AWS KMS JSON 1.1 API over HTTP, so `aws kms ...`, boto3 and the
 //! AWS SDKs work against a self-hosted key store.
 //!
-//! * [`protocol`]: operation names, request parsing/validation, response encoding (pure).
+//! * [`op`]: the operations, one module per family (crypto, keys, aliases, policies, rotation,
+//!   import, tags), each owning its requests, their validation and execution on top of
+//!   `envelope_keystore::KeyStore`, and its typed responses; the [`Operation`] table (policy
+//!   action, read-only or management, data plane or not) and how to add one.
+//! * [`protocol`]: the request members as sent (also the audit view of a request), validation
+//!   rules and messages, response encoding (pure).
 //! * [`auth`]: the access-key table and SigV4 verification (pure, given the clock).
 //! * [`dates`]: `X-Amz-Date` and RFC 3339 times (the calendar is the `time` crate's).
 //! * [`ids`]: key identifiers — key id, key ARN, alias name, alias ARN.
 //! * [`import`]: importing key material — wrapping key pairs, sealed import tokens, unwrapping.
-//! * [`ops`]: the operations, on top of `envelope_keystore::KeyStore`.
 //! * [`server`]: HTTP (axum): routing on `X-Amz-Target`, body limit, request ids, errors.
 //! * [`error`]: [`KmsError`] and its one mapping to AWS error codes and HTTP statuses.
 //! * [`audit`]: the CloudTrail-shaped audit log (one JSON line per request, optional fail-closed).
@@ -30,7 +34,7 @@ pub mod import;
 pub mod lookup;
 pub mod maintenance;
 pub mod metrics;
-pub mod ops;
+pub mod op;
 pub mod policy;
 pub mod protocol;
 pub mod seed;
@@ -43,8 +47,7 @@ use envelope_keystore::KeyStore;
 
 pub use auth::{Credential, CredentialStore};
 pub use error::{KmsError, Result};
-pub use ops::{Caller, Outcome};
-pub use protocol::{Operation, Request, parse_request};
+pub use op::{Caller, Operation, Outcome, Reply, Request, parse_request};
 pub use server::serve;
 
 /// Default request body limit (1 MiB; the largest legitimate KMS request is far smaller).
@@ -129,7 +132,7 @@ pub struct Server {
     audit: Option<audit::AuditLog>,
     metrics: metrics::Metrics,
     clock: Arc<maintenance::Clock>,
-    policies: ops::PolicyCache,
+    policies: op::PolicyCache,
     /// Serializes CreateKey so the key count and the insert cannot interleave.
     create_lock: std::sync::Mutex<()>,
 }
@@ -151,7 +154,7 @@ impl Server {
         if let Err(e) = maintenance::run(&store, clock.now()) {
             tracing::error!(error = %e, "key maintenance failed");
         }
-        let policies = ops::PolicyCache::new(&config.account_id)?;
+        let policies = op::PolicyCache::new(&config.account_id)?;
         Ok(Self {
             store,
             credentials: std::sync::RwLock::new(Arc::new(credentials)),

@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::Server;
 use crate::error::{KmsError, Result};
-use crate::protocol::{Operation, parse_request};
+use crate::op::{Operation, parse_request};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,7 +75,7 @@ pub fn apply(server: &Server, yaml: &str) -> Result<SeedReport> {
         let bytes = serde_json::to_vec(&body).map_err(|e| KmsError::Internal(e.to_string()))?;
         let req = parse_request(op, &bytes)?;
         let out = server.execute(req, &root).result?;
-        serde_json::from_slice(&out).or(Ok(serde_json::Value::Null))
+        serde_json::from_slice(&out.body).or(Ok(serde_json::Value::Null))
     };
     let mut report = SeedReport::default();
     for k in seed.keys {

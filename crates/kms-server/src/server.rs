@@ -24,9 +24,9 @@ use tower::ServiceExt;
 use zeroize::Zeroizing;
 
 use crate::Server;
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, Params};
 use crate::error::{KmsError, Result};
-use crate::protocol::{Operation, parse_request};
+use crate::op::{Operation, Reply};
 
 /// Content type of every request and response body.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -339,32 +339,30 @@ async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Respon
     let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
     let mut audit = AuditInfo { request_id, source_ip, user_agent, ..AuditInfo::default() };
     let outcome = process(&server, req, &mut audit).await;
-    let request_id = audit.request_id.clone();
-    let (mut status, mut body, mut code) = match outcome {
-        Ok(body) => (StatusCode::OK, body, None),
+    let (mut status, mut body, mut code, mut reply) = match outcome {
+        Ok(reply) => (StatusCode::OK, Zeroizing::new(Vec::new()), None, Some(reply)),
         Err(error) => {
             let (code, status) = error.aws();
             if let KmsError::Internal(detail) = &error {
-                tracing::error!(request_id = %request_id, error = %detail, "internal error");
+                tracing::error!(request_id = %audit.request_id, error = %detail, "internal error");
             }
-            audit.error_message = Some(error.to_string());
-            let body = serde_json::to_vec(&serde_json::json!({"__type": code, "message": error.to_string()}))
-                .map(Zeroizing::new)
-                .unwrap_or_default();
-            (status, body, Some(code))
+            let message = error.to_string();
+            let body = error_body(code, &message);
+            audit.error_message = Some(message);
+            (status, body, Some(code), None)
         }
     };
     let op = audit.op;
     if let Some(log) = server.audit() {
-        let response = match (code, op) {
-            (None, Some(o)) => audit_response(o, &body),
-            _ => None,
-        };
+        if let (Some(params), Some(o)) = (audit.request.as_mut(), op) {
+            params.complete(o.name(), reply.as_ref().and_then(|r| r.key_arn.as_deref()));
+        }
         // A request that got as far as its intent record may have changed state.
         let mutating = audit.intent;
-        let ev = audit.event(&server, response.as_ref(), code, mutating.then_some(crate::audit::Stage::Outcome));
+        let stage = mutating.then_some(crate::audit::Stage::Outcome);
+        let ev = audit.event(&server, reply.as_ref(), code, stage);
         if let Err(e) = log.write(&ev) {
-            tracing::error!(request_id = %request_id, error = %e, path = %log.path().display(), "cannot write the audit record");
+            tracing::error!(request_id = %audit.request_id, error = %e, path = %log.path().display(), "cannot write the audit record");
             server.metrics().audit_failure();
             // A state change already has its durable intent record (written before it ran), and
             // its client must learn that it happened: refusing now would make SDKs retry it.
@@ -374,16 +372,17 @@ async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Respon
                 let (c, s) = refused.aws();
                 status = s;
                 code = Some(c);
-                body = Zeroizing::new(
-                    serde_json::to_vec(&serde_json::json!({"__type": c, "message": refused.to_string()}))
-                        .unwrap_or_default(),
-                );
+                reply = None;
+                body = error_body(c, &refused.to_string());
             }
         }
     }
+    if let Some(r) = reply {
+        body = r.body;
+    }
     server.metrics().request(op.map(Operation::name).unwrap_or("-"), code.unwrap_or(""), started.elapsed());
     tracing::info!(
-        request_id = %request_id,
+        request_id = %audit.request_id,
         operation = op.map(Operation::name).unwrap_or("-"),
         principal = audit.principal.as_deref().unwrap_or("-"),
         status = status.as_u16(),
@@ -394,13 +393,18 @@ async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Respon
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Ok(v) = HeaderValue::from_str(&audit.request_id) {
         h.insert("x-amzn-requestid", v);
     }
     if let Some(code) = code {
         h.insert("x-amzn-errortype", HeaderValue::from_static(code));
     }
     resp
+}
+
+/// `{"__type": code, "message": message}`.
+fn error_body(code: &str, message: &str) -> Zeroizing<Vec<u8>> {
+    serde_json::to_vec(&serde_json::json!({"__type": code, "message": message})).map(Zeroizing::new).unwrap_or_default()
 }
 
 /// What the audit record needs from request processing, filled as far as it got.
@@ -415,8 +419,8 @@ struct AuditInfo {
     access_key_id: Option<String>,
     /// The verified principal.
     principal: Option<String>,
-    /// The request with secret members already removed.
-    request: Option<serde_json::Value>,
+    /// The request's parameters (secret members never included).
+    request: Option<Params>,
     /// Key ARNs the request touched.
     resources: Vec<String>,
     /// Whether an intent record was attempted (the request is a state change that was run or
@@ -427,9 +431,9 @@ struct AuditInfo {
 
 impl AuditInfo {
     fn event<'a>(
-        &'a mut self,
+        &'a self,
         server: &'a Server,
-        response: Option<&'a serde_json::Value>,
+        reply: Option<&'a Reply>,
         error_code: Option<&'a str>,
         stage: Option<crate::audit::Stage>,
     ) -> AuditEvent<'a> {
@@ -438,36 +442,22 @@ impl AuditInfo {
             request_id: &self.request_id,
             region: &server.config.region,
             account_id: &server.config.account_id,
-            source_ip: self.source_ip.clone(),
+            source_ip: self.source_ip.as_deref(),
             user_agent: self.user_agent.as_deref(),
             access_key_id: self.access_key_id.as_deref(),
             principal: self.principal.as_deref(),
             request: self.request.as_ref(),
-            response,
+            response: reply.and_then(|r| r.elements.as_ref()),
+            key_arn: reply.and_then(|r| r.key_arn.as_deref()),
             resources: &self.resources,
             error_code,
-            error_message: self.error_message.take(),
+            error_message: self.error_message.as_deref(),
             stage,
         }
     }
 }
 
-/// The response members the audit record may show: everything but secrets for management
-/// calls; only the resolved key for cryptographic ones (their bodies are never parsed whole).
-fn audit_response(op: Operation, body: &[u8]) -> Option<serde_json::Value> {
-    #[derive(serde::Deserialize)]
-    struct KeyOnly {
-        #[serde(rename = "KeyId")]
-        key_id: Option<String>,
-    }
-    if crate::audit::is_crypto(op.name()) {
-        let k: KeyOnly = serde_json::from_slice(body).ok()?;
-        return Some(serde_json::json!({ "KeyId": k.key_id }));
-    }
-    serde_json::from_slice::<serde_json::Value>(body).ok().map(|v| crate::audit::sanitize(&v))
-}
-
-async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo) -> Result<Zeroizing<Vec<u8>>> {
+async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo) -> Result<Reply> {
     let (parts, body) = req.into_parts();
     if parts.method != Method::POST || parts.uri.path() != "/" || parts.uri.query().is_some() {
         return Err(KmsError::UnknownOperation("This service accepts only POST / with an X-Amz-Target header.".into()));
@@ -506,14 +496,28 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
     audit.access_key_id = Some(cred.access_key_id.clone());
     audit.principal = Some(cred.principal.clone());
     // Only authenticated requests' parameters are recorded: an anonymous client cannot fill the
-    // audit log with request bodies.
-    if server.audit().is_some() {
-        audit.request = crate::audit::sanitized_request(&body);
+    // audit log with request bodies. The body is parsed once: its typed members are the audit
+    // view; only a body that does not parse is read again, as JSON, for its record.
+    let audited = server.audit().is_some();
+    let parsed = match target {
+        Some(t) => Operation::from_target(t),
+        None => Err(KmsError::UnknownOperation("Missing X-Amz-Target header.".into())),
     }
-    let target = target.ok_or_else(|| KmsError::UnknownOperation("Missing X-Amz-Target header.".into()))?;
-    let op = Operation::from_target(target)?;
-    let request = parse_request(op, &body)?;
+    .and_then(|op| crate::op::parse(op, &body).map(|p| (op, p)));
+    let (op, parsed) = match parsed {
+        Ok(x) => x,
+        Err(e) => {
+            if audited {
+                audit.request = crate::audit::sanitized_request(&body).map(Params::Json);
+            }
+            return Err(e);
+        }
+    };
     drop(body);
+    if audited {
+        audit.request = Some(Params::Typed(parsed.params));
+    }
+    let request = parsed.request;
     if op.mutates() {
         write_intent(server, audit)?;
     }

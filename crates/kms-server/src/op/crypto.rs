@@ -1,0 +1,340 @@
+//! Cryptographic operations (the data plane): Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
+//! GenerateDataKeyWithoutPlaintext, GenerateRandom. They read keys, policies and material from
+//! the key store's in-memory snapshot only ([`Request::in_memory`]), so they run without the
+//! blocking pool; their audit records show the request (encryption context included, never
+//! plaintext or ciphertext) and no response members.
+
+use envelope_keystore::EncryptionContext;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::{Call, Operation, Reply, SYMMETRIC_DEFAULT, usable};
+use crate::Server;
+use crate::error::{KmsError, Result, Subject};
+use crate::ids::Forms;
+use crate::protocol::{
+    Context, MAX_CIPHERTEXT, MAX_PLAINTEXT, Raw, SecretB64, Validator, b64, decode_blob, decode_secret, encode_secret,
+    length_error, reserved_context, symmetric_only, unsupported_if,
+};
+
+/// A validated cryptographic request.
+#[derive(Debug)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum Request {
+    Decrypt {
+        ciphertext: Vec<u8>,
+        context: Context,
+        key_id: Option<String>,
+        dry_run: bool,
+    },
+    Encrypt {
+        key_id: String,
+        plaintext: Zeroizing<Vec<u8>>,
+        context: Context,
+        dry_run: bool,
+    },
+    GenerateDataKey {
+        key_id: String,
+        context: Context,
+        len: usize,
+        with_plaintext: bool,
+        dry_run: bool,
+    },
+    GenerateRandom {
+        len: usize,
+    },
+    ReEncrypt {
+        ciphertext: Vec<u8>,
+        source_context: Context,
+        source_key_id: Option<String>,
+        destination_key_id: String,
+        destination_context: Context,
+        dry_run: bool,
+    },
+}
+
+impl Request {
+    /// Whether the key store can answer from memory: always, except for a ciphertext whose
+    /// material is not in the snapshot (made by another process since the last refresh, or not
+    /// a ciphertext of this store), which is looked up in the database.
+    pub fn in_memory(&self, server: &Server) -> bool {
+        match self {
+            Request::Decrypt { ciphertext, .. } | Request::ReEncrypt { ciphertext, .. } => {
+                server.store.is_cached(ciphertext)
+            }
+            Request::Encrypt { .. } | Request::GenerateDataKey { .. } | Request::GenerateRandom { .. } => true,
+        }
+    }
+}
+
+pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
+    let mut v = Validator::default();
+    let dry_run = raw.dry_run.unwrap_or(false);
+    Ok(match op {
+        Operation::Encrypt => {
+            let key_id = v.key_id("keyId", raw.key_id.clone());
+            let plaintext = v.required("plaintext", raw.plaintext.as_ref());
+            v.grant_tokens(&raw.grant_tokens);
+            v.algorithm("encryptionAlgorithm", &raw.encryption_algorithm);
+            v.finish()?;
+            let plaintext = decode_secret(plaintext.map(|p| p.as_str()).unwrap_or_default())?;
+            if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
+                return Err(length_error("plaintext", 1, MAX_PLAINTEXT, plaintext.len()));
+            }
+            symmetric_only(&raw.encryption_algorithm)?;
+            reserved_context(&raw.encryption_context)?;
+            Request::Encrypt {
+                key_id: key_id.unwrap_or_default(),
+                plaintext,
+                context: raw.encryption_context.clone().unwrap_or_default(),
+                dry_run,
+            }
+        }
+        Operation::Decrypt => {
+            let ciphertext = v.required("ciphertextBlob", raw.ciphertext_blob.as_deref());
+            if let Some(k) = &raw.key_id {
+                v.len("keyId", k, 1, 2048);
+            }
+            v.grant_tokens(&raw.grant_tokens);
+            v.algorithm("encryptionAlgorithm", &raw.encryption_algorithm);
+            v.finish()?;
+            unsupported_if(raw.recipient.is_some(), "Recipient (attestation) is not supported.")?;
+            let ciphertext = decode_blob("ciphertextBlob", ciphertext.unwrap_or_default(), MAX_CIPHERTEXT)?;
+            symmetric_only(&raw.encryption_algorithm)?;
+            reserved_context(&raw.encryption_context)?;
+            Request::Decrypt {
+                ciphertext,
+                context: raw.encryption_context.clone().unwrap_or_default(),
+                key_id: raw.key_id.clone(),
+                dry_run,
+            }
+        }
+        Operation::ReEncrypt => {
+            let ciphertext = v.required("ciphertextBlob", raw.ciphertext_blob.as_deref());
+            let destination_key_id = v.key_id("destinationKeyId", raw.destination_key_id.clone());
+            if let Some(k) = &raw.source_key_id {
+                v.len("sourceKeyId", k, 1, 2048);
+            }
+            v.grant_tokens(&raw.grant_tokens);
+            v.algorithm("sourceEncryptionAlgorithm", &raw.source_encryption_algorithm);
+            v.algorithm("destinationEncryptionAlgorithm", &raw.destination_encryption_algorithm);
+            v.finish()?;
+            let ciphertext = decode_blob("ciphertextBlob", ciphertext.unwrap_or_default(), MAX_CIPHERTEXT)?;
+            symmetric_only(&raw.source_encryption_algorithm)?;
+            symmetric_only(&raw.destination_encryption_algorithm)?;
+            reserved_context(&raw.source_encryption_context)?;
+            reserved_context(&raw.destination_encryption_context)?;
+            Request::ReEncrypt {
+                ciphertext,
+                source_context: raw.source_encryption_context.clone().unwrap_or_default(),
+                source_key_id: raw.source_key_id.clone(),
+                destination_key_id: destination_key_id.unwrap_or_default(),
+                destination_context: raw.destination_encryption_context.clone().unwrap_or_default(),
+                dry_run,
+            }
+        }
+        Operation::GenerateDataKey | Operation::GenerateDataKeyWithoutPlaintext => {
+            let key_id = v.key_id("keyId", raw.key_id.clone());
+            if let Some(n) = raw.number_of_bytes {
+                v.range("numberOfBytes", n, 1, 1024);
+            }
+            if let Some(s) = &raw.key_spec {
+                v.one_of("keySpec", s, &["AES_256", "AES_128"]);
+            }
+            v.grant_tokens(&raw.grant_tokens);
+            v.finish()?;
+            let len = match (raw.key_spec.as_deref(), raw.number_of_bytes) {
+                (Some("AES_256"), None) => 32,
+                (Some(_), None) => 16,
+                (None, Some(n)) => usize::try_from(n).unwrap_or(0),
+                _ => return Err(KmsError::Validation("Please specify either number of bytes or key spec.".into())),
+            };
+            unsupported_if(raw.recipient.is_some(), "Recipient (attestation) is not supported.")?;
+            reserved_context(&raw.encryption_context)?;
+            Request::GenerateDataKey {
+                key_id: key_id.unwrap_or_default(),
+                context: raw.encryption_context.clone().unwrap_or_default(),
+                len,
+                with_plaintext: op == Operation::GenerateDataKey,
+                dry_run,
+            }
+        }
+        _ => {
+            let n = v.required("numberOfBytes", raw.number_of_bytes);
+            if let Some(n) = n {
+                v.range("numberOfBytes", n, 1, 1024);
+            }
+            v.finish()?;
+            unsupported_if(raw.custom_key_store_id.is_some(), "Custom key stores are not supported.")?;
+            unsupported_if(raw.recipient.is_some(), "Recipient (attestation) is not supported.")?;
+            Request::GenerateRandom { len: n.and_then(|n| usize::try_from(n).ok()).unwrap_or(0) }
+        }
+    })
+}
+
+pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
+    let s = call.server();
+    match req {
+        Request::Encrypt { key_id, plaintext, context, dry_run } => {
+            let k = call.resolve(&key_id, Forms::Any)?;
+            call.authorize(&k, "Encrypt", &context)?;
+            usable(&k)?;
+            if dry_run {
+                return Err(KmsError::DryRun);
+            }
+            let e = s
+                .store
+                .encrypt(&k.r, &plaintext, &context)
+                .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            let resp = EncryptResponse {
+                ciphertext_blob: b64(&e.blob),
+                key_id: &k.arn,
+                encryption_algorithm: SYMMETRIC_DEFAULT,
+            };
+            call.crypto_reply(&resp, Some(k.arn.clone()))
+        }
+        Request::Decrypt { ciphertext, context, key_id, dry_run } => {
+            let d = decrypt(call, &ciphertext, &context, key_id.as_deref(), dry_run, "Decrypt")?;
+            let arn = s.names.key_arn(&uuid::Uuid::from_bytes(d.key_id).to_string());
+            let resp = DecryptResponse {
+                key_id: &arn,
+                plaintext: encode_secret(&d.plaintext),
+                encryption_algorithm: SYMMETRIC_DEFAULT,
+                key_material_id: hex::encode(d.material_id),
+            };
+            call.crypto_reply(&resp, Some(arn.clone()))
+        }
+        Request::ReEncrypt {
+            ciphertext,
+            source_context,
+            source_key_id,
+            destination_key_id,
+            destination_context,
+            dry_run,
+        } => {
+            let dest = call.resolve(&destination_key_id, Forms::Any)?;
+            call.authorize(&dest, "ReEncryptTo", &destination_context)?;
+            usable(&dest)?;
+            let d = decrypt(call, &ciphertext, &source_context, source_key_id.as_deref(), dry_run, "ReEncryptFrom")?;
+            let e = s
+                .store
+                .encrypt(&dest.r, &d.plaintext, &destination_context)
+                .map_err(|e| KmsError::from_store(e, Subject::Key(&dest.arn)))?;
+            let resp = ReEncryptResponse {
+                ciphertext_blob: b64(&e.blob),
+                source_key_id: s.names.key_arn(&uuid::Uuid::from_bytes(d.key_id).to_string()),
+                key_id: &dest.arn,
+                source_encryption_algorithm: SYMMETRIC_DEFAULT,
+                destination_encryption_algorithm: SYMMETRIC_DEFAULT,
+                source_key_material_id: hex::encode(d.material_id),
+                destination_key_material_id: hex::encode(e.material_id),
+            };
+            call.crypto_reply(&resp, Some(dest.arn.clone()))
+        }
+        Request::GenerateDataKey { key_id, context, len, with_plaintext, dry_run } => {
+            let k = call.resolve(&key_id, Forms::Any)?;
+            let action = if with_plaintext { "GenerateDataKey" } else { "GenerateDataKeyWithoutPlaintext" };
+            call.authorize(&k, action, &context)?;
+            usable(&k)?;
+            if dry_run {
+                return Err(KmsError::DryRun);
+            }
+            let key = random(len)?;
+            let e = s.store.encrypt(&k.r, &key, &context).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            let resp = DataKeyResponse {
+                ciphertext_blob: b64(&e.blob),
+                plaintext: with_plaintext.then(|| encode_secret(&key)),
+                key_id: &k.arn,
+                key_material_id: hex::encode(e.material_id),
+            };
+            call.crypto_reply(&resp, Some(k.arn.clone()))
+        }
+        Request::GenerateRandom { len } => {
+            call.authorize_account("GenerateRandom")?;
+            let bytes = random(len)?;
+            call.crypto_reply(&RandomResponse { plaintext: encode_secret(&bytes) }, None)
+        }
+    }
+}
+
+/// Decrypts for Decrypt (`action` Decrypt) and ReEncrypt (ReEncryptFrom): the blob's key must
+/// be the one named (if any), authorized for the caller and usable.
+fn decrypt(
+    call: &Call<'_>,
+    ciphertext: &[u8],
+    context: &EncryptionContext,
+    key_id: Option<&str>,
+    dry_run: bool,
+    action: &str,
+) -> Result<envelope_keystore::Decrypted> {
+    let wanted = key_id.map(|k| call.resolve(k, Forms::Any)).transpose()?;
+    let blob = envelope_keystore::blob::parse(ciphertext).map_err(|_| KmsError::InvalidCiphertext)?;
+    if wanted.as_ref().is_some_and(|w| w.kid != blob.key_id) {
+        return Err(KmsError::IncorrectKey(
+            "The key ID in the request does not identify a KMS key that can perform this operation.".into(),
+        ));
+    }
+    // A blob naming a key this server does not have is simply an invalid ciphertext.
+    let owner = call.owner(blob.key_id).ok_or(KmsError::InvalidCiphertext)?;
+    call.authorize(&owner, action, context)?;
+    usable(&owner)?;
+    if dry_run {
+        return Err(KmsError::DryRun);
+    }
+    call.server()
+        .store
+        .decrypt(ciphertext, context)
+        .map_err(|e| KmsError::from_store(e, Subject::Ciphertext(&owner.arn)))
+}
+
+fn random(len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let mut b = Zeroizing::new(vec![0u8; len]);
+    envelope_keystore::crypto::fill_random(&mut b[..]).map_err(|e| KmsError::from_store(e, Subject::Internal))?;
+    Ok(b)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct EncryptResponse<'a> {
+    ciphertext_blob: String,
+    key_id: &'a str,
+    encryption_algorithm: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DecryptResponse<'a> {
+    key_id: &'a str,
+    plaintext: SecretB64,
+    encryption_algorithm: &'static str,
+    key_material_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ReEncryptResponse<'a> {
+    ciphertext_blob: String,
+    source_key_id: String,
+    key_id: &'a str,
+    source_encryption_algorithm: &'static str,
+    destination_encryption_algorithm: &'static str,
+    source_key_material_id: String,
+    destination_key_material_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DataKeyResponse<'a> {
+    ciphertext_blob: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plaintext: Option<SecretB64>,
+    key_id: &'a str,
+    key_material_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RandomResponse {
+    plaintext: SecretB64,
+}

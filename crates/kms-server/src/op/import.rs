@@ -1,0 +1,220 @@
+//! Importing key material (BYOK, spec §5): GetParametersForImport, ImportKeyMaterial,
+//! DeleteImportedKeyMaterial — for keys with origin EXTERNAL only. The wrapping keys and
+//! tokens are [`crate::import`]'s.
+
+use serde::Serialize;
+
+use super::{Call, DAY, Operation, Reply, Resolved, not_pending};
+use crate::error::{KmsError, Result, Subject};
+use crate::ids::Forms;
+use crate::protocol::{MAX_CIPHERTEXT, Raw, Validator, WrappingAlgorithm, WrappingKeySpec, b64, decode_blob};
+
+/// A validated import request.
+#[derive(Debug)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum Request {
+    DeleteImportedKeyMaterial {
+        key_id: String,
+        key_material_id: Option<String>,
+    },
+    GetParametersForImport {
+        key_id: String,
+        algorithm: WrappingAlgorithm,
+        key_spec: WrappingKeySpec,
+    },
+    ImportKeyMaterial {
+        key_id: String,
+        token: Vec<u8>,
+        material: Vec<u8>,
+        valid_to: Option<i64>,
+        key_material_id: Option<String>,
+    },
+}
+
+pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
+    let mut v = Validator::default();
+    Ok(match op {
+        Operation::GetParametersForImport => {
+            let key_id = v.key_id("keyId", raw.key_id.clone());
+            let alg = v.required("wrappingAlgorithm", raw.wrapping_algorithm.as_deref());
+            let spec = v.required("wrappingKeySpec", raw.wrapping_key_spec.as_deref());
+            if let Some(a) = alg {
+                v.one_of(
+                    "wrappingAlgorithm",
+                    a,
+                    &[
+                        "RSAES_PKCS1_V1_5",
+                        "RSAES_OAEP_SHA_1",
+                        "RSAES_OAEP_SHA_256",
+                        "RSA_AES_KEY_WRAP_SHA_1",
+                        "RSA_AES_KEY_WRAP_SHA_256",
+                        "SM2PKE",
+                    ],
+                );
+            }
+            if let Some(s) = spec {
+                v.one_of("wrappingKeySpec", s, &["RSA_2048", "RSA_3072", "RSA_4096", "SM2"]);
+            }
+            v.finish()?;
+            let algorithm = match alg.unwrap_or_default() {
+                "RSAES_OAEP_SHA_1" => WrappingAlgorithm::OaepSha1,
+                "RSAES_OAEP_SHA_256" => WrappingAlgorithm::OaepSha256,
+                "RSA_AES_KEY_WRAP_SHA_1" => WrappingAlgorithm::AesKeyWrapSha1,
+                "RSA_AES_KEY_WRAP_SHA_256" => WrappingAlgorithm::AesKeyWrapSha256,
+                other => {
+                    return Err(KmsError::UnsupportedOperation(format!("WrappingAlgorithm {other} is not supported.")));
+                }
+            };
+            let key_spec = match spec.unwrap_or_default() {
+                "RSA_2048" => WrappingKeySpec::Rsa2048,
+                "RSA_3072" => WrappingKeySpec::Rsa3072,
+                "RSA_4096" => WrappingKeySpec::Rsa4096,
+                other => {
+                    return Err(KmsError::UnsupportedOperation(format!("WrappingKeySpec {other} is not supported.")));
+                }
+            };
+            Request::GetParametersForImport { key_id: key_id.unwrap_or_default(), algorithm, key_spec }
+        }
+        Operation::ImportKeyMaterial => {
+            let key_id = v.key_id("keyId", raw.key_id.clone());
+            let token = v.required("importToken", raw.import_token.as_deref());
+            let material = v.required("encryptedKeyMaterial", raw.encrypted_key_material.as_deref());
+            let model = raw.expiration_model.as_deref().unwrap_or("KEY_MATERIAL_EXPIRES");
+            v.one_of("expirationModel", model, &["KEY_MATERIAL_EXPIRES", "KEY_MATERIAL_DOES_NOT_EXPIRE"]);
+            if let Some(t) = &raw.import_type {
+                v.one_of("importType", t, &["NEW_KEY_MATERIAL", "EXISTING_KEY_MATERIAL"]);
+            }
+            if let Some(d) = &raw.key_material_description {
+                v.len("keyMaterialDescription", d, 0, 256);
+            }
+            v.material_id(&raw.key_material_id);
+            v.finish()?;
+            let token = decode_blob("importToken", token.unwrap_or_default(), MAX_CIPHERTEXT)?;
+            let material = decode_blob("encryptedKeyMaterial", material.unwrap_or_default(), MAX_CIPHERTEXT)?;
+            let valid_to = match (model, raw.valid_to.as_ref().and_then(serde_json::Number::as_f64)) {
+                ("KEY_MATERIAL_EXPIRES", Some(t)) if t.is_finite() => Some(t.floor() as i64),
+                ("KEY_MATERIAL_EXPIRES", _) => {
+                    return Err(KmsError::Validation(
+                        "A ValidTo date is required when ExpirationModel is KEY_MATERIAL_EXPIRES.".into(),
+                    ));
+                }
+                (_, None) => None,
+                (_, Some(_)) => {
+                    return Err(KmsError::Validation(
+                        "ValidTo must be omitted when ExpirationModel is KEY_MATERIAL_DOES_NOT_EXPIRE.".into(),
+                    ));
+                }
+            };
+            Request::ImportKeyMaterial {
+                key_id: key_id.unwrap_or_default(),
+                token,
+                material,
+                valid_to,
+                key_material_id: raw.key_material_id.clone(),
+            }
+        }
+        // DeleteImportedKeyMaterial.
+        _ => {
+            let key_id = v.key_id("keyId", raw.key_id.clone());
+            v.material_id(&raw.key_material_id);
+            v.finish()?;
+            Request::DeleteImportedKeyMaterial {
+                key_id: key_id.unwrap_or_default(),
+                key_material_id: raw.key_material_id.clone(),
+            }
+        }
+    })
+}
+
+pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
+    let s = call.server();
+    match req {
+        Request::GetParametersForImport { key_id, algorithm, key_spec } => {
+            let k = call.resolve(&key_id, Forms::KeyOnly)?;
+            call.allow(&k, "GetParametersForImport")?;
+            external_material(call, &k)?;
+            not_pending(&k)?;
+            let p = crate::import::parameters(&s.store, &k.kid, algorithm, key_spec, s.clock.now())?;
+            call.reply(&ImportParametersResponse {
+                key_id: k.arn,
+                import_token: b64(&p.token),
+                public_key: b64(&p.public_key),
+                parameters_valid_to: p.valid_to,
+            })
+        }
+        Request::ImportKeyMaterial { key_id, token, material, valid_to, key_material_id } => {
+            let k = call.resolve(&key_id, Forms::KeyOnly)?;
+            call.allow(&k, "ImportKeyMaterial")?;
+            external_material(call, &k)?;
+            not_pending(&k)?;
+            let now = s.clock.now();
+            if let Some(t) = valid_to
+                && (t <= now || t > now.saturating_add(365 * DAY))
+            {
+                return Err(KmsError::Validation(
+                    "ValidTo must be in the future and at most 365 days from now.".into(),
+                ));
+            }
+            if let Some(named) = &key_material_id {
+                // Names the key's existing material (EXISTING_KEY_MATERIAL); this server keeps
+                // one material per imported key.
+                let a = call.attributes(&k)?;
+                if a.imported_material_id.as_ref() != Some(named) {
+                    return Err(KmsError::IncorrectKeyMaterial(format!(
+                        "{} has no key material with id {named}.",
+                        k.arn
+                    )));
+                }
+            }
+            let material = crate::import::unwrap(&s.store, &k.kid, &token, &material, now)?;
+            let mid = s
+                .store
+                .import_material(&k.r, &material, valid_to, now)
+                .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            call.reply(&ImportResponse { key_id: k.arn, key_material_id: mid })
+        }
+        Request::DeleteImportedKeyMaterial { key_id, key_material_id } => {
+            let k = call.resolve(&key_id, Forms::KeyOnly)?;
+            call.allow(&k, "DeleteImportedKeyMaterial")?;
+            external_material(call, &k)?;
+            if let Some(want) = &key_material_id {
+                let meta = call.describe(&k)?;
+                if *want != meta.current_material_id {
+                    return Err(s.names.not_found(&k.r));
+                }
+            }
+            let mid =
+                s.store.delete_imported_material(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            call.reply(&ImportResponse { key_id: k.arn, key_material_id: mid })
+        }
+    }
+}
+
+/// Import operations apply only to keys with origin EXTERNAL (spec §5).
+fn external_material(call: &Call<'_>, k: &Resolved) -> Result<()> {
+    if call.attributes(k)?.external {
+        Ok(())
+    } else {
+        Err(KmsError::UnsupportedOperation(format!(
+            "{} does not have origin EXTERNAL; its key material cannot be imported.",
+            k.arn
+        )))
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImportParametersResponse {
+    key_id: String,
+    import_token: String,
+    public_key: String,
+    parameters_valid_to: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ImportResponse {
+    key_id: String,
+    key_material_id: String,
+}

@@ -1,0 +1,359 @@
+//! Key lifecycle: CreateKey, DescribeKey, ListKeys, EnableKey, DisableKey, ScheduleKeyDeletion,
+//! CancelKeyDeletion, UpdateKeyDescription; and the `KeyMetadata` every key-describing response
+//! carries.
+
+use envelope_keystore::{KeyRef, KeyState};
+use serde::Serialize;
+
+use super::{Call, DAY, Operation, Reply, SYMMETRIC_DEFAULT, decode_marker, empty, encode_marker, not_pending};
+use crate::Server;
+use crate::error::{KmsError, Result, Subject};
+use crate::ids::Forms;
+use crate::protocol::{KEY_SPECS, Raw, Validator, tag_rules, unsupported_if};
+
+/// A validated key-lifecycle request.
+#[derive(Debug)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum Request {
+    CancelKeyDeletion {
+        key_id: String,
+    },
+    CreateKey {
+        description: String,
+        tags: Vec<(String, String)>,
+        policy: Option<String>,
+        external: bool,
+        bypass_lockout_check: bool,
+    },
+    DescribeKey {
+        key_id: String,
+    },
+    SetEnabled {
+        key_id: String,
+        enabled: bool,
+    },
+    ListKeys {
+        limit: usize,
+        marker: Option<String>,
+    },
+    ScheduleKeyDeletion {
+        key_id: String,
+        window_days: u32,
+    },
+    UpdateKeyDescription {
+        key_id: String,
+        description: String,
+    },
+}
+
+pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
+    let mut v = Validator::default();
+    Ok(match op {
+        Operation::CreateKey => {
+            let description = raw.description.clone().unwrap_or_default();
+            v.len("description", &description, 0, 8192);
+            if let Some(p) = &raw.policy {
+                v.len("policy", p, 1, 131_072);
+            }
+            let tags = v.tags(&raw.tags);
+            unsupported_if(raw.multi_region == Some(true), "Multi-Region keys are not supported.")?;
+            unsupported_if(
+                raw.custom_key_store_id.is_some() || raw.xks_key_id.is_some(),
+                "Custom key stores are not supported.",
+            )?;
+            if let Some(u) = &raw.key_usage {
+                v.one_of(
+                    "keyUsage",
+                    u,
+                    &[
+                        "SIGN_VERIFY",
+                        "ENCRYPT_DECRYPT",
+                        "GENERATE_VERIFY_MAC",
+                        "KEY_AGREEMENT",
+                        "ENCAPSULATE_DECAPSULATE",
+                    ],
+                );
+            }
+            for (member, spec) in [("keySpec", &raw.key_spec), ("customerMasterKeySpec", &raw.customer_master_key_spec)]
+            {
+                if let Some(s) = spec {
+                    v.one_of(member, s, KEY_SPECS);
+                }
+            }
+            if let Some(o) = &raw.origin {
+                v.one_of("origin", o, &["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"]);
+            }
+            v.finish()?;
+            unsupported_if(
+                raw.key_usage.as_deref().is_some_and(|u| u != "ENCRYPT_DECRYPT"),
+                "Only KeyUsage ENCRYPT_DECRYPT is supported.",
+            )?;
+            unsupported_if(
+                [&raw.key_spec, &raw.customer_master_key_spec]
+                    .iter()
+                    .any(|s| s.as_deref().is_some_and(|s| s != "SYMMETRIC_DEFAULT")),
+                "Only KeySpec SYMMETRIC_DEFAULT is supported.",
+            )?;
+            unsupported_if(
+                raw.origin.as_deref().is_some_and(|o| o != "AWS_KMS" && o != "EXTERNAL"),
+                "Only Origin AWS_KMS and EXTERNAL are supported.",
+            )?;
+            tag_rules(&tags)?;
+            Request::CreateKey {
+                description,
+                tags,
+                policy: raw.policy.clone(),
+                external: raw.origin.as_deref() == Some("EXTERNAL"),
+                bypass_lockout_check: raw.bypass_policy_lockout_safety_check == Some(true),
+            }
+        }
+        Operation::ScheduleKeyDeletion => {
+            let key_id = v.key_id("keyId", raw.key_id.clone());
+            let days = raw.pending_window_in_days.unwrap_or(30);
+            v.range("pendingWindowInDays", days, 7, 30);
+            v.finish()?;
+            Request::ScheduleKeyDeletion {
+                key_id: key_id.unwrap_or_default(),
+                window_days: u32::try_from(days).unwrap_or(30),
+            }
+        }
+        Operation::CancelKeyDeletion => {
+            let key_id = v.key_id("keyId", raw.key_id.clone()).unwrap_or_default();
+            v.finish()?;
+            Request::CancelKeyDeletion { key_id }
+        }
+        Operation::UpdateKeyDescription => {
+            let key_id = v.key_id("keyId", raw.key_id.clone());
+            let description = v.required("description", raw.description.clone());
+            if let Some(d) = &description {
+                v.len("description", d, 0, 8192);
+            }
+            v.finish()?;
+            Request::UpdateKeyDescription {
+                key_id: key_id.unwrap_or_default(),
+                description: description.unwrap_or_default(),
+            }
+        }
+        Operation::ListKeys => {
+            let limit = v.limit(raw.limit, 1000, 100);
+            let marker = v.marker(raw.marker.clone());
+            v.finish()?;
+            Request::ListKeys { limit, marker }
+        }
+        // DescribeKey, EnableKey, DisableKey.
+        _ => {
+            let key_id = v.key_id("keyId", raw.key_id.clone());
+            v.grant_tokens(&raw.grant_tokens);
+            v.finish()?;
+            let key_id = key_id.unwrap_or_default();
+            match op {
+                Operation::DescribeKey => Request::DescribeKey { key_id },
+                _ => Request::SetEnabled { key_id, enabled: op == Operation::EnableKey },
+            }
+        }
+    })
+}
+
+pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
+    let s = call.server();
+    match req {
+        Request::CreateKey { description, tags, policy, external, bypass_lockout_check } => {
+            call.authorize_account("CreateKey")?;
+            if let Some(p) = &policy {
+                super::policies::check_policy(p)?;
+                if !bypass_lockout_check {
+                    // The key's ARN does not exist yet; a policy naming it cannot match anyway.
+                    let resource = s.names.key_arn("00000000-0000-0000-0000-000000000000");
+                    super::policies::lockout_check(p, call.caller(), &s.config.account_id, &resource)?;
+                }
+            }
+            // One creation at a time, so the count and the insert cannot interleave.
+            let _one = s.create_lock.lock().map_err(|_| KmsError::Internal("create lock poisoned".into()))?;
+            let count = s.store.list().map_err(|e| KmsError::from_store(e, Subject::Internal))?.len();
+            if count >= s.config.max_keys {
+                return Err(KmsError::LimitExceeded(format!(
+                    "The request was rejected because account {} has reached its limit of {} KMS keys.",
+                    s.config.account_id, s.config.max_keys
+                )));
+            }
+            let meta = if external {
+                s.store.create_external_key(&description, &tags, policy.as_deref())
+            } else {
+                s.store.create_key_with(None, &description, &tags, policy.as_deref())
+            }
+            .map_err(|e| KmsError::from_store(e, Subject::Key("new key")))?;
+            call.touched(&s.names.key_arn(&meta.key_id));
+            call.reply(&KeyMetadataResponse { key_metadata: metadata(s, &meta) })
+        }
+        Request::DescribeKey { key_id } => {
+            let k = call.resolve(&key_id, Forms::Any)?;
+            call.allow(&k, "DescribeKey")?;
+            let meta = call.describe(&k)?;
+            call.reply(&KeyMetadataResponse { key_metadata: metadata(s, &meta) })
+        }
+        Request::ScheduleKeyDeletion { key_id, window_days } => {
+            let k = call.resolve(&key_id, Forms::KeyOnly)?;
+            call.allow(&k, "ScheduleKeyDeletion")?;
+            not_pending(&k)?;
+            let date = s.clock.now().saturating_add(i64::from(window_days) * DAY);
+            s.store
+                .schedule_deletion(&k.r, date, window_days)
+                .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            call.reply(&ScheduleDeletionResponse {
+                key_id: k.arn,
+                deletion_date: date,
+                key_state: KeyState::PendingDeletion.as_str(),
+                pending_window_in_days: window_days,
+            })
+        }
+        Request::CancelKeyDeletion { key_id } => {
+            let k = call.resolve(&key_id, Forms::KeyOnly)?;
+            call.allow(&k, "CancelKeyDeletion")?;
+            if k.state != KeyState::PendingDeletion {
+                return Err(KmsError::InvalidState(format!("{} is not pending deletion.", k.arn)));
+            }
+            s.store.cancel_deletion(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            call.reply(&KeyIdResponse { key_id: k.arn })
+        }
+        Request::UpdateKeyDescription { key_id, description } => {
+            let k = call.resolve(&key_id, Forms::KeyOnly)?;
+            call.allow(&k, "UpdateKeyDescription")?;
+            not_pending(&k)?;
+            s.store.set_description(&k.r, &description).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            empty()
+        }
+        Request::SetEnabled { key_id, enabled } => {
+            let k = call.resolve(&key_id, Forms::KeyOnly)?;
+            call.allow(&k, if enabled { "EnableKey" } else { "DisableKey" })?;
+            not_pending(&k)?;
+            s.store.set_enabled(&k.r, enabled).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            empty()
+        }
+        Request::ListKeys { limit, marker } => {
+            call.authorize_account("ListKeys")?;
+            let after = marker.map(|m| decode_marker(&m, "k1")).transpose()?;
+            let keys = s.store.list().map_err(|e| KmsError::from_store(e, Subject::Internal))?;
+            let mut page: Vec<KeyListEntry> = Vec::new();
+            let mut truncated = false;
+            let mut last = None;
+            for k in keys.iter().filter(|k| after.as_deref().is_none_or(|a| key_position(k).as_str() > a)) {
+                if page.len() == limit {
+                    truncated = true;
+                    break;
+                }
+                last = Some(key_position(k));
+                page.push(KeyListEntry { key_arn: s.names.key_arn(&k.key_id), key_id: k.key_id.clone() });
+            }
+            let next_marker = if truncated { last.map(|l| encode_marker("k1", &l)) } else { None };
+            call.reply(&ListKeysResponse { keys: page, next_marker, truncated })
+        }
+    }
+}
+
+fn key_position(k: &envelope_keystore::KeyMetadata) -> String {
+    // Fixed-width creation time first, so string order is (created_at, key_id) order.
+    format!("{:020}:{}", k.created_at.max(0), k.key_id)
+}
+
+/// The `KeyMetadata` of a key.
+pub(crate) fn metadata(s: &Server, m: &envelope_keystore::KeyMetadata) -> KeyMetadataOut {
+    let attrs = uuid::Uuid::parse_str(&m.key_id).ok().and_then(|u| s.store.attributes(&KeyRef::Id(u)).ok());
+    let pending = m.state == KeyState::PendingDeletion;
+    let external = attrs.as_ref().is_some_and(|a| a.external);
+    let has_material = !m.current_material_id.is_empty();
+    KeyMetadataOut {
+        origin: if external { "EXTERNAL" } else { "AWS_KMS" },
+        expiration_model: (external && has_material).then(|| {
+            if attrs.as_ref().is_some_and(|a| a.valid_to.is_some()) {
+                "KEY_MATERIAL_EXPIRES"
+            } else {
+                "KEY_MATERIAL_DOES_NOT_EXPIRE"
+            }
+        }),
+        valid_to: attrs.as_ref().and_then(|a| a.valid_to).filter(|_| external && has_material),
+        deletion_date: attrs.as_ref().and_then(|a| a.deletion_date).filter(|_| pending),
+        pending_deletion_window_in_days: attrs.as_ref().and_then(|a| a.pending_window_days).filter(|_| pending),
+        aws_account_id: s.config.account_id.clone(),
+        key_id: m.key_id.clone(),
+        arn: s.names.key_arn(&m.key_id),
+        creation_date: m.created_at,
+        enabled: m.state == KeyState::Enabled,
+        description: m.description.clone(),
+        key_usage: "ENCRYPT_DECRYPT",
+        key_state: m.state.as_str(),
+        key_manager: "CUSTOMER",
+        customer_master_key_spec: SYMMETRIC_DEFAULT,
+        key_spec: SYMMETRIC_DEFAULT,
+        encryption_algorithms: [SYMMETRIC_DEFAULT],
+        multi_region: false,
+        current_key_material_id: has_material.then(|| m.current_material_id.clone()),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct KeyMetadataOut {
+    #[serde(rename = "AWSAccountId")]
+    aws_account_id: String,
+    key_id: String,
+    arn: String,
+    creation_date: i64,
+    enabled: bool,
+    description: String,
+    key_usage: &'static str,
+    key_state: &'static str,
+    origin: &'static str,
+    key_manager: &'static str,
+    customer_master_key_spec: &'static str,
+    key_spec: &'static str,
+    encryption_algorithms: [&'static str; 1],
+    multi_region: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_key_material_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expiration_model: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid_to: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deletion_date: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_deletion_window_in_days: Option<u32>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct KeyMetadataResponse {
+    key_metadata: KeyMetadataOut,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct KeyListEntry {
+    key_id: String,
+    key_arn: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListKeysResponse {
+    keys: Vec<KeyListEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_marker: Option<String>,
+    truncated: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct KeyIdResponse {
+    pub(crate) key_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ScheduleDeletionResponse {
+    key_id: String,
+    deletion_date: i64,
+    key_state: &'static str,
+    pending_window_in_days: u32,
+}

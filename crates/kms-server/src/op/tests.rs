@@ -1,0 +1,320 @@
+//! Parsing and validation of every operation's requests.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use proptest::prelude::*;
+
+use super::*;
+use crate::protocol::{WrappingAlgorithm, WrappingKeySpec};
+
+fn code(r: Result<Request>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => e.aws().0,
+    }
+}
+
+#[test]
+fn targets() {
+    assert_eq!(Operation::from_target("TrentService.Encrypt").unwrap(), Operation::Encrypt);
+    assert_eq!(Operation::from_target("TrentService.Nope").unwrap_err().aws().0, "UnknownOperationException");
+    assert_eq!(Operation::from_target("Encrypt").unwrap_err().aws().0, "UnknownOperationException");
+    assert_eq!(Operation::from_target("TrentService.Sign").unwrap_err().aws().0, "UnsupportedOperationException");
+    for op in Operation::ALL {
+        assert_eq!(Operation::from_target(&format!("TrentService.{}", op.name())).unwrap(), *op);
+    }
+}
+
+#[test]
+fn encrypt_parsing_and_validation() {
+    let r = parse_request(
+        Operation::Encrypt,
+        br#"{"KeyId":"alias/x","Plaintext":"aGVsbG8=","EncryptionContext":{"a":"b"}}"#,
+    );
+    let Ok(Request::Crypto(crypto::Request::Encrypt { key_id, plaintext, context, dry_run })) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        (key_id.as_str(), &plaintext[..], context["a"].as_str(), dry_run),
+        ("alias/x", &b"hello"[..], "b", false)
+    );
+
+    assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"k"}"#)), "ValidationException");
+    assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":""}"#)), "ValidationException");
+    let big = format!(r#"{{"KeyId":"k","Plaintext":"{}"}}"#, STANDARD.encode([0u8; 4097]));
+    assert_eq!(code(parse_request(Operation::Encrypt, big.as_bytes())), "ValidationException");
+    assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"!!"}"#)), "SerializationException");
+    assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":5,"Plaintext":"aGk="}"#)), "SerializationException");
+    assert_eq!(
+        code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"a":1}}"#)),
+        "SerializationException"
+    );
+    assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"#)), "SerializationException");
+    assert_eq!(code(parse_request(Operation::Encrypt, br#"[]"#)), "SerializationException");
+    assert_eq!(
+        code(parse_request(
+            Operation::Encrypt,
+            br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionAlgorithm":"RSAES_OAEP_SHA_1"}"#
+        )),
+        "InvalidKeyUsageException"
+    );
+    assert_eq!(
+        code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionAlgorithm":"ROT13"}"#)),
+        "ValidationException"
+    );
+}
+
+#[test]
+fn validation_messages_are_aws_shaped() {
+    let e = parse_request(Operation::Encrypt, b"{}").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "2 validation errors detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null; \
+         Value null at 'plaintext' failed to satisfy constraint: Member must not be null"
+    );
+    let e = parse_request(Operation::ListKeys, br#"{"Limit":0}"#).unwrap_err();
+    assert!(e.to_string().starts_with("1 validation error detected: Value '0' at 'limit'"), "{e}");
+}
+
+#[test]
+fn data_key_spec_rules() {
+    let ok = |b: &[u8]| match parse_request(Operation::GenerateDataKey, b) {
+        Ok(Request::Crypto(crypto::Request::GenerateDataKey { len, .. })) => len,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ok(br#"{"KeyId":"k","KeySpec":"AES_256"}"#), 32);
+    assert_eq!(ok(br#"{"KeyId":"k","KeySpec":"AES_128"}"#), 16);
+    assert_eq!(ok(br#"{"KeyId":"k","NumberOfBytes":7}"#), 7);
+    for bad in [
+        &br#"{"KeyId":"k"}"#[..],
+        br#"{"KeyId":"k","KeySpec":"AES_256","NumberOfBytes":32}"#,
+        br#"{"KeyId":"k","NumberOfBytes":0}"#,
+        br#"{"KeyId":"k","NumberOfBytes":1025}"#,
+        br#"{"KeyId":"k","KeySpec":"AES_512"}"#,
+    ] {
+        assert_eq!(code(parse_request(Operation::GenerateDataKey, bad)), "ValidationException");
+    }
+    assert_eq!(code(parse_request(Operation::GenerateRandom, b"{}")), "ValidationException");
+    assert_eq!(code(parse_request(Operation::GenerateRandom, br#"{"NumberOfBytes":1.5}"#)), "SerializationException");
+}
+
+#[test]
+fn create_key_options() {
+    assert!(matches!(parse_request(Operation::CreateKey, b""), Ok(Request::Keys(keys::Request::CreateKey { .. }))));
+    assert!(matches!(
+        parse_request(
+            Operation::CreateKey,
+            br#"{"KeySpec":"SYMMETRIC_DEFAULT","KeyUsage":"ENCRYPT_DECRYPT","Origin":"AWS_KMS","Description":"d"}"#
+        ),
+        Ok(Request::Keys(keys::Request::CreateKey { .. }))
+    ));
+    assert_eq!(
+        code(parse_request(Operation::CreateKey, br#"{"KeySpec":"RSA_2048"}"#)),
+        "UnsupportedOperationException"
+    );
+    assert!(matches!(
+        parse_request(Operation::CreateKey, br#"{"Origin":"EXTERNAL"}"#),
+        Ok(Request::Keys(keys::Request::CreateKey { external: true, .. }))
+    ));
+    assert_eq!(
+        code(parse_request(Operation::CreateKey, br#"{"Origin":"AWS_CLOUDHSM"}"#)),
+        "UnsupportedOperationException"
+    );
+    assert!(matches!(
+        parse_request(Operation::CreateKey, br#"{"Policy":"{}","Tags":[{"TagKey":"a","TagValue":""}]}"#),
+        Ok(Request::Keys(keys::Request::CreateKey { .. }))
+    ));
+    assert_eq!(
+        code(parse_request(Operation::CreateKey, br#"{"Tags":[{"TagKey":"aws:x","TagValue":""}]}"#)),
+        "TagException"
+    );
+    assert_eq!(
+        code(parse_request(Operation::CreateKey, br#"{"Tags":[{"TagKey":"","TagValue":""}]}"#)),
+        "ValidationException"
+    );
+    assert_eq!(code(parse_request(Operation::CreateKey, br#"{"KeySpec":"BOGUS"}"#)), "ValidationException");
+    assert_eq!(
+        code(parse_request(Operation::CreateAlias, br#"{"AliasName":"alias/a b","TargetKeyId":"k"}"#)),
+        "ValidationException"
+    );
+}
+
+#[test]
+fn management_parsing() {
+    let e = parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k","PendingWindowInDays":6}"#).unwrap_err();
+    assert_eq!(e.aws().0, "ValidationException");
+    assert!(e.to_string().contains("'pendingWindowInDays'"), "{e}");
+    assert!(matches!(
+        parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k"}"#),
+        Ok(Request::Keys(keys::Request::ScheduleKeyDeletion { window_days: 30, .. }))
+    ));
+    assert_eq!(
+        code(parse_request(Operation::ScheduleKeyDeletion, br#"{"KeyId":"k","PendingWindowInDays":31}"#)),
+        "ValidationException"
+    );
+    assert!(matches!(
+        parse_request(Operation::EnableKeyRotation, br#"{"KeyId":"k"}"#),
+        Ok(Request::Rotation(rotation::Request::EnableKeyRotation { period_days: 365, .. }))
+    ));
+    assert_eq!(
+        code(parse_request(Operation::EnableKeyRotation, br#"{"KeyId":"k","RotationPeriodInDays":89}"#)),
+        "ValidationException"
+    );
+    assert_eq!(code(parse_request(Operation::UpdateKeyDescription, br#"{"KeyId":"k"}"#)), "ValidationException");
+    assert_eq!(code(parse_request(Operation::TagResource, br#"{"KeyId":"k"}"#)), "ValidationException");
+    let many: Vec<_> = (0..51).map(|i| serde_json::json!({"TagKey": format!("k{i}"), "TagValue": "v"})).collect();
+    let body = serde_json::json!({"KeyId": "k", "Tags": many}).to_string();
+    assert_eq!(code(parse_request(Operation::TagResource, body.as_bytes())), "LimitExceededException");
+    assert_eq!(
+        code(parse_request(
+            Operation::TagResource,
+            br#"{"KeyId":"k","Tags":[{"TagKey":"a","TagValue":"1"},{"TagKey":"a","TagValue":"2"}]}"#
+        )),
+        "TagException"
+    );
+    assert_eq!(code(parse_request(Operation::UntagResource, br#"{"KeyId":"k"}"#)), "ValidationException");
+    assert!(matches!(
+        parse_request(Operation::GetKeyPolicy, br#"{"KeyId":"k"}"#),
+        Ok(Request::Policies(policies::Request::GetKeyPolicy { .. }))
+    ));
+    assert_eq!(code(parse_request(Operation::PutKeyPolicy, br#"{"KeyId":"k"}"#)), "ValidationException");
+    assert_eq!(
+        code(parse_request(Operation::GetKeyPolicy, br#"{"KeyId":"k","PolicyName":"a-b"}"#)),
+        "ValidationException"
+    );
+    assert_eq!(
+        code(parse_request(Operation::ListKeyRotations, br#"{"KeyId":"k","IncludeKeyMaterial":"X"}"#)),
+        "ValidationException"
+    );
+}
+
+#[test]
+fn reserved_context_prefix() {
+    for (op, body) in [
+        (Operation::Encrypt, &br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"envelope:api":"x"}}"#[..]),
+        (Operation::Decrypt, br#"{"CiphertextBlob":"aGk=","EncryptionContext":{"envelope:key-id":"x"}}"#),
+        (
+            Operation::ReEncrypt,
+            br#"{"CiphertextBlob":"aGk=","DestinationKeyId":"k","SourceEncryptionContext":{"envelope:x":""}}"#,
+        ),
+        (
+            Operation::ReEncrypt,
+            br#"{"CiphertextBlob":"aGk=","DestinationKeyId":"k","DestinationEncryptionContext":{"envelope:x":""}}"#,
+        ),
+        (
+            Operation::GenerateDataKey,
+            br#"{"KeyId":"k","KeySpec":"AES_256","EncryptionContext":{"envelope:probe":"1"}}"#,
+        ),
+        (
+            Operation::GenerateDataKeyWithoutPlaintext,
+            br#"{"KeyId":"k","NumberOfBytes":8,"EncryptionContext":{"envelope:":""}}"#,
+        ),
+    ] {
+        assert_eq!(code(parse_request(op, body)), "ValidationException", "{op:?}");
+    }
+    // Only the exact prefix is reserved.
+    assert_eq!(
+        code(parse_request(
+            Operation::Encrypt,
+            br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"Envelope:api":"x","envelope":"y"}}"#
+        )),
+        "ok"
+    );
+}
+
+#[test]
+fn import_parsing() {
+    let ok = parse_request(
+        Operation::GetParametersForImport,
+        br#"{"KeyId":"k","WrappingAlgorithm":"RSAES_OAEP_SHA_256","WrappingKeySpec":"RSA_2048"}"#,
+    );
+    assert!(matches!(
+        ok,
+        Ok(Request::Import(import::Request::GetParametersForImport {
+            algorithm: WrappingAlgorithm::OaepSha256,
+            key_spec: WrappingKeySpec::Rsa2048,
+            ..
+        }))
+    ));
+    assert_eq!(
+        code(parse_request(
+            Operation::GetParametersForImport,
+            br#"{"KeyId":"k","WrappingAlgorithm":"RSAES_PKCS1_V1_5","WrappingKeySpec":"RSA_2048"}"#
+        )),
+        "UnsupportedOperationException"
+    );
+    assert_eq!(
+        code(parse_request(
+            Operation::GetParametersForImport,
+            br#"{"KeyId":"k","WrappingAlgorithm":"X","WrappingKeySpec":"RSA_2048"}"#
+        )),
+        "ValidationException"
+    );
+    assert_eq!(code(parse_request(Operation::GetParametersForImport, br#"{"KeyId":"k"}"#)), "ValidationException");
+    let base = r#""KeyId":"k","ImportToken":"aGk=","EncryptedKeyMaterial":"aGk=""#;
+    let p = |extra: &str| parse_request(Operation::ImportKeyMaterial, format!("{{{base}{extra}}}").as_bytes());
+    assert!(matches!(
+        p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE""#),
+        Ok(Request::Import(import::Request::ImportKeyMaterial { valid_to: None, .. }))
+    ));
+    assert!(matches!(
+        p(r#","ValidTo":1900000000.5"#),
+        Ok(Request::Import(import::Request::ImportKeyMaterial { valid_to: Some(1_900_000_000), .. }))
+    ));
+    assert_eq!(code(p("")), "ValidationException");
+    assert_eq!(
+        code(p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE","ValidTo":1900000000"#)),
+        "ValidationException"
+    );
+    assert_eq!(code(p(r#","ExpirationModel":"NEVER""#)), "ValidationException");
+    assert_eq!(
+        code(p(r#","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE","KeyMaterialId":"AB""#)),
+        "ValidationException"
+    );
+    assert_eq!(code(parse_request(Operation::DeleteImportedKeyMaterial, br#"{"KeyId":"k"}"#)), "ok");
+}
+
+proptest! {
+    #[test]
+    fn parse_request_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400), op in 0usize..Operation::ALL.len()) {
+        let _ = parse_request(Operation::ALL[op], &data);
+    }
+
+    #[test]
+    fn structured_fuzz_never_panics(key in ".{0,40}", n in any::<i64>(), pt in "[A-Za-z0-9+/=]{0,40}", op in 0usize..Operation::ALL.len()) {
+        let body = serde_json::json!({"KeyId": key, "NumberOfBytes": n, "Plaintext": pt, "CiphertextBlob": pt,
+            "Limit": n, "Marker": key, "AliasName": key, "TargetKeyId": key, "DestinationKeyId": key});
+        let _ = parse_request(Operation::ALL[op], body.to_string().as_bytes());
+    }
+}
+
+#[test]
+fn descriptors() {
+    // CloudTrail's readOnly split: reads, lists and cryptographic calls change nothing.
+    for op in Operation::ALL {
+        let name = op.name();
+        let read = name.starts_with("Describe") || name.starts_with("List") || name.starts_with("Get");
+        assert_eq!(!op.mutates(), read || op.is_data_plane(), "{name}");
+        assert_eq!(crate::audit::read_only(name), !op.mutates(), "{name}");
+    }
+    let data: Vec<&str> = Operation::ALL.iter().filter(|o| o.is_data_plane()).map(|o| o.name()).collect();
+    assert_eq!(
+        data,
+        ["Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "GenerateRandom", "ReEncrypt"]
+    );
+}
+
+#[test]
+fn markers_round_trip_and_reject_foreign_ones() {
+    let m = encode_marker("k1", "00000000000000000001:abc");
+    assert_eq!(decode_marker(&m, "k1").unwrap(), "00000000000000000001:abc");
+    assert!(matches!(decode_marker(&m, "a1"), Err(KmsError::InvalidMarker)));
+    assert!(matches!(decode_marker("!!!", "k1"), Err(KmsError::InvalidMarker)));
+}
+
+#[test]
+fn parsing_keeps_the_audit_view_without_secrets() {
+    let p = parse(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"a":"b"}}"#).unwrap();
+    assert_eq!(serde_json::to_string(&p.params).unwrap(), r#"{"encryptionContext":{"a":"b"},"keyId":"k"}"#);
+    assert!(p.params.plaintext.is_none());
+}

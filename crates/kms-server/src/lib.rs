@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod audit_rotate;
 pub mod auth;
 pub mod dates;
 pub mod error;

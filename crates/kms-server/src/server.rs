@@ -1,5 +1,6 @@
 //! HTTP: every request goes to one handler that reads the body (bounded), verifies SigV4,
-//! dispatches on `X-Amz-Target`, runs the operation on the blocking pool, and answers with the
+//! dispatches on `X-Amz-Target`, runs the operation (on its own task when the key store can
+//! answer from memory, on the blocking pool otherwise), and answers with the
 //! AWS JSON shape — `Content-Type: application/x-amz-json-1.1` and `x-amzn-RequestId` on every
 //! response, errors as `{"__type": ..., "message": ...}`.
 
@@ -521,10 +522,16 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
     if op.mutates() {
         write_intent(server, audit)?;
     }
-    let s = server.clone();
-    let outcome = tokio::task::spawn_blocking(move || s.execute(request, &caller))
-        .await
-        .map_err(|e| KmsError::Internal(format!("operation task failed: {e}")))?;
+    // Requests the key store answers from memory run here; the rest (SQLite, fsync) on the
+    // blocking pool.
+    let outcome = if request.in_memory(server) {
+        server.execute(request, &caller)
+    } else {
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || s.execute(request, &caller))
+            .await
+            .map_err(|e| KmsError::Internal(format!("operation task failed: {e}")))?
+    };
     audit.resources = outcome.resources;
     outcome.result
 }

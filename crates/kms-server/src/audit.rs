@@ -10,17 +10,22 @@
 //! leaves no partial line: the file is cut back to where the write began.
 //!
 //! Records are typed values serialized straight into their line ([`AuditEvent`]: the request
-//! as sent minus secrets, [`Params`]; the response's audit view, built by the operation).
+//! as sent minus secrets, [`Params`]; the response's audit view, built by the operation). The
+//! server hands them to a writer thread ([`AuditLog::append`]) that commits in groups: every
+//! record queued while it writes goes into its next single `write` (and one `fdatasync` if any
+//! of them is an intent record); each request waits for its own record's result, so no
+//! response leaves before its record is in the file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::Raw;
 
@@ -43,18 +48,32 @@ const CRYPTO_OPS: &[&str] = &[
     "GenerateRandom",
 ];
 
-/// An append-only audit file.
+/// Most records one group commit writes.
+const MAX_GROUP: usize = 512;
+
+/// An append-only audit file and the writer thread that commits records to it in groups.
 #[derive(Debug)]
 pub struct AuditLog {
-    file: LogFile,
+    file: Arc<LogFile>,
+    /// Records for the writer thread; `None` once dropped (the thread then ends).
+    queue: Option<mpsc::UnboundedSender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The file and its settings.
+/// The file and its settings, shared with the writer thread.
 #[derive(Debug)]
 struct LogFile {
     path: PathBuf,
     file: Mutex<File>,
     fail_closed: bool,
+}
+
+/// One record for the writer: its line, whether it must be synced, and who waits for it.
+#[derive(Debug)]
+struct Job {
+    line: Vec<u8>,
+    sync: bool,
+    done: oneshot::Sender<std::io::Result<()>>,
 }
 
 /// A request's parameters for its record.
@@ -152,10 +171,16 @@ impl Stage {
 }
 
 impl AuditLog {
-    /// Opens (creating with mode 0600) the audit file for appending.
+    /// Opens (creating with mode 0600) the audit file for appending, and starts its writer
+    /// thread (it ends when the log is dropped).
     pub fn open(path: &Path, fail_closed: bool) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        Ok(Self { file: LogFile { path: path.to_path_buf(), file: Mutex::new(file), fail_closed } })
+        let file = Arc::new(LogFile { path: path.to_path_buf(), file: Mutex::new(file), fail_closed });
+        let (queue, jobs) = mpsc::unbounded_channel();
+        let shared = file.clone();
+        let writer =
+            std::thread::Builder::new().name("audit-writer".into()).spawn(move || write_groups(&shared, jobs))?;
+        Ok(Self { file, queue: Some(queue), writer: Some(writer) })
     }
 
     /// Opens the file again at its path (after log rotation moved it away) and writes there
@@ -177,14 +202,35 @@ impl AuditLog {
         self.file.fail_closed
     }
 
-    /// Appends one record (one line) and hands it to the operating system.
+    /// Appends one record (one line) and hands it to the operating system, from the calling
+    /// thread.
     pub fn write(&self, ev: &AuditEvent<'_>) -> std::io::Result<()> {
         self.file.append(&line(ev, SystemTime::now())?, false)
     }
 
-    /// Appends one record and syncs it to disk before returning (intent records).
+    /// Appends one record and syncs it to disk before returning, from the calling thread.
     pub fn write_durable(&self, ev: &AuditEvent<'_>) -> std::io::Result<()> {
         self.file.append(&line(ev, SystemTime::now())?, true)
+    }
+
+    /// Appends one record through the writer thread (with the records queued beside it) and
+    /// completes once it is in the file — synced to disk first if `durable`.
+    pub async fn append(&self, ev: &AuditEvent<'_>, durable: bool) -> std::io::Result<()> {
+        let line = line(ev, SystemTime::now())?;
+        let (done, result) = oneshot::channel();
+        let gone = || std::io::Error::other("the audit writer has stopped");
+        self.queue.as_ref().ok_or_else(gone)?.send(Job { line, sync: durable, done }).map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer once it has written what was queued.
+        self.queue = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
     }
 }
 
@@ -203,6 +249,34 @@ impl LogFile {
             let _ = f.set_len(len);
         }
         written
+    }
+}
+
+/// The writer thread: takes every record queued, writes them as one group, answers each.
+fn write_groups(file: &LogFile, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut group: Vec<Job> = Vec::with_capacity(64);
+    let mut bytes: Vec<u8> = Vec::with_capacity(64 * 1024);
+    while let Some(first) = jobs.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        bytes.clear();
+        for j in &group {
+            bytes.extend_from_slice(&j.line);
+        }
+        let sync = group.iter().any(|j| j.sync);
+        let result = file.append(&bytes, sync);
+        for j in group.drain(..) {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            let _ = j.done.send(r);
+        }
     }
 }
 
@@ -586,6 +660,65 @@ mod tests {
             let v: Value = serde_json::from_str(l).unwrap();
             assert_eq!(v["eventName"], "ListKeys");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn group_commits_write_every_record_and_answer_each() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        let log = Arc::new(AuditLog::open(&p, true).unwrap());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..200 {
+            let log = log.clone();
+            tasks.spawn(async move {
+                let id = format!("req-{i}");
+                let ev = AuditEvent {
+                    operation: Some("Encrypt"),
+                    request_id: &id,
+                    region: "r",
+                    account_id: "1",
+                    ..Default::default()
+                };
+                log.append(&ev, i % 10 == 0).await
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["requestID"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        let mut want: Vec<String> = (0..200).map(|i| format!("req-{i}")).collect();
+        want.sort();
+        assert_eq!(ids, want);
+
+        // A sink that refuses writes fails each record of the group, and the log goes on.
+        let full = AuditLog::open(Path::new("/dev/full"), true).unwrap();
+        let ev = AuditEvent {
+            operation: Some("Decrypt"),
+            request_id: "x",
+            region: "r",
+            account_id: "1",
+            ..Default::default()
+        };
+        assert!(full.append(&ev, false).await.is_err());
+        assert!(full.append(&ev, true).await.is_err());
+        drop(full);
+        // Dropping a log stops its writer after what was queued.
+        let ev = AuditEvent {
+            operation: Some("ListKeys"),
+            request_id: "last",
+            region: "r",
+            account_id: "1",
+            ..Default::default()
+        };
+        let log = Arc::try_unwrap(log).unwrap();
+        log.append(&ev, false).await.unwrap();
+        drop(log);
+        assert!(std::fs::read_to_string(&p).unwrap().lines().last().unwrap().contains("\"last\""));
     }
 
     #[test]

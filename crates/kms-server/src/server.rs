@@ -362,7 +362,7 @@ async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Respon
         let mutating = audit.intent;
         let stage = mutating.then_some(crate::audit::Stage::Outcome);
         let ev = audit.event(&server, reply.as_ref(), code, stage);
-        if let Err(e) = log.write(&ev) {
+        if let Err(e) = log.append(&ev, false).await {
             tracing::error!(request_id = %audit.request_id, error = %e, path = %log.path().display(), "cannot write the audit record");
             server.metrics().audit_failure();
             // A state change already has its durable intent record (written before it ran), and
@@ -520,7 +520,7 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
     }
     let request = parsed.request;
     if op.mutates() {
-        write_intent(server, audit)?;
+        write_intent(server, audit).await?;
     }
     // Requests the key store answers from memory run here; the rest (SQLite, fsync) on the
     // blocking pool.
@@ -538,11 +538,11 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
 
 /// Writes (and syncs) the intent record of a state-changing request before it runs. Under
 /// `--audit-fail-closed` a failure refuses the request, so nothing changes unaudited.
-fn write_intent(server: &Server, audit: &mut AuditInfo) -> Result<()> {
+async fn write_intent(server: &Server, audit: &mut AuditInfo) -> Result<()> {
     let Some(log) = server.audit() else { return Ok(()) };
     audit.intent = true;
     let ev = audit.event(server, None, None, Some(crate::audit::Stage::Intent));
-    match log.write_durable(&ev) {
+    match log.append(&ev, true).await {
         Ok(()) => Ok(()),
         Err(e) => {
             tracing::error!(request_id = %audit.request_id, error = %e, path = %log.path().display(), "cannot write the audit intent record");

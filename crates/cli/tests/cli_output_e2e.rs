@@ -9,6 +9,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
+use envelope_test_support::eventually;
+use envelope_test_support::net::free_port;
 
 /// Runs `envelope args` with stdout a pipe whose reading end is already closed, as in
 /// `envelope key list | head -0` once head has exited.

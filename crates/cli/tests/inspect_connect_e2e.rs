@@ -8,8 +8,8 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::etcd::{Etcd, make_certs};
-use common::free_port;
+use envelope_test_support::etcd::{Etcd, make_certs};
+use envelope_test_support::net::free_port;
 
 fn inspect(args: &[&str]) -> Output {
     Command::new(common::BIN)

@@ -9,12 +9,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::etcd::Etcd;
 use common::*;
 use envelope_inspect::writer;
 use envelope_proto::etcdserverpb::PutRequest;
 use envelope_proto::etcdserverpb::kv_client::KvClient;
 use envelope_proto::{v1beta1, v2};
+use envelope_test_support::etcd::Etcd;
+use envelope_test_support::eventually;
 
 const AESGCM_KEY: [u8; 32] = [0x11; 32];
 const AESCBC_KEY: [u8; 32] = [0x22; 32];

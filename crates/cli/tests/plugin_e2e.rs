@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use envelope_proto::{v1beta1, v2};
+use envelope_test_support::eventually;
 use tonic::Code;
 
 fn enc(p: &[u8]) -> v2::EncryptRequest {

@@ -1,53 +1,15 @@
 //! The official AWS SDK for Rust (aws-sdk-kms) against `envelope kms serve`, served in process
-//! on a loopback port with real SigV4 and real HTTP.
+//! on a loopback port (envelope_test_support::kms) with real SigV4 and real HTTP.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
-use std::sync::Arc;
-
-use aws_sdk_kms::Client;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
-use envelope_kms_server::{Config, Credential, CredentialStore, Server};
-
-const AKID: &str = "AKIAENVELOPESDKTEST1";
-const SECRET: &str = "sdk-test-secret-0123456789abcdefghijklmno";
-
-struct Running {
-    client: Client,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(secret: &str) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(envelope_keystore::KeyStore::open(&dir.path().join("data")).unwrap());
-    let creds = CredentialStore::new(vec![Credential::new(
-        AKID,
-        SECRET.to_string().into(),
-        None,
-        "arn:aws:iam::111122223333:user/sdk".to_string(),
-    )])
-    .unwrap();
-    let server = Arc::new(Server::new(store, creds, Config::new("us-east-1", "111122223333")).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(envelope_kms_server::serve(listener, server, async move {
-        let _ = rx.await;
-    }));
-    let conf = aws_sdk_kms::Config::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_sdk_kms::config::Region::new("us-east-1"))
-        .endpoint_url(format!("http://127.0.0.1:{port}"))
-        .credentials_provider(aws_credential_types::Credentials::new(AKID, secret, None, None, "test"))
-        .build();
-    Running { client: Client::from_conf(conf), _stop: tx, _dir: dir }
-}
+use envelope_test_support::kms::{self, AKID};
 
 #[tokio::test]
 async fn sdk_walkthrough_encrypt_decrypt_rotate_disable() {
-    let r = start(SECRET).await;
-    let c = &r.client;
+    let server = kms::start().await;
+    let c = &server.sdk_client(AKID);
     let md = c.create_key().description("sdk").send().await.unwrap().key_metadata.unwrap();
     let key_id = md.key_id().to_string();
     assert!(md.arn().unwrap().ends_with(&format!(":key/{key_id}")));
@@ -101,8 +63,9 @@ async fn sdk_walkthrough_encrypt_decrypt_rotate_disable() {
 
 #[tokio::test]
 async fn sdk_with_a_wrong_secret_gets_a_signature_error() {
-    let r = start("wrong-secret-wrong-secret-wrong-secret-0").await;
-    let err = r.client.list_keys().send().await.unwrap_err();
+    let server = kms::start().await;
+    let client = kms::sdk_client(&server.endpoint(), AKID, "wrong-secret-wrong-secret-wrong-secret-0");
+    let err = client.list_keys().send().await.unwrap_err();
     let code = err.into_service_error().meta().code().map(str::to_string);
     assert_eq!(code.as_deref(), Some("InvalidSignatureException"));
 }

@@ -2,18 +2,16 @@
 //! sink that refuses writes), and each record shape checked against CloudTrail's fields.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
 use envelope_keystore::KeyStore;
 use envelope_kms_server::audit::AuditLog;
 use envelope_kms_server::{Config, Operation};
+use envelope_test_support::kms::*;
 use serde_json::{Value, json};
 
 /// Everything observable about the keys and aliases, through a server without an audit log.
-async fn world(h: &Harness) -> Value {
+async fn world(h: &KeyServer) -> Value {
     let mut keys = Vec::new();
     for k in h.call("ListKeys", json!({})).await.ok()["Keys"].as_array().unwrap() {
         let id = json!({"KeyId": k["KeyId"]});
@@ -34,7 +32,7 @@ fn key_id(v: &Value) -> String {
 
 /// One request per state-changing operation, each set up (through `helper`) so that it would
 /// succeed if its audit record could be written.
-async fn state_changes(helper: &Harness) -> Vec<(&'static str, Value)> {
+async fn state_changes(helper: &KeyServer) -> Vec<(&'static str, Value)> {
     let k = key_id(&helper.call("CreateKey", json!({})).await.ok());
     let k2 = key_id(&helper.call("CreateKey", json!({})).await.ok());
     helper.call("CreateAlias", json!({"AliasName": "alias/a", "TargetKeyId": k})).await.ok();
@@ -80,7 +78,7 @@ async fn state_changes(helper: &Harness) -> Vec<(&'static str, Value)> {
 
 /// Two servers over one key store: `helper` without an audit log (set-up and inspection), and
 /// `audited` writing its records to `log`.
-async fn pair(log: AuditLog) -> (Harness, Harness, tempfile::TempDir) {
+async fn pair(log: AuditLog) -> (KeyServer, KeyServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(KeyStore::open(&dir.path().join("data")).unwrap());
     let helper = start_on(store.clone(), Config::new(REGION, ACCOUNT), default_credentials(), None).await;

@@ -3,12 +3,10 @@
 //! Each test is the attack first, then what the legitimate owner still can do.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
-mod common;
-
 use aws_sigv4::http_request::SigningSettings;
-use common::*;
 use envelope_kms_server::policy::{ADMIN_IDENTITY_POLICY, parse_identity};
 use envelope_kms_server::{Config, Credential};
+use envelope_test_support::kms::*;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -16,7 +14,7 @@ const OUTSIDER_AKID: &str = "AKIAENVELOPEOUTSIDE1";
 const OUTSIDER: &str = "arn:aws:iam::999999999999:user/outsider";
 
 /// A key only the admin may use: its policy names the admin's ARN and nobody else.
-async fn admin_only_key(h: &Harness) -> (String, String) {
+async fn admin_only_key(h: &KeyServer) -> (String, String) {
     let policy =
         json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]});
     let m = h.call("CreateKey", json!({"Policy": policy.to_string()})).await.ok();
@@ -87,7 +85,7 @@ async fn an_alias_cannot_be_moved_away_from_a_key_the_caller_may_not_use() {
     assert_eq!(target_of(&aliases, "alias/victim"), victim2);
 }
 
-async fn create_key_as(h: &Harness, akid: &'static str) -> (String, String) {
+async fn create_key_as(h: &KeyServer, akid: &'static str) -> (String, String) {
     let m = h.call_as(akid, "CreateKey", json!({})).await.ok();
     let m = &m["KeyMetadata"];
     (m["KeyId"].as_str().unwrap().to_string(), m["Arn"].as_str().unwrap().to_string())

@@ -13,7 +13,7 @@ use envelope_plugin::format::BackendKind;
 use envelope_plugin::{KeyBackend, Metrics, Plugin, PluginConfig, PluginError, Probe};
 use envelope_proto::v2;
 use envelope_proto::v2::key_management_service_client::KeyManagementServiceClient;
-use tonic::transport::Endpoint;
+use envelope_test_support::plugin::OnSocket;
 use zeroize::Zeroizing;
 
 #[derive(Clone, Default)]
@@ -51,36 +51,20 @@ impl KeyBackend for Fixture {
 }
 
 struct Served {
-    plugin: Plugin<Fixture>,
+    on: OnSocket<Fixture>,
     backend: Fixture,
-    socket: std::path::PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    _dir: tempfile::TempDir,
 }
 
 async fn serve(grace: Duration) -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("kms.sock");
     let backend = Fixture::default();
     let config = PluginConfig { shutdown_grace: grace, ..PluginConfig::default() };
     let plugin = Plugin::new(backend.clone(), config, Arc::new(Metrics::new()));
     plugin.probe_now().await;
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let p = plugin.clone();
-    let task = tokio::spawn(async move {
-        p.serve(listener, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
-    Served { plugin, backend, socket, stop: Some(tx), task, _dir: dir }
+    Served { on: envelope_test_support::plugin::serve(plugin).await, backend }
 }
 
 async fn client(s: &Served) -> KeyManagementServiceClient<tonic::transport::Channel> {
-    let ch = Endpoint::from_shared(format!("unix://{}", s.socket.display())).unwrap().connect().await.unwrap();
-    KeyManagementServiceClient::new(ch)
+    s.on.v2().await
 }
 
 #[tokio::test]
@@ -92,10 +76,10 @@ async fn shutdown_lets_in_flight_requests_finish() {
         tokio::spawn(async move { c.encrypt(v2::EncryptRequest { plaintext: vec![1; 32], uid: "u".into() }).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = Instant::now();
-    s.stop.take().unwrap().send(()).unwrap();
+    s.on.begin_stop();
     let r = inflight.await.unwrap();
     assert!(r.is_ok(), "in-flight request must complete: {r:?}");
-    s.task.await.unwrap().unwrap();
+    s.on.stop().await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(4));
 }
 
@@ -108,8 +92,7 @@ async fn shutdown_grace_bounds_slow_requests() {
         tokio::spawn(async move { c.encrypt(v2::EncryptRequest { plaintext: vec![1; 32], uid: "u".into() }).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = Instant::now();
-    s.stop.take().unwrap().send(()).unwrap();
-    s.task.await.unwrap().unwrap();
+    s.on.stop().await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(3), "serve must return once the grace period is over");
 }
 
@@ -135,7 +118,7 @@ async fn last_good_key_id_survives_a_transient_failure_and_rotation_shows() {
     let wrapped = c.encrypt(v2::EncryptRequest { plaintext: vec![9; 32], uid: "u".into() }).await.unwrap().into_inner();
 
     s.backend.failing.store(true, Ordering::SeqCst);
-    s.plugin.probe_now().await;
+    s.on.plugin.probe_now().await;
     let st = c.status(v2::StatusRequest {}).await.unwrap().into_inner();
     assert_ne!(st.healthz, "ok");
     assert!(st.healthz.contains("unreachable"), "{}", st.healthz);
@@ -143,7 +126,7 @@ async fn last_good_key_id_survives_a_transient_failure_and_rotation_shows() {
 
     s.backend.failing.store(false, Ordering::SeqCst);
     s.backend.generation.store(1, Ordering::SeqCst);
-    s.plugin.probe_now().await;
+    s.on.plugin.probe_now().await;
     let st = c.status(v2::StatusRequest {}).await.unwrap().into_inner();
     assert_eq!((st.healthz.as_str(), st.key_id.as_str()), ("ok", "fixture-1"));
     let e = c.encrypt(v2::EncryptRequest { plaintext: vec![1; 32], uid: "u".into() }).await.unwrap().into_inner();
@@ -159,17 +142,12 @@ async fn last_good_key_id_survives_a_transient_failure_and_rotation_shows() {
 
 #[tokio::test]
 async fn status_is_unavailable_before_any_successful_probe() {
-    let dir = tempfile::tempdir().unwrap();
     let backend = Fixture::default();
     backend.failing.store(true, Ordering::SeqCst);
     let plugin = Plugin::new(backend, PluginConfig::default(), Arc::new(Metrics::new()));
     plugin.probe_now().await;
-    let socket = dir.path().join("kms.sock");
-    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-    let p = plugin.clone();
-    tokio::spawn(async move { p.serve(listener, std::future::pending()).await });
-    let ch = Endpoint::from_shared(format!("unix://{}", socket.display())).unwrap().connect().await.unwrap();
-    let mut c = KeyManagementServiceClient::new(ch);
+    let on = envelope_test_support::plugin::serve(plugin).await;
+    let mut c = on.v2().await;
     let err = c.status(v2::StatusRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
     let err = c.encrypt(v2::EncryptRequest { plaintext: vec![1; 32], uid: "u".into() }).await.unwrap_err();

@@ -2,8 +2,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 #![allow(dead_code)]
 
-pub mod etcd;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -11,6 +9,7 @@ use std::time::{Duration, Instant};
 use envelope_proto::v1beta1::key_management_service_client::KeyManagementServiceClient as V1Client;
 use envelope_proto::v2::StatusRequest;
 use envelope_proto::v2::key_management_service_client::KeyManagementServiceClient as V2Client;
+use envelope_test_support::net::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 
@@ -24,10 +23,6 @@ pub struct RunningPlugin {
     pub http_port: u16,
     pub stdout_path: PathBuf,
     pub stderr_path: PathBuf,
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl RunningPlugin {
@@ -186,20 +181,4 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
     (status, body)
-}
-
-/// Polls `f` until it returns true or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }

@@ -1,10 +1,11 @@
-//! The key server test harness: a real server on 127.0.0.1:0, requests signed with `aws-sigv4`
-//! (the SDKs' signer) and sent over plain TCP as HTTP/1.1.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
-#![allow(dead_code)]
+//! The key server in process: a real [`Server`] on 127.0.0.1:0 with the test credentials,
+//! requests signed with `aws-sigv4` (the SDKs' signer) and sent over plain TCP as HTTP/1.1.
+//! [`KeyServer::stop`] and [`KeyServer::restart`] take it away and bring it back on the same
+//! port (an outage). With the `sdk` feature, [`sdk_client`] and [`KeyServer::sdk_client`] give an
+//! `aws-sdk-kms` client of it.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
@@ -17,23 +18,30 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
+/// The admin's access key (no identity policy; principal [`ADMIN`]).
 pub const AKID: &str = "AKIAENVELOPETEST0001";
 pub const SECRET: &str = "envelope-test-secret-0123456789abcdefghij";
 pub const TOKEN_AKID: &str = "ASIAENVELOPETEST0002";
 pub const TOKEN: &str = "session-token-value";
 pub const REGION: &str = "us-east-1";
+/// The application's access key (no identity policy; principal [`APP`]).
 pub const APP_AKID: &str = "AKIAENVELOPETEST0003";
 pub const ADMIN: &str = "arn:aws:iam::111122223333:user/admin";
 pub const APP: &str = "arn:aws:iam::111122223333:user/app";
 pub const ACCOUNT: &str = "111122223333";
 
-pub struct Harness {
+/// A running key server.
+pub struct KeyServer {
+    /// Its port on 127.0.0.1.
     pub port: u16,
+    /// The server (its store, clock, metrics).
     pub server: Arc<Server>,
-    pub _dir: Option<tempfile::TempDir>,
-    pub _stop: tokio::sync::oneshot::Sender<()>,
+    dir: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// A key server response.
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -41,20 +49,24 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The value of a response header.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
+    /// The `__type` of an error response.
     pub fn error_type(&self) -> &str {
         self.json["__type"].as_str().unwrap_or("")
     }
 
+    /// The JSON of a 200 response (panics otherwise).
     #[track_caller]
     pub fn ok(self) -> Value {
         assert_eq!(self.status, 200, "{}", self.json);
         self.json
     }
 
+    /// The message of a 400 response of type `code` (panics otherwise).
     #[track_caller]
     pub fn err(self, code: &str) -> String {
         assert_eq!((self.status, self.error_type()), (400, code), "{}", self.json);
@@ -79,11 +91,13 @@ impl Default for Signer {
     }
 }
 
-pub async fn start() -> Harness {
+/// A key server with a fresh key store, the default configuration and credentials.
+pub async fn start() -> KeyServer {
     start_with(Config::new(REGION, ACCOUNT)).await
 }
 
-pub async fn start_with(config: Config) -> Harness {
+/// A key server with `config` and the default credentials.
+pub async fn start_with(config: Config) -> KeyServer {
     start_custom(config, default_credentials(), None).await
 }
 
@@ -102,11 +116,11 @@ pub fn default_credentials() -> Vec<Credential> {
 }
 
 /// A server with these credentials and, optionally, an audit log.
-pub async fn start_custom(config: Config, creds: Vec<Credential>, audit: Option<AuditLog>) -> Harness {
+pub async fn start_custom(config: Config, creds: Vec<Credential>, audit: Option<AuditLog>) -> KeyServer {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(KeyStore::open(&dir.path().join("data")).unwrap());
     let mut h = start_on(store, config, creds, audit).await;
-    h._dir = Some(dir);
+    h.dir = Some(dir);
     h
 }
 
@@ -116,30 +130,63 @@ pub async fn start_on(
     config: Config,
     creds: Vec<Credential>,
     audit: Option<AuditLog>,
-) -> Harness {
+) -> KeyServer {
     let mut server = Server::new(store, CredentialStore::new(creds).unwrap(), config).unwrap();
     if let Some(log) = audit {
         server = server.with_audit(log);
     }
-    let server = Arc::new(server);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve(listener, server.clone(), async move {
-        let _ = rx.await;
-    }));
-    Harness { port, server, _dir: None, _stop: tx }
+    let mut h = KeyServer { port, server: Arc::new(server), dir: None, stop: None, task: None };
+    h.serve_on(listener);
+    h
 }
 
-impl Harness {
+impl KeyServer {
+    fn serve_on(&mut self, listener: tokio::net::TcpListener) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = self.server.clone();
+        self.task = Some(tokio::spawn(async move {
+            let _ = serve(listener, served, async move {
+                let _ = rx.await;
+            })
+            .await;
+        }));
+        self.stop = Some(tx);
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops serving (the port is closed) and waits for the server to finish.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+
+    /// Serves the same server (same store) again on the same port, after [`KeyServer::stop`].
+    pub async fn restart(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve_on(listener);
+    }
+
+    /// Sends `op` (`TrentService.<op>`) with a JSON body, signed as the admin ([`AKID`]).
     pub async fn call(&self, op: &str, body: Value) -> Reply {
         self.call_with(op, body.to_string().into_bytes(), &Signer::default()).await
     }
 
+    /// Sends `op` signed with the access key `akid` (its secret is [`SECRET`]).
     pub async fn call_as(&self, akid: &'static str, op: &str, body: Value) -> Reply {
         self.call_with(op, body.to_string().into_bytes(), &Signer { akid, ..Signer::default() }).await
     }
 
+    /// Sends `op` with a raw body, signed as `s` says.
     pub async fn call_with(&self, op: &str, body: Vec<u8>, s: &Signer) -> Reply {
         let target = format!("TrentService.{op}");
         let headers = self.signed_headers(&target, &body, &body, s);
@@ -196,6 +243,7 @@ impl Harness {
         headers
     }
 
+    /// Sends a raw HTTP/1.1 request and reads the whole response.
     pub async fn send(&self, method: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Reply {
         let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
         let mut head = format!("{method} {path} HTTP/1.1\r\n");
@@ -220,6 +268,7 @@ impl Harness {
     }
 }
 
+/// Parses an HTTP/1.1 response and checks what every key server response carries.
 pub fn parse_response(raw: &[u8]) -> Reply {
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("response head");
     let head = std::str::from_utf8(&raw[..split]).unwrap();
@@ -240,6 +289,7 @@ pub fn parse_response(raw: &[u8]) -> Reply {
     reply
 }
 
+/// The body of a chunked transfer encoding.
 pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
@@ -253,15 +303,18 @@ pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Standard base64.
 pub fn b64(b: &[u8]) -> String {
     STANDARD.encode(b)
 }
 
+/// Decodes a JSON base64 string.
 pub fn unb64(v: &Value) -> Vec<u8> {
     STANDARD.decode(v.as_str().expect("base64 string")).unwrap()
 }
 
-pub async fn create_key(h: &Harness) -> (String, String) {
+/// Creates a key; returns its id and ARN.
+pub async fn create_key(h: &KeyServer) -> (String, String) {
     let m = h.call("CreateKey", json!({"Description": "test"})).await.ok();
     let m = &m["KeyMetadata"];
     (m["KeyId"].as_str().unwrap().to_string(), m["Arn"].as_str().unwrap().to_string())
@@ -291,13 +344,14 @@ pub fn wrap(public_der: &[u8], alg: &str, material: &[u8]) -> Vec<u8> {
     out
 }
 
-pub async fn external_key(h: &Harness) -> String {
+/// Creates a key of origin EXTERNAL; returns its id.
+pub async fn external_key(h: &KeyServer) -> String {
     let m = h.call("CreateKey", json!({"Origin": "EXTERNAL"})).await.ok();
     m["KeyMetadata"]["KeyId"].as_str().unwrap().to_string()
 }
 
 /// GetParametersForImport → (public key DER, token base64).
-pub async fn import_params(h: &Harness, id: &str, alg: &str, spec: &str) -> (Vec<u8>, String) {
+pub async fn import_params(h: &KeyServer, id: &str, alg: &str, spec: &str) -> (Vec<u8>, String) {
     let p = h
         .call("GetParametersForImport", json!({"KeyId": id, "WrappingAlgorithm": alg, "WrappingKeySpec": spec}))
         .await
@@ -305,9 +359,32 @@ pub async fn import_params(h: &Harness, id: &str, alg: &str, spec: &str) -> (Vec
     (unb64(&p["PublicKey"]), p["ImportToken"].as_str().unwrap().to_string())
 }
 
-pub async fn import(h: &Harness, id: &str, alg: &str, material: &[u8]) -> Reply {
+/// Imports `material` into `id`, wrapped as `alg` says.
+pub async fn import(h: &KeyServer, id: &str, alg: &str, material: &[u8]) -> Reply {
     let (public, token) = import_params(h, id, alg, "RSA_2048").await;
     let body = json!({"KeyId": id, "ImportToken": token, "EncryptedKeyMaterial": b64(&wrap(&public, alg, material)),
         "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"});
     h.call("ImportKeyMaterial", body).await
+}
+
+// ---- the official SDK ----
+
+/// An `aws-sdk-kms` client of `endpoint` with the access key `akid` and `secret`, in [`REGION`].
+#[cfg(feature = "sdk")]
+pub fn sdk_client(endpoint: &str, akid: &str, secret: &str) -> aws_sdk_kms::Client {
+    let conf = aws_sdk_kms::Config::builder()
+        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+        .region(aws_sdk_kms::config::Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_kms::config::Credentials::new(akid, secret, None, None, "test"))
+        .build();
+    aws_sdk_kms::Client::from_conf(conf)
+}
+
+#[cfg(feature = "sdk")]
+impl KeyServer {
+    /// An `aws-sdk-kms` client of this server signing with `akid` (secret [`SECRET`]).
+    pub fn sdk_client(&self, akid: &str) -> aws_sdk_kms::Client {
+        sdk_client(&self.endpoint(), akid, SECRET)
+    }
 }

@@ -1,12 +1,13 @@
-//! A real etcd server for tests: Debian's `etcd` binary on loopback ports with a temporary data
-//! directory (installed by scripts/test), optionally with TLS and client-certificate auth.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
-#![allow(dead_code)]
+//! A real etcd server for tests on loopback ports with a temporary data directory, optionally
+//! with TLS and client-certificate auth (certificates made with `openssl`). The binary is
+//! `$ENVELOPE_ETCD_BIN`, else Debian's `/usr/bin/etcd` (package etcd-server, installed by
+//! scripts/test).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A running etcd (killed on drop).
 pub struct Etcd {
     child: Child,
     pub endpoint: String,
@@ -14,6 +15,7 @@ pub struct Etcd {
     pub tls: Option<TlsFiles>,
 }
 
+/// What a client needs to reach a TLS etcd.
 #[derive(Clone)]
 pub struct TlsFiles {
     pub ca: PathBuf,
@@ -107,18 +109,20 @@ pub fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, TlsFiles) {
 }
 
 impl Etcd {
+    /// A plain-HTTP etcd.
     pub fn start() -> Self {
         Self::start_inner(false)
     }
 
+    /// An etcd that requires TLS and a client certificate.
     pub fn start_tls() -> Self {
         Self::start_inner(true)
     }
 
     fn start_inner(tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let client_port = super::free_port();
-        let peer_port = super::free_port();
+        let client_port = crate::net::free_port();
+        let peer_port = crate::net::free_port();
         let scheme = if tls { "https" } else { "http" };
         let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
         let mut cmd = Command::new(etcd_bin());

@@ -80,30 +80,19 @@ async fn v2_bad_input_gets_specific_codes() {
     assert_eq!(c.encrypt(enc(&[0u8; 5000])).await.unwrap_err().code(), Code::InvalidArgument);
     assert_eq!(c.encrypt(enc(&[0u8; 1000])).await.unwrap_err().code(), Code::InvalidArgument);
 
-    // Tampered ciphertext (every region: envelope header, blob header, nonce, body, tag).
-    for i in [0usize, 1, 2, 10, 30, 60, 70, good.ciphertext.len() - 1] {
-        let mut r = dec(&good);
-        r.ciphertext[i] ^= 0x01;
-        let code = code_of(c.decrypt(r).await);
-        assert!(matches!(code, Code::InvalidArgument | Code::NotFound), "byte {i}: {code:?}");
-    }
-    // Truncated.
-    for n in [0usize, 1, 2, 20, good.ciphertext.len() - 1] {
+    // Malformed ciphertexts reach the client as InvalidArgument over the wire (every kind of
+    // malformation, for every backend, is the conformance battery's malformed_ciphertext case).
+    let mut r = dec(&good);
+    r.ciphertext[30] ^= 0x01;
+    assert_eq!(code_of(c.decrypt(r).await), Code::InvalidArgument, "flipped");
+    for n in [0usize, good.ciphertext.len() - 1] {
         let mut r = dec(&good);
         r.ciphertext.truncate(n);
         assert_eq!(code_of(c.decrypt(r).await), Code::InvalidArgument, "len {n}");
     }
-    // Oversized.
     let mut r = dec(&good);
     r.ciphertext = vec![1u8; 2000];
-    assert_eq!(code_of(c.decrypt(r).await), Code::InvalidArgument);
-    // Random.
-    for seed in 0..20u8 {
-        let mut r = dec(&good);
-        r.ciphertext = (0..(seed as usize * 7 + 1)).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
-        let code = code_of(c.decrypt(r).await);
-        assert!(matches!(code, Code::InvalidArgument | Code::NotFound), "{code:?}");
-    }
+    assert_eq!(code_of(c.decrypt(r).await), Code::InvalidArgument, "oversized");
     // Another key_id.
     let mut r = dec(&good);
     r.key_id = "envelope-00000000000000000000000000000000".into();

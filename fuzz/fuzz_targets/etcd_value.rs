@@ -1,9 +1,10 @@
 //! Arbitrary bytes as a stored etcd value: classification (with and without configured names),
 //! decryption attempts with fixed key material, and object decoding of the bytes themselves and
-//! of whatever decrypts. None of it may panic.
+//! of whatever decrypts; and the explanation the inspector prints for a value it cannot use (a
+//! file from `etcdctl get`). None of it may panic.
 #![no_main]
 
-use envelope_inspect::{classify, classify_with_names, decode_object, decrypt, StaticProvider};
+use envelope_inspect::{StaticProvider, classify, classify_with_names, decode_object, decrypt, input};
 use libfuzzer_sys::fuzz_target;
 
 const KEY: &[u8] = b"/registry/secrets/default/fuzz";
@@ -13,6 +14,10 @@ fuzz_target!(|data: &[u8]| {
     let c = classify(KEY, data);
     let _ = (c.to_string(), c.provider().as_str(), c.is_encrypted(), c.name());
     let _ = classify_with_names(KEY, data, &["p", "a:b", "key1"]);
+    for candidate in input::candidates(data) {
+        let c = classify(KEY, candidate);
+        let _ = (input::is_well_formed(&c), input::explain(candidate, &c));
+    }
 
     if let Ok(object) = decode_object(data) {
         let _ = object.to_json_pretty();

@@ -1,4 +1,5 @@
-//! gRPC request payloads of both KMS APIs, and the annotation checks applied to them.
+//! gRPC request payloads of both KMS APIs, the annotation checks applied to them, and the
+//! `grpc-timeout` header parser.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,4 +14,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = envelope_proto::v1beta1::EncryptRequest::decode(data);
     let _ = envelope_proto::v1beta1::DecryptRequest::decode(data);
     let _ = envelope_proto::v2::EncryptedObject::decode(data);
+    let _ = envelope_plugin::deadline::parse_grpc_timeout(data);
 });

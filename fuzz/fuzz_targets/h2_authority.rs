@@ -22,9 +22,8 @@ fuzz_target!(|data: &[u8]| {
 
     let mut parts = Rewriter::new();
     let mut parts_out = Vec::new();
-    let parts_result = parts
-        .feed(&input[..split], &mut parts_out)
-        .and_then(|()| parts.feed(&input[split..], &mut parts_out));
+    let parts_result =
+        parts.feed(&input[..split], &mut parts_out).and_then(|()| parts.feed(&input[split..], &mut parts_out));
 
     assert_eq!(whole_result, parts_result);
     assert_eq!(whole_out, parts_out);

@@ -1,4 +1,5 @@
-//! Plugin ciphertexts as they arrive in Decrypt: the envelope, then the key-store blob.
+//! Plugin ciphertexts as they arrive in Decrypt: the envelope, then the key-store blob (the
+//! embedded backend and the key server).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

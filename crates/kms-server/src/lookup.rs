@@ -273,14 +273,8 @@ fn decode_token(token: &str, q: &Query) -> Result<Position, LookupError> {
 fn query_digest(q: &Query) -> String {
     use std::fmt::Write;
     let mut text = String::new();
-    let _ = write!(
-        text,
-        "{:?}/{:?}/{:?}/{}",
-        q.attribute.as_ref().map(|(k, v)| (k.name(), v)),
-        q.start,
-        q.end,
-        q.insights
-    );
+    let _ =
+        write!(text, "{:?}/{:?}/{:?}/{}", q.attribute.as_ref().map(|(k, v)| (k.name(), v)), q.start, q.end, q.insights);
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
     hex::encode(&digest.as_ref()[..12])
 }
@@ -409,8 +403,7 @@ fn user_name_of(arn: &str) -> String {
 /// seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':'
-    {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i32> {
@@ -667,7 +660,10 @@ mod tests {
             ),
             "InvalidLookupAttributesException"
         );
-        let long = format!(r#"{{"LookupAttributes":[{{"AttributeKey":"EventName","AttributeValue":"{}"}}]}}"#, "_".repeat(1001));
+        let long = format!(
+            r#"{{"LookupAttributes":[{{"AttributeKey":"EventName","AttributeValue":"{}"}}]}}"#,
+            "_".repeat(1001)
+        );
         assert_eq!(code(long.as_bytes()), "InvalidLookupAttributesException");
         assert_eq!(code(b"[1,2"), "SerializationException");
         assert_eq!(code(br#"{"Bogus":1}"#), "SerializationException");

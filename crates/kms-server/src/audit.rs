@@ -399,7 +399,8 @@ impl<'a> Record<'a> {
             event_category: "Management",
             event_id: uuid::Uuid::new_v4().to_string(),
             event_name: op,
-            event_source: "kms.amazonaws.com",
+            // The audit search is CloudTrail's own call.
+            event_source: if op == "LookupEvents" { "cloudtrail.amazonaws.com" } else { "kms.amazonaws.com" },
             event_time: crate::dates::rfc3339_seconds(now),
             event_type: "AwsApiCall",
             event_version: "1.11",
@@ -473,6 +474,7 @@ pub fn read_only(op: &str) -> bool {
     op.starts_with("Describe")
         || op.starts_with("List")
         || op.starts_with("Get")
+        || op.starts_with("Lookup")
         || matches!(
             op,
             "Encrypt"
@@ -562,7 +564,7 @@ mod tests {
         let arn = "arn:aws:kms:us-east-1:111122223333:key/1234";
         let typed = crate::op::parse(crate::Operation::Decrypt, body).unwrap().params;
         // The typed parameters and the JSON fallback make the same record.
-        for mut params in [Params::Typed(typed), Params::Json(sanitized_request(body).unwrap())] {
+        for mut params in [typed, Params::Json(sanitized_request(body).unwrap())] {
             params.complete("Decrypt", Some(arn));
             let ev = AuditEvent {
                 operation: Some("Decrypt"),

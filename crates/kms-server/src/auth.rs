@@ -214,6 +214,29 @@ impl CredentialStore {
         region: &str,
         now: SystemTime,
     ) -> Result<&Credential> {
+        self.verify_for("kms", method, path_and_query, headers, body, region, now)
+    }
+
+    /// [`CredentialStore::verify`] for a request to `service` (`kms`, or `cloudtrail` for the
+    /// audit search): the credential scope must name it, and the signature is computed with it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify_for(
+        &self,
+        service: &str,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        region: &str,
+        now: SystemTime,
+    ) -> Result<&Credential> {
+        // aws-sigv4 panics on a target that is not an absolute path (e.g. `S`; found by the
+        // kms_sigv4 fuzz target).
+        if !path_and_query.starts_with('/') {
+            return Err(KmsError::InvalidSignature(format!(
+                "The request target {path_and_query:?} is not an absolute path."
+            )));
+        }
         let auth = headers.get(http::header::AUTHORIZATION).ok_or(KmsError::MissingAuthenticationToken)?;
         let auth = auth
             .to_str()
@@ -240,8 +263,10 @@ impl CredentialStore {
                 parsed.region
             )));
         }
-        if parsed.service != "kms" {
-            return Err(KmsError::InvalidSignature("Credential should be scoped to correct service: 'kms'.".into()));
+        if parsed.service != service {
+            return Err(KmsError::InvalidSignature(format!(
+                "Credential should be scoped to correct service: '{service}'."
+            )));
         }
         if parsed.terminator != "aws4_request" {
             return Err(KmsError::InvalidSignature(
@@ -294,7 +319,7 @@ impl CredentialStore {
         let params = v4::SigningParams::builder()
             .identity(&identity)
             .region(region)
-            .name("kms")
+            .name(service)
             .time(time)
             .settings(settings)
             .build()
@@ -441,6 +466,36 @@ mod tests {
         ] {
             assert!(parse_authorization(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Found by the kms_sigv4 fuzz target: a request target without a leading `/` reached the
+    /// signer, which panicked rebuilding the URI.
+    #[test]
+    fn a_target_that_is_not_an_absolute_path_is_refused() {
+        let store = CredentialStore::new(vec![Credential::new(
+            "AKIDFUZZFUZZFUZZ0001",
+            Zeroizing::new("fuzz-secret-0001".into()),
+            None,
+            "arn:aws:iam::111122223333:user/fuzz",
+        )])
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "127.0.0.1:8080".parse().unwrap());
+        headers.insert("x-amz-date", "20260101T000000Z".parse().unwrap());
+        headers.insert(
+            http::header::AUTHORIZATION,
+            "AWS4-HMAC-SHA256 Credential=AKIDFUZZFUZZFUZZ0001/20260101/us-east-1/kms/aws4_request, \
+             SignedHeaders=host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
+                .parse()
+                .unwrap(),
+        );
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        for target in ["S", "", "*", "S/"] {
+            let e = store.verify("POST", target, &headers, b"", "us-east-1", now).unwrap_err();
+            assert!(matches!(e, KmsError::InvalidSignature(_)), "{target:?}: {e:?}");
+        }
+        let e = store.verify("POST", "/", &headers, b"", "us-east-1", now).unwrap_err();
+        assert!(matches!(e, KmsError::InvalidSignature(ref m) if m == SIGNATURE_MISMATCH), "{e:?}");
     }
 
     #[test]

@@ -100,6 +100,10 @@ pub enum KmsError {
     /// A member is missing or out of its allowed range/pattern (AWS-style message).
     #[error("{0}")]
     Validation(String),
+    /// A CloudTrail `LookupEvents` request the audit search refuses (its own error names), or an
+    /// audit file it cannot read.
+    #[error("{0}")]
+    Lookup(crate::lookup::LookupError),
 }
 
 impl KmsError {
@@ -139,6 +143,10 @@ impl KmsError {
             UnrecognizedClient => "UnrecognizedClientException",
             UnsupportedOperation(_) => "UnsupportedOperationException",
             Validation(_) => "ValidationException",
+            Lookup(crate::lookup::LookupError::Io { .. }) => {
+                return ("InternalFailure", StatusCode::INTERNAL_SERVER_ERROR);
+            }
+            Lookup(e) => e.code(),
         };
         (code, StatusCode::BAD_REQUEST)
     }

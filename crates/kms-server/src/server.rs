@@ -492,7 +492,10 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
         _ => &parts.headers,
     };
     let credentials = server.credentials();
-    let cred = credentials.verify("POST", "/", headers, &body, &server.config.region, SystemTime::now())?;
+    // The audit search is CloudTrail's API: signed for `cloudtrail`; everything else for `kms`.
+    let service = audit.op.map_or("kms", Operation::service);
+    let cred =
+        credentials.verify_for(service, "POST", "/", headers, &body, &server.config.region, SystemTime::now())?;
     let caller = crate::Caller::of(cred);
     audit.access_key_id = Some(cred.access_key_id.clone());
     audit.principal = Some(cred.principal.clone());
@@ -516,7 +519,7 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
     };
     drop(body);
     if audited {
-        audit.request = Some(Params::Typed(parsed.params));
+        audit.request = Some(parsed.params);
     }
     let request = parsed.request;
     if op.mutates() {

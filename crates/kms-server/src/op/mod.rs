@@ -11,6 +11,8 @@
 //!   RotateKeyOnDemand.
 //! * [`import`]: GetParametersForImport, ImportKeyMaterial, DeleteImportedKeyMaterial.
 //! * [`tags`]: Tag/UntagResource, ListResourceTags.
+//! * [`history`]: CloudTrail's LookupEvents over the audit log (target prefix
+//!   `com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.`, signed for service `cloudtrail`).
 //!
 //! An [`Operation`] is described by one line of the table below: its family, whether it is
 //! read-only (CloudTrail's `readOnly`; everything else is a state change with an audit intent
@@ -31,6 +33,7 @@
 
 pub mod aliases;
 pub mod crypto;
+pub mod history;
 pub mod import;
 pub mod keys;
 pub mod policies;
@@ -59,6 +62,7 @@ use crate::protocol::{Context, Raw, to_body};
 enum Family {
     Aliases,
     Crypto,
+    History,
     Import,
     Keys,
     Policies,
@@ -146,6 +150,7 @@ operations! {
     ListKeyRotations                => Rotation, ReadOnly,   Control;
     ListKeys                        => Keys,     ReadOnly,   Control;
     ListResourceTags                => Tags,     ReadOnly,   Control;
+    LookupEvents                    => History,  ReadOnly,   Control;
     PutKeyPolicy                    => Policies, Management, Control;
     ReEncrypt                       => Crypto,   ReadOnly,   Data;
     RotateKeyOnDemand               => Rotation, Management, Control;
@@ -155,6 +160,9 @@ operations! {
     UpdateAlias                     => Aliases,  Management, Control;
     UpdateKeyDescription            => Keys,     Management, Control;
 }
+
+/// The `X-Amz-Target` prefix of CloudTrail's JSON API.
+pub const CLOUDTRAIL_TARGET_PREFIX: &str = "com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.";
 
 /// Operations of the real service that this server does not implement (yet): they answer
 /// `UnsupportedOperationException` rather than `UnknownOperationException`.
@@ -198,11 +206,24 @@ impl Operation {
         self.plane() == Plane::Data
     }
 
-    /// Parses an `X-Amz-Target` value, `TrentService.<Operation>`.
+    /// The service a request for it is signed for (SigV4 scope) and its actions' prefix:
+    /// `kms`, or `cloudtrail` for the audit search.
+    pub fn service(self) -> &'static str {
+        if self.family() == Family::History { "cloudtrail" } else { "kms" }
+    }
+
+    /// Parses an `X-Amz-Target` value: `TrentService.<Operation>`, or the CloudTrail target
+    /// of the audit search.
     pub fn from_target(target: &str) -> Result<Self> {
         let unknown = || KmsError::UnknownOperation(format!("Unknown operation {target:?}."));
+        if let Some(name) = target.strip_prefix(CLOUDTRAIL_TARGET_PREFIX) {
+            return match Operation::from_name(name) {
+                Some(op) if op.family() == Family::History => Ok(op),
+                _ => Err(unknown()),
+            };
+        }
         let name = target.strip_prefix("TrentService.").ok_or_else(unknown)?;
-        if let Some(op) = Operation::from_name(name) {
+        if let Some(op) = Operation::from_name(name).filter(|op| op.family() != Family::History) {
             return Ok(op);
         }
         if NOT_IMPLEMENTED.contains(&name) {
@@ -219,6 +240,7 @@ impl Operation {
 pub enum Request {
     Aliases(aliases::Request),
     Crypto(crypto::Request),
+    History(history::Request),
     Import(import::Request),
     Keys(keys::Request),
     Policies(policies::Request),
@@ -247,14 +269,21 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<Request> {
 #[derive(Debug)]
 pub(crate) struct Parsed {
     pub(crate) request: Request,
-    pub(crate) params: Box<Raw>,
+    pub(crate) params: crate::audit::Params,
 }
 
 pub(crate) fn parse(op: Operation, body: &[u8]) -> Result<Parsed> {
+    if op.family() == Family::History {
+        // CloudTrail's members, not KMS's: recorded as sent (there are no secret ones).
+        let request = history::parse(op, body).map(Request::History)?;
+        let params = crate::audit::sanitized_request(body).unwrap_or_default();
+        return Ok(Parsed { request, params: crate::audit::Params::Json(params) });
+    }
     let mut raw = Box::new(Raw::from_body(body)?);
     let request = match op.family() {
         Family::Aliases => aliases::parse(op, &raw).map(Request::Aliases),
         Family::Crypto => crypto::parse(op, &raw).map(Request::Crypto),
+        Family::History => Err(KmsError::Internal("history requests are not KMS requests".into())),
         Family::Import => import::parse(op, &raw).map(Request::Import),
         Family::Keys => keys::parse(op, &raw).map(Request::Keys),
         Family::Policies => policies::parse(op, &raw).map(Request::Policies),
@@ -262,7 +291,7 @@ pub(crate) fn parse(op: Operation, body: &[u8]) -> Result<Parsed> {
         Family::Tags => tags::parse(op, &raw).map(Request::Tags),
     }?;
     raw.drop_secrets();
-    Ok(Parsed { request, params: raw })
+    Ok(Parsed { request, params: crate::audit::Params::Typed(raw) })
 }
 
 /// Who makes a request: the verified principal and its identity policy.
@@ -328,6 +357,7 @@ impl Server {
         let result = match req {
             Request::Aliases(r) => aliases::run(r, &call),
             Request::Crypto(r) => crypto::run(r, &call),
+            Request::History(r) => history::run(r, &call),
             Request::Import(r) => import::run(r, &call),
             Request::Keys(r) => keys::run(r, &call),
             Request::Policies(r) => policies::run(r, &call),
@@ -424,15 +454,17 @@ impl<'a> Call<'a> {
         let q = Query { principal, action, resource, context };
         let verdict = policy::authorize(key, self.caller.identity.as_deref(), &self.server.config.account_id, &q);
         let kind = |s: Source| if s == Source::Resource { "a resource-based" } else { "an identity-based" };
+        // KMS actions are named without their prefix; another service's with it.
+        let action = if action.contains(':') { action.to_string() } else { format!("kms:{action}") };
         let denied = |why: String| {
             KmsError::AccessDenied(format!(
-                "User: {principal} is not authorized to perform: kms:{action} on resource: {resource} {why}"
+                "User: {principal} is not authorized to perform: {action} on resource: {resource} {why}"
             ))
         };
         match verdict {
             Verdict::Allow => Ok(()),
             Verdict::ImplicitDeny(s) => Err(denied(format!(
-                "because no {} policy allows the kms:{action} action",
+                "because no {} policy allows the {action} action",
                 if s == Source::Resource { "resource-based" } else { "identity-based" }
             ))),
             Verdict::ExplicitDeny(s) => Err(denied(format!("with an explicit deny in {} policy", kind(s)))),

@@ -21,7 +21,8 @@ fn targets() {
     assert_eq!(Operation::from_target("Encrypt").unwrap_err().aws().0, "UnknownOperationException");
     assert_eq!(Operation::from_target("TrentService.Sign").unwrap_err().aws().0, "UnsupportedOperationException");
     for op in Operation::ALL {
-        assert_eq!(Operation::from_target(&format!("TrentService.{}", op.name())).unwrap(), *op);
+        let prefix = if op.service() == "kms" { "TrentService." } else { super::CLOUDTRAIL_TARGET_PREFIX };
+        assert_eq!(Operation::from_target(&format!("{prefix}{}", op.name())).unwrap(), *op);
     }
 }
 
@@ -293,7 +294,7 @@ fn descriptors() {
     // CloudTrail's readOnly split: reads, lists and cryptographic calls change nothing.
     for op in Operation::ALL {
         let name = op.name();
-        let read = name.starts_with("Describe") || name.starts_with("List") || name.starts_with("Get");
+        let read = ["Describe", "List", "Get", "Lookup"].iter().any(|p| name.starts_with(p));
         assert_eq!(!op.mutates(), read || op.is_data_plane(), "{name}");
         assert_eq!(crate::audit::read_only(name), !op.mutates(), "{name}");
     }
@@ -315,6 +316,28 @@ fn markers_round_trip_and_reject_foreign_ones() {
 #[test]
 fn parsing_keeps_the_audit_view_without_secrets() {
     let p = parse(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionContext":{"a":"b"}}"#).unwrap();
-    assert_eq!(serde_json::to_string(&p.params).unwrap(), r#"{"encryptionContext":{"a":"b"},"keyId":"k"}"#);
-    assert!(p.params.plaintext.is_none());
+    let crate::audit::Params::Typed(raw) = p.params else { panic!("KMS requests have typed parameters") };
+    assert_eq!(serde_json::to_string(&raw).unwrap(), r#"{"encryptionContext":{"a":"b"},"keyId":"k"}"#);
+    assert!(raw.plaintext.is_none());
+}
+
+#[test]
+fn the_audit_search_has_its_own_target_service_and_parser() {
+    let op = Operation::from_target("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.LookupEvents").unwrap();
+    assert_eq!((op, op.service(), op.mutates()), (Operation::LookupEvents, "cloudtrail", false));
+    assert_eq!(Operation::Decrypt.service(), "kms");
+    // Not a KMS operation, and no other CloudTrail operation is served.
+    assert!(matches!(Operation::from_target("TrentService.LookupEvents"), Err(KmsError::UnknownOperation(_))));
+    assert!(matches!(
+        Operation::from_target("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.Decrypt"),
+        Err(KmsError::UnknownOperation(_))
+    ));
+    assert!(matches!(
+        Operation::from_target("com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.CreateTrail"),
+        Err(KmsError::UnknownOperation(_))
+    ));
+    let p = parse(op, br#"{"LookupAttributes":[{"AttributeKey":"EventName","AttributeValue":"Decrypt"}]}"#).unwrap();
+    assert!(matches!(p.params, crate::audit::Params::Json(_)));
+    assert!(matches!(parse(op, br#"{"MaxResults":0}"#), Err(KmsError::Lookup(_))));
+    assert!(matches!(parse(op, b"{"), Err(KmsError::Serialization(_))));
 }

@@ -125,6 +125,17 @@ pub struct ServeArgs {
     /// Refuse requests (KMSInternalException) whose audit record cannot be written.
     #[arg(long, env = "ENVELOPE_KMS_AUDIT_FAIL_CLOSED")]
     pub audit_fail_closed: bool,
+    /// Rotate the audit log when it reaches this size (e.g. 100MiB; at least 4KiB): it moves to
+    /// <audit-log>.<UTC time>, compressed to .gz. Default: no rotation by size.
+    #[arg(long, env = "ENVELOPE_KMS_AUDIT_ROTATE_SIZE", value_name = "SIZE")]
+    pub audit_rotate_size: Option<String>,
+    /// Rotate the audit log when it has been written to for this long (e.g. 24h; at least 1s).
+    /// Default: no rotation by age.
+    #[arg(long, env = "ENVELOPE_KMS_AUDIT_ROTATE_AGE", value_name = "DURATION")]
+    pub audit_rotate_age: Option<String>,
+    /// Rotated audit log copies to keep; older ones are deleted (0: keep all).
+    #[arg(long, env = "ENVELOPE_KMS_AUDIT_RETAIN", default_value_t = 0, value_name = "N")]
+    pub audit_retain: usize,
     /// Address for /livez, /readyz and /metrics ("off" to disable).
     #[arg(long, env = "ENVELOPE_KMS_HTTP_ADDR", default_value = "127.0.0.1:4598", value_name = "HOST:PORT")]
     pub http_addr: String,
@@ -233,6 +244,26 @@ fn restore(a: RestoreArgs) -> Result<()> {
     Ok(())
 }
 
+/// A size: a number of bytes, optionally with a unit (`KiB`, `MiB`, `GiB`, or `K`/`KB`, `M`/`MB`,
+/// `G`/`GB` for powers of 1000).
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().with_context(|| format!("{s:?} is not a size like 100MiB"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "k" | "kB" => 1000,
+        "KiB" => 1 << 10,
+        "M" | "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "G" | "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        other => bail!("unknown size unit {other:?} (use KiB, MiB, GiB, KB, MB or GB)"),
+    };
+    n.checked_mul(mult).with_context(|| format!("{s:?} is too large"))
+}
+
 struct Settings {
     listen: SocketAddr,
     data_dir: PathBuf,
@@ -240,6 +271,7 @@ struct Settings {
     config: Config,
     audit_log: Option<PathBuf>,
     audit_fail_closed: bool,
+    audit_rotation: envelope_kms_server::audit_rotate::Rotation,
     http_addr: Option<SocketAddr>,
     tls: Option<Arc<envelope_kms_server::tls::ServerConfig>>,
 }
@@ -304,7 +336,11 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let server = match Server::new(store, credentials, settings.config.clone()) {
         Ok(s) => match &settings.audit_log {
-            Some(path) => match envelope_kms_server::audit::AuditLog::open(path, settings.audit_fail_closed) {
+            Some(path) => match envelope_kms_server::audit::AuditLog::open_with(
+                path,
+                settings.audit_fail_closed,
+                settings.audit_rotation,
+            ) {
                 Ok(log) => Arc::new(s.with_audit(log)),
                 Err(e) => {
                     eprintln!("envelope: cannot open the audit log {}: {e}", path.display());
@@ -390,6 +426,29 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
     if audit_log.is_none() && args.audit_fail_closed {
         bail!("--audit-fail-closed needs an audit log");
     }
+    let audit_rotation = envelope_kms_server::audit_rotate::Rotation {
+        max_bytes: args.audit_rotate_size.as_deref().map(parse_size).transpose().context("--audit-rotate-size")?,
+        max_age: args
+            .audit_rotate_age
+            .as_deref()
+            .map(|s| humantime::parse_duration(s.trim()).map_err(anyhow::Error::from))
+            .transpose()
+            .context("--audit-rotate-age")?,
+        retain: args.audit_retain,
+        compress: true,
+    };
+    if audit_rotation.max_bytes.is_some_and(|b| b < 4096) {
+        bail!("--audit-rotate-size must be at least 4KiB");
+    }
+    if audit_rotation.max_age.is_some_and(|a| a < std::time::Duration::from_secs(1)) {
+        bail!("--audit-rotate-age must be at least 1s");
+    }
+    if audit_log.is_none() && (audit_rotation.enabled() || args.audit_retain > 0) {
+        bail!("--audit-rotate-size, --audit-rotate-age and --audit-retain need an audit log");
+    }
+    if args.audit_retain > 0 && !audit_rotation.enabled() {
+        bail!("--audit-retain needs --audit-rotate-size or --audit-rotate-age");
+    }
     let http_addr = if args.http_addr == "off" {
         None
     } else {
@@ -406,6 +465,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         config,
         audit_log,
         audit_fail_closed: args.audit_fail_closed,
+        audit_rotation,
         http_addr,
         tls,
     })
@@ -532,7 +592,21 @@ async fn run_server(server: Arc<Server>, s: &Settings, listeners: Listeners) -> 
     );
     println!("  try: aws --endpoint-url {scheme}://{addr} kms create-key");
     if let Some(a) = &s.audit_log {
-        println!("  audit log: {}{}", a.display(), if s.audit_fail_closed { " (fail-closed)" } else { "" });
+        let rotation = match (s.audit_rotation.max_bytes, s.audit_rotation.max_age) {
+            (None, None) => String::new(),
+            (size, age) => format!(
+                " (rotated at {}{}{}, keeping {})",
+                size.map(|b| format!("{b} bytes")).unwrap_or_default(),
+                if size.is_some() && age.is_some() { " or " } else { "" },
+                age.map(|a| humantime::format_duration(a).to_string()).unwrap_or_default(),
+                if s.audit_rotation.retain == 0 {
+                    "all copies".to_string()
+                } else {
+                    format!("{} copies", s.audit_rotation.retain)
+                }
+            ),
+        };
+        println!("  audit log: {}{}{rotation}", a.display(), if s.audit_fail_closed { " (fail-closed)" } else { "" });
     }
     let (obs_stop, obs_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = listeners.http {
@@ -581,6 +655,9 @@ mod tests {
             log_level: "info".into(),
             audit_log: None,
             audit_fail_closed: false,
+            audit_rotate_size: None,
+            audit_rotate_age: None,
+            audit_retain: 0,
             http_addr: "127.0.0.1:4598".into(),
             tls_cert: None,
             tls_key: None,
@@ -591,6 +668,31 @@ mod tests {
             max_keys: 100,
             client_timeout: "30s".into(),
         }
+    }
+
+    #[test]
+    fn audit_rotation_settings() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("100MiB").unwrap(), 100 << 20);
+        assert_eq!(parse_size("2 GB").unwrap(), 2_000_000_000);
+        assert!(parse_size("ten").is_err() && parse_size("5PB").is_err() && parse_size("").is_err());
+        let mut a = args("127.0.0.1:4599");
+        a.audit_rotate_size = Some("64MiB".into());
+        a.audit_rotate_age = Some("1d".into());
+        a.audit_retain = 7;
+        let r = resolve(&a).unwrap().audit_rotation;
+        assert_eq!(
+            (r.max_bytes, r.max_age, r.retain),
+            (Some(64 << 20), Some(std::time::Duration::from_secs(86400)), 7)
+        );
+        a.audit_rotate_size = Some("1KiB".into());
+        assert!(resolve(&a).is_err(), "too small");
+        let mut a = args("127.0.0.1:4599");
+        a.audit_retain = 3;
+        assert!(resolve(&a).is_err(), "retention without rotation");
+        a.audit_rotate_size = Some("1MiB".into());
+        a.audit_log = Some("off".into());
+        assert!(resolve(&a).is_err(), "rotation without a log");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -64,11 +64,19 @@ pub struct AuditLog {
 #[derive(Debug)]
 struct LogFile {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<Live>,
     fail_closed: bool,
+    rotation: crate::audit_rotate::Rotation,
 }
 
 /// One record for the writer: its line, whether it must be synced, and who waits for it.
+/// The file records go to now, and since when (for rotation by age).
+#[derive(Debug)]
+struct Live {
+    file: File,
+    since: Instant,
+}
+
 #[derive(Debug)]
 struct Job {
     line: Vec<u8>,
@@ -174,8 +182,16 @@ impl AuditLog {
     /// Opens (creating with mode 0600) the audit file for appending, and starts its writer
     /// thread (it ends when the log is dropped).
     pub fn open(path: &Path, fail_closed: bool) -> std::io::Result<Self> {
+        Self::open_with(path, fail_closed, crate::audit_rotate::Rotation::default())
+    }
+
+    /// [`AuditLog::open`], rotating the file by size and/or age as `rotation` says (the writer
+    /// thread rotates between groups of records, so no record is split; compression and
+    /// retention run on a thread of their own).
+    pub fn open_with(path: &Path, fail_closed: bool, rotation: crate::audit_rotate::Rotation) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        let file = Arc::new(LogFile { path: path.to_path_buf(), file: Mutex::new(file), fail_closed });
+        let live = Live { file, since: Instant::now() };
+        let file = Arc::new(LogFile { path: path.to_path_buf(), file: Mutex::new(live), fail_closed, rotation });
         let (queue, jobs) = mpsc::unbounded_channel();
         let shared = file.clone();
         let writer =
@@ -188,7 +204,7 @@ impl AuditLog {
     pub fn reopen(&self) -> std::io::Result<()> {
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.file.path)?;
         let mut f = self.file.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
-        *f = file;
+        *f = Live { file, since: Instant::now() };
         Ok(())
     }
 
@@ -239,7 +255,8 @@ impl LogFile {
     /// cut back to where they began, so a full disk never leaves half a line that would corrupt
     /// the next record.
     fn append(&self, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-        let mut f = self.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
+        let mut live = self.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
+        let f = &mut live.file;
         let start = f.metadata().map(|m| m.len()).ok();
         let written =
             f.write_all(bytes).and_then(|()| f.flush()).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
@@ -249,6 +266,50 @@ impl LogFile {
             let _ = f.set_len(len);
         }
         written
+    }
+
+    /// Rotates the file if it is due (size or age). The rotated copy is compressed and old
+    /// copies pruned on a thread of their own; failures are logged and writing goes on.
+    fn rotate_if_due(&self) {
+        if !self.rotation.enabled() {
+            return;
+        }
+        let copy = {
+            let Ok(mut live) = self.file.lock() else { return };
+            let len = live.file.metadata().map(|m| m.len()).unwrap_or(0);
+            if !self.rotation.due(len, live.since, Instant::now()) {
+                return;
+            }
+            match crate::audit_rotate::rotate(&self.path, SystemTime::now()) {
+                Ok((file, copy)) => {
+                    *live = Live { file, since: Instant::now() };
+                    copy
+                }
+                Err(e) => {
+                    // Not again before the next size or age threshold is checked.
+                    live.since = Instant::now();
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot rotate the audit log; writing on to the current file");
+                    return;
+                }
+            }
+        };
+        tracing::info!(path = %self.path.display(), rotated = %copy.display(), "audit log rotated");
+        let (path, rotation) = (self.path.clone(), self.rotation);
+        let tidy = move || {
+            if rotation.compress
+                && let Err(e) = crate::audit_rotate::compress(&copy)
+            {
+                tracing::error!(copy = %copy.display(), error = %e, "cannot compress the rotated audit log");
+            }
+            match crate::audit_rotate::prune(&path, rotation.retain) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, retain = rotation.retain, "old audit log copies deleted"),
+                Err(e) => tracing::error!(error = %e, "cannot delete old audit log copies"),
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("audit-tidy".into()).spawn(tidy) {
+            tracing::error!(error = %e, "cannot start compressing the rotated audit log");
+        }
     }
 }
 
@@ -277,6 +338,8 @@ fn write_groups(file: &LogFile, mut jobs: mpsc::UnboundedReceiver<Job>) {
             };
             let _ = j.done.send(r);
         }
+        // Between groups: every answered record is whole in the file being rotated away.
+        file.rotate_if_due();
     }
 }
 
@@ -721,6 +784,54 @@ mod tests {
         log.append(&ev, false).await.unwrap();
         drop(log);
         assert!(std::fs::read_to_string(&p).unwrap().lines().last().unwrap().contains("\"last\""));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotation_by_size_keeps_every_acknowledged_record_and_the_newest_copies() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        let rotation =
+            crate::audit_rotate::Rotation { max_bytes: Some(2048), max_age: None, retain: 3, compress: true };
+        let log = AuditLog::open_with(&p, true, rotation).unwrap();
+        for i in 0..60 {
+            let id = format!("req-{i:03}");
+            let ev = AuditEvent {
+                operation: Some("Encrypt"),
+                request_id: &id,
+                region: "r",
+                account_id: "1",
+                ..Default::default()
+            };
+            log.append(&ev, false).await.unwrap();
+        }
+        drop(log);
+        // Compression runs beside the writer: wait until no uncompressed copy is left.
+        let copies = || -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n != "audit.log")
+                .collect();
+            v.sort();
+            v
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while copies().iter().any(|n| !n.ends_with(".gz")) || copies().len() > 3 {
+            assert!(Instant::now() < deadline, "copies left: {:?}", copies());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let kept = copies();
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        // What is left — the newest copies and the live file — is a run of consecutive records
+        // ending with the last one: rotation split no record and lost none after the pruned ones.
+        let mut ids = Vec::new();
+        crate::lookup::for_each_record(&crate::lookup::audit_files(&p), |r| ids.push(r.request_id)).unwrap();
+        assert!(!ids.is_empty());
+        let first: usize = ids[0]["req-".len()..].parse().unwrap();
+        let want: Vec<String> = (first..60).map(|i| format!("req-{i:03}")).collect();
+        assert_eq!(ids, want);
+        assert!(first > 0, "the oldest copies were deleted (retain 3)");
+        assert!(std::fs::metadata(&p).unwrap().len() < 2048 + 1024);
     }
 
     #[test]

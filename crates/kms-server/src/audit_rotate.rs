@@ -46,8 +46,10 @@ impl Rotation {
     }
 }
 
-/// The name of a copy rotated at `at`: `<name>.<YYYYMMDDTHHMMSSZ>`, with `-N` added if that
-/// name (or its `.gz`) is taken.
+/// The name of a copy rotated at `at`: `<name>.<YYYYMMDDTHHMMSSZ>`, with `-NNN` added when
+/// needed so that it sorts after every copy already there (several rotations in one second, a
+/// clock set back): names are never reused, even after retention deleted the copy that had one,
+/// so name order stays time order.
 pub fn rotated_name(live: &Path, at: SystemTime) -> PathBuf {
     let t = time::OffsetDateTime::from(at);
     let stamp = format!(
@@ -59,20 +61,41 @@ pub fn rotated_name(live: &Path, at: SystemTime) -> PathBuf {
         t.minute(),
         t.second()
     );
+    let latest = our_copies(live).into_iter().map(|(suffix, _)| suffix).max();
+    // A clock set back does not make a copy sort before older ones.
+    let stamp = match &latest {
+        Some(l) if l.get(..16).is_some_and(|s| s > stamp.as_str()) => l[..16].to_string(),
+        _ => stamp,
+    };
     let base = live.as_os_str().to_string_lossy().into_owned();
     let mut n = 0u32;
     loop {
-        let candidate = if n == 0 {
-            PathBuf::from(format!("{base}.{stamp}"))
-        } else {
-            PathBuf::from(format!("{base}.{stamp}-{n}"))
-        };
-        let gz = PathBuf::from(format!("{}.gz", candidate.display()));
-        if !candidate.exists() && !gz.exists() {
-            return candidate;
+        let suffix = if n == 0 { stamp.clone() } else { format!("{stamp}-{n:03}") };
+        if latest.as_deref().is_none_or(|l| suffix.as_str() > l) {
+            return PathBuf::from(format!("{base}.{suffix}"));
         }
         n += 1;
     }
+}
+
+/// The rotated copies written by [`rotate`]: their suffix (without `.gz`) and path.
+fn our_copies(live: &Path) -> Vec<(String, PathBuf)> {
+    let (Some(dir), Some(name)) = (live.parent(), live.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let prefix = format!("{name}.");
+    std::fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(|e| {
+                let e = e.ok()?;
+                let file = e.file_name().into_string().ok()?;
+                let suffix = file.strip_prefix(&prefix)?;
+                is_stamp(suffix).then(|| (suffix.trim_end_matches(".gz").to_string(), e.path()))
+            })
+            .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Moves the live file to its rotated name and opens a new live file (mode 0600) at `live`.
@@ -118,19 +141,7 @@ pub fn prune(live: &Path, retain: usize) -> std::io::Result<usize> {
     if retain == 0 {
         return Ok(0);
     }
-    let (Some(dir), Some(name)) = (live.parent(), live.file_name().and_then(|n| n.to_str())) else {
-        return Ok(0);
-    };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let prefix = format!("{name}.");
-    let mut ours: Vec<(String, PathBuf)> = std::fs::read_dir(dir)?
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let file = e.file_name().into_string().ok()?;
-            let suffix = file.strip_prefix(&prefix)?;
-            is_stamp(suffix).then(|| (suffix.trim_end_matches(".gz").to_string(), e.path()))
-        })
-        .collect();
+    let mut ours = our_copies(live);
     ours.sort();
     let excess = ours.len().saturating_sub(retain);
     let mut deleted = 0;
@@ -141,7 +152,7 @@ pub fn prune(live: &Path, retain: usize) -> std::io::Result<usize> {
     Ok(deleted)
 }
 
-/// `YYYYMMDDTHHMMSSZ`, optionally `-N`, optionally `.gz`.
+/// `YYYYMMDDTHHMMSSZ`, optionally `-NNN`, optionally `.gz`.
 fn is_stamp(suffix: &str) -> bool {
     let s = suffix.strip_suffix(".gz").unwrap_or(suffix);
     let (stamp, n) = match s.split_once('-') {
@@ -204,7 +215,10 @@ mod tests {
         // Same second again: a distinct name.
         append(&mut f, b"{\"n\":4}\n").unwrap();
         let (_, same) = rotate(&live, base + Duration::from_secs(3)).unwrap();
-        assert!(same.to_string_lossy().ends_with("audit.log.20261201T211923Z-1"), "{}", same.display());
+        assert!(same.to_string_lossy().ends_with("audit.log.20261201T211923Z-001"), "{}", same.display());
+        // A clock set back still sorts after what is there.
+        let back = rotated_name(&live, base - Duration::from_secs(3600));
+        assert!(back.to_string_lossy().ends_with("audit.log.20261201T211923Z-002"), "{}", back.display());
         assert!(copies[0].to_string_lossy().ends_with("audit.log.20261201T211920Z.gz"));
         let mut text = String::new();
         flate2::read::GzDecoder::new(File::open(&copies[1]).unwrap()).read_to_string(&mut text).unwrap();
@@ -216,13 +230,16 @@ mod tests {
         let mut left: Vec<String> =
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
-        assert_eq!(left, ["audit.log", "audit.log.1", "audit.log.20261201T211923Z-1", "audit.log.20261201T211923Z.gz"]);
+        assert_eq!(
+            left,
+            ["audit.log", "audit.log.1", "audit.log.20261201T211923Z-001", "audit.log.20261201T211923Z.gz"]
+        );
         // The search reads them oldest first, the live file last.
         let files = crate::lookup::audit_files(&live);
         let names: Vec<_> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(
             names,
-            ["audit.log.1", "audit.log.20261201T211923Z.gz", "audit.log.20261201T211923Z-1", "audit.log"]
+            ["audit.log.1", "audit.log.20261201T211923Z.gz", "audit.log.20261201T211923Z-001", "audit.log"]
         );
     }
 
@@ -230,7 +247,7 @@ mod tests {
     fn stamps() {
         assert!(is_stamp("20261201T211920Z"));
         assert!(is_stamp("20261201T211920Z.gz"));
-        assert!(is_stamp("20261201T211920Z-12.gz"));
+        assert!(is_stamp("20261201T211920Z-012.gz"));
         for bad in ["1", "2.gz", "20261201T211920", "20261201X211920Z", "20261201T211920Z-", "20261201T211920Z-a"] {
             assert!(!is_stamp(bad), "{bad}");
         }

@@ -15,7 +15,7 @@ use envelope_kms_server::lookup::{self, AttributeKey, Record};
 /// Options of `envelope kms audit`.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  envelope kms audit --event-name Decrypt --since 1h\n  \
-    envelope kms audit --user ops --errors --output json\n  envelope kms audit --resource alias/… --follow\n\
+    envelope kms audit --user ops --errors --output json\n  envelope kms audit --resource 1234abcd-12ab-34cd-56ef-1234567890ab --follow\n\
     Every filter given must match. Records of the live file and its rotated copies \
     (<audit-log>.<suffix>, .gz) are read.")]
 pub struct AuditArgs {

@@ -1,10 +1,10 @@
-"""Fixtures: Python stubs generated from the project's .proto files, and a running plugin."""
+"""Fixtures: Python stubs generated from the project's .proto files, a running plugin, and a
+cluster (etcd + kube-apiserver, kube.py) for the real-cluster tests."""
 
 import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,7 +12,9 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from harness import ROOT, envelope_bin, free_port
+from kube import ApiServer, Etcd
+
 PROTO_DIR = ROOT / "crates" / "proto" / "proto"
 
 
@@ -47,27 +49,15 @@ def stubs():
     shutil.rmtree(out, ignore_errors=True)
 
 
-def _binary():
-    b = os.environ.get("ENVELOPE_BIN") or str(ROOT / "target" / "debug" / "envelope")
-    assert os.path.exists(b), f"build the binary first: {b}"
-    return b
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def plugin():
     """A real `envelope plugin` on a socket in a temp dir; yields the socket path."""
     d = tempfile.mkdtemp(prefix="envelope-py-")
     sock = os.path.join(d, "kms.sock")
-    port = _free_port()
+    port = free_port()
     log = open(os.path.join(d, "stderr.log"), "w")
     p = subprocess.Popen(
-        [_binary(), "plugin", "--socket", sock, "--data-dir", os.path.join(d, "data"),
+        [envelope_bin(), "plugin", "--socket", sock, "--data-dir", os.path.join(d, "data"),
          "--http-addr", f"127.0.0.1:{port}", "--health-interval", "200ms"],
         stdout=subprocess.DEVNULL, stderr=log,
     )
@@ -82,3 +72,20 @@ def plugin():
     assert p.wait(timeout=20) == 0
     log.close()
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """etcd running, kube-apiserver created but not started (tests start it with a config), and a
+    list the test appends its kube.Plugin processes to; all of them stopped afterwards (a plugin
+    still running must exit 0 on SIGTERM)."""
+    etcd = Etcd(str(tmp_path))
+    api = ApiServer(str(tmp_path), etcd)
+    plugins = []
+    yield etcd, api, plugins
+    for p in plugins:
+        if p.proc.poll() is None:
+            p.stop()
+    if api.proc is not None and api.proc.poll() is None:
+        api.stop()
+    etcd.stop()

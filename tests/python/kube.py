@@ -9,23 +9,15 @@ or started fails the test with the reason.
 import base64
 import json
 import os
-import pathlib
 import signal
-import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from harness import ROOT, envelope_bin, free_port, wait_for
+
 PEERS = ("etcd", "etcdctl", "kube-apiserver", "kubectl")
-
-
-def envelope_bin():
-    b = os.environ.get("ENVELOPE_BIN") or str(ROOT / "target" / "debug" / "envelope")
-    assert os.path.exists(b), f"build the binary first: {b}"
-    return b
 
 
 def peers_bin():
@@ -40,27 +32,6 @@ def peers_bin():
     for p in PEERS:
         assert os.access(os.path.join(b, p), os.X_OK), f"{p} missing in {b}: run scripts/kube-peers"
     return b
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout, what, interval=0.25):
-    """Calls pred until it returns something truthy; fails with the last exception after timeout."""
-    end, last = time.time() + timeout, None
-    while True:
-        try:
-            r = pred()
-            if r:
-                return r
-        except Exception as e:  # noqa: BLE001 — reported below
-            last = e
-        if time.time() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last error: {last!r}")
-        time.sleep(interval)
 
 
 def _tail(path, n=40):

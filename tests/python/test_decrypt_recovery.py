@@ -11,23 +11,8 @@ import os
 import shlex
 import subprocess
 
-import pytest
-
-from kube import ApiServer, Etcd, Plugin, envelope_bin, peers_bin
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    etcd = Etcd(str(tmp_path))
-    api = ApiServer(str(tmp_path), etcd)
-    plugins = []
-    yield etcd, api, plugins
-    for p in plugins:
-        if p.proc.poll() is None:
-            p.stop()
-    if api.proc is not None and api.proc.poll() is None:
-        api.stop()
-    etcd.stop()
+from harness import envelope_bin
+from kube import Plugin, peers_bin
 
 
 def etcdctl_save(etcd, key, path):

@@ -59,7 +59,8 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from harness import ROOT, envelope_bin, free_port
+
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 SHELL_LANGS = {"sh", "bash", "shell", "console"}
 MAPPED_ROOTS = ["/var/lib/envelope", "/run/envelope", "/etc/envelope", "/etc/kubernetes", "/backup",
@@ -147,18 +148,6 @@ PARSED = {p: parse(p) for p in DOCS}
 ALL_BLOCKS = [b for p in DOCS for b in PARSED[p][0]]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _binary():
-    b = os.environ.get("ENVELOPE_BIN") or str(ROOT / "target" / "debug" / "envelope")
-    assert os.path.exists(b), f"build the binary first: {b}"
-    return b
-
-
 class Session:
     """One scratch environment and bash session for the blocks of one file."""
 
@@ -169,9 +158,9 @@ class Session:
         self.logs = self.tmp / "logs"
         for d in [self.work, self.logs, self.tmp / "bin", *(self.root / d.lstrip("/") for d in EXISTING_DIRS)]:
             d.mkdir(parents=True, exist_ok=True)
-        (self.tmp / "bin" / "envelope").symlink_to(_binary())
+        (self.tmp / "bin" / "envelope").symlink_to(envelope_bin())
         (self.tmp / "bin" / "aws").symlink_to(ROOT / ".venv" / "bin" / "aws")
-        self.ports = {name: _free_port() for name in PORTS}
+        self.ports = {name: free_port() for name in PORTS}
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("AWS_", "ENVELOPE_", "KUBECONFIG", "ETCDCTL_"))}
         env.update({

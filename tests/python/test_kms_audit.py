@@ -8,11 +8,8 @@ cannot be written is refused.
 import base64
 import json
 import os
-import pathlib
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,22 +19,11 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from harness import envelope_bin, free_port, wait_listening
+
 AKID = "AKIAENVELOPEAUDIT001"
 SECRET = "audit-test-secret-0123456789abcdefghijklm"
 PRINCIPAL = "arn:aws:iam::111122223333:user/auditor"
-
-
-def _binary():
-    b = os.environ.get("ENVELOPE_BIN") or str(ROOT / "target" / "debug" / "envelope")
-    assert os.path.exists(b), f"build the binary first: {b}"
-    return b
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(tmp, extra, port=None):
@@ -45,22 +31,14 @@ def _start(tmp, extra, port=None):
     with open(creds, "w") as f:
         f.write(f"- access_key_id: {AKID}\n  secret_access_key: '{SECRET}'\n  principal: {PRINCIPAL}\n")
     os.chmod(creds, 0o600)
-    port, hport = port or _free_port(), _free_port()
+    port, hport = port or free_port(), free_port()
     p = subprocess.Popen(
-        [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", f"127.0.0.1:{hport}",
+        [envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", f"127.0.0.1:{hport}",
          "--data-dir", os.path.join(tmp, "data"), "--credentials", creds] + extra,
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "stderr.log"), "w"),
     )
-    end = time.time() + 20
     for prt in (port, hport):
-        while True:
-            assert p.poll() is None, open(os.path.join(tmp, "stderr.log")).read()
-            try:
-                socket.create_connection(("127.0.0.1", prt), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.time() < end
-                time.sleep(0.05)
+        wait_listening(p, prt, log=os.path.join(tmp, "stderr.log"))
     return p, port, hport
 
 

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
@@ -26,7 +25,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from test_kms_server import ACCOUNT, REGION, _binary, _free_port, _wait_port
+from harness import envelope_bin, free_port, wait_listening
+from test_kms_server import ACCOUNT, REGION
 
 ADMIN_AKID, ADMIN_SECRET = "AKIAENVELOPEAUTHZ001", "authz-admin-secret-0123456789abcdefghijk"
 MALLORY_AKID, MALLORY_SECRET = "AKIAENVELOPEAUTHZ002", "authz-mallory-secret-0123456789abcdefghi"
@@ -61,13 +61,13 @@ def _start(d, extra=(), creds_mode=0o600):
     with open(creds, "w") as f:
         f.write(CREDENTIALS)
     os.chmod(creds, creds_mode)
-    port = _free_port()
+    port = free_port()
     p = subprocess.Popen(
-        [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off",
+        [envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off",
          "--data-dir", os.path.join(d, "data"), "--credentials", creds, *extra],
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "stderr.log"), "w"),
     )
-    _wait_port(p, port)
+    wait_listening(p, port)
     return p, f"http://127.0.0.1:{port}"
 
 
@@ -196,7 +196,7 @@ def test_a_readable_credentials_file_is_refused(tmp_path):
     creds.write_text(CREDENTIALS)
     for mode in (0o644, 0o640, 0o604):
         os.chmod(creds, mode)
-        r = subprocess.run([_binary(), "kms", "serve", "--listen", "127.0.0.1:0", "--http-addr", "off",
+        r = subprocess.run([envelope_bin(), "kms", "serve", "--listen", "127.0.0.1:0", "--http-addr", "off",
                             "--data-dir", str(tmp_path / "data"), "--credentials", str(creds)],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 64, (mode, r.stderr)
@@ -269,13 +269,13 @@ def test_full_tmpfs_audit_log_refuses_every_state_change(tmp_path):
     finally:
         _stop(p)
 
-    port = _free_port()
+    port = free_port()
     mnt = os.path.join(d, "audit-fs")
     os.mkdir(mnt)
     script = (
         f"set -e; mount -t tmpfs -o size=64k tmpfs {mnt}; touch {mnt}/audit.log; "
         f"dd if=/dev/zero of={mnt}/filler bs=4k 2>/dev/null || true; "
-        f"exec {_binary()} kms serve --listen 127.0.0.1:{port} --http-addr off --data-dir {data} "
+        f"exec {envelope_bin()} kms serve --listen 127.0.0.1:{port} --http-addr off --data-dir {data} "
         f"--credentials {d}/credentials.yaml --audit-log {mnt}/audit.log --audit-fail-closed"
     )
     unshare = ["unshare", "--mount", "--propagation", "private"]
@@ -283,7 +283,7 @@ def test_full_tmpfs_audit_log_refuses_every_state_change(tmp_path):
         unshare.insert(1, "--map-root-user")
     p = subprocess.Popen([*unshare, "sh", "-c", script], stdout=subprocess.DEVNULL,
                          stderr=open(os.path.join(d, "tmpfs.log"), "w"))
-    _wait_port(p, port)
+    wait_listening(p, port)
     audited = _client(f"http://127.0.0.1:{port}", ADMIN_AKID, ADMIN_SECRET)
     try:
         for name, args in cases:

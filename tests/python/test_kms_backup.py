@@ -8,11 +8,12 @@ import subprocess
 import pytest
 from botocore.exceptions import ClientError
 
-from test_kms_audit import _binary, _client, _start, _stop
+from harness import envelope_bin
+from test_kms_audit import _client, _start, _stop
 
 
 def _run(*args):
-    return subprocess.run([_binary(), "kms", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([envelope_bin(), "kms", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_backup_restore_round_trip(tmp_path):
@@ -45,7 +46,7 @@ def test_backup_restore_round_trip(tmp_path):
     assert out.returncode == 1 and "root key" in out.stderr, out.stderr
     wrong = tmp_path / "wrong"
     wrong.mkdir(mode=0o700)
-    subprocess.run([_binary(), "key", "create", "x", "--data-dir", str(wrong)], check=True, capture_output=True)
+    subprocess.run([envelope_bin(), "key", "create", "x", "--data-dir", str(wrong)], check=True, capture_output=True)
     out = _run("restore", "--data-dir", str(dst / "data"), "--from", str(tmp_path / "kms.backup"),
                "--root-key", str(wrong / "root.key"))
     assert out.returncode == 1, out.stdout
@@ -88,7 +89,7 @@ def test_passphrase_derived_root_key(tmp_path):
     bad = tmp_path / "bad"
     bad.write_text("another long passphrase")
     creds = tmp_path / "credentials.yaml"
-    r = subprocess.run([_binary(), "kms", "serve", "--http-addr", "off", "--listen", "127.0.0.1:0",
+    r = subprocess.run([envelope_bin(), "kms", "serve", "--http-addr", "off", "--listen", "127.0.0.1:0",
                         "--data-dir", str(data), "--credentials", str(creds), "--root-passphrase-file", str(bad)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "wrong root key passphrase" in r.stderr, r.stderr
@@ -166,7 +167,7 @@ def test_seed_file_is_applied_idempotently(tmp_path):
     # A malformed seed is a configuration error (exit 64) before anything is served.
     bad = tmp_path / "bad.yaml"
     bad.write_text("keys:\n  - alias: x\n    colour: red\n")
-    r = subprocess.run([_binary(), "kms", "serve", "--http-addr", "off", "--listen", "127.0.0.1:0",
+    r = subprocess.run([envelope_bin(), "kms", "serve", "--http-addr", "off", "--listen", "127.0.0.1:0",
                         "--data-dir", str(tmp_path / "data"), "--credentials", str(tmp_path / "credentials.yaml"),
                         "--seed", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 64, r.stderr
@@ -215,7 +216,7 @@ def test_backup_and_restore_say_that_the_credentials_are_not_in_the_backup(tmp_p
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # A server with a generated credentials file in its data directory.
-    p = subprocess.Popen([_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off",
+    p = subprocess.Popen([envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off",
                           "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         # Serving (signal handlers installed, credentials written) once it says so.

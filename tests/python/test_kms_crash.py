@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -22,23 +21,12 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from harness import envelope_bin, free_port, wait_listening
+
 AKID = "AKIAENVELOPECRASH001"
 SECRET = "crash-test-secret-0123456789abcdefghijklm"
 PRINCIPAL = "arn:aws:iam::111122223333:user/crash"
 WORKERS = 8
-
-
-def _binary():
-    b = os.environ.get("ENVELOPE_BIN") or str(ROOT / "target" / "debug" / "envelope")
-    assert os.path.exists(b), f"build the binary first: {b}"
-    return b
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(tmp, audit):
@@ -46,23 +34,16 @@ def _start(tmp, audit):
     with open(creds, "w") as f:
         f.write(f"- access_key_id: {AKID}\n  secret_access_key: '{SECRET}'\n  principal: {PRINCIPAL}\n")
     os.chmod(creds, 0o600)
-    port, hport = _free_port(), _free_port()
+    port, hport = free_port(), free_port()
     err = open(os.path.join(tmp, "stderr.log"), "a")
     p = subprocess.Popen(
-        [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", f"127.0.0.1:{hport}",
+        [envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", f"127.0.0.1:{hport}",
          "--data-dir", os.path.join(tmp, "data"), "--credentials", creds,
          "--audit-log", audit, "--audit-fail-closed"],
         stdout=subprocess.DEVNULL, stderr=err,
     )
-    end = time.time() + 30
-    while True:
-        assert p.poll() is None, open(os.path.join(tmp, "stderr.log")).read()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return p, port
-        except OSError:
-            assert time.time() < end, "the server did not start"
-            time.sleep(0.05)
+    wait_listening(p, port, timeout=30, log=os.path.join(tmp, "stderr.log"))
+    return p, port
 
 
 def _client(port):

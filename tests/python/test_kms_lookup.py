@@ -5,10 +5,8 @@ including `--follow` across a log rotation.
 
 import json
 import os
-import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,7 +16,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from harness import ROOT, envelope_bin, free_port, wait_listening
+
 ADMIN = ("AKIAENVELOPELOOKUP01", "lookup-test-admin-secret-0123456789abcdef", "arn:aws:iam::111122223333:user/ops")
 # Allowed every KMS action but not the CloudTrail one: the history is not a KMS permission.
 KMS_ONLY = ("AKIAENVELOPELOOKUP02", "lookup-test-kmsonly-secret-0123456789abcd", "arn:aws:iam::111122223333:user/app")
@@ -27,18 +26,6 @@ AUDITOR = ("AKIAENVELOPELOOKUP03", "lookup-test-auditor-secret-0123456789abc", "
 KMS_ONLY_POLICY = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}'
 AUDITOR_POLICY = ('{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"cloudtrail:LookupEvents",'
                   '"Resource":"*"}]}')
-
-
-def _binary():
-    b = os.environ.get("ENVELOPE_BIN") or str(ROOT / "target" / "debug" / "envelope")
-    assert os.path.exists(b), f"build the binary first: {b}"
-    return b
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,22 +39,14 @@ def server():
         f.write(f"- access_key_id: {AUDITOR[0]}\n  secret_access_key: '{AUDITOR[1]}'\n  principal: {AUDITOR[2]}\n"
                 f"  policy: '{AUDITOR_POLICY}'\n")
     os.chmod(creds, 0o600)
-    port = _free_port()
+    port = free_port()
     data = os.path.join(tmp, "data")
     log = open(os.path.join(tmp, "stderr.log"), "w")
     p = subprocess.Popen(
-        [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off",
+        [envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off",
          "--data-dir", data, "--credentials", creds],
         stdout=subprocess.DEVNULL, stderr=log)
-    end = time.time() + 20
-    while True:
-        assert p.poll() is None, open(os.path.join(tmp, "stderr.log")).read()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert time.time() < end, "key server did not listen"
-            time.sleep(0.05)
+    wait_listening(p, port, log=os.path.join(tmp, "stderr.log"))
     yield {"port": port, "data": data, "proc": p, "tmp": tmp}
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=20) == 0
@@ -190,7 +169,7 @@ def test_a_request_signed_for_kms_is_refused_on_the_cloudtrail_target(server):
 
 
 def _audit(server, *args):
-    return subprocess.run([_binary(), "kms", "audit", "--data-dir", server["data"], *args],
+    return subprocess.run([envelope_bin(), "kms", "audit", "--data-dir", server["data"], *args],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -216,7 +195,7 @@ def test_kms_audit_filters_and_formats(server, history):
 
 def test_kms_audit_follow_sees_new_records_across_a_rotation(server, history):
     kms = _client(server, "kms")
-    f = subprocess.Popen([_binary(), "kms", "audit", "--data-dir", server["data"], "--follow", "--limit", "0",
+    f = subprocess.Popen([envelope_bin(), "kms", "audit", "--data-dir", server["data"], "--follow", "--limit", "0",
                           "--event-name", "GenerateRandom", "--output", "json"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -244,3 +223,42 @@ def test_kms_audit_follow_sees_new_records_across_a_rotation(server, history):
     events = _client(server, "cloudtrail").lookup_events(
         LookupAttributes=[{"AttributeKey": "EventName", "AttributeValue": "GenerateRandom"}])["Events"]
     assert len(events) == 2
+
+
+def test_server_side_rotation_compresses_keeps_n_copies_and_stays_searchable(tmp_path):
+    creds = tmp_path / "credentials.yaml"
+    creds.write_text(f"- access_key_id: {ADMIN[0]}\n  secret_access_key: '{ADMIN[1]}'\n  principal: {ADMIN[2]}\n")
+    creds.chmod(0o600)
+    port = free_port()
+    data = tmp_path / "data"
+    p = subprocess.Popen(
+        [envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off", "--data-dir", str(data),
+         "--credentials", str(creds), "--audit-rotate-size", "4KiB", "--audit-retain", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        wait_listening(p, port)
+        srv = {"port": port}
+        kms = _client(srv, "kms")
+        for _ in range(40):
+            kms.generate_random(NumberOfBytes=8)
+        deadline = time.time() + 20
+        while True:
+            copies = sorted(x.name for x in data.iterdir() if x.name.startswith("audit.log."))
+            if copies and all(c.endswith(".gz") for c in copies) and len(copies) <= 2:
+                break
+            assert time.time() < deadline, copies
+            time.sleep(0.1)
+        assert len(copies) == 2, copies
+        assert (data / "audit.log").stat().st_size < 8192
+        # The newest events come back newest first, across the live file and the copies.
+        events = _client(srv, "cloudtrail").lookup_events(
+            LookupAttributes=[{"AttributeKey": "EventName", "AttributeValue": "GenerateRandom"}])["Events"]
+        live = len((data / "audit.log").read_text().splitlines())
+        assert len(events) > live, "the rotated copies are searched too"
+        assert len(events) < 40, "the copies beyond --audit-retain are gone"
+        times = [e["EventTime"] for e in events]
+        assert times == sorted(times, reverse=True)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=20)
+    assert "rotated at 4096 bytes, keeping 2 copies" in out

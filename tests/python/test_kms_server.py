@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 
@@ -26,7 +25,8 @@ import botocore.credentials
 import pytest
 from botocore.exceptions import ClientError
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from harness import envelope_bin, free_port, wait_listening
+
 AKID = "AKIAENVELOPEPYTEST01"
 SECRET = "py-test-secret-0123456789abcdefghijklmnop"
 REGION = "us-east-1"
@@ -37,33 +37,9 @@ APP_SECRET = "py-app-secret-0123456789abcdefghijklmnopq"
 APP = f"arn:aws:iam::{ACCOUNT}:user/app"
 
 
-def _binary():
-    b = os.environ.get("ENVELOPE_BIN") or str(ROOT / "target" / "debug" / "envelope")
-    assert os.path.exists(b), f"build the binary first: {b}"
-    return b
-
-
 def _aws_cli():
     exe = pathlib.Path(sys.executable).parent / "aws"
     return str(exe) if exe.exists() else shutil.which("aws")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(p, port, deadline=20):
-    end = time.time() + deadline
-    while True:
-        assert p.poll() is None, "envelope kms serve exited early"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            assert time.time() < end, "server did not start listening"
-            time.sleep(0.05)
 
 
 def _env(akid=AKID, secret=SECRET):
@@ -89,14 +65,14 @@ def kms():
                 f"- access_key_id: {APP_AKID}\n  secret_access_key: '{APP_SECRET}'\n"
                 f"  principal: {APP}\n")
     os.chmod(creds, 0o600)
-    port = _free_port()
+    port = free_port()
     log = open(os.path.join(d, "stderr.log"), "w")
     p = subprocess.Popen(
-        [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off", "--data-dir", os.path.join(d, "data"),
+        [envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off", "--data-dir", os.path.join(d, "data"),
          "--credentials", creds, "--region", REGION, "--account-id", ACCOUNT],
         stdout=subprocess.DEVNULL, stderr=log,
     )
-    _wait_port(p, port)
+    wait_listening(p, port)
     yield {"url": f"http://127.0.0.1:{port}", "port": port, "dir": d}
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=20) == 0
@@ -283,8 +259,8 @@ def test_unknown_target_and_malformed_json(kms):
 
 def test_generated_credentials_are_printed_once_and_work(tmp_path):
     data = tmp_path / "data"
-    port = _free_port()
-    cmd = [_binary(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off", "--data-dir", str(data)]
+    port = free_port()
+    cmd = [envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off", "--data-dir", str(data)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         found = {}
@@ -318,7 +294,7 @@ def test_generated_credentials_are_printed_once_and_work(tmp_path):
 
 
 def test_non_loopback_listen_is_refused(tmp_path):
-    r = subprocess.run([_binary(), "kms", "serve", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path)],
+    r = subprocess.run([envelope_bin(), "kms", "serve", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 64 and "loopback" in r.stderr
 
@@ -328,10 +304,10 @@ def test_a_busy_port_stops_the_start_before_anything_is_created(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        for i, flags in enumerate((["--listen", f"127.0.0.1:{_free_port()}", "--http-addr", f"127.0.0.1:{port}"],
+        for i, flags in enumerate((["--listen", f"127.0.0.1:{free_port()}", "--http-addr", f"127.0.0.1:{port}"],
                                    ["--listen", f"127.0.0.1:{port}", "--http-addr", "off"])):
             data = tmp_path / f"data{i}"
-            r = subprocess.run([_binary(), "kms", "serve", *flags, "--data-dir", str(data)],
+            r = subprocess.run([envelope_bin(), "kms", "serve", *flags, "--data-dir", str(data)],
                                capture_output=True, text=True, timeout=60)
             assert r.returncode == 69, r.stdout + r.stderr
             assert f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr

@@ -9,10 +9,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-import socket
-import time
 
-from test_kms_audit import AKID, PRINCIPAL, SECRET, _binary, _free_port, _stop
+from harness import envelope_bin, free_port, wait_listening
+from test_kms_audit import AKID, PRINCIPAL, SECRET, _stop
 
 
 def _openssl(args, cwd):
@@ -37,7 +36,7 @@ def _serve(d, extra):
         f.write(f"- access_key_id: {AKID}\n  secret_access_key: '{SECRET}'\n  principal: {PRINCIPAL}\n")
     os.chmod(creds, 0o600)
     return subprocess.Popen(
-        [_binary(), "kms", "serve", "--http-addr", "off", "--data-dir", os.path.join(d, "data"),
+        [envelope_bin(), "kms", "serve", "--http-addr", "off", "--data-dir", os.path.join(d, "data"),
          "--credentials", creds] + extra,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
@@ -46,17 +45,10 @@ def _serve(d, extra):
 def _serve_tls(d):
     """Starts `envelope kms serve` over HTTPS with a fresh CA; returns (process, port, CA file)."""
     ca, cert, key = _certs(d)
-    port = _free_port()
+    port = free_port()
     p = _serve(d, ["--listen", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key])
-    end = time.time() + 20
-    while True:
-        assert p.poll() is None, p.stderr.read().decode()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return p, port, ca
-        except OSError:
-            assert time.time() < end
-            time.sleep(0.05)
+    wait_listening(p, port)
+    return p, port, ca
 
 
 def test_https_with_boto3_and_aws_cli(tmp_path):
@@ -91,11 +83,11 @@ def test_https_with_boto3_and_aws_cli(tmp_path):
 
 def test_plain_http_only_on_loopback_unless_forced(tmp_path):
     d = str(tmp_path)
-    p = _serve(d, ["--listen", f"0.0.0.0:{_free_port()}"])
+    p = _serve(d, ["--listen", f"0.0.0.0:{free_port()}"])
     assert p.wait(timeout=20) == 64
     assert b"--tls-cert" in p.stderr.read()
     ca, cert, key = _certs(d)
     bad = os.path.join(d, "garbage.pem")
     open(bad, "w").write("not a certificate")
-    p = _serve(d, ["--listen", f"127.0.0.1:{_free_port()}", "--tls-cert", bad, "--tls-key", key])
+    p = _serve(d, ["--listen", f"127.0.0.1:{free_port()}", "--tls-cert", bad, "--tls-key", key])
     assert p.wait(timeout=20) == 64

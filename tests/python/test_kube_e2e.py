@@ -13,27 +13,11 @@ import subprocess
 import time
 
 import boto3
-import pytest
 
-from kube import ApiServer, Etcd, Plugin, encryption_config, envelope_bin, free_port, kms_v2, wait_for
+from harness import envelope_bin, free_port, wait_for
+from kube import Plugin, encryption_config, kms_v2
 
 SECRET_VALUE = b"am i safe?"
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    """etcd running, kube-apiserver created but not started (tests start it with a config)."""
-    etcd = Etcd(str(tmp_path))
-    api = ApiServer(str(tmp_path), etcd)
-    plugins = []
-    yield etcd, api, plugins
-    for p in plugins:
-        if p.proc.poll() is None:
-            p.proc.send_signal(signal.SIGTERM)
-            p.proc.wait(timeout=30)
-    if api.proc is not None and api.proc.poll() is None:
-        api.stop()
-    etcd.stop()
 
 
 def embedded(d, socket, *extra, data="data"):
@@ -173,6 +157,24 @@ def migrate(etcd, api, steps):
     return expected
 
 
+def migrate_between_processes(etcd, api, old, new, labels, providers):
+    """migrate() from the running plugin `old` to a second plugin process that `new()` starts when
+    first called: `old` alone, both (old first, then new first), a re-encryption, `new` alone;
+    then `old` is stopped (its key store no longer needed) and every Secret reads back without it.
+    labels name the two in the Secrets' names, providers are their provider names."""
+    (old_label, new_label), (old_name, new_name) = labels, providers
+    migrate(etcd, api, [
+        (old_label, lambda: old.config(), old_name),
+        (f"{new_label}-second", lambda: encryption_config(old.providers() + new().providers()), old_name),
+        (f"{new_label}-first", lambda: encryption_config(new().providers() + old.providers()), new_name),
+        ("reencrypt", lambda: encryption_config(new().providers() + old.providers()), new_name),
+        (f"{old_label}-removed", lambda: new().config(), new_name),
+    ])
+    old.stop()
+    for ns, name in api.secret_names():
+        api.read_secret(ns, name)
+
+
 def test_key_migration_with_two_instances_in_one_process(cluster, tmp_path):
     etcd, api, plugins = cluster
     d = str(tmp_path)
@@ -213,17 +215,7 @@ def test_key_migration_with_two_processes(cluster, tmp_path):
             plugins.append(new[0])
         return new[0]
 
-    migrate(etcd, api, [
-        ("alone", lambda: old.config(), "envelope"),
-        ("new-second", lambda: encryption_config(old.providers() + start_new().providers()), "envelope"),
-        ("new-first", lambda: encryption_config(start_new().providers() + old.providers()), "envelope-new"),
-        ("reencrypt", lambda: encryption_config(start_new().providers() + old.providers()), "envelope-new"),
-        ("old-removed", lambda: start_new().config(), "envelope-new"),
-    ])
-    # The old key store is no longer needed: stop its plugin and read everything again.
-    old.stop()
-    for ns, name in api.secret_names():
-        api.read_secret(ns, name)
+    migrate_between_processes(etcd, api, old, start_new, ("old", "new"), ("envelope", "envelope-new"))
 
 
 AKID, SECRET = "AKIAENVELOPEKUBEE2E1", "kube-e2e-secret-0123456789abcdefghijklm"
@@ -264,16 +256,7 @@ def test_migration_from_the_embedded_backend_to_the_key_server(cluster, tmp_path
                 plugins.append(aws_plugin[0])
             return aws_plugin[0]
 
-        migrate(etcd, api, [
-            ("embedded", lambda: embedded_plugin.config(), "envelope"),
-            ("kms-second", lambda: encryption_config(embedded_plugin.providers() + aws().providers()), "envelope"),
-            ("kms-first", lambda: encryption_config(aws().providers() + embedded_plugin.providers()), "envelope-kms"),
-            ("reencrypt", lambda: encryption_config(aws().providers() + embedded_plugin.providers()), "envelope-kms"),
-            ("embedded-removed", lambda: aws().config(), "envelope-kms"),
-        ])
-        embedded_plugin.stop()
-        for ns, name in api.secret_names():
-            api.read_secret(ns, name)
+        migrate_between_processes(etcd, api, embedded_plugin, aws, ("embedded", "kms"), ("envelope", "envelope-kms"))
     finally:
         kms.send_signal(signal.SIGTERM)
         kms.wait(timeout=30)

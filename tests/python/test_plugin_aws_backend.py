@@ -4,18 +4,17 @@ against moto_server as a second, independent AWS KMS implementation."""
 
 import os
 import pathlib
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import grpc
 import pytest
 
-from test_kms_audit import AKID, SECRET, _binary, _client, _free_port, _start, _stop
+from harness import envelope_bin, free_port, wait_listening
+from test_kms_audit import AKID, SECRET, _client, _start, _stop
 
 
 def _plugin(tmp, endpoint, key, extra=(), env_extra=None, http="off"):
@@ -25,7 +24,7 @@ def _plugin(tmp, endpoint, key, extra=(), env_extra=None, http="off"):
                 "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
     env.update(env_extra or {})
     log = open(os.path.join(tmp, "plugin.log"), "w")
-    p = subprocess.Popen([_binary(), "plugin", "--backend", "aws", "--endpoint", endpoint, "--region", "us-east-1",
+    p = subprocess.Popen([envelope_bin(), "plugin", "--backend", "aws", "--endpoint", endpoint, "--region", "us-east-1",
                           "--key", key, "--socket", sock, "--http-addr", http, "--health-interval", "200ms",
                           "--data-dir", os.path.join(tmp, "unused"), *extra],
                          stdout=subprocess.DEVNULL, stderr=log, env=env)
@@ -35,6 +34,14 @@ def _plugin(tmp, endpoint, key, extra=(), env_extra=None, http="off"):
         assert time.time() < end
         time.sleep(0.05)
     return p, sock
+
+
+def _key_server(tmp_path):
+    """`envelope kms serve` in tmp_path/kms: its directory, process, port and a boto3 client."""
+    srv_dir = tmp_path / "kms"
+    srv_dir.mkdir(mode=0o700)
+    server, port, _ = _start(str(srv_dir), [])
+    return srv_dir, server, port, _client(port)
 
 
 def _http(port, path):
@@ -58,11 +65,8 @@ def _wait(pred, timeout=10):
 
 def test_aws_backend_against_envelope_kms_serve(stubs, tmp_path):
     v2, v2g = stubs["v2"], stubs["v2_grpc"]
-    srv_dir = tmp_path / "kms"
-    srv_dir.mkdir(mode=0o700)
-    server, port, _ = _start(str(srv_dir), [])
+    srv_dir, server, port, kms = _key_server(tmp_path)
     try:
-        kms = _client(port)
         key_id = kms.create_key()["KeyMetadata"]["KeyId"]
         kms.create_alias(AliasName="alias/k8s", TargetKeyId=key_id)
         plugin, sock = _plugin(str(tmp_path), f"http://127.0.0.1:{port}", "alias/k8s",
@@ -100,7 +104,7 @@ def test_aws_backend_against_envelope_kms_serve(stubs, tmp_path):
             _stop(plugin)
         # Server down → UNAVAILABLE, and Status keeps the last key_id.
         (tmp_path / "p2").mkdir()
-        hport = _free_port()
+        hport = free_port()
         plugin, sock = _plugin(str(tmp_path / "p2"), f"http://127.0.0.1:{port}", "alias/k8s", http=f"127.0.0.1:{hport}")
         try:
             with grpc.insecure_channel(f"unix://{sock}") as ch:
@@ -141,20 +145,13 @@ def test_aws_backend_against_moto(stubs, tmp_path):
     v2, v2g = stubs["v2"], stubs["v2_grpc"]
     moto = pathlib.Path(sys.executable).parent / "moto_server"
     assert moto.exists(), "moto[server] is installed by scripts/test"
-    port = _free_port()
+    port = free_port()
     m = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        end = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.time() < end and m.poll() is None
-                time.sleep(0.1)
+        wait_listening(m, port, timeout=30)
         kms = _client(port)
         key_arn = kms.create_key()["KeyMetadata"]["Arn"]
-        hport = _free_port()
+        hport = free_port()
         # One DescribeKey per probe, so the Encrypt count below is the client's alone.
         plugin, sock = _plugin(str(tmp_path), f"http://127.0.0.1:{port}", key_arn, http=f"127.0.0.1:{hport}",
                                extra=["--health-probe", "describe-key"])
@@ -184,17 +181,14 @@ def test_aws_backend_two_keys_in_one_process(stubs, tmp_path):
     """Two --key/--socket pairs: each instance has its own key_id and health; one disabled key
     makes only its instance unhealthy, /readyz names it, /livez stays up."""
     v2, v2g = stubs["v2"], stubs["v2_grpc"]
-    srv_dir = tmp_path / "kms"
-    srv_dir.mkdir(mode=0o700)
-    server, port, _ = _start(str(srv_dir), [])
+    _, server, port, kms = _key_server(tmp_path)
     try:
-        kms = _client(port)
         ids = {}
         for name in ("a", "b"):
             ids[name] = kms.create_key()["KeyMetadata"]["KeyId"]
             kms.create_alias(AliasName=f"alias/k8s-{name}", TargetKeyId=ids[name])
         sock_b = str(tmp_path / "b.sock")
-        hport = _free_port()
+        hport = free_port()
         plugin, sock_a = _plugin(str(tmp_path), f"http://127.0.0.1:{port}", "alias/k8s-a", http=f"127.0.0.1:{hport}",
                                  extra=["--provider-name", "envelope-a", "--key", "alias/k8s-b", "--socket", sock_b,
                                         "--provider-name", "envelope-b"])
@@ -249,11 +243,8 @@ def test_retries_end_within_the_callers_deadline(stubs, tmp_path):
     """With the KMS not answering, a Decrypt sent with a 1.5 s gRPC deadline gets the plugin's
     UNAVAILABLE before that deadline, not after the plugin's 2 s default retry budget."""
     v2, v2g = stubs["v2"], stubs["v2_grpc"]
-    srv_dir = tmp_path / "kms"
-    srv_dir.mkdir(mode=0o700)
-    server, port, _ = _start(str(srv_dir), [])
+    _, server, port, kms = _key_server(tmp_path)
     try:
-        kms = _client(port)
         key_arn = kms.create_key()["KeyMetadata"]["Arn"]
         (tmp_path / "p1").mkdir()
         plugin, sock = _plugin(str(tmp_path / "p1"), f"http://127.0.0.1:{port}", key_arn)
@@ -303,7 +294,7 @@ def test_sigterm_during_the_first_probe_stops_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update({"AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_EC2_METADATA_DISABLED": "true",
                 "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
-    p = subprocess.Popen([_binary(), "plugin", "--backend", "aws", "--endpoint", f"http://127.0.0.1:{silent.getsockname()[1]}",
+    p = subprocess.Popen([envelope_bin(), "plugin", "--backend", "aws", "--endpoint", f"http://127.0.0.1:{silent.getsockname()[1]}",
                           "--region", "us-east-1", "--key", "alias/k", "--socket", sock, "--http-addr", "off",
                           "--data-dir", str(tmp_path / "unused")],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -377,7 +368,7 @@ def test_start_up_mistakes_are_configuration_errors(tmp_path):
     base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     base.update({"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
                  "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
-    common = [_binary(), "plugin", "--backend", "aws", "--key", "alias/k8s", "--endpoint", "http://127.0.0.1:9",
+    common = [envelope_bin(), "plugin", "--backend", "aws", "--key", "alias/k8s", "--endpoint", "http://127.0.0.1:9",
               "--socket", str(tmp_path / "kms.sock"), "--http-addr", "off", "--data-dir", str(tmp_path / "unused")]
     creds = {"AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET}
     r = subprocess.run(common, env={**base, **creds}, capture_output=True, text=True, timeout=60)

@@ -15,13 +15,13 @@ import time
 import grpc
 import pytest
 
-from conftest import _binary
+from harness import envelope_bin
 
 HEALTH_INTERVAL = 0.2  # seconds, the plugins' --health-interval
 
 
 def envelope(*args, check=True):
-    r = subprocess.run([_binary(), *args], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([envelope_bin(), *args], capture_output=True, text=True, timeout=60)
     if check:
         assert r.returncode == 0, f"envelope {' '.join(args)} failed:\n{r.stdout}{r.stderr}"
     return r
@@ -41,7 +41,7 @@ class Node:
     def start(self, *extra):
         self.log = open(os.path.join(self.dir, "stderr.log"), "w")
         self.proc = subprocess.Popen(
-            [_binary(), "plugin", "--socket", self.sock, "--data-dir", self.data, "--http-addr", "off",
+            [envelope_bin(), "plugin", "--socket", self.sock, "--data-dir", self.data, "--http-addr", "off",
              "--health-interval", f"{int(HEALTH_INTERVAL * 1000)}ms", *extra],
             stdout=subprocess.DEVNULL, stderr=self.log,
         )

@@ -11,7 +11,7 @@ import time
 
 import grpc
 
-from kube import envelope_bin, wait_for
+from harness import envelope_bin, wait_for
 
 NOFILE = 64
 

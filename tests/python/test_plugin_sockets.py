@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from kube import envelope_bin, wait_for
+from harness import envelope_bin, wait_for
 
 GROUP, USER = "envelope-sock-test", "envelope-sock-user"
 

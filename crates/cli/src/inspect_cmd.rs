@@ -15,7 +15,7 @@ use envelope_inspect::config::EncryptionConfig;
 use envelope_inspect::report::Summary;
 use envelope_inspect::{decode_object, decrypt, input};
 use envelope_proto::{v1beta1, v2};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 use crate::etcd::{Etcd, EtcdOptions};
@@ -176,26 +176,7 @@ pub fn run_decrypt(args: DecryptArgs) -> ExitCode {
 
 /// Connects to a plugin socket (path or @abstract).
 pub async fn plugin_channel(socket: &str) -> Result<Channel> {
-    if let Some(name) = socket.strip_prefix('@') {
-        let name = name.to_string();
-        return Endpoint::from_static("http://localhost")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let name = name.clone();
-                async move {
-                    use std::os::linux::net::SocketAddrExt;
-                    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-                    let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
-                    s.set_nonblocking(true)?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::from_std(s)?))
-                }
-            }))
-            .await
-            .with_context(|| format!("cannot connect to plugin socket {socket}"));
-    }
-    Endpoint::from_shared(format!("unix://{socket}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to plugin socket {socket}"))
+    envelope_plugin::socket::connect(socket).await.with_context(|| format!("cannot connect to plugin socket {socket}"))
 }
 
 /// The current key_id reported by a KMS v2 plugin's Status.

@@ -706,6 +706,19 @@ mod tests {
         dir
     }
 
+    /// Node A: a store in `<tmp>/a` with the key `kubernetes`; node B: an empty store in
+    /// `<tmp>/b` with a copy of A's root key. Returns the temporary directory, A, B's directory
+    /// and B.
+    fn two_nodes() -> (tempfile::TempDir, KeyStore, PathBuf, KeyStore) {
+        let d = tempfile::tempdir().unwrap();
+        let a_dir = d.path().join("a");
+        let a = KeyStore::open(&a_dir).unwrap();
+        a.create_key(Some("kubernetes"), "").unwrap();
+        let b_dir = node_with_root_of(&a_dir, "b");
+        let b = KeyStore::open_existing(&b_dir).unwrap();
+        (d, a, b_dir, b)
+    }
+
     fn key() -> KeyRef {
         KeyRef::parse("kubernetes").unwrap()
     }
@@ -768,15 +781,10 @@ mod tests {
 
     #[test]
     fn importing_again_or_an_older_export_changes_nothing() {
-        let d = tempfile::tempdir().unwrap();
-        let a_dir = d.path().join("a");
-        let a = KeyStore::open(&a_dir).unwrap();
-        a.create_key(Some("kubernetes"), "").unwrap();
+        let (_d, a, b_dir, b) = two_nodes();
         let older = a.export().unwrap().bytes;
         a.rotate(&key()).unwrap();
         let newer = a.export().unwrap().bytes;
-        let b_dir = node_with_root_of(&a_dir, "b");
-        let b = KeyStore::open_existing(&b_dir).unwrap();
         assert!(b.import(&newer, false).unwrap().changed());
         let before = dump(&b_dir);
         let again = b.import(&newer, false).unwrap();
@@ -790,12 +798,7 @@ mod tests {
 
     #[test]
     fn a_dry_run_reports_and_writes_nothing() {
-        let d = tempfile::tempdir().unwrap();
-        let a_dir = d.path().join("a");
-        let a = KeyStore::open(&a_dir).unwrap();
-        a.create_key(Some("kubernetes"), "").unwrap();
-        let b_dir = node_with_root_of(&a_dir, "b");
-        let b = KeyStore::open_existing(&b_dir).unwrap();
+        let (_d, a, b_dir, b) = two_nodes();
         let s = b.import(&a.export().unwrap().bytes, true).unwrap();
         assert!(s.changed() && s.dry_run);
         assert_eq!(s.versions_added, 1);
@@ -820,13 +823,8 @@ mod tests {
 
     #[test]
     fn a_key_rotated_on_two_nodes_is_a_conflict_and_nothing_is_imported() {
-        let d = tempfile::tempdir().unwrap();
-        let a_dir = d.path().join("a");
-        let a = KeyStore::open(&a_dir).unwrap();
-        a.create_key(Some("kubernetes"), "").unwrap();
+        let (_d, a, b_dir, b) = two_nodes();
         a.create_key(Some("second"), "").unwrap();
-        let b_dir = node_with_root_of(&a_dir, "b");
-        let b = KeyStore::open_existing(&b_dir).unwrap();
         b.import(&a.export().unwrap().bytes, false).unwrap();
         a.rotate(&key()).unwrap();
         a.rotate(&KeyRef::parse("second").unwrap()).unwrap();
@@ -841,13 +839,8 @@ mod tests {
 
     #[test]
     fn an_alias_pointing_elsewhere_is_a_conflict() {
-        let d = tempfile::tempdir().unwrap();
-        let a_dir = d.path().join("a");
-        let a = KeyStore::open(&a_dir).unwrap();
-        a.create_key(Some("kubernetes"), "").unwrap();
-        let b_dir = node_with_root_of(&a_dir, "b");
+        let (_d, a, b_dir, b) = two_nodes();
         // Node B's plugin was started before the first import and created its own key.
-        let b = KeyStore::open_existing(&b_dir).unwrap();
         b.create_key(Some("kubernetes"), "").unwrap();
         let before = dump(&b_dir);
         let e = b.import(&a.export().unwrap().bytes, false).unwrap_err();
@@ -858,12 +851,7 @@ mod tests {
 
     #[test]
     fn the_same_material_id_with_other_material_is_a_conflict() {
-        let d = tempfile::tempdir().unwrap();
-        let a_dir = d.path().join("a");
-        let a = KeyStore::open(&a_dir).unwrap();
-        a.create_key(Some("kubernetes"), "").unwrap();
-        let b_dir = node_with_root_of(&a_dir, "b");
-        let b = KeyStore::open_existing(&b_dir).unwrap();
+        let (_d, a, _, b) = two_nodes();
         b.import(&a.export().unwrap().bytes, false).unwrap();
         // Replace B's material of that version with other material (sealed correctly).
         let k = b.describe(&key()).unwrap();
@@ -884,10 +872,7 @@ mod tests {
 
     #[test]
     fn states_of_new_keys_travel_and_existing_keys_keep_theirs() {
-        let d = tempfile::tempdir().unwrap();
-        let a_dir = d.path().join("a");
-        let a = KeyStore::open(&a_dir).unwrap();
-        a.create_key(Some("kubernetes"), "").unwrap();
+        let (_d, a, _, b) = two_nodes();
         a.create_key(Some("off"), "").unwrap();
         a.set_enabled(&KeyRef::parse("off").unwrap(), false).unwrap();
         let gone = a.create_key(Some("gone"), "").unwrap();
@@ -896,8 +881,6 @@ mod tests {
         let export = a.export().unwrap();
         assert_eq!(export.keys, 3);
         assert_eq!(export.skipped_external.len(), 1);
-        let b_dir = node_with_root_of(&a_dir, "b");
-        let b = KeyStore::open_existing(&b_dir).unwrap();
         b.import(&export.bytes, false).unwrap();
         assert_eq!(b.describe(&KeyRef::parse("off").unwrap()).unwrap().state, KeyState::Disabled);
         let g = KeyRef::parse(&gone.key_id).unwrap();

@@ -1,5 +1,5 @@
 //! The plugin's Unix socket: safe creation, stale-file handling, permissions, abstract names,
-//! and removal on shutdown only if the file is still ours.
+//! and removal on shutdown only if the file is still ours; [`connect`] is the client side.
 
 use std::fs;
 use std::io;
@@ -8,7 +8,9 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::os::unix::net::{SocketAddr, UnixListener as StdUnixListener, UnixStream as StdUnixStream};
 use std::path::{Path, PathBuf};
 
+use hyper_util::rt::TokioIo;
 use thiserror::Error;
+use tonic::transport::{Channel, Endpoint};
 
 /// Where and how to create the socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +180,26 @@ pub fn bind(spec: &SocketSpec) -> Result<BoundSocket, SocketError> {
     listener.set_nonblocking(true).map_err(ioe("set_nonblocking"))?;
     let m = fs::symlink_metadata(&path).map_err(ioe(format!("cannot stat {}", spec.path)))?;
     Ok(BoundSocket { listener, spec: spec.clone(), identity: Some((m.dev(), m.ino())) })
+}
+
+/// Connects a gRPC channel to a plugin socket: a path, or `@name` for an abstract socket (tonic
+/// has no URI for those, so they go through a connector).
+pub async fn connect(socket: &str) -> Result<Channel, tonic::transport::Error> {
+    if let Some(name) = socket.strip_prefix('@') {
+        let name = name.to_string();
+        return Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let name = name.clone();
+                async move {
+                    let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+                    let s = StdUnixStream::connect_addr(&addr)?;
+                    s.set_nonblocking(true)?;
+                    Ok::<_, io::Error>(TokioIo::new(tokio::net::UnixStream::from_std(s)?))
+                }
+            }))
+            .await;
+    }
+    Endpoint::from_shared(format!("unix://{socket}"))?.connect().await
 }
 
 /// Makes sure members of group `gid` can search `dir`. A directory that is ours (owned by this

@@ -45,12 +45,5 @@ pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
-/// Encoded file descriptor set is not exported; the `.proto` files are the source of truth.
-pub const PROTO_FILES: &[&str] = &[
-    "proto/kms_v2.proto",
-    "proto/encrypted_object.proto",
-    "proto/kms_v1beta1.proto",
-    "proto/k8s.proto",
-    "proto/mvccpb.proto",
-    "proto/etcd.proto",
-];
+mod files;
+pub use files::PROTO_FILES;

@@ -32,10 +32,15 @@ fn etcd_bin() -> String {
     b
 }
 
-fn openssl(args: &[&str], dir: &Path) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+/// Runs openssl in `dir` with `args` split at white space (none of them contains any).
+fn openssl(args: &str, dir: &Path) {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = Command::new("openssl").args(&args).current_dir(dir).output().expect("openssl");
     assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// openssl req's options for a new P-256 key, unencrypted.
+const NEW_EC_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl.
 pub fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, TlsFiles) {
@@ -44,62 +49,14 @@ pub fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf, TlsFiles) {
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .unwrap();
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-etcd-ca",
-        ],
-        dir,
-    );
+    openssl(&format!("req -x509 {NEW_EC_KEY} -keyout ca.key -out ca.crt -days 2 -subj /CN=test-etcd-ca"), dir);
     for name in ["server", "client"] {
+        openssl(&format!("req {NEW_EC_KEY} -keyout {name}.key -out {name}.csr -subj /CN={name}"), dir);
         openssl(
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ],
-            dir,
-        );
-        openssl(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.crt"),
-                "-days",
-                "2",
-                "-extfile",
-                "san.cnf",
-            ],
+            &format!(
+                "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt -days 2 \
+                 -extfile san.cnf"
+            ),
             dir,
         );
     }

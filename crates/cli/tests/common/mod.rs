@@ -11,7 +11,7 @@ use envelope_proto::v2::StatusRequest;
 use envelope_proto::v2::key_management_service_client::KeyManagementServiceClient as V2Client;
 use envelope_test_support::net::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_envelope");
 
@@ -81,25 +81,7 @@ impl RunningPlugin {
     }
 
     pub async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
-        let uri = if let Some(name) = self.socket.strip_prefix('@') {
-            // tonic has no abstract-socket URI; connect with a custom connector.
-            let name = name.to_string();
-            return Endpoint::from_static("http://localhost")
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let name = name.clone();
-                    async move {
-                        use std::os::linux::net::SocketAddrExt;
-                        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-                        let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
-                        s.set_nonblocking(true)?;
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::from_std(s)?))
-                    }
-                }))
-                .await;
-        } else {
-            format!("unix://{}", self.socket)
-        };
-        Endpoint::from_shared(uri).unwrap().connect().await
+        envelope_plugin::socket::connect(&self.socket).await
     }
 
     pub async fn v2(&self) -> Result<V2Client<Channel>, tonic::transport::Error> {

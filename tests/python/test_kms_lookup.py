@@ -223,3 +223,42 @@ def test_kms_audit_follow_sees_new_records_across_a_rotation(server, history):
     events = _client(server, "cloudtrail").lookup_events(
         LookupAttributes=[{"AttributeKey": "EventName", "AttributeValue": "GenerateRandom"}])["Events"]
     assert len(events) == 2
+
+
+def test_server_side_rotation_compresses_keeps_n_copies_and_stays_searchable(tmp_path):
+    creds = tmp_path / "credentials.yaml"
+    creds.write_text(f"- access_key_id: {ADMIN[0]}\n  secret_access_key: '{ADMIN[1]}'\n  principal: {ADMIN[2]}\n")
+    creds.chmod(0o600)
+    port = free_port()
+    data = tmp_path / "data"
+    p = subprocess.Popen(
+        [envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off", "--data-dir", str(data),
+         "--credentials", str(creds), "--audit-rotate-size", "4KiB", "--audit-retain", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        wait_listening(p, port)
+        srv = {"port": port}
+        kms = _client(srv, "kms")
+        for _ in range(40):
+            kms.generate_random(NumberOfBytes=8)
+        deadline = time.time() + 20
+        while True:
+            copies = sorted(x.name for x in data.iterdir() if x.name.startswith("audit.log."))
+            if copies and all(c.endswith(".gz") for c in copies) and len(copies) <= 2:
+                break
+            assert time.time() < deadline, copies
+            time.sleep(0.1)
+        assert len(copies) == 2, copies
+        assert (data / "audit.log").stat().st_size < 8192
+        # The newest events come back newest first, across the live file and the copies.
+        events = _client(srv, "cloudtrail").lookup_events(
+            LookupAttributes=[{"AttributeKey": "EventName", "AttributeValue": "GenerateRandom"}])["Events"]
+        live = len((data / "audit.log").read_text().splitlines())
+        assert len(events) > live, "the rotated copies are searched too"
+        assert len(events) < 40, "the copies beyond --audit-retain are gone"
+        times = [e["EventTime"] for e in events]
+        assert times == sorted(times, reverse=True)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=20)
+    assert "rotated at 4096 bytes, keeping 2 copies" in out

@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the Kubernetes KMS plugin (KMS v2 and v1beta1 on one Unix socket).
-    Plugin(PluginArgs),
+    Plugin(Box<PluginArgs>),
     /// Manage keys of the embedded key store.
     Key(KeyArgs),
     /// Load-test a running component and report throughput, latency and memory.
@@ -60,8 +60,9 @@ pub struct PluginArgs {
     /// [default: /var/lib/envelope as root, else ~/.local/share/envelope]
     #[arg(long, env = "ENVELOPE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Key backend: `embedded` (envelope's own key store in --data-dir) or `aws` (any
-    /// AWS-KMS-API endpoint: AWS KMS, a FIPS endpoint, `envelope kms serve`). [default: embedded]
+    /// Key backend: `embedded` (envelope's own key store in --data-dir), `aws` (any
+    /// AWS-KMS-API endpoint: AWS KMS, a FIPS endpoint, `envelope kms serve`) or `pkcs11` (an
+    /// AES-256 key inside a PKCS#11 token: an HSM or SoftHSM2). [default: embedded]
     #[arg(long, env = "ENVELOPE_BACKEND", value_name = "BACKEND")]
     pub backend: Option<String>,
     /// Key to use. Embedded: an alias (`kubernetes` or `alias/kubernetes`) or a key id, created
@@ -70,6 +71,31 @@ pub struct PluginArgs {
     /// health, Status and metrics labels. [default: kubernetes (embedded)]
     #[arg(long, env = "ENVELOPE_KEY", value_name = "KEY")]
     pub key: Vec<String>,
+    /// pkcs11 backend: CKA_LABEL of the AES-256 key in the token (the pkcs11 spelling of --key;
+    /// repeatable, paired with --socket like --key). Make it with `envelope key create LABEL
+    /// --backend pkcs11 …`.
+    #[arg(long, value_name = "LABEL")]
+    pub key_label: Vec<String>,
+    /// pkcs11 backend: path of the PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so, or the
+    /// HSM vendor's library).
+    #[arg(long, env = "ENVELOPE_PKCS11_MODULE", value_name = "PATH")]
+    pub module: Option<PathBuf>,
+    /// pkcs11 backend: label of the token that holds the key (or --token-serial). Tokens are
+    /// found by label or serial, never by slot number (slots move).
+    #[arg(long, env = "ENVELOPE_PKCS11_TOKEN_LABEL", value_name = "LABEL")]
+    pub token_label: Option<String>,
+    /// pkcs11 backend: serial number of the token that holds the key (instead of --token-label).
+    #[arg(long, env = "ENVELOPE_PKCS11_TOKEN_SERIAL", value_name = "SERIAL")]
+    pub token_serial: Option<String>,
+    /// pkcs11 backend: file holding the token's user PIN, mode 0600 or stricter (refused
+    /// otherwise); read at each login, never logged. The PIN itself is never a flag or an
+    /// environment variable.
+    #[arg(long, env = "ENVELOPE_PKCS11_PIN_FILE", value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+    /// pkcs11 backend: logged-in sessions per key: the most token calls at once (more wait, up
+    /// to the caller's deadline). [default: 8]
+    #[arg(long, env = "ENVELOPE_PKCS11_SESSIONS", value_name = "N")]
+    pub pkcs11_sessions: Option<usize>,
     /// aws backend: region (else the standard AWS configuration chain).
     #[arg(long, env = "ENVELOPE_AWS_REGION", value_name = "REGION")]
     pub region: Option<String>,
@@ -134,6 +160,23 @@ pub struct PluginArgs {
 /// Options of `envelope key`.
 #[derive(Debug, Args)]
 pub struct KeyArgs {
+    /// Where the keys live: `embedded` (the key store in --data-dir) or `pkcs11` (AES-256 keys
+    /// generated inside a PKCS#11 token; give --module, --token-label or --token-serial, and
+    /// --pin-file; NAME/KEY is the key's CKA_LABEL).
+    #[arg(long, env = "ENVELOPE_BACKEND", global = true, default_value = "embedded", value_parser = ["embedded", "pkcs11"])]
+    pub backend: String,
+    /// pkcs11: path of the PKCS#11 module.
+    #[arg(long, env = "ENVELOPE_PKCS11_MODULE", global = true, value_name = "PATH")]
+    pub module: Option<PathBuf>,
+    /// pkcs11: label of the token.
+    #[arg(long, env = "ENVELOPE_PKCS11_TOKEN_LABEL", global = true, value_name = "LABEL")]
+    pub token_label: Option<String>,
+    /// pkcs11: serial number of the token (instead of --token-label).
+    #[arg(long, env = "ENVELOPE_PKCS11_TOKEN_SERIAL", global = true, value_name = "SERIAL")]
+    pub token_serial: Option<String>,
+    /// pkcs11: file holding the user PIN (mode 0600 or stricter).
+    #[arg(long, env = "ENVELOPE_PKCS11_PIN_FILE", global = true, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
     /// Data directory of the embedded key store.
     #[arg(long, env = "ENVELOPE_DATA_DIR", global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -162,7 +205,9 @@ pub enum KeyCommand {
         key: String,
     },
     /// Add a new key version and make it current; older versions still decrypt. A running
-    /// plugin reports the new key_id within one health interval.
+    /// plugin reports the new key_id within one health interval. pkcs11: generates a new key
+    /// object of the next generation in the token (older objects keep decrypting until
+    /// destroyed).
     Rotate {
         /// Alias or key id.
         key: String,

@@ -45,6 +45,12 @@ struct FileConfig {
     encryption_context: Option<std::collections::BTreeMap<String, String>>,
     max_in_flight: Option<usize>,
     health_probe: Option<Scalar>,
+    key_label: Option<Scalar>,
+    module: Option<Scalar>,
+    token_label: Option<Scalar>,
+    token_serial: Option<Scalar>,
+    pin_file: Option<Scalar>,
+    pkcs11_sessions: Option<usize>,
     ca_bundle: Option<Scalar>,
     fips: Option<bool>,
     http_addr: Option<Scalar>,
@@ -139,6 +145,8 @@ pub enum Backend {
         /// Use the region's FIPS endpoint.
         fips: bool,
     },
+    /// An AES-256 key inside a PKCS#11 token; each instance's key is a key label.
+    Pkcs11 { module: PathBuf, token: envelope_plugin_pkcs11::TokenSelector, pin_file: PathBuf, sessions: usize },
 }
 
 /// Default data directory: /var/lib/envelope for root, else ~/.local/share/envelope.
@@ -169,11 +177,24 @@ pub fn parse_duration(name: &str, s: &str) -> Result<Duration> {
 }
 
 /// Merges flags/environment with the YAML file and validates everything.
-pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
-    let file = match &args.config {
+pub fn resolve(mut args: PluginArgs) -> Result<PluginSettings> {
+    let mut file = match &args.config {
         Some(p) => load_file(p)?,
         None => FileConfig::default(),
     };
+    // --key-label is the pkcs11 spelling of --key.
+    if !args.key_label.is_empty() {
+        if !args.key.is_empty() {
+            bail!("give --key or --key-label, not both");
+        }
+        args.key = std::mem::take(&mut args.key_label);
+    }
+    if let Some(l) = file.key_label.take() {
+        if file.key.is_some() {
+            bail!("the config file has both key and key-label; use one");
+        }
+        file.key = Some(l);
+    }
     let data_dir = pick(args.data_dir.map(|p| p.to_string_lossy().into_owned()), file.data_dir)
         .map(PathBuf::from)
         .unwrap_or_else(default_data_dir);
@@ -208,11 +229,12 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     }
     let backend_name = pick(args.backend, file.backend).unwrap_or_else(|| "embedded".into());
     let aws = match backend_name.as_str() {
-        "embedded" => false,
+        "embedded" | "pkcs11" => false,
         "aws" if !cfg!(feature = "aws") => bail!("this build has no aws backend (built without the `aws` feature)"),
         "aws" => true,
-        other => bail!("backend must be embedded or aws, not {other:?}"),
+        other => bail!("backend must be embedded, aws or pkcs11, not {other:?}"),
     };
+    let pkcs11 = backend_name == "pkcs11";
     let mut context = file.encryption_context.unwrap_or_default();
     for pair in &args.encryption_context {
         let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("--encryption-context {pair:?} is not K=V"))?;
@@ -308,6 +330,8 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
     {
         check_socket(&socket)?;
         let key = match (aws, key) {
+            (false, Some(key)) if pkcs11 && !key.trim().is_empty() => key,
+            (false, _) if pkcs11 => bail!("--backend pkcs11 needs --key-label (the key's CKA_LABEL in the token)"),
             (false, key) => {
                 let key = key.unwrap_or_else(|| "kubernetes".into());
                 envelope_keystore::KeyRef::parse(&key).map_err(|e| anyhow!("key {key:?}: {e}"))?;
@@ -347,7 +371,60 @@ pub fn resolve(args: PluginArgs) -> Result<PluginSettings> {
         };
         instances.push(InstanceSettings { socket, key, provider_name, encryption_context, round_trip_probe });
     }
-    let backend = if aws {
+    let module = pick(args.module.map(|p| p.to_string_lossy().into_owned()), file.module);
+    let token_label = pick(args.token_label, file.token_label);
+    let token_serial = pick(args.token_serial, file.token_serial);
+    let pin_file = pick(args.pin_file.map(|p| p.to_string_lossy().into_owned()), file.pin_file);
+    let sessions = args.pkcs11_sessions.or(file.pkcs11_sessions);
+    if !pkcs11
+        && (module.is_some()
+            || token_label.is_some()
+            || token_serial.is_some()
+            || pin_file.is_some()
+            || sessions.is_some())
+    {
+        bail!(
+            "module, token-label, token-serial, pin-file and pkcs11-sessions apply to the pkcs11 backend (add --backend pkcs11)"
+        );
+    }
+    let backend = if pkcs11 {
+        let module =
+            PathBuf::from(module.ok_or_else(|| anyhow!("--backend pkcs11 needs --module (the PKCS#11 library)"))?);
+        if !module.is_file() {
+            bail!("--module {}: no such file", module.display());
+        }
+        let token = match (token_label, token_serial) {
+            (Some(l), None) => envelope_plugin_pkcs11::TokenSelector::Label(l),
+            (None, Some(s)) => envelope_plugin_pkcs11::TokenSelector::Serial(s),
+            (None, None) => bail!("--backend pkcs11 needs --token-label or --token-serial"),
+            (Some(_), Some(_)) => bail!("give --token-label or --token-serial, not both"),
+        };
+        let pin_file =
+            PathBuf::from(pin_file.ok_or_else(|| {
+                anyhow!("--backend pkcs11 needs --pin-file (a file holding the user PIN, mode 0600)")
+            })?);
+        // Checked now (mode, size), so a bad file is a configuration error; read again at login.
+        envelope_plugin_pkcs11::pin::read_pin_file(&pin_file).map_err(|e| anyhow!("{e}"))?;
+        let sessions = sessions.unwrap_or(envelope_plugin_pkcs11::pool::DEFAULT_SESSIONS);
+        if !(1..=envelope_plugin_pkcs11::pool::MAX_SESSIONS).contains(&sessions) {
+            bail!("--pkcs11-sessions must be between 1 and {}", envelope_plugin_pkcs11::pool::MAX_SESSIONS);
+        }
+        for i in &instances {
+            envelope_plugin_pkcs11::Pkcs11Config {
+                module: module.clone(),
+                token: token.clone(),
+                pin_file: pin_file.clone(),
+                key_label: i.key.clone(),
+                sessions,
+            }
+            .validate()
+            .map_err(|e| anyhow!("instance {}: {e}", i.socket))?;
+        }
+        if args.fips || file.fips == Some(true) || args.ca_bundle.is_some() || file.ca_bundle.is_some() {
+            bail!("fips and ca-bundle apply to the aws backend");
+        }
+        Backend::Pkcs11 { module, token, pin_file, sessions }
+    } else if aws {
         let endpoint = pick(args.endpoint, file.endpoint);
         if let Some(e) = &endpoint
             && !(e.starts_with("https://") || e.starts_with("http://"))
@@ -528,7 +605,72 @@ mod tests {
         let aws = resolve(PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], ..args() }).unwrap();
         match aws.backend {
             Backend::Aws { max_in_flight, .. } => assert_eq!(max_in_flight, 64),
-            Backend::Embedded => panic!("aws expected"),
+            other => panic!("aws expected: {other:?}"),
+        }
+        assert!(
+            help("pkcs11_sessions").contains(&format!("[default: {}]", envelope_plugin_pkcs11::pool::DEFAULT_SESSIONS))
+        );
+    }
+
+    #[test]
+    fn pkcs11_settings_are_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let pin = d.path().join("pin");
+        std::fs::write(&pin, "5678\n").unwrap();
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let module = d.path().join("module.so");
+        std::fs::write(&module, "").unwrap();
+        let ok = || PluginArgs {
+            backend: Some("pkcs11".into()),
+            module: Some(module.clone()),
+            token_label: Some("kms".into()),
+            pin_file: Some(pin.clone()),
+            key_label: vec!["k8s".into()],
+            ..args()
+        };
+        let s = resolve(ok()).unwrap();
+        assert_eq!(s.instances[0].key, "k8s");
+        match s.backend {
+            Backend::Pkcs11 { sessions, ref token, .. } => {
+                assert_eq!(sessions, envelope_plugin_pkcs11::pool::DEFAULT_SESSIONS);
+                assert_eq!(*token, envelope_plugin_pkcs11::TokenSelector::Label("kms".into()));
+            }
+            ref other => panic!("pkcs11 expected: {other:?}"),
+        }
+        let file = d.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "backend: pkcs11\nmodule: {}\ntoken-serial: abc\npin-file: {}\npkcs11-sessions: 3\ninstances:\n  - socket: /tmp/a.sock\n    key: one\n    provider-name: a\n  - socket: /tmp/b.sock\n    key: two\n    provider-name: b\n",
+                module.display(),
+                pin.display()
+            ),
+        )
+        .unwrap();
+        let s = resolve(PluginArgs { config: Some(file), socket: vec![], ..args() }).unwrap();
+        assert_eq!(s.instances.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), ["one", "two"]);
+        assert!(matches!(s.backend, Backend::Pkcs11 { sessions: 3, .. }));
+
+        let mut loose = ok();
+        let open_pin = d.path().join("open-pin");
+        std::fs::write(&open_pin, "5678\n").unwrap();
+        std::fs::set_permissions(&open_pin, std::fs::Permissions::from_mode(0o644)).unwrap();
+        loose.pin_file = Some(open_pin);
+        for (a, want) in [
+            (PluginArgs { key_label: vec![], ..ok() }, "needs --key-label"),
+            (PluginArgs { module: None, ..ok() }, "needs --module"),
+            (PluginArgs { token_label: None, ..ok() }, "--token-label or --token-serial"),
+            (PluginArgs { token_serial: Some("x".into()), ..ok() }, "not both"),
+            (PluginArgs { pin_file: None, ..ok() }, "needs --pin-file"),
+            (loose, "chmod 600"),
+            (PluginArgs { pkcs11_sessions: Some(0), ..ok() }, "between 1 and"),
+            (PluginArgs { key: vec!["a".into()], ..ok() }, "not both"),
+            (PluginArgs { backend: None, ..ok() }, "apply to the pkcs11 backend"),
+        ] {
+            let e = format!("{:#}", resolve(a).unwrap_err());
+            assert!(e.contains(want), "{want}: {e}");
+            assert!(!e.contains("5678"), "the PIN never appears: {e}");
         }
     }
 

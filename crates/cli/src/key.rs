@@ -19,6 +19,12 @@ pub fn run(args: KeyArgs) -> ExitCode {
 }
 
 fn run_inner(args: KeyArgs) -> Result<()> {
+    if args.backend == "pkcs11" {
+        return pkcs11(args);
+    }
+    if args.module.is_some() || args.token_label.is_some() || args.token_serial.is_some() || args.pin_file.is_some() {
+        anyhow::bail!("--module, --token-label, --token-serial and --pin-file apply to --backend pkcs11");
+    }
     let dir = args.data_dir.clone().unwrap_or_else(crate::config::default_data_dir);
     // Only `create` may start a new store; every other command needs the existing one, so a
     // mistyped --data-dir is an error rather than a fresh, empty store.
@@ -204,6 +210,83 @@ fn show(k: &KeyMetadata, json: bool) -> Result<()> {
     for v in &k.versions {
         let cur = if v.material_id == k.current_material_id { "  (current)" } else { "" };
         println!("  {:>3}  {}{}", v.seq, v.material_id, cur);
+    }
+    Ok(())
+}
+
+/// `envelope key … --backend pkcs11`: keys generated and kept inside a PKCS#11 token, named by
+/// their CKA_LABEL.
+fn pkcs11(args: KeyArgs) -> Result<()> {
+    use envelope_plugin_pkcs11::{Pkcs11Config, Token, TokenSelector};
+    let module = args.module.ok_or_else(|| anyhow::anyhow!("--backend pkcs11 needs --module (the PKCS#11 library)"))?;
+    let token = match (args.token_label, args.token_serial) {
+        (Some(l), None) => TokenSelector::Label(l),
+        (None, Some(s)) => TokenSelector::Serial(s),
+        (None, None) => anyhow::bail!("--backend pkcs11 needs --token-label or --token-serial"),
+        (Some(_), Some(_)) => anyhow::bail!("give --token-label or --token-serial, not both"),
+    };
+    let pin_file = args.pin_file.ok_or_else(|| anyhow::anyhow!("--backend pkcs11 needs --pin-file (mode 0600)"))?;
+    let config = Pkcs11Config { module, token, pin_file, key_label: String::new(), sessions: 1 };
+    let t = Token::open(&config)?;
+    let json = args.output == "json";
+    let label = match args.command {
+        KeyCommand::Create { name, .. } => {
+            t.create_key(&name)?;
+            name
+        }
+        KeyCommand::Rotate { key } => {
+            t.rotate_key(&key)?;
+            key
+        }
+        KeyCommand::Disable { key } => {
+            t.set_enabled(&key, false)?;
+            key
+        }
+        KeyCommand::Enable { key } => {
+            t.set_enabled(&key, true)?;
+            key
+        }
+        KeyCommand::Describe { key } => key,
+        KeyCommand::List | KeyCommand::Export { .. } | KeyCommand::Import { .. } => anyhow::bail!(
+            "list, export and import apply to the embedded key store; with pkcs11 use `envelope key describe LABEL` \
+             (the token is the store: copy keys between HSMs with the vendor's tools)"
+        ),
+    };
+    let keys = t.list_keys(&label)?;
+    if json {
+        let v: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "label": k.label,
+                    "cka_id": hex::encode(&k.id),
+                    "generation": k.generation,
+                    "kms_key_id": k.key_id,
+                    "encrypt": k.encrypt,
+                    "decrypt": k.decrypt,
+                    "sensitive": k.sensitive,
+                    "extractable": k.extractable,
+                    "current": k.current,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{:<10}  {:<32}  {:<39}  {:<7}  {:<7}  CURRENT",
+            "GENERATION", "CKA_ID", "KMS KEY_ID", "ENCRYPT", "DECRYPT"
+        );
+        for k in &keys {
+            println!(
+                "{:<10}  {:<32}  {:<39}  {:<7}  {:<7}  {}",
+                k.generation,
+                hex::encode(&k.id),
+                k.key_id,
+                k.encrypt,
+                k.decrypt,
+                if k.current { "yes" } else { "" }
+            );
+        }
     }
     Ok(())
 }

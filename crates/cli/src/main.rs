@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        cli::Command::Plugin(args) => plugin_cmd::run(args),
+        cli::Command::Plugin(args) => plugin_cmd::run(*args),
         cli::Command::Key(args) => key::run(args),
         cli::Command::Bench(args) => bench::run(args),
         cli::Command::Inspect(args) => inspect_cmd::run_inspect(args),

@@ -54,6 +54,9 @@ pub fn run(args: PluginArgs) -> ExitCode {
 /// A configuration mistake found only when the backend is set up (e.g. no AWS region or no
 /// credentials anywhere in the AWS chain): exit 64 like the flags' own checks.
 fn is_startup_config_error(e: &anyhow::Error) -> bool {
+    if e.downcast_ref::<BackendConfigError>().is_some() {
+        return true;
+    }
     #[cfg(feature = "aws")]
     if let Some(e) = e.downcast_ref::<envelope_plugin_aws::ClientError>() {
         return e.is_config();
@@ -61,6 +64,19 @@ fn is_startup_config_error(e: &anyhow::Error) -> bool {
     let _ = e;
     false
 }
+
+/// A backend that cannot be set up from its configuration (e.g. a PKCS#11 module that does not
+/// load): exit 64.
+#[derive(Debug)]
+struct BackendConfigError(String);
+
+impl std::fmt::Display for BackendConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BackendConfigError {}
 
 async fn serve(s: PluginSettings) -> Result<()> {
     let config = PluginConfig {
@@ -118,6 +134,30 @@ async fn serve(s: PluginSettings) -> Result<()> {
         }
         #[cfg(not(feature = "aws"))]
         crate::config::Backend::Aws { .. } => anyhow::bail!("this build has no aws backend"),
+        crate::config::Backend::Pkcs11 { module, token, pin_file, sessions } => {
+            let mut plugins = Vec::new();
+            for i in &s.instances {
+                let m = instance_metrics(&metrics, &s, i);
+                let c = envelope_plugin_pkcs11::Pkcs11Config {
+                    module: module.clone(),
+                    token: token.clone(),
+                    pin_file: pin_file.clone(),
+                    key_label: i.key.clone(),
+                    sessions: *sessions,
+                };
+                let backend = envelope_plugin_pkcs11::Pkcs11Backend::new(&c)
+                    .map_err(|e| match e {
+                        envelope_plugin::PluginError::InvalidRequest(m) => {
+                            anyhow::Error::new(BackendConfigError(format!("pkcs11 backend, key {}: {m}", i.key)))
+                        }
+                        other => anyhow::anyhow!("pkcs11 backend, key {}: {other}", i.key),
+                    })?
+                    .with_metrics(m.clone());
+                tracing::info!(key = %i.key, socket = %i.socket, module = %module.display(), %token, sessions, "using the pkcs11 backend");
+                plugins.push(Plugin::new(backend, config.clone(), m));
+            }
+            serve_plugins(plugins, metrics, &s).await
+        }
     }
 }
 
@@ -212,6 +252,7 @@ fn print_banner(s: &PluginSettings, specs: &[SocketSpec], key_ids: &[Option<Stri
         ),
         #[cfg(not(feature = "aws"))]
         crate::config::Backend::Aws { .. } => "aws KMS".to_owned(),
+        crate::config::Backend::Pkcs11 { module, token, .. } => format!("pkcs11 {token} ({})", module.display()),
     };
     for (i, key_id) in s.instances.iter().zip(key_ids) {
         println!("envelope plugin listening on {}", i.socket);

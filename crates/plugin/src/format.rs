@@ -25,6 +25,8 @@ pub enum BackendKind {
     Embedded = 0x01,
     /// A key of an AWS-KMS-API endpoint (AWS KMS or `envelope kms serve`).
     Aws = 0x02,
+    /// An AES key inside a PKCS#11 token (HSM).
+    Pkcs11 = 0x03,
 }
 
 impl BackendKind {
@@ -32,6 +34,7 @@ impl BackendKind {
         match b {
             0x01 => Some(BackendKind::Embedded),
             0x02 => Some(BackendKind::Aws),
+            0x03 => Some(BackendKind::Pkcs11),
             _ => None,
         }
     }
@@ -41,6 +44,7 @@ impl BackendKind {
         match self {
             BackendKind::Embedded => "embedded",
             BackendKind::Aws => "aws",
+            BackendKind::Pkcs11 => "pkcs11",
         }
     }
 }

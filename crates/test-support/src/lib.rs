@@ -10,6 +10,8 @@
 //!   accepts and never answers.
 //! * [`etcd`]: a real etcd on loopback ports (optionally TLS with client certificates).
 //! * [`postgres`]: a real PostgreSQL (initdb + pg_ctl) in a temporary directory on a free port.
+//! * [`softhsm`]: SoftHSM2 as the PKCS#11 token: the in-process configuration, an isolated
+//!   one with `softhsm2-util` tokens for child processes, PIN files.
 //! * [`conformance`]: the `KeyBackend` conformance battery and [`key_backend_battery!`], which
 //!   runs it against one backend.
 //!
@@ -23,6 +25,7 @@ pub mod kms;
 pub mod net;
 pub mod plugin;
 pub mod postgres;
+pub mod softhsm;
 
 /// Polls `f` until it returns true or `timeout` passes; returns whether it did.
 pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut f: F) -> bool

@@ -89,3 +89,36 @@ def cluster(tmp_path):
     if api.proc is not None and api.proc.poll() is None:
         api.stop()
     etcd.stop()
+
+
+SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+
+def pkcs11_envelope(t, *args):
+    """`envelope ARGS --backend pkcs11 …` against the `token` fixture's token."""
+    return subprocess.run([envelope_bin(), *args, *t["args"]], env=t["env"], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def token(tmp_path):
+    """A SoftHSM2 token of this test's own (its own configuration and token directory), a user
+    PIN file (0600) and an AES-256 key `k8s` generated inside the token."""
+    assert os.path.exists(SOFTHSM_MODULE), "scripts/test installs softhsm2"
+    (tmp_path / "tokens").mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = dict(os.environ, SOFTHSM2_CONF=str(conf))
+    util = shutil.which("softhsm2-util") or "/usr/bin/softhsm2-util"
+    subprocess.run([util, "--init-token", "--free", "--label", "kms", "--so-pin", "12345678", "--pin", "5678"],
+                   env=env, check=True, capture_output=True)
+    pin = tmp_path / "pin"
+    pin.write_text("5678\n")
+    pin.chmod(0o600)
+    t = {"dir": tmp_path, "env": env, "pin": pin,
+         "args": ["--backend", "pkcs11", "--module", SOFTHSM_MODULE, "--token-label", "kms",
+                  "--pin-file", str(pin)]}
+    r = pkcs11_envelope(t, "key", "create", "k8s")
+    assert r.returncode == 0, r.stderr
+    return t
+
+

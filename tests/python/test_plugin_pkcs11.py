@@ -6,7 +6,6 @@ concurrent calls through the session pool, and the PIN file rules at start-up.
 
 import concurrent.futures
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -14,36 +13,13 @@ import time
 import grpc
 import pytest
 
+from conftest import pkcs11_envelope
 from harness import envelope_bin, free_port, wait_for
 
-MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-SOFTHSM_UTIL = shutil.which("softhsm2-util") or "/usr/bin/softhsm2-util"
-
-
-@pytest.fixture
-def token(tmp_path):
-    """A SoftHSM2 token of this test's own (its own configuration and token directory), a user
-    PIN file (0600) and an AES-256 key `k8s` generated inside the token."""
-    assert os.path.exists(MODULE), "scripts/test installs softhsm2"
-    (tmp_path / "tokens").mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    env = dict(os.environ, SOFTHSM2_CONF=str(conf))
-    subprocess.run([SOFTHSM_UTIL, "--init-token", "--free", "--label", "kms", "--so-pin", "12345678",
-                    "--pin", "5678"], env=env, check=True, capture_output=True)
-    pin = tmp_path / "pin"
-    pin.write_text("5678\n")
-    pin.chmod(0o600)
-    t = {"dir": tmp_path, "env": env, "pin": pin,
-         "args": ["--backend", "pkcs11", "--module", MODULE, "--token-label", "kms", "--pin-file", str(pin)]}
-    r = _envelope(t, "key", "create", "k8s")
-    assert r.returncode == 0, r.stderr
-    return t
 
 
 def _envelope(t, *args):
-    return subprocess.run([envelope_bin(), *args, *t["args"]], env=t["env"], capture_output=True, text=True,
-                          timeout=60)
+    return pkcs11_envelope(t, *args)
 
 
 class Plugin:

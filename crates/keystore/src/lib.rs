@@ -6,7 +6,9 @@
 //! * [`model`]: keys, versions, states, key references.
 //! * [`blob`]: the versioned, self-describing ciphertext blob.
 //! * [`context`]: canonical encoding of an encryption context (AAD).
-//! * [`root`]: the root key that seals key material at rest.
+//! * [`root`]: the root key that seals key material at rest, and its forms (a file, a passphrase,
+//!   wrapped by a PKCS#11 token key through a caller's [`root::RootWrapper`]).
+//! * [`reseal`]: moving the root key between forms, crash-safe, without rewriting the database.
 //! * [`store`]: [`KeyStore`], SQLite storage plus an in-memory snapshot for the hot path.
 //! * [`backup`]: consistent database backups and verified restores.
 //! * [`export`]: sealed key export files, merged into another store with the same root key.
@@ -21,6 +23,7 @@ pub mod crypto;
 pub mod error;
 pub mod export;
 pub mod model;
+pub mod reseal;
 pub mod root;
 pub mod store;
 

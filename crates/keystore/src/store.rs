@@ -39,14 +39,61 @@ pub enum RootSource {
     File,
     /// Derived from an operator passphrase; only a salt and a verifier are stored.
     Passphrase(Zeroizing<String>),
+    /// Wrapped by a key inside a PKCS#11 token (`root.pkcs11`): only the token unwraps it.
+    Pkcs11(Arc<dyn crate::root::RootWrapper>),
+}
+
+impl RootSource {
+    /// The form of the root key this source reads (and creates).
+    pub fn form(&self) -> crate::root::RootForm {
+        match self {
+            RootSource::File => crate::root::RootForm::File,
+            RootSource::Passphrase(_) => crate::root::RootForm::Passphrase,
+            RootSource::Pkcs11(_) => crate::root::RootForm::Pkcs11,
+        }
+    }
+
+    /// Loads this source's root key from `dir`; creates it there only if `create` and `dir`
+    /// holds no root key in any form. A key in another form is refused with what it needs. A
+    /// second form beside this one (an interrupted reseal) is reported in the log.
+    pub fn load(&self, dir: &Path, create: bool) -> Result<RootKey> {
+        use crate::root::RootForm;
+        let form = self.form();
+        let path = dir.join(form.file_name());
+        let others: Vec<RootForm> = RootForm::present(dir).into_iter().filter(|f| *f != form).collect();
+        if !path.exists() {
+            if let Some(other) = others.first() {
+                return Err(Error::RootKey(format!("{} uses {}", dir.display(), other.needs())));
+            }
+            if !create {
+                return Err(Error::NotFound(format!("no key store in {} (no {})", dir.display(), form.file_name())));
+            }
+        }
+        let (key, _) = match self {
+            RootSource::File => RootKey::load_or_create(&path)?,
+            RootSource::Passphrase(p) => RootKey::from_passphrase(&path, p.as_bytes())?,
+            RootSource::Pkcs11(w) => RootKey::from_pkcs11(&path, w.as_ref())?,
+        };
+        if !others.is_empty() {
+            let names: Vec<&str> = others.iter().map(|f| f.file_name()).collect();
+            tracing::warn!(
+                dir = %dir.display(),
+                used = form.file_name(),
+                also_present = ?names,
+                "the data directory holds the root key in more than one form (an interrupted reseal): run the reseal again to finish it"
+            );
+        }
+        Ok(key)
+    }
 }
 
 impl std::fmt::Debug for RootSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RootSource::File => "RootSource::File",
-            RootSource::Passphrase(_) => "RootSource::Passphrase(..)",
-        })
+        match self {
+            RootSource::File => f.write_str("RootSource::File"),
+            RootSource::Passphrase(_) => f.write_str("RootSource::Passphrase(..)"),
+            RootSource::Pkcs11(w) => write!(f, "RootSource::Pkcs11({})", w.key_uri()),
+        }
     }
 }
 
@@ -130,6 +177,13 @@ impl KeyStore {
                     crate::root::PASSPHRASE_FILE
                 )));
             }
+            if dir.join(crate::root::PKCS11_FILE).exists() {
+                return Err(Error::RootKey(format!(
+                    "this store's root key is wrapped by a key in a PKCS#11 token ({} instead of {ROOT_KEY_FILE}): \
+                     it opens only with --root-key pkcs11:…",
+                    crate::root::PKCS11_FILE
+                )));
+            }
             return Err(Error::NotFound(format!("no key store in {} (no {ROOT_KEY_FILE})", dir.display())));
         }
         Self::open(dir)
@@ -144,6 +198,16 @@ impl KeyStore {
     /// Like [`KeyStore::open`], with the root key from `root` (a file, or derived from a
     /// passphrase). A store created under one source must always be opened with the same one.
     pub fn open_with(dir: &Path, root: &RootSource) -> Result<Self> {
+        Self::open_inner(dir, root, true)
+    }
+
+    /// Like [`KeyStore::open_existing`], with the root key from `root`: fails (creating
+    /// nothing) when `dir` holds no store.
+    pub fn open_existing_with(dir: &Path, root: &RootSource) -> Result<Self> {
+        Self::open_inner(dir, root, false)
+    }
+
+    fn open_inner(dir: &Path, root: &RootSource, create: bool) -> Result<Self> {
         if let Ok(m) = fs::metadata(dir)
             && m.permissions().mode() & 0o022 != 0
         {
@@ -153,30 +217,14 @@ impl KeyStore {
                 m.permissions().mode() & 0o777
             )));
         }
-        if !dir.exists() {
+        if create && !dir.exists() {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let (root, _) = match root {
-            RootSource::File => {
-                if dir.join(crate::root::PASSPHRASE_FILE).exists() && !dir.join(ROOT_KEY_FILE).exists() {
-                    return Err(Error::RootKey(format!(
-                        "{} uses a passphrase-derived root key: give the passphrase",
-                        dir.display()
-                    )));
-                }
-                RootKey::load_or_create(&dir.join(ROOT_KEY_FILE))?
-            }
-            RootSource::Passphrase(p) => {
-                if dir.join(ROOT_KEY_FILE).exists() {
-                    return Err(Error::RootKey(format!("{} uses a root key file, not a passphrase", dir.display())));
-                }
-                RootKey::from_passphrase(&dir.join(crate::root::PASSPHRASE_FILE), p.as_bytes())?
-            }
-        };
+        let root = root.load(dir, create)?;
         let db = dir.join(DB_FILE);
         let conn = Connection::open(&db)?;
         let _ = fs::set_permissions(&db, fs::Permissions::from_mode(0o600));

@@ -15,6 +15,8 @@
 //! * [`keys`]: which object is the current key (labels are not unique: the highest generation
 //!   in CKA_ID), key creation and rotation inside the token, listing, enable/disable.
 //! * [`backend`]: [`Pkcs11Backend`] itself.
+//! * [`root`]: a key store's root key wrapped by a token key ([`Pkcs11RootWrapper`], named by an
+//!   RFC 7512 `pkcs11:` URI).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -25,8 +27,10 @@ pub mod keys;
 pub mod module;
 pub mod pin;
 pub mod pool;
+pub mod root;
 
 pub use backend::{Pkcs11Backend, Pkcs11KeyVersion};
 pub use blob::pkcs11_key_id;
 pub use keys::{KeyInfo, Token};
 pub use pool::{Pkcs11Config, RetryPolicy, TokenSelector};
+pub use root::{Pkcs11RootWrapper, Pkcs11Uri};

@@ -6,10 +6,12 @@
 //! * `faults`: what only this backend has: wrong PIN (never retried into a lockout), missing
 //!   token or key, a key without CKA_DECRYPT, a lost login, the key's attributes in the token,
 //!   destroyed key objects, the session pool under load.
+//! * `root`: a key store's root key wrapped by a token key (restart, reseal, wrong keys).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod conformance;
 mod faults;
+mod root;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

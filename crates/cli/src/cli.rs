@@ -252,4 +252,13 @@ then copy the file to every other control-plane node and run `envelope key impor
         #[arg(long)]
         dry_run: bool,
     },
+    /// Move the store's root key to another form — `file` (root.key), `passphrase-file:PATH`, or a
+    /// `pkcs11:` URI (wrapped by an AES key in a PKCS#11 token) — without rewriting the database:
+    /// the new form is written and synced before the old one is removed, so a crash leaves a
+    /// store that opens under the old root or the new one (run the command again to finish).
+    /// Stop the plugin first and restart it with the new --root-key.
+    #[command(after_help = "Example (root.key into a SoftHSM2 token key):
+  envelope key reseal --data-dir /var/lib/envelope --from file \\
+    --to 'pkcs11:token=kms;object=root?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/envelope/pkcs11.pin'")]
+    Reseal(crate::reseal::ResealArgs),
 }

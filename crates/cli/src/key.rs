@@ -26,6 +26,9 @@ fn run_inner(args: KeyArgs) -> Result<()> {
         anyhow::bail!("--module, --token-label, --token-serial and --pin-file apply to --backend pkcs11");
     }
     let dir = args.data_dir.clone().unwrap_or_else(crate::config::default_data_dir);
+    if let KeyCommand::Reseal(a) = &args.command {
+        return crate::reseal::run(&dir, a);
+    }
     // Only `create` may start a new store; every other command needs the existing one, so a
     // mistyped --data-dir is an error rather than a fresh, empty store.
     let importing = matches!(args.command, KeyCommand::Import { .. });
@@ -76,6 +79,7 @@ fn run_inner(args: KeyArgs) -> Result<()> {
         KeyCommand::Enable { key } => show(&store.set_enabled(&KeyRef::parse(&key)?, true)?, json),
         KeyCommand::Export { out, force } => export(&store, &out, force, json),
         KeyCommand::Import { from, dry_run } => import(&store, &from, dry_run, json),
+        KeyCommand::Reseal(_) => Ok(()),
     }
 }
 
@@ -247,10 +251,12 @@ fn pkcs11(args: KeyArgs) -> Result<()> {
             key
         }
         KeyCommand::Describe { key } => key,
-        KeyCommand::List | KeyCommand::Export { .. } | KeyCommand::Import { .. } => anyhow::bail!(
-            "list, export and import apply to the embedded key store; with pkcs11 use `envelope key describe LABEL` \
+        KeyCommand::List | KeyCommand::Export { .. } | KeyCommand::Import { .. } | KeyCommand::Reseal(_) => {
+            anyhow::bail!(
+                "list, export, import and reseal apply to the embedded key store; with pkcs11 use `envelope key describe LABEL` \
              (the token is the store: copy keys between HSMs with the vendor's tools)"
-        ),
+            )
+        }
     };
     let keys = t.list_keys(&label)?;
     if json {

@@ -35,9 +35,23 @@ pub enum KmsCommand {
     /// Restore a backup into a data directory, after checking every key version unseals with
     /// the root key. Stop the server first.
     Restore(RestoreArgs),
+    /// Move the key store's root key to another form (`file`, `passphrase-file:PATH`, or a
+    /// `pkcs11:` URI: wrapped by an AES key in a PKCS#11 token) without rewriting the database;
+    /// crash-safe (run it again to finish an interrupted one). Stop the server first.
+    Reseal(KmsResealArgs),
     /// Search the audit log (and its rotated copies): filter by operation, user, access key,
     /// key, time or errors; `--follow` prints new records as they are written.
     Audit(crate::kms_audit::AuditArgs),
+}
+
+/// Options of `envelope kms reseal`.
+#[derive(Debug, Args)]
+pub struct KmsResealArgs {
+    /// Data directory of the key store.
+    #[arg(long, env = "ENVELOPE_KMS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub reseal: crate::reseal::ResealArgs,
 }
 
 /// Options of `envelope kms backup`.
@@ -100,8 +114,14 @@ pub struct ServeArgs {
     /// Derive the root key from the passphrase in this file (PBKDF2-HMAC-SHA256) instead of
     /// keeping a root.key file; only a salt and a verifier are stored. Fixed when the store is
     /// created.
-    #[arg(long, env = "ENVELOPE_ROOT_PASSPHRASE_FILE", value_name = "FILE")]
+    #[arg(long, env = "ENVELOPE_ROOT_PASSPHRASE_FILE", value_name = "FILE", conflicts_with = "root_key")]
     pub root_passphrase_file: Option<PathBuf>,
+    /// Keep the root key wrapped by an AES key inside a PKCS#11 token (root.pkcs11; no usable
+    /// root key on disk): an RFC 7512 URI,
+    /// `pkcs11:token=LABEL;object=KEY?module-path=MODULE&pin-source=file:PINFILE` (`id=%01…`
+    /// to name the key by CKA_ID, `serial=` instead of `token=`). The PIN file must be 0600.
+    #[arg(long, env = "ENVELOPE_KMS_ROOT_KEY", value_name = "PKCS11-URI")]
+    pub root_key: Option<String>,
     /// Seed file (YAML): keys with aliases, policies, tags and rotation to create at start if
     /// their alias does not exist yet; existing keys are never changed.
     #[arg(long, env = "ENVELOPE_KMS_SEED", value_name = "FILE")]
@@ -167,6 +187,7 @@ pub fn run(args: KmsArgs) -> ExitCode {
         KmsCommand::Backup(a) => report(backup(a)),
         KmsCommand::Restore(a) => report(restore(a)),
         KmsCommand::Audit(a) => report(crate::kms_audit::run(a)),
+        KmsCommand::Reseal(a) => report(crate::reseal::run(&a.data_dir.unwrap_or_else(default_kms_dir), &a.reseal)),
     }
 }
 
@@ -295,19 +316,16 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     crate::runtime::init_logging(args.log_format == "json", &args.log_level);
     crate::runtime::harden_process();
-    // Every port first: a busy one stops the start before anything is created or announced
-    // (no credentials file written, no "listening on" for a server that is not).
-    let listeners = match bind_listeners(&settings) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("envelope: {e:#}");
-            return ExitCode::from(EXIT_UNAVAILABLE);
-        }
-    };
-
-    let root = match &args.root_passphrase_file {
-        None => envelope_keystore::RootSource::File,
-        Some(f) => match std::fs::read_to_string(f) {
+    let root = match (&args.root_passphrase_file, &args.root_key) {
+        (None, Some(uri)) => match crate::reseal::pkcs11_root(uri) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("envelope: invalid configuration: {e:#}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, None) => envelope_keystore::RootSource::File,
+        (Some(f), _) => match std::fs::read_to_string(f) {
             Ok(text) => {
                 let text = Zeroizing::new(text);
                 envelope_keystore::RootSource::Passphrase(Zeroizing::new(
@@ -320,6 +338,16 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         },
     };
+    // Every port first: a busy one stops the start before anything is created or announced
+    // (no credentials file written, no "listening on" for a server that is not).
+    let listeners = match bind_listeners(&settings) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("envelope: {e:#}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+
     let store = match KeyStore::open_with(&settings.data_dir, &root) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -649,6 +677,7 @@ mod tests {
             listen: listen.into(),
             data_dir: Some("/tmp/envelope-kms-test".into()),
             credentials: None,
+            root_key: None,
             region: "us-east-1".into(),
             account_id: "111122223333".into(),
             log_format: "text".into(),

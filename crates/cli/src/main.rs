@@ -39,6 +39,7 @@ mod kms_cmd;
 mod output;
 mod plugin_cmd;
 mod reencrypt;
+mod reseal;
 mod runtime;
 
 use std::process::ExitCode;

@@ -60,6 +60,13 @@ pub struct PluginArgs {
     /// [default: /var/lib/envelope as root, else ~/.local/share/envelope]
     #[arg(long, env = "ENVELOPE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Embedded backend: where the key store's root key comes from: `file` (root.key in
+    /// --data-dir, the default), `passphrase-file:PATH` (derived from a passphrase; nothing
+    /// usable on disk) or a `pkcs11:` URI (RFC 7512, with `module-path` and
+    /// `pin-source=file:…`: wrapped by a key inside an HSM, "auto-unseal"). Fixed when the
+    /// store is created; change it with `envelope key reseal`.
+    #[arg(long, env = "ENVELOPE_ROOT_KEY", value_name = "ROOT")]
+    pub root_key: Option<String>,
     /// Key backend: `embedded` (envelope's own key store in --data-dir), `aws` (any
     /// AWS-KMS-API endpoint: AWS KMS, a FIPS endpoint, `envelope kms serve`) or `pkcs11` (an
     /// AES-256 key inside a PKCS#11 token: an HSM or SoftHSM2). [default: embedded]
@@ -180,6 +187,10 @@ pub struct KeyArgs {
     /// Data directory of the embedded key store.
     #[arg(long, env = "ENVELOPE_DATA_DIR", global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Embedded: the store's root key, as the plugin's --root-key: `file` (default),
+    /// `passphrase-file:PATH` or a `pkcs11:` URI.
+    #[arg(long, env = "ENVELOPE_ROOT_KEY", global = true, value_name = "ROOT")]
+    pub root_key: Option<String>,
     /// Output format: text or json.
     #[arg(long, short = 'o', default_value = "text", global = true, value_parser = ["text", "json"])]
     pub output: String,

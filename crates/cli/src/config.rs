@@ -37,6 +37,7 @@ struct FileConfig {
     socket_mode: Option<Scalar>,
     socket_group: Option<Scalar>,
     data_dir: Option<Scalar>,
+    root_key: Option<Scalar>,
     key: Option<Scalar>,
     no_create_key: Option<bool>,
     backend: Option<Scalar>,
@@ -112,6 +113,8 @@ pub struct PluginSettings {
     pub socket_mode: u32,
     pub socket_group: Option<String>,
     pub data_dir: PathBuf,
+    /// The embedded store's root key (`file`, `passphrase-file:PATH`, `pkcs11:…`).
+    pub root_key: String,
     pub create_key: bool,
     pub backend: Backend,
     pub http_addr: Option<SocketAddr>,
@@ -452,6 +455,15 @@ pub fn resolve(mut args: PluginArgs) -> Result<PluginSettings> {
         }
         Backend::Embedded
     };
+    let root_key = pick(args.root_key, file.root_key).unwrap_or_else(|| "file".into());
+    if root_key != "file" {
+        if !matches!(backend, Backend::Embedded) {
+            bail!("root-key applies to the embedded backend's key store");
+        }
+        if !(root_key.starts_with("passphrase-file:") || root_key.starts_with("pkcs11:")) {
+            bail!("root-key must be `file`, `passphrase-file:PATH` or a pkcs11: URI, not {root_key:?}");
+        }
+    }
     let http_text = pick(args.http_addr, file.http_addr).unwrap_or_else(|| "127.0.0.1:8423".into());
     let http_addr =
         if http_text == "off" {
@@ -502,6 +514,7 @@ pub fn resolve(mut args: PluginArgs) -> Result<PluginSettings> {
         socket_mode,
         socket_group,
         data_dir,
+        root_key,
         create_key: !(args.no_create_key || file.no_create_key.unwrap_or(false)),
         backend,
         http_addr,

@@ -32,9 +32,10 @@ fn run_inner(args: KeyArgs) -> Result<()> {
     // Only `create` may start a new store; every other command needs the existing one, so a
     // mistyped --data-dir is an error rather than a fresh, empty store.
     let importing = matches!(args.command, KeyCommand::Import { .. });
+    let root = crate::reseal::parse_root(args.root_key.as_deref().unwrap_or("file"))?;
     let store = match args.command {
-        KeyCommand::Create { .. } => KeyStore::open(&dir),
-        _ => KeyStore::open_existing(&dir),
+        KeyCommand::Create { .. } => KeyStore::open_with(&dir, &root),
+        _ => KeyStore::open_existing_with(&dir, &root),
     }
     .with_context(|| {
         if importing && !dir.join(envelope_keystore::store::ROOT_KEY_FILE).exists() {

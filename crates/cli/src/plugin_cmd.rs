@@ -176,8 +176,10 @@ async fn embedded_backends(s: &PluginSettings) -> Result<Vec<EmbeddedBackend>> {
     let data_dir = s.data_dir.clone();
     let keys: Vec<String> = s.instances.iter().map(|i| i.key.clone()).collect();
     let create = s.create_key;
+    let root_key = s.root_key.clone();
     let (store, created) = tokio::task::spawn_blocking(move || -> Result<(Arc<KeyStore>, Vec<String>)> {
-        let store = KeyStore::open(&data_dir)
+        let root = crate::reseal::parse_root(&root_key)?;
+        let store = KeyStore::open_with(&data_dir, &root)
             .with_context(|| format!("cannot open the key store in {}", data_dir.display()))?;
         let mut created = Vec::new();
         for key_text in &keys {

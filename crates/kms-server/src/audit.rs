@@ -10,11 +10,14 @@
 //! leaves no partial line: the file is cut back to where the write began.
 //!
 //! Records are typed values serialized straight into their line ([`AuditEvent`]: the request
-//! as sent minus secrets, [`Params`]; the response's audit view, built by the operation). The
-//! server hands them to a writer thread ([`AuditLog::append`]) that commits in groups: every
-//! record queued while it writes goes into its next single `write` (and one `fdatasync` if any
-//! of them is an intent record); each request waits for its own record's result, so no
-//! response leaves before its record is in the file.
+//! as sent minus secrets, [`Params`]; the response's audit view, built by the operation).
+//! [`AuditLog::append`] writes a record that needs no sync from the request's own thread when
+//! the file is free (one `write` of a page-cache file: no thread hand-off, no wake-up); intent
+//! records, and records that find the file busy, go to a writer thread that commits in groups:
+//! every record queued while it writes goes into its next single `write` (and one `fdatasync`
+//! if any of them is an intent record), so an `fdatasync` never blocks a runtime thread. Either
+//! way each request waits for its own record's result, so no response leaves before its record
+//! is in the file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -231,8 +234,13 @@ impl AuditLog {
 
     /// Appends one record through the writer thread (with the records queued beside it) and
     /// completes once it is in the file — synced to disk first if `durable`.
+    /// A record that needs no sync is written at once from the calling thread if no other write
+    /// is in progress.
     pub async fn append(&self, ev: &AuditEvent<'_>, durable: bool) -> std::io::Result<()> {
         let line = line(ev, SystemTime::now())?;
+        if !durable && let Some(written) = self.file.try_append(&line) {
+            return written;
+        }
         let (done, result) = oneshot::channel();
         let gone = || std::io::Error::other("the audit writer has stopped");
         self.queue.as_ref().ok_or_else(gone)?.send(Job { line, sync: durable, done }).map_err(|_| gone())?;
@@ -256,16 +264,19 @@ impl LogFile {
     /// the next record.
     fn append(&self, bytes: &[u8], sync: bool) -> std::io::Result<()> {
         let mut live = self.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
-        let f = &mut live.file;
-        let start = f.metadata().map(|m| m.len()).ok();
-        let written =
-            f.write_all(bytes).and_then(|()| f.flush()).and_then(|()| if sync { f.sync_data() } else { Ok(()) });
-        if written.is_err()
-            && let Some(len) = start
-        {
-            let _ = f.set_len(len);
-        }
-        written
+        write_lines(&mut live.file, bytes, sync)
+    }
+
+    /// [`LogFile::append`] without sync, if the file is free now (`None` when another write is
+    /// in progress); rotates the file after it if that is due.
+    fn try_append(&self, bytes: &[u8]) -> Option<std::io::Result<()>> {
+        let written = match self.file.try_lock() {
+            Ok(mut live) => write_lines(&mut live.file, bytes, false),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+            Err(std::sync::TryLockError::Poisoned(_)) => Err(std::io::Error::other("audit log lock poisoned")),
+        };
+        self.rotate_if_due();
+        Some(written)
     }
 
     /// Rotates the file if it is due (size or age). The rotated copy is compressed and old
@@ -311,6 +322,37 @@ impl LogFile {
             tracing::error!(error = %e, "cannot start compressing the rotated audit log");
         }
     }
+}
+
+/// Writes whole lines at the end of `f` (opened for appending), synced if `sync`. On failure the
+/// file is cut back by what this call wrote (the caller holds the file's lock, so nothing was
+/// appended after it), so a full disk never leaves half a line that would corrupt the next
+/// record.
+fn write_lines(f: &mut File, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+    let mut done = 0usize;
+    let mut written = Ok(());
+    while done < bytes.len() {
+        match f.write(&bytes[done..]) {
+            Ok(0) => {
+                written = Err(std::io::ErrorKind::WriteZero.into());
+                break;
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                written = Err(e);
+                break;
+            }
+        }
+    }
+    let written = written.and_then(|()| if sync { f.sync_data() } else { Ok(()) });
+    if written.is_err()
+        && done > 0
+        && let Ok(m) = f.metadata()
+    {
+        let _ = f.set_len(m.len().saturating_sub(done as u64));
+    }
+    written
 }
 
 /// The writer thread: takes every record queued, writes them as one group, answers each.
@@ -460,7 +502,7 @@ impl<'a> Record<'a> {
             error_code: ev.error_code,
             error_message: ev.error_code.map(|_| ev.error_message.unwrap_or_default()),
             event_category: "Management",
-            event_id: uuid::Uuid::new_v4().to_string(),
+            event_id: crate::ids::random_uuid(),
             event_name: op,
             // The audit search is CloudTrail's own call.
             event_source: if op == "LookupEvents" { "cloudtrail.amazonaws.com" } else { "kms.amazonaws.com" },

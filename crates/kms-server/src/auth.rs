@@ -1,22 +1,28 @@
 //! Authentication: the access-key table (a YAML credentials file) and SigV4 verification.
 //!
-//! Verification recomputes the signature with `aws-sigv4` (the signer the AWS SDKs use, so the
-//! canonicalisation is identical) from the headers the client says it signed, and compares the
-//! result in constant time. Checked by hand around that: the credential scope (date, region,
+//! Verification recomputes the signature from the headers the client says it signed and compares
+//! the result in constant time. Checked around that: the credential scope (date, region,
 //! service `kms`, terminator), the ±5-minute clock window, the mandatory signed headers (`host`,
 //! `x-amz-date`, and, when present, `content-type` and every `x-amz-*` header — the operation is
 //! named by `X-Amz-Target`, so an unsigned target could be swapped in a replay), and the session
 //! token.
 //!
-//! Each credential may carry an identity policy (see [`crate::policy::authorize`]).
+//! For the request target `/` (the only one the server serves) the canonical request and the
+//! string to sign are written here ([`canonical_request`]), with the same canonicalisation as
+//! `aws-sigv4` (the signer the AWS SDKs use; the tests compare the two on random header sets),
+//! and the signature is an HMAC-SHA256 (aws-lc-rs) under the derived signing key, which each
+//! credential caches per scope (date, region, service): it changes once a day. Any other target
+//! (reachable only through the library API) is canonicalised by `aws-sigv4` itself, URI
+//! normalisation included; there the body is handed to the signer only as its SHA-256
+//! (`SignableBody::Precomputed`), so the signer's trace logging can never print a request body.
 //!
-//! The body is handed to the signer only as its SHA-256 (`SignableBody::Precomputed`), so the
-//! signer's trace logging can never print a request body.
+//! Each credential may carry an identity policy (see [`crate::policy::authorize`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
@@ -45,6 +51,60 @@ pub struct Credential {
     /// The principal's identity policy; `None` means unrestricted (credentials files written
     /// before identity policies existed).
     pub policy: Option<Arc<Policy>>,
+    signing_keys: SigningKeys,
+}
+
+/// A credential's derived SigV4 signing keys by scope (date, region, service). A key is valid
+/// for one day, so only the last few scopes are kept.
+#[derive(Default)]
+struct SigningKeys(RwLock<Vec<ScopedKey>>);
+
+/// One derived signing key (`kSigning`) and its scope.
+struct ScopedKey {
+    date: [u8; 8],
+    region: String,
+    service: String,
+    key: Zeroizing<[u8; 32]>,
+}
+
+/// Most scopes a credential keeps signing keys for (two services, around midnight).
+const MAX_SIGNING_KEYS: usize = 4;
+
+impl SigningKeys {
+    /// The signing key of `secret` for the scope, derived once per scope.
+    fn get(&self, secret: &str, date: &[u8; 8], region: &str, service: &str) -> Zeroizing<[u8; 32]> {
+        let matches = |k: &ScopedKey| &k.date == date && k.region == region && k.service == service;
+        if let Ok(keys) = self.0.read()
+            && let Some(k) = keys.iter().find(|k| matches(k))
+        {
+            return k.key.clone();
+        }
+        let key = derive_signing_key(secret, date, region, service);
+        if let Ok(mut keys) = self.0.write()
+            && !keys.iter().any(matches)
+        {
+            if keys.len() >= MAX_SIGNING_KEYS {
+                keys.remove(0);
+            }
+            keys.push(ScopedKey { date: *date, region: region.into(), service: service.into(), key: key.clone() });
+        }
+        key
+    }
+}
+
+/// `kSigning = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request")`.
+fn derive_signing_key(secret: &str, date: &[u8; 8], region: &str, service: &str) -> Zeroizing<[u8; 32]> {
+    use aws_lc_rs::hmac;
+    let mut k = Zeroizing::new(Vec::with_capacity(4 + secret.len()));
+    k.extend_from_slice(b"AWS4");
+    k.extend_from_slice(secret.as_bytes());
+    let mut tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &k), date);
+    for part in [region.as_bytes(), service.as_bytes(), b"aws4_request"] {
+        tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, tag.as_ref()), part);
+    }
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(tag.as_ref());
+    out
 }
 
 impl fmt::Debug for Credential {
@@ -70,6 +130,7 @@ impl Credential {
             session_token,
             principal: principal.into(),
             policy: None,
+            signing_keys: SigningKeys::default(),
         }
     }
 
@@ -161,6 +222,7 @@ impl CredentialStore {
                 session_token: e.session_token,
                 principal: e.principal,
                 policy,
+                signing_keys: SigningKeys::default(),
             });
         }
         Self::new(creds)
@@ -306,34 +368,148 @@ impl CredentialStore {
             return Err(KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()));
         }
 
-        let identity: aws_smithy_runtime_api::client::identity::Identity = aws_credential_types::Credentials::new(
-            cred.access_key_id.clone(),
-            cred.secret_access_key.as_str(),
-            cred.session_token.as_ref().map(|t| t.to_string()),
-            None,
-            "envelope-kms",
-        )
-        .into();
-        let mut settings = SigningSettings::default();
-        settings.excluded_headers = Some(Vec::new());
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(region)
-            .name(service)
-            .time(time)
-            .settings(settings)
-            .build()
-            .map_err(|e| KmsError::Internal(format!("sigv4 parameters: {e}")))?
-            .into();
         let body_hash = hex::encode(envelope_keystore::crypto::sha256(&[body]));
-        let request =
-            SignableRequest::new(method, path_and_query, signed.into_iter(), SignableBody::Precomputed(body_hash))
-                .map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
-        let expected = sign(request, &params).map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
-        aws_lc_rs::constant_time::verify_slices_are_equal(expected.signature().as_bytes(), parsed.signature.as_bytes())
+        let expected = if path_and_query == "/" {
+            // `amz_date` parsed, so it is exactly `YYYYMMDD'T'HHMMSS'Z'`: its date is the scope's.
+            let date: [u8; 8] = amz_date
+                .as_bytes()
+                .get(..8)
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
+            let token = cred.session_token.as_ref().map(|t| t.as_str());
+            let creq = canonical_request(method, signed, amz_date, token, &body_hash);
+            let key = cred.signing_keys.get(&cred.secret_access_key, &date, region, service);
+            signature(&key, amz_date, &date, region, service, &creq)
+        } else {
+            sigv4_signature(cred, service, method, path_and_query, signed, body_hash, region, time)?
+        };
+        aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), parsed.signature.as_bytes())
             .map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
         Ok(cred)
     }
+}
+
+/// The canonical request of `method /` (SigV4 step 1, as `aws-sigv4` writes it): `signed` are
+/// the client's signed headers and their values (without `x-amz-date` and
+/// `x-amz-security-token`, which are taken from `amz_date` and the credential's `token`);
+/// values are trimmed of spaces with inner runs of spaces collapsed, a name's values joined by
+/// `,` in order, names sorted.
+fn canonical_request(
+    method: &str,
+    mut signed: Vec<(&str, &str)>,
+    amz_date: &str,
+    token: Option<&str>,
+    body_hash: &str,
+) -> String {
+    let mut headers: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(signed.len() + 2);
+    headers.extend(signed.drain(..).map(|(n, v)| (n, trim_all(v))));
+    headers.push(("x-amz-date", Cow::Borrowed(amz_date)));
+    if let Some(t) = token {
+        headers.push(("x-amz-security-token", Cow::Borrowed(t)));
+    }
+    headers.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = String::with_capacity(256 + headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum::<usize>());
+    out.push_str(method);
+    out.push_str("\n/\n\n");
+    let mut names = String::with_capacity(128);
+    let mut previous: Option<&str> = None;
+    for (name, value) in &headers {
+        if previous == Some(*name) {
+            out.pop();
+            out.push(',');
+        } else {
+            if previous.is_some() {
+                names.push(';');
+            }
+            names.push_str(name);
+            out.push_str(name);
+            out.push(':');
+        }
+        out.push_str(value);
+        out.push('\n');
+        previous = Some(name);
+    }
+    out.push('\n');
+    out.push_str(&names);
+    out.push('\n');
+    out.push_str(body_hash);
+    out
+}
+
+/// A header value as SigV4 canonicalises it: spaces (only spaces) trimmed at both ends, inner runs
+/// of spaces collapsed to one.
+fn trim_all(v: &str) -> Cow<'_, str> {
+    let v = v.trim_matches(' ');
+    if !v.contains("  ") {
+        return Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len());
+    let mut space = false;
+    for c in v.chars() {
+        if c == ' ' && space {
+            continue;
+        }
+        space = c == ' ';
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+/// The lowercase hex signature of a canonical request (SigV4 steps 2 and 4).
+fn signature(key: &[u8; 32], amz_date: &str, date: &[u8; 8], region: &str, service: &str, creq: &str) -> String {
+    let hashed = hex::encode(envelope_keystore::crypto::sha256(&[creq.as_bytes()]));
+    let mut sts = String::with_capacity(128);
+    sts.push_str("AWS4-HMAC-SHA256\n");
+    sts.push_str(amz_date);
+    sts.push('\n');
+    sts.extend(date.iter().map(|&b| char::from(b)));
+    sts.push('/');
+    sts.push_str(region);
+    sts.push('/');
+    sts.push_str(service);
+    sts.push_str("/aws4_request\n");
+    sts.push_str(&hashed);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
+    hex::encode(aws_lc_rs::hmac::sign(&key, sts.as_bytes()))
+}
+
+/// The signature `aws-sigv4` computes for a request to any target (path normalisation and
+/// query canonicalisation included).
+#[allow(clippy::too_many_arguments)]
+fn sigv4_signature(
+    cred: &Credential,
+    service: &str,
+    method: &str,
+    path_and_query: &str,
+    signed: Vec<(&str, &str)>,
+    body_hash: String,
+    region: &str,
+    time: SystemTime,
+) -> Result<String> {
+    let identity: aws_smithy_runtime_api::client::identity::Identity = aws_credential_types::Credentials::new(
+        cred.access_key_id.clone(),
+        cred.secret_access_key.as_str(),
+        cred.session_token.as_ref().map(|t| t.to_string()),
+        None,
+        "envelope-kms",
+    )
+    .into();
+    let mut settings = SigningSettings::default();
+    settings.excluded_headers = Some(Vec::new());
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(time)
+        .settings(settings)
+        .build()
+        .map_err(|e| KmsError::Internal(format!("sigv4 parameters: {e}")))?
+        .into();
+    let request =
+        SignableRequest::new(method, path_and_query, signed.into_iter(), SignableBody::Precomputed(body_hash))
+            .map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
+    let expected = sign(request, &params).map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
+    Ok(expected.signature().to_string())
 }
 
 /// The headers a signature must cover: `host` and `x-amz-date` always; `content-type` and every
@@ -521,6 +697,58 @@ mod tests {
         assert!(CredentialStore::from_yaml("not: [a list").is_err());
     }
 
+    /// The canonical request written here and `aws-sigv4`'s give the same signature: header
+    /// values with spaces and tabs to trim and collapse, repeated headers, names listed twice,
+    /// session tokens, both services.
+    fn same_signature_as_aws_sigv4(headers: &[(String, String)], token: Option<&str>, service: &str, body: &[u8]) {
+        let cred = Credential::new(
+            "AKIAIOSFODNN7EXAMPLE",
+            Zeroizing::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into()),
+            token.map(|t| Zeroizing::new(t.to_string())),
+            "arn:aws:iam::111122223333:user/admin",
+        );
+        let amz_date = "20260102T030405Z";
+        let time = parse_amz_date(amz_date).unwrap();
+        let signed: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let body_hash = hex::encode(envelope_keystore::crypto::sha256(&[body]));
+        let want =
+            sigv4_signature(&cred, service, "POST", "/", signed.clone(), body_hash.clone(), "eu-west-3", time).unwrap();
+        let date = *b"20260102";
+        for _ in 0..2 {
+            // Derived, then cached.
+            let creq = canonical_request("POST", signed.clone(), amz_date, token, &body_hash);
+            let key = cred.signing_keys.get(&cred.secret_access_key, &date, "eu-west-3", service);
+            assert_eq!(signature(&key, amz_date, &date, "eu-west-3", service, &creq), want, "{headers:?}");
+        }
+    }
+
+    #[test]
+    fn canonical_request_matches_aws_sigv4() {
+        let h = |n: &str, v: &str| (n.to_string(), v.to_string());
+        same_signature_as_aws_sigv4(
+            &[
+                h("host", "127.0.0.1:4599"),
+                h("content-type", "application/x-amz-json-1.1"),
+                h("x-amz-target", "TrentService.Decrypt"),
+            ],
+            None,
+            "kms",
+            b"{}",
+        );
+        same_signature_as_aws_sigv4(
+            &[
+                h("x-amz-target", "  a   b \t c  "),
+                h("host", "h"),
+                h("x-amz-meta", ""),
+                h("x-amz-meta", "second"),
+                h("host", "h"),
+            ],
+            Some("token value"),
+            "cloudtrail",
+            b"",
+        );
+    }
+
     proptest! {
         #[test]
         fn verify_never_panics(
@@ -564,6 +792,18 @@ mod tests {
                 let rejected = store.verify("POST", "/", &h, b"body", "us-east-1", now).is_err();
                 prop_assert!(rejected);
             }
+        }
+
+        #[test]
+        fn canonical_request_matches_aws_sigv4_on_any_headers(
+            headers in proptest::collection::vec(("[a-z][a-z0-9-]{0,12}", "[ -~\t]{0,24}"), 0..6),
+            token in proptest::option::of("[!-~][ -~]{0,10}[!-~]"),
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut headers = headers;
+            headers.retain(|(n, _)| n != "x-amz-date" && n != "x-amz-security-token");
+            headers.push(("host".into(), "127.0.0.1:4599".into()));
+            same_signature_as_aws_sigv4(&headers, token.as_deref(), "kms", &body);
         }
 
         #[test]

@@ -4,6 +4,16 @@ use envelope_keystore::KeyRef;
 
 use crate::error::{KmsError, Result};
 
+/// A random (version 4) UUID for a request id or an audit event id, from aws-lc's per-thread
+/// generator (seeded from the operating system, reseeded by it), so no system call per id.
+pub fn random_uuid() -> String {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return uuid::Uuid::new_v4().to_string();
+    }
+    uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+}
+
 /// ARN construction and parsing for one partition, region and account.
 #[derive(Debug, Clone)]
 pub struct Names {

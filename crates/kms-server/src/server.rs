@@ -21,7 +21,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tower::ServiceExt;
 use zeroize::Zeroizing;
 
 use crate::Server;
@@ -75,7 +74,7 @@ pub(crate) async fn serve_connections(
     // is dropped.
     let maintenance = crate::maintenance::Maintenance::start(Arc::downgrade(state.store()), state.clock().clone());
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
-    let app = router(state);
+    let app = state;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -200,10 +199,12 @@ async fn detect_version<I: AsyncRead + Unpin>(io: &mut I, limit: Duration) -> Op
     Some((buf, h2))
 }
 
+/// Serves one connection: every request goes to [`handle_request`] (what [`router`]'s one
+/// fallback handler calls too, without the router in between).
 async fn serve_connection<I>(
     mut io: I,
     peer: SocketAddr,
-    app: Router,
+    app: Arc<Server>,
     client_timeout: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) where
@@ -222,14 +223,13 @@ async fn serve_connection<I>(
         last_end: std::sync::Mutex::new(tokio::time::Instant::now()),
     });
     let tracked = activity.clone();
-    let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let request = tracked.begin();
-        let response = app.clone().oneshot(req.map(Body::new));
+        let app = app.clone();
         async move {
-            let r = response.await;
+            let r = handle_request(app, req.map(Body::new), Some(peer)).await;
             drop(request);
-            r
+            Ok::<_, std::convert::Infallible>(r)
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -333,10 +333,15 @@ pub fn router(state: Arc<Server>) -> Router {
 }
 
 async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Response<Body> {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    handle_request(server, req, peer).await
+}
+
+/// Answers one request from `peer`.
+async fn handle_request(server: Arc<Server>, req: Request<Body>, peer: Option<SocketAddr>) -> Response<Body> {
     let started = std::time::Instant::now();
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let source_ip =
-        req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip().to_string());
+    let request_id = crate::ids::random_uuid();
+    let source_ip = peer.map(|p| p.ip().to_string());
     let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
     let mut audit = AuditInfo { request_id, source_ip, user_agent, ..AuditInfo::default() };
     let outcome = process(&server, req, &mut audit).await;

@@ -250,10 +250,12 @@ pub enum Request {
 
 impl Request {
     /// Whether running it needs nothing but the key store's in-memory snapshot (no SQL, no
-    /// disk), so it can run on the request's own task instead of the blocking pool.
+    /// disk), so it can run on the request's own task instead of the blocking pool: the
+    /// cryptographic calls whose material is in the snapshot, and DescribeKey.
     pub fn in_memory(&self, server: &Server) -> bool {
         match self {
             Request::Crypto(r) => r.in_memory(server),
+            Request::Keys(keys::Request::DescribeKey { .. }) => true,
             _ => false,
         }
     }

@@ -368,7 +368,7 @@ impl CredentialStore {
             return Err(KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()));
         }
 
-        let body_hash = hex::encode(envelope_keystore::crypto::sha256(&[body]));
+        let body_hash = to_hex(&envelope_keystore::crypto::sha256(&[body]));
         let expected = if path_and_query == "/" {
             // `amz_date` parsed, so it is exactly `YYYYMMDD'T'HHMMSS'Z'`: its date is the scope's.
             let date: [u8; 8] = amz_date
@@ -457,7 +457,7 @@ fn trim_all(v: &str) -> Cow<'_, str> {
 
 /// The lowercase hex signature of a canonical request (SigV4 steps 2 and 4).
 fn signature(key: &[u8; 32], amz_date: &str, date: &[u8; 8], region: &str, service: &str, creq: &str) -> String {
-    let hashed = hex::encode(envelope_keystore::crypto::sha256(&[creq.as_bytes()]));
+    let hashed = to_hex(&envelope_keystore::crypto::sha256(&[creq.as_bytes()]));
     let mut sts = String::with_capacity(128);
     sts.push_str("AWS4-HMAC-SHA256\n");
     sts.push_str(amz_date);
@@ -470,7 +470,15 @@ fn signature(key: &[u8; 32], amz_date: &str, date: &[u8; 8], region: &str, servi
     sts.push_str("/aws4_request\n");
     sts.push_str(&hashed);
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key);
-    hex::encode(aws_lc_rs::hmac::sign(&key, sts.as_bytes()))
+    to_hex(aws_lc_rs::hmac::sign(&key, sts.as_bytes()).as_ref())
+}
+
+/// Lowercase hex (`hex::encode` builds its string a character at a time).
+fn to_hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    // Fails only on an output of the wrong length.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The signature `aws-sigv4` computes for a request to any target (path normalisation and

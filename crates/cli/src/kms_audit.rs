@@ -105,16 +105,11 @@ impl Filter {
     }
 
     fn matches(&self, r: &Record) -> bool {
-        let q = |attribute: Option<(AttributeKey, String)>| lookup::Query {
-            attribute,
-            start: self.start,
-            end: self.end,
-            max_results: lookup::MAX_RESULTS,
-            ..Default::default()
-        };
+        let t = r.position.time;
         (!self.errors || r.error_code.is_some())
-            && q(None).matches(r)
-            && self.attributes.iter().all(|a| q(Some(a.clone())).matches(r))
+            && self.start.is_none_or(|s| t >= s)
+            && self.end.is_none_or(|e| t <= e)
+            && self.attributes.iter().all(|(k, v)| lookup::attribute_matches(*k, v, r))
     }
 }
 

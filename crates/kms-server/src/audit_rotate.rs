@@ -7,7 +7,7 @@
 //! so a search never reads half a gzip stream; only then is the uncompressed copy removed.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -80,6 +80,16 @@ pub fn rotated_name(live: &Path, at: SystemTime) -> PathBuf {
 
 /// The rotated copies written by [`rotate`]: their suffix (without `.gz`) and path.
 fn our_copies(live: &Path) -> Vec<(String, PathBuf)> {
+    rotated_copies(live)
+        .into_iter()
+        .filter(|(suffix, _)| is_stamp(suffix))
+        .map(|(suffix, path)| (suffix.trim_end_matches(".gz").to_string(), path))
+        .collect()
+}
+
+/// Every regular file next to `live` named `<name>.<suffix>` — rotated copies, ours and
+/// logrotate's — as (suffix, path), in no particular order.
+pub fn rotated_copies(live: &Path) -> Vec<(String, PathBuf)> {
     let (Some(dir), Some(name)) = (live.parent(), live.file_name().and_then(|n| n.to_str())) else {
         return Vec::new();
     };
@@ -90,8 +100,8 @@ fn our_copies(live: &Path) -> Vec<(String, PathBuf)> {
             it.filter_map(|e| {
                 let e = e.ok()?;
                 let file = e.file_name().into_string().ok()?;
-                let suffix = file.strip_prefix(&prefix)?;
-                is_stamp(suffix).then(|| (suffix.trim_end_matches(".gz").to_string(), e.path()))
+                let suffix = file.strip_prefix(&prefix)?.to_string();
+                e.file_type().ok()?.is_file().then(|| (suffix, e.path()))
             })
             .collect()
         })
@@ -176,16 +186,10 @@ fn sync_dir(path: &Path) {
     }
 }
 
-/// Writes `bytes` to `f` and flushes (a helper for tests and callers that append whole lines).
-pub fn append(f: &mut File, bytes: &[u8]) -> std::io::Result<()> {
-    f.write_all(bytes)?;
-    f.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     #[test]
     fn due_by_size_or_age_never_when_empty() {
@@ -207,13 +211,13 @@ mod tests {
         let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_159_960);
         let mut copies = Vec::new();
         for i in 0..4u64 {
-            append(&mut f, format!("{{\"n\":{i}}}\n").as_bytes()).unwrap();
+            f.write_all(format!("{{\"n\":{i}}}\n").as_bytes()).unwrap();
             let (new, copy) = rotate(&live, base + Duration::from_secs(i)).unwrap();
             f = new;
             copies.push(compress(&copy).unwrap());
         }
         // Same second again: a distinct name.
-        append(&mut f, b"{\"n\":4}\n").unwrap();
+        f.write_all(b"{\"n\":4}\n").unwrap();
         let (_, same) = rotate(&live, base + Duration::from_secs(3)).unwrap();
         assert!(same.to_string_lossy().ends_with("audit.log.20261201T211923Z-001"), "{}", same.display());
         // A clock set back still sorts after what is there.

@@ -454,19 +454,7 @@ impl Query {
             return false;
         }
         let Some((key, value)) = &self.attribute else { return true };
-        let e = &r.event;
-        match key {
-            AttributeKey::EventId => &e.event_id == value,
-            AttributeKey::EventName => &e.event_name == value,
-            AttributeKey::ReadOnly => e.read_only.eq_ignore_ascii_case(value),
-            AttributeKey::Username => e.username.as_deref() == Some(value.as_str()),
-            AttributeKey::ResourceType => e.resources.iter().any(|x| &x.resource_type == value),
-            AttributeKey::ResourceName => e.resources.iter().any(|x| {
-                &x.resource_name == value || x.resource_name.rsplit_once('/').is_some_and(|(_, id)| id == value)
-            }),
-            AttributeKey::EventSource => &e.event_source == value,
-            AttributeKey::AccessKeyId => e.access_key_id.as_deref() == Some(value.as_str()),
-        }
+        attribute_matches(*key, value, r)
     }
 
     /// Whether the record comes after the page's start (strictly older than the token's).
@@ -475,26 +463,32 @@ impl Query {
     }
 }
 
+/// Whether `r` has `value` for attribute `key` (as LookupEvents compares it).
+pub fn attribute_matches(key: AttributeKey, value: &str, r: &Record) -> bool {
+    let e = &r.event;
+    match key {
+        AttributeKey::EventId => e.event_id == value,
+        AttributeKey::EventName => e.event_name == value,
+        AttributeKey::ReadOnly => e.read_only.eq_ignore_ascii_case(value),
+        AttributeKey::Username => e.username.as_deref() == Some(value),
+        AttributeKey::ResourceType => e.resources.iter().any(|x| x.resource_type == value),
+        AttributeKey::ResourceName => e
+            .resources
+            .iter()
+            .any(|x| x.resource_name == value || x.resource_name.rsplit_once('/').is_some_and(|(_, id)| id == value)),
+        AttributeKey::EventSource => e.event_source == value,
+        AttributeKey::AccessKeyId => e.access_key_id.as_deref() == Some(value),
+    }
+}
+
 /// The audit file and its rotated copies (`<name>.<anything>`, gzip-compressed when they end in
 /// `.gz`), oldest first: rotated copies sorted by name (their suffixes are UTC timestamps or
 /// logrotate's numbers, where a larger number is older), the live file last.
 pub fn audit_files(path: &Path) -> Vec<PathBuf> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
-        return vec![path.to_path_buf()];
-    };
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    let prefix = format!("{name}.");
-    let mut rotated: Vec<(RotatedOrder, PathBuf)> = std::fs::read_dir(dir)
-        .map(|it| {
-            it.filter_map(|e| {
-                let e = e.ok()?;
-                let file = e.file_name().into_string().ok()?;
-                let suffix = file.strip_prefix(&prefix)?;
-                e.file_type().ok()?.is_file().then(|| (RotatedOrder::of(suffix), e.path()))
-            })
-            .collect()
-        })
-        .unwrap_or_default();
+    let mut rotated: Vec<(RotatedOrder, PathBuf)> = crate::audit_rotate::rotated_copies(path)
+        .into_iter()
+        .map(|(suffix, p)| (RotatedOrder::of(&suffix), p))
+        .collect();
     rotated.sort();
     let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     out.push(path.to_path_buf());

@@ -558,9 +558,18 @@ fn write_credentials(path: &Path, akid: &str, secret: &str, principal: &str) -> 
     Ok(())
 }
 
-/// What SIGHUP does: the credentials file is read again (a broken file keeps the current
-/// credentials) and the audit log reopened at its path.
+/// What SIGHUP does: the audit log is reopened at its path, then the credentials file is read
+/// again (a broken file keeps the current credentials). In that order, a request accepted with
+/// a new access key is never recorded in the file log rotation moved away.
 fn reload(server: &Server, credentials: &Path) {
+    if let Some(log) = server.audit() {
+        match log.reopen() {
+            Ok(()) => tracing::info!(path = %log.path().display(), "SIGHUP: audit log reopened"),
+            Err(e) => {
+                tracing::error!(path = %log.path().display(), error = %e, "SIGHUP: cannot reopen the audit log; still writing the old file")
+            }
+        }
+    }
     match CredentialStore::load(credentials) {
         Ok(c) => {
             let n = c.len();
@@ -569,14 +578,6 @@ fn reload(server: &Server, credentials: &Path) {
         }
         Err(e) => {
             tracing::error!(path = %credentials.display(), error = %e, "SIGHUP: credentials not reloaded; the current ones stay in use")
-        }
-    }
-    if let Some(log) = server.audit() {
-        match log.reopen() {
-            Ok(()) => tracing::info!(path = %log.path().display(), "SIGHUP: audit log reopened"),
-            Err(e) => {
-                tracing::error!(path = %log.path().display(), error = %e, "SIGHUP: cannot reopen the audit log; still writing the old file")
-            }
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Thin wrappers over aws-lc-rs: AES-256-GCM with random nonces, secure random bytes, SHA-256.
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
 /// Length of an AES-GCM tag.
 pub const TAG_LEN: usize = 16;
+/// Length of an AES-GCM nonce.
+pub const NONCE_LEN: usize = aws_lc_rs::aead::NONCE_LEN;
 /// Length of key material (AES-256).
 pub const KEY_LEN: usize = 32;
 
@@ -31,6 +33,19 @@ impl AeadKey {
     pub fn seal_into(&self, aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce)?;
+        self.seal_with_nonce(nonce, aad, plaintext, out)
+    }
+
+    /// Encrypts `plaintext` under the caller's `nonce` (which must never repeat for this key);
+    /// appends `nonce ‖ ciphertext ‖ tag` to `out`. Deterministic: the pure half of
+    /// [`AeadKey::seal_into`].
+    pub fn seal_with_nonce(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        aad: &[u8],
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         out.reserve(NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&nonce);
         let start = out.len();

@@ -1,0 +1,325 @@
+//! [`KeyStore`]: keys and their versions in a database, material sealed under the root key, and
+//! an in-memory snapshot that serves the hot path (encrypt/decrypt) without touching the
+//! database.
+//!
+//! * [`schema`]: the SQLite schema and its migrations.
+//! * [`sqlite`]: the SQLite engine (every SQL statement of the embedded store).
+//! * [`engine`]: the rows an engine reads and writes (material always sealed).
+//! * `snapshot`: the in-memory snapshot, refresh, reads, encrypt and decrypt.
+//! * `keys`, `aliases`, `import`: the mutations, each one transaction, then a refresh.
+//!
+//! Several processes may open the same store (the plugin serving, `envelope key rotate` from a
+//! shell); a process sees another's changes after [`KeyStore::refresh`].
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::model::{KeyRef, validate_alias};
+use crate::root::RootKey;
+
+mod aliases;
+pub mod engine;
+mod import;
+mod keys;
+pub mod schema;
+mod snapshot;
+pub mod sqlite;
+
+pub use schema::SCHEMA_VERSION;
+use snapshot::Snapshot;
+use sqlite::Sqlite;
+
+/// Largest plaintext accepted by [`KeyStore::encrypt`] (the AWS KMS limit).
+pub const MAX_PLAINTEXT: usize = 4096;
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "keystore.db";
+/// File name of the root key inside the data directory.
+pub const ROOT_KEY_FILE: &str = "root.key";
+
+/// Where the root key comes from.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum RootSource {
+    /// `root.key` in the data directory, created on first use (the default).
+    File,
+    /// Derived from an operator passphrase; only a salt and a verifier are stored.
+    Passphrase(Zeroizing<String>),
+    /// Wrapped by a key inside a PKCS#11 token (`root.pkcs11`): only the token unwraps it.
+    Pkcs11(Arc<dyn crate::root::RootWrapper>),
+}
+
+impl RootSource {
+    /// The form of the root key this source reads (and creates).
+    pub fn form(&self) -> crate::root::RootForm {
+        match self {
+            RootSource::File => crate::root::RootForm::File,
+            RootSource::Passphrase(_) => crate::root::RootForm::Passphrase,
+            RootSource::Pkcs11(_) => crate::root::RootForm::Pkcs11,
+        }
+    }
+
+    /// Loads this source's root key from `dir`; creates it there only if `create` and `dir`
+    /// holds no root key in any form. A key in another form is refused with what it needs. A
+    /// second form beside this one (an interrupted reseal) is reported in the log.
+    pub fn load(&self, dir: &Path, create: bool) -> Result<RootKey> {
+        use crate::root::RootForm;
+        let form = self.form();
+        let path = dir.join(form.file_name());
+        let others: Vec<RootForm> = RootForm::present(dir).into_iter().filter(|f| *f != form).collect();
+        if !path.exists() {
+            if let Some(other) = others.first() {
+                return Err(Error::RootKey(format!("{} uses {}", dir.display(), other.needs())));
+            }
+            if !create {
+                return Err(Error::NotFound(format!("no key store in {} (no {})", dir.display(), form.file_name())));
+            }
+        }
+        let (key, _) = match self {
+            RootSource::File => RootKey::load_or_create(&path)?,
+            RootSource::Passphrase(p) => RootKey::from_passphrase(&path, p.as_bytes())?,
+            RootSource::Pkcs11(w) => RootKey::from_pkcs11(&path, w.as_ref())?,
+        };
+        if !others.is_empty() {
+            let names: Vec<&str> = others.iter().map(|f| f.file_name()).collect();
+            tracing::warn!(
+                dir = %dir.display(),
+                used = form.file_name(),
+                also_present = ?names,
+                "the data directory holds the root key in more than one form (an interrupted reseal): run the reseal again to finish it"
+            );
+        }
+        Ok(key)
+    }
+}
+
+impl std::fmt::Debug for RootSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RootSource::File => f.write_str("RootSource::File"),
+            RootSource::Passphrase(_) => f.write_str("RootSource::Passphrase(..)"),
+            RootSource::Pkcs11(w) => write!(f, "RootSource::Pkcs11({})", w.key_uri()),
+        }
+    }
+}
+
+/// Result of [`KeyStore::encrypt`].
+#[derive(Debug, Clone)]
+pub struct Encrypted {
+    /// The ciphertext blob.
+    pub blob: Vec<u8>,
+    /// Binary key id.
+    pub key_id: [u8; 16],
+    /// Material id used.
+    pub material_id: [u8; 32],
+}
+
+/// Result of [`KeyStore::decrypt`].
+pub struct Decrypted {
+    /// The plaintext, zeroized on drop.
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// Binary key id.
+    pub key_id: [u8; 16],
+    /// Material id that decrypted it.
+    pub material_id: [u8; 32],
+}
+
+impl std::fmt::Debug for Decrypted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decrypted").field("key_id", &uuid::Uuid::from_bytes(self.key_id)).finish_non_exhaustive()
+    }
+}
+
+/// An alias and the key it points at (see [`KeyStore::list_aliases`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AliasInfo {
+    /// The alias name, `alias/...`.
+    pub name: String,
+    /// The key id (UUID) it points at.
+    pub key_id: String,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+    /// Time of the last change of its target, Unix seconds (the creation time if never changed).
+    pub updated_at: i64,
+}
+
+/// The key store.
+pub struct KeyStore {
+    core: Arc<Core>,
+    dir: PathBuf,
+}
+
+/// What the store's background work shares with it.
+struct Core {
+    db: Sqlite,
+    root: RootKey,
+    snap: RwLock<Arc<Snapshot>>,
+    /// Held from reading the database to publishing the snapshot, so two refreshes cannot
+    /// finish in the wrong order and leave an older snapshot in place.
+    refreshing: Mutex<()>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl KeyStore {
+    /// Opens an existing store in `dir`; fails (instead of creating a new, empty store) when
+    /// `dir` holds no root key. For tools that read or change keys that must already exist.
+    pub fn open_existing(dir: &Path) -> Result<Self> {
+        if !dir.join(ROOT_KEY_FILE).exists() {
+            if dir.join(crate::root::PASSPHRASE_FILE).exists() {
+                return Err(Error::RootKey(format!(
+                    "this store's root key comes from a passphrase ({} instead of {ROOT_KEY_FILE}): it opens only \
+                     with the passphrase (envelope kms serve --root-passphrase-file)",
+                    crate::root::PASSPHRASE_FILE
+                )));
+            }
+            if dir.join(crate::root::PKCS11_FILE).exists() {
+                return Err(Error::RootKey(format!(
+                    "this store's root key is wrapped by a key in a PKCS#11 token ({} instead of {ROOT_KEY_FILE}): \
+                     it opens only with --root-key pkcs11:…",
+                    crate::root::PKCS11_FILE
+                )));
+            }
+            return Err(Error::NotFound(format!("no key store in {} (no {ROOT_KEY_FILE})", dir.display())));
+        }
+        Self::open(dir)
+    }
+
+    /// Opens the store in `dir`, creating the directory (0700), the root key file (0600) and the
+    /// database on first use. Refuses a directory that group or others can write.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, &RootSource::File)
+    }
+
+    /// Like [`KeyStore::open`], with the root key from `root` (a file, or derived from a
+    /// passphrase). A store created under one source must always be opened with the same one.
+    pub fn open_with(dir: &Path, root: &RootSource) -> Result<Self> {
+        Self::open_inner(dir, root, true)
+    }
+
+    /// Like [`KeyStore::open_existing`], with the root key from `root`: fails (creating
+    /// nothing) when `dir` holds no store.
+    pub fn open_existing_with(dir: &Path, root: &RootSource) -> Result<Self> {
+        Self::open_inner(dir, root, false)
+    }
+
+    fn open_inner(dir: &Path, root: &RootSource, create: bool) -> Result<Self> {
+        if let Ok(m) = fs::metadata(dir)
+            && m.permissions().mode() & 0o022 != 0
+        {
+            return Err(Error::Storage(format!(
+                "{} is writable by group or others (mode {:o}); chmod 700 it",
+                dir.display(),
+                m.permissions().mode() & 0o777
+            )));
+        }
+        if create && !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let root = root.load(dir, create)?;
+        let db = Sqlite::open(&dir.join(DB_FILE))?;
+        let core = Core { db, root, snap: RwLock::new(Arc::new(Snapshot::default())), refreshing: Mutex::new(()) };
+        let store = Self { core: Arc::new(core), dir: dir.to_path_buf() };
+        store.refresh()?;
+        Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Re-reads keys, states, aliases and versions from the database (picking up changes made by
+    /// other processes) and unseals any material not yet in memory.
+    pub fn refresh(&self) -> Result<()> {
+        self.core.refresh()
+    }
+
+    /// Seals a short-lived secret (e.g. an import wrapping key) under the root key, bound to
+    /// `label`. Domain-separated from sealed key material.
+    pub fn seal_secret(&self, label: &[u8], secret: &[u8]) -> Result<Vec<u8>> {
+        self.core.root.seal(&secret_aad(label), secret)
+    }
+
+    /// Opens a secret sealed by [`KeyStore::seal_secret`] with the same label; anything else
+    /// (tampered, other label, other root key) is [`Error::InvalidCiphertext`].
+    pub fn open_secret(&self, label: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        self.core
+            .root
+            .open(&secret_aad(label), sealed)
+            .map_err(|_| Error::InvalidCiphertext("sealed secret does not open"))
+    }
+
+    /// Resolves a key reference against the database, not the snapshot, so a key created by
+    /// another process is found without waiting for a refresh. Returns the binary and the text id.
+    fn resolve_db(&self, key: &KeyRef) -> Result<([u8; 16], String)> {
+        self.refresh()?;
+        let kid = snapshot::resolve(&self.core.snapshot(), key)?;
+        Ok((kid, uuid::Uuid::from_bytes(kid).to_string()))
+    }
+
+    /// The root key that seals this store's material (for export files, which carry it sealed).
+    pub(crate) fn root_key(&self) -> &RootKey {
+        &self.core.root
+    }
+
+    /// The SQLite connection (key export files read and merge in one SQLite transaction).
+    pub(crate) fn lock_conn(&self) -> Result<std::sync::MutexGuard<'_, rusqlite::Connection>> {
+        self.core.db.lock()
+    }
+}
+
+fn secret_aad(label: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(18 + label.len());
+    aad.extend_from_slice(b"envelope-secret-v1");
+    aad.extend_from_slice(label);
+    aad
+}
+
+fn normalise_alias(a: &str) -> Result<String> {
+    let name = if a.starts_with("alias/") { a.to_string() } else { format!("alias/{a}") };
+    validate_alias(&name)?;
+    Ok(name)
+}
+
+/// The additional data material is sealed with: a label, the key id and the material id.
+pub(crate) fn seal_aad(kid: &[u8; 16], mid: &[u8; 32]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(16 + 16 + 32);
+    aad.extend_from_slice(b"envelope-seal-v1");
+    aad.extend_from_slice(kid);
+    aad.extend_from_slice(mid);
+    aad
+}
+
+fn parse_key_id(s: &str) -> Result<[u8; 16]> {
+    uuid::Uuid::parse_str(s)
+        .map(|u| *u.as_bytes())
+        .map_err(|_| Error::Storage(format!("malformed key id {s:?} in database")))
+}
+
+fn parse_material_id(s: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).map_err(|_| Error::Storage("malformed material id in database".into()))?;
+    Ok(out)
+}
+
+pub(crate) fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn poisoned() -> Error {
+    Error::Storage("internal lock poisoned".into())
+}

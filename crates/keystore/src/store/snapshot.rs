@@ -1,0 +1,288 @@
+//! The in-memory snapshot: keys, aliases, attributes and unsealed material, replaced whole on
+//! every refresh. Encrypt, decrypt and the reads below use only the snapshot (no SQL).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::engine::Rows;
+use super::{Core, Decrypted, Encrypted, KeyStore, MAX_PLAINTEXT, parse_key_id, parse_material_id, poisoned, seal_aad};
+use crate::blob;
+use crate::context::EncryptionContext;
+use crate::crypto::{AeadKey, NONCE_LEN, fill_random};
+use crate::error::{Error, Result};
+use crate::model::{KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, Rotation, RotationType};
+
+pub(super) struct Material {
+    pub(super) key_id: [u8; 16],
+    pub(super) aead: AeadKey,
+}
+
+#[derive(Default)]
+pub(super) struct Snapshot {
+    pub(super) keys: HashMap<[u8; 16], KeyMetadata>,
+    pub(super) current: HashMap<[u8; 16], [u8; 32]>,
+    pub(super) aliases: HashMap<String, [u8; 16]>,
+    pub(super) materials: HashMap<[u8; 32], Arc<Material>>,
+    pub(super) attrs: HashMap<[u8; 16], Arc<KeyAttributes>>,
+}
+
+impl Core {
+    pub(super) fn snapshot(&self) -> Arc<Snapshot> {
+        match self.snap.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Reads the whole store and publishes a new snapshot (material already in memory is reused,
+    /// new material unsealed).
+    pub(super) fn refresh(&self) -> Result<()> {
+        let _order = self.refreshing.lock().map_err(|_| poisoned())?;
+        let rows = self.db.load()?;
+        let snap = self.build(rows)?;
+        *self.snap.write().map_err(|_| poisoned())? = Arc::new(snap);
+        Ok(())
+    }
+
+    fn build(&self, rows: Rows) -> Result<Snapshot> {
+        let old = self.snapshot();
+        let mut keys: HashMap<[u8; 16], KeyMetadata> = HashMap::new();
+        let mut attrs: HashMap<[u8; 16], KeyAttributes> = HashMap::new();
+        let mut current = HashMap::new();
+        for k in rows.keys {
+            let kid = parse_key_id(&k.key_id)?;
+            attrs.insert(
+                kid,
+                KeyAttributes {
+                    deletion_date: k.deletion_date,
+                    pending_window_days: k.pending_window_days,
+                    rotation_period_days: k.rotation_period_days,
+                    next_rotation: k.next_rotation,
+                    ..KeyAttributes::default()
+                },
+            );
+            // An external key without imported material has no current material ('').
+            if !k.current_material.is_empty() {
+                current.insert(kid, parse_material_id(&k.current_material)?);
+            }
+            keys.insert(
+                kid,
+                KeyMetadata {
+                    key_id: k.key_id,
+                    description: k.description,
+                    state: KeyState::parse(&k.state)?,
+                    created_at: k.created_at,
+                    current_material_id: k.current_material,
+                    versions: Vec::new(),
+                    aliases: Vec::new(),
+                },
+            );
+        }
+        let mut aliases = HashMap::new();
+        for a in rows.aliases {
+            let kid = parse_key_id(&a.key_id)?;
+            if let Some(k) = keys.get_mut(&kid) {
+                k.aliases.push(a.name.clone());
+            }
+            aliases.insert(a.name, kid);
+        }
+        let mut materials = HashMap::new();
+        for v in rows.versions {
+            let mid = parse_material_id(&v.material_id)?;
+            let kid = parse_key_id(&v.key_id)?;
+            if let Some(a) = attrs.get_mut(&kid) {
+                // Versions written before schema 3 have no type: later ones were explicit rotations.
+                let kind = match (v.seq, v.rotation_type.as_deref()) {
+                    (_, Some("AUTOMATIC")) => RotationType::Automatic,
+                    (1, None) => RotationType::Initial,
+                    _ => RotationType::OnDemand,
+                };
+                a.rotations.push(Rotation {
+                    material_id: v.material_id.clone(),
+                    seq: v.seq,
+                    created_at: v.created_at,
+                    kind,
+                });
+            }
+            if let Some(k) = keys.get_mut(&kid) {
+                k.versions.push(KeyVersion { material_id: v.material_id, seq: v.seq, created_at: v.created_at });
+            }
+            let m = match old.materials.get(&mid) {
+                Some(m) => m.clone(),
+                None => Arc::new(self.unseal(&kid, &mid, &v.sealed)?),
+            };
+            materials.insert(mid, m);
+        }
+        for t in rows.tags {
+            if let Some(a) = attrs.get_mut(&parse_key_id(&t.key_id)?) {
+                a.tags.push((t.key, t.value));
+            }
+        }
+        for i in rows.imports {
+            if let Some(a) = attrs.get_mut(&parse_key_id(&i.key_id)?) {
+                a.external = true;
+                a.imported_material_id = i.material_id;
+                a.valid_to = i.valid_to;
+            }
+        }
+        for p in rows.policies {
+            let kid = parse_key_id(&p.key_id)?;
+            if let Some(a) = attrs.get_mut(&kid) {
+                // Keep the same allocation when unchanged, so callers can cache by pointer.
+                a.policy = match old.attrs.get(&kid).and_then(|o| o.policy.clone()) {
+                    Some(o) if *o == *p.policy => Some(o),
+                    _ => Some(Arc::from(p.policy)),
+                };
+            }
+        }
+        let attrs = attrs.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        Ok(Snapshot { keys, current, aliases, materials, attrs })
+    }
+
+    pub(super) fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], sealed: &[u8]) -> Result<Material> {
+        let material = self.root.open(&seal_aad(kid, mid), sealed)?;
+        Ok(Material { key_id: *kid, aead: AeadKey::new(&material)? })
+    }
+}
+
+impl KeyStore {
+    /// The key's management attributes, from the in-memory snapshot. Cheap (an `Arc` clone).
+    pub fn attributes(&self, key: &KeyRef) -> Result<Arc<KeyAttributes>> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        snap.attrs.get(&kid).cloned().ok_or_else(|| Error::NotFound(key.to_string()))
+    }
+
+    /// Describes a key from the in-memory snapshot.
+    pub fn describe(&self, key: &KeyRef) -> Result<KeyMetadata> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        snap.keys.get(&kid).cloned().ok_or_else(|| Error::NotFound(key.to_string()))
+    }
+
+    /// Lists all keys, ordered by creation time.
+    pub fn list(&self) -> Result<Vec<KeyMetadata>> {
+        let snap = self.core.snapshot();
+        let mut v: Vec<_> = snap.keys.values().cloned().collect();
+        v.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
+        Ok(v)
+    }
+
+    /// The key's state and current material id, from the snapshot. Cheap. A key without
+    /// material (external, not imported) is [`Error::InvalidState`].
+    pub fn current(&self, key: &KeyRef) -> Result<([u8; 16], [u8; 32], KeyState)> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        let state = snap.keys.get(&kid).map(|k| k.state).ok_or_else(|| Error::NotFound(key.to_string()))?;
+        let mid = *snap.current.get(&kid).ok_or_else(|| Error::InvalidState { key: key.to_string(), state })?;
+        Ok((kid, mid, state))
+    }
+
+    /// The key's binary id and state, from the snapshot. Cheap; works for keys without material.
+    pub fn state(&self, key: &KeyRef) -> Result<([u8; 16], KeyState)> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        let state = snap.keys.get(&kid).map(|k| k.state).ok_or_else(|| Error::NotFound(key.to_string()))?;
+        Ok((kid, state))
+    }
+
+    /// Encrypts with the key's current material. The context is bound as AAD.
+    pub fn encrypt(&self, key: &KeyRef, plaintext: &[u8], ctx: &EncryptionContext) -> Result<Encrypted> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        encrypt_with(&snap, kid, None, plaintext, ctx)
+    }
+
+    /// Encrypts with a specific material version of the key (normally the current one). Lets a
+    /// caller that derived an identifier from `(key, material)` be sure the ciphertext matches it
+    /// even if a rotation happens concurrently.
+    pub fn encrypt_with_material(
+        &self,
+        key: &KeyRef,
+        material_id: &[u8; 32],
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Encrypted> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        encrypt_with(&snap, kid, Some(material_id), plaintext, ctx)
+    }
+
+    /// Whether the material that made `data` is already in memory, so [`KeyStore::decrypt`] will
+    /// not touch the database (callers on async threads use this to pick the blocking pool).
+    pub fn is_cached(&self, data: &[u8]) -> bool {
+        blob::parse(data).is_ok_and(|b| self.core.snapshot().materials.contains_key(&b.material_id))
+    }
+
+    /// Decrypts a blob made by [`KeyStore::encrypt`] with the same context.
+    pub fn decrypt(&self, data: &[u8], ctx: &EncryptionContext) -> Result<Decrypted> {
+        let b = blob::parse(data)?;
+        let mut snap = self.core.snapshot();
+        if !snap.materials.contains_key(&b.material_id) && self.core.db.has_material(&hex::encode(b.material_id))? {
+            self.refresh()?;
+            snap = self.core.snapshot();
+        }
+        let material = snap
+            .materials
+            .get(&b.material_id)
+            .ok_or_else(|| Error::NotFound(format!("key material {}", hex::encode(b.material_id))))?;
+        if material.key_id != b.key_id {
+            return Err(Error::InvalidCiphertext("key id does not match key material"));
+        }
+        let meta = snap.keys.get(&b.key_id).ok_or(Error::InvalidCiphertext("unknown key"))?;
+        check_usable(meta)?;
+        let plaintext = blob::open(&material.aead, &b, ctx)?;
+        Ok(Decrypted { plaintext, key_id: b.key_id, material_id: b.material_id })
+    }
+}
+
+fn encrypt_with(
+    snap: &Snapshot,
+    kid: [u8; 16],
+    want: Option<&[u8; 32]>,
+    plaintext: &[u8],
+    ctx: &EncryptionContext,
+) -> Result<Encrypted> {
+    if plaintext.is_empty() {
+        return Err(Error::Invalid("plaintext is empty".into()));
+    }
+    if plaintext.len() > MAX_PLAINTEXT {
+        return Err(Error::Invalid(format!("plaintext is longer than {MAX_PLAINTEXT} bytes")));
+    }
+    let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
+    check_usable(meta)?;
+    let mid = match want {
+        Some(w) => *w,
+        None => *snap
+            .current
+            .get(&kid)
+            .ok_or_else(|| Error::InvalidState { key: meta.key_id.clone(), state: KeyState::PendingImport })?,
+    };
+    let material = snap
+        .materials
+        .get(&mid)
+        .filter(|m| m.key_id == kid)
+        .ok_or_else(|| Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid))))?;
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    let out = blob::seal(&material.aead, &kid, &mid, nonce, plaintext, ctx)?;
+    Ok(Encrypted { blob: out, key_id: kid, material_id: mid })
+}
+
+fn check_usable(meta: &KeyMetadata) -> Result<()> {
+    match meta.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled => Err(Error::Disabled(meta.key_id.clone())),
+        state => Err(Error::InvalidState { key: meta.key_id.clone(), state }),
+    }
+}
+
+pub(super) fn resolve(snap: &Snapshot, key: &KeyRef) -> Result<[u8; 16]> {
+    match key {
+        KeyRef::Id(u) => {
+            let kid = *u.as_bytes();
+            if snap.keys.contains_key(&kid) { Ok(kid) } else { Err(Error::NotFound(key.to_string())) }
+        }
+        KeyRef::Alias(a) => snap.aliases.get(a).copied().ok_or_else(|| Error::NotFound(a.clone())),
+    }
+}

@@ -1,0 +1,531 @@
+//! The SQLite engine: the embedded default, one file (`keystore.db`) in the data directory.
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so a write is fsynced before it returns.
+//! Several processes may open the same file (the plugin serving, `envelope key rotate` from a
+//! shell); every write is an IMMEDIATE transaction (one writer at a time) that re-reads the state
+//! it depends on, and a process sees another's changes on its next refresh.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+use super::AliasInfo;
+use super::engine::{AliasRow, ImportRow, KeyRow, NewKey, NewVersion, PolicyRow, Rows, TagRow, VersionRow};
+use super::schema;
+use crate::error::{Error, Result};
+use crate::model::{KeyState, RotationType};
+
+/// The SQLite database of a store.
+pub struct Sqlite {
+    conn: Mutex<Connection>,
+}
+
+impl Sqlite {
+    /// Opens (creating if needed, mode 0600) and migrates the database at `db`.
+    pub fn open(db: &Path) -> Result<Self> {
+        let conn = Connection::open(db)?;
+        let _ = fs::set_permissions(db, fs::Permissions::from_mode(0o600));
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Switching a fresh database to WAL and migrating it can meet SQLITE_BUSY without the
+        // busy handler being consulted when several processes open it at the same moment.
+        schema::retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL").map_err(Error::from))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        schema::retry_busy(|| schema::migrate(&conn))?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    /// The connection, for the SQLite-only features (key export files).
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Connection>> {
+        self.conn.lock().map_err(|_| super::poisoned())
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction and commits if it succeeds.
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in a transaction on an existing key (given its state), and commits.
+    fn write_key<T>(&self, id: &str, f: impl FnOnce(&Transaction<'_>, KeyState) -> Result<T>) -> Result<T> {
+        self.write(|tx| {
+            let state = key_state(tx, id)?;
+            f(tx, state)
+        })
+    }
+
+    /// Everything, read in one transaction.
+    pub fn load(&self) -> Result<Rows> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction()?;
+        let mut rows = Rows::default();
+        {
+            let mut st = tx.prepare_cached(
+                "SELECT k.key_id, k.description, k.state, k.created_at, k.current_material, a.deletion_date, \
+                 a.pending_window_days, a.rotation_period_days, a.next_rotation \
+                 FROM keys k LEFT JOIN key_attrs a ON a.key_id = k.key_id",
+            )?;
+            let it = st.query_map([], |r| {
+                Ok(KeyRow {
+                    key_id: r.get(0)?,
+                    description: r.get(1)?,
+                    state: r.get(2)?,
+                    created_at: r.get(3)?,
+                    current_material: r.get(4)?,
+                    deletion_date: r.get(5)?,
+                    pending_window_days: r.get(6)?,
+                    rotation_period_days: r.get(7)?,
+                    next_rotation: r.get(8)?,
+                })
+            })?;
+            rows.keys = it.collect::<rusqlite::Result<_>>()?;
+            let mut st = tx.prepare_cached("SELECT name, key_id, created_at, updated_at FROM aliases ORDER BY name")?;
+            let it = st.query_map([], |r| {
+                Ok(AliasRow { name: r.get(0)?, key_id: r.get(1)?, created_at: r.get(2)?, updated_at: r.get(3)? })
+            })?;
+            rows.aliases = it.collect::<rusqlite::Result<_>>()?;
+            let mut st = tx.prepare_cached(
+                "SELECT v.material_id, v.key_id, v.seq, v.created_at, v.sealed, t.rotation_type FROM key_versions v \
+                 LEFT JOIN version_types t ON t.material_id = v.material_id ORDER BY v.key_id, v.seq",
+            )?;
+            let it = st.query_map([], |r| {
+                Ok(VersionRow {
+                    material_id: r.get(0)?,
+                    key_id: r.get(1)?,
+                    seq: r.get(2)?,
+                    created_at: r.get(3)?,
+                    sealed: r.get(4)?,
+                    rotation_type: r.get(5)?,
+                })
+            })?;
+            rows.versions = it.collect::<rusqlite::Result<_>>()?;
+            let mut st =
+                tx.prepare_cached("SELECT key_id, tag_key, tag_value FROM key_tags ORDER BY key_id, tag_key")?;
+            let it = st.query_map([], |r| Ok(TagRow { key_id: r.get(0)?, key: r.get(1)?, value: r.get(2)? }))?;
+            rows.tags = it.collect::<rusqlite::Result<_>>()?;
+            let mut st = tx.prepare_cached("SELECT key_id, material_id, valid_to FROM key_import")?;
+            let it =
+                st.query_map([], |r| Ok(ImportRow { key_id: r.get(0)?, material_id: r.get(1)?, valid_to: r.get(2)? }))?;
+            rows.imports = it.collect::<rusqlite::Result<_>>()?;
+            let mut st = tx.prepare_cached("SELECT key_id, policy FROM key_policies WHERE name = 'default'")?;
+            let it = st.query_map([], |r| Ok(PolicyRow { key_id: r.get(0)?, policy: r.get(1)? }))?;
+            rows.policies = it.collect::<rusqlite::Result<_>>()?;
+        }
+        tx.commit()?;
+        Ok(rows)
+    }
+
+    /// Whether a version with this material id exists.
+    pub fn has_material(&self, mid: &str) -> Result<bool> {
+        let conn = self.lock()?;
+        let found: Option<i64> =
+            conn.query_row("SELECT 1 FROM key_versions WHERE material_id = ?1", [mid], |r| r.get(0)).optional()?;
+        Ok(found.is_some())
+    }
+
+    /// Creates a key (with its first version, alias, tags and policy) in one transaction.
+    pub fn create_key(&self, k: &NewKey<'_>) -> Result<()> {
+        self.write(|tx| {
+            if let Some(a) = k.alias
+                && alias_target(tx, a)?.is_some()
+            {
+                return Err(Error::AlreadyExists(a.to_string()));
+            }
+            match &k.version {
+                None => {
+                    tx.execute(
+                        "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES (?1, ?2, 'PendingImport', ?3, '')",
+                        params![k.key_id, k.description, k.created_at],
+                    )?;
+                    tx.execute("INSERT INTO key_import (key_id) VALUES (?1)", [k.key_id])?;
+                }
+                Some(v) => {
+                    tx.execute(
+                        "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES (?1, ?2, 'Enabled', ?3, ?4)",
+                        params![k.key_id, k.description, k.created_at, v.material_id],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, 1, ?3, ?4)",
+                        params![v.material_id, k.key_id, k.created_at, v.sealed],
+                    )?;
+                }
+            }
+            if let Some(a) = k.alias {
+                tx.execute(
+                    "INSERT INTO aliases (name, key_id, created_at) VALUES (?1, ?2, ?3)",
+                    params![a, k.key_id, k.created_at],
+                )?;
+            }
+            put_tags(tx, k.key_id, k.tags)?;
+            if let Some(p) = k.policy {
+                tx.execute(
+                    "INSERT INTO key_policies (key_id, name, policy) VALUES (?1, 'default', ?2)",
+                    params![k.key_id, p],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Adds `v` as the key's new current version (an on-demand or automatic rotation).
+    pub fn rotate(&self, id: &str, v: &NewVersion, kind: RotationType, at: i64) -> Result<()> {
+        self.write_key(id, |tx, state| {
+            if state == KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            if is_external(tx, id)? {
+                return Err(Error::Unsupported(format!("key {id} has imported key material and cannot be rotated")));
+            }
+            add_version(tx, id, v, kind, at)
+        })
+    }
+
+    /// Enables or disables a key (not one pending deletion or import).
+    pub fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
+        self.write_key(id, |tx, state| {
+            if matches!(state, KeyState::PendingDeletion | KeyState::PendingImport) {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            let new = if enabled { KeyState::Enabled } else { KeyState::Disabled };
+            tx.execute("UPDATE keys SET state = ?1 WHERE key_id = ?2", params![new.as_str(), id])?;
+            Ok(())
+        })
+    }
+
+    /// Makes a key PendingDeletion until `deletion_date`.
+    pub fn schedule_deletion(&self, id: &str, deletion_date: i64, window_days: u32) -> Result<()> {
+        self.write_key(id, |tx, state| {
+            if state == KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            tx.execute("UPDATE keys SET state = 'PendingDeletion' WHERE key_id = ?1", [id])?;
+            upsert_attrs(
+                tx,
+                id,
+                "deletion_date = ?2, pending_window_days = ?3",
+                params![id, deletion_date, window_days],
+            )
+        })
+    }
+
+    /// Cancels a scheduled deletion: Disabled, or PendingImport for a key without material.
+    pub fn cancel_deletion(&self, id: &str) -> Result<()> {
+        self.write_key(id, |tx, state| {
+            if state != KeyState::PendingDeletion {
+                return Err(Error::InvalidState { key: id.to_string(), state });
+            }
+            tx.execute(
+                "UPDATE keys SET state = CASE WHEN current_material = '' THEN 'PendingImport' ELSE 'Disabled' END WHERE key_id = ?1",
+                [id],
+            )?;
+            upsert_attrs(tx, id, "deletion_date = NULL, pending_window_days = NULL", params![id])
+        })
+    }
+
+    /// Deletes every key pending deletion whose date is at or before `now`; returns their ids.
+    pub fn purge_deleted(&self, now: i64) -> Result<Vec<String>> {
+        self.write(|tx| {
+            let ids: Vec<String> = {
+                let mut st = tx.prepare(
+                    "SELECT k.key_id FROM keys k JOIN key_attrs a ON a.key_id = k.key_id \
+                     WHERE k.state = 'PendingDeletion' AND a.deletion_date IS NOT NULL AND a.deletion_date <= ?1",
+                )?;
+                let rows = st.query_map([now], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for id in &ids {
+                tx.execute(
+                    "DELETE FROM version_types WHERE material_id IN (SELECT material_id FROM key_versions WHERE key_id = ?1)",
+                    [id],
+                )?;
+                for table in KEY_TABLES {
+                    tx.execute(&format!("DELETE FROM {table} WHERE key_id = ?1"), [id])?;
+                }
+            }
+            Ok(ids)
+        })
+    }
+
+    /// Replaces a key's description.
+    pub fn set_description(&self, id: &str, description: &str) -> Result<()> {
+        self.write_key(id, |tx, state| {
+            refuse_pending_deletion(id, state)?;
+            tx.execute("UPDATE keys SET description = ?1 WHERE key_id = ?2", params![description, id])?;
+            Ok(())
+        })
+    }
+
+    /// Turns automatic rotation on (`Some((period_days, next_rotation))`) or off.
+    pub fn set_rotation(&self, id: &str, schedule: Option<(u32, i64)>) -> Result<()> {
+        self.write_key(id, |tx, state| {
+            refuse_pending_deletion(id, state)?;
+            let (period, next) = schedule.unzip();
+            upsert_attrs(tx, id, "rotation_period_days = ?2, next_rotation = ?3", params![id, period, next])
+        })
+    }
+
+    /// Enabled keys whose automatic rotation is due at `now`, with their periods (days).
+    pub fn due_rotations(&self, now: i64) -> Result<Vec<(String, i64)>> {
+        let conn = self.lock()?;
+        let mut st = conn.prepare(DUE_ROTATIONS)?;
+        let rows = st.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Adds `v` as an automatic rotation at `now` and schedules the next one at `next`.
+    pub fn rotate_automatic(&self, id: &str, v: &NewVersion, now: i64, next: i64) -> Result<()> {
+        self.write(|tx| {
+            add_version(tx, id, v, RotationType::Automatic, now)?;
+            upsert_attrs(tx, id, "next_rotation = ?2", params![id, next])
+        })
+    }
+
+    /// Adds or replaces tags.
+    pub fn tag(&self, id: &str, tags: &[(String, String)]) -> Result<()> {
+        self.write_key(id, |tx, state| {
+            refuse_pending_deletion(id, state)?;
+            put_tags(tx, id, tags)
+        })
+    }
+
+    /// Removes tags by tag key.
+    pub fn untag(&self, id: &str, tag_keys: &[String]) -> Result<()> {
+        self.write_key(id, |tx, state| {
+            refuse_pending_deletion(id, state)?;
+            for k in tag_keys {
+                tx.execute("DELETE FROM key_tags WHERE key_id = ?1 AND tag_key = ?2", params![id, k])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Replaces the key policy.
+    pub fn put_policy(&self, id: &str, policy: &str) -> Result<()> {
+        self.write_key(id, |tx, _| {
+            tx.execute(
+                "INSERT INTO key_policies (key_id, name, policy) VALUES (?1, 'default', ?2) \
+                 ON CONFLICT(key_id, name) DO UPDATE SET policy = excluded.policy",
+                params![id, policy],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Makes `v` (imported material, its id derived from it) the external key's current
+    /// material, expiring at `valid_to`.
+    pub fn import_material(&self, id: &str, v: &NewVersion, valid_to: Option<i64>, at: i64) -> Result<()> {
+        self.write_key(id, |tx, state| {
+            refuse_pending_deletion(id, state)?;
+            let fixed: Option<Option<String>> =
+                tx.query_row("SELECT material_id FROM key_import WHERE key_id = ?1", [id], |r| r.get(0)).optional()?;
+            let Some(fixed) = fixed else {
+                return Err(Error::Unsupported(format!("key {id} does not have origin EXTERNAL")));
+            };
+            if fixed.as_deref().is_some_and(|f| f != v.material_id) {
+                return Err(Error::IncorrectMaterial(
+                    "this is not the key material that was previously imported into this key".into(),
+                ));
+            }
+            let present: Option<i64> = tx
+                .query_row("SELECT 1 FROM key_versions WHERE material_id = ?1", [&v.material_id], |r| r.get(0))
+                .optional()?;
+            if present.is_none() {
+                let seq = next_seq(tx, id)?;
+                tx.execute(
+                    "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![v.material_id, id, seq, at, v.sealed],
+                )?;
+            }
+            tx.execute(
+                "UPDATE key_import SET material_id = ?2, valid_to = ?3 WHERE key_id = ?1",
+                params![id, v.material_id, valid_to],
+            )?;
+            tx.execute("UPDATE keys SET current_material = ?2 WHERE key_id = ?1", params![id, v.material_id])?;
+            if state == KeyState::PendingImport {
+                tx.execute("UPDATE keys SET state = 'Enabled' WHERE key_id = ?1", [id])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes the external key's current material; returns its id.
+    pub fn delete_imported(&self, id: &str) -> Result<String> {
+        self.write_key(id, |tx, state| delete_imported(tx, id, state))
+    }
+
+    /// Deletes imported material expired at `now`; returns the affected key ids.
+    pub fn expire_imported(&self, now: i64) -> Result<Vec<String>> {
+        self.write(|tx| {
+            let due: Vec<(String, String)> = {
+                let mut st = tx.prepare(
+                    "SELECT k.key_id, k.state FROM keys k JOIN key_import i ON i.key_id = k.key_id \
+                     WHERE k.current_material != '' AND i.valid_to IS NOT NULL AND i.valid_to <= ?1",
+                )?;
+                let rows = st.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            for (id, state) in &due {
+                delete_imported(tx, id, KeyState::parse(state)?)?;
+            }
+            Ok(due.into_iter().map(|(id, _)| id).collect())
+        })
+    }
+
+    /// Creates an alias of key `id` (which must not be pending deletion).
+    pub fn create_alias(&self, alias: &str, id: &str, now: i64) -> Result<()> {
+        self.write(|tx| {
+            refuse_pending_deletion(id, key_state(tx, id)?)?;
+            if alias_target(tx, alias)?.is_some() {
+                return Err(Error::AlreadyExists(alias.to_string()));
+            }
+            tx.execute(
+                "INSERT INTO aliases (name, key_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+                params![alias, id, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Points `alias` at key `id`; with `expected`, only if it still points at that key.
+    pub fn update_alias(&self, alias: &str, id: &str, expected: Option<&str>, now: i64) -> Result<()> {
+        self.write(|tx| {
+            refuse_pending_deletion(id, key_state(tx, id)?)?;
+            require_alias_target(tx, alias, expected)?;
+            let changed =
+                tx.execute("UPDATE aliases SET key_id = ?1, updated_at = ?2 WHERE name = ?3", params![id, now, alias])?;
+            if changed == 0 {
+                return Err(Error::NotFound(alias.to_string()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes `alias`; with `expected`, only if it still points at that key.
+    pub fn delete_alias(&self, alias: &str, expected: Option<&str>) -> Result<()> {
+        self.write(|tx| {
+            require_alias_target(tx, alias, expected)?;
+            if tx.execute("DELETE FROM aliases WHERE name = ?1", [alias])? == 0 {
+                return Err(Error::NotFound(alias.to_string()));
+            }
+            Ok(())
+        })
+    }
+
+    /// All aliases, ordered by name.
+    pub fn list_aliases(&self) -> Result<Vec<AliasInfo>> {
+        let conn = self.lock()?;
+        let mut st = conn.prepare_cached(
+            "SELECT name, key_id, created_at, COALESCE(updated_at, created_at) FROM aliases ORDER BY name",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(AliasInfo { name: r.get(0)?, key_id: r.get(1)?, created_at: r.get(2)?, updated_at: r.get(3)? })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// Tables holding a key's rows, children first (a purge deletes in this order).
+pub(super) const KEY_TABLES: [&str; 7] =
+    ["aliases", "key_tags", "key_policies", "key_attrs", "key_import", "key_versions", "keys"];
+
+/// Enabled, non-external keys whose automatic rotation is due at ?1/$1, with their periods.
+const DUE_ROTATIONS: &str = "SELECT k.key_id, a.rotation_period_days FROM keys k JOIN key_attrs a ON a.key_id = k.key_id \
+     WHERE k.state = 'Enabled' AND a.rotation_period_days IS NOT NULL AND a.next_rotation IS NOT NULL \
+     AND a.next_rotation <= ?1 AND k.key_id NOT IN (SELECT key_id FROM key_import)";
+
+fn key_state(tx: &Transaction<'_>, id: &str) -> Result<KeyState> {
+    let state: String = tx
+        .query_row("SELECT state FROM keys WHERE key_id = ?1", [id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::NotFound(id.to_string()))?;
+    KeyState::parse(&state)
+}
+
+fn refuse_pending_deletion(id: &str, state: KeyState) -> Result<()> {
+    if state == KeyState::PendingDeletion {
+        return Err(Error::InvalidState { key: id.to_string(), state });
+    }
+    Ok(())
+}
+
+fn next_seq(tx: &Transaction<'_>, id: &str) -> Result<u32> {
+    Ok(tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM key_versions WHERE key_id = ?1", [id], |r| r.get(0))?)
+}
+
+fn add_version(tx: &Transaction<'_>, id: &str, v: &NewVersion, kind: RotationType, at: i64) -> Result<()> {
+    let seq = next_seq(tx, id)?;
+    tx.execute(
+        "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![v.material_id, id, seq, at, v.sealed],
+    )?;
+    if let Some(t) = kind.as_str() {
+        tx.execute(
+            "INSERT INTO version_types (material_id, rotation_type) VALUES (?1, ?2)",
+            params![v.material_id, t],
+        )?;
+    }
+    tx.execute("UPDATE keys SET current_material = ?1 WHERE key_id = ?2", params![v.material_id, id])?;
+    Ok(())
+}
+
+fn put_tags(tx: &Transaction<'_>, id: &str, tags: &[(String, String)]) -> Result<()> {
+    for (k, v) in tags {
+        tx.execute(
+            "INSERT INTO key_tags (key_id, tag_key, tag_value) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(key_id, tag_key) DO UPDATE SET tag_value = excluded.tag_value",
+            params![id, k, v],
+        )?;
+    }
+    Ok(())
+}
+
+/// Updates `set` (whose parameters start at ?2; ?1 is the key id) in the key's `key_attrs` row,
+/// creating the row first if needed.
+fn upsert_attrs(tx: &Transaction<'_>, id: &str, set: &str, p: &[&dyn rusqlite::ToSql]) -> Result<()> {
+    tx.execute("INSERT INTO key_attrs (key_id) VALUES (?1) ON CONFLICT(key_id) DO NOTHING", [id])?;
+    tx.execute(&format!("UPDATE key_attrs SET {set} WHERE key_id = ?1"), p)?;
+    Ok(())
+}
+
+fn alias_target(tx: &Transaction<'_>, alias: &str) -> Result<Option<String>> {
+    Ok(tx.query_row("SELECT key_id FROM aliases WHERE name = ?1", [alias], |r| r.get(0)).optional()?)
+}
+
+/// With `expected`, the alias must exist and point at that key.
+fn require_alias_target(tx: &Transaction<'_>, alias: &str, expected: Option<&str>) -> Result<()> {
+    let Some(want) = expected else { return Ok(()) };
+    match alias_target(tx, alias)? {
+        None => Err(Error::NotFound(alias.to_string())),
+        Some(c) if c == want => Ok(()),
+        Some(_) => Err(Error::Changed(alias.to_string())),
+    }
+}
+
+fn is_external(tx: &Transaction<'_>, id: &str) -> Result<bool> {
+    let found: Option<i64> =
+        tx.query_row("SELECT 1 FROM key_import WHERE key_id = ?1", [id], |r| r.get(0)).optional()?;
+    Ok(found.is_some())
+}
+
+/// Removes the current imported material of external key `id` (in state `state`).
+fn delete_imported(tx: &Transaction<'_>, id: &str, state: KeyState) -> Result<String> {
+    if !is_external(tx, id)? {
+        return Err(Error::Unsupported(format!("key {id} does not have origin EXTERNAL")));
+    }
+    let cur: String = tx.query_row("SELECT current_material FROM keys WHERE key_id = ?1", [id], |r| r.get(0))?;
+    if cur.is_empty() {
+        return Err(Error::InvalidState { key: id.to_string(), state });
+    }
+    tx.execute("DELETE FROM version_types WHERE material_id = ?1", [&cur])?;
+    tx.execute("DELETE FROM key_versions WHERE material_id = ?1", [&cur])?;
+    tx.execute("UPDATE key_import SET valid_to = NULL WHERE key_id = ?1", [id])?;
+    let new_state = if state == KeyState::PendingDeletion { state } else { KeyState::PendingImport };
+    tx.execute("UPDATE keys SET current_material = '', state = ?2 WHERE key_id = ?1", params![id, new_state.as_str()])?;
+    Ok(cur)
+}

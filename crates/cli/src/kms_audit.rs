@@ -115,7 +115,7 @@ impl Filter {
 
 /// RFC 3339, or an age before `now` in humantime's syntax (`90m`, `2h`, `7d`).
 fn parse_time(s: &str, now: SystemTime) -> Result<i64> {
-    if let Some(t) = lookup::parse_rfc3339(s) {
+    if let Some(t) = envelope_kms_server::dates::parse_rfc3339(s) {
         return Ok(t);
     }
     let age = humantime::parse_duration(s)

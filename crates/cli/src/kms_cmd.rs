@@ -29,8 +29,9 @@ pub struct KmsArgs {
 pub enum KmsCommand {
     /// Serve the AWS KMS JSON API (SigV4-authenticated) over HTTPS, or HTTP on loopback.
     Serve(Box<ServeArgs>),
-    /// Write a consistent backup of the key database (sealed material only; back up root.key
-    /// separately). Safe while the server runs. Works for the plugin's key store too.
+    /// Write a consistent backup of the key database (sealed material only), with the root
+    /// key's descriptor when it holds no secret (<OUT>.passphrase, <OUT>.pkcs11; back up a
+    /// root.key file separately). Safe while the server runs. Works for the plugin's key store too.
     Backup(BackupArgs),
     /// Restore a backup into a data directory, after checking every key version unseals with
     /// the root key. Stop the server first.
@@ -42,6 +43,9 @@ pub enum KmsCommand {
     /// Search the audit log (and its rotated copies): filter by operation, user, access key,
     /// key, time or errors; `--follow` prints new records as they are written.
     Audit(crate::kms_audit::AuditArgs),
+    /// Manage the access keys in the credentials file (add, list, rotate, remove); a running
+    /// server picks up each change within a second, without a restart.
+    Credentials(crate::kms_credentials::CredentialsArgs),
 }
 
 /// Options of `envelope kms reseal`.
@@ -74,15 +78,18 @@ pub struct RestoreArgs {
     /// Backup file written by `envelope kms backup`.
     #[arg(long, value_name = "FILE")]
     pub from: PathBuf,
-    /// Root key file to install with it (default: the one already in the data directory).
-    #[arg(long, value_name = "FILE", conflicts_with = "root_passphrase_file")]
-    pub root_key: Option<PathBuf>,
+    /// The backed-up store's root key: a root key file to install with it, `file` (the
+    /// root.key already in the data directory, the default), `passphrase-file:PATH`, or a
+    /// `pkcs11:` URI naming the token key that wrapped it (as for `kms serve` and the plugin).
+    #[arg(long, value_name = "ROOT", conflicts_with = "root_passphrase_file")]
+    pub root_key: Option<String>,
     /// For a store whose root key comes from a passphrase: file holding the passphrase.
     #[arg(long, env = "ENVELOPE_ROOT_PASSPHRASE_FILE", value_name = "FILE")]
     pub root_passphrase_file: Option<PathBuf>,
-    /// The passphrase store's salt and verifier saved by the backup (default: <FROM>.passphrase).
-    #[arg(long, value_name = "FILE", requires = "root_passphrase_file")]
-    pub passphrase_params: Option<PathBuf>,
+    /// The root's descriptor saved by the backup, for a passphrase or pkcs11 root (default:
+    /// <FROM>.passphrase or <FROM>.pkcs11; for pkcs11 the store's root.pkcs11 serves too).
+    #[arg(long, value_name = "FILE", alias = "passphrase-params")]
+    pub root_params: Option<PathBuf>,
     /// Replace an existing database in the data directory.
     #[arg(long)]
     pub force: bool,
@@ -179,7 +186,10 @@ pub struct ServeArgs {
 }
 
 /// Name of the generated credentials file inside the data directory.
-const CREDENTIALS_FILE: &str = "credentials.yaml";
+pub(crate) const CREDENTIALS_FILE: &str = "credentials.yaml";
+
+/// How often a running server checks its credentials file for changes.
+const CREDENTIALS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub fn run(args: KmsArgs) -> ExitCode {
     match args.command {
@@ -187,6 +197,7 @@ pub fn run(args: KmsArgs) -> ExitCode {
         KmsCommand::Backup(a) => report(backup(a)),
         KmsCommand::Restore(a) => report(restore(a)),
         KmsCommand::Audit(a) => report(crate::kms_audit::run(a)),
+        KmsCommand::Credentials(a) => report(crate::kms_credentials::run(a)),
         KmsCommand::Reseal(a) => report(crate::reseal::run(&a.data_dir.unwrap_or_else(default_kms_dir), &a.reseal)),
     }
 }
@@ -211,15 +222,8 @@ fn backup(a: BackupArgs) -> Result<()> {
     let keys = envelope_keystore::backup::backup_dir(&dir, &a.out)
         .with_context(|| format!("cannot back up {} to {}", dir.display(), a.out.display()))?;
     println!("backed up {keys} key(s) from {} to {}", dir.display(), a.out.display());
-    let params = envelope_keystore::backup::passphrase_params_of(&a.out);
-    if dir.join(envelope_keystore::root::PASSPHRASE_FILE).exists() {
-        println!(
-            "the root key comes from a passphrase: its salt and verifier are in {} (keep it with the backup;",
-            params.display()
-        );
-        println!("restore with --root-passphrase-file; the backup is useless without the passphrase)");
-    } else {
-        println!("the backup holds sealed material only: keep a copy of {} separately", dir.join("root.key").display());
+    for note in crate::reseal::backup_root_notes(&dir, &a.out) {
+        println!("{note}");
     }
     let creds = dir.join(CREDENTIALS_FILE);
     if creds.exists() {
@@ -234,21 +238,12 @@ fn backup(a: BackupArgs) -> Result<()> {
 
 fn restore(a: RestoreArgs) -> Result<()> {
     let dir = a.data_dir.unwrap_or_else(default_kms_dir);
-    let root = match &a.root_passphrase_file {
-        Some(f) => {
-            let text =
-                Zeroizing::new(std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?);
-            envelope_keystore::backup::RestoreRoot::Passphrase {
-                passphrase: Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()),
-                params: a
-                    .passphrase_params
-                    .clone()
-                    .unwrap_or_else(|| envelope_keystore::backup::passphrase_params_of(&a.from)),
-            }
-        }
-        None => envelope_keystore::backup::RestoreRoot::File(a.root_key.clone()),
+    let root = crate::reseal::RestoreRootArgs {
+        root_key: a.root_key.as_deref(),
+        passphrase_file: a.root_passphrase_file.as_deref(),
+        params: a.root_params.as_deref(),
     };
-    let store = envelope_keystore::backup::restore_with(&dir, &a.from, root, a.force)
+    let store = crate::reseal::restore(&dir, &a.from, root, a.force)
         .with_context(|| format!("cannot restore {} into {}", a.from.display(), dir.display()))?;
     println!(
         "restored {} key(s) into {}; every key version unsealed with the root key",
@@ -510,7 +505,7 @@ fn load_credentials(s: &Settings) -> Result<CredentialStore> {
         return CredentialStore::load(&path).map_err(|e| anyhow::anyhow!("{e}"));
     }
     let principal = format!("arn:aws:iam::{}:user/admin", s.config.account_id);
-    let (akid, secret) = generate_access_key()?;
+    let (akid, secret) = envelope_kms_server::credentials::generate_access_key().map_err(|e| anyhow::anyhow!("{e}"))?;
     write_credentials(&path, &akid, &secret, &principal)?;
     println!("envelope kms: generated an access key (shown once; saved to {}, mode 0600):", path.display());
     println!("  export AWS_ACCESS_KEY_ID={akid}");
@@ -521,22 +516,6 @@ fn load_credentials(s: &Settings) -> Result<CredentialStore> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     CredentialStore::new(vec![Credential::new(akid, secret, None, principal).with_policy(admin)])
         .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// An `AKIA` + 16 base32 characters access key id and a 40-character secret.
-fn generate_access_key() -> Result<(String, Zeroizing<String>)> {
-    const B32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut raw = Zeroizing::new([0u8; 56]);
-    envelope_keystore::crypto::fill_random(&mut raw[..]).context("random")?;
-    let akid: String = std::iter::once("AKIA".to_string())
-        .chain(raw[..16].iter().map(|b| char::from(B32[usize::from(b % 32)]).to_string()))
-        .collect();
-    let mut secret = Zeroizing::new(String::with_capacity(40));
-    for b in &raw[16..] {
-        secret.push(char::from(B64[usize::from(b % 64)]));
-    }
-    Ok((akid, secret))
 }
 
 fn write_credentials(path: &Path, akid: &str, secret: &str, principal: &str) -> Result<()> {
@@ -570,16 +549,7 @@ fn reload(server: &Server, credentials: &Path) {
             }
         }
     }
-    match CredentialStore::load(credentials) {
-        Ok(c) => {
-            let n = c.len();
-            server.reload_credentials(c);
-            tracing::info!(path = %credentials.display(), access_keys = n, "SIGHUP: credentials reloaded");
-        }
-        Err(e) => {
-            tracing::error!(path = %credentials.display(), error = %e, "SIGHUP: credentials not reloaded; the current ones stay in use")
-        }
-    }
+    envelope_kms_server::credentials::reload(server, credentials, "SIGHUP");
 }
 
 /// Exit status when a port to listen on is taken (sysexits EX_UNAVAILABLE).
@@ -609,7 +579,10 @@ async fn run_server(server: Arc<Server>, s: &Settings, listeners: Listeners) -> 
     // without dropping connections.
     let credentials_path = s.credentials.clone().unwrap_or_else(|| s.data_dir.join(CREDENTIALS_FILE));
     let reloading = server.clone();
+    let watched = credentials_path.clone();
     crate::runtime::on_hangup(move || reload(&reloading, &credentials_path)).context("cannot handle SIGHUP")?;
+    // Edits by `envelope kms credentials` (or by hand) are picked up without a signal.
+    let _watcher = envelope_kms_server::credentials::Watcher::start(server.clone(), watched, CREDENTIALS_POLL);
     let listener = tokio::net::TcpListener::from_std(listeners.api).context("listener")?;
     let addr = listener.local_addr().context("listener address")?;
     let scheme = if s.tls.is_some() { "https" } else { "http" };

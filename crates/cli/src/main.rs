@@ -36,6 +36,7 @@ mod inspect_cmd;
 mod key;
 mod kms_audit;
 mod kms_cmd;
+mod kms_credentials;
 mod output;
 mod plugin_cmd;
 mod reencrypt;

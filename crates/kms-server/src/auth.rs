@@ -32,7 +32,7 @@ use zeroize::Zeroizing;
 
 use crate::dates::{format_amz_date, parse_amz_date};
 use crate::error::{KmsError, Result};
-use crate::policy::{self, Policy};
+use crate::policy::Policy;
 
 /// Largest accepted difference between the client's `X-Amz-Date` and the server clock.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
@@ -51,6 +51,8 @@ pub struct Credential {
     /// The principal's identity policy; `None` means unrestricted (credentials files written
     /// before identity policies existed).
     pub policy: Option<Arc<Policy>>,
+    /// When the key stops being accepted (`ExpiredTokenException` from then on).
+    pub expires: Option<SystemTime>,
     signing_keys: SigningKeys,
 }
 
@@ -130,8 +132,15 @@ impl Credential {
             session_token,
             principal: principal.into(),
             policy: None,
+            expires: None,
             signing_keys: SigningKeys::default(),
         }
+    }
+
+    /// The same credential, refused from `expires` on (`None`: never).
+    pub fn expiring(mut self, expires: Option<SystemTime>) -> Self {
+        self.expires = expires;
+        self
     }
 
     /// The same credential restricted by an identity policy.
@@ -145,21 +154,6 @@ impl Credential {
 #[derive(Debug, Default)]
 pub struct CredentialStore {
     by_id: HashMap<String, Credential>,
-}
-
-/// One entry of the credentials file.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileEntry {
-    access_key_id: String,
-    /// Read straight into zeroizing memory (zeroize's `serde` feature).
-    secret_access_key: Zeroizing<String>,
-    #[serde(default)]
-    session_token: Option<Zeroizing<String>>,
-    principal: String,
-    /// The identity policy: a YAML mapping or a JSON document in a string.
-    #[serde(default)]
-    policy: Option<serde_json::Value>,
 }
 
 impl CredentialStore {
@@ -197,55 +191,16 @@ impl CredentialStore {
     }
 
     /// Parses a credentials file: a YAML list of
-    /// `{access_key_id, secret_access_key, principal, session_token?, policy?}`.
+    /// `{access_key_id, secret_access_key, principal, session_token?, policy?, expires?}`
+    /// ([`crate::credentials`]).
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let entries: Vec<FileEntry> =
-            serde_norway::from_str(text).map_err(|e| KmsError::Config(format!("credentials file: {e}")))?;
-        let mut creds = Vec::with_capacity(entries.len());
-        for e in entries {
-            let policy = match e.policy {
-                None => None,
-                Some(v) => {
-                    let text = match v {
-                        serde_json::Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    Some(Arc::new(
-                        policy::parse_identity(&text)
-                            .map_err(|m| KmsError::Config(format!("policy of access key {}: {m}", e.access_key_id)))?,
-                    ))
-                }
-            };
-            creds.push(Credential {
-                access_key_id: e.access_key_id,
-                secret_access_key: e.secret_access_key,
-                session_token: e.session_token,
-                principal: e.principal,
-                policy,
-                signing_keys: SigningKeys::default(),
-            });
-        }
-        Self::new(creds)
+        crate::credentials::CredentialsFile::parse(text)?.store()
     }
 
     /// Reads and parses a credentials file. A file that its group or others may read is
     /// refused: its secrets sign requests.
     pub fn load(path: &Path) -> Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        let meta =
-            std::fs::metadata(path).map_err(|e| KmsError::Config(format!("cannot read {}: {e}", path.display())))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KmsError::Config(format!(
-                "credentials file {} is accessible by group or others (mode {mode:o}); chmod 600 it",
-                path.display()
-            )));
-        }
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| KmsError::Config(format!("cannot read {}: {e}", path.display())))?,
-        );
-        Self::from_yaml(&text)
+        crate::credentials::CredentialsFile::load(path)?.store()
     }
 
     /// How many access keys are accepted.
@@ -385,6 +340,10 @@ impl CredentialStore {
         };
         aws_lc_rs::constant_time::verify_slices_are_equal(expected.as_bytes(), parsed.signature.as_bytes())
             .map_err(|_| KmsError::InvalidSignature(SIGNATURE_MISMATCH.into()))?;
+        // Told only to the key's holder: the signature had to match first.
+        if cred.expires.is_some_and(|t| now >= t) {
+            return Err(KmsError::ExpiredToken);
+        }
         Ok(cred)
     }
 }

@@ -1,6 +1,7 @@
 //! The key server's civil dates, all in UTC with whole seconds: SigV4's `X-Amz-Date`
-//! (`YYYYMMDD'T'HHMMSS'Z'`) and the audit records' RFC 3339 `eventTime`. The calendar is the
-//! `time` crate's; only the two layouts are written here.
+//! (`YYYYMMDD'T'HHMMSS'Z'`) and RFC 3339 (the audit records' `eventTime`, the audit search's
+//! times, credentials' `expires`). The calendar is the `time` crate's; only the layouts are
+//! written here.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +37,51 @@ pub fn format_amz_date(t: SystemTime) -> String {
 pub fn rfc3339_seconds(t: SystemTime) -> String {
     let (y, mo, d, h, mi, s) = utc(t);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (as the audit log writes it; fractions and offsets accepted) to Unix
+/// seconds. `None` for anything else, including impossible dates and times.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i32> {
+        let t = s.get(r)?;
+        if t.bytes().all(|c| c.is_ascii_digit()) { t.parse().ok() } else { None }
+    };
+    let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
+    let date = time::Date::from_calendar_date(num(0..4)?, month, u8::try_from(num(8..10)?).ok()?).ok()?;
+    let clock = time::Time::from_hms(
+        u8::try_from(num(11..13)?).ok()?,
+        u8::try_from(num(14..16)?).ok()?,
+        u8::try_from(num(17..19)?).ok()?,
+    )
+    .ok()?;
+    let mut rest = &s[19..];
+    if let Some(r) = rest.strip_prefix('.') {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &r[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (h, m) = rest.get(1..)?.split_once(':')?;
+            if h.len() != 2 || m.len() != 2 {
+                return None;
+            }
+            sign * (i64::from(h.parse::<u8>().ok()?) * 3600 + i64::from(m.parse::<u8>().ok()?) * 60)
+        }
+    };
+    Some(time::PrimitiveDateTime::new(date, clock).assume_utc().unix_timestamp() - offset)
 }
 
 /// `t` in UTC, cut to whole seconds, as (year, month, day, hour, minute, second); the epoch for
@@ -103,6 +149,17 @@ mod tests {
         assert_eq!(rfc3339_seconds(UNIX_EPOCH - Duration::from_secs(1)), "1970-01-01T00:00:00Z");
     }
 
+    #[test]
+    fn rfc3339_parsing() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2026-12-01T21:19:20Z"), Some(1_796_159_960));
+        assert_eq!(parse_rfc3339("1970-01-01T01:00:00.123+01:00"), Some(0));
+        for bad in ["", "2026-13-01T00:00:00Z", "2026-12-01 00:00:00Z", "2026-12-01T00:00:00", "2026-12-01T00:00:00Zx"]
+        {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
     proptest! {
         #[test]
         fn date_round_trip(secs in 0u64..8_000_000_000) {
@@ -111,8 +168,15 @@ mod tests {
         }
 
         #[test]
-        fn parse_never_panics(s in ".{0,20}") {
+        fn parse_never_panics(s in ".{0,40}") {
             let _ = parse_amz_date(&s);
+            let _ = parse_rfc3339(&s);
+        }
+
+        #[test]
+        fn rfc3339_round_trip(secs in 0u64..253_402_300_799) {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            prop_assert_eq!(parse_rfc3339(&rfc3339_seconds(t)), Some(i64::try_from(secs).unwrap()));
         }
     }
 }

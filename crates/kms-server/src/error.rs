@@ -91,6 +91,9 @@ pub enum KmsError {
     /// `X-Amz-Target` names no operation of this service.
     #[error("{0}")]
     UnknownOperation(String),
+    /// The access key is past its `expires` time.
+    #[error("The security token included in the request is expired")]
+    ExpiredToken,
     /// The access key id is unknown, or the session token does not match.
     #[error("The security token included in the request is invalid.")]
     UnrecognizedClient,
@@ -120,6 +123,7 @@ impl KmsError {
             IncompleteSignature(_) => "IncompleteSignatureException",
             IncorrectKey(_) => "IncorrectKeyException",
             ExpiredImportToken(_) => "ExpiredImportTokenException",
+            ExpiredToken => "ExpiredTokenException",
             IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
             InvalidImportToken(_) => "InvalidImportTokenException",
             Config(_) | Internal(_) | AuditUnavailable => {

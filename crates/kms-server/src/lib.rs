@@ -8,6 +8,7 @@
 //! * [`protocol`]: the request members as sent (also the audit view of a request), validation
 //!   rules and messages, response encoding (pure).
 //! * [`auth`]: the access-key table and SigV4 verification (pure, given the clock).
+//! * [`credentials`]: the credentials file, its atomic edits and the watcher that reloads it.
 //! * [`dates`]: `X-Amz-Date` and RFC 3339 times (the calendar is the `time` crate's).
 //! * [`ids`]: key identifiers — key id, key ARN, alias name, alias ARN.
 //! * [`import`]: importing key material — wrapping key pairs, sealed import tokens, unwrapping.
@@ -28,6 +29,7 @@
 pub mod audit;
 pub mod audit_rotate;
 pub mod auth;
+pub mod credentials;
 pub mod dates;
 pub mod error;
 pub mod ids;

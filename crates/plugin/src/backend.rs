@@ -1,5 +1,6 @@
 //! The key backend abstraction and the embedded key-store backend.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -7,7 +8,8 @@ use envelope_keystore::{EncryptionContext, KeyRef, KeyState, KeyStore};
 use zeroize::Zeroizing;
 
 use crate::error::PluginError;
-use crate::format::BackendKind;
+use crate::format::{self, BackendKind};
+use crate::plugin::{v1_context, v2_context};
 
 /// What a health probe learned about the configured key.
 #[derive(Debug, Clone)]
@@ -23,6 +25,10 @@ pub struct Probe<V> {
 ///
 /// Implementations must bind `ctx` into the wrap (as AEAD additional data or the KMS encryption
 /// context), so that a ciphertext only unwraps with the same context.
+///
+/// The `seal_*`/`open_*` methods make and read whole plugin ciphertexts ([`format`]); their
+/// defaults put the backend's own blob in a format-1 envelope. A layer over a backend (the local
+/// KEK, [`crate::kek`]) replaces them.
 pub trait KeyBackend: Send + Sync + 'static {
     /// Backend-specific identifier of a key version.
     type Version: Clone + Send + Sync + 'static;
@@ -51,6 +57,64 @@ pub trait KeyBackend: Send + Sync + 'static {
         blob: &[u8],
         ctx: &EncryptionContext,
     ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, PluginError>> + Send;
+
+    /// KMS v2 Encrypt: the plugin ciphertext of `plaintext` under `version`, whose key_id is
+    /// `key_id`. `annotations` holds the plugin's own; a backend may add its own, which
+    /// kube-apiserver stores and sends back with Decrypt. All of them are bound into the wrap.
+    fn seal_v2(
+        &self,
+        version: &Self::Version,
+        key_id: &str,
+        plaintext: &[u8],
+        annotations: &mut HashMap<String, Vec<u8>>,
+    ) -> impl Future<Output = Result<Vec<u8>, PluginError>> + Send {
+        async move {
+            let blob = self.encrypt(version, plaintext, &v2_context(key_id, annotations)).await?;
+            Ok(format::seal_envelope(self.kind(), &blob))
+        }
+    }
+
+    /// The key_id of the key version a KMS v2 ciphertext (with its annotations) was made under:
+    /// a cheap parse, no cryptography.
+    fn key_id_of_v2(&self, ciphertext: &[u8], annotations: &HashMap<String, Vec<u8>>) -> Result<String, PluginError> {
+        let _ = annotations;
+        self.key_id_of(format::open_direct(self.kind(), ciphertext)?)
+    }
+
+    /// KMS v2 Decrypt of a ciphertext whose key_id the caller checked.
+    fn open_v2(
+        &self,
+        ciphertext: &[u8],
+        key_id: &str,
+        annotations: &HashMap<String, Vec<u8>>,
+    ) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, PluginError>> + Send {
+        async move {
+            let blob = format::open_direct(self.kind(), ciphertext)?;
+            self.decrypt(blob, &v2_context(key_id, annotations)).await
+        }
+    }
+
+    /// KMS v1 Encrypt: the plugin ciphertext of `plaintext` under `version` (key_id `key_id`).
+    fn seal_v1(
+        &self,
+        version: &Self::Version,
+        key_id: &str,
+        plaintext: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>, PluginError>> + Send {
+        let _ = key_id;
+        async move {
+            let blob = self.encrypt(version, plaintext, &v1_context()).await?;
+            Ok(format::seal_envelope(self.kind(), &blob))
+        }
+    }
+
+    /// KMS v1 Decrypt.
+    fn open_v1(&self, ciphertext: &[u8]) -> impl Future<Output = Result<Zeroizing<Vec<u8>>, PluginError>> + Send {
+        async move {
+            let blob = format::open_direct(self.kind(), ciphertext)?;
+            self.decrypt(blob, &v1_context()).await
+        }
+    }
 }
 
 /// The embedded key store as a backend: keys live in envelope's own SQLite store under the data

@@ -8,8 +8,11 @@ use envelope_proto::rules;
 
 use crate::error::PluginError;
 
-/// Current plugin ciphertext format version.
+/// Plugin ciphertext format 1: the backend wrapped the plaintext itself.
 pub const FORMAT_V1: u8 = 0x01;
+/// Plugin ciphertext format 2: the plaintext is wrapped by a local KEK, itself wrapped by the
+/// backend ([`crate::kek`]); the layer's own layout follows the backend kind.
+pub const FORMAT_LOCAL_KEK: u8 = 0x02;
 /// Largest plaintext the plugin wraps (kube-apiserver sends 32 bytes; v1 health checks 4).
 pub const MAX_PLAINTEXT: usize = 4096;
 /// Largest KMS v2 plaintext: kube-apiserver always sends 32 bytes, and the wrapped result must
@@ -58,23 +61,77 @@ pub fn seal_envelope(kind: BackendKind, blob: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Splits a plugin envelope into its backend and blob. Never panics.
-pub fn open_envelope(ciphertext: &[u8]) -> Result<(BackendKind, &[u8]), PluginError> {
+/// Wraps a local-KEK layer body in the plugin envelope: `0x02 ‖ backend kind ‖ body`.
+pub fn seal_layered(kind: BackendKind, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + body.len());
+    out.push(FORMAT_LOCAL_KEK);
+    out.push(kind as u8);
+    out.extend_from_slice(body);
+    out
+}
+
+/// How a plugin ciphertext was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// Format 1: a backend blob.
+    Direct,
+    /// Format 2: a local-KEK layer body ([`crate::kek`]).
+    LocalKek,
+}
+
+/// Splits a plugin ciphertext of either format into its format, backend and body. Never panics.
+pub fn open_any(ciphertext: &[u8]) -> Result<(Format, BackendKind, &[u8]), PluginError> {
+    let format = match ciphertext.first() {
+        None => return Err(PluginError::InvalidCiphertext("ciphertext is empty".into())),
+        Some(&FORMAT_V1) => Format::Direct,
+        Some(&FORMAT_LOCAL_KEK) => Format::LocalKek,
+        Some(v) => {
+            return Err(PluginError::InvalidCiphertext(format!(
+                "unknown ciphertext format version 0x{v:02x} (not made by envelope?)"
+            )));
+        }
+    };
     match ciphertext {
-        [] => Err(PluginError::InvalidCiphertext("ciphertext is empty".into())),
-        [FORMAT_V1, kind, blob @ ..] => {
+        [_, kind, body @ ..] => {
             let kind = BackendKind::from_byte(*kind)
                 .ok_or_else(|| PluginError::InvalidCiphertext(format!("unknown backend kind 0x{kind:02x}")))?;
-            if blob.is_empty() {
+            if body.is_empty() {
                 return Err(PluginError::InvalidCiphertext("ciphertext is truncated".into()));
             }
-            Ok((kind, blob))
+            Ok((format, kind, body))
         }
-        [FORMAT_V1] => Err(PluginError::InvalidCiphertext("ciphertext is truncated".into())),
-        [v, ..] => Err(PluginError::InvalidCiphertext(format!(
-            "unknown ciphertext format version 0x{v:02x} (not made by envelope?)"
-        ))),
+        _ => Err(PluginError::InvalidCiphertext("ciphertext is truncated".into())),
     }
+}
+
+/// Splits a format-1 plugin envelope into its backend and blob. Never panics.
+pub fn open_envelope(ciphertext: &[u8]) -> Result<(BackendKind, &[u8]), PluginError> {
+    match open_any(ciphertext)? {
+        (Format::Direct, kind, blob) => Ok((kind, blob)),
+        (Format::LocalKek, _, _) => Err(PluginError::InvalidCiphertext(
+            "the ciphertext was made through a local KEK (format 2), which this plugin does not read".into(),
+        )),
+    }
+}
+
+/// The backend blob of a format-1 ciphertext made by `kind`.
+pub fn open_direct(kind: BackendKind, ciphertext: &[u8]) -> Result<&[u8], PluginError> {
+    let (k, blob) = open_envelope(ciphertext)?;
+    check_kind(kind, k)?;
+    Ok(blob)
+}
+
+/// Refuses a ciphertext made by another backend than `ours`.
+pub fn check_kind(ours: BackendKind, theirs: BackendKind) -> Result<(), PluginError> {
+    if ours != theirs {
+        return Err(PluginError::InvalidCiphertext(format!(
+            "ciphertext was made by the {} backend, this plugin runs the {} backend",
+            theirs.name(),
+            ours.name()
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a request's annotations against the KMS v2 rules ([`rules::check_annotations`]).
@@ -149,6 +206,11 @@ mod tests {
         assert!(open_envelope(&[1, 9, 0]).unwrap_err().to_string().contains("backend kind"));
         assert!(open_envelope(&[7, 1, 0]).unwrap_err().to_string().contains("format version"));
         assert_eq!(open_envelope(&[1, 1, 5]).unwrap(), (BackendKind::Embedded, &[5u8][..]));
+        assert!(open_envelope(&[2, 2, 5]).unwrap_err().to_string().contains("local KEK"));
+        assert_eq!(open_any(&[2, 2, 5]).unwrap(), (Format::LocalKek, BackendKind::Aws, &[5u8][..]));
+        assert!(open_any(&[2, 2]).unwrap_err().to_string().contains("truncated"));
+        assert!(open_any(&[2]).unwrap_err().to_string().contains("truncated"));
+        assert!(open_direct(BackendKind::Aws, &[1, 3, 5]).unwrap_err().to_string().contains("pkcs11 backend"));
     }
 
     proptest! {
@@ -163,6 +225,15 @@ mod tests {
         #[test]
         fn open_envelope_never_panics(data in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = open_envelope(&data);
+            let _ = open_any(&data);
+        }
+
+        #[test]
+        fn layered_round_trip(body in proptest::collection::vec(any::<u8>(), 1..300)) {
+            let sealed = seal_layered(BackendKind::Pkcs11, &body);
+            let (f, k, b) = open_any(&sealed).unwrap();
+            prop_assert_eq!((f, k), (Format::LocalKek, BackendKind::Pkcs11));
+            prop_assert_eq!(b, &body[..]);
         }
 
         #[test]

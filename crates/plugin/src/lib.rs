@@ -2,6 +2,8 @@
 //!
 //! * [`format`]: pure contract rules — the plugin ciphertext envelope, annotation checks.
 //! * [`backend`]: the [`KeyBackend`] trait and the embedded key-store backend.
+//! * [`kek`]: [`KekLayer`], local KEKs between a remote backend and the data keys (one remote
+//!   call per local KEK instead of one per Decrypt), with a cache and prompt revocation.
 //! * [`plugin`]: [`Plugin`] — cached health (Status is O(1)), the background probe, and the
 //!   Encrypt/Decrypt logic shared by both APIs.
 //! * [`service`]: the KMS v2 and v1beta1 gRPC services (thin adapters).
@@ -23,6 +25,7 @@ pub mod conn;
 pub mod deadline;
 pub mod error;
 pub mod format;
+pub mod kek;
 pub mod metrics;
 pub mod plugin;
 pub mod server;
@@ -33,6 +36,7 @@ pub mod supervisor;
 pub use backend::{EmbeddedBackend, KeyBackend, Probe};
 pub use envelope_keystore::RESERVED_CONTEXT_PREFIX;
 pub use error::PluginError;
+pub use kek::{KekConfig, KekLayer};
 pub use metrics::{Instance, InstanceMetrics, Metrics};
 pub use plugin::{Health, Plugin, PluginConfig};
 pub use server::Readiness;

@@ -83,6 +83,23 @@ pub struct RemoteLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of the local KEK layer's events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KekLabels {
+    /// `hit`, `miss` (an unwrap started), `shared` (waited for another caller's unwrap),
+    /// `unwrap`/`unwrap_failed` and `wrap`/`wrap_failed` (remote calls), `expired`, `evicted`,
+    /// `revoked` (entries dropped because the remote key was revoked).
+    pub event: &'static str,
+}
+
+/// AWS KMS list price of a request: $0.03 per 10,000.
+pub const USD_PER_REQUEST: f64 = 0.03 / 10_000.0;
+/// Seconds in the 30-day month of the cost estimate.
+pub const SECONDS_PER_MONTH: f64 = 30.0 * 24.0 * 3600.0;
+
+/// Remote calls counted at the last cost estimate, when, and the smoothed rate (calls/s).
+type RateSample = (u64, std::time::Instant, Option<f64>);
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyIdLabels {
     key_id_hash: String,
@@ -114,6 +131,14 @@ pub struct Metrics {
     connections: Family<Instance, Counter>,
     remote_total: Family<(Instance, RemoteLabels), Counter>,
     remote_seconds: Histograms<RemoteLabels>,
+    /// Every remote call of an instance (not exposed: the base of the cost estimate).
+    remote_sum: Family<Instance, Counter>,
+    remote_monthly: Family<Instance, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    remote_cost: Family<Instance, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Per instance: (remote calls, when) at the last estimate, and the smoothed rate.
+    remote_rate: Mutex<HashMap<Instance, RateSample>>,
+    kek_total: Family<(Instance, KekLabels), Counter>,
+    kek_cached: Family<Instance, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -146,7 +171,29 @@ impl Metrics {
             connections: Family::default(),
             remote_total: Family::default(),
             remote_seconds: histograms(),
+            remote_sum: Family::default(),
+            remote_monthly: Family::default(),
+            remote_cost: Family::default(),
+            remote_rate: Mutex::new(HashMap::new()),
+            kek_total: Family::default(),
+            kek_cached: Family::default(),
         };
+        registry.register(
+            "remote_calls_monthly_estimate",
+            "Remote KMS calls a 30-day month would take at the recent rate (smoothed over about 10 minutes, updated by each health probe)",
+            m.remote_monthly.clone(),
+        );
+        registry.register(
+            "remote_calls_monthly_cost_usd_estimate",
+            "remote_calls_monthly_estimate at the AWS KMS list price of $0.03 per 10,000 requests",
+            m.remote_cost.clone(),
+        );
+        registry.register(
+            "local_kek_events",
+            "Local KEK layer: cache hits and misses, shared unwraps, remote wraps and unwraps, expired, evicted and revoked entries",
+            m.kek_total.clone(),
+        );
+        registry.register("local_kek_cached", "Unwrapped local KEKs in the cache", m.kek_cached.clone());
         registry.register(
             "remote_calls",
             "Calls to a remote KMS by operation and outcome class (each attempt)",
@@ -235,6 +282,53 @@ impl InstanceMetrics {
         let l = (self.instance.clone(), RemoteLabels { operation, outcome });
         self.shared.remote_total.get_or_create(&l).inc();
         self.shared.remote_seconds.get_or_create(&l).observe(elapsed.as_secs_f64());
+        self.shared.remote_sum.get_or_create(&self.instance).inc();
+    }
+
+    /// Remote KMS calls of this instance so far (every operation and outcome).
+    pub fn remote_calls(&self) -> u64 {
+        self.shared.remote_sum.get_or_create(&self.instance).get()
+    }
+
+    /// Updates the monthly estimate of remote calls and their cost from the calls made since
+    /// the last update (called by the health loop). The rate is smoothed exponentially with a
+    /// 10-minute time constant.
+    pub fn update_cost_estimate(&self) {
+        let calls = self.remote_calls();
+        let now = std::time::Instant::now();
+        let Ok(mut rates) = self.shared.remote_rate.lock() else { return };
+        let (last_calls, last_at, rate) = rates.entry(self.instance.clone()).or_insert((calls, now, None));
+        let dt = now.saturating_duration_since(*last_at).as_secs_f64();
+        if dt < 0.001 {
+            return;
+        }
+        let recent = calls.saturating_sub(*last_calls) as f64 / dt;
+        let alpha = 1.0 - (-dt / 600.0).exp();
+        let smoothed = match *rate {
+            Some(r) => r + alpha * (recent - r),
+            None => recent,
+        };
+        *rate = Some(smoothed);
+        *last_calls = calls;
+        *last_at = now;
+        let monthly = smoothed * SECONDS_PER_MONTH;
+        self.shared.remote_monthly.get_or_create(&self.instance).set(monthly);
+        self.shared.remote_cost.get_or_create(&self.instance).set(monthly * USD_PER_REQUEST);
+    }
+
+    /// Records `n` local KEK layer events.
+    pub fn local_kek(&self, event: &'static str, n: u64) {
+        self.shared.kek_total.get_or_create(&(self.instance.clone(), KekLabels { event })).inc_by(n);
+    }
+
+    /// How many of a local KEK layer's events were recorded (tests, the bench).
+    pub fn local_kek_count(&self, event: &'static str) -> u64 {
+        self.shared.kek_total.get_or_create(&(self.instance.clone(), KekLabels { event })).get()
+    }
+
+    /// The number of unwrapped local KEKs in the cache.
+    pub fn local_kek_cached(&self, n: usize) {
+        self.shared.kek_cached.get_or_create(&self.instance).set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Records an accepted connection.

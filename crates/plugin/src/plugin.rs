@@ -183,6 +183,7 @@ impl<B: KeyBackend> Plugin<B> {
             Err(e) => code_name(e.code()),
         };
         self.inner.metrics.backend(self.inner.backend.kind().name(), "probe", outcome, start.elapsed());
+        self.inner.metrics.update_cost_estimate();
         let prev = self.health();
         let next = match res {
             Ok(p) => {
@@ -257,13 +258,19 @@ impl<B: KeyBackend> Plugin<B> {
         let (Some(key_id), Some(version)) = (&h.key_id, &h.version) else {
             return Err(PluginError::Unavailable(format!("plugin not ready: {}", h.healthz())));
         };
-        let ctx = v2_context(key_id, &self.inner.annotations);
-        let blob = self.backend_encrypt(version, plaintext, &ctx).await?;
-        let ciphertext = format::seal_envelope(self.inner.backend.kind(), &blob);
-        if ciphertext.len() > MAX_FIELD_LEN || key_id.is_empty() || key_id.len() > MAX_FIELD_LEN {
+        let mut annotations = self.inner.annotations.clone();
+        let start = Instant::now();
+        let r = self.inner.backend.seal_v2(version, key_id, plaintext, &mut annotations).await;
+        self.record("encrypt", &r, start);
+        let ciphertext = r?;
+        if ciphertext.len() > MAX_FIELD_LEN
+            || key_id.is_empty()
+            || key_id.len() > MAX_FIELD_LEN
+            || format::check_annotations(&annotations).is_err()
+        {
             return Err(PluginError::Internal("backend output exceeds the KMS v2 limits".into()));
         }
-        Ok((ciphertext, key_id.clone(), self.inner.annotations.clone()))
+        Ok((ciphertext, key_id.clone(), annotations))
     }
 
     /// KMS v2 Decrypt.
@@ -283,24 +290,27 @@ impl<B: KeyBackend> Plugin<B> {
             return Err(PluginError::InvalidCiphertext(format!("ciphertext is longer than {MAX_FIELD_LEN} bytes")));
         }
         format::check_annotations(annotations)?;
-        let blob = self.open(ciphertext)?;
-        let actual = self.inner.backend.key_id_of(blob)?;
+        let actual = self.inner.backend.key_id_of_v2(ciphertext, annotations)?;
         if actual != key_id {
             return Err(PluginError::KeyIdMismatch(key_id.to_string()));
         }
-        let ctx = v2_context(key_id, annotations);
-        self.backend_decrypt(blob, &ctx).await
+        let start = Instant::now();
+        let r = self.inner.backend.open_v2(ciphertext, key_id, annotations).await;
+        self.record("decrypt", &r, start);
+        r
     }
 
     /// KMS v1beta1 Encrypt.
     pub async fn encrypt_v1(&self, plaintext: &[u8]) -> Result<Vec<u8>, PluginError> {
         check_plaintext(plaintext)?;
         let h = self.health();
-        let Some(version) = &h.version else {
+        let (Some(key_id), Some(version)) = (&h.key_id, &h.version) else {
             return Err(PluginError::Unavailable(format!("plugin not ready: {}", h.healthz())));
         };
-        let blob = self.backend_encrypt(version, plaintext, &v1_context()).await?;
-        Ok(format::seal_envelope(self.inner.backend.kind(), &blob))
+        let start = Instant::now();
+        let r = self.inner.backend.seal_v1(version, key_id, plaintext).await;
+        self.record("encrypt", &r, start);
+        r
     }
 
     /// KMS v1beta1 Decrypt.
@@ -308,37 +318,8 @@ impl<B: KeyBackend> Plugin<B> {
         if ciphertext.len() > u16::MAX as usize {
             return Err(PluginError::InvalidCiphertext("ciphertext is longer than 65535 bytes".into()));
         }
-        let blob = self.open(ciphertext)?;
-        self.backend_decrypt(blob, &v1_context()).await
-    }
-
-    fn open<'a>(&self, ciphertext: &'a [u8]) -> Result<&'a [u8], PluginError> {
-        let (kind, blob) = format::open_envelope(ciphertext)?;
-        if kind != self.inner.backend.kind() {
-            return Err(PluginError::InvalidCiphertext(format!(
-                "ciphertext was made by the {} backend, this plugin runs the {} backend",
-                kind.name(),
-                self.inner.backend.kind().name()
-            )));
-        }
-        Ok(blob)
-    }
-
-    async fn backend_encrypt(
-        &self,
-        version: &B::Version,
-        plaintext: &[u8],
-        ctx: &EncryptionContext,
-    ) -> Result<Vec<u8>, PluginError> {
         let start = Instant::now();
-        let r = self.inner.backend.encrypt(version, plaintext, ctx).await;
-        self.record("encrypt", &r, start);
-        r
-    }
-
-    async fn backend_decrypt(&self, blob: &[u8], ctx: &EncryptionContext) -> Result<Zeroizing<Vec<u8>>, PluginError> {
-        let start = Instant::now();
-        let r = self.inner.backend.decrypt(blob, ctx).await;
+        let r = self.inner.backend.open_v1(ciphertext).await;
         self.record("decrypt", &r, start);
         r
     }

@@ -59,3 +59,52 @@ envelope_test_support::key_backend_battery! {
     concurrency: run,
     malformed_ciphertext: run,
 }
+
+/// The battery through the local KEK layer over the embedded backend.
+mod local_kek {
+    use std::sync::Arc;
+
+    use envelope_plugin::{EmbeddedBackend, KekConfig, KekLayer, Metrics, Plugin, PluginConfig};
+    use envelope_test_support::conformance::Subject;
+
+    struct Layered(super::Embedded);
+
+    impl Subject for Layered {
+        type Backend = KekLayer<EmbeddedBackend>;
+        const KEEPS_UNWRAPPED_KEYS: bool = true;
+
+        async fn start() -> Self {
+            Layered(super::Embedded::start().await)
+        }
+
+        fn plugin(&self) -> Plugin<KekLayer<EmbeddedBackend>> {
+            let backend = EmbeddedBackend::new(self.0.store.clone(), self.0.key.clone());
+            let layer = KekLayer::new(backend, KekConfig::default()).unwrap();
+            Plugin::new(layer, PluginConfig::default(), Arc::new(Metrics::new()))
+        }
+
+        async fn rotate(&self) {
+            self.0.rotate().await;
+        }
+
+        async fn disable(&self) {
+            self.0.disable().await;
+        }
+
+        async fn enable(&self) {
+            self.0.enable().await;
+        }
+    }
+
+    envelope_test_support::key_backend_battery! {
+        Layered;
+        round_trip: run,
+        key_id_rules: run,
+        rotation: run,
+        disable_enable: run,
+        outage: not_applicable("the embedded key store is in process: there is no remote end to lose"),
+        deadlines: not_applicable("the embedded backend never waits on a remote end; the gRPC deadline itself is tested in tests/lifecycle.rs"),
+        concurrency: run,
+        malformed_ciphertext: run,
+    }
+}

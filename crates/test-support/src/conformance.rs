@@ -17,6 +17,8 @@
 //! * [`disable_enable`]: disabled is not ready (FailedPrecondition, the last key_id kept);
 //!   enabled again works with the same key_id.
 //! * [`outage`]: backend unreachable → Unavailable and a health that says so, the key_id kept;
+//!   what needs the remote end fails with Unavailable (a backend that keeps unwrapped keys, the
+//!   local KEK layer, goes on reading what it unwrapped and writing with its key in use);
 //!   back again → ready, same key_id, old data decrypts.
 //! * [`deadlines`]: a call to a backend whose remote end never answers returns by the caller's
 //!   deadline; a probe returns by the probe timeout.
@@ -29,7 +31,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
-use envelope_plugin::format::open_envelope;
 use envelope_plugin::{KeyBackend, Plugin, PluginConfig, PluginError};
 use envelope_proto::rules::MAX_FIELD_LEN;
 use tonic::Code;
@@ -41,6 +42,10 @@ use tonic::Code;
 pub trait Subject: Sized + Send + Sync + 'static {
     /// The backend.
     type Backend: KeyBackend;
+
+    /// The backend keeps what it unwrapped (the local KEK layer, `envelope_plugin::kek`): through
+    /// an outage, ciphertexts whose key it holds still decrypt and new ones are still made.
+    const KEEPS_UNWRAPPED_KEYS: bool = false;
 
     /// A fresh backend with one usable key.
     fn start() -> impl Future<Output = Self> + Send;
@@ -155,11 +160,11 @@ pub async fn round_trip<S: Subject>() {
     assert!(!ct.is_empty() && ct.len() <= MAX_FIELD_LEN, "ciphertext is {} bytes", ct.len());
     assert_eq!(&p.decrypt_v2(&ct, &kid, &ann).await.unwrap()[..], &dek);
 
-    let (again, _, _) = p.encrypt_v2(&dek).await.unwrap();
+    let (again, _, again_ann) = p.encrypt_v2(&dek).await.unwrap();
     assert_ne!(again, ct, "wraps are randomized");
-    assert_eq!(&p.decrypt_v2(&again, &kid, &ann).await.unwrap()[..], &dek);
-    let (other, _, _) = p.encrypt_v2(&[1u8; 32]).await.unwrap();
-    assert_eq!(&p.decrypt_v2(&other, &kid, &ann).await.unwrap()[..], &[1u8; 32]);
+    assert_eq!(&p.decrypt_v2(&again, &kid, &again_ann).await.unwrap()[..], &dek);
+    let (other, _, other_ann) = p.encrypt_v2(&[1u8; 32]).await.unwrap();
+    assert_eq!(&p.decrypt_v2(&other, &kid, &other_ann).await.unwrap()[..], &[1u8; 32]);
 
     // The annotations are bound into the wrap.
     let mut altered = ann.clone();
@@ -194,8 +199,7 @@ pub async fn key_id_rules<S: Subject>() {
 
     let (ct, key_id, ann) = p.encrypt_v2(&[3u8; 32]).await.unwrap();
     assert_eq!(key_id, kid);
-    let (_, blob) = open_envelope(&ct).unwrap();
-    assert_eq!(p.backend().key_id_of(blob).unwrap(), kid, "the ciphertext records its key_id");
+    assert_eq!(p.backend().key_id_of_v2(&ct, &ann).unwrap(), kid, "the ciphertext records its key_id");
 
     // Decrypt checks the key_id before any cryptography.
     let e = assert_code(p.decrypt_v2(&ct, "", &ann).await, Code::InvalidArgument, "empty key_id");
@@ -220,10 +224,12 @@ pub async fn rotation<S: Subject>() {
     assert_ne!(k1, k2, "rotation must change the key_id");
     assert!(!k2.is_empty() && k2.len() <= MAX_FIELD_LEN);
     assert_eq!(ready(&p).await, k2, "the new key_id is stable");
-    let (ct2, kid2, _) = p.encrypt_v2(&[2u8; 32]).await.unwrap();
+    // Each ciphertext is decrypted with the annotations its Encrypt returned, as kube-apiserver
+    // stores them with it (a backend may put per-ciphertext data there).
+    let (ct2, kid2, ann2) = p.encrypt_v2(&[2u8; 32]).await.unwrap();
     assert_eq!(kid2, k2, "new wraps use the new key_id");
     assert_eq!(&p.decrypt_v2(&ct1, &k1, &ann).await.unwrap()[..], &[1u8; 32], "old ciphertext, old key_id");
-    assert_eq!(&p.decrypt_v2(&ct2, &k2, &ann).await.unwrap()[..], &[2u8; 32]);
+    assert_eq!(&p.decrypt_v2(&ct2, &k2, &ann2).await.unwrap()[..], &[2u8; 32]);
     let e = p.decrypt_v2(&ct1, &k2, &ann).await.unwrap_err();
     assert!(matches!(e, PluginError::KeyIdMismatch(_)), "old ciphertext under the new key_id: {e:?}");
     // A plugin started after the rotation decrypts what was wrapped before it.
@@ -261,6 +267,11 @@ pub async fn outage<S: Subject>() {
     let p = s.plugin();
     let kid = ready(&p).await;
     let (ct, _, ann) = p.encrypt_v2(&[5u8; 32]).await.unwrap();
+    // Made by another plugin: nothing of it was ever unwrapped by `p`.
+    let other = s.plugin();
+    assert_eq!(ready(&other).await, kid);
+    let (foreign, _, foreign_ann) = other.encrypt_v2(&[7u8; 32]).await.unwrap();
+    let foreign_v1 = other.encrypt_v1(&[7u8; 32]).await.unwrap();
 
     s.cut_off().await;
     let h = p.probe_now().await;
@@ -268,14 +279,25 @@ pub async fn outage<S: Subject>() {
     assert!(matches!(&h.error, Some(PluginError::Unavailable(_))), "{:?}", h.error);
     assert!(h.healthz().starts_with("backend unavailable"), "health must say so: {}", h.healthz());
     assert_eq!(h.key_id.as_deref(), Some(kid.as_str()), "an outage must not look like a rotation");
-    assert_code(p.decrypt_v2(&ct, &kid, &ann).await, Code::Unavailable, "decrypt during the outage");
-    assert_code(p.encrypt_v2(&[5u8; 32]).await, Code::Unavailable, "encrypt during the outage");
+    assert_code(p.decrypt_v2(&foreign, &kid, &foreign_ann).await, Code::Unavailable, "decrypt during the outage");
+    assert_code(p.decrypt_v1(&foreign_v1).await, Code::Unavailable, "v1 decrypt during the outage");
+    if S::KEEPS_UNWRAPPED_KEYS {
+        assert_eq!(&p.decrypt_v2(&ct, &kid, &ann).await.unwrap()[..], &[5u8; 32], "a key it holds still reads");
+        let (during, key_id, during_ann) = p.encrypt_v2(&[6u8; 32]).await.unwrap();
+        assert_eq!(key_id, kid, "writes go on under the same key_id");
+        assert_eq!(&p.decrypt_v2(&during, &kid, &during_ann).await.unwrap()[..], &[6u8; 32]);
+    } else {
+        assert_code(p.decrypt_v2(&ct, &kid, &ann).await, Code::Unavailable, "decrypt during the outage");
+        assert_code(p.encrypt_v2(&[5u8; 32]).await, Code::Unavailable, "encrypt during the outage");
+    }
 
     s.reconnect().await;
     let h = p.probe_now().await;
     assert!(h.is_ready(), "the next probe recovers: {:?}", h.error);
     assert_eq!(h.key_id.as_deref(), Some(kid.as_str()));
     assert_eq!(&p.decrypt_v2(&ct, &kid, &ann).await.unwrap()[..], &[5u8; 32]);
+    assert_eq!(&p.decrypt_v2(&foreign, &kid, &foreign_ann).await.unwrap()[..], &[7u8; 32]);
+    assert_eq!(&p.decrypt_v1(&foreign_v1).await.unwrap()[..], &[7u8; 32]);
     assert_eq!(p.encrypt_v2(&[6u8; 32]).await.unwrap().1, kid);
 }
 

@@ -127,6 +127,11 @@ pub struct DecryptArgs {
     /// Unwrap with an envelope key store directly (no running plugin needed).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// With --data-dir: the key store's root key, as the plugin's --root-key: `file` (root.key
+    /// in DIR, the default), `passphrase-file:PATH`, or a `pkcs11:` URI (RFC 7512, with
+    /// `module-path` and `pin-source=file:…`) naming the token key that wraps it.
+    #[arg(long, env = "ENVELOPE_ROOT_KEY", value_name = "ROOT")]
+    pub root_key: Option<String>,
     /// EncryptionConfiguration with aescbc/aesgcm/secretbox keys for static-key values.
     #[arg(long, value_name = "FILE")]
     pub encryption_config: Option<PathBuf>,
@@ -426,7 +431,8 @@ async fn unwrapper(args: &DecryptArgs) -> Result<Unwrapper> {
     }
     if let Some(dir) = &args.data_dir {
         let dir = dir.clone();
-        let store = tokio::task::spawn_blocking(move || envelope_keystore::KeyStore::open_existing(&dir))
+        let root = crate::reseal::parse_root(args.root_key.as_deref().unwrap_or("file")).context("--root-key")?;
+        let store = tokio::task::spawn_blocking(move || envelope_keystore::KeyStore::open_existing_with(&dir, &root))
             .await?
             .context("cannot open the key store")?;
         let backend = envelope_plugin::EmbeddedBackend::new(

@@ -1,13 +1,16 @@
 //! Root key sources named on the command line, and `envelope key reseal` / `envelope kms
 //! reseal`: the root key of a store moved between a file, a passphrase and a PKCS#11 token key
-//! (envelope_keystore::reseal; crash-safe, the database untouched).
+//! (envelope_keystore::reseal; crash-safe, the database untouched). Also the root of `envelope
+//! kms restore` (the same spellings, plus the descriptor saved next to the backup).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use envelope_keystore::backup::{RestoreRoot, passphrase_params_of, pkcs11_params_of, saved_root_forms};
 use envelope_keystore::reseal::Resealed;
+use envelope_keystore::root::RootForm;
 use envelope_keystore::{KeyStore, RootSource};
 use envelope_plugin_pkcs11::Pkcs11RootWrapper;
 use zeroize::Zeroizing;
@@ -32,10 +35,15 @@ pub fn pkcs11_root(uri: &str) -> Result<RootSource> {
 
 /// The passphrase in `path` (less trailing newlines).
 pub fn passphrase_root(path: &Path) -> Result<RootSource> {
+    Ok(RootSource::Passphrase(read_passphrase(path)?))
+}
+
+/// The passphrase in `path` (less trailing newlines), as a zeroized string.
+fn read_passphrase(path: &Path) -> Result<Zeroizing<String>> {
     let text = Zeroizing::new(
         std::fs::read_to_string(path).with_context(|| format!("cannot read the passphrase file {}", path.display()))?,
     );
-    Ok(RootSource::Passphrase(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string())))
+    Ok(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()))
 }
 
 /// `file`, `passphrase-file:PATH` or `pkcs11:…`.
@@ -85,4 +93,103 @@ pub fn run(dir: &Path, a: &ResealArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where `envelope kms restore` takes the restored store's root key from.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreRootArgs<'a> {
+    /// `--root-key`: a root key file, `file` (the data directory's root.key),
+    /// `passphrase-file:PATH` or a `pkcs11:` URI.
+    pub root_key: Option<&'a str>,
+    /// `--root-passphrase-file`.
+    pub passphrase_file: Option<&'a Path>,
+    /// `--root-params`: the descriptor saved with the backup, when not next to it.
+    pub params: Option<&'a Path>,
+}
+
+/// Restores `backup` into `dir` under the root `a` names (the descriptor of a passphrase or
+/// token root read from next to the backup unless `a.params`). A root that does not open the
+/// backup is refused, naming the root the backup's store used when the backup says so.
+pub fn restore(dir: &Path, backup: &Path, a: RestoreRootArgs<'_>, force: bool) -> Result<KeyStore> {
+    let root = restore_root(backup, a)?;
+    let given = match &root {
+        RestoreRoot::Passphrase { .. } => RootForm::Passphrase,
+        RestoreRoot::Pkcs11 { .. } => RootForm::Pkcs11,
+        _ => RootForm::File,
+    };
+    envelope_keystore::backup::restore_with(dir, backup, root, force).map_err(|e| {
+        let saved = saved_root_forms(backup);
+        let e = anyhow::Error::new(e);
+        match saved.first() {
+            Some(form) if !saved.contains(&given) => e.context(format!(
+                "the backup comes from a store with {} ({} next to it): give {}",
+                form.file_name(),
+                saved_descriptor(backup, *form).display(),
+                match form {
+                    RootForm::Pkcs11 => "--root-key pkcs11:… naming the token key",
+                    _ => "--root-key passphrase-file:PATH (or --root-passphrase-file)",
+                }
+            )),
+            _ => e,
+        }
+    })
+}
+
+fn saved_descriptor(backup: &Path, form: RootForm) -> PathBuf {
+    match form {
+        RootForm::Pkcs11 => pkcs11_params_of(backup),
+        _ => passphrase_params_of(backup),
+    }
+}
+
+fn restore_root(backup: &Path, a: RestoreRootArgs<'_>) -> Result<RestoreRoot> {
+    let params = |form| a.params.map_or_else(|| saved_descriptor(backup, form), Path::to_path_buf);
+    let root = match (a.passphrase_file, a.root_key) {
+        (Some(_), Some(_)) => bail!("give --root-key or --root-passphrase-file, not both"),
+        (Some(f), None) => {
+            RestoreRoot::Passphrase { passphrase: read_passphrase(f)?, params: params(RootForm::Passphrase) }
+        }
+        (None, Some(spec)) if spec.starts_with("pkcs11:") => {
+            let w = Pkcs11RootWrapper::from_uri(spec).map_err(|e| anyhow::anyhow!("--root-key: {e}"))?;
+            RestoreRoot::Pkcs11 { wrapper: Arc::new(w), params: params(RootForm::Pkcs11) }
+        }
+        (None, Some(spec)) if spec.starts_with("passphrase-file:") => RestoreRoot::Passphrase {
+            passphrase: read_passphrase(Path::new(&spec["passphrase-file:".len()..]))?,
+            params: params(RootForm::Passphrase),
+        },
+        (None, Some("file") | None) => RestoreRoot::File(None),
+        (None, Some(path)) => RestoreRoot::File(Some(PathBuf::from(path))),
+    };
+    if a.params.is_some() && matches!(root, RestoreRoot::File(_)) {
+        bail!("--root-params is for a passphrase or pkcs11 root (a root key file is given with --root-key FILE)");
+    }
+    Ok(root)
+}
+
+/// What `envelope kms backup` says about the root key of the store in `dir` backed up to `out`.
+pub fn backup_root_notes(dir: &Path, out: &Path) -> Vec<String> {
+    let mut notes = Vec::new();
+    for form in saved_root_forms(out) {
+        if !dir.join(form.file_name()).exists() {
+            continue;
+        }
+        notes.push(match form {
+            RootForm::Pkcs11 => format!(
+                "the root key is wrapped by a PKCS#11 token key: the wrapped key is in {} (keep it with the backup; \
+                 restore with --root-key pkcs11:…; the backup is useless without the token key)",
+                pkcs11_params_of(out).display()
+            ),
+            _ => format!(
+                "the root key comes from a passphrase: its salt and verifier are in {} (keep it with the backup; \
+                 restore with --root-key passphrase-file:PATH or --root-passphrase-file; the backup is useless \
+                 without the passphrase)",
+                passphrase_params_of(out).display()
+            ),
+        });
+    }
+    let file = dir.join(envelope_keystore::store::ROOT_KEY_FILE);
+    if file.exists() || notes.is_empty() {
+        notes.push(format!("the backup holds sealed material only: keep a copy of {} separately", file.display()));
+    }
+    notes
 }

@@ -1,41 +1,97 @@
 //! Backup and restore of a key store's database.
 //!
 //! A backup is a consistent copy of `keystore.db` taken with SQLite's `VACUUM INTO` while the
-//! store may be in use. It holds only sealed material: it is useless without the root key, which
-//! is backed up separately (and should be kept apart from it). Restoring checks that every
-//! version unseals with the root key before the restored store is used.
+//! store may be in use. It holds only sealed material: it is useless without the root key.
+//! Restoring checks that every version unseals with the root key before the restored store is
+//! used.
 //!
-//! A store whose root key is derived from a passphrase keeps the derivation's salt and a
-//! verifier in `root.passphrase`; a backup of it writes a copy next to the database copy
-//! (`<backup>.passphrase`, not secret), and a restore needs it and the passphrase.
+//! The root key's form travels with the backup when it holds no secret: a store whose root key
+//! is derived from a passphrase keeps the derivation's salt and a verifier in `root.passphrase`,
+//! copied next to the database copy as `<backup>.passphrase`; a store whose root key is wrapped
+//! by a PKCS#11 token key keeps the wrapped key in `root.pkcs11`, copied as `<backup>.pkcs11`.
+//! Neither opens anything alone: a restore needs them and the passphrase, or the token key. A
+//! `root.key` file is the key itself and is never copied: it is backed up separately (and
+//! should be kept apart from the backup).
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::root::{PASSPHRASE_FILE, RootKey};
+use crate::root::{PASSPHRASE_FILE, PKCS11_FILE, RootForm, RootKey, RootWrapper};
 use crate::store::{DB_FILE, KeyStore, ROOT_KEY_FILE, RootSource};
 
 /// The file a backup of a passphrase store writes next to `backup`: `<backup>.passphrase`.
-pub fn passphrase_params_of(backup: &Path) -> std::path::PathBuf {
+pub fn passphrase_params_of(backup: &Path) -> PathBuf {
+    descriptor_of(backup, RootForm::Passphrase)
+}
+
+/// The file a backup of a store sealed under a PKCS#11 token key writes next to `backup`:
+/// `<backup>.pkcs11` (a copy of `root.pkcs11`).
+pub fn pkcs11_params_of(backup: &Path) -> PathBuf {
+    descriptor_of(backup, RootForm::Pkcs11)
+}
+
+/// The forms whose descriptor a backup wrote next to `backup` (`<backup>.passphrase`,
+/// `<backup>.pkcs11`); empty for a store with a `root.key` file.
+pub fn saved_root_forms(backup: &Path) -> Vec<RootForm> {
+    SAVED_FORMS.into_iter().filter(|f| descriptor_of(backup, *f).is_file()).collect()
+}
+
+/// The root forms whose file holds no secret, saved next to a backup.
+const SAVED_FORMS: [RootForm; 2] = [RootForm::Passphrase, RootForm::Pkcs11];
+
+fn descriptor_of(backup: &Path, form: RootForm) -> PathBuf {
     let mut name = backup.as_os_str().to_owned();
-    name.push(".passphrase");
-    std::path::PathBuf::from(name)
+    name.push(match form {
+        RootForm::Pkcs11 => ".pkcs11",
+        RootForm::Passphrase | RootForm::File => ".passphrase",
+    });
+    PathBuf::from(name)
 }
 
 /// Where the root key of a restored store comes from.
 pub enum RestoreRoot {
     /// A root key file copied into the directory, or `None`: the one already there.
-    File(Option<std::path::PathBuf>),
+    File(Option<PathBuf>),
     /// A passphrase-derived root key: the passphrase and the store's salt and verifier (the
     /// `<backup>.passphrase` file written by the backup).
     Passphrase {
         /// The operator's passphrase.
         passphrase: zeroize::Zeroizing<String>,
         /// The saved `root.passphrase`.
-        params: std::path::PathBuf,
+        params: PathBuf,
     },
+    /// A root key wrapped by a PKCS#11 token key: the token key and the wrapped root key (the
+    /// `<backup>.pkcs11` file written by the backup, or the store's `root.pkcs11`).
+    Pkcs11 {
+        /// The token key that unwraps it.
+        wrapper: Arc<dyn RootWrapper>,
+        /// The saved `root.pkcs11`.
+        params: PathBuf,
+    },
+}
+
+impl RestoreRoot {
+    /// The root source that opens the restored store.
+    fn source(&self) -> RootSource {
+        match self {
+            RestoreRoot::File(_) => RootSource::File,
+            RestoreRoot::Passphrase { passphrase, .. } => RootSource::Passphrase(passphrase.clone()),
+            RestoreRoot::Pkcs11 { wrapper, .. } => RootSource::Pkcs11(Arc::clone(wrapper)),
+        }
+    }
+
+    /// The root file installed with the database (`None`: the one already in the directory).
+    fn installed(&self) -> Option<RootForm> {
+        match self {
+            RestoreRoot::File(None) => None,
+            RestoreRoot::File(Some(_)) => Some(RootForm::File),
+            RestoreRoot::Passphrase { .. } => Some(RootForm::Passphrase),
+            RestoreRoot::Pkcs11 { .. } => Some(RootForm::Pkcs11),
+        }
+    }
 }
 
 impl std::fmt::Debug for RestoreRoot {
@@ -45,14 +101,19 @@ impl std::fmt::Debug for RestoreRoot {
             RestoreRoot::Passphrase { params, .. } => {
                 f.debug_struct("Passphrase").field("params", params).finish_non_exhaustive()
             }
+            RestoreRoot::Pkcs11 { wrapper, params } => {
+                f.debug_struct("Pkcs11").field("key", &wrapper.key_uri()).field("params", params).finish()
+            }
         }
     }
 }
 
 /// Writes a consistent copy of the key store's database in `dir` to `out` (which must not
-/// exist), mode 0600, and for a passphrase store its salt and verifier to `<out>.passphrase`.
-/// Safe while the store is in use; the store is not opened, so no root key or passphrase is
-/// needed (the copy holds sealed material only). Returns the number of keys in the copy.
+/// exist), mode 0600, and the root key's descriptor when it holds no secret: a passphrase
+/// store's salt and verifier to `<out>.passphrase`, a token-sealed store's wrapped root key to
+/// `<out>.pkcs11`. Safe while the store is in use; the store is not opened, so no root key,
+/// passphrase or token is needed (the copy holds sealed material only). Returns the number of
+/// keys in the copy.
 pub fn backup_dir(dir: &Path, out: &Path) -> Result<usize> {
     let db = dir.join(DB_FILE);
     if !db.is_file() {
@@ -79,7 +140,11 @@ pub fn backup_dir(dir: &Path, out: &Path) -> Result<usize> {
     if written.is_err() {
         // Never leave a partial backup behind (a retry would be refused as existing).
         let _ = fs::remove_file(out);
-        let _ = fs::remove_file(passphrase_params_of(out));
+        for form in SAVED_FORMS {
+            if dir.join(form.file_name()).exists() {
+                let _ = fs::remove_file(descriptor_of(out, form));
+            }
+        }
     }
     written
 }
@@ -88,19 +153,25 @@ fn check_backup_target<'a>(dir: &Path, out: &'a Path) -> Result<&'a str> {
     if out.exists() {
         return Err(Error::AlreadyExists(out.display().to_string()));
     }
-    if dir.join(PASSPHRASE_FILE).exists() && passphrase_params_of(out).exists() {
-        return Err(Error::AlreadyExists(passphrase_params_of(out).display().to_string()));
+    for form in SAVED_FORMS {
+        if dir.join(form.file_name()).exists() && descriptor_of(out, form).exists() {
+            return Err(Error::AlreadyExists(descriptor_of(out, form).display().to_string()));
+        }
     }
     out.to_str().ok_or_else(|| Error::Invalid("backup path is not UTF-8".into()))
 }
 
-/// Makes the copy private and durable, and saves a passphrase store's salt and verifier.
+/// Makes the copy private and durable, and saves the root key's descriptors that hold no
+/// secret (both, after an interrupted reseal between them).
 fn finish_backup(dir: &Path, out: &Path) -> Result<()> {
     fs::set_permissions(out, fs::Permissions::from_mode(0o600)).map_err(|e| Error::Storage(e.to_string()))?;
     fs::File::open(out).and_then(|f| f.sync_all()).map_err(|e| Error::Storage(e.to_string()))?;
-    let params = dir.join(PASSPHRASE_FILE);
-    if params.exists() {
-        let copy = passphrase_params_of(out);
+    for form in SAVED_FORMS {
+        let params = dir.join(form.file_name());
+        if !params.exists() {
+            continue;
+        }
+        let copy = descriptor_of(out, form);
         fs::copy(&params, &copy).map_err(|e| Error::Storage(format!("cannot write {}: {e}", copy.display())))?;
         fs::set_permissions(&copy, fs::Permissions::from_mode(0o600)).map_err(|e| Error::Storage(e.to_string()))?;
         fs::File::open(&copy).and_then(|f| f.sync_all()).map_err(|e| Error::Storage(e.to_string()))?;
@@ -115,7 +186,11 @@ pub fn restore(dir: &Path, backup: &Path, root_key: Option<&Path>, force: bool) 
     restore_with(dir, backup, RestoreRoot::File(root_key.map(Path::to_path_buf)), force)
 }
 
-/// Like [`restore`], with the root key from `root` (a file, or a passphrase and its saved salt).
+/// Like [`restore`], with the root key from `root`: a file, a passphrase and its saved salt,
+/// or a token key and the root key it wrapped. A root that does not open the backup is refused
+/// and nothing in `dir` changes. The root file installed replaces the replaced store's root
+/// files of every form (they opened the old database, not this one); a directory holding a
+/// root file of another form but no database is refused (its root key is not the backup's).
 pub fn restore_with(dir: &Path, backup: &Path, root: RestoreRoot, force: bool) -> Result<KeyStore> {
     let db = dir.join(DB_FILE);
     if db.exists() && !force {
@@ -123,6 +198,17 @@ pub fn restore_with(dir: &Path, backup: &Path, root: RestoreRoot, force: bool) -
     }
     if !backup.is_file() {
         return Err(Error::NotFound(backup.display().to_string()));
+    }
+    if let Some(form) = root.installed()
+        && !db.exists()
+        && let Some(other) = RootForm::present(dir).into_iter().find(|f| *f != form)
+    {
+        return Err(Error::RootKey(format!(
+            "{} holds {} but no key store; restore a store with a {} into a directory without it (or move it away)",
+            dir.display(),
+            other.file_name(),
+            form.file_name()
+        )));
     }
     // Verify in a private staging directory inside `dir` (same file system, so the final renames
     // are atomic): nothing in `dir` changes unless the backup opens with the root key.
@@ -139,10 +225,7 @@ pub fn restore_with(dir: &Path, backup: &Path, root: RestoreRoot, force: bool) -
         .mode(0o700)
         .create(&staging)
         .map_err(|e| Error::Storage(format!("cannot create {}: {e}", staging.display())))?;
-    let source = match &root {
-        RestoreRoot::File(_) => RootSource::File,
-        RestoreRoot::Passphrase { passphrase, .. } => RootSource::Passphrase(passphrase.clone()),
-    };
+    let source = root.source();
     let result = stage(dir, &staging, backup, &root, &source).and_then(|()| install(dir, &staging, &root));
     // The staging directory may hold a copy of the root key: it never outlives the restore.
     let _ = fs::remove_dir_all(&staging);
@@ -150,9 +233,15 @@ pub fn restore_with(dir: &Path, backup: &Path, root: RestoreRoot, force: bool) -
     KeyStore::open_with(dir, &source)
 }
 
-/// Copies the backup and the root (key file or passphrase parameters) into `staging` and opens
-/// the store there, which unseals every key version.
+/// Copies the backup and the root (key file, passphrase parameters or wrapped root key) into
+/// `staging` and opens the store there, which unseals every key version.
 fn stage(dir: &Path, staging: &Path, backup: &Path, root: &RestoreRoot, source: &RootSource) -> Result<()> {
+    let copy_private = |from: &Path, name: &str| -> Result<()> {
+        fs::copy(from, staging.join(name))
+            .map_err(|e| Error::RootKey(format!("cannot copy {}: {e}", from.display())))?;
+        fs::set_permissions(staging.join(name), fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::RootKey(e.to_string()))
+    };
     match root {
         RestoreRoot::File(root_key) => {
             let root_src = match root_key {
@@ -162,51 +251,50 @@ fn stage(dir: &Path, staging: &Path, backup: &Path, root: &RestoreRoot, source: 
             if !root_src.is_file() {
                 return Err(Error::RootKey(format!("no root key at {}", root_src.display())));
             }
-            fs::copy(&root_src, staging.join(ROOT_KEY_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
-            fs::set_permissions(staging.join(ROOT_KEY_FILE), fs::Permissions::from_mode(0o600))
-                .map_err(|e| Error::RootKey(e.to_string()))?;
+            copy_private(&root_src, ROOT_KEY_FILE)?;
             RootKey::load_or_create(&staging.join(ROOT_KEY_FILE))?;
         }
         RestoreRoot::Passphrase { params, .. } => {
-            if dir.join(ROOT_KEY_FILE).exists() {
-                return Err(Error::RootKey(format!(
-                    "{} holds a root key file; restore a passphrase store into a directory without one",
-                    dir.display()
-                )));
-            }
             if !params.is_file() {
                 return Err(Error::RootKey(format!(
                     "no passphrase parameters at {} (written next to the backup as <backup>.passphrase)",
                     params.display()
                 )));
             }
-            fs::copy(params, staging.join(PASSPHRASE_FILE)).map_err(|e| Error::RootKey(e.to_string()))?;
-            fs::set_permissions(staging.join(PASSPHRASE_FILE), fs::Permissions::from_mode(0o600))
-                .map_err(|e| Error::RootKey(e.to_string()))?;
+            copy_private(params, PASSPHRASE_FILE)?;
+        }
+        RestoreRoot::Pkcs11 { params, .. } => {
+            if !params.is_file() {
+                return Err(Error::RootKey(format!(
+                    "no wrapped root key at {} (written next to the backup as <backup>.pkcs11; the store's \
+                     root.pkcs11 serves too: the root key never changes)",
+                    params.display()
+                )));
+            }
+            copy_private(params, PKCS11_FILE)?;
         }
     }
     fs::copy(backup, staging.join(DB_FILE)).map_err(|e| Error::Storage(e.to_string()))?;
-    // Opening unseals every version: a wrong root key or passphrase, or a damaged backup, fails
-    // here. Closing checkpoints the staged database into its one file.
-    drop(KeyStore::open_with(staging, source)?);
+    // Opening unseals every version: a wrong root key, passphrase or token key, or a damaged
+    // backup, fails here. Closing checkpoints the staged database into its one file.
+    drop(KeyStore::open_existing_with(staging, source)?);
     Ok(())
 }
 
-/// Moves the current database (with its WAL) and root file aside into `staging/replaced`, then
+/// Moves the current database (with its WAL) and root files aside into `staging/replaced`, then
 /// the staged ones into place; on any failure puts everything back as it was.
 fn install(dir: &Path, staging: &Path, root: &RestoreRoot) -> Result<()> {
-    let root_file = match root {
-        RestoreRoot::File(Some(_)) => Some(ROOT_KEY_FILE),
-        RestoreRoot::File(None) => None,
-        RestoreRoot::Passphrase { .. } => Some(PASSPHRASE_FILE),
-    };
+    let root_file = root.installed().map(RootForm::file_name);
+    // A new root file replaces the old store's root files of every form.
+    let replaced_roots: Vec<&str> =
+        if root_file.is_some() { RootForm::ALL.iter().map(|f| f.file_name()).collect() } else { Vec::new() };
     let aside = staging.join("replaced");
     fs::create_dir(&aside).map_err(|e| Error::Storage(e.to_string()))?;
     let mut moved: Vec<&str> = Vec::new();
     let mut installed: Vec<&str> = Vec::new();
     let io = |e: std::io::Error| Error::Storage(e.to_string());
     let result = (|| -> Result<()> {
-        for name in [DB_FILE, "keystore.db-wal", "keystore.db-shm"].into_iter().chain(root_file) {
+        for name in [DB_FILE, "keystore.db-wal", "keystore.db-shm"].into_iter().chain(replaced_roots) {
             if dir.join(name).exists() {
                 fs::rename(dir.join(name), aside.join(name)).map_err(io)?;
                 moved.push(name);
@@ -313,6 +401,94 @@ mod tests {
             &reopened.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..],
             b"sealed under a passphrase"
         );
+    }
+
+    #[test]
+    fn a_token_sealed_store_restores_with_its_wrapped_root_key_and_the_token_key() {
+        use crate::root::FakeToken;
+        const URI: &str = "pkcs11:token=kms;object=root";
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let ks = KeyStore::open_with(&src, &FakeToken::source(URI, 7)).unwrap();
+        ks.create_key(Some("t"), "").unwrap();
+        let ct = ks.encrypt(&KeyRef::parse("t").unwrap(), b"sealed by the token", &EncryptionContext::new()).unwrap();
+        let bak = d.path().join("backup.db");
+        assert_eq!(backup_dir(ks.dir(), &bak).unwrap(), 1);
+        drop(ks);
+        let params = pkcs11_params_of(&bak);
+        assert_eq!(fs::read(&params).unwrap(), fs::read(src.join(PKCS11_FILE)).unwrap());
+        assert_eq!(fs::metadata(&params).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(saved_root_forms(&bak), vec![RootForm::Pkcs11]);
+        assert!(!passphrase_params_of(&bak).exists());
+        assert!(backup_dir(&src, &bak).is_err(), "never overwrites");
+
+        let dst = d.path().join("dst");
+        let with = |uri: &str, seed: u8, params: &Path| RestoreRoot::Pkcs11 {
+            wrapper: Arc::new(FakeToken::new(uri, seed)),
+            params: params.to_path_buf(),
+        };
+        // Another token key under the same name does not unwrap it; a key of another name is
+        // refused by name; without the wrapped root key nothing opens. Nothing is left behind.
+        let e = restore_with(&dst, &bak, with(URI, 8, &params), false).unwrap_err().to_string();
+        assert!(e.contains("does not unwrap"), "{e}");
+        let e =
+            restore_with(&dst, &bak, with("pkcs11:token=kms;object=other", 7, &params), false).unwrap_err().to_string();
+        assert!(e.contains("not by pkcs11:token=kms;object=other"), "{e}");
+        let e = restore_with(&dst, &bak, with(URI, 7, &d.path().join("nope")), false).unwrap_err().to_string();
+        assert!(e.contains("no wrapped root key"), "{e}");
+        // A root key file (of another store) or the default does not open it either.
+        assert!(matches!(restore(&dst, &bak, None, false), Err(Error::RootKey(_))));
+        drop(KeyStore::open(&d.path().join("other")).unwrap());
+        let e = restore(&dst, &bak, Some(&d.path().join("other").join(ROOT_KEY_FILE)), false).unwrap_err().to_string();
+        assert!(e.contains("does not open with this root key"), "{e}");
+        assert!(!dst.join(DB_FILE).exists());
+        assert!(RootForm::present(&dst).is_empty(), "{:?}", RootForm::present(&dst));
+
+        // The right token key restores: the store opens under it alone, and still decrypts.
+        let restored = restore_with(&dst, &bak, with(URI, 7, &params), false).unwrap();
+        assert_eq!(
+            &restored.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..],
+            b"sealed by the token"
+        );
+        drop(restored);
+        assert_eq!(RootForm::present(&dst), vec![RootForm::Pkcs11]);
+        let reopened = KeyStore::open_existing_with(&dst, &FakeToken::source(URI, 7)).unwrap();
+        assert_eq!(
+            &reopened.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..],
+            b"sealed by the token"
+        );
+    }
+
+    #[test]
+    fn a_forced_restore_replaces_the_old_stores_root_files_of_every_form() {
+        use crate::root::FakeToken;
+        const URI: &str = "pkcs11:token=kms;object=root";
+        let d = tempfile::tempdir().unwrap();
+        // The backup: a token-sealed store.
+        let src = d.path().join("src");
+        let ks = KeyStore::open_with(&src, &FakeToken::source(URI, 7)).unwrap();
+        ks.create_key(Some("t"), "").unwrap();
+        let bak = d.path().join("backup.db");
+        backup_dir(ks.dir(), &bak).unwrap();
+        drop(ks);
+        // The live store: a root.key file.
+        let live = d.path().join("live");
+        let ks = KeyStore::open(&live).unwrap();
+        ks.create_key(Some("live"), "").unwrap();
+        drop(ks);
+        let with = || RestoreRoot::Pkcs11 { wrapper: Arc::new(FakeToken::new(URI, 7)), params: pkcs11_params_of(&bak) };
+        // Forced, the live store and its root.key are replaced by the backup and its root.pkcs11.
+        let restored = restore_with(&live, &bak, with(), true).unwrap();
+        assert!(restored.describe(&KeyRef::parse("t").unwrap()).is_ok());
+        drop(restored);
+        assert_eq!(RootForm::present(&live), vec![RootForm::Pkcs11]);
+        // A directory with a root key file of another form and no store is refused.
+        let stray = d.path().join("stray");
+        drop(KeyStore::open(&stray).unwrap());
+        fs::remove_file(stray.join(DB_FILE)).unwrap();
+        let e = restore_with(&stray, &bak, with(), false).unwrap_err().to_string();
+        assert!(e.contains("holds root.key but no key store"), "{e}");
+        assert_eq!(RootForm::present(&stray), vec![RootForm::File]);
     }
 
     #[test]

@@ -90,7 +90,10 @@ impl RootForm {
     pub fn needs(self) -> &'static str {
         match self {
             RootForm::File => "a root key file (root.key); open it without --root-key or a passphrase",
-            RootForm::Passphrase => "a passphrase-derived root key: give the passphrase",
+            RootForm::Passphrase => {
+                "a passphrase-derived root key: give the passphrase (--root-key passphrase-file:PATH; \
+                 kms serve: --root-passphrase-file)"
+            }
             RootForm::Pkcs11 => "a root key wrapped by a PKCS#11 token key: give --root-key pkcs11:…",
         }
     }
@@ -369,6 +372,47 @@ pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
     match path.parent() {
         Some(dir) => fs::File::open(dir).and_then(|d| d.sync_all()),
         None => Ok(()),
+    }
+}
+
+/// A token key stand-in for tests: AES-256-GCM with a key held in memory.
+#[cfg(test)]
+pub(crate) struct FakeToken {
+    uri: String,
+    key: AeadKey,
+}
+
+#[cfg(test)]
+impl FakeToken {
+    /// A [`crate::RootSource::Pkcs11`] whose token key is named `uri` and made of `seed` bytes.
+    pub(crate) fn source(uri: &str, seed: u8) -> crate::RootSource {
+        crate::RootSource::Pkcs11(std::sync::Arc::new(Self::new(uri, seed)))
+    }
+
+    /// The stand-in itself.
+    pub(crate) fn new(uri: &str, seed: u8) -> Self {
+        FakeToken { uri: uri.into(), key: AeadKey::new(&[seed; 32]).expect("a 32-byte key") }
+    }
+}
+
+#[cfg(test)]
+impl RootWrapper for FakeToken {
+    fn key_uri(&self) -> String {
+        self.uri.clone()
+    }
+
+    fn wrap(&self, aad: &[u8], root: &[u8]) -> Result<([u8; WRAP_IV_LEN], Vec<u8>)> {
+        let mut out = Vec::new();
+        self.key.seal_into(aad, root, &mut out)?;
+        let mut iv = [0u8; WRAP_IV_LEN];
+        iv.copy_from_slice(&out[..WRAP_IV_LEN]);
+        Ok((iv, out[WRAP_IV_LEN..].to_vec()))
+    }
+
+    fn unwrap(&self, aad: &[u8], iv: &[u8; WRAP_IV_LEN], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let mut joined = iv.to_vec();
+        joined.extend_from_slice(wrapped);
+        self.key.open(aad, &joined).map_err(|_| Error::RootKey("the token key does not unwrap it".into()))
     }
 }
 

@@ -1,47 +1,14 @@
 //! Reseal tests: every move between the three forms, and a crash after each step.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
 use super::*;
-use crate::crypto::{AeadKey, TAG_LEN};
-use crate::root::{PASSPHRASE_FILE, PKCS11_FILE, RootWrapper, WRAP_IV_LEN};
+use crate::crypto::TAG_LEN;
+use crate::root::{FakeToken, PASSPHRASE_FILE, PKCS11_FILE, WRAP_IV_LEN};
 use crate::store::ROOT_KEY_FILE;
 use crate::{EncryptionContext, KeyRef, KeyStore};
-
-/// A token key stand-in: AES-256-GCM with a key held in memory.
-struct FakeToken {
-    uri: String,
-    key: AeadKey,
-}
-
-impl FakeToken {
-    fn source(uri: &str, seed: u8) -> RootSource {
-        RootSource::Pkcs11(Arc::new(FakeToken { uri: uri.into(), key: AeadKey::new(&[seed; 32]).unwrap() }))
-    }
-}
-
-impl RootWrapper for FakeToken {
-    fn key_uri(&self) -> String {
-        self.uri.clone()
-    }
-
-    fn wrap(&self, aad: &[u8], root: &[u8]) -> Result<([u8; WRAP_IV_LEN], Vec<u8>)> {
-        let mut out = Vec::new();
-        self.key.seal_into(aad, root, &mut out)?;
-        let mut iv = [0u8; WRAP_IV_LEN];
-        iv.copy_from_slice(&out[..WRAP_IV_LEN]);
-        Ok((iv, out[WRAP_IV_LEN..].to_vec()))
-    }
-
-    fn unwrap(&self, aad: &[u8], iv: &[u8; WRAP_IV_LEN], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
-        let mut joined = iv.to_vec();
-        joined.extend_from_slice(wrapped);
-        self.key.open(aad, &joined).map_err(|_| Error::RootKey("the token key does not unwrap it".into()))
-    }
-}
 
 fn pass(p: &str) -> RootSource {
     RootSource::Passphrase(Zeroizing::new(p.into()))

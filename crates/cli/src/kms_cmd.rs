@@ -170,6 +170,10 @@ pub struct ServeArgs {
     /// answers LimitExceededException.
     #[arg(long, env = "ENVELOPE_KMS_MAX_KEYS", default_value_t = envelope_kms_server::DEFAULT_MAX_KEYS, value_name = "N")]
     pub max_keys: usize,
+    /// Most on-demand rotations (RotateKeyOnDemand) per key; beyond it the call answers
+    /// LimitExceededException, as AWS's quota does.
+    #[arg(long, env = "ENVELOPE_KMS_MAX_ON_DEMAND_ROTATIONS", default_value_t = envelope_kms_server::DEFAULT_MAX_ON_DEMAND_ROTATIONS, value_name = "N")]
+    pub max_on_demand_rotations: usize,
     /// Most client connections served at once; further ones wait in the listen backlog.
     #[arg(long, env = "ENVELOPE_KMS_MAX_CONNECTIONS", default_value_t = envelope_kms_server::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
@@ -435,6 +439,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
     let mut config = Config::new(&args.region, &args.account_id);
     config.max_connections = args.max_connections;
     config.max_keys = args.max_keys;
+    config.max_on_demand_rotations = args.max_on_demand_rotations;
     config.client_timeout = crate::config::parse_duration("--client-timeout", &args.client_timeout)?;
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(c) = args.credentials.as_ref().filter(|c| !c.is_file()) {
@@ -669,6 +674,7 @@ mod tests {
             seed: None,
             max_connections: 1024,
             max_keys: 100,
+            max_on_demand_rotations: 10,
             client_timeout: "30s".into(),
         }
     }

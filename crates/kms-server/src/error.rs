@@ -50,7 +50,8 @@ pub enum KmsError {
     #[error("{0}")]
     InvalidArn(String),
     /// The ciphertext is malformed, was tampered with, or the encryption context does not match.
-    #[error("The ciphertext is invalid, or the encryption context does not match.")]
+    /// AWS answers it without a message (nothing to tell an attacker which check failed).
+    #[error("")]
     InvalidCiphertext,
     /// The key cannot be used for this (e.g. an unsupported encryption algorithm).
     #[error("{0}")]

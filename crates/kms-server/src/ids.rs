@@ -73,6 +73,13 @@ impl Names {
             }
             let local = partition == self.partition && region == self.region && account == self.account;
             if let Some(id) = resource.strip_prefix("key/") {
+                if region != self.region {
+                    // AWS's wording for a key ARN of another region.
+                    return Err(KmsError::NotFound(format!("Invalid arn {region}")));
+                }
+                if is_multi_region_id(id) {
+                    return Err(KmsError::NotFound(format!("Key '{s}' does not exist")));
+                }
                 let u = uuid::Uuid::parse_str(id).map_err(|_| self.invalid_key_id(s))?;
                 if !local {
                     return Err(KmsError::NotFound(format!("Key '{s}' does not exist")));
@@ -89,6 +96,10 @@ impl Names {
         }
         if s.starts_with("alias/") {
             return if forms == Forms::Any { self.alias(s) } else { Err(self.invalid_key_id(s)) };
+        }
+        if is_multi_region_id(s) {
+            // This server has no multi-Region keys: such an id names a key that does not exist.
+            return Err(KmsError::NotFound(format!("Key '{}' does not exist", self.key_arn(s))));
         }
         match uuid::Uuid::parse_str(s) {
             // Only the hyphenated form is a key id (the uuid crate also takes simple/braced/urn forms).
@@ -123,6 +134,12 @@ impl Names {
     fn invalid_key_id(&self, s: &str) -> KmsError {
         KmsError::NotFound(format!("Invalid keyId '{s}'"))
     }
+}
+
+/// A multi-Region key id: `mrk-` and 32 lowercase hex digits.
+fn is_multi_region_id(s: &str) -> bool {
+    s.strip_prefix("mrk-")
+        .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 #[cfg(test)]
@@ -166,5 +183,11 @@ mod tests {
         assert_eq!(code("arn:aws", Forms::Any), "InvalidArnException");
         assert_eq!(code("arn:aws:kms:us-east-1:111122223333:alias/x", Forms::KeyOnly), "NotFoundException");
         assert_eq!(code("alias/aws/reserved", Forms::Any), "NotFoundException");
+        let msg = |s: &str| n.resolve(s, Forms::Any).unwrap_err().to_string();
+        assert_eq!(msg(&format!("arn:aws:kms:eu-west-1:111122223333:key/{ID}")), "Invalid arn eu-west-1");
+        let mrk = "mrk-1234abcd12ab34cd56ef1234567890ab";
+        assert_eq!(msg(mrk), format!("Key '{}' does not exist", n.key_arn(mrk)));
+        assert_eq!(msg(&n.key_arn(mrk)), format!("Key '{}' does not exist", n.key_arn(mrk)));
+        assert_eq!(msg("not-a-key"), "Invalid keyId 'not-a-key'");
     }
 }

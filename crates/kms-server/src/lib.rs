@@ -73,12 +73,17 @@ pub struct Config {
     /// Most keys the account may hold (pending deletion included); CreateKey beyond it is
     /// `LimitExceededException`.
     pub max_keys: usize,
+    /// Most on-demand rotations (RotateKeyOnDemand) per key; beyond it the call answers
+    /// `LimitExceededException`, as AWS's quota does.
+    pub max_on_demand_rotations: usize,
 }
 
 /// Default [`Config::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default [`Config::max_keys`] (AWS's default quota of customer managed keys per region).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// Default [`Config::max_on_demand_rotations`] (the quota AWS answered with in 2025).
+pub const DEFAULT_MAX_ON_DEMAND_ROTATIONS: usize = 10;
 /// Default [`Config::client_timeout`].
 pub const DEFAULT_CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -92,6 +97,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
             max_keys: DEFAULT_MAX_KEYS,
+            max_on_demand_rotations: DEFAULT_MAX_ON_DEMAND_ROTATIONS,
         }
     }
 

@@ -224,18 +224,18 @@ pub(crate) struct RawTag {
     tag_value: Option<String>,
 }
 
-/// The service's tag rules beyond the model's lengths (`TagException`).
+/// The service's tag rules beyond the model's lengths (`TagException`, AWS's messages).
 pub(crate) fn tag_rules(tags: &[(String, String)]) -> Result<()> {
     if tags.len() > MAX_TAGS {
-        return Err(KmsError::LimitExceeded(format!("A key can have at most {MAX_TAGS} tags.")));
+        return Err(KmsError::Tag("Too many tags".into()));
     }
     let mut seen = std::collections::BTreeSet::new();
     for (k, _) in tags {
         if k.to_ascii_lowercase().starts_with("aws:") {
-            return Err(KmsError::Tag("Tag keys beginning with 'aws:' are reserved for AWS use.".into()));
+            return Err(KmsError::Tag("Tags beginning with aws: are reserved".into()));
         }
         if !seen.insert(k.as_str()) {
-            return Err(KmsError::Tag(format!("Duplicate tag key '{}' in the request.", shorten(k))));
+            return Err(KmsError::Tag("Duplicate tag keys".into()));
         }
     }
     Ok(())

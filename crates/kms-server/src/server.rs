@@ -354,7 +354,7 @@ async fn handle_request(server: Arc<Server>, req: Request<Body>, peer: Option<So
             }
             let message = error.to_string();
             let body = error_body(code, &message);
-            audit.error_message = Some(message);
+            audit.error_message = (!message.is_empty()).then_some(message);
             (status, body, Some(code), None)
         }
     };
@@ -408,9 +408,14 @@ async fn handle_request(server: Arc<Server>, req: Request<Body>, peer: Option<So
     resp
 }
 
-/// `{"__type": code, "message": message}`.
+/// `{"__type": code, "message": message}`, or `{"__type": code}` when the message is empty (AWS's InvalidCiphertextException).
 fn error_body(code: &str, message: &str) -> Zeroizing<Vec<u8>> {
-    serde_json::to_vec(&serde_json::json!({"__type": code, "message": message})).map(Zeroizing::new).unwrap_or_default()
+    let body = if message.is_empty() {
+        serde_json::json!({"__type": code})
+    } else {
+        serde_json::json!({"__type": code, "message": message})
+    };
+    serde_json::to_vec(&body).map(Zeroizing::new).unwrap_or_default()
 }
 
 /// What the audit record needs from request processing, filled as far as it got.

@@ -140,7 +140,9 @@ fn alias_err(call: &Call<'_>, e: envelope_keystore::Error, alias: &str, k: &Reso
 /// AWS's rules for alias names in CreateAlias/UpdateAlias/DeleteAlias, before the key store's.
 fn check_alias_name(name: &str) -> Result<()> {
     if !name.starts_with("alias/") {
-        return Err(KmsError::Validation("Alias must start with the prefix \"alias/\".".into()));
+        return Err(KmsError::Validation(
+            "Alias must start with the prefix \"alias/\". Please see https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html".into(),
+        ));
     }
     if name.starts_with("alias/aws/") {
         return Err(KmsError::NotAuthorized("The alias/aws/ prefix is reserved for AWS managed keys.".into()));

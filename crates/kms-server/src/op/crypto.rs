@@ -161,14 +161,15 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
             }
         }
         _ => {
-            let n = v.required("numberOfBytes", raw.number_of_bytes);
-            if let Some(n) = n {
-                v.range("numberOfBytes", n, 1, 1024);
-            }
+            // The model makes NumberOfBytes optional; the service requires it, in its own words.
+            let Some(n) = raw.number_of_bytes else {
+                return Err(KmsError::Validation("NumberOfBytes is required.".into()));
+            };
+            v.range("numberOfBytes", n, 1, 1024);
             v.finish()?;
             unsupported_if(raw.custom_key_store_id.is_some(), "Custom key stores are not supported.")?;
             unsupported_if(raw.recipient.is_some(), "Recipient (attestation) is not supported.")?;
-            Request::GenerateRandom { len: n.and_then(|n| usize::try_from(n).ok()).unwrap_or(0) }
+            Request::GenerateRandom { len: usize::try_from(n).unwrap_or(0) }
         }
     })
 }

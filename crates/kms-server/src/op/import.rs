@@ -96,7 +96,7 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
                 ("KEY_MATERIAL_EXPIRES", Some(t)) if t.is_finite() => Some(t.floor() as i64),
                 ("KEY_MATERIAL_EXPIRES", _) => {
                     return Err(KmsError::Validation(
-                        "A ValidTo date is required when ExpirationModel is KEY_MATERIAL_EXPIRES.".into(),
+                        "A validTo date must be set if the ExpirationModel is KEY_MATERIAL_EXPIRES".into(),
                     ));
                 }
                 (_, None) => None,
@@ -197,7 +197,7 @@ fn external_material(call: &Call<'_>, k: &Resolved) -> Result<()> {
         Ok(())
     } else {
         Err(KmsError::UnsupportedOperation(format!(
-            "{} does not have origin EXTERNAL; its key material cannot be imported.",
+            "{} origin is AWS_KMS which is not valid for this operation.",
             k.arn
         )))
     }

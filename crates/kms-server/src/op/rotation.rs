@@ -9,9 +9,6 @@ use crate::ids::Forms;
 use crate::op::keys::KeyIdResponse;
 use crate::protocol::{Raw, Validator};
 
-/// Most on-demand rotations per key (the AWS quota).
-pub const MAX_ON_DEMAND_ROTATIONS: usize = 25;
-
 /// A validated rotation request.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -152,19 +149,30 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
         Request::RotateKeyOnDemand { key_id } => {
             let k = call.resolve(&key_id, Forms::KeyOnly)?;
             call.allow(&k, "RotateKeyOnDemand")?;
-            generated_material(call, &k)?;
+            let a = call.attributes(&k)?;
+            if a.external {
+                // Imported material rotates only to material imported for the purpose, which this
+                // server does not take yet: a key pending import says so, any other has none.
+                usable(&k)?;
+                return Err(KmsError::InvalidState(format!(
+                    "No available key material pending rotation for the key: {}.",
+                    k.arn
+                )));
+            }
             usable(&k)?;
-            let meta = call.describe(&k)?;
-            if meta.versions.len() > MAX_ON_DEMAND_ROTATIONS {
+            let done = a.rotations.iter().filter(|r| r.kind == envelope_keystore::RotationType::OnDemand).count();
+            if done >= s.config.max_on_demand_rotations {
                 return Err(KmsError::LimitExceeded(format!(
-                    "{} has reached the limit of {MAX_ON_DEMAND_ROTATIONS} on-demand rotations.",
+                    "The on-demand rotations limit has been reached for the given keyId. \
+                     No more on-demand rotations can be performed for this key: {}",
                     k.arn
                 )));
             }
             s.store
                 .rotate_as(&k.r, envelope_keystore::RotationType::OnDemand, s.clock.now())
                 .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
-            call.reply(&KeyIdResponse { key_id: k.id })
+            // AWS answers with the key's ARN whatever form the caller used.
+            call.reply(&KeyIdResponse { key_id: k.arn })
         }
     }
 }

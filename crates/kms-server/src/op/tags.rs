@@ -62,7 +62,8 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             let a = call.attributes(&k)?;
             let added = tags.iter().filter(|(t, _)| !a.tags.iter().any(|(x, _)| x == t)).count();
             if a.tags.len() + added > MAX_TAGS {
-                return Err(KmsError::LimitExceeded(format!("A key can have at most {MAX_TAGS} tags.")));
+                // The key would end up with more than 50: AWS's answer for too many tags.
+                return Err(KmsError::Tag("Too many tags".into()));
             }
             s.store.tag(&k.r, &tags).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
             empty()

@@ -165,7 +165,7 @@ fn management_parsing() {
     assert_eq!(code(parse_request(Operation::TagResource, br#"{"KeyId":"k"}"#)), "ValidationException");
     let many: Vec<_> = (0..51).map(|i| serde_json::json!({"TagKey": format!("k{i}"), "TagValue": "v"})).collect();
     let body = serde_json::json!({"KeyId": "k", "Tags": many}).to_string();
-    assert_eq!(code(parse_request(Operation::TagResource, body.as_bytes())), "LimitExceededException");
+    assert_eq!(code(parse_request(Operation::TagResource, body.as_bytes())), "TagException");
     assert_eq!(
         code(parse_request(
             Operation::TagResource,

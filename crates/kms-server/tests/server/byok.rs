@@ -26,7 +26,7 @@ async fn external_keys_wait_for_material() {
         .err("KMSInvalidStateException");
     h.call("EnableKey", json!({"KeyId": id})).await.err("KMSInvalidStateException");
     h.call("EnableKeyRotation", json!({"KeyId": id})).await.err("UnsupportedOperationException");
-    h.call("RotateKeyOnDemand", json!({"KeyId": id})).await.err("UnsupportedOperationException");
+    h.call("RotateKeyOnDemand", json!({"KeyId": id})).await.err("KMSInvalidStateException");
     h.call("DeleteImportedKeyMaterial", json!({"KeyId": id})).await.err("KMSInvalidStateException");
     // Import operations are only for EXTERNAL keys.
     let (aws_id, _) = create_key(&h).await;

@@ -142,7 +142,7 @@ async fn rotation_keeps_old_ciphertexts_and_disable_blocks_use() {
     let before = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["CurrentKeyMaterialId"].clone();
     let old = h.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"old")})).await.ok();
     let r = h.call("RotateKeyOnDemand", json!({"KeyId": arn})).await.ok();
-    assert_eq!(r["KeyId"], id);
+    assert_eq!(r["KeyId"], arn);
     let after = h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["CurrentKeyMaterialId"].clone();
     assert_ne!(before, after);
     let d = h.call("Decrypt", json!({"CiphertextBlob": old["CiphertextBlob"]})).await.ok();

@@ -12,7 +12,9 @@
 //!
 //! A crash (kill -9) before step 2's link leaves the old form alone; between steps 2 and 4 both
 //! forms exist and both give the same root key, so the store opens under either; after step 4
-//! only the new one remains. Running the same reseal again finishes an interrupted one.
+//! only the new one remains. Within one form the rename replaces the old file at once: before it
+//! the old root opens the store, after it the new one. Running the same reseal again finishes an
+//! interrupted one (or reports that it was done).
 
 use std::fs;
 use std::path::Path;
@@ -58,9 +60,22 @@ pub fn reseal_with_hook(
     let new_path = dir.join(new_form.file_name());
     if old_form != new_form && !old_path.exists() && new_path.exists() {
         to.load(dir, false)?;
+        remove_temporaries(dir);
         return Ok(Resealed::AlreadyDone(new_form));
     }
-    let root = from.load(dir, false)?;
+    let root = match from.load(dir, false) {
+        Ok(root) => root,
+        // Within one form (another passphrase, another token key) the new file replaces the old
+        // one: after a crash past that rename only the new root opens, and it is done.
+        Err(e) if old_form == new_form => {
+            if to.load(dir, false).is_ok() {
+                remove_temporaries(dir);
+                return Ok(Resealed::AlreadyDone(new_form));
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     remove_temporaries(dir);
     let passphrase = match to {
         RootSource::Passphrase(p) => Some(p.as_bytes()),

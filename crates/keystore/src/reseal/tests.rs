@@ -166,6 +166,9 @@ fn a_crash_at_any_step_leaves_a_store_that_opens_and_a_rerun_finishes() {
                 }
                 _ => {
                     assert!(!old_opens, "move {i}, crash after {crash_at:?}: the old form is gone");
+                    // The same command run again says it is done (within one form too, where
+                    // the old root no longer opens anything).
+                    assert_eq!(reseal(&dir, &from, &to).unwrap(), Resealed::AlreadyDone(to.form()), "move {i}");
                 }
             }
             assert_eq!(forms(&dir), vec![to.form()], "move {i}, crash after {crash_at:?}");

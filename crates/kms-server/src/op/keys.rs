@@ -273,7 +273,6 @@ pub(crate) fn metadata(s: &Server, m: &envelope_keystore::KeyMetadata) -> KeyMet
         }),
         valid_to: attrs.as_ref().and_then(|a| a.valid_to).filter(|_| external && has_material),
         deletion_date: attrs.as_ref().and_then(|a| a.deletion_date).filter(|_| pending),
-        pending_deletion_window_in_days: attrs.as_ref().and_then(|a| a.pending_window_days).filter(|_| pending),
         aws_account_id: s.config.account_id.clone(),
         key_id: m.key_id.clone(),
         arn: s.names.key_arn(&m.key_id),
@@ -317,8 +316,8 @@ pub(crate) struct KeyMetadataOut {
     valid_to: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     deletion_date: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pending_deletion_window_in_days: Option<u32>,
+    // No PendingDeletionWindowInDays: AWS sends it only for multi-Region replicas
+    // (PendingReplicaDeletion), which this server does not have.
 }
 
 #[derive(Serialize)]

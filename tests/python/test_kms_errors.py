@@ -1,0 +1,316 @@
+"""Every error path of `envelope kms serve`, one row each, as boto3 parses it: the error code
+(`__type`), the message, the HTTP status.
+
+`source` says where the expected text comes from:
+- "AWS": recorded from AWS KMS (2024–2026) or given in AWS's documentation;
+- "model": the botocore service model's constraint (AWS's generic validation wording);
+- "unknown": AWS's text for this case is not known; the row pins envelope's own wording, so a
+  change is deliberate.
+
+Client-side parameter validation is off, so requests the model forbids reach the server.
+"""
+
+import base64
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import uuid
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from harness import envelope_bin, free_port, wait_listening
+
+AKID = "AKIAENVELOPEERRORS01"
+SECRET = "errors-test-secret-0123456789abcdefghijk"
+LIMITED_AKID = "AKIAENVELOPEERRORS02"
+LIMITED_SECRET = "errors-limited-secret-0123456789abcdefgh"
+REGION, ACCOUNT = "us-east-1", "111122223333"
+ADMIN = f"arn:aws:iam::{ACCOUNT}:user/admin"
+LIMITED = f"arn:aws:iam::{ACCOUNT}:user/limited"
+MAX_ON_DEMAND = 3
+
+
+def arn(key_id, region=REGION):
+    return f"arn:aws:kms:{region}:{ACCOUNT}:key/{key_id}"
+
+
+def alias_arn(name):
+    return f"arn:aws:kms:{REGION}:{ACCOUNT}:{name}"
+
+
+@pytest.fixture(scope="module")
+def fx():
+    d = tempfile.mkdtemp(prefix="envelope-kms-errors-")
+    creds = os.path.join(d, "credentials.yaml")
+    with open(creds, "w") as f:
+        f.write(f"- access_key_id: {AKID}\n  secret_access_key: '{SECRET}'\n  principal: {ADMIN}\n"
+                f"- access_key_id: {LIMITED_AKID}\n  secret_access_key: '{LIMITED_SECRET}'\n  principal: {LIMITED}\n"
+                "  policy: '{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"kms:ListKeys\","
+                "\"Resource\":\"*\"}]}'\n")
+    os.chmod(creds, 0o600)
+    port = free_port()
+    p = subprocess.Popen(
+        [envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{port}", "--http-addr", "off",
+         "--data-dir", os.path.join(d, "data"), "--credentials", creds, "--region", REGION,
+         "--account-id", ACCOUNT, "--max-on-demand-rotations", str(MAX_ON_DEMAND)],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "stderr.log"), "w"))
+    wait_listening(p, port, log=os.path.join(d, "stderr.log"))
+    cfg = Config(parameter_validation=False, retries={"max_attempts": 1})
+
+    def client(akid=AKID, secret=SECRET):
+        return boto3.client("kms", endpoint_url=f"http://127.0.0.1:{port}", region_name=REGION,
+                            aws_access_key_id=akid, aws_secret_access_key=secret, config=cfg)
+
+    c = client()
+    on = c.create_key(Description="enabled")["KeyMetadata"]["KeyId"]
+    off = c.create_key(Description="disabled")["KeyMetadata"]["KeyId"]
+    c.disable_key(KeyId=off)
+    gone = c.create_key(Description="pending deletion")["KeyMetadata"]["KeyId"]
+    c.schedule_key_deletion(KeyId=gone, PendingWindowInDays=7)
+    ext = c.create_key(Description="pending import", Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    other = c.create_key(Description="another key")["KeyMetadata"]["KeyId"]
+    quota = c.create_key(Description="on-demand quota")["KeyMetadata"]["KeyId"]
+    for _ in range(MAX_ON_DEMAND):
+        c.rotate_key_on_demand(KeyId=quota)
+    c.create_alias(AliasName="alias/errors-on", TargetKeyId=on)
+    blob = c.encrypt(KeyId=on, Plaintext=b"secret", EncryptionContext={"app": "errors"})["CiphertextBlob"]
+    yield {"client": client, "on": on, "off": off, "gone": gone, "ext": ext, "other": other, "quota": quota,
+           "blob": blob}
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=20) == 0
+    shutil.rmtree(d, ignore_errors=True)
+
+
+MRK = "mrk-1234abcd12ab34cd56ef1234567890ab"
+MISSING = "0b0b0b0b-1111-2222-3333-444444444444"
+NULL = "Value null at '{}' failed to satisfy constraint: Member must not be null"
+
+
+def tampered(blob):
+    b = bytearray(blob)
+    b[-1] ^= 1
+    return bytes(b)
+
+
+# (id, operation, params(fx) -> dict, code, message (exact, formatted with fx) or re.Pattern, source)
+ROWS = [
+    # ---- identifiers ----
+    ("describe-missing-key-id", "DescribeKey", lambda f: {"KeyId": MISSING},
+     "NotFoundException", f"Key '{arn(MISSING)}' does not exist", "AWS"),
+    ("describe-missing-key-arn", "DescribeKey", lambda f: {"KeyId": arn(MISSING)},
+     "NotFoundException", f"Key '{arn(MISSING)}' does not exist", "AWS"),
+    ("describe-multi-region-id", "DescribeKey", lambda f: {"KeyId": MRK},
+     "NotFoundException", f"Key '{arn(MRK)}' does not exist", "AWS"),
+    ("describe-multi-region-arn", "DescribeKey", lambda f: {"KeyId": arn(MRK)},
+     "NotFoundException", f"Key '{arn(MRK)}' does not exist", "AWS"),
+    ("describe-arn-of-another-region", "DescribeKey", lambda f: {"KeyId": arn(f["on"], "eu-west-1")},
+     "NotFoundException", "Invalid arn eu-west-1", "AWS"),
+    ("describe-malformed-key-id", "DescribeKey", lambda f: {"KeyId": "not-a-key"},
+     "NotFoundException", "Invalid keyId 'not-a-key'", "unknown"),
+    ("describe-missing-alias", "DescribeKey", lambda f: {"KeyId": "alias/nope"},
+     "NotFoundException", f"Alias {alias_arn('alias/nope')} is not found.", "AWS"),
+    ("describe-arn-of-another-service", "DescribeKey", lambda f: {"KeyId": "arn:aws:s3:::bucket/x"},
+     "InvalidArnException", "arn:aws:s3:::bucket/x is not a valid KMS ARN.", "unknown"),
+    ("describe-without-key-id", "DescribeKey", lambda f: {},
+     "ValidationException", "1 validation error detected: " + NULL.format("keyId"), "model"),
+    # ---- validation ----
+    ("encrypt-without-members", "Encrypt", lambda f: {},
+     "ValidationException",
+     "2 validation errors detected: " + NULL.format("keyId") + "; " + NULL.format("plaintext"), "model"),
+    ("encrypt-plaintext-too-long", "Encrypt", lambda f: {"KeyId": f["on"], "Plaintext": b"x" * 4097},
+     "ValidationException",
+     "1 validation error detected: Value at 'plaintext' failed to satisfy constraint: "
+     "Member must have length less than or equal to 4096", "model"),
+    ("encrypt-empty-plaintext", "Encrypt", lambda f: {"KeyId": f["on"], "Plaintext": b""},
+     "ValidationException",
+     "1 validation error detected: Value at 'plaintext' failed to satisfy constraint: "
+     "Member must have length greater than or equal to 1", "model"),
+    ("generate-random-without-number-of-bytes", "GenerateRandom", lambda f: {},
+     "ValidationException", "NumberOfBytes is required.", "AWS"),
+    ("generate-random-too-many-bytes", "GenerateRandom", lambda f: {"NumberOfBytes": 1025},
+     "ValidationException",
+     "1 validation error detected: Value '1025' at 'numberOfBytes' failed to satisfy constraint: "
+     "Member must have value less than or equal to 1024", "model"),
+    ("generate-data-key-without-size", "GenerateDataKey", lambda f: {"KeyId": f["on"]},
+     "ValidationException", "Please specify either number of bytes or key spec.", "AWS"),
+    ("create-key-unknown-key-spec", "CreateKey", lambda f: {"KeySpec": "X"},
+     "ValidationException",
+     re.compile(r"1 validation error detected: Value 'X' at 'keySpec' failed to satisfy constraint: "
+                r"Member must satisfy enum value set: \[.*SYMMETRIC_DEFAULT.*\]"), "AWS"),
+    ("create-key-unknown-key-usage", "CreateKey", lambda f: {"KeyUsage": "X"},
+     "ValidationException",
+     re.compile(r"1 validation error detected: Value 'X' at 'keyUsage' failed to satisfy constraint: "
+                r"Member must satisfy enum value set: \[.*ENCRYPT_DECRYPT.*\]"), "AWS"),
+    ("schedule-deletion-window-too-short", "ScheduleKeyDeletion", lambda f: {"KeyId": f["on"], "PendingWindowInDays": 3},
+     "ValidationException",
+     "1 validation error detected: Value '3' at 'pendingWindowInDays' failed to satisfy constraint: "
+     "Member must have value greater than or equal to 7", "model"),
+    ("enable-rotation-period-too-long", "EnableKeyRotation", lambda f: {"KeyId": f["on"], "RotationPeriodInDays": 3000},
+     "ValidationException",
+     "1 validation error detected: Value '3000' at 'rotationPeriodInDays' failed to satisfy constraint: "
+     "Member must have value less than or equal to 2560", "model"),
+    ("encrypt-reserved-context-key", "Encrypt",
+     lambda f: {"KeyId": f["on"], "Plaintext": b"x", "EncryptionContext": {"envelope:x": "y"}},
+     "ValidationException", "Encryption context keys starting with 'envelope:' are reserved.", "unknown"),
+    ("list-keys-bad-marker", "ListKeys", lambda f: {"Marker": "not-a-marker"},
+     "InvalidMarkerException", re.compile(r".*"), "unknown"),
+    # ---- tags ----
+    ("create-key-too-many-tags", "CreateKey",
+     lambda f: {"Tags": [{"TagKey": f"k{i}", "TagValue": "v"} for i in range(51)]},
+     "TagException", "Too many tags", "AWS"),
+    ("tag-resource-too-many-tags", "TagResource",
+     lambda f: {"KeyId": f["on"], "Tags": [{"TagKey": f"k{i}", "TagValue": "v"} for i in range(51)]},
+     "TagException", "Too many tags", "AWS"),
+    ("create-key-duplicate-tag-keys", "CreateKey",
+     lambda f: {"Tags": [{"TagKey": "tag1", "TagValue": "a"}, {"TagKey": "tag1", "TagValue": "b"}]},
+     "TagException", "Duplicate tag keys", "AWS"),
+    ("tag-resource-reserved-prefix", "TagResource",
+     lambda f: {"KeyId": f["on"], "Tags": [{"TagKey": "AWS:owner", "TagValue": "x"}]},
+     "TagException", "Tags beginning with aws: are reserved", "AWS"),
+    # ---- aliases ----
+    ("create-alias-without-prefix", "CreateAlias", lambda f: {"AliasName": "errors", "TargetKeyId": f["on"]},
+     "ValidationException",
+     'Alias must start with the prefix "alias/". Please see '
+     "https://docs.aws.amazon.com/kms/latest/developerguide/kms-alias.html", "AWS"),
+    ("create-alias-that-exists", "CreateAlias", lambda f: {"AliasName": "alias/errors-on", "TargetKeyId": f["other"]},
+     "AlreadyExistsException", f"An alias with the name {alias_arn('alias/errors-on')} already exists", "AWS"),
+    ("create-alias-reserved", "CreateAlias", lambda f: {"AliasName": "alias/aws/x", "TargetKeyId": f["on"]},
+     "NotAuthorizedException", "The alias/aws/ prefix is reserved for AWS managed keys.", "unknown"),
+    ("update-alias-missing", "UpdateAlias", lambda f: {"AliasName": "alias/nope", "TargetKeyId": f["on"]},
+     "NotFoundException", f"Alias {alias_arn('alias/nope')} is not found.", "AWS"),
+    ("delete-alias-missing", "DeleteAlias", lambda f: {"AliasName": "alias/nope"},
+     "NotFoundException", f"Alias {alias_arn('alias/nope')} is not found.", "AWS"),
+    ("create-alias-to-key-pending-deletion", "CreateAlias", lambda f: {"AliasName": "alias/errors-gone", "TargetKeyId": f["gone"]},
+     "KMSInvalidStateException", lambda f: f"{arn(f['gone'])} is pending deletion.", "unknown"),
+    # ---- key states ----
+    ("encrypt-disabled-key", "Encrypt", lambda f: {"KeyId": f["off"], "Plaintext": b"x"},
+     "DisabledException", lambda f: f"{arn(f['off'])} is disabled.", "unknown"),
+    ("encrypt-key-pending-deletion", "Encrypt", lambda f: {"KeyId": f["gone"], "Plaintext": b"x"},
+     "KMSInvalidStateException", lambda f: f"{arn(f['gone'])} is pending deletion.", "unknown"),
+    ("encrypt-key-pending-import", "Encrypt", lambda f: {"KeyId": f["ext"], "Plaintext": b"x"},
+     "KMSInvalidStateException", lambda f: f"{arn(f['ext'])} is pending import.", "unknown"),
+    ("cancel-deletion-of-enabled-key", "CancelKeyDeletion", lambda f: {"KeyId": f["on"]},
+     "KMSInvalidStateException", lambda f: f"{arn(f['on'])} is not pending deletion.", "unknown"),
+    # ---- decrypt ----
+    ("decrypt-wrong-context", "Decrypt", lambda f: {"CiphertextBlob": f["blob"], "EncryptionContext": {"app": "other"}},
+     "InvalidCiphertextException", "", "AWS"),
+    ("decrypt-without-context", "Decrypt", lambda f: {"CiphertextBlob": f["blob"]},
+     "InvalidCiphertextException", "", "AWS"),
+    ("decrypt-tampered", "Decrypt", lambda f: {"CiphertextBlob": tampered(f["blob"]), "EncryptionContext": {"app": "errors"}},
+     "InvalidCiphertextException", "", "AWS"),
+    ("decrypt-garbage", "Decrypt", lambda f: {"CiphertextBlob": b"not a ciphertext"},
+     "InvalidCiphertextException", "", "AWS"),
+    ("decrypt-with-another-key-id", "Decrypt",
+     lambda f: {"CiphertextBlob": f["blob"], "EncryptionContext": {"app": "errors"}, "KeyId": f["other"]},
+     "IncorrectKeyException", "The key ID in the request does not identify a KMS key that can perform this operation.",
+     "AWS"),
+    ("decrypt-asymmetric-algorithm", "Decrypt",
+     lambda f: {"CiphertextBlob": f["blob"], "EncryptionContext": {"app": "errors"}, "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"},
+     "InvalidKeyUsageException", re.compile(r".*RSAES_OAEP_SHA_256.*"), "unknown"),
+    ("decrypt-dry-run", "Decrypt", lambda f: {"CiphertextBlob": f["blob"], "EncryptionContext": {"app": "errors"}, "DryRun": True},
+     "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.", "AWS"),
+    ("encrypt-dry-run", "Encrypt", lambda f: {"KeyId": f["on"], "Plaintext": b"x", "DryRun": True},
+     "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.", "AWS"),
+    ("generate-data-key-dry-run", "GenerateDataKey", lambda f: {"KeyId": f["on"], "KeySpec": "AES_256", "DryRun": True},
+     "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.", "AWS"),
+    ("re-encrypt-dry-run", "ReEncrypt",
+     lambda f: {"CiphertextBlob": f["blob"], "SourceEncryptionContext": {"app": "errors"},
+                "DestinationKeyId": f["other"], "DryRun": True},
+     "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.", "AWS"),
+    ("dry-run-still-checks-state", "Encrypt", lambda f: {"KeyId": f["off"], "Plaintext": b"x", "DryRun": True},
+     "DisabledException", lambda f: f"{arn(f['off'])} is disabled.", "unknown"),
+    # ---- rotation ----
+    ("rotate-on-demand-pending-import", "RotateKeyOnDemand", lambda f: {"KeyId": f["ext"]},
+     "KMSInvalidStateException", lambda f: f"{arn(f['ext'])} is pending import.", "AWS"),
+    ("rotate-on-demand-past-quota", "RotateKeyOnDemand", lambda f: {"KeyId": f["quota"]},
+     "LimitExceededException",
+     lambda f: "The on-demand rotations limit has been reached for the given keyId. "
+               f"No more on-demand rotations can be performed for this key: {arn(f['quota'])}", "AWS"),
+    # ---- import ----
+    ("parameters-for-import-of-generated-key", "GetParametersForImport",
+     lambda f: {"KeyId": f["on"], "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_2048"},
+     "UnsupportedOperationException", lambda f: f"{arn(f['on'])} origin is AWS_KMS which is not valid for this operation.",
+     "AWS"),
+    ("import-expiring-without-valid-to", "ImportKeyMaterial",
+     lambda f: {"KeyId": f["ext"], "ImportToken": b"t", "EncryptedKeyMaterial": b"m", "ExpirationModel": "KEY_MATERIAL_EXPIRES"},
+     "ValidationException", "A validTo date must be set if the ExpirationModel is KEY_MATERIAL_EXPIRES", "AWS"),
+    # ---- policies ----
+    ("get-key-policy-other-name", "GetKeyPolicy", lambda f: {"KeyId": f["on"], "PolicyName": "other"},
+     "NotFoundException", "Policy other does not exist; the only key policy name is 'default'.", "unknown"),
+    ("put-key-policy-lockout", "PutKeyPolicy",
+     lambda f: {"KeyId": f["on"], "PolicyName": "default",
+                "Policy": '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:user/nobody"},"Action":"kms:Encrypt","Resource":"*"}]}'},
+     "MalformedPolicyDocumentException",
+     "The new key policy will not allow you to update the key policy in the future.", "AWS"),
+    ("put-key-policy-not-json", "PutKeyPolicy", lambda f: {"KeyId": f["on"], "PolicyName": "default", "Policy": "{"},
+     "MalformedPolicyDocumentException", re.compile(r".+"), "unknown"),
+]
+
+# Rows that need another caller than the administrator.
+AUTH_ROWS = [
+    ("identity-policy-denies", "Encrypt", lambda f: {"KeyId": f["on"], "Plaintext": b"x"},
+     "AccessDeniedException",
+     lambda f: re.compile(re.escape(f"User: {LIMITED} is not authorized to perform: kms:Encrypt on resource: {arn(f['on'])}")
+                          + r" because .+"), "AWS"),
+]
+
+
+def _call(client, op, params):
+    method = re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower()
+    try:
+        getattr(client, method)(**params)
+    except ClientError as e:
+        return e
+    raise AssertionError(f"{op} {params!r} succeeded")
+
+
+def _check(e, code, message, status):
+    got = e.response["Error"]
+    assert got["Code"] == code, got
+    text = got.get("Message", "")
+    if isinstance(message, re.Pattern):
+        assert message.fullmatch(text), (text, message.pattern)
+    else:
+        assert text == message, text
+    assert e.response["ResponseMetadata"]["HTTPStatusCode"] == status
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_error(fx, row):
+    _, op, params, code, message, _source = row
+    if callable(message):
+        message = message(fx)
+    _check(_call(fx["client"](), op, params(fx)), code, message, 400)
+
+
+@pytest.mark.parametrize("row", AUTH_ROWS, ids=[r[0] for r in AUTH_ROWS])
+def test_authorization_error(fx, row):
+    _, op, params, code, message, _source = row
+    client = fx["client"](LIMITED_AKID, LIMITED_SECRET)
+    _check(_call(client, op, params(fx)), code, message(fx), 400)
+
+
+def test_dry_run_changes_nothing(fx):
+    c = fx["client"]()
+    before = c.describe_key(KeyId=fx["on"])["KeyMetadata"]
+    e = _call(c, "GenerateDataKeyWithoutPlaintext", {"KeyId": fx["on"], "KeySpec": "AES_256", "DryRun": True})
+    _check(e, "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.", 400)
+    assert c.describe_key(KeyId=fx["on"])["KeyMetadata"] == before
+
+
+def test_rotate_on_demand_answers_the_key_arn(fx):
+    c = fx["client"]()
+    key = c.create_key()["KeyMetadata"]["KeyId"]
+    assert c.rotate_key_on_demand(KeyId=key)["KeyId"] == arn(key)
+
+
+def test_every_row_names_a_known_source():
+    for row in ROWS + AUTH_ROWS:
+        assert row[5] in ("AWS", "model", "unknown"), row[0]
+    assert len({r[0] for r in ROWS + AUTH_ROWS}) == len(ROWS) + len(AUTH_ROWS)

@@ -150,3 +150,49 @@ async fn value_file_that_is_not_a_value_says_what_was_expected() {
     let err = stderr(&decrypt(&f, &p));
     assert!(err.contains("expected a value starting with k8s:enc:") && err.contains("empty"), "{err}");
 }
+
+#[tokio::test]
+async fn a_passphrase_store_decrypts_with_its_root_key_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let phrase = d.path().join("passphrase");
+    std::fs::write(&phrase, "a long recovery passphrase\n").unwrap();
+    let root = format!("passphrase-file:{}", phrase.display());
+    let mut p = RunningPlugin::start(d.path(), &["--root-key", &root]).await;
+    let f = d.path().join("value.bin");
+    std::fs::write(&f, kms_v2_value(&p).await).unwrap();
+    p.stop();
+    assert!(!p.data_dir.join("root.key").exists(), "no root key on disk");
+    let from_store = |extra: &[&str], env: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(["decrypt", "-o", "json", "--etcd-key", ETCD_KEY, "--data-dir"])
+            .arg(&p.data_dir)
+            .arg("--value-file")
+            .arg(&f)
+            .args(extra)
+            .env_remove("ENVELOPE_ROOT_KEY");
+        if let Some(v) = env {
+            c.env("ENVELOPE_ROOT_KEY", v);
+        }
+        c.output().unwrap()
+    };
+    // The plugin's own spelling, as a flag or in ENVELOPE_ROOT_KEY.
+    assert_decrypted(&from_store(&["--root-key", &root], None));
+    assert_decrypted(&from_store(&[], Some(&root)));
+    // Without it the store is named for what it needs, and no root.key is created.
+    let out = from_store(&[], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("passphrase-derived root key") && err.contains("--root-key passphrase-file:"), "{err}");
+    assert!(!p.data_dir.join("root.key").exists());
+    // A wrong passphrase, an unreadable passphrase file and a malformed root are refused clearly.
+    let wrong = d.path().join("wrong");
+    std::fs::write(&wrong, "not the recovery passphrase").unwrap();
+    let err = stderr(&from_store(&["--root-key", &format!("passphrase-file:{}", wrong.display())], None));
+    assert!(err.contains("wrong root key passphrase"), "{err}");
+    let err = stderr(&from_store(&["--root-key", "passphrase-file:/nonexistent/phrase"], None));
+    assert!(err.contains("--root-key") && err.contains("/nonexistent/phrase"), "{err}");
+    let out = from_store(&["--root-key", "root.key"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("--root-key") && !err.contains("panicked"), "{err}");
+}

@@ -61,6 +61,14 @@ pub enum Error {
     /// `source()`.
     #[error("storage: {0}")]
     Database(rusqlite::Error),
+    /// The PostgreSQL database failed (a query, or the server refused it). Its text names the
+    /// server's error, never a parameter's value.
+    #[error("storage (PostgreSQL): {}", with_causes(.0))]
+    Postgres(tokio_postgres::Error),
+    /// The database cannot be reached (connection refused, pool exhausted, TLS failure): trying
+    /// again later may succeed.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The database was written by a newer, unknown schema version.
     #[error("unsupported database schema version {found} (this build supports up to {supported})")]
     SchemaVersion {
@@ -86,10 +94,37 @@ impl Error {
     }
 }
 
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let source = std::error::Error::source(&e);
+        if e.is_closed() || source.is_some_and(|s| s.is::<std::io::Error>()) {
+            // No answer from the server: the connection or its TLS handshake failed, or it closed.
+            Error::Unavailable(with_causes(&e))
+        } else {
+            Error::Postgres(e)
+        }
+    }
+}
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         Error::Database(e)
     }
+}
+
+/// `e` followed by each of its causes whose text it does not already show.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// Convenience alias.

@@ -9,7 +9,8 @@
 //! * [`root`]: the root key that seals key material at rest, and its forms (a file, a passphrase,
 //!   wrapped by a PKCS#11 token key through a caller's [`root::RootWrapper`]).
 //! * [`reseal`]: moving the root key between forms, crash-safe, without rewriting the database.
-//! * [`store`]: [`KeyStore`], SQLite storage plus an in-memory snapshot for the hot path.
+//! * [`store`]: [`KeyStore`], an in-memory snapshot for the hot path over a storage engine:
+//!   SQLite in the data directory (the default) or PostgreSQL shared by replicas.
 //! * [`backup`]: consistent database backups and verified restores.
 //! * [`export`]: sealed key export files, merged into another store with the same root key.
 //! * [`crypto`]: AES-256-GCM and randomness (aws-lc-rs).
@@ -30,7 +31,7 @@ pub mod store;
 pub use context::{EncryptionContext, RESERVED_CONTEXT_PREFIX};
 pub use error::{Error, Result};
 pub use model::{KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, Rotation, RotationType};
-pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, RootSource};
+pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, Location, MigrateReport, RootSource, StoreOptions};
 
 #[cfg(test)]
 mod tests;

@@ -1,77 +1,14 @@
-//! Key store tests against a real SQLite database in a temporary directory.
+//! Key store tests of what only the SQLite engine has (its file, schema migrations, the data
+//! directory), against a real database in a temporary directory. What every engine must do is
+//! the store battery in tests/store.
 
 use super::*;
 use proptest::prelude::*;
-
-fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
 
 fn store() -> (tempfile::TempDir, KeyStore) {
     let dir = tempfile::tempdir().unwrap();
     let ks = KeyStore::open(&dir.path().join("data")).unwrap();
     (dir, ks)
-}
-
-#[test]
-fn create_encrypt_decrypt_with_context() {
-    let (_d, ks) = store();
-    let k = ks.create_key(Some("k8s"), "test").unwrap();
-    assert_eq!(k.state, KeyState::Enabled);
-    assert_eq!(k.aliases, vec!["alias/k8s".to_string()]);
-    assert_eq!(k.current_material_id.len(), 64);
-    let r = KeyRef::parse("k8s").unwrap();
-    let c = ctx(&[("a", "1")]);
-    let e = ks.encrypt(&r, b"secret seed", &c).unwrap();
-    assert_eq!(&ks.decrypt(&e.blob, &c).unwrap().plaintext[..], b"secret seed");
-    assert!(matches!(ks.decrypt(&e.blob, &ctx(&[("a", "2")])), Err(Error::AuthenticationFailed)));
-    assert!(matches!(ks.decrypt(&e.blob, &EncryptionContext::new()), Err(Error::AuthenticationFailed)));
-}
-
-#[test]
-fn rotation_keeps_old_versions_decryptable() {
-    let (_d, ks) = store();
-    let k = ks.create_key(Some("r"), "").unwrap();
-    let r = KeyRef::parse(&k.key_id).unwrap();
-    let c = EncryptionContext::new();
-    let old = ks.encrypt(&r, b"one", &c).unwrap();
-    let k2 = ks.rotate(&r).unwrap();
-    assert_ne!(k.current_material_id, k2.current_material_id);
-    assert_eq!(k2.versions.len(), 2);
-    let new = ks.encrypt(&r, b"two", &c).unwrap();
-    assert_ne!(old.material_id, new.material_id);
-    assert_eq!(&ks.decrypt(&old.blob, &c).unwrap().plaintext[..], b"one");
-    assert_eq!(&ks.decrypt(&new.blob, &c).unwrap().plaintext[..], b"two");
-}
-
-#[test]
-fn disabled_key_refuses_both_directions_until_enabled() {
-    let (_d, ks) = store();
-    ks.create_key(Some("d"), "").unwrap();
-    let r = KeyRef::parse("d").unwrap();
-    let c = EncryptionContext::new();
-    let e = ks.encrypt(&r, b"x", &c).unwrap();
-    ks.set_enabled(&r, false).unwrap();
-    assert!(matches!(ks.encrypt(&r, b"x", &c), Err(Error::Disabled(_))));
-    assert!(matches!(ks.decrypt(&e.blob, &c), Err(Error::Disabled(_))));
-    ks.set_enabled(&r, true).unwrap();
-    assert_eq!(&ks.decrypt(&e.blob, &c).unwrap().plaintext[..], b"x");
-}
-
-#[test]
-fn changes_from_another_handle_are_seen_after_refresh() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = KeyStore::open(dir.path()).unwrap();
-    let b = KeyStore::open(dir.path()).unwrap();
-    let k = a.create_key(Some("shared"), "").unwrap();
-    let r = KeyRef::parse("shared").unwrap();
-    assert!(matches!(b.describe(&r), Err(Error::NotFound(_))));
-    b.refresh().unwrap();
-    assert_eq!(b.describe(&r).unwrap().key_id, k.key_id);
-    // b rotates; a decrypts a blob under the new material without an explicit refresh.
-    b.rotate(&r).unwrap();
-    let e = b.encrypt(&r, b"y", &EncryptionContext::new()).unwrap();
-    assert_eq!(&a.decrypt(&e.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"y");
 }
 
 #[test]
@@ -115,20 +52,6 @@ fn no_key_material_or_plaintext_on_disk() {
 }
 
 #[test]
-fn duplicate_alias_and_bad_input() {
-    let (_d, ks) = store();
-    ks.create_key(Some("dup"), "").unwrap();
-    assert!(matches!(ks.create_key(Some("dup"), ""), Err(Error::AlreadyExists(_))));
-    let r = KeyRef::parse("dup").unwrap();
-    assert!(matches!(ks.encrypt(&r, b"", &EncryptionContext::new()), Err(Error::Invalid(_))));
-    assert!(matches!(ks.encrypt(&r, &[0u8; 4097], &EncryptionContext::new()), Err(Error::Invalid(_))));
-    assert!(matches!(
-        ks.encrypt(&KeyRef::parse("nope").unwrap(), b"x", &EncryptionContext::new()),
-        Err(Error::NotFound(_))
-    ));
-}
-
-#[test]
 fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(KeyStore::open(dir.path()).unwrap());
@@ -163,53 +86,6 @@ proptest! {
 }
 
 #[test]
-fn alias_create_update_delete_and_list() {
-    let (_d, ks) = store();
-    let a = ks.create_key(None, "a").unwrap();
-    let b = ks.create_key(None, "b").unwrap();
-    assert!(a.aliases.is_empty());
-    let ra = KeyRef::parse(&a.key_id).unwrap();
-    let rb = KeyRef::parse(&b.key_id).unwrap();
-    ks.create_alias("alias/one", &ra).unwrap();
-    ks.create_alias("two", &ra).unwrap();
-    assert!(matches!(ks.create_alias("alias/one", &rb), Err(Error::AlreadyExists(_))));
-    assert!(matches!(ks.create_alias("alias/aws/x", &rb), Err(Error::Invalid(_))));
-    let missing = KeyRef::Id(uuid::Uuid::new_v4());
-    assert!(matches!(ks.create_alias("alias/three", &missing), Err(Error::NotFound(_))));
-    assert_eq!(ks.describe(&ra).unwrap().aliases, vec!["alias/one".to_string(), "alias/two".to_string()]);
-
-    let c = EncryptionContext::new();
-    let e = ks.encrypt(&KeyRef::parse("alias/one").unwrap(), b"x", &c).unwrap();
-    assert_eq!(e.key_id, *ra_uuid(&a).as_bytes());
-
-    ks.update_alias("alias/one", &rb, None).unwrap();
-    let e = ks.encrypt(&KeyRef::parse("alias/one").unwrap(), b"x", &c).unwrap();
-    assert_eq!(e.key_id, *ra_uuid(&b).as_bytes());
-    assert!(matches!(ks.update_alias("alias/nope", &rb, None), Err(Error::NotFound(_))));
-    // Guarded changes: the alias must still point where the caller checked.
-    assert!(matches!(ks.update_alias("alias/one", &ra, Some(&ra)), Err(Error::Changed(_))));
-    assert!(matches!(ks.delete_alias("alias/one", Some(&ra)), Err(Error::Changed(_))));
-    assert_eq!(ks.list_aliases().unwrap()[0].key_id, b.key_id, "a refused guarded change changes nothing");
-    ks.update_alias("alias/one", &rb, Some(&rb)).unwrap();
-
-    let list = ks.list_aliases().unwrap();
-    assert_eq!(list.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["alias/one", "alias/two"]);
-    assert_eq!(list[0].key_id, b.key_id);
-    assert!(list[0].updated_at >= list[0].created_at);
-
-    ks.delete_alias("alias/one", None).unwrap();
-    assert!(matches!(ks.delete_alias("alias/one", None), Err(Error::NotFound(_))));
-    assert!(matches!(ks.describe(&KeyRef::parse("alias/one").unwrap()), Err(Error::NotFound(_))));
-    // The key itself and the other alias are untouched.
-    assert_eq!(ks.describe(&rb).unwrap().state, KeyState::Enabled);
-    assert_eq!(ks.list_aliases().unwrap().len(), 1);
-}
-
-fn ra_uuid(k: &KeyMetadata) -> uuid::Uuid {
-    uuid::Uuid::parse_str(&k.key_id).unwrap()
-}
-
-#[test]
 fn schema_v1_database_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
     let k = {
@@ -231,60 +107,6 @@ fn schema_v1_database_is_migrated() {
     let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
     let v: String = conn.query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0)).unwrap();
     assert_eq!(v, store::SCHEMA_VERSION.to_string());
-}
-
-#[test]
-fn scheduled_deletion_cancel_and_purge() {
-    let (_d, ks) = store();
-    let k = ks.create_key(Some("gone"), "").unwrap();
-    let r = KeyRef::parse(&k.key_id).unwrap();
-    let c = EncryptionContext::new();
-    let e = ks.encrypt(&r, b"x", &c).unwrap();
-    ks.tag(&r, &[("a".into(), "1".into())]).unwrap();
-    ks.put_policy(&r, "{}").unwrap();
-    let m = ks.schedule_deletion(&r, 1_000, 7).unwrap();
-    assert_eq!(m.state, KeyState::PendingDeletion);
-    assert_eq!(ks.attributes(&r).unwrap().deletion_date, Some(1_000));
-    assert!(matches!(ks.encrypt(&r, b"x", &c), Err(Error::InvalidState { .. })));
-    assert!(matches!(ks.schedule_deletion(&r, 1_000, 7), Err(Error::InvalidState { .. })));
-    assert_eq!(ks.cancel_deletion(&r).unwrap().state, KeyState::Disabled);
-    assert_eq!(ks.attributes(&r).unwrap().deletion_date, None);
-    assert!(matches!(ks.cancel_deletion(&r), Err(Error::InvalidState { .. })));
-    ks.schedule_deletion(&r, 1_000, 7).unwrap();
-    assert!(ks.purge_deleted(999).unwrap().is_empty());
-    assert_eq!(ks.purge_deleted(1_000).unwrap(), vec![k.key_id.clone()]);
-    assert!(matches!(ks.describe(&r), Err(Error::NotFound(_))));
-    assert!(matches!(ks.describe(&KeyRef::parse("gone").unwrap()), Err(Error::NotFound(_))));
-    assert!(ks.decrypt(&e.blob, &c).is_err());
-    assert!(ks.list_aliases().unwrap().is_empty());
-}
-
-#[test]
-fn automatic_rotation_tags_policy_and_description() {
-    let (_d, ks) = store();
-    let k = ks.create_key_with(None, "d", &[("t".into(), "v".into())], Some("{\"p\":1}")).unwrap();
-    let r = KeyRef::parse(&k.key_id).unwrap();
-    let a = ks.attributes(&r).unwrap();
-    assert_eq!(a.tags, vec![("t".to_string(), "v".to_string())]);
-    assert_eq!(a.policy.as_deref(), Some("{\"p\":1}"));
-    assert_eq!(a.rotations.len(), 1);
-    assert_eq!(a.rotations[0].kind, RotationType::Initial);
-    ks.set_rotation(&r, Some((90, 500))).unwrap();
-    assert!(ks.rotate_due(499).unwrap().is_empty());
-    assert_eq!(ks.rotate_due(500).unwrap(), vec![k.key_id.clone()]);
-    ks.rotate(&r).unwrap();
-    let a = ks.attributes(&r).unwrap();
-    assert_eq!(a.next_rotation, Some(500 + 90 * 86_400));
-    let kinds: Vec<_> = a.rotations.iter().map(|x| x.kind).collect();
-    assert_eq!(kinds, [RotationType::Initial, RotationType::Automatic, RotationType::OnDemand]);
-    assert_eq!(a.rotations[1].created_at, 500);
-    ks.set_rotation(&r, None).unwrap();
-    assert_eq!(ks.attributes(&r).unwrap().rotation_period_days, None);
-    ks.tag(&r, &[("t".into(), "w".into()), ("u".into(), "".into())]).unwrap();
-    ks.untag(&r, &["u".into(), "absent".into()]).unwrap();
-    assert_eq!(ks.attributes(&r).unwrap().tags, vec![("t".to_string(), "w".to_string())]);
-    ks.set_description(&r, "new").unwrap();
-    assert_eq!(ks.describe(&r).unwrap().description, "new");
 }
 
 #[test]
@@ -343,55 +165,6 @@ fn concurrent_first_opens_of_one_store_agree() {
     let e = a.encrypt(&KeyRef::parse("k").unwrap(), b"x", &EncryptionContext::new()).unwrap();
     let b = KeyStore::open(&d).unwrap();
     assert_eq!(&b.decrypt(&e.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"x");
-}
-
-#[test]
-fn imported_material_lifecycle() {
-    let (_d, ks) = store();
-    let k = ks.create_external_key("byok", &[], None).unwrap();
-    assert_eq!((k.state, k.current_material_id.as_str(), k.versions.len()), (KeyState::PendingImport, "", 0));
-    let r = KeyRef::Id(uuid::Uuid::parse_str(&k.key_id).unwrap());
-    assert!(ks.attributes(&r).unwrap().external);
-    assert!(matches!(ks.encrypt(&r, b"x", &ctx(&[])), Err(Error::InvalidState { state: KeyState::PendingImport, .. })));
-    assert!(matches!(ks.current(&r), Err(Error::InvalidState { .. })));
-    assert_eq!(ks.state(&r).unwrap().1, KeyState::PendingImport);
-    assert!(matches!(ks.set_enabled(&r, true), Err(Error::InvalidState { .. })));
-    assert!(matches!(ks.rotate(&r), Err(Error::Unsupported(_))));
-    assert!(matches!(ks.delete_imported_material(&r), Err(Error::InvalidState { .. })));
-    assert!(matches!(ks.import_material(&r, &[1u8; 16], None, 1), Err(Error::IncorrectMaterial(_))));
-
-    let mid = ks.import_material(&r, &[1u8; 32], None, 1).unwrap();
-    assert_eq!(mid.len(), 64);
-    let m = ks.describe(&r).unwrap();
-    assert_eq!((m.state, m.current_material_id.as_str()), (KeyState::Enabled, mid.as_str()));
-    let e = ks.encrypt(&r, b"secret", &ctx(&[])).unwrap();
-    assert!(matches!(ks.import_material(&r, &[2u8; 32], None, 2), Err(Error::IncorrectMaterial(_))));
-    // Same material: accepted, same id, expiry updated.
-    assert_eq!(ks.import_material(&r, &[1u8; 32], Some(99), 2).unwrap(), mid);
-    assert_eq!(ks.attributes(&r).unwrap().valid_to, Some(99));
-
-    assert_eq!(ks.delete_imported_material(&r).unwrap(), mid);
-    assert_eq!(ks.describe(&r).unwrap().state, KeyState::PendingImport);
-    assert!(ks.decrypt(&e.blob, &ctx(&[])).is_err());
-    // The sealed material is gone from the database, not just from memory.
-    let reopened = KeyStore::open(ks.dir()).unwrap();
-    assert!(reopened.decrypt(&e.blob, &ctx(&[])).is_err());
-    assert!(matches!(ks.import_material(&r, &[2u8; 32], None, 3), Err(Error::IncorrectMaterial(_))));
-    assert_eq!(ks.import_material(&r, &[1u8; 32], Some(50), 3).unwrap(), mid);
-    assert_eq!(&ks.decrypt(&e.blob, &ctx(&[])).unwrap().plaintext[..], b"secret");
-
-    // Expiry deletes the material; other keys (and generated keys) are not touched.
-    let g = ks.create_key(None, "generated").unwrap();
-    let gr = KeyRef::parse(&g.key_id).unwrap();
-    assert!(matches!(ks.import_material(&gr, &[1u8; 32], None, 1), Err(Error::Unsupported(_))));
-    assert!(ks.expire_imported(49).unwrap().is_empty());
-    assert_eq!(ks.expire_imported(50).unwrap(), vec![k.key_id.clone()]);
-    assert_eq!(ks.describe(&r).unwrap().state, KeyState::PendingImport);
-    assert_eq!(ks.describe(&gr).unwrap().state, KeyState::Enabled);
-
-    // Deleting a key pending deletion purges its import row too.
-    ks.schedule_deletion(&r, 10, 7).unwrap();
-    assert_eq!(ks.purge_deleted(10).unwrap(), vec![k.key_id.clone()]);
 }
 
 #[test]

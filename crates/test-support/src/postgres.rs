@@ -5,6 +5,9 @@
 //! PostgreSQL refuses to run as root, so when the tests run as root the cluster belongs to
 //! `nobody` and every server-side command runs through `runuser -u nobody`. The binaries come from
 //! `$ENVELOPE_PG_BIN` (a directory), else the newest `/usr/lib/postgresql/<version>/bin`.
+//!
+//! [`Postgres::start_tls`] serves TLS only (a `hostssl` line and no `host` one), with a server
+//! certificate for 127.0.0.1 signed by a test CA ([`Postgres::ca_cert`]), made with openssl.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,6 +19,8 @@ pub struct Postgres {
     bin: PathBuf,
     data: PathBuf,
     run_as: Option<String>,
+    options: String,
+    ca: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -44,6 +49,15 @@ pub fn bin_dir() -> PathBuf {
 impl Postgres {
     /// Creates a cluster and starts it; waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_inner(false)
+    }
+
+    /// Like [`Postgres::start`], accepting TCP connections over TLS only.
+    pub fn start_tls() -> Self {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         let run_as = nix::unistd::geteuid().is_root().then(|| "nobody".to_string());
@@ -52,14 +66,68 @@ impl Postgres {
             std::os::unix::fs::chown(dir.path(), Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
         }
         let port = crate::net::free_port();
-        let pg = Postgres { port, data: dir.path().join("data"), bin, run_as, dir };
+        let mut options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.path().display());
+        let mut pg =
+            Postgres { port, data: dir.path().join("data"), bin, run_as, options: String::new(), ca: None, dir };
         pg.server_cmd(
             "initdb",
             &["-D", &pg.data_str(), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
         );
-        let options = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", pg.dir.path().display());
-        let log = pg.dir.path().join("server.log").to_string_lossy().into_owned();
-        let out = pg.run("pg_ctl", &["start", "-D", &pg.data_str(), "-w", "-t", "60", "-l", &log, "-o", &options]);
+        if tls {
+            let certs = pg.dir.path().join("certs");
+            std::fs::create_dir(&certs).unwrap();
+            let (cert, key, ca, _) = crate::etcd::make_certs(&certs);
+            // The server reads its key as the cluster's owner and wants it private.
+            for f in [&cert, &key] {
+                let to = pg.data.join(f.file_name().unwrap());
+                std::fs::copy(f, &to).unwrap();
+                std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+                if let Some(user) = &pg.run_as {
+                    let u = nix::unistd::User::from_name(user).unwrap().unwrap();
+                    std::os::unix::fs::chown(&to, Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
+                }
+            }
+            std::fs::write(pg.data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+                .unwrap();
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+            pg.ca = Some(ca);
+        }
+        pg.options = options;
+        pg.pg_ctl_start();
+        pg
+    }
+
+    /// The CA that signed the server's certificate (clusters from [`Postgres::start_tls`]).
+    pub fn ca_cert(&self) -> Option<&Path> {
+        self.ca.as_deref()
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected) and starts it again.
+    pub fn restart(&self) {
+        self.stop();
+        self.pg_ctl_start();
+    }
+
+    /// Stops the server (fast shutdown); [`Postgres::restart`] or [`Postgres::resume`] start it.
+    pub fn stop(&self) {
+        self.server_cmd("pg_ctl", &["stop", "-D", &self.data_str(), "-m", "fast", "-w"]);
+    }
+
+    /// Starts a server stopped by [`Postgres::stop`].
+    pub fn resume(&self) {
+        self.pg_ctl_start();
+    }
+
+    /// Creates database `name` and returns its URL.
+    pub fn create_database(&self, name: &str) -> String {
+        self.psql(&format!("CREATE DATABASE {name}"));
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn pg_ctl_start(&self) {
+        let log = self.dir.path().join("server.log").to_string_lossy().into_owned();
+        let out =
+            self.run("pg_ctl", &["start", "-D", &self.data_str(), "-w", "-t", "60", "-l", &log, "-o", &self.options]);
         if !out.status.success() {
             panic!(
                 "pg_ctl start failed: {}{}\nserver log:\n{}",
@@ -68,7 +136,6 @@ impl Postgres {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        pg
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -83,8 +150,13 @@ impl Postgres {
 
     /// Runs `sql` with `psql` over TCP as `postgres`; returns the unaligned, tuples-only output.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// [`Postgres::psql`] in database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db])
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .unwrap();

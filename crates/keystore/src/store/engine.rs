@@ -2,6 +2,91 @@
 //!
 //! Rows carry material only sealed under the root key ([`crate::root::RootKey`]): no engine ever
 //! sees unsealed material. Every write is one transaction that checks the key's state inside it.
+//!
+//! [`Engine`] is the storage trait: [`super::sqlite::Sqlite`] (the embedded default, a file in
+//! the data directory) and [`super::postgres::Postgres`] (one database shared by several
+//! processes) implement it. The key store above it owns the root key and the snapshot.
+
+use std::sync::mpsc::Sender;
+
+use super::AliasInfo;
+use super::sqlite::Sqlite;
+use crate::error::Result;
+use crate::model::RotationType;
+
+/// A database holding a key store. Every method is one transaction (reads: a consistent one);
+/// mutations re-check inside it the state they depend on, so two writers (threads, processes or
+/// replicas) never lose each other's update.
+pub trait Engine: Send + Sync + 'static {
+    /// What and where it is, for messages (no credentials).
+    fn describe(&self) -> String;
+    /// The whole store, read in one transaction.
+    fn load(&self) -> Result<Rows>;
+    /// The change counter (bumped by every committed change), or `None` when the engine keeps
+    /// none (then every refresh reads everything).
+    fn change(&self) -> Result<Option<i64>>;
+    /// Whether a version with this material id exists.
+    fn has_material(&self, mid: &str) -> Result<bool>;
+    /// Creates a key (with its first version, alias, tags and policy).
+    fn create_key(&self, k: &NewKey<'_>) -> Result<()>;
+    /// Adds `v` as the key's new current version (not for keys pending deletion or external).
+    fn rotate(&self, id: &str, v: &NewVersion, kind: RotationType, at: i64) -> Result<()>;
+    /// Enables or disables a key (not one pending deletion or import).
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<()>;
+    /// Makes a key PendingDeletion until `deletion_date`.
+    fn schedule_deletion(&self, id: &str, deletion_date: i64, window_days: u32) -> Result<()>;
+    /// Cancels a scheduled deletion: Disabled, or PendingImport for a key without material.
+    fn cancel_deletion(&self, id: &str) -> Result<()>;
+    /// Deletes every key pending deletion whose date is at or before `now`; returns their ids.
+    fn purge_deleted(&self, now: i64) -> Result<Vec<String>>;
+    /// Replaces a key's description.
+    fn set_description(&self, id: &str, description: &str) -> Result<()>;
+    /// Turns automatic rotation on (`Some((period_days, next_rotation))`) or off.
+    fn set_rotation(&self, id: &str, schedule: Option<(u32, i64)>) -> Result<()>;
+    /// Enabled, non-external keys whose automatic rotation is due at `now`, with their periods.
+    fn due_rotations(&self, now: i64) -> Result<Vec<(String, i64)>>;
+    /// Adds `v` as an automatic rotation at `now` and schedules the next one at `next`, if the
+    /// rotation is still due when the transaction runs (false: someone else did it).
+    fn rotate_automatic(&self, id: &str, v: &NewVersion, now: i64, next: i64) -> Result<bool>;
+    /// Adds or replaces tags.
+    fn tag(&self, id: &str, tags: &[(String, String)]) -> Result<()>;
+    /// Removes tags by tag key.
+    fn untag(&self, id: &str, tag_keys: &[String]) -> Result<()>;
+    /// Replaces the key policy.
+    fn put_policy(&self, id: &str, policy: &str) -> Result<()>;
+    /// Makes `v` (imported material) the external key's current material.
+    fn import_material(&self, id: &str, v: &NewVersion, valid_to: Option<i64>, at: i64) -> Result<()>;
+    /// Deletes the external key's current material; returns its id.
+    fn delete_imported(&self, id: &str) -> Result<String>;
+    /// Deletes imported material expired at `now`; returns the affected key ids.
+    fn expire_imported(&self, now: i64) -> Result<Vec<String>>;
+    /// Creates an alias of key `id` (which must not be pending deletion).
+    fn create_alias(&self, alias: &str, id: &str, now: i64) -> Result<()>;
+    /// Points `alias` at key `id`; with `expected`, only if it still points at that key.
+    fn update_alias(&self, alias: &str, id: &str, expected: Option<&str>, now: i64) -> Result<()>;
+    /// Deletes `alias`; with `expected`, only if it still points at that key.
+    fn delete_alias(&self, alias: &str, expected: Option<&str>) -> Result<()>;
+    /// All aliases, ordered by name (bytewise).
+    fn list_aliases(&self) -> Result<Vec<AliasInfo>>;
+    /// Writes `rows` (another store's, from [`Engine::load`]) into this store, which must hold
+    /// no key, in one transaction.
+    fn restore(&self, rows: &Rows) -> Result<()>;
+    /// Whether this process should run the store's background work (deletions after the
+    /// window, automatic rotation, import expiry) now. Engines shared by several processes elect
+    /// one; the work is safe to run twice anyway (it re-checks inside its transactions).
+    fn is_leader(&self) -> Result<bool> {
+        Ok(true)
+    }
+    /// Asks the engine to send on `poke` whenever another process may have changed the store.
+    fn watch(&self, poke: Sender<()>) -> Result<()> {
+        drop(poke);
+        Ok(())
+    }
+    /// The SQLite engine, for the features only it has (key export files).
+    fn as_sqlite(&self) -> Option<&Sqlite> {
+        None
+    }
+}
 
 /// A key with its management attributes (the `keys` row joined with `key_attrs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,8 +175,8 @@ pub struct PolicyRow {
 /// The whole store as read in one transaction (for the snapshot, and for migrations).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rows {
-    /// The store's change counter when read (0 for engines without one).
-    pub version: i64,
+    /// The store's change counter when read (`None` for engines without one).
+    pub version: Option<i64>,
     /// Keys.
     pub keys: Vec<KeyRow>,
     /// Versions, ordered by key and sequence.

@@ -134,8 +134,9 @@ impl KeyStore {
             let kid = parse_key_id(&id)?;
             let v = self.new_material(&kid)?;
             let next = now.saturating_add(period.saturating_mul(86_400));
-            self.core.db.rotate_automatic(&id, &v, now, next)?;
-            done.push(id);
+            if self.core.db.rotate_automatic(&id, &v, now, next)? {
+                done.push(id);
+            }
         }
         if !done.is_empty() {
             self.refresh()?;

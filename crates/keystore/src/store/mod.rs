@@ -2,20 +2,25 @@
 //! an in-memory snapshot that serves the hot path (encrypt/decrypt) without touching the
 //! database.
 //!
-//! * [`schema`]: the SQLite schema and its migrations.
-//! * [`sqlite`]: the SQLite engine (every SQL statement of the embedded store).
-//! * [`engine`]: the rows an engine reads and writes (material always sealed).
+//! * [`engine`]: the storage trait ([`Engine`]) and the rows an engine reads and writes
+//!   (material always sealed).
+//! * [`sqlite`]: the SQLite engine, the embedded default (`keystore.db` in the data directory);
+//!   [`schema`]: its schema and migrations.
+//! * [`postgres`]: the PostgreSQL engine, one database shared by several processes (replicas).
 //! * `snapshot`: the in-memory snapshot, refresh, reads, encrypt and decrypt.
 //! * `keys`, `aliases`, `import`: the mutations, each one transaction, then a refresh.
+//! * `migrate`: copying a store from one engine to another, verified.
 //!
 //! Several processes may open the same store (the plugin serving, `envelope key rotate` from a
-//! shell); a process sees another's changes after [`KeyStore::refresh`].
+//! shell, replicas of the key server on PostgreSQL); a process sees another's changes after
+//! [`KeyStore::refresh`]. On a shared engine a watcher thread refreshes on every change
+//! notification and at least once per [`StoreOptions::refresh_interval`].
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock, Weak, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
 
@@ -27,10 +32,15 @@ mod aliases;
 pub mod engine;
 mod import;
 mod keys;
+mod migrate;
+pub mod postgres;
 pub mod schema;
 mod snapshot;
 pub mod sqlite;
 
+pub use engine::Engine;
+pub use migrate::MigrateReport;
+pub use postgres::PostgresOptions;
 pub use schema::SCHEMA_VERSION;
 use snapshot::Snapshot;
 use sqlite::Sqlite;
@@ -148,6 +158,76 @@ pub struct AliasInfo {
     pub updated_at: i64,
 }
 
+/// Where a store keeps its keys and sealed versions. The root key always comes from the data
+/// directory (or the PKCS#11 token it names), whatever the location.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum Location {
+    /// `keystore.db` in the data directory (the default).
+    #[default]
+    DataDir,
+    /// `keystore.db` in another directory (`sqlite:DIR`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, shared with other processes (`postgres://…`).
+    Postgres(PostgresOptions),
+}
+
+impl Location {
+    /// Parses `sqlite` (the data directory's database), `sqlite:DIR`, or a `postgres://` /
+    /// `postgresql://` URL.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s == "sqlite" || s == "sqlite:" {
+            return Ok(Location::DataDir);
+        }
+        if let Some(dir) = s.strip_prefix("sqlite:") {
+            return Ok(Location::Sqlite(PathBuf::from(dir)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(Location::Postgres(PostgresOptions::new(s)));
+        }
+        Err(Error::Invalid(format!(
+            "store {:?}: expected sqlite, sqlite:DIR, or a postgres:// URL",
+            postgres::redact(s)
+        )))
+    }
+
+    /// Whether other processes share this location and must be watched for changes.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Location::Postgres(_))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::DataDir => f.write_str("sqlite"),
+            Location::Sqlite(d) => write!(f, "sqlite:{}", d.display()),
+            Location::Postgres(o) => f.write_str(&postgres::redact(&o.url)),
+        }
+    }
+}
+
+/// How [`KeyStore::open_with_options`] opens a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Where the keys are.
+    pub location: Location,
+    /// Create the data directory and the root key if missing (else fail).
+    pub create: bool,
+    /// On a shared location, the longest time between two checks for changes made by other
+    /// processes (change notifications usually arrive first).
+    pub refresh_interval: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { location: Location::DataDir, create: true, refresh_interval: DEFAULT_REFRESH_INTERVAL }
+    }
+}
+
+/// Default of [`StoreOptions::refresh_interval`].
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The key store.
 pub struct KeyStore {
     core: Arc<Core>,
@@ -156,7 +236,7 @@ pub struct KeyStore {
 
 /// What the store's background work shares with it.
 struct Core {
-    db: Sqlite,
+    db: Box<dyn Engine>,
     root: RootKey,
     snap: RwLock<Arc<Snapshot>>,
     /// Held from reading the database to publishing the snapshot, so two refreshes cannot
@@ -213,6 +293,13 @@ impl KeyStore {
     }
 
     fn open_inner(dir: &Path, root: &RootSource, create: bool) -> Result<Self> {
+        Self::open_with_options(dir, root, &StoreOptions { create, ..StoreOptions::default() })
+    }
+
+    /// Opens the store whose root key is in `dir` (from `root`) and whose keys are at
+    /// `options.location`; with `options.create`, creates what is missing.
+    pub fn open_with_options(dir: &Path, root: &RootSource, options: &StoreOptions) -> Result<Self> {
+        let create = options.create;
         if let Ok(m) = fs::metadata(dir)
             && m.permissions().mode() & 0o022 != 0
         {
@@ -230,10 +317,22 @@ impl KeyStore {
                 .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         }
         let root = root.load(dir, create)?;
-        let db = Sqlite::open(&dir.join(DB_FILE))?;
+        let db: Box<dyn Engine> = match &options.location {
+            Location::DataDir => Box::new(Sqlite::open(&dir.join(DB_FILE))?),
+            Location::Sqlite(other) => {
+                if !other.is_dir() {
+                    return Err(Error::NotFound(format!("no directory {}", other.display())));
+                }
+                Box::new(Sqlite::open(&other.join(DB_FILE))?)
+            }
+            Location::Postgres(o) => Box::new(postgres::Postgres::open(o)?),
+        };
         let core = Core { db, root, snap: RwLock::new(Arc::new(Snapshot::default())), refreshing: Mutex::new(()) };
         let store = Self { core: Arc::new(core), dir: dir.to_path_buf() };
         store.refresh()?;
+        if options.location.is_shared() {
+            watch(&store.core, options.refresh_interval)?;
+        }
         Ok(store)
     }
 
@@ -278,8 +377,62 @@ impl KeyStore {
 
     /// The SQLite connection (key export files read and merge in one SQLite transaction).
     pub(crate) fn lock_conn(&self) -> Result<std::sync::MutexGuard<'_, rusqlite::Connection>> {
-        self.core.db.lock()
+        match self.core.db.as_sqlite() {
+            Some(db) => db.lock(),
+            None => Err(Error::Unsupported(format!(
+                "key export files are for SQLite stores; {} is shared by every process that opens it already",
+                self.core.db.describe()
+            ))),
+        }
     }
+
+    /// What holds the keys and where, for messages (never a password).
+    pub fn storage(&self) -> String {
+        self.core.db.describe()
+    }
+
+    /// Whether this process should run the background work now (deletion after the window,
+    /// automatic rotation, import expiry). Always true on SQLite; on PostgreSQL exactly one
+    /// process holds the leadership at a time, and another takes over when it goes away. The
+    /// work re-checks what is due inside its transactions, so a second run does nothing.
+    pub fn is_leader(&self) -> Result<bool> {
+        self.core.db.is_leader()
+    }
+}
+
+/// Starts the watcher thread of a shared store: a refresh after each change notification (many
+/// coalesce into one) and at least every `interval`. It stops when the store is dropped.
+fn watch(core: &Arc<Core>, interval: Duration) -> Result<()> {
+    let (poke, pokes) = mpsc::channel();
+    core.db.watch(poke)?;
+    let weak: Weak<Core> = Arc::downgrade(core);
+    std::thread::Builder::new()
+        .name("envelope-store-watch".into())
+        .spawn(move || {
+            let mut failing = false;
+            loop {
+                match pokes.recv_timeout(interval) {
+                    Ok(()) => while pokes.try_recv().is_ok() {},
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                let Some(core) = weak.upgrade() else { return };
+                match core.refresh() {
+                    Ok(()) if failing => {
+                        tracing::info!(storage = %core.db.describe(), "key store refreshed again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        tracing::warn!(storage = %core.db.describe(), error = %e, "cannot refresh the key store; serving the last snapshot");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+        .map_err(|e| Error::Storage(format!("cannot start the key store's watcher: {e}")))?;
+    Ok(())
 }
 
 fn secret_aad(label: &[u8]) -> Vec<u8> {

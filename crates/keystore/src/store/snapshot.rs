@@ -19,6 +19,8 @@ pub(super) struct Material {
 
 #[derive(Default)]
 pub(super) struct Snapshot {
+    /// The engine's change counter this snapshot was read at (`None`: not kept, or never read).
+    pub(super) version: Option<i64>,
     pub(super) keys: HashMap<[u8; 16], KeyMetadata>,
     pub(super) current: HashMap<[u8; 16], [u8; 32]>,
     pub(super) aliases: HashMap<String, [u8; 16]>,
@@ -38,6 +40,11 @@ impl Core {
     /// new material unsealed).
     pub(super) fn refresh(&self) -> Result<()> {
         let _order = self.refreshing.lock().map_err(|_| poisoned())?;
+        if let Some(change) = self.db.change()?
+            && self.snapshot().version == Some(change)
+        {
+            return Ok(());
+        }
         let rows = self.db.load()?;
         let snap = self.build(rows)?;
         *self.snap.write().map_err(|_| poisoned())? = Arc::new(snap);
@@ -136,7 +143,7 @@ impl Core {
             }
         }
         let attrs = attrs.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        Ok(Snapshot { keys, current, aliases, materials, attrs })
+        Ok(Snapshot { version: rows.version, keys, current, aliases, materials, attrs })
     }
 
     pub(super) fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], sealed: &[u8]) -> Result<Material> {

@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::AliasInfo;
-use super::engine::{AliasRow, ImportRow, KeyRow, NewKey, NewVersion, PolicyRow, Rows, TagRow, VersionRow};
+use super::engine::{AliasRow, Engine, ImportRow, KeyRow, NewKey, NewVersion, PolicyRow, Rows, TagRow, VersionRow};
 use super::schema;
 use crate::error::{Error, Result};
 use crate::model::{KeyState, RotationType};
@@ -21,6 +21,7 @@ use crate::model::{KeyState, RotationType};
 /// The SQLite database of a store.
 pub struct Sqlite {
     conn: Mutex<Connection>,
+    path: std::path::PathBuf,
 }
 
 impl Sqlite {
@@ -35,7 +36,7 @@ impl Sqlite {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         schema::retry_busy(|| schema::migrate(&conn))?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn: Mutex::new(conn), path: db.to_path_buf() })
     }
 
     /// The connection, for the SQLite-only features (key export files).
@@ -59,9 +60,23 @@ impl Sqlite {
             f(tx, state)
         })
     }
+}
+
+impl Engine for Sqlite {
+    fn describe(&self) -> String {
+        format!("SQLite database {}", self.path.display())
+    }
+
+    fn change(&self) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
+    fn as_sqlite(&self) -> Option<&Sqlite> {
+        Some(self)
+    }
 
     /// Everything, read in one transaction.
-    pub fn load(&self) -> Result<Rows> {
+    fn load(&self) -> Result<Rows> {
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
         let mut rows = Rows::default();
@@ -122,7 +137,7 @@ impl Sqlite {
     }
 
     /// Whether a version with this material id exists.
-    pub fn has_material(&self, mid: &str) -> Result<bool> {
+    fn has_material(&self, mid: &str) -> Result<bool> {
         let conn = self.lock()?;
         let found: Option<i64> =
             conn.query_row("SELECT 1 FROM key_versions WHERE material_id = ?1", [mid], |r| r.get(0)).optional()?;
@@ -130,7 +145,7 @@ impl Sqlite {
     }
 
     /// Creates a key (with its first version, alias, tags and policy) in one transaction.
-    pub fn create_key(&self, k: &NewKey<'_>) -> Result<()> {
+    fn create_key(&self, k: &NewKey<'_>) -> Result<()> {
         self.write(|tx| {
             if let Some(a) = k.alias
                 && alias_target(tx, a)?.is_some()
@@ -174,7 +189,7 @@ impl Sqlite {
     }
 
     /// Adds `v` as the key's new current version (an on-demand or automatic rotation).
-    pub fn rotate(&self, id: &str, v: &NewVersion, kind: RotationType, at: i64) -> Result<()> {
+    fn rotate(&self, id: &str, v: &NewVersion, kind: RotationType, at: i64) -> Result<()> {
         self.write_key(id, |tx, state| {
             if state == KeyState::PendingDeletion {
                 return Err(Error::InvalidState { key: id.to_string(), state });
@@ -187,7 +202,7 @@ impl Sqlite {
     }
 
     /// Enables or disables a key (not one pending deletion or import).
-    pub fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
         self.write_key(id, |tx, state| {
             if matches!(state, KeyState::PendingDeletion | KeyState::PendingImport) {
                 return Err(Error::InvalidState { key: id.to_string(), state });
@@ -199,7 +214,7 @@ impl Sqlite {
     }
 
     /// Makes a key PendingDeletion until `deletion_date`.
-    pub fn schedule_deletion(&self, id: &str, deletion_date: i64, window_days: u32) -> Result<()> {
+    fn schedule_deletion(&self, id: &str, deletion_date: i64, window_days: u32) -> Result<()> {
         self.write_key(id, |tx, state| {
             if state == KeyState::PendingDeletion {
                 return Err(Error::InvalidState { key: id.to_string(), state });
@@ -215,7 +230,7 @@ impl Sqlite {
     }
 
     /// Cancels a scheduled deletion: Disabled, or PendingImport for a key without material.
-    pub fn cancel_deletion(&self, id: &str) -> Result<()> {
+    fn cancel_deletion(&self, id: &str) -> Result<()> {
         self.write_key(id, |tx, state| {
             if state != KeyState::PendingDeletion {
                 return Err(Error::InvalidState { key: id.to_string(), state });
@@ -229,7 +244,7 @@ impl Sqlite {
     }
 
     /// Deletes every key pending deletion whose date is at or before `now`; returns their ids.
-    pub fn purge_deleted(&self, now: i64) -> Result<Vec<String>> {
+    fn purge_deleted(&self, now: i64) -> Result<Vec<String>> {
         self.write(|tx| {
             let ids: Vec<String> = {
                 let mut st = tx.prepare(
@@ -253,7 +268,7 @@ impl Sqlite {
     }
 
     /// Replaces a key's description.
-    pub fn set_description(&self, id: &str, description: &str) -> Result<()> {
+    fn set_description(&self, id: &str, description: &str) -> Result<()> {
         self.write_key(id, |tx, state| {
             refuse_pending_deletion(id, state)?;
             tx.execute("UPDATE keys SET description = ?1 WHERE key_id = ?2", params![description, id])?;
@@ -262,7 +277,7 @@ impl Sqlite {
     }
 
     /// Turns automatic rotation on (`Some((period_days, next_rotation))`) or off.
-    pub fn set_rotation(&self, id: &str, schedule: Option<(u32, i64)>) -> Result<()> {
+    fn set_rotation(&self, id: &str, schedule: Option<(u32, i64)>) -> Result<()> {
         self.write_key(id, |tx, state| {
             refuse_pending_deletion(id, state)?;
             let (period, next) = schedule.unzip();
@@ -271,23 +286,31 @@ impl Sqlite {
     }
 
     /// Enabled keys whose automatic rotation is due at `now`, with their periods (days).
-    pub fn due_rotations(&self, now: i64) -> Result<Vec<(String, i64)>> {
+    fn due_rotations(&self, now: i64) -> Result<Vec<(String, i64)>> {
         let conn = self.lock()?;
         let mut st = conn.prepare(DUE_ROTATIONS)?;
         let rows = st.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Adds `v` as an automatic rotation at `now` and schedules the next one at `next`.
-    pub fn rotate_automatic(&self, id: &str, v: &NewVersion, now: i64, next: i64) -> Result<()> {
+    /// Adds `v` as an automatic rotation at `now` and schedules the next one at `next`, if it
+    /// is still due.
+    fn rotate_automatic(&self, id: &str, v: &NewVersion, now: i64, next: i64) -> Result<bool> {
         self.write(|tx| {
+            let due: Option<String> = tx
+                .query_row(&format!("{DUE_ROTATIONS} AND k.key_id = ?2"), params![now, id], |r| r.get(0))
+                .optional()?;
+            if due.is_none() {
+                return Ok(false);
+            }
             add_version(tx, id, v, RotationType::Automatic, now)?;
-            upsert_attrs(tx, id, "next_rotation = ?2", params![id, next])
+            upsert_attrs(tx, id, "next_rotation = ?2", params![id, next])?;
+            Ok(true)
         })
     }
 
     /// Adds or replaces tags.
-    pub fn tag(&self, id: &str, tags: &[(String, String)]) -> Result<()> {
+    fn tag(&self, id: &str, tags: &[(String, String)]) -> Result<()> {
         self.write_key(id, |tx, state| {
             refuse_pending_deletion(id, state)?;
             put_tags(tx, id, tags)
@@ -295,7 +318,7 @@ impl Sqlite {
     }
 
     /// Removes tags by tag key.
-    pub fn untag(&self, id: &str, tag_keys: &[String]) -> Result<()> {
+    fn untag(&self, id: &str, tag_keys: &[String]) -> Result<()> {
         self.write_key(id, |tx, state| {
             refuse_pending_deletion(id, state)?;
             for k in tag_keys {
@@ -306,7 +329,7 @@ impl Sqlite {
     }
 
     /// Replaces the key policy.
-    pub fn put_policy(&self, id: &str, policy: &str) -> Result<()> {
+    fn put_policy(&self, id: &str, policy: &str) -> Result<()> {
         self.write_key(id, |tx, _| {
             tx.execute(
                 "INSERT INTO key_policies (key_id, name, policy) VALUES (?1, 'default', ?2) \
@@ -319,7 +342,7 @@ impl Sqlite {
 
     /// Makes `v` (imported material, its id derived from it) the external key's current
     /// material, expiring at `valid_to`.
-    pub fn import_material(&self, id: &str, v: &NewVersion, valid_to: Option<i64>, at: i64) -> Result<()> {
+    fn import_material(&self, id: &str, v: &NewVersion, valid_to: Option<i64>, at: i64) -> Result<()> {
         self.write_key(id, |tx, state| {
             refuse_pending_deletion(id, state)?;
             let fixed: Option<Option<String>> =
@@ -355,12 +378,12 @@ impl Sqlite {
     }
 
     /// Deletes the external key's current material; returns its id.
-    pub fn delete_imported(&self, id: &str) -> Result<String> {
+    fn delete_imported(&self, id: &str) -> Result<String> {
         self.write_key(id, |tx, state| delete_imported(tx, id, state))
     }
 
     /// Deletes imported material expired at `now`; returns the affected key ids.
-    pub fn expire_imported(&self, now: i64) -> Result<Vec<String>> {
+    fn expire_imported(&self, now: i64) -> Result<Vec<String>> {
         self.write(|tx| {
             let due: Vec<(String, String)> = {
                 let mut st = tx.prepare(
@@ -378,7 +401,7 @@ impl Sqlite {
     }
 
     /// Creates an alias of key `id` (which must not be pending deletion).
-    pub fn create_alias(&self, alias: &str, id: &str, now: i64) -> Result<()> {
+    fn create_alias(&self, alias: &str, id: &str, now: i64) -> Result<()> {
         self.write(|tx| {
             refuse_pending_deletion(id, key_state(tx, id)?)?;
             if alias_target(tx, alias)?.is_some() {
@@ -393,7 +416,7 @@ impl Sqlite {
     }
 
     /// Points `alias` at key `id`; with `expected`, only if it still points at that key.
-    pub fn update_alias(&self, alias: &str, id: &str, expected: Option<&str>, now: i64) -> Result<()> {
+    fn update_alias(&self, alias: &str, id: &str, expected: Option<&str>, now: i64) -> Result<()> {
         self.write(|tx| {
             refuse_pending_deletion(id, key_state(tx, id)?)?;
             require_alias_target(tx, alias, expected)?;
@@ -407,7 +430,7 @@ impl Sqlite {
     }
 
     /// Deletes `alias`; with `expected`, only if it still points at that key.
-    pub fn delete_alias(&self, alias: &str, expected: Option<&str>) -> Result<()> {
+    fn delete_alias(&self, alias: &str, expected: Option<&str>) -> Result<()> {
         self.write(|tx| {
             require_alias_target(tx, alias, expected)?;
             if tx.execute("DELETE FROM aliases WHERE name = ?1", [alias])? == 0 {
@@ -418,7 +441,7 @@ impl Sqlite {
     }
 
     /// All aliases, ordered by name.
-    pub fn list_aliases(&self) -> Result<Vec<AliasInfo>> {
+    fn list_aliases(&self) -> Result<Vec<AliasInfo>> {
         let conn = self.lock()?;
         let mut st = conn.prepare_cached(
             "SELECT name, key_id, created_at, COALESCE(updated_at, created_at) FROM aliases ORDER BY name",
@@ -427,6 +450,69 @@ impl Sqlite {
             Ok(AliasInfo { name: r.get(0)?, key_id: r.get(1)?, created_at: r.get(2)?, updated_at: r.get(3)? })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn restore(&self, rows: &Rows) -> Result<()> {
+        self.write(|tx| {
+            let n: i64 = tx.query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
+            if n != 0 {
+                return Err(Error::Conflict(format!("{} already holds {n} key(s): restore needs an empty store", self.describe())));
+            }
+            for k in &rows.keys {
+                tx.execute(
+                    "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![k.key_id, k.description, k.state, k.created_at, k.current_material],
+                )?;
+                if k.deletion_date.is_some()
+                    || k.pending_window_days.is_some()
+                    || k.rotation_period_days.is_some()
+                    || k.next_rotation.is_some()
+                {
+                    tx.execute(
+                        "INSERT INTO key_attrs (key_id, deletion_date, pending_window_days, rotation_period_days, next_rotation) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![k.key_id, k.deletion_date, k.pending_window_days, k.rotation_period_days, k.next_rotation],
+                    )?;
+                }
+            }
+            for v in &rows.versions {
+                tx.execute(
+                    "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![v.material_id, v.key_id, v.seq, v.created_at, v.sealed],
+                )?;
+                if let Some(t) = &v.rotation_type {
+                    tx.execute(
+                        "INSERT INTO version_types (material_id, rotation_type) VALUES (?1, ?2)",
+                        params![v.material_id, t],
+                    )?;
+                }
+            }
+            for a in &rows.aliases {
+                tx.execute(
+                    "INSERT INTO aliases (name, key_id, created_at, updated_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![a.name, a.key_id, a.created_at, a.updated_at],
+                )?;
+            }
+            for t in &rows.tags {
+                tx.execute(
+                    "INSERT INTO key_tags (key_id, tag_key, tag_value) VALUES (?1, ?2, ?3)",
+                    params![t.key_id, t.key, t.value],
+                )?;
+            }
+            for i in &rows.imports {
+                tx.execute(
+                    "INSERT INTO key_import (key_id, material_id, valid_to) VALUES (?1, ?2, ?3)",
+                    params![i.key_id, i.material_id, i.valid_to],
+                )?;
+            }
+            for p in &rows.policies {
+                tx.execute(
+                    "INSERT INTO key_policies (key_id, name, policy) VALUES (?1, 'default', ?2)",
+                    params![p.key_id, p.policy],
+                )?;
+            }
+            Ok(())
+        })
     }
 }
 

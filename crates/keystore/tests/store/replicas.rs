@@ -1,0 +1,174 @@
+//! Several processes on one PostgreSQL database (replicas): a change made through one is seen
+//! by the others through LISTEN/NOTIFY, or at the latest by the periodic check; the background
+//! work has one leader at a time; the database going away and coming back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envelope_keystore::{EncryptionContext, Error, KeyRef, KeyState, KeyStore};
+
+use crate::subject::{Pg, eventually};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// With the periodic check an hour away, only the notification can tell the other replica.
+#[test]
+fn a_key_created_on_one_replica_is_usable_on_another_by_notification() {
+    let s = Pg::new();
+    let (a, b) = (s.open_every(HOUR), s.open_every(HOUR));
+    let k = a.create_key(Some("fresh"), "").unwrap();
+    let r = KeyRef::parse("fresh").unwrap();
+    eventually("the key reaches the other replica", || b.describe(&r).is_ok());
+    assert_eq!(b.describe(&r).unwrap().key_id, k.key_id);
+    let c = EncryptionContext::new();
+    let e = b.encrypt(&r, b"made on b", &c).unwrap();
+    assert_eq!(&a.decrypt(&e.blob, &c).unwrap().plaintext[..], b"made on b");
+
+    // Rotation and disabling on one are seen on the other the same way.
+    let rotated = a.rotate(&r).unwrap();
+    eventually("the rotation reaches the other replica", || {
+        b.current(&r).is_ok_and(|(_, mid, _)| hex::encode(mid) == rotated.current_material_id)
+    });
+    let e = b.encrypt(&r, b"new version", &c).unwrap();
+    assert_eq!(hex::encode(e.material_id), rotated.current_material_id);
+    a.set_enabled(&r, false).unwrap();
+    eventually("the disable reaches the other replica", || b.describe(&r).is_ok_and(|m| m.state == KeyState::Disabled));
+    assert!(matches!(b.encrypt(&r, b"x", &c), Err(Error::Disabled(_))));
+}
+
+/// A change that comes with no notification (written by hand here) is still seen within one
+/// refresh interval; a replica whose interval is an hour away does not see it meanwhile.
+#[test]
+fn a_missed_notification_costs_at_most_one_refresh_interval() {
+    let s = Pg::new();
+    let a = s.open_every(HOUR);
+    let k = a.create_key(Some("quiet"), "before").unwrap();
+    let r = KeyRef::parse("quiet").unwrap();
+    let checking = s.open_every(Duration::from_millis(200));
+    let waiting = s.open_every(HOUR);
+    s.pg.psql_in(
+        "envelope",
+        &format!(
+            "BEGIN; UPDATE keys SET description = 'after' WHERE key_id = '{}'; \
+             UPDATE envelope_meta SET change = change + 1; COMMIT;",
+            k.key_id
+        ),
+    );
+    eventually("the periodic check finds the change", || checking.describe(&r).is_ok_and(|m| m.description == "after"));
+    assert_eq!(waiting.describe(&r).unwrap().description, "before", "no notification was sent");
+    waiting.refresh().unwrap();
+    assert_eq!(waiting.describe(&r).unwrap().description, "after");
+}
+
+/// Exactly one of three replicas leads the background work; when it goes away (its session
+/// ends), another takes over.
+#[test]
+fn background_work_has_one_leader_and_fails_over() {
+    let s = Pg::new();
+    let replicas: Vec<KeyStore> = (0..3).map(|_| s.open_every(HOUR)).collect();
+    let leaders: Vec<bool> = replicas.iter().map(|r| r.is_leader().unwrap()).collect();
+    assert_eq!(leaders.iter().filter(|l| **l).count(), 1, "{leaders:?}");
+    // Asking again changes nothing.
+    let again: Vec<bool> = replicas.iter().map(|r| r.is_leader().unwrap()).collect();
+    assert_eq!(leaders, again);
+    let first = leaders.iter().position(|l| *l).unwrap();
+    let mut rest: Vec<KeyStore> =
+        replicas.into_iter().enumerate().filter(|(i, _)| *i != first).map(|(_, r)| r).collect();
+    // The leader's process ends: its session closes and releases the lock.
+    eventually("another replica takes over", || rest.iter().any(|r| r.is_leader().unwrap()));
+    let now: Vec<bool> = rest.iter().map(|r| r.is_leader().unwrap()).collect();
+    assert_eq!(now.iter().filter(|l| **l).count(), 1, "{now:?}");
+    rest.clear();
+}
+
+/// Automatic rotation with three replicas each running their maintenance: the leader rotates,
+/// once; the others do nothing (and would find nothing due if they ran).
+#[test]
+fn automatic_rotation_happens_once_with_three_replicas() {
+    let s = Pg::new();
+    let replicas: Vec<Arc<KeyStore>> = (0..3).map(|_| Arc::new(s.open_every(HOUR))).collect();
+    let k = replicas[0].create_key(Some("auto"), "").unwrap();
+    let r = KeyRef::parse(&k.key_id).unwrap();
+    replicas[0].set_rotation(&r, Some((7, 1_000))).unwrap();
+    let barrier = Arc::new(std::sync::Barrier::new(3));
+    let ticks: Vec<_> = replicas
+        .iter()
+        .map(|st| {
+            let (st, barrier) = (st.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                if st.is_leader().unwrap() { Some(st.rotate_due(5_000).unwrap()) } else { None }
+            })
+        })
+        .collect();
+    let ran: Vec<Option<Vec<String>>> = ticks.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(ran.iter().filter(|x| x.is_some()).count(), 1, "one leader ran it: {ran:?}");
+    assert_eq!(ran.iter().flatten().map(Vec::len).sum::<usize>(), 1, "{ran:?}");
+    for st in &replicas {
+        assert!(st.rotate_due(5_000).unwrap().is_empty(), "not due any more");
+        st.refresh().unwrap();
+        assert_eq!(st.describe(&r).unwrap().versions.len(), 2);
+    }
+}
+
+/// PostgreSQL stops: the replicas keep serving encrypt and decrypt from their snapshots, writes
+/// fail as unavailable; it comes back: writes work again without reopening the store, and a
+/// change made on one replica reaches the other (its notification connection reconnected).
+#[test]
+fn database_restart_fails_writes_then_recovers_without_a_restart() {
+    let s = Pg::new();
+    let (a, b) = (s.open_every(Duration::from_millis(300)), s.open_every(Duration::from_millis(300)));
+    a.create_key(Some("steady"), "").unwrap();
+    let r = KeyRef::parse("steady").unwrap();
+    eventually("b has the key", || b.describe(&r).is_ok());
+    let c = EncryptionContext::new();
+    let e = a.encrypt(&r, b"kept", &c).unwrap();
+
+    s.pg.stop();
+    assert_eq!(&b.decrypt(&e.blob, &c).unwrap().plaintext[..], b"kept", "served from memory");
+    assert!(b.encrypt(&r, b"x", &c).is_ok());
+    let err = a.create_key(None, "while down").unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(matches!(b.refresh(), Err(Error::Unavailable(_))));
+
+    s.pg.resume();
+    eventually("writes work again", || a.create_key(Some("after"), "").is_ok());
+    eventually("b sees a change made after the restart", || b.describe(&KeyRef::parse("after").unwrap()).is_ok());
+    a.rotate(&r).unwrap();
+    let rotated = a.describe(&r).unwrap().current_material_id;
+    eventually("b sees the rotation", || b.current(&r).is_ok_and(|(_, mid, _)| hex::encode(mid) == rotated));
+}
+
+/// Replicas starting together on an empty database create the schema once; a database written
+/// by a newer schema is refused.
+#[test]
+fn schema_is_created_once_and_newer_schemas_are_refused() {
+    let s = Arc::new(Pg::new());
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            std::thread::spawn(move || s.try_open(&s.data_dir(), HOUR).map(|_| ()))
+        })
+        .collect();
+    for o in opens {
+        o.join().unwrap().unwrap();
+    }
+    assert_eq!(s.pg.psql_in("envelope", "SELECT schema_version FROM envelope_meta"), "1");
+    s.pg.psql_in("envelope", "UPDATE envelope_meta SET schema_version = 99");
+    let e = s.try_open(&s.data_dir(), HOUR).unwrap_err();
+    assert!(matches!(e, Error::SchemaVersion { found: 99, supported: 1 }), "{e:?}");
+}
+
+/// The database sees sealed material only: no row holds the bytes of a key version.
+#[test]
+fn the_database_holds_no_unsealed_material() {
+    let s = Pg::new();
+    let ks = s.open_every(HOUR);
+    let k = ks.create_external_key("", &[], None).unwrap();
+    let material = [0x5au8; 32];
+    ks.import_material(&KeyRef::parse(&k.key_id).unwrap(), &material, None, 1).unwrap();
+    let dump = s.pg.psql_in("envelope", "SELECT encode(sealed, 'hex') FROM key_versions");
+    assert_eq!(dump.lines().count(), 1);
+    assert!(!dump.contains(&hex::encode(material)), "sealed: {dump}");
+    assert!(!dump.contains(&hex::encode(&material[..8])), "sealed: {dump}");
+}

@@ -119,9 +119,10 @@ pub fn restore(dir: &Path, backup: &Path, a: RestoreRootArgs<'_>, force: bool) -
     };
     envelope_keystore::backup::restore_with(dir, backup, root, force).map_err(|e| {
         let saved = saved_root_forms(backup);
+        let about_the_root = matches!(e, envelope_keystore::Error::RootKey(_));
         let e = anyhow::Error::new(e);
         match saved.first() {
-            Some(form) if !saved.contains(&given) => e.context(format!(
+            Some(form) if about_the_root && !saved.contains(&given) => e.context(format!(
                 "the backup comes from a store with {} ({} next to it): give {}",
                 form.file_name(),
                 saved_descriptor(backup, *form).display(),

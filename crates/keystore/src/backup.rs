@@ -460,6 +460,50 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_taken_during_an_interrupted_reseal_restores_under_either_root() {
+        use crate::root::FakeToken;
+        const URI: &str = "pkcs11:token=kms;object=root";
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let token = FakeToken::source(URI, 7);
+        let ks = KeyStore::open_with(&src, &token).unwrap();
+        ks.create_key(Some("t"), "").unwrap();
+        let ct = ks.encrypt(&KeyRef::parse("t").unwrap(), b"mid-reseal", &EncryptionContext::new()).unwrap();
+        drop(ks);
+        // A reseal to a passphrase stopped after the new form was written: both forms present.
+        let pass = RootSource::Passphrase(zeroize::Zeroizing::new("correct horse battery".into()));
+        let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::reseal::reseal_with_hook(&src, &token, &pass, &mut |_| panic!("crash"))
+        }));
+        assert!(stopped.is_err());
+        assert_eq!(RootForm::present(&src), vec![RootForm::Passphrase, RootForm::Pkcs11]);
+        let bak = d.path().join("backup.db");
+        backup_dir(&src, &bak).unwrap();
+        assert_eq!(saved_root_forms(&bak), vec![RootForm::Passphrase, RootForm::Pkcs11]);
+        // Each saved form restores, under its own root.
+        let by_token = restore_with(
+            &d.path().join("a"),
+            &bak,
+            RestoreRoot::Pkcs11 { wrapper: Arc::new(FakeToken::new(URI, 7)), params: pkcs11_params_of(&bak) },
+            false,
+        )
+        .unwrap();
+        assert_eq!(&by_token.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"mid-reseal");
+        let by_passphrase = restore_with(
+            &d.path().join("b"),
+            &bak,
+            RestoreRoot::Passphrase {
+                passphrase: zeroize::Zeroizing::new("correct horse battery".into()),
+                params: passphrase_params_of(&bak),
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(&by_passphrase.decrypt(&ct.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"mid-reseal");
+        assert_eq!(RootForm::present(&d.path().join("b")), vec![RootForm::Passphrase]);
+    }
+
+    #[test]
     fn a_forced_restore_replaces_the_old_stores_root_files_of_every_form() {
         use crate::root::FakeToken;
         const URI: &str = "pkcs11:token=kms;object=root";

@@ -194,3 +194,48 @@ pub fn backup_root_notes(dir: &Path, out: &Path) -> Vec<String> {
     }
     notes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args<'a>(root_key: Option<&'a str>, params: Option<&'a Path>) -> RestoreRootArgs<'a> {
+        RestoreRootArgs { root_key, passphrase_file: None, params }
+    }
+
+    #[test]
+    fn restore_roots_are_spelled_as_the_plugins() {
+        let d = tempfile::tempdir().unwrap();
+        let backup = d.path().join("kms.backup");
+        let phrase = d.path().join("phrase");
+        std::fs::write(&phrase, "a long operator passphrase\n").unwrap();
+        assert!(matches!(restore_root(&backup, args(None, None)).unwrap(), RestoreRoot::File(None)));
+        assert!(matches!(restore_root(&backup, args(Some("file"), None)).unwrap(), RestoreRoot::File(None)));
+        match restore_root(&backup, args(Some("/secure/root.key"), None)).unwrap() {
+            RestoreRoot::File(Some(p)) => assert_eq!(p, Path::new("/secure/root.key")),
+            other => panic!("{other:?}"),
+        }
+        let spec = format!("passphrase-file:{}", phrase.display());
+        match restore_root(&backup, args(Some(&spec), None)).unwrap() {
+            RestoreRoot::Passphrase { passphrase, params } => {
+                assert_eq!(passphrase.as_str(), "a long operator passphrase");
+                assert_eq!(params, passphrase_params_of(&backup));
+            }
+            other => panic!("{other:?}"),
+        }
+        let elsewhere = d.path().join("saved.passphrase");
+        match restore_root(&backup, args(Some(&spec), Some(&elsewhere))).unwrap() {
+            RestoreRoot::Passphrase { params, .. } => assert_eq!(params, elsewhere),
+            other => panic!("{other:?}"),
+        }
+        // The same URI rules as `kms serve` (module-path and pin-source required).
+        let e = restore_root(&backup, args(Some("pkcs11:token=kms;object=root"), None)).unwrap_err();
+        assert!(format!("{e:#}").contains("--root-key"), "{e:#}");
+        // Descriptors only go with a passphrase or pkcs11 root; one root at a time.
+        assert!(restore_root(&backup, args(Some("file"), Some(&elsewhere))).is_err());
+        let both = RestoreRootArgs { root_key: Some("file"), passphrase_file: Some(&phrase), params: None };
+        assert!(restore_root(&backup, both).is_err());
+        let missing = format!("passphrase-file:{}", d.path().join("nope").display());
+        assert!(restore_root(&backup, args(Some(&missing), None)).is_err());
+    }
+}

@@ -44,7 +44,7 @@ impl Pkcs11Backend {
     /// Loads the module (once per process) and prepares the session pool; no token call is
     /// made until the first probe.
     pub fn new(config: &Pkcs11Config) -> Result<Self, PluginError> {
-        Self::with_retry(config, RetryPolicy::default())
+        Self::with_retry(config, crate::pool::PKCS11_RETRY)
     }
 
     /// As [`Pkcs11Backend::new`], with a retry policy.

@@ -96,56 +96,17 @@ impl Pkcs11Config {
     }
 }
 
-/// How transient failures (the token unreachable) are retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Time one logical call may take when the caller set no deadline.
-    pub budget: Duration,
-    /// Time kept back before the caller's deadline to answer.
-    pub reserve: Duration,
-    /// First backoff ceiling; doubles per retry.
-    pub base: Duration,
-    /// Largest backoff ceiling.
-    pub cap: Duration,
-    /// Most attempts per logical call.
-    pub max_attempts: u32,
-}
+pub use envelope_plugin::retry::RetryPolicy;
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            budget: Duration::from_secs(2),
-            reserve: Duration::from_millis(100),
-            base: Duration::from_millis(50),
-            cap: Duration::from_millis(500),
-            max_attempts: 5,
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn deadline(&self, now: Instant, caller: Option<Instant>) -> Instant {
-        match caller {
-            Some(d) => match d.checked_sub(self.reserve) {
-                Some(early) if early > now => early,
-                _ => d,
-            },
-            None => deadline::later(now, self.budget),
-        }
-    }
-
-    fn backoff(&self, retry: u32) -> Duration {
-        let factor = 1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX);
-        let ceiling = self.base.saturating_mul(factor).min(self.cap);
-        let mut r = [0u8; 8];
-        let x = match aws_lc_rs::rand::fill(&mut r) {
-            Ok(()) => u64::from_le_bytes(r),
-            Err(_) => u64::MAX,
-        };
-        let micros = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
-        Duration::from_micros(x % micros.saturating_add(1))
-    }
-}
+/// How transient failures (the token unreachable) are retried by default: as the aws backend, with
+/// a lower ceiling and one attempt fewer (a token answers fast or not at all).
+pub const PKCS11_RETRY: RetryPolicy = RetryPolicy {
+    budget: Duration::from_secs(2),
+    reserve: Duration::from_millis(100),
+    base: Duration::from_millis(50),
+    cap: Duration::from_millis(500),
+    max_attempts: 5,
+};
 
 /// One session of the pool, with the object handles found through it.
 pub struct Pooled {
@@ -248,7 +209,7 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             slot: Mutex::new(None),
             permits: Arc::new(Semaphore::new(sessions.clamp(1, MAX_SESSIONS))),
-            retry: RetryPolicy::default(),
+            retry: PKCS11_RETRY,
         }
     }
 

@@ -15,6 +15,7 @@
 //! * [`supervisor`]: several instances (key + socket) in one process: first probes, sockets,
 //!   health loops, the shared HTTP server, shutdown together.
 //! * [`deadline`]: the caller's gRPC deadline, carried to backends that retry.
+//! * [`retry`]: the retry policy of remote backends (full-jitter backoff inside that deadline).
 //! * [`metrics`]: Prometheus metrics, one registry per process, labelled per instance.
 //! * [`error`]: [`PluginError`] and its single mapping to gRPC codes.
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub mod format;
 pub mod kek;
 pub mod metrics;
 pub mod plugin;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod socket;

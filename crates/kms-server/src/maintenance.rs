@@ -9,6 +9,10 @@
 //! with the keys. They come from a [`Clock`] (system time plus an offset): paused tokio time
 //! cannot move the system time, and tests move past a 7-day deletion window with
 //! [`Clock::advance`].
+//!
+//! Replicas on one PostgreSQL database elect one of them to do this work
+//! ([`KeyStore::is_leader`]; another takes over at its next run when the leader goes away), and
+//! each run re-checks inside its transactions what is due, so a second run finds nothing to do.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
@@ -52,8 +56,13 @@ pub struct Report {
     pub expired: Vec<String>,
 }
 
-/// One maintenance run at time `now` (Unix seconds). Blocking.
+/// One maintenance run at time `now` (Unix seconds). Blocking. On a store shared by several
+/// servers (PostgreSQL) only the leader ([`KeyStore::is_leader`]) runs it; the others report
+/// nothing done.
 pub fn run(store: &KeyStore, now: i64) -> envelope_keystore::Result<Report> {
+    if !store.is_leader()? {
+        return Ok(Report::default());
+    }
     let deleted = store.purge_deleted(now)?;
     let rotated = store.rotate_due(now)?;
     let expired = store.expire_imported(now)?;

@@ -14,7 +14,8 @@ use envelope_inspect::StaticProvider;
 use envelope_inspect::writer::{self, KmsV2Envelope};
 use envelope_keystore::{EncryptionContext, KeyRef, KeyStore};
 use envelope_kms_server::Operation;
-use envelope_plugin::format::{BackendKind, seal_envelope};
+use envelope_plugin::format::{BackendKind, seal_envelope, seal_layered};
+use envelope_plugin::kek::{KEK_REF_LEN, MODE_ANNOTATION, MODE_INLINE};
 use prost::Message;
 
 type Error = Box<dyn std::error::Error>;
@@ -85,7 +86,19 @@ fn plugin_ciphertext(dir: &Path) -> Result<(), Error> {
     let key = store.create_key(Some("alias/seed"), "seed")?;
     let ctx = EncryptionContext::from([("envelope:api".to_string(), "v2".to_string())]);
     let e = store.encrypt(&KeyRef::parse(&key.key_id)?, b"a 32-byte data encryption key!!!", &ctx)?;
-    write(dir, "plugin_ciphertext", "embedded", &seal_envelope(BackendKind::Embedded, &e.blob))?;
+    let wrapped = seal_envelope(BackendKind::Embedded, &e.blob);
+    write(dir, "plugin_ciphertext", "embedded", &wrapped)?;
+    // Local KEK layer bodies (format 2): the layout, with stand-in nonce, ciphertext and tag.
+    let sealed = [0x5au8; 12 + 32 + 16];
+    let mut v1 = vec![MODE_INLINE];
+    v1.extend_from_slice(&u16::try_from(wrapped.len())?.to_be_bytes());
+    v1.extend_from_slice(&wrapped);
+    v1.extend_from_slice(&sealed);
+    write(dir, "plugin_ciphertext", "local-kek-v1", &seal_layered(BackendKind::Embedded, &v1))?;
+    let mut v2 = vec![MODE_ANNOTATION];
+    v2.extend_from_slice(&[0x11; KEK_REF_LEN]);
+    v2.extend_from_slice(&sealed);
+    write(dir, "plugin_ciphertext", "local-kek-v2", &seal_layered(BackendKind::Aws, &v2))?;
     write(dir, "plugin_ciphertext", "blob", &e.blob)
 }
 

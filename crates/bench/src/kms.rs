@@ -35,16 +35,16 @@ pub struct KmsOptions {
     pub moto: Option<String>,
 }
 
-const AKID: &str = "AKIAENVELOPEBENCH001";
-const SECRET: &str = "bench-secret-0123456789abcdefghijklmnopq";
-const REGION: &str = "us-east-1";
+pub(crate) const AKID: &str = "AKIAENVELOPEBENCH001";
+pub(crate) const SECRET: &str = "bench-secret-0123456789abcdefghijklmnopq";
+pub(crate) const REGION: &str = "us-east-1";
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 fn anyhow(m: String) -> BenchError {
     BenchError::Failed(m)
 }
-async fn wait_port(port: u16) -> Result<()> {
+pub(crate) async fn wait_port(port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         if Instant::now() > deadline {
@@ -55,7 +55,7 @@ async fn wait_port(port: u16) -> Result<()> {
     Ok(())
 }
 
-fn start_envelope(exe: &Path) -> Result<(u16, Spawned)> {
+pub(crate) fn start_envelope(exe: &Path) -> Result<(u16, Spawned)> {
     let dir = tempfile::tempdir()?;
     let creds = dir.path().join("credentials.yaml");
     std::fs::write(
@@ -127,7 +127,7 @@ fn signed(port: u16, target: &str, body: Bytes) -> Result<http::Request<Full<Byt
     Ok(r)
 }
 
-async fn call(client: &HttpClient, port: u16, target: &str, body: Bytes) -> Result<serde_json::Value> {
+pub(crate) async fn call(client: &HttpClient, port: u16, target: &str, body: Bytes) -> Result<serde_json::Value> {
     let resp = client.request(signed(port, target, body)?).await?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await.map_err(|e| BenchError::Other(Box::new(e)))?.to_bytes();

@@ -6,6 +6,8 @@
 //! * [`inspect`]: `envelope inspect -o summary` over many KMS v2 Secrets in etcd.
 //! * [`kms`]: SigV4-signed Encrypt and Decrypt against `envelope kms serve`, and moto_server
 //!   side by side.
+//! * [`local_kek`]: remote KMS calls, Decrypt latency and CPU of KMS v1 reads after a plugin
+//!   restart, with the plugin's local KEK layer and without, against `envelope kms serve`.
 //! * [`error`]: [`BenchError`], the crate's one error type.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -13,6 +15,7 @@
 pub mod error;
 pub mod inspect;
 pub mod kms;
+pub mod local_kek;
 pub mod plugin;
 
 pub use error::{BenchError, BoxError, Result};

@@ -24,6 +24,23 @@ pub enum BenchTarget {
     Inspect(InspectBench),
     /// Benchmark signed Encrypt/Decrypt against `envelope kms serve` (and moto_server side by side).
     Kms(KmsBench),
+    /// Remote KMS calls, Decrypt latency and CPU of reads after a plugin restart, with the local
+    /// KEK layer and without (`envelope plugin --backend aws` against `envelope kms serve`).
+    LocalKek(LocalKekBench),
+}
+
+/// Options of `envelope bench local-kek`.
+#[derive(Debug, Args)]
+pub struct LocalKekBench {
+    /// KMS v1 values written (each with its own DEK), then decrypted after a plugin restart.
+    #[arg(long, default_value_t = 10_000)]
+    pub values: usize,
+    /// Decrypt RPCs in flight while reading.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `envelope bench kms`.
@@ -112,6 +129,7 @@ pub fn run(args: BenchArgs) -> ExitCode {
         BenchTarget::Plugin(b) => rt.block_on(bench_plugin(b)),
         BenchTarget::Inspect(b) => rt.block_on(bench_inspect(b)),
         BenchTarget::Kms(b) => rt.block_on(bench_kms(b)),
+        BenchTarget::LocalKek(b) => rt.block_on(bench_local_kek(b)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,6 +195,21 @@ async fn bench_kms(b: KmsBench) -> Result<()> {
         moto: Some(b.moto).filter(|m| m != "off"),
     };
     let report = envelope_bench::kms::run(&options).await?;
+    if b.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    Ok(())
+}
+
+async fn bench_local_kek(b: LocalKekBench) -> Result<()> {
+    let options = envelope_bench::local_kek::LocalKekOptions {
+        exe: std::env::current_exe()?,
+        values: b.values,
+        concurrency: b.concurrency,
+    };
+    let report = envelope_bench::local_kek::run(&options).await?;
     if b.json {
         println!("{}", report.to_json());
     } else {

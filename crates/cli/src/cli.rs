@@ -42,7 +42,7 @@ Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 64 for invalid configurat
 pub struct PluginArgs {
     /// YAML configuration file; its keys are the long flag names (e.g. `socket`, `data-dir`,
     /// `health-interval`), plus `instances:` (a list of `socket`, `key`, `provider-name`,
-    /// `encryption-context`, `health-probe`) to serve several keys.
+    /// `encryption-context`, `health-probe`, `local-kek`) to serve several keys.
     #[arg(long, env = "ENVELOPE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Unix socket to serve on (absolute path, or @name for a Linux abstract socket). Repeat
@@ -131,6 +131,27 @@ pub struct PluginArgs {
     /// Do not create the key if it does not exist; fail instead.
     #[arg(long, env = "ENVELOPE_NO_CREATE_KEY")]
     pub no_create_key: bool,
+    /// aws and pkcs11 backends: wrap data keys with the remote key directly, one remote call per
+    /// Encrypt and Decrypt, instead of through a local KEK (the default: a key of the plugin's
+    /// own, wrapped once by the remote key; one remote call per local KEK). Ciphertexts made
+    /// through a local KEK stay readable. In the config file: `local-kek: false`, at the top or
+    /// per entry of `instances:`.
+    #[arg(long, env = "ENVELOPE_NO_LOCAL_KEK")]
+    pub no_local_kek: bool,
+    /// Local KEK: wraps under one local KEK before a new one is made. [default: 1000000]
+    #[arg(long, env = "ENVELOPE_LOCAL_KEK_MAX_USES", value_name = "N")]
+    pub local_kek_max_uses: Option<u64>,
+    /// Local KEK: age after which writes use a new local KEK (a new remote key_id also makes
+    /// one at once). [default: 24h]
+    #[arg(long, env = "ENVELOPE_LOCAL_KEK_MAX_AGE", value_name = "DURATION")]
+    pub local_kek_max_age: Option<String>,
+    /// Local KEK: how long an unwrapped local KEK stays cached; during a remote outage, reads
+    /// of what it wrapped go on this long after it was unwrapped. [default: 1h]
+    #[arg(long, env = "ENVELOPE_LOCAL_KEK_CACHE_TTL", value_name = "DURATION")]
+    pub local_kek_cache_ttl: Option<String>,
+    /// Local KEK: most unwrapped local KEKs held in memory. [default: 1000]
+    #[arg(long, env = "ENVELOPE_LOCAL_KEK_CACHE_SIZE", value_name = "N")]
+    pub local_kek_cache_size: Option<usize>,
     /// Address of the HTTP server for /livez, /readyz and /metrics ("off" to disable).
     /// [default: 127.0.0.1:8423]
     #[arg(long, env = "ENVELOPE_HTTP_ADDR", value_name = "HOST:PORT")]

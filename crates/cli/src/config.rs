@@ -40,6 +40,11 @@ struct FileConfig {
     root_key: Option<Scalar>,
     key: Option<Scalar>,
     no_create_key: Option<bool>,
+    local_kek: Option<bool>,
+    local_kek_max_uses: Option<u64>,
+    local_kek_max_age: Option<Scalar>,
+    local_kek_cache_ttl: Option<Scalar>,
+    local_kek_cache_size: Option<usize>,
     backend: Option<Scalar>,
     region: Option<Scalar>,
     endpoint: Option<Scalar>,
@@ -75,6 +80,7 @@ struct FileInstance {
     provider_name: Option<Scalar>,
     encryption_context: Option<std::collections::BTreeMap<String, String>>,
     health_probe: Option<Scalar>,
+    local_kek: Option<bool>,
 }
 
 /// An instance as given (flags or file), before defaults and checks.
@@ -84,11 +90,19 @@ struct RawInstance {
     provider_name: Option<String>,
     encryption_context: std::collections::BTreeMap<String, String>,
     health_probe: Option<String>,
+    local_kek: Option<bool>,
 }
 
 impl RawInstance {
     fn new(socket: String, key: Option<String>) -> Self {
-        Self { socket, key, provider_name: None, encryption_context: Default::default(), health_probe: None }
+        Self {
+            socket,
+            key,
+            provider_name: None,
+            encryption_context: Default::default(),
+            health_probe: None,
+            local_kek: None,
+        }
     }
 }
 
@@ -103,6 +117,8 @@ pub struct InstanceSettings {
     pub encryption_context: std::collections::BTreeMap<String, String>,
     /// aws backend: probe with an Encrypt/Decrypt round trip (else DescribeKey only).
     pub round_trip_probe: bool,
+    /// aws and pkcs11 backends: new ciphertexts go through a local KEK.
+    pub local_kek: bool,
 }
 
 /// Validated plugin settings.
@@ -117,6 +133,8 @@ pub struct PluginSettings {
     pub root_key: String,
     pub create_key: bool,
     pub backend: Backend,
+    /// aws and pkcs11 backends: the local KEK layer's limits (`enabled` is per instance).
+    pub local_kek: envelope_plugin::KekConfig,
     pub http_addr: Option<SocketAddr>,
     pub status_version: String,
     /// KMS API version of the printed EncryptionConfiguration (`v1` or `v2`).
@@ -177,6 +195,41 @@ pub fn parse_duration(name: &str, s: &str) -> Result<Duration> {
         bail!("{name} must be greater than zero");
     }
     Ok(d)
+}
+
+/// The local KEK layer's limits from flags and file (defaults: [`envelope_plugin::KekConfig`]);
+/// refused for the embedded backend, which has no remote key.
+fn local_kek_limits(
+    max_uses: Option<u64>,
+    max_age: Option<String>,
+    cache_ttl: Option<String>,
+    cache_size: Option<usize>,
+    remote: bool,
+) -> Result<envelope_plugin::KekConfig> {
+    let mut c = envelope_plugin::KekConfig::default();
+    let given = max_uses.is_some() || max_age.is_some() || cache_ttl.is_some() || cache_size.is_some();
+    if given && !remote {
+        bail!(
+            "local-kek-max-uses, local-kek-max-age, local-kek-cache-ttl and local-kek-cache-size apply to the aws and pkcs11 backends"
+        );
+    }
+    if let Some(n) = max_uses {
+        c.max_uses = n;
+    }
+    if let Some(d) = max_age {
+        c.max_age = parse_duration("local-kek-max-age", &d)?;
+    }
+    if let Some(d) = cache_ttl {
+        c.cache_ttl = parse_duration("local-kek-cache-ttl", &d)?;
+    }
+    if let Some(n) = cache_size {
+        c.cache_size = n;
+    }
+    c.validate().map_err(|e| match e {
+        envelope_plugin::PluginError::InvalidRequest(m) => anyhow!("{m}"),
+        other => anyhow!("{other}"),
+    })?;
+    Ok(c)
 }
 
 /// Merges flags/environment with the YAML file and validates everything.
@@ -293,6 +346,7 @@ pub fn resolve(mut args: PluginArgs) -> Result<PluginSettings> {
                 provider_name: i.provider_name.map(Scalar::text),
                 encryption_context: i.encryption_context.unwrap_or_default(),
                 health_probe: i.health_probe.map(Scalar::text),
+                local_kek: i.local_kek,
             })
             .collect()
     } else {
@@ -328,9 +382,26 @@ pub fn resolve(mut args: PluginArgs) -> Result<PluginSettings> {
             "provider-name at the top of the config file names a single instance; name each entry of instances instead"
         );
     }
-    for RawInstance { socket, key, provider_name: name, encryption_context: own_context, health_probe: own_probe } in
-        raw
+    let remote = aws || pkcs11;
+    let default_local_kek = !args.no_local_kek && file.local_kek.unwrap_or(true);
+    if args.no_local_kek && file.local_kek == Some(true) {
+        bail!("--no-local-kek and local-kek: true in the config file contradict each other");
+    }
+    for RawInstance {
+        socket,
+        key,
+        provider_name: name,
+        encryption_context: own_context,
+        health_probe: own_probe,
+        local_kek: own_local_kek,
+    } in raw
     {
+        if !remote && own_local_kek.is_some() {
+            bail!(
+                "instance {socket}: local-kek applies to the aws and pkcs11 backends (the embedded key store is local)"
+            );
+        }
+        let local_kek = remote && own_local_kek.unwrap_or(default_local_kek);
         check_socket(&socket)?;
         let key = match (aws, key) {
             (false, Some(key)) if pkcs11 && !key.trim().is_empty() => key,
@@ -372,7 +443,14 @@ pub fn resolve(mut args: PluginArgs) -> Result<PluginSettings> {
             Some(p) => round_trip(Some(&p))?,
             None => default_round_trip,
         };
-        instances.push(InstanceSettings { socket, key, provider_name, encryption_context, round_trip_probe });
+        instances.push(InstanceSettings {
+            socket,
+            key,
+            provider_name,
+            encryption_context,
+            round_trip_probe,
+            local_kek,
+        });
     }
     let module = pick(args.module.map(|p| p.to_string_lossy().into_owned()), file.module);
     let token_label = pick(args.token_label, file.token_label);
@@ -455,6 +533,13 @@ pub fn resolve(mut args: PluginArgs) -> Result<PluginSettings> {
         }
         Backend::Embedded
     };
+    let local_kek = local_kek_limits(
+        args.local_kek_max_uses.or(file.local_kek_max_uses),
+        pick(args.local_kek_max_age, file.local_kek_max_age),
+        pick(args.local_kek_cache_ttl, file.local_kek_cache_ttl),
+        args.local_kek_cache_size.or(file.local_kek_cache_size),
+        remote,
+    )?;
     let root_key = pick(args.root_key, file.root_key).unwrap_or_else(|| "file".into());
     if root_key != "file" {
         if !matches!(backend, Backend::Embedded) {
@@ -517,6 +602,7 @@ pub fn resolve(mut args: PluginArgs) -> Result<PluginSettings> {
         root_key,
         create_key: !(args.no_create_key || file.no_create_key.unwrap_or(false)),
         backend,
+        local_kek,
         http_addr,
         status_version,
         kms_api_version,
@@ -610,11 +696,17 @@ mod tests {
             ("log_level", s.log_level.clone()),
             ("max_in_flight", "64".to_owned()),
             ("health_probe", "round-trip".to_owned()),
+            ("local_kek_max_uses", envelope_plugin::KekConfig::default().max_uses.to_string()),
+            ("local_kek_cache_size", envelope_plugin::KekConfig::default().cache_size.to_string()),
+            ("local_kek_max_age", "24h".to_owned()),
+            ("local_kek_cache_ttl", "1h".to_owned()),
         ] {
             let h = help(id);
             assert!(h.contains(&format!("[default: {value}]")), "--{id}: {h}");
         }
         assert!(help("key").contains(&format!("[default: {} (embedded)]", s.instances[0].key)));
+        let kek = envelope_plugin::KekConfig::default();
+        assert_eq!((kek.max_age, kek.cache_ttl), (Duration::from_secs(24 * 3600), Duration::from_secs(3600)));
         let aws = resolve(PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], ..args() }).unwrap();
         match aws.backend {
             Backend::Aws { max_in_flight, .. } => assert_eq!(max_in_flight, 64),
@@ -879,6 +971,49 @@ mod tests {
         // Flags and the list do not mix.
         let e = resolve(PluginArgs { config: Some(f), ..args() }).unwrap_err();
         assert!(format!("{e:#}").contains("cannot be combined"), "{e:#}");
+    }
+
+    #[test]
+    fn local_kek_is_on_for_remote_backends_off_by_flag_or_per_instance() {
+        let aws = |a: PluginArgs| resolve(PluginArgs { backend: Some("aws".into()), key: vec!["k".into()], ..a });
+        let s = aws(args()).unwrap();
+        assert!(s.instances[0].local_kek, "on by default");
+        assert_eq!(s.local_kek, envelope_plugin::KekConfig::default());
+        assert!(!aws(PluginArgs { no_local_kek: true, ..args() }).unwrap().instances[0].local_kek);
+        let s = aws(PluginArgs {
+            local_kek_max_uses: Some(5),
+            local_kek_max_age: Some("1h".into()),
+            local_kek_cache_ttl: Some("10m".into()),
+            local_kek_cache_size: Some(7),
+            ..args()
+        })
+        .unwrap();
+        assert_eq!(
+            (s.local_kek.max_uses, s.local_kek.max_age, s.local_kek.cache_ttl, s.local_kek.cache_size),
+            (5, Duration::from_secs(3600), Duration::from_secs(600), 7)
+        );
+        let e = aws(PluginArgs { local_kek_max_uses: Some(0), ..args() }).unwrap_err();
+        assert!(format!("{e:#}").contains("max uses"), "{e:#}");
+        // The embedded key store is local: no layer, and its limits are refused.
+        let s = resolve(args()).unwrap();
+        assert!(!s.instances[0].local_kek);
+        let e = resolve(PluginArgs { local_kek_cache_size: Some(3), ..args() }).unwrap_err();
+        assert!(format!("{e:#}").contains("apply to the aws and pkcs11 backends"), "{e:#}");
+
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.yaml");
+        std::fs::write(
+            &f,
+            "backend: aws\nlocal-kek-cache-ttl: 5m\ninstances:\n  - socket: /tmp/a.sock\n    key: alias/a\n    provider-name: a\n  - socket: /tmp/b.sock\n    key: alias/b\n    provider-name: b\n    local-kek: false\n",
+        )
+        .unwrap();
+        let s = resolve(PluginArgs { config: Some(f.clone()), socket: vec![], ..args() }).unwrap();
+        assert_eq!((s.instances[0].local_kek, s.instances[1].local_kek), (true, false));
+        assert_eq!(s.local_kek.cache_ttl, Duration::from_secs(300));
+        std::fs::write(&f, "local-kek: false\ninstances:\n  - socket: /tmp/a.sock\n    key: a\n    local-kek: true\n")
+            .unwrap();
+        let e = resolve(PluginArgs { config: Some(f), socket: vec![], ..args() }).unwrap_err();
+        assert!(format!("{e:#}").contains("local-kek applies to the aws and pkcs11"), "{e:#}");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use envelope_keystore::{KeyRef, KeyStore};
 use envelope_plugin::{
-    EmbeddedBackend, Instance, InstanceMetrics, Metrics, Plugin, PluginConfig, SocketSpec, supervisor,
+    EmbeddedBackend, Instance, InstanceMetrics, KekConfig, KekLayer, KeyBackend, Metrics, Plugin, PluginConfig,
+    SocketSpec, supervisor,
 };
 
 use crate::EXIT_CONFIG;
@@ -127,8 +128,8 @@ async fn serve(s: PluginSettings) -> Result<()> {
                 let endpoint =
                     envelope_plugin_aws::client::describe_endpoint(endpoint.as_deref(), |v| std::env::var(v).ok());
                 let region = region.as_deref().unwrap_or("(from the AWS configuration)");
-                tracing::info!(key = %i.key, socket = %i.socket, %endpoint, %region, "using the aws backend");
-                plugins.push(Plugin::new(backend, config.clone(), m));
+                tracing::info!(key = %i.key, socket = %i.socket, %endpoint, %region, local_kek = i.local_kek, "using the aws backend");
+                plugins.push(Plugin::new(local_kek(backend, &s, i, &m)?, config.clone(), m));
             }
             serve_plugins(plugins, metrics, &s).await
         }
@@ -153,12 +154,26 @@ async fn serve(s: PluginSettings) -> Result<()> {
                         other => anyhow::anyhow!("pkcs11 backend, key {}: {other}", i.key),
                     })?
                     .with_metrics(m.clone());
-                tracing::info!(key = %i.key, socket = %i.socket, module = %module.display(), %token, sessions, "using the pkcs11 backend");
-                plugins.push(Plugin::new(backend, config.clone(), m));
+                tracing::info!(key = %i.key, socket = %i.socket, module = %module.display(), %token, sessions, local_kek = i.local_kek, "using the pkcs11 backend");
+                plugins.push(Plugin::new(local_kek(backend, &s, i, &m)?, config.clone(), m));
             }
             serve_plugins(plugins, metrics, &s).await
         }
     }
+}
+
+/// A remote backend behind the local KEK layer. With the layer off for this instance, writes go
+/// to the backend directly and what was written through a local KEK stays readable.
+fn local_kek<B: KeyBackend>(
+    backend: B,
+    s: &PluginSettings,
+    i: &InstanceSettings,
+    m: &InstanceMetrics,
+) -> Result<KekLayer<B>> {
+    let config = KekConfig { enabled: i.local_kek, ..s.local_kek.clone() };
+    Ok(KekLayer::new(backend, config)
+        .map_err(|e| anyhow::anyhow!("local KEK, key {}: {e}", i.key))?
+        .with_metrics(m.clone()))
 }
 
 /// A single instance records unlabelled series; several carry `socket` and `key` labels.
@@ -263,6 +278,12 @@ fn print_banner(s: &PluginSettings, specs: &[SocketSpec], key_ids: &[Option<Stri
             i.key,
             key_id.as_deref().unwrap_or("(not available yet)")
         );
+        if !matches!(s.backend, crate::config::Backend::Embedded) {
+            match i.local_kek {
+                true => println!("  local KEK: on (data keys wrapped locally; one remote call per local KEK)"),
+                false => println!("  local KEK: off (one remote call per Encrypt and Decrypt)"),
+            }
+        }
     }
     println!();
     println!("Give kube-apiserver this EncryptionConfiguration (--encryption-provider-config):");

@@ -81,3 +81,78 @@ envelope_test_support::key_backend_battery! {
     concurrency: run,
     malformed_ciphertext: run,
 }
+
+/// The battery through the local KEK layer over the aws backend.
+mod local_kek {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use envelope_plugin::{KekConfig, KekLayer, Metrics, Plugin, PluginConfig};
+    use envelope_plugin_aws::AwsBackend;
+    use envelope_test_support::conformance::Subject;
+    use envelope_test_support::kms::{self, APP_AKID, SECRET};
+
+    use super::super::{ALIAS, fast_retry};
+    use super::Aws;
+
+    pub struct Layered(Aws);
+
+    impl Subject for Layered {
+        type Backend = KekLayer<AwsBackend>;
+        const KEEPS_UNWRAPPED_KEYS: bool = true;
+
+        async fn start() -> Self {
+            Layered(Aws::start().await)
+        }
+
+        fn plugin(&self) -> Plugin<KekLayer<AwsBackend>> {
+            let backend = AwsBackend::new(self.0.app.clone(), ALIAS.to_string(), BTreeMap::new(), 8)
+                .unwrap()
+                .with_retry(fast_retry());
+            let metrics = Arc::new(Metrics::new());
+            let layer = KekLayer::new(backend, KekConfig::default()).unwrap().with_metrics(metrics.clone().into());
+            Plugin::new(layer, PluginConfig::default(), metrics)
+        }
+
+        async fn rotate(&self) {
+            self.0.rotate().await;
+        }
+
+        async fn disable(&self) {
+            self.0.disable().await;
+        }
+
+        async fn enable(&self) {
+            self.0.enable().await;
+        }
+
+        async fn cut_off(&mut self) {
+            self.0.cut_off().await;
+        }
+
+        async fn reconnect(&mut self) {
+            self.0.reconnect().await;
+        }
+
+        async fn stalled_plugin(&self, config: PluginConfig) -> Plugin<KekLayer<AwsBackend>> {
+            let port = envelope_test_support::net::silent_endpoint().await;
+            let client = kms::sdk_client(&format!("http://127.0.0.1:{port}"), APP_AKID, SECRET);
+            let metrics = Arc::new(Metrics::new());
+            let backend =
+                AwsBackend::new(client, ALIAS.to_string(), BTreeMap::new(), 8).unwrap().with_metrics(metrics.clone());
+            Plugin::new(KekLayer::new(backend, KekConfig::default()).unwrap(), config, metrics)
+        }
+    }
+
+    envelope_test_support::key_backend_battery! {
+        Layered;
+        round_trip: run,
+        key_id_rules: run,
+        rotation: run,
+        disable_enable: run,
+        outage: run,
+        deadlines: run,
+        concurrency: run,
+        malformed_ciphertext: run,
+    }
+}

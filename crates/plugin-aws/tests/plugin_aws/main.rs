@@ -6,10 +6,13 @@
 //! * `aws`: what only this backend has: the AWS encryption context, key states and policies of
 //!   a KMS, aliases moving between keys, the key_id without `CurrentKeyMaterialId`, the probe
 //!   modes, metrics of abandoned calls, the blob parser.
+//! * `local_kek`: the local KEK layer over this backend, remote calls counted in the key server's
+//!   audit log (restart, single-flight, revocation, old ciphertexts, tampered annotations).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed step panics with its cause
 
 mod aws;
 mod conformance;
+mod local_kek;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -56,6 +56,14 @@ impl Subject for Hsm {
     /// A backend with one session, held by a token call that does not return for 1.5 s: every
     /// other call waits for the session, as behind a hung HSM.
     async fn stalled_plugin(&self, config: PluginConfig) -> Plugin<Pkcs11Backend> {
+        let (backend, metrics) = self.stalled_backend().await;
+        Plugin::new(backend, config, metrics)
+    }
+}
+
+impl Hsm {
+    /// A backend whose one session is held by a token call for 1.5 s (see `stalled_plugin`).
+    async fn stalled_backend(&self) -> (Pkcs11Backend, Arc<Metrics>) {
         let mut c = self.token.config(KEY);
         c.sessions = 1;
         let metrics = Arc::new(Metrics::new());
@@ -75,7 +83,7 @@ impl Subject for Hsm {
             .await;
         });
         tokio::task::spawn_blocking(move || held_rx.recv_timeout(Duration::from_secs(10))).await.unwrap().unwrap();
-        Plugin::new(backend, config, metrics)
+        (backend, metrics)
     }
 }
 
@@ -89,4 +97,73 @@ envelope_test_support::key_backend_battery! {
     deadlines: run,
     concurrency: run,
     malformed_ciphertext: run,
+}
+
+/// The battery through the local KEK layer over the pkcs11 backend.
+mod local_kek {
+    use std::sync::Arc;
+
+    use envelope_plugin::{KekConfig, KekLayer, Metrics, Plugin, PluginConfig};
+    use envelope_plugin_pkcs11::Pkcs11Backend;
+    use envelope_test_support::conformance::Subject;
+
+    use super::super::{KEY, fast_retry};
+    use super::Hsm;
+
+    pub struct Layered(Hsm);
+
+    impl Subject for Layered {
+        type Backend = KekLayer<Pkcs11Backend>;
+        const KEEPS_UNWRAPPED_KEYS: bool = true;
+
+        async fn start() -> Self {
+            Layered(Hsm::start().await)
+        }
+
+        fn plugin(&self) -> Plugin<KekLayer<Pkcs11Backend>> {
+            let metrics = Arc::new(Metrics::new());
+            let backend = Pkcs11Backend::with_retry(&self.0.token.config(KEY), fast_retry())
+                .unwrap()
+                .with_metrics(metrics.clone());
+            let layer = KekLayer::new(backend, KekConfig::default()).unwrap().with_metrics(metrics.clone().into());
+            Plugin::new(layer, PluginConfig::default(), metrics)
+        }
+
+        async fn rotate(&self) {
+            self.0.rotate().await;
+        }
+
+        async fn disable(&self) {
+            self.0.disable().await;
+        }
+
+        async fn enable(&self) {
+            self.0.enable().await;
+        }
+
+        async fn cut_off(&mut self) {
+            self.0.cut_off().await;
+        }
+
+        async fn reconnect(&mut self) {
+            self.0.reconnect().await;
+        }
+
+        async fn stalled_plugin(&self, config: PluginConfig) -> Plugin<KekLayer<Pkcs11Backend>> {
+            let (backend, metrics) = self.0.stalled_backend().await;
+            Plugin::new(KekLayer::new(backend, KekConfig::default()).unwrap(), config, metrics)
+        }
+    }
+
+    envelope_test_support::key_backend_battery! {
+        Layered;
+        round_trip: run,
+        key_id_rules: run,
+        rotation: run,
+        disable_enable: run,
+        outage: run,
+        deadlines: run,
+        concurrency: run,
+        malformed_ciphertext: run,
+    }
 }

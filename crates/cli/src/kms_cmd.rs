@@ -46,6 +46,10 @@ pub enum KmsCommand {
     /// Manage the access keys in the credentials file (add, list, rotate, remove); a running
     /// server picks up each change within a second, without a restart.
     Credentials(crate::kms_credentials::CredentialsArgs),
+    /// Copy the key store to another engine (`--from sqlite --to postgres://…`, and back) in
+    /// one transaction there, then verify it: the same rows read back, every version unsealed
+    /// with the root key. The target must hold no key. Stop the servers first.
+    Migrate(crate::kms_migrate::MigrateArgs),
 }
 
 /// Options of `envelope kms reseal`.
@@ -118,6 +122,17 @@ pub struct ServeArgs {
     /// Default: /var/lib/envelope/kms as root, else ~/.local/share/envelope/kms.
     #[arg(long, env = "ENVELOPE_KMS_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where the keys are: `sqlite` (keystore.db in the data directory) or a PostgreSQL URL
+    /// shared by several servers (replicas), e.g.
+    /// `postgres://envelope@db:5432/envelope?sslmode=require&sslrootcert=/etc/envelope/db-ca.pem`.
+    /// The root key stays in each replica's data directory (or its token). Prefer the
+    /// environment variable to the flag when the URL holds a password.
+    #[arg(long, env = "ENVELOPE_KMS_STORE", default_value = "sqlite", value_name = "STORE")]
+    pub store: String,
+    /// With a PostgreSQL store: the longest time a change made through another replica takes to
+    /// be seen here if its notification is lost (notifications usually take milliseconds).
+    #[arg(long, env = "ENVELOPE_KMS_STORE_REFRESH", default_value = "5s", value_name = "DURATION")]
+    pub store_refresh: String,
     /// Derive the root key from the passphrase in this file (PBKDF2-HMAC-SHA256) instead of
     /// keeping a root.key file; only a salt and a verifier are stored. Fixed when the store is
     /// created.
@@ -203,6 +218,7 @@ pub fn run(args: KmsArgs) -> ExitCode {
         KmsCommand::Audit(a) => report(crate::kms_audit::run(a)),
         KmsCommand::Credentials(a) => report(crate::kms_credentials::run(a)),
         KmsCommand::Reseal(a) => report(crate::reseal::run(&a.data_dir.unwrap_or_else(default_kms_dir), &a.reseal)),
+        KmsCommand::Migrate(a) => report(crate::kms_migrate::run(a)),
     }
 }
 
@@ -216,7 +232,7 @@ fn report(r: Result<()>) -> ExitCode {
     }
 }
 
-fn default_kms_dir() -> PathBuf {
+pub(crate) fn default_kms_dir() -> PathBuf {
     crate::config::default_data_dir().join("kms")
 }
 
@@ -287,6 +303,7 @@ fn parse_size(s: &str) -> Result<u64> {
 struct Settings {
     listen: SocketAddr,
     data_dir: PathBuf,
+    store: envelope_keystore::StoreOptions,
     credentials: Option<PathBuf>,
     config: Config,
     audit_log: Option<PathBuf>,
@@ -347,13 +364,18 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
 
-    let store = match KeyStore::open_with(&settings.data_dir, &root) {
+    let store = match KeyStore::open_with_options(&settings.data_dir, &root, &settings.store) {
         Ok(s) => Arc::new(s),
         Err(e) => {
-            eprintln!("envelope: cannot open the key store in {}: {e}", settings.data_dir.display());
+            eprintln!(
+                "envelope: cannot open the key store ({}, root key in {}): {e}",
+                settings.store.location,
+                settings.data_dir.display()
+            );
             return ExitCode::FAILURE;
         }
     };
+    tracing::info!(storage = %store.storage(), "key store open");
     let credentials = match load_credentials(&settings) {
         Ok(c) => c,
         Err(e) => {
@@ -436,6 +458,11 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         bail!("--data-dir must not be empty");
     }
     let data_dir = if data_dir.is_absolute() { data_dir } else { std::env::current_dir()?.join(data_dir) };
+    let store = envelope_keystore::StoreOptions {
+        location: envelope_keystore::Location::parse(&args.store).map_err(|e| anyhow::anyhow!("--store: {e}"))?,
+        create: true,
+        refresh_interval: crate::config::parse_duration("--store-refresh", &args.store_refresh)?,
+    };
     let mut config = Config::new(&args.region, &args.account_id);
     config.max_connections = args.max_connections;
     config.max_keys = args.max_keys;
@@ -489,6 +516,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
     Ok(Settings {
         listen,
         data_dir,
+        store,
         credentials: args.credentials.clone(),
         config,
         audit_log,
@@ -655,6 +683,8 @@ mod tests {
         ServeArgs {
             listen: listen.into(),
             data_dir: Some("/tmp/envelope-kms-test".into()),
+            store: "sqlite".into(),
+            store_refresh: "5s".into(),
             credentials: None,
             root_key: None,
             region: "us-east-1".into(),
@@ -735,8 +765,28 @@ mod tests {
     }
 
     #[test]
+    fn store_settings() {
+        let s = resolve(&args("127.0.0.1:4599")).unwrap();
+        assert!(matches!(s.store.location, envelope_keystore::Location::DataDir));
+        assert_eq!(s.store.refresh_interval, std::time::Duration::from_secs(5));
+        let mut a = args("127.0.0.1:4599");
+        a.store = "postgres://kms:secret@db/kms?sslmode=require".into();
+        a.store_refresh = "2s".into();
+        let s = resolve(&a).unwrap();
+        assert!(s.store.location.is_shared());
+        assert_eq!(s.store.location.to_string(), "postgres://kms:***@db/kms?sslmode=require");
+        assert_eq!(s.store.refresh_interval, std::time::Duration::from_secs(2));
+        a.store = "redis://db".into();
+        let e = format!("{:#}", resolve(&a).err().unwrap());
+        assert!(e.contains("--store") && e.contains("postgres://"), "{e}");
+        a.store = "sqlite".into();
+        a.store_refresh = "0s".into();
+        assert!(resolve(&a).is_err());
+    }
+
+    #[test]
     fn generated_credentials_load_back() {
-        let (akid, secret) = generate_access_key().unwrap();
+        let (akid, secret) = envelope_kms_server::credentials::generate_access_key().unwrap();
         assert!(akid.starts_with("AKIA") && akid.len() == 20);
         assert_eq!(secret.len(), 40);
         let dir = tempfile::tempdir().unwrap();

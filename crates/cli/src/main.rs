@@ -37,6 +37,7 @@ mod key;
 mod kms_audit;
 mod kms_cmd;
 mod kms_credentials;
+mod kms_migrate;
 mod output;
 mod plugin_cmd;
 mod reencrypt;

@@ -115,8 +115,8 @@ pub struct CredentialsFile {
 impl CredentialsFile {
     /// Parses the file's text (every entry validated as the server would).
     pub fn parse(text: &str) -> Result<Self> {
-        let entries: Vec<Entry> =
-            serde_norway::from_str(text).map_err(|e| KmsError::Config(format!("credentials file: {e}")))?;
+        let entries: Vec<Entry> = serde_norway::from_str(text)
+            .map_err(|e| KmsError::Config(format!("credentials file: {}", without_values(&e))))?;
         let file = Self { entries };
         file.store()?;
         Ok(file)
@@ -276,6 +276,30 @@ impl CredentialsFile {
     }
 }
 
+/// The parser's message without the values an `invalid type`/`invalid value` message quotes (a
+/// secret of the wrong type would be echoed); other messages (unknown or missing fields, with
+/// positions) stay as they are.
+fn without_values(e: &serde_norway::Error) -> String {
+    let msg = e.to_string();
+    if !(msg.contains("invalid type") || msg.contains("invalid value")) {
+        return msg;
+    }
+    let mut out = String::with_capacity(msg.len());
+    let mut quote = None;
+    for c in msg.chars() {
+        match (quote, c) {
+            (None, '`' | '"') => {
+                quote = Some(c);
+                out.push('…');
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, c) => out.push(c),
+        }
+    }
+    out
+}
+
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(suffix);
@@ -431,6 +455,21 @@ mod tests {
         assert_eq!(after.entries.len(), 2);
         assert_eq!(after.entries[1].access_key_id, added);
         assert!(!dir.path().join("credentials.yaml.tmp").exists());
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_echoed() {
+        for text in [
+            "- access_key_id: AKIAIOSFODNN7EXAMPLE\n  secret_access_key: {s: 918273645546372819}\n  principal: arn:aws:iam::1:user/a\n",
+            "918273645546372819",
+            "- 918273645546372819",
+            "'918273645546372819'",
+        ] {
+            let e = CredentialsFile::parse(text).unwrap_err().to_string();
+            assert!(!e.contains("918273645546372819"), "{e}");
+        }
+        let e = CredentialsFile::parse("- access_key_id: AKIAIOSFODNN7EXAMPLE\n  secret: x\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `secret`"), "{e}");
     }
 
     #[test]

@@ -161,6 +161,10 @@ pub struct AuditEvent<'a> {
     pub resources: &'a [String],
     /// For state-changing requests: which of their two records this is.
     pub stage: Option<Stage>,
+    /// A change the server made on its own (a key deleted after its window, an automatic
+    /// rotation, expired imported material deleted): CloudTrail's `AwsServiceEvent`, invoked by
+    /// `kms.amazonaws.com`, with no caller.
+    pub service: bool,
 }
 
 /// The two records of a state-changing request.
@@ -474,12 +478,17 @@ struct UserIdentity<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     arn: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    invoked_by: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     principal_id: Option<&'a str>,
-    #[serde(rename = "type")]
-    kind: &'static str,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_name: Option<&'a str>,
 }
+
+/// Who acts in a service event (CloudTrail's `invokedBy`, `sourceIPAddress` and `userAgent`).
+const SERVICE: &str = "kms.amazonaws.com";
 
 impl<'a> Record<'a> {
     fn of(ev: &'a AuditEvent<'a>, now: SystemTime) -> Self {
@@ -507,7 +516,7 @@ impl<'a> Record<'a> {
             // The audit search is CloudTrail's own call.
             event_source: if op == "LookupEvents" { "cloudtrail.amazonaws.com" } else { "kms.amazonaws.com" },
             event_time: crate::dates::rfc3339_seconds(now),
-            event_type: "AwsApiCall",
+            event_type: if ev.service { "AwsServiceEvent" } else { "AwsApiCall" },
             event_version: "1.11",
             management_event: true,
             read_only: read_only(op),
@@ -519,8 +528,8 @@ impl<'a> Record<'a> {
                 .map(|arn| Resource { arn, account_id: ev.account_id, kind: "AWS::KMS::Key" })
                 .collect(),
             response_elements: ev.response.filter(|_| !crypto).map(|r| camel_clean(r, false)),
-            source_ip_address: ev.source_ip.unwrap_or_default(),
-            user_agent: ev.user_agent.unwrap_or(""),
+            source_ip_address: if ev.service { SERVICE } else { ev.source_ip.unwrap_or_default() },
+            user_agent: if ev.service { SERVICE } else { ev.user_agent.unwrap_or("") },
             user_identity: user_identity(ev),
         }
     }
@@ -596,10 +605,14 @@ fn user_identity<'a>(ev: &AuditEvent<'a>) -> UserIdentity<'a> {
         access_key_id: None,
         account_id: None,
         arn: None,
+        invoked_by: None,
         principal_id: None,
-        kind: "Unknown",
+        kind: Some("Unknown"),
         user_name: None,
     };
+    if ev.service {
+        return UserIdentity { account_id: Some(ev.account_id), invoked_by: Some(SERVICE), kind: None, ..unknown };
+    }
     let Some(arn) = ev.principal else {
         // Not authenticated: only the access key id the request claimed, if any.
         return UserIdentity { access_key_id: ev.access_key_id, ..unknown };
@@ -618,8 +631,9 @@ fn user_identity<'a>(ev: &AuditEvent<'a>) -> UserIdentity<'a> {
         access_key_id: Some(ev.access_key_id.unwrap_or("")),
         account_id: Some(arn.split(':').nth(4).unwrap_or(ev.account_id)),
         arn: Some(arn),
+        invoked_by: None,
         principal_id: Some(ev.access_key_id.unwrap_or("")),
-        kind,
+        kind: Some(kind),
         user_name: if kind == "IAMUser" { resource.rsplit('/').next() } else { None },
     }
 }

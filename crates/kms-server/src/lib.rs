@@ -138,7 +138,7 @@ pub struct Server {
     credentials: std::sync::RwLock<Arc<CredentialStore>>,
     config: Config,
     names: ids::Names,
-    audit: Option<audit::AuditLog>,
+    audit: Option<Arc<audit::AuditLog>>,
     metrics: metrics::Metrics,
     clock: Arc<maintenance::Clock>,
     policies: op::PolicyCache,
@@ -153,16 +153,14 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// A server over `store`, accepting requests signed with `credentials`. Runs the key
-    /// maintenance once; [`serve`] and [`tls::serve_tls`] run it every
-    /// [`maintenance::INTERVAL`] while they serve. Starts nothing in the background.
+    /// A server over `store`, accepting requests signed with `credentials`. Starts and runs
+    /// nothing: [`serve`] and [`tls::serve_tls`] run the key maintenance when they start and
+    /// then every [`maintenance::INTERVAL`], audited in the server's log
+    /// ([`Server::run_maintenance`] runs it now).
     pub fn new(store: Arc<KeyStore>, credentials: CredentialStore, config: Config) -> Result<Self> {
         config.validate()?;
         let names = ids::Names::new(&config.region, &config.account_id);
         let clock = Arc::new(maintenance::Clock::default());
-        if let Err(e) = maintenance::run(&store, clock.now()) {
-            tracing::error!(error = %e, "key maintenance failed");
-        }
         let policies = op::PolicyCache::new(&config.account_id)?;
         Ok(Self {
             store,
@@ -179,8 +177,14 @@ impl Server {
 
     /// Writes one audit record per request to `log`.
     pub fn with_audit(mut self, log: audit::AuditLog) -> Self {
-        self.audit = Some(log);
+        self.audit = Some(Arc::new(log));
         self
+    }
+
+    /// What records the key maintenance's changes: the audit log, if configured.
+    pub fn recorder(&self) -> Option<maintenance::Recorder> {
+        let log = self.audit.clone()?;
+        Some(maintenance::Recorder::new(log, &self.config.region, &self.config.account_id))
     }
 
     /// The accepted credentials now.
@@ -203,7 +207,7 @@ impl Server {
 
     /// The audit log, if configured.
     pub fn audit(&self) -> Option<&audit::AuditLog> {
-        self.audit.as_ref()
+        self.audit.as_deref()
     }
 
     /// The metrics.
@@ -216,10 +220,12 @@ impl Server {
         &self.clock
     }
 
-    /// Deletes keys past their deletion date and rotates keys that are due, now. Blocking; also
-    /// runs at creation and every [`maintenance::INTERVAL`] while serving.
+    /// Deletes keys past their deletion date, rotates keys that are due and deletes expired
+    /// imported material, now, audited. Blocking; serving runs it at start and every
+    /// [`maintenance::INTERVAL`].
     pub fn run_maintenance(&self) -> Result<maintenance::Report> {
-        maintenance::run(&self.store, self.clock.now()).map_err(|e| KmsError::from_store(e, error::Subject::Internal))
+        maintenance::run_recorded(&self.store, self.clock.now(), self.recorder().as_ref())
+            .map_err(|e| KmsError::from_store(e, error::Subject::Internal))
     }
 
     /// The key store.

@@ -72,7 +72,8 @@ pub(crate) async fn serve_connections(
     let client_timeout = state.config.client_timeout;
     // Key maintenance runs while the server serves: stopped at shutdown, or when this future
     // is dropped.
-    let maintenance = crate::maintenance::Maintenance::start(Arc::downgrade(state.store()), state.clock().clone());
+    let maintenance =
+        crate::maintenance::Maintenance::start(Arc::downgrade(state.store()), state.clock().clone(), state.recorder());
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
     let app = state;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -464,6 +465,7 @@ impl AuditInfo {
             error_code,
             error_message: self.error_message.as_deref(),
             stage,
+            service: false,
         }
     }
 }

@@ -67,6 +67,13 @@ pub struct PluginArgs {
     /// store is created; change it with `envelope key reseal`.
     #[arg(long, env = "ENVELOPE_ROOT_KEY", value_name = "ROOT")]
     pub root_key: Option<String>,
+    /// Embedded backend: where the keys are: `sqlite` (keystore.db in --data-dir) or a
+    /// PostgreSQL URL shared by every control-plane node's plugin, e.g.
+    /// `postgres://envelope@db/envelope?sslmode=require&sslrootcert=/etc/envelope/db-ca.pem`;
+    /// the root key stays in each node's --data-dir (or its token). Prefer the environment
+    /// variable when the URL holds a password. [default: sqlite]
+    #[arg(long, env = "ENVELOPE_STORE", value_name = "STORE")]
+    pub store: Option<String>,
     /// Key backend: `embedded` (envelope's own key store in --data-dir), `aws` (any
     /// AWS-KMS-API endpoint: AWS KMS, a FIPS endpoint, `envelope kms serve`) or `pkcs11` (an
     /// AES-256 key inside a PKCS#11 token: an HSM or SoftHSM2). [default: embedded]
@@ -212,6 +219,10 @@ pub struct KeyArgs {
     /// `passphrase-file:PATH` or a `pkcs11:` URI.
     #[arg(long, env = "ENVELOPE_ROOT_KEY", global = true, value_name = "ROOT")]
     pub root_key: Option<String>,
+    /// Embedded: where the keys are, as the plugin's --store: `sqlite` (default) or the
+    /// `postgres://` URL of a store shared by several plugins (their root key in --data-dir).
+    #[arg(long, env = "ENVELOPE_STORE", global = true, value_name = "STORE")]
+    pub store: Option<String>,
     /// Output format: text or json.
     #[arg(long, short = 'o', default_value = "text", global = true, value_parser = ["text", "json"])]
     pub output: String,

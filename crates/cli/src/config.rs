@@ -38,6 +38,7 @@ struct FileConfig {
     socket_group: Option<Scalar>,
     data_dir: Option<Scalar>,
     root_key: Option<Scalar>,
+    store: Option<Scalar>,
     key: Option<Scalar>,
     no_create_key: Option<bool>,
     local_kek: Option<bool>,
@@ -131,6 +132,8 @@ pub struct PluginSettings {
     pub data_dir: PathBuf,
     /// The embedded store's root key (`file`, `passphrase-file:PATH`, `pkcs11:…`).
     pub root_key: String,
+    /// Where the embedded store's keys are (the data directory's SQLite file, or PostgreSQL).
+    pub store: envelope_keystore::Location,
     pub create_key: bool,
     pub backend: Backend,
     /// aws and pkcs11 backends: the local KEK layer's limits (`enabled` is per instance).
@@ -549,6 +552,16 @@ pub fn resolve(mut args: PluginArgs) -> Result<PluginSettings> {
             bail!("root-key must be `file`, `passphrase-file:PATH` or a pkcs11: URI, not {root_key:?}");
         }
     }
+    let store = match pick(args.store, file.store) {
+        None => envelope_keystore::Location::DataDir,
+        Some(text) => {
+            let store = envelope_keystore::Location::parse(&text).map_err(|e| anyhow!("store: {e}"))?;
+            if !matches!(backend, Backend::Embedded) {
+                bail!("store applies to the embedded backend's key store");
+            }
+            store
+        }
+    };
     let http_text = pick(args.http_addr, file.http_addr).unwrap_or_else(|| "127.0.0.1:8423".into());
     let http_addr =
         if http_text == "off" {
@@ -600,6 +613,7 @@ pub fn resolve(mut args: PluginArgs) -> Result<PluginSettings> {
         socket_group,
         data_dir,
         root_key,
+        store,
         create_key: !(args.no_create_key || file.no_create_key.unwrap_or(false)),
         backend,
         local_kek,
@@ -803,6 +817,18 @@ mod tests {
     }
 
     #[test]
+    fn store_from_file_or_flag() {
+        assert!(matches!(resolve(args()).unwrap().store, envelope_keystore::Location::DataDir));
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.yaml");
+        std::fs::write(&f, "store: postgres://envelope@db/envelope?sslmode=require\n").unwrap();
+        let s = resolve(PluginArgs { config: Some(f.clone()), ..args() }).unwrap();
+        assert!(s.store.is_shared(), "{:?}", s.store);
+        let s = resolve(PluginArgs { config: Some(f), store: Some("sqlite".into()), ..args() }).unwrap();
+        assert!(matches!(s.store, envelope_keystore::Location::DataDir));
+    }
+
+    #[test]
     fn bad_values_are_rejected_with_clear_messages() {
         let cases: Vec<(PluginArgs, &str)> = vec![
             (PluginArgs { socket: vec!["rel.sock".into()], ..args() }, "absolute"),
@@ -812,6 +838,16 @@ mod tests {
             (PluginArgs { status_version: Some("v3".into()), ..args() }, "v2 or v2beta1"),
             (PluginArgs { kms_api_version: Some("v3".into()), ..args() }, "v2 or v1"),
             (PluginArgs { health_interval: Some("5 parsecs".into()), ..args() }, "duration"),
+            (PluginArgs { store: Some("mysql://db".into()), ..args() }, "postgres://"),
+            (
+                PluginArgs {
+                    store: Some("postgres://db/k".into()),
+                    backend: Some("aws".into()),
+                    key: vec!["k".into()],
+                    ..args()
+                },
+                "store applies to the embedded backend",
+            ),
             (PluginArgs { health_interval: Some("1h".into()), ..args() }, "at most 30s"),
             (PluginArgs { log_format: Some("xml".into()), ..args() }, "text or json"),
             (PluginArgs { key: vec!["bad key!".into()], ..args() }, "key"),

@@ -33,9 +33,28 @@ fn run_inner(args: KeyArgs) -> Result<()> {
     // mistyped --data-dir is an error rather than a fresh, empty store.
     let importing = matches!(args.command, KeyCommand::Import { .. });
     let root = crate::reseal::parse_root(args.root_key.as_deref().unwrap_or("file"))?;
-    let store = match args.command {
-        KeyCommand::Create { .. } => KeyStore::open_with(&dir, &root),
-        _ => KeyStore::open_existing_with(&dir, &root),
+    let location = match args.store.as_deref() {
+        None => envelope_keystore::Location::DataDir,
+        Some(s) => envelope_keystore::Location::parse(s).map_err(|e| anyhow::anyhow!("--store: {e}"))?,
+    };
+    if location.is_shared() && matches!(args.command, KeyCommand::Export { .. } | KeyCommand::Import { .. }) {
+        anyhow::bail!(
+            "key export and import copy keys between SQLite stores; every plugin on a shared store already sees its keys"
+        );
+    }
+    // Only `create` may start a new store; on a shared store, only the root key is new.
+    let options = envelope_keystore::StoreOptions {
+        location,
+        create: matches!(args.command, KeyCommand::Create { .. }),
+        refresh_interval: std::time::Duration::from_secs(3600),
+    };
+    let store = if matches!(options.location, envelope_keystore::Location::DataDir) {
+        match args.command {
+            KeyCommand::Create { .. } => KeyStore::open_with(&dir, &root),
+            _ => KeyStore::open_existing_with(&dir, &root),
+        }
+    } else {
+        KeyStore::open_with_options(&dir, &root, &options)
     }
     .with_context(|| {
         if importing && !dir.join(envelope_keystore::store::ROOT_KEY_FILE).exists() {

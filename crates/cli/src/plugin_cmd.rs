@@ -192,10 +192,18 @@ async fn embedded_backends(s: &PluginSettings) -> Result<Vec<EmbeddedBackend>> {
     let keys: Vec<String> = s.instances.iter().map(|i| i.key.clone()).collect();
     let create = s.create_key;
     let root_key = s.root_key.clone();
+    // On a shared store a missed change notification costs at most one health interval (the
+    // health loop refreshes too).
+    let options = envelope_keystore::StoreOptions {
+        location: s.store.clone(),
+        create: true,
+        refresh_interval: s.health_interval,
+    };
     let (store, created) = tokio::task::spawn_blocking(move || -> Result<(Arc<KeyStore>, Vec<String>)> {
         let root = crate::reseal::parse_root(&root_key)?;
-        let store = KeyStore::open_with(&data_dir, &root)
-            .with_context(|| format!("cannot open the key store in {}", data_dir.display()))?;
+        let store = KeyStore::open_with_options(&data_dir, &root, &options).with_context(|| {
+            format!("cannot open the key store ({}, root key in {})", options.location, data_dir.display())
+        })?;
         let mut created = Vec::new();
         for key_text in &keys {
             let key = KeyRef::parse(key_text)?;
@@ -210,8 +218,12 @@ async fn embedded_backends(s: &PluginSettings) -> Result<Vec<EmbeddedBackend>> {
                     };
                     // The same alias given twice is created once.
                     if !created.contains(key_text) {
-                        store.create_key(Some(&alias), "created by envelope plugin on first start")?;
-                        created.push(key_text.clone());
+                        match store.create_key(Some(&alias), "created by envelope plugin on first start") {
+                            Ok(_) => created.push(key_text.clone()),
+                            // Another node sharing the store created it at the same moment.
+                            Err(envelope_keystore::Error::AlreadyExists(_)) => store.refresh()?,
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                 }
                 Err(e) => return Err(e).context(format!("key {key}")),
@@ -261,7 +273,10 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(
 
 fn print_banner(s: &PluginSettings, specs: &[SocketSpec], key_ids: &[Option<String>]) {
     let store = match &s.backend {
-        crate::config::Backend::Embedded => format!("embedded key store {}", s.data_dir.display()),
+        crate::config::Backend::Embedded => match &s.store {
+            envelope_keystore::Location::DataDir => format!("embedded key store {}", s.data_dir.display()),
+            other => format!("embedded key store {other} (root key in {})", s.data_dir.display()),
+        },
         #[cfg(feature = "aws")]
         crate::config::Backend::Aws { endpoint, .. } => format!(
             "aws KMS {}",

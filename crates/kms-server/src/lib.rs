@@ -142,8 +142,10 @@ pub struct Server {
     metrics: metrics::Metrics,
     clock: Arc<maintenance::Clock>,
     policies: op::PolicyCache,
-    /// Serializes CreateKey so the key count and the insert cannot interleave.
-    create_lock: std::sync::Mutex<()>,
+    /// Serializes the checks of a limit with the write they guard (CreateKey and the key count,
+    /// TagResource and the tags per key, RotateKeyOnDemand and its quota), so one server never
+    /// goes past a limit however requests interleave.
+    limits_lock: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -171,7 +173,7 @@ impl Server {
             metrics: metrics::Metrics::new(),
             clock,
             policies,
-            create_lock: std::sync::Mutex::new(()),
+            limits_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -226,6 +228,11 @@ impl Server {
     pub fn run_maintenance(&self) -> Result<maintenance::Report> {
         maintenance::run_recorded(&self.store, self.clock.now(), self.recorder().as_ref())
             .map_err(|e| KmsError::from_store(e, error::Subject::Internal))
+    }
+
+    /// Held while a limit is checked and the write it guards runs.
+    pub(crate) fn limits(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        self.limits_lock.lock().map_err(|_| KmsError::Internal("limits lock poisoned".into()))
     }
 
     /// The key store.

@@ -169,7 +169,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
                 }
             }
             // One creation at a time, so the count and the insert cannot interleave.
-            let _one = s.create_lock.lock().map_err(|_| KmsError::Internal("create lock poisoned".into()))?;
+            let _one = s.limits()?;
             let count = s.store.list().map_err(|e| KmsError::from_store(e, Subject::Internal))?.len();
             if count >= s.config.max_keys {
                 return Err(KmsError::LimitExceeded(format!(

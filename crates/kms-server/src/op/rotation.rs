@@ -160,6 +160,8 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
                 )));
             }
             usable(&k)?;
+            let _one = s.limits()?;
+            let a = call.attributes(&k)?;
             let done = a.rotations.iter().filter(|r| r.kind == envelope_keystore::RotationType::OnDemand).count();
             if done >= s.config.max_on_demand_rotations {
                 return Err(KmsError::LimitExceeded(format!(

@@ -59,6 +59,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             let k = call.resolve(&key_id, Forms::KeyOnly)?;
             call.allow(&k, "TagResource")?;
             not_pending(&k)?;
+            let _one = s.limits()?;
             let a = call.attributes(&k)?;
             let added = tags.iter().filter(|(t, _)| !a.tags.iter().any(|(x, _)| x == t)).count();
             if a.tags.len() + added > MAX_TAGS {

@@ -94,3 +94,26 @@ async fn tags() {
     h.call("TagResource", json!({"KeyId": id, "Tags": many})).await.err("TagException");
     h.call("CreateKey", json!({"Tags": [{"TagKey": "aws:x", "TagValue": "1"}]})).await.err("TagException");
 }
+
+/// Concurrent TagResource calls never take a key past 50 tags: each adds 6 new ones, so exactly
+/// 8 of 12 fit whatever their interleaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_tagging_stays_within_the_limit() {
+    let h = std::sync::Arc::new(start().await);
+    let (id, _) = create_key(&h).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..12 {
+        let (h, id) = (h.clone(), id.clone());
+        calls.spawn(async move {
+            let tags: Vec<_> = (0..6).map(|i| json!({"TagKey": format!("t{n}-{i}"), "TagValue": "v"})).collect();
+            h.call("TagResource", json!({"KeyId": id, "Tags": tags})).await.status
+        });
+    }
+    let mut ok = 0;
+    while let Some(status) = calls.join_next().await {
+        ok += usize::from(status.unwrap() == 200);
+    }
+    assert_eq!(ok, 8);
+    let listed = h.call("ListResourceTags", json!({"KeyId": id, "Limit": 50})).await.ok();
+    assert_eq!(listed["Tags"].as_array().unwrap().len(), 48);
+}

@@ -466,7 +466,7 @@ def test_plugin_unit_command_line_serves_under_mdwe(stubs):
 def kms_serve_help():
     r = subprocess.run([envelope_bin(), "kms", "serve", "--help"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-    return r.stdout
+    return re.sub(r"\s+", " ", r.stdout)  # clap wraps lines, `[env: NAME=]` included
 
 
 def read_env_file(path):
@@ -544,29 +544,75 @@ def series_names(metrics_text):
     return names
 
 
+KMS_AKID = "AKIAENVELOPEDEPLOY01"
+KMS_SECRET = "deploy-test-secret-0123456789abcdefghij"
+
+
+def encrypt_decrypt(stubs, sock, authority=None):
+    """One Encrypt and one Decrypt over a fresh connection (closed afterwards)."""
+    import grpc
+
+    v2, v2_grpc = stubs["v2"], stubs["v2_grpc"]
+    opts = [("grpc.default_authority", authority)] if authority else []
+    with grpc.insecure_channel(f"unix://{sock}", options=opts) as ch:
+        c = v2_grpc.KeyManagementServiceStub(ch)
+        e = c.Encrypt(v2.EncryptRequest(plaintext=b"d" * 32, uid="deploy-metrics"), timeout=10)
+        d = c.Decrypt(v2.DecryptRequest(ciphertext=e.ciphertext, key_id=e.key_id, uid="deploy-metrics",
+                                        annotations=dict(e.annotations)), timeout=10)
+        assert d.plaintext == b"d" * 32
+
+
 @pytest.fixture(scope="module")
-def exposed_metrics():
-    """Series names from a running plugin's and key server's /metrics."""
+def exposed_metrics(stubs):
+    """Series names from the /metrics of a running key server, a plugin on deploy/plugin.yaml
+    (embedded backend) and a plugin with the aws backend against that key server (remote calls,
+    local KEK layer), each after Encrypt and Decrypt calls: families without samples are not
+    exposed."""
     d = short_tmp()
-    pport, kport, khttp = free_port(), free_port(), free_port()
     err = open(os.path.join(d, "stderr"), "w")
-    conf, settings = plugin_yaml_for(d, pport)
-    procs = [
-        subprocess.Popen([envelope_bin(), "plugin", "--config", conf], stdout=subprocess.DEVNULL, stderr=err),
-        subprocess.Popen([envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{kport}", "--http-addr",
-                          f"127.0.0.1:{khttp}", "--data-dir", os.path.join(d, "kms")],
-                         stdout=subprocess.DEVNULL, stderr=err),
-    ]
+    procs = []
     try:
-        texts = {}
-        for name, port in (("plugin", pport), ("kms", khttp)):
-            wait_for(lambda: all(p.poll() is None for p in procs) and http_get(port, "/metrics")[0] == 200, 30,
-                     f"{name} /metrics")
-        # One probe done: the plugin's health and key_id series carry samples.
-        wait_for(lambda: "envelope_plugin_healthy 1" in http_get(pport, "/metrics")[1], 30, "a health probe")
-        texts["plugin"] = http_get(pport, "/metrics")[1]
-        texts["kms"] = http_get(khttp, "/metrics")[1]
-        yield series_names(texts["plugin"]) | series_names(texts["kms"]), texts
+        kms_dir = os.path.join(d, "kms")
+        os.makedirs(kms_dir, mode=0o700)
+        creds = os.path.join(kms_dir, "credentials.yaml")
+        with open(creds, "w") as f:
+            f.write(f"- access_key_id: {KMS_AKID}\n  secret_access_key: '{KMS_SECRET}'\n"
+                    f"  principal: arn:aws:iam::111122223333:user/deploy\n")
+        os.chmod(creds, 0o600)
+        seed = os.path.join(kms_dir, "seed.yaml")
+        with open(seed, "w") as f:
+            f.write("keys:\n  - alias: alias/k8s\n    description: deploy test\n")
+        kport, khttp = free_port(), free_port()
+        procs.append(subprocess.Popen(
+            [envelope_bin(), "kms", "serve", "--listen", f"127.0.0.1:{kport}", "--http-addr", f"127.0.0.1:{khttp}",
+             "--data-dir", os.path.join(kms_dir, "data"), "--credentials", creds, "--seed", seed],
+            stdout=subprocess.DEVNULL, stderr=err))
+        pport = free_port()
+        conf, settings = plugin_yaml_for(d, pport)
+        procs.append(subprocess.Popen([envelope_bin(), "plugin", "--config", conf], stdout=subprocess.DEVNULL,
+                                      stderr=err))
+        wait_for(lambda: all(p.poll() is None for p in procs) and http_get(khttp, "/readyz")[0] == 200, 30,
+                 "the key server")
+        aport, asock = free_port(), os.path.join(d, "aws.sock")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_ACCESS_KEY_ID=KMS_AKID, AWS_SECRET_ACCESS_KEY=KMS_SECRET, AWS_EC2_METADATA_DISABLED="true",
+                   AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+        procs.append(subprocess.Popen(
+            [envelope_bin(), "plugin", "--backend", "aws", "--endpoint", f"http://127.0.0.1:{kport}", "--region",
+             "us-east-1", "--key", "alias/k8s", "--socket", asock, "--data-dir", os.path.join(d, "aws-data"),
+             "--http-addr", f"127.0.0.1:{aport}"], stdout=subprocess.DEVNULL, stderr=err, env=env))
+        for port in (pport, aport):
+            wait_for(lambda: all(p.poll() is None for p in procs) and http_get(port, "/readyz")[0] == 200, 30,
+                     f"the plugin on port {port}")
+        encrypt_decrypt(stubs, settings["socket"])
+        # What grpc-go sends: the socket path as :authority (rewritten, counted at connection close).
+        encrypt_decrypt(stubs, settings["socket"], authority=settings["socket"])
+        encrypt_decrypt(stubs, asock)
+        wait_for(lambda: "envelope_plugin_authority_rewrites_total" in http_get(pport, "/metrics")[1], 10,
+                 "the :authority rewrite to be counted")
+        texts = {"plugin": http_get(pport, "/metrics")[1], "plugin-aws": http_get(aport, "/metrics")[1],
+                 "kms": http_get(khttp, "/metrics")[1]}
+        yield set().union(*map(series_names, texts.values())), texts
     finally:
         for p in procs:
             stop(p)

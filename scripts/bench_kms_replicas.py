@@ -48,9 +48,13 @@ class Postgres:
         shutil.chown(self.dir, "postgres")
         os.chmod(root, 0o755)
         self._pg("initdb", "-D", self.dir, "-A", "trust", "-U", "envelope", "--no-sync")
+        self.start()
+        self.url = f"postgres://envelope@127.0.0.1:{self.port}/postgres?sslmode=disable"
+
+    def start(self) -> None:
+        """Starts the cluster (again, after `stop`) and waits until it accepts connections."""
         self._pg("pg_ctl", "-D", self.dir, "-w", "-l", os.path.join(self.dir, "log"), "-o",
                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on", "start")
-        self.url = f"postgres://envelope@127.0.0.1:{self.port}/postgres?sslmode=disable"
 
     def _pg(self, tool: str, *args: str) -> None:
         subprocess.run(["runuser", "-u", "postgres", "--", f"{PG_BIN}/{tool}", *args], check=True,
@@ -84,7 +88,8 @@ class Postgres:
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:
-        self._pg("pg_ctl", "-D", self.dir, "-m", "fast", "stop")
+        """Fast shutdown: clients are disconnected, the data stays."""
+        self._pg("pg_ctl", "-D", self.dir, "-m", "fast", "-w", "stop")
 
 
 class Replica:

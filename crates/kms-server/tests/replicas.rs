@@ -15,7 +15,7 @@ use serde_json::json;
 
 /// A database and the data directories of the replicas (each a copy of one root key).
 struct Cluster {
-    _pg: Postgres,
+    pg: Postgres,
     url: String,
     dir: tempfile::TempDir,
 }
@@ -26,7 +26,7 @@ impl Cluster {
         let url = pg.create_database("kms");
         let dir = tempfile::tempdir().unwrap();
         drop(KeyStore::open(&dir.path().join("first")).unwrap());
-        Self { _pg: pg, url, dir }
+        Self { pg, url, dir }
     }
 
     /// A key store handle for replica `n`, checking for missed changes every `refresh`.
@@ -71,8 +71,8 @@ async fn a_key_created_on_one_replica_is_used_on_another() {
     assert_eq!(unb64(&dec["Plaintext"]), b"across replicas");
 
     // Rotation and disabling through a are served by b.
-    a.call("RotateKeyOnDemand", json!({"KeyId": id})).await.ok();
     let before = b.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["CurrentKeyMaterialId"].clone();
+    a.call("RotateKeyOnDemand", json!({"KeyId": id})).await.ok();
     let newest = a.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["CurrentKeyMaterialId"].clone();
     assert!(newest.is_string() && newest != before, "{newest} after {before}");
     eventually("b encrypts with the new version", || async {
@@ -142,4 +142,48 @@ async fn maintenance_runs_on_one_replica_of_three() {
     let kinds: Vec<&str> =
         list["Rotations"].as_array().unwrap().iter().map(|r| r["RotationType"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["AUTOMATIC"], "one automatic rotation: {list}");
+}
+
+/// GET `path` on 127.0.0.1:`port`; the status code.
+async fn get_status(port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return 0 };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf).await;
+    buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// PostgreSQL stops under a replica: /readyz says unready, cryptography goes on from memory,
+/// management calls fail; PostgreSQL comes back: ready again and writes work, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_makes_replicas_unready_until_it_is_back() {
+    let c = Cluster::new();
+    let a = c.replica(0, Duration::from_millis(300)).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let obs = tokio::spawn(envelope_kms_server::metrics::serve_observability(listener, a.server.clone(), async move {
+        let _ = stopped.await;
+    }));
+    assert_eq!(get_status(http, "/readyz").await, 200);
+    let (id, _) = create_key(&a).await;
+    let enc = a.call("Encrypt", json!({"KeyId": id, "Plaintext": b64(b"kept")})).await.ok();
+
+    c.pg.stop();
+    assert_eq!(get_status(http, "/readyz").await, 503);
+    let dec = a.call("Decrypt", json!({"CiphertextBlob": enc["CiphertextBlob"]})).await.ok();
+    assert_eq!(unb64(&dec["Plaintext"]), b"kept", "served from memory");
+    let refused = a.call("CreateKey", json!({})).await;
+    assert_eq!((refused.status, refused.error_type()), (500, "KMSInternalException"), "{}", refused.json);
+
+    c.pg.resume();
+    eventually("ready again", || async { get_status(http, "/readyz").await == 200 }).await;
+    let (again, _) = create_key(&a).await;
+    a.call("Encrypt", json!({"KeyId": again, "Plaintext": b64(b"x")})).await.ok();
+    let _ = stop.send(());
+    let _ = obs.await;
 }

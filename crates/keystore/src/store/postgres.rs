@@ -111,7 +111,19 @@ impl Drop for Postgres {
 impl Postgres {
     /// Connects, checks the server answers, and brings the schema up to date.
     pub fn open(opts: &PostgresOptions) -> Result<Self> {
-        let (config, tls) = parse_url(&opts.url)?;
+        let (mut config, tls) = parse_url(&opts.url)?;
+        // A database that stops answering must fail calls, not hang them: every connection
+        // (pool, listener, leader) gives up connecting after the timeout, and a peer that
+        // vanished without a FIN is found by keepalives and the TCP user timeout.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(opts.connect_timeout);
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(CALL_TIMEOUT);
         let target = target_of(&config);
         if config.get_ssl_mode() != SslMode::Require && !is_local(&config) {
             tracing::warn!(
@@ -150,15 +162,26 @@ impl Postgres {
         Ok(pg)
     }
 
-    /// Runs `f` on the engine's runtime and waits for it (from any thread).
+    /// Runs `f` on the engine's runtime and waits for it (from any thread), for at most
+    /// [`CALL_TIMEOUT`]: a database that hangs fails the call with [`Error::Unavailable`] (a
+    /// transaction cut short is rolled back when it is dropped).
     fn run<T: Send + 'static>(&self, f: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.spawn(async move {
-            let _ = tx.send(f.await);
+            let done = match tokio::time::timeout(CALL_TIMEOUT, f).await {
+                Ok(r) => r,
+                Err(_) => {
+                    Err(Error::Unavailable(format!("PostgreSQL did not answer within {} s", CALL_TIMEOUT.as_secs())))
+                }
+            };
+            let _ = tx.send(done);
         });
         rx.recv().map_err(|_| Error::Unavailable("the PostgreSQL client stopped".into()))?
     }
 }
+
+/// The longest a store call waits for PostgreSQL (connection, queries and commit together).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Engine for Postgres {
     fn describe(&self) -> String {
@@ -995,9 +1018,10 @@ async fn listen(config: Config, tls: MakeRustlsConnect, poke: Sender<()>) {
                 match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
                     Ok(()) => {
                         failures = 0;
-                        if poke.send(()).is_err() {
+                        if reconnected && poke.send(()).is_err() {
                             return;
                         }
+                        reconnected = true;
                         while nrx.recv().await.is_some() {
                             if poke.send(()).is_err() {
                                 return;
@@ -1031,13 +1055,20 @@ fn parse_url(url: &str) -> Result<(Config, MakeRustlsConnect)> {
     };
     let mut kept = Vec::new();
     let mut root_cert = None;
+    let mut mode_given = false;
     for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        mode_given |= k == "sslmode";
         match k {
             "sslrootcert" => root_cert = Some(percent_decode(v).map_err(&bad)?),
             "sslmode" if v == "verify-ca" || v == "verify-full" => kept.push("sslmode=require".to_string()),
             _ => kept.push(pair.to_string()),
         }
+    }
+    // A CA to verify the server with means TLS is wanted: never fall back to plain text
+    // (tokio-postgres' default, `prefer`, would).
+    if root_cert.is_some() && !mode_given {
+        kept.push("sslmode=require".to_string());
     }
     let cleaned = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
     let config: Config = cleaned.parse().map_err(|e: tokio_postgres::Error| bad(crate::error::with_causes(&e)))?;
@@ -1109,28 +1140,81 @@ fn is_local(config: &Config) -> bool {
     })
 }
 
-/// The URL with any password replaced by `***`.
+/// The URL (or key=value connection string) with every secret replaced by `***`: the password
+/// of the user part (which may itself hold an unescaped `@`) and the values of the `password`
+/// and `sslpassword` parameters, wherever they are.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (auth, tail) = match rest.find('@') {
-        Some(at) if rest[..at].find('/').is_none() => (&rest[..at], &rest[at..]),
-        _ => return url.to_string(),
+    let Some((scheme, rest)) = url.split_once("://") else { return redact_params(url, ' ') };
+    // The authority ends at the path or the query; its user part at the last '@' in it.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***{tail}"),
-        None => url.to_string(),
-    }
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => format!("{path}?{}", redact_params(query, '&')),
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// `key=value` pairs separated by `sep`, with the values of secret keys replaced by `***`.
+fn redact_params(params: &str, sep: char) -> String {
+    params
+        .split(sep)
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if ["password", "sslpassword"].contains(&k.trim().to_ascii_lowercase().as_str()) => {
+                format!("{k}=***")
+            }
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(&sep.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A self-signed certificate made for this test (P-256, "envelope test CA").
+    const TEST_CA: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBijCCATGgAwIBAgIUSi6nHcwqTkedKLk4pGz6l8MHrOowCgYIKoZIzj0EAwIw\n\
+GzEZMBcGA1UEAwwQZW52ZWxvcGUgdGVzdCBDQTAeFw0yNjEyMDIwMzA0MDBaFw0z\n\
+NjExMjkwMzA0MDBaMBsxGTAXBgNVBAMMEGVudmVsb3BlIHRlc3QgQ0EwWTATBgcq\n\
+hkjOPQIBBggqhkjOPQMBBwNCAAR/GswS9nTXvnfkYuK8oMVWWCHUkCPUeGsxvq5H\n\
+Ty4Qm98CAt3/TL8Gq6HeTaYTsS19YseYq8mKPp3KinxmqnuHo1MwUTAdBgNVHQ4E\n\
+FgQUV/+suMhHP3CxE5gdJhMmAd6deCAwHwYDVR0jBBgwFoAUV/+suMhHP3CxE5gd\n\
+JhMmAd6deCAwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNHADBEAiB/Oqpg\n\
+U9r8OYzBHqbzhbbeF34fY8A3l1nfDtV4U0O5yQIgBL2iPfNVNk9ITCy8opVwa7Kl\n\
+OX870gk+TfGPAgzpOSs=\n\
+-----END CERTIFICATE-----\n\
+";
+
     #[test]
     fn passwords_never_reach_messages() {
         assert_eq!(redact("postgres://u:secret@db:5432/k"), "postgres://u:***@db:5432/k");
         assert_eq!(redact("postgres://u@db/k"), "postgres://u@db/k");
         assert_eq!(redact("postgres://db/k?x=a@b"), "postgres://db/k?x=a@b");
+        // An unescaped '@' in the password; secrets in the query; a key=value string.
+        assert_eq!(redact("postgres://u:p@ss@db/k"), "postgres://u:***@db/k");
+        assert_eq!(
+            redact("postgres://u@db/k?sslmode=require&password=hunter2&PassWord=x&sslpassword=y"),
+            "postgres://u@db/k?sslmode=require&password=***&PassWord=***&sslpassword=***"
+        );
+        assert_eq!(redact("postgresql://db?password=s3cret"), "postgresql://db?password=***");
+        assert_eq!(redact("host=db user=u password=s3cret"), "host=db user=u password=***");
+        for url in [
+            "postgres://u:p@ss@db/k?password=hunter2&sslmode=bogus",
+            "postgres://u@db/k?password=hunter2&sslmode=bogus",
+        ] {
+            let e = parse_url(url).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(!e.is_empty() && !e.contains("hunter2") && !e.contains("ss@"), "{e}");
+        }
         let e = parse_url("postgres://u:secret@db/k?sslmode=bogus").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("postgres://u:***@db/k"), "{e}");
         assert!(!e.contains("secret"), "{e}");
@@ -1147,6 +1231,14 @@ mod tests {
             .unwrap_or_default();
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
         assert_eq!(percent_decode("a%2Fb").unwrap(), "a/b");
+        // A CA file without sslmode: TLS required, not merely preferred.
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca.pem");
+        std::fs::write(&ca, TEST_CA).unwrap();
+        let (c, _) = parse_url(&format!("postgres://u@db/k?sslrootcert={}", ca.display())).unwrap();
+        assert_eq!(c.get_ssl_mode(), SslMode::Require);
+        let (c, _) = parse_url(&format!("postgres://u@db/k?sslrootcert={}&sslmode=disable", ca.display())).unwrap();
+        assert_eq!(c.get_ssl_mode(), SslMode::Disable, "an explicit mode is kept");
         assert!(percent_decode("a%2").is_err());
         assert!(percent_decode("a%zz").is_err());
     }

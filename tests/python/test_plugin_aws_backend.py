@@ -380,3 +380,79 @@ def test_start_up_mistakes_are_configuration_errors(tmp_path):
     assert r.stderr.count("\n") < 5, r.stderr
     assert not (tmp_path / "kms.sock").exists()
 
+
+
+def _decrypt_calls(srv_dir):
+    """Decrypt records in the key server's audit log (one per request it answered)."""
+    import json
+    path = srv_dir / "data" / "audit.log"
+    return sum(1 for line in path.read_text().splitlines() if line and json.loads(line).get("eventName") == "Decrypt")
+
+
+def test_local_kek_one_remote_call_after_a_restart_and_refusal_once_the_key_is_disabled(stubs, tmp_path):
+    """The local KEK layer (on by default): KMS v1 values written by one plugin process are read
+    by the next with one Decrypt at the key server (its audit log counts), and with
+    --no-local-kek with one per value; after `DisableKey` the plugin refuses Decrypt from the
+    health probe that finds the key disabled on, without asking the key server."""
+    v1, v1g = stubs["v1"], stubs["v1_grpc"]
+    v2, v2g = stubs["v2"], stubs["v2_grpc"]
+    srv_dir, server, port, kms = _key_server(tmp_path)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        probe = ["--health-probe", "describe-key"]
+        counts = {}
+        for mode, extra in (("layer", []), ("direct", ["--no-local-kek"])):
+            values = []
+            for phase in ("write", "read"):
+                d = tmp_path / f"{mode}-{phase}"
+                d.mkdir()
+                plugin, sock = _plugin(str(d), endpoint, key_id, extra=probe + extra)
+                try:
+                    with grpc.insecure_channel(f"unix://{sock}") as ch:
+                        c = v1g.KeyManagementServiceStub(ch)
+                        s = v2g.KeyManagementServiceStub(ch)
+                        assert _wait(lambda: s.Status(v2.StatusRequest(), timeout=3).healthz == "ok")
+                        if phase == "write":
+                            for i in range(40):
+                                dek = i.to_bytes(4, "big") * 8
+                                r = c.Encrypt(v1.EncryptRequest(version="v1beta1", plain=dek), timeout=3)
+                                values.append((r.cipher, dek))
+                        else:
+                            before = _decrypt_calls(srv_dir)
+                            for cipher, dek in values:
+                                r = c.Decrypt(v1.DecryptRequest(version="v1beta1", cipher=cipher), timeout=3)
+                                assert r.plain == dek
+                            counts[mode] = _decrypt_calls(srv_dir) - before
+                finally:
+                    _stop(plugin)
+        assert counts == {"layer": 1, "direct": 40}, counts
+
+        # Revocation: the probe that sees the key disabled drops the cached local KEKs.
+        (tmp_path / "revoke").mkdir()
+        plugin, sock = _plugin(str(tmp_path / "revoke"), endpoint, key_id, extra=probe)
+        try:
+            with grpc.insecure_channel(f"unix://{sock}") as ch:
+                c = v2g.KeyManagementServiceStub(ch)
+                assert _wait(lambda: c.Status(v2.StatusRequest(), timeout=3).healthz == "ok")
+                seed = os.urandom(32)
+                e = c.Encrypt(v2.EncryptRequest(plaintext=seed, uid="r1"), timeout=3)
+                assert "local-kek.envelope.dev" in e.annotations and e.ciphertext[0] == 2
+                req = v2.DecryptRequest(ciphertext=e.ciphertext, uid="r2", key_id=e.key_id,
+                                        annotations=dict(e.annotations))
+                assert c.Decrypt(req, timeout=3).plaintext == seed
+                before = _decrypt_calls(srv_dir)
+                kms.disable_key(KeyId=key_id)
+                assert _wait(lambda: "disabled" in c.Status(v2.StatusRequest(), timeout=3).healthz)
+                with pytest.raises(grpc.RpcError) as err:
+                    c.Decrypt(req, timeout=3)
+                assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+                assert "disabled" in err.value.details()
+                assert _decrypt_calls(srv_dir) == before, "refused without a call to the key server"
+                kms.enable_key(KeyId=key_id)
+                assert _wait(lambda: c.Status(v2.StatusRequest(), timeout=3).healthz == "ok")
+                assert c.Decrypt(req, timeout=3).plaintext == seed
+        finally:
+            _stop(plugin)
+    finally:
+        _stop(server)

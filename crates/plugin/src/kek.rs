@@ -298,8 +298,38 @@ impl<B: KeyBackend> KekLayer<B> {
                 }
                 Ok(k)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                if revokes(&e) {
+                    self.forget_key(&mut self.state(), key_id, &e);
+                }
+                Err(e)
+            }
         }
+    }
+
+    /// The remote key_id a wrapped local KEK was made under, if it parses.
+    fn key_id_of_wrapped(&self, wrapped: &[u8]) -> Option<String> {
+        let (kind, blob) = format::open_envelope(wrapped).ok()?;
+        format::check_kind(self.inner.kind(), kind).ok()?;
+        self.inner.key_id_of(blob).ok()
+    }
+
+    /// The remote end refused `key_id` (disabled, deleted, access denied) on a wrap or unwrap:
+    /// every local KEK made under it is dropped at once, without waiting for the next probe, so
+    /// nothing goes on being read or written under a key the KMS no longer allows.
+    fn forget_key(&self, st: &mut State, key_id: &str, why: &PluginError) {
+        st.epoch = st.epoch.wrapping_add(1);
+        let before = st.cache.len();
+        st.cache.retain(|_, e| e.kek.key_id != key_id);
+        let dropped = before - st.cache.len();
+        if st.current.as_ref().is_some_and(|k| k.key_id == key_id) {
+            st.current = None;
+        }
+        if dropped > 0 {
+            tracing::warn!(error = %why, dropped, "the remote key refused a call: its local KEKs are dropped");
+            self.count("revoked", dropped as u64);
+        }
+        self.gauge(st);
     }
 
     fn usable_current(&self, key_id: &str) -> Result<Option<Arc<LocalKek>>, PluginError> {
@@ -356,7 +386,7 @@ impl<B: KeyBackend> KekLayer<B> {
                 if let Some(e) = &st.revoked {
                     return Err(e.clone());
                 }
-                if let Some(k) = lookup(&mut st, &digest, |e, n| self.count(e, n)) {
+                if let Some(k) = lookup(&mut st, &digest, self.config.cache_ttl, |e, n| self.count(e, n)) {
                     Step::Found(k)
                 } else if let Some(rx) = st.inflight.get(&digest) {
                     Step::Wait(rx.clone())
@@ -387,11 +417,21 @@ impl<B: KeyBackend> KekLayer<B> {
             };
             let mut leader = Leader { layer: self, digest, tx: Some(tx), done: false };
             self.count("miss", 1);
-            let r = self.unwrap_remote(wrapped, digest).await;
+            let mut r = self.unwrap_remote(wrapped, digest).await;
             {
                 let mut st = self.state();
                 st.inflight.remove(&digest);
                 leader.done = true;
+                // Revoked while the remote call was under way: its answer is not used.
+                if let (Ok(_), Some(e)) = (&r, &st.revoked) {
+                    r = Err(e.clone());
+                }
+                if let Err(e) = &r
+                    && revokes(e)
+                    && let Some(key_id) = self.key_id_of_wrapped(wrapped)
+                {
+                    self.forget_key(&mut st, &key_id, e);
+                }
                 if let Ok(k) = &r
                     && st.epoch == epoch
                     && st.revoked.is_none()
@@ -475,8 +515,15 @@ impl<B: KeyBackend> Drop for Leader<'_, B> {
     }
 }
 
-fn lookup(st: &mut State, digest: &[u8; 32], count: impl Fn(&'static str, u64)) -> Option<Arc<LocalKek>> {
-    if let Some(k) = st.current.as_ref().filter(|k| &k.digest == digest) {
+fn lookup(
+    st: &mut State,
+    digest: &[u8; 32],
+    ttl: Duration,
+    count: impl Fn(&'static str, u64),
+) -> Option<Arc<LocalKek>> {
+    // The local KEK in use for writes serves reads for as long as a cached one would: its
+    // remote unwrap (here: its wrap) is at most one TTL old.
+    if let Some(k) = st.current.as_ref().filter(|k| &k.digest == digest && k.created.elapsed() < ttl) {
         return Some(k.clone());
     }
     let now = Instant::now();
@@ -489,6 +536,11 @@ fn lookup(st: &mut State, digest: &[u8; 32], count: impl Fn(&'static str, u64)) 
         }
         None => None,
     }
+}
+
+/// Errors by which the remote KMS says a key may not be used (as opposed to being away).
+fn revokes(e: &PluginError) -> bool {
+    matches!(e, PluginError::KeyUnusable(_) | PluginError::PermissionDenied(_) | PluginError::UnknownKey(_))
 }
 
 /// Inserts `entry`, making room first: expired entries go, then the one that expires first.
@@ -612,7 +664,7 @@ impl<B: KeyBackend> KeyBackend for KekLayer<B> {
                 }
                 st.key_id = Some(p.key_id.clone());
             }
-            Err(e @ (PluginError::KeyUnusable(_) | PluginError::PermissionDenied(_) | PluginError::UnknownKey(_))) => {
+            Err(e) if revokes(e) => {
                 let dropped = Self::drop_all(&mut st);
                 if st.revoked.is_none() {
                     tracing::warn!(error = %e, dropped, "remote key revoked: local KEKs dropped, Encrypt and Decrypt refused");

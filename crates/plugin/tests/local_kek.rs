@@ -104,3 +104,43 @@ async fn the_cache_holds_at_most_its_size() {
     assert_eq!(m.local_kek_count("unwrap"), 4);
     assert!(m.encode().contains("envelope_plugin_local_kek_cached 2"), "{}", m.encode());
 }
+
+#[tokio::test]
+async fn the_local_kek_in_use_serves_reads_no_longer_than_the_cache_ttl() {
+    let s = Store::new();
+    let config =
+        KekConfig { cache_ttl: Duration::from_secs(60), max_age: Duration::from_secs(3600), ..KekConfig::default() };
+    let p = s.plugin(config).await;
+    let m = p.metrics().clone();
+    tokio::time::pause();
+    let ct = p.encrypt_v1(&[7u8; 32]).await.unwrap();
+    assert_eq!(&p.decrypt_v1(&ct).await.unwrap()[..], &[7u8; 32]);
+    assert_eq!(m.local_kek_count("unwrap"), 0, "the local KEK in use reads what it wrote");
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(&p.decrypt_v1(&ct).await.unwrap()[..], &[7u8; 32]);
+    assert_eq!(m.local_kek_count("unwrap"), 1, "past the TTL the remote key is asked again");
+}
+
+#[tokio::test]
+async fn a_refused_unwrap_drops_that_keys_local_keks_without_waiting_for_a_probe() {
+    let s = Store::new();
+    let first = s.plugin(KekConfig::default()).await.encrypt_v1(&[1u8; 32]).await.unwrap();
+    let second = s.plugin(KekConfig::default()).await.encrypt_v1(&[2u8; 32]).await.unwrap();
+    let reader = s.plugin(KekConfig::default()).await;
+    let m = reader.metrics().clone();
+    assert_eq!(&reader.decrypt_v1(&first).await.unwrap()[..], &[1u8; 32]);
+    assert_eq!(reader.backend().stats().cached, 1);
+
+    // The key is disabled; no probe runs. The next unwrap is refused, and the local KEK cached
+    // before under the same key goes with it.
+    s.store.set_enabled(&s.key, false).unwrap();
+    let refused = reader.decrypt_v1(&second).await.unwrap_err();
+    assert!(refused.to_string().contains("disabled"), "{refused}");
+    assert_eq!(reader.backend().stats().cached, 0);
+    assert_eq!(m.local_kek_count("revoked"), 1);
+    assert!(reader.decrypt_v1(&first).await.is_err(), "no longer read from the cache");
+    assert_eq!(m.local_kek_count("unwrap_failed"), 2);
+
+    s.store.set_enabled(&s.key, true).unwrap();
+    assert_eq!(&reader.decrypt_v1(&first).await.unwrap()[..], &[1u8; 32]);
+}

@@ -31,6 +31,10 @@ pub enum Command {
     /// Rewrite stored objects through the Kubernetes API so they are stored under the current
     /// provider and key_id (after a key rotation or a provider migration).
     Reencrypt(crate::reencrypt::ReencryptArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions(crate::manual::CompletionsArgs),
+    /// Print the manual page, or write one per command into a directory (--out-dir).
+    Man(crate::manual::ManArgs),
 }
 
 /// Options of `envelope plugin`.
@@ -190,6 +194,10 @@ pub struct PluginArgs {
     /// Log level or filter (error, warn, info, debug, or a RUST_LOG-style filter). [default: info]
     #[arg(long, env = "ENVELOPE_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Print the EncryptionConfiguration for kube-apiserver that these flags (and --config)
+    /// give, then exit: nothing is started, no key store opened, no socket bound.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// Options of `envelope key`.

@@ -38,6 +38,7 @@ mod kms_audit;
 mod kms_cmd;
 mod kms_credentials;
 mod kms_migrate;
+mod manual;
 mod output;
 mod plugin_cmd;
 mod reencrypt;
@@ -74,5 +75,7 @@ fn main() -> ExitCode {
         cli::Command::Decrypt(args) => inspect_cmd::run_decrypt(args),
         cli::Command::Kms(args) => kms_cmd::run(args),
         cli::Command::Reencrypt(args) => reencrypt::run(args),
+        cli::Command::Completions(args) => manual::completions(args),
+        cli::Command::Man(args) => manual::man(args),
     }
 }

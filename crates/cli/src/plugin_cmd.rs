@@ -17,7 +17,7 @@ use crate::config::{InstanceSettings, PluginSettings, resolve};
 use crate::runtime;
 
 pub fn run(args: PluginArgs) -> ExitCode {
-    crate::output::keep_serving();
+    let print_config = args.print_config;
     let settings = match resolve(args) {
         Ok(s) => s,
         Err(e) => {
@@ -25,6 +25,11 @@ pub fn run(args: PluginArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if print_config {
+        print!("{}", encryption_config(&settings, &socket_specs(&settings)));
+        return ExitCode::SUCCESS;
+    }
+    crate::output::keep_serving();
     runtime::init_logging(settings.log_json, &settings.log_level);
     runtime::harden_process();
     // One thread serves every socket: an RPC's work is microseconds of CPU, and on one thread
@@ -238,6 +243,41 @@ async fn embedded_backends(s: &PluginSettings) -> Result<Vec<EmbeddedBackend>> {
     s.instances.iter().map(|i| Ok(EmbeddedBackend::new(store.clone(), KeyRef::parse(&i.key)?))).collect()
 }
 
+/// The EncryptionConfiguration for kube-apiserver (`--encryption-provider-config`) that serves
+/// Secrets through these instances: the first provider encrypts, the others decrypt what they
+/// wrote, `identity` reads what was stored before encryption was turned on.
+fn encryption_config(s: &PluginSettings, specs: &[SocketSpec]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    out.push_str("apiVersion: apiserver.config.k8s.io/v1\n");
+    out.push_str("kind: EncryptionConfiguration\n");
+    out.push_str("resources:\n");
+    out.push_str("  - resources:\n");
+    out.push_str("      - secrets\n");
+    out.push_str("    providers:\n");
+    for (i, spec) in s.instances.iter().zip(specs) {
+        out.push_str("      - kms:\n");
+        let _ = writeln!(out, "          apiVersion: {}", s.kms_api_version);
+        let _ = writeln!(out, "          name: {}", i.provider_name);
+        let _ = writeln!(out, "          endpoint: {}", spec.endpoint());
+        if s.kms_api_version == "v1" {
+            // KMS v1 caches unwrapped DEKs per provider; without it every read is a KMS call.
+            out.push_str("          cachesize: 1000\n");
+        }
+        out.push_str("          timeout: 3s\n");
+    }
+    out.push_str("      - identity: {}\n");
+    out
+}
+
+/// The sockets the instances will serve on.
+fn socket_specs(s: &PluginSettings) -> Vec<SocketSpec> {
+    s.instances
+        .iter()
+        .map(|i| SocketSpec { path: i.socket.clone(), mode: s.socket_mode, group: s.socket_group.clone() })
+        .collect()
+}
+
 /// Serves every instance on its socket (and the shared HTTP port) until SIGTERM/SIGINT.
 async fn serve_plugins<B: envelope_plugin::KeyBackend>(
     plugins: Vec<Plugin<B>>,
@@ -257,11 +297,8 @@ async fn serve_plugins<B: envelope_plugin::KeyBackend>(
     let instances = plugins
         .into_iter()
         .zip(&s.instances)
-        .map(|(plugin, i)| supervisor::Instance {
-            plugin,
-            socket: SocketSpec { path: i.socket.clone(), mode: s.socket_mode, group: s.socket_group.clone() },
-            key: i.key.clone(),
-        })
+        .zip(socket_specs(s))
+        .map(|((plugin, i), socket)| supervisor::Instance { plugin, socket, key: i.key.clone() })
         .collect::<Vec<_>>();
     let specs: Vec<SocketSpec> = instances.iter().map(|i| i.socket.clone()).collect();
     let Some(running) = supervisor::start(instances, s.http_addr, metrics, &mut signals).await? else {
@@ -306,24 +343,7 @@ fn print_banner(s: &PluginSettings, specs: &[SocketSpec], key_ids: &[Option<Stri
         println!("(the first provider encrypts; the others decrypt what they wrote: reorder to switch keys)");
     }
     println!();
-    println!("apiVersion: apiserver.config.k8s.io/v1");
-    println!("kind: EncryptionConfiguration");
-    println!("resources:");
-    println!("  - resources:");
-    println!("      - secrets");
-    println!("    providers:");
-    for (i, spec) in s.instances.iter().zip(specs) {
-        println!("      - kms:");
-        println!("          apiVersion: {}", s.kms_api_version);
-        println!("          name: {}", i.provider_name);
-        println!("          endpoint: {}", spec.endpoint());
-        if s.kms_api_version == "v1" {
-            // KMS v1 caches unwrapped DEKs per provider; without it every read is a KMS call.
-            println!("          cachesize: 1000");
-        }
-        println!("          timeout: 3s");
-    }
-    println!("      - identity: {{}}");
+    print!("{}", encryption_config(s, specs));
     println!();
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -38,11 +38,18 @@ its fence (blank lines between are allowed; one directive per comment):
     <!-- docs-test: fresh -->                   start over: stop the background servers, new
                                                scratch root, ports and session (an alternative
                                                to what came before, not its continuation)
+    <!-- docs-test: harness (NAME) -->         only in a doc run by its own test (DOCS_RUN_BY):
+                                               that test does NAME instead of the block (e.g.
+                                               docs/guide.md's kube-apiserver, started by
+                                               tests/python/test_guide.py through kube.py)
 
 Shell-language blocks without a marker must run: a doc that adds one that cannot run here fails
 until it is given a marker. A marker that is not followed by a shell block, or a directive this
 test does not know, fails too. At the end, a table shows per file how many blocks ran and were
 skipped, and why.
+
+docs/guide.md is run by tests/python/test_guide.py instead (its blocks need a real kube-apiserver
+and etcd), with this file's parser, Session and run_block.
 """
 
 import dataclasses
@@ -61,7 +68,9 @@ import pytest
 
 from harness import ROOT, envelope_bin, free_port
 
-DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+# Docs whose blocks another test runs, in its own environment (with the same markers).
+DOCS_RUN_BY = {ROOT / "docs" / "guide.md": "tests/python/test_guide.py"}
+DOCS = sorted(p for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")] if p not in DOCS_RUN_BY)
 SHELL_LANGS = {"sh", "bash", "shell", "console"}
 MAPPED_ROOTS = ["/var/lib/envelope", "/run/envelope", "/etc/envelope", "/etc/kubernetes", "/backup",
                 "/secure-backup", "/secure", "/srv", "/root", "/tmp"]
@@ -83,6 +92,7 @@ class Block:
     before: list = dataclasses.field(default_factory=list)
     stop_background: bool = False
     fresh: bool = False
+    harness: str = None
 
     @property
     def where(self):
@@ -139,6 +149,8 @@ def apply_directive(block, directive):
         block.stop_background = True
     elif directive == "fresh":
         block.fresh = True
+    elif m := re.fullmatch(r"harness \((.+)\)", directive):
+        block.harness = m.group(1)
     else:
         return f"unknown docs-test directive {directive!r}"
     return None
@@ -150,6 +162,8 @@ ALL_BLOCKS = [b for p in DOCS for b in PARSED[p][0]]
 
 class Session:
     """One scratch environment and bash session for the blocks of one file."""
+
+    block_timeout = BLOCK_TIMEOUT
 
     def __init__(self):
         self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="envelope-docs-"))
@@ -200,7 +214,7 @@ class Session:
         err = self.logs / f"{self.counter}.err"
         script.write_text(self.map(text))
         self.send(f"DOCS_TEST_ERR={err}; source {script} > {out} 2>&1 < /dev/null; echo __done__")
-        deadline = time.time() + BLOCK_TIMEOUT
+        deadline = time.time() + self.block_timeout
         line = None
         while line is None and time.time() < deadline:
             if select.select([self.shell.stdout], [], [], 0.2)[0]:
@@ -208,7 +222,7 @@ class Session:
         if line is not None and line.strip() == "__done__":
             return None
         if line is None:
-            why = f"no end within {BLOCK_TIMEOUT} s"
+            why = f"no end within {self.block_timeout} s"
             os.killpg(self.shell.pid, signal.SIGKILL)
         else:
             why = err.read_text().strip() if err.exists() else "the shell ended"
@@ -276,6 +290,20 @@ class Session:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def run_block(session, block):
+    """Runs `block` in `session` as its markers say (stop background, before:, background);
+    returns None, or why it failed. Skips, `fresh` and `harness` are the caller's."""
+    if block.stop_background:
+        session.stop_background()
+    for command in block.before:
+        problem = session.run(command + "\n", f"docs-test before: {command!r}")
+        if problem:
+            return problem
+    if block.background is not None:
+        return session.start_background(block)
+    return session.run(block.text, "the block")
+
+
 @pytest.fixture(scope="module")
 def sessions(request):
     """The open session of each file; all closed at the end, with the per-file table printed."""
@@ -320,19 +348,12 @@ def test_shell_block(block, sessions):
             pytest.skip(f"{block.where}: {block.skip}")
         if session and session.failed:
             pytest.fail(f"not run: the earlier block {session.failed} of this file failed")
+        if block.harness:
+            pytest.fail(f"{block.where}: a harness block ({block.harness}) in a doc no test of its own runs "
+                        f"(DOCS_RUN_BY)", pytrace=False)
         if session is None:
             session = sessions[block.path] = Session()
-        if block.stop_background:
-            session.stop_background()
-        for i, command in enumerate(block.before):
-            problem = session.run(command + "\n", f"docs-test before: {command!r}")
-            if problem:
-                session.failed = block.where
-                pytest.fail(f"{block.where}: {problem}", pytrace=False)
-        if block.background is not None:
-            problem = session.start_background(block)
-        else:
-            problem = session.run(block.text, "the block")
+        problem = run_block(session, block)
         if problem:
             session.failed = block.where
             pytest.fail(f"{block.where}: {problem}", pytrace=False)

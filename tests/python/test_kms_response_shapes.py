@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 
 import boto3
 import botocore.session
@@ -181,12 +182,32 @@ def exercise(c):
     ext = c.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
     c.describe_key(KeyId=ext)
     p = c.get_parameters_for_import(KeyId=ext, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048")
-    c.import_key_material(KeyId=ext, ImportToken=p["ImportToken"],
-                          EncryptedKeyMaterial=_wrap(p["PublicKey"], os.urandom(32)),
-                          ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    first = os.urandom(32)
+    m1 = c.import_key_material(KeyId=ext, ImportToken=p["ImportToken"],
+                               EncryptedKeyMaterial=_wrap(p["PublicKey"], first),
+                               ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")["KeyMaterialId"]
     c.describe_key(KeyId=ext)
     c.list_key_rotations(KeyId=ext, IncludeKeyMaterial="ALL_KEY_MATERIAL")
     ct = c.encrypt(KeyId=ext, Plaintext=b"y")["CiphertextBlob"]
+    c.decrypt(CiphertextBlob=ct)
+    # Several materials: new material pending rotation, rotated to, the first deleted and back.
+    p = c.get_parameters_for_import(KeyId=ext, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048")
+    c.import_key_material(KeyId=ext, ImportToken=p["ImportToken"],
+                          EncryptedKeyMaterial=_wrap(p["PublicKey"], os.urandom(32)),
+                          ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=int(time.time()) + 86_400,
+                          ImportType="NEW_KEY_MATERIAL", KeyMaterialDescription="next material")
+    c.list_key_rotations(KeyId=ext, IncludeKeyMaterial="ALL_KEY_MATERIAL")
+    c.rotate_key_on_demand(KeyId=ext)
+    c.list_key_rotations(KeyId=ext)
+    c.describe_key(KeyId=ext)
+    c.generate_data_key(KeyId=ext, KeySpec="AES_256")
+    c.delete_imported_key_material(KeyId=ext, KeyMaterialId=m1)
+    c.list_key_rotations(KeyId=ext, IncludeKeyMaterial="ALL_KEY_MATERIAL")
+    c.describe_key(KeyId=ext)
+    p = c.get_parameters_for_import(KeyId=ext, WrappingAlgorithm="RSAES_OAEP_SHA_256", WrappingKeySpec="RSA_2048")
+    c.import_key_material(KeyId=ext, ImportToken=p["ImportToken"], EncryptedKeyMaterial=_wrap(p["PublicKey"], first),
+                          ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE", ImportType="EXISTING_KEY_MATERIAL",
+                          KeyMaterialId=m1)
     c.decrypt(CiphertextBlob=ct)
     c.delete_imported_key_material(KeyId=ext)
     c.describe_key(KeyId=ext)

@@ -358,6 +358,35 @@ mod tests {
         assert!(restore(&dst, &bak, None, true).is_ok());
     }
 
+    /// The material records of keys with imported material (several per key since on-demand
+    /// rotation of imported material) travel with the backup.
+    #[test]
+    fn imported_material_records_survive_backup_and_restore() {
+        use crate::model::{ImportOptions, ImportType};
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let ks = KeyStore::open(&src).unwrap();
+        let k = ks.create_external_key("byok", &[], None).unwrap();
+        let r = KeyRef::parse(&k.key_id).unwrap();
+        ks.import_material(&r, &[1u8; 32], None, 1).unwrap();
+        let old = ks.encrypt(&r, b"first material", &EncryptionContext::new()).unwrap();
+        let new = ImportOptions {
+            import_type: Some(ImportType::New),
+            description: Some("second".into()),
+            ..ImportOptions::default()
+        };
+        ks.import_material_with(&r, &[2u8; 32], &new, 2).unwrap();
+        ks.rotate_imported(&r, 3).unwrap();
+        ks.import_material_with(&r, &[3u8; 32], &ImportOptions { valid_to: Some(99), ..new }, 4).unwrap();
+        let bak = d.path().join("backup.db");
+        backup_dir(ks.dir(), &bak).unwrap();
+        let restored = restore(&d.path().join("dst"), &bak, Some(&src.join(ROOT_KEY_FILE)), false).unwrap();
+        assert_eq!(*restored.attributes(&r).unwrap(), *ks.attributes(&r).unwrap());
+        assert_eq!(restored.attributes(&r).unwrap().materials.len(), 3);
+        assert_eq!(restored.describe(&r).unwrap(), ks.describe(&r).unwrap());
+        assert_eq!(&restored.decrypt(&old.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"first material");
+    }
+
     #[test]
     fn a_passphrase_store_restores_with_its_saved_salt_and_the_passphrase() {
         let d = tempfile::tempdir().unwrap();

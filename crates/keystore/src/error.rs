@@ -46,6 +46,14 @@ pub enum Error {
     /// Imported key material is not acceptable: not the material imported into the key before.
     #[error("incorrect key material: {0}")]
     IncorrectMaterial(String),
+    /// An on-demand rotation of a key with imported material found no material pending
+    /// rotation (the key id).
+    #[error("key {0} has no key material pending rotation")]
+    NoPendingMaterial(String),
+    /// New material for a key with imported material while another is already pending
+    /// rotation (the key id): rotate to it or delete it first.
+    #[error("key {0} already has key material pending rotation")]
+    PendingMaterialExists(String),
     /// Two stores disagree about the same key (a key export that cannot be merged: the same key
     /// or alias with different material or target). Nothing was changed.
     #[error("conflict: {0}")]

@@ -30,7 +30,10 @@ pub mod store;
 
 pub use context::{EncryptionContext, RESERVED_CONTEXT_PREFIX};
 pub use error::{Error, Result};
-pub use model::{KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, Rotation, RotationType};
+pub use model::{
+    ImportOptions, ImportType, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion,
+    MaterialState, Rotation, RotationType,
+};
 pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, Location, MigrateReport, RootSource, StoreOptions};
 
 #[cfg(test)]

@@ -139,11 +139,92 @@ pub struct KeyAttributes {
     pub rotations: Vec<Rotation>,
     /// Whether the key's material is imported (origin `EXTERNAL`) rather than generated.
     pub external: bool,
-    /// For an external key: the id of the material fixed by its first import (only that same
-    /// material can be imported again); `None` before the first import.
+    /// For an external key: the id of its CURRENT material; `None` before the first import.
     pub imported_material_id: Option<String>,
-    /// For an external key with material: when the material expires, Unix seconds (`None`:
-    /// it does not expire).
+    /// For an external key whose CURRENT material is imported: when that material expires, Unix
+    /// seconds (`None`: it does not expire).
+    pub valid_to: Option<i64>,
+    /// For an external key: every material associated with it (or pending rotation), in the
+    /// order they were first imported.
+    pub materials: Vec<ImportedMaterial>,
+}
+
+/// Where an external key's material stands in its rotations (AWS's `KeyMaterialState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MaterialState {
+    /// Used to encrypt and decrypt.
+    Current,
+    /// Was current before an on-demand rotation: decrypts only.
+    NonCurrent,
+    /// Imported as new material for the next on-demand rotation; not used yet, and not yet
+    /// permanently associated with the key.
+    PendingRotation,
+}
+
+impl MaterialState {
+    /// The stored / wire name (`CURRENT`, `NON_CURRENT`, `PENDING_ROTATION`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaterialState::Current => "CURRENT",
+            MaterialState::NonCurrent => "NON_CURRENT",
+            MaterialState::PendingRotation => "PENDING_ROTATION",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "CURRENT" => Ok(MaterialState::Current),
+            "NON_CURRENT" => Ok(MaterialState::NonCurrent),
+            "PENDING_ROTATION" => Ok(MaterialState::PendingRotation),
+            other => Err(Error::Storage(format!("unknown key material state {other:?} in database"))),
+        }
+    }
+}
+
+/// One material of an external key (metadata only; the sealed material is a version of the key
+/// while it is imported).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedMaterial {
+    /// Material id, 64 lowercase hex characters (derived from key id and material).
+    pub material_id: String,
+    /// Order of first import: 1 for the key's first material.
+    pub seq: u32,
+    /// Current, non-current or pending rotation.
+    pub state: MaterialState,
+    /// Whether the material is in the store (`false`: deleted or expired, `PENDING_IMPORT`
+    /// until the same material is imported again).
+    pub imported: bool,
+    /// The caller's description of it (`KeyMaterialDescription`).
+    pub description: Option<String>,
+    /// While imported: when it expires, Unix seconds (`None`: it does not expire).
+    pub valid_to: Option<i64>,
+    /// First import, Unix seconds.
+    pub created_at: i64,
+    /// When an on-demand rotation made it current, Unix seconds (`None`: the first material,
+    /// or one pending rotation).
+    pub rotated_at: Option<i64>,
+}
+
+/// What ImportKeyMaterial says about the material it brings (AWS's `ImportType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImportType {
+    /// Material not associated with the key yet: the first, or the next one to rotate to.
+    New,
+    /// Material imported into the key before (deleted, expired, or to change its expiry).
+    Existing,
+}
+
+/// The choices of an import besides the material itself ([`crate::KeyStore::import_material_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportOptions {
+    /// New or existing material; `None`: new for a key never imported into, existing after.
+    pub import_type: Option<ImportType>,
+    /// With existing material: the id it must have (`KeyMaterialId`).
+    pub material_id: Option<String>,
+    /// A description to keep with it (`None`: keep the one it had).
+    pub description: Option<String>,
+    /// When it expires, Unix seconds (`None`: never).
     pub valid_to: Option<i64>,
 }
 

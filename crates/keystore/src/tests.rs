@@ -109,6 +109,57 @@ fn schema_v1_database_is_migrated() {
     assert_eq!(v, store::SCHEMA_VERSION.to_string());
 }
 
+/// A schema-4 store (one material per external key, in key_import) opens with each import as
+/// the key's CURRENT material record: imported, or waiting for re-import after a delete.
+#[test]
+fn schema_v4_imports_become_current_material_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, gone) = {
+        let ks = KeyStore::open(dir.path()).unwrap();
+        let a = ks.create_external_key("live", &[], None).unwrap();
+        let b = ks.create_external_key("deleted", &[], None).unwrap();
+        let c = ks.create_external_key("never imported", &[], None).unwrap();
+        let (ra, rb) = (KeyRef::parse(&a.key_id).unwrap(), KeyRef::parse(&b.key_id).unwrap());
+        let ma = ks.import_material(&ra, &[1u8; 32], Some(500), 10).unwrap();
+        let mb = ks.import_material(&rb, &[2u8; 32], None, 10).unwrap();
+        ks.delete_imported_material(&rb).unwrap();
+        let e = ks.encrypt(&ra, b"kept", &EncryptionContext::new()).unwrap();
+        drop(c);
+        ((a.key_id, ma, e), (b.key_id, mb))
+    };
+    // What a schema-4 build wrote: the material id and current expiry in key_import.
+    let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
+    conn.execute("UPDATE key_import SET material_id = ?2, valid_to = 500 WHERE key_id = ?1", [&live.0, &live.1])
+        .unwrap();
+    conn.execute("UPDATE key_import SET material_id = ?2 WHERE key_id = ?1", [&gone.0, &gone.1]).unwrap();
+    conn.execute_batch("DROP TABLE key_materials; UPDATE meta SET v = '4' WHERE k = 'schema_version';").unwrap();
+    drop(conn);
+
+    let ks = KeyStore::open(dir.path()).unwrap();
+    let ra = KeyRef::parse(&live.0).unwrap();
+    let a = ks.attributes(&ra).unwrap();
+    assert_eq!(a.materials.len(), 1);
+    let m = &a.materials[0];
+    assert_eq!(
+        (m.material_id.as_str(), m.state, m.imported, m.valid_to),
+        (live.1.as_str(), MaterialState::Current, true, Some(500))
+    );
+    assert_eq!((a.valid_to, m.created_at), (Some(500), 10));
+    assert_eq!(&ks.decrypt(&live.2.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"kept");
+    let rb = KeyRef::parse(&gone.0).unwrap();
+    let b = ks.attributes(&rb).unwrap();
+    let view: Vec<_> = b.materials.iter().map(|m| (m.material_id.as_str(), m.state, m.imported)).collect();
+    assert_eq!(view, [(gone.1.as_str(), MaterialState::Current, false)]);
+    assert_eq!(ks.describe(&rb).unwrap().state, KeyState::PendingImport);
+    // Only the same material comes back, and the key with it.
+    assert!(matches!(ks.import_material(&rb, &[3u8; 32], None, 20), Err(Error::IncorrectMaterial(_))));
+    assert_eq!(ks.import_material(&rb, &[2u8; 32], None, 20).unwrap(), gone.1);
+    assert_eq!(ks.describe(&rb).unwrap().state, KeyState::Enabled);
+    // Expiry still applies to the migrated record.
+    assert_eq!(ks.expire_imported(500).unwrap(), vec![live.0.clone()]);
+    assert_eq!(ks.describe(&ra).unwrap().state, KeyState::PendingImport);
+}
+
 #[test]
 fn open_existing_refuses_a_missing_store() {
     let dir = tempfile::tempdir().unwrap();

@@ -184,6 +184,14 @@ impl KmsError {
             (E::Invalid(m), _) => KmsError::Validation(m),
             (E::Unsupported(m), _) => KmsError::UnsupportedOperation(m),
             (E::IncorrectMaterial(m), _) => KmsError::IncorrectKeyMaterial(m),
+            (E::NoPendingMaterial(_), _) => {
+                KmsError::InvalidState(format!("No available key material pending rotation for the key: {label}."))
+            }
+            // Not AWS's words (its answer is not documented): envelope's own.
+            (E::PendingMaterialExists(_), _) => KmsError::InvalidState(format!(
+                "{label} already has key material pending rotation: rotate to it with RotateKeyOnDemand or delete \
+                 it with DeleteImportedKeyMaterial before importing other new key material."
+            )),
             (other, _) => KmsError::Internal(other.to_string()),
         }
     }

@@ -159,7 +159,7 @@ impl Due {
             {
                 due.rotations.push(m.key_id.clone());
             }
-            if !m.current_material_id.is_empty() && a.valid_to.is_some_and(|t| t <= now) {
+            if a.materials.iter().any(|x| x.imported && x.valid_to.is_some_and(|t| t <= now)) {
                 due.expiries.push(m.key_id.clone());
             }
         }

@@ -345,6 +345,17 @@ impl Validator {
         v
     }
 
+    /// `s` must be non-empty and every character allowed by `ok` (the model's pattern, quoted
+    /// in the message as `pattern`).
+    pub(crate) fn pattern(&mut self, member: &str, s: &str, pattern: &str, ok: impl Fn(char) -> bool) {
+        if s.is_empty() || !s.chars().all(ok) {
+            self.errors.push(format!(
+                "Value '{}' at '{member}' failed to satisfy constraint: Member must satisfy regular expression pattern: {pattern}",
+                shorten(s)
+            ));
+        }
+    }
+
     pub(crate) fn material_id(&mut self, v: &Option<String>) {
         if let Some(m) = v {
             self.len("keyMaterialId", m, 64, 64);

@@ -287,3 +287,57 @@ async fn record_shapes() {
     }
     assert_eq!(h.call("DescribeKey", json!({"KeyId": id})).await.ok()["KeyMetadata"]["KeyState"], "Enabled");
 }
+
+/// Multi-material import and on-demand rotation of imported material are audited like the
+/// rest: CloudTrail's member names for ImportType, KeyMaterialDescription and KeyMaterialId in
+/// the request, the key ARN and the material id in the response, never the material or token.
+#[tokio::test]
+async fn imported_material_rotation_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let h =
+        start_custom(Config::new(REGION, ACCOUNT), default_credentials(), Some(AuditLog::open(&path, true).unwrap()))
+            .await;
+    let id = key_id(&h.call("CreateKey", json!({"Origin": "EXTERNAL"})).await.ok());
+    let m1 =
+        import(&h, &id, "RSAES_OAEP_SHA_256", &[1u8; 32]).await.ok()["KeyMaterialId"].as_str().unwrap().to_string();
+    let (public, token) = import_params(&h, &id, "RSAES_OAEP_SHA_256", "RSA_2048").await;
+    let wrapped = b64(&wrap(&public, "RSAES_OAEP_SHA_256", &[2u8; 32]));
+    let body = json!({"KeyId": id, "ImportToken": token, "EncryptedKeyMaterial": wrapped,
+        "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE", "ImportType": "NEW_KEY_MATERIAL",
+        "KeyMaterialDescription": "second"});
+    let m2 = h.call("ImportKeyMaterial", body).await.ok()["KeyMaterialId"].as_str().unwrap().to_string();
+    let last = |op: &str| records(&path).into_iter().rev().find(|r| r["eventName"] == op).unwrap();
+    let r = last("ImportKeyMaterial");
+    assert_cloudtrail_shape(&r);
+    assert_eq!(
+        (r["requestParameters"]["importType"].as_str(), r["requestParameters"]["keyMaterialDescription"].as_str()),
+        (Some("NEW_KEY_MATERIAL"), Some("second"))
+    );
+    assert!(
+        r["requestParameters"].get("importToken").is_none()
+            && r["requestParameters"].get("encryptedKeyMaterial").is_none()
+    );
+    assert_eq!(r["responseElements"]["keyMaterialId"], m2.as_str());
+
+    h.call("RotateKeyOnDemand", json!({"KeyId": id})).await.ok();
+    let r = last("RotateKeyOnDemand");
+    assert_eq!(
+        (r["readOnly"].as_bool(), r["responseElements"]["keyId"].as_str().map(|a| a.ends_with(&id))),
+        (Some(false), Some(true))
+    );
+
+    h.call("DeleteImportedKeyMaterial", json!({"KeyId": id, "KeyMaterialId": m1})).await.ok();
+    let recs = records(&path);
+    let deletes: Vec<_> = recs.iter().filter(|r| r["eventName"] == "DeleteImportedKeyMaterial").collect();
+    assert_eq!(deletes.len(), 2, "an intent and an outcome record");
+    assert_eq!(deletes[0]["additionalEventData"]["auditStage"], "intent");
+    for r in &deletes {
+        assert_eq!(r["requestParameters"]["keyMaterialId"], m1.as_str());
+    }
+    assert_eq!(deletes[1]["responseElements"]["keyMaterialId"], m1.as_str());
+    // A refused call is recorded with its error.
+    h.call("RotateKeyOnDemand", json!({"KeyId": id})).await.err("KMSInvalidStateException");
+    let r = last("RotateKeyOnDemand");
+    assert_eq!(r["errorCode"], "KMSInvalidStateException");
+}

@@ -54,11 +54,14 @@ pub trait Engine: Send + Sync + 'static {
     fn untag(&self, id: &str, tag_keys: &[String]) -> Result<()>;
     /// Replaces the key policy.
     fn put_policy(&self, id: &str, policy: &str) -> Result<()>;
-    /// Makes `v` (imported material) the external key's current material.
-    fn import_material(&self, id: &str, v: &NewVersion, valid_to: Option<i64>, at: i64) -> Result<()>;
-    /// Deletes the external key's current material; returns its id.
-    fn delete_imported(&self, id: &str) -> Result<String>;
-    /// Deletes imported material expired at `now`; returns the affected key ids.
+    /// Imports material into an external key as `import::plan_import` decides.
+    fn import_material(&self, id: &str, req: &ImportRequest) -> Result<()>;
+    /// Deletes one imported material of an external key (`None`: the current one), as
+    /// `import::plan_delete` decides; returns its id.
+    fn delete_imported(&self, id: &str, which: Option<&str>) -> Result<String>;
+    /// Makes the external key's material pending rotation current at `at`; returns its id.
+    fn rotate_imported(&self, id: &str, at: i64) -> Result<String>;
+    /// Deletes every imported material expired at `now`; returns the affected key ids.
     fn expire_imported(&self, now: i64) -> Result<Vec<String>>;
     /// Creates an alias of key `id` (which must not be pending deletion).
     fn create_alias(&self, alias: &str, id: &str, now: i64) -> Result<()>;
@@ -152,15 +155,58 @@ pub struct TagRow {
     pub value: String,
 }
 
-/// The import record of an external key.
+/// The import record of an external key: its row marks the key as one (origin `EXTERNAL`).
+/// Since schema 5 (PostgreSQL 2) its materials are [`MaterialRow`]s; the two columns below are
+/// what earlier schemas kept (the first import's material id and the current expiry), read by
+/// the migration only and never written again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportRow {
     /// Key id.
     pub key_id: String,
-    /// Material id fixed by the first import.
+    /// Before schema 5: the material id fixed by the first import.
     pub material_id: Option<String>,
-    /// Expiry of the current material.
+    /// Before schema 5: the expiry of the current material.
     pub valid_to: Option<i64>,
+}
+
+/// One material of an external key (schema 5 / PostgreSQL 2: `key_materials`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaterialRow {
+    /// Material id (hex).
+    pub material_id: String,
+    /// Key id.
+    pub key_id: String,
+    /// Order of first import within the key, from 1.
+    pub seq: u32,
+    /// `CURRENT`, `NON_CURRENT` or `PENDING_ROTATION`.
+    pub state: String,
+    /// Whether the sealed material is in the store (a version of the key).
+    pub imported: bool,
+    /// `KeyMaterialDescription`.
+    pub description: Option<String>,
+    /// Expiry while imported.
+    pub valid_to: Option<i64>,
+    /// First import.
+    pub created_at: i64,
+    /// When an on-demand rotation made it current.
+    pub rotated_at: Option<i64>,
+}
+
+/// An import into an external key, material already sealed.
+#[derive(Debug, Clone)]
+pub struct ImportRequest {
+    /// The material (its id derived from key id and material).
+    pub version: NewVersion,
+    /// New or existing material; `None`: the default for the key.
+    pub import_type: Option<crate::model::ImportType>,
+    /// The material id the caller named.
+    pub named: Option<String>,
+    /// The description to keep (`None`: keep the one it had).
+    pub description: Option<String>,
+    /// Expiry (`None`: never).
+    pub valid_to: Option<i64>,
+    /// Time of the import.
+    pub at: i64,
 }
 
 /// A key policy (name `default`).
@@ -187,6 +233,8 @@ pub struct Rows {
     pub tags: Vec<TagRow>,
     /// Import records.
     pub imports: Vec<ImportRow>,
+    /// Materials of external keys, ordered by key and sequence.
+    pub materials: Vec<MaterialRow>,
     /// Key policies.
     pub policies: Vec<PolicyRow>,
 }

@@ -38,7 +38,11 @@ use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::AliasInfo;
-use super::engine::{AliasRow, Engine, ImportRow, KeyRow, NewKey, NewVersion, PolicyRow, Rows, TagRow, VersionRow};
+use super::engine::{
+    AliasRow, Engine, ImportRequest, ImportRow, KeyRow, MaterialRow, NewKey, NewVersion, PolicyRow, Rows, TagRow,
+    VersionRow,
+};
+use super::import;
 use crate::error::{Error, Result};
 use crate::model::{KeyState, RotationType};
 
@@ -323,7 +327,9 @@ impl Engine for Postgres {
                 return Err(Error::InvalidState { key: id, state });
             }
             tx.execute(
-                "UPDATE keys SET state = CASE WHEN current_material = '' THEN 'PendingImport' ELSE 'Disabled' END WHERE key_id = $1",
+                "UPDATE keys SET state = CASE WHEN current_material = '' OR EXISTS (SELECT 1 FROM key_materials m \
+                 WHERE m.key_id = keys.key_id AND NOT m.imported AND m.state <> 'PENDING_ROTATION') \
+                 THEN 'PendingImport' ELSE 'Disabled' END WHERE key_id = $1",
                 &[&id],
             )
             .await?;
@@ -453,52 +459,43 @@ impl Engine for Postgres {
         })
     }
 
-    fn import_material(&self, id: &str, v: &NewVersion, valid_to: Option<i64>, at: i64) -> Result<()> {
-        let (pool, id, v) = (self.pool.clone(), id.to_string(), v.clone());
+    fn import_material(&self, id: &str, req: &ImportRequest) -> Result<()> {
+        let (pool, id, req) = (self.pool.clone(), id.to_string(), req.clone());
         self.run(async move {
             let mut c = client(&pool).await?;
             let tx = begin_write(&mut c).await?;
             let state = key_state(&tx, &id).await?;
-            refuse_pending_deletion(&id, state)?;
-            let Some(row) = tx.query_opt("SELECT material_id FROM key_import WHERE key_id = $1", &[&id]).await? else {
-                return Err(Error::Unsupported(format!("key {id} does not have origin EXTERNAL")));
-            };
-            let fixed: Option<String> = row.try_get(0)?;
-            if fixed.as_deref().is_some_and(|f| f != v.material_id) {
-                return Err(Error::IncorrectMaterial(
-                    "this is not the key material that was previously imported into this key".into(),
-                ));
-            }
-            if tx.query_opt("SELECT 1 FROM key_versions WHERE material_id = $1", &[&v.material_id]).await?.is_none() {
-                let seq = next_seq(&tx, &id).await?;
-                tx.execute(
-                    "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES ($1, $2, $3, $4, $5)",
-                    &[&v.material_id, &id, &seq, &at, &v.sealed],
-                )
-                .await?;
-            }
-            tx.execute(
-                "UPDATE key_import SET material_id = $2, valid_to = $3 WHERE key_id = $1",
-                &[&id, &v.material_id, &valid_to],
-            )
-            .await?;
-            tx.execute("UPDATE keys SET current_material = $2 WHERE key_id = $1", &[&id, &v.material_id]).await?;
-            if state == KeyState::PendingImport {
-                tx.execute("UPDATE keys SET state = 'Enabled' WHERE key_id = $1", &[&id]).await?;
-            }
+            let rows = external_materials(&tx, &id).await?;
+            apply(&tx, &id, &import::plan_import(&id, state, rows, &req)?, req.at).await?;
             commit_change(tx).await
         })
     }
 
-    fn delete_imported(&self, id: &str) -> Result<String> {
+    fn delete_imported(&self, id: &str, which: Option<&str>) -> Result<String> {
+        let (pool, id, which) = (self.pool.clone(), id.to_string(), which.map(str::to_string));
+        self.run(async move {
+            let mut c = client(&pool).await?;
+            let tx = begin_write(&mut c).await?;
+            let state = key_state(&tx, &id).await?;
+            let rows = external_materials(&tx, &id).await?;
+            let change = import::plan_delete(&id, state, rows, which.as_deref())?;
+            apply(&tx, &id, &change, 0).await?;
+            commit_change(tx).await?;
+            Ok(change.material_id)
+        })
+    }
+
+    fn rotate_imported(&self, id: &str, at: i64) -> Result<String> {
         let (pool, id) = (self.pool.clone(), id.to_string());
         self.run(async move {
             let mut c = client(&pool).await?;
             let tx = begin_write(&mut c).await?;
             let state = key_state(&tx, &id).await?;
-            let mid = delete_imported(&tx, &id, state).await?;
+            let rows = external_materials(&tx, &id).await?;
+            let change = import::plan_rotate(&id, state, rows, at)?;
+            apply(&tx, &id, &change, at).await?;
             commit_change(tx).await?;
-            Ok(mid)
+            Ok(change.material_id)
         })
     }
 
@@ -509,16 +506,19 @@ impl Engine for Postgres {
             let tx = begin_write(&mut c).await?;
             let due = tx
                 .query(
-                    "SELECT k.key_id, k.state FROM keys k JOIN key_import i ON i.key_id = k.key_id \
-                     WHERE k.current_material != '' AND i.valid_to IS NOT NULL AND i.valid_to <= $1 ORDER BY k.key_id",
+                    "SELECT DISTINCT k.key_id, k.state FROM keys k JOIN key_materials m ON m.key_id = k.key_id \
+                     WHERE m.imported AND m.valid_to IS NOT NULL AND m.valid_to <= $1 ORDER BY k.key_id",
                     &[&now],
                 )
                 .await?;
             let mut ids = Vec::with_capacity(due.len());
             for r in &due {
                 let (id, state): (String, String) = (r.try_get(0)?, r.try_get(1)?);
-                delete_imported(&tx, &id, KeyState::parse(&state)?).await?;
-                ids.push(id);
+                let rows = materials(&tx, &id).await?;
+                if let Some(change) = import::plan_expire(KeyState::parse(&state)?, rows, now) {
+                    apply(&tx, &id, &change, now).await?;
+                    ids.push(id);
+                }
             }
             if ids.is_empty() {
                 return Ok(ids);
@@ -677,6 +677,9 @@ impl Engine for Postgres {
                 )
                 .await?;
             }
+            for m in &rows.materials {
+                insert_material(&tx, m).await?;
+            }
             commit_change(tx).await
         })
     }
@@ -767,6 +770,26 @@ const PG_MIGRATIONS: &[&str] = &[
         material_id TEXT,
         valid_to BIGINT
      );",
+    // version 2 (SQLite schema 5): several materials per external key; an existing import
+    // becomes the key's CURRENT material record
+    "CREATE TABLE key_materials (
+        material_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        seq BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        imported BOOLEAN NOT NULL,
+        description TEXT,
+        valid_to BIGINT,
+        created_at BIGINT NOT NULL,
+        rotated_at BIGINT,
+        UNIQUE (key_id, seq)
+     );
+     INSERT INTO key_materials (material_id, key_id, seq, state, imported, valid_to, created_at)
+        SELECT i.material_id, i.key_id, 1, 'CURRENT', k.current_material <> '',
+               CASE WHEN k.current_material <> '' THEN i.valid_to END, COALESCE(v.created_at, k.created_at)
+        FROM key_import i JOIN keys k ON k.key_id = i.key_id
+        LEFT JOIN key_versions v ON v.material_id = i.material_id
+        WHERE i.material_id IS NOT NULL;",
 ];
 
 /// Creates `envelope_meta` and applies the missing migrations, under an advisory lock.
@@ -887,7 +910,90 @@ async fn load(tx: &Tx<'_>) -> Result<Rows> {
     for r in tx.query("SELECT key_id, policy FROM key_policies WHERE name = 'default'", &[]).await? {
         rows.policies.push(PolicyRow { key_id: r.try_get(0)?, policy: r.try_get(1)? });
     }
+    for r in tx.query(&format!("{MATERIALS} ORDER BY key_id, seq"), &[]).await? {
+        rows.materials.push(material_row(&r)?);
+    }
     Ok(rows)
+}
+
+/// The columns of a material record, in [`material_row`]'s order.
+const MATERIALS: &str = "SELECT material_id, key_id, seq, state, imported, description, valid_to, created_at, rotated_at \
+     FROM key_materials";
+
+fn material_row(r: &tokio_postgres::Row) -> Result<MaterialRow> {
+    let seq: i64 = r.try_get(2)?;
+    Ok(MaterialRow {
+        material_id: r.try_get(0)?,
+        key_id: r.try_get(1)?,
+        seq: u32::try_from(seq).map_err(|_| Error::Storage(format!("material number {seq} out of range")))?,
+        state: r.try_get(3)?,
+        imported: r.try_get(4)?,
+        description: r.try_get(5)?,
+        valid_to: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        rotated_at: r.try_get(8)?,
+    })
+}
+
+async fn insert_material(tx: &Tx<'_>, m: &MaterialRow) -> Result<()> {
+    tx.execute(
+        "INSERT INTO key_materials (material_id, key_id, seq, state, imported, description, valid_to, created_at, rotated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &m.material_id,
+            &m.key_id,
+            &i64::from(m.seq),
+            &m.state,
+            &m.imported,
+            &m.description,
+            &m.valid_to,
+            &m.created_at,
+            &m.rotated_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The material records of key `id`, by sequence.
+async fn materials(tx: &Tx<'_>, id: &str) -> Result<Vec<MaterialRow>> {
+    tx.query(&format!("{MATERIALS} WHERE key_id = $1 ORDER BY seq"), &[&id]).await?.iter().map(material_row).collect()
+}
+
+/// The material records of external key `id` ([`Error::Unsupported`] for any other key).
+async fn external_materials(tx: &Tx<'_>, id: &str) -> Result<Vec<MaterialRow>> {
+    if !is_external(tx, id).await? {
+        return Err(Error::Unsupported(format!("key {id} does not have origin EXTERNAL")));
+    }
+    materials(tx, id).await
+}
+
+/// Writes what an import decision changes for key `id` (a new version dated `at`).
+async fn apply(tx: &Tx<'_>, id: &str, c: &import::Change, at: i64) -> Result<()> {
+    for mid in &c.drop_versions {
+        tx.execute("DELETE FROM version_types WHERE material_id = $1", &[mid]).await?;
+        tx.execute("DELETE FROM key_versions WHERE material_id = $1", &[mid]).await?;
+    }
+    if let Some(v) = &c.add_version
+        && tx.query_opt("SELECT 1 FROM key_versions WHERE material_id = $1", &[&v.material_id]).await?.is_none()
+    {
+        let seq = next_seq(tx, id).await?;
+        tx.execute(
+            "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES ($1, $2, $3, $4, $5)",
+            &[&v.material_id, &id, &seq, &at, &v.sealed],
+        )
+        .await?;
+    }
+    tx.execute("DELETE FROM key_materials WHERE key_id = $1", &[&id]).await?;
+    for m in &c.rows {
+        insert_material(tx, m).await?;
+    }
+    tx.execute(
+        "UPDATE keys SET current_material = $2, state = $3 WHERE key_id = $1",
+        &[&id, &c.current, &c.state.as_str()],
+    )
+    .await?;
+    Ok(())
 }
 
 fn small(v: Option<i64>) -> Result<Option<u32>> {
@@ -975,29 +1081,14 @@ async fn is_external(tx: &Tx<'_>, id: &str) -> Result<bool> {
     Ok(tx.query_opt("SELECT 1 FROM key_import WHERE key_id = $1", &[&id]).await?.is_some())
 }
 
-/// Removes the current imported material of external key `id` (in state `state`).
-async fn delete_imported(tx: &Tx<'_>, id: &str, state: KeyState) -> Result<String> {
-    if !is_external(tx, id).await? {
-        return Err(Error::Unsupported(format!("key {id} does not have origin EXTERNAL")));
-    }
-    let cur: String = tx.query_one("SELECT current_material FROM keys WHERE key_id = $1", &[&id]).await?.try_get(0)?;
-    if cur.is_empty() {
-        return Err(Error::InvalidState { key: id.to_string(), state });
-    }
-    tx.execute("DELETE FROM version_types WHERE material_id = $1", &[&cur]).await?;
-    tx.execute("DELETE FROM key_versions WHERE material_id = $1", &[&cur]).await?;
-    tx.execute("UPDATE key_import SET valid_to = NULL WHERE key_id = $1", &[&id]).await?;
-    let new_state = if state == KeyState::PendingDeletion { state } else { KeyState::PendingImport };
-    tx.execute("UPDATE keys SET current_material = '', state = $2 WHERE key_id = $1", &[&id, &new_state.as_str()])
-        .await?;
-    Ok(cur)
-}
-
 /// LISTENs for changes on a connection of its own and pokes the watcher for each (and after
 /// every reconnection, since notifications sent meanwhile are lost). Ends when the watcher is
 /// gone.
 async fn listen(config: Config, tls: MakeRustlsConnect, poke: Sender<()>) {
     let mut failures = 0u32;
+    // The store was read just before the first LISTEN; a change in between is the periodic
+    // check's to find. After a reconnection, changes may have been missed: refresh at once.
+    let mut reconnected = false;
     loop {
         match config.connect(tls.clone()).await {
             Ok((client, mut conn)) => {

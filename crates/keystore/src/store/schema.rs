@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const MIGRATIONS: &[&str] = &[
     // version 1
@@ -63,6 +63,27 @@ const MIGRATIONS: &[&str] = &[
         material_id TEXT,
         valid_to INTEGER
      )",
+    // version 5: several materials per external key (on-demand rotation of imported material):
+    // a record per material (CURRENT / NON_CURRENT / PENDING_ROTATION, imported or not, its
+    // description and expiry); an existing import becomes the key's CURRENT material record
+    "CREATE TABLE IF NOT EXISTS key_materials (
+        material_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        imported INTEGER NOT NULL,
+        description TEXT,
+        valid_to INTEGER,
+        created_at INTEGER NOT NULL,
+        rotated_at INTEGER,
+        UNIQUE (key_id, seq)
+     );
+     INSERT OR IGNORE INTO key_materials (material_id, key_id, seq, state, imported, valid_to, created_at)
+        SELECT i.material_id, i.key_id, 1, 'CURRENT', k.current_material != '',
+               CASE WHEN k.current_material != '' THEN i.valid_to END, COALESCE(v.created_at, k.created_at)
+        FROM key_import i JOIN keys k ON k.key_id = i.key_id
+        LEFT JOIN key_versions v ON v.material_id = i.material_id
+        WHERE i.material_id IS NOT NULL",
 ];
 
 /// Runs `f` again while it fails with SQLITE_BUSY/SQLITE_LOCKED, for at most 10 seconds.

@@ -10,7 +10,9 @@ use crate::blob;
 use crate::context::EncryptionContext;
 use crate::crypto::{AeadKey, NONCE_LEN, fill_random};
 use crate::error::{Error, Result};
-use crate::model::{KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, Rotation, RotationType};
+use crate::model::{
+    ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, MaterialState, Rotation, RotationType,
+};
 
 pub(super) struct Material {
     pub(super) key_id: [u8; 16],
@@ -128,9 +130,39 @@ impl Core {
         for i in rows.imports {
             if let Some(a) = attrs.get_mut(&parse_key_id(&i.key_id)?) {
                 a.external = true;
-                a.imported_material_id = i.material_id;
-                a.valid_to = i.valid_to;
             }
+        }
+        for m in rows.materials {
+            if let Some(a) = attrs.get_mut(&parse_key_id(&m.key_id)?) {
+                a.materials.push(ImportedMaterial {
+                    material_id: m.material_id,
+                    seq: m.seq,
+                    state: MaterialState::parse(&m.state)?,
+                    imported: m.imported,
+                    description: m.description,
+                    valid_to: m.valid_to,
+                    created_at: m.created_at,
+                    rotated_at: m.rotated_at,
+                });
+            }
+        }
+        for a in attrs.values_mut().filter(|a| a.external) {
+            // An external key's rotations are its materials' (deleted ones included), not its
+            // versions': the first material, then each one an on-demand rotation made current.
+            let current = a.materials.iter().find(|m| m.state == MaterialState::Current);
+            a.imported_material_id = current.map(|m| m.material_id.clone());
+            a.valid_to = current.filter(|m| m.imported).and_then(|m| m.valid_to);
+            a.rotations = a
+                .materials
+                .iter()
+                .filter(|m| m.state != MaterialState::PendingRotation)
+                .map(|m| Rotation {
+                    material_id: m.material_id.clone(),
+                    seq: m.seq,
+                    created_at: m.rotated_at.unwrap_or(m.created_at),
+                    kind: if m.rotated_at.is_some() { RotationType::OnDemand } else { RotationType::Initial },
+                })
+                .collect();
         }
         for p in rows.policies {
             let kid = parse_key_id(&p.key_id)?;

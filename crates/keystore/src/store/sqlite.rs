@@ -13,8 +13,11 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::AliasInfo;
-use super::engine::{AliasRow, Engine, ImportRow, KeyRow, NewKey, NewVersion, PolicyRow, Rows, TagRow, VersionRow};
-use super::schema;
+use super::engine::{
+    AliasRow, Engine, ImportRequest, ImportRow, KeyRow, MaterialRow, NewKey, NewVersion, PolicyRow, Rows, TagRow,
+    VersionRow,
+};
+use super::{import, schema};
 use crate::error::{Error, Result};
 use crate::model::{KeyState, RotationType};
 
@@ -131,6 +134,8 @@ impl Engine for Sqlite {
             let mut st = tx.prepare_cached("SELECT key_id, policy FROM key_policies WHERE name = 'default'")?;
             let it = st.query_map([], |r| Ok(PolicyRow { key_id: r.get(0)?, policy: r.get(1)? }))?;
             rows.policies = it.collect::<rusqlite::Result<_>>()?;
+            let mut st = tx.prepare_cached(&format!("{MATERIALS} ORDER BY key_id, seq"))?;
+            rows.materials = st.query_map([], material_row)?.collect::<rusqlite::Result<_>>()?;
         }
         tx.commit()?;
         Ok(rows)
@@ -236,7 +241,9 @@ impl Engine for Sqlite {
                 return Err(Error::InvalidState { key: id.to_string(), state });
             }
             tx.execute(
-                "UPDATE keys SET state = CASE WHEN current_material = '' THEN 'PendingImport' ELSE 'Disabled' END WHERE key_id = ?1",
+                "UPDATE keys SET state = CASE WHEN current_material = '' OR EXISTS (SELECT 1 FROM key_materials m \
+                 WHERE m.key_id = keys.key_id AND m.imported = 0 AND m.state != 'PENDING_ROTATION') \
+                 THEN 'PendingImport' ELSE 'Disabled' END WHERE key_id = ?1",
                 [id],
             )?;
             upsert_attrs(tx, id, "deletion_date = NULL, pending_window_days = NULL", params![id])
@@ -340,46 +347,32 @@ impl Engine for Sqlite {
         })
     }
 
-    /// Makes `v` (imported material, its id derived from it) the external key's current
-    /// material, expiring at `valid_to`.
-    fn import_material(&self, id: &str, v: &NewVersion, valid_to: Option<i64>, at: i64) -> Result<()> {
+    /// Imports material into an external key ([`import::plan_import`]).
+    fn import_material(&self, id: &str, req: &ImportRequest) -> Result<()> {
         self.write_key(id, |tx, state| {
-            refuse_pending_deletion(id, state)?;
-            let fixed: Option<Option<String>> =
-                tx.query_row("SELECT material_id FROM key_import WHERE key_id = ?1", [id], |r| r.get(0)).optional()?;
-            let Some(fixed) = fixed else {
-                return Err(Error::Unsupported(format!("key {id} does not have origin EXTERNAL")));
-            };
-            if fixed.as_deref().is_some_and(|f| f != v.material_id) {
-                return Err(Error::IncorrectMaterial(
-                    "this is not the key material that was previously imported into this key".into(),
-                ));
-            }
-            let present: Option<i64> = tx
-                .query_row("SELECT 1 FROM key_versions WHERE material_id = ?1", [&v.material_id], |r| r.get(0))
-                .optional()?;
-            if present.is_none() {
-                let seq = next_seq(tx, id)?;
-                tx.execute(
-                    "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![v.material_id, id, seq, at, v.sealed],
-                )?;
-            }
-            tx.execute(
-                "UPDATE key_import SET material_id = ?2, valid_to = ?3 WHERE key_id = ?1",
-                params![id, v.material_id, valid_to],
-            )?;
-            tx.execute("UPDATE keys SET current_material = ?2 WHERE key_id = ?1", params![id, v.material_id])?;
-            if state == KeyState::PendingImport {
-                tx.execute("UPDATE keys SET state = 'Enabled' WHERE key_id = ?1", [id])?;
-            }
-            Ok(())
+            let rows = external_materials(tx, id)?;
+            apply(tx, id, &import::plan_import(id, state, rows, req)?, req.at)
         })
     }
 
-    /// Deletes the external key's current material; returns its id.
-    fn delete_imported(&self, id: &str) -> Result<String> {
-        self.write_key(id, |tx, state| delete_imported(tx, id, state))
+    /// Deletes one imported material ([`import::plan_delete`]); returns its id.
+    fn delete_imported(&self, id: &str, which: Option<&str>) -> Result<String> {
+        self.write_key(id, |tx, state| {
+            let rows = external_materials(tx, id)?;
+            let change = import::plan_delete(id, state, rows, which)?;
+            apply(tx, id, &change, 0)?;
+            Ok(change.material_id)
+        })
+    }
+
+    /// Makes the material pending rotation current ([`import::plan_rotate`]); returns its id.
+    fn rotate_imported(&self, id: &str, at: i64) -> Result<String> {
+        self.write_key(id, |tx, state| {
+            let rows = external_materials(tx, id)?;
+            let change = import::plan_rotate(id, state, rows, at)?;
+            apply(tx, id, &change, at)?;
+            Ok(change.material_id)
+        })
     }
 
     /// Deletes imported material expired at `now`; returns the affected key ids.
@@ -387,16 +380,21 @@ impl Engine for Sqlite {
         self.write(|tx| {
             let due: Vec<(String, String)> = {
                 let mut st = tx.prepare(
-                    "SELECT k.key_id, k.state FROM keys k JOIN key_import i ON i.key_id = k.key_id \
-                     WHERE k.current_material != '' AND i.valid_to IS NOT NULL AND i.valid_to <= ?1",
+                    "SELECT DISTINCT k.key_id, k.state FROM keys k JOIN key_materials m ON m.key_id = k.key_id \
+                     WHERE m.imported = 1 AND m.valid_to IS NOT NULL AND m.valid_to <= ?1 ORDER BY k.key_id",
                 )?;
                 let rows = st.query_map([now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
-            for (id, state) in &due {
-                delete_imported(tx, id, KeyState::parse(state)?)?;
+            let mut ids = Vec::with_capacity(due.len());
+            for (id, state) in due {
+                let rows = materials(tx, &id)?;
+                if let Some(change) = import::plan_expire(KeyState::parse(&state)?, rows, now) {
+                    apply(tx, &id, &change, now)?;
+                    ids.push(id);
+                }
             }
-            Ok(due.into_iter().map(|(id, _)| id).collect())
+            Ok(ids)
         })
     }
 
@@ -511,14 +509,87 @@ impl Engine for Sqlite {
                     params![p.key_id, p.policy],
                 )?;
             }
+            for m in &rows.materials {
+                insert_material(tx, m)?;
+            }
             Ok(())
         })
     }
 }
 
 /// Tables holding a key's rows, children first (a purge deletes in this order).
-pub(super) const KEY_TABLES: [&str; 7] =
-    ["aliases", "key_tags", "key_policies", "key_attrs", "key_import", "key_versions", "keys"];
+pub(super) const KEY_TABLES: [&str; 8] =
+    ["aliases", "key_tags", "key_policies", "key_attrs", "key_materials", "key_import", "key_versions", "keys"];
+
+/// The columns of a material record, in [`material_row`]'s order.
+const MATERIALS: &str = "SELECT material_id, key_id, seq, state, imported, description, valid_to, created_at, rotated_at \
+     FROM key_materials";
+
+fn material_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MaterialRow> {
+    Ok(MaterialRow {
+        material_id: r.get(0)?,
+        key_id: r.get(1)?,
+        seq: r.get(2)?,
+        state: r.get(3)?,
+        imported: r.get(4)?,
+        description: r.get(5)?,
+        valid_to: r.get(6)?,
+        created_at: r.get(7)?,
+        rotated_at: r.get(8)?,
+    })
+}
+
+fn insert_material(tx: &Transaction<'_>, m: &MaterialRow) -> Result<()> {
+    tx.execute(
+        "INSERT INTO key_materials (material_id, key_id, seq, state, imported, description, valid_to, created_at, rotated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![m.material_id, m.key_id, m.seq, m.state, m.imported, m.description, m.valid_to, m.created_at, m.rotated_at],
+    )?;
+    Ok(())
+}
+
+/// The material records of key `id`, by sequence.
+fn materials(tx: &Transaction<'_>, id: &str) -> Result<Vec<MaterialRow>> {
+    let mut st = tx.prepare_cached(&format!("{MATERIALS} WHERE key_id = ?1 ORDER BY seq"))?;
+    Ok(st.query_map([id], material_row)?.collect::<rusqlite::Result<_>>()?)
+}
+
+/// The material records of external key `id` ([`Error::Unsupported`] for any other key).
+fn external_materials(tx: &Transaction<'_>, id: &str) -> Result<Vec<MaterialRow>> {
+    if !is_external(tx, id)? {
+        return Err(Error::Unsupported(format!("key {id} does not have origin EXTERNAL")));
+    }
+    materials(tx, id)
+}
+
+/// Writes what an import decision changes for key `id` (a new version dated `at`).
+fn apply(tx: &Transaction<'_>, id: &str, c: &import::Change, at: i64) -> Result<()> {
+    for mid in &c.drop_versions {
+        tx.execute("DELETE FROM version_types WHERE material_id = ?1", [mid])?;
+        tx.execute("DELETE FROM key_versions WHERE material_id = ?1", [mid])?;
+    }
+    if let Some(v) = &c.add_version {
+        let present: Option<i64> = tx
+            .query_row("SELECT 1 FROM key_versions WHERE material_id = ?1", [&v.material_id], |r| r.get(0))
+            .optional()?;
+        if present.is_none() {
+            let seq = next_seq(tx, id)?;
+            tx.execute(
+                "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![v.material_id, id, seq, at, v.sealed],
+            )?;
+        }
+    }
+    tx.execute("DELETE FROM key_materials WHERE key_id = ?1", [id])?;
+    for m in &c.rows {
+        insert_material(tx, m)?;
+    }
+    tx.execute(
+        "UPDATE keys SET current_material = ?2, state = ?3 WHERE key_id = ?1",
+        params![id, c.current, c.state.as_str()],
+    )?;
+    Ok(())
+}
 
 /// Enabled, non-external keys whose automatic rotation is due at ?1/$1, with their periods.
 const DUE_ROTATIONS: &str = "SELECT k.key_id, a.rotation_period_days FROM keys k JOIN key_attrs a ON a.key_id = k.key_id \
@@ -597,21 +668,4 @@ fn is_external(tx: &Transaction<'_>, id: &str) -> Result<bool> {
     let found: Option<i64> =
         tx.query_row("SELECT 1 FROM key_import WHERE key_id = ?1", [id], |r| r.get(0)).optional()?;
     Ok(found.is_some())
-}
-
-/// Removes the current imported material of external key `id` (in state `state`).
-fn delete_imported(tx: &Transaction<'_>, id: &str, state: KeyState) -> Result<String> {
-    if !is_external(tx, id)? {
-        return Err(Error::Unsupported(format!("key {id} does not have origin EXTERNAL")));
-    }
-    let cur: String = tx.query_row("SELECT current_material FROM keys WHERE key_id = ?1", [id], |r| r.get(0))?;
-    if cur.is_empty() {
-        return Err(Error::InvalidState { key: id.to_string(), state });
-    }
-    tx.execute("DELETE FROM version_types WHERE material_id = ?1", [&cur])?;
-    tx.execute("DELETE FROM key_versions WHERE material_id = ?1", [&cur])?;
-    tx.execute("UPDATE key_import SET valid_to = NULL WHERE key_id = ?1", [id])?;
-    let new_state = if state == KeyState::PendingDeletion { state } else { KeyState::PendingImport };
-    tx.execute("UPDATE keys SET current_material = '', state = ?2 WHERE key_id = ?1", params![id, new_state.as_str()])?;
-    Ok(cur)
 }

@@ -3,7 +3,10 @@
 
 use std::sync::{Arc, Barrier};
 
-use envelope_keystore::{EncryptionContext, Error, KeyMetadata, KeyRef, KeyState, KeyStore, RotationType};
+use envelope_keystore::{
+    EncryptionContext, Error, ImportOptions, ImportType, KeyMetadata, KeyRef, KeyState, KeyStore, MaterialState,
+    RotationType,
+};
 
 use crate::subject::Subject;
 
@@ -247,6 +250,120 @@ pub fn imported_material_lifecycle(s: &dyn Subject) {
     // Deleting a key pending deletion purges its import row too.
     ks.schedule_deletion(&r, 10, 7).unwrap();
     assert_eq!(ks.purge_deleted(10).unwrap(), vec![k.key_id.clone()]);
+}
+
+/// Several materials in one external key (AWS's on-demand rotation of imported material): new
+/// material waits PENDING_ROTATION, a rotation makes it current and keeps the old one
+/// decrypting, deleting either makes the key PendingImport until it is imported again, and
+/// each material expires on its own.
+pub fn imported_material_rotation(s: &dyn Subject) {
+    let ks = s.open();
+    let k = ks.create_external_key("byok", &[], None).unwrap();
+    let r = KeyRef::Id(uuid_of(&k));
+    let c = ctx(&[("app", "a")]);
+    let new = |description: &str| ImportOptions {
+        import_type: Some(ImportType::New),
+        description: Some(description.into()),
+        ..ImportOptions::default()
+    };
+    // Existing material into a key never imported into: there is none.
+    let existing = ImportOptions { import_type: Some(ImportType::Existing), ..ImportOptions::default() };
+    assert!(matches!(ks.import_material_with(&r, &[1u8; 32], &existing, 1), Err(Error::IncorrectMaterial(_))));
+    assert!(matches!(ks.rotate_imported(&r, 1), Err(Error::InvalidState { state: KeyState::PendingImport, .. })));
+    let m1 = ks.import_material_with(&r, &[1u8; 32], &new("first"), 1).unwrap();
+    assert_eq!(ks.describe(&r).unwrap().state, KeyState::Enabled);
+    let ct1 = ks.encrypt(&r, b"one", &c).unwrap();
+    assert!(matches!(ks.rotate_imported(&r, 2), Err(Error::NoPendingMaterial(_))));
+
+    // New material: pending, not used, one at a time; the same material cannot come back as new.
+    assert!(matches!(ks.import_material_with(&r, &[1u8; 32], &new("again"), 2), Err(Error::IncorrectMaterial(_))));
+    let m2 = ks.import_material_with(&r, &[2u8; 32], &new("second"), 2).unwrap();
+    assert_ne!(m1, m2);
+    assert!(matches!(ks.import_material_with(&r, &[3u8; 32], &new("third"), 3), Err(Error::PendingMaterialExists(_))));
+    let a = ks.attributes(&r).unwrap();
+    let view: Vec<_> = a.materials.iter().map(|m| (m.material_id.as_str(), m.state, m.imported)).collect();
+    assert_eq!(
+        view,
+        [(m1.as_str(), MaterialState::Current, true), (m2.as_str(), MaterialState::PendingRotation, true)]
+    );
+    assert_eq!(a.materials[1].description.as_deref(), Some("second"));
+    assert_eq!(ks.encrypt(&r, b"x", &c).unwrap().material_id, ct1.material_id, "pending material is not used");
+
+    // The rotation: m2 current, m1 still decrypts; recorded as an on-demand rotation.
+    assert_eq!(ks.rotate_imported(&r, 5).unwrap(), m2);
+    assert!(matches!(ks.rotate_imported(&r, 6), Err(Error::NoPendingMaterial(_))));
+    let ct2 = ks.encrypt(&r, b"two", &c).unwrap();
+    assert_eq!(hex::encode(ct2.material_id), m2);
+    assert_eq!(ks.describe(&r).unwrap().current_material_id, m2);
+    let a = ks.attributes(&r).unwrap();
+    let view: Vec<_> = a.materials.iter().map(|m| (m.state, m.rotated_at)).collect();
+    assert_eq!(view, [(MaterialState::NonCurrent, None), (MaterialState::Current, Some(5))]);
+    let kinds: Vec<_> = a.rotations.iter().map(|x| x.kind).collect();
+    assert_eq!(kinds, [RotationType::Initial, RotationType::OnDemand]);
+    assert_eq!(a.imported_material_id.as_deref(), Some(m2.as_str()));
+    for (ct, text) in [(&ct1, &b"one"[..]), (&ct2, b"two")] {
+        assert_eq!(&ks.decrypt(&ct.blob, &c).unwrap().plaintext[..], text);
+    }
+    // Another handle (process, replica) reads the same records.
+    let other = s.open();
+    other.refresh().unwrap();
+    assert_eq!(*other.attributes(&r).unwrap(), *a);
+
+    // Deleting the old material: the key waits for it, both ciphertexts with it.
+    let unknown = "ab".repeat(32);
+    assert!(matches!(ks.delete_imported_material_id(&r, Some(&unknown)), Err(Error::NotFound(_))));
+    assert_eq!(ks.delete_imported_material_id(&r, Some(&m1)).unwrap(), m1);
+    assert_eq!(ks.describe(&r).unwrap().state, KeyState::PendingImport);
+    assert!(ks.decrypt(&ct1.blob, &c).is_err());
+    assert!(matches!(ks.decrypt(&ct2.blob, &c), Err(Error::InvalidState { state: KeyState::PendingImport, .. })));
+    assert!(matches!(ks.delete_imported_material_id(&r, Some(&m1)), Err(Error::InvalidState { .. })));
+    let a = ks.attributes(&r).unwrap();
+    assert_eq!((a.materials[0].imported, a.materials[0].description.as_deref()), (false, Some("first")));
+    // Re-import: other bytes under m1's id are refused; m1's own bytes restore everything, and
+    // the description is kept when none is given.
+    let named = |mid: &str| ImportOptions { material_id: Some(mid.into()), ..existing.clone() };
+    assert!(matches!(ks.import_material_with(&r, &[9u8; 32], &named(&m1), 7), Err(Error::IncorrectMaterial(_))));
+    assert!(matches!(ks.import_material_with(&r, &[2u8; 32], &named(&m1), 7), Err(Error::IncorrectMaterial(_))));
+    let expiring = ImportOptions { valid_to: Some(100), ..named(&m1) };
+    assert_eq!(ks.import_material_with(&r, &[1u8; 32], &expiring, 7).unwrap(), m1);
+    assert_eq!(ks.describe(&r).unwrap().state, KeyState::Enabled);
+    for (ct, text) in [(&ct1, &b"one"[..]), (&ct2, b"two")] {
+        assert_eq!(&ks.decrypt(&ct.blob, &c).unwrap().plaintext[..], text);
+    }
+    let a = ks.attributes(&r).unwrap();
+    assert_eq!((a.materials[0].description.as_deref(), a.materials[0].valid_to), (Some("first"), Some(100)));
+    assert_eq!(a.valid_to, None, "the key's expiry is its current material's");
+
+    // A pending material deleted is forgotten (other material may take its place), the key
+    // stays usable.
+    let m3 = ks.import_material_with(&r, &[3u8; 32], &new("third"), 8).unwrap();
+    assert_eq!(ks.delete_imported_material_id(&r, Some(&m3)).unwrap(), m3);
+    assert_eq!(ks.describe(&r).unwrap().state, KeyState::Enabled);
+    assert_eq!(ks.attributes(&r).unwrap().materials.len(), 2);
+    let m4 = ks.import_material_with(&r, &[4u8; 32], &new("fourth"), 9).unwrap();
+    assert_eq!(ks.attributes(&r).unwrap().materials[2].material_id, m4);
+
+    // Expiry works per material: m1 expires at 100, the key waits for it; cancelling a deletion
+    // leaves it waiting too.
+    assert!(ks.expire_imported(99).unwrap().is_empty());
+    assert_eq!(ks.expire_imported(100).unwrap(), vec![k.key_id.clone()]);
+    assert!(ks.expire_imported(100).unwrap().is_empty(), "expired once");
+    let a = ks.attributes(&r).unwrap();
+    let view: Vec<_> = a.materials.iter().map(|m| (m.state, m.imported)).collect();
+    assert_eq!(
+        view,
+        [(MaterialState::NonCurrent, false), (MaterialState::Current, true), (MaterialState::PendingRotation, true)]
+    );
+    assert_eq!(ks.describe(&r).unwrap().state, KeyState::PendingImport);
+    ks.schedule_deletion(&r, 1_000, 7).unwrap();
+    ks.cancel_deletion(&r).unwrap();
+    assert_eq!(ks.describe(&r).unwrap().state, KeyState::PendingImport);
+    assert_eq!(ks.import_material(&r, &[1u8; 32], None, 101).unwrap(), m1);
+    assert_eq!(ks.describe(&r).unwrap().state, KeyState::Enabled);
+    // Purging the key purges its material records.
+    ks.schedule_deletion(&r, 1_000, 7).unwrap();
+    assert_eq!(ks.purge_deleted(1_000).unwrap(), vec![k.key_id.clone()]);
+    assert!(ks.attributes(&r).is_err());
 }
 
 /// Two handles (two processes, or two replicas) move the same alias from the same key at the

@@ -49,6 +49,10 @@ macro_rules! battery {
             crate::battery::imported_material_lifecycle(&$subject());
         }
         #[test]
+        fn imported_material_rotation() {
+            crate::battery::imported_material_rotation(&$subject());
+        }
+        #[test]
         fn concurrent_guarded_alias_updates_let_exactly_one_win() {
             crate::battery::concurrent_guarded_alias_updates_let_exactly_one_win(&$subject());
         }

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use envelope_keystore::{EncryptionContext, Error, KeyRef, KeyStore, Location, RootSource, StoreOptions};
+use envelope_keystore::{
+    EncryptionContext, Error, ImportOptions, ImportType, KeyRef, KeyStore, Location, RootSource, StoreOptions,
+};
 
 use crate::subject::Pg;
 
@@ -24,13 +26,24 @@ fn sqlite_to_postgres_and_back_keeps_every_key_and_version() {
     lite.set_rotation(&r, Some((30, 9_999))).unwrap();
     let new = lite.encrypt(&r, b"version two", &c).unwrap();
     let ext = lite.create_external_key("byok", &[], None).unwrap();
-    lite.import_material(&KeyRef::parse(&ext.key_id).unwrap(), &[3u8; 32], Some(77), 5).unwrap();
+    let er = KeyRef::parse(&ext.key_id).unwrap();
+    lite.import_material(&er, &[3u8; 32], Some(77), 5).unwrap();
+    // Several materials: one rotated to, one pending rotation with a description.
+    let fresh = ImportOptions { import_type: Some(ImportType::New), ..ImportOptions::default() };
+    lite.import_material_with(&er, &[4u8; 32], &fresh, 6).unwrap();
+    lite.rotate_imported(&er, 7).unwrap();
+    let imported = lite.encrypt(&er, b"imported", &c).unwrap();
+    let pending = ImportOptions { description: Some("next".into()), valid_to: Some(88), ..fresh };
+    lite.import_material_with(&er, &[5u8; 32], &pending, 8).unwrap();
     let gone = lite.create_key(None, "doomed").unwrap();
     lite.schedule_deletion(&KeyRef::parse(&gone.key_id).unwrap(), 123, 7).unwrap();
 
     let pg = open(&data, Location::parse(&s.url).unwrap());
     let report = lite.migrate_to(&pg).unwrap();
-    assert_eq!((report.keys, report.versions, report.aliases), (3, 4, 1));
+    assert_eq!((report.keys, report.versions, report.aliases), (3, 6, 1));
+    assert_eq!(*lite.attributes(&er).unwrap(), *pg.attributes(&er).unwrap());
+    assert_eq!(pg.attributes(&er).unwrap().materials.len(), 3);
+    assert_eq!(&pg.decrypt(&imported.blob, &c).unwrap().plaintext[..], b"imported");
     assert_eq!(lite.list().unwrap(), pg.list().unwrap());
     assert_eq!(lite.list_aliases().unwrap(), pg.list_aliases().unwrap());
     assert_eq!(*lite.attributes(&r).unwrap(), *pg.attributes(&r).unwrap());
@@ -49,7 +62,8 @@ fn sqlite_to_postgres_and_back_keeps_every_key_and_version() {
     pg.rotate(&r).unwrap();
     let newest = pg.encrypt(&r, b"version three", &c).unwrap();
     let report = pg.migrate_to(&back).unwrap();
-    assert_eq!(report.versions, 5);
+    assert_eq!(report.versions, 7);
+    assert_eq!(*pg.attributes(&er).unwrap(), *back.attributes(&er).unwrap());
     assert_eq!(pg.list().unwrap(), back.list().unwrap());
     for (blob, text) in [(&old, &b"version one"[..]), (&new, b"version two"), (&newest, b"version three")] {
         assert_eq!(&back.decrypt(&blob.blob, &c).unwrap().plaintext[..], text);

@@ -153,10 +153,39 @@ fn schema_is_created_once_and_newer_schemas_are_refused() {
     for o in opens {
         o.join().unwrap().unwrap();
     }
-    assert_eq!(s.pg.psql_in("envelope", "SELECT schema_version FROM envelope_meta"), "1");
+    assert_eq!(s.pg.psql_in("envelope", "SELECT schema_version FROM envelope_meta"), "2");
     s.pg.psql_in("envelope", "UPDATE envelope_meta SET schema_version = 99");
     let e = s.try_open(&s.data_dir(), HOUR).unwrap_err();
-    assert!(matches!(e, Error::SchemaVersion { found: 99, supported: 1 }), "{e:?}");
+    assert!(matches!(e, Error::SchemaVersion { found: 99, supported: 2 }), "{e:?}");
+}
+
+/// A database at schema 1 (one material per external key, in key_import) is migrated forward:
+/// each import becomes the key's CURRENT material record.
+#[test]
+fn schema_1_imports_become_current_material_records() {
+    let s = Pg::new();
+    let ks = s.open_every(HOUR);
+    let k = ks.create_external_key("", &[], None).unwrap();
+    let r = KeyRef::parse(&k.key_id).unwrap();
+    let mid = ks.import_material(&r, &[6u8; 32], Some(500), 10).unwrap();
+    let e = ks.encrypt(&r, b"kept", &envelope_keystore::EncryptionContext::new()).unwrap();
+    drop(ks);
+    // What a build with schema 1 wrote: the material id and current expiry in key_import.
+    s.pg.psql_in(
+        "envelope",
+        &format!(
+            "UPDATE key_import SET material_id = '{mid}', valid_to = 500; DROP TABLE key_materials; \
+             UPDATE envelope_meta SET schema_version = 1"
+        ),
+    );
+    let ks = s.open_every(HOUR);
+    assert_eq!(s.pg.psql_in("envelope", "SELECT schema_version FROM envelope_meta"), "2");
+    let a = ks.attributes(&r).unwrap();
+    let view: Vec<_> = a.materials.iter().map(|m| (m.material_id.as_str(), m.state, m.imported, m.valid_to)).collect();
+    assert_eq!(view, [(mid.as_str(), envelope_keystore::MaterialState::Current, true, Some(500))]);
+    assert_eq!(&ks.decrypt(&e.blob, &envelope_keystore::EncryptionContext::new()).unwrap().plaintext[..], b"kept");
+    assert_eq!(ks.expire_imported(500).unwrap(), vec![k.key_id.clone()]);
+    assert_eq!(ks.describe(&r).unwrap().state, envelope_keystore::KeyState::PendingImport);
 }
 
 /// The database sees sealed material only: no row holds the bytes of a key version.

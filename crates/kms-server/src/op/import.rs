@@ -2,6 +2,7 @@
 //! DeleteImportedKeyMaterial — for keys with origin EXTERNAL only. The wrapping keys and
 //! tokens are [`crate::import`]'s.
 
+use envelope_keystore::{ImportOptions, ImportType};
 use serde::Serialize;
 
 use super::{Call, DAY, Operation, Reply, Resolved, not_pending};
@@ -29,6 +30,8 @@ pub enum Request {
         material: Vec<u8>,
         valid_to: Option<i64>,
         key_material_id: Option<String>,
+        import_type: Option<ImportType>,
+        description: Option<String>,
     },
 }
 
@@ -87,6 +90,9 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
             }
             if let Some(d) = &raw.key_material_description {
                 v.len("keyMaterialDescription", d, 0, 256);
+                v.pattern("keyMaterialDescription", d, "^[a-zA-Z0-9:/_\\s.-]+$", |c| {
+                    c.is_ascii_alphanumeric() || c.is_ascii_whitespace() || matches!(c, ':' | '/' | '_' | '.' | '-')
+                });
             }
             v.material_id(&raw.key_material_id);
             v.finish()?;
@@ -106,12 +112,24 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
                     ));
                 }
             };
+            let import_type = match raw.import_type.as_deref() {
+                Some("NEW_KEY_MATERIAL") => Some(ImportType::New),
+                Some(_) => Some(ImportType::Existing),
+                None => None,
+            };
+            if import_type == Some(ImportType::New) && raw.key_material_id.is_some() {
+                return Err(KmsError::Validation(
+                    "KeyMaterialId cannot be specified when ImportType is NEW_KEY_MATERIAL.".into(),
+                ));
+            }
             Request::ImportKeyMaterial {
                 key_id: key_id.unwrap_or_default(),
                 token,
                 material,
                 valid_to,
                 key_material_id: raw.key_material_id.clone(),
+                import_type,
+                description: raw.key_material_description.clone(),
             }
         }
         // DeleteImportedKeyMaterial.
@@ -143,7 +161,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
                 parameters_valid_to: p.valid_to,
             })
         }
-        Request::ImportKeyMaterial { key_id, token, material, valid_to, key_material_id } => {
+        Request::ImportKeyMaterial { key_id, token, material, valid_to, key_material_id, import_type, description } => {
             let k = call.resolve(&key_id, Forms::KeyOnly)?;
             call.allow(&k, "ImportKeyMaterial")?;
             external_material(call, &k)?;
@@ -157,10 +175,9 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
                 ));
             }
             if let Some(named) = &key_material_id {
-                // Names the key's existing material (EXISTING_KEY_MATERIAL); this server keeps
-                // one material per imported key.
+                // Names material imported into the key before (EXISTING_KEY_MATERIAL).
                 let a = call.attributes(&k)?;
-                if a.imported_material_id.as_ref() != Some(named) {
+                if !a.materials.iter().any(|m| m.material_id == *named) {
                     return Err(KmsError::IncorrectKeyMaterial(format!(
                         "{} has no key material with id {named}.",
                         k.arn
@@ -168,9 +185,10 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
                 }
             }
             let material = crate::import::unwrap(&s.store, &k.kid, &token, &material, now)?;
+            let opts = ImportOptions { import_type, material_id: key_material_id, description, valid_to };
             let mid = s
                 .store
-                .import_material(&k.r, &material, valid_to, now)
+                .import_material_with(&k.r, &material, &opts, now)
                 .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
             call.reply(&ImportResponse { key_id: k.arn, key_material_id: mid })
         }
@@ -178,14 +196,11 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             let k = call.resolve(&key_id, Forms::KeyOnly)?;
             call.allow(&k, "DeleteImportedKeyMaterial")?;
             external_material(call, &k)?;
-            if let Some(want) = &key_material_id {
-                let meta = call.describe(&k)?;
-                if *want != meta.current_material_id {
-                    return Err(s.names.not_found(&k.r));
-                }
-            }
-            let mid =
-                s.store.delete_imported_material(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            let mid = s.store.delete_imported_material_id(&k.r, key_material_id.as_deref()).map_err(|e| match e {
+                // A material id the key does not have.
+                envelope_keystore::Error::NotFound(_) => s.names.not_found(&k.r),
+                e => KmsError::from_store(e, Subject::Key(&k.arn)),
+            })?;
             call.reply(&ImportResponse { key_id: k.arn, key_material_id: mid })
         }
     }

@@ -1,6 +1,7 @@
 //! Rotation: EnableKeyRotation, DisableKeyRotation, GetKeyRotationStatus, ListKeyRotations,
 //! RotateKeyOnDemand. Only keys with generated material rotate (spec §3.3).
 
+use envelope_keystore::{ImportedMaterial, MaterialState};
 use serde::Serialize;
 
 use super::{Call, DAY, Operation, Reply, Resolved, decode_marker, empty, encode_marker, usable};
@@ -105,61 +106,58 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             let after: Option<u32> = after.map(|a| a.parse().map_err(|_| KmsError::InvalidMarker)).transpose()?;
             let a = call.attributes(&k)?;
             let meta = call.describe(&k)?;
-            let items: Vec<_> = a
-                .rotations
-                .iter()
-                .filter(|r| all_material || r.kind != envelope_keystore::RotationType::Initial)
-                .filter(|r| after.is_none_or(|a| r.seq > a))
-                .collect();
+            let items: Vec<(u32, RotationEntry)> = if a.external {
+                // Imported material: every material of the key, each with its import state; the
+                // first one and any pending rotation only with ALL_KEY_MATERIAL (as AWS lists).
+                a.materials
+                    .iter()
+                    .filter(|m| all_material || m.rotated_at.is_some())
+                    .map(|m| (m.seq, imported_entry(&k.arn, m)))
+                    .collect()
+            } else {
+                a.rotations
+                    .iter()
+                    .filter(|r| all_material || r.kind != envelope_keystore::RotationType::Initial)
+                    .map(|r| {
+                        let entry = RotationEntry {
+                            key_id: k.arn.clone(),
+                            key_material_id: r.material_id.clone(),
+                            key_material_state: if r.material_id == meta.current_material_id {
+                                "CURRENT"
+                            } else {
+                                "NON_CURRENT"
+                            },
+                            rotation_date: Some(r.created_at),
+                            rotation_type: r.kind.as_str(),
+                            ..RotationEntry::default()
+                        };
+                        (r.seq, entry)
+                    })
+                    .collect()
+            };
+            let items: Vec<_> = items.into_iter().filter(|(seq, _)| after.is_none_or(|a| *seq > a)).collect();
             let truncated = items.len() > limit;
-            let page: Vec<RotationEntry> = items
-                .iter()
-                .take(limit)
-                .map(|r| RotationEntry {
-                    key_id: k.arn.clone(),
-                    key_material_id: r.material_id.clone(),
-                    key_material_state: if r.material_id == meta.current_material_id {
-                        "CURRENT"
-                    } else {
-                        "NON_CURRENT"
-                    },
-                    rotation_date: r.created_at,
-                    rotation_type: r.kind.as_str(),
-                    // Imported material (origin EXTERNAL): the one material, present or not.
-                    import_state: a.external.then_some(if meta.current_material_id.is_empty() {
-                        "PENDING_IMPORT"
-                    } else {
-                        "IMPORTED"
-                    }),
-                    expiration_model: a.external.then_some(if a.valid_to.is_some() {
-                        "KEY_MATERIAL_EXPIRES"
-                    } else {
-                        "KEY_MATERIAL_DOES_NOT_EXPIRE"
-                    }),
-                    valid_to: a.valid_to.filter(|_| a.external),
-                })
-                .collect();
             let next_marker = if truncated {
-                items.get(limit.saturating_sub(1)).map(|r| encode_marker("r1", &r.seq.to_string()))
+                items.get(limit.saturating_sub(1)).map(|(seq, _)| encode_marker("r1", &seq.to_string()))
             } else {
                 None
             };
+            let page: Vec<RotationEntry> = items.into_iter().take(limit).map(|(_, e)| e).collect();
             call.reply(&ListRotationsResponse { rotations: page, next_marker, truncated })
         }
         Request::RotateKeyOnDemand { key_id } => {
             let k = call.resolve(&key_id, Forms::KeyOnly)?;
             call.allow(&k, "RotateKeyOnDemand")?;
             let a = call.attributes(&k)?;
-            if a.external {
-                // Imported material rotates only to material imported for the purpose, which this
-                // server does not take yet: a key pending import says so, any other has none.
-                usable(&k)?;
-                return Err(KmsError::InvalidState(format!(
-                    "No available key material pending rotation for the key: {}.",
-                    k.arn
-                )));
-            }
             usable(&k)?;
+            let no_pending = || {
+                KmsError::InvalidState(format!("No available key material pending rotation for the key: {}.", k.arn))
+            };
+            // Imported material rotates only to material imported for the purpose
+            // (ImportKeyMaterial with NEW_KEY_MATERIAL), PENDING_ROTATION until now.
+            if a.external && !a.materials.iter().any(|m| m.state == MaterialState::PendingRotation) {
+                return Err(no_pending());
+            }
             let _one = s.limits()?;
             let a = call.attributes(&k)?;
             let done = a.rotations.iter().filter(|r| r.kind == envelope_keystore::RotationType::OnDemand).count();
@@ -170,12 +168,40 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
                     k.arn
                 )));
             }
-            s.store
-                .rotate_as(&k.r, envelope_keystore::RotationType::OnDemand, s.clock.now())
-                .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            if a.external {
+                s.store.rotate_imported(&k.r, s.clock.now()).map_err(|e| match e {
+                    envelope_keystore::Error::NoPendingMaterial(_) => no_pending(),
+                    e => KmsError::from_store(e, Subject::Key(&k.arn)),
+                })?;
+            } else {
+                s.store
+                    .rotate_as(&k.r, envelope_keystore::RotationType::OnDemand, s.clock.now())
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            }
             // AWS answers with the key's ARN whatever form the caller used.
             call.reply(&KeyIdResponse { key_id: k.arn })
         }
+    }
+}
+
+/// The ListKeyRotations entry of one material of an external key.
+fn imported_entry(arn: &str, m: &ImportedMaterial) -> RotationEntry {
+    RotationEntry {
+        key_id: arn.to_string(),
+        key_material_id: m.material_id.clone(),
+        key_material_description: m.description.clone(),
+        import_state: Some(if m.imported { "IMPORTED" } else { "PENDING_IMPORT" }),
+        key_material_state: m.state.as_str(),
+        // What the material was imported with, while it is imported.
+        expiration_model: m.imported.then_some(if m.valid_to.is_some() {
+            "KEY_MATERIAL_EXPIRES"
+        } else {
+            "KEY_MATERIAL_DOES_NOT_EXPIRE"
+        }),
+        valid_to: m.valid_to.filter(|_| m.imported),
+        // Not for the first material or one pending rotation.
+        rotation_date: m.rotated_at,
+        rotation_type: m.rotated_at.map(|_| "ON_DEMAND"),
     }
 }
 
@@ -202,13 +228,16 @@ struct RotationStatusResponse {
     next_rotation_date: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 #[serde(rename_all = "PascalCase")]
 struct RotationEntry {
     key_id: String,
     key_material_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_material_description: Option<String>,
     key_material_state: &'static str,
-    rotation_date: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rotation_date: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rotation_type: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -275,6 +275,50 @@ fn import_parsing() {
     assert_eq!(code(parse_request(Operation::DeleteImportedKeyMaterial, br#"{"KeyId":"k"}"#)), "ok");
 }
 
+#[test]
+fn import_type_material_id_and_description() {
+    let base = r#""KeyId":"k","ImportToken":"aGk=","EncryptedKeyMaterial":"aGk=","ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE""#;
+    let p = |extra: &str| parse_request(Operation::ImportKeyMaterial, format!("{{{base}{extra}}}").as_bytes());
+    let mid = "a".repeat(64);
+    assert!(matches!(
+        p(r#","ImportType":"NEW_KEY_MATERIAL","KeyMaterialDescription":"next one: v2/k_1.0-x""#),
+        Ok(Request::Import(import::Request::ImportKeyMaterial {
+            import_type: Some(envelope_keystore::ImportType::New),
+            description: Some(_),
+            key_material_id: None,
+            ..
+        }))
+    ));
+    assert!(matches!(
+        p(&format!(r#","ImportType":"EXISTING_KEY_MATERIAL","KeyMaterialId":"{mid}""#)),
+        Ok(Request::Import(import::Request::ImportKeyMaterial {
+            import_type: Some(envelope_keystore::ImportType::Existing),
+            key_material_id: Some(_),
+            ..
+        }))
+    ));
+    assert!(matches!(
+        p(""),
+        Ok(Request::Import(import::Request::ImportKeyMaterial { import_type: None, description: None, .. }))
+    ));
+    // A material id names existing material: not with NEW_KEY_MATERIAL.
+    assert_eq!(code(p(&format!(r#","ImportType":"NEW_KEY_MATERIAL","KeyMaterialId":"{mid}""#))), "ValidationException");
+    assert_eq!(code(p(r#","ImportType":"new_key_material""#)), "ValidationException");
+    for bad in ["", "semi;colon", "quote\"", "ünïcode"] {
+        let body = serde_json::to_string(bad).unwrap();
+        assert_eq!(code(p(&format!(r#","KeyMaterialDescription":{body}"#))), "ValidationException", "{bad:?}");
+    }
+    assert_eq!(code(p(&format!(r#","KeyMaterialDescription":"{}""#, "x".repeat(257)))), "ValidationException");
+    assert_eq!(code(p(&format!(r#","KeyMaterialDescription":"{}""#, "x".repeat(256)))), "ok");
+    assert_eq!(
+        code(parse_request(
+            Operation::DeleteImportedKeyMaterial,
+            format!(r#"{{"KeyId":"k","KeyMaterialId":"{mid}"}}"#).as_bytes()
+        )),
+        "ok"
+    );
+}
+
 proptest! {
     #[test]
     fn parse_request_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400), op in 0usize..Operation::ALL.len()) {

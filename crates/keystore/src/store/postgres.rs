@@ -1086,9 +1086,6 @@ async fn is_external(tx: &Tx<'_>, id: &str) -> Result<bool> {
 /// gone.
 async fn listen(config: Config, tls: MakeRustlsConnect, poke: Sender<()>) {
     let mut failures = 0u32;
-    // The store was read just before the first LISTEN; a change in between is the periodic
-    // check's to find. After a reconnection, changes may have been missed: refresh at once.
-    let mut reconnected = false;
     loop {
         match config.connect(tls.clone()).await {
             Ok((client, mut conn)) => {
@@ -1109,10 +1106,11 @@ async fn listen(config: Config, tls: MakeRustlsConnect, poke: Sender<()>) {
                 match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
                     Ok(()) => {
                         failures = 0;
-                        if reconnected && poke.send(()).is_err() {
+                        // Changes made before LISTEN took effect (since the store was read, or
+                        // while reconnecting) sent notifications nobody heard: refresh once now.
+                        if poke.send(()).is_err() {
                             return;
                         }
-                        reconnected = true;
                         while nrx.recv().await.is_some() {
                             if poke.send(()).is_err() {
                                 return;

@@ -84,7 +84,11 @@ fn a_server_keeps_serving_when_its_stdout_reader_goes_away() {
 
 #[test]
 fn plugin_help_shows_defaults_like_kms_serve() {
-    let help = |args: &[&str]| String::from_utf8(Command::new(BIN).args(args).output().unwrap().stdout).unwrap();
+    // Whitespace collapsed: a default may be wrapped onto the next line ("[default:\n   embedded]").
+    let help = |args: &[&str]| {
+        let text = String::from_utf8(Command::new(BIN).args(args).output().unwrap().stdout).unwrap();
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
     let kms = help(&["kms", "serve", "--help"]);
     assert!(kms.contains("[default: 127.0.0.1:4599]"), "{kms}");
     let plugin = help(&["plugin", "--help"]);

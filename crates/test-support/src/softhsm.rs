@@ -41,7 +41,11 @@ pub fn process_conf() -> PathBuf {
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).unwrap();
     if !conf.exists() {
-        let tmp = dir.join(format!(".softhsm2.conf.{}", std::process::id()));
+        // Tests of one process may get here at the same moment: each writes a file of its own
+        // and renames it into place (the same content; the last rename wins).
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".softhsm2.conf.{}.{n}", std::process::id()));
         std::fs::write(&tmp, conf_text(&tokens)).unwrap();
         std::fs::rename(&tmp, &conf).unwrap();
     }

@@ -46,6 +46,13 @@ fn a_missed_notification_costs_at_most_one_refresh_interval() {
     let r = KeyRef::parse("quiet").unwrap();
     let checking = s.open_every(Duration::from_millis(200));
     let waiting = s.open_every(HOUR);
+    // The waiting replica refreshes once when its LISTEN takes effect (changes made before it
+    // was listening are not left to the periodic check): wait until it listens — a notified
+    // change reaches it — and until that refresh and the notification's are behind it.
+    a.create_key(Some("listening"), "").unwrap();
+    let probe = KeyRef::parse("listening").unwrap();
+    eventually("the waiting replica listens", || waiting.describe(&probe).is_ok());
+    std::thread::sleep(Duration::from_millis(500));
     s.pg.psql_in(
         "envelope",
         &format!(

@@ -33,7 +33,8 @@ from botocore.exceptions import ClientError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_kms_wrk import (  # noqa: E402 — the sibling script's helpers
-    ACCOUNT, AKID, REGION, SECRET, check_once, cpu_seconds, free_port, lua, parse_ms, signed_headers, wait_port)
+    ACCOUNT, AKID, REGION, SECRET, check_once, cpu_seconds, free_port, lua, parse_ms, signed_headers, stop_process,
+    wait_port)
 
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]  # Debian 12: 15
 
@@ -114,12 +115,7 @@ class Replica:
                             config=Config(retries={"max_attempts": 1}))
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def bodies(replica: Replica) -> dict[str, str]:

@@ -24,6 +24,7 @@ from harness import envelope_bin, free_port, wait_listening
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts"))
 from bench_kms_replicas import Postgres  # noqa: E402 — the replica benchmark's throwaway cluster
+from bench_kms_wrk import stop_process  # noqa: E402
 
 AKID = "AKIAENVELOPEREPLICA1"
 SECRET = "replica-test-secret-0123456789abcdefghij"
@@ -62,13 +63,7 @@ class Replica:
             return 0
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=20)
 
 
 def _eventually(what, pred, timeout=30):

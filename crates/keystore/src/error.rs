@@ -88,6 +88,32 @@ pub enum Error {
     /// The cryptographic library failed (should not happen).
     #[error("crypto failure")]
     Crypto,
+    /// The change would exceed a quota ([`crate::store::Limits`]), checked inside its write
+    /// transaction (so processes sharing one database cannot exceed it together). Nothing was
+    /// changed.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(Limit),
+}
+
+/// Which quota a change would exceed (see [`Error::LimitExceeded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The store already holds this many keys.
+    Keys(usize),
+    /// The key would have more tags than this.
+    Tags(usize),
+    /// The key has had this many on-demand rotations.
+    OnDemandRotations(usize),
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::Keys(n) => write!(f, "at most {n} keys"),
+            Limit::Tags(n) => write!(f, "at most {n} tags per key"),
+            Limit::OnDemandRotations(n) => write!(f, "at most {n} on-demand rotations per key"),
+        }
+    }
 }
 
 impl Error {

@@ -29,12 +29,12 @@ pub mod root;
 pub mod store;
 
 pub use context::{EncryptionContext, RESERVED_CONTEXT_PREFIX};
-pub use error::{Error, Result};
+pub use error::{Error, Limit, Result};
 pub use model::{
     ImportOptions, ImportType, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion,
     MaterialState, Rotation, RotationType,
 };
-pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, Location, MigrateReport, RootSource, StoreOptions};
+pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, Limits, Location, MigrateReport, RootSource, StoreOptions};
 
 #[cfg(test)]
 mod tests;

@@ -192,6 +192,14 @@ impl KmsError {
                 "{label} already has key material pending rotation: rotate to it with RotateKeyOnDemand or delete \
                  it with DeleteImportedKeyMaterial before importing other new key material."
             )),
+            (E::LimitExceeded(envelope_keystore::Limit::Tags(_)), _) => KmsError::Tag("Too many tags".into()),
+            (E::LimitExceeded(envelope_keystore::Limit::OnDemandRotations(_)), _) => KmsError::LimitExceeded(format!(
+                "The on-demand rotations limit has been reached for the given keyId. \
+                 No more on-demand rotations can be performed for this key: {label}"
+            )),
+            (E::LimitExceeded(envelope_keystore::Limit::Keys(max)), _) => KmsError::LimitExceeded(format!(
+                "The request was rejected because the limit of {max} KMS keys has been reached."
+            )),
             (other, _) => KmsError::Internal(other.to_string()),
         }
     }

@@ -142,10 +142,6 @@ pub struct Server {
     metrics: metrics::Metrics,
     clock: Arc<maintenance::Clock>,
     policies: op::PolicyCache,
-    /// Serializes the checks of a limit with the write they guard (CreateKey and the key count,
-    /// TagResource and the tags per key, RotateKeyOnDemand and its quota), so one server never
-    /// goes past a limit however requests interleave.
-    limits_lock: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Server {
@@ -164,6 +160,13 @@ impl Server {
         let names = ids::Names::new(&config.region, &config.account_id);
         let clock = Arc::new(maintenance::Clock::default());
         let policies = op::PolicyCache::new(&config.account_id)?;
+        // The quotas are checked inside the store's write transactions, so requests however
+        // interleaved, and replicas sharing one database, never go past them together.
+        store.set_limits(envelope_keystore::Limits {
+            max_keys: Some(config.max_keys),
+            max_tags: Some(protocol::MAX_TAGS),
+            max_on_demand_rotations: Some(config.max_on_demand_rotations),
+        });
         Ok(Self {
             store,
             credentials: std::sync::RwLock::new(Arc::new(credentials)),
@@ -173,7 +176,6 @@ impl Server {
             metrics: metrics::Metrics::new(),
             clock,
             policies,
-            limits_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -228,11 +230,6 @@ impl Server {
     pub fn run_maintenance(&self) -> Result<maintenance::Report> {
         maintenance::run_recorded(&self.store, self.clock.now(), self.recorder().as_ref())
             .map_err(|e| KmsError::from_store(e, error::Subject::Internal))
-    }
-
-    /// Held while a limit is checked and the write it guards runs.
-    pub(crate) fn limits(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
-        self.limits_lock.lock().map_err(|_| KmsError::Internal("limits lock poisoned".into()))
     }
 
     /// The key store.

@@ -116,6 +116,32 @@ async fn the_same_alias_created_through_two_replicas_at_once_exists_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_creating_keys_at_once_stay_within_the_key_quota() {
+    let c = Cluster::new();
+    let hour = Duration::from_secs(3600);
+    let config = Config { max_keys: 5, ..Config::new(REGION, ACCOUNT) };
+    let a = start_on(c.store(0, hour), config.clone(), default_credentials(), None).await;
+    let b = start_on(c.store(1, hour), config, default_credentials(), None).await;
+    async fn create_six(h: &KeyServer) -> Vec<String> {
+        let mut outcomes = Vec::new();
+        for _ in 0..6 {
+            outcomes.push(h.call("CreateKey", json!({})).await.error_type().to_string());
+        }
+        outcomes
+    }
+    let (ra, rb) = tokio::join!(create_six(&a), create_six(&b));
+    let outcomes: Vec<String> = ra.into_iter().chain(rb).collect();
+    assert_eq!(outcomes.iter().filter(|t| t.is_empty()).count(), 5, "{outcomes:?}");
+    assert!(outcomes.iter().all(|t| t.is_empty() || t == "LimitExceededException"), "{outcomes:?}");
+    eventually("both replicas list 5 keys", || async {
+        let la = a.call("ListKeys", json!({})).await.ok()["Keys"].as_array().map(Vec::len);
+        let lb = b.call("ListKeys", json!({})).await.ok()["Keys"].as_array().map(Vec::len);
+        la == Some(5) && lb == Some(5)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_runs_on_one_replica_of_three() {
     let c = Cluster::new();
     let hour = Duration::from_secs(3600);

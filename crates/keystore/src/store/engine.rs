@@ -11,7 +11,7 @@ use std::sync::mpsc::Sender;
 
 use super::AliasInfo;
 use super::sqlite::Sqlite;
-use crate::error::Result;
+use crate::error::{Error, Limit, Result};
 use crate::model::RotationType;
 
 /// A database holding a key store. Every method is one transaction (reads: a consistent one);
@@ -27,10 +27,13 @@ pub trait Engine: Send + Sync + 'static {
     fn change(&self) -> Result<Option<i64>>;
     /// Whether a version with this material id exists.
     fn has_material(&self, mid: &str) -> Result<bool>;
-    /// Creates a key (with its first version, alias, tags and policy).
+    /// Creates a key (with its first version, alias, tags and policy); refused with
+    /// [`crate::Error::LimitExceeded`] when the store already holds `k.max_keys` keys.
     fn create_key(&self, k: &NewKey<'_>) -> Result<()>;
-    /// Adds `v` as the key's new current version (not for keys pending deletion or external).
-    fn rotate(&self, id: &str, v: &NewVersion, kind: RotationType, at: i64) -> Result<()>;
+    /// Adds `v` as the key's new current version (not for keys pending deletion or external);
+    /// with `max_on_demand`, refused when the key already had that many on-demand rotations.
+    fn rotate(&self, id: &str, v: &NewVersion, kind: RotationType, at: i64, max_on_demand: Option<usize>)
+    -> Result<()>;
     /// Enables or disables a key (not one pending deletion or import).
     fn set_enabled(&self, id: &str, enabled: bool) -> Result<()>;
     /// Makes a key PendingDeletion until `deletion_date`.
@@ -48,8 +51,8 @@ pub trait Engine: Send + Sync + 'static {
     /// Adds `v` as an automatic rotation at `now` and schedules the next one at `next`, if the
     /// rotation is still due when the transaction runs (false: someone else did it).
     fn rotate_automatic(&self, id: &str, v: &NewVersion, now: i64, next: i64) -> Result<bool>;
-    /// Adds or replaces tags.
-    fn tag(&self, id: &str, tags: &[(String, String)]) -> Result<()>;
+    /// Adds or replaces tags; with `max_tags`, refused when the key would end up with more.
+    fn tag(&self, id: &str, tags: &[(String, String)], max_tags: Option<usize>) -> Result<()>;
     /// Removes tags by tag key.
     fn untag(&self, id: &str, tag_keys: &[String]) -> Result<()>;
     /// Replaces the key policy.
@@ -60,7 +63,8 @@ pub trait Engine: Send + Sync + 'static {
     /// `import::plan_delete` decides; returns its id.
     fn delete_imported(&self, id: &str, which: Option<&str>) -> Result<String>;
     /// Makes the external key's material pending rotation current at `at`; returns its id.
-    fn rotate_imported(&self, id: &str, at: i64) -> Result<String>;
+    /// With `max_on_demand`, refused when the key already had that many on-demand rotations.
+    fn rotate_imported(&self, id: &str, at: i64, max_on_demand: Option<usize>) -> Result<String>;
     /// Deletes every imported material expired at `now`; returns the affected key ids.
     fn expire_imported(&self, now: i64) -> Result<Vec<String>>;
     /// Creates an alias of key `id` (which must not be pending deletion).
@@ -265,4 +269,33 @@ pub struct NewKey<'a> {
     pub tags: &'a [(String, String)],
     /// Key policy.
     pub policy: Option<&'a str>,
+    /// Refuse the creation when the store already holds this many keys.
+    pub max_keys: Option<usize>,
+}
+
+/// Counts the on-demand rotations of a key that is not external: versions after the first that
+/// are not automatic (untyped versions from before schema 3 were explicit rotations), as
+/// [`super::snapshot`] classifies them. Parameter 1: the key id (`?1` / `$1`).
+pub(super) const ON_DEMAND_VERSIONS: &str = "SELECT COUNT(*) FROM key_versions v LEFT JOIN version_types t ON t.material_id = v.material_id \
+     WHERE v.key_id = $1 AND v.seq > 1 AND COALESCE(t.rotation_type, '') <> 'AUTOMATIC'";
+
+/// Counts the on-demand rotations of an external key: its materials made current by one.
+pub(super) const ON_DEMAND_MATERIALS: &str =
+    "SELECT COUNT(*) FROM key_materials WHERE key_id = $1 AND rotated_at IS NOT NULL";
+
+/// Refuses a change when `count` already reached `max`.
+pub(super) fn check_count(count: i64, max: Option<usize>, limit: fn(usize) -> Limit) -> Result<()> {
+    match max {
+        Some(max) if count >= i64::try_from(max).unwrap_or(i64::MAX) => Err(Error::LimitExceeded(limit(max))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses adding or replacing `tags` on a key with tag keys `existing` when it would end up
+/// with more than `max` tags.
+pub(super) fn check_tags(existing: &[String], tags: &[(String, String)], max: Option<usize>) -> Result<()> {
+    let Some(max) = max else { return Ok(()) };
+    let mut keys: std::collections::BTreeSet<&str> = existing.iter().map(String::as_str).collect();
+    keys.extend(tags.iter().map(|(k, _)| k.as_str()));
+    if keys.len() > max { Err(Error::LimitExceeded(Limit::Tags(max))) } else { Ok(()) }
 }

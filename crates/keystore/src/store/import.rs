@@ -84,7 +84,7 @@ impl KeyStore {
     /// [`Error::NoPendingMaterial`]. Returns the new current material id.
     pub fn rotate_imported(&self, key: &KeyRef, at: i64) -> Result<String> {
         let (_, id) = self.resolve_db(key)?;
-        let mid = self.core.db.rotate_imported(&id, at)?;
+        let mid = self.core.db.rotate_imported(&id, at, self.limits().max_on_demand_rotations)?;
         self.refresh()?;
         Ok(mid)
     }

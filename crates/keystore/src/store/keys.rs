@@ -55,6 +55,7 @@ impl KeyStore {
             version,
             tags,
             policy,
+            max_keys: self.limits().max_keys,
         })?;
         self.refresh()?;
         self.describe(&KeyRef::Id(uuid::Uuid::from_bytes(kid)))
@@ -69,7 +70,8 @@ impl KeyStore {
     pub fn rotate_as(&self, key: &KeyRef, kind: RotationType, at: i64) -> Result<KeyMetadata> {
         let (kid, id) = self.resolve_db(key)?;
         let v = self.new_material(&kid)?;
-        self.core.db.rotate(&id, &v, kind, at)?;
+        let max = if kind == RotationType::OnDemand { self.limits().max_on_demand_rotations } else { None };
+        self.core.db.rotate(&id, &v, kind, at, max)?;
         self.refresh()?;
         self.describe(key)
     }
@@ -147,7 +149,7 @@ impl KeyStore {
     /// Adds or replaces tags of a key. Not for keys pending deletion.
     pub fn tag(&self, key: &KeyRef, tags: &[(String, String)]) -> Result<()> {
         let (_, id) = self.resolve_db(key)?;
-        self.core.db.tag(&id, tags)?;
+        self.core.db.tag(&id, tags, self.limits().max_tags)?;
         self.refresh()
     }
 

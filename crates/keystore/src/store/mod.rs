@@ -228,10 +228,25 @@ impl Default for StoreOptions {
 /// Default of [`StoreOptions::refresh_interval`].
 pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Quotas the key store enforces inside its write transactions (`None`: no limit). Because the
+/// check and the write are one transaction, and writers take turns (SQLite's IMMEDIATE
+/// transactions, PostgreSQL's store lock), processes sharing one database cannot exceed a quota
+/// together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Keys in the store (creation refused at this many).
+    pub max_keys: Option<usize>,
+    /// Tags per key.
+    pub max_tags: Option<usize>,
+    /// On-demand rotations per key (automatic rotations do not count).
+    pub max_on_demand_rotations: Option<usize>,
+}
+
 /// The key store.
 pub struct KeyStore {
     core: Arc<Core>,
     dir: PathBuf,
+    limits: RwLock<Limits>,
 }
 
 /// What the store's background work shares with it.
@@ -328,7 +343,7 @@ impl KeyStore {
             Location::Postgres(o) => Box::new(postgres::Postgres::open(o)?),
         };
         let core = Core { db, root, snap: RwLock::new(Arc::new(Snapshot::default())), refreshing: Mutex::new(()) };
-        let store = Self { core: Arc::new(core), dir: dir.to_path_buf() };
+        let store = Self { core: Arc::new(core), dir: dir.to_path_buf(), limits: RwLock::new(Limits::default()) };
         store.refresh()?;
         if options.location.is_shared() {
             watch(&store.core, options.refresh_interval)?;
@@ -339,6 +354,16 @@ impl KeyStore {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Sets the quotas later writes are checked against (none by default).
+    pub fn set_limits(&self, limits: Limits) {
+        *self.limits.write().unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
+    }
+
+    /// The quotas writes are checked against.
+    pub fn limits(&self) -> Limits {
+        *self.limits.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Re-reads keys, states, aliases and versions from the database (picking up changes made by

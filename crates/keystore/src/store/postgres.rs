@@ -39,11 +39,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::AliasInfo;
 use super::engine::{
-    AliasRow, Engine, ImportRequest, ImportRow, KeyRow, MaterialRow, NewKey, NewVersion, PolicyRow, Rows, TagRow,
-    VersionRow,
+    AliasRow, Engine, ImportRequest, ImportRow, KeyRow, MaterialRow, NewKey, NewVersion, ON_DEMAND_MATERIALS,
+    ON_DEMAND_VERSIONS, PolicyRow, Rows, TagRow, VersionRow, check_count, check_tags,
 };
 use super::import;
-use crate::error::{Error, Result};
+use crate::error::{Error, Limit, Result};
 use crate::model::{KeyState, RotationType};
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -225,10 +225,14 @@ impl Engine for Postgres {
         let pool = self.pool.clone();
         let (id, description, created_at) = (k.key_id.to_string(), k.description.to_string(), k.created_at);
         let (alias, version) = (k.alias.map(str::to_string), k.version.clone());
-        let (tags, policy) = (k.tags.to_vec(), k.policy.map(str::to_string));
+        let (tags, policy, max_keys) = (k.tags.to_vec(), k.policy.map(str::to_string), k.max_keys);
         self.run(async move {
             let mut c = client(&pool).await?;
             let tx = begin_write(&mut c).await?;
+            if max_keys.is_some() {
+                let count: i64 = tx.query_one("SELECT COUNT(*) FROM keys", &[]).await?.try_get(0)?;
+                check_count(count, max_keys, Limit::Keys)?;
+            }
             if let Some(a) = &alias
                 && alias_target(&tx, a).await?.is_some()
             {
@@ -269,7 +273,14 @@ impl Engine for Postgres {
         })
     }
 
-    fn rotate(&self, id: &str, v: &NewVersion, kind: RotationType, at: i64) -> Result<()> {
+    fn rotate(
+        &self,
+        id: &str,
+        v: &NewVersion,
+        kind: RotationType,
+        at: i64,
+        max_on_demand: Option<usize>,
+    ) -> Result<()> {
         let (pool, id, v) = (self.pool.clone(), id.to_string(), v.clone());
         self.run(async move {
             let mut c = client(&pool).await?;
@@ -280,6 +291,10 @@ impl Engine for Postgres {
             }
             if is_external(&tx, &id).await? {
                 return Err(Error::Unsupported(format!("key {id} has imported key material and cannot be rotated")));
+            }
+            if max_on_demand.is_some() {
+                let count: i64 = tx.query_one(ON_DEMAND_VERSIONS, &[&id]).await?.try_get(0)?;
+                check_count(count, max_on_demand, Limit::OnDemandRotations)?;
             }
             add_version(&tx, &id, &v, kind, at).await?;
             commit_change(tx).await
@@ -419,12 +434,17 @@ impl Engine for Postgres {
         })
     }
 
-    fn tag(&self, id: &str, tags: &[(String, String)]) -> Result<()> {
+    fn tag(&self, id: &str, tags: &[(String, String)], max_tags: Option<usize>) -> Result<()> {
         let (pool, id, tags) = (self.pool.clone(), id.to_string(), tags.to_vec());
         self.run(async move {
             let mut c = client(&pool).await?;
             let tx = begin_write(&mut c).await?;
             refuse_pending_deletion(&id, key_state(&tx, &id).await?)?;
+            if max_tags.is_some() {
+                let rows = tx.query("SELECT tag_key FROM key_tags WHERE key_id = $1", &[&id]).await?;
+                let existing = rows.iter().map(|r| r.try_get(0)).collect::<std::result::Result<Vec<String>, _>>()?;
+                check_tags(&existing, &tags, max_tags)?;
+            }
             put_tags(&tx, &id, &tags).await?;
             commit_change(tx).await
         })
@@ -485,7 +505,7 @@ impl Engine for Postgres {
         })
     }
 
-    fn rotate_imported(&self, id: &str, at: i64) -> Result<String> {
+    fn rotate_imported(&self, id: &str, at: i64, max_on_demand: Option<usize>) -> Result<String> {
         let (pool, id) = (self.pool.clone(), id.to_string());
         self.run(async move {
             let mut c = client(&pool).await?;
@@ -493,6 +513,10 @@ impl Engine for Postgres {
             let state = key_state(&tx, &id).await?;
             let rows = external_materials(&tx, &id).await?;
             let change = import::plan_rotate(&id, state, rows, at)?;
+            if max_on_demand.is_some() {
+                let count: i64 = tx.query_one(ON_DEMAND_MATERIALS, &[&id]).await?.try_get(0)?;
+                check_count(count, max_on_demand, Limit::OnDemandRotations)?;
+            }
             apply(&tx, &id, &change, at).await?;
             commit_change(tx).await?;
             Ok(change.material_id)

@@ -14,11 +14,11 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::AliasInfo;
 use super::engine::{
-    AliasRow, Engine, ImportRequest, ImportRow, KeyRow, MaterialRow, NewKey, NewVersion, PolicyRow, Rows, TagRow,
-    VersionRow,
+    AliasRow, Engine, ImportRequest, ImportRow, KeyRow, MaterialRow, NewKey, NewVersion, ON_DEMAND_MATERIALS,
+    ON_DEMAND_VERSIONS, PolicyRow, Rows, TagRow, VersionRow, check_count, check_tags,
 };
 use super::{import, schema};
-use crate::error::{Error, Result};
+use crate::error::{Error, Limit, Result};
 use crate::model::{KeyState, RotationType};
 
 /// The SQLite database of a store.
@@ -152,6 +152,10 @@ impl Engine for Sqlite {
     /// Creates a key (with its first version, alias, tags and policy) in one transaction.
     fn create_key(&self, k: &NewKey<'_>) -> Result<()> {
         self.write(|tx| {
+            if k.max_keys.is_some() {
+                let count: i64 = tx.query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
+                check_count(count, k.max_keys, Limit::Keys)?;
+            }
             if let Some(a) = k.alias
                 && alias_target(tx, a)?.is_some()
             {
@@ -194,13 +198,24 @@ impl Engine for Sqlite {
     }
 
     /// Adds `v` as the key's new current version (an on-demand or automatic rotation).
-    fn rotate(&self, id: &str, v: &NewVersion, kind: RotationType, at: i64) -> Result<()> {
+    fn rotate(
+        &self,
+        id: &str,
+        v: &NewVersion,
+        kind: RotationType,
+        at: i64,
+        max_on_demand: Option<usize>,
+    ) -> Result<()> {
         self.write_key(id, |tx, state| {
             if state == KeyState::PendingDeletion {
                 return Err(Error::InvalidState { key: id.to_string(), state });
             }
             if is_external(tx, id)? {
                 return Err(Error::Unsupported(format!("key {id} has imported key material and cannot be rotated")));
+            }
+            if max_on_demand.is_some() {
+                let count: i64 = tx.query_row(ON_DEMAND_VERSIONS, [id], |r| r.get(0))?;
+                check_count(count, max_on_demand, Limit::OnDemandRotations)?;
             }
             add_version(tx, id, v, kind, at)
         })
@@ -317,9 +332,14 @@ impl Engine for Sqlite {
     }
 
     /// Adds or replaces tags.
-    fn tag(&self, id: &str, tags: &[(String, String)]) -> Result<()> {
+    fn tag(&self, id: &str, tags: &[(String, String)], max_tags: Option<usize>) -> Result<()> {
         self.write_key(id, |tx, state| {
             refuse_pending_deletion(id, state)?;
+            if max_tags.is_some() {
+                let mut q = tx.prepare("SELECT tag_key FROM key_tags WHERE key_id = ?1")?;
+                let existing = q.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?;
+                check_tags(&existing, tags, max_tags)?;
+            }
             put_tags(tx, id, tags)
         })
     }
@@ -366,10 +386,14 @@ impl Engine for Sqlite {
     }
 
     /// Makes the material pending rotation current ([`import::plan_rotate`]); returns its id.
-    fn rotate_imported(&self, id: &str, at: i64) -> Result<String> {
+    fn rotate_imported(&self, id: &str, at: i64, max_on_demand: Option<usize>) -> Result<String> {
         self.write_key(id, |tx, state| {
             let rows = external_materials(tx, id)?;
             let change = import::plan_rotate(id, state, rows, at)?;
+            if max_on_demand.is_some() {
+                let count: i64 = tx.query_row(ON_DEMAND_MATERIALS, [id], |r| r.get(0))?;
+                check_count(count, max_on_demand, Limit::OnDemandRotations)?;
+            }
             apply(tx, id, &change, at)?;
             Ok(change.material_id)
         })

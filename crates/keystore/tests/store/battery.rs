@@ -4,8 +4,8 @@
 use std::sync::{Arc, Barrier};
 
 use envelope_keystore::{
-    EncryptionContext, Error, ImportOptions, ImportType, KeyMetadata, KeyRef, KeyState, KeyStore, MaterialState,
-    RotationType,
+    EncryptionContext, Error, ImportOptions, ImportType, KeyMetadata, KeyRef, KeyState, KeyStore, Limit, Limits,
+    MaterialState, RotationType,
 };
 
 use crate::subject::Subject;
@@ -425,6 +425,63 @@ pub fn concurrent_rotations_and_tags_lose_no_update(s: &dyn Subject) {
     // Every version still decrypts what it made.
     let e = a.encrypt(&r, b"z", &EncryptionContext::new()).unwrap();
     assert_eq!(&b.decrypt(&e.blob, &EncryptionContext::new()).unwrap().plaintext[..], b"z");
+}
+
+/// Quotas hold across handles (processes, replicas) writing at once: each check runs in its
+/// write's transaction, so 2 × 6 concurrent creations against a limit of 5 keys make 5, and the
+/// same for tags per key and on-demand rotations per key.
+pub fn limits_hold_across_concurrent_handles(s: &dyn Subject) {
+    let limits = Limits { max_keys: Some(5), max_tags: Some(4), max_on_demand_rotations: Some(3) };
+    let (a, b) = (Arc::new(s.open()), Arc::new(s.open()));
+    a.set_limits(limits);
+    b.set_limits(limits);
+    let k = a.create_key(Some("limited"), "").unwrap();
+    let r = KeyRef::parse(&k.key_id).unwrap();
+    b.refresh().unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let work = |store: &Arc<KeyStore>, name: &'static str| {
+        let (store, r, barrier) = (store.clone(), r.clone(), barrier.clone());
+        std::thread::spawn(move || {
+            barrier.wait();
+            let mut refused = [0usize; 3];
+            for i in 0..6 {
+                match store.create_key(None, "") {
+                    Ok(_) => {}
+                    Err(Error::LimitExceeded(Limit::Keys(5))) => refused[0] += 1,
+                    Err(e) => panic!("create: {e}"),
+                }
+                match store.tag(&r, &[(format!("{name}{i}"), "x".into())]) {
+                    Ok(()) => {}
+                    Err(Error::LimitExceeded(Limit::Tags(4))) => refused[1] += 1,
+                    Err(e) => panic!("tag: {e}"),
+                }
+                match store.rotate(&r) {
+                    Ok(_) => {}
+                    Err(Error::LimitExceeded(Limit::OnDemandRotations(3))) => refused[2] += 1,
+                    Err(e) => panic!("rotate: {e}"),
+                }
+            }
+            refused
+        })
+    };
+    let (ta, tb) = (work(&a, "a"), work(&b, "b"));
+    let (ra, rb) = (ta.join().unwrap(), tb.join().unwrap());
+    a.refresh().unwrap();
+    assert_eq!(a.list().unwrap().len(), 5, "keys");
+    assert_eq!(ra[0] + rb[0], 12 - 4, "refused creations");
+    assert_eq!(a.attributes(&r).unwrap().tags.len(), 4, "tags");
+    assert_eq!(ra[1] + rb[1], 12 - 4, "refused tag changes");
+    assert_eq!(a.describe(&r).unwrap().versions.len(), 1 + 3, "versions");
+    assert_eq!(ra[2] + rb[2], 12 - 3, "refused rotations");
+    // Replacing the value of a tag the key has is no new tag; automatic rotations do not count.
+    let present = a.attributes(&r).unwrap().tags[0].0.clone();
+    a.tag(&r, &[(present, "y".into())]).unwrap();
+    a.rotate_as(&r, RotationType::Automatic, 1_000).unwrap();
+    // Without limits (the plugin's store, the CLI) nothing is refused.
+    a.set_limits(Limits::default());
+    a.create_key(None, "").unwrap();
+    a.tag(&r, &[("free".into(), "x".into())]).unwrap();
+    a.rotate(&r).unwrap();
 }
 
 /// Three handles run the automatic rotation of one due key at once: it rotates once.

@@ -61,6 +61,10 @@ macro_rules! battery {
             crate::battery::concurrent_rotations_and_tags_lose_no_update(&$subject());
         }
         #[test]
+        fn limits_hold_across_concurrent_handles() {
+            crate::battery::limits_hold_across_concurrent_handles(&$subject());
+        }
+        #[test]
         fn automatic_rotation_runs_once_from_several_handles() {
             crate::battery::automatic_rotation_runs_once_from_several_handles(&$subject());
         }

@@ -168,21 +168,23 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
                     super::policies::lockout_check(p, call.caller(), &s.config.account_id, &resource)?;
                 }
             }
-            // One creation at a time, so the count and the insert cannot interleave.
-            let _one = s.limits()?;
-            let count = s.store.list().map_err(|e| KmsError::from_store(e, Subject::Internal))?.len();
-            if count >= s.config.max_keys {
-                return Err(KmsError::LimitExceeded(format!(
-                    "The request was rejected because account {} has reached its limit of {} KMS keys.",
-                    s.config.account_id, s.config.max_keys
-                )));
-            }
+            // The key count is checked in the creation's own transaction (Server::new sets the
+            // store's limits), so concurrent creations, on this server or on replicas, cannot
+            // go past it together.
             let meta = if external {
                 s.store.create_external_key(&description, &tags, policy.as_deref())
             } else {
                 s.store.create_key_with(None, &description, &tags, policy.as_deref())
             }
-            .map_err(|e| KmsError::from_store(e, Subject::Key("new key")))?;
+            .map_err(|e| match e {
+                envelope_keystore::Error::LimitExceeded(envelope_keystore::Limit::Keys(max)) => {
+                    KmsError::LimitExceeded(format!(
+                        "The request was rejected because account {} has reached its limit of {max} KMS keys.",
+                        s.config.account_id
+                    ))
+                }
+                e => KmsError::from_store(e, Subject::Key("new key")),
+            })?;
             call.touched(&s.names.key_arn(&meta.key_id));
             call.reply(&KeyMetadataResponse { key_metadata: metadata(s, &meta) })
         }

@@ -158,16 +158,8 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             if a.external && !a.materials.iter().any(|m| m.state == MaterialState::PendingRotation) {
                 return Err(no_pending());
             }
-            let _one = s.limits()?;
-            let a = call.attributes(&k)?;
-            let done = a.rotations.iter().filter(|r| r.kind == envelope_keystore::RotationType::OnDemand).count();
-            if done >= s.config.max_on_demand_rotations {
-                return Err(KmsError::LimitExceeded(format!(
-                    "The on-demand rotations limit has been reached for the given keyId. \
-                     No more on-demand rotations can be performed for this key: {}",
-                    k.arn
-                )));
-            }
+            // The quota of on-demand rotations is checked in the rotation's own transaction (the
+            // store's limits, set by Server::new): LimitExceededException once reached.
             if a.external {
                 s.store.rotate_imported(&k.r, s.clock.now()).map_err(|e| match e {
                     envelope_keystore::Error::NoPendingMaterial(_) => no_pending(),

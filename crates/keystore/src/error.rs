@@ -85,6 +85,9 @@ pub enum Error {
         /// Highest version this build understands.
         supported: i64,
     },
+    /// A quota is exhausted (e.g. grants per key).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
     /// The cryptographic library failed (should not happen).
     #[error("crypto failure")]
     Crypto,

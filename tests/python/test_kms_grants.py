@@ -27,6 +27,7 @@ GRANTEE = f"arn:aws:iam::{ACCOUNT}:user/grantee"
 RETIRER = f"arn:aws:iam::{ACCOUNT}:user/retirer"
 BYSTANDER = f"arn:aws:iam::{ACCOUNT}:user/bystander"
 DENIED = f"arn:aws:iam::{ACCOUNT}:user/denied"
+DELEGATED = f"arn:aws:iam::{ACCOUNT}:user/delegated"
 
 KEYS = {
     ADMIN: ("AKIAENVELOPEGRANT001", "grant-admin-secret-0123456789abcdefghijk"),
@@ -34,6 +35,7 @@ KEYS = {
     RETIRER: ("AKIAENVELOPEGRANT003", "grant-retirer-secret-0123456789abcdefghi"),
     BYSTANDER: ("AKIAENVELOPEGRANT004", "grant-bystander-secret-0123456789abcdefg"),
     DENIED: ("AKIAENVELOPEGRANT005", "grant-denied-secret-0123456789abcdefghij"),
+    DELEGATED: ("AKIAENVELOPEGRANT006", "grant-delegated-secret-0123456789abcdefg"),
 }
 
 NOTHING_ON_KEYS = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:ListKeys","Resource":"*"}]}'
@@ -45,6 +47,8 @@ POLICIES = {
     RETIRER: NOTHING_ON_KEYS,
     BYSTANDER: NOTHING_ON_KEYS,
     DENIED: DENY_DECRYPT,
+    DELEGATED: '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["kms:Encrypt","kms:Decrypt"],'
+               f'"Resource":"arn:aws:kms:{REGION}:{ACCOUNT}:key/*"}}]}}',
 }
 
 
@@ -217,6 +221,23 @@ def test_an_explicit_deny_beats_a_grant(server):
     admin.create_grant(KeyId=k2["KeyId"], GranteePrincipal=DENIED, Operations=["Encrypt", "Decrypt"])
     ct2 = denied.encrypt(KeyId=k2["KeyId"], Plaintext=b"y")["CiphertextBlob"]
     assert "explicit deny in an identity-based policy" in _denied(denied.decrypt, CiphertextBlob=ct2)
+
+
+def test_a_grant_to_the_account_needs_the_identity_policy_too(server):
+    admin = _client(server, ADMIN)
+    grantee, delegated = _client(server, GRANTEE), _client(server, DELEGATED)
+    only_admin = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]}
+    k = _key(admin, only_admin)
+    # The key policy names only the admin: the delegated principal's identity policy alone opens nothing.
+    _denied(delegated.encrypt, KeyId=k["KeyId"], Plaintext=b"x")
+    admin.create_grant(KeyId=k["KeyId"], GranteePrincipal=f"arn:aws:iam::{ACCOUNT}:root", Operations=["Encrypt"])
+    # A grant to the account: its principals whose identity policy allows the operation.
+    delegated.encrypt(KeyId=k["KeyId"], Plaintext=b"x")
+    _denied(grantee.encrypt, KeyId=k["KeyId"], Plaintext=b"x")
+    # Not beyond the grant's operations, whatever the identity policy allows.
+    ct = admin.encrypt(KeyId=k["KeyId"], Plaintext=b"y")["CiphertextBlob"]
+    _denied(delegated.decrypt, CiphertextBlob=ct)
 
 
 # --- the lifecycle ---------------------------------------------------------------------------

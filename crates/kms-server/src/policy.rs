@@ -381,6 +381,13 @@ pub fn authorize(key: Option<&Policy>, identity: Option<&Policy>, own_account: &
     }
 }
 
+/// Whether the identity policy allows `q` on its own (`None`: unrestricted). A grant whose
+/// grantee is the caller's account (its root) allows only what this allows too, as a key-policy
+/// statement naming the account does.
+pub fn identity_allows(identity: Option<&Policy>, q: &Query<'_>) -> bool {
+    identity.is_none_or(|p| matches!(matches(p, q), Match::Direct | Match::Account))
+}
+
 /// How statement `s` applies to `q`: `None` if it does not, else [`Match::Direct`] or
 /// [`Match::Account`] by how its principal matched.
 fn matches_statement(s: &Statement, q: &Query<'_>) -> Option<Match> {

@@ -396,7 +396,10 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             // A grant with CreateGrant allows passing on no more than it has (never against an
             // explicit Deny).
             let by_grant = matches!(verdict, Verdict::ImplicitDeny(_))
-                && attrs.grants_for(principal).any(|g| may_create_from(g, &operations, constraints.as_ref()));
+                && attrs.grants.iter().any(|g| {
+                    may_create_from(g, &operations, constraints.as_ref())
+                        && call.is_grantee(g, "CreateGrant", &k.arn, &no_context)
+                });
             if !by_grant {
                 call.verdict_result(verdict, "CreateGrant", &k.arn)?;
             }
@@ -470,7 +473,10 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             let (verdict, _) = call.key_verdict(&k, "RetireGrant", &no_context, None)?;
             // The grant says who may retire it; a policy allowing kms:RetireGrant on the key
             // does too; an explicit Deny wins over both.
-            let by_grant = matches!(verdict, Verdict::ImplicitDeny(_)) && may_retire(&grant, principal);
+            let by_grant = matches!(verdict, Verdict::ImplicitDeny(_))
+                && (may_retire(&grant, principal)
+                    || (grant.operations.iter().any(|o| o == "RetireGrant")
+                        && call.is_grantee(&grant, "RetireGrant", &k.arn, &no_context)));
             if !by_grant {
                 call.verdict_result(verdict, "RetireGrant", &k.arn)?;
             }

@@ -441,11 +441,27 @@ impl<'a> Call<'a> {
         let (verdict, attrs) = self.key_verdict(k, action, context, None)?;
         if matches!(verdict, Verdict::ImplicitDeny(_))
             && !matches!(action, "CreateGrant" | "RetireGrant")
-            && attrs.grants_for(&self.caller.principal).any(|g| g.allows(action, context))
+            && attrs.grants.iter().any(|g| g.allows(action, context) && self.is_grantee(g, action, &k.arn, context))
         {
             return Ok(());
         }
         self.verdict_result(verdict, action, &k.arn)
+    }
+
+    /// Whether the caller is `g`'s grantee for `action`: the grantee principal itself, or a
+    /// principal of the grantee account (`arn:aws:iam::<account>:root`) whose identity policy
+    /// allows the action on the key too.
+    pub(crate) fn is_grantee(&self, g: &envelope_keystore::Grant, action: &str, arn: &str, context: &Context) -> bool {
+        let principal = self.caller.principal.as_str();
+        if g.grantee == principal {
+            return true;
+        }
+        let Some(account) = policy::account_root(&g.grantee) else { return false };
+        if policy::account_of(principal) != Some(account) {
+            return false;
+        }
+        let q = Query { principal, action, resource: arn, context, grant: None };
+        policy::identity_allows(self.caller.identity.as_deref(), &q)
     }
 
     /// The policies' verdict on `kms:<action>` for key `k` (grants not consulted), and the key's

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use envelope_kms_server::policy::{self, Query};
+use envelope_kms_server::policy::{self, GrantRequest, Query};
 use libfuzzer_sys::fuzz_target;
 
 const ACCOUNT: &str = "111122223333";
@@ -16,6 +16,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
 
     let empty = BTreeMap::new();
+    let operations = ["Decrypt".to_string(), "CreateGrant".to_string()];
+    let grant = GrantRequest {
+        operations: &operations,
+        grantee: "arn:aws:iam::111122223333:role/worker",
+        retiring: Some("arn:aws:iam::111122223333:user/admin"),
+    };
     let context = BTreeMap::from([("Purpose".to_string(), "fuzz".to_string()), ("é".to_string(), "*".to_string())]);
     let queries = [
         Query {
@@ -23,15 +29,30 @@ fuzz_target!(|data: &[u8]| {
             action: "Encrypt",
             resource: KEY_ARN,
             context: &context,
+            grant: None,
         },
         Query {
             principal: "arn:aws:iam::111122223333:root",
             action: "PutKeyPolicy",
             resource: KEY_ARN,
             context: &empty,
+            grant: None,
         },
-        Query { principal: "arn:aws:iam::444455556666:role/x", action: "Decrypt", resource: "*", context: &context },
-        Query { principal: "", action: "", resource: "", context: &empty },
+        Query {
+            principal: "arn:aws:iam::111122223333:user/app",
+            action: "CreateGrant",
+            resource: KEY_ARN,
+            context: &empty,
+            grant: Some(&grant),
+        },
+        Query {
+            principal: "arn:aws:iam::444455556666:role/x",
+            action: "Decrypt",
+            resource: "*",
+            context: &context,
+            grant: None,
+        },
+        Query { principal: "", action: "", resource: "", context: &empty, grant: None },
     ];
     let key = policy::parse(text).ok();
     let identity = policy::parse_identity(text).ok();

@@ -34,6 +34,11 @@ REGION, ACCOUNT = "us-east-1", "111122223333"
 ADMIN = f"arn:aws:iam::{ACCOUNT}:user/admin"
 LIMITED = f"arn:aws:iam::{ACCOUNT}:user/limited"
 MAX_ON_DEMAND = 3
+GRANTEE = f"arn:aws:iam::{ACCOUNT}:user/grantee"
+GRANT_OPERATIONS = ["Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom",
+                    "ReEncryptTo", "Sign", "Verify", "GetPublicKey", "CreateGrant", "RetireGrant", "DescribeKey",
+                    "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "VerifyMac",
+                    "DeriveSharedSecret", "Encapsulate", "Decapsulate"]
 
 
 def arn(key_id, region=REGION):
@@ -349,9 +354,67 @@ ROWS = [
      lambda f: {"KeyId": f["on"], "PolicyName": "default", "Policy": "{" + " " * 40000 + "}"},
      "LimitExceededException", "The key policy is larger than the limit of 32768 bytes.", "unknown"),
     # ---- what this server does not do ----
-    ("create-grant", "CreateGrant",
-     lambda f: {"KeyId": f["on"], "GranteePrincipal": "arn:aws:iam::111122223333:user/x", "Operations": ["Decrypt"]},
-     "UnsupportedOperationException", "CreateGrant is not supported by this server yet.", "unknown"),
+    ("sign", "Sign",
+     lambda f: {"KeyId": f["on"], "Message": b"m", "SigningAlgorithm": "RSASSA_PSS_SHA_256"},
+     "UnsupportedOperationException", "Sign is not supported by this server yet.", "unknown"),
+    ("create-grant-source-arn-constraint", "CreateGrant",
+     lambda f: {"KeyId": f["on"], "GranteePrincipal": GRANTEE, "Operations": ["Decrypt"],
+                "Constraints": {"SourceArn": "arn:aws:s3:::bucket"}},
+     "UnsupportedOperationException", "The SourceArn grant constraint is not supported by this server.", "unknown"),
+    ("create-grant-service-principal", "CreateGrant",
+     lambda f: {"KeyId": f["on"], "GranteeServicePrincipal": "s3.amazonaws.com", "Operations": ["Decrypt"]},
+     "UnsupportedOperationException", "Service principals are not supported by this server.", "unknown"),
+    # ---- grants ----
+    ("create-grant-no-operations", "CreateGrant",
+     lambda f: {"KeyId": f["on"], "GranteePrincipal": GRANTEE, "Operations": []},
+     "ValidationException", "1 validation error detected: Value '[]' at 'operations' failed to satisfy constraint: "
+     "Member must have length greater than or equal to 1", "unknown"),
+    ("create-grant-unknown-operation", "CreateGrant",
+     lambda f: {"KeyId": f["on"], "GranteePrincipal": GRANTEE, "Operations": ["Fly"]},
+     "ValidationException", "1 validation error detected: Value 'Fly' at 'operations.member' failed to satisfy "
+     "constraint: Member must satisfy enum value set: [" + ", ".join(GRANT_OPERATIONS) + "]", "model"),
+    ("create-grant-operation-of-asymmetric-keys", "CreateGrant",
+     lambda f: {"KeyId": f["on"], "GranteePrincipal": GRANTEE, "Operations": ["Decrypt", "Sign", "GenerateMac"]},
+     "ValidationException", "The grant operations Sign, GenerateMac are not valid for a symmetric encryption KMS key.",
+     "unknown"),
+    ("create-grant-no-grantee", "CreateGrant", lambda f: {"KeyId": f["on"], "Operations": ["Decrypt"]},
+     "ValidationException", "1 validation error detected: Value null at 'granteePrincipal' failed to satisfy "
+     "constraint: Member must not be null", "model"),
+    ("create-grant-grantee-not-an-arn", "CreateGrant",
+     lambda f: {"KeyId": f["on"], "GranteePrincipal": "bob", "Operations": ["Decrypt"]},
+     "InvalidArnException", "The principal bob is not a valid ARN.", "unknown"),
+    ("create-grant-name-pattern", "CreateGrant",
+     lambda f: {"KeyId": f["on"], "GranteePrincipal": GRANTEE, "Operations": ["Decrypt"], "Name": "a b"},
+     "ValidationException", "1 validation error detected: Value 'a b' at 'name' failed to satisfy constraint: "
+     "Member must satisfy regular expression pattern: ^[a-zA-Z0-9:/_-]+$", "model"),
+    ("create-grant-too-many-constraint-pairs", "CreateGrant",
+     lambda f: {"KeyId": f["on"], "GranteePrincipal": GRANTEE, "Operations": ["Decrypt"],
+                "Constraints": {"EncryptionContextSubset": {f"k{i}": "v" for i in range(9)}}},
+     "ValidationException", "EncryptionContextSubset may hold at most 8 encryption context pairs.", "unknown"),
+    ("create-grant-pending-deletion", "CreateGrant",
+     lambda f: {"KeyId": f["gone"], "GranteePrincipal": GRANTEE, "Operations": ["Decrypt"]},
+     "KMSInvalidStateException", lambda f: f"{arn(f['gone'])} is pending deletion.", "AWS"),
+    ("create-grant-malformed-token", "CreateGrant",
+     lambda f: {"KeyId": f["on"], "GranteePrincipal": GRANTEE, "Operations": ["Decrypt"], "GrantTokens": ["x"]},
+     "InvalidGrantTokenException", "The grant token is not valid.", "unknown"),
+    ("encrypt-malformed-grant-token", "Encrypt",
+     lambda f: {"KeyId": f["on"], "Plaintext": b"x", "GrantTokens": ["not-a-token"]},
+     "InvalidGrantTokenException", "The grant token is not valid.", "unknown"),
+    ("retire-grant-malformed-token", "RetireGrant", lambda f: {"GrantToken": "garbage"},
+     "InvalidGrantTokenException", "The grant token is not valid.", "unknown"),
+    ("retire-grant-names-nothing", "RetireGrant", lambda f: {"KeyId": f["on"]},
+     "ValidationException", "Specify either a GrantToken, or both a KeyId and a GrantId.", "unknown"),
+    ("revoke-grant-malformed-id", "RevokeGrant", lambda f: {"KeyId": f["on"], "GrantId": "nope"},
+     "InvalidGrantIdException", "Invalid grant ID nope.", "unknown"),
+    ("revoke-grant-unknown-id", "RevokeGrant", lambda f: {"KeyId": f["on"], "GrantId": "0" * 64},
+     "NotFoundException", f"Grant ID {'0' * 64} not found.", "unknown"),
+    ("list-grants-malformed-id", "ListGrants", lambda f: {"KeyId": f["on"], "GrantId": "nope"},
+     "InvalidGrantIdException", "Invalid grant ID nope.", "unknown"),
+    ("list-grants-foreign-marker", "ListGrants", lambda f: {"KeyId": f["on"], "Marker": "Zm9vOmJhcg=="},
+     "InvalidMarkerException", "The marker is not valid.", "unknown"),
+    ("list-retirable-grants-no-principal", "ListRetirableGrants", lambda f: {},
+     "ValidationException", "1 validation error detected: Value null at 'retiringPrincipal' failed to satisfy "
+     "constraint: Member must not be null", "model"),
     ("create-key-cloudhsm-origin", "CreateKey", lambda f: {"Origin": "AWS_CLOUDHSM"},
      "UnsupportedOperationException", "Only Origin AWS_KMS and EXTERNAL are supported.", "unknown"),
     ("create-key-asymmetric", "CreateKey", lambda f: {"KeyUsage": "SIGN_VERIFY", "KeySpec": "RSA_2048"},

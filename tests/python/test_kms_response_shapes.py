@@ -54,6 +54,9 @@ ALWAYS = {
     "ListResourceTags": {"Tags", "Truncated"},
     "ListKeyRotations": {"Rotations", "Truncated"},
     "GetKeyPolicy": {"Policy", "PolicyName"},
+    "CreateGrant": {"GrantToken", "GrantId"},
+    "ListGrants": {"Grants", "Truncated"},
+    "ListRetirableGrants": {"Grants", "Truncated"},
 }
 
 # KeyMetadata members of every key AWS describes (symmetric, single-Region, AWS_KMS or EXTERNAL).
@@ -211,6 +214,18 @@ def exercise(c):
     c.decrypt(CiphertextBlob=ct)
     c.delete_imported_key_material(KeyId=ext)
     c.describe_key(KeyId=ext)
+    # Grants.
+    admin = f"arn:aws:iam::{ACCOUNT}:user/admin"
+    g = c.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{ACCOUNT}:user/app", RetiringPrincipal=admin,
+                       Operations=["Encrypt", "Decrypt"], Name="shapes",
+                       Constraints={"EncryptionContextSubset": {"a": "b"}})
+    c.create_grant(KeyId=key, GranteePrincipal=admin, Operations=["DescribeKey"])
+    c.encrypt(KeyId=key, Plaintext=b"z", GrantTokens=[g["GrantToken"]])
+    c.list_grants(KeyId=key, Limit=1)
+    c.list_grants(KeyId=key)
+    c.list_retirable_grants(RetiringPrincipal=admin)
+    c.retire_grant(GrantToken=g["GrantToken"])
+    c.revoke_grant(KeyId=key, GrantId=c.list_grants(KeyId=key)["Grants"][0]["GrantId"])
 
 
 def test_every_response_matches_the_model(kms):
@@ -219,7 +234,7 @@ def test_every_response_matches_the_model(kms):
     seen = {name for name, _, _ in raw}
     implemented = set(ALWAYS) | {"CreateAlias", "UpdateAlias", "DeleteAlias", "UpdateKeyDescription", "PutKeyPolicy",
                                  "TagResource", "UntagResource", "EnableKeyRotation", "DisableKeyRotation",
-                                 "DisableKey", "EnableKey"}
+                                 "DisableKey", "EnableKey", "RetireGrant", "RevokeGrant"}
     assert implemented <= seen, implemented - seen
     problems = []
     for name, status, body in raw:

@@ -104,6 +104,8 @@ pub enum Limit {
     Tags(usize),
     /// The key has had this many on-demand rotations.
     OnDemandRotations(usize),
+    /// The key already has this many grants.
+    Grants(usize),
 }
 
 impl std::fmt::Display for Limit {
@@ -112,6 +114,7 @@ impl std::fmt::Display for Limit {
             Limit::Keys(n) => write!(f, "at most {n} keys"),
             Limit::Tags(n) => write!(f, "at most {n} tags per key"),
             Limit::OnDemandRotations(n) => write!(f, "at most {n} on-demand rotations per key"),
+            Limit::Grants(n) => write!(f, "at most {n} grants per key"),
         }
     }
 }

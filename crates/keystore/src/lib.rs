@@ -31,8 +31,8 @@ pub mod store;
 pub use context::{EncryptionContext, RESERVED_CONTEXT_PREFIX};
 pub use error::{Error, Limit, Result};
 pub use model::{
-    ImportOptions, ImportType, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion,
-    MaterialState, Rotation, RotationType,
+    Grant, GrantConstraints, ImportOptions, ImportType, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeyState,
+    KeyVersion, MaterialState, Rotation, RotationType,
 };
 pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, Limits, Location, MigrateReport, RootSource, StoreOptions};
 

@@ -147,6 +147,114 @@ pub struct KeyAttributes {
     /// For an external key: every material associated with it (or pending rotation), in the
     /// order they were first imported.
     pub materials: Vec<ImportedMaterial>,
+    /// The key's grants, oldest first (creation time, then grant id).
+    pub grants: Vec<std::sync::Arc<Grant>>,
+}
+
+impl KeyAttributes {
+    /// The key's grants whose grantee is exactly `principal` (what an authorization checks).
+    pub fn grants_for<'a>(&'a self, principal: &'a str) -> impl Iterator<Item = &'a std::sync::Arc<Grant>> + 'a {
+        self.grants.iter().filter(move |g| g.grantee == principal)
+    }
+}
+
+/// An encryption-context constraint of a grant (AWS's `GrantConstraints`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct GrantConstraints {
+    /// The request's encryption context must be exactly this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_context_equals: Option<std::collections::BTreeMap<String, String>>,
+    /// The request's encryption context must include every pair of this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_context_subset: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl GrantConstraints {
+    /// Whether a request with encryption context `ctx` satisfies the constraints.
+    pub fn allows(&self, ctx: &std::collections::BTreeMap<String, String>) -> bool {
+        self.encryption_context_equals.as_ref().is_none_or(|e| e == ctx)
+            && self.encryption_context_subset.as_ref().is_none_or(|s| s.iter().all(|(k, v)| ctx.get(k) == Some(v)))
+    }
+
+    /// Whether `child` is at least as strict as `self`: every context `child` allows, `self`
+    /// allows too (what a grantee with CreateGrant from a grant may pass on).
+    pub fn covers(&self, child: Option<&GrantConstraints>) -> bool {
+        let equals_ok = match &self.encryption_context_equals {
+            None => true,
+            Some(e) => child.and_then(|c| c.encryption_context_equals.as_ref()) == Some(e),
+        };
+        let subset_ok = match &self.encryption_context_subset {
+            None => true,
+            Some(s) => {
+                let includes =
+                    |m: &std::collections::BTreeMap<String, String>| s.iter().all(|(k, v)| m.get(k) == Some(v));
+                child.is_some_and(|c| {
+                    c.encryption_context_equals.as_ref().is_some_and(includes)
+                        || c.encryption_context_subset.as_ref().is_some_and(includes)
+                })
+            }
+        };
+        equals_ok && subset_ok
+    }
+
+    /// Whether there is no constraint at all.
+    pub fn is_empty(&self) -> bool {
+        self.encryption_context_equals.is_none() && self.encryption_context_subset.is_none()
+    }
+}
+
+/// A grant on a key (the key server's CreateGrant): who may use the key for which operations,
+/// under which encryption-context constraints. Contains no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// 64 lowercase hex characters.
+    pub grant_id: String,
+    /// The key id (UUID) it is on.
+    pub key_id: String,
+    /// The client's `Name` (idempotency of CreateGrant).
+    pub name: Option<String>,
+    /// The principal that gets the permissions.
+    pub grantee: String,
+    /// The principal that may retire it.
+    pub retiring: Option<String>,
+    /// The account root (`arn:aws:iam::<account>:root`) of the creator.
+    pub issuing_account: String,
+    /// The grant operations, sorted, without repeats.
+    pub operations: Vec<String>,
+    /// Encryption-context constraints.
+    pub constraints: Option<GrantConstraints>,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+}
+
+impl Grant {
+    /// Whether `other` is a retry of the CreateGrant that made `self`: the same key, name,
+    /// grantee, retiring principal, operations and constraints (AWS's idempotency by `Name`;
+    /// without a name every CreateGrant makes a new grant).
+    pub fn same_request(&self, other: &Grant) -> bool {
+        self.name.is_some()
+            && self.key_id == other.key_id
+            && self.name == other.name
+            && self.grantee == other.grantee
+            && self.retiring == other.retiring
+            && self.operations == other.operations
+            && self.constraints.as_ref().filter(|c| !c.is_empty())
+                == other.constraints.as_ref().filter(|c| !c.is_empty())
+    }
+
+    /// Whether the grant allows `operation` for a request with encryption context `ctx`. The
+    /// constraints apply to the cryptographic operations only (not to DescribeKey,
+    /// RetireGrant or CreateGrant, as in AWS KMS).
+    pub fn allows(&self, operation: &str, ctx: &std::collections::BTreeMap<String, String>) -> bool {
+        if !self.operations.iter().any(|o| o == operation) {
+            return false;
+        }
+        if matches!(operation, "DescribeKey" | "RetireGrant" | "CreateGrant") {
+            return true;
+        }
+        self.constraints.as_ref().is_none_or(|c| c.allows(ctx))
+    }
 }
 
 /// Where an external key's material stands in its rotations (AWS's `KeyMaterialState`).
@@ -295,5 +403,114 @@ mod tests {
             assert_eq!(KeyState::parse(s.as_str()).unwrap(), s);
         }
         assert!(KeyState::parse("Bogus").is_err());
+    }
+}
+
+#[cfg(test)]
+mod grant_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn equals(pairs: &[(&str, &str)]) -> GrantConstraints {
+        GrantConstraints { encryption_context_equals: Some(map(pairs)), ..GrantConstraints::default() }
+    }
+
+    fn subset(pairs: &[(&str, &str)]) -> GrantConstraints {
+        GrantConstraints { encryption_context_subset: Some(map(pairs)), ..GrantConstraints::default() }
+    }
+
+    fn grant(ops: &[&str], c: Option<GrantConstraints>) -> Grant {
+        Grant {
+            grant_id: "0".repeat(64),
+            key_id: "k".into(),
+            name: Some("n".into()),
+            grantee: "arn:aws:iam::111122223333:user/app".into(),
+            retiring: None,
+            issuing_account: "arn:aws:iam::111122223333:root".into(),
+            operations: ops.iter().map(|o| o.to_string()).collect(),
+            constraints: c,
+            created_at: 1,
+        }
+    }
+
+    #[test]
+    fn constraints_match_the_request_context() {
+        let e = equals(&[("app", "web")]);
+        assert!(e.allows(&map(&[("app", "web")])));
+        assert!(!e.allows(&map(&[("app", "web"), ("x", "1")])), "equals: nothing more");
+        assert!(!e.allows(&map(&[])));
+        assert!(!e.allows(&map(&[("App", "web")])), "keys are case-sensitive");
+        let s = subset(&[("app", "web")]);
+        assert!(s.allows(&map(&[("app", "web"), ("x", "1")])));
+        assert!(!s.allows(&map(&[("app", "db")])));
+        assert!(!s.allows(&map(&[])));
+        assert!(GrantConstraints::default().allows(&map(&[("any", "thing")])));
+    }
+
+    #[test]
+    fn grants_allow_their_operations_only() {
+        let g = grant(&["Decrypt", "DescribeKey", "RetireGrant"], Some(subset(&[("app", "web")])));
+        assert!(g.allows("Decrypt", &map(&[("app", "web")])));
+        assert!(!g.allows("Decrypt", &map(&[("app", "db")])));
+        assert!(!g.allows("Encrypt", &map(&[("app", "web")])));
+        // The constraint does not apply to DescribeKey and RetireGrant.
+        assert!(g.allows("DescribeKey", &map(&[])));
+        assert!(g.allows("RetireGrant", &map(&[])));
+        assert!(!g.allows("decrypt", &map(&[("app", "web")])), "operation names are exact");
+    }
+
+    #[test]
+    fn child_constraints_must_be_at_least_as_strict() {
+        let none = GrantConstraints::default();
+        assert!(none.covers(None));
+        assert!(none.covers(Some(&subset(&[("a", "1")]))));
+        let s = subset(&[("a", "1")]);
+        assert!(!s.covers(None));
+        assert!(s.covers(Some(&subset(&[("a", "1")]))));
+        assert!(s.covers(Some(&subset(&[("a", "1"), ("b", "2")]))));
+        assert!(s.covers(Some(&equals(&[("a", "1"), ("b", "2")]))));
+        assert!(!s.covers(Some(&subset(&[("b", "2")]))));
+        assert!(!s.covers(Some(&subset(&[("a", "2")]))));
+        let e = equals(&[("a", "1")]);
+        assert!(e.covers(Some(&equals(&[("a", "1")]))));
+        assert!(!e.covers(Some(&subset(&[("a", "1")]))), "a subset allows more keys");
+        assert!(!e.covers(Some(&equals(&[("a", "1"), ("b", "2")]))));
+        assert!(!e.covers(None));
+    }
+
+    #[test]
+    fn idempotency_needs_a_name_and_the_same_parameters() {
+        let a = grant(&["Decrypt", "Encrypt"], Some(subset(&[("a", "1")])));
+        assert!(a.same_request(&a.clone()));
+        let mut b = a.clone();
+        b.grant_id = "1".repeat(64);
+        b.created_at = 99;
+        assert!(a.same_request(&b), "id and time are not parameters");
+        for change in [
+            |g: &mut Grant| g.name = Some("m".into()),
+            |g: &mut Grant| g.grantee = "arn:aws:iam::111122223333:user/other".into(),
+            |g: &mut Grant| g.retiring = Some("arn:aws:iam::111122223333:user/admin".into()),
+            |g: &mut Grant| g.operations = vec!["Decrypt".into()],
+            |g: &mut Grant| g.constraints = None,
+            |g: &mut Grant| g.key_id = "other".into(),
+        ] {
+            let mut c = a.clone();
+            change(&mut c);
+            assert!(!a.same_request(&c), "{c:?}");
+        }
+        let mut unnamed = a.clone();
+        unnamed.name = None;
+        assert!(!unnamed.same_request(&unnamed.clone()), "without a name, every request is a new grant");
+        // An empty constraint is no constraint.
+        let mut empty = a.clone();
+        empty.constraints = Some(GrantConstraints::default());
+        let mut absent = a.clone();
+        absent.constraints = None;
+        assert!(empty.same_request(&absent));
     }
 }

@@ -69,3 +69,66 @@ async fn sdk_with_a_wrong_secret_gets_a_signature_error() {
     let code = err.into_service_error().meta().code().map(str::to_string);
     assert_eq!(code.as_deref(), Some("InvalidSignatureException"));
 }
+
+#[tokio::test]
+async fn sdk_grants_lifecycle() {
+    use aws_sdk_kms::types::{GrantConstraints, GrantOperation};
+    let server = kms::start().await;
+    let admin = &server.sdk_client(AKID);
+    let app = &server.sdk_client(kms::APP_AKID);
+    // A key only the admin may use: whatever the app does on it comes from a grant.
+    let policy = format!(
+        r#"{{"Statement":[{{"Effect":"Allow","Principal":{{"AWS":"{}"}},"Action":"kms:*","Resource":"*"}}]}}"#,
+        kms::ADMIN
+    );
+    let key_id = admin.create_key().policy(policy).send().await.unwrap().key_metadata.unwrap().key_id().to_string();
+    let encrypt = |ctx: Option<(&str, &str)>| {
+        let mut r = app.encrypt().key_id(&key_id).plaintext(Blob::new(b"granted".to_vec()));
+        if let Some((k, v)) = ctx {
+            r = r.encryption_context(k, v);
+        }
+        r.send()
+    };
+    assert!(
+        encrypt(Some(("app", "web"))).await.unwrap_err().into_service_error().meta().code()
+            == Some("AccessDeniedException")
+    );
+
+    let g = admin
+        .create_grant()
+        .key_id(&key_id)
+        .grantee_principal(kms::APP)
+        .operations(GrantOperation::Encrypt)
+        .operations(GrantOperation::Decrypt)
+        .constraints(GrantConstraints::builder().encryption_context_subset("app", "web").build())
+        .name("sdk-grant")
+        .send()
+        .await
+        .unwrap();
+    let (grant_id, token) = (g.grant_id.unwrap(), g.grant_token.unwrap());
+    let ct = encrypt(Some(("app", "web"))).await.unwrap().ciphertext_blob.unwrap();
+    assert!(encrypt(None).await.unwrap_err().into_service_error().meta().code() == Some("AccessDeniedException"));
+    let out = app.decrypt().ciphertext_blob(ct.clone()).encryption_context("app", "web").send().await.unwrap();
+    assert_eq!(out.plaintext.unwrap().as_ref(), b"granted");
+
+    let listed = admin.list_grants().key_id(&key_id).send().await.unwrap();
+    let entry = &listed.grants()[0];
+    assert_eq!(entry.grant_id(), Some(grant_id.as_str()));
+    assert_eq!(entry.grantee_principal(), Some(kms::APP));
+    assert_eq!(entry.name(), Some("sdk-grant"));
+    assert!(entry.creation_date().is_some());
+    assert_eq!(
+        entry.constraints().and_then(|c| c.encryption_context_subset()).and_then(|m| m.get("app")).map(String::as_str),
+        Some("web")
+    );
+
+    let err = admin.retire_grant().grant_token("not-a-token").send().await.unwrap_err();
+    assert!(err.into_service_error().is_invalid_grant_token_exception());
+    admin.retire_grant().grant_token(token).send().await.unwrap();
+    assert!(
+        encrypt(Some(("app", "web"))).await.unwrap_err().into_service_error().meta().code()
+            == Some("AccessDeniedException")
+    );
+    let err = admin.revoke_grant().key_id(&key_id).grant_id(grant_id).send().await.unwrap_err();
+    assert!(err.into_service_error().is_not_found_exception());
+}

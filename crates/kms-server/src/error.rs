@@ -43,6 +43,12 @@ pub enum KmsError {
     /// Something failed on the server (storage, crypto library). The detail is not sent.
     #[error("An internal error occurred.")]
     Internal(String),
+    /// A grant token that is not one this server issues (malformed).
+    #[error("{0}")]
+    InvalidGrantToken(String),
+    /// A grant id that is malformed.
+    #[error("{0}")]
+    InvalidGrantId(String),
     /// An alias name is not acceptable.
     #[error("{0}")]
     InvalidAliasName(String),
@@ -131,6 +137,8 @@ impl KmsError {
                 return ("KMSInternalException", StatusCode::INTERNAL_SERVER_ERROR);
             }
             InvalidAliasName(_) => "InvalidAliasNameException",
+            InvalidGrantToken(_) => "InvalidGrantTokenException",
+            InvalidGrantId(_) => "InvalidGrantIdException",
             InvalidArn(_) => "InvalidArnException",
             InvalidCiphertext => "InvalidCiphertextException",
             InvalidKeyUsage(_) => "InvalidKeyUsageException",
@@ -184,6 +192,9 @@ impl KmsError {
             (E::Invalid(m), _) => KmsError::Validation(m),
             (E::Unsupported(m), _) => KmsError::UnsupportedOperation(m),
             (E::IncorrectMaterial(m), _) => KmsError::IncorrectKeyMaterial(m),
+            (E::LimitExceeded(envelope_keystore::Limit::Grants(max)), _) => {
+                KmsError::LimitExceeded(format!("{label} already has the most grants a key may have ({max})."))
+            }
             (E::NoPendingMaterial(_), _) => {
                 KmsError::InvalidState(format!("No available key material pending rotation for the key: {label}."))
             }

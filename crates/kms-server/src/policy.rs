@@ -5,8 +5,10 @@
 //! (an account root — exactly `arn:aws:iam::<12 digits>:root` — or a bare account id means the
 //! account); `Action` with `*`/`?` wildcards (`kms:*`, `kms:Encrypt*`); `Resource` patterns
 //! (normally `*` in key policies, key or alias ARNs in identity policies); `Condition`
-//! `StringEquals`/`StringLike` (and their `IfExists` forms) on `kms:EncryptionContext:<key>` and
-//! `kms:CallerAccount`. Anything else (`NotAction`, `NotPrincipal`, other operators or condition
+//! `StringEquals`/`StringLike` (and their `IfExists` and `ForAllValues:`/`ForAnyValue:` forms) on
+//! `kms:EncryptionContext:<key>`, `kms:CallerAccount` and the grant keys `kms:GrantOperations`,
+//! `kms:GranteePrincipal`, `kms:RetiringPrincipal`; `Bool` on `kms:GrantIsForAWSResource` (always
+//! false here). Anything else (`NotAction`, `NotPrincipal`, other operators or condition
 //! keys) is rejected as malformed rather than silently mis-evaluated.
 //!
 //! Two kinds of documents use this syntax: **key policies** (resource-based, with `Principal`)
@@ -56,9 +58,36 @@ struct Statement {
 struct Condition {
     like: bool,
     if_exists: bool,
+    /// `ForAllValues:` / `ForAnyValue:` (multi-valued keys: kms:GrantOperations).
+    set: SetOp,
+    /// `Bool`: values compared as `true`/`false`, case-insensitively.
+    boolean: bool,
     /// Lower-cased condition key.
     key: String,
     values: Vec<String>,
+}
+
+/// How a condition compares a multi-valued key's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetOp {
+    /// No set operator: any value of the key must match (and the key must be present).
+    Single,
+    /// `ForAllValues:`: every value must match (true when the key is absent).
+    All,
+    /// `ForAnyValue:`: some value must match.
+    Any,
+}
+
+/// The grant a CreateGrant request would make: the values of the grant condition keys
+/// (`kms:GrantOperations`, `kms:GranteePrincipal`, `kms:RetiringPrincipal`).
+#[derive(Debug, Clone, Copy)]
+pub struct GrantRequest<'a> {
+    /// The grant's operations.
+    pub operations: &'a [String],
+    /// Its grantee principal.
+    pub grantee: &'a str,
+    /// Its retiring principal, if any.
+    pub retiring: Option<&'a str>,
 }
 
 /// What is being asked.
@@ -73,6 +102,8 @@ pub struct Query<'a> {
     pub resource: &'a str,
     /// The encryption context of the request (empty if none).
     pub context: &'a BTreeMap<String, String>,
+    /// For CreateGrant: the grant it would make (the grant condition keys' values).
+    pub grant: Option<&'a GrantRequest<'a>>,
 }
 
 /// The outcome of an evaluation.
@@ -177,24 +208,39 @@ fn statement(v: &Value, kind: Kind) -> Result<Statement, String> {
     if let Some(c) = o.get("Condition") {
         let c = c.as_object().ok_or("Condition must be a JSON object.")?;
         for (op, body) in c {
-            let (base, if_exists) = match op.strip_suffix("IfExists") {
-                Some(b) => (b, true),
-                None => (op.as_str(), false),
+            let (set, rest) = if let Some(r) = op.strip_prefix("ForAllValues:") {
+                (SetOp::All, r)
+            } else if let Some(r) = op.strip_prefix("ForAnyValue:") {
+                (SetOp::Any, r)
+            } else {
+                (SetOp::Single, op.as_str())
             };
-            let like = match base {
-                "StringEquals" => false,
-                "StringLike" => true,
+            let (base, if_exists) = match rest.strip_suffix("IfExists") {
+                Some(b) => (b, true),
+                None => (rest, false),
+            };
+            let (like, boolean) = match base {
+                "StringEquals" => (false, false),
+                "StringLike" => (true, false),
+                "Bool" if set == SetOp::Single => (false, true),
                 _ => return Err(format!("Unsupported condition operator {op}.")),
             };
             let body = body.as_object().ok_or("A condition operator must map keys to values.")?;
             for (key, vals) in body {
                 let lk = key.to_ascii_lowercase();
-                let ok = lk == "kms:calleraccount"
-                    || lk.strip_prefix("kms:encryptioncontext:").is_some_and(|k| !k.is_empty());
+                let ok = matches!(
+                    lk.as_str(),
+                    "kms:calleraccount"
+                        | "kms:grantoperations"
+                        | "kms:granteeprincipal"
+                        | "kms:retiringprincipal"
+                        | "kms:grantisforawsresource"
+                ) || lk.strip_prefix("kms:encryptioncontext:").is_some_and(|k| !k.is_empty());
                 if !ok {
                     return Err(format!("Unsupported condition key {key}."));
                 }
-                conditions.push(Condition { like, if_exists, key: lk, values: strings(vals, "Condition")? });
+                let values = if boolean { bools(vals)? } else { strings(vals, "Condition")? };
+                conditions.push(Condition { like, if_exists, set, boolean, key: lk, values });
             }
         }
     }
@@ -208,6 +254,22 @@ fn strings(v: &Value, what: &str) -> Result<Vec<String>, String> {
         _ => None,
     };
     out.ok_or_else(|| format!("{what} must be a string or a non-empty list of strings."))
+}
+
+/// A `Bool` condition's values: JSON booleans or the strings `true`/`false`.
+fn bools(v: &Value) -> Result<Vec<String>, String> {
+    let one = |x: &Value| match x {
+        Value::Bool(b) => Some(b.to_string()),
+        Value::String(s) if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") => {
+            Some(s.to_ascii_lowercase())
+        }
+        _ => None,
+    };
+    let out: Option<Vec<String>> = match v {
+        Value::Array(a) if !a.is_empty() => a.iter().map(one).collect(),
+        other => one(other).map(|b| vec![b]),
+    };
+    out.ok_or_else(|| "A Bool condition needs true or false.".to_string())
 }
 
 /// The account id of a principal ARN (`arn:aws:iam::<acct>:...`, `arn:aws:sts::<acct>:...`).
@@ -319,6 +381,13 @@ pub fn authorize(key: Option<&Policy>, identity: Option<&Policy>, own_account: &
     }
 }
 
+/// Whether the identity policy allows `q` on its own (`None`: unrestricted). A grant whose
+/// grantee is the caller's account (its root) allows only what this allows too, as a key-policy
+/// statement naming the account does.
+pub fn identity_allows(identity: Option<&Policy>, q: &Query<'_>) -> bool {
+    identity.is_none_or(|p| matches!(matches(p, q), Match::Direct | Match::Account))
+}
+
 /// How statement `s` applies to `q`: `None` if it does not, else [`Match::Direct`] or
 /// [`Match::Account`] by how its principal matched.
 fn matches_statement(s: &Statement, q: &Query<'_>) -> Option<Match> {
@@ -338,22 +407,45 @@ fn matches_statement(s: &Statement, q: &Query<'_>) -> Option<Match> {
     let action = if q.action.contains(':') { q.action.to_string() } else { format!("kms:{}", q.action) };
     let action_ok = s.actions.iter().any(|a| glob(&a.to_ascii_lowercase(), &action.to_ascii_lowercase()));
     let resource_ok = s.resources.iter().any(|r| glob(r, q.resource));
-    let ok = action_ok
-        && resource_ok
-        && s.conditions.iter().all(|c| {
-            let value = if c.key == "kms:calleraccount" {
-                Some(caller_account)
-            } else {
-                let k = &c.key["kms:encryptioncontext:".len()..];
-                // Context keys are case-sensitive on the wire; condition keys are not.
-                q.context.iter().find(|(ck, _)| ck.to_ascii_lowercase() == k).map(|(_, v)| v.as_str())
-            };
-            match value {
-                None => c.if_exists,
-                Some(v) => c.values.iter().any(|want| if c.like { glob(want, v) } else { want == v }),
-            }
-        });
+    let ok = action_ok && resource_ok && s.conditions.iter().all(|c| condition_holds(c, q, caller_account));
     ok.then_some(how)
+}
+
+/// Whether condition `c` holds for `q`. A key the request does not have is absent: only
+/// `…IfExists` and `ForAllValues:` conditions hold then.
+fn condition_holds(c: &Condition, q: &Query<'_>, caller_account: &str) -> bool {
+    let grant_action = matches!(q.action, "CreateGrant" | "ListGrants" | "RevokeGrant");
+    let values: Option<Vec<&str>> = match c.key.as_str() {
+        "kms:calleraccount" => Some(vec![caller_account]),
+        "kms:grantoperations" => q.grant.map(|g| g.operations.iter().map(String::as_str).collect()),
+        "kms:granteeprincipal" => q.grant.map(|g| vec![g.grantee]),
+        "kms:retiringprincipal" => q.grant.and_then(|g| g.retiring).map(|r| vec![r]),
+        // No AWS service calls this server on a principal's behalf.
+        "kms:grantisforawsresource" => grant_action.then(|| vec!["false"]),
+        key => {
+            let k = &key["kms:encryptioncontext:".len()..];
+            // Context keys are case-sensitive on the wire; condition keys are not.
+            q.context.iter().find(|(ck, _)| ck.to_ascii_lowercase() == k).map(|(_, v)| vec![v.as_str()])
+        }
+    };
+    let matches = |v: &str| {
+        c.values.iter().any(|want| {
+            if c.boolean {
+                want.eq_ignore_ascii_case(v)
+            } else if c.like {
+                glob(want, v)
+            } else {
+                want == v
+            }
+        })
+    };
+    match values {
+        None => c.if_exists || c.set == SetOp::All,
+        Some(vs) => match c.set {
+            SetOp::All => vs.iter().all(|v| matches(v)),
+            SetOp::Single | SetOp::Any => vs.iter().any(|v| matches(v)),
+        },
+    }
 }
 
 /// Wildcard match: `*` any run, `?` any one character. Linear-time backtracking, no recursion.
@@ -393,7 +485,7 @@ mod tests {
     const OTHER: &str = "arn:aws:iam::111122223333:user/app";
 
     fn q<'a>(principal: &'a str, action: &'a str, ctx: &'a BTreeMap<String, String>) -> Query<'a> {
-        Query { principal, action, resource: KEY, context: ctx }
+        Query { principal, action, resource: KEY, context: ctx, grant: None }
     }
 
     #[test]
@@ -471,7 +563,13 @@ mod tests {
     #[test]
     fn the_audit_search_is_an_identity_permission_of_its_own() {
         let ctx = BTreeMap::new();
-        let q = |action| Query { principal: "arn:aws:iam::111122223333:user/a", action, resource: "*", context: &ctx };
+        let q = |action| Query {
+            principal: "arn:aws:iam::111122223333:user/a",
+            action,
+            resource: "*",
+            context: &ctx,
+            grant: None,
+        };
         let kms_only = parse_identity(r#"{"Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#).unwrap();
         let lookup =
             parse_identity(r#"{"Statement":[{"Effect":"Allow","Action":"cloudtrail:LookupEvents","Resource":"*"}]}"#)
@@ -523,7 +621,7 @@ mod tests {
         .unwrap();
         let acct = "111122223333";
         let run = |key: Option<&Policy>, id: Option<&Policy>, who: &str, action: &str| {
-            authorize(key, id, acct, &Query { principal: who, action, resource: KEY, context: &c })
+            authorize(key, id, acct, &Query { principal: who, action, resource: KEY, context: &c, grant: None })
         };
         // Key policy for the account root defers to the identity policy.
         assert_eq!(run(Some(&account_policy), Some(&encrypt_only), OTHER, "Encrypt"), Verdict::Allow);
@@ -573,6 +671,49 @@ mod tests {
     }
 
     #[test]
+    fn grant_condition_keys() {
+        let p = parse(&format!(
+            r#"{{"Statement":[{{"Effect":"Allow","Principal":{{"AWS":"{OTHER}"}},"Action":"kms:CreateGrant","Resource":"*",
+                "Condition":{{"ForAllValues:StringEquals":{{"kms:GrantOperations":["Encrypt","Decrypt"]}},
+                              "StringLike":{{"kms:GranteePrincipal":"arn:aws:iam::111122223333:role/*"}},
+                              "Bool":{{"kms:GrantIsForAWSResource":false}}}}}},
+              {{"Effect":"Deny","Principal":"*","Action":"kms:CreateGrant","Resource":"*",
+                "Condition":{{"StringEquals":{{"kms:RetiringPrincipal":"arn:aws:iam::111122223333:user/evil"}}}}}}]}}"#
+        ))
+        .unwrap();
+        let c = BTreeMap::new();
+        let role = "arn:aws:iam::111122223333:role/worker";
+        let ask = |ops: &[&str], grantee: &str, retiring: Option<&str>| {
+            let ops: Vec<String> = ops.iter().map(|o| o.to_string()).collect();
+            let g = GrantRequest { operations: &ops, grantee, retiring };
+            evaluate(
+                &p,
+                &Query { principal: OTHER, action: "CreateGrant", resource: KEY, context: &c, grant: Some(&g) },
+            )
+        };
+        assert_eq!(ask(&["Decrypt"], role, None), Decision::Allow);
+        assert_eq!(ask(&["Decrypt", "Encrypt"], role, None), Decision::Allow);
+        assert_eq!(ask(&["Decrypt", "CreateGrant"], role, None), Decision::ImplicitDeny, "ForAllValues");
+        assert_eq!(ask(&["Decrypt"], ADMIN, None), Decision::ImplicitDeny, "grantee pattern");
+        assert_eq!(ask(&["Decrypt"], role, Some("arn:aws:iam::111122223333:user/evil")), Decision::ExplicitDeny);
+        assert_eq!(ask(&["Decrypt"], role, Some(ADMIN)), Decision::Allow);
+        // Without a grant request (another action), the grant keys are absent.
+        let any_value = parse(&format!(
+            r#"{{"Statement":[{{"Effect":"Allow","Principal":{{"AWS":"{OTHER}"}},"Action":"kms:*","Resource":"*",
+                "Condition":{{"ForAnyValue:StringEquals":{{"kms:GrantOperations":"Decrypt"}}}}}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(evaluate(&any_value, &q(OTHER, "Decrypt", &c)), Decision::ImplicitDeny);
+        for bad in [
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"Bool":{"kms:GrantIsForAWSResource":"maybe"}}}]}"#,
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"ForAllValues:Bool":{"kms:GrantIsForAWSResource":true}}}]}"#,
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"ForAllValues:StringEquals":{"kms:GrantConstraintType":"x"}}}]}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn globs() {
         assert!(glob("kms:*", "kms:encrypt"));
         assert!(glob("kms:encrypt*", "kms:encrypt"));
@@ -595,7 +736,7 @@ mod tests {
                 "Resource": "*", "Condition": {"StringLike": {ck: cv}}}]});
             if let Ok(p) = parse(&doc.to_string()) {
                 let c = BTreeMap::new();
-                let _ = evaluate(&p, &Query { principal: &principal, action: &action, resource: KEY, context: &c });
+                let _ = evaluate(&p, &Query { principal: &principal, action: &action, resource: KEY, context: &c, grant: None });
             }
         }
 

@@ -71,6 +71,8 @@ pub struct Raw {
     #[serde(skip_serializing)]
     pub(crate) ciphertext_blob: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) constraints: Option<RawConstraints>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) custom_key_store_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) customer_master_key_spec: Option<String>,
@@ -93,7 +95,15 @@ pub struct Raw {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) expiration_model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) grant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) grant_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) grant_tokens: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) grantee_principal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) grantee_service_principal: Option<String>,
     #[serde(skip_serializing)]
     pub(crate) import_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,7 +127,11 @@ pub struct Raw {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) multi_region: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) number_of_bytes: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) operations: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) origin: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,6 +145,10 @@ pub struct Raw {
     pub(crate) policy_name: Option<String>,
     #[serde(skip_serializing)]
     pub(crate) recipient: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) retiring_principal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) retiring_service_principal: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rotation_period_in_days: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -214,6 +232,18 @@ pub(crate) fn reserved_context(ctx: &Option<Context>) -> Result<()> {
     Ok(())
 }
 
+/// A grant's `Constraints` as sent.
+#[derive(Deserialize, Serialize, Default, Clone)]
+#[serde(rename_all(deserialize = "PascalCase", serialize = "camelCase"))]
+pub(crate) struct RawConstraints {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) encryption_context_equals: Option<Context>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) encryption_context_subset: Option<Context>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) source_arn: Option<String>,
+}
+
 /// One `{TagKey, TagValue}` of a request.
 #[derive(Deserialize, Serialize)]
 #[serde(rename_all(deserialize = "PascalCase", serialize = "camelCase"))]
@@ -245,6 +275,8 @@ pub(crate) fn tag_rules(tags: &[(String, String)]) -> Result<()> {
 #[derive(Default)]
 pub(crate) struct Validator {
     pub(crate) errors: Vec<String>,
+    /// A grant token of the right length that is not one this server issues.
+    pub(crate) bad_grant_token: bool,
 }
 
 impl Validator {
@@ -375,6 +407,9 @@ impl Validator {
             }
             for g in t {
                 self.len("grantTokens.member", g, 1, 8192);
+                if !g.is_empty() && g.chars().count() <= 8192 && crate::op::grants::token_grant_id(g).is_none() {
+                    self.bad_grant_token = true;
+                }
             }
         }
     }
@@ -387,6 +422,8 @@ impl Validator {
 
     pub(crate) fn finish(self) -> Result<()> {
         match self.errors.len() {
+            // Grant tokens are checked after the model's constraints, as AWS does.
+            0 if self.bad_grant_token => Err(KmsError::InvalidGrantToken("The grant token is not valid.".into())),
             0 => Ok(()),
             1 => Err(KmsError::Validation(format!("1 validation error detected: {}", self.errors.join("; ")))),
             n => Err(KmsError::Validation(format!("{n} validation errors detected: {}", self.errors.join("; ")))),

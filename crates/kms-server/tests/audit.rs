@@ -21,6 +21,7 @@ async fn world(h: &KeyServer) -> Value {
             "tags": h.call("ListResourceTags", id.clone()).await.ok(),
             "rotation": h.call("GetKeyRotationStatus", id.clone()).await.ok(),
             "rotations": h.call("ListKeyRotations", json!({"KeyId": k["KeyId"], "IncludeKeyMaterial": "ALL_KEY_MATERIAL"})).await.ok(),
+            "grants": h.call("ListGrants", id.clone()).await.ok(),
         }));
     }
     json!({"keys": keys, "aliases": h.call("ListAliases", json!({})).await.ok()})
@@ -51,6 +52,9 @@ async fn state_changes(helper: &KeyServer) -> Vec<(&'static str, Value)> {
     let policy =
         json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]})
             .to_string();
+    let grant = json!({"KeyId": k2, "GranteePrincipal": ADMIN, "Operations": ["Decrypt"]});
+    let retired = helper.call("CreateGrant", grant.clone()).await.ok();
+    let revoked = helper.call("CreateGrant", grant).await.ok();
     // In an order in which each succeeds after the ones before it.
     vec![
         ("CreateKey", json!({"Description": "new"})),
@@ -71,6 +75,9 @@ async fn state_changes(helper: &KeyServer) -> Vec<(&'static str, Value)> {
         ("TagResource", json!({"KeyId": k, "Tags": [{"TagKey": "x", "TagValue": "y"}]})),
         ("UntagResource", json!({"KeyId": k2, "TagKeys": ["team"]})),
         ("PutKeyPolicy", json!({"KeyId": k, "PolicyName": "default", "Policy": policy})),
+        ("CreateGrant", json!({"KeyId": k, "GranteePrincipal": ADMIN, "Operations": ["Encrypt"]})),
+        ("RetireGrant", json!({"GrantToken": retired["GrantToken"]})),
+        ("RevokeGrant", json!({"KeyId": k2, "GrantId": revoked["GrantId"]})),
         ("DisableKey", json!({"KeyId": k})),
         ("ScheduleKeyDeletion", json!({"KeyId": k, "PendingWindowInDays": 7})),
     ]

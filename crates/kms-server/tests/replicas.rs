@@ -213,3 +213,33 @@ async fn a_database_outage_makes_replicas_unready_until_it_is_back() {
     let _ = stop.send(());
     let _ = obs.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_made_on_one_replica_authorizes_and_is_revoked_on_another() {
+    let c = Cluster::new();
+    let hour = Duration::from_secs(3600);
+    let (a, b) = (c.replica(0, hour).await, c.replica(1, hour).await);
+    // A key only the admin may use: the app's access comes from the grant alone.
+    let policy =
+        json!({"Statement": [{"Effect": "Allow", "Principal": {"AWS": ADMIN}, "Action": "kms:*", "Resource": "*"}]});
+    let id = a.call("CreateKey", json!({"Policy": policy.to_string()})).await.ok()["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let encrypt = json!({"KeyId": id, "Plaintext": b64(b"granted")});
+    eventually("replica b knows the key", || async {
+        b.call("DescribeKey", json!({"KeyId": id})).await.error_type().is_empty()
+    })
+    .await;
+    b.call_as(APP_AKID, "Encrypt", encrypt.clone()).await.err("AccessDeniedException");
+    let g = a.call("CreateGrant", json!({"KeyId": id, "GranteePrincipal": APP, "Operations": ["Encrypt"]})).await.ok();
+    eventually("replica b honours the grant", || async {
+        b.call_as(APP_AKID, "Encrypt", encrypt.clone()).await.error_type().is_empty()
+    })
+    .await;
+    b.call("RevokeGrant", json!({"KeyId": id, "GrantId": g["GrantId"]})).await.ok();
+    eventually("replica a forgets the revoked grant", || async {
+        a.call_as(APP_AKID, "Encrypt", encrypt.clone()).await.error_type() == "AccessDeniedException"
+    })
+    .await;
+}

@@ -57,6 +57,12 @@ pub trait Engine: Send + Sync + 'static {
     fn untag(&self, id: &str, tag_keys: &[String]) -> Result<()>;
     /// Replaces the key policy.
     fn put_policy(&self, id: &str, policy: &str) -> Result<()>;
+    /// Adds grant `g` to its key (not one pending deletion), unless `g` is a retry of an existing
+    /// grant ([`crate::Grant::same_request`]): returns the id of the grant that holds, `g`'s or
+    /// the existing one's. [`crate::Error::LimitExceeded`] if the key already has `limit` grants.
+    fn create_grant(&self, g: &GrantRow, limit: usize) -> Result<String>;
+    /// Deletes grant `grant_id` of key `id` ([`crate::Error::NotFound`] if it has no such grant).
+    fn delete_grant(&self, id: &str, grant_id: &str) -> Result<()>;
     /// Imports material into an external key as `import::plan_import` decides.
     fn import_material(&self, id: &str, req: &ImportRequest) -> Result<()>;
     /// Deletes one imported material of an external key (`None`: the current one), as
@@ -222,6 +228,73 @@ pub struct PolicyRow {
     pub policy: String,
 }
 
+/// A grant (schema 6 / PostgreSQL 3: `key_grants`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRow {
+    /// 64 lowercase hex characters.
+    pub grant_id: String,
+    /// Key id.
+    pub key_id: String,
+    /// The client's `Name`.
+    pub name: Option<String>,
+    /// Grantee principal.
+    pub grantee: String,
+    /// Retiring principal.
+    pub retiring: Option<String>,
+    /// The creator's account root.
+    pub issuing_account: String,
+    /// The operations, sorted, comma-separated.
+    pub operations: String,
+    /// The constraints as JSON (`GrantConstraints`'s wire form), if any.
+    pub constraints: Option<String>,
+    /// Creation time, Unix seconds.
+    pub created_at: i64,
+}
+
+impl GrantRow {
+    /// The row of a grant.
+    pub fn of(g: &crate::Grant) -> Result<Self> {
+        let constraints = match &g.constraints {
+            Some(c) if !c.is_empty() => {
+                Some(serde_json::to_string(c).map_err(|e| crate::Error::Storage(format!("grant constraints: {e}")))?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            grant_id: g.grant_id.clone(),
+            key_id: g.key_id.clone(),
+            name: g.name.clone(),
+            grantee: g.grantee.clone(),
+            retiring: g.retiring.clone(),
+            issuing_account: g.issuing_account.clone(),
+            operations: g.operations.join(","),
+            constraints,
+            created_at: g.created_at,
+        })
+    }
+
+    /// The grant a row holds.
+    pub fn grant(&self) -> Result<crate::Grant> {
+        let constraints = self
+            .constraints
+            .as_deref()
+            .map(serde_json::from_str::<crate::GrantConstraints>)
+            .transpose()
+            .map_err(|_| crate::Error::Storage(format!("malformed constraints of grant {}", self.grant_id)))?;
+        Ok(crate::Grant {
+            grant_id: self.grant_id.clone(),
+            key_id: self.key_id.clone(),
+            name: self.name.clone(),
+            grantee: self.grantee.clone(),
+            retiring: self.retiring.clone(),
+            issuing_account: self.issuing_account.clone(),
+            operations: self.operations.split(',').filter(|o| !o.is_empty()).map(str::to_string).collect(),
+            constraints,
+            created_at: self.created_at,
+        })
+    }
+}
+
 /// The whole store as read in one transaction (for the snapshot, and for migrations).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rows {
@@ -241,6 +314,8 @@ pub struct Rows {
     pub materials: Vec<MaterialRow>,
     /// Key policies.
     pub policies: Vec<PolicyRow>,
+    /// Grants, ordered by key, creation time and grant id.
+    pub grants: Vec<GrantRow>,
 }
 
 /// A fresh material version, already sealed.

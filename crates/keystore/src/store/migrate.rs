@@ -22,7 +22,7 @@ pub struct MigrateReport {
 }
 
 impl KeyStore {
-    /// Copies every key, version (still sealed), alias, tag, policy, import and material record of this
+    /// Copies every key, version (still sealed), alias, tag, policy, import, material record and grant of this
     /// store into `to`, in one transaction there, then verifies `to`: the same rows, and every
     /// version unseals with the root key. `to` must hold no key and use the same root key.
     pub fn migrate_to(&self, to: &KeyStore) -> Result<MigrateReport> {
@@ -77,5 +77,6 @@ fn normalise(mut r: Rows) -> Rows {
     r.imports.sort_by(|a, b| a.key_id.cmp(&b.key_id));
     r.policies.sort_by(|a, b| a.key_id.cmp(&b.key_id));
     r.materials.sort_by(|a, b| (&a.key_id, a.seq).cmp(&(&b.key_id, b.seq)));
+    r.grants.sort_by(|a, b| a.grant_id.cmp(&b.grant_id));
     r
 }

@@ -8,7 +8,7 @@
 //!   [`schema`]: its schema and migrations.
 //! * [`postgres`]: the PostgreSQL engine, one database shared by several processes (replicas).
 //! * `snapshot`: the in-memory snapshot, refresh, reads, encrypt and decrypt.
-//! * `keys`, `aliases`, `import`: the mutations, each one transaction, then a refresh.
+//! * `keys`, `aliases`, `import`, `grants`: the mutations, each one transaction, then a refresh.
 //! * `migrate`: copying a store from one engine to another, verified.
 //!
 //! Several processes may open the same store (the plugin serving, `envelope key rotate` from a
@@ -30,6 +30,7 @@ use crate::root::RootKey;
 
 mod aliases;
 pub mod engine;
+mod grants;
 mod import;
 mod keys;
 mod migrate;
@@ -39,6 +40,7 @@ mod snapshot;
 pub mod sqlite;
 
 pub use engine::Engine;
+pub use grants::NewGrant;
 pub use migrate::MigrateReport;
 pub use postgres::PostgresOptions;
 pub use schema::SCHEMA_VERSION;

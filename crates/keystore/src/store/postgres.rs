@@ -39,7 +39,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::AliasInfo;
 use super::engine::{
-    AliasRow, Engine, ImportRequest, ImportRow, KeyRow, MaterialRow, NewKey, NewVersion, ON_DEMAND_MATERIALS,
+    AliasRow, Engine, GrantRow, ImportRequest, ImportRow, KeyRow, MaterialRow, NewKey, NewVersion, ON_DEMAND_MATERIALS,
     ON_DEMAND_VERSIONS, PolicyRow, Rows, TagRow, VersionRow, check_count, check_tags,
 };
 use super::import;
@@ -479,6 +479,44 @@ impl Engine for Postgres {
         })
     }
 
+    fn create_grant(&self, g: &GrantRow, limit: usize) -> Result<String> {
+        let (pool, g) = (self.pool.clone(), g.clone());
+        self.run(async move {
+            let wanted = g.grant()?;
+            let mut c = client(&pool).await?;
+            let tx = begin_write(&mut c).await?;
+            refuse_pending_deletion(&g.key_id, key_state(&tx, &g.key_id).await?)?;
+            if g.name.is_some() {
+                for r in tx.query(&format!("{GRANTS} WHERE key_id = $1 AND name = $2"), &[&g.key_id, &g.name]).await? {
+                    let r = grant_row(&r)?;
+                    if r.grant()?.same_request(&wanted) {
+                        tx.rollback().await?;
+                        return Ok(r.grant_id);
+                    }
+                }
+            }
+            let n: i64 =
+                tx.query_one("SELECT COUNT(*) FROM key_grants WHERE key_id = $1", &[&g.key_id]).await?.try_get(0)?;
+            check_count(n, Some(limit), Limit::Grants)?;
+            insert_grant(&tx, &g).await?;
+            commit_change(tx).await?;
+            Ok(g.grant_id)
+        })
+    }
+
+    fn delete_grant(&self, id: &str, grant_id: &str) -> Result<()> {
+        let (pool, id, grant_id) = (self.pool.clone(), id.to_string(), grant_id.to_string());
+        self.run(async move {
+            let mut c = client(&pool).await?;
+            let tx = begin_write(&mut c).await?;
+            let n = tx.execute("DELETE FROM key_grants WHERE key_id = $1 AND grant_id = $2", &[&id, &grant_id]).await?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("grant {grant_id}")));
+            }
+            commit_change(tx).await
+        })
+    }
+
     fn import_material(&self, id: &str, req: &ImportRequest) -> Result<()> {
         let (pool, id, req) = (self.pool.clone(), id.to_string(), req.clone());
         self.run(async move {
@@ -704,6 +742,9 @@ impl Engine for Postgres {
             for m in &rows.materials {
                 insert_material(&tx, m).await?;
             }
+            for g in &rows.grants {
+                insert_grant(&tx, g).await?;
+            }
             commit_change(tx).await
         })
     }
@@ -814,6 +855,19 @@ const PG_MIGRATIONS: &[&str] = &[
         FROM key_import i JOIN keys k ON k.key_id = i.key_id
         LEFT JOIN key_versions v ON v.material_id = i.material_id
         WHERE i.material_id IS NOT NULL;",
+    // version 3 (SQLite schema 6): grants
+    "CREATE TABLE key_grants (
+        grant_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        name TEXT,
+        grantee TEXT NOT NULL,
+        retiring TEXT,
+        issuing_account TEXT NOT NULL,
+        operations TEXT NOT NULL,
+        constraints TEXT,
+        created_at BIGINT NOT NULL
+     );
+     CREATE INDEX key_grants_by_key ON key_grants (key_id, name);",
 ];
 
 /// Creates `envelope_meta` and applies the missing migrations, under an advisory lock.
@@ -937,7 +991,38 @@ async fn load(tx: &Tx<'_>) -> Result<Rows> {
     for r in tx.query(&format!("{MATERIALS} ORDER BY key_id, seq"), &[]).await? {
         rows.materials.push(material_row(&r)?);
     }
+    for r in tx.query(&format!("{GRANTS} ORDER BY key_id, created_at, grant_id COLLATE \"C\""), &[]).await? {
+        rows.grants.push(grant_row(&r)?);
+    }
     Ok(rows)
+}
+
+/// The columns of a grant, in [`grant_row`]'s order.
+const GRANTS: &str = "SELECT grant_id, key_id, name, grantee, retiring, issuing_account, operations, constraints, created_at \
+     FROM key_grants";
+
+fn grant_row(r: &tokio_postgres::Row) -> Result<GrantRow> {
+    Ok(GrantRow {
+        grant_id: r.try_get(0)?,
+        key_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        grantee: r.try_get(3)?,
+        retiring: r.try_get(4)?,
+        issuing_account: r.try_get(5)?,
+        operations: r.try_get(6)?,
+        constraints: r.try_get(7)?,
+        created_at: r.try_get(8)?,
+    })
+}
+
+async fn insert_grant(tx: &Tx<'_>, g: &GrantRow) -> Result<()> {
+    tx.execute(
+        "INSERT INTO key_grants (grant_id, key_id, name, grantee, retiring, issuing_account, operations, constraints, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[&g.grant_id, &g.key_id, &g.name, &g.grantee, &g.retiring, &g.issuing_account, &g.operations, &g.constraints, &g.created_at],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The columns of a material record, in [`material_row`]'s order.

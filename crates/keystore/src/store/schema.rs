@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATIONS: &[&str] = &[
     // version 1
@@ -84,6 +84,20 @@ const MIGRATIONS: &[&str] = &[
         FROM key_import i JOIN keys k ON k.key_id = i.key_id
         LEFT JOIN key_versions v ON v.material_id = i.material_id
         WHERE i.material_id IS NOT NULL",
+    // version 6: grants (CreateGrant): who may use a key for which operations, under which
+    // encryption-context constraints (JSON); deleted with their key
+    "CREATE TABLE IF NOT EXISTS key_grants (
+        grant_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        name TEXT,
+        grantee TEXT NOT NULL,
+        retiring TEXT,
+        issuing_account TEXT NOT NULL,
+        operations TEXT NOT NULL,
+        constraints TEXT,
+        created_at INTEGER NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS key_grants_by_key ON key_grants (key_id, name)",
 ];
 
 /// Runs `f` again while it fails with SQLITE_BUSY/SQLITE_LOCKED, for at most 10 seconds.

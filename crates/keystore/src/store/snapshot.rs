@@ -11,7 +11,8 @@ use crate::context::EncryptionContext;
 use crate::crypto::{AeadKey, NONCE_LEN, fill_random};
 use crate::error::{Error, Result};
 use crate::model::{
-    ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, MaterialState, Rotation, RotationType,
+    Grant, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, MaterialState, Rotation,
+    RotationType,
 };
 
 pub(super) struct Material {
@@ -28,6 +29,8 @@ pub(super) struct Snapshot {
     pub(super) aliases: HashMap<String, [u8; 16]>,
     pub(super) materials: HashMap<[u8; 32], Arc<Material>>,
     pub(super) attrs: HashMap<[u8; 16], Arc<KeyAttributes>>,
+    /// Every grant, by grant id.
+    pub(super) grants: HashMap<String, Arc<Grant>>,
 }
 
 impl Core {
@@ -174,8 +177,17 @@ impl Core {
                 };
             }
         }
+        let mut grants = HashMap::new();
+        for g in rows.grants {
+            let kid = parse_key_id(&g.key_id)?;
+            let g = Arc::new(g.grant()?);
+            if let Some(a) = attrs.get_mut(&kid) {
+                a.grants.push(g.clone());
+            }
+            grants.insert(g.grant_id.clone(), g);
+        }
         let attrs = attrs.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        Ok(Snapshot { version: rows.version, keys, current, aliases, materials, attrs })
+        Ok(Snapshot { version: rows.version, keys, current, aliases, materials, attrs, grants })
     }
 
     pub(super) fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], sealed: &[u8]) -> Result<Material> {

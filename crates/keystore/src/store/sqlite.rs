@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::AliasInfo;
 use super::engine::{
-    AliasRow, Engine, ImportRequest, ImportRow, KeyRow, MaterialRow, NewKey, NewVersion, ON_DEMAND_MATERIALS,
+    AliasRow, Engine, GrantRow, ImportRequest, ImportRow, KeyRow, MaterialRow, NewKey, NewVersion, ON_DEMAND_MATERIALS,
     ON_DEMAND_VERSIONS, PolicyRow, Rows, TagRow, VersionRow, check_count, check_tags,
 };
 use super::{import, schema};
@@ -136,6 +136,8 @@ impl Engine for Sqlite {
             rows.policies = it.collect::<rusqlite::Result<_>>()?;
             let mut st = tx.prepare_cached(&format!("{MATERIALS} ORDER BY key_id, seq"))?;
             rows.materials = st.query_map([], material_row)?.collect::<rusqlite::Result<_>>()?;
+            let mut st = tx.prepare_cached(&format!("{GRANTS} ORDER BY key_id, created_at, grant_id"))?;
+            rows.grants = st.query_map([], grant_row)?.collect::<rusqlite::Result<_>>()?;
         }
         tx.commit()?;
         Ok(rows)
@@ -367,6 +369,40 @@ impl Engine for Sqlite {
         })
     }
 
+    /// Adds a grant, or finds the one it retries.
+    fn create_grant(&self, g: &GrantRow, limit: usize) -> Result<String> {
+        let wanted = g.grant()?;
+        self.write_key(&g.key_id, |tx, state| {
+            refuse_pending_deletion(&g.key_id, state)?;
+            if g.name.is_some() {
+                let mut st = tx.prepare(&format!("{GRANTS} WHERE key_id = ?1 AND name = ?2"))?;
+                let same: Vec<GrantRow> =
+                    st.query_map(params![g.key_id, g.name], grant_row)?.collect::<rusqlite::Result<_>>()?;
+                for r in same {
+                    if r.grant()?.same_request(&wanted) {
+                        return Ok(r.grant_id);
+                    }
+                }
+            }
+            let n: i64 =
+                tx.query_row("SELECT COUNT(*) FROM key_grants WHERE key_id = ?1", [&g.key_id], |r| r.get(0))?;
+            check_count(n, Some(limit), Limit::Grants)?;
+            insert_grant(tx, g)?;
+            Ok(g.grant_id.clone())
+        })
+    }
+
+    /// Deletes a grant of a key.
+    fn delete_grant(&self, id: &str, grant_id: &str) -> Result<()> {
+        self.write(|tx| {
+            let n = tx.execute("DELETE FROM key_grants WHERE key_id = ?1 AND grant_id = ?2", params![id, grant_id])?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("grant {grant_id}")));
+            }
+            Ok(())
+        })
+    }
+
     /// Imports material into an external key ([`import::plan_import`]).
     fn import_material(&self, id: &str, req: &ImportRequest) -> Result<()> {
         self.write_key(id, |tx, state| {
@@ -536,18 +572,57 @@ impl Engine for Sqlite {
             for m in &rows.materials {
                 insert_material(tx, m)?;
             }
+            for g in &rows.grants {
+                insert_grant(tx, g)?;
+            }
             Ok(())
         })
     }
 }
 
 /// Tables holding a key's rows, children first (a purge deletes in this order).
-pub(super) const KEY_TABLES: [&str; 8] =
-    ["aliases", "key_tags", "key_policies", "key_attrs", "key_materials", "key_import", "key_versions", "keys"];
+pub(super) const KEY_TABLES: [&str; 9] = [
+    "key_grants",
+    "aliases",
+    "key_tags",
+    "key_policies",
+    "key_attrs",
+    "key_materials",
+    "key_import",
+    "key_versions",
+    "keys",
+];
 
 /// The columns of a material record, in [`material_row`]'s order.
 const MATERIALS: &str = "SELECT material_id, key_id, seq, state, imported, description, valid_to, created_at, rotated_at \
      FROM key_materials";
+
+/// The columns of a grant, in [`grant_row`]'s order.
+const GRANTS: &str = "SELECT grant_id, key_id, name, grantee, retiring, issuing_account, operations, constraints, created_at \
+     FROM key_grants";
+
+fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRow> {
+    Ok(GrantRow {
+        grant_id: r.get(0)?,
+        key_id: r.get(1)?,
+        name: r.get(2)?,
+        grantee: r.get(3)?,
+        retiring: r.get(4)?,
+        issuing_account: r.get(5)?,
+        operations: r.get(6)?,
+        constraints: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+fn insert_grant(tx: &Transaction<'_>, g: &GrantRow) -> Result<()> {
+    tx.execute(
+        "INSERT INTO key_grants (grant_id, key_id, name, grantee, retiring, issuing_account, operations, constraints, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![g.grant_id, g.key_id, g.name, g.grantee, g.retiring, g.issuing_account, g.operations, g.constraints, g.created_at],
+    )?;
+    Ok(())
+}
 
 fn material_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MaterialRow> {
     Ok(MaterialRow {

@@ -518,3 +518,58 @@ pub fn another_root_key_opens_nothing(s: &dyn Subject) {
     let e = s.open_with_other_root().unwrap_err();
     assert!(matches!(e, Error::RootKey(_)), "{e:?}");
 }
+
+pub fn grants_idempotency_limit_and_purge(s: &dyn Subject) {
+    use envelope_keystore::GrantConstraints;
+    use envelope_keystore::store::NewGrant;
+    let ks = s.open();
+    let k = ks.create_key(None, "").unwrap();
+    let other = ks.create_key(None, "").unwrap();
+    let r = KeyRef::parse(&k.key_id).unwrap();
+    let ro = KeyRef::parse(&other.key_id).unwrap();
+    let subset = GrantConstraints {
+        encryption_context_subset: Some([("app".to_string(), "web".to_string())].into()),
+        ..GrantConstraints::default()
+    };
+    let new = |name: Option<&str>, ops: &[&str], c: Option<GrantConstraints>| NewGrant {
+        name: name.map(str::to_string),
+        grantee: "arn:aws:iam::111122223333:user/app".into(),
+        retiring: Some("arn:aws:iam::111122223333:user/admin".into()),
+        issuing_account: "arn:aws:iam::111122223333:root".into(),
+        operations: ops.iter().map(|o| o.to_string()).collect(),
+        constraints: c,
+    };
+    let g1 = ks.create_grant(&r, new(Some("n"), &["Encrypt", "Decrypt"], Some(subset.clone())), 3).unwrap();
+    assert_eq!(g1.len(), 64);
+    // The same name and parameters (operations in another order): the same grant.
+    assert_eq!(ks.create_grant(&r, new(Some("n"), &["Decrypt", "Encrypt"], Some(subset.clone())), 3).unwrap(), g1);
+    // Other parameters, or no name: a new grant.
+    let g2 = ks.create_grant(&r, new(Some("n"), &["Decrypt"], Some(subset.clone())), 3).unwrap();
+    let g3 = ks.create_grant(&r, new(None, &["Decrypt"], None), 3).unwrap();
+    assert!(g2 != g1 && g3 != g1 && g3 != g2);
+    assert!(matches!(ks.create_grant(&r, new(None, &["Decrypt"], None), 3), Err(Error::LimitExceeded(_))));
+    // Another key's quota is its own.
+    ks.create_grant(&ro, new(None, &["Encrypt"], None), 3).unwrap();
+    // Durable, and in the snapshot of a new handle.
+    drop(ks);
+    let ks = s.open();
+    let grants = ks.grants(&r).unwrap();
+    assert_eq!(grants.len(), 3);
+    let g = ks.grant(&g1).unwrap();
+    assert_eq!(g.operations, ["Decrypt", "Encrypt"]);
+    assert_eq!(g.constraints.as_ref(), Some(&subset));
+    assert_eq!(g.key_id, k.key_id);
+    assert_eq!(ks.attributes(&r).unwrap().grants_for("arn:aws:iam::111122223333:user/app").count(), 3);
+    // Deleting: only on its own key, once.
+    assert!(matches!(ks.delete_grant(&ro, &g1), Err(Error::NotFound(_))));
+    ks.delete_grant(&r, &g1).unwrap();
+    assert!(matches!(ks.delete_grant(&r, &g1), Err(Error::NotFound(_))));
+    assert!(ks.grant(&g1).is_none());
+    assert_eq!(ks.all_grants().len(), 3);
+    // A key pending deletion takes no new grant; its grants go when it is purged.
+    ks.schedule_deletion(&r, 1_000, 7).unwrap();
+    assert!(matches!(ks.create_grant(&r, new(None, &["Decrypt"], None), 3), Err(Error::InvalidState { .. })));
+    assert_eq!(ks.purge_deleted(1_000).unwrap(), vec![k.key_id.clone()]);
+    assert!(ks.grant(&g2).is_none() && ks.grant(&g3).is_none());
+    assert_eq!(ks.all_grants().len(), 1, "the other key's grant stays");
+}

@@ -41,6 +41,10 @@ macro_rules! battery {
             crate::battery::scheduled_deletion_cancel_and_purge(&$subject());
         }
         #[test]
+        fn grants_idempotency_limit_and_purge() {
+            crate::battery::grants_idempotency_limit_and_purge(&$subject());
+        }
+        #[test]
         fn automatic_rotation_tags_policy_and_description() {
             crate::battery::automatic_rotation_tags_policy_and_description(&$subject());
         }

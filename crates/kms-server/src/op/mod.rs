@@ -11,6 +11,7 @@
 //!   RotateKeyOnDemand.
 //! * [`import`]: GetParametersForImport, ImportKeyMaterial, DeleteImportedKeyMaterial.
 //! * [`tags`]: Tag/UntagResource, ListResourceTags.
+//! * [`grants`]: CreateGrant, ListGrants, ListRetirableGrants, RetireGrant, RevokeGrant.
 //! * [`history`]: CloudTrail's LookupEvents over the audit log (target prefix
 //!   `com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.`, signed for service `cloudtrail`).
 //!
@@ -33,6 +34,7 @@
 
 pub mod aliases;
 pub mod crypto;
+pub mod grants;
 pub mod history;
 pub mod import;
 pub mod keys;
@@ -62,6 +64,7 @@ use crate::protocol::{Context, Raw, to_body};
 enum Family {
     Aliases,
     Crypto,
+    Grants,
     History,
     Import,
     Keys,
@@ -128,6 +131,7 @@ macro_rules! operations {
 operations! {
     CancelKeyDeletion               => Keys,     Management, Control;
     CreateAlias                     => Aliases,  Management, Control;
+    CreateGrant                     => Grants,   Management, Control;
     CreateKey                       => Keys,     Management, Control;
     Decrypt                         => Crypto,   ReadOnly,   Data;
     DeleteAlias                     => Aliases,  Management, Control;
@@ -146,13 +150,17 @@ operations! {
     GetParametersForImport          => Import,   ReadOnly,   Control;
     ImportKeyMaterial               => Import,   Management, Control;
     ListAliases                     => Aliases,  ReadOnly,   Control;
+    ListGrants                      => Grants,   ReadOnly,   Control;
     ListKeyPolicies                 => Policies, ReadOnly,   Control;
     ListKeyRotations                => Rotation, ReadOnly,   Control;
     ListKeys                        => Keys,     ReadOnly,   Control;
     ListResourceTags                => Tags,     ReadOnly,   Control;
+    ListRetirableGrants             => Grants,   ReadOnly,   Control;
     LookupEvents                    => History,  ReadOnly,   Control;
     PutKeyPolicy                    => Policies, Management, Control;
     ReEncrypt                       => Crypto,   ReadOnly,   Data;
+    RetireGrant                     => Grants,   Management, Control;
+    RevokeGrant                     => Grants,   Management, Control;
     RotateKeyOnDemand               => Rotation, Management, Control;
     ScheduleKeyDeletion             => Keys,     Management, Control;
     TagResource                     => Tags,     Management, Control;
@@ -169,7 +177,6 @@ pub const CLOUDTRAIL_TARGET_PREFIX: &str = "com.amazonaws.cloudtrail.v20131101.C
 const NOT_IMPLEMENTED: &[&str] = &[
     "ConnectCustomKeyStore",
     "CreateCustomKeyStore",
-    "CreateGrant",
     "Decapsulate",
     "DeleteCustomKeyStore",
     "DeriveSharedSecret",
@@ -181,11 +188,7 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "GenerateMac",
     "GetKeyLastUsage",
     "GetPublicKey",
-    "ListGrants",
-    "ListRetirableGrants",
     "ReplicateKey",
-    "RetireGrant",
-    "RevokeGrant",
     "Sign",
     "UpdateCustomKeyStore",
     "UpdatePrimaryRegion",
@@ -240,6 +243,7 @@ impl Operation {
 pub enum Request {
     Aliases(aliases::Request),
     Crypto(crypto::Request),
+    Grants(grants::Request),
     History(history::Request),
     Import(import::Request),
     Keys(keys::Request),
@@ -285,6 +289,7 @@ pub(crate) fn parse(op: Operation, body: &[u8]) -> Result<Parsed> {
     let request = match op.family() {
         Family::Aliases => aliases::parse(op, &raw).map(Request::Aliases),
         Family::Crypto => crypto::parse(op, &raw).map(Request::Crypto),
+        Family::Grants => grants::parse(op, &raw).map(Request::Grants),
         Family::History => Err(KmsError::Internal("history requests are not KMS requests".into())),
         Family::Import => import::parse(op, &raw).map(Request::Import),
         Family::Keys => keys::parse(op, &raw).map(Request::Keys),
@@ -359,6 +364,7 @@ impl Server {
         let result = match req {
             Request::Aliases(r) => aliases::run(r, &call),
             Request::Crypto(r) => crypto::run(r, &call),
+            Request::Grants(r) => grants::run(r, &call),
             Request::History(r) => history::run(r, &call),
             Request::Import(r) => import::run(r, &call),
             Request::Keys(r) => keys::run(r, &call),
@@ -427,12 +433,50 @@ impl<'a> Call<'a> {
     }
 
     /// Checks `kms:<action>` on key `k` for the caller: the key's policy and the caller's
-    /// identity policy ([`policy::authorize`]). The key is recorded as touched either way.
+    /// identity policy ([`policy::authorize`]), then the key's grants: a grant to the caller for
+    /// `action` whose constraints hold for `context` allows what the policies do not, but never
+    /// against an explicit Deny. The key is recorded as touched either way. (CreateGrant and
+    /// RetireGrant weigh grants their own way, in [`grants`].)
     pub(crate) fn authorize(&self, k: &Resolved, action: &str, context: &Context) -> Result<()> {
+        let (verdict, attrs) = self.key_verdict(k, action, context, None)?;
+        if matches!(verdict, Verdict::ImplicitDeny(_))
+            && !matches!(action, "CreateGrant" | "RetireGrant")
+            && attrs.grants.iter().any(|g| g.allows(action, context) && self.is_grantee(g, action, &k.arn, context))
+        {
+            return Ok(());
+        }
+        self.verdict_result(verdict, action, &k.arn)
+    }
+
+    /// Whether the caller is `g`'s grantee for `action`: the grantee principal itself, or a
+    /// principal of the grantee account (`arn:aws:iam::<account>:root`) whose identity policy
+    /// allows the action on the key too.
+    pub(crate) fn is_grantee(&self, g: &envelope_keystore::Grant, action: &str, arn: &str, context: &Context) -> bool {
+        let principal = self.caller.principal.as_str();
+        if g.grantee == principal {
+            return true;
+        }
+        let Some(account) = policy::account_root(&g.grantee) else { return false };
+        if policy::account_of(principal) != Some(account) {
+            return false;
+        }
+        let q = Query { principal, action, resource: arn, context, grant: None };
+        policy::identity_allows(self.caller.identity.as_deref(), &q)
+    }
+
+    /// The policies' verdict on `kms:<action>` for key `k` (grants not consulted), and the key's
+    /// attributes (its grants among them). The key is recorded as touched.
+    pub(crate) fn key_verdict(
+        &self,
+        k: &Resolved,
+        action: &str,
+        context: &Context,
+        grant: Option<&policy::GrantRequest<'_>>,
+    ) -> Result<(Verdict, Arc<envelope_keystore::KeyAttributes>)> {
         self.touched(&k.arn);
         let attrs = self.server.store.attributes(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
         let p = self.server.policies.get(k.kid, attrs.policy.as_ref())?;
-        self.decide(Some(&p), action, &k.arn, context)
+        Ok((self.verdict(Some(&p), action, &k.arn, context, grant), attrs))
     }
 
     /// [`Call::authorize`] without an encryption context.
@@ -452,9 +496,26 @@ impl<'a> Call<'a> {
     }
 
     fn decide(&self, key: Option<&Policy>, action: &str, resource: &str, context: &Context) -> Result<()> {
+        let verdict = self.verdict(key, action, resource, context, None);
+        self.verdict_result(verdict, action, resource)
+    }
+
+    fn verdict(
+        &self,
+        key: Option<&Policy>,
+        action: &str,
+        resource: &str,
+        context: &Context,
+        grant: Option<&policy::GrantRequest<'_>>,
+    ) -> Verdict {
         let principal = self.caller.principal.as_str();
-        let q = Query { principal, action, resource, context };
-        let verdict = policy::authorize(key, self.caller.identity.as_deref(), &self.server.config.account_id, &q);
+        let q = Query { principal, action, resource, context, grant };
+        policy::authorize(key, self.caller.identity.as_deref(), &self.server.config.account_id, &q)
+    }
+
+    /// The answer to a verdict: nothing, or AccessDenied in AWS's words.
+    pub(crate) fn verdict_result(&self, verdict: Verdict, action: &str, resource: &str) -> Result<()> {
+        let principal = self.caller.principal.as_str();
         let kind = |s: Source| if s == Source::Resource { "a resource-based" } else { "an identity-based" };
         // KMS actions are named without their prefix; another service's with it.
         let action = if action.contains(':') { action.to_string() } else { format!("kms:{action}") };

@@ -96,7 +96,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
 pub(super) fn lockout_check(policy_text: &str, caller: &Caller, account: &str, resource: &str) -> Result<()> {
     let p = policy::parse(policy_text).map_err(KmsError::MalformedPolicyDocument)?;
     let context = Context::new();
-    let q = Query { principal: &caller.principal, action: "PutKeyPolicy", resource, context: &context };
+    let q = Query { principal: &caller.principal, action: "PutKeyPolicy", resource, context: &context, grant: None };
     match policy::authorize(Some(&p), caller.identity.as_deref(), account, &q) {
         Verdict::Allow => Ok(()),
         Verdict::ImplicitDeny(_) | Verdict::ExplicitDeny(_) => Err(KmsError::MalformedPolicyDocument(

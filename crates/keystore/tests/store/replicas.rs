@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use envelope_keystore::store::postgres::PG_SCHEMA_VERSION;
 use envelope_keystore::{EncryptionContext, Error, KeyRef, KeyState, KeyStore};
 
 use crate::subject::{Pg, eventually};
@@ -160,10 +161,10 @@ fn schema_is_created_once_and_newer_schemas_are_refused() {
     for o in opens {
         o.join().unwrap().unwrap();
     }
-    assert_eq!(s.pg.psql_in("envelope", "SELECT schema_version FROM envelope_meta"), "2");
+    assert_eq!(s.pg.psql_in("envelope", "SELECT schema_version FROM envelope_meta"), PG_SCHEMA_VERSION.to_string());
     s.pg.psql_in("envelope", "UPDATE envelope_meta SET schema_version = 99");
     let e = s.try_open(&s.data_dir(), HOUR).unwrap_err();
-    assert!(matches!(e, Error::SchemaVersion { found: 99, supported: 2 }), "{e:?}");
+    assert!(matches!(e, Error::SchemaVersion { found: 99, supported: PG_SCHEMA_VERSION }), "{e:?}");
 }
 
 /// A database at schema 1 (one material per external key, in key_import) is migrated forward:
@@ -186,7 +187,7 @@ fn schema_1_imports_become_current_material_records() {
         ),
     );
     let ks = s.open_every(HOUR);
-    assert_eq!(s.pg.psql_in("envelope", "SELECT schema_version FROM envelope_meta"), "2");
+    assert_eq!(s.pg.psql_in("envelope", "SELECT schema_version FROM envelope_meta"), PG_SCHEMA_VERSION.to_string());
     let a = ks.attributes(&r).unwrap();
     let view: Vec<_> = a.materials.iter().map(|m| (m.material_id.as_str(), m.state, m.imported, m.valid_to)).collect();
     assert_eq!(view, [(mid.as_str(), envelope_keystore::MaterialState::Current, true, Some(500))]);

@@ -833,8 +833,8 @@ const PG_MIGRATIONS: &[&str] = &[
         FROM key_import i JOIN keys k ON k.key_id = i.key_id
         LEFT JOIN key_versions v ON v.material_id = i.material_id
         WHERE i.material_id IS NOT NULL;",
-    // version 3 (SQLite schema 6): grants
-    "CREATE TABLE key_grants (
+    // version 3 (SQLite schema 6): grants (created if missing, so the step is idempotent)
+    "CREATE TABLE IF NOT EXISTS key_grants (
         grant_id TEXT PRIMARY KEY,
         key_id TEXT NOT NULL REFERENCES keys(key_id),
         name TEXT,
@@ -845,7 +845,7 @@ const PG_MIGRATIONS: &[&str] = &[
         constraints TEXT,
         created_at BIGINT NOT NULL
      );
-     CREATE INDEX key_grants_by_key ON key_grants (key_id, name);",
+     CREATE INDEX IF NOT EXISTS key_grants_by_key ON key_grants (key_id, name);",
 ];
 
 /// Creates `envelope_meta` and applies the missing migrations, under an advisory lock.

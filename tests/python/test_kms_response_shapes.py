@@ -54,11 +54,16 @@ ALWAYS = {
     "ListResourceTags": {"Tags", "Truncated"},
     "ListKeyRotations": {"Rotations", "Truncated"},
     "GetKeyPolicy": {"Policy", "PolicyName"},
+    "GenerateMac": {"Mac", "MacAlgorithm", "KeyId"},
+    "VerifyMac": {"KeyId", "MacValid", "MacAlgorithm"},
 }
 
-# KeyMetadata members of every key AWS describes (symmetric, single-Region, AWS_KMS or EXTERNAL).
+# KeyMetadata members of every key AWS describes (single-Region, AWS_KMS or EXTERNAL), and those
+# of each key usage (HMAC keys: MacAlgorithms and no EncryptionAlgorithms).
 KEY_METADATA = {"AWSAccountId", "KeyId", "Arn", "CreationDate", "Enabled", "Description", "KeyUsage", "KeyState",
-                "Origin", "KeyManager", "CustomerMasterKeySpec", "KeySpec", "EncryptionAlgorithms", "MultiRegion"}
+                "Origin", "KeyManager", "CustomerMasterKeySpec", "KeySpec", "MultiRegion"}
+BY_USAGE = {"ENCRYPT_DECRYPT": ({"EncryptionAlgorithms"}, {"MacAlgorithms", "SigningAlgorithms"}),
+            "GENERATE_VERIFY_MAC": ({"MacAlgorithms"}, {"EncryptionAlgorithms", "SigningAlgorithms"})}
 
 
 def walk(shape, value, path, problems):
@@ -211,6 +216,12 @@ def exercise(c):
     c.decrypt(CiphertextBlob=ct)
     c.delete_imported_key_material(KeyId=ext)
     c.describe_key(KeyId=ext)
+    # HMAC keys.
+    mac_key = c.create_key(KeySpec="HMAC_384", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
+    c.describe_key(KeyId=mac_key)
+    mac = c.generate_mac(KeyId=mac_key, MacAlgorithm="HMAC_SHA_384", Message=b"m")["Mac"]
+    c.verify_mac(KeyId=mac_key, MacAlgorithm="HMAC_SHA_384", Message=b"m", Mac=mac)
+    c.get_key_rotation_status(KeyId=mac_key)
 
 
 def test_every_response_matches_the_model(kms):
@@ -237,6 +248,10 @@ def test_every_response_matches_the_model(kms):
         meta = doc.get("KeyMetadata")
         if meta is not None:
             missing = KEY_METADATA - set(meta)
+            wanted, unwanted = BY_USAGE[meta["KeyUsage"]]
+            missing |= wanted - set(meta)
+            if unwanted & set(meta):
+                problems.append(f"{name} ({meta['KeyUsage']}): KeyMetadata has {sorted(unwanted & set(meta))}")
             if meta["KeyState"] != "PendingImport":
                 missing |= {"CurrentKeyMaterialId"} - set(meta)
             if meta["Origin"] == "EXTERNAL" and meta["KeyState"] != "PendingImport":

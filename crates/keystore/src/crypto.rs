@@ -1,9 +1,11 @@
-//! Thin wrappers over aws-lc-rs: AES-256-GCM with random nonces, secure random bytes, SHA-256.
+//! Thin wrappers over aws-lc-rs: AES-256-GCM with random nonces, HMAC keys, secure random bytes,
+//! SHA-256.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+use crate::model::MacAlgorithm;
 
 /// Length of an AES-GCM tag.
 pub const TAG_LEN: usize = 16;
@@ -73,9 +75,57 @@ impl AeadKey {
     }
 }
 
+/// An HMAC key (the material of an HMAC key spec). The underlying AWS-LC object cleanses its
+/// memory when dropped.
+pub struct MacKey {
+    key: aws_lc_rs::hmac::Key,
+    algorithm: MacAlgorithm,
+}
+
+impl std::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MacKey({}, ..)", self.algorithm)
+    }
+}
+
+impl MacKey {
+    /// An HMAC key for `algorithm` from `material`.
+    pub fn new(algorithm: MacAlgorithm, material: &[u8]) -> Self {
+        let alg = match algorithm {
+            MacAlgorithm::HmacSha224 => aws_lc_rs::hmac::HMAC_SHA224,
+            MacAlgorithm::HmacSha256 => aws_lc_rs::hmac::HMAC_SHA256,
+            MacAlgorithm::HmacSha384 => aws_lc_rs::hmac::HMAC_SHA384,
+            MacAlgorithm::HmacSha512 => aws_lc_rs::hmac::HMAC_SHA512,
+        };
+        Self { key: aws_lc_rs::hmac::Key::new(alg, material), algorithm }
+    }
+
+    /// The algorithm this key computes.
+    pub fn algorithm(&self) -> MacAlgorithm {
+        self.algorithm
+    }
+
+    /// The HMAC of `message` (RFC 2104).
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        aws_lc_rs::hmac::sign(&self.key, message).as_ref().to_vec()
+    }
+
+    /// Whether `mac` is the HMAC of `message`, compared in constant time.
+    pub fn verify(&self, message: &[u8], mac: &[u8]) -> bool {
+        aws_lc_rs::hmac::verify(&self.key, message, mac).is_ok()
+    }
+}
+
 /// Fills `buf` from the system's secure random generator.
 pub fn fill_random(buf: &mut [u8]) -> Result<()> {
     aws_lc_rs::rand::fill(buf).map_err(|_| Error::Crypto)
+}
+
+/// Fresh random key material of `len` bytes, zeroized on drop.
+pub fn random_material(len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let mut k = Zeroizing::new(vec![0u8; len]);
+    fill_random(&mut k[..])?;
+    Ok(k)
 }
 
 /// Fresh random key material, zeroized on drop.
@@ -113,6 +163,36 @@ mod tests {
         bad[last] ^= 1;
         assert!(k.open(b"aad", &bad).is_err());
         assert!(k.open(b"aad", &sealed[..10]).is_err());
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231_and_verifies_in_constant_time() {
+        // RFC 4231 test case 2 (key "Jefe").
+        let msg = b"what do ya want for nothing?";
+        let cases = [
+            (MacAlgorithm::HmacSha224, "a30e01098bc6dbbf45690f3a7e9e6d0f8bbea2a39e6148008fd05e44"),
+            (MacAlgorithm::HmacSha256, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+            (
+                MacAlgorithm::HmacSha384,
+                "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e8e2240ca5e69e2c78b3239ecfab21649",
+            ),
+            (
+                MacAlgorithm::HmacSha512,
+                "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737",
+            ),
+        ];
+        for (alg, want) in cases {
+            let k = MacKey::new(alg, b"Jefe");
+            assert_eq!(k.algorithm(), alg);
+            let mac = k.sign(msg);
+            assert_eq!(hex::encode(&mac), want, "{alg}");
+            assert!(k.verify(msg, &mac));
+            let mut bad = mac.clone();
+            bad[0] ^= 1;
+            assert!(!k.verify(msg, &bad));
+            assert!(!k.verify(msg, &mac[..mac.len() - 1]));
+            assert!(!k.verify(b"other", &mac));
+        }
     }
 
     #[test]

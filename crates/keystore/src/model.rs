@@ -48,6 +48,162 @@ impl fmt::Display for KeyState {
     }
 }
 
+/// What kind of key a key is (AWS's `KeySpec`): the kind of its material and what it can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum KeySpec {
+    /// AES-256-GCM (`SYMMETRIC_DEFAULT`): encrypts and decrypts. Every key before schema 6.
+    #[default]
+    SymmetricDefault,
+    /// HMAC with SHA-224, a 224-bit key (`HMAC_224`).
+    Hmac224,
+    /// HMAC with SHA-256, a 256-bit key (`HMAC_256`).
+    Hmac256,
+    /// HMAC with SHA-384, a 384-bit key (`HMAC_384`).
+    Hmac384,
+    /// HMAC with SHA-512, a 512-bit key (`HMAC_512`).
+    Hmac512,
+}
+
+impl KeySpec {
+    /// Every key spec this store can hold.
+    pub const ALL: [KeySpec; 5] =
+        [KeySpec::SymmetricDefault, KeySpec::Hmac224, KeySpec::Hmac256, KeySpec::Hmac384, KeySpec::Hmac512];
+
+    /// The stored / wire name (`SYMMETRIC_DEFAULT`, `HMAC_256`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySpec::SymmetricDefault => "SYMMETRIC_DEFAULT",
+            KeySpec::Hmac224 => "HMAC_224",
+            KeySpec::Hmac256 => "HMAC_256",
+            KeySpec::Hmac384 => "HMAC_384",
+            KeySpec::Hmac512 => "HMAC_512",
+        }
+    }
+
+    /// The key spec of a wire name (`None`: not one this store can hold).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::from_name(s).ok_or_else(|| Error::Storage(format!("unknown key spec {s:?} in database")))
+    }
+
+    /// The one key usage keys of this spec have.
+    pub fn usage(self) -> KeyUsage {
+        match self {
+            KeySpec::SymmetricDefault => KeyUsage::EncryptDecrypt,
+            KeySpec::Hmac224 | KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512 => KeyUsage::GenerateVerifyMac,
+        }
+    }
+
+    /// Length of the key material in bytes (as AWS: HMAC keys as long as their digest).
+    pub fn material_len(self) -> usize {
+        match self {
+            KeySpec::SymmetricDefault | KeySpec::Hmac256 => 32,
+            KeySpec::Hmac224 => 28,
+            KeySpec::Hmac384 => 48,
+            KeySpec::Hmac512 => 64,
+        }
+    }
+
+    /// The MAC algorithm of an HMAC key (`None` for other keys).
+    pub fn mac_algorithm(self) -> Option<MacAlgorithm> {
+        match self {
+            KeySpec::SymmetricDefault => None,
+            KeySpec::Hmac224 => Some(MacAlgorithm::HmacSha224),
+            KeySpec::Hmac256 => Some(MacAlgorithm::HmacSha256),
+            KeySpec::Hmac384 => Some(MacAlgorithm::HmacSha384),
+            KeySpec::Hmac512 => Some(MacAlgorithm::HmacSha512),
+        }
+    }
+}
+
+impl fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What a key is for (AWS's `KeyUsage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum KeyUsage {
+    /// Encrypt, Decrypt, ReEncrypt, GenerateDataKey (`ENCRYPT_DECRYPT`).
+    #[default]
+    EncryptDecrypt,
+    /// GenerateMac, VerifyMac (`GENERATE_VERIFY_MAC`).
+    GenerateVerifyMac,
+}
+
+impl KeyUsage {
+    /// The stored / wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyUsage::EncryptDecrypt => "ENCRYPT_DECRYPT",
+            KeyUsage::GenerateVerifyMac => "GENERATE_VERIFY_MAC",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "ENCRYPT_DECRYPT" => Ok(KeyUsage::EncryptDecrypt),
+            "GENERATE_VERIFY_MAC" => Ok(KeyUsage::GenerateVerifyMac),
+            other => Err(Error::Storage(format!("unknown key usage {other:?} in database"))),
+        }
+    }
+}
+
+impl fmt::Display for KeyUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The HMAC algorithms (AWS's `MacAlgorithmSpec`); each belongs to one HMAC key spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MacAlgorithm {
+    /// `HMAC_SHA_224`.
+    HmacSha224,
+    /// `HMAC_SHA_256`.
+    HmacSha256,
+    /// `HMAC_SHA_384`.
+    HmacSha384,
+    /// `HMAC_SHA_512`.
+    HmacSha512,
+}
+
+impl MacAlgorithm {
+    /// Every MAC algorithm.
+    pub const ALL: [MacAlgorithm; 4] =
+        [MacAlgorithm::HmacSha224, MacAlgorithm::HmacSha256, MacAlgorithm::HmacSha384, MacAlgorithm::HmacSha512];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacAlgorithm::HmacSha224 => "HMAC_SHA_224",
+            MacAlgorithm::HmacSha256 => "HMAC_SHA_256",
+            MacAlgorithm::HmacSha384 => "HMAC_SHA_384",
+            MacAlgorithm::HmacSha512 => "HMAC_SHA_512",
+        }
+    }
+
+    /// The algorithm of a wire name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for MacAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// A key's public description. Contains no key material.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct KeyMetadata {
@@ -65,6 +221,22 @@ pub struct KeyMetadata {
     pub versions: Vec<KeyVersion>,
     /// Aliases pointing at this key (`alias/...`).
     pub aliases: Vec<String>,
+    /// What kind of key it is.
+    pub key_spec: KeySpec,
+    /// What it is for.
+    pub key_usage: KeyUsage,
+}
+
+impl serde::Serialize for KeySpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for KeyUsage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl serde::Serialize for KeyState {
@@ -295,5 +467,23 @@ mod tests {
             assert_eq!(KeyState::parse(s.as_str()).unwrap(), s);
         }
         assert!(KeyState::parse("Bogus").is_err());
+    }
+
+    #[test]
+    fn key_specs_round_trip_with_their_usage_lengths_and_algorithms() {
+        for k in KeySpec::ALL {
+            assert_eq!(KeySpec::parse(k.as_str()).unwrap(), k);
+            assert_eq!(KeyUsage::parse(k.usage().as_str()).unwrap(), k.usage());
+        }
+        let lens: Vec<usize> = KeySpec::ALL.iter().map(|k| k.material_len()).collect();
+        assert_eq!(lens, [32, 28, 32, 48, 64]);
+        assert_eq!(KeySpec::SymmetricDefault.usage(), KeyUsage::EncryptDecrypt);
+        assert_eq!(KeySpec::Hmac384.usage(), KeyUsage::GenerateVerifyMac);
+        assert_eq!(KeySpec::Hmac512.mac_algorithm(), Some(MacAlgorithm::HmacSha512));
+        assert_eq!(KeySpec::SymmetricDefault.mac_algorithm(), None);
+        assert_eq!(MacAlgorithm::from_name("HMAC_SHA_224"), Some(MacAlgorithm::HmacSha224));
+        assert!(KeySpec::parse("RSA_2048").is_err());
+        assert!(KeyUsage::parse("SIGN_VERIFY").is_err());
+        assert_eq!(KeySpec::default(), KeySpec::SymmetricDefault);
     }
 }

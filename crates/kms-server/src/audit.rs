@@ -34,7 +34,7 @@ use crate::protocol::Raw;
 
 /// Request and response members that are never written to the audit log.
 const SECRET_MEMBERS: &[&str] =
-    &["Plaintext", "CiphertextBlob", "EncryptedKeyMaterial", "ImportToken", "PublicKey", "Recipient"];
+    &["Plaintext", "CiphertextBlob", "EncryptedKeyMaterial", "ImportToken", "PublicKey", "Recipient", "Message", "Mac"];
 
 /// Members whose values are user maps: their keys are data, not member names, and stay as sent.
 const MAP_MEMBERS: &[&str] = &["EncryptionContext", "SourceEncryptionContext", "DestinationEncryptionContext"];
@@ -49,6 +49,8 @@ const CRYPTO_OPS: &[&str] = &[
     "GenerateDataKeyPair",
     "GenerateDataKeyPairWithoutPlaintext",
     "GenerateRandom",
+    "GenerateMac",
+    "VerifyMac",
 ];
 
 /// Most records one group commit writes.
@@ -597,6 +599,8 @@ pub fn read_only(op: &str) -> bool {
                 | "GenerateDataKey"
                 | "GenerateDataKeyWithoutPlaintext"
                 | "GenerateRandom"
+                | "GenerateMac"
+                | "VerifyMac"
         )
 }
 

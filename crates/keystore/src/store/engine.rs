@@ -112,6 +112,10 @@ pub struct KeyRow {
     pub rotation_period_days: Option<u32>,
     /// Next automatic rotation.
     pub next_rotation: Option<i64>,
+    /// Key spec, as [`crate::KeySpec::as_str`] writes it (`SYMMETRIC_DEFAULT` before schema 6).
+    pub key_spec: String,
+    /// Key usage, as [`crate::KeyUsage::as_str`] writes it (`ENCRYPT_DECRYPT` before schema 6).
+    pub key_usage: String,
 }
 
 /// A material version, sealed.
@@ -265,4 +269,6 @@ pub struct NewKey<'a> {
     pub tags: &'a [(String, String)],
     /// Key policy.
     pub policy: Option<&'a str>,
+    /// Key spec (its usage is the spec's).
+    pub key_spec: crate::model::KeySpec,
 }

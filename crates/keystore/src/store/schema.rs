@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::error::{Error, Result};
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATIONS: &[&str] = &[
     // version 1
@@ -84,6 +84,10 @@ const MIGRATIONS: &[&str] = &[
         FROM key_import i JOIN keys k ON k.key_id = i.key_id
         LEFT JOIN key_versions v ON v.material_id = i.material_id
         WHERE i.material_id IS NOT NULL",
+    // version 6: key specs beyond SYMMETRIC_DEFAULT (HMAC keys): each key's KeySpec and
+    // KeyUsage; every existing key is a symmetric encryption key
+    "ALTER TABLE keys ADD COLUMN key_spec TEXT NOT NULL DEFAULT 'SYMMETRIC_DEFAULT';
+     ALTER TABLE keys ADD COLUMN key_usage TEXT NOT NULL DEFAULT 'ENCRYPT_DECRYPT'",
 ];
 
 /// Runs `f` again while it fails with SQLITE_BUSY/SQLITE_LOCKED, for at most 10 seconds.

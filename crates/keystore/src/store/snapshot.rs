@@ -5,18 +5,32 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::engine::Rows;
-use super::{Core, Decrypted, Encrypted, KeyStore, MAX_PLAINTEXT, parse_key_id, parse_material_id, poisoned, seal_aad};
+use super::{
+    Core, Decrypted, Encrypted, KeyStore, MAX_PLAINTEXT, parse_key_id, parse_material_id, poisoned, seal_aad_for,
+};
 use crate::blob;
 use crate::context::EncryptionContext;
-use crate::crypto::{AeadKey, NONCE_LEN, fill_random};
+use crate::crypto::{AeadKey, MacKey, NONCE_LEN, fill_random};
 use crate::error::{Error, Result};
 use crate::model::{
-    ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, MaterialState, Rotation, RotationType,
+    ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeySpec, KeyState, KeyUsage, KeyVersion, MacAlgorithm,
+    MaterialState, Rotation, RotationType,
 };
 
+/// One material version, unsealed: typed by its key's spec, so material of one kind of key is
+/// never used as another's.
 pub(super) struct Material {
     pub(super) key_id: [u8; 16],
-    pub(super) aead: AeadKey,
+    pub(super) spec: KeySpec,
+    pub(super) secret: Secret,
+}
+
+/// Unsealed material, by what it does.
+pub(super) enum Secret {
+    /// A symmetric encryption key.
+    Aead(AeadKey),
+    /// An HMAC key (boxed: AWS-LC's HMAC context is large).
+    Mac(Box<MacKey>),
 }
 
 #[derive(Default)]
@@ -58,8 +72,18 @@ impl Core {
         let mut keys: HashMap<[u8; 16], KeyMetadata> = HashMap::new();
         let mut attrs: HashMap<[u8; 16], KeyAttributes> = HashMap::new();
         let mut current = HashMap::new();
+        let mut specs: HashMap<[u8; 16], KeySpec> = HashMap::new();
         for k in rows.keys {
             let kid = parse_key_id(&k.key_id)?;
+            let key_spec = KeySpec::parse(&k.key_spec)?;
+            let key_usage = KeyUsage::parse(&k.key_usage)?;
+            if key_usage != key_spec.usage() {
+                return Err(Error::Storage(format!(
+                    "key {} has key usage {key_usage}, which a {key_spec} key cannot have",
+                    k.key_id
+                )));
+            }
+            specs.insert(kid, key_spec);
             attrs.insert(
                 kid,
                 KeyAttributes {
@@ -84,6 +108,8 @@ impl Core {
                     current_material_id: k.current_material,
                     versions: Vec::new(),
                     aliases: Vec::new(),
+                    key_spec,
+                    key_usage,
                 },
             );
         }
@@ -116,9 +142,11 @@ impl Core {
             if let Some(k) = keys.get_mut(&kid) {
                 k.versions.push(KeyVersion { material_id: v.material_id, seq: v.seq, created_at: v.created_at });
             }
-            let m = match old.materials.get(&mid) {
+            // A version belongs to a key (foreign key); its spec decides how it unseals.
+            let spec = specs.get(&kid).copied().unwrap_or_default();
+            let m = match old.materials.get(&mid).filter(|m| m.key_id == kid && m.spec == spec) {
                 Some(m) => m.clone(),
-                None => Arc::new(self.unseal(&kid, &mid, &v.sealed)?),
+                None => Arc::new(self.unseal(&kid, &mid, spec, &v.sealed)?),
             };
             materials.insert(mid, m);
         }
@@ -178,9 +206,23 @@ impl Core {
         Ok(Snapshot { version: rows.version, keys, current, aliases, materials, attrs })
     }
 
-    pub(super) fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], sealed: &[u8]) -> Result<Material> {
-        let material = self.root.open(&seal_aad(kid, mid), sealed)?;
-        Ok(Material { key_id: *kid, aead: AeadKey::new(&material)? })
+    /// Unseals one version of key `kid` (of `spec`): the material must open under the spec's
+    /// additional data and have the spec's length.
+    pub(super) fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], spec: KeySpec, sealed: &[u8]) -> Result<Material> {
+        let material = self.root.open(&seal_aad_for(spec, kid, mid), sealed)?;
+        if material.len() != spec.material_len() {
+            return Err(Error::RootKey(format!(
+                "key material of key {} is {} bytes, not the {} of a {spec} key",
+                uuid::Uuid::from_bytes(*kid),
+                material.len(),
+                spec.material_len()
+            )));
+        }
+        let secret = match spec.mac_algorithm() {
+            None => Secret::Aead(AeadKey::new(&material)?),
+            Some(alg) => Secret::Mac(Box::new(MacKey::new(alg, &material))),
+        };
+        Ok(Material { key_id: *kid, spec, secret })
     }
 }
 
@@ -215,6 +257,31 @@ impl KeyStore {
         let state = snap.keys.get(&kid).map(|k| k.state).ok_or_else(|| Error::NotFound(key.to_string()))?;
         let mid = *snap.current.get(&kid).ok_or_else(|| Error::InvalidState { key: key.to_string(), state })?;
         Ok((kid, mid, state))
+    }
+
+    /// The key's binary id, state, spec and usage, from the snapshot. Cheap; works for keys
+    /// without material.
+    pub fn kind(&self, key: &KeyRef) -> Result<([u8; 16], KeyState, KeySpec, KeyUsage)> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        let k = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(key.to_string()))?;
+        Ok((kid, k.state, k.key_spec, k.key_usage))
+    }
+
+    /// The HMAC of `message` under the current material of an HMAC key, whose spec must be
+    /// `algorithm`'s ([`Error::WrongKeyType`] otherwise; any other key too). From the snapshot.
+    pub fn generate_mac(&self, key: &KeyRef, algorithm: MacAlgorithm, message: &[u8]) -> Result<Vec<u8>> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        Ok(mac_key(&snap, kid, algorithm)?.sign(message))
+    }
+
+    /// Whether `mac` is the HMAC of `message` under the current material of an HMAC key
+    /// (compared in constant time); the key and algorithm as for [`KeyStore::generate_mac`].
+    pub fn verify_mac(&self, key: &KeyRef, algorithm: MacAlgorithm, message: &[u8], mac: &[u8]) -> Result<bool> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        Ok(mac_key(&snap, kid, algorithm)?.verify(message, mac))
     }
 
     /// The key's binary id and state, from the snapshot. Cheap; works for keys without material.
@@ -270,7 +337,10 @@ impl KeyStore {
         }
         let meta = snap.keys.get(&b.key_id).ok_or(Error::InvalidCiphertext("unknown key"))?;
         check_usable(meta)?;
-        let plaintext = blob::open(&material.aead, &b, ctx)?;
+        let Secret::Aead(aead) = &material.secret else {
+            return Err(wrong_type(meta, "it does not decrypt"));
+        };
+        let plaintext = blob::open(aead, &b, ctx)?;
         Ok(Decrypted { plaintext, key_id: b.key_id, material_id: b.material_id })
     }
 }
@@ -290,6 +360,9 @@ fn encrypt_with(
     }
     let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
     check_usable(meta)?;
+    if meta.key_usage != KeyUsage::EncryptDecrypt {
+        return Err(wrong_type(meta, "it does not encrypt"));
+    }
     let mid = match want {
         Some(w) => *w,
         None => *snap
@@ -302,10 +375,37 @@ fn encrypt_with(
         .get(&mid)
         .filter(|m| m.key_id == kid)
         .ok_or_else(|| Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid))))?;
+    let Secret::Aead(aead) = &material.secret else {
+        return Err(wrong_type(meta, "it does not encrypt"));
+    };
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce)?;
-    let out = blob::seal(&material.aead, &kid, &mid, nonce, plaintext, ctx)?;
+    let out = blob::seal(aead, &kid, &mid, nonce, plaintext, ctx)?;
     Ok(Encrypted { blob: out, key_id: kid, material_id: mid })
+}
+
+/// The current HMAC key of key `kid`, usable, of `algorithm`'s spec.
+fn mac_key(snap: &Snapshot, kid: [u8; 16], algorithm: MacAlgorithm) -> Result<&MacKey> {
+    let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
+    check_usable(meta)?;
+    match meta.key_spec.mac_algorithm() {
+        None => return Err(wrong_type(meta, "it does not compute MACs")),
+        Some(a) if a != algorithm => return Err(wrong_type(meta, "the MAC algorithm is not the key spec's")),
+        Some(_) => {}
+    }
+    let mid = snap
+        .current
+        .get(&kid)
+        .ok_or_else(|| Error::InvalidState { key: meta.key_id.clone(), state: KeyState::PendingImport })?;
+    match snap.materials.get(mid).filter(|m| m.key_id == kid).map(|m| &m.secret) {
+        Some(Secret::Mac(k)) if k.algorithm() == algorithm => Ok(&**k),
+        Some(_) => Err(wrong_type(meta, "its material is not an HMAC key of that algorithm")),
+        None => Err(Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid)))),
+    }
+}
+
+fn wrong_type(meta: &KeyMetadata, why: &'static str) -> Error {
+    Error::WrongKeyType { key: meta.key_id.clone(), spec: meta.key_spec, usage: meta.key_usage, why }
 }
 
 fn check_usable(meta: &KeyMetadata) -> Result<()> {

@@ -1,5 +1,7 @@
-"""Key specs beyond SYMMETRIC_DEFAULT in `envelope kms serve`: HMAC keys (HMAC_224/256/384/512,
-KeyUsage GENERATE_VERIFY_MAC) with GenerateMac and VerifyMac, against boto3 and the aws CLI.
+"""Key specs beyond SYMMETRIC_DEFAULT in `envelope kms serve`, against boto3 and the aws CLI:
+HMAC keys (HMAC_224/256/384/512, KeyUsage GENERATE_VERIFY_MAC) with GenerateMac and VerifyMac,
+and ECDSA signing keys (ECC_NIST_P256/P384/P521, KeyUsage SIGN_VERIFY) with Sign, Verify and
+GetPublicKey, their signatures checked by `openssl pkeyutl -verify` with the public key.
 
 The key material is secret, so MACs are not compared with Python's `hmac` module; instead:
 one message has one MAC, another message another, VerifyMac accepts it and refuses any change,
@@ -10,6 +12,7 @@ The server binary comes from ENVELOPE_BIN (default target/debug/envelope).
 """
 
 import base64
+import hashlib
 import json
 import os
 import pathlib
@@ -193,8 +196,14 @@ def test_create_key_spec_and_usage_rules(raw):
          "UnsupportedOperationException", "Importing key material into HMAC_256 keys is not supported by this server."),
         ({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC", "MultiRegion": True},
          "UnsupportedOperationException", "Multi-Region keys are not supported."),
-        ({"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}, "UnsupportedOperationException",
-         "KeySpec ECC_NIST_P256 is not supported by this server."),
+        ({"KeySpec": "ECC_NIST_P256"}, "ValidationException",
+         "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys."),
+        ({"KeySpec": "ECC_NIST_P256", "KeyUsage": "ENCRYPT_DECRYPT"}, "ValidationException",
+         "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec ECC_NIST_P256"),
+        ({"KeySpec": "ECC_NIST_P256", "KeyUsage": "KEY_AGREEMENT"}, "UnsupportedOperationException",
+         "KeyUsage KEY_AGREEMENT with KeySpec ECC_NIST_P256 is not supported by this server."),
+        ({"KeySpec": "RSA_2048", "KeyUsage": "SIGN_VERIFY"}, "UnsupportedOperationException",
+         "KeySpec RSA_2048 is not supported by this server."),
     ]
     for params, code, message in cases:
         got = err(raw.create_key, **params)
@@ -348,6 +357,107 @@ def test_aws_cli_creates_hmac_keys_and_makes_and_verifies_macs(srv, tmp_path):
     assert r.returncode != 0 and "InvalidKeyUsageException" in r.stderr
 
 
+# KeySpec → (SigningAlgorithm, hashlib name, OpenSSL curve name).
+ECC_SPECS = {
+    "ECC_NIST_P256": ("ECDSA_SHA_256", "sha256", "prime256v1"),
+    "ECC_NIST_P384": ("ECDSA_SHA_384", "sha384", "secp384r1"),
+    "ECC_NIST_P521": ("ECDSA_SHA_512", "sha512", "secp521r1"),
+}
+
+
+def openssl_verifies(tmp_path, public_der, digest, signature):
+    """Whether `openssl pkeyutl -verify` accepts `signature` of `digest` under the DER public key."""
+    (tmp_path / "pub.der").write_bytes(public_der)
+    (tmp_path / "digest.bin").write_bytes(digest)
+    (tmp_path / "sig.bin").write_bytes(signature)
+    r = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey",
+                        str(tmp_path / "pub.der"), "-in", str(tmp_path / "digest.bin"), "-sigfile",
+                        str(tmp_path / "sig.bin")], capture_output=True, text=True)
+    return r.returncode == 0 and "Signature Verified Successfully" in r.stdout
+
+
+def test_ecc_keys_sign_and_verify_checked_with_openssl(c, raw, tmp_path):
+    for spec, (alg, hname, curve) in ECC_SPECS.items():
+        meta = c.create_key(KeySpec=spec, KeyUsage="SIGN_VERIFY", Description=spec)["KeyMetadata"]
+        assert (meta["KeySpec"], meta["KeyUsage"], meta["SigningAlgorithms"]) == (spec, "SIGN_VERIFY", [alg])
+        assert "EncryptionAlgorithms" not in meta and "MacAlgorithms" not in meta
+        key = meta["KeyId"]
+        pk = c.get_public_key(KeyId=key)
+        assert (pk["KeyId"], pk["KeySpec"], pk["CustomerMasterKeySpec"], pk["KeyUsage"], pk["SigningAlgorithms"]) == \
+            (arn(key), spec, spec, "SIGN_VERIFY", [alg])
+        der = pk["PublicKey"]
+        (tmp_path / "pub.der").write_bytes(der)
+        text = subprocess.run(["openssl", "pkey", "-pubin", "-inform", "DER", "-in", str(tmp_path / "pub.der"),
+                               "-text", "-noout"], capture_output=True, text=True, check=True).stdout
+        assert curve in text, text
+        message = b"a message to sign " + spec.encode()
+        digest = hashlib.new(hname, message).digest()
+        sig = c.sign(KeyId=key, Message=message, SigningAlgorithm=alg)
+        assert (sig["KeyId"], sig["SigningAlgorithm"]) == (arn(key), alg)
+        assert openssl_verifies(tmp_path, der, digest, sig["Signature"])
+        # The check can fail: another message's digest does not verify.
+        assert not openssl_verifies(tmp_path, der, hashlib.new(hname, b"other").digest(), sig["Signature"])
+        dsig = c.sign(KeyId=key, Message=digest, MessageType="DIGEST", SigningAlgorithm=alg)["Signature"]
+        assert openssl_verifies(tmp_path, der, digest, dsig)
+        v = c.verify(KeyId=key, Message=message, Signature=sig["Signature"], SigningAlgorithm=alg)
+        assert (v["KeyId"], v["SignatureValid"], v["SigningAlgorithm"]) == (arn(key), True, alg)
+        assert c.verify(KeyId=key, Message=digest, MessageType="DIGEST", Signature=dsig,
+                        SigningAlgorithm=alg)["SignatureValid"] is True
+        for kwargs in [{"Message": message + b"!"}, {"Signature": sig["Signature"][:-1]},
+                       {"Message": digest, "MessageType": "DIGEST", "Signature": b"\x30\x00"}]:
+            call = {"KeyId": key, "Message": message, "Signature": sig["Signature"], "SigningAlgorithm": alg, **kwargs}
+            assert err(c.verify, **call)[0] == "KMSInvalidSignatureException", kwargs
+        assert err(c.sign, KeyId=key, Message=digest[:-1], MessageType="DIGEST", SigningAlgorithm=alg) == \
+            ("ValidationException", f"Digest is invalid length for algorithm {alg}.")
+        wrong = next(a for a, _, _ in ECC_SPECS.values() if a != alg)
+        assert err(c.sign, KeyId=key, Message=message, SigningAlgorithm=wrong) == \
+            ("InvalidKeyUsageException", f"Algorithm {wrong} is incompatible with key spec {spec}.")
+        assert err(c.sign, KeyId=key, Message=message, SigningAlgorithm="RSASSA_PSS_SHA_256")[0] == \
+            "InvalidKeyUsageException"
+        code, _ = err(c.sign, KeyId=key, Message=message, SigningAlgorithm=alg, DryRun=True)
+        assert code == "DryRunOperationException"
+        assert err(c.encrypt, KeyId=key, Plaintext=b"x") == \
+            ("InvalidKeyUsageException", f"{arn(key)} key usage is SIGN_VERIFY which is not valid for Encrypt.")
+        assert err(c.generate_mac, KeyId=key, MacAlgorithm="HMAC_SHA_256", Message=b"x")[0] == \
+            "InvalidKeyUsageException"
+        code, msg = err(c.enable_key_rotation, KeyId=key)
+        assert code == "UnsupportedOperationException"
+    mac_key = hmac_key(c)["KeyId"]
+    assert err(c.sign, KeyId=mac_key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256") == \
+        ("InvalidKeyUsageException", f"{arn(mac_key)} key usage is GENERATE_VERIFY_MAC which is not valid for Sign.")
+    aes = c.create_key()["KeyMetadata"]["KeyId"]
+    code, _ = err(c.get_public_key, KeyId=aes)
+    assert code == "UnsupportedOperationException"
+    code, _ = err(raw.sign, KeyId=aes, Message=b"m", SigningAlgorithm="ECDSA_SHA_256", MessageType="EXTERNAL_MU")
+    assert code == "ValidationException"
+    # Disabled keys sign nothing.
+    key = c.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    c.disable_key(KeyId=key)
+    assert err(c.sign, KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")[0] == "DisabledException"
+    assert err(c.get_public_key, KeyId=key)[0] == "DisabledException"
+
+
+def test_aws_cli_signs_with_an_ecc_key(srv, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION,
+                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
+                "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
+
+    def aws(*args):
+        r = subprocess.run([_aws_cli(), "--endpoint-url", srv.url, "--output", "json", "kms", *args],
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    key = aws("create-key", "--key-spec", "ECC_NIST_P384", "--key-usage", "SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    msg = tmp_path / "message"
+    msg.write_bytes(b"signed by the aws cli")
+    sig = base64.b64decode(aws("sign", "--key-id", key, "--message", f"fileb://{msg}", "--message-type", "RAW",
+                               "--signing-algorithm", "ECDSA_SHA_384")["Signature"])
+    der = base64.b64decode(aws("get-public-key", "--key-id", key)["PublicKey"])
+    assert openssl_verifies(tmp_path, der, hashlib.sha384(b"signed by the aws cli").digest(), sig)
+
+
 def test_hmac_keys_survive_a_restart():
     s = Server()
     try:
@@ -358,6 +468,9 @@ def test_hmac_keys_survive_a_restart():
             before[key] = (alg, c.generate_mac(KeyId=key, MacAlgorithm=alg, Message=b"persisted")["Mac"])
         aes = c.create_key()["KeyMetadata"]["KeyId"]
         ct = c.encrypt(KeyId=aes, Plaintext=b"still here")["CiphertextBlob"]
+        ecc = c.create_key(KeySpec="ECC_NIST_P521", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+        public = c.get_public_key(KeyId=ecc)["PublicKey"]
+        sig = c.sign(KeyId=ecc, Message=b"persisted", SigningAlgorithm="ECDSA_SHA_512")["Signature"]
         s.stop()
         s.start()
         c = s.client()
@@ -366,6 +479,9 @@ def test_hmac_keys_survive_a_restart():
             assert c.verify_mac(KeyId=key, MacAlgorithm=alg, Message=b"persisted", Mac=mac)["MacValid"] is True
             assert c.describe_key(KeyId=key)["KeyMetadata"]["KeyUsage"] == "GENERATE_VERIFY_MAC"
         assert c.decrypt(CiphertextBlob=ct)["Plaintext"] == b"still here"
+        assert c.get_public_key(KeyId=ecc)["PublicKey"] == public
+        assert c.verify(KeyId=ecc, Message=b"persisted", Signature=sig,
+                        SigningAlgorithm="ECDSA_SHA_512")["SignatureValid"] is True
     finally:
         s.stop()
         shutil.rmtree(s.dir, ignore_errors=True)

@@ -56,6 +56,9 @@ ALWAYS = {
     "GetKeyPolicy": {"Policy", "PolicyName"},
     "GenerateMac": {"Mac", "MacAlgorithm", "KeyId"},
     "VerifyMac": {"KeyId", "MacValid", "MacAlgorithm"},
+    "Sign": {"KeyId", "Signature", "SigningAlgorithm"},
+    "Verify": {"KeyId", "SignatureValid", "SigningAlgorithm"},
+    "GetPublicKey": {"KeyId", "PublicKey", "CustomerMasterKeySpec", "KeySpec", "KeyUsage", "SigningAlgorithms"},
 }
 
 # KeyMetadata members of every key AWS describes (single-Region, AWS_KMS or EXTERNAL), and those
@@ -63,7 +66,8 @@ ALWAYS = {
 KEY_METADATA = {"AWSAccountId", "KeyId", "Arn", "CreationDate", "Enabled", "Description", "KeyUsage", "KeyState",
                 "Origin", "KeyManager", "CustomerMasterKeySpec", "KeySpec", "MultiRegion"}
 BY_USAGE = {"ENCRYPT_DECRYPT": ({"EncryptionAlgorithms"}, {"MacAlgorithms", "SigningAlgorithms"}),
-            "GENERATE_VERIFY_MAC": ({"MacAlgorithms"}, {"EncryptionAlgorithms", "SigningAlgorithms"})}
+            "GENERATE_VERIFY_MAC": ({"MacAlgorithms"}, {"EncryptionAlgorithms", "SigningAlgorithms"}),
+            "SIGN_VERIFY": ({"SigningAlgorithms"}, {"EncryptionAlgorithms", "MacAlgorithms"})}
 
 
 def walk(shape, value, path, problems):
@@ -222,6 +226,12 @@ def exercise(c):
     mac = c.generate_mac(KeyId=mac_key, MacAlgorithm="HMAC_SHA_384", Message=b"m")["Mac"]
     c.verify_mac(KeyId=mac_key, MacAlgorithm="HMAC_SHA_384", Message=b"m", Mac=mac)
     c.get_key_rotation_status(KeyId=mac_key)
+    # Signing keys.
+    ecc = c.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    c.describe_key(KeyId=ecc)
+    c.get_public_key(KeyId=ecc)
+    sig = c.sign(KeyId=ecc, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    c.verify(KeyId=ecc, Message=b"m", Signature=sig, SigningAlgorithm="ECDSA_SHA_256")
 
 
 def test_every_response_matches_the_model(kms):

@@ -5,7 +5,7 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::model::MacAlgorithm;
+use crate::model::{MacAlgorithm, SigningAlgorithm};
 
 /// Length of an AES-GCM tag.
 pub const TAG_LEN: usize = 16;
@@ -116,6 +116,109 @@ impl MacKey {
     }
 }
 
+/// An ECDSA key pair (the material of an ECC_NIST_* key spec), from its PKCS#8 document.
+pub struct SigningKey {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+    algorithm: SigningAlgorithm,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({}, ..)", self.algorithm)
+    }
+}
+
+fn signing_alg(a: SigningAlgorithm) -> &'static aws_lc_rs::signature::EcdsaSigningAlgorithm {
+    match a {
+        SigningAlgorithm::EcdsaSha256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        SigningAlgorithm::EcdsaSha384 => &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+        SigningAlgorithm::EcdsaSha512 => &aws_lc_rs::signature::ECDSA_P521_SHA512_ASN1_SIGNING,
+    }
+}
+
+fn verify_alg(a: SigningAlgorithm) -> &'static aws_lc_rs::signature::EcdsaVerificationAlgorithm {
+    match a {
+        SigningAlgorithm::EcdsaSha256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+        SigningAlgorithm::EcdsaSha384 => &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1,
+        SigningAlgorithm::EcdsaSha512 => &aws_lc_rs::signature::ECDSA_P521_SHA512_ASN1,
+    }
+}
+
+fn digest_alg(a: SigningAlgorithm) -> &'static aws_lc_rs::digest::Algorithm {
+    match a {
+        SigningAlgorithm::EcdsaSha256 => &aws_lc_rs::digest::SHA256,
+        SigningAlgorithm::EcdsaSha384 => &aws_lc_rs::digest::SHA384,
+        SigningAlgorithm::EcdsaSha512 => &aws_lc_rs::digest::SHA512,
+    }
+}
+
+/// What is signed: the message itself, or its digest (AWS's `MessageType` RAW / DIGEST).
+#[derive(Debug, Clone, Copy)]
+pub enum Signed<'a> {
+    /// The message; it is hashed with the algorithm's digest.
+    Raw(&'a [u8]),
+    /// The digest of the message, as long as the algorithm's digest.
+    Digest(&'a [u8]),
+}
+
+impl SigningKey {
+    /// A fresh key pair for `algorithm`, as a PKCS#8 document (zeroized on drop).
+    pub fn generate_pkcs8(algorithm: SigningAlgorithm) -> Result<Zeroizing<Vec<u8>>> {
+        let doc = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            signing_alg(algorithm),
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .map_err(|_| Error::Crypto)?;
+        Ok(Zeroizing::new(doc.as_ref().to_vec()))
+    }
+
+    /// The key pair of a PKCS#8 document for `algorithm`.
+    pub fn from_pkcs8(algorithm: SigningAlgorithm, pkcs8: &[u8]) -> Result<Self> {
+        let pair =
+            aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(signing_alg(algorithm), pkcs8).map_err(|_| Error::Crypto)?;
+        Ok(Self { pair, algorithm })
+    }
+
+    /// The algorithm it signs with.
+    pub fn algorithm(&self) -> SigningAlgorithm {
+        self.algorithm
+    }
+
+    /// The public key as a DER SubjectPublicKeyInfo (X.509).
+    pub fn public_key_der(&self) -> Result<Vec<u8>> {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair;
+        let der = self.pair.public_key().as_der().map_err(|_| Error::Crypto)?;
+        Ok(der.as_ref().to_vec())
+    }
+
+    /// An ASN.1 DER ECDSA signature of `what`. A digest of the wrong length is
+    /// [`Error::Invalid`].
+    pub fn sign(&self, what: Signed<'_>) -> Result<Vec<u8>> {
+        let digest = match what {
+            Signed::Raw(m) => aws_lc_rs::digest::digest(digest_alg(self.algorithm), m),
+            Signed::Digest(d) => aws_lc_rs::digest::Digest::import_less_safe(d, digest_alg(self.algorithm))
+                .map_err(|_| Error::Invalid("the digest is not as long as the algorithm's".into()))?,
+        };
+        let sig = self.pair.sign_digest(&digest).map_err(|_| Error::Crypto)?;
+        Ok(sig.as_ref().to_vec())
+    }
+
+    /// Whether `signature` is this key's signature of `what`.
+    pub fn verify(&self, what: Signed<'_>, signature: &[u8]) -> Result<bool> {
+        use aws_lc_rs::signature::KeyPair;
+        let public = aws_lc_rs::signature::UnparsedPublicKey::new(verify_alg(self.algorithm), self.pair.public_key());
+        Ok(match what {
+            Signed::Raw(m) => public.verify(m, signature).is_ok(),
+            Signed::Digest(d) => {
+                let digest = aws_lc_rs::digest::Digest::import_less_safe(d, digest_alg(self.algorithm))
+                    .map_err(|_| Error::Invalid("the digest is not as long as the algorithm's".into()))?;
+                public.verify_digest(&digest, signature).is_ok()
+            }
+        })
+    }
+}
+
 /// Fills `buf` from the system's secure random generator.
 pub fn fill_random(buf: &mut [u8]) -> Result<()> {
     aws_lc_rs::rand::fill(buf).map_err(|_| Error::Crypto)
@@ -192,6 +295,25 @@ mod tests {
             assert!(!k.verify(msg, &bad));
             assert!(!k.verify(msg, &mac[..mac.len() - 1]));
             assert!(!k.verify(b"other", &mac));
+        }
+    }
+
+    #[test]
+    fn ecdsa_keys_sign_raw_and_digest_messages_and_verify() {
+        for alg in SigningAlgorithm::ALL {
+            let doc = SigningKey::generate_pkcs8(alg).unwrap();
+            let k = SigningKey::from_pkcs8(alg, &doc).unwrap();
+            let der = k.public_key_der().unwrap();
+            assert_eq!(der[0], 0x30, "a DER SEQUENCE");
+            let sig = k.sign(Signed::Raw(b"message")).unwrap();
+            assert!(k.verify(Signed::Raw(b"message"), &sig).unwrap());
+            assert!(!k.verify(Signed::Raw(b"messagf"), &sig).unwrap());
+            let d = aws_lc_rs::digest::digest(digest_alg(alg), b"message");
+            assert!(k.verify(Signed::Digest(d.as_ref()), &sig).unwrap(), "RAW signs the digest of the message");
+            let sig2 = k.sign(Signed::Digest(d.as_ref())).unwrap();
+            assert!(k.verify(Signed::Raw(b"message"), &sig2).unwrap());
+            assert!(k.sign(Signed::Digest(&[0u8; 20])).is_err());
+            assert!(SigningKey::from_pkcs8(alg, &doc[..doc.len() - 1]).is_err());
         }
     }
 

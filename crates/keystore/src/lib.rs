@@ -32,7 +32,7 @@ pub use context::{EncryptionContext, RESERVED_CONTEXT_PREFIX};
 pub use error::{Error, Result};
 pub use model::{
     ImportOptions, ImportType, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeySpec, KeyState, KeyUsage,
-    KeyVersion, MacAlgorithm, MaterialState, Rotation, RotationType,
+    KeyVersion, MacAlgorithm, MaterialState, Rotation, RotationType, SigningAlgorithm,
 };
 pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, Location, MigrateReport, RootSource, StoreOptions};
 

@@ -63,12 +63,26 @@ pub enum KeySpec {
     Hmac384,
     /// HMAC with SHA-512, a 512-bit key (`HMAC_512`).
     Hmac512,
+    /// ECDSA on NIST P-256 with SHA-256 (`ECC_NIST_P256`), material stored as PKCS#8.
+    EccNistP256,
+    /// ECDSA on NIST P-384 with SHA-384 (`ECC_NIST_P384`), material stored as PKCS#8.
+    EccNistP384,
+    /// ECDSA on NIST P-521 with SHA-512 (`ECC_NIST_P521`), material stored as PKCS#8.
+    EccNistP521,
 }
 
 impl KeySpec {
     /// Every key spec this store can hold.
-    pub const ALL: [KeySpec; 5] =
-        [KeySpec::SymmetricDefault, KeySpec::Hmac224, KeySpec::Hmac256, KeySpec::Hmac384, KeySpec::Hmac512];
+    pub const ALL: [KeySpec; 8] = [
+        KeySpec::SymmetricDefault,
+        KeySpec::Hmac224,
+        KeySpec::Hmac256,
+        KeySpec::Hmac384,
+        KeySpec::Hmac512,
+        KeySpec::EccNistP256,
+        KeySpec::EccNistP384,
+        KeySpec::EccNistP521,
+    ];
 
     /// The stored / wire name (`SYMMETRIC_DEFAULT`, `HMAC_256`, ...).
     pub fn as_str(self) -> &'static str {
@@ -78,6 +92,9 @@ impl KeySpec {
             KeySpec::Hmac256 => "HMAC_256",
             KeySpec::Hmac384 => "HMAC_384",
             KeySpec::Hmac512 => "HMAC_512",
+            KeySpec::EccNistP256 => "ECC_NIST_P256",
+            KeySpec::EccNistP384 => "ECC_NIST_P384",
+            KeySpec::EccNistP521 => "ECC_NIST_P521",
         }
     }
 
@@ -96,16 +113,29 @@ impl KeySpec {
         match self {
             KeySpec::SymmetricDefault => KeyUsage::EncryptDecrypt,
             KeySpec::Hmac224 | KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512 => KeyUsage::GenerateVerifyMac,
+            KeySpec::EccNistP256 | KeySpec::EccNistP384 | KeySpec::EccNistP521 => KeyUsage::SignVerify,
         }
     }
 
-    /// Length of the key material in bytes (as AWS: HMAC keys as long as their digest).
-    pub fn material_len(self) -> usize {
+    /// Length of the key material in bytes (as AWS: HMAC keys as long as their digest); `None`
+    /// for key pairs (PKCS#8 documents, checked by parsing).
+    pub fn material_len(self) -> Option<usize> {
         match self {
-            KeySpec::SymmetricDefault | KeySpec::Hmac256 => 32,
-            KeySpec::Hmac224 => 28,
-            KeySpec::Hmac384 => 48,
-            KeySpec::Hmac512 => 64,
+            KeySpec::SymmetricDefault | KeySpec::Hmac256 => Some(32),
+            KeySpec::Hmac224 => Some(28),
+            KeySpec::Hmac384 => Some(48),
+            KeySpec::Hmac512 => Some(64),
+            KeySpec::EccNistP256 | KeySpec::EccNistP384 | KeySpec::EccNistP521 => None,
+        }
+    }
+
+    /// The signing algorithm of a signing key (`None` for other keys).
+    pub fn signing_algorithm(self) -> Option<SigningAlgorithm> {
+        match self {
+            KeySpec::EccNistP256 => Some(SigningAlgorithm::EcdsaSha256),
+            KeySpec::EccNistP384 => Some(SigningAlgorithm::EcdsaSha384),
+            KeySpec::EccNistP521 => Some(SigningAlgorithm::EcdsaSha512),
+            _ => None,
         }
     }
 
@@ -117,6 +147,7 @@ impl KeySpec {
             KeySpec::Hmac256 => Some(MacAlgorithm::HmacSha256),
             KeySpec::Hmac384 => Some(MacAlgorithm::HmacSha384),
             KeySpec::Hmac512 => Some(MacAlgorithm::HmacSha512),
+            _ => None,
         }
     }
 }
@@ -136,6 +167,8 @@ pub enum KeyUsage {
     EncryptDecrypt,
     /// GenerateMac, VerifyMac (`GENERATE_VERIFY_MAC`).
     GenerateVerifyMac,
+    /// Sign, Verify (`SIGN_VERIFY`).
+    SignVerify,
 }
 
 impl KeyUsage {
@@ -144,6 +177,7 @@ impl KeyUsage {
         match self {
             KeyUsage::EncryptDecrypt => "ENCRYPT_DECRYPT",
             KeyUsage::GenerateVerifyMac => "GENERATE_VERIFY_MAC",
+            KeyUsage::SignVerify => "SIGN_VERIFY",
         }
     }
 
@@ -152,12 +186,61 @@ impl KeyUsage {
         match s {
             "ENCRYPT_DECRYPT" => Ok(KeyUsage::EncryptDecrypt),
             "GENERATE_VERIFY_MAC" => Ok(KeyUsage::GenerateVerifyMac),
+            "SIGN_VERIFY" => Ok(KeyUsage::SignVerify),
             other => Err(Error::Storage(format!("unknown key usage {other:?} in database"))),
         }
     }
 }
 
 impl fmt::Display for KeyUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The signing algorithms (AWS's `SigningAlgorithmSpec`) of the signing keys this store makes;
+/// each belongs to one key spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SigningAlgorithm {
+    /// `ECDSA_SHA_256` (ECC_NIST_P256).
+    EcdsaSha256,
+    /// `ECDSA_SHA_384` (ECC_NIST_P384).
+    EcdsaSha384,
+    /// `ECDSA_SHA_512` (ECC_NIST_P521).
+    EcdsaSha512,
+}
+
+impl SigningAlgorithm {
+    /// Every signing algorithm this store implements.
+    pub const ALL: [SigningAlgorithm; 3] =
+        [SigningAlgorithm::EcdsaSha256, SigningAlgorithm::EcdsaSha384, SigningAlgorithm::EcdsaSha512];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::EcdsaSha256 => "ECDSA_SHA_256",
+            SigningAlgorithm::EcdsaSha384 => "ECDSA_SHA_384",
+            SigningAlgorithm::EcdsaSha512 => "ECDSA_SHA_512",
+        }
+    }
+
+    /// The algorithm of a wire name (`None`: not one this store implements).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Length of the message digest the algorithm signs (a `DIGEST` message's length).
+    pub fn digest_len(self) -> usize {
+        match self {
+            SigningAlgorithm::EcdsaSha256 => 32,
+            SigningAlgorithm::EcdsaSha384 => 48,
+            SigningAlgorithm::EcdsaSha512 => 64,
+        }
+    }
+}
+
+impl fmt::Display for SigningAlgorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
     }
@@ -475,15 +558,18 @@ mod tests {
             assert_eq!(KeySpec::parse(k.as_str()).unwrap(), k);
             assert_eq!(KeyUsage::parse(k.usage().as_str()).unwrap(), k.usage());
         }
-        let lens: Vec<usize> = KeySpec::ALL.iter().map(|k| k.material_len()).collect();
-        assert_eq!(lens, [32, 28, 32, 48, 64]);
+        let lens: Vec<Option<usize>> = KeySpec::ALL.iter().map(|k| k.material_len()).collect();
+        assert_eq!(lens, [Some(32), Some(28), Some(32), Some(48), Some(64), None, None, None]);
+        assert_eq!(KeySpec::EccNistP384.usage(), KeyUsage::SignVerify);
+        assert_eq!(KeySpec::EccNistP521.signing_algorithm(), Some(SigningAlgorithm::EcdsaSha512));
+        assert_eq!(SigningAlgorithm::from_name("ECDSA_SHA_384").map(|a| a.digest_len()), Some(48));
         assert_eq!(KeySpec::SymmetricDefault.usage(), KeyUsage::EncryptDecrypt);
         assert_eq!(KeySpec::Hmac384.usage(), KeyUsage::GenerateVerifyMac);
         assert_eq!(KeySpec::Hmac512.mac_algorithm(), Some(MacAlgorithm::HmacSha512));
         assert_eq!(KeySpec::SymmetricDefault.mac_algorithm(), None);
         assert_eq!(MacAlgorithm::from_name("HMAC_SHA_224"), Some(MacAlgorithm::HmacSha224));
         assert!(KeySpec::parse("RSA_2048").is_err());
-        assert!(KeyUsage::parse("SIGN_VERIFY").is_err());
+        assert!(KeyUsage::parse("KEY_AGREEMENT").is_err());
         assert_eq!(KeySpec::default(), KeySpec::SymmetricDefault);
     }
 }

@@ -3,6 +3,7 @@
 //! the store battery in tests/store.
 
 use super::*;
+use crate::model::SigningAlgorithm;
 use proptest::prelude::*;
 
 fn store() -> (tempfile::TempDir, KeyStore) {
@@ -201,6 +202,43 @@ fn hmac_keys_compute_macs_and_nothing_else() {
     let e = ks.export().unwrap();
     assert_eq!(e.keys, 1);
     assert_eq!(e.skipped_specs.len(), 4);
+}
+
+/// Signing keys: a PKCS#8 key pair per spec, sealed bound to the spec, signatures that verify
+/// (raw messages and digests), the same public key after the store is opened again.
+#[test]
+fn ecc_keys_sign_and_keep_their_key_pair() {
+    use crate::crypto::Signed;
+    let dir = tempfile::tempdir().unwrap();
+    let ks = KeyStore::open(dir.path()).unwrap();
+    let mut keys = Vec::new();
+    for (spec, alg) in [
+        (KeySpec::EccNistP256, SigningAlgorithm::EcdsaSha256),
+        (KeySpec::EccNistP384, SigningAlgorithm::EcdsaSha384),
+        (KeySpec::EccNistP521, SigningAlgorithm::EcdsaSha512),
+    ] {
+        let m = ks.create_key_of(spec, "", &[], None).unwrap();
+        assert_eq!((m.key_spec, m.key_usage), (spec, KeyUsage::SignVerify));
+        let r = KeyRef::parse(&m.key_id).unwrap();
+        let sig = ks.sign(&r, alg, Signed::Raw(b"m")).unwrap();
+        assert!(ks.verify(&r, alg, Signed::Raw(b"m"), &sig).unwrap());
+        assert!(!ks.verify(&r, alg, Signed::Raw(b"n"), &sig).unwrap());
+        let other = SigningAlgorithm::ALL.into_iter().find(|a| *a != alg).unwrap();
+        assert!(matches!(ks.sign(&r, other, Signed::Raw(b"m")), Err(Error::WrongKeyType { .. })));
+        assert!(matches!(ks.encrypt(&r, b"x", &EncryptionContext::new()), Err(Error::WrongKeyType { .. })));
+        assert!(matches!(ks.generate_mac(&r, MacAlgorithm::HmacSha256, b"x"), Err(Error::WrongKeyType { .. })));
+        assert!(matches!(ks.rotate(&r), Err(Error::Unsupported(_))));
+        let public = ks.public_key(&r).unwrap();
+        keys.push((r, alg, sig, public));
+    }
+    let aes = ks.create_key(None, "").unwrap();
+    assert!(matches!(ks.public_key(&KeyRef::parse(&aes.key_id).unwrap()), Err(Error::WrongKeyType { .. })));
+    drop(ks);
+    let ks = KeyStore::open(dir.path()).unwrap();
+    for (r, alg, sig, public) in &keys {
+        assert_eq!(&ks.public_key(r).unwrap(), public);
+        assert!(ks.verify(r, *alg, Signed::Raw(b"m"), sig).unwrap());
+    }
 }
 
 /// A key whose stored spec was altered does not open: HMAC material never serves as an AES key.

@@ -33,8 +33,17 @@ use tokio::sync::{mpsc, oneshot};
 use crate::protocol::Raw;
 
 /// Request and response members that are never written to the audit log.
-const SECRET_MEMBERS: &[&str] =
-    &["Plaintext", "CiphertextBlob", "EncryptedKeyMaterial", "ImportToken", "PublicKey", "Recipient", "Message", "Mac"];
+const SECRET_MEMBERS: &[&str] = &[
+    "Plaintext",
+    "CiphertextBlob",
+    "EncryptedKeyMaterial",
+    "ImportToken",
+    "PublicKey",
+    "Recipient",
+    "Message",
+    "Mac",
+    "Signature",
+];
 
 /// Members whose values are user maps: their keys are data, not member names, and stay as sent.
 const MAP_MEMBERS: &[&str] = &["EncryptionContext", "SourceEncryptionContext", "DestinationEncryptionContext"];
@@ -51,6 +60,8 @@ const CRYPTO_OPS: &[&str] = &[
     "GenerateRandom",
     "GenerateMac",
     "VerifyMac",
+    "Sign",
+    "Verify",
 ];
 
 /// Most records one group commit writes.
@@ -601,6 +612,8 @@ pub fn read_only(op: &str) -> bool {
                 | "GenerateRandom"
                 | "GenerateMac"
                 | "VerifyMac"
+                | "Sign"
+                | "Verify"
         )
 }
 

@@ -59,6 +59,9 @@ pub enum KmsError {
     /// VerifyMac: the MAC is not the message's under this key and algorithm.
     #[error("{0}")]
     InvalidMac(String),
+    /// Verify: the signature is not the message's under this key and algorithm.
+    #[error("{0}")]
+    InvalidKmsSignature(String),
     /// The caller's principal is not allowed this action on this key by its key policy.
     #[error("{0}")]
     AccessDenied(String),
@@ -138,6 +141,7 @@ impl KmsError {
             InvalidCiphertext => "InvalidCiphertextException",
             InvalidKeyUsage(_) => "InvalidKeyUsageException",
             InvalidMac(_) => "KMSInvalidMacException",
+            InvalidKmsSignature(_) => "KMSInvalidSignatureException",
             InvalidMarker => "InvalidMarkerException",
             InvalidSignature(_) => "InvalidSignatureException",
             InvalidState(_) => "KMSInvalidStateException",

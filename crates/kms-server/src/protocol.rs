@@ -119,10 +119,12 @@ pub struct Raw {
     pub(crate) mac_algorithm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) marker: Option<String>,
-    /// Secret data (base64 message of GenerateMac/VerifyMac), read straight into zeroizing
-    /// memory.
+    /// Secret data (base64 message of GenerateMac/VerifyMac/Sign/Verify), read straight into
+    /// zeroizing memory.
     #[serde(skip_serializing)]
     pub(crate) message: Option<Zeroizing<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) message_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) multi_region: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,6 +144,11 @@ pub struct Raw {
     pub(crate) recipient: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rotation_period_in_days: Option<i64>,
+    /// A signature to verify (Verify): not shown in the audit record.
+    #[serde(skip_serializing)]
+    pub(crate) signature: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) signing_algorithm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) source_encryption_algorithm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,6 +193,7 @@ impl Raw {
         self.import_token = None;
         self.mac = None;
         self.message = None;
+        self.signature = None;
         self.plaintext = None;
         self.recipient = None;
     }

@@ -10,11 +10,11 @@ use super::{
 };
 use crate::blob;
 use crate::context::EncryptionContext;
-use crate::crypto::{AeadKey, MacKey, NONCE_LEN, fill_random};
+use crate::crypto::{AeadKey, MacKey, NONCE_LEN, Signed, SigningKey, fill_random};
 use crate::error::{Error, Result};
 use crate::model::{
     ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeySpec, KeyState, KeyUsage, KeyVersion, MacAlgorithm,
-    MaterialState, Rotation, RotationType,
+    MaterialState, Rotation, RotationType, SigningAlgorithm,
 };
 
 /// One material version, unsealed: typed by its key's spec, so material of one kind of key is
@@ -31,6 +31,8 @@ pub(super) enum Secret {
     Aead(AeadKey),
     /// An HMAC key (boxed: AWS-LC's HMAC context is large).
     Mac(Box<MacKey>),
+    /// A signing key pair.
+    Sign(Box<SigningKey>),
 }
 
 #[derive(Default)]
@@ -210,17 +212,21 @@ impl Core {
     /// additional data and have the spec's length.
     pub(super) fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], spec: KeySpec, sealed: &[u8]) -> Result<Material> {
         let material = self.root.open(&seal_aad_for(spec, kid, mid), sealed)?;
-        if material.len() != spec.material_len() {
+        if let Some(len) = spec.material_len()
+            && material.len() != len
+        {
             return Err(Error::RootKey(format!(
-                "key material of key {} is {} bytes, not the {} of a {spec} key",
+                "key material of key {} is {} bytes, not the {len} of a {spec} key",
                 uuid::Uuid::from_bytes(*kid),
                 material.len(),
-                spec.material_len()
             )));
         }
-        let secret = match spec.mac_algorithm() {
-            None => Secret::Aead(AeadKey::new(&material)?),
-            Some(alg) => Secret::Mac(Box::new(MacKey::new(alg, &material))),
+        let secret = match (spec.mac_algorithm(), spec.signing_algorithm()) {
+            (Some(alg), _) => Secret::Mac(Box::new(MacKey::new(alg, &material))),
+            (None, Some(alg)) => Secret::Sign(Box::new(SigningKey::from_pkcs8(alg, &material).map_err(|_| {
+                Error::RootKey(format!("key material of key {} is not a {spec} key pair", uuid::Uuid::from_bytes(*kid)))
+            })?)),
+            (None, None) => Secret::Aead(AeadKey::new(&material)?),
         };
         Ok(Material { key_id: *kid, spec, secret })
     }
@@ -282,6 +288,35 @@ impl KeyStore {
         let snap = self.core.snapshot();
         let kid = resolve(&snap, key)?;
         Ok(mac_key(&snap, kid, algorithm)?.verify(message, mac))
+    }
+
+    /// A signature of `what` under the current key pair of a signing key, whose spec must be
+    /// `algorithm`'s ([`Error::WrongKeyType`] otherwise; any other key too). From the snapshot.
+    pub fn sign(&self, key: &KeyRef, algorithm: SigningAlgorithm, what: Signed<'_>) -> Result<Vec<u8>> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        signing_key(&snap, kid, Some(algorithm))?.sign(what)
+    }
+
+    /// Whether `signature` is the signature of `what` under the current key pair of a signing
+    /// key (as for [`KeyStore::sign`]).
+    pub fn verify(
+        &self,
+        key: &KeyRef,
+        algorithm: SigningAlgorithm,
+        what: Signed<'_>,
+        signature: &[u8],
+    ) -> Result<bool> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        signing_key(&snap, kid, Some(algorithm))?.verify(what, signature)
+    }
+
+    /// The DER SubjectPublicKeyInfo of a signing key's current key pair.
+    pub fn public_key(&self, key: &KeyRef) -> Result<Vec<u8>> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        signing_key(&snap, kid, None)?.public_key_der()
     }
 
     /// The key's binary id and state, from the snapshot. Cheap; works for keys without material.
@@ -400,6 +435,28 @@ fn mac_key(snap: &Snapshot, kid: [u8; 16], algorithm: MacAlgorithm) -> Result<&M
     match snap.materials.get(mid).filter(|m| m.key_id == kid).map(|m| &m.secret) {
         Some(Secret::Mac(k)) if k.algorithm() == algorithm => Ok(&**k),
         Some(_) => Err(wrong_type(meta, "its material is not an HMAC key of that algorithm")),
+        None => Err(Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid)))),
+    }
+}
+
+/// The current key pair of signing key `kid`, usable, of `algorithm`'s spec (if given).
+fn signing_key(snap: &Snapshot, kid: [u8; 16], algorithm: Option<SigningAlgorithm>) -> Result<&SigningKey> {
+    let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
+    check_usable(meta)?;
+    match (meta.key_spec.signing_algorithm(), algorithm) {
+        (None, _) => return Err(wrong_type(meta, "it does not sign")),
+        (Some(a), Some(want)) if a != want => {
+            return Err(wrong_type(meta, "the signing algorithm is not the key spec's"));
+        }
+        _ => {}
+    }
+    let mid = snap
+        .current
+        .get(&kid)
+        .ok_or_else(|| Error::InvalidState { key: meta.key_id.clone(), state: KeyState::PendingImport })?;
+    match snap.materials.get(mid).filter(|m| m.key_id == kid).map(|m| &m.secret) {
+        Some(Secret::Sign(k)) if algorithm.is_none_or(|a| k.algorithm() == a) => Ok(&**k),
+        Some(_) => Err(wrong_type(meta, "its material is not a key pair of that algorithm")),
         None => Err(Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid)))),
     }
 }

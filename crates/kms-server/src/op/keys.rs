@@ -267,8 +267,15 @@ fn spec_and_usage(raw: &Raw) -> Result<KeySpec> {
     if !usages_of(spec).contains(&usage) {
         return Err(KmsError::Validation(format!("KeyUsage {usage} is not compatible with KeySpec {spec}")));
     }
-    KeySpec::from_name(spec)
-        .ok_or_else(|| KmsError::UnsupportedOperation(format!("KeySpec {spec} is not supported by this server.")))
+    let key_spec = KeySpec::from_name(spec)
+        .ok_or_else(|| KmsError::UnsupportedOperation(format!("KeySpec {spec} is not supported by this server.")))?;
+    if key_spec.usage().as_str() != usage {
+        // ECC keys for KEY_AGREEMENT: a valid pair this server does not make.
+        return Err(KmsError::UnsupportedOperation(format!(
+            "KeyUsage {usage} with KeySpec {spec} is not supported by this server."
+        )));
+    }
+    Ok(key_spec)
 }
 
 /// The key usages AWS allows with each key spec.
@@ -320,6 +327,7 @@ pub(crate) fn metadata(s: &Server, m: &envelope_keystore::KeyMetadata) -> KeyMet
         key_spec: m.key_spec.as_str(),
         encryption_algorithms: (m.key_usage == KeyUsage::EncryptDecrypt).then_some([SYMMETRIC_DEFAULT]),
         mac_algorithms: m.key_spec.mac_algorithm().map(|a| [a.as_str()]),
+        signing_algorithms: m.key_spec.signing_algorithm().map(|a| [a.as_str()]),
         multi_region: false,
         current_key_material_id: has_material.then(|| m.current_material_id.clone()),
     }
@@ -343,6 +351,8 @@ pub(crate) struct KeyMetadataOut {
     key_spec: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     encryption_algorithms: Option<[&'static str; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_algorithms: Option<[&'static str; 1]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mac_algorithms: Option<[&'static str; 1]>,
     multi_region: bool,

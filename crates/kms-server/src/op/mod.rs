@@ -4,6 +4,7 @@
 //!
 //! * [`crypto`]: Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext), GenerateRandom.
 //! * [`mac`]: GenerateMac, VerifyMac (HMAC keys).
+//! * [`sign`]: Sign, Verify, GetPublicKey (signing keys).
 //! * [`keys`]: CreateKey, DescribeKey, ListKeys, Enable/DisableKey, Schedule/CancelKeyDeletion,
 //!   UpdateKeyDescription.
 //! * [`aliases`]: Create/Update/DeleteAlias, ListAliases.
@@ -40,6 +41,7 @@ pub mod keys;
 pub mod mac;
 pub mod policies;
 pub mod rotation;
+pub mod sign;
 pub mod tags;
 
 use std::cell::RefCell;
@@ -70,6 +72,7 @@ enum Family {
     Mac,
     Policies,
     Rotation,
+    Sign,
     Tags,
 }
 
@@ -148,6 +151,7 @@ operations! {
     GetKeyPolicy                    => Policies, ReadOnly,   Control;
     GetKeyRotationStatus            => Rotation, ReadOnly,   Control;
     GetParametersForImport          => Import,   ReadOnly,   Control;
+    GetPublicKey                    => Sign,     ReadOnly,   Control;
     ImportKeyMaterial               => Import,   Management, Control;
     ListAliases                     => Aliases,  ReadOnly,   Control;
     ListKeyPolicies                 => Policies, ReadOnly,   Control;
@@ -159,10 +163,12 @@ operations! {
     ReEncrypt                       => Crypto,   ReadOnly,   Data;
     RotateKeyOnDemand               => Rotation, Management, Control;
     ScheduleKeyDeletion             => Keys,     Management, Control;
+    Sign                            => Sign,     ReadOnly,   Data;
     TagResource                     => Tags,     Management, Control;
     UntagResource                   => Tags,     Management, Control;
     UpdateAlias                     => Aliases,  Management, Control;
     UpdateKeyDescription            => Keys,     Management, Control;
+    Verify                          => Sign,     ReadOnly,   Data;
     VerifyMac                       => Mac,      ReadOnly,   Data;
 }
 
@@ -184,16 +190,13 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "GenerateDataKeyPair",
     "GenerateDataKeyPairWithoutPlaintext",
     "GetKeyLastUsage",
-    "GetPublicKey",
     "ListGrants",
     "ListRetirableGrants",
     "ReplicateKey",
     "RetireGrant",
     "RevokeGrant",
-    "Sign",
     "UpdateCustomKeyStore",
     "UpdatePrimaryRegion",
-    "Verify",
 ];
 
 impl Operation {
@@ -249,6 +252,7 @@ pub enum Request {
     Mac(mac::Request),
     Policies(policies::Request),
     Rotation(rotation::Request),
+    Sign(sign::Request),
     Tags(tags::Request),
 }
 
@@ -260,6 +264,7 @@ impl Request {
         match self {
             Request::Crypto(r) => r.in_memory(server),
             Request::Mac(_) => true,
+            Request::Sign(r) => !matches!(r, sign::Request::GetPublicKey { .. }),
             Request::Keys(keys::Request::DescribeKey { .. }) => true,
             _ => false,
         }
@@ -296,6 +301,7 @@ pub(crate) fn parse(op: Operation, body: &[u8]) -> Result<Parsed> {
         Family::Mac => mac::parse(op, &raw).map(Request::Mac),
         Family::Policies => policies::parse(op, &raw).map(Request::Policies),
         Family::Rotation => rotation::parse(op, &raw).map(Request::Rotation),
+        Family::Sign => sign::parse(op, &raw).map(Request::Sign),
         Family::Tags => tags::parse(op, &raw).map(Request::Tags),
     }?;
     raw.drop_secrets();
@@ -371,6 +377,7 @@ impl Server {
             Request::Mac(r) => mac::run(r, &call),
             Request::Policies(r) => policies::run(r, &call),
             Request::Rotation(r) => rotation::run(r, &call),
+            Request::Sign(r) => sign::run(r, &call),
             Request::Tags(r) => tags::run(r, &call),
         };
         Outcome { result, resources: call.resources.into_inner() }

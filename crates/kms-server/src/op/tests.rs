@@ -20,7 +20,10 @@ fn targets() {
     assert_eq!(Operation::from_target("TrentService.Encrypt").unwrap(), Operation::Encrypt);
     assert_eq!(Operation::from_target("TrentService.Nope").unwrap_err().aws().0, "UnknownOperationException");
     assert_eq!(Operation::from_target("Encrypt").unwrap_err().aws().0, "UnknownOperationException");
-    assert_eq!(Operation::from_target("TrentService.Sign").unwrap_err().aws().0, "UnsupportedOperationException");
+    assert_eq!(
+        Operation::from_target("TrentService.CreateGrant").unwrap_err().aws().0,
+        "UnsupportedOperationException"
+    );
     for op in Operation::ALL {
         let prefix = if op.service() == "kms" { "TrentService." } else { super::CLOUDTRAIL_TARGET_PREFIX };
         assert_eq!(Operation::from_target(&format!("{prefix}{}", op.name())).unwrap(), *op);
@@ -164,6 +167,39 @@ fn mac_requests() {
 }
 
 #[test]
+fn sign_requests() {
+    let ok = br#"{"KeyId":"k","SigningAlgorithm":"ECDSA_SHA_256","Message":"aGVsbG8=","MessageType":"DIGEST"}"#;
+    match parse_request(Operation::Sign, ok) {
+        Ok(Request::Sign(sign::Request::Sign { algorithm, message, digest: true, dry_run: false, .. })) => {
+            assert_eq!((algorithm.as_str(), &message[..]), ("ECDSA_SHA_256", &b"hello"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    let ok = br#"{"KeyId":"k","SigningAlgorithm":"ECDSA_SHA_384","Message":"aGVsbG8=","Signature":"AAEC"}"#;
+    assert!(matches!(
+        parse_request(Operation::Verify, ok),
+        Ok(Request::Sign(sign::Request::Verify { digest: false, .. }))
+    ));
+    assert!(matches!(
+        parse_request(Operation::GetPublicKey, br#"{"KeyId":"k"}"#),
+        Ok(Request::Sign(sign::Request::GetPublicKey { .. }))
+    ));
+    for (op, body) in [
+        (Operation::Sign, &br#"{"KeyId":"k","Message":"aA=="}"#[..]),
+        (Operation::Sign, br#"{"KeyId":"k","SigningAlgorithm":"X","Message":"aA=="}"#),
+        (Operation::Sign, br#"{"KeyId":"k","SigningAlgorithm":"ECDSA_SHA_256","Message":"aA==","MessageType":"X"}"#),
+        (
+            Operation::Sign,
+            br#"{"KeyId":"k","SigningAlgorithm":"ECDSA_SHA_256","Message":"aA==","MessageType":"EXTERNAL_MU"}"#,
+        ),
+        (Operation::Verify, br#"{"KeyId":"k","SigningAlgorithm":"ECDSA_SHA_256","Message":"aA=="}"#),
+        (Operation::GetPublicKey, br#"{}"#),
+    ] {
+        assert_eq!(code(parse_request(op, body)), "ValidationException", "{}", String::from_utf8_lossy(body));
+    }
+}
+
+#[test]
 fn create_key_options() {
     assert!(matches!(parse_request(Operation::CreateKey, b""), Ok(Request::Keys(keys::Request::CreateKey { .. }))));
     assert!(matches!(
@@ -205,6 +241,16 @@ fn create_key_options() {
             br#"{"KeySpec":"RSA_2048","KeyUsage":"SIGN_VERIFY"}"#,
             "UnsupportedOperationException",
             "KeySpec RSA_2048 is not supported by this server.",
+        ),
+        (
+            br#"{"KeySpec":"ECC_NIST_P256","KeyUsage":"KEY_AGREEMENT"}"#,
+            "UnsupportedOperationException",
+            "KeyUsage KEY_AGREEMENT with KeySpec ECC_NIST_P256 is not supported by this server.",
+        ),
+        (
+            br#"{"KeySpec":"ECC_NIST_P384","KeyUsage":"ENCRYPT_DECRYPT"}"#,
+            "ValidationException",
+            "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec ECC_NIST_P384",
         ),
         (
             br#"{"KeySpec":"HMAC_384","KeyUsage":"GENERATE_VERIFY_MAC","Origin":"EXTERNAL"}"#,
@@ -471,6 +517,8 @@ fn descriptors() {
             "GenerateMac",
             "GenerateRandom",
             "ReEncrypt",
+            "Sign",
+            "Verify",
             "VerifyMac"
         ]
     );

@@ -202,8 +202,10 @@ def test_create_key_spec_and_usage_rules(raw):
          "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec ECC_NIST_P256"),
         ({"KeySpec": "ECC_NIST_P256", "KeyUsage": "KEY_AGREEMENT"}, "UnsupportedOperationException",
          "KeyUsage KEY_AGREEMENT with KeySpec ECC_NIST_P256 is not supported by this server."),
-        ({"KeySpec": "RSA_2048", "KeyUsage": "SIGN_VERIFY"}, "UnsupportedOperationException",
-         "KeySpec RSA_2048 is not supported by this server."),
+        ({"KeySpec": "ECC_SECG_P256K1", "KeyUsage": "SIGN_VERIFY"}, "UnsupportedOperationException",
+         "KeySpec ECC_SECG_P256K1 is not supported by this server."),
+        ({"KeySpec": "RSA_3072", "KeyUsage": "ENCRYPT_DECRYPT"}, "UnsupportedOperationException",
+         "KeyUsage ENCRYPT_DECRYPT with KeySpec RSA_3072 is not supported by this server."),
     ]
     for params, code, message in cases:
         got = err(raw.create_key, **params)
@@ -365,14 +367,16 @@ ECC_SPECS = {
 }
 
 
-def openssl_verifies(tmp_path, public_der, digest, signature):
-    """Whether `openssl pkeyutl -verify` accepts `signature` of `digest` under the DER public key."""
+def openssl_verifies(tmp_path, public_der, digest, signature, *pkeyopts):
+    """Whether `openssl pkeyutl -verify` accepts `signature` of `digest` under the DER public key
+    (with `-pkeyopt` options for RSA: the digest, the padding)."""
     (tmp_path / "pub.der").write_bytes(public_der)
     (tmp_path / "digest.bin").write_bytes(digest)
     (tmp_path / "sig.bin").write_bytes(signature)
     r = subprocess.run(["openssl", "pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey",
                         str(tmp_path / "pub.der"), "-in", str(tmp_path / "digest.bin"), "-sigfile",
-                        str(tmp_path / "sig.bin")], capture_output=True, text=True)
+                        str(tmp_path / "sig.bin"), *[a for o in pkeyopts for a in ("-pkeyopt", o)]],
+                       capture_output=True, text=True)
     return r.returncode == 0 and "Signature Verified Successfully" in r.stdout
 
 
@@ -435,6 +439,48 @@ def test_ecc_keys_sign_and_verify_checked_with_openssl(c, raw, tmp_path):
     c.disable_key(KeyId=key)
     assert err(c.sign, KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")[0] == "DisabledException"
     assert err(c.get_public_key, KeyId=key)[0] == "DisabledException"
+
+
+# RSA SigningAlgorithm → (hashlib name, openssl -pkeyopt options).
+RSA_ALGORITHMS = {
+    f"RSASSA_{pad}_SHA_{bits}": (f"sha{bits}", [f"digest:sha{bits}"] + (
+        ["rsa_padding_mode:pss", "rsa_pss_saltlen:digest"] if pad == "PSS" else ["rsa_padding_mode:pkcs1"]))
+    for pad in ("PSS", "PKCS1_V1_5") for bits in (256, 384, 512)
+}
+
+
+def test_rsa_keys_sign_with_pss_and_pkcs1_checked_with_openssl(c, tmp_path):
+    for spec, algorithms in [("RSA_2048", list(RSA_ALGORITHMS)), ("RSA_3072", ["RSASSA_PSS_SHA_384"]),
+                             ("RSA_4096", ["RSASSA_PKCS1_V1_5_SHA_512"])]:
+        meta = c.create_key(KeySpec=spec, KeyUsage="SIGN_VERIFY")["KeyMetadata"]
+        assert (meta["KeySpec"], meta["KeyUsage"]) == (spec, "SIGN_VERIFY")
+        assert sorted(meta["SigningAlgorithms"]) == sorted(RSA_ALGORITHMS)
+        key = meta["KeyId"]
+        pk = c.get_public_key(KeyId=key)
+        assert (pk["KeySpec"], sorted(pk["SigningAlgorithms"])) == (spec, sorted(RSA_ALGORITHMS))
+        der = pk["PublicKey"]
+        (tmp_path / "pub.der").write_bytes(der)
+        text = subprocess.run(["openssl", "pkey", "-pubin", "-inform", "DER", "-in", str(tmp_path / "pub.der"),
+                               "-text", "-noout"], capture_output=True, text=True, check=True).stdout
+        assert f"({spec[4:]} bit)" in text, text
+        for alg in algorithms:
+            hname, opts = RSA_ALGORITHMS[alg]
+            message = f"signed with {alg}".encode()
+            digest = hashlib.new(hname, message).digest()
+            sig = c.sign(KeyId=key, Message=message, SigningAlgorithm=alg)["Signature"]
+            assert len(sig) == int(spec[4:]) // 8
+            assert openssl_verifies(tmp_path, der, digest, sig, *opts), alg
+            assert not openssl_verifies(tmp_path, der, hashlib.new(hname, b"x").digest(), sig, *opts)
+            dsig = c.sign(KeyId=key, Message=digest, MessageType="DIGEST", SigningAlgorithm=alg)["Signature"]
+            assert openssl_verifies(tmp_path, der, digest, dsig, *opts), alg
+            assert c.verify(KeyId=key, Message=message, Signature=sig, SigningAlgorithm=alg)["SignatureValid"] is True
+            assert c.verify(KeyId=key, Message=digest, MessageType="DIGEST", Signature=dsig,
+                            SigningAlgorithm=alg)["SignatureValid"] is True
+            bad = bytes([sig[0] ^ 1]) + sig[1:]
+            assert err(c.verify, KeyId=key, Message=message, Signature=bad, SigningAlgorithm=alg)[0] == \
+                "KMSInvalidSignatureException"
+        assert err(c.sign, KeyId=key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256") == \
+            ("InvalidKeyUsageException", f"Algorithm ECDSA_SHA_256 is incompatible with key spec {spec}.")
 
 
 def test_aws_cli_signs_with_an_ecc_key(srv, tmp_path):

@@ -232,6 +232,11 @@ def exercise(c):
     c.get_public_key(KeyId=ecc)
     sig = c.sign(KeyId=ecc, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
     c.verify(KeyId=ecc, Message=b"m", Signature=sig, SigningAlgorithm="ECDSA_SHA_256")
+    rsa = c.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    c.describe_key(KeyId=rsa)
+    c.get_public_key(KeyId=rsa)
+    sig = c.sign(KeyId=rsa, Message=b"m", SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]
+    c.verify(KeyId=rsa, Message=b"m", Signature=sig, SigningAlgorithm="RSASSA_PSS_SHA_256")
 
 
 def test_every_response_matches_the_model(kms):

@@ -5,7 +5,7 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::model::{MacAlgorithm, SigningAlgorithm};
+use crate::model::{KeySpec, MacAlgorithm, SigningAlgorithm};
 
 /// Length of an AES-GCM tag.
 pub const TAG_LEN: usize = 16;
@@ -116,39 +116,73 @@ impl MacKey {
     }
 }
 
-/// An ECDSA key pair (the material of an ECC_NIST_* key spec), from its PKCS#8 document.
+/// A signing key pair (the material of an ECC_NIST_* or RSA_* key spec), from its PKCS#8
+/// document.
 pub struct SigningKey {
-    pair: aws_lc_rs::signature::EcdsaKeyPair,
-    algorithm: SigningAlgorithm,
+    pair: Pair,
+    spec: KeySpec,
+}
+
+enum Pair {
+    Ecdsa(aws_lc_rs::signature::EcdsaKeyPair),
+    Rsa(aws_lc_rs::rsa::KeyPair),
 }
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SigningKey({}, ..)", self.algorithm)
+        write!(f, "SigningKey({}, ..)", self.spec)
     }
 }
 
-fn signing_alg(a: SigningAlgorithm) -> &'static aws_lc_rs::signature::EcdsaSigningAlgorithm {
-    match a {
-        SigningAlgorithm::EcdsaSha256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        SigningAlgorithm::EcdsaSha384 => &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
-        SigningAlgorithm::EcdsaSha512 => &aws_lc_rs::signature::ECDSA_P521_SHA512_ASN1_SIGNING,
+/// The ECDSA signing and verification algorithms of an ECC key spec.
+fn ecdsa(
+    spec: KeySpec,
+) -> Option<(
+    &'static aws_lc_rs::signature::EcdsaSigningAlgorithm,
+    &'static aws_lc_rs::signature::EcdsaVerificationAlgorithm,
+)> {
+    use aws_lc_rs::signature as s;
+    match spec {
+        KeySpec::EccNistP256 => Some((&s::ECDSA_P256_SHA256_ASN1_SIGNING, &s::ECDSA_P256_SHA256_ASN1)),
+        KeySpec::EccNistP384 => Some((&s::ECDSA_P384_SHA384_ASN1_SIGNING, &s::ECDSA_P384_SHA384_ASN1)),
+        KeySpec::EccNistP521 => Some((&s::ECDSA_P521_SHA512_ASN1_SIGNING, &s::ECDSA_P521_SHA512_ASN1)),
+        _ => None,
     }
 }
 
-fn verify_alg(a: SigningAlgorithm) -> &'static aws_lc_rs::signature::EcdsaVerificationAlgorithm {
+/// The RSA key size of an RSA key spec, in bits.
+fn rsa_bits(spec: KeySpec) -> Option<(aws_lc_rs::rsa::KeySize, usize)> {
+    use aws_lc_rs::rsa::KeySize;
+    match spec {
+        KeySpec::Rsa2048 => Some((KeySize::Rsa2048, 2048)),
+        KeySpec::Rsa3072 => Some((KeySize::Rsa3072, 3072)),
+        KeySpec::Rsa4096 => Some((KeySize::Rsa4096, 4096)),
+        _ => None,
+    }
+}
+
+/// The RSA padding (signing) and verification parameters of an RSA signing algorithm.
+fn rsa_alg(
+    a: SigningAlgorithm,
+) -> Option<(&'static dyn aws_lc_rs::signature::RsaEncoding, &'static aws_lc_rs::signature::RsaParameters)> {
+    use SigningAlgorithm as S;
+    use aws_lc_rs::signature as s;
     match a {
-        SigningAlgorithm::EcdsaSha256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
-        SigningAlgorithm::EcdsaSha384 => &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1,
-        SigningAlgorithm::EcdsaSha512 => &aws_lc_rs::signature::ECDSA_P521_SHA512_ASN1,
+        S::RsassaPssSha256 => Some((&s::RSA_PSS_SHA256, &s::RSA_PSS_2048_8192_SHA256)),
+        S::RsassaPssSha384 => Some((&s::RSA_PSS_SHA384, &s::RSA_PSS_2048_8192_SHA384)),
+        S::RsassaPssSha512 => Some((&s::RSA_PSS_SHA512, &s::RSA_PSS_2048_8192_SHA512)),
+        S::RsassaPkcs1V15Sha256 => Some((&s::RSA_PKCS1_SHA256, &s::RSA_PKCS1_2048_8192_SHA256)),
+        S::RsassaPkcs1V15Sha384 => Some((&s::RSA_PKCS1_SHA384, &s::RSA_PKCS1_2048_8192_SHA384)),
+        S::RsassaPkcs1V15Sha512 => Some((&s::RSA_PKCS1_SHA512, &s::RSA_PKCS1_2048_8192_SHA512)),
+        _ => None,
     }
 }
 
 fn digest_alg(a: SigningAlgorithm) -> &'static aws_lc_rs::digest::Algorithm {
-    match a {
-        SigningAlgorithm::EcdsaSha256 => &aws_lc_rs::digest::SHA256,
-        SigningAlgorithm::EcdsaSha384 => &aws_lc_rs::digest::SHA384,
-        SigningAlgorithm::EcdsaSha512 => &aws_lc_rs::digest::SHA512,
+    match a.digest_len() {
+        32 => &aws_lc_rs::digest::SHA256,
+        48 => &aws_lc_rs::digest::SHA384,
+        _ => &aws_lc_rs::digest::SHA512,
     }
 }
 
@@ -161,59 +195,100 @@ pub enum Signed<'a> {
     Digest(&'a [u8]),
 }
 
+impl Signed<'_> {
+    fn digest(&self, alg: SigningAlgorithm) -> Result<aws_lc_rs::digest::Digest> {
+        match self {
+            Signed::Raw(m) => Ok(aws_lc_rs::digest::digest(digest_alg(alg), m)),
+            Signed::Digest(d) => aws_lc_rs::digest::Digest::import_less_safe(d, digest_alg(alg))
+                .map_err(|_| Error::Invalid("the digest is not as long as the algorithm's".into())),
+        }
+    }
+}
+
 impl SigningKey {
-    /// A fresh key pair for `algorithm`, as a PKCS#8 document (zeroized on drop).
-    pub fn generate_pkcs8(algorithm: SigningAlgorithm) -> Result<Zeroizing<Vec<u8>>> {
-        let doc = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
-            signing_alg(algorithm),
-            &aws_lc_rs::rand::SystemRandom::new(),
-        )
-        .map_err(|_| Error::Crypto)?;
-        Ok(Zeroizing::new(doc.as_ref().to_vec()))
+    /// A fresh key pair of `spec`, as a PKCS#8 document (zeroized on drop).
+    pub fn generate_pkcs8(spec: KeySpec) -> Result<Zeroizing<Vec<u8>>> {
+        if let Some((signing, _)) = ecdsa(spec) {
+            let doc =
+                aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(signing, &aws_lc_rs::rand::SystemRandom::new())
+                    .map_err(|_| Error::Crypto)?;
+            return Ok(Zeroizing::new(doc.as_ref().to_vec()));
+        }
+        let (size, _) = rsa_bits(spec).ok_or(Error::Crypto)?;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(size).map_err(|_| Error::Crypto)?;
+        let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> =
+            aws_lc_rs::encoding::AsDer::as_der(&pair).map_err(|_| Error::Crypto)?;
+        Ok(Zeroizing::new(der.as_ref().to_vec()))
     }
 
-    /// The key pair of a PKCS#8 document for `algorithm`.
-    pub fn from_pkcs8(algorithm: SigningAlgorithm, pkcs8: &[u8]) -> Result<Self> {
-        let pair =
-            aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(signing_alg(algorithm), pkcs8).map_err(|_| Error::Crypto)?;
-        Ok(Self { pair, algorithm })
+    /// The key pair of a PKCS#8 document of `spec`.
+    pub fn from_pkcs8(spec: KeySpec, pkcs8: &[u8]) -> Result<Self> {
+        if let Some((signing, _)) = ecdsa(spec) {
+            let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(signing, pkcs8).map_err(|_| Error::Crypto)?;
+            return Ok(Self { pair: Pair::Ecdsa(pair), spec });
+        }
+        let (_, bits) = rsa_bits(spec).ok_or(Error::Crypto)?;
+        let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(pkcs8).map_err(|_| Error::Crypto)?;
+        if pair.public_modulus_len() * 8 != bits {
+            return Err(Error::Crypto);
+        }
+        Ok(Self { pair: Pair::Rsa(pair), spec })
     }
 
-    /// The algorithm it signs with.
-    pub fn algorithm(&self) -> SigningAlgorithm {
-        self.algorithm
+    /// The key spec of the pair.
+    pub fn spec(&self) -> KeySpec {
+        self.spec
     }
 
     /// The public key as a DER SubjectPublicKeyInfo (X.509).
     pub fn public_key_der(&self) -> Result<Vec<u8>> {
         use aws_lc_rs::encoding::AsDer;
         use aws_lc_rs::signature::KeyPair;
-        let der = self.pair.public_key().as_der().map_err(|_| Error::Crypto)?;
+        let der = match &self.pair {
+            Pair::Ecdsa(p) => p.public_key().as_der(),
+            Pair::Rsa(p) => p.public_key().as_der(),
+        }
+        .map_err(|_| Error::Crypto)?;
         Ok(der.as_ref().to_vec())
     }
 
-    /// An ASN.1 DER ECDSA signature of `what`. A digest of the wrong length is
-    /// [`Error::Invalid`].
-    pub fn sign(&self, what: Signed<'_>) -> Result<Vec<u8>> {
-        let digest = match what {
-            Signed::Raw(m) => aws_lc_rs::digest::digest(digest_alg(self.algorithm), m),
-            Signed::Digest(d) => aws_lc_rs::digest::Digest::import_less_safe(d, digest_alg(self.algorithm))
-                .map_err(|_| Error::Invalid("the digest is not as long as the algorithm's".into()))?,
-        };
-        let sig = self.pair.sign_digest(&digest).map_err(|_| Error::Crypto)?;
-        Ok(sig.as_ref().to_vec())
+    fn check(&self, alg: SigningAlgorithm) -> Result<()> {
+        if self.spec.signing_algorithms().contains(&alg) {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!("{alg} is not an algorithm of {} keys", self.spec)))
+        }
     }
 
-    /// Whether `signature` is this key's signature of `what`.
-    pub fn verify(&self, what: Signed<'_>, signature: &[u8]) -> Result<bool> {
-        use aws_lc_rs::signature::KeyPair;
-        let public = aws_lc_rs::signature::UnparsedPublicKey::new(verify_alg(self.algorithm), self.pair.public_key());
-        Ok(match what {
-            Signed::Raw(m) => public.verify(m, signature).is_ok(),
-            Signed::Digest(d) => {
-                let digest = aws_lc_rs::digest::Digest::import_less_safe(d, digest_alg(self.algorithm))
-                    .map_err(|_| Error::Invalid("the digest is not as long as the algorithm's".into()))?;
-                public.verify_digest(&digest, signature).is_ok()
+    /// A signature of `what` with `alg` (one of the spec's): ASN.1 DER for ECDSA, the modulus
+    /// length for RSA. A digest of the wrong length is [`Error::Invalid`].
+    pub fn sign(&self, alg: SigningAlgorithm, what: Signed<'_>) -> Result<Vec<u8>> {
+        self.check(alg)?;
+        let digest = what.digest(alg)?;
+        match &self.pair {
+            Pair::Ecdsa(p) => Ok(p.sign_digest(&digest).map_err(|_| Error::Crypto)?.as_ref().to_vec()),
+            Pair::Rsa(p) => {
+                let (padding, _) = rsa_alg(alg).ok_or(Error::Crypto)?;
+                let mut sig = vec![0u8; p.public_modulus_len()];
+                p.sign_digest(padding, &digest, &mut sig).map_err(|_| Error::Crypto)?;
+                Ok(sig)
+            }
+        }
+    }
+
+    /// Whether `signature` is this key's `alg` signature of `what`.
+    pub fn verify(&self, alg: SigningAlgorithm, what: Signed<'_>, signature: &[u8]) -> Result<bool> {
+        use aws_lc_rs::signature::{KeyPair, UnparsedPublicKey};
+        self.check(alg)?;
+        let digest = what.digest(alg)?;
+        Ok(match &self.pair {
+            Pair::Ecdsa(p) => {
+                let (_, verify) = ecdsa(self.spec).ok_or(Error::Crypto)?;
+                UnparsedPublicKey::new(verify, p.public_key()).verify_digest(&digest, signature).is_ok()
+            }
+            Pair::Rsa(p) => {
+                let (_, params) = rsa_alg(alg).ok_or(Error::Crypto)?;
+                UnparsedPublicKey::new(params, p.public_key().as_ref()).verify_digest(&digest, signature).is_ok()
             }
         })
     }
@@ -299,22 +374,29 @@ mod tests {
     }
 
     #[test]
-    fn ecdsa_keys_sign_raw_and_digest_messages_and_verify() {
-        for alg in SigningAlgorithm::ALL {
-            let doc = SigningKey::generate_pkcs8(alg).unwrap();
-            let k = SigningKey::from_pkcs8(alg, &doc).unwrap();
+    fn signing_keys_sign_raw_and_digest_messages_and_verify() {
+        for spec in [KeySpec::EccNistP256, KeySpec::EccNistP384, KeySpec::EccNistP521, KeySpec::Rsa2048] {
+            let doc = SigningKey::generate_pkcs8(spec).unwrap();
+            let k = SigningKey::from_pkcs8(spec, &doc).unwrap();
+            assert_eq!(k.spec(), spec);
             let der = k.public_key_der().unwrap();
             assert_eq!(der[0], 0x30, "a DER SEQUENCE");
-            let sig = k.sign(Signed::Raw(b"message")).unwrap();
-            assert!(k.verify(Signed::Raw(b"message"), &sig).unwrap());
-            assert!(!k.verify(Signed::Raw(b"messagf"), &sig).unwrap());
-            let d = aws_lc_rs::digest::digest(digest_alg(alg), b"message");
-            assert!(k.verify(Signed::Digest(d.as_ref()), &sig).unwrap(), "RAW signs the digest of the message");
-            let sig2 = k.sign(Signed::Digest(d.as_ref())).unwrap();
-            assert!(k.verify(Signed::Raw(b"message"), &sig2).unwrap());
-            assert!(k.sign(Signed::Digest(&[0u8; 20])).is_err());
-            assert!(SigningKey::from_pkcs8(alg, &doc[..doc.len() - 1]).is_err());
+            for &alg in spec.signing_algorithms() {
+                let sig = k.sign(alg, Signed::Raw(b"message")).unwrap();
+                assert!(k.verify(alg, Signed::Raw(b"message"), &sig).unwrap(), "{alg}");
+                assert!(!k.verify(alg, Signed::Raw(b"messagf"), &sig).unwrap());
+                let d = aws_lc_rs::digest::digest(digest_alg(alg), b"message");
+                assert!(k.verify(alg, Signed::Digest(d.as_ref()), &sig).unwrap(), "RAW signs the digest");
+                let sig2 = k.sign(alg, Signed::Digest(d.as_ref())).unwrap();
+                assert!(k.verify(alg, Signed::Raw(b"message"), &sig2).unwrap());
+                assert!(k.sign(alg, Signed::Digest(&[0u8; 20])).is_err());
+            }
+            let foreign = SigningAlgorithm::ALL.into_iter().find(|a| !spec.signing_algorithms().contains(a)).unwrap();
+            assert!(k.sign(foreign, Signed::Raw(b"m")).is_err());
+            assert!(SigningKey::from_pkcs8(spec, &doc[..doc.len() - 1]).is_err());
         }
+        let rsa = SigningKey::generate_pkcs8(KeySpec::Rsa2048).unwrap();
+        assert!(SigningKey::from_pkcs8(KeySpec::Rsa3072, &rsa).is_err(), "the size must be the spec's");
     }
 
     #[test]

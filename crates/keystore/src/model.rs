@@ -69,11 +69,17 @@ pub enum KeySpec {
     EccNistP384,
     /// ECDSA on NIST P-521 with SHA-512 (`ECC_NIST_P521`), material stored as PKCS#8.
     EccNistP521,
+    /// RSA 2048-bit for signing (`RSA_2048`, `SIGN_VERIFY`), material stored as PKCS#8.
+    Rsa2048,
+    /// RSA 3072-bit for signing (`RSA_3072`, `SIGN_VERIFY`), material stored as PKCS#8.
+    Rsa3072,
+    /// RSA 4096-bit for signing (`RSA_4096`, `SIGN_VERIFY`), material stored as PKCS#8.
+    Rsa4096,
 }
 
 impl KeySpec {
     /// Every key spec this store can hold.
-    pub const ALL: [KeySpec; 8] = [
+    pub const ALL: [KeySpec; 11] = [
         KeySpec::SymmetricDefault,
         KeySpec::Hmac224,
         KeySpec::Hmac256,
@@ -82,6 +88,9 @@ impl KeySpec {
         KeySpec::EccNistP256,
         KeySpec::EccNistP384,
         KeySpec::EccNistP521,
+        KeySpec::Rsa2048,
+        KeySpec::Rsa3072,
+        KeySpec::Rsa4096,
     ];
 
     /// The stored / wire name (`SYMMETRIC_DEFAULT`, `HMAC_256`, ...).
@@ -95,6 +104,9 @@ impl KeySpec {
             KeySpec::EccNistP256 => "ECC_NIST_P256",
             KeySpec::EccNistP384 => "ECC_NIST_P384",
             KeySpec::EccNistP521 => "ECC_NIST_P521",
+            KeySpec::Rsa2048 => "RSA_2048",
+            KeySpec::Rsa3072 => "RSA_3072",
+            KeySpec::Rsa4096 => "RSA_4096",
         }
     }
 
@@ -113,7 +125,12 @@ impl KeySpec {
         match self {
             KeySpec::SymmetricDefault => KeyUsage::EncryptDecrypt,
             KeySpec::Hmac224 | KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512 => KeyUsage::GenerateVerifyMac,
-            KeySpec::EccNistP256 | KeySpec::EccNistP384 | KeySpec::EccNistP521 => KeyUsage::SignVerify,
+            KeySpec::EccNistP256
+            | KeySpec::EccNistP384
+            | KeySpec::EccNistP521
+            | KeySpec::Rsa2048
+            | KeySpec::Rsa3072
+            | KeySpec::Rsa4096 => KeyUsage::SignVerify,
         }
     }
 
@@ -125,18 +142,25 @@ impl KeySpec {
             KeySpec::Hmac224 => Some(28),
             KeySpec::Hmac384 => Some(48),
             KeySpec::Hmac512 => Some(64),
-            KeySpec::EccNistP256 | KeySpec::EccNistP384 | KeySpec::EccNistP521 => None,
+            _ => None,
         }
     }
 
-    /// The signing algorithm of a signing key (`None` for other keys).
-    pub fn signing_algorithm(self) -> Option<SigningAlgorithm> {
+    /// The signing algorithms of a signing key (empty for other keys).
+    pub fn signing_algorithms(self) -> &'static [SigningAlgorithm] {
+        use SigningAlgorithm as S;
         match self {
-            KeySpec::EccNistP256 => Some(SigningAlgorithm::EcdsaSha256),
-            KeySpec::EccNistP384 => Some(SigningAlgorithm::EcdsaSha384),
-            KeySpec::EccNistP521 => Some(SigningAlgorithm::EcdsaSha512),
-            _ => None,
+            KeySpec::EccNistP256 => &[S::EcdsaSha256],
+            KeySpec::EccNistP384 => &[S::EcdsaSha384],
+            KeySpec::EccNistP521 => &[S::EcdsaSha512],
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => &RSA_SIGNING,
+            _ => &[],
         }
+    }
+
+    /// Whether the key is a signing key pair (ECC or RSA).
+    pub fn is_signing(self) -> bool {
+        !self.signing_algorithms().is_empty()
     }
 
     /// The MAC algorithm of an HMAC key (`None` for other keys).
@@ -198,11 +222,32 @@ impl fmt::Display for KeyUsage {
     }
 }
 
-/// The signing algorithms (AWS's `SigningAlgorithmSpec`) of the signing keys this store makes;
-/// each belongs to one key spec.
+/// The signing algorithms of RSA keys, in AWS's order.
+const RSA_SIGNING: [SigningAlgorithm; 6] = [
+    SigningAlgorithm::RsassaPssSha256,
+    SigningAlgorithm::RsassaPssSha384,
+    SigningAlgorithm::RsassaPssSha512,
+    SigningAlgorithm::RsassaPkcs1V15Sha256,
+    SigningAlgorithm::RsassaPkcs1V15Sha384,
+    SigningAlgorithm::RsassaPkcs1V15Sha512,
+];
+
+/// The signing algorithms (AWS's `SigningAlgorithmSpec`) of the signing keys this store makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SigningAlgorithm {
+    /// `RSASSA_PSS_SHA_256` (salt as long as the digest).
+    RsassaPssSha256,
+    /// `RSASSA_PSS_SHA_384`.
+    RsassaPssSha384,
+    /// `RSASSA_PSS_SHA_512`.
+    RsassaPssSha512,
+    /// `RSASSA_PKCS1_V1_5_SHA_256`.
+    RsassaPkcs1V15Sha256,
+    /// `RSASSA_PKCS1_V1_5_SHA_384`.
+    RsassaPkcs1V15Sha384,
+    /// `RSASSA_PKCS1_V1_5_SHA_512`.
+    RsassaPkcs1V15Sha512,
     /// `ECDSA_SHA_256` (ECC_NIST_P256).
     EcdsaSha256,
     /// `ECDSA_SHA_384` (ECC_NIST_P384).
@@ -213,8 +258,17 @@ pub enum SigningAlgorithm {
 
 impl SigningAlgorithm {
     /// Every signing algorithm this store implements.
-    pub const ALL: [SigningAlgorithm; 3] =
-        [SigningAlgorithm::EcdsaSha256, SigningAlgorithm::EcdsaSha384, SigningAlgorithm::EcdsaSha512];
+    pub const ALL: [SigningAlgorithm; 9] = [
+        SigningAlgorithm::RsassaPssSha256,
+        SigningAlgorithm::RsassaPssSha384,
+        SigningAlgorithm::RsassaPssSha512,
+        SigningAlgorithm::RsassaPkcs1V15Sha256,
+        SigningAlgorithm::RsassaPkcs1V15Sha384,
+        SigningAlgorithm::RsassaPkcs1V15Sha512,
+        SigningAlgorithm::EcdsaSha256,
+        SigningAlgorithm::EcdsaSha384,
+        SigningAlgorithm::EcdsaSha512,
+    ];
 
     /// The wire name.
     pub fn as_str(self) -> &'static str {
@@ -222,6 +276,12 @@ impl SigningAlgorithm {
             SigningAlgorithm::EcdsaSha256 => "ECDSA_SHA_256",
             SigningAlgorithm::EcdsaSha384 => "ECDSA_SHA_384",
             SigningAlgorithm::EcdsaSha512 => "ECDSA_SHA_512",
+            SigningAlgorithm::RsassaPssSha256 => "RSASSA_PSS_SHA_256",
+            SigningAlgorithm::RsassaPssSha384 => "RSASSA_PSS_SHA_384",
+            SigningAlgorithm::RsassaPssSha512 => "RSASSA_PSS_SHA_512",
+            SigningAlgorithm::RsassaPkcs1V15Sha256 => "RSASSA_PKCS1_V1_5_SHA_256",
+            SigningAlgorithm::RsassaPkcs1V15Sha384 => "RSASSA_PKCS1_V1_5_SHA_384",
+            SigningAlgorithm::RsassaPkcs1V15Sha512 => "RSASSA_PKCS1_V1_5_SHA_512",
         }
     }
 
@@ -232,10 +292,11 @@ impl SigningAlgorithm {
 
     /// Length of the message digest the algorithm signs (a `DIGEST` message's length).
     pub fn digest_len(self) -> usize {
+        use SigningAlgorithm as S;
         match self {
-            SigningAlgorithm::EcdsaSha256 => 32,
-            SigningAlgorithm::EcdsaSha384 => 48,
-            SigningAlgorithm::EcdsaSha512 => 64,
+            S::EcdsaSha256 | S::RsassaPssSha256 | S::RsassaPkcs1V15Sha256 => 32,
+            S::EcdsaSha384 | S::RsassaPssSha384 | S::RsassaPkcs1V15Sha384 => 48,
+            S::EcdsaSha512 | S::RsassaPssSha512 | S::RsassaPkcs1V15Sha512 => 64,
         }
     }
 }
@@ -559,16 +620,18 @@ mod tests {
             assert_eq!(KeyUsage::parse(k.usage().as_str()).unwrap(), k.usage());
         }
         let lens: Vec<Option<usize>> = KeySpec::ALL.iter().map(|k| k.material_len()).collect();
-        assert_eq!(lens, [Some(32), Some(28), Some(32), Some(48), Some(64), None, None, None]);
+        assert_eq!(lens, [Some(32), Some(28), Some(32), Some(48), Some(64), None, None, None, None, None, None]);
         assert_eq!(KeySpec::EccNistP384.usage(), KeyUsage::SignVerify);
-        assert_eq!(KeySpec::EccNistP521.signing_algorithm(), Some(SigningAlgorithm::EcdsaSha512));
+        assert_eq!(KeySpec::EccNistP521.signing_algorithms(), [SigningAlgorithm::EcdsaSha512]);
+        assert_eq!(KeySpec::Rsa3072.signing_algorithms().len(), 6);
+        assert!(!KeySpec::Hmac256.is_signing() && KeySpec::Rsa4096.is_signing());
         assert_eq!(SigningAlgorithm::from_name("ECDSA_SHA_384").map(|a| a.digest_len()), Some(48));
         assert_eq!(KeySpec::SymmetricDefault.usage(), KeyUsage::EncryptDecrypt);
         assert_eq!(KeySpec::Hmac384.usage(), KeyUsage::GenerateVerifyMac);
         assert_eq!(KeySpec::Hmac512.mac_algorithm(), Some(MacAlgorithm::HmacSha512));
         assert_eq!(KeySpec::SymmetricDefault.mac_algorithm(), None);
         assert_eq!(MacAlgorithm::from_name("HMAC_SHA_224"), Some(MacAlgorithm::HmacSha224));
-        assert!(KeySpec::parse("RSA_2048").is_err());
+        assert!(KeySpec::parse("SM2").is_err());
         assert!(KeyUsage::parse("KEY_AGREEMENT").is_err());
         assert_eq!(KeySpec::default(), KeySpec::SymmetricDefault);
     }

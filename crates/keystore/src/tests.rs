@@ -207,7 +207,7 @@ fn hmac_keys_compute_macs_and_nothing_else() {
 /// Signing keys: a PKCS#8 key pair per spec, sealed bound to the spec, signatures that verify
 /// (raw messages and digests), the same public key after the store is opened again.
 #[test]
-fn ecc_keys_sign_and_keep_their_key_pair() {
+fn signing_keys_sign_and_keep_their_key_pair() {
     use crate::crypto::Signed;
     let dir = tempfile::tempdir().unwrap();
     let ks = KeyStore::open(dir.path()).unwrap();
@@ -216,6 +216,7 @@ fn ecc_keys_sign_and_keep_their_key_pair() {
         (KeySpec::EccNistP256, SigningAlgorithm::EcdsaSha256),
         (KeySpec::EccNistP384, SigningAlgorithm::EcdsaSha384),
         (KeySpec::EccNistP521, SigningAlgorithm::EcdsaSha512),
+        (KeySpec::Rsa2048, SigningAlgorithm::RsassaPssSha256),
     ] {
         let m = ks.create_key_of(spec, "", &[], None).unwrap();
         assert_eq!((m.key_spec, m.key_usage), (spec, KeyUsage::SignVerify));
@@ -223,7 +224,7 @@ fn ecc_keys_sign_and_keep_their_key_pair() {
         let sig = ks.sign(&r, alg, Signed::Raw(b"m")).unwrap();
         assert!(ks.verify(&r, alg, Signed::Raw(b"m"), &sig).unwrap());
         assert!(!ks.verify(&r, alg, Signed::Raw(b"n"), &sig).unwrap());
-        let other = SigningAlgorithm::ALL.into_iter().find(|a| *a != alg).unwrap();
+        let other = SigningAlgorithm::ALL.into_iter().find(|a| !spec.signing_algorithms().contains(a)).unwrap();
         assert!(matches!(ks.sign(&r, other, Signed::Raw(b"m")), Err(Error::WrongKeyType { .. })));
         assert!(matches!(ks.encrypt(&r, b"x", &EncryptionContext::new()), Err(Error::WrongKeyType { .. })));
         assert!(matches!(ks.generate_mac(&r, MacAlgorithm::HmacSha256, b"x"), Err(Error::WrongKeyType { .. })));

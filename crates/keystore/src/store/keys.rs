@@ -195,10 +195,10 @@ impl KeyStore {
     fn new_material(&self, kid: &[u8; 16], spec: KeySpec) -> Result<NewVersion> {
         let mut mid = [0u8; 32];
         fill_random(&mut mid)?;
-        let material = match (spec.material_len(), spec.signing_algorithm()) {
-            (_, Some(alg)) => crate::crypto::SigningKey::generate_pkcs8(alg)?,
-            (Some(len), None) => random_material(len)?,
-            (None, None) => return Err(Error::Unsupported(format!("keys of spec {spec} cannot be made"))),
+        let material = match (spec.material_len(), spec.is_signing()) {
+            (_, true) => crate::crypto::SigningKey::generate_pkcs8(spec)?,
+            (Some(len), false) => random_material(len)?,
+            (None, false) => return Err(Error::Unsupported(format!("keys of spec {spec} cannot be made"))),
         };
         let sealed = self.core.root.seal(&seal_aad_for(spec, kid, &mid), &material[..])?;
         Ok(NewVersion { material_id: hex::encode(mid), sealed })

@@ -221,12 +221,12 @@ impl Core {
                 material.len(),
             )));
         }
-        let secret = match (spec.mac_algorithm(), spec.signing_algorithm()) {
+        let secret = match (spec.mac_algorithm(), spec.is_signing()) {
             (Some(alg), _) => Secret::Mac(Box::new(MacKey::new(alg, &material))),
-            (None, Some(alg)) => Secret::Sign(Box::new(SigningKey::from_pkcs8(alg, &material).map_err(|_| {
+            (None, true) => Secret::Sign(Box::new(SigningKey::from_pkcs8(spec, &material).map_err(|_| {
                 Error::RootKey(format!("key material of key {} is not a {spec} key pair", uuid::Uuid::from_bytes(*kid)))
             })?)),
-            (None, None) => Secret::Aead(AeadKey::new(&material)?),
+            (None, false) => Secret::Aead(AeadKey::new(&material)?),
         };
         Ok(Material { key_id: *kid, spec, secret })
     }
@@ -295,7 +295,7 @@ impl KeyStore {
     pub fn sign(&self, key: &KeyRef, algorithm: SigningAlgorithm, what: Signed<'_>) -> Result<Vec<u8>> {
         let snap = self.core.snapshot();
         let kid = resolve(&snap, key)?;
-        signing_key(&snap, kid, Some(algorithm))?.sign(what)
+        signing_key(&snap, kid, Some(algorithm))?.sign(algorithm, what)
     }
 
     /// Whether `signature` is the signature of `what` under the current key pair of a signing
@@ -309,7 +309,7 @@ impl KeyStore {
     ) -> Result<bool> {
         let snap = self.core.snapshot();
         let kid = resolve(&snap, key)?;
-        signing_key(&snap, kid, Some(algorithm))?.verify(what, signature)
+        signing_key(&snap, kid, Some(algorithm))?.verify(algorithm, what, signature)
     }
 
     /// The DER SubjectPublicKeyInfo of a signing key's current key pair.
@@ -443,19 +443,18 @@ fn mac_key(snap: &Snapshot, kid: [u8; 16], algorithm: MacAlgorithm) -> Result<&M
 fn signing_key(snap: &Snapshot, kid: [u8; 16], algorithm: Option<SigningAlgorithm>) -> Result<&SigningKey> {
     let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
     check_usable(meta)?;
-    match (meta.key_spec.signing_algorithm(), algorithm) {
-        (None, _) => return Err(wrong_type(meta, "it does not sign")),
-        (Some(a), Some(want)) if a != want => {
-            return Err(wrong_type(meta, "the signing algorithm is not the key spec's"));
-        }
-        _ => {}
+    if !meta.key_spec.is_signing() {
+        return Err(wrong_type(meta, "it does not sign"));
+    }
+    if algorithm.is_some_and(|a| !meta.key_spec.signing_algorithms().contains(&a)) {
+        return Err(wrong_type(meta, "the signing algorithm is not one of the key spec's"));
     }
     let mid = snap
         .current
         .get(&kid)
         .ok_or_else(|| Error::InvalidState { key: meta.key_id.clone(), state: KeyState::PendingImport })?;
     match snap.materials.get(mid).filter(|m| m.key_id == kid).map(|m| &m.secret) {
-        Some(Secret::Sign(k)) if algorithm.is_none_or(|a| k.algorithm() == a) => Ok(&**k),
+        Some(Secret::Sign(k)) if k.spec() == meta.key_spec => Ok(&**k),
         Some(_) => Err(wrong_type(meta, "its material is not a key pair of that algorithm")),
         None => Err(Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid)))),
     }

@@ -327,7 +327,10 @@ pub(crate) fn metadata(s: &Server, m: &envelope_keystore::KeyMetadata) -> KeyMet
         key_spec: m.key_spec.as_str(),
         encryption_algorithms: (m.key_usage == KeyUsage::EncryptDecrypt).then_some([SYMMETRIC_DEFAULT]),
         mac_algorithms: m.key_spec.mac_algorithm().map(|a| [a.as_str()]),
-        signing_algorithms: m.key_spec.signing_algorithm().map(|a| [a.as_str()]),
+        signing_algorithms: m
+            .key_spec
+            .is_signing()
+            .then(|| m.key_spec.signing_algorithms().iter().map(|a| a.as_str()).collect()),
         multi_region: false,
         current_key_material_id: has_material.then(|| m.current_material_id.clone()),
     }
@@ -352,7 +355,7 @@ pub(crate) struct KeyMetadataOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     encryption_algorithms: Option<[&'static str; 1]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    signing_algorithms: Option<[&'static str; 1]>,
+    signing_algorithms: Option<Vec<&'static str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mac_algorithms: Option<[&'static str; 1]>,
     multi_region: bool,

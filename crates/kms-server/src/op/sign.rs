@@ -1,6 +1,7 @@
 //! Asymmetric signing: Sign and Verify (the data plane, served from the key store's in-memory
-//! snapshot) and GetPublicKey, with signing keys (KeySpec `ECC_NIST_P256/P384/P521`, KeyUsage
-//! `SIGN_VERIFY`, ECDSA with SHA-256/384/512; signatures ASN.1 DER as AWS returns them). Audit
+//! snapshot) and GetPublicKey, with signing keys (KeyUsage `SIGN_VERIFY`): KeySpec
+//! `ECC_NIST_P256/P384/P521` (ECDSA with SHA-256/384/512, signatures ASN.1 DER as AWS returns
+//! them) and `RSA_2048/3072/4096` (RSASSA-PSS and RSASSA-PKCS1-v1_5 with SHA-256/384/512). Audit
 //! records show the key, the algorithm and the message type, never the message or signature.
 //!
 //! Checks in AWS's order: the request's members, the key (exists, then the caller's permission),
@@ -113,12 +114,12 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             call.allow(&k, "GetPublicKey")?;
             usable(&k)?;
             // AWS: only asymmetric keys have a public key.
-            let Some(alg) = k.spec.signing_algorithm() else {
+            if !k.spec.is_signing() {
                 return Err(KmsError::UnsupportedOperation(format!(
                     "{} key usage is {} which is not valid for GetPublicKey.",
                     k.arn, k.usage
                 )));
-            };
+            }
             let der = s.store.public_key(&k.r).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
             call.reply(&PublicKeyResponse {
                 key_id: &k.arn,
@@ -126,7 +127,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
                 customer_master_key_spec: k.spec.as_str(),
                 key_spec: k.spec.as_str(),
                 key_usage: k.usage.as_str(),
-                signing_algorithms: [alg.as_str()],
+                signing_algorithms: k.spec.signing_algorithms().iter().map(|a| a.as_str()).collect(),
             })
         }
         Request::Sign { key_id, algorithm, message, digest, dry_run } => {
@@ -168,9 +169,11 @@ fn signing_key(call: &Call<'_>, key_id: &str, algorithm: &str, op: &str) -> Resu
     call.allow(&k, op)?;
     usable(&k)?;
     uses(&k, KeyUsage::SignVerify, op)?;
-    match (k.spec.signing_algorithm(), SigningAlgorithm::from_name(algorithm)) {
-        (Some(a), Some(want)) if a == want => Ok((k, a)),
-        _ => Err(KmsError::InvalidKeyUsage(format!("Algorithm {algorithm} is incompatible with key spec {}.", k.spec))),
+    match SigningAlgorithm::from_name(algorithm).filter(|a| k.spec.signing_algorithms().contains(a)) {
+        Some(a) => Ok((k, a)),
+        None => {
+            Err(KmsError::InvalidKeyUsage(format!("Algorithm {algorithm} is incompatible with key spec {}.", k.spec)))
+        }
     }
 }
 
@@ -193,7 +196,7 @@ struct PublicKeyResponse<'a> {
     customer_master_key_spec: &'static str,
     key_spec: &'static str,
     key_usage: &'static str,
-    signing_algorithms: [&'static str; 1],
+    signing_algorithms: Vec<&'static str>,
 }
 
 #[derive(Serialize)]

@@ -238,9 +238,14 @@ fn create_key_options() {
             "KeyUsage GENERATE_VERIFY_MAC is not compatible with KeySpec ECC_NIST_P256",
         ),
         (
-            br#"{"KeySpec":"RSA_2048","KeyUsage":"SIGN_VERIFY"}"#,
+            br#"{"KeySpec":"ECC_SECG_P256K1","KeyUsage":"SIGN_VERIFY"}"#,
             "UnsupportedOperationException",
-            "KeySpec RSA_2048 is not supported by this server.",
+            "KeySpec ECC_SECG_P256K1 is not supported by this server.",
+        ),
+        (
+            br#"{"KeySpec":"RSA_2048","KeyUsage":"ENCRYPT_DECRYPT"}"#,
+            "UnsupportedOperationException",
+            "KeyUsage ENCRYPT_DECRYPT with KeySpec RSA_2048 is not supported by this server.",
         ),
         (
             br#"{"KeySpec":"ECC_NIST_P256","KeyUsage":"KEY_AGREEMENT"}"#,

@@ -202,8 +202,10 @@ def test_create_key_spec_and_usage_rules(raw):
          "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec ECC_NIST_P256"),
         ({"KeySpec": "ECC_NIST_P256", "KeyUsage": "KEY_AGREEMENT"}, "UnsupportedOperationException",
          "KeyUsage KEY_AGREEMENT with KeySpec ECC_NIST_P256 is not supported by this server."),
-        ({"KeySpec": "ECC_SECG_P256K1", "KeyUsage": "SIGN_VERIFY"}, "UnsupportedOperationException",
-         "KeySpec ECC_SECG_P256K1 is not supported by this server."),
+        ({"KeySpec": "ML_DSA_44", "KeyUsage": "SIGN_VERIFY"}, "UnsupportedOperationException",
+         "KeySpec ML_DSA_44 is not supported by this server."),
+        ({"KeySpec": "ECC_SECG_P256K1", "KeyUsage": "KEY_AGREEMENT"}, "ValidationException",
+         "KeyUsage KEY_AGREEMENT is not compatible with KeySpec ECC_SECG_P256K1"),
         ({"KeySpec": "RSA_3072", "KeyUsage": "ENCRYPT_DECRYPT"}, "UnsupportedOperationException",
          "KeyUsage ENCRYPT_DECRYPT with KeySpec RSA_3072 is not supported by this server."),
     ]
@@ -364,6 +366,7 @@ ECC_SPECS = {
     "ECC_NIST_P256": ("ECDSA_SHA_256", "sha256", "prime256v1"),
     "ECC_NIST_P384": ("ECDSA_SHA_384", "sha384", "secp384r1"),
     "ECC_NIST_P521": ("ECDSA_SHA_512", "sha512", "secp521r1"),
+    "ECC_SECG_P256K1": ("ECDSA_SHA_256", "sha256", "secp256k1"),
 }
 
 

@@ -146,6 +146,7 @@ fn ecdsa(
         KeySpec::EccNistP256 => Some((&s::ECDSA_P256_SHA256_ASN1_SIGNING, &s::ECDSA_P256_SHA256_ASN1)),
         KeySpec::EccNistP384 => Some((&s::ECDSA_P384_SHA384_ASN1_SIGNING, &s::ECDSA_P384_SHA384_ASN1)),
         KeySpec::EccNistP521 => Some((&s::ECDSA_P521_SHA512_ASN1_SIGNING, &s::ECDSA_P521_SHA512_ASN1)),
+        KeySpec::EccSecgP256k1 => Some((&s::ECDSA_P256K1_SHA256_ASN1_SIGNING, &s::ECDSA_P256K1_SHA256_ASN1)),
         _ => None,
     }
 }
@@ -375,7 +376,9 @@ mod tests {
 
     #[test]
     fn signing_keys_sign_raw_and_digest_messages_and_verify() {
-        for spec in [KeySpec::EccNistP256, KeySpec::EccNistP384, KeySpec::EccNistP521, KeySpec::Rsa2048] {
+        for spec in
+            [KeySpec::EccNistP256, KeySpec::EccNistP384, KeySpec::EccNistP521, KeySpec::EccSecgP256k1, KeySpec::Rsa2048]
+        {
             let doc = SigningKey::generate_pkcs8(spec).unwrap();
             let k = SigningKey::from_pkcs8(spec, &doc).unwrap();
             assert_eq!(k.spec(), spec);

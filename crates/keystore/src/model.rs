@@ -69,6 +69,8 @@ pub enum KeySpec {
     EccNistP384,
     /// ECDSA on NIST P-521 with SHA-512 (`ECC_NIST_P521`), material stored as PKCS#8.
     EccNistP521,
+    /// ECDSA on secp256k1 with SHA-256 (`ECC_SECG_P256K1`), material stored as PKCS#8.
+    EccSecgP256k1,
     /// RSA 2048-bit for signing (`RSA_2048`, `SIGN_VERIFY`), material stored as PKCS#8.
     Rsa2048,
     /// RSA 3072-bit for signing (`RSA_3072`, `SIGN_VERIFY`), material stored as PKCS#8.
@@ -79,7 +81,7 @@ pub enum KeySpec {
 
 impl KeySpec {
     /// Every key spec this store can hold.
-    pub const ALL: [KeySpec; 11] = [
+    pub const ALL: [KeySpec; 12] = [
         KeySpec::SymmetricDefault,
         KeySpec::Hmac224,
         KeySpec::Hmac256,
@@ -88,6 +90,7 @@ impl KeySpec {
         KeySpec::EccNistP256,
         KeySpec::EccNistP384,
         KeySpec::EccNistP521,
+        KeySpec::EccSecgP256k1,
         KeySpec::Rsa2048,
         KeySpec::Rsa3072,
         KeySpec::Rsa4096,
@@ -104,6 +107,7 @@ impl KeySpec {
             KeySpec::EccNistP256 => "ECC_NIST_P256",
             KeySpec::EccNistP384 => "ECC_NIST_P384",
             KeySpec::EccNistP521 => "ECC_NIST_P521",
+            KeySpec::EccSecgP256k1 => "ECC_SECG_P256K1",
             KeySpec::Rsa2048 => "RSA_2048",
             KeySpec::Rsa3072 => "RSA_3072",
             KeySpec::Rsa4096 => "RSA_4096",
@@ -128,6 +132,7 @@ impl KeySpec {
             KeySpec::EccNistP256
             | KeySpec::EccNistP384
             | KeySpec::EccNistP521
+            | KeySpec::EccSecgP256k1
             | KeySpec::Rsa2048
             | KeySpec::Rsa3072
             | KeySpec::Rsa4096 => KeyUsage::SignVerify,
@@ -150,7 +155,7 @@ impl KeySpec {
     pub fn signing_algorithms(self) -> &'static [SigningAlgorithm] {
         use SigningAlgorithm as S;
         match self {
-            KeySpec::EccNistP256 => &[S::EcdsaSha256],
+            KeySpec::EccNistP256 | KeySpec::EccSecgP256k1 => &[S::EcdsaSha256],
             KeySpec::EccNistP384 => &[S::EcdsaSha384],
             KeySpec::EccNistP521 => &[S::EcdsaSha512],
             KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => &RSA_SIGNING,
@@ -620,7 +625,7 @@ mod tests {
             assert_eq!(KeyUsage::parse(k.usage().as_str()).unwrap(), k.usage());
         }
         let lens: Vec<Option<usize>> = KeySpec::ALL.iter().map(|k| k.material_len()).collect();
-        assert_eq!(lens, [Some(32), Some(28), Some(32), Some(48), Some(64), None, None, None, None, None, None]);
+        assert_eq!(lens, [Some(32), Some(28), Some(32), Some(48), Some(64), None, None, None, None, None, None, None]);
         assert_eq!(KeySpec::EccNistP384.usage(), KeyUsage::SignVerify);
         assert_eq!(KeySpec::EccNistP521.signing_algorithms(), [SigningAlgorithm::EcdsaSha512]);
         assert_eq!(KeySpec::Rsa3072.signing_algorithms().len(), 6);

@@ -238,9 +238,9 @@ fn create_key_options() {
             "KeyUsage GENERATE_VERIFY_MAC is not compatible with KeySpec ECC_NIST_P256",
         ),
         (
-            br#"{"KeySpec":"ECC_SECG_P256K1","KeyUsage":"SIGN_VERIFY"}"#,
+            br#"{"KeySpec":"SM2","KeyUsage":"SIGN_VERIFY"}"#,
             "UnsupportedOperationException",
-            "KeySpec ECC_SECG_P256K1 is not supported by this server.",
+            "KeySpec SM2 is not supported by this server.",
         ),
         (
             br#"{"KeySpec":"RSA_2048","KeyUsage":"ENCRYPT_DECRYPT"}"#,

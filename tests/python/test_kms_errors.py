@@ -99,9 +99,10 @@ def fx():
     imp_pending = c.create_key(Description="imported, new material pending", Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
     c.import_key_material(**material(imp_pending, os.urandom(32)))
     c.import_key_material(**material(imp_pending, os.urandom(32), ImportType="NEW_KEY_MATERIAL"))
+    mac = c.create_key(Description="hmac", KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
     yield {"client": client, "on": on, "off": off, "gone": gone, "ext": ext, "other": other, "quota": quota,
            "blob": blob, "material": material, "imp": imp, "imp_mid": imp_mid, "imp_bytes": imp_bytes,
-           "imp_pending": imp_pending}
+           "imp_pending": imp_pending, "mac": mac}
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=20) == 0
     shutil.rmtree(d, ignore_errors=True)
@@ -417,8 +418,64 @@ ROWS = [
      "constraint: Member must not be null", "model"),
     ("create-key-cloudhsm-origin", "CreateKey", lambda f: {"Origin": "AWS_CLOUDHSM"},
      "UnsupportedOperationException", "Only Origin AWS_KMS and EXTERNAL are supported.", "unknown"),
-    ("create-key-asymmetric", "CreateKey", lambda f: {"KeyUsage": "SIGN_VERIFY", "KeySpec": "RSA_2048"},
-     "UnsupportedOperationException", "Only KeyUsage ENCRYPT_DECRYPT is supported.", "unknown"),
+    ("create-key-asymmetric", "CreateKey", lambda f: {"KeyUsage": "SIGN_VERIFY", "KeySpec": "SM2"},
+     "UnsupportedOperationException", "KeySpec SM2 is not supported by this server.", "unknown"),
+    ("create-key-rsa-encryption", "CreateKey", lambda f: {"KeyUsage": "ENCRYPT_DECRYPT", "KeySpec": "RSA_2048"},
+     "UnsupportedOperationException", "KeyUsage ENCRYPT_DECRYPT with KeySpec RSA_2048 is not supported by this server.",
+     "unknown"),
+    ("create-key-hmac-imported", "CreateKey",
+     lambda f: {"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC", "Origin": "EXTERNAL"},
+     "UnsupportedOperationException", "Importing key material into HMAC_256 keys is not supported by this server.",
+     "unknown"),
+    # ---- key specs and key usage ----
+    # AWS's wording as reported by AWS users and reproduced by the KMS emulators (local-kms, ...).
+    ("create-key-spec-without-usage", "CreateKey", lambda f: {"KeySpec": "HMAC_256"},
+     "ValidationException", "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.",
+     "AWS"),
+    ("create-key-hmac-with-encrypt-usage", "CreateKey", lambda f: {"KeySpec": "HMAC_384", "KeyUsage": "ENCRYPT_DECRYPT"},
+     "ValidationException", "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec HMAC_384", "AWS"),
+    ("create-key-mac-usage-symmetric", "CreateKey", lambda f: {"KeyUsage": "GENERATE_VERIFY_MAC"},
+     "ValidationException", "KeyUsage GENERATE_VERIFY_MAC is not compatible with KeySpec SYMMETRIC_DEFAULT", "AWS"),
+    ("encrypt-with-hmac-key", "Encrypt", lambda f: {"KeyId": f["mac"], "Plaintext": b"x"},
+     "InvalidKeyUsageException",
+     lambda f: f"{arn(f['mac'])} key usage is GENERATE_VERIFY_MAC which is not valid for Encrypt.", "AWS"),
+    ("generate-data-key-with-hmac-key", "GenerateDataKey", lambda f: {"KeyId": f["mac"], "KeySpec": "AES_256"},
+     "InvalidKeyUsageException",
+     lambda f: f"{arn(f['mac'])} key usage is GENERATE_VERIFY_MAC which is not valid for GenerateDataKey.", "AWS"),
+    ("re-encrypt-to-hmac-key", "ReEncrypt", lambda f: {"CiphertextBlob": f["blob"], "DestinationKeyId": f["mac"],
+                                                       "SourceEncryptionContext": {"app": "errors"}},
+     "InvalidKeyUsageException",
+     lambda f: f"{arn(f['mac'])} key usage is GENERATE_VERIFY_MAC which is not valid for ReEncrypt.", "AWS"),
+    ("generate-mac-with-symmetric-key", "GenerateMac",
+     lambda f: {"KeyId": f["on"], "MacAlgorithm": "HMAC_SHA_256", "Message": b"m"},
+     "InvalidKeyUsageException",
+     lambda f: f"{arn(f['on'])} key usage is ENCRYPT_DECRYPT which is not valid for GenerateMac.", "AWS"),
+    ("generate-mac-other-algorithm", "GenerateMac",
+     lambda f: {"KeyId": f["mac"], "MacAlgorithm": "HMAC_SHA_512", "Message": b"m"},
+     "InvalidKeyUsageException", "Algorithm HMAC_SHA_512 is incompatible with key spec HMAC_256.", "unknown"),
+    ("generate-mac-missing-members", "GenerateMac", lambda f: {},
+     "ValidationException", "3 validation errors detected: " + "; ".join(
+         NULL.format(m) for m in ("message", "keyId", "macAlgorithm")), "model"),
+    ("verify-mac-wrong-mac", "VerifyMac",
+     lambda f: {"KeyId": f["mac"], "MacAlgorithm": "HMAC_SHA_256", "Message": b"m", "Mac": b"\0" * 32},
+     "KMSInvalidMacException",
+     lambda f: f"The MAC does not verify: it is not the HMAC_SHA_256 of this message under {arn(f['mac'])}.",
+     "unknown"),
+    ("verify-mac-disabled-key", "VerifyMac",
+     lambda f: {"KeyId": f["off"], "MacAlgorithm": "HMAC_SHA_256", "Message": b"m", "Mac": b"\0" * 32},
+     "DisabledException", lambda f: f"{arn(f['off'])} is disabled.", "unknown"),
+    ("sign-with-hmac-key", "Sign", lambda f: {"KeyId": f["mac"], "Message": b"m", "SigningAlgorithm": "ECDSA_SHA_256"},
+     "InvalidKeyUsageException",
+     lambda f: f"{arn(f['mac'])} key usage is GENERATE_VERIFY_MAC which is not valid for Sign.", "AWS"),
+    ("get-public-key-of-symmetric-key", "GetPublicKey", lambda f: {"KeyId": f["on"]},
+     "UnsupportedOperationException",
+     lambda f: f"{arn(f['on'])} key usage is ENCRYPT_DECRYPT which is not valid for GetPublicKey.", "unknown"),
+    ("sign-missing-algorithm", "Sign", lambda f: {"KeyId": f["on"], "Message": b"m"},
+     "ValidationException", "1 validation error detected: " + NULL.format("signingAlgorithm"), "model"),
+    ("enable-rotation-of-hmac-key", "EnableKeyRotation", lambda f: {"KeyId": f["mac"]},
+     "UnsupportedOperationException",
+     lambda f: f"{arn(f['mac'])} key spec is HMAC_256 which is not valid for EnableKeyRotation: only symmetric "
+               "encryption keys rotate.", "unknown"),
     ("put-key-policy-not-json", "PutKeyPolicy", lambda f: {"KeyId": f["on"], "PolicyName": "default", "Policy": "{"},
      "MalformedPolicyDocumentException", re.compile(r".+"), "unknown"),
     # ---- several materials per imported key, on-demand rotation of imported material ----

@@ -57,11 +57,20 @@ ALWAYS = {
     "CreateGrant": {"GrantToken", "GrantId"},
     "ListGrants": {"Grants", "Truncated"},
     "ListRetirableGrants": {"Grants", "Truncated"},
+    "GenerateMac": {"Mac", "MacAlgorithm", "KeyId"},
+    "VerifyMac": {"KeyId", "MacValid", "MacAlgorithm"},
+    "Sign": {"KeyId", "Signature", "SigningAlgorithm"},
+    "Verify": {"KeyId", "SignatureValid", "SigningAlgorithm"},
+    "GetPublicKey": {"KeyId", "PublicKey", "CustomerMasterKeySpec", "KeySpec", "KeyUsage", "SigningAlgorithms"},
 }
 
-# KeyMetadata members of every key AWS describes (symmetric, single-Region, AWS_KMS or EXTERNAL).
+# KeyMetadata members of every key AWS describes (single-Region, AWS_KMS or EXTERNAL), and those
+# of each key usage (HMAC keys: MacAlgorithms and no EncryptionAlgorithms).
 KEY_METADATA = {"AWSAccountId", "KeyId", "Arn", "CreationDate", "Enabled", "Description", "KeyUsage", "KeyState",
-                "Origin", "KeyManager", "CustomerMasterKeySpec", "KeySpec", "EncryptionAlgorithms", "MultiRegion"}
+                "Origin", "KeyManager", "CustomerMasterKeySpec", "KeySpec", "MultiRegion"}
+BY_USAGE = {"ENCRYPT_DECRYPT": ({"EncryptionAlgorithms"}, {"MacAlgorithms", "SigningAlgorithms"}),
+            "GENERATE_VERIFY_MAC": ({"MacAlgorithms"}, {"EncryptionAlgorithms", "SigningAlgorithms"}),
+            "SIGN_VERIFY": ({"SigningAlgorithms"}, {"EncryptionAlgorithms", "MacAlgorithms"})}
 
 
 def walk(shape, value, path, problems):
@@ -226,6 +235,23 @@ def exercise(c):
     c.list_retirable_grants(RetiringPrincipal=admin)
     c.retire_grant(GrantToken=g["GrantToken"])
     c.revoke_grant(KeyId=key, GrantId=c.list_grants(KeyId=key)["Grants"][0]["GrantId"])
+    # HMAC keys.
+    mac_key = c.create_key(KeySpec="HMAC_384", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
+    c.describe_key(KeyId=mac_key)
+    mac = c.generate_mac(KeyId=mac_key, MacAlgorithm="HMAC_SHA_384", Message=b"m")["Mac"]
+    c.verify_mac(KeyId=mac_key, MacAlgorithm="HMAC_SHA_384", Message=b"m", Mac=mac)
+    c.get_key_rotation_status(KeyId=mac_key)
+    # Signing keys.
+    ecc = c.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    c.describe_key(KeyId=ecc)
+    c.get_public_key(KeyId=ecc)
+    sig = c.sign(KeyId=ecc, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
+    c.verify(KeyId=ecc, Message=b"m", Signature=sig, SigningAlgorithm="ECDSA_SHA_256")
+    rsa = c.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    c.describe_key(KeyId=rsa)
+    c.get_public_key(KeyId=rsa)
+    sig = c.sign(KeyId=rsa, Message=b"m", SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]
+    c.verify(KeyId=rsa, Message=b"m", Signature=sig, SigningAlgorithm="RSASSA_PSS_SHA_256")
 
 
 def test_every_response_matches_the_model(kms):
@@ -252,6 +278,10 @@ def test_every_response_matches_the_model(kms):
         meta = doc.get("KeyMetadata")
         if meta is not None:
             missing = KEY_METADATA - set(meta)
+            wanted, unwanted = BY_USAGE[meta["KeyUsage"]]
+            missing |= wanted - set(meta)
+            if unwanted & set(meta):
+                problems.append(f"{name} ({meta['KeyUsage']}): KeyMetadata has {sorted(unwanted & set(meta))}")
             if meta["KeyState"] != "PendingImport":
                 missing |= {"CurrentKeyMaterialId"} - set(meta)
             if meta["Origin"] == "EXTERNAL" and meta["KeyState"] != "PendingImport":

@@ -110,7 +110,7 @@ fn export(store: &KeyStore, out: &std::path::Path, force: bool, json: bool) -> R
     if json {
         let v = serde_json::json!({
             "file": out, "keys": e.keys, "versions": e.versions, "aliases": e.aliases,
-            "skipped_external": e.skipped_external,
+            "skipped_external": e.skipped_external, "skipped_specs": e.skipped_specs,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -125,6 +125,11 @@ fn export(store: &KeyStore, out: &std::path::Path, force: bool, json: bool) -> R
     );
     for id in &e.skipped_external {
         println!("note: key {id} has imported key material (origin EXTERNAL) and is not exported");
+    }
+    for id in &e.skipped_specs {
+        println!(
+            "note: key {id} is not a symmetric encryption key (an HMAC key of the key server) and is not exported"
+        );
     }
     println!(
         "next: copy it to every other control-plane node and run there: envelope key import --data-dir {} --from FILE",
@@ -199,6 +204,10 @@ fn import(store: &KeyStore, from: &std::path::Path, dry_run: bool, json: bool) -
 
 /// The KMS v2 key_id the plugin reports for this key's current version.
 fn kms_key_id(k: &KeyMetadata) -> String {
+    // Only symmetric encryption keys wrap data keys for the plugin.
+    if k.key_spec != envelope_keystore::KeySpec::SymmetricDefault {
+        return String::new();
+    }
     let (Ok(u), Ok(m)) = (uuid::Uuid::parse_str(&k.key_id), hex::decode(&k.current_material_id)) else {
         return String::new();
     };
@@ -222,6 +231,7 @@ fn show(k: &KeyMetadata, json: bool) -> Result<()> {
     println!("key id:       {}", k.key_id);
     println!("aliases:      {}", k.aliases.join(", "));
     println!("state:        {}", k.state);
+    println!("key spec:     {} ({})", k.key_spec, k.key_usage);
     println!("description:  {}", k.description);
     println!(
         "created:      {}",

@@ -1,9 +1,11 @@
-//! Thin wrappers over aws-lc-rs: AES-256-GCM with random nonces, secure random bytes, SHA-256.
+//! Thin wrappers over aws-lc-rs: AES-256-GCM with random nonces, HMAC keys, secure random bytes,
+//! SHA-256.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
+use crate::model::{KeySpec, MacAlgorithm, SigningAlgorithm};
 
 /// Length of an AES-GCM tag.
 pub const TAG_LEN: usize = 16;
@@ -73,9 +75,236 @@ impl AeadKey {
     }
 }
 
+/// An HMAC key (the material of an HMAC key spec). The underlying AWS-LC object cleanses its
+/// memory when dropped.
+pub struct MacKey {
+    key: aws_lc_rs::hmac::Key,
+    algorithm: MacAlgorithm,
+}
+
+impl std::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MacKey({}, ..)", self.algorithm)
+    }
+}
+
+impl MacKey {
+    /// An HMAC key for `algorithm` from `material`.
+    pub fn new(algorithm: MacAlgorithm, material: &[u8]) -> Self {
+        let alg = match algorithm {
+            MacAlgorithm::HmacSha224 => aws_lc_rs::hmac::HMAC_SHA224,
+            MacAlgorithm::HmacSha256 => aws_lc_rs::hmac::HMAC_SHA256,
+            MacAlgorithm::HmacSha384 => aws_lc_rs::hmac::HMAC_SHA384,
+            MacAlgorithm::HmacSha512 => aws_lc_rs::hmac::HMAC_SHA512,
+        };
+        Self { key: aws_lc_rs::hmac::Key::new(alg, material), algorithm }
+    }
+
+    /// The algorithm this key computes.
+    pub fn algorithm(&self) -> MacAlgorithm {
+        self.algorithm
+    }
+
+    /// The HMAC of `message` (RFC 2104).
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        aws_lc_rs::hmac::sign(&self.key, message).as_ref().to_vec()
+    }
+
+    /// Whether `mac` is the HMAC of `message`, compared in constant time.
+    pub fn verify(&self, message: &[u8], mac: &[u8]) -> bool {
+        aws_lc_rs::hmac::verify(&self.key, message, mac).is_ok()
+    }
+}
+
+/// A signing key pair (the material of an ECC_NIST_* or RSA_* key spec), from its PKCS#8
+/// document.
+pub struct SigningKey {
+    pair: Pair,
+    spec: KeySpec,
+}
+
+enum Pair {
+    Ecdsa(aws_lc_rs::signature::EcdsaKeyPair),
+    Rsa(aws_lc_rs::rsa::KeyPair),
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SigningKey({}, ..)", self.spec)
+    }
+}
+
+/// The ECDSA signing and verification algorithms of an ECC key spec.
+fn ecdsa(
+    spec: KeySpec,
+) -> Option<(
+    &'static aws_lc_rs::signature::EcdsaSigningAlgorithm,
+    &'static aws_lc_rs::signature::EcdsaVerificationAlgorithm,
+)> {
+    use aws_lc_rs::signature as s;
+    match spec {
+        KeySpec::EccNistP256 => Some((&s::ECDSA_P256_SHA256_ASN1_SIGNING, &s::ECDSA_P256_SHA256_ASN1)),
+        KeySpec::EccNistP384 => Some((&s::ECDSA_P384_SHA384_ASN1_SIGNING, &s::ECDSA_P384_SHA384_ASN1)),
+        KeySpec::EccNistP521 => Some((&s::ECDSA_P521_SHA512_ASN1_SIGNING, &s::ECDSA_P521_SHA512_ASN1)),
+        KeySpec::EccSecgP256k1 => Some((&s::ECDSA_P256K1_SHA256_ASN1_SIGNING, &s::ECDSA_P256K1_SHA256_ASN1)),
+        _ => None,
+    }
+}
+
+/// The RSA key size of an RSA key spec, in bits.
+fn rsa_bits(spec: KeySpec) -> Option<(aws_lc_rs::rsa::KeySize, usize)> {
+    use aws_lc_rs::rsa::KeySize;
+    match spec {
+        KeySpec::Rsa2048 => Some((KeySize::Rsa2048, 2048)),
+        KeySpec::Rsa3072 => Some((KeySize::Rsa3072, 3072)),
+        KeySpec::Rsa4096 => Some((KeySize::Rsa4096, 4096)),
+        _ => None,
+    }
+}
+
+/// The RSA padding (signing) and verification parameters of an RSA signing algorithm.
+fn rsa_alg(
+    a: SigningAlgorithm,
+) -> Option<(&'static dyn aws_lc_rs::signature::RsaEncoding, &'static aws_lc_rs::signature::RsaParameters)> {
+    use SigningAlgorithm as S;
+    use aws_lc_rs::signature as s;
+    match a {
+        S::RsassaPssSha256 => Some((&s::RSA_PSS_SHA256, &s::RSA_PSS_2048_8192_SHA256)),
+        S::RsassaPssSha384 => Some((&s::RSA_PSS_SHA384, &s::RSA_PSS_2048_8192_SHA384)),
+        S::RsassaPssSha512 => Some((&s::RSA_PSS_SHA512, &s::RSA_PSS_2048_8192_SHA512)),
+        S::RsassaPkcs1V15Sha256 => Some((&s::RSA_PKCS1_SHA256, &s::RSA_PKCS1_2048_8192_SHA256)),
+        S::RsassaPkcs1V15Sha384 => Some((&s::RSA_PKCS1_SHA384, &s::RSA_PKCS1_2048_8192_SHA384)),
+        S::RsassaPkcs1V15Sha512 => Some((&s::RSA_PKCS1_SHA512, &s::RSA_PKCS1_2048_8192_SHA512)),
+        _ => None,
+    }
+}
+
+fn digest_alg(a: SigningAlgorithm) -> &'static aws_lc_rs::digest::Algorithm {
+    match a.digest_len() {
+        32 => &aws_lc_rs::digest::SHA256,
+        48 => &aws_lc_rs::digest::SHA384,
+        _ => &aws_lc_rs::digest::SHA512,
+    }
+}
+
+/// What is signed: the message itself, or its digest (AWS's `MessageType` RAW / DIGEST).
+#[derive(Debug, Clone, Copy)]
+pub enum Signed<'a> {
+    /// The message; it is hashed with the algorithm's digest.
+    Raw(&'a [u8]),
+    /// The digest of the message, as long as the algorithm's digest.
+    Digest(&'a [u8]),
+}
+
+impl Signed<'_> {
+    fn digest(&self, alg: SigningAlgorithm) -> Result<aws_lc_rs::digest::Digest> {
+        match self {
+            Signed::Raw(m) => Ok(aws_lc_rs::digest::digest(digest_alg(alg), m)),
+            Signed::Digest(d) => aws_lc_rs::digest::Digest::import_less_safe(d, digest_alg(alg))
+                .map_err(|_| Error::Invalid("the digest is not as long as the algorithm's".into())),
+        }
+    }
+}
+
+impl SigningKey {
+    /// A fresh key pair of `spec`, as a PKCS#8 document (zeroized on drop).
+    pub fn generate_pkcs8(spec: KeySpec) -> Result<Zeroizing<Vec<u8>>> {
+        if let Some((signing, _)) = ecdsa(spec) {
+            let doc =
+                aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(signing, &aws_lc_rs::rand::SystemRandom::new())
+                    .map_err(|_| Error::Crypto)?;
+            return Ok(Zeroizing::new(doc.as_ref().to_vec()));
+        }
+        let (size, _) = rsa_bits(spec).ok_or(Error::Crypto)?;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(size).map_err(|_| Error::Crypto)?;
+        let der: aws_lc_rs::encoding::Pkcs8V1Der<'static> =
+            aws_lc_rs::encoding::AsDer::as_der(&pair).map_err(|_| Error::Crypto)?;
+        Ok(Zeroizing::new(der.as_ref().to_vec()))
+    }
+
+    /// The key pair of a PKCS#8 document of `spec`.
+    pub fn from_pkcs8(spec: KeySpec, pkcs8: &[u8]) -> Result<Self> {
+        if let Some((signing, _)) = ecdsa(spec) {
+            let pair = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(signing, pkcs8).map_err(|_| Error::Crypto)?;
+            return Ok(Self { pair: Pair::Ecdsa(pair), spec });
+        }
+        let (_, bits) = rsa_bits(spec).ok_or(Error::Crypto)?;
+        let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(pkcs8).map_err(|_| Error::Crypto)?;
+        if pair.public_modulus_len() * 8 != bits {
+            return Err(Error::Crypto);
+        }
+        Ok(Self { pair: Pair::Rsa(pair), spec })
+    }
+
+    /// The key spec of the pair.
+    pub fn spec(&self) -> KeySpec {
+        self.spec
+    }
+
+    /// The public key as a DER SubjectPublicKeyInfo (X.509).
+    pub fn public_key_der(&self) -> Result<Vec<u8>> {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair;
+        let der = match &self.pair {
+            Pair::Ecdsa(p) => p.public_key().as_der(),
+            Pair::Rsa(p) => p.public_key().as_der(),
+        }
+        .map_err(|_| Error::Crypto)?;
+        Ok(der.as_ref().to_vec())
+    }
+
+    fn check(&self, alg: SigningAlgorithm) -> Result<()> {
+        if self.spec.signing_algorithms().contains(&alg) {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!("{alg} is not an algorithm of {} keys", self.spec)))
+        }
+    }
+
+    /// A signature of `what` with `alg` (one of the spec's): ASN.1 DER for ECDSA, the modulus
+    /// length for RSA. A digest of the wrong length is [`Error::Invalid`].
+    pub fn sign(&self, alg: SigningAlgorithm, what: Signed<'_>) -> Result<Vec<u8>> {
+        self.check(alg)?;
+        let digest = what.digest(alg)?;
+        match &self.pair {
+            Pair::Ecdsa(p) => Ok(p.sign_digest(&digest).map_err(|_| Error::Crypto)?.as_ref().to_vec()),
+            Pair::Rsa(p) => {
+                let (padding, _) = rsa_alg(alg).ok_or(Error::Crypto)?;
+                let mut sig = vec![0u8; p.public_modulus_len()];
+                p.sign_digest(padding, &digest, &mut sig).map_err(|_| Error::Crypto)?;
+                Ok(sig)
+            }
+        }
+    }
+
+    /// Whether `signature` is this key's `alg` signature of `what`.
+    pub fn verify(&self, alg: SigningAlgorithm, what: Signed<'_>, signature: &[u8]) -> Result<bool> {
+        use aws_lc_rs::signature::{KeyPair, UnparsedPublicKey};
+        self.check(alg)?;
+        let digest = what.digest(alg)?;
+        Ok(match &self.pair {
+            Pair::Ecdsa(p) => {
+                let (_, verify) = ecdsa(self.spec).ok_or(Error::Crypto)?;
+                UnparsedPublicKey::new(verify, p.public_key()).verify_digest(&digest, signature).is_ok()
+            }
+            Pair::Rsa(p) => {
+                let (_, params) = rsa_alg(alg).ok_or(Error::Crypto)?;
+                UnparsedPublicKey::new(params, p.public_key().as_ref()).verify_digest(&digest, signature).is_ok()
+            }
+        })
+    }
+}
+
 /// Fills `buf` from the system's secure random generator.
 pub fn fill_random(buf: &mut [u8]) -> Result<()> {
     aws_lc_rs::rand::fill(buf).map_err(|_| Error::Crypto)
+}
+
+/// Fresh random key material of `len` bytes, zeroized on drop.
+pub fn random_material(len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let mut k = Zeroizing::new(vec![0u8; len]);
+    fill_random(&mut k[..])?;
+    Ok(k)
 }
 
 /// Fresh random key material, zeroized on drop.
@@ -113,6 +342,64 @@ mod tests {
         bad[last] ^= 1;
         assert!(k.open(b"aad", &bad).is_err());
         assert!(k.open(b"aad", &sealed[..10]).is_err());
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231_and_verifies_in_constant_time() {
+        // RFC 4231 test case 2 (key "Jefe").
+        let msg = b"what do ya want for nothing?";
+        let cases = [
+            (MacAlgorithm::HmacSha224, "a30e01098bc6dbbf45690f3a7e9e6d0f8bbea2a39e6148008fd05e44"),
+            (MacAlgorithm::HmacSha256, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+            (
+                MacAlgorithm::HmacSha384,
+                "af45d2e376484031617f78d2b58a6b1b9c7ef464f5a01b47e42ec3736322445e8e2240ca5e69e2c78b3239ecfab21649",
+            ),
+            (
+                MacAlgorithm::HmacSha512,
+                "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737",
+            ),
+        ];
+        for (alg, want) in cases {
+            let k = MacKey::new(alg, b"Jefe");
+            assert_eq!(k.algorithm(), alg);
+            let mac = k.sign(msg);
+            assert_eq!(hex::encode(&mac), want, "{alg}");
+            assert!(k.verify(msg, &mac));
+            let mut bad = mac.clone();
+            bad[0] ^= 1;
+            assert!(!k.verify(msg, &bad));
+            assert!(!k.verify(msg, &mac[..mac.len() - 1]));
+            assert!(!k.verify(b"other", &mac));
+        }
+    }
+
+    #[test]
+    fn signing_keys_sign_raw_and_digest_messages_and_verify() {
+        for spec in
+            [KeySpec::EccNistP256, KeySpec::EccNistP384, KeySpec::EccNistP521, KeySpec::EccSecgP256k1, KeySpec::Rsa2048]
+        {
+            let doc = SigningKey::generate_pkcs8(spec).unwrap();
+            let k = SigningKey::from_pkcs8(spec, &doc).unwrap();
+            assert_eq!(k.spec(), spec);
+            let der = k.public_key_der().unwrap();
+            assert_eq!(der[0], 0x30, "a DER SEQUENCE");
+            for &alg in spec.signing_algorithms() {
+                let sig = k.sign(alg, Signed::Raw(b"message")).unwrap();
+                assert!(k.verify(alg, Signed::Raw(b"message"), &sig).unwrap(), "{alg}");
+                assert!(!k.verify(alg, Signed::Raw(b"messagf"), &sig).unwrap());
+                let d = aws_lc_rs::digest::digest(digest_alg(alg), b"message");
+                assert!(k.verify(alg, Signed::Digest(d.as_ref()), &sig).unwrap(), "RAW signs the digest");
+                let sig2 = k.sign(alg, Signed::Digest(d.as_ref())).unwrap();
+                assert!(k.verify(alg, Signed::Raw(b"message"), &sig2).unwrap());
+                assert!(k.sign(alg, Signed::Digest(&[0u8; 20])).is_err());
+            }
+            let foreign = SigningAlgorithm::ALL.into_iter().find(|a| !spec.signing_algorithms().contains(a)).unwrap();
+            assert!(k.sign(foreign, Signed::Raw(b"m")).is_err());
+            assert!(SigningKey::from_pkcs8(spec, &doc[..doc.len() - 1]).is_err());
+        }
+        let rsa = SigningKey::generate_pkcs8(KeySpec::Rsa2048).unwrap();
+        assert!(SigningKey::from_pkcs8(KeySpec::Rsa3072, &rsa).is_err(), "the size must be the spec's");
     }
 
     #[test]

@@ -43,6 +43,19 @@ pub enum Error {
     /// whose material was generated).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The key's kind does not allow the operation: an HMAC key asked to encrypt, a symmetric
+    /// key asked for a MAC, a MAC algorithm of another key spec.
+    #[error("key {key} has key spec {spec} (key usage {usage}): {why}")]
+    WrongKeyType {
+        /// The key id.
+        key: String,
+        /// Its key spec.
+        spec: crate::KeySpec,
+        /// Its key usage.
+        usage: crate::KeyUsage,
+        /// What was asked of it.
+        why: &'static str,
+    },
     /// Imported key material is not acceptable: not the material imported into the key before.
     #[error("incorrect key material: {0}")]
     IncorrectMaterial(String),

@@ -15,7 +15,8 @@
 //! read from it. Each version's material is sealed as in the database, bound to its key id and
 //! material id.
 //!
-//! Keys with imported material (origin `EXTERNAL`) and the key server's tags, policies and
+//! Keys with imported material (origin `EXTERNAL`), keys other than symmetric encryption keys
+//! (the key server's HMAC keys), and the key server's tags, policies and
 //! rotation schedules are not exported (back up a key server with [`crate::backup`]).
 
 use std::collections::{HashMap, HashSet};
@@ -127,6 +128,9 @@ pub struct Export {
     pub aliases: usize,
     /// Ids of keys left out because their material is imported (origin `EXTERNAL`).
     pub skipped_external: Vec<String>,
+    /// Ids of keys left out because they are not symmetric encryption keys (the key server's
+    /// HMAC keys).
+    pub skipped_specs: Vec<String>,
 }
 
 impl std::fmt::Debug for Export {
@@ -136,6 +140,7 @@ impl std::fmt::Debug for Export {
             .field("versions", &self.versions)
             .field("aliases", &self.aliases)
             .field("skipped_external", &self.skipped_external)
+            .field("skipped_specs", &self.skipped_specs)
             .finish_non_exhaustive()
     }
 }
@@ -382,6 +387,7 @@ impl KeyStore {
         let mut keys: Vec<ExportedKey> = Vec::new();
         let mut aliases: Vec<ExportedAlias> = Vec::new();
         let mut skipped_external = Vec::new();
+        let mut skipped_specs = Vec::new();
         {
             let mut conn = self.lock_conn()?;
             let tx = conn.transaction()?;
@@ -394,25 +400,33 @@ impl KeyStore {
             {
                 let mut st = tx.prepare(
                     "SELECT k.key_id, k.description, k.state, k.created_at, k.current_material, a.deletion_date, \
-                     a.pending_window_days FROM keys k LEFT JOIN key_attrs a ON a.key_id = k.key_id \
+                     a.pending_window_days, k.key_spec FROM keys k LEFT JOIN key_attrs a ON a.key_id = k.key_id \
                      ORDER BY k.created_at, k.key_id",
                 )?;
                 let rows = st.query_map([], |r| {
-                    Ok(ExportedKey {
-                        key_id: r.get(0)?,
-                        description: r.get(1)?,
-                        state: r.get(2)?,
-                        created_at: r.get(3)?,
-                        current_material_id: r.get(4)?,
-                        deletion_date: r.get(5)?,
-                        pending_window_days: r.get(6)?,
-                        versions: Vec::new(),
-                    })
+                    let spec: String = r.get(7)?;
+                    Ok((
+                        spec,
+                        ExportedKey {
+                            key_id: r.get(0)?,
+                            description: r.get(1)?,
+                            state: r.get(2)?,
+                            created_at: r.get(3)?,
+                            current_material_id: r.get(4)?,
+                            deletion_date: r.get(5)?,
+                            pending_window_days: r.get(6)?,
+                            versions: Vec::new(),
+                        },
+                    ))
                 })?;
                 for row in rows {
-                    let mut k = row?;
+                    let (spec, mut k) = row?;
                     if external.contains(&k.key_id) {
                         skipped_external.push(k.key_id);
+                        continue;
+                    }
+                    if spec != crate::model::KeySpec::SymmetricDefault.as_str() {
+                        skipped_specs.push(k.key_id);
                         continue;
                     }
                     if k.state != KeyState::PendingDeletion.as_str() {
@@ -485,6 +499,7 @@ impl KeyStore {
             versions,
             aliases: payload.aliases.len(),
             skipped_external,
+            skipped_specs,
         })
     }
 

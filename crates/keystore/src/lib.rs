@@ -13,7 +13,7 @@
 //!   SQLite in the data directory (the default) or PostgreSQL shared by replicas.
 //! * [`backup`]: consistent database backups and verified restores.
 //! * [`export`]: sealed key export files, merged into another store with the same root key.
-//! * [`crypto`]: AES-256-GCM and randomness (aws-lc-rs).
+//! * [`crypto`]: AES-256-GCM, HMAC and randomness (aws-lc-rs).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -31,8 +31,8 @@ pub mod store;
 pub use context::{EncryptionContext, RESERVED_CONTEXT_PREFIX};
 pub use error::{Error, Limit, Result};
 pub use model::{
-    Grant, GrantConstraints, ImportOptions, ImportType, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeyState,
-    KeyVersion, MaterialState, Rotation, RotationType,
+    Grant, GrantConstraints, ImportOptions, ImportType, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeySpec,
+    KeyState, KeyUsage, KeyVersion, MacAlgorithm, MaterialState, Rotation, RotationType, SigningAlgorithm,
 };
 pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, Limits, Location, MigrateReport, RootSource, StoreOptions};
 

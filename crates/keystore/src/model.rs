@@ -48,6 +48,311 @@ impl fmt::Display for KeyState {
     }
 }
 
+/// What kind of key a key is (AWS's `KeySpec`): the kind of its material and what it can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum KeySpec {
+    /// AES-256-GCM (`SYMMETRIC_DEFAULT`): encrypts and decrypts. Every key before schema 6.
+    #[default]
+    SymmetricDefault,
+    /// HMAC with SHA-224, a 224-bit key (`HMAC_224`).
+    Hmac224,
+    /// HMAC with SHA-256, a 256-bit key (`HMAC_256`).
+    Hmac256,
+    /// HMAC with SHA-384, a 384-bit key (`HMAC_384`).
+    Hmac384,
+    /// HMAC with SHA-512, a 512-bit key (`HMAC_512`).
+    Hmac512,
+    /// ECDSA on NIST P-256 with SHA-256 (`ECC_NIST_P256`), material stored as PKCS#8.
+    EccNistP256,
+    /// ECDSA on NIST P-384 with SHA-384 (`ECC_NIST_P384`), material stored as PKCS#8.
+    EccNistP384,
+    /// ECDSA on NIST P-521 with SHA-512 (`ECC_NIST_P521`), material stored as PKCS#8.
+    EccNistP521,
+    /// ECDSA on secp256k1 with SHA-256 (`ECC_SECG_P256K1`), material stored as PKCS#8.
+    EccSecgP256k1,
+    /// RSA 2048-bit for signing (`RSA_2048`, `SIGN_VERIFY`), material stored as PKCS#8.
+    Rsa2048,
+    /// RSA 3072-bit for signing (`RSA_3072`, `SIGN_VERIFY`), material stored as PKCS#8.
+    Rsa3072,
+    /// RSA 4096-bit for signing (`RSA_4096`, `SIGN_VERIFY`), material stored as PKCS#8.
+    Rsa4096,
+}
+
+impl KeySpec {
+    /// Every key spec this store can hold.
+    pub const ALL: [KeySpec; 12] = [
+        KeySpec::SymmetricDefault,
+        KeySpec::Hmac224,
+        KeySpec::Hmac256,
+        KeySpec::Hmac384,
+        KeySpec::Hmac512,
+        KeySpec::EccNistP256,
+        KeySpec::EccNistP384,
+        KeySpec::EccNistP521,
+        KeySpec::EccSecgP256k1,
+        KeySpec::Rsa2048,
+        KeySpec::Rsa3072,
+        KeySpec::Rsa4096,
+    ];
+
+    /// The stored / wire name (`SYMMETRIC_DEFAULT`, `HMAC_256`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySpec::SymmetricDefault => "SYMMETRIC_DEFAULT",
+            KeySpec::Hmac224 => "HMAC_224",
+            KeySpec::Hmac256 => "HMAC_256",
+            KeySpec::Hmac384 => "HMAC_384",
+            KeySpec::Hmac512 => "HMAC_512",
+            KeySpec::EccNistP256 => "ECC_NIST_P256",
+            KeySpec::EccNistP384 => "ECC_NIST_P384",
+            KeySpec::EccNistP521 => "ECC_NIST_P521",
+            KeySpec::EccSecgP256k1 => "ECC_SECG_P256K1",
+            KeySpec::Rsa2048 => "RSA_2048",
+            KeySpec::Rsa3072 => "RSA_3072",
+            KeySpec::Rsa4096 => "RSA_4096",
+        }
+    }
+
+    /// The key spec of a wire name (`None`: not one this store can hold).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::from_name(s).ok_or_else(|| Error::Storage(format!("unknown key spec {s:?} in database")))
+    }
+
+    /// The one key usage keys of this spec have.
+    pub fn usage(self) -> KeyUsage {
+        match self {
+            KeySpec::SymmetricDefault => KeyUsage::EncryptDecrypt,
+            KeySpec::Hmac224 | KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512 => KeyUsage::GenerateVerifyMac,
+            KeySpec::EccNistP256
+            | KeySpec::EccNistP384
+            | KeySpec::EccNistP521
+            | KeySpec::EccSecgP256k1
+            | KeySpec::Rsa2048
+            | KeySpec::Rsa3072
+            | KeySpec::Rsa4096 => KeyUsage::SignVerify,
+        }
+    }
+
+    /// Length of the key material in bytes (as AWS: HMAC keys as long as their digest); `None`
+    /// for key pairs (PKCS#8 documents, checked by parsing).
+    pub fn material_len(self) -> Option<usize> {
+        match self {
+            KeySpec::SymmetricDefault | KeySpec::Hmac256 => Some(32),
+            KeySpec::Hmac224 => Some(28),
+            KeySpec::Hmac384 => Some(48),
+            KeySpec::Hmac512 => Some(64),
+            _ => None,
+        }
+    }
+
+    /// The signing algorithms of a signing key (empty for other keys).
+    pub fn signing_algorithms(self) -> &'static [SigningAlgorithm] {
+        use SigningAlgorithm as S;
+        match self {
+            KeySpec::EccNistP256 | KeySpec::EccSecgP256k1 => &[S::EcdsaSha256],
+            KeySpec::EccNistP384 => &[S::EcdsaSha384],
+            KeySpec::EccNistP521 => &[S::EcdsaSha512],
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => &RSA_SIGNING,
+            _ => &[],
+        }
+    }
+
+    /// Whether the key is a signing key pair (ECC or RSA).
+    pub fn is_signing(self) -> bool {
+        !self.signing_algorithms().is_empty()
+    }
+
+    /// The MAC algorithm of an HMAC key (`None` for other keys).
+    pub fn mac_algorithm(self) -> Option<MacAlgorithm> {
+        match self {
+            KeySpec::SymmetricDefault => None,
+            KeySpec::Hmac224 => Some(MacAlgorithm::HmacSha224),
+            KeySpec::Hmac256 => Some(MacAlgorithm::HmacSha256),
+            KeySpec::Hmac384 => Some(MacAlgorithm::HmacSha384),
+            KeySpec::Hmac512 => Some(MacAlgorithm::HmacSha512),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for KeySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What a key is for (AWS's `KeyUsage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum KeyUsage {
+    /// Encrypt, Decrypt, ReEncrypt, GenerateDataKey (`ENCRYPT_DECRYPT`).
+    #[default]
+    EncryptDecrypt,
+    /// GenerateMac, VerifyMac (`GENERATE_VERIFY_MAC`).
+    GenerateVerifyMac,
+    /// Sign, Verify (`SIGN_VERIFY`).
+    SignVerify,
+}
+
+impl KeyUsage {
+    /// The stored / wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyUsage::EncryptDecrypt => "ENCRYPT_DECRYPT",
+            KeyUsage::GenerateVerifyMac => "GENERATE_VERIFY_MAC",
+            KeyUsage::SignVerify => "SIGN_VERIFY",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "ENCRYPT_DECRYPT" => Ok(KeyUsage::EncryptDecrypt),
+            "GENERATE_VERIFY_MAC" => Ok(KeyUsage::GenerateVerifyMac),
+            "SIGN_VERIFY" => Ok(KeyUsage::SignVerify),
+            other => Err(Error::Storage(format!("unknown key usage {other:?} in database"))),
+        }
+    }
+}
+
+impl fmt::Display for KeyUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The signing algorithms of RSA keys, in AWS's order.
+const RSA_SIGNING: [SigningAlgorithm; 6] = [
+    SigningAlgorithm::RsassaPssSha256,
+    SigningAlgorithm::RsassaPssSha384,
+    SigningAlgorithm::RsassaPssSha512,
+    SigningAlgorithm::RsassaPkcs1V15Sha256,
+    SigningAlgorithm::RsassaPkcs1V15Sha384,
+    SigningAlgorithm::RsassaPkcs1V15Sha512,
+];
+
+/// The signing algorithms (AWS's `SigningAlgorithmSpec`) of the signing keys this store makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SigningAlgorithm {
+    /// `RSASSA_PSS_SHA_256` (salt as long as the digest).
+    RsassaPssSha256,
+    /// `RSASSA_PSS_SHA_384`.
+    RsassaPssSha384,
+    /// `RSASSA_PSS_SHA_512`.
+    RsassaPssSha512,
+    /// `RSASSA_PKCS1_V1_5_SHA_256`.
+    RsassaPkcs1V15Sha256,
+    /// `RSASSA_PKCS1_V1_5_SHA_384`.
+    RsassaPkcs1V15Sha384,
+    /// `RSASSA_PKCS1_V1_5_SHA_512`.
+    RsassaPkcs1V15Sha512,
+    /// `ECDSA_SHA_256` (ECC_NIST_P256).
+    EcdsaSha256,
+    /// `ECDSA_SHA_384` (ECC_NIST_P384).
+    EcdsaSha384,
+    /// `ECDSA_SHA_512` (ECC_NIST_P521).
+    EcdsaSha512,
+}
+
+impl SigningAlgorithm {
+    /// Every signing algorithm this store implements.
+    pub const ALL: [SigningAlgorithm; 9] = [
+        SigningAlgorithm::RsassaPssSha256,
+        SigningAlgorithm::RsassaPssSha384,
+        SigningAlgorithm::RsassaPssSha512,
+        SigningAlgorithm::RsassaPkcs1V15Sha256,
+        SigningAlgorithm::RsassaPkcs1V15Sha384,
+        SigningAlgorithm::RsassaPkcs1V15Sha512,
+        SigningAlgorithm::EcdsaSha256,
+        SigningAlgorithm::EcdsaSha384,
+        SigningAlgorithm::EcdsaSha512,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::EcdsaSha256 => "ECDSA_SHA_256",
+            SigningAlgorithm::EcdsaSha384 => "ECDSA_SHA_384",
+            SigningAlgorithm::EcdsaSha512 => "ECDSA_SHA_512",
+            SigningAlgorithm::RsassaPssSha256 => "RSASSA_PSS_SHA_256",
+            SigningAlgorithm::RsassaPssSha384 => "RSASSA_PSS_SHA_384",
+            SigningAlgorithm::RsassaPssSha512 => "RSASSA_PSS_SHA_512",
+            SigningAlgorithm::RsassaPkcs1V15Sha256 => "RSASSA_PKCS1_V1_5_SHA_256",
+            SigningAlgorithm::RsassaPkcs1V15Sha384 => "RSASSA_PKCS1_V1_5_SHA_384",
+            SigningAlgorithm::RsassaPkcs1V15Sha512 => "RSASSA_PKCS1_V1_5_SHA_512",
+        }
+    }
+
+    /// The algorithm of a wire name (`None`: not one this store implements).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Length of the message digest the algorithm signs (a `DIGEST` message's length).
+    pub fn digest_len(self) -> usize {
+        use SigningAlgorithm as S;
+        match self {
+            S::EcdsaSha256 | S::RsassaPssSha256 | S::RsassaPkcs1V15Sha256 => 32,
+            S::EcdsaSha384 | S::RsassaPssSha384 | S::RsassaPkcs1V15Sha384 => 48,
+            S::EcdsaSha512 | S::RsassaPssSha512 | S::RsassaPkcs1V15Sha512 => 64,
+        }
+    }
+}
+
+impl fmt::Display for SigningAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The HMAC algorithms (AWS's `MacAlgorithmSpec`); each belongs to one HMAC key spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MacAlgorithm {
+    /// `HMAC_SHA_224`.
+    HmacSha224,
+    /// `HMAC_SHA_256`.
+    HmacSha256,
+    /// `HMAC_SHA_384`.
+    HmacSha384,
+    /// `HMAC_SHA_512`.
+    HmacSha512,
+}
+
+impl MacAlgorithm {
+    /// Every MAC algorithm.
+    pub const ALL: [MacAlgorithm; 4] =
+        [MacAlgorithm::HmacSha224, MacAlgorithm::HmacSha256, MacAlgorithm::HmacSha384, MacAlgorithm::HmacSha512];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacAlgorithm::HmacSha224 => "HMAC_SHA_224",
+            MacAlgorithm::HmacSha256 => "HMAC_SHA_256",
+            MacAlgorithm::HmacSha384 => "HMAC_SHA_384",
+            MacAlgorithm::HmacSha512 => "HMAC_SHA_512",
+        }
+    }
+
+    /// The algorithm of a wire name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl fmt::Display for MacAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// A key's public description. Contains no key material.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct KeyMetadata {
@@ -65,6 +370,22 @@ pub struct KeyMetadata {
     pub versions: Vec<KeyVersion>,
     /// Aliases pointing at this key (`alias/...`).
     pub aliases: Vec<String>,
+    /// What kind of key it is.
+    pub key_spec: KeySpec,
+    /// What it is for.
+    pub key_usage: KeyUsage,
+}
+
+impl serde::Serialize for KeySpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for KeyUsage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl serde::Serialize for KeyState {
@@ -403,6 +724,29 @@ mod tests {
             assert_eq!(KeyState::parse(s.as_str()).unwrap(), s);
         }
         assert!(KeyState::parse("Bogus").is_err());
+    }
+
+    #[test]
+    fn key_specs_round_trip_with_their_usage_lengths_and_algorithms() {
+        for k in KeySpec::ALL {
+            assert_eq!(KeySpec::parse(k.as_str()).unwrap(), k);
+            assert_eq!(KeyUsage::parse(k.usage().as_str()).unwrap(), k.usage());
+        }
+        let lens: Vec<Option<usize>> = KeySpec::ALL.iter().map(|k| k.material_len()).collect();
+        assert_eq!(lens, [Some(32), Some(28), Some(32), Some(48), Some(64), None, None, None, None, None, None, None]);
+        assert_eq!(KeySpec::EccNistP384.usage(), KeyUsage::SignVerify);
+        assert_eq!(KeySpec::EccNistP521.signing_algorithms(), [SigningAlgorithm::EcdsaSha512]);
+        assert_eq!(KeySpec::Rsa3072.signing_algorithms().len(), 6);
+        assert!(!KeySpec::Hmac256.is_signing() && KeySpec::Rsa4096.is_signing());
+        assert_eq!(SigningAlgorithm::from_name("ECDSA_SHA_384").map(|a| a.digest_len()), Some(48));
+        assert_eq!(KeySpec::SymmetricDefault.usage(), KeyUsage::EncryptDecrypt);
+        assert_eq!(KeySpec::Hmac384.usage(), KeyUsage::GenerateVerifyMac);
+        assert_eq!(KeySpec::Hmac512.mac_algorithm(), Some(MacAlgorithm::HmacSha512));
+        assert_eq!(KeySpec::SymmetricDefault.mac_algorithm(), None);
+        assert_eq!(MacAlgorithm::from_name("HMAC_SHA_224"), Some(MacAlgorithm::HmacSha224));
+        assert!(KeySpec::parse("SM2").is_err());
+        assert!(KeyUsage::parse("KEY_AGREEMENT").is_err());
+        assert_eq!(KeySpec::default(), KeySpec::SymmetricDefault);
     }
 }
 

@@ -3,6 +3,7 @@
 //! the store battery in tests/store.
 
 use super::*;
+use crate::model::SigningAlgorithm;
 use proptest::prelude::*;
 
 fn store() -> (tempfile::TempDir, KeyStore) {
@@ -95,7 +96,8 @@ fn schema_v1_database_is_migrated() {
     // Turn the database back into a version-1 one, as an older build wrote it.
     let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
     conn.execute_batch(
-        "ALTER TABLE aliases DROP COLUMN updated_at; UPDATE meta SET v = '1' WHERE k = 'schema_version';",
+        "ALTER TABLE aliases DROP COLUMN updated_at; ALTER TABLE keys DROP COLUMN key_spec; \
+         ALTER TABLE keys DROP COLUMN key_usage; UPDATE meta SET v = '1' WHERE k = 'schema_version';",
     )
     .unwrap();
     drop(conn);
@@ -107,6 +109,155 @@ fn schema_v1_database_is_migrated() {
     let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
     let v: String = conn.query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0)).unwrap();
     assert_eq!(v, store::SCHEMA_VERSION.to_string());
+}
+
+/// A schema-5 store (before key specs) opens with every key a symmetric encryption key whose
+/// material still unseals and decrypts; HMAC keys created after the migration work beside them.
+#[test]
+fn schema_v5_keys_become_symmetric_default_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k, blob) = {
+        let ks = KeyStore::open(dir.path()).unwrap();
+        let k = ks.create_key(Some("old"), "").unwrap();
+        let e = ks.encrypt(&KeyRef::parse("old").unwrap(), b"before specs", &EncryptionContext::new()).unwrap();
+        (k, e.blob)
+    };
+    let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE keys DROP COLUMN key_spec; ALTER TABLE keys DROP COLUMN key_usage; \
+         UPDATE meta SET v = '5' WHERE k = 'schema_version';",
+    )
+    .unwrap();
+    drop(conn);
+    let ks = KeyStore::open(dir.path()).unwrap();
+    let r = KeyRef::parse(&k.key_id).unwrap();
+    let m = ks.describe(&r).unwrap();
+    assert_eq!((m.key_spec, m.key_usage), (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt));
+    assert_eq!(&ks.decrypt(&blob, &EncryptionContext::new()).unwrap().plaintext[..], b"before specs");
+    let h = ks.create_key_of(KeySpec::Hmac256, "mac", &[], None).unwrap();
+    let hr = KeyRef::parse(&h.key_id).unwrap();
+    let mac = ks.generate_mac(&hr, MacAlgorithm::HmacSha256, b"m").unwrap();
+    assert!(ks.verify_mac(&hr, MacAlgorithm::HmacSha256, b"m", &mac).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
+    let v: String = conn.query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, store::SCHEMA_VERSION.to_string());
+}
+
+/// HMAC keys: material of the spec's length, sealed bound to the spec, one MAC per message,
+/// refused for encryption (and symmetric keys for MACs), never rotated, and still working after
+/// the store is opened again.
+#[test]
+fn hmac_keys_compute_macs_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let ks = KeyStore::open(dir.path()).unwrap();
+    let aes = ks.create_key(Some("aes"), "").unwrap();
+    let aes = KeyRef::parse(&aes.key_id).unwrap();
+    let mut macs = Vec::new();
+    for (spec, alg, len) in [
+        (KeySpec::Hmac224, MacAlgorithm::HmacSha224, 28),
+        (KeySpec::Hmac256, MacAlgorithm::HmacSha256, 32),
+        (KeySpec::Hmac384, MacAlgorithm::HmacSha384, 48),
+        (KeySpec::Hmac512, MacAlgorithm::HmacSha512, 64),
+    ] {
+        let m = ks.create_key_of(spec, "mac", &[("t".into(), "v".into())], None).unwrap();
+        assert_eq!((m.key_spec, m.key_usage), (spec, KeyUsage::GenerateVerifyMac));
+        let r = KeyRef::parse(&m.key_id).unwrap();
+        let mac = ks.generate_mac(&r, alg, b"message").unwrap();
+        assert_eq!(mac.len(), len);
+        assert_eq!(ks.generate_mac(&r, alg, b"message").unwrap(), mac, "deterministic");
+        assert_ne!(ks.generate_mac(&r, alg, b"messagf").unwrap(), mac);
+        assert!(ks.verify_mac(&r, alg, b"message", &mac).unwrap());
+        assert!(!ks.verify_mac(&r, alg, b"massage", &mac).unwrap());
+        let other = MacAlgorithm::ALL.into_iter().find(|a| *a != alg).unwrap();
+        assert!(matches!(ks.generate_mac(&r, other, b"message"), Err(Error::WrongKeyType { .. })));
+        assert!(matches!(ks.encrypt(&r, b"x", &EncryptionContext::new()), Err(Error::WrongKeyType { .. })));
+        assert!(matches!(ks.rotate(&r), Err(Error::Unsupported(_))));
+        // The sealed material is the spec's length and opens only bound to the spec.
+        let (kid, mid, _) = ks.current(&r).unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
+        let sealed: Vec<u8> = conn
+            .query_row("SELECT sealed FROM key_versions WHERE material_id = ?1", [hex::encode(mid)], |r| r.get(0))
+            .unwrap();
+        let root = ks.root_key();
+        assert_eq!(root.open(&store::seal_aad_for(spec, &kid, &mid), &sealed).unwrap().len(), len);
+        assert!(root.open(&store::seal_aad(&kid, &mid), &sealed).is_err());
+        macs.push((m.key_id, alg, mac));
+    }
+    assert!(matches!(
+        ks.generate_mac(&aes, MacAlgorithm::HmacSha256, b"m"),
+        Err(Error::WrongKeyType { spec: KeySpec::SymmetricDefault, .. })
+    ));
+    // Disabled: refused as any key.
+    let r = KeyRef::parse(&macs[0].0).unwrap();
+    ks.set_enabled(&r, false).unwrap();
+    assert!(matches!(ks.generate_mac(&r, macs[0].1, b"message"), Err(Error::Disabled(_))));
+    ks.set_enabled(&r, true).unwrap();
+    drop(ks);
+    let ks = KeyStore::open(dir.path()).unwrap();
+    for (id, alg, mac) in &macs {
+        let r = KeyRef::parse(id).unwrap();
+        assert_eq!(&ks.generate_mac(&r, *alg, b"message").unwrap(), mac, "the same material after reopening");
+    }
+    // A key export leaves HMAC keys out.
+    let e = ks.export().unwrap();
+    assert_eq!(e.keys, 1);
+    assert_eq!(e.skipped_specs.len(), 4);
+}
+
+/// Signing keys: a PKCS#8 key pair per spec, sealed bound to the spec, signatures that verify
+/// (raw messages and digests), the same public key after the store is opened again.
+#[test]
+fn signing_keys_sign_and_keep_their_key_pair() {
+    use crate::crypto::Signed;
+    let dir = tempfile::tempdir().unwrap();
+    let ks = KeyStore::open(dir.path()).unwrap();
+    let mut keys = Vec::new();
+    for (spec, alg) in [
+        (KeySpec::EccNistP256, SigningAlgorithm::EcdsaSha256),
+        (KeySpec::EccNistP384, SigningAlgorithm::EcdsaSha384),
+        (KeySpec::EccNistP521, SigningAlgorithm::EcdsaSha512),
+        (KeySpec::Rsa2048, SigningAlgorithm::RsassaPssSha256),
+    ] {
+        let m = ks.create_key_of(spec, "", &[], None).unwrap();
+        assert_eq!((m.key_spec, m.key_usage), (spec, KeyUsage::SignVerify));
+        let r = KeyRef::parse(&m.key_id).unwrap();
+        let sig = ks.sign(&r, alg, Signed::Raw(b"m")).unwrap();
+        assert!(ks.verify(&r, alg, Signed::Raw(b"m"), &sig).unwrap());
+        assert!(!ks.verify(&r, alg, Signed::Raw(b"n"), &sig).unwrap());
+        let other = SigningAlgorithm::ALL.into_iter().find(|a| !spec.signing_algorithms().contains(a)).unwrap();
+        assert!(matches!(ks.sign(&r, other, Signed::Raw(b"m")), Err(Error::WrongKeyType { .. })));
+        assert!(matches!(ks.encrypt(&r, b"x", &EncryptionContext::new()), Err(Error::WrongKeyType { .. })));
+        assert!(matches!(ks.generate_mac(&r, MacAlgorithm::HmacSha256, b"x"), Err(Error::WrongKeyType { .. })));
+        assert!(matches!(ks.rotate(&r), Err(Error::Unsupported(_))));
+        let public = ks.public_key(&r).unwrap();
+        keys.push((r, alg, sig, public));
+    }
+    let aes = ks.create_key(None, "").unwrap();
+    assert!(matches!(ks.public_key(&KeyRef::parse(&aes.key_id).unwrap()), Err(Error::WrongKeyType { .. })));
+    drop(ks);
+    let ks = KeyStore::open(dir.path()).unwrap();
+    for (r, alg, sig, public) in &keys {
+        assert_eq!(&ks.public_key(r).unwrap(), public);
+        assert!(ks.verify(r, *alg, Signed::Raw(b"m"), sig).unwrap());
+    }
+}
+
+/// A key whose stored spec was altered does not open: HMAC material never serves as an AES key.
+#[test]
+fn an_altered_key_spec_does_not_unseal() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let ks = KeyStore::open(dir.path()).unwrap();
+        ks.create_key_of(KeySpec::Hmac256, "", &[], None).unwrap().key_id
+    };
+    let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
+    conn.execute(
+        "UPDATE keys SET key_spec = 'SYMMETRIC_DEFAULT', key_usage = 'ENCRYPT_DECRYPT' WHERE key_id = ?1",
+        [&id],
+    )
+    .unwrap();
+    drop(conn);
+    assert!(matches!(KeyStore::open(dir.path()), Err(Error::RootKey(_))));
 }
 
 /// A schema-4 store (one material per external key, in key_import) opens with each import as
@@ -132,7 +283,11 @@ fn schema_v4_imports_become_current_material_records() {
     conn.execute("UPDATE key_import SET material_id = ?2, valid_to = 500 WHERE key_id = ?1", [&live.0, &live.1])
         .unwrap();
     conn.execute("UPDATE key_import SET material_id = ?2 WHERE key_id = ?1", [&gone.0, &gone.1]).unwrap();
-    conn.execute_batch("DROP TABLE key_materials; UPDATE meta SET v = '4' WHERE k = 'schema_version';").unwrap();
+    conn.execute_batch(
+        "DROP TABLE key_materials; ALTER TABLE keys DROP COLUMN key_spec; ALTER TABLE keys DROP COLUMN key_usage; \
+         UPDATE meta SET v = '4' WHERE k = 'schema_version';",
+    )
+    .unwrap();
     drop(conn);
 
     let ks = KeyStore::open(dir.path()).unwrap();

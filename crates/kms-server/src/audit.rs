@@ -33,8 +33,17 @@ use tokio::sync::{mpsc, oneshot};
 use crate::protocol::Raw;
 
 /// Request and response members that are never written to the audit log.
-const SECRET_MEMBERS: &[&str] =
-    &["Plaintext", "CiphertextBlob", "EncryptedKeyMaterial", "ImportToken", "PublicKey", "Recipient"];
+const SECRET_MEMBERS: &[&str] = &[
+    "Plaintext",
+    "CiphertextBlob",
+    "EncryptedKeyMaterial",
+    "ImportToken",
+    "PublicKey",
+    "Recipient",
+    "Message",
+    "Mac",
+    "Signature",
+];
 
 /// Members whose values are user maps: their keys are data, not member names, and stay as sent.
 const MAP_MEMBERS: &[&str] = &["EncryptionContext", "SourceEncryptionContext", "DestinationEncryptionContext"];
@@ -49,6 +58,10 @@ const CRYPTO_OPS: &[&str] = &[
     "GenerateDataKeyPair",
     "GenerateDataKeyPairWithoutPlaintext",
     "GenerateRandom",
+    "GenerateMac",
+    "VerifyMac",
+    "Sign",
+    "Verify",
 ];
 
 /// Most records one group commit writes.
@@ -597,6 +610,10 @@ pub fn read_only(op: &str) -> bool {
                 | "GenerateDataKey"
                 | "GenerateDataKeyWithoutPlaintext"
                 | "GenerateRandom"
+                | "GenerateMac"
+                | "VerifyMac"
+                | "Sign"
+                | "Verify"
         )
 }
 

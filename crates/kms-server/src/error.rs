@@ -62,6 +62,12 @@ pub enum KmsError {
     /// The key cannot be used for this (e.g. an unsupported encryption algorithm).
     #[error("{0}")]
     InvalidKeyUsage(String),
+    /// VerifyMac: the MAC is not the message's under this key and algorithm.
+    #[error("{0}")]
+    InvalidMac(String),
+    /// Verify: the signature is not the message's under this key and algorithm.
+    #[error("{0}")]
+    InvalidKmsSignature(String),
     /// The caller's principal is not allowed this action on this key by its key policy.
     #[error("{0}")]
     AccessDenied(String),
@@ -142,6 +148,8 @@ impl KmsError {
             InvalidArn(_) => "InvalidArnException",
             InvalidCiphertext => "InvalidCiphertextException",
             InvalidKeyUsage(_) => "InvalidKeyUsageException",
+            InvalidMac(_) => "KMSInvalidMacException",
+            InvalidKmsSignature(_) => "KMSInvalidSignatureException",
             InvalidMarker => "InvalidMarkerException",
             InvalidSignature(_) => "InvalidSignatureException",
             InvalidState(_) => "KMSInvalidStateException",
@@ -191,6 +199,11 @@ impl KmsError {
             (E::Invalid(m), Subject::Alias { .. }) => KmsError::InvalidAliasName(m),
             (E::Invalid(m), _) => KmsError::Validation(m),
             (E::Unsupported(m), _) => KmsError::UnsupportedOperation(m),
+            // What the server checks first with the operation's name; this is the store's own
+            // refusal (a key changed kind between the two is not possible: specs never change).
+            (E::WrongKeyType { usage, .. }, _) => KmsError::InvalidKeyUsage(format!(
+                "{label} key usage is {usage} which is not valid for this operation."
+            )),
             (E::IncorrectMaterial(m), _) => KmsError::IncorrectKeyMaterial(m),
             (E::LimitExceeded(envelope_keystore::Limit::Grants(max)), _) => {
                 KmsError::LimitExceeded(format!("{label} already has the most grants a key may have ({max})."))

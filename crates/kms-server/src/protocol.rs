@@ -122,8 +122,19 @@ pub struct Raw {
     pub(crate) key_usage: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) limit: Option<i64>,
+    /// A MAC to verify (VerifyMac): not shown in the audit record.
+    #[serde(skip_serializing)]
+    pub(crate) mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mac_algorithm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) marker: Option<String>,
+    /// Secret data (base64 message of GenerateMac/VerifyMac/Sign/Verify), read straight into
+    /// zeroizing memory.
+    #[serde(skip_serializing)]
+    pub(crate) message: Option<Zeroizing<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) message_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) multi_region: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -151,6 +162,11 @@ pub struct Raw {
     pub(crate) retiring_service_principal: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rotation_period_in_days: Option<i64>,
+    /// A signature to verify (Verify): not shown in the audit record.
+    #[serde(skip_serializing)]
+    pub(crate) signature: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) signing_algorithm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) source_encryption_algorithm: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,6 +209,9 @@ impl Raw {
         self.ciphertext_blob = None;
         self.encrypted_key_material = None;
         self.import_token = None;
+        self.mac = None;
+        self.message = None;
+        self.signature = None;
         self.plaintext = None;
         self.recipient = None;
     }
@@ -477,10 +496,15 @@ pub(crate) fn decode_blob(member: &str, s: &str, max: usize) -> Result<Vec<u8>> 
 }
 
 pub(crate) fn decode_secret(s: &str) -> Result<Zeroizing<Vec<u8>>> {
+    decode_secret_member("plaintext", s)
+}
+
+/// [`decode_secret`] of member `member` (named in the error).
+pub(crate) fn decode_secret_member(member: &str, s: &str) -> Result<Zeroizing<Vec<u8>>> {
     let mut out = Zeroizing::new(Vec::with_capacity(s.len() / 4 * 3 + 3));
     STANDARD
         .decode_vec(s, &mut out)
-        .map_err(|_| KmsError::Serialization("Value at 'plaintext' is not valid base64.".into()))?;
+        .map_err(|_| KmsError::Serialization(format!("Value at '{member}' is not valid base64.")))?;
     Ok(out)
 }
 

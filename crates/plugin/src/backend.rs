@@ -158,6 +158,15 @@ impl KeyBackend for EmbeddedBackend {
         // SQLite is blocking I/O: keep it off the async workers.
         tokio::task::spawn_blocking(move || -> Result<Probe<[u8; 32]>, PluginError> {
             store.refresh()?;
+            // The plugin wraps data keys: only a symmetric encryption key will do (a key server's
+            // HMAC key in the same store is refused by name, never used as an AES key).
+            let (_, _, spec, _) = store.kind(&key)?;
+            if spec != envelope_keystore::KeySpec::SymmetricDefault {
+                return Err(PluginError::KeyUnusable(format!(
+                    "key {key} has key spec {spec}, not SYMMETRIC_DEFAULT: the plugin wraps data keys with symmetric \
+                     encryption keys only"
+                )));
+            }
             let (kid, mid, state) = store.current(&key)?;
             match state {
                 KeyState::Enabled => {}
@@ -203,5 +212,31 @@ impl KeyBackend for EmbeddedBackend {
             .await
             .map_err(|e| PluginError::Internal(format!("decrypt task failed: {e}")))?
             .map_err(PluginError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key server's HMAC key in the same store is refused by name, never used as an AES key.
+    #[tokio::test]
+    async fn the_embedded_backend_refuses_a_key_that_is_not_symmetric() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(KeyStore::open(&dir.path().join("data")).unwrap());
+        let mac = store.create_key_of(envelope_keystore::KeySpec::Hmac256, "", &[], None).unwrap();
+        let key = KeyRef::parse(&mac.key_id).unwrap();
+        let e = EmbeddedBackend::new(store.clone(), key.clone()).probe().await.unwrap_err();
+        assert!(
+            matches!(&e, PluginError::KeyUnusable(m) if m.contains("HMAC_256") && m.contains("SYMMETRIC_DEFAULT")),
+            "{e}"
+        );
+        // Its material is never an AES key, even when asked directly.
+        let mid = hex::decode(&mac.current_material_id).unwrap().try_into().unwrap();
+        let e = EmbeddedBackend::new(store.clone(), key).encrypt(&mid, b"x", &EncryptionContext::new()).await;
+        assert!(matches!(e, Err(PluginError::KeyUnusable(_))), "{e:?}");
+        // A symmetric key of the same store still works.
+        store.create_key(Some("k8s"), "").unwrap();
+        EmbeddedBackend::new(store, KeyRef::parse("k8s").unwrap()).probe().await.unwrap();
     }
 }

@@ -74,7 +74,7 @@ impl From<envelope_keystore::Error> for PluginError {
                 "authentication failed: the ciphertext, key_id or annotations were altered".into(),
             ),
             K::NotFound(m) => PluginError::UnknownKey(m),
-            K::Disabled(_) | K::InvalidState { .. } => PluginError::KeyUnusable(e.to_string()),
+            K::Disabled(_) | K::InvalidState { .. } | K::WrongKeyType { .. } => PluginError::KeyUnusable(e.to_string()),
             K::Invalid(m) => PluginError::InvalidRequest(m),
             K::AlreadyExists(m) => PluginError::InvalidRequest(format!("already exists: {m}")),
             other => PluginError::Internal(other.to_string()),

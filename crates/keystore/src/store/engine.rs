@@ -122,6 +122,10 @@ pub struct KeyRow {
     pub rotation_period_days: Option<u32>,
     /// Next automatic rotation.
     pub next_rotation: Option<i64>,
+    /// Key spec, as [`crate::KeySpec::as_str`] writes it (`SYMMETRIC_DEFAULT` before schema 6).
+    pub key_spec: String,
+    /// Key usage, as [`crate::KeyUsage::as_str`] writes it (`ENCRYPT_DECRYPT` before schema 6).
+    pub key_usage: String,
 }
 
 /// A material version, sealed.
@@ -346,6 +350,8 @@ pub struct NewKey<'a> {
     pub policy: Option<&'a str>,
     /// Refuse the creation when the store already holds this many keys.
     pub max_keys: Option<usize>,
+    /// Key spec (its usage is the spec's).
+    pub key_spec: crate::model::KeySpec,
 }
 
 /// Counts the on-demand rotations of a key that is not external: versions after the first that

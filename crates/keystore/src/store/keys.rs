@@ -2,10 +2,10 @@
 //! tags and policies. Each is one database transaction followed by a refresh.
 
 use super::engine::{NewKey, NewVersion};
-use super::{KeyStore, normalise_alias, now, parse_key_id, seal_aad};
-use crate::crypto::{fill_random, random_key};
-use crate::error::Result;
-use crate::model::{KeyMetadata, KeyRef, RotationType};
+use super::{KeyStore, normalise_alias, now, parse_key_id, seal_aad_for};
+use crate::crypto::{fill_random, random_material};
+use crate::error::{Error, Result};
+use crate::model::{KeyMetadata, KeyRef, KeySpec, RotationType};
 
 impl KeyStore {
     /// Creates a key with fresh random material, optionally with an alias. Durable on return.
@@ -21,7 +21,19 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        self.create(alias, description, tags, policy, false)
+        self.create(alias, description, tags, policy, false, KeySpec::SymmetricDefault)
+    }
+
+    /// [`KeyStore::create_key_with`] for a key of any spec (HMAC keys: material as long as the
+    /// spec's digest, sealed bound to the spec). Its usage is the spec's.
+    pub fn create_key_of(
+        &self,
+        spec: KeySpec,
+        description: &str,
+        tags: &[(String, String)],
+        policy: Option<&str>,
+    ) -> Result<KeyMetadata> {
+        self.create(None, description, tags, policy, false, spec)
     }
 
     /// Creates a key for imported material (origin `EXTERNAL`): no material, state
@@ -32,7 +44,7 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        self.create(None, description, tags, policy, true)
+        self.create(None, description, tags, policy, true, KeySpec::SymmetricDefault)
     }
 
     fn create(
@@ -42,11 +54,12 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
         external: bool,
+        key_spec: KeySpec,
     ) -> Result<KeyMetadata> {
         let alias = alias.map(normalise_alias).transpose()?;
         let kid = *uuid::Uuid::new_v4().as_bytes();
         let id = uuid::Uuid::from_bytes(kid).to_string();
-        let version = if external { None } else { Some(self.new_material(&kid)?) };
+        let version = if external { None } else { Some(self.new_material(&kid, key_spec)?) };
         self.core.db.create_key(&NewKey {
             key_id: &id,
             description,
@@ -56,6 +69,7 @@ impl KeyStore {
             tags,
             policy,
             max_keys: self.limits().max_keys,
+            key_spec,
         })?;
         self.refresh()?;
         self.describe(&KeyRef::Id(uuid::Uuid::from_bytes(kid)))
@@ -67,9 +81,16 @@ impl KeyStore {
     }
 
     /// [`KeyStore::rotate`] recording how (`kind`) and when (`at`, Unix seconds) it happened.
+    /// Only symmetric encryption keys rotate ([`Error::Unsupported`] for the others, as AWS).
     pub fn rotate_as(&self, key: &KeyRef, kind: RotationType, at: i64) -> Result<KeyMetadata> {
         let (kid, id) = self.resolve_db(key)?;
-        let v = self.new_material(&kid)?;
+        let spec = self.spec_of(&kid);
+        if spec != KeySpec::SymmetricDefault {
+            return Err(Error::Unsupported(format!(
+                "key {id} has key spec {spec}: only symmetric encryption keys rotate"
+            )));
+        }
+        let v = self.new_material(&kid, spec)?;
         let max = if kind == RotationType::OnDemand { self.limits().max_on_demand_rotations } else { None };
         self.core.db.rotate(&id, &v, kind, at, max)?;
         self.refresh()?;
@@ -134,7 +155,11 @@ impl KeyStore {
         let mut done = Vec::new();
         for (id, period) in due {
             let kid = parse_key_id(&id)?;
-            let v = self.new_material(&kid)?;
+            // Rotation is never enabled on other keys; if a row says so, it is not acted on.
+            if self.spec_of(&kid) != KeySpec::SymmetricDefault {
+                continue;
+            }
+            let v = self.new_material(&kid, KeySpec::SymmetricDefault)?;
             let next = now.saturating_add(period.saturating_mul(86_400));
             if self.core.db.rotate_automatic(&id, &v, now, next)? {
                 done.push(id);
@@ -167,12 +192,22 @@ impl KeyStore {
         self.refresh()
     }
 
-    /// Fresh random material for key `kid`, sealed under the root key, with a fresh random id.
-    fn new_material(&self, kid: &[u8; 16]) -> Result<NewVersion> {
+    /// Fresh random material for key `kid` of `spec`, sealed under the root key (bound to the
+    /// spec), with a fresh random id.
+    fn new_material(&self, kid: &[u8; 16], spec: KeySpec) -> Result<NewVersion> {
         let mut mid = [0u8; 32];
         fill_random(&mut mid)?;
-        let material = random_key()?;
-        let sealed = self.core.root.seal(&seal_aad(kid, &mid), &material[..])?;
+        let material = match (spec.material_len(), spec.is_signing()) {
+            (_, true) => crate::crypto::SigningKey::generate_pkcs8(spec)?,
+            (Some(len), false) => random_material(len)?,
+            (None, false) => return Err(Error::Unsupported(format!("keys of spec {spec} cannot be made"))),
+        };
+        let sealed = self.core.root.seal(&seal_aad_for(spec, kid, &mid), &material[..])?;
         Ok(NewVersion { material_id: hex::encode(mid), sealed })
+    }
+
+    /// The key's spec in the snapshot (symmetric if the key is not there).
+    fn spec_of(&self, kid: &[u8; 16]) -> KeySpec {
+        self.core.snapshot().keys.get(kid).map(|k| k.key_spec).unwrap_or_default()
     }
 }

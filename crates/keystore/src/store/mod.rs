@@ -475,7 +475,27 @@ fn normalise_alias(a: &str) -> Result<String> {
     Ok(name)
 }
 
-/// The additional data material is sealed with: a label, the key id and the material id.
+/// The additional data the material of a key of `spec` is sealed with. Symmetric keys keep the
+/// first form ([`seal_aad`], so stores from before key specs open unchanged); every other spec is
+/// the second form, which binds the spec too: material never unseals as another kind of key (a
+/// row whose spec was altered does not open).
+pub(crate) fn seal_aad_for(spec: crate::model::KeySpec, kid: &[u8; 16], mid: &[u8; 32]) -> Vec<u8> {
+    if spec == crate::model::KeySpec::SymmetricDefault {
+        return seal_aad(kid, mid);
+    }
+    let name = spec.as_str().as_bytes();
+    let mut aad = Vec::with_capacity(16 + 1 + name.len() + 16 + 32);
+    aad.extend_from_slice(b"envelope-seal-v2");
+    // Names are short ASCII constants (at most 17 bytes): the length fits in one byte.
+    aad.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+    aad.extend_from_slice(name);
+    aad.extend_from_slice(kid);
+    aad.extend_from_slice(mid);
+    aad
+}
+
+/// The additional data symmetric key material is sealed with (the first form): a label, the
+/// key id and the material id.
 pub(crate) fn seal_aad(kid: &[u8; 16], mid: &[u8; 32]) -> Vec<u8> {
     let mut aad = Vec::with_capacity(16 + 16 + 32);
     aad.extend_from_slice(b"envelope-seal-v1");

@@ -225,7 +225,8 @@ impl Engine for Postgres {
         let pool = self.pool.clone();
         let (id, description, created_at) = (k.key_id.to_string(), k.description.to_string(), k.created_at);
         let (alias, version) = (k.alias.map(str::to_string), k.version.clone());
-        let (tags, policy, max_keys) = (k.tags.to_vec(), k.policy.map(str::to_string), k.max_keys);
+        let (tags, policy, max_keys, key_spec) =
+            (k.tags.to_vec(), k.policy.map(str::to_string), k.max_keys, k.key_spec);
         self.run(async move {
             let mut c = client(&pool).await?;
             let tx = begin_write(&mut c).await?;
@@ -249,8 +250,9 @@ impl Engine for Postgres {
                 }
                 Some(v) => {
                     tx.execute(
-                        "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES ($1, $2, 'Enabled', $3, $4)",
-                        &[&id, &description, &created_at, &v.material_id],
+                        "INSERT INTO keys (key_id, description, state, created_at, current_material, key_spec, key_usage) \
+                         VALUES ($1, $2, 'Enabled', $3, $4, $5, $6)",
+                        &[&id, &description, &created_at, &v.material_id, &key_spec.as_str(), &key_spec.usage().as_str()],
                     )
                     .await?;
                     tx.execute(
@@ -674,8 +676,9 @@ impl Engine for Postgres {
             }
             for k in &rows.keys {
                 tx.execute(
-                    "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES ($1, $2, $3, $4, $5)",
-                    &[&k.key_id, &k.description, &k.state, &k.created_at, &k.current_material],
+                    "INSERT INTO keys (key_id, description, state, created_at, current_material, key_spec, key_usage) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[&k.key_id, &k.description, &k.state, &k.created_at, &k.current_material, &k.key_spec, &k.key_usage],
                 )
                 .await?;
                 if k.deletion_date.is_some()
@@ -868,6 +871,10 @@ const PG_MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL
      );
      CREATE INDEX IF NOT EXISTS key_grants_by_key ON key_grants (key_id, name);",
+    // version 4 (SQLite schema 7): key specs beyond SYMMETRIC_DEFAULT (HMAC and asymmetric keys):
+    // each key's KeySpec and KeyUsage; every existing key is a symmetric encryption key
+    "ALTER TABLE keys ADD COLUMN IF NOT EXISTS key_spec TEXT NOT NULL DEFAULT 'SYMMETRIC_DEFAULT';
+     ALTER TABLE keys ADD COLUMN IF NOT EXISTS key_usage TEXT NOT NULL DEFAULT 'ENCRYPT_DECRYPT';",
 ];
 
 /// Creates `envelope_meta` and applies the missing migrations, under an advisory lock.
@@ -931,7 +938,7 @@ async fn load(tx: &Tx<'_>) -> Result<Rows> {
     for r in tx
         .query(
             "SELECT k.key_id, k.description, k.state, k.created_at, k.current_material, a.deletion_date, \
-             a.pending_window_days, a.rotation_period_days, a.next_rotation \
+             a.pending_window_days, a.rotation_period_days, a.next_rotation, k.key_spec, k.key_usage \
              FROM keys k LEFT JOIN key_attrs a ON a.key_id = k.key_id",
             &[],
         )
@@ -947,6 +954,8 @@ async fn load(tx: &Tx<'_>) -> Result<Rows> {
             pending_window_days: small(r.try_get(6)?)?,
             rotation_period_days: small(r.try_get(7)?)?,
             next_rotation: r.try_get(8)?,
+            key_spec: r.try_get(9)?,
+            key_usage: r.try_get(10)?,
         });
     }
     for r in

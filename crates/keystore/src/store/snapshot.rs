@@ -5,19 +5,34 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::engine::Rows;
-use super::{Core, Decrypted, Encrypted, KeyStore, MAX_PLAINTEXT, parse_key_id, parse_material_id, poisoned, seal_aad};
+use super::{
+    Core, Decrypted, Encrypted, KeyStore, MAX_PLAINTEXT, parse_key_id, parse_material_id, poisoned, seal_aad_for,
+};
 use crate::blob;
 use crate::context::EncryptionContext;
-use crate::crypto::{AeadKey, NONCE_LEN, fill_random};
+use crate::crypto::{AeadKey, MacKey, NONCE_LEN, Signed, SigningKey, fill_random};
 use crate::error::{Error, Result};
 use crate::model::{
-    Grant, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeyState, KeyVersion, MaterialState, Rotation,
-    RotationType,
+    Grant, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeySpec, KeyState, KeyUsage, KeyVersion, MacAlgorithm,
+    MaterialState, Rotation, RotationType, SigningAlgorithm,
 };
 
+/// One material version, unsealed: typed by its key's spec, so material of one kind of key is
+/// never used as another's.
 pub(super) struct Material {
     pub(super) key_id: [u8; 16],
-    pub(super) aead: AeadKey,
+    pub(super) spec: KeySpec,
+    pub(super) secret: Secret,
+}
+
+/// Unsealed material, by what it does.
+pub(super) enum Secret {
+    /// A symmetric encryption key.
+    Aead(AeadKey),
+    /// An HMAC key (boxed: AWS-LC's HMAC context is large).
+    Mac(Box<MacKey>),
+    /// A signing key pair.
+    Sign(Box<SigningKey>),
 }
 
 #[derive(Default)]
@@ -61,8 +76,18 @@ impl Core {
         let mut keys: HashMap<[u8; 16], KeyMetadata> = HashMap::new();
         let mut attrs: HashMap<[u8; 16], KeyAttributes> = HashMap::new();
         let mut current = HashMap::new();
+        let mut specs: HashMap<[u8; 16], KeySpec> = HashMap::new();
         for k in rows.keys {
             let kid = parse_key_id(&k.key_id)?;
+            let key_spec = KeySpec::parse(&k.key_spec)?;
+            let key_usage = KeyUsage::parse(&k.key_usage)?;
+            if key_usage != key_spec.usage() {
+                return Err(Error::Storage(format!(
+                    "key {} has key usage {key_usage}, which a {key_spec} key cannot have",
+                    k.key_id
+                )));
+            }
+            specs.insert(kid, key_spec);
             attrs.insert(
                 kid,
                 KeyAttributes {
@@ -87,6 +112,8 @@ impl Core {
                     current_material_id: k.current_material,
                     versions: Vec::new(),
                     aliases: Vec::new(),
+                    key_spec,
+                    key_usage,
                 },
             );
         }
@@ -119,9 +146,11 @@ impl Core {
             if let Some(k) = keys.get_mut(&kid) {
                 k.versions.push(KeyVersion { material_id: v.material_id, seq: v.seq, created_at: v.created_at });
             }
-            let m = match old.materials.get(&mid) {
+            // A version belongs to a key (foreign key); its spec decides how it unseals.
+            let spec = specs.get(&kid).copied().unwrap_or_default();
+            let m = match old.materials.get(&mid).filter(|m| m.key_id == kid && m.spec == spec) {
                 Some(m) => m.clone(),
-                None => Arc::new(self.unseal(&kid, &mid, &v.sealed)?),
+                None => Arc::new(self.unseal(&kid, &mid, spec, &v.sealed)?),
             };
             materials.insert(mid, m);
         }
@@ -190,9 +219,27 @@ impl Core {
         Ok(Snapshot { version: rows.version, keys, current, aliases, materials, attrs, grants })
     }
 
-    pub(super) fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], sealed: &[u8]) -> Result<Material> {
-        let material = self.root.open(&seal_aad(kid, mid), sealed)?;
-        Ok(Material { key_id: *kid, aead: AeadKey::new(&material)? })
+    /// Unseals one version of key `kid` (of `spec`): the material must open under the spec's
+    /// additional data and have the spec's length.
+    pub(super) fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], spec: KeySpec, sealed: &[u8]) -> Result<Material> {
+        let material = self.root.open(&seal_aad_for(spec, kid, mid), sealed)?;
+        if let Some(len) = spec.material_len()
+            && material.len() != len
+        {
+            return Err(Error::RootKey(format!(
+                "key material of key {} is {} bytes, not the {len} of a {spec} key",
+                uuid::Uuid::from_bytes(*kid),
+                material.len(),
+            )));
+        }
+        let secret = match (spec.mac_algorithm(), spec.is_signing()) {
+            (Some(alg), _) => Secret::Mac(Box::new(MacKey::new(alg, &material))),
+            (None, true) => Secret::Sign(Box::new(SigningKey::from_pkcs8(spec, &material).map_err(|_| {
+                Error::RootKey(format!("key material of key {} is not a {spec} key pair", uuid::Uuid::from_bytes(*kid)))
+            })?)),
+            (None, false) => Secret::Aead(AeadKey::new(&material)?),
+        };
+        Ok(Material { key_id: *kid, spec, secret })
     }
 }
 
@@ -227,6 +274,60 @@ impl KeyStore {
         let state = snap.keys.get(&kid).map(|k| k.state).ok_or_else(|| Error::NotFound(key.to_string()))?;
         let mid = *snap.current.get(&kid).ok_or_else(|| Error::InvalidState { key: key.to_string(), state })?;
         Ok((kid, mid, state))
+    }
+
+    /// The key's binary id, state, spec and usage, from the snapshot. Cheap; works for keys
+    /// without material.
+    pub fn kind(&self, key: &KeyRef) -> Result<([u8; 16], KeyState, KeySpec, KeyUsage)> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        let k = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(key.to_string()))?;
+        Ok((kid, k.state, k.key_spec, k.key_usage))
+    }
+
+    /// The HMAC of `message` under the current material of an HMAC key, whose spec must be
+    /// `algorithm`'s ([`Error::WrongKeyType`] otherwise; any other key too). From the snapshot.
+    pub fn generate_mac(&self, key: &KeyRef, algorithm: MacAlgorithm, message: &[u8]) -> Result<Vec<u8>> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        Ok(mac_key(&snap, kid, algorithm)?.sign(message))
+    }
+
+    /// Whether `mac` is the HMAC of `message` under the current material of an HMAC key
+    /// (compared in constant time); the key and algorithm as for [`KeyStore::generate_mac`].
+    pub fn verify_mac(&self, key: &KeyRef, algorithm: MacAlgorithm, message: &[u8], mac: &[u8]) -> Result<bool> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        Ok(mac_key(&snap, kid, algorithm)?.verify(message, mac))
+    }
+
+    /// A signature of `what` under the current key pair of a signing key, whose spec must be
+    /// `algorithm`'s ([`Error::WrongKeyType`] otherwise; any other key too). From the snapshot.
+    pub fn sign(&self, key: &KeyRef, algorithm: SigningAlgorithm, what: Signed<'_>) -> Result<Vec<u8>> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        signing_key(&snap, kid, Some(algorithm))?.sign(algorithm, what)
+    }
+
+    /// Whether `signature` is the signature of `what` under the current key pair of a signing
+    /// key (as for [`KeyStore::sign`]).
+    pub fn verify(
+        &self,
+        key: &KeyRef,
+        algorithm: SigningAlgorithm,
+        what: Signed<'_>,
+        signature: &[u8],
+    ) -> Result<bool> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        signing_key(&snap, kid, Some(algorithm))?.verify(algorithm, what, signature)
+    }
+
+    /// The DER SubjectPublicKeyInfo of a signing key's current key pair.
+    pub fn public_key(&self, key: &KeyRef) -> Result<Vec<u8>> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        signing_key(&snap, kid, None)?.public_key_der()
     }
 
     /// The key's binary id and state, from the snapshot. Cheap; works for keys without material.
@@ -282,7 +383,10 @@ impl KeyStore {
         }
         let meta = snap.keys.get(&b.key_id).ok_or(Error::InvalidCiphertext("unknown key"))?;
         check_usable(meta)?;
-        let plaintext = blob::open(&material.aead, &b, ctx)?;
+        let Secret::Aead(aead) = &material.secret else {
+            return Err(wrong_type(meta, "it does not decrypt"));
+        };
+        let plaintext = blob::open(aead, &b, ctx)?;
         Ok(Decrypted { plaintext, key_id: b.key_id, material_id: b.material_id })
     }
 }
@@ -302,6 +406,9 @@ fn encrypt_with(
     }
     let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
     check_usable(meta)?;
+    if meta.key_usage != KeyUsage::EncryptDecrypt {
+        return Err(wrong_type(meta, "it does not encrypt"));
+    }
     let mid = match want {
         Some(w) => *w,
         None => *snap
@@ -314,10 +421,58 @@ fn encrypt_with(
         .get(&mid)
         .filter(|m| m.key_id == kid)
         .ok_or_else(|| Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid))))?;
+    let Secret::Aead(aead) = &material.secret else {
+        return Err(wrong_type(meta, "it does not encrypt"));
+    };
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce)?;
-    let out = blob::seal(&material.aead, &kid, &mid, nonce, plaintext, ctx)?;
+    let out = blob::seal(aead, &kid, &mid, nonce, plaintext, ctx)?;
     Ok(Encrypted { blob: out, key_id: kid, material_id: mid })
+}
+
+/// The current HMAC key of key `kid`, usable, of `algorithm`'s spec.
+fn mac_key(snap: &Snapshot, kid: [u8; 16], algorithm: MacAlgorithm) -> Result<&MacKey> {
+    let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
+    check_usable(meta)?;
+    match meta.key_spec.mac_algorithm() {
+        None => return Err(wrong_type(meta, "it does not compute MACs")),
+        Some(a) if a != algorithm => return Err(wrong_type(meta, "the MAC algorithm is not the key spec's")),
+        Some(_) => {}
+    }
+    let mid = snap
+        .current
+        .get(&kid)
+        .ok_or_else(|| Error::InvalidState { key: meta.key_id.clone(), state: KeyState::PendingImport })?;
+    match snap.materials.get(mid).filter(|m| m.key_id == kid).map(|m| &m.secret) {
+        Some(Secret::Mac(k)) if k.algorithm() == algorithm => Ok(&**k),
+        Some(_) => Err(wrong_type(meta, "its material is not an HMAC key of that algorithm")),
+        None => Err(Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid)))),
+    }
+}
+
+/// The current key pair of signing key `kid`, usable, of `algorithm`'s spec (if given).
+fn signing_key(snap: &Snapshot, kid: [u8; 16], algorithm: Option<SigningAlgorithm>) -> Result<&SigningKey> {
+    let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
+    check_usable(meta)?;
+    if !meta.key_spec.is_signing() {
+        return Err(wrong_type(meta, "it does not sign"));
+    }
+    if algorithm.is_some_and(|a| !meta.key_spec.signing_algorithms().contains(&a)) {
+        return Err(wrong_type(meta, "the signing algorithm is not one of the key spec's"));
+    }
+    let mid = snap
+        .current
+        .get(&kid)
+        .ok_or_else(|| Error::InvalidState { key: meta.key_id.clone(), state: KeyState::PendingImport })?;
+    match snap.materials.get(mid).filter(|m| m.key_id == kid).map(|m| &m.secret) {
+        Some(Secret::Sign(k)) if k.spec() == meta.key_spec => Ok(&**k),
+        Some(_) => Err(wrong_type(meta, "its material is not a key pair of that algorithm")),
+        None => Err(Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid)))),
+    }
+}
+
+fn wrong_type(meta: &KeyMetadata, why: &'static str) -> Error {
+    Error::WrongKeyType { key: meta.key_id.clone(), spec: meta.key_spec, usage: meta.key_usage, why }
 }
 
 fn check_usable(meta: &KeyMetadata) -> Result<()> {

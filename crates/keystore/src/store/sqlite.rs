@@ -86,7 +86,7 @@ impl Engine for Sqlite {
         {
             let mut st = tx.prepare_cached(
                 "SELECT k.key_id, k.description, k.state, k.created_at, k.current_material, a.deletion_date, \
-                 a.pending_window_days, a.rotation_period_days, a.next_rotation \
+                 a.pending_window_days, a.rotation_period_days, a.next_rotation, k.key_spec, k.key_usage \
                  FROM keys k LEFT JOIN key_attrs a ON a.key_id = k.key_id",
             )?;
             let it = st.query_map([], |r| {
@@ -100,6 +100,8 @@ impl Engine for Sqlite {
                     pending_window_days: r.get(6)?,
                     rotation_period_days: r.get(7)?,
                     next_rotation: r.get(8)?,
+                    key_spec: r.get(9)?,
+                    key_usage: r.get(10)?,
                 })
             })?;
             rows.keys = it.collect::<rusqlite::Result<_>>()?;
@@ -173,8 +175,16 @@ impl Engine for Sqlite {
                 }
                 Some(v) => {
                     tx.execute(
-                        "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES (?1, ?2, 'Enabled', ?3, ?4)",
-                        params![k.key_id, k.description, k.created_at, v.material_id],
+                        "INSERT INTO keys (key_id, description, state, created_at, current_material, key_spec, key_usage) \
+                         VALUES (?1, ?2, 'Enabled', ?3, ?4, ?5, ?6)",
+                        params![
+                            k.key_id,
+                            k.description,
+                            k.created_at,
+                            v.material_id,
+                            k.key_spec.as_str(),
+                            k.key_spec.usage().as_str()
+                        ],
                     )?;
                     tx.execute(
                         "INSERT INTO key_versions (material_id, key_id, seq, created_at, sealed) VALUES (?1, ?2, 1, ?3, ?4)",
@@ -518,8 +528,9 @@ impl Engine for Sqlite {
             }
             for k in &rows.keys {
                 tx.execute(
-                    "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![k.key_id, k.description, k.state, k.created_at, k.current_material],
+                    "INSERT INTO keys (key_id, description, state, created_at, current_material, key_spec, key_usage) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![k.key_id, k.description, k.state, k.created_at, k.current_material, k.key_spec, k.key_usage],
                 )?;
                 if k.deletion_date.is_some()
                     || k.pending_window_days.is_some()

@@ -4,8 +4,8 @@
 use std::sync::{Arc, Barrier};
 
 use envelope_keystore::{
-    EncryptionContext, Error, ImportOptions, ImportType, KeyMetadata, KeyRef, KeyState, KeyStore, Limit, Limits,
-    MaterialState, RotationType,
+    EncryptionContext, Error, ImportOptions, ImportType, KeyMetadata, KeyRef, KeySpec, KeyState, KeyStore, KeyUsage,
+    Limit, Limits, MacAlgorithm, MaterialState, RotationType,
 };
 
 use crate::subject::Subject;
@@ -572,4 +572,26 @@ pub fn grants_idempotency_limit_and_purge(s: &dyn Subject) {
     assert_eq!(ks.purge_deleted(1_000).unwrap(), vec![k.key_id.clone()]);
     assert!(ks.grant(&g2).is_none() && ks.grant(&g3).is_none());
     assert_eq!(ks.all_grants().len(), 1, "the other key's grant stays");
+}
+
+pub fn hmac_keys_keep_their_spec_and_material(s: &dyn Subject) {
+    let ks = s.open();
+    let k = ks.create_key_of(KeySpec::Hmac384, "mac", &[("t".into(), "v".into())], Some("{\"p\":1}")).unwrap();
+    assert_eq!((k.key_spec, k.key_usage, k.state), (KeySpec::Hmac384, KeyUsage::GenerateVerifyMac, KeyState::Enabled));
+    let r = KeyRef::parse(&k.key_id).unwrap();
+    let mac = ks.generate_mac(&r, MacAlgorithm::HmacSha384, b"hello").unwrap();
+    assert_eq!(mac.len(), 48);
+    assert!(ks.verify_mac(&r, MacAlgorithm::HmacSha384, b"hello", &mac).unwrap());
+    assert!(matches!(ks.encrypt(&r, b"x", &EncryptionContext::new()), Err(Error::WrongKeyType { .. })));
+    assert!(matches!(ks.rotate(&r), Err(Error::Unsupported(_))));
+    let aes = ks.create_key(None, "aes").unwrap();
+    assert_eq!((aes.key_spec, aes.key_usage), (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt));
+    // Another handle (a restarted process, a replica) reads the same spec and material.
+    drop(ks);
+    let other = s.open();
+    let m = other.describe(&r).unwrap();
+    assert_eq!((m.key_spec, m.key_usage), (KeySpec::Hmac384, KeyUsage::GenerateVerifyMac));
+    assert_eq!(other.generate_mac(&r, MacAlgorithm::HmacSha384, b"hello").unwrap(), mac);
+    other.set_enabled(&r, false).unwrap();
+    assert!(matches!(other.generate_mac(&r, MacAlgorithm::HmacSha384, b"hello"), Err(Error::Disabled(_))));
 }

@@ -76,6 +76,10 @@ macro_rules! battery {
         fn another_root_key_opens_nothing() {
             crate::battery::another_root_key_opens_nothing(&$subject());
         }
+        #[test]
+        fn hmac_keys_keep_their_spec_and_material() {
+            crate::battery::hmac_keys_keep_their_spec_and_material(&$subject());
+        }
     };
 }
 

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use envelope_keystore::{
-    EncryptionContext, Error, ImportOptions, ImportType, KeyRef, KeyStore, Location, RootSource, StoreOptions,
+    EncryptionContext, Error, ImportOptions, ImportType, KeyRef, KeySpec, KeyStore, Location, MacAlgorithm, RootSource,
+    StoreOptions,
 };
 
 use crate::subject::Pg;
@@ -11,6 +12,21 @@ use crate::subject::Pg;
 fn open(dir: &std::path::Path, location: Location) -> KeyStore {
     let options = StoreOptions { location, create: true, refresh_interval: Duration::from_secs(3600) };
     KeyStore::open_with_options(dir, &RootSource::File, &options).unwrap()
+}
+
+#[test]
+fn hmac_keys_migrate_with_their_spec_and_material() {
+    let s = Pg::new();
+    let data = s.data_dir();
+    let lite = KeyStore::open(&data).unwrap();
+    let k = lite.create_key_of(KeySpec::Hmac224, "mac", &[], None).unwrap();
+    let r = KeyRef::parse(&k.key_id).unwrap();
+    let mac = lite.generate_mac(&r, MacAlgorithm::HmacSha224, b"m").unwrap();
+    let pg = open(&data, Location::parse(&s.url).unwrap());
+    let report = lite.migrate_to(&pg).unwrap();
+    assert_eq!((report.keys, report.versions), (1, 1));
+    assert_eq!(pg.describe(&r).unwrap().key_spec, KeySpec::Hmac224);
+    assert_eq!(pg.generate_mac(&r, MacAlgorithm::HmacSha224, b"m").unwrap(), mac);
 }
 
 #[test]

@@ -183,11 +183,14 @@ fn schema_1_imports_become_current_material_records() {
         "envelope",
         &format!(
             "UPDATE key_import SET material_id = '{mid}', valid_to = 500; DROP TABLE key_materials; \
+             ALTER TABLE keys DROP COLUMN key_spec; ALTER TABLE keys DROP COLUMN key_usage; \
              UPDATE envelope_meta SET schema_version = 1"
         ),
     );
     let ks = s.open_every(HOUR);
     assert_eq!(s.pg.psql_in("envelope", "SELECT schema_version FROM envelope_meta"), PG_SCHEMA_VERSION.to_string());
+    // Every key from before key specs is a symmetric encryption key.
+    assert_eq!(ks.describe(&r).unwrap().key_spec, envelope_keystore::KeySpec::SymmetricDefault);
     let a = ks.attributes(&r).unwrap();
     let view: Vec<_> = a.materials.iter().map(|m| (m.material_id.as_str(), m.state, m.imported, m.valid_to)).collect();
     assert_eq!(view, [(mid.as_str(), envelope_keystore::MaterialState::Current, true, Some(500))]);

@@ -4,11 +4,11 @@
 //! blocking pool; their audit records show the request (encryption context included, never
 //! plaintext or ciphertext) and no response members.
 
-use envelope_keystore::EncryptionContext;
+use envelope_keystore::{EncryptionContext, KeyUsage};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::{Call, Operation, Reply, SYMMETRIC_DEFAULT, usable};
+use super::{Call, Operation, Reply, SYMMETRIC_DEFAULT, usable, uses};
 use crate::Server;
 use crate::error::{KmsError, Result, Subject};
 use crate::ids::Forms;
@@ -181,6 +181,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             let k = call.resolve(&key_id, Forms::Any)?;
             call.authorize(&k, "Encrypt", &context)?;
             usable(&k)?;
+            uses(&k, KeyUsage::EncryptDecrypt, "Encrypt")?;
             if dry_run {
                 return Err(KmsError::DryRun);
             }
@@ -217,6 +218,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             let dest = call.resolve(&destination_key_id, Forms::Any)?;
             call.authorize(&dest, "ReEncryptTo", &destination_context)?;
             usable(&dest)?;
+            uses(&dest, KeyUsage::EncryptDecrypt, "ReEncrypt")?;
             let d = decrypt(call, &ciphertext, &source_context, source_key_id.as_deref(), dry_run, "ReEncryptFrom")?;
             let e = s
                 .store
@@ -238,6 +240,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             let action = if with_plaintext { "GenerateDataKey" } else { "GenerateDataKeyWithoutPlaintext" };
             call.authorize(&k, action, &context)?;
             usable(&k)?;
+            uses(&k, KeyUsage::EncryptDecrypt, action)?;
             if dry_run {
                 return Err(KmsError::DryRun);
             }
@@ -280,6 +283,7 @@ fn decrypt(
     let owner = call.owner(blob.key_id).ok_or(KmsError::InvalidCiphertext)?;
     call.authorize(&owner, action, context)?;
     usable(&owner)?;
+    uses(&owner, KeyUsage::EncryptDecrypt, if action == "Decrypt" { "Decrypt" } else { "ReEncrypt" })?;
     if dry_run {
         return Err(KmsError::DryRun);
     }

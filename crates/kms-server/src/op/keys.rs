@@ -2,7 +2,7 @@
 //! CancelKeyDeletion, UpdateKeyDescription; and the `KeyMetadata` every key-describing response
 //! carries.
 
-use envelope_keystore::{KeyRef, KeyState};
+use envelope_keystore::{KeyRef, KeySpec, KeyState, KeyUsage};
 use serde::Serialize;
 
 use super::{Call, DAY, Operation, Reply, SYMMETRIC_DEFAULT, decode_marker, empty, encode_marker, not_pending};
@@ -25,6 +25,7 @@ pub enum Request {
         policy: Option<String>,
         external: bool,
         bypass_lockout_check: bool,
+        key_spec: KeySpec,
     },
     DescribeKey {
         key_id: String,
@@ -85,27 +86,25 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
                 v.one_of("origin", o, &["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"]);
             }
             v.finish()?;
-            unsupported_if(
-                raw.key_usage.as_deref().is_some_and(|u| u != "ENCRYPT_DECRYPT"),
-                "Only KeyUsage ENCRYPT_DECRYPT is supported.",
-            )?;
-            unsupported_if(
-                [&raw.key_spec, &raw.customer_master_key_spec]
-                    .iter()
-                    .any(|s| s.as_deref().is_some_and(|s| s != "SYMMETRIC_DEFAULT")),
-                "Only KeySpec SYMMETRIC_DEFAULT is supported.",
-            )?;
+            let key_spec = spec_and_usage(raw)?;
             unsupported_if(
                 raw.origin.as_deref().is_some_and(|o| o != "AWS_KMS" && o != "EXTERNAL"),
                 "Only Origin AWS_KMS and EXTERNAL are supported.",
             )?;
+            let external = raw.origin.as_deref() == Some("EXTERNAL");
+            if external && key_spec != KeySpec::SymmetricDefault {
+                return Err(KmsError::UnsupportedOperation(format!(
+                    "Importing key material into {key_spec} keys is not supported by this server."
+                )));
+            }
             tag_rules(&tags)?;
             Request::CreateKey {
                 description,
                 tags,
                 policy: raw.policy.clone(),
-                external: raw.origin.as_deref() == Some("EXTERNAL"),
+                external,
                 bypass_lockout_check: raw.bypass_policy_lockout_safety_check == Some(true),
+                key_spec,
             }
         }
         Operation::ScheduleKeyDeletion => {
@@ -158,7 +157,7 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
 pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
     let s = call.server();
     match req {
-        Request::CreateKey { description, tags, policy, external, bypass_lockout_check } => {
+        Request::CreateKey { description, tags, policy, external, bypass_lockout_check, key_spec } => {
             call.authorize_account("CreateKey")?;
             if let Some(p) = &policy {
                 super::policies::check_policy(p)?;
@@ -174,7 +173,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             let meta = if external {
                 s.store.create_external_key(&description, &tags, policy.as_deref())
             } else {
-                s.store.create_key_with(None, &description, &tags, policy.as_deref())
+                s.store.create_key_of(key_spec, &description, &tags, policy.as_deref())
             }
             .map_err(|e| match e {
                 envelope_keystore::Error::LimitExceeded(envelope_keystore::Limit::Keys(max)) => {
@@ -253,6 +252,48 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
     }
 }
 
+/// The key spec of a CreateKey request, checked with its key usage as AWS checks the pair
+/// (`ValidationException` in AWS's words); a valid pair of a spec this server does not make
+/// (RSA, ECC, SM2, ML-DSA, ML-KEM) is `UnsupportedOperationException`.
+fn spec_and_usage(raw: &Raw) -> Result<KeySpec> {
+    let spec = raw.key_spec.as_deref().or(raw.customer_master_key_spec.as_deref()).unwrap_or(SYMMETRIC_DEFAULT);
+    let usage = match raw.key_usage.as_deref() {
+        Some(u) => u,
+        None if spec == SYMMETRIC_DEFAULT => KeyUsage::EncryptDecrypt.as_str(),
+        None => {
+            return Err(KmsError::Validation(
+                "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.".into(),
+            ));
+        }
+    };
+    if !usages_of(spec).contains(&usage) {
+        return Err(KmsError::Validation(format!("KeyUsage {usage} is not compatible with KeySpec {spec}")));
+    }
+    let key_spec = KeySpec::from_name(spec)
+        .ok_or_else(|| KmsError::UnsupportedOperation(format!("KeySpec {spec} is not supported by this server.")))?;
+    if key_spec.usage().as_str() != usage {
+        // ECC keys for KEY_AGREEMENT: a valid pair this server does not make.
+        return Err(KmsError::UnsupportedOperation(format!(
+            "KeyUsage {usage} with KeySpec {spec} is not supported by this server."
+        )));
+    }
+    Ok(key_spec)
+}
+
+/// The key usages AWS allows with each key spec.
+fn usages_of(spec: &str) -> &'static [&'static str] {
+    match spec {
+        "SYMMETRIC_DEFAULT" => &["ENCRYPT_DECRYPT"],
+        "RSA_2048" | "RSA_3072" | "RSA_4096" => &["ENCRYPT_DECRYPT", "SIGN_VERIFY"],
+        "ECC_NIST_P256" | "ECC_NIST_P384" | "ECC_NIST_P521" => &["SIGN_VERIFY", "KEY_AGREEMENT"],
+        "ECC_SECG_P256K1" | "ECC_NIST_EDWARDS25519" | "ML_DSA_44" | "ML_DSA_65" | "ML_DSA_87" => &["SIGN_VERIFY"],
+        "HMAC_224" | "HMAC_256" | "HMAC_384" | "HMAC_512" => &["GENERATE_VERIFY_MAC"],
+        "SM2" => &["ENCRYPT_DECRYPT", "SIGN_VERIFY", "KEY_AGREEMENT"],
+        "ML_KEM_512" | "ML_KEM_768" | "ML_KEM_1024" => &["ENCAPSULATE_DECAPSULATE"],
+        _ => &[],
+    }
+}
+
 fn key_position(k: &envelope_keystore::KeyMetadata) -> String {
     // Fixed-width creation time first, so string order is (created_at, key_id) order.
     format!("{:020}:{}", k.created_at.max(0), k.key_id)
@@ -281,12 +322,17 @@ pub(crate) fn metadata(s: &Server, m: &envelope_keystore::KeyMetadata) -> KeyMet
         creation_date: m.created_at,
         enabled: m.state == KeyState::Enabled,
         description: m.description.clone(),
-        key_usage: "ENCRYPT_DECRYPT",
+        key_usage: m.key_usage.as_str(),
         key_state: m.state.as_str(),
         key_manager: "CUSTOMER",
-        customer_master_key_spec: SYMMETRIC_DEFAULT,
-        key_spec: SYMMETRIC_DEFAULT,
-        encryption_algorithms: [SYMMETRIC_DEFAULT],
+        customer_master_key_spec: m.key_spec.as_str(),
+        key_spec: m.key_spec.as_str(),
+        encryption_algorithms: (m.key_usage == KeyUsage::EncryptDecrypt).then_some([SYMMETRIC_DEFAULT]),
+        mac_algorithms: m.key_spec.mac_algorithm().map(|a| [a.as_str()]),
+        signing_algorithms: m
+            .key_spec
+            .is_signing()
+            .then(|| m.key_spec.signing_algorithms().iter().map(|a| a.as_str()).collect()),
         multi_region: false,
         current_key_material_id: has_material.then(|| m.current_material_id.clone()),
     }
@@ -308,7 +354,12 @@ pub(crate) struct KeyMetadataOut {
     key_manager: &'static str,
     customer_master_key_spec: &'static str,
     key_spec: &'static str,
-    encryption_algorithms: [&'static str; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption_algorithms: Option<[&'static str; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_algorithms: Option<Vec<&'static str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mac_algorithms: Option<[&'static str; 1]>,
     multi_region: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     current_key_material_id: Option<String>,

@@ -3,6 +3,8 @@
 //! responses.
 //!
 //! * [`crypto`]: Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext), GenerateRandom.
+//! * [`mac`]: GenerateMac, VerifyMac (HMAC keys).
+//! * [`sign`]: Sign, Verify, GetPublicKey (signing keys).
 //! * [`keys`]: CreateKey, DescribeKey, ListKeys, Enable/DisableKey, Schedule/CancelKeyDeletion,
 //!   UpdateKeyDescription.
 //! * [`aliases`]: Create/Update/DeleteAlias, ListAliases.
@@ -38,8 +40,10 @@ pub mod grants;
 pub mod history;
 pub mod import;
 pub mod keys;
+pub mod mac;
 pub mod policies;
 pub mod rotation;
+pub mod sign;
 pub mod tags;
 
 use std::cell::RefCell;
@@ -48,7 +52,7 @@ use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use envelope_keystore::{KeyRef, KeyState};
+use envelope_keystore::{KeyRef, KeySpec, KeyState, KeyUsage};
 use serde::Serialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -68,8 +72,10 @@ enum Family {
     History,
     Import,
     Keys,
+    Mac,
     Policies,
     Rotation,
+    Sign,
     Tags,
 }
 
@@ -144,10 +150,12 @@ operations! {
     Encrypt                         => Crypto,   ReadOnly,   Data;
     GenerateDataKey                 => Crypto,   ReadOnly,   Data;
     GenerateDataKeyWithoutPlaintext => Crypto,   ReadOnly,   Data;
+    GenerateMac                     => Mac,      ReadOnly,   Data;
     GenerateRandom                  => Crypto,   ReadOnly,   Data;
     GetKeyPolicy                    => Policies, ReadOnly,   Control;
     GetKeyRotationStatus            => Rotation, ReadOnly,   Control;
     GetParametersForImport          => Import,   ReadOnly,   Control;
+    GetPublicKey                    => Sign,     ReadOnly,   Control;
     ImportKeyMaterial               => Import,   Management, Control;
     ListAliases                     => Aliases,  ReadOnly,   Control;
     ListGrants                      => Grants,   ReadOnly,   Control;
@@ -163,10 +171,13 @@ operations! {
     RevokeGrant                     => Grants,   Management, Control;
     RotateKeyOnDemand               => Rotation, Management, Control;
     ScheduleKeyDeletion             => Keys,     Management, Control;
+    Sign                            => Sign,     ReadOnly,   Data;
     TagResource                     => Tags,     Management, Control;
     UntagResource                   => Tags,     Management, Control;
     UpdateAlias                     => Aliases,  Management, Control;
     UpdateKeyDescription            => Keys,     Management, Control;
+    Verify                          => Sign,     ReadOnly,   Data;
+    VerifyMac                       => Mac,      ReadOnly,   Data;
 }
 
 /// The `X-Amz-Target` prefix of CloudTrail's JSON API.
@@ -185,15 +196,10 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "Encapsulate",
     "GenerateDataKeyPair",
     "GenerateDataKeyPairWithoutPlaintext",
-    "GenerateMac",
     "GetKeyLastUsage",
-    "GetPublicKey",
     "ReplicateKey",
-    "Sign",
     "UpdateCustomKeyStore",
     "UpdatePrimaryRegion",
-    "Verify",
-    "VerifyMac",
 ];
 
 impl Operation {
@@ -247,8 +253,10 @@ pub enum Request {
     History(history::Request),
     Import(import::Request),
     Keys(keys::Request),
+    Mac(mac::Request),
     Policies(policies::Request),
     Rotation(rotation::Request),
+    Sign(sign::Request),
     Tags(tags::Request),
 }
 
@@ -259,6 +267,8 @@ impl Request {
     pub fn in_memory(&self, server: &Server) -> bool {
         match self {
             Request::Crypto(r) => r.in_memory(server),
+            Request::Mac(_) => true,
+            Request::Sign(r) => !matches!(r, sign::Request::GetPublicKey { .. }),
             Request::Keys(keys::Request::DescribeKey { .. }) => true,
             _ => false,
         }
@@ -293,8 +303,10 @@ pub(crate) fn parse(op: Operation, body: &[u8]) -> Result<Parsed> {
         Family::History => Err(KmsError::Internal("history requests are not KMS requests".into())),
         Family::Import => import::parse(op, &raw).map(Request::Import),
         Family::Keys => keys::parse(op, &raw).map(Request::Keys),
+        Family::Mac => mac::parse(op, &raw).map(Request::Mac),
         Family::Policies => policies::parse(op, &raw).map(Request::Policies),
         Family::Rotation => rotation::parse(op, &raw).map(Request::Rotation),
+        Family::Sign => sign::parse(op, &raw).map(Request::Sign),
         Family::Tags => tags::parse(op, &raw).map(Request::Tags),
     }?;
     raw.drop_secrets();
@@ -368,8 +380,10 @@ impl Server {
             Request::History(r) => history::run(r, &call),
             Request::Import(r) => import::run(r, &call),
             Request::Keys(r) => keys::run(r, &call),
+            Request::Mac(r) => mac::run(r, &call),
             Request::Policies(r) => policies::run(r, &call),
             Request::Rotation(r) => rotation::run(r, &call),
+            Request::Sign(r) => sign::run(r, &call),
             Request::Tags(r) => tags::run(r, &call),
         };
         Outcome { result, resources: call.resources.into_inner() }
@@ -393,6 +407,8 @@ pub(crate) struct Resolved {
     pub(crate) arn: String,
     pub(crate) state: KeyState,
     pub(crate) kid: [u8; 16],
+    pub(crate) spec: KeySpec,
+    pub(crate) usage: KeyUsage,
 }
 
 impl<'a> Call<'a> {
@@ -415,21 +431,29 @@ impl<'a> Call<'a> {
     pub(crate) fn resolve(&self, s: &str, forms: Forms) -> Result<Resolved> {
         let names = &self.server.names;
         let r = names.resolve(s, forms)?;
-        let (kid, state) = self
+        let (kid, state, spec, usage) = self
             .server
             .store
-            .state(&r)
+            .kind(&r)
             .map_err(|e| KmsError::from_store(e, Subject::Named { label: s, missing: names.not_found(&r) }))?;
         let id = uuid::Uuid::from_bytes(kid).to_string();
-        Ok(Resolved { r: KeyRef::Id(uuid::Uuid::from_bytes(kid)), arn: names.key_arn(&id), id, state, kid })
+        Ok(Resolved {
+            r: KeyRef::Id(uuid::Uuid::from_bytes(kid)),
+            arn: names.key_arn(&id),
+            id,
+            state,
+            kid,
+            spec,
+            usage,
+        })
     }
 
     /// The key a blob names, if this server has it.
     pub(crate) fn owner(&self, kid: [u8; 16]) -> Option<Resolved> {
         let r = KeyRef::Id(uuid::Uuid::from_bytes(kid));
-        let (kid, state) = self.server.store.state(&r).ok()?;
+        let (kid, state, spec, usage) = self.server.store.kind(&r).ok()?;
         let id = uuid::Uuid::from_bytes(kid).to_string();
-        Some(Resolved { arn: self.server.names.key_arn(&id), id, r, state, kid })
+        Some(Resolved { arn: self.server.names.key_arn(&id), id, r, state, kid, spec, usage })
     }
 
     /// Checks `kms:<action>` on key `k` for the caller: the key's policy and the caller's
@@ -579,6 +603,15 @@ pub(crate) fn usable(k: &Resolved) -> Result<()> {
         KeyState::Disabled => Err(KmsError::Disabled(format!("{} is disabled.", k.arn))),
         s => Err(KmsError::InvalidState(format!("{} is {}.", k.arn, crate::error::state_words(s)))),
     }
+}
+
+/// Operation `op` needs a key of usage `want` (checked after the key's state, as AWS does):
+/// `InvalidKeyUsageException` in AWS's words otherwise.
+pub(crate) fn uses(k: &Resolved, want: KeyUsage, op: &str) -> Result<()> {
+    if k.usage == want {
+        return Ok(());
+    }
+    Err(KmsError::InvalidKeyUsage(format!("{} key usage is {} which is not valid for {op}.", k.arn, k.usage)))
 }
 
 /// Days in seconds.

@@ -71,6 +71,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
         Request::EnableKeyRotation { key_id, period_days } => {
             let k = call.resolve(&key_id, Forms::KeyOnly)?;
             call.allow(&k, "EnableKeyRotation")?;
+            symmetric(&k, "EnableKeyRotation")?;
             generated_material(call, &k)?;
             usable(&k)?;
             let next = s.clock.now().saturating_add(i64::from(period_days) * DAY);
@@ -82,6 +83,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
         Request::DisableKeyRotation { key_id } => {
             let k = call.resolve(&key_id, Forms::KeyOnly)?;
             call.allow(&k, "DisableKeyRotation")?;
+            symmetric(&k, "DisableKeyRotation")?;
             usable(&k)?;
             s.store.set_rotation(&k.r, None).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
             empty()
@@ -148,6 +150,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
         Request::RotateKeyOnDemand { key_id } => {
             let k = call.resolve(&key_id, Forms::KeyOnly)?;
             call.allow(&k, "RotateKeyOnDemand")?;
+            symmetric(&k, "RotateKeyOnDemand")?;
             let a = call.attributes(&k)?;
             usable(&k)?;
             let no_pending = || {
@@ -195,6 +198,18 @@ fn imported_entry(arn: &str, m: &ImportedMaterial) -> RotationEntry {
         rotation_date: m.rotated_at,
         rotation_type: m.rotated_at.map(|_| "ON_DEMAND"),
     }
+}
+
+/// Rotation (automatic or on demand) applies only to symmetric encryption keys, as in AWS.
+fn symmetric(k: &Resolved, op: &str) -> Result<()> {
+    if k.spec == envelope_keystore::KeySpec::SymmetricDefault {
+        return Ok(());
+    }
+    // AWS answers UnsupportedOperationException; its text is not documented: envelope's own.
+    Err(KmsError::UnsupportedOperation(format!(
+        "{} key spec is {} which is not valid for {op}: only symmetric encryption keys rotate.",
+        k.arn, k.spec
+    )))
 }
 
 /// Rotation applies only to keys with generated material (spec §3.3).

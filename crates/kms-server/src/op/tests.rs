@@ -6,6 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::protocol::{WrappingAlgorithm, WrappingKeySpec};
+use envelope_keystore::{KeySpec, MacAlgorithm};
 
 fn code(r: Result<Request>) -> &'static str {
     match r {
@@ -19,7 +20,10 @@ fn targets() {
     assert_eq!(Operation::from_target("TrentService.Encrypt").unwrap(), Operation::Encrypt);
     assert_eq!(Operation::from_target("TrentService.Nope").unwrap_err().aws().0, "UnknownOperationException");
     assert_eq!(Operation::from_target("Encrypt").unwrap_err().aws().0, "UnknownOperationException");
-    assert_eq!(Operation::from_target("TrentService.Sign").unwrap_err().aws().0, "UnsupportedOperationException");
+    assert_eq!(
+        Operation::from_target("TrentService.CreateGrant").unwrap_err().aws().0,
+        "UnsupportedOperationException"
+    );
     for op in Operation::ALL {
         let prefix = if op.service() == "kms" { "TrentService." } else { super::CLOUDTRAIL_TARGET_PREFIX };
         assert_eq!(Operation::from_target(&format!("{prefix}{}", op.name())).unwrap(), *op);
@@ -100,6 +104,102 @@ fn data_key_spec_rules() {
 }
 
 #[test]
+fn mac_requests() {
+    let ok = br#"{"KeyId":"k","MacAlgorithm":"HMAC_SHA_384","Message":"aGVsbG8=","GrantTokens":["g"],"DryRun":true}"#;
+    match parse_request(Operation::GenerateMac, ok) {
+        Ok(Request::Mac(mac::Request::GenerateMac { key_id, algorithm, message, dry_run })) => {
+            assert_eq!(
+                (key_id.as_str(), algorithm, &message[..], dry_run),
+                ("k", MacAlgorithm::HmacSha384, &b"hello"[..], true)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let ok = br#"{"KeyId":"k","MacAlgorithm":"HMAC_SHA_224","Message":"aGVsbG8=","Mac":"AAEC"}"#;
+    match parse_request(Operation::VerifyMac, ok) {
+        Ok(Request::Mac(mac::Request::VerifyMac { algorithm, mac, dry_run: false, .. })) => {
+            assert_eq!((algorithm, mac), (MacAlgorithm::HmacSha224, vec![0, 1, 2]));
+        }
+        other => panic!("{other:?}"),
+    }
+    for (op, body, want) in [
+        (
+            Operation::GenerateMac,
+            &br#"{}"#[..],
+            "3 validation errors detected: Value null at 'message' failed to satisfy constraint: Member must not be null; Value null at 'keyId' failed to satisfy constraint: Member must not be null; Value null at 'macAlgorithm' failed to satisfy constraint: Member must not be null",
+        ),
+        (
+            Operation::GenerateMac,
+            br#"{"KeyId":"k","MacAlgorithm":"HMAC_SHA_1","Message":"aA=="}"#,
+            "1 validation error detected: Value 'HMAC_SHA_1' at 'macAlgorithm' failed to satisfy constraint: Member must satisfy enum value set: [HMAC_SHA_224, HMAC_SHA_256, HMAC_SHA_384, HMAC_SHA_512]",
+        ),
+        (
+            Operation::GenerateMac,
+            br#"{"KeyId":"k","MacAlgorithm":"HMAC_SHA_256","Message":""}"#,
+            "1 validation error detected: Value at 'message' failed to satisfy constraint: Member must have length greater than or equal to 1",
+        ),
+        (
+            Operation::VerifyMac,
+            br#"{"KeyId":"k","MacAlgorithm":"HMAC_SHA_256","Message":"aA=="}"#,
+            "1 validation error detected: Value null at 'mac' failed to satisfy constraint: Member must not be null",
+        ),
+    ] {
+        let e = parse_request(op, body).unwrap_err();
+        assert_eq!((e.aws().0, e.to_string().as_str()), ("ValidationException", want));
+    }
+    let long = format!(r#"{{"KeyId":"k","MacAlgorithm":"HMAC_SHA_256","Message":"{}"}}"#, STANDARD.encode([0u8; 4097]));
+    assert_eq!(code(parse_request(Operation::GenerateMac, long.as_bytes())), "ValidationException");
+    assert_eq!(
+        code(parse_request(Operation::GenerateMac, br#"{"KeyId":"k","MacAlgorithm":"HMAC_SHA_256","Message":"!!"}"#)),
+        "SerializationException"
+    );
+    // The message and the MAC are not part of the audit view.
+    let parsed = super::parse(
+        Operation::VerifyMac,
+        br#"{"KeyId":"k","MacAlgorithm":"HMAC_SHA_256","Message":"aA==","Mac":"AAEC"}"#,
+    )
+    .unwrap();
+    let view = match parsed.params {
+        crate::audit::Params::Typed(raw) => serde_json::to_value(&*raw).unwrap(),
+        _ => panic!("typed params expected"),
+    };
+    assert_eq!(view, serde_json::json!({"keyId": "k", "macAlgorithm": "HMAC_SHA_256"}));
+}
+
+#[test]
+fn sign_requests() {
+    let ok = br#"{"KeyId":"k","SigningAlgorithm":"ECDSA_SHA_256","Message":"aGVsbG8=","MessageType":"DIGEST"}"#;
+    match parse_request(Operation::Sign, ok) {
+        Ok(Request::Sign(sign::Request::Sign { algorithm, message, digest: true, dry_run: false, .. })) => {
+            assert_eq!((algorithm.as_str(), &message[..]), ("ECDSA_SHA_256", &b"hello"[..]));
+        }
+        other => panic!("{other:?}"),
+    }
+    let ok = br#"{"KeyId":"k","SigningAlgorithm":"ECDSA_SHA_384","Message":"aGVsbG8=","Signature":"AAEC"}"#;
+    assert!(matches!(
+        parse_request(Operation::Verify, ok),
+        Ok(Request::Sign(sign::Request::Verify { digest: false, .. }))
+    ));
+    assert!(matches!(
+        parse_request(Operation::GetPublicKey, br#"{"KeyId":"k"}"#),
+        Ok(Request::Sign(sign::Request::GetPublicKey { .. }))
+    ));
+    for (op, body) in [
+        (Operation::Sign, &br#"{"KeyId":"k","Message":"aA=="}"#[..]),
+        (Operation::Sign, br#"{"KeyId":"k","SigningAlgorithm":"X","Message":"aA=="}"#),
+        (Operation::Sign, br#"{"KeyId":"k","SigningAlgorithm":"ECDSA_SHA_256","Message":"aA==","MessageType":"X"}"#),
+        (
+            Operation::Sign,
+            br#"{"KeyId":"k","SigningAlgorithm":"ECDSA_SHA_256","Message":"aA==","MessageType":"EXTERNAL_MU"}"#,
+        ),
+        (Operation::Verify, br#"{"KeyId":"k","SigningAlgorithm":"ECDSA_SHA_256","Message":"aA=="}"#),
+        (Operation::GetPublicKey, br#"{}"#),
+    ] {
+        assert_eq!(code(parse_request(op, body)), "ValidationException", "{}", String::from_utf8_lossy(body));
+    }
+}
+
+#[test]
 fn create_key_options() {
     assert!(matches!(parse_request(Operation::CreateKey, b""), Ok(Request::Keys(keys::Request::CreateKey { .. }))));
     assert!(matches!(
@@ -109,10 +209,79 @@ fn create_key_options() {
         ),
         Ok(Request::Keys(keys::Request::CreateKey { .. }))
     ));
-    assert_eq!(
-        code(parse_request(Operation::CreateKey, br#"{"KeySpec":"RSA_2048"}"#)),
-        "UnsupportedOperationException"
-    );
+    // AWS checks the pair of key spec and key usage first: a usage is required beyond
+    // SYMMETRIC_DEFAULT, and must be one the spec allows.
+    for (body, want, text) in [
+        (
+            &br#"{"KeySpec":"RSA_2048"}"#[..],
+            "ValidationException",
+            "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.",
+        ),
+        (
+            br#"{"KeySpec":"HMAC_256"}"#,
+            "ValidationException",
+            "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys.",
+        ),
+        (
+            br#"{"KeySpec":"HMAC_256","KeyUsage":"ENCRYPT_DECRYPT"}"#,
+            "ValidationException",
+            "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec HMAC_256",
+        ),
+        (
+            br#"{"KeyUsage":"GENERATE_VERIFY_MAC"}"#,
+            "ValidationException",
+            "KeyUsage GENERATE_VERIFY_MAC is not compatible with KeySpec SYMMETRIC_DEFAULT",
+        ),
+        (
+            br#"{"CustomerMasterKeySpec":"ECC_NIST_P256","KeyUsage":"GENERATE_VERIFY_MAC"}"#,
+            "ValidationException",
+            "KeyUsage GENERATE_VERIFY_MAC is not compatible with KeySpec ECC_NIST_P256",
+        ),
+        (
+            br#"{"KeySpec":"SM2","KeyUsage":"SIGN_VERIFY"}"#,
+            "UnsupportedOperationException",
+            "KeySpec SM2 is not supported by this server.",
+        ),
+        (
+            br#"{"KeySpec":"RSA_2048","KeyUsage":"ENCRYPT_DECRYPT"}"#,
+            "UnsupportedOperationException",
+            "KeyUsage ENCRYPT_DECRYPT with KeySpec RSA_2048 is not supported by this server.",
+        ),
+        (
+            br#"{"KeySpec":"ECC_NIST_P256","KeyUsage":"KEY_AGREEMENT"}"#,
+            "UnsupportedOperationException",
+            "KeyUsage KEY_AGREEMENT with KeySpec ECC_NIST_P256 is not supported by this server.",
+        ),
+        (
+            br#"{"KeySpec":"ECC_NIST_P384","KeyUsage":"ENCRYPT_DECRYPT"}"#,
+            "ValidationException",
+            "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec ECC_NIST_P384",
+        ),
+        (
+            br#"{"KeySpec":"HMAC_384","KeyUsage":"GENERATE_VERIFY_MAC","Origin":"EXTERNAL"}"#,
+            "UnsupportedOperationException",
+            "Importing key material into HMAC_384 keys is not supported by this server.",
+        ),
+    ] {
+        let e = parse_request(Operation::CreateKey, body).unwrap_err();
+        assert_eq!((e.aws().0, e.to_string().as_str()), (want, text), "{}", String::from_utf8_lossy(body));
+    }
+    for (name, spec) in [
+        ("HMAC_224", KeySpec::Hmac224),
+        ("HMAC_256", KeySpec::Hmac256),
+        ("HMAC_384", KeySpec::Hmac384),
+        ("HMAC_512", KeySpec::Hmac512),
+    ] {
+        for member in ["KeySpec", "CustomerMasterKeySpec"] {
+            let body = format!(r#"{{"{member}":"{name}","KeyUsage":"GENERATE_VERIFY_MAC"}}"#);
+            match parse_request(Operation::CreateKey, body.as_bytes()) {
+                Ok(Request::Keys(keys::Request::CreateKey { key_spec, external: false, .. })) => {
+                    assert_eq!(key_spec, spec)
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
     assert!(matches!(
         parse_request(Operation::CreateKey, br#"{"Origin":"EXTERNAL"}"#),
         Ok(Request::Keys(keys::Request::CreateKey { external: true, .. }))
@@ -345,7 +514,18 @@ fn descriptors() {
     let data: Vec<&str> = Operation::ALL.iter().filter(|o| o.is_data_plane()).map(|o| o.name()).collect();
     assert_eq!(
         data,
-        ["Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "GenerateRandom", "ReEncrypt"]
+        [
+            "Decrypt",
+            "Encrypt",
+            "GenerateDataKey",
+            "GenerateDataKeyWithoutPlaintext",
+            "GenerateMac",
+            "GenerateRandom",
+            "ReEncrypt",
+            "Sign",
+            "Verify",
+            "VerifyMac"
+        ]
     );
 }
 

@@ -16,8 +16,10 @@ async fn protocol_errors_are_aws_shaped() {
     );
     h.call("Encrypt", json!({"KeyId": "alias/x", "Plaintext": b64(&[0u8; 4097])})).await.err("ValidationException");
     h.call("NoSuchOperation", json!({})).await.err("UnknownOperationException");
-    h.call("Sign", json!({"KeyId": "x"})).await.err("UnsupportedOperationException");
-    h.call("CreateKey", json!({"KeySpec": "RSA_2048"})).await.err("UnsupportedOperationException");
+    h.call("CreateGrant", json!({"KeyId": "x"})).await.err("UnsupportedOperationException");
+    h.call("CreateKey", json!({"KeySpec": "SM2", "KeyUsage": "SIGN_VERIFY"}))
+        .await
+        .err("UnsupportedOperationException");
 
     // Oversized body: an AWS-shaped 400, not a bare 413 or a reset.
     let big = vec![b' '; envelope_kms_server::DEFAULT_MAX_BODY + 1000];

@@ -21,7 +21,7 @@ fn targets() {
     assert_eq!(Operation::from_target("TrentService.Nope").unwrap_err().aws().0, "UnknownOperationException");
     assert_eq!(Operation::from_target("Encrypt").unwrap_err().aws().0, "UnknownOperationException");
     assert_eq!(
-        Operation::from_target("TrentService.CreateGrant").unwrap_err().aws().0,
+        Operation::from_target("TrentService.ReplicateKey").unwrap_err().aws().0,
         "UnsupportedOperationException"
     );
     for op in Operation::ALL {
@@ -105,8 +105,11 @@ fn data_key_spec_rules() {
 
 #[test]
 fn mac_requests() {
-    let ok = br#"{"KeyId":"k","MacAlgorithm":"HMAC_SHA_384","Message":"aGVsbG8=","GrantTokens":["g"],"DryRun":true}"#;
-    match parse_request(Operation::GenerateMac, ok) {
+    let token = super::grants::issue_token(&"ab".repeat(32)).unwrap();
+    let ok = format!(
+        r#"{{"KeyId":"k","MacAlgorithm":"HMAC_SHA_384","Message":"aGVsbG8=","GrantTokens":["{token}"],"DryRun":true}}"#
+    );
+    match parse_request(Operation::GenerateMac, ok.as_bytes()) {
         Ok(Request::Mac(mac::Request::GenerateMac { key_id, algorithm, message, dry_run })) => {
             assert_eq!(
                 (key_id.as_str(), algorithm, &message[..], dry_run),

@@ -16,7 +16,7 @@ async fn protocol_errors_are_aws_shaped() {
     );
     h.call("Encrypt", json!({"KeyId": "alias/x", "Plaintext": b64(&[0u8; 4097])})).await.err("ValidationException");
     h.call("NoSuchOperation", json!({})).await.err("UnknownOperationException");
-    h.call("CreateGrant", json!({"KeyId": "x"})).await.err("UnsupportedOperationException");
+    h.call("ReplicateKey", json!({"KeyId": "x"})).await.err("UnsupportedOperationException");
     h.call("CreateKey", json!({"KeySpec": "SM2", "KeyUsage": "SIGN_VERIFY"}))
         .await
         .err("UnsupportedOperationException");

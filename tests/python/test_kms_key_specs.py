@@ -486,6 +486,38 @@ def test_rsa_keys_sign_with_pss_and_pkcs1_checked_with_openssl(c, tmp_path):
             ("InvalidKeyUsageException", f"Algorithm ECDSA_SHA_256 is incompatible with key spec {spec}.")
 
 
+def test_generate_data_key_pair_under_a_symmetric_key(c, raw):
+    from cryptography.hazmat.primitives import serialization
+
+    aes = c.create_key()["KeyMetadata"]["KeyId"]
+    ctx = {"purpose": "pairs"}
+    for spec in ("ECC_NIST_P256", "ECC_SECG_P256K1", "RSA_2048"):
+        out = c.generate_data_key_pair(KeyId=aes, KeyPairSpec=spec, EncryptionContext=ctx)
+        assert (out["KeyId"], out["KeyPairSpec"], len(out["KeyMaterialId"])) == (arn(aes), spec, 64)
+        private = serialization.load_der_private_key(out["PrivateKeyPlaintext"], password=None)
+        spki = private.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+        assert spki == out["PublicKey"]
+        assert c.decrypt(CiphertextBlob=out["PrivateKeyCiphertextBlob"], EncryptionContext=ctx)["Plaintext"] == \
+            out["PrivateKeyPlaintext"]
+        assert err(c.decrypt, CiphertextBlob=out["PrivateKeyCiphertextBlob"])[0] == "InvalidCiphertextException"
+        bare = c.generate_data_key_pair_without_plaintext(KeyId=aes, KeyPairSpec=spec)
+        assert "PrivateKeyPlaintext" not in bare and bare["KeyPairSpec"] == spec
+        private = serialization.load_der_private_key(
+            c.decrypt(CiphertextBlob=bare["PrivateKeyCiphertextBlob"])["Plaintext"], password=None)
+        assert private.public_key().public_bytes(serialization.Encoding.DER,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo) == bare["PublicKey"]
+    mac_key = hmac_key(c)["KeyId"]
+    assert err(c.generate_data_key_pair, KeyId=mac_key, KeyPairSpec="ECC_NIST_P256") == \
+        ("InvalidKeyUsageException",
+         f"{arn(mac_key)} key usage is GENERATE_VERIFY_MAC which is not valid for GenerateDataKeyPair.")
+    assert err(c.generate_data_key_pair, KeyId=aes, KeyPairSpec="SM2") == \
+        ("UnsupportedOperationException", "KeyPairSpec SM2 is not supported by this server.")
+    assert err(c.generate_data_key_pair, KeyId=aes, KeyPairSpec="ECC_NIST_P384", DryRun=True)[0] == \
+        "DryRunOperationException"
+    assert err(raw.generate_data_key_pair, KeyId=aes, KeyPairSpec="RSA_1024")[0] == "ValidationException"
+
+
 def test_aws_cli_signs_with_an_ecc_key(srv, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update({"AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION,

@@ -60,6 +60,10 @@ ALWAYS = {
     "GenerateMac": {"Mac", "MacAlgorithm", "KeyId"},
     "VerifyMac": {"KeyId", "MacValid", "MacAlgorithm"},
     "Sign": {"KeyId", "Signature", "SigningAlgorithm"},
+    "GenerateDataKeyPair": {"PrivateKeyCiphertextBlob", "PrivateKeyPlaintext", "PublicKey", "KeyId", "KeyPairSpec",
+                            "KeyMaterialId"},
+    "GenerateDataKeyPairWithoutPlaintext": {"PrivateKeyCiphertextBlob", "PublicKey", "KeyId", "KeyPairSpec",
+                                            "KeyMaterialId"},
     "Verify": {"KeyId", "SignatureValid", "SigningAlgorithm"},
     "GetPublicKey": {"KeyId", "PublicKey", "CustomerMasterKeySpec", "KeySpec", "KeyUsage", "SigningAlgorithms"},
 }
@@ -247,6 +251,8 @@ def exercise(c):
     c.get_public_key(KeyId=ecc)
     sig = c.sign(KeyId=ecc, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")["Signature"]
     c.verify(KeyId=ecc, Message=b"m", Signature=sig, SigningAlgorithm="ECDSA_SHA_256")
+    c.generate_data_key_pair(KeyId=key, KeyPairSpec="ECC_NIST_P256")
+    c.generate_data_key_pair_without_plaintext(KeyId=key, KeyPairSpec="RSA_2048")
     rsa = c.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
     c.describe_key(KeyId=rsa)
     c.get_public_key(KeyId=rsa)

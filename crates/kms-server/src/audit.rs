@@ -43,6 +43,8 @@ const SECRET_MEMBERS: &[&str] = &[
     "Message",
     "Mac",
     "Signature",
+    "PrivateKeyPlaintext",
+    "PrivateKeyCiphertextBlob",
 ];
 
 /// Members whose values are user maps: their keys are data, not member names, and stay as sent.
@@ -609,6 +611,8 @@ pub fn read_only(op: &str) -> bool {
                 | "ReEncrypt"
                 | "GenerateDataKey"
                 | "GenerateDataKeyWithoutPlaintext"
+                | "GenerateDataKeyPair"
+                | "GenerateDataKeyPairWithoutPlaintext"
                 | "GenerateRandom"
                 | "GenerateMac"
                 | "VerifyMac"

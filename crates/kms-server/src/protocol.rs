@@ -117,6 +117,8 @@ pub struct Raw {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) key_material_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) key_pair_spec: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) key_spec: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) key_usage: Option<String>,

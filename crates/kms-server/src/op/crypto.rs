@@ -4,6 +4,7 @@
 //! blocking pool; their audit records show the request (encryption context included, never
 //! plaintext or ciphertext) and no response members.
 
+use envelope_keystore::crypto::SigningKey;
 use envelope_keystore::{EncryptionContext, KeyUsage};
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -41,6 +42,13 @@ pub enum Request {
         with_plaintext: bool,
         dry_run: bool,
     },
+    GenerateDataKeyPair {
+        key_id: String,
+        context: Context,
+        spec: envelope_keystore::KeySpec,
+        with_plaintext: bool,
+        dry_run: bool,
+    },
     GenerateRandom {
         len: usize,
     },
@@ -63,7 +71,10 @@ impl Request {
             Request::Decrypt { ciphertext, .. } | Request::ReEncrypt { ciphertext, .. } => {
                 server.store.is_cached(ciphertext)
             }
-            Request::Encrypt { .. } | Request::GenerateDataKey { .. } | Request::GenerateRandom { .. } => true,
+            Request::Encrypt { .. }
+            | Request::GenerateDataKey { .. }
+            | Request::GenerateDataKeyPair { .. }
+            | Request::GenerateRandom { .. } => true,
         }
     }
 }
@@ -157,6 +168,28 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
                 context: raw.encryption_context.clone().unwrap_or_default(),
                 len,
                 with_plaintext: op == Operation::GenerateDataKey,
+                dry_run,
+            }
+        }
+        Operation::GenerateDataKeyPair | Operation::GenerateDataKeyPairWithoutPlaintext => {
+            let key_id = v.key_id("keyId", raw.key_id.clone());
+            let spec = v.required("keyPairSpec", raw.key_pair_spec.as_deref());
+            if let Some(s) = spec {
+                v.one_of("keyPairSpec", s, KEY_PAIR_SPECS);
+            }
+            v.grant_tokens(&raw.grant_tokens);
+            v.finish()?;
+            unsupported_if(raw.recipient.is_some(), "Recipient (attestation) is not supported.")?;
+            reserved_context(&raw.encryption_context)?;
+            let name = spec.unwrap_or_default();
+            let spec = envelope_keystore::KeySpec::from_name(name).filter(|s| s.is_signing()).ok_or_else(|| {
+                KmsError::UnsupportedOperation(format!("KeyPairSpec {name} is not supported by this server."))
+            })?;
+            Request::GenerateDataKeyPair {
+                key_id: key_id.unwrap_or_default(),
+                context: raw.encryption_context.clone().unwrap_or_default(),
+                spec,
+                with_plaintext: op == Operation::GenerateDataKeyPair,
                 dry_run,
             }
         }
@@ -254,6 +287,30 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             };
             call.crypto_reply(&resp, Some(k.arn.clone()))
         }
+        Request::GenerateDataKeyPair { key_id, context, spec, with_plaintext, dry_run } => {
+            let k = call.resolve(&key_id, Forms::Any)?;
+            let action = if with_plaintext { "GenerateDataKeyPair" } else { "GenerateDataKeyPairWithoutPlaintext" };
+            call.authorize(&k, action, &context)?;
+            usable(&k)?;
+            uses(&k, KeyUsage::EncryptDecrypt, action)?;
+            if dry_run {
+                return Err(KmsError::DryRun);
+            }
+            let internal = |e| KmsError::from_store(e, Subject::Internal);
+            let private = SigningKey::generate_pkcs8(spec).map_err(internal)?;
+            let public = SigningKey::from_pkcs8(spec, &private).and_then(|p| p.public_key_der()).map_err(internal)?;
+            let e =
+                s.store.encrypt(&k.r, &private, &context).map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+            let resp = DataKeyPairResponse {
+                private_key_ciphertext_blob: b64(&e.blob),
+                private_key_plaintext: with_plaintext.then(|| encode_secret(&private)),
+                public_key: b64(&public),
+                key_id: &k.arn,
+                key_pair_spec: spec.as_str(),
+                key_material_id: hex::encode(e.material_id),
+            };
+            call.crypto_reply(&resp, Some(k.arn.clone()))
+        }
         Request::GenerateRandom { len } => {
             call.authorize_account("GenerateRandom")?;
             let bytes = random(len)?;
@@ -337,6 +394,34 @@ struct DataKeyResponse<'a> {
     key_id: &'a str,
     key_material_id: String,
 }
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DataKeyPairResponse<'a> {
+    private_key_ciphertext_blob: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    private_key_plaintext: Option<SecretB64>,
+    public_key: String,
+    key_id: &'a str,
+    key_pair_spec: &'static str,
+    key_material_id: String,
+}
+
+/// The model's `DataKeyPairSpec` values, in its order.
+const KEY_PAIR_SPECS: &[&str] = &[
+    "RSA_2048",
+    "RSA_3072",
+    "RSA_4096",
+    "ECC_NIST_P256",
+    "ECC_NIST_P384",
+    "ECC_NIST_P521",
+    "ECC_SECG_P256K1",
+    "SM2",
+    "ECC_NIST_EDWARDS25519",
+    "ML_KEM_512",
+    "ML_KEM_768",
+    "ML_KEM_1024",
+];
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]

@@ -2,7 +2,8 @@
 //! wire's [`Raw`] members), their execution on top of the key store, and their typed
 //! responses.
 //!
-//! * [`crypto`]: Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext), GenerateRandom.
+//! * [`crypto`]: Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext),
+//!   GenerateDataKeyPair(WithoutPlaintext), GenerateRandom.
 //! * [`mac`]: GenerateMac, VerifyMac (HMAC keys).
 //! * [`sign`]: Sign, Verify, GetPublicKey (signing keys).
 //! * [`keys`]: CreateKey, DescribeKey, ListKeys, Enable/DisableKey, Schedule/CancelKeyDeletion,
@@ -149,6 +150,8 @@ operations! {
     EnableKeyRotation               => Rotation, Management, Control;
     Encrypt                         => Crypto,   ReadOnly,   Data;
     GenerateDataKey                 => Crypto,   ReadOnly,   Data;
+    GenerateDataKeyPair             => Crypto,   ReadOnly,   Data;
+    GenerateDataKeyPairWithoutPlaintext => Crypto, ReadOnly,  Data;
     GenerateDataKeyWithoutPlaintext => Crypto,   ReadOnly,   Data;
     GenerateMac                     => Mac,      ReadOnly,   Data;
     GenerateRandom                  => Crypto,   ReadOnly,   Data;
@@ -194,8 +197,6 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "DescribeCustomKeyStores",
     "DisconnectCustomKeyStore",
     "Encapsulate",
-    "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext",
     "GetKeyLastUsage",
     "ReplicateKey",
     "UpdateCustomKeyStore",

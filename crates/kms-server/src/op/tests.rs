@@ -203,6 +203,31 @@ fn sign_requests() {
 }
 
 #[test]
+fn data_key_pair_requests() {
+    match parse_request(Operation::GenerateDataKeyPair, br#"{"KeyId":"k","KeyPairSpec":"RSA_3072"}"#) {
+        Ok(Request::Crypto(crypto::Request::GenerateDataKeyPair { spec, with_plaintext: true, .. })) => {
+            assert_eq!(spec, KeySpec::Rsa3072)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        parse_request(
+            Operation::GenerateDataKeyPairWithoutPlaintext,
+            br#"{"KeyId":"k","KeyPairSpec":"ECC_NIST_P521"}"#
+        ),
+        Ok(Request::Crypto(crypto::Request::GenerateDataKeyPair { with_plaintext: false, .. }))
+    ));
+    for (body, want) in [
+        (&br#"{"KeyId":"k"}"#[..], "ValidationException"),
+        (br#"{"KeyId":"k","KeyPairSpec":"RSA_1024"}"#, "ValidationException"),
+        (br#"{"KeyId":"k","KeyPairSpec":"SM2"}"#, "UnsupportedOperationException"),
+        (br#"{"KeyId":"k","KeyPairSpec":"ML_KEM_512"}"#, "UnsupportedOperationException"),
+    ] {
+        assert_eq!(code(parse_request(Operation::GenerateDataKeyPair, body)), want);
+    }
+}
+
+#[test]
 fn create_key_options() {
     assert!(matches!(parse_request(Operation::CreateKey, b""), Ok(Request::Keys(keys::Request::CreateKey { .. }))));
     assert!(matches!(
@@ -521,6 +546,8 @@ fn descriptors() {
             "Decrypt",
             "Encrypt",
             "GenerateDataKey",
+            "GenerateDataKeyPair",
+            "GenerateDataKeyPairWithoutPlaintext",
             "GenerateDataKeyWithoutPlaintext",
             "GenerateMac",
             "GenerateRandom",

@@ -52,7 +52,7 @@ impl fmt::Display for KeyState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum KeySpec {
-    /// AES-256-GCM (`SYMMETRIC_DEFAULT`): encrypts and decrypts. Every key before schema 6.
+    /// AES-256-GCM (`SYMMETRIC_DEFAULT`): encrypts and decrypts. Every key before schema 7.
     #[default]
     SymmetricDefault,
     /// HMAC with SHA-224, a 224-bit key (`HMAC_224`).

@@ -122,9 +122,9 @@ pub struct KeyRow {
     pub rotation_period_days: Option<u32>,
     /// Next automatic rotation.
     pub next_rotation: Option<i64>,
-    /// Key spec, as [`crate::KeySpec::as_str`] writes it (`SYMMETRIC_DEFAULT` before schema 6).
+    /// Key spec, as [`crate::KeySpec::as_str`] writes it (`SYMMETRIC_DEFAULT` before schema 7).
     pub key_spec: String,
-    /// Key usage, as [`crate::KeyUsage::as_str`] writes it (`ENCRYPT_DECRYPT` before schema 6).
+    /// Key usage, as [`crate::KeyUsage::as_str`] writes it (`ENCRYPT_DECRYPT` before schema 7).
     pub key_usage: String,
 }
 

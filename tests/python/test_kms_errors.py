@@ -355,9 +355,9 @@ ROWS = [
      lambda f: {"KeyId": f["on"], "PolicyName": "default", "Policy": "{" + " " * 40000 + "}"},
      "LimitExceededException", "The key policy is larger than the limit of 32768 bytes.", "unknown"),
     # ---- what this server does not do ----
-    ("sign", "Sign",
-     lambda f: {"KeyId": f["on"], "Message": b"m", "SigningAlgorithm": "RSASSA_PSS_SHA_256"},
-     "UnsupportedOperationException", "Sign is not supported by this server yet.", "unknown"),
+    ("replicate-key", "ReplicateKey",
+     lambda f: {"KeyId": f["on"], "ReplicaRegion": "us-west-2"},
+     "UnsupportedOperationException", "ReplicateKey is not supported by this server yet.", "unknown"),
     ("create-grant-source-arn-constraint", "CreateGrant",
      lambda f: {"KeyId": f["on"], "GranteePrincipal": GRANTEE, "Operations": ["Decrypt"],
                 "Constraints": {"SourceArn": "arn:aws:s3:::bucket"}},

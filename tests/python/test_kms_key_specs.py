@@ -134,7 +134,9 @@ def test_each_hmac_spec_makes_and_verifies_macs(c):
         assert c.generate_mac(KeyId=key, MacAlgorithm=alg, Message=b"the messagf")["Mac"] != mac
         other = hmac_key(c, spec)["KeyId"]
         assert c.generate_mac(KeyId=other, MacAlgorithm=alg, Message=b"the message")["Mac"] != mac
-        v = c.verify_mac(KeyId=arn(key), MacAlgorithm=alg, Message=b"the message", Mac=mac, GrantTokens=["token"])
+        token = c.create_grant(KeyId=key, GranteePrincipal=f"arn:aws:iam::{ACCOUNT}:user/app",
+                               Operations=["DescribeKey"])["GrantToken"]
+        v = c.verify_mac(KeyId=arn(key), MacAlgorithm=alg, Message=b"the message", Mac=mac, GrantTokens=[token])
         assert (v["KeyId"], v["MacValid"], v["MacAlgorithm"]) == (arn(key), True, alg)
         # Any change of the MAC, the message or the key is refused.
         tampered = bytes([mac[0] ^ 1]) + mac[1:]

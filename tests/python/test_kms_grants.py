@@ -432,3 +432,32 @@ def test_lifecycle_with_the_aws_cli(server, tmp_path):
     r = _aws(server, GRANTEE, "describe-key", "--key-id", key, check=False)
     assert r.returncode != 0 and "AccessDeniedException" in r.stderr
     assert json.loads(_aws(server, ADMIN, "list-grants", "--key-id", key).stdout)["Grants"] == []
+
+
+def test_grants_on_hmac_and_signing_keys_carry_their_operations(server):
+    admin, grantee = _client(server, ADMIN), _client(server, GRANTEE)
+    mac_key = admin.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
+    sig_key = admin.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    _denied(grantee.generate_mac, KeyId=mac_key, MacAlgorithm="HMAC_SHA_256", Message=b"m")
+    _denied(grantee.sign, KeyId=sig_key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")
+    # Each key type takes its own operations, and no encryption-context constraint.
+    msg = _fails("ValidationException", admin.create_grant, KeyId=mac_key, GranteePrincipal=GRANTEE,
+                 Operations=["GenerateMac", "Decrypt"])
+    assert "Decrypt" in msg and "HMAC" in msg, msg
+    _fails("ValidationException", admin.create_grant, KeyId=sig_key, GranteePrincipal=GRANTEE, Operations=["GenerateMac"])
+    _fails("ValidationException", admin.create_grant, KeyId=mac_key, GranteePrincipal=GRANTEE,
+           Operations=["GenerateMac"], Constraints={"EncryptionContextSubset": {"a": "b"}})
+    admin.create_grant(KeyId=mac_key, GranteePrincipal=GRANTEE, Operations=["GenerateMac", "VerifyMac"])
+    g = admin.create_grant(KeyId=sig_key, GranteePrincipal=GRANTEE, Operations=["Sign", "GetPublicKey"])
+    mac = grantee.generate_mac(KeyId=mac_key, MacAlgorithm="HMAC_SHA_256", Message=b"m")["Mac"]
+    assert grantee.verify_mac(KeyId=mac_key, MacAlgorithm="HMAC_SHA_256", Message=b"m", Mac=mac)["MacValid"]
+    sig = grantee.sign(KeyId=sig_key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256",
+                       GrantTokens=[g["GrantToken"]])["Signature"]
+    assert grantee.get_public_key(KeyId=sig_key)["KeySpec"] == "ECC_NIST_P256"
+    # Verify was not granted; the admin's verify checks what the grantee signed.
+    _denied(grantee.verify, KeyId=sig_key, Message=b"m", Signature=sig, SigningAlgorithm="ECDSA_SHA_256")
+    assert admin.verify(KeyId=sig_key, Message=b"m", Signature=sig, SigningAlgorithm="ECDSA_SHA_256")["SignatureValid"]
+    # A grant on the signing key allows nothing on the HMAC key's other operations, and back.
+    _denied(grantee.describe_key, KeyId=mac_key)
+    admin.retire_grant(GrantToken=g["GrantToken"])
+    _denied(grantee.sign, KeyId=sig_key, Message=b"m", SigningAlgorithm="ECDSA_SHA_256")

@@ -14,7 +14,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use envelope_keystore::store::NewGrant;
-use envelope_keystore::{Grant, GrantConstraints};
+use envelope_keystore::{Grant, GrantConstraints, KeyUsage};
 use serde::Serialize;
 
 use super::{Call, Operation, Reply, decode_marker, empty, encode_marker, not_pending};
@@ -59,9 +59,9 @@ const GRANT_OPERATIONS: &[&str] = &[
     "Decapsulate",
 ];
 
-/// The grant operations valid for a symmetric encryption key (every key of this server). All of
-/// them take an encryption context, or are DescribeKey, CreateGrant and RetireGrant, to which
-/// constraints do not apply: so a constraint is allowed with any of them.
+/// The grant operations valid for a symmetric encryption key. All of them take an encryption
+/// context, or are DescribeKey, CreateGrant and RetireGrant, to which constraints do not apply:
+/// so a constraint is allowed with any of them.
 const SYMMETRIC_OPERATIONS: &[&str] = &[
     "CreateGrant",
     "Decrypt",
@@ -75,6 +75,36 @@ const SYMMETRIC_OPERATIONS: &[&str] = &[
     "ReEncryptTo",
     "RetireGrant",
 ];
+
+/// The grant operations valid for an HMAC key.
+const HMAC_OPERATIONS: &[&str] = &["CreateGrant", "DescribeKey", "GenerateMac", "RetireGrant", "VerifyMac"];
+
+/// The grant operations valid for an asymmetric signing key.
+const SIGNING_OPERATIONS: &[&str] = &["CreateGrant", "DescribeKey", "GetPublicKey", "RetireGrant", "Sign", "Verify"];
+
+/// Checks a grant's operations against the key's usage (AWS's per-key-type lists). Encryption
+/// context constraints need operations that take a context: symmetric encryption keys only.
+pub(crate) fn check_operations(usage: KeyUsage, operations: &[String], constrained: bool) -> Result<()> {
+    let (valid, kind): (&[&str], &str) = match usage {
+        KeyUsage::GenerateVerifyMac => (HMAC_OPERATIONS, "an HMAC"),
+        KeyUsage::SignVerify => (SIGNING_OPERATIONS, "an asymmetric signing"),
+        _ => (SYMMETRIC_OPERATIONS, "a symmetric encryption"),
+    };
+    let invalid: Vec<&str> = operations.iter().map(String::as_str).filter(|o| !valid.contains(o)).collect();
+    if !invalid.is_empty() {
+        return Err(KmsError::Validation(format!(
+            "The grant operations {} are not valid for {kind} KMS key.",
+            invalid.join(", ")
+        )));
+    }
+    if constrained && usage != KeyUsage::EncryptDecrypt {
+        return Err(KmsError::Validation(format!(
+            "Encryption context grant constraints are not valid for {kind} KMS key: its operations take no \
+             encryption context."
+        )));
+    }
+    Ok(())
+}
 
 /// The first bytes of every grant token this server issues.
 const TOKEN_TAG: &[u8; 4] = b"egt1";
@@ -264,14 +294,6 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
                         .into(),
                 ));
             }
-            let invalid: Vec<&str> =
-                operations.iter().map(String::as_str).filter(|o| !SYMMETRIC_OPERATIONS.contains(o)).collect();
-            if !invalid.is_empty() {
-                return Err(KmsError::Validation(format!(
-                    "The grant operations {} are not valid for a symmetric encryption KMS key.",
-                    invalid.join(", ")
-                )));
-            }
             let grantee = grantee.unwrap_or_default();
             arn_principal(&grantee)?;
             if let Some(r) = &raw.retiring_principal {
@@ -391,6 +413,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
     match req {
         Request::CreateGrant { key_id, grantee, retiring, operations, constraints, name, dry_run } => {
             let k = call.resolve(&key_id, Forms::KeyOnly)?;
+            check_operations(k.usage, &operations, constraints.is_some())?;
             let wanted = GrantRequest { operations: &operations, grantee: &grantee, retiring: retiring.as_deref() };
             let (verdict, attrs) = call.key_verdict(&k, "CreateGrant", &no_context, Some(&wanted))?;
             // A grant with CreateGrant allows passing on no more than it has (never against an
@@ -659,6 +682,37 @@ mod tests {
     }
 
     #[test]
+    fn grant_operations_follow_the_key_usage() {
+        let ops = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let code = |r: Result<()>| r.err().map(|e| e.aws().0);
+        assert_eq!(code(check_operations(KeyUsage::EncryptDecrypt, &ops(&["Decrypt", "GenerateDataKey"]), true)), None);
+        assert_eq!(
+            code(check_operations(KeyUsage::EncryptDecrypt, &ops(&["Sign"]), false)),
+            Some("ValidationException")
+        );
+        assert_eq!(
+            code(check_operations(KeyUsage::GenerateVerifyMac, &ops(&["GenerateMac", "VerifyMac"]), false)),
+            None
+        );
+        assert_eq!(
+            code(check_operations(KeyUsage::GenerateVerifyMac, &ops(&["Decrypt"]), false)),
+            Some("ValidationException")
+        );
+        assert_eq!(
+            code(check_operations(KeyUsage::GenerateVerifyMac, &ops(&["GenerateMac"]), true)),
+            Some("ValidationException")
+        );
+        assert_eq!(
+            code(check_operations(KeyUsage::SignVerify, &ops(&["Sign", "Verify", "GetPublicKey"]), false)),
+            None
+        );
+        assert_eq!(
+            code(check_operations(KeyUsage::SignVerify, &ops(&["GenerateMac"]), false)),
+            Some("ValidationException")
+        );
+    }
+
+    #[test]
     fn requests_are_validated() {
         let parse_body = |op, body: &str| parse(op, &Raw::from_body(body.as_bytes()).unwrap());
         let code = |r: Result<Request>| r.err().map(|e| e.aws().0);
@@ -671,7 +725,6 @@ mod tests {
             (format!(r#"{{"KeyId":"{key}","GranteePrincipal":"{app}"}}"#), "ValidationException"),
             (format!(r#"{{"KeyId":"{key}","Operations":["Decrypt"]}}"#), "ValidationException"),
             (format!(r#"{{"KeyId":"{key}","GranteePrincipal":"{app}","Operations":["Nope"]}}"#), "ValidationException"),
-            (format!(r#"{{"KeyId":"{key}","GranteePrincipal":"{app}","Operations":["Sign"]}}"#), "ValidationException"),
             (
                 format!(r#"{{"KeyId":"{key}","GranteePrincipal":"bob","Operations":["Decrypt"]}}"#),
                 "InvalidArnException",

@@ -5,7 +5,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -154,9 +154,13 @@ pub struct ServeArgs {
     /// and printed once.
     #[arg(long, env = "ENVELOPE_KMS_CREDENTIALS", value_name = "FILE")]
     pub credentials: Option<PathBuf>,
-    /// Region the server answers for (SigV4 scope and ARNs).
-    #[arg(long, env = "ENVELOPE_KMS_REGION", default_value = "us-east-1", value_name = "REGION")]
-    pub region: String,
+    /// Region the server answers for (SigV4 scope and ARNs). Repeat it (or separate with
+    /// commas) to serve several regions, each with its own keys, aliases and ARNs, picked by
+    /// the request's SigV4 credential scope: the first is the data directory's own store; each
+    /// other one is kept in <data-dir>/regions/<REGION>/ (SQLite) or in the schema
+    /// envelope_<REGION> of the --store database (PostgreSQL), under the same root key.
+    #[arg(long, env = "ENVELOPE_KMS_REGION", default_value = "us-east-1", value_name = "REGION", value_delimiter = ',', action = clap::ArgAction::Append)]
+    pub region: Vec<String>,
     /// 12-digit account id used in ARNs.
     #[arg(long, env = "ENVELOPE_KMS_ACCOUNT_ID", default_value = "111122223333", value_name = "ID")]
     pub account_id: String,
@@ -304,6 +308,8 @@ struct Settings {
     listen: SocketAddr,
     data_dir: PathBuf,
     store: envelope_keystore::StoreOptions,
+    /// The regions after the first, with where each keeps its keys.
+    other_regions: Vec<(String, envelope_keystore::StoreOptions)>,
     credentials: Option<PathBuf>,
     config: Config,
     audit_log: Option<PathBuf>,
@@ -383,25 +389,48 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let server = match Server::new(store, credentials, settings.config.clone()) {
-        Ok(s) => match &settings.audit_log {
-            Some(path) => match envelope_kms_server::audit::AuditLog::open_with(
-                path,
-                settings.audit_fail_closed,
-                settings.audit_rotation,
-            ) {
-                Ok(log) => Arc::new(s.with_audit(log)),
-                Err(e) => {
-                    eprintln!("envelope: cannot open the audit log {}: {e}", path.display());
-                    return ExitCode::FAILURE;
-                }
-            },
-            None => Arc::new(s),
-        },
+    let mut server = match Server::new(store, credentials, settings.config.clone()) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("envelope: {}", config_error(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
+    };
+    for (region, options) in &settings.other_regions {
+        if let envelope_keystore::Location::Sqlite(dir) = &options.location
+            && let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+        {
+            eprintln!("envelope: cannot create {} (region {region}): {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+        let store = match KeyStore::open_with_options(&settings.data_dir, &root, options) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                eprintln!("envelope: cannot open the key store of region {region} ({}): {e}", options.location);
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(region = %region, storage = %store.storage(), "key store open");
+        if let Err(e) = server.add_region(region, store) {
+            eprintln!("envelope: {}", config_error(&e));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let server = match &settings.audit_log {
+        Some(path) => {
+            match envelope_kms_server::audit::AuditLog::open_with(
+                path,
+                settings.audit_fail_closed,
+                settings.audit_rotation,
+            ) {
+                Ok(log) => Arc::new(server.with_audit(log)),
+                Err(e) => {
+                    eprintln!("envelope: cannot open the audit log {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => Arc::new(server),
     };
     if let Some(seed) = &args.seed {
         match envelope_kms_server::seed::apply_file(&server, seed) {
@@ -463,12 +492,24 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         create: true,
         refresh_interval: crate::config::parse_duration("--store-refresh", &args.store_refresh)?,
     };
-    let mut config = Config::new(&args.region, &args.account_id);
+    let Some((home, others)) = args.region.split_first() else { bail!("--region must name a region") };
+    let mut config = Config::new(home, &args.account_id);
     config.max_connections = args.max_connections;
     config.max_keys = args.max_keys;
     config.max_on_demand_rotations = args.max_on_demand_rotations;
     config.client_timeout = crate::config::parse_duration("--client-timeout", &args.client_timeout)?;
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut other_regions = Vec::new();
+    for r in others {
+        let mut c = config.clone();
+        c.region = r.clone();
+        c.validate().map_err(|e| anyhow::anyhow!("--region: {e}"))?;
+        if r == home || other_regions.iter().any(|(o, _)| o == r) {
+            bail!("--region {r} is given twice");
+        }
+        let location = store.location.partition(&data_dir, r).map_err(|e| anyhow::anyhow!("--region {r}: {e}"))?;
+        other_regions.push((r.clone(), envelope_keystore::StoreOptions { location, ..store.clone() }));
+    }
     if let Some(c) = args.credentials.as_ref().filter(|c| !c.is_file()) {
         bail!("--credentials {} is not a readable file", c.display());
     }
@@ -517,6 +558,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         listen,
         data_dir,
         store,
+        other_regions,
         credentials: args.credentials.clone(),
         config,
         audit_log,
@@ -621,7 +663,10 @@ async fn run_server(server: Arc<Server>, s: &Settings, listeners: Listeners) -> 
     let scheme = if s.tls.is_some() { "https" } else { "http" };
     println!(
         "envelope kms serve listening on {scheme}://{addr} (region {}, account {}, data {})",
-        s.config.region,
+        std::iter::once(s.config.region.as_str())
+            .chain(s.other_regions.iter().map(|(r, _)| r.as_str()))
+            .collect::<Vec<_>>()
+            .join(", "),
         s.config.account_id,
         s.data_dir.display()
     );
@@ -687,7 +732,7 @@ mod tests {
             store_refresh: "5s".into(),
             credentials: None,
             root_key: None,
-            region: "us-east-1".into(),
+            region: vec!["us-east-1".into()],
             account_id: "111122223333".into(),
             log_format: "text".into(),
             log_level: "info".into(),
@@ -732,6 +777,29 @@ mod tests {
         a.audit_rotate_size = Some("1MiB".into());
         a.audit_log = Some("off".into());
         assert!(resolve(&a).is_err(), "rotation without a log");
+    }
+
+    #[test]
+    fn each_region_after_the_first_gets_a_store_of_its_own() {
+        let mut a = args("127.0.0.1:4599");
+        a.region = vec!["us-east-1".into(), "eu-west-1".into(), "us-west-2".into()];
+        let s = resolve(&a).unwrap();
+        assert_eq!(s.config.region, "us-east-1");
+        let places: Vec<String> = s.other_regions.iter().map(|(r, o)| format!("{r} {}", o.location)).collect();
+        assert_eq!(
+            places,
+            [
+                "eu-west-1 sqlite:/tmp/envelope-kms-test/regions/eu-west-1",
+                "us-west-2 sqlite:/tmp/envelope-kms-test/regions/us-west-2"
+            ]
+        );
+        a.store = "postgres://kms@db/kms".into();
+        let s = resolve(&a).unwrap();
+        assert_eq!(s.other_regions[0].1.location.to_string(), "postgres://kms@db/kms (schema envelope_eu_west_1)");
+        for bad in [vec!["us-east-1", "us-east-1"], vec!["us-east-1", "EU"], vec![]] {
+            a.region = bad.iter().map(|r| r.to_string()).collect();
+            assert!(resolve(&a).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

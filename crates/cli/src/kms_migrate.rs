@@ -34,12 +34,21 @@ pub struct MigrateArgs {
     /// For a store whose root key is wrapped by a PKCS#11 token key: its `pkcs11:` URI.
     #[arg(long, env = "ENVELOPE_KMS_ROOT_KEY", value_name = "PKCS11-URI")]
     pub root_key: Option<String>,
+    /// Copy the keys of this region of a server with several `--region`s (one after the first):
+    /// --from and --to then name that region's store (`regions/<REGION>/` of a SQLite
+    /// directory, the schema `envelope_<REGION>` of a PostgreSQL database). Run once per region.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
 }
 
 pub fn run(a: MigrateArgs) -> Result<()> {
     let dir = a.data_dir.clone().unwrap_or_else(crate::kms_cmd::default_kms_dir);
-    let from = Location::parse(&a.from).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
-    let to = Location::parse(&a.to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    let mut from = Location::parse(&a.from).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+    let mut to = Location::parse(&a.to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    if let Some(r) = &a.region {
+        from = from.partition(&dir, r).map_err(|e| anyhow::anyhow!("--region: {e}"))?;
+        to = to.partition(&dir, r).map_err(|e| anyhow::anyhow!("--region: {e}"))?;
+    }
     if same(&from, &to, &dir) {
         bail!("--from and --to name the same store");
     }
@@ -82,7 +91,7 @@ fn same(a: &Location, b: &Location, dir: &std::path::Path) -> bool {
         _ => None,
     };
     match (a, b) {
-        (Location::Postgres(x), Location::Postgres(y)) => x.url == y.url,
+        (Location::Postgres(x), Location::Postgres(y)) => x.url == y.url && x.schema == y.schema,
         _ => match (sqlite_dir(a), sqlite_dir(b)) {
             (Some(x), Some(y)) => {
                 x == y || x.canonicalize().ok().is_some_and(|x| y.canonicalize().ok().is_some_and(|y| x == y))

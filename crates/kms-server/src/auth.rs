@@ -512,6 +512,17 @@ pub fn claimed_access_key_id(headers: &HeaderMap) -> Option<&str> {
     (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(id)
 }
 
+/// The region of the credential scope an `Authorization` header claims (unverified: it picks
+/// which region's keys the request is for, and verification then requires the signature to be
+/// scoped to exactly that region).
+pub fn claimed_region(headers: &HeaderMap) -> Option<&str> {
+    let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let rest = auth.strip_prefix("AWS4-HMAC-SHA256")?;
+    let cred = rest.split(',').find_map(|p| p.trim().strip_prefix("Credential="))?;
+    let region = cred.split('/').nth(2)?;
+    (!region.is_empty() && region.len() <= 64).then_some(region)
+}
+
 /// The parts of an `Authorization: AWS4-HMAC-SHA256 ...` header.
 #[derive(Debug, PartialEq, Eq)]
 struct Authorization<'a> {
@@ -593,6 +604,23 @@ fn check_skew(amz_date: &str, time: SystemTime, now: SystemTime) -> Result<()> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_claimed_region_is_the_credential_scope_s() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+            h
+        };
+        let h = with(
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-west-2/kms/aws4_request, SignedHeaders=host, Signature=00",
+        );
+        assert_eq!(claimed_region(&h), Some("us-west-2"));
+        assert_eq!(claimed_region(&with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830")), None);
+        assert_eq!(claimed_region(&with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830//kms/aws4_request")), None);
+        assert_eq!(claimed_region(&with("Basic dXNlcjpwYXNz")), None);
+        assert_eq!(claimed_region(&HeaderMap::new()), None);
+    }
 
     #[test]
     fn authorization_header() {

@@ -135,13 +135,17 @@ impl Config {
 pub struct Server {
     store: Arc<KeyStore>,
     /// Replaced whole by [`Server::reload_credentials`] (SIGHUP); requests take a snapshot.
-    credentials: std::sync::RwLock<Arc<CredentialStore>>,
+    /// Shared by every region of the server.
+    credentials: Arc<std::sync::RwLock<Arc<CredentialStore>>>,
     config: Config,
     names: ids::Names,
     audit: Option<Arc<audit::AuditLog>>,
-    metrics: metrics::Metrics,
+    metrics: Arc<metrics::Metrics>,
     clock: Arc<maintenance::Clock>,
     policies: op::PolicyCache,
+    /// The server's other regions: each its own key store and ARNs, sharing the credentials,
+    /// the audit log, the metrics and the clock ([`Server::add_region`]).
+    others: Vec<Arc<Server>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -162,26 +166,82 @@ impl Server {
         let policies = op::PolicyCache::new(&config.account_id)?;
         // The quotas are checked inside the store's write transactions, so requests however
         // interleaved, and replicas sharing one database, never go past them together.
+        Self::set_store_limits(&store, &config);
+        Ok(Self {
+            store,
+            credentials: Arc::new(std::sync::RwLock::new(Arc::new(credentials))),
+            config,
+            names,
+            audit: None,
+            metrics: Arc::new(metrics::Metrics::new()),
+            clock,
+            policies,
+            others: Vec::new(),
+        })
+    }
+
+    fn set_store_limits(store: &KeyStore, config: &Config) {
         store.set_limits(envelope_keystore::Limits {
             max_keys: Some(config.max_keys),
             max_tags: Some(protocol::MAX_TAGS),
             max_on_demand_rotations: Some(config.max_on_demand_rotations),
         });
-        Ok(Self {
-            store,
-            credentials: std::sync::RwLock::new(Arc::new(credentials)),
-            config,
-            names,
-            audit: None,
-            metrics: metrics::Metrics::new(),
-            clock,
-            policies,
-        })
     }
 
-    /// Writes one audit record per request to `log`.
+    /// Adds `region`, whose keys are in `store`: requests whose SigV4 credential scope names
+    /// it are served from that store, with that region's ARNs, as AWS keeps each region's keys
+    /// apart (a key of one region is NotFound in another). The account, the credentials, the
+    /// audit log, the metrics and the settings are shared; the quotas apply per region, as
+    /// AWS's do. Call it before the server is shared.
+    pub fn add_region(&mut self, region: &str, store: Arc<KeyStore>) -> Result<()> {
+        let mut config = self.config.clone();
+        config.region = region.to_string();
+        config.validate()?;
+        if self.regions().any(|r| r == region) {
+            return Err(KmsError::Config(format!("region {region} is given twice")));
+        }
+        Self::set_store_limits(&store, &config);
+        let other = Server {
+            store,
+            credentials: self.credentials.clone(),
+            names: ids::Names::new(region, &config.account_id),
+            policies: op::PolicyCache::new(&config.account_id)?,
+            config,
+            audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
+            others: Vec::new(),
+        };
+        self.others.push(Arc::new(other));
+        Ok(())
+    }
+
+    /// The regions served: this server's own first, then those added with
+    /// [`Server::add_region`].
+    pub fn regions(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.config.region.as_str()).chain(self.others.iter().map(|o| o.config.region.as_str()))
+    }
+
+    /// The server of another region added with [`Server::add_region`] (this server's own
+    /// region is not among them).
+    pub fn other_region(&self, region: &str) -> Option<&Arc<Server>> {
+        self.others.iter().find(|o| o.config.region == region)
+    }
+
+    /// The servers of the regions added with [`Server::add_region`].
+    pub fn other_regions(&self) -> &[Arc<Server>] {
+        &self.others
+    }
+
+    /// Writes one audit record per request to `log` (in every region added so far and later).
     pub fn with_audit(mut self, log: audit::AuditLog) -> Self {
-        self.audit = Some(Arc::new(log));
+        let log = Arc::new(log);
+        for o in &mut self.others {
+            if let Some(o) = Arc::get_mut(o) {
+                o.audit = Some(log.clone());
+            }
+        }
+        self.audit = Some(log);
         self
     }
 

@@ -138,6 +138,9 @@ pub struct Query {
     pub after: Option<Position>,
     /// `EventCategory: insight` was asked: there are no Insights events, so nothing matches.
     pub insights: bool,
+    /// Only events of this region (`awsRegion`), as CloudTrail's history is per region; set by
+    /// the server from the request's region, not by the request.
+    pub region: Option<String>,
 }
 
 /// Where an event stands in the order of results (newest first).
@@ -238,7 +241,7 @@ pub fn parse_request(body: &[u8]) -> Result<Query, LookupError> {
             return Err(LookupError::InvalidMaxResults(format!("MaxResults must be between 1 and {MAX_RESULTS}.")));
         }
     };
-    let mut q = Query { attribute, start, end, max_results, after: None, insights };
+    let mut q = Query { attribute, start, end, max_results, after: None, insights, region: None };
     if let Some(token) = raw.next_token {
         q.after = Some(decode_token(&token, &q)?);
     }
@@ -346,6 +349,8 @@ pub struct Record {
     pub stage: Option<String>,
     /// `errorCode`, if the call failed.
     pub error_code: Option<String>,
+    /// `awsRegion`.
+    pub region: Option<String>,
 }
 
 /// Reads one line of the audit log; `None` for a line that is not a record (e.g. cut short).
@@ -387,6 +392,7 @@ pub fn parse_record(line: &str) -> Option<Record> {
         request_id: s("/requestID").unwrap_or_default(),
         stage: s("/additionalEventData/auditStage"),
         error_code: s("/errorCode"),
+        region: s("/awsRegion"),
     })
 }
 
@@ -406,6 +412,11 @@ impl Query {
             return false;
         }
         if self.start.is_some_and(|s| r.position.time < s) || self.end.is_some_and(|e| r.position.time > e) {
+            return false;
+        }
+        if let (Some(want), Some(got)) = (&self.region, &r.region)
+            && want != got
+        {
             return false;
         }
         let Some((key, value)) = &self.attribute else { return true };
@@ -684,6 +695,24 @@ mod tests {
         assert_eq!(ids(&format!(r#"{{"StartTime":{t}}}"#)), ["b"]);
         assert_eq!(ids(&format!(r#"{{"EndTime":{t}}}"#)), ["a"]);
         assert_eq!(ids(r#"{"EventCategory":"insight"}"#), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_region_sees_its_own_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let region = |r: &str| format!(r#","awsRegion":"{r}""#);
+        let text = line("e", "2026-12-01T10:00:00Z", "CreateKey", &region("us-east-1"))
+            + &line("w", "2026-12-01T10:00:01Z", "CreateKey", &region("us-west-2"));
+        let path = write(dir.path(), "audit.log", &text);
+        let ids = |r: Option<&str>| -> Vec<String> {
+            let mut q = parse_request(b"{}").unwrap();
+            q.region = r.map(str::to_string);
+            lookup(&audit_files(&path), &q).unwrap().events.into_iter().map(|e| e.event_id).collect()
+        };
+        assert_eq!(ids(Some("us-west-2")), ["w"]);
+        assert_eq!(ids(Some("us-east-1")), ["e"]);
+        assert_eq!(ids(Some("eu-west-1")), Vec::<String>::new());
+        assert_eq!(ids(None), ["w", "e"]);
     }
 
     #[test]

@@ -15,6 +15,8 @@
 //!           Principal: { AWS: "arn:aws:iam::111122223333:root" }
 //!           Action: "kms:*"
 //!           Resource: "*"
+//!   - alias: alias/dr-key
+//!     region: eu-west-1                # a region the server serves (default: its first)
 //! ```
 //!
 //! Each step goes through the same request parsing and operations as the HTTP API (as the
@@ -49,6 +51,8 @@ struct SeedKey {
     tags: BTreeMap<String, String>,
     #[serde(default)]
     rotation_period_days: Option<u32>,
+    #[serde(default)]
+    region: Option<String>,
 }
 
 /// What applying a seed did.
@@ -71,16 +75,33 @@ pub fn apply_file(server: &Server, path: &Path) -> Result<SeedReport> {
 pub fn apply(server: &Server, yaml: &str) -> Result<SeedReport> {
     let seed: SeedFile = serde_norway::from_str(yaml).map_err(|e| KmsError::Config(format!("seed file: {e}")))?;
     let root = crate::Caller::account_root(&server.config().account_id);
-    let run = |op: Operation, body: serde_json::Value| -> Result<serde_json::Value> {
-        let bytes = serde_json::to_vec(&body).map_err(|e| KmsError::Internal(e.to_string()))?;
-        let req = parse_request(op, &bytes)?;
-        let out = server.execute(req, &root).result?;
-        serde_json::from_slice(&out.body).or(Ok(serde_json::Value::Null))
-    };
     let mut report = SeedReport::default();
     for k in seed.keys {
-        let alias = if k.alias.starts_with("alias/") { k.alias.clone() } else { format!("alias/{}", k.alias) };
-        match run(Operation::DescribeKey, json!({ "KeyId": alias })) {
+        let mut alias = if k.alias.starts_with("alias/") { k.alias.clone() } else { format!("alias/{}", k.alias) };
+        // The key's region: the server's own unless the entry names another it serves.
+        let server = match k.region.as_deref() {
+            None => server,
+            Some(r) if r == server.config().region => server,
+            Some(r) => match server.other_region(r) {
+                Some(other) => other.as_ref(),
+                None => {
+                    return Err(KmsError::Config(format!(
+                        "seed key {alias}: region {r} is not one this server serves (--region)"
+                    )));
+                }
+            },
+        };
+        let run = |op: Operation, body: serde_json::Value| -> Result<serde_json::Value> {
+            let bytes = serde_json::to_vec(&body).map_err(|e| KmsError::Internal(e.to_string()))?;
+            let req = parse_request(op, &bytes)?;
+            let out = server.execute(req, &root).result?;
+            serde_json::from_slice(&out.body).or(Ok(serde_json::Value::Null))
+        };
+        let alias_name = alias.clone();
+        if k.region.is_some() {
+            alias = format!("{alias} ({})", server.config().region);
+        }
+        match run(Operation::DescribeKey, json!({ "KeyId": alias_name })) {
             Ok(_) => {
                 report.existing.push(alias);
                 continue;
@@ -108,7 +129,7 @@ pub fn apply(server: &Server, yaml: &str) -> Result<SeedReport> {
             .as_str()
             .ok_or_else(|| KmsError::Internal("CreateKey returned no KeyId".into()))?
             .to_string();
-        run(Operation::CreateAlias, json!({ "AliasName": alias, "TargetKeyId": key_id }))
+        run(Operation::CreateAlias, json!({ "AliasName": alias_name, "TargetKeyId": key_id }))
             .map_err(|e| KmsError::Config(format!("seed alias {alias}: {e}")))?;
         if let Some(days) = k.rotation_period_days {
             run(Operation::EnableKeyRotation, json!({ "KeyId": key_id, "RotationPeriodInDays": days }))

@@ -72,8 +72,10 @@ pub(crate) async fn serve_connections(
     let client_timeout = state.config.client_timeout;
     // Key maintenance runs while the server serves: stopped at shutdown, or when this future
     // is dropped.
-    let maintenance =
-        crate::maintenance::Maintenance::start(Arc::downgrade(state.store()), state.clock().clone(), state.recorder());
+    let maintenance: Vec<_> = std::iter::once(&state)
+        .chain(state.other_regions())
+        .map(|s| crate::maintenance::Maintenance::start(Arc::downgrade(s.store()), s.clock().clone(), s.recorder()))
+        .collect();
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
     let app = state;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -128,7 +130,9 @@ pub(crate) async fn serve_connections(
         connections.abort_all();
         while connections.join_next().await.is_some() {}
     }
-    maintenance.stop().await;
+    for m in maintenance {
+        m.stop().await;
+    }
     Ok(())
 }
 
@@ -341,6 +345,13 @@ async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Respon
 /// Answers one request from `peer`.
 async fn handle_request(server: Arc<Server>, req: Request<Body>, peer: Option<SocketAddr>) -> Response<Body> {
     let started = std::time::Instant::now();
+    // The region the request's credential scope names picks the keys it acts on; verification
+    // then holds the signature to that scope. A region not served stays with the server's own,
+    // whose verification refuses the scope as AWS does.
+    let server = match crate::auth::claimed_region(req.headers()).and_then(|r| server.other_region(r)).cloned() {
+        Some(other) => other,
+        None => server,
+    };
     let request_id = crate::ids::random_uuid();
     let source_ip = peer.map(|p| p.ip().to_string());
     let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);

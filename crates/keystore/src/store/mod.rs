@@ -197,6 +197,28 @@ impl Location {
     pub fn is_shared(&self) -> bool {
         matches!(self, Location::Postgres(_))
     }
+
+    /// The location of a separate store named `name` beside this one, e.g. a key server's
+    /// other region: `regions/<name>/` under the SQLite directory (`data_dir`'s for
+    /// [`Location::DataDir`]; the caller creates it), or the schema `envelope_<name>` (`-` as
+    /// `_`) of the same PostgreSQL database. `name` is lower-case letters, digits and `-`.
+    pub fn partition(&self, data_dir: &Path, name: &str) -> Result<Self> {
+        if name.is_empty()
+            || name.len() > 48
+            || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(Error::Invalid(format!("{name:?} cannot name a partition of a store")));
+        }
+        Ok(match self {
+            Location::DataDir => Location::Sqlite(data_dir.join("regions").join(name)),
+            Location::Sqlite(dir) => Location::Sqlite(dir.join("regions").join(name)),
+            Location::Postgres(o) => {
+                let mut o = o.clone();
+                o.schema = Some(format!("envelope_{}", name.replace('-', "_")));
+                Location::Postgres(o)
+            }
+        })
+    }
 }
 
 impl std::fmt::Display for Location {
@@ -204,7 +226,10 @@ impl std::fmt::Display for Location {
         match self {
             Location::DataDir => f.write_str("sqlite"),
             Location::Sqlite(d) => write!(f, "sqlite:{}", d.display()),
-            Location::Postgres(o) => f.write_str(&postgres::redact(&o.url)),
+            Location::Postgres(o) => match &o.schema {
+                None => f.write_str(&postgres::redact(&o.url)),
+                Some(schema) => write!(f, "{} (schema {schema})", postgres::redact(&o.url)),
+            },
         }
     }
 }

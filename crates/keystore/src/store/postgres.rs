@@ -67,12 +67,16 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// How long a call waits for a connection before failing with [`Error::Unavailable`].
     pub connect_timeout: Duration,
+    /// A schema of its own for the store's tables (created if missing), so several stores
+    /// (e.g. a key server's regions) share one database; `None`: the connection's default
+    /// search path (`public`).
+    pub schema: Option<String>,
 }
 
 impl PostgresOptions {
     /// Defaults for `url`: a pool of 8, a 5-second connection timeout.
     pub fn new(url: &str) -> Self {
-        Self { url: url.to_string(), pool_size: 8, connect_timeout: Duration::from_secs(5) }
+        Self { url: url.to_string(), pool_size: 8, connect_timeout: Duration::from_secs(5), schema: None }
     }
 }
 
@@ -94,6 +98,8 @@ pub struct Postgres {
     tls: MakeRustlsConnect,
     target: String,
     leader: Arc<tokio::sync::Mutex<Option<Client>>>,
+    /// The advisory lock whose holder is the leader: one per schema.
+    leader_lock: i64,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -128,7 +134,22 @@ impl Postgres {
             .keepalives_interval(Duration::from_secs(5))
             .keepalives_retries(3)
             .tcp_user_timeout(CALL_TIMEOUT);
-        let target = target_of(&config);
+        let mut target = target_of(&config);
+        let leader_lock = match &opts.schema {
+            None => LEADER_LOCK,
+            Some(schema) => {
+                check_schema_name(schema)?;
+                // Every connection's tables are the schema's; PostgreSQL reads `-c` settings from
+                // the startup packet's options.
+                let options = match config.get_options() {
+                    Some(o) if !o.is_empty() => format!("{o} -c search_path={schema}"),
+                    _ => format!("-c search_path={schema}"),
+                };
+                config.options(&options);
+                target = format!("{target} (schema {schema})");
+                schema_lock(schema)
+            }
+        };
         if config.get_ssl_mode() != SslMode::Require && !is_local(&config) {
             tracing::warn!(
                 database = %target,
@@ -159,10 +180,29 @@ impl Postgres {
                 .build()
                 .map_err(|e| Error::Storage(format!("PostgreSQL pool: {e}")))?
         };
-        let pg =
-            Self { rt: Some(rt), handle, pool, config, tls, target, leader: Arc::new(tokio::sync::Mutex::new(None)) };
+        let pg = Self {
+            rt: Some(rt),
+            handle,
+            pool,
+            config,
+            tls,
+            target,
+            leader: Arc::new(tokio::sync::Mutex::new(None)),
+            leader_lock,
+        };
         let pool = pg.pool.clone();
-        pg.run(async move { migrate(&pool).await })?;
+        let schema = opts.schema.clone();
+        pg.run(async move {
+            if let Some(schema) = schema {
+                // Under the migration lock: replicas starting together create it once.
+                let mut c = client(&pool).await?;
+                let tx = c.transaction().await?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK]).await?;
+                tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await?;
+                tx.commit().await?;
+            }
+            migrate(&pool).await
+        })?;
         Ok(pg)
     }
 
@@ -753,7 +793,8 @@ impl Engine for Postgres {
     }
 
     fn is_leader(&self) -> Result<bool> {
-        let (leader, config, tls) = (self.leader.clone(), self.config.clone(), self.tls.clone());
+        let (leader, config, tls, lock) =
+            (self.leader.clone(), self.config.clone(), self.tls.clone(), self.leader_lock);
         self.run(async move {
             let mut held = leader.lock().await;
             if let Some(c) = held.as_ref() {
@@ -767,7 +808,7 @@ impl Engine for Postgres {
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            let won: bool = c.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK]).await?.try_get(0)?;
+            let won: bool = c.query_one("SELECT pg_try_advisory_lock($1)", &[&lock]).await?.try_get(0)?;
             if won {
                 *held = Some(c);
             }
@@ -1254,6 +1295,27 @@ async fn listen(config: Config, tls: MakeRustlsConnect, poke: Sender<()>) {
 
 /// The client configuration and TLS connector of a `postgres://` URL. `sslrootcert=FILE` (a PEM
 /// CA bundle) and `sslmode=verify-ca`/`verify-full` are handled here; the rest by tokio-postgres.
+/// A schema name used unquoted in SQL: lower-case ASCII letters, digits and `_`, not starting
+/// with a digit, at most 63 bytes (PostgreSQL's identifier length), not `pg_*`.
+fn check_schema_name(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with("pg_")
+        && schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit();
+    if ok { Ok(()) } else { Err(Error::Invalid(format!("{schema:?} is not a usable PostgreSQL schema name"))) }
+}
+
+/// The leader lock of a store in `schema`: the default lock's upper half and a hash of the name
+/// (FNV-1a), so stores in different schemas elect their leaders independently.
+fn schema_lock(schema: &str) -> i64 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in schema.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (LEADER_LOCK & !0xffff_ffff) | i64::from(h)
+}
+
 fn parse_url(url: &str) -> Result<(Config, MakeRustlsConnect)> {
     let bad = |why: String| Error::Invalid(format!("PostgreSQL URL {}: {why}", redact(url)));
     let (base, query) = match url.split_once('?') {

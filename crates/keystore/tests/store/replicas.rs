@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envelope_keystore::store::postgres::PG_SCHEMA_VERSION;
-use envelope_keystore::{EncryptionContext, Error, KeyRef, KeyState, KeyStore};
+use envelope_keystore::{EncryptionContext, Error, KeyRef, KeyState, KeyStore, Location, RootSource, StoreOptions};
 
 use crate::subject::{Pg, eventually};
 
@@ -211,4 +211,49 @@ fn the_database_holds_no_unsealed_material() {
     assert_eq!(dump.lines().count(), 1);
     assert!(!dump.contains(&hex::encode(material)), "sealed: {dump}");
     assert!(!dump.contains(&hex::encode(&material[..8])), "sealed: {dump}");
+}
+
+/// Stores in separate schemas of one database (a key server's regions): each has its own keys
+/// and aliases (the same alias name in both), a change in one is not seen in the other, each
+/// elects its own leader, and reopening finds each schema's keys again.
+#[test]
+fn partitions_in_one_database_keep_their_keys_and_leaders_apart() {
+    let s = Pg::new();
+    let open = |partition: Option<&str>| {
+        let mut location = Location::parse(&s.url).unwrap();
+        if let Some(p) = partition {
+            location = location.partition(&s.data_dir(), p).unwrap();
+        }
+        let options = StoreOptions { location, create: true, refresh_interval: HOUR };
+        KeyStore::open_with_options(&s.data_dir(), &RootSource::File, &options).unwrap()
+    };
+    let (home, west) = (open(None), open(Some("us-west-2")));
+    assert!(west.storage().contains("schema envelope_us_west_2"), "{}", west.storage());
+    let h = home.create_key(Some("app"), "home").unwrap();
+    let w = west.create_key(Some("app"), "west").unwrap();
+    assert_ne!(h.key_id, w.key_id);
+    let app = KeyRef::parse("app").unwrap();
+    assert_eq!(home.describe(&app).unwrap().key_id, h.key_id);
+    assert_eq!(west.describe(&app).unwrap().key_id, w.key_id);
+    assert!(matches!(west.describe(&KeyRef::parse(&h.key_id).unwrap()), Err(Error::NotFound(_))));
+    assert!(matches!(home.describe(&KeyRef::parse(&w.key_id).unwrap()), Err(Error::NotFound(_))));
+    assert_eq!(home.list().unwrap().len(), 1);
+    assert_eq!(west.list().unwrap().len(), 1);
+    // A ciphertext of one partition's key does not decrypt in the other.
+    let c = EncryptionContext::new();
+    let e = home.encrypt(&app, b"home data", &c).unwrap();
+    assert!(west.decrypt(&e.blob, &c).is_err());
+    assert_eq!(&home.decrypt(&e.blob, &c).unwrap().plaintext[..], b"home data");
+    // One leader per partition, even with both partitions open in the same process twice.
+    let (home2, west2) = (open(None), open(Some("us-west-2")));
+    let homes = [home.is_leader().unwrap(), home2.is_leader().unwrap()];
+    let wests = [west.is_leader().unwrap(), west2.is_leader().unwrap()];
+    assert_eq!(homes.iter().filter(|l| **l).count(), 1, "{homes:?}");
+    assert_eq!(wests.iter().filter(|l| **l).count(), 1, "{wests:?}");
+    drop((home, west, home2, west2));
+    // Reopened, each partition finds its own key again.
+    assert_eq!(open(Some("us-west-2")).describe(&app).unwrap().key_id, w.key_id);
+    assert_eq!(open(None).describe(&app).unwrap().key_id, h.key_id);
+    // A name that cannot be a schema is refused before anything is created.
+    assert!(Location::parse(&s.url).unwrap().partition(&s.data_dir(), "US West").is_err());
 }

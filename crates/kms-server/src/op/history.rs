@@ -29,8 +29,10 @@ pub(crate) fn parse(op: Operation, body: &[u8]) -> Result<Request> {
 
 pub(crate) fn run(r: Request, call: &Call<'_>) -> Result<Reply> {
     match r {
-        Request::LookupEvents(q) => {
+        Request::LookupEvents(mut q) => {
             call.authorize_account(LOOKUP_ACTION)?;
+            // Each region's history is its own, as in CloudTrail.
+            q.region = Some(call.server().config().region.clone());
             let Some(log) = call.server().audit() else {
                 return Err(KmsError::UnsupportedOperation(
                     "The audit log is off (--audit-log off): there is no history to search.".into(),

@@ -100,7 +100,13 @@ def fx():
     c.import_key_material(**material(imp_pending, os.urandom(32)))
     c.import_key_material(**material(imp_pending, os.urandom(32), ImportType="NEW_KEY_MATERIAL"))
     mac = c.create_key(Description="hmac", KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
-    yield {"client": client, "on": on, "off": off, "gone": gone, "ext": ext, "other": other, "quota": quota,
+    ext_mac = c.create_key(Description="hmac, pending import", KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC",
+                           Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    ext_rsa = c.create_key(Description="rsa, pending import", KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY",
+                           Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    ext_ecc = c.create_key(Description="ecc, pending import", KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
+                           Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
+    yield {"ext_mac": ext_mac, "ext_rsa": ext_rsa, "ext_ecc": ext_ecc, "client": client, "on": on, "off": off, "gone": gone, "ext": ext, "other": other, "quota": quota,
            "blob": blob, "material": material, "imp": imp, "imp_mid": imp_mid, "imp_bytes": imp_bytes,
            "imp_pending": imp_pending, "mac": mac}
     p.send_signal(signal.SIGTERM)
@@ -270,6 +276,26 @@ ROWS = [
     ("import-expiring-without-valid-to", "ImportKeyMaterial",
      lambda f: {"KeyId": f["ext"], "ImportToken": b"t", "EncryptedKeyMaterial": b"m", "ExpirationModel": "KEY_MATERIAL_EXPIRES"},
      "ValidationException", "A validTo date must be set if the ExpirationModel is KEY_MATERIAL_EXPIRES", "AWS"),
+    ("import-hmac-material-too-short", "ImportKeyMaterial", lambda f: f["material"](f["ext_mac"], b"\x07" * 20),
+     "IncorrectKeyMaterialException", "key material of a HMAC_256 key must be 32 to 64 bytes", "unknown"),
+    ("import-type-on-hmac-key", "ImportKeyMaterial",
+     lambda f: f["material"](f["ext_mac"], b"\x07" * 32, ImportType="NEW_KEY_MATERIAL"),
+     "ValidationException",
+     lambda f: f"ImportType is only usable with symmetric encryption keys; {arn(f['ext_mac'])} is a HMAC_256 key.",
+     "unknown"),
+    ("import-key-pair-not-pkcs8", "ImportKeyMaterial", lambda f: f["material"](f["ext_ecc"], b"\x07" * 32),
+     "IncorrectKeyMaterialException", "the key material is not a ECC_NIST_P256 private key in PKCS#8 (DER) form",
+     "unknown"),
+    ("parameters-for-import-rsa-key-with-oaep", "GetParametersForImport",
+     lambda f: {"KeyId": f["ext_rsa"], "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_4096"},
+     "ValidationException",
+     lambda f: f"To import an RSA private key into {arn(f['ext_rsa'])}, use an RSA_AES_KEY_WRAP wrapping algorithm.",
+     "unknown"),
+    ("generate-mac-pending-import", "GenerateMac",
+     lambda f: {"KeyId": f["ext_mac"], "Message": b"m", "MacAlgorithm": "HMAC_SHA_256"},
+     "KMSInvalidStateException", lambda f: f"{arn(f['ext_mac'])} is pending import.", "AWS"),
+    ("get-public-key-pending-import", "GetPublicKey", lambda f: {"KeyId": f["ext_rsa"]},
+     "KMSInvalidStateException", lambda f: f"{arn(f['ext_rsa'])} is pending import.", "AWS"),
     # ---- policies ----
     ("get-key-policy-other-name", "GetKeyPolicy", lambda f: {"KeyId": f["on"], "PolicyName": "other"},
      "NotFoundException", "Policy other does not exist; the only key policy name is 'default'.", "unknown"),
@@ -422,10 +448,6 @@ ROWS = [
      "UnsupportedOperationException", "KeySpec SM2 is not supported by this server.", "unknown"),
     ("create-key-rsa-encryption", "CreateKey", lambda f: {"KeyUsage": "ENCRYPT_DECRYPT", "KeySpec": "RSA_2048"},
      "UnsupportedOperationException", "KeyUsage ENCRYPT_DECRYPT with KeySpec RSA_2048 is not supported by this server.",
-     "unknown"),
-    ("create-key-hmac-imported", "CreateKey",
-     lambda f: {"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC", "Origin": "EXTERNAL"},
-     "UnsupportedOperationException", "Importing key material into HMAC_256 keys is not supported by this server.",
      "unknown"),
     # ---- key specs and key usage ----
     # AWS's wording as reported by AWS users and reproduced by the KMS emulators (local-kms, ...).

@@ -194,8 +194,6 @@ def test_create_key_spec_and_usage_rules(raw):
          "KeyUsage GENERATE_VERIFY_MAC is not compatible with KeySpec RSA_2048"),
         ({"KeySpec": "HMAC_1024", "KeyUsage": "GENERATE_VERIFY_MAC"}, "ValidationException",
          None),
-        ({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC", "Origin": "EXTERNAL"},
-         "UnsupportedOperationException", "Importing key material into HMAC_256 keys is not supported by this server."),
         ({"KeySpec": "HMAC_256", "KeyUsage": "GENERATE_VERIFY_MAC", "MultiRegion": True},
          "UnsupportedOperationException", "Multi-Region keys are not supported."),
         ({"KeySpec": "ECC_NIST_P256"}, "ValidationException",

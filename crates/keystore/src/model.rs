@@ -151,6 +151,21 @@ impl KeySpec {
         }
     }
 
+    /// The lengths this spec's secret material may have: exactly 32 bytes for symmetric keys;
+    /// for HMAC keys what AWS accepts for imported material (HMAC_224 28–64 bytes, HMAC_256
+    /// 32–64, HMAC_384 48–128, HMAC_512 64–128; generated material is as long as the digest);
+    /// `None` for key pairs (PKCS#8 documents, checked by parsing).
+    pub fn material_lens(self) -> Option<std::ops::RangeInclusive<usize>> {
+        match self {
+            KeySpec::SymmetricDefault => Some(32..=32),
+            KeySpec::Hmac224 => Some(28..=64),
+            KeySpec::Hmac256 => Some(32..=64),
+            KeySpec::Hmac384 => Some(48..=128),
+            KeySpec::Hmac512 => Some(64..=128),
+            _ => None,
+        }
+    }
+
     /// The signing algorithms of a signing key (empty for other keys).
     pub fn signing_algorithms(self) -> &'static [SigningAlgorithm] {
         use SigningAlgorithm as S;

@@ -14,7 +14,7 @@ use aws_lc_rs::key_wrap::{AES_256, AesKek, KeyWrapPadded};
 use aws_lc_rs::rsa::{
     KeySize, OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OaepAlgorithm, OaepPrivateDecryptingKey, PrivateDecryptingKey,
 };
-use envelope_keystore::KeyStore;
+use envelope_keystore::{KeySpec, KeyStore};
 use zeroize::Zeroizing;
 
 use crate::error::{KmsError, Result, Subject};
@@ -68,11 +68,12 @@ pub(crate) fn parameters(
     Ok(Parameters { public_key, token, valid_to })
 }
 
-/// Opens `token` for key `kid` at time `now` and unwraps `encrypted` with it: the key material,
-/// exactly [`MATERIAL_LEN`] bytes.
+/// Opens `token` for key `kid` (of `spec`) at time `now` and unwraps `encrypted` with it: the
+/// key material (exactly [`MATERIAL_LEN`] bytes for a symmetric key).
 pub(crate) fn unwrap(
     store: &KeyStore,
     kid: &[u8; 16],
+    spec: KeySpec,
     token: &[u8],
     encrypted: &[u8],
     now: i64,
@@ -102,7 +103,8 @@ pub(crate) fn unwrap(
         WrappingAlgorithm::AesKeyWrapSha1 => hybrid(&private, &OAEP_SHA1_MGF1SHA1, encrypted)?,
         WrappingAlgorithm::AesKeyWrapSha256 => hybrid(&private, &OAEP_SHA256_MGF1SHA256, encrypted)?,
     };
-    if material.len() != MATERIAL_LEN {
+    // HMAC material and key pairs are checked by the key store against the key's spec.
+    if spec == KeySpec::SymmetricDefault && material.len() != MATERIAL_LEN {
         return Err(KmsError::IncorrectKeyMaterial(format!(
             "The key material must be {MATERIAL_LEN} bytes for a SYMMETRIC_DEFAULT key."
         )));
@@ -213,17 +215,20 @@ mod tests {
             assert!(p.token.len() <= crate::protocol::MAX_CIPHERTEXT);
             assert_eq!(p.valid_to, 1000 + TOKEN_LIFETIME);
             let enc = wrap(&p.public_key, a, &[9u8; 32]);
-            assert_eq!(&unwrap(&s, &kid, &p.token, &enc, 1000).unwrap()[..], &[9u8; 32]);
+            assert_eq!(&unwrap(&s, &kid, KeySpec::SymmetricDefault, &p.token, &enc, 1000).unwrap()[..], &[9u8; 32]);
             assert_eq!(
-                unwrap(&s, &kid, &p.token, &enc, p.valid_to + 1).unwrap_err().aws().0,
+                unwrap(&s, &kid, KeySpec::SymmetricDefault, &p.token, &enc, p.valid_to + 1).unwrap_err().aws().0,
                 "ExpiredImportTokenException"
             );
             assert_eq!(
-                unwrap(&s, &[2u8; 16], &p.token, &enc, 1000).unwrap_err().aws().0,
+                unwrap(&s, &[2u8; 16], KeySpec::SymmetricDefault, &p.token, &enc, 1000).unwrap_err().aws().0,
                 "InvalidImportTokenException"
             );
             let short = wrap(&p.public_key, a, &[9u8; 24]);
-            assert_eq!(unwrap(&s, &kid, &p.token, &short, 1000).unwrap_err().aws().0, "IncorrectKeyMaterialException");
+            assert_eq!(
+                unwrap(&s, &kid, KeySpec::SymmetricDefault, &p.token, &short, 1000).unwrap_err().aws().0,
+                "IncorrectKeyMaterialException"
+            );
         }
         let p = parameters(&s, &kid, WrappingAlgorithm::OaepSha256, WrappingKeySpec::Rsa4096, 0).unwrap();
         assert!(p.token.len() <= crate::protocol::MAX_CIPHERTEXT, "{}", p.token.len());
@@ -234,7 +239,7 @@ mod tests {
         #[test]
         fn garbage_never_panics(token in proptest::collection::vec(any::<u8>(), 0..200), enc in proptest::collection::vec(any::<u8>(), 0..600)) {
             let (_d, s) = store();
-            prop_assert!(unwrap(&s, &[0u8; 16], &token, &enc, 0).is_err());
+            prop_assert!(unwrap(&s, &[0u8; 16], KeySpec::SymmetricDefault, &token, &enc, 0).is_err());
         }
     }
 }

@@ -13,20 +13,22 @@
 //! asks them, and writes the [`Change`] they return, so both engines decide the same way.
 
 use super::engine::{ImportRequest, MaterialRow, NewVersion};
-use super::{KeyStore, seal_aad};
+use super::{KeyStore, seal_aad_for};
 use crate::error::{Error, Result};
-use crate::model::{ImportOptions, ImportType, KeyRef, KeyState, MaterialState};
+use crate::model::{ImportOptions, ImportType, KeyRef, KeySpec, KeyState, MaterialState};
 
 impl KeyStore {
-    /// Imports `material` (exactly 32 bytes) into an external key at time `at` (Unix seconds),
-    /// expiring at `valid_to` (`None`: never), with the default import type: the first material
+    /// Imports `material` (32 bytes for a symmetric key, see [`KeyStore::import_material_with`])
+    /// into an external key at time `at` (Unix seconds), expiring at `valid_to` (`None`: never), with the default import type: the first material
     /// of a key, or material imported into it before. See [`KeyStore::import_material_with`].
     pub fn import_material(&self, key: &KeyRef, material: &[u8], valid_to: Option<i64>, at: i64) -> Result<String> {
         self.import_material_with(key, material, &ImportOptions { valid_to, ..ImportOptions::default() }, at)
     }
 
-    /// Imports `material` (exactly 32 bytes) into an external key at time `at` (Unix seconds).
-    /// Its material id is derived from key id and material, so re-importing the same material
+    /// Imports `material` into an external key at time `at` (Unix seconds): 32 bytes for a
+    /// symmetric key, the lengths [`KeySpec::material_lens`] allows for an HMAC key, a PKCS#8
+    /// (DER) private key of the spec for a key pair (whose material never changes after the
+    /// first import: `opts.import_type` is for symmetric keys only). Its material id is derived from key id and material, so re-importing the same material
     /// after [`KeyStore::delete_imported_material`] restores the same version and old
     /// ciphertexts decrypt again.
     ///
@@ -42,12 +44,16 @@ impl KeyStore {
     ///
     /// Returns the material id (hex).
     pub fn import_material_with(&self, key: &KeyRef, material: &[u8], opts: &ImportOptions, at: i64) -> Result<String> {
-        if material.len() != crate::crypto::KEY_LEN {
-            return Err(Error::IncorrectMaterial(format!("key material must be {} bytes", crate::crypto::KEY_LEN)));
-        }
         let (kid, id) = self.resolve_db(key)?;
+        let spec = self.core.snapshot().keys.get(&kid).map(|k| k.key_spec).unwrap_or_default();
+        check_material(spec, material)?;
+        if spec != KeySpec::SymmetricDefault && opts.import_type.is_some() {
+            return Err(Error::Unsupported(format!(
+                "ImportType is only usable with symmetric encryption keys, not with {spec} keys"
+            )));
+        }
         let mid = imported_material_id(&kid, material)?;
-        let sealed = self.core.root.seal(&seal_aad(&kid, &mid), material)?;
+        let sealed = self.core.root.seal(&seal_aad_for(spec, &kid, &mid), material)?;
         let req = ImportRequest {
             version: NewVersion { material_id: hex::encode(mid), sealed },
             import_type: opts.import_type,
@@ -289,6 +295,26 @@ fn settle(
 /// The material id of imported material: HMAC-SHA-256 keyed with the material over a label and
 /// the key id, so the same material in the same key always gets the same id (and blobs made
 /// before a delete + re-import find it again) without the id revealing anything about it.
+/// Whether `material` can be a key of `spec`: its length for symmetric and HMAC keys
+/// ([`KeySpec::material_lens`]), a private key of the spec's curve or size in PKCS#8 (DER) for
+/// key pairs.
+fn check_material(spec: KeySpec, material: &[u8]) -> Result<()> {
+    match spec.material_lens() {
+        Some(lens) if lens.contains(&material.len()) => Ok(()),
+        Some(lens) if lens.start() == lens.end() => {
+            Err(Error::IncorrectMaterial(format!("key material of a {spec} key must be {} bytes", lens.start())))
+        }
+        Some(lens) => Err(Error::IncorrectMaterial(format!(
+            "key material of a {spec} key must be {} to {} bytes",
+            lens.start(),
+            lens.end()
+        ))),
+        None => crate::crypto::SigningKey::from_pkcs8(spec, material).map(drop).map_err(|_| {
+            Error::IncorrectMaterial(format!("the key material is not a {spec} private key in PKCS#8 (DER) form"))
+        }),
+    }
+}
+
 fn imported_material_id(kid: &[u8; 16], material: &[u8]) -> Result<[u8; 32]> {
     use aws_lc_rs::hmac;
     let k = hmac::Key::new(hmac::HMAC_SHA256, material);

@@ -47,6 +47,18 @@ impl KeyStore {
         self.create(None, description, tags, policy, true, KeySpec::SymmetricDefault)
     }
 
+    /// [`KeyStore::create_external_key`] for a key of any spec: HMAC keys and key pairs take
+    /// their material from [`KeyStore::import_material_with`] too.
+    pub fn create_external_key_of(
+        &self,
+        spec: KeySpec,
+        description: &str,
+        tags: &[(String, String)],
+        policy: Option<&str>,
+    ) -> Result<KeyMetadata> {
+        self.create(None, description, tags, policy, true, spec)
+    }
+
     fn create(
         &self,
         alias: Option<&str>,

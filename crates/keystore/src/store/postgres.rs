@@ -282,8 +282,9 @@ impl Engine for Postgres {
             match &version {
                 None => {
                     tx.execute(
-                        "INSERT INTO keys (key_id, description, state, created_at, current_material) VALUES ($1, $2, 'PendingImport', $3, '')",
-                        &[&id, &description, &created_at],
+                        "INSERT INTO keys (key_id, description, state, created_at, current_material, key_spec, key_usage) \
+                         VALUES ($1, $2, 'PendingImport', $3, '', $4, $5)",
+                        &[&id, &description, &created_at, &key_spec.as_str(), &key_spec.usage().as_str()],
                     )
                     .await?;
                     tx.execute("INSERT INTO key_import (key_id) VALUES ($1)", &[&id]).await?;

@@ -220,16 +220,18 @@ impl Core {
     }
 
     /// Unseals one version of key `kid` (of `spec`): the material must open under the spec's
-    /// additional data and have the spec's length.
+    /// additional data and have a length the spec allows.
     pub(super) fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], spec: KeySpec, sealed: &[u8]) -> Result<Material> {
         let material = self.root.open(&seal_aad_for(spec, kid, mid), sealed)?;
-        if let Some(len) = spec.material_len()
-            && material.len() != len
+        if let Some(lens) = spec.material_lens()
+            && !lens.contains(&material.len())
         {
             return Err(Error::RootKey(format!(
-                "key material of key {} is {} bytes, not the {len} of a {spec} key",
+                "key material of key {} is {} bytes, not {}–{} as a {spec} key's",
                 uuid::Uuid::from_bytes(*kid),
                 material.len(),
+                lens.start(),
+                lens.end(),
             )));
         }
         let secret = match (spec.mac_algorithm(), spec.is_signing()) {

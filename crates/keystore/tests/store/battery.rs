@@ -595,3 +595,42 @@ pub fn hmac_keys_keep_their_spec_and_material(s: &dyn Subject) {
     other.set_enabled(&r, false).unwrap();
     assert!(matches!(other.generate_mac(&r, MacAlgorithm::HmacSha384, b"hello"), Err(Error::Disabled(_))));
 }
+
+/// Imported material for an HMAC key and a key pair: the key keeps its spec while it waits
+/// PendingImport, takes only material its spec allows (HMAC lengths, a PKCS#8 key of its curve),
+/// never a second material or an import type, and another handle unseals the same material.
+pub fn imported_hmac_and_key_pair_material(s: &dyn Subject) {
+    let ks = s.open();
+    let mac_key = ks.create_external_key_of(KeySpec::Hmac256, "mac", &[], None).unwrap();
+    assert_eq!((mac_key.key_spec, mac_key.state), (KeySpec::Hmac256, KeyState::PendingImport));
+    let r = KeyRef::parse(&mac_key.key_id).unwrap();
+    let none = ImportOptions::default();
+    for bad in [&[7u8; 31][..], &[7u8; 65][..]] {
+        assert!(matches!(ks.import_material_with(&r, bad, &none, 1), Err(Error::IncorrectMaterial(_))));
+    }
+    let typed = ImportOptions { import_type: Some(ImportType::New), ..ImportOptions::default() };
+    assert!(matches!(ks.import_material_with(&r, &[7u8; 40], &typed, 1), Err(Error::Unsupported(_))));
+    ks.import_material_with(&r, &[7u8; 40], &none, 1).unwrap();
+    assert_eq!(ks.describe(&r).unwrap().state, KeyState::Enabled);
+    let mac = ks.generate_mac(&r, MacAlgorithm::HmacSha256, b"m").unwrap();
+    assert!(matches!(ks.import_material_with(&r, &[8u8; 40], &none, 2), Err(Error::IncorrectMaterial(_))));
+
+    let pair = ks.create_external_key_of(KeySpec::EccNistP256, "pair", &[], None).unwrap();
+    let p = KeyRef::parse(&pair.key_id).unwrap();
+    assert!(ks.public_key(&p).is_err(), "no public key before the import");
+    let p384 = envelope_keystore::crypto::SigningKey::generate_pkcs8(KeySpec::EccNistP384).unwrap();
+    assert!(matches!(ks.import_material_with(&p, &p384, &none, 1), Err(Error::IncorrectMaterial(_))));
+    assert!(matches!(ks.import_material_with(&p, &[1u8; 32], &none, 1), Err(Error::IncorrectMaterial(_))));
+    let p256 = envelope_keystore::crypto::SigningKey::generate_pkcs8(KeySpec::EccNistP256).unwrap();
+    ks.import_material_with(&p, &p256, &none, 1).unwrap();
+    let public = envelope_keystore::crypto::SigningKey::from_pkcs8(KeySpec::EccNistP256, &p256)
+        .unwrap()
+        .public_key_der()
+        .unwrap();
+    assert_eq!(ks.public_key(&p).unwrap(), public);
+    drop(ks);
+    let other = s.open();
+    assert_eq!(other.generate_mac(&r, MacAlgorithm::HmacSha256, b"m").unwrap(), mac);
+    assert_eq!(other.public_key(&p).unwrap(), public);
+    assert_eq!(other.describe(&p).unwrap().key_spec, KeySpec::EccNistP256);
+}

@@ -80,6 +80,10 @@ macro_rules! battery {
         fn hmac_keys_keep_their_spec_and_material() {
             crate::battery::hmac_keys_keep_their_spec_and_material(&$subject());
         }
+        #[test]
+        fn imported_hmac_and_key_pair_material() {
+            crate::battery::imported_hmac_and_key_pair_material(&$subject());
+        }
     };
 }
 

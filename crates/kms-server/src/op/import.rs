@@ -2,7 +2,7 @@
 //! DeleteImportedKeyMaterial — for keys with origin EXTERNAL only. The wrapping keys and
 //! tokens are [`crate::import`]'s.
 
-use envelope_keystore::{ImportOptions, ImportType};
+use envelope_keystore::{ImportOptions, ImportType, KeySpec};
 use serde::Serialize;
 
 use super::{Call, DAY, Operation, Reply, Resolved, not_pending};
@@ -153,6 +153,13 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             call.allow(&k, "GetParametersForImport")?;
             external_material(call, &k)?;
             not_pending(&k)?;
+            if is_rsa(k.spec) && matches!(algorithm, WrappingAlgorithm::OaepSha1 | WrappingAlgorithm::OaepSha256) {
+                // An RSA private key does not fit in one RSA-OAEP block (AWS's rule).
+                return Err(KmsError::Validation(format!(
+                    "To import an RSA private key into {}, use an RSA_AES_KEY_WRAP wrapping algorithm.",
+                    k.arn
+                )));
+            }
             let p = crate::import::parameters(&s.store, &k.kid, algorithm, key_spec, s.clock.now())?;
             call.reply(&ImportParametersResponse {
                 key_id: k.arn,
@@ -184,7 +191,13 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
                     )));
                 }
             }
-            let material = crate::import::unwrap(&s.store, &k.kid, &token, &material, now)?;
+            if k.spec != KeySpec::SymmetricDefault && import_type.is_some() {
+                return Err(KmsError::Validation(format!(
+                    "ImportType is only usable with symmetric encryption keys; {} is a {} key.",
+                    k.arn, k.spec
+                )));
+            }
+            let material = crate::import::unwrap(&s.store, &k.kid, k.spec, &token, &material, now)?;
             let opts = ImportOptions { import_type, material_id: key_material_id, description, valid_to };
             let mid = s
                 .store
@@ -204,6 +217,10 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             call.reply(&ImportResponse { key_id: k.arn, key_material_id: mid })
         }
     }
+}
+
+fn is_rsa(spec: KeySpec) -> bool {
+    matches!(spec, KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096)
 }
 
 /// Import operations apply only to keys with origin EXTERNAL (spec §5).

@@ -92,11 +92,6 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
                 "Only Origin AWS_KMS and EXTERNAL are supported.",
             )?;
             let external = raw.origin.as_deref() == Some("EXTERNAL");
-            if external && key_spec != KeySpec::SymmetricDefault {
-                return Err(KmsError::UnsupportedOperation(format!(
-                    "Importing key material into {key_spec} keys is not supported by this server."
-                )));
-            }
             tag_rules(&tags)?;
             Request::CreateKey {
                 description,
@@ -171,7 +166,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             // store's limits), so concurrent creations, on this server or on replicas, cannot
             // go past it together.
             let meta = if external {
-                s.store.create_external_key(&description, &tags, policy.as_deref())
+                s.store.create_external_key_of(key_spec, &description, &tags, policy.as_deref())
             } else {
                 s.store.create_key_of(key_spec, &description, &tags, policy.as_deref())
             }

@@ -183,7 +183,7 @@ impl Engine for Sqlite {
                             k.created_at,
                             v.material_id,
                             k.key_spec.as_str(),
-                            k.key_spec.usage().as_str()
+                            k.key_usage.as_str()
                         ],
                     )?;
                     tx.execute(

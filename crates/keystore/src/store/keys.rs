@@ -21,7 +21,7 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        self.create(alias, description, tags, policy, false, KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt)
+        self.create(alias, description, tags, policy, false, (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt))
     }
 
     /// [`KeyStore::create_key_with`] for a key of any spec (HMAC keys: material as long as the
@@ -33,7 +33,7 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        self.create(None, description, tags, policy, false, spec, spec.usage())
+        self.create(None, description, tags, policy, false, (spec, spec.usage()))
     }
 
     /// [`KeyStore::create_key_of`] with a usage of the spec's ([`KeySpec::usages`]; RSA keys
@@ -49,7 +49,7 @@ impl KeyStore {
         if !spec.usages().contains(&usage) {
             return Err(Error::Invalid(format!("a {spec} key cannot have key usage {usage}")));
         }
-        self.create(None, description, tags, policy, false, spec, usage)
+        self.create(None, description, tags, policy, false, (spec, usage))
     }
 
     /// Creates a key for imported material (origin `EXTERNAL`): no material, state
@@ -60,7 +60,7 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        self.create(None, description, tags, policy, true, KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt)
+        self.create(None, description, tags, policy, true, (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt))
     }
 
     fn create(
@@ -70,8 +70,7 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
         external: bool,
-        key_spec: KeySpec,
-        key_usage: KeyUsage,
+        (key_spec, key_usage): (KeySpec, KeyUsage),
     ) -> Result<KeyMetadata> {
         let alias = alias.map(normalise_alias).transpose()?;
         let kid = *uuid::Uuid::new_v4().as_bytes();

@@ -595,3 +595,26 @@ pub fn hmac_keys_keep_their_spec_and_material(s: &dyn Subject) {
     other.set_enabled(&r, false).unwrap();
     assert!(matches!(other.generate_mac(&r, MacAlgorithm::HmacSha384, b"hello"), Err(Error::Disabled(_))));
 }
+
+pub fn asymmetric_keys_keep_their_usage_and_key_pair(s: &dyn Subject) {
+    use envelope_keystore::EncryptionAlgorithm as A;
+    let ks = s.open();
+    let rsa = ks.create_key_for(KeySpec::Rsa2048, KeyUsage::EncryptDecrypt, "rsa", &[], None).unwrap();
+    let ecdh = ks.create_key_for(KeySpec::EccNistP256, KeyUsage::KeyAgreement, "ecdh", &[], None).unwrap();
+    assert_eq!((ecdh.key_spec, ecdh.key_usage), (KeySpec::EccNistP256, KeyUsage::KeyAgreement));
+    let (r, e) = (KeyRef::parse(&rsa.key_id).unwrap(), KeyRef::parse(&ecdh.key_id).unwrap());
+    let ct = ks.rsa_encrypt(&r, A::RsaesOaepSha1, b"hello").unwrap();
+    let public = ks.public_key(&e).unwrap();
+    assert!(matches!(ks.encrypt(&r, b"x", &EncryptionContext::new()), Err(Error::WrongKeyType { .. })));
+    // Another handle (a restarted process, a replica) reads the same usage and key pairs.
+    drop(ks);
+    let other = s.open();
+    assert_eq!(other.describe(&r).unwrap().key_usage, KeyUsage::EncryptDecrypt);
+    assert_eq!(other.describe(&e).unwrap().key_usage, KeyUsage::KeyAgreement);
+    assert_eq!(&other.rsa_decrypt(&r, A::RsaesOaepSha1, &ct).unwrap()[..], b"hello");
+    assert_eq!(other.public_key(&e).unwrap(), public);
+    // Its own public key as the peer's: ECDH with itself, the same on every handle.
+    let secret = other.derive_shared_secret(&e, &public).unwrap();
+    assert_eq!(secret.len(), 32);
+    assert_eq!(s.open().derive_shared_secret(&e, &public).unwrap(), secret);
+}

@@ -80,6 +80,10 @@ macro_rules! battery {
         fn hmac_keys_keep_their_spec_and_material() {
             crate::battery::hmac_keys_keep_their_spec_and_material(&$subject());
         }
+        #[test]
+        fn asymmetric_keys_keep_their_usage_and_key_pair() {
+            crate::battery::asymmetric_keys_keep_their_usage_and_key_pair(&$subject());
+        }
     };
 }
 

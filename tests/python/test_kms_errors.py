@@ -106,12 +106,32 @@ def fx():
                            Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
     ext_ecc = c.create_key(Description="ecc, pending import", KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY",
                            Origin="EXTERNAL")["KeyMetadata"]["KeyId"]
-    yield {"ext_mac": ext_mac, "ext_rsa": ext_rsa, "ext_ecc": ext_ecc, "client": client, "on": on, "off": off, "gone": gone, "ext": ext, "other": other, "quota": quota,
+    # Asymmetric encryption and key agreement keys, in each state.
+    rsa = c.create_key(Description="rsa", KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    rsa_blob = c.encrypt(KeyId=rsa, Plaintext=b"secret", EncryptionAlgorithm="RSAES_OAEP_SHA_256")["CiphertextBlob"]
+    ecdh = c.create_key(Description="ecdh", KeySpec="ECC_NIST_P256", KeyUsage="KEY_AGREEMENT")["KeyMetadata"]["KeyId"]
+    ecdh_off = c.create_key(KeySpec="ECC_NIST_P256", KeyUsage="KEY_AGREEMENT")["KeyMetadata"]["KeyId"]
+    c.disable_key(KeyId=ecdh_off)
+    ecdh_gone = c.create_key(KeySpec="ECC_NIST_P256", KeyUsage="KEY_AGREEMENT")["KeyMetadata"]["KeyId"]
+    c.schedule_key_deletion(KeyId=ecdh_gone, PendingWindowInDays=7)
+    yield {"ext_mac": ext_mac, "ext_rsa": ext_rsa, "ext_ecc": ext_ecc, "client": client, "on": on, "off": off,
+           "gone": gone, "ext": ext, "other": other, "quota": quota,
            "blob": blob, "material": material, "imp": imp, "imp_mid": imp_mid, "imp_bytes": imp_bytes,
-           "imp_pending": imp_pending, "mac": mac}
+           "imp_pending": imp_pending, "mac": mac, "rsa": rsa, "rsa_blob": rsa_blob, "ecdh": ecdh,
+           "ecdh_off": ecdh_off, "ecdh_gone": ecdh_gone, "p256": _peer("P-256"), "p384": _peer("P-384")}
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=20) == 0
     shutil.rmtree(d, ignore_errors=True)
+
+
+def _peer(curve):
+    """The DER SubjectPublicKeyInfo of a fresh EC key on `curve`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    c = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}[curve]
+    return ec.generate_private_key(c).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _wrap(public_der, data):
@@ -357,9 +377,107 @@ ROWS = [
      "InvalidCiphertextException", "", "AWS"),
     ("encrypt-asymmetric-algorithm", "Encrypt",
      lambda f: {"KeyId": f["on"], "Plaintext": b"x", "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"},
-     "InvalidKeyUsageException",
-     "The encryption algorithm RSAES_OAEP_SHA_256 is not valid for a symmetric encryption key. Use SYMMETRIC_DEFAULT.",
+     "InvalidKeyUsageException", "Algorithm RSAES_OAEP_SHA_256 is incompatible with key spec SYMMETRIC_DEFAULT.",
      "unknown"),
+    # ---- RSA ENCRYPT_DECRYPT keys ----
+    ("encrypt-rsa-key-default-algorithm", "Encrypt", lambda f: {"KeyId": f["rsa"], "Plaintext": b"x"},
+     "InvalidKeyUsageException", "Algorithm SYMMETRIC_DEFAULT is incompatible with key spec RSA_2048.", "AWS"),
+    ("encrypt-rsa-key-sm2-algorithm", "Encrypt",
+     lambda f: {"KeyId": f["rsa"], "Plaintext": b"x", "EncryptionAlgorithm": "SM2PKE"},
+     "InvalidKeyUsageException", "Algorithm SM2PKE is incompatible with key spec RSA_2048.", "unknown"),
+    ("encrypt-rsa-key-plaintext-too-long", "Encrypt",
+     lambda f: {"KeyId": f["rsa"], "Plaintext": b"x" * 191, "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"},
+     "ValidationException",
+     "Plaintext is 191 bytes: RSAES_OAEP_SHA_256 encrypts at most 190 bytes with key spec RSA_2048.", "unknown"),
+    ("encrypt-rsa-key-with-context", "Encrypt",
+     lambda f: {"KeyId": f["rsa"], "Plaintext": b"x", "EncryptionAlgorithm": "RSAES_OAEP_SHA_1",
+                "EncryptionContext": {"a": "b"}},
+     "ValidationException", "EncryptionContext is not supported with asymmetric KMS keys.", "unknown"),
+    ("encrypt-rsa-key-dry-run", "Encrypt",
+     lambda f: {"KeyId": f["rsa"], "Plaintext": b"x", "EncryptionAlgorithm": "RSAES_OAEP_SHA_1", "DryRun": True},
+     "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.", "AWS"),
+    ("decrypt-rsa-ciphertext-without-key-id", "Decrypt",
+     lambda f: {"CiphertextBlob": f["rsa_blob"], "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"},
+     "InvalidCiphertextException", "", "unknown"),
+    ("decrypt-rsa-key-default-algorithm", "Decrypt", lambda f: {"CiphertextBlob": f["rsa_blob"], "KeyId": f["rsa"]},
+     "InvalidKeyUsageException", "Algorithm SYMMETRIC_DEFAULT is incompatible with key spec RSA_2048.", "unknown"),
+    ("decrypt-rsa-key-other-algorithm", "Decrypt",
+     lambda f: {"CiphertextBlob": f["rsa_blob"], "KeyId": f["rsa"], "EncryptionAlgorithm": "RSAES_OAEP_SHA_1"},
+     "InvalidCiphertextException", "", "unknown"),
+    ("decrypt-rsa-key-with-context", "Decrypt",
+     lambda f: {"CiphertextBlob": f["rsa_blob"], "KeyId": f["rsa"], "EncryptionAlgorithm": "RSAES_OAEP_SHA_256",
+                "EncryptionContext": {"a": "b"}},
+     "ValidationException", "EncryptionContext is not supported with asymmetric KMS keys.", "unknown"),
+    ("decrypt-symmetric-ciphertext-with-rsa-key", "Decrypt",
+     lambda f: {"CiphertextBlob": f["blob"], "KeyId": f["rsa"], "EncryptionAlgorithm": "RSAES_OAEP_SHA_256"},
+     "InvalidCiphertextException", "", "unknown"),
+    ("re-encrypt-to-rsa-key-default-algorithm", "ReEncrypt",
+     lambda f: {"CiphertextBlob": f["blob"], "SourceEncryptionContext": {"app": "errors"}, "DestinationKeyId": f["rsa"]},
+     "InvalidKeyUsageException", "Algorithm SYMMETRIC_DEFAULT is incompatible with key spec RSA_2048.", "unknown"),
+    ("re-encrypt-to-rsa-key-with-context", "ReEncrypt",
+     lambda f: {"CiphertextBlob": f["blob"], "SourceEncryptionContext": {"app": "errors"}, "DestinationKeyId": f["rsa"],
+                "DestinationEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "DestinationEncryptionContext": {"a": "b"}},
+     "ValidationException", "DestinationEncryptionContext is not supported with asymmetric KMS keys.", "unknown"),
+    ("generate-data-key-with-rsa-key", "GenerateDataKey", lambda f: {"KeyId": f["rsa"], "KeySpec": "AES_256"},
+     "InvalidKeyUsageException",
+     lambda f: f"{arn(f['rsa'])} key spec is RSA_2048 which is not valid for GenerateDataKey: it needs a symmetric "
+               "encryption KMS key.", "unknown"),
+    ("generate-data-key-pair-with-rsa-key", "GenerateDataKeyPair",
+     lambda f: {"KeyId": f["rsa"], "KeyPairSpec": "ECC_NIST_P256"},
+     "InvalidKeyUsageException",
+     lambda f: f"{arn(f['rsa'])} key spec is RSA_2048 which is not valid for GenerateDataKeyPair: it needs a "
+               "symmetric encryption KMS key.", "unknown"),
+    ("sign-with-rsa-encryption-key", "Sign",
+     lambda f: {"KeyId": f["rsa"], "Message": b"m", "SigningAlgorithm": "RSASSA_PSS_SHA_256"},
+     "InvalidKeyUsageException",
+     lambda f: f"{arn(f['rsa'])} key usage is ENCRYPT_DECRYPT which is not valid for Sign.", "AWS"),
+    ("create-grant-data-keys-on-rsa-key", "CreateGrant",
+     lambda f: {"KeyId": f["rsa"], "GranteePrincipal": GRANTEE, "Operations": ["Decrypt", "GenerateDataKey"]},
+     "ValidationException", "The grant operations GenerateDataKey are not valid for an asymmetric encryption KMS key.",
+     "unknown"),
+    # ---- ECC KEY_AGREEMENT keys: DeriveSharedSecret ----
+    ("derive-shared-secret-missing-members", "DeriveSharedSecret", lambda f: {},
+     "ValidationException", "3 validation errors detected: " + "; ".join(
+         NULL.format(m) for m in ("keyId", "keyAgreementAlgorithm", "publicKey")), "model"),
+    ("derive-shared-secret-unknown-algorithm", "DeriveSharedSecret",
+     lambda f: {"KeyId": f["ecdh"], "KeyAgreementAlgorithm": "ECMQV", "PublicKey": f["p256"]},
+     "ValidationException", "1 validation error detected: Value 'ECMQV' at 'keyAgreementAlgorithm' failed to satisfy "
+     "constraint: Member must satisfy enum value set: [ECDH]", "model"),
+    ("derive-shared-secret-other-curve", "DeriveSharedSecret",
+     lambda f: {"KeyId": f["ecdh"], "KeyAgreementAlgorithm": "ECDH", "PublicKey": f["p384"]},
+     "ValidationException", "PublicKey is not a DER-encoded SubjectPublicKeyInfo of a public key on the curve of key "
+     "spec ECC_NIST_P256.", "unknown"),
+    ("derive-shared-secret-not-a-public-key", "DeriveSharedSecret",
+     lambda f: {"KeyId": f["ecdh"], "KeyAgreementAlgorithm": "ECDH", "PublicKey": b"not a key"},
+     "ValidationException", "PublicKey is not a DER-encoded SubjectPublicKeyInfo of a public key on the curve of key "
+     "spec ECC_NIST_P256.", "unknown"),
+    ("derive-shared-secret-symmetric-key", "DeriveSharedSecret",
+     lambda f: {"KeyId": f["on"], "KeyAgreementAlgorithm": "ECDH", "PublicKey": f["p256"]},
+     "InvalidKeyUsageException",
+     lambda f: f"{arn(f['on'])} key usage is ENCRYPT_DECRYPT which is not valid for DeriveSharedSecret.", "AWS"),
+    ("derive-shared-secret-disabled-key", "DeriveSharedSecret",
+     lambda f: {"KeyId": f["ecdh_off"], "KeyAgreementAlgorithm": "ECDH", "PublicKey": f["p256"]},
+     "DisabledException", lambda f: f"{arn(f['ecdh_off'])} is disabled.", "unknown"),
+    ("derive-shared-secret-key-pending-deletion", "DeriveSharedSecret",
+     lambda f: {"KeyId": f["ecdh_gone"], "KeyAgreementAlgorithm": "ECDH", "PublicKey": f["p256"]},
+     "KMSInvalidStateException", lambda f: f"{arn(f['ecdh_gone'])} is pending deletion.", "unknown"),
+    ("derive-shared-secret-missing-key", "DeriveSharedSecret",
+     lambda f: {"KeyId": MISSING, "KeyAgreementAlgorithm": "ECDH", "PublicKey": f["p256"]},
+     "NotFoundException", f"Key '{arn(MISSING)}' does not exist", "AWS"),
+    ("derive-shared-secret-recipient", "DeriveSharedSecret",
+     lambda f: {"KeyId": f["ecdh"], "KeyAgreementAlgorithm": "ECDH", "PublicKey": f["p256"],
+                "Recipient": {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": b"doc"}},
+     "UnsupportedOperationException", "Recipient (attestation) is not supported.", "unknown"),
+    ("derive-shared-secret-dry-run", "DeriveSharedSecret",
+     lambda f: {"KeyId": f["ecdh"], "KeyAgreementAlgorithm": "ECDH", "PublicKey": f["p256"], "DryRun": True},
+     "DryRunOperationException", "The request would have succeeded, but the DryRun option is set.", "AWS"),
+    ("sign-with-key-agreement-key", "Sign",
+     lambda f: {"KeyId": f["ecdh"], "Message": b"m", "SigningAlgorithm": "ECDSA_SHA_256"},
+     "InvalidKeyUsageException",
+     lambda f: f"{arn(f['ecdh'])} key usage is KEY_AGREEMENT which is not valid for Sign.", "AWS"),
+    ("create-grant-sign-on-key-agreement-key", "CreateGrant",
+     lambda f: {"KeyId": f["ecdh"], "GranteePrincipal": GRANTEE, "Operations": ["DeriveSharedSecret", "Sign"]},
+     "ValidationException", "The grant operations Sign are not valid for a key agreement KMS key.", "unknown"),
     ("rotation-status-by-alias", "GetKeyRotationStatus", lambda f: {"KeyId": "alias/errors-on"},
      "NotFoundException", "Invalid keyId 'alias/errors-on'", "unknown"),
     ("cancel-deletion-missing-key", "CancelKeyDeletion", lambda f: {"KeyId": MISSING},
@@ -446,9 +564,9 @@ ROWS = [
      "UnsupportedOperationException", "Only Origin AWS_KMS and EXTERNAL are supported.", "unknown"),
     ("create-key-asymmetric", "CreateKey", lambda f: {"KeyUsage": "SIGN_VERIFY", "KeySpec": "SM2"},
      "UnsupportedOperationException", "KeySpec SM2 is not supported by this server.", "unknown"),
-    ("create-key-rsa-encryption", "CreateKey", lambda f: {"KeyUsage": "ENCRYPT_DECRYPT", "KeySpec": "RSA_2048"},
-     "UnsupportedOperationException", "KeyUsage ENCRYPT_DECRYPT with KeySpec RSA_2048 is not supported by this server.",
-     "unknown"),
+    # AWS makes no KEY_AGREEMENT keys on secp256k1 (SIGN_VERIFY only).
+    ("create-key-secg-key-agreement", "CreateKey", lambda f: {"KeyUsage": "KEY_AGREEMENT", "KeySpec": "ECC_SECG_P256K1"},
+     "ValidationException", "KeyUsage KEY_AGREEMENT is not compatible with KeySpec ECC_SECG_P256K1", "AWS"),
     # ---- key specs and key usage ----
     # AWS's wording as reported by AWS users and reproduced by the KMS emulators (local-kms, ...).
     ("create-key-spec-without-usage", "CreateKey", lambda f: {"KeySpec": "HMAC_256"},

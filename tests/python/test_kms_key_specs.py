@@ -200,14 +200,14 @@ def test_create_key_spec_and_usage_rules(raw):
          "You must specify a KeyUsage value for all KMS keys except for symmetric encryption keys."),
         ({"KeySpec": "ECC_NIST_P256", "KeyUsage": "ENCRYPT_DECRYPT"}, "ValidationException",
          "KeyUsage ENCRYPT_DECRYPT is not compatible with KeySpec ECC_NIST_P256"),
-        ({"KeySpec": "ECC_NIST_P256", "KeyUsage": "KEY_AGREEMENT"}, "UnsupportedOperationException",
-         "KeyUsage KEY_AGREEMENT with KeySpec ECC_NIST_P256 is not supported by this server."),
+        ({"KeySpec": "SM2", "KeyUsage": "KEY_AGREEMENT"}, "UnsupportedOperationException",
+         "KeySpec SM2 is not supported by this server."),
         ({"KeySpec": "ML_DSA_44", "KeyUsage": "SIGN_VERIFY"}, "UnsupportedOperationException",
          "KeySpec ML_DSA_44 is not supported by this server."),
         ({"KeySpec": "ECC_SECG_P256K1", "KeyUsage": "KEY_AGREEMENT"}, "ValidationException",
          "KeyUsage KEY_AGREEMENT is not compatible with KeySpec ECC_SECG_P256K1"),
-        ({"KeySpec": "RSA_3072", "KeyUsage": "ENCRYPT_DECRYPT"}, "UnsupportedOperationException",
-         "KeyUsage ENCRYPT_DECRYPT with KeySpec RSA_3072 is not supported by this server."),
+        ({"KeySpec": "RSA_3072", "KeyUsage": "KEY_AGREEMENT"}, "ValidationException",
+         "KeyUsage KEY_AGREEMENT is not compatible with KeySpec RSA_3072"),
     ]
     for params, code, message in cases:
         got = err(raw.create_key, **params)

@@ -1,7 +1,9 @@
 """Every successful response of `envelope kms serve`, walked against botocore's KMS service
 model: no member the model does not define (at any depth), each member of the model's type, and
 the members AWS always sends present (e.g. KeyMaterialId on Decrypt and GenerateDataKey*,
-SourceKeyMaterialId/DestinationKeyMaterialId on ReEncrypt, CurrentKeyMaterialId on DescribeKey).
+SourceKeyMaterialId/DestinationKeyMaterialId on ReEncrypt, CurrentKeyMaterialId on DescribeKey),
+and those AWS sends only for some keys present exactly then (the key material ids only with
+symmetric encryption keys, each usage's algorithm list).
 
 The raw JSON body is checked (captured from the HTTP response before botocore parses it, since
 botocore drops members it does not know).
@@ -33,9 +35,9 @@ MODEL = botocore.session.get_session().get_service_model("kms")
 # `required` lists, which KMS outputs leave empty).
 ALWAYS = {
     "Encrypt": {"CiphertextBlob", "KeyId", "EncryptionAlgorithm"},
-    "Decrypt": {"KeyId", "Plaintext", "EncryptionAlgorithm", "KeyMaterialId"},
+    "Decrypt": {"KeyId", "Plaintext", "EncryptionAlgorithm"},
     "ReEncrypt": {"CiphertextBlob", "SourceKeyId", "KeyId", "SourceEncryptionAlgorithm",
-                  "DestinationEncryptionAlgorithm", "SourceKeyMaterialId", "DestinationKeyMaterialId"},
+                  "DestinationEncryptionAlgorithm"},
     "GenerateDataKey": {"CiphertextBlob", "Plaintext", "KeyId", "KeyMaterialId"},
     "GenerateDataKeyWithoutPlaintext": {"CiphertextBlob", "KeyId", "KeyMaterialId"},
     "GenerateRandom": {"Plaintext"},
@@ -65,16 +67,24 @@ ALWAYS = {
     "GenerateDataKeyPairWithoutPlaintext": {"PrivateKeyCiphertextBlob", "PublicKey", "KeyId", "KeyPairSpec",
                                             "KeyMaterialId"},
     "Verify": {"KeyId", "SignatureValid", "SigningAlgorithm"},
-    "GetPublicKey": {"KeyId", "PublicKey", "CustomerMasterKeySpec", "KeySpec", "KeyUsage", "SigningAlgorithms"},
+    "GetPublicKey": {"KeyId", "PublicKey", "CustomerMasterKeySpec", "KeySpec", "KeyUsage"},
+    "DeriveSharedSecret": {"KeyId", "SharedSecret", "KeyAgreementAlgorithm", "KeyOrigin"},
 }
+
+# A key material id member, and the algorithm member saying whether a symmetric key was used:
+# AWS sends the id only then.
+MATERIAL_IDS = {"Decrypt": [("KeyMaterialId", "EncryptionAlgorithm")],
+                "ReEncrypt": [("SourceKeyMaterialId", "SourceEncryptionAlgorithm"),
+                              ("DestinationKeyMaterialId", "DestinationEncryptionAlgorithm")]}
 
 # KeyMetadata members of every key AWS describes (single-Region, AWS_KMS or EXTERNAL), and those
 # of each key usage (HMAC keys: MacAlgorithms and no EncryptionAlgorithms).
 KEY_METADATA = {"AWSAccountId", "KeyId", "Arn", "CreationDate", "Enabled", "Description", "KeyUsage", "KeyState",
                 "Origin", "KeyManager", "CustomerMasterKeySpec", "KeySpec", "MultiRegion"}
-BY_USAGE = {"ENCRYPT_DECRYPT": ({"EncryptionAlgorithms"}, {"MacAlgorithms", "SigningAlgorithms"}),
-            "GENERATE_VERIFY_MAC": ({"MacAlgorithms"}, {"EncryptionAlgorithms", "SigningAlgorithms"}),
-            "SIGN_VERIFY": ({"SigningAlgorithms"}, {"EncryptionAlgorithms", "MacAlgorithms"})}
+ALGORITHM_LISTS = {"EncryptionAlgorithms", "MacAlgorithms", "SigningAlgorithms", "KeyAgreementAlgorithms"}
+BY_USAGE = {usage: ({member}, ALGORITHM_LISTS - {member}) for usage, member in [
+    ("ENCRYPT_DECRYPT", "EncryptionAlgorithms"), ("GENERATE_VERIFY_MAC", "MacAlgorithms"),
+    ("SIGN_VERIFY", "SigningAlgorithms"), ("KEY_AGREEMENT", "KeyAgreementAlgorithms")]}
 
 
 def walk(shape, value, path, problems):
@@ -258,6 +268,24 @@ def exercise(c):
     c.get_public_key(KeyId=rsa)
     sig = c.sign(KeyId=rsa, Message=b"m", SigningAlgorithm="RSASSA_PSS_SHA_256")["Signature"]
     c.verify(KeyId=rsa, Message=b"m", Signature=sig, SigningAlgorithm="RSASSA_PSS_SHA_256")
+    # RSA encryption keys, to and from symmetric ones.
+    rsa = c.create_key(KeySpec="RSA_3072", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    c.describe_key(KeyId=rsa)
+    c.get_public_key(KeyId=rsa)
+    ct = c.encrypt(KeyId=rsa, Plaintext=b"m", EncryptionAlgorithm="RSAES_OAEP_SHA_256")["CiphertextBlob"]
+    c.decrypt(CiphertextBlob=ct, KeyId=rsa, EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    ct = c.re_encrypt(CiphertextBlob=ct, SourceKeyId=rsa, SourceEncryptionAlgorithm="RSAES_OAEP_SHA_256",
+                      DestinationKeyId=key)["CiphertextBlob"]
+    c.re_encrypt(CiphertextBlob=ct, DestinationKeyId=rsa, DestinationEncryptionAlgorithm="RSAES_OAEP_SHA_1")
+    # Key agreement keys.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    ecdh = c.create_key(KeySpec="ECC_NIST_P384", KeyUsage="KEY_AGREEMENT")["KeyMetadata"]["KeyId"]
+    c.describe_key(KeyId=ecdh)
+    c.get_public_key(KeyId=ecdh)
+    peer = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    c.derive_shared_secret(KeyId=ecdh, KeyAgreementAlgorithm="ECDH", PublicKey=peer)
 
 
 def test_every_response_matches_the_model(kms):
@@ -281,6 +309,13 @@ def test_every_response_matches_the_model(kms):
         missing = ALWAYS.get(name, set()) - set(doc)
         if missing:
             problems.append(f"{name}: missing {sorted(missing)}")
+        for member, algorithm in MATERIAL_IDS.get(name, []):
+            if (member in doc) != (doc.get(algorithm) == "SYMMETRIC_DEFAULT"):
+                problems.append(f"{name}: {member} {'with' if member in doc else 'without'} {doc.get(algorithm)}")
+        if name == "GetPublicKey":
+            wanted, unwanted = BY_USAGE[doc["KeyUsage"]]
+            if wanted - set(doc) or unwanted & set(doc):
+                problems.append(f"{name} ({doc['KeyUsage']}): algorithm lists {sorted(ALGORITHM_LISTS & set(doc))}")
         meta = doc.get("KeyMetadata")
         if meta is not None:
             missing = KEY_METADATA - set(meta)

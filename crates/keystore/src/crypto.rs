@@ -1,11 +1,11 @@
-//! Thin wrappers over aws-lc-rs: AES-256-GCM with random nonces, HMAC keys, secure random bytes,
-//! SHA-256.
+//! Thin wrappers over aws-lc-rs: AES-256-GCM with random nonces, HMAC keys, signing key pairs,
+//! RSA-OAEP decryption keys, ECDH key agreement keys, secure random bytes, SHA-256.
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::model::{KeySpec, MacAlgorithm, SigningAlgorithm};
+use crate::model::{EncryptionAlgorithm, KeySpec, MacAlgorithm, SigningAlgorithm};
 
 /// Length of an AES-GCM tag.
 pub const TAG_LEN: usize = 16;
@@ -295,6 +295,144 @@ impl SigningKey {
     }
 }
 
+/// An RSA encryption key pair (the material of an RSA_* key spec with usage `ENCRYPT_DECRYPT`),
+/// from its PKCS#8 document: RSA-OAEP with MGF1 of the same hash and no label, as AWS KMS.
+pub struct DecryptionKey {
+    private: aws_lc_rs::rsa::OaepPrivateDecryptingKey,
+    public: aws_lc_rs::rsa::OaepPublicEncryptingKey,
+    public_der: Vec<u8>,
+    spec: KeySpec,
+}
+
+impl std::fmt::Debug for DecryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DecryptionKey({}, ..)", self.spec)
+    }
+}
+
+fn oaep(a: EncryptionAlgorithm) -> &'static aws_lc_rs::rsa::OaepAlgorithm {
+    match a {
+        EncryptionAlgorithm::RsaesOaepSha1 => &aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1,
+        EncryptionAlgorithm::RsaesOaepSha256 => &aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256,
+    }
+}
+
+impl DecryptionKey {
+    /// The key pair of a PKCS#8 document of RSA `spec` (the modulus must be the spec's size).
+    pub fn from_pkcs8(spec: KeySpec, pkcs8: &[u8]) -> Result<Self> {
+        let (_, bits) = rsa_bits(spec).ok_or(Error::Crypto)?;
+        let private = aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(pkcs8).map_err(|_| Error::Crypto)?;
+        if private.key_size_bits() != bits {
+            return Err(Error::Crypto);
+        }
+        let public_der: aws_lc_rs::encoding::PublicKeyX509Der<'static> =
+            aws_lc_rs::encoding::AsDer::as_der(&private.public_key()).map_err(|_| Error::Crypto)?;
+        let public = aws_lc_rs::rsa::OaepPublicEncryptingKey::new(private.public_key()).map_err(|_| Error::Crypto)?;
+        let private = aws_lc_rs::rsa::OaepPrivateDecryptingKey::new(private).map_err(|_| Error::Crypto)?;
+        Ok(Self { private, public, public_der: public_der.as_ref().to_vec(), spec })
+    }
+
+    /// The key spec of the pair.
+    pub fn spec(&self) -> KeySpec {
+        self.spec
+    }
+
+    /// The public key as a DER SubjectPublicKeyInfo (X.509).
+    pub fn public_key_der(&self) -> Vec<u8> {
+        self.public_der.clone()
+    }
+
+    /// The RSA-OAEP encryption of `plaintext` (at most [`EncryptionAlgorithm::max_plaintext`]
+    /// bytes, [`Error::Invalid`] otherwise): as long as the modulus.
+    pub fn encrypt(&self, alg: EncryptionAlgorithm, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let max = alg.max_plaintext(self.spec);
+        if plaintext.len() > max {
+            return Err(Error::Invalid(format!("{alg} encrypts at most {max} bytes under a {} key", self.spec)));
+        }
+        let mut out = vec![0u8; self.public.ciphertext_size()];
+        let len = self.public.encrypt(oaep(alg), plaintext, &mut out, None).map_err(|_| Error::Crypto)?.len();
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// The plaintext of an RSA-OAEP `ciphertext` made with `alg` under this key pair;
+    /// [`Error::InvalidCiphertext`] for anything else (wrong length, algorithm or key).
+    pub fn decrypt(&self, alg: EncryptionAlgorithm, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        if ciphertext.len() != self.private.key_size_bytes() {
+            return Err(Error::InvalidCiphertext("not as long as the RSA modulus"));
+        }
+        let mut out = Zeroizing::new(vec![0u8; self.private.min_output_size()]);
+        let len = self
+            .private
+            .decrypt(oaep(alg), ciphertext, &mut out[..], None)
+            .map_err(|_| Error::InvalidCiphertext("RSA-OAEP decryption failed"))?
+            .len();
+        out.truncate(len);
+        Ok(out)
+    }
+}
+
+/// An ECDH key (the material of an ECC_NIST_* key spec with usage `KEY_AGREEMENT`), from its
+/// PKCS#8 document.
+pub struct AgreementKey {
+    private: aws_lc_rs::agreement::PrivateKey,
+    public_der: Vec<u8>,
+    spec: KeySpec,
+}
+
+impl std::fmt::Debug for AgreementKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AgreementKey({}, ..)", self.spec)
+    }
+}
+
+fn ecdh(spec: KeySpec) -> Option<&'static aws_lc_rs::agreement::Algorithm> {
+    use aws_lc_rs::agreement as a;
+    match spec {
+        KeySpec::EccNistP256 => Some(&a::ECDH_P256),
+        KeySpec::EccNistP384 => Some(&a::ECDH_P384),
+        KeySpec::EccNistP521 => Some(&a::ECDH_P521),
+        _ => None,
+    }
+}
+
+impl AgreementKey {
+    /// The key of a PKCS#8 document of NIST curve `spec` (the curve must be the spec's).
+    pub fn from_pkcs8(spec: KeySpec, pkcs8: &[u8]) -> Result<Self> {
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+        let alg = ecdh(spec).ok_or(Error::Crypto)?;
+        let private = aws_lc_rs::agreement::PrivateKey::from_private_key_der(alg, pkcs8).map_err(|_| Error::Crypto)?;
+        let public: PublicKeyX509Der<'static> =
+            private.compute_public_key().and_then(|p| p.as_der()).map_err(|_| Error::Crypto)?;
+        Ok(Self { public_der: public.as_ref().to_vec(), private, spec })
+    }
+
+    /// The key spec of the key.
+    pub fn spec(&self) -> KeySpec {
+        self.spec
+    }
+
+    /// The public key as a DER SubjectPublicKeyInfo (X.509).
+    pub fn public_key_der(&self) -> Vec<u8> {
+        self.public_der.clone()
+    }
+
+    /// The ECDH shared secret (the x-coordinate of the shared point, as long as the curve's
+    /// field) with the peer whose public key is the DER SubjectPublicKeyInfo `peer`. A peer key
+    /// that is not an SPKI, not on this key's curve or not a valid point is [`Error::Invalid`].
+    pub fn derive(&self, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        use aws_lc_rs::agreement::{ParsedPublicKey, ParsedPublicKeyFormat, UnparsedPublicKey};
+        let invalid =
+            || Error::Invalid(format!("the public key is not a DER SubjectPublicKeyInfo of a {} key", self.spec));
+        let parsed =
+            ParsedPublicKey::try_from(UnparsedPublicKey::new(self.private.algorithm(), peer)).map_err(|_| invalid())?;
+        if parsed.format() != ParsedPublicKeyFormat::X509 {
+            return Err(invalid());
+        }
+        aws_lc_rs::agreement::agree(&self.private, parsed, invalid(), |secret| Ok(Zeroizing::new(secret.to_vec())))
+    }
+}
+
 /// Fills `buf` from the system's secure random generator.
 pub fn fill_random(buf: &mut [u8]) -> Result<()> {
     aws_lc_rs::rand::fill(buf).map_err(|_| Error::Crypto)
@@ -400,6 +538,75 @@ mod tests {
         }
         let rsa = SigningKey::generate_pkcs8(KeySpec::Rsa2048).unwrap();
         assert!(SigningKey::from_pkcs8(KeySpec::Rsa3072, &rsa).is_err(), "the size must be the spec's");
+    }
+
+    #[test]
+    fn rsa_oaep_round_trips_within_aws_limits() {
+        for spec in [KeySpec::Rsa2048, KeySpec::Rsa3072] {
+            let doc = SigningKey::generate_pkcs8(spec).unwrap();
+            let k = DecryptionKey::from_pkcs8(spec, &doc).unwrap();
+            assert_eq!(k.spec(), spec);
+            assert_eq!(k.public_key_der(), SigningKey::from_pkcs8(spec, &doc).unwrap().public_key_der().unwrap());
+            for alg in EncryptionAlgorithm::ALL {
+                let max = alg.max_plaintext(spec);
+                let p = vec![0xa5u8; max];
+                let c = k.encrypt(alg, &p).unwrap();
+                assert_eq!(c.len(), spec.rsa_modulus_len().unwrap());
+                assert_eq!(&k.decrypt(alg, &c).unwrap()[..], &p[..], "{spec} {alg}");
+                assert_ne!(k.encrypt(alg, &p).unwrap(), c, "OAEP is randomized");
+                assert!(matches!(k.encrypt(alg, &vec![0u8; max + 1]), Err(Error::Invalid(_))));
+                let other = EncryptionAlgorithm::ALL.into_iter().find(|a| *a != alg).unwrap();
+                assert!(matches!(k.decrypt(other, &c), Err(Error::InvalidCiphertext(_))));
+                let mut bad = c.clone();
+                bad[10] ^= 1;
+                assert!(matches!(k.decrypt(alg, &bad), Err(Error::InvalidCiphertext(_))));
+                assert!(matches!(k.decrypt(alg, &c[1..]), Err(Error::InvalidCiphertext(_))));
+            }
+        }
+        let doc = SigningKey::generate_pkcs8(KeySpec::Rsa2048).unwrap();
+        assert!(DecryptionKey::from_pkcs8(KeySpec::Rsa4096, &doc).is_err(), "the size must be the spec's");
+        assert!(DecryptionKey::from_pkcs8(KeySpec::EccNistP256, &doc).is_err());
+    }
+
+    #[test]
+    fn ecdh_agrees_with_a_peer_on_the_same_curve_only() {
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+        for (spec, len) in [(KeySpec::EccNistP256, 32), (KeySpec::EccNistP384, 48), (KeySpec::EccNistP521, 66)] {
+            let doc = SigningKey::generate_pkcs8(spec).unwrap();
+            let k = AgreementKey::from_pkcs8(spec, &doc).unwrap();
+            assert_eq!(k.spec(), spec);
+            assert_eq!(k.public_key_der(), SigningKey::from_pkcs8(spec, &doc).unwrap().public_key_der().unwrap());
+            // A peer: its own key, the secret from its side must be the same.
+            let peer_doc = SigningKey::generate_pkcs8(spec).unwrap();
+            let peer = AgreementKey::from_pkcs8(spec, &peer_doc).unwrap();
+            let ours = k.derive(&peer.public_key_der()).unwrap();
+            assert_eq!(ours.len(), len);
+            assert_eq!(ours, peer.derive(&k.public_key_der()).unwrap());
+            // Not an SPKI: the raw point is refused, as is garbage.
+            let alg = ecdh(spec).unwrap();
+            let raw = aws_lc_rs::agreement::PrivateKey::from_private_key_der(alg, &peer_doc)
+                .unwrap()
+                .compute_public_key()
+                .unwrap();
+            assert!(matches!(k.derive(raw.as_ref()), Err(Error::Invalid(_))));
+            let spki: PublicKeyX509Der<'static> = raw.as_der().unwrap();
+            assert_eq!(spki.as_ref(), &peer.public_key_der()[..]);
+            assert!(matches!(k.derive(b"not a key"), Err(Error::Invalid(_))));
+        }
+        let p256 =
+            AgreementKey::from_pkcs8(KeySpec::EccNistP256, &SigningKey::generate_pkcs8(KeySpec::EccNistP256).unwrap())
+                .unwrap();
+        let p384 =
+            AgreementKey::from_pkcs8(KeySpec::EccNistP384, &SigningKey::generate_pkcs8(KeySpec::EccNistP384).unwrap())
+                .unwrap();
+        assert!(matches!(p256.derive(&p384.public_key_der()), Err(Error::Invalid(_))), "another curve");
+        let rsa = SigningKey::generate_pkcs8(KeySpec::Rsa2048).unwrap();
+        let rsa_pub = SigningKey::from_pkcs8(KeySpec::Rsa2048, &rsa).unwrap().public_key_der().unwrap();
+        assert!(matches!(p256.derive(&rsa_pub), Err(Error::Invalid(_))), "an RSA key");
+        assert!(
+            AgreementKey::from_pkcs8(KeySpec::EccNistP384, &SigningKey::generate_pkcs8(KeySpec::EccNistP256).unwrap())
+                .is_err()
+        );
     }
 
     #[test]

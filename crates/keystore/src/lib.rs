@@ -31,8 +31,9 @@ pub mod store;
 pub use context::{EncryptionContext, RESERVED_CONTEXT_PREFIX};
 pub use error::{Error, Limit, Result};
 pub use model::{
-    Grant, GrantConstraints, ImportOptions, ImportType, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeySpec,
-    KeyState, KeyUsage, KeyVersion, MacAlgorithm, MaterialState, Rotation, RotationType, SigningAlgorithm,
+    EncryptionAlgorithm, Grant, GrantConstraints, ImportOptions, ImportType, ImportedMaterial, KeyAttributes,
+    KeyMetadata, KeyRef, KeySpec, KeyState, KeyUsage, KeyVersion, MacAlgorithm, MaterialState, Rotation, RotationType,
+    SigningAlgorithm,
 };
 pub use store::{AliasInfo, Decrypted, Encrypted, KeyStore, Limits, Location, MigrateReport, RootSource, StoreOptions};
 

@@ -63,19 +63,20 @@ pub enum KeySpec {
     Hmac384,
     /// HMAC with SHA-512, a 512-bit key (`HMAC_512`).
     Hmac512,
-    /// ECDSA on NIST P-256 with SHA-256 (`ECC_NIST_P256`), material stored as PKCS#8.
+    /// NIST P-256 (`ECC_NIST_P256`): ECDSA with SHA-256 (`SIGN_VERIFY`) or ECDH
+    /// (`KEY_AGREEMENT`), material stored as PKCS#8.
     EccNistP256,
-    /// ECDSA on NIST P-384 with SHA-384 (`ECC_NIST_P384`), material stored as PKCS#8.
+    /// NIST P-384 (`ECC_NIST_P384`): ECDSA with SHA-384 or ECDH, material stored as PKCS#8.
     EccNistP384,
-    /// ECDSA on NIST P-521 with SHA-512 (`ECC_NIST_P521`), material stored as PKCS#8.
+    /// NIST P-521 (`ECC_NIST_P521`): ECDSA with SHA-512 or ECDH, material stored as PKCS#8.
     EccNistP521,
     /// ECDSA on secp256k1 with SHA-256 (`ECC_SECG_P256K1`), material stored as PKCS#8.
     EccSecgP256k1,
-    /// RSA 2048-bit for signing (`RSA_2048`, `SIGN_VERIFY`), material stored as PKCS#8.
+    /// RSA 2048-bit (`RSA_2048`: `SIGN_VERIFY` or `ENCRYPT_DECRYPT`), material stored as PKCS#8.
     Rsa2048,
-    /// RSA 3072-bit for signing (`RSA_3072`, `SIGN_VERIFY`), material stored as PKCS#8.
+    /// RSA 3072-bit (`RSA_3072`: `SIGN_VERIFY` or `ENCRYPT_DECRYPT`), material stored as PKCS#8.
     Rsa3072,
-    /// RSA 4096-bit for signing (`RSA_4096`, `SIGN_VERIFY`), material stored as PKCS#8.
+    /// RSA 4096-bit (`RSA_4096`: `SIGN_VERIFY` or `ENCRYPT_DECRYPT`), material stored as PKCS#8.
     Rsa4096,
 }
 
@@ -124,7 +125,20 @@ impl KeySpec {
         Self::from_name(s).ok_or_else(|| Error::Storage(format!("unknown key spec {s:?} in database")))
     }
 
-    /// The one key usage keys of this spec have.
+    /// The key usages keys of this spec may have (as AWS allows them), the default first.
+    pub fn usages(self) -> &'static [KeyUsage] {
+        use KeyUsage as U;
+        match self {
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => &[U::SignVerify, U::EncryptDecrypt],
+            KeySpec::EccNistP256 | KeySpec::EccNistP384 | KeySpec::EccNistP521 => &[U::SignVerify, U::KeyAgreement],
+            KeySpec::SymmetricDefault => &[U::EncryptDecrypt],
+            KeySpec::Hmac224 | KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512 => &[U::GenerateVerifyMac],
+            KeySpec::EccSecgP256k1 => &[U::SignVerify],
+        }
+    }
+
+    /// The default key usage of keys of this spec (the only one of most specs; `SIGN_VERIFY`
+    /// for key pairs).
     pub fn usage(self) -> KeyUsage {
         match self {
             KeySpec::SymmetricDefault => KeyUsage::EncryptDecrypt,
@@ -178,9 +192,37 @@ impl KeySpec {
         }
     }
 
-    /// Whether the key is a signing key pair (ECC or RSA).
+    /// Whether the key is a key pair (ECC or RSA), whatever its usage.
     pub fn is_signing(self) -> bool {
         !self.signing_algorithms().is_empty()
+    }
+
+    /// Whether keys of this spec are key pairs (ECC or RSA): they have a public key.
+    pub fn is_key_pair(self) -> bool {
+        self.is_signing()
+    }
+
+    /// The RSA-OAEP algorithms of an RSA key (empty for other keys).
+    pub fn encryption_algorithms(self) -> &'static [EncryptionAlgorithm] {
+        match self {
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => &EncryptionAlgorithm::ALL,
+            _ => &[],
+        }
+    }
+
+    /// The size of an RSA key's modulus in bytes (`None` for other keys).
+    pub fn rsa_modulus_len(self) -> Option<usize> {
+        match self {
+            KeySpec::Rsa2048 => Some(256),
+            KeySpec::Rsa3072 => Some(384),
+            KeySpec::Rsa4096 => Some(512),
+            _ => None,
+        }
+    }
+
+    /// Whether keys of this spec can be `KEY_AGREEMENT` keys (ECDH on a NIST curve).
+    pub fn is_agreement(self) -> bool {
+        self.usages().contains(&KeyUsage::KeyAgreement)
     }
 
     /// The MAC algorithm of an HMAC key (`None` for other keys).
@@ -213,6 +255,8 @@ pub enum KeyUsage {
     GenerateVerifyMac,
     /// Sign, Verify (`SIGN_VERIFY`).
     SignVerify,
+    /// DeriveSharedSecret (`KEY_AGREEMENT`).
+    KeyAgreement,
 }
 
 impl KeyUsage {
@@ -222,6 +266,7 @@ impl KeyUsage {
             KeyUsage::EncryptDecrypt => "ENCRYPT_DECRYPT",
             KeyUsage::GenerateVerifyMac => "GENERATE_VERIFY_MAC",
             KeyUsage::SignVerify => "SIGN_VERIFY",
+            KeyUsage::KeyAgreement => "KEY_AGREEMENT",
         }
     }
 
@@ -231,6 +276,7 @@ impl KeyUsage {
             "ENCRYPT_DECRYPT" => Ok(KeyUsage::EncryptDecrypt),
             "GENERATE_VERIFY_MAC" => Ok(KeyUsage::GenerateVerifyMac),
             "SIGN_VERIFY" => Ok(KeyUsage::SignVerify),
+            "KEY_AGREEMENT" => Ok(KeyUsage::KeyAgreement),
             other => Err(Error::Storage(format!("unknown key usage {other:?} in database"))),
         }
     }
@@ -322,6 +368,56 @@ impl SigningAlgorithm {
 }
 
 impl fmt::Display for SigningAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The encryption algorithms of RSA `ENCRYPT_DECRYPT` keys (AWS's `EncryptionAlgorithmSpec`
+/// besides `SYMMETRIC_DEFAULT`): RSA-OAEP with MGF1 of the same hash, no label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EncryptionAlgorithm {
+    /// `RSAES_OAEP_SHA_1`.
+    RsaesOaepSha1,
+    /// `RSAES_OAEP_SHA_256`.
+    RsaesOaepSha256,
+}
+
+impl EncryptionAlgorithm {
+    /// Every RSA encryption algorithm, in AWS's order.
+    pub const ALL: [EncryptionAlgorithm; 2] =
+        [EncryptionAlgorithm::RsaesOaepSha1, EncryptionAlgorithm::RsaesOaepSha256];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EncryptionAlgorithm::RsaesOaepSha1 => "RSAES_OAEP_SHA_1",
+            EncryptionAlgorithm::RsaesOaepSha256 => "RSAES_OAEP_SHA_256",
+        }
+    }
+
+    /// The algorithm of a wire name.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Length of the algorithm's hash in bytes.
+    pub fn hash_len(self) -> usize {
+        match self {
+            EncryptionAlgorithm::RsaesOaepSha1 => 20,
+            EncryptionAlgorithm::RsaesOaepSha256 => 32,
+        }
+    }
+
+    /// The longest plaintext it encrypts under an RSA key of `spec` (RFC 8017: the modulus
+    /// length less twice the hash length less 2); 0 for other keys.
+    pub fn max_plaintext(self, spec: KeySpec) -> usize {
+        spec.rsa_modulus_len().map_or(0, |k| k.saturating_sub(2 * self.hash_len() + 2))
+    }
+}
+
+impl fmt::Display for EncryptionAlgorithm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.as_str())
     }
@@ -742,6 +838,31 @@ mod tests {
     }
 
     #[test]
+    fn key_pairs_have_their_usages_and_rsa_limits_are_aws_s() {
+        assert_eq!(KeySpec::Rsa2048.usages(), [KeyUsage::SignVerify, KeyUsage::EncryptDecrypt]);
+        assert_eq!(KeySpec::EccNistP384.usages(), [KeyUsage::SignVerify, KeyUsage::KeyAgreement]);
+        assert_eq!(KeySpec::EccSecgP256k1.usages(), [KeyUsage::SignVerify]);
+        assert!(KeySpec::EccNistP521.is_agreement() && !KeySpec::EccSecgP256k1.is_agreement());
+        assert!(!KeySpec::Rsa2048.is_agreement() && !KeySpec::SymmetricDefault.is_agreement());
+        for k in KeySpec::ALL {
+            assert_eq!(k.usages()[0], k.usage(), "{k}");
+            assert_eq!(k.is_key_pair(), k.usages().len() > 1 || k == KeySpec::EccSecgP256k1, "{k}");
+        }
+        // AWS's documented limits: RSA_2048 214/190, RSA_3072 342/318, RSA_4096 470/446.
+        let (sha1, sha256) = (EncryptionAlgorithm::RsaesOaepSha1, EncryptionAlgorithm::RsaesOaepSha256);
+        let limits: Vec<(usize, usize)> = [KeySpec::Rsa2048, KeySpec::Rsa3072, KeySpec::Rsa4096]
+            .iter()
+            .map(|&k| (sha1.max_plaintext(k), sha256.max_plaintext(k)))
+            .collect();
+        assert_eq!(limits, [(214, 190), (342, 318), (470, 446)]);
+        assert_eq!(sha256.max_plaintext(KeySpec::EccNistP256), 0);
+        assert_eq!(KeySpec::Rsa3072.encryption_algorithms(), EncryptionAlgorithm::ALL);
+        assert!(KeySpec::EccNistP256.encryption_algorithms().is_empty());
+        assert_eq!(EncryptionAlgorithm::from_name("RSAES_OAEP_SHA_1"), Some(sha1));
+        assert_eq!(EncryptionAlgorithm::from_name("SYMMETRIC_DEFAULT"), None);
+    }
+
+    #[test]
     fn key_specs_round_trip_with_their_usage_lengths_and_algorithms() {
         for k in KeySpec::ALL {
             assert_eq!(KeySpec::parse(k.as_str()).unwrap(), k);
@@ -760,7 +881,8 @@ mod tests {
         assert_eq!(KeySpec::SymmetricDefault.mac_algorithm(), None);
         assert_eq!(MacAlgorithm::from_name("HMAC_SHA_224"), Some(MacAlgorithm::HmacSha224));
         assert!(KeySpec::parse("SM2").is_err());
-        assert!(KeyUsage::parse("KEY_AGREEMENT").is_err());
+        assert_eq!(KeyUsage::parse("KEY_AGREEMENT").unwrap(), KeyUsage::KeyAgreement);
+        assert!(KeyUsage::parse("ENCAPSULATE_DECAPSULATE").is_err());
         assert_eq!(KeySpec::default(), KeySpec::SymmetricDefault);
     }
 }

@@ -179,7 +179,7 @@ fn hmac_keys_compute_macs_and_nothing_else() {
             .query_row("SELECT sealed FROM key_versions WHERE material_id = ?1", [hex::encode(mid)], |r| r.get(0))
             .unwrap();
         let root = ks.root_key();
-        assert_eq!(root.open(&store::seal_aad_for(spec, &kid, &mid), &sealed).unwrap().len(), len);
+        assert_eq!(root.open(&store::seal_aad_for(spec, spec.usage(), &kid, &mid), &sealed).unwrap().len(), len);
         assert!(root.open(&store::seal_aad(&kid, &mid), &sealed).is_err());
         macs.push((m.key_id, alg, mac));
     }
@@ -202,6 +202,70 @@ fn hmac_keys_compute_macs_and_nothing_else() {
     let e = ks.export().unwrap();
     assert_eq!(e.keys, 1);
     assert_eq!(e.skipped_specs.len(), 4);
+}
+
+/// RSA encryption keys and ECDH keys: key pairs of a spec's second usage, sealed bound to spec
+/// and usage, used only for what their usage allows, the same after the store is opened again.
+#[test]
+fn rsa_encryption_and_key_agreement_keys_do_what_their_usage_allows() {
+    use crate::EncryptionAlgorithm as A;
+    use crate::crypto::{AgreementKey, Signed};
+    let dir = tempfile::tempdir().unwrap();
+    let ks = KeyStore::open(dir.path()).unwrap();
+    let rsa = ks.create_key_for(KeySpec::Rsa2048, KeyUsage::EncryptDecrypt, "rsa", &[], None).unwrap();
+    assert_eq!((rsa.key_spec, rsa.key_usage), (KeySpec::Rsa2048, KeyUsage::EncryptDecrypt));
+    let ecdh = ks.create_key_for(KeySpec::EccNistP384, KeyUsage::KeyAgreement, "ecdh", &[], None).unwrap();
+    assert_eq!((ecdh.key_spec, ecdh.key_usage), (KeySpec::EccNistP384, KeyUsage::KeyAgreement));
+    assert!(matches!(
+        ks.create_key_for(KeySpec::EccSecgP256k1, KeyUsage::KeyAgreement, "", &[], None),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(ks.create_key_for(KeySpec::Hmac256, KeyUsage::SignVerify, "", &[], None), Err(Error::Invalid(_))));
+    let (r, e) = (KeyRef::parse(&rsa.key_id).unwrap(), KeyRef::parse(&ecdh.key_id).unwrap());
+    let c = ks.rsa_encrypt(&r, A::RsaesOaepSha256, b"secret").unwrap();
+    assert_eq!(c.len(), 256);
+    assert_eq!(&ks.rsa_decrypt(&r, A::RsaesOaepSha256, &c).unwrap()[..], b"secret");
+    assert!(matches!(ks.rsa_decrypt(&r, A::RsaesOaepSha1, &c), Err(Error::InvalidCiphertext(_))));
+    assert!(matches!(ks.rsa_encrypt(&r, A::RsaesOaepSha1, &[0u8; 215]), Err(Error::Invalid(_))));
+    // Neither signs, encrypts symmetrically nor does the other's job.
+    for k in [&r, &e] {
+        assert!(matches!(
+            ks.sign(k, crate::SigningAlgorithm::EcdsaSha384, Signed::Raw(b"m")),
+            Err(Error::WrongKeyType { .. })
+        ));
+        assert!(matches!(ks.encrypt(k, b"x", &EncryptionContext::new()), Err(Error::WrongKeyType { .. })));
+        assert!(matches!(ks.rotate(k), Err(Error::Unsupported(_))));
+    }
+    assert!(matches!(ks.rsa_encrypt(&e, A::RsaesOaepSha1, b"x"), Err(Error::WrongKeyType { .. })));
+    let peer_doc = crate::crypto::SigningKey::generate_pkcs8(KeySpec::EccNistP384).unwrap();
+    let peer = AgreementKey::from_pkcs8(KeySpec::EccNistP384, &peer_doc).unwrap();
+    assert!(matches!(ks.derive_shared_secret(&r, &peer.public_key_der()), Err(Error::WrongKeyType { .. })));
+    let secret = ks.derive_shared_secret(&e, &peer.public_key_der()).unwrap();
+    let public = ks.public_key(&e).unwrap();
+    assert_eq!(peer.derive(&public).unwrap(), secret, "both sides agree");
+    assert!(matches!(ks.derive_shared_secret(&e, &ks.public_key(&r).unwrap()), Err(Error::Invalid(_))));
+    // Sealed bound to spec and usage: not openable as the spec's default usage.
+    let conn = rusqlite::Connection::open(dir.path().join(store::DB_FILE)).unwrap();
+    let root = ks.root_key();
+    for (k, spec, usage) in
+        [(&r, KeySpec::Rsa2048, KeyUsage::EncryptDecrypt), (&e, KeySpec::EccNistP384, KeyUsage::KeyAgreement)]
+    {
+        let (kid, mid, _) = ks.current(k).unwrap();
+        let sealed: Vec<u8> = conn
+            .query_row("SELECT sealed FROM key_versions WHERE material_id = ?1", [hex::encode(mid)], |r| r.get(0))
+            .unwrap();
+        assert!(root.open(&store::seal_aad_for(spec, usage, &kid, &mid), &sealed).is_ok());
+        assert!(root.open(&store::seal_aad_for(spec, spec.usage(), &kid, &mid), &sealed).is_err());
+    }
+    // Disabled: refused as any key.
+    ks.set_enabled(&e, false).unwrap();
+    assert!(matches!(ks.derive_shared_secret(&e, &peer.public_key_der()), Err(Error::Disabled(_))));
+    ks.set_enabled(&e, true).unwrap();
+    drop(ks);
+    let ks = KeyStore::open(dir.path()).unwrap();
+    assert_eq!(&ks.rsa_decrypt(&r, A::RsaesOaepSha256, &c).unwrap()[..], b"secret", "the same pair after reopening");
+    assert_eq!(ks.derive_shared_secret(&e, &peer.public_key_der()).unwrap(), secret);
+    assert_eq!(ks.describe(&e).unwrap().key_usage, KeyUsage::KeyAgreement);
 }
 
 /// Signing keys: a PKCS#8 key pair per spec, sealed bound to the spec, signatures that verify

@@ -45,6 +45,8 @@ const SECRET_MEMBERS: &[&str] = &[
     "Signature",
     "PrivateKeyPlaintext",
     "PrivateKeyCiphertextBlob",
+    "SharedSecret",
+    "CiphertextForRecipient",
 ];
 
 /// Members whose values are user maps: their keys are data, not member names, and stay as sent.
@@ -64,6 +66,7 @@ const CRYPTO_OPS: &[&str] = &[
     "VerifyMac",
     "Sign",
     "Verify",
+    "DeriveSharedSecret",
 ];
 
 /// Most records one group commit writes.
@@ -618,6 +621,7 @@ pub fn read_only(op: &str) -> bool {
                 | "VerifyMac"
                 | "Sign"
                 | "Verify"
+                | "DeriveSharedSecret"
         )
 }
 

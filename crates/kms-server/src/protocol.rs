@@ -111,6 +111,8 @@ pub struct Raw {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) include_key_material: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) key_agreement_algorithm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) key_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) key_material_description: Option<String>,
@@ -154,6 +156,9 @@ pub struct Raw {
     pub(crate) plaintext: Option<Zeroizing<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) policy: Option<String>,
+    /// A peer's public key (DeriveSharedSecret): a blob, not shown in the audit record.
+    #[serde(skip_serializing)]
+    pub(crate) public_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) policy_name: Option<String>,
     #[serde(skip_serializing)]
@@ -216,6 +221,7 @@ impl Raw {
         self.signature = None;
         self.plaintext = None;
         self.recipient = None;
+        self.public_key = None;
     }
 }
 
@@ -467,15 +473,6 @@ pub(crate) fn length_error(member: &str, min: usize, max: usize, got: usize) -> 
 
 pub(crate) fn unsupported_if(cond: bool, msg: &str) -> Result<()> {
     if cond { Err(KmsError::UnsupportedOperation(msg.into())) } else { Ok(()) }
-}
-
-pub(crate) fn symmetric_only(alg: &Option<String>) -> Result<()> {
-    match alg.as_deref() {
-        None | Some("SYMMETRIC_DEFAULT") => Ok(()),
-        Some(a) => Err(KmsError::InvalidKeyUsage(format!(
-            "The encryption algorithm {a} is not valid for a symmetric encryption key. Use SYMMETRIC_DEFAULT."
-        ))),
-    }
 }
 
 fn serialization(e: serde_json::Error) -> KmsError {

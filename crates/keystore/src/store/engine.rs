@@ -352,6 +352,8 @@ pub struct NewKey<'a> {
     pub max_keys: Option<usize>,
     /// Key spec (its usage is the spec's).
     pub key_spec: crate::model::KeySpec,
+    /// Its usage (one of the spec's).
+    pub key_usage: crate::model::KeyUsage,
 }
 
 /// Counts the on-demand rotations of a key that is not external: versions after the first that

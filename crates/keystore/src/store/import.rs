@@ -45,7 +45,8 @@ impl KeyStore {
     /// Returns the material id (hex).
     pub fn import_material_with(&self, key: &KeyRef, material: &[u8], opts: &ImportOptions, at: i64) -> Result<String> {
         let (kid, id) = self.resolve_db(key)?;
-        let spec = self.core.snapshot().keys.get(&kid).map(|k| k.key_spec).unwrap_or_default();
+        let (spec, usage) =
+            self.core.snapshot().keys.get(&kid).map(|k| (k.key_spec, k.key_usage)).unwrap_or_default();
         check_material(spec, material)?;
         if spec != KeySpec::SymmetricDefault && opts.import_type.is_some() {
             return Err(Error::Unsupported(format!(
@@ -53,7 +54,7 @@ impl KeyStore {
             )));
         }
         let mid = imported_material_id(&kid, material)?;
-        let sealed = self.core.root.seal(&seal_aad_for(spec, &kid, &mid), material)?;
+        let sealed = self.core.root.seal(&seal_aad_for(spec, usage, &kid, &mid), material)?;
         let req = ImportRequest {
             version: NewVersion { material_id: hex::encode(mid), sealed },
             import_type: opts.import_type,

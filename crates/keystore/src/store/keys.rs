@@ -5,7 +5,7 @@ use super::engine::{NewKey, NewVersion};
 use super::{KeyStore, normalise_alias, now, parse_key_id, seal_aad_for};
 use crate::crypto::{fill_random, random_material};
 use crate::error::{Error, Result};
-use crate::model::{KeyMetadata, KeyRef, KeySpec, RotationType};
+use crate::model::{KeyMetadata, KeyRef, KeySpec, KeyUsage, RotationType};
 
 impl KeyStore {
     /// Creates a key with fresh random material, optionally with an alias. Durable on return.
@@ -21,11 +21,11 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        self.create(alias, description, tags, policy, false, KeySpec::SymmetricDefault)
+        self.create(alias, description, tags, policy, false, (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt))
     }
 
     /// [`KeyStore::create_key_with`] for a key of any spec (HMAC keys: material as long as the
-    /// spec's digest, sealed bound to the spec). Its usage is the spec's.
+    /// spec's digest, sealed bound to the spec). Its usage is the spec's default.
     pub fn create_key_of(
         &self,
         spec: KeySpec,
@@ -33,7 +33,23 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        self.create(None, description, tags, policy, false, spec)
+        self.create(None, description, tags, policy, false, (spec, spec.usage()))
+    }
+
+    /// [`KeyStore::create_key_of`] with a usage of the spec's ([`KeySpec::usages`]; RSA keys
+    /// for `ENCRYPT_DECRYPT`, NIST ECC keys for `KEY_AGREEMENT`): [`Error::Invalid`] for another.
+    pub fn create_key_for(
+        &self,
+        spec: KeySpec,
+        usage: KeyUsage,
+        description: &str,
+        tags: &[(String, String)],
+        policy: Option<&str>,
+    ) -> Result<KeyMetadata> {
+        if !spec.usages().contains(&usage) {
+            return Err(Error::Invalid(format!("a {spec} key cannot have key usage {usage}")));
+        }
+        self.create(None, description, tags, policy, false, (spec, usage))
     }
 
     /// Creates a key for imported material (origin `EXTERNAL`): no material, state
@@ -44,19 +60,23 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        self.create(None, description, tags, policy, true, KeySpec::SymmetricDefault)
+        self.create(None, description, tags, policy, true, (KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt))
     }
 
-    /// [`KeyStore::create_external_key`] for a key of any spec: HMAC keys and key pairs take
-    /// their material from [`KeyStore::import_material_with`] too.
-    pub fn create_external_key_of(
+    /// [`KeyStore::create_external_key`] for a key of any spec and one of its usages: HMAC keys
+    /// and key pairs take their material from [`KeyStore::import_material_with`] too.
+    pub fn create_external_key_for(
         &self,
         spec: KeySpec,
+        usage: KeyUsage,
         description: &str,
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        self.create(None, description, tags, policy, true, spec)
+        if !spec.usages().contains(&usage) {
+            return Err(Error::Invalid(format!("a {spec} key cannot have key usage {usage}")));
+        }
+        self.create(None, description, tags, policy, true, (spec, usage))
     }
 
     fn create(
@@ -66,12 +86,12 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
         external: bool,
-        key_spec: KeySpec,
+        (key_spec, key_usage): (KeySpec, KeyUsage),
     ) -> Result<KeyMetadata> {
         let alias = alias.map(normalise_alias).transpose()?;
         let kid = *uuid::Uuid::new_v4().as_bytes();
         let id = uuid::Uuid::from_bytes(kid).to_string();
-        let version = if external { None } else { Some(self.new_material(&kid, key_spec)?) };
+        let version = if external { None } else { Some(self.new_material(&kid, key_spec, key_usage)?) };
         self.core.db.create_key(&NewKey {
             key_id: &id,
             description,
@@ -82,6 +102,7 @@ impl KeyStore {
             policy,
             max_keys: self.limits().max_keys,
             key_spec,
+            key_usage,
         })?;
         self.refresh()?;
         self.describe(&KeyRef::Id(uuid::Uuid::from_bytes(kid)))
@@ -102,7 +123,7 @@ impl KeyStore {
                 "key {id} has key spec {spec}: only symmetric encryption keys rotate"
             )));
         }
-        let v = self.new_material(&kid, spec)?;
+        let v = self.new_material(&kid, spec, KeyUsage::EncryptDecrypt)?;
         let max = if kind == RotationType::OnDemand { self.limits().max_on_demand_rotations } else { None };
         self.core.db.rotate(&id, &v, kind, at, max)?;
         self.refresh()?;
@@ -171,7 +192,7 @@ impl KeyStore {
             if self.spec_of(&kid) != KeySpec::SymmetricDefault {
                 continue;
             }
-            let v = self.new_material(&kid, KeySpec::SymmetricDefault)?;
+            let v = self.new_material(&kid, KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt)?;
             let next = now.saturating_add(period.saturating_mul(86_400));
             if self.core.db.rotate_automatic(&id, &v, now, next)? {
                 done.push(id);
@@ -204,9 +225,9 @@ impl KeyStore {
         self.refresh()
     }
 
-    /// Fresh random material for key `kid` of `spec`, sealed under the root key (bound to the
-    /// spec), with a fresh random id.
-    fn new_material(&self, kid: &[u8; 16], spec: KeySpec) -> Result<NewVersion> {
+    /// Fresh random material for key `kid` of `spec` and `usage`, sealed under the root key
+    /// (bound to both), with a fresh random id.
+    fn new_material(&self, kid: &[u8; 16], spec: KeySpec, usage: KeyUsage) -> Result<NewVersion> {
         let mut mid = [0u8; 32];
         fill_random(&mut mid)?;
         let material = match (spec.material_len(), spec.is_signing()) {
@@ -214,7 +235,7 @@ impl KeyStore {
             (Some(len), false) => random_material(len)?,
             (None, false) => return Err(Error::Unsupported(format!("keys of spec {spec} cannot be made"))),
         };
-        let sealed = self.core.root.seal(&seal_aad_for(spec, kid, &mid), &material[..])?;
+        let sealed = self.core.root.seal(&seal_aad_for(spec, usage, kid, &mid), &material[..])?;
         Ok(NewVersion { material_id: hex::encode(mid), sealed })
     }
 

@@ -45,8 +45,8 @@ impl KeyStore {
         for v in &rows.versions {
             let kid = super::parse_key_id(&v.key_id)?;
             let mid = super::parse_material_id(&v.material_id)?;
-            let spec = snap.keys.get(&kid).map(|k| k.key_spec).unwrap_or_default();
-            to.core.unseal(&kid, &mid, spec, &v.sealed).map_err(|_| {
+            let (spec, usage) = snap.keys.get(&kid).map(|k| (k.key_spec, k.key_usage)).unwrap_or_default();
+            to.core.unseal(&kid, &mid, spec, usage, &v.sealed).map_err(|_| {
                 Error::RootKey(format!("version {} of key {} does not unseal in {}", v.seq, v.key_id, to.storage()))
             })?;
             if !snap.materials.contains_key(&mid) {

@@ -504,11 +504,24 @@ fn normalise_alias(a: &str) -> Result<String> {
 /// first form ([`seal_aad`], so stores from before key specs open unchanged); every other spec is
 /// the second form, which binds the spec too: material never unseals as another kind of key (a
 /// row whose spec was altered does not open).
-pub(crate) fn seal_aad_for(spec: crate::model::KeySpec, kid: &[u8; 16], mid: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn seal_aad_for(
+    spec: crate::model::KeySpec,
+    usage: crate::model::KeyUsage,
+    kid: &[u8; 16],
+    mid: &[u8; 32],
+) -> Vec<u8> {
     if spec == crate::model::KeySpec::SymmetricDefault {
         return seal_aad(kid, mid);
     }
-    let name = spec.as_str().as_bytes();
+    // A key pair of another usage than its spec's default (RSA for ENCRYPT_DECRYPT, ECC for
+    // KEY_AGREEMENT) is bound to it too: `SPEC:USAGE` (at most 27 bytes).
+    let named;
+    let name = if usage == spec.usage() {
+        spec.as_str().as_bytes()
+    } else {
+        named = format!("{spec}:{usage}");
+        named.as_bytes()
+    };
     let mut aad = Vec::with_capacity(16 + 1 + name.len() + 16 + 32);
     aad.extend_from_slice(b"envelope-seal-v2");
     // Names are short ASCII constants (at most 17 bytes): the length fits in one byte.

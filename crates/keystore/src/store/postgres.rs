@@ -265,8 +265,8 @@ impl Engine for Postgres {
         let pool = self.pool.clone();
         let (id, description, created_at) = (k.key_id.to_string(), k.description.to_string(), k.created_at);
         let (alias, version) = (k.alias.map(str::to_string), k.version.clone());
-        let (tags, policy, max_keys, key_spec) =
-            (k.tags.to_vec(), k.policy.map(str::to_string), k.max_keys, k.key_spec);
+        let (tags, policy, max_keys, key_spec, key_usage) =
+            (k.tags.to_vec(), k.policy.map(str::to_string), k.max_keys, k.key_spec, k.key_usage);
         self.run(async move {
             let mut c = client(&pool).await?;
             let tx = begin_write(&mut c).await?;
@@ -284,7 +284,7 @@ impl Engine for Postgres {
                     tx.execute(
                         "INSERT INTO keys (key_id, description, state, created_at, current_material, key_spec, key_usage) \
                          VALUES ($1, $2, 'PendingImport', $3, '', $4, $5)",
-                        &[&id, &description, &created_at, &key_spec.as_str(), &key_spec.usage().as_str()],
+                        &[&id, &description, &created_at, &key_spec.as_str(), &key_usage.as_str()],
                     )
                     .await?;
                     tx.execute("INSERT INTO key_import (key_id) VALUES ($1)", &[&id]).await?;
@@ -293,7 +293,7 @@ impl Engine for Postgres {
                     tx.execute(
                         "INSERT INTO keys (key_id, description, state, created_at, current_material, key_spec, key_usage) \
                          VALUES ($1, $2, 'Enabled', $3, $4, $5, $6)",
-                        &[&id, &description, &created_at, &v.material_id, &key_spec.as_str(), &key_spec.usage().as_str()],
+                        &[&id, &description, &created_at, &v.material_id, &key_spec.as_str(), &key_usage.as_str()],
                     )
                     .await?;
                     tx.execute(

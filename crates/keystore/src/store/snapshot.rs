@@ -4,24 +4,27 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use zeroize::Zeroizing;
+
 use super::engine::Rows;
 use super::{
     Core, Decrypted, Encrypted, KeyStore, MAX_PLAINTEXT, parse_key_id, parse_material_id, poisoned, seal_aad_for,
 };
 use crate::blob;
 use crate::context::EncryptionContext;
-use crate::crypto::{AeadKey, MacKey, NONCE_LEN, Signed, SigningKey, fill_random};
+use crate::crypto::{AeadKey, AgreementKey, DecryptionKey, MacKey, NONCE_LEN, Signed, SigningKey, fill_random};
 use crate::error::{Error, Result};
 use crate::model::{
-    Grant, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeySpec, KeyState, KeyUsage, KeyVersion, MacAlgorithm,
-    MaterialState, Rotation, RotationType, SigningAlgorithm,
+    EncryptionAlgorithm, Grant, ImportedMaterial, KeyAttributes, KeyMetadata, KeyRef, KeySpec, KeyState, KeyUsage,
+    KeyVersion, MacAlgorithm, MaterialState, Rotation, RotationType, SigningAlgorithm,
 };
 
-/// One material version, unsealed: typed by its key's spec, so material of one kind of key is
-/// never used as another's.
+/// One material version, unsealed: typed by its key's spec and usage, so material of one kind
+/// of key is never used as another's.
 pub(super) struct Material {
     pub(super) key_id: [u8; 16],
     pub(super) spec: KeySpec,
+    pub(super) usage: KeyUsage,
     pub(super) secret: Secret,
 }
 
@@ -33,6 +36,10 @@ pub(super) enum Secret {
     Mac(Box<MacKey>),
     /// A signing key pair.
     Sign(Box<SigningKey>),
+    /// An RSA encryption key pair.
+    Decrypt(Box<DecryptionKey>),
+    /// An ECDH key.
+    Agree(Box<AgreementKey>),
 }
 
 #[derive(Default)]
@@ -76,18 +83,18 @@ impl Core {
         let mut keys: HashMap<[u8; 16], KeyMetadata> = HashMap::new();
         let mut attrs: HashMap<[u8; 16], KeyAttributes> = HashMap::new();
         let mut current = HashMap::new();
-        let mut specs: HashMap<[u8; 16], KeySpec> = HashMap::new();
+        let mut specs: HashMap<[u8; 16], (KeySpec, KeyUsage)> = HashMap::new();
         for k in rows.keys {
             let kid = parse_key_id(&k.key_id)?;
             let key_spec = KeySpec::parse(&k.key_spec)?;
             let key_usage = KeyUsage::parse(&k.key_usage)?;
-            if key_usage != key_spec.usage() {
+            if !key_spec.usages().contains(&key_usage) {
                 return Err(Error::Storage(format!(
                     "key {} has key usage {key_usage}, which a {key_spec} key cannot have",
                     k.key_id
                 )));
             }
-            specs.insert(kid, key_spec);
+            specs.insert(kid, (key_spec, key_usage));
             attrs.insert(
                 kid,
                 KeyAttributes {
@@ -147,10 +154,10 @@ impl Core {
                 k.versions.push(KeyVersion { material_id: v.material_id, seq: v.seq, created_at: v.created_at });
             }
             // A version belongs to a key (foreign key); its spec decides how it unseals.
-            let spec = specs.get(&kid).copied().unwrap_or_default();
-            let m = match old.materials.get(&mid).filter(|m| m.key_id == kid && m.spec == spec) {
+            let (spec, usage) = specs.get(&kid).copied().unwrap_or_default();
+            let m = match old.materials.get(&mid).filter(|m| m.key_id == kid && m.spec == spec && m.usage == usage) {
                 Some(m) => m.clone(),
-                None => Arc::new(self.unseal(&kid, &mid, spec, &v.sealed)?),
+                None => Arc::new(self.unseal(&kid, &mid, spec, usage, &v.sealed)?),
             };
             materials.insert(mid, m);
         }
@@ -219,10 +226,17 @@ impl Core {
         Ok(Snapshot { version: rows.version, keys, current, aliases, materials, attrs, grants })
     }
 
-    /// Unseals one version of key `kid` (of `spec`): the material must open under the spec's
-    /// additional data and have a length the spec allows.
-    pub(super) fn unseal(&self, kid: &[u8; 16], mid: &[u8; 32], spec: KeySpec, sealed: &[u8]) -> Result<Material> {
-        let material = self.root.open(&seal_aad_for(spec, kid, mid), sealed)?;
+    /// Unseals one version of key `kid` (of `spec` and `usage`): the material must open under
+    /// the spec's (and usage's) additional data and have a length the spec allows.
+    pub(super) fn unseal(
+        &self,
+        kid: &[u8; 16],
+        mid: &[u8; 32],
+        spec: KeySpec,
+        usage: KeyUsage,
+        sealed: &[u8],
+    ) -> Result<Material> {
+        let material = self.root.open(&seal_aad_for(spec, usage, kid, mid), sealed)?;
         if let Some(lens) = spec.material_lens()
             && !lens.contains(&material.len())
         {
@@ -234,14 +248,21 @@ impl Core {
                 lens.end(),
             )));
         }
-        let secret = match (spec.mac_algorithm(), spec.is_signing()) {
-            (Some(alg), _) => Secret::Mac(Box::new(MacKey::new(alg, &material))),
-            (None, true) => Secret::Sign(Box::new(SigningKey::from_pkcs8(spec, &material).map_err(|_| {
-                Error::RootKey(format!("key material of key {} is not a {spec} key pair", uuid::Uuid::from_bytes(*kid)))
-            })?)),
-            (None, false) => Secret::Aead(AeadKey::new(&material)?),
+        let not_a_pair = |_| {
+            Error::RootKey(format!("key material of key {} is not a {spec} key pair", uuid::Uuid::from_bytes(*kid)))
         };
-        Ok(Material { key_id: *kid, spec, secret })
+        let secret = match (spec.mac_algorithm(), spec.is_key_pair(), usage) {
+            (Some(alg), _, _) => Secret::Mac(Box::new(MacKey::new(alg, &material))),
+            (None, true, KeyUsage::EncryptDecrypt) => {
+                Secret::Decrypt(Box::new(DecryptionKey::from_pkcs8(spec, &material).map_err(not_a_pair)?))
+            }
+            (None, true, KeyUsage::KeyAgreement) => {
+                Secret::Agree(Box::new(AgreementKey::from_pkcs8(spec, &material).map_err(not_a_pair)?))
+            }
+            (None, true, _) => Secret::Sign(Box::new(SigningKey::from_pkcs8(spec, &material).map_err(not_a_pair)?)),
+            (None, false, _) => Secret::Aead(AeadKey::new(&material)?),
+        };
+        Ok(Material { key_id: *kid, spec, usage, secret })
     }
 }
 
@@ -325,11 +346,55 @@ impl KeyStore {
         signing_key(&snap, kid, Some(algorithm))?.verify(algorithm, what, signature)
     }
 
-    /// The DER SubjectPublicKeyInfo of a signing key's current key pair.
+    /// The DER SubjectPublicKeyInfo of a key pair's current material (signing, RSA encryption
+    /// or key agreement key; [`Error::WrongKeyType`] for any other key).
     pub fn public_key(&self, key: &KeyRef) -> Result<Vec<u8>> {
         let snap = self.core.snapshot();
         let kid = resolve(&snap, key)?;
-        signing_key(&snap, kid, None)?.public_key_der()
+        let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(key.to_string()))?;
+        match current_secret(&snap, kid)? {
+            Secret::Sign(k) => k.public_key_der(),
+            Secret::Decrypt(k) => Ok(k.public_key_der()),
+            Secret::Agree(k) => Ok(k.public_key_der()),
+            _ => Err(wrong_type(meta, "it is not a key pair")),
+        }
+    }
+
+    /// The RSA-OAEP encryption of `plaintext` with `algorithm` under the current key pair of an
+    /// RSA `ENCRYPT_DECRYPT` key ([`Error::WrongKeyType`] for any other key; a plaintext longer
+    /// than the algorithm allows is [`Error::Invalid`]). From the snapshot.
+    pub fn rsa_encrypt(&self, key: &KeyRef, algorithm: EncryptionAlgorithm, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        decryption_key(&snap, kid)?.encrypt(algorithm, plaintext)
+    }
+
+    /// The plaintext of an RSA-OAEP `ciphertext` made with `algorithm` under the current key
+    /// pair of an RSA `ENCRYPT_DECRYPT` key (as for [`KeyStore::rsa_encrypt`]); anything that
+    /// does not decrypt is [`Error::InvalidCiphertext`].
+    pub fn rsa_decrypt(
+        &self,
+        key: &KeyRef,
+        algorithm: EncryptionAlgorithm,
+        ciphertext: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        decryption_key(&snap, kid)?.decrypt(algorithm, ciphertext)
+    }
+
+    /// The ECDH shared secret of the current key of a `KEY_AGREEMENT` key with the peer whose
+    /// public key is the DER SubjectPublicKeyInfo `peer` (on the key's curve; [`Error::Invalid`]
+    /// otherwise, [`Error::WrongKeyType`] for any other key). From the snapshot.
+    pub fn derive_shared_secret(&self, key: &KeyRef, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let snap = self.core.snapshot();
+        let kid = resolve(&snap, key)?;
+        let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(key.to_string()))?;
+        check_usable(meta)?;
+        match current_secret(&snap, kid)? {
+            Secret::Agree(k) if meta.key_usage == KeyUsage::KeyAgreement && k.spec() == meta.key_spec => k.derive(peer),
+            _ => Err(wrong_type(meta, "it is not a key agreement key")),
+        }
     }
 
     /// The key's binary id and state, from the snapshot. Cheap; works for keys without material.
@@ -456,7 +521,7 @@ fn mac_key(snap: &Snapshot, kid: [u8; 16], algorithm: MacAlgorithm) -> Result<&M
 fn signing_key(snap: &Snapshot, kid: [u8; 16], algorithm: Option<SigningAlgorithm>) -> Result<&SigningKey> {
     let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
     check_usable(meta)?;
-    if !meta.key_spec.is_signing() {
+    if !meta.key_spec.is_signing() || meta.key_usage != KeyUsage::SignVerify {
         return Err(wrong_type(meta, "it does not sign"));
     }
     if algorithm.is_some_and(|a| !meta.key_spec.signing_algorithms().contains(&a)) {
@@ -470,6 +535,30 @@ fn signing_key(snap: &Snapshot, kid: [u8; 16], algorithm: Option<SigningAlgorith
         Some(Secret::Sign(k)) if k.spec() == meta.key_spec => Ok(&**k),
         Some(_) => Err(wrong_type(meta, "its material is not a key pair of that algorithm")),
         None => Err(Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid)))),
+    }
+}
+
+/// The unsealed current material of key `kid`.
+fn current_secret(snap: &Snapshot, kid: [u8; 16]) -> Result<&Secret> {
+    let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
+    let mid = snap
+        .current
+        .get(&kid)
+        .ok_or_else(|| Error::InvalidState { key: meta.key_id.clone(), state: KeyState::PendingImport })?;
+    snap.materials
+        .get(mid)
+        .filter(|m| m.key_id == kid)
+        .map(|m| &m.secret)
+        .ok_or_else(|| Error::NotFound(format!("{} material {}", meta.key_id, hex::encode(mid))))
+}
+
+/// The current key pair of RSA encryption key `kid`, usable.
+fn decryption_key(snap: &Snapshot, kid: [u8; 16]) -> Result<&DecryptionKey> {
+    let meta = snap.keys.get(&kid).ok_or_else(|| Error::NotFound(hex::encode(kid)))?;
+    check_usable(meta)?;
+    match current_secret(snap, kid)? {
+        Secret::Decrypt(k) if meta.key_usage == KeyUsage::EncryptDecrypt && k.spec() == meta.key_spec => Ok(&**k),
+        _ => Err(wrong_type(meta, "it is not an RSA encryption key")),
     }
 }
 

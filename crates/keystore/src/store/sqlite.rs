@@ -170,7 +170,7 @@ impl Engine for Sqlite {
                     tx.execute(
                         "INSERT INTO keys (key_id, description, state, created_at, current_material, key_spec, key_usage) \
                          VALUES (?1, ?2, 'PendingImport', ?3, '', ?4, ?5)",
-                        params![k.key_id, k.description, k.created_at, k.key_spec.as_str(), k.key_spec.usage().as_str()],
+                        params![k.key_id, k.description, k.created_at, k.key_spec.as_str(), k.key_usage.as_str()],
                     )?;
                     tx.execute("INSERT INTO key_import (key_id) VALUES (?1)", [k.key_id])?;
                 }
@@ -184,7 +184,7 @@ impl Engine for Sqlite {
                             k.created_at,
                             v.material_id,
                             k.key_spec.as_str(),
-                            k.key_spec.usage().as_str()
+                            k.key_usage.as_str()
                         ],
                     )?;
                     tx.execute(

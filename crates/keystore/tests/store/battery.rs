@@ -601,7 +601,7 @@ pub fn hmac_keys_keep_their_spec_and_material(s: &dyn Subject) {
 /// never a second material or an import type, and another handle unseals the same material.
 pub fn imported_hmac_and_key_pair_material(s: &dyn Subject) {
     let ks = s.open();
-    let mac_key = ks.create_external_key_of(KeySpec::Hmac256, "mac", &[], None).unwrap();
+    let mac_key = ks.create_external_key_for(KeySpec::Hmac256, KeyUsage::GenerateVerifyMac, "mac", &[], None).unwrap();
     assert_eq!((mac_key.key_spec, mac_key.state), (KeySpec::Hmac256, KeyState::PendingImport));
     let r = KeyRef::parse(&mac_key.key_id).unwrap();
     let none = ImportOptions::default();
@@ -615,7 +615,7 @@ pub fn imported_hmac_and_key_pair_material(s: &dyn Subject) {
     let mac = ks.generate_mac(&r, MacAlgorithm::HmacSha256, b"m").unwrap();
     assert!(matches!(ks.import_material_with(&r, &[8u8; 40], &none, 2), Err(Error::IncorrectMaterial(_))));
 
-    let pair = ks.create_external_key_of(KeySpec::EccNistP256, "pair", &[], None).unwrap();
+    let pair = ks.create_external_key_for(KeySpec::EccNistP256, KeyUsage::SignVerify, "pair", &[], None).unwrap();
     let p = KeyRef::parse(&pair.key_id).unwrap();
     assert!(ks.public_key(&p).is_err(), "no public key before the import");
     let p384 = envelope_keystore::crypto::SigningKey::generate_pkcs8(KeySpec::EccNistP384).unwrap();
@@ -633,4 +633,27 @@ pub fn imported_hmac_and_key_pair_material(s: &dyn Subject) {
     assert_eq!(other.generate_mac(&r, MacAlgorithm::HmacSha256, b"m").unwrap(), mac);
     assert_eq!(other.public_key(&p).unwrap(), public);
     assert_eq!(other.describe(&p).unwrap().key_spec, KeySpec::EccNistP256);
+}
+
+pub fn asymmetric_keys_keep_their_usage_and_key_pair(s: &dyn Subject) {
+    use envelope_keystore::EncryptionAlgorithm as A;
+    let ks = s.open();
+    let rsa = ks.create_key_for(KeySpec::Rsa2048, KeyUsage::EncryptDecrypt, "rsa", &[], None).unwrap();
+    let ecdh = ks.create_key_for(KeySpec::EccNistP256, KeyUsage::KeyAgreement, "ecdh", &[], None).unwrap();
+    assert_eq!((ecdh.key_spec, ecdh.key_usage), (KeySpec::EccNistP256, KeyUsage::KeyAgreement));
+    let (r, e) = (KeyRef::parse(&rsa.key_id).unwrap(), KeyRef::parse(&ecdh.key_id).unwrap());
+    let ct = ks.rsa_encrypt(&r, A::RsaesOaepSha1, b"hello").unwrap();
+    let public = ks.public_key(&e).unwrap();
+    assert!(matches!(ks.encrypt(&r, b"x", &EncryptionContext::new()), Err(Error::WrongKeyType { .. })));
+    // Another handle (a restarted process, a replica) reads the same usage and key pairs.
+    drop(ks);
+    let other = s.open();
+    assert_eq!(other.describe(&r).unwrap().key_usage, KeyUsage::EncryptDecrypt);
+    assert_eq!(other.describe(&e).unwrap().key_usage, KeyUsage::KeyAgreement);
+    assert_eq!(&other.rsa_decrypt(&r, A::RsaesOaepSha1, &ct).unwrap()[..], b"hello");
+    assert_eq!(other.public_key(&e).unwrap(), public);
+    // Its own public key as the peer's: ECDH with itself, the same on every handle.
+    let secret = other.derive_shared_secret(&e, &public).unwrap();
+    assert_eq!(secret.len(), 32);
+    assert_eq!(s.open().derive_shared_secret(&e, &public).unwrap(), secret);
 }

@@ -84,6 +84,10 @@ macro_rules! battery {
         fn imported_hmac_and_key_pair_material() {
             crate::battery::imported_hmac_and_key_pair_material(&$subject());
         }
+        #[test]
+        fn asymmetric_keys_keep_their_usage_and_key_pair() {
+            crate::battery::asymmetric_keys_keep_their_usage_and_key_pair(&$subject());
+        }
     };
 }
 

@@ -3,19 +3,26 @@
 //! the key store's in-memory snapshot only ([`Request::in_memory`]), so they run without the
 //! blocking pool; their audit records show the request (encryption context included, never
 //! plaintext or ciphertext) and no response members.
+//!
+//! Encrypt, Decrypt and ReEncrypt also take RSA `ENCRYPT_DECRYPT` keys with EncryptionAlgorithm
+//! `RSAES_OAEP_SHA_1` / `RSAES_OAEP_SHA_256` (MGF1 of the same hash, no label): the ciphertext is
+//! the raw RSA-OAEP output, so anyone with the key's public key (GetPublicKey) encrypts for it
+//! offline; Decrypt of such a ciphertext needs the KeyId; asymmetric keys take no encryption
+//! context, and plaintexts are limited by the key size and algorithm (RSA_2048: 214 bytes with
+//! SHA-1, 190 with SHA-256). The data key operations need symmetric keys.
 
 use envelope_keystore::crypto::SigningKey;
-use envelope_keystore::{EncryptionContext, KeyUsage};
+use envelope_keystore::{EncryptionAlgorithm, EncryptionContext, KeySpec, KeyUsage};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
-use super::{Call, Operation, Reply, SYMMETRIC_DEFAULT, usable, uses};
+use super::{Call, Operation, Reply, Resolved, SYMMETRIC_DEFAULT, usable, uses};
 use crate::Server;
 use crate::error::{KmsError, Result, Subject};
 use crate::ids::Forms;
 use crate::protocol::{
     Context, MAX_CIPHERTEXT, MAX_PLAINTEXT, Raw, SecretB64, Validator, b64, decode_blob, decode_secret, encode_secret,
-    length_error, reserved_context, symmetric_only, unsupported_if,
+    length_error, reserved_context, unsupported_if,
 };
 
 /// A validated cryptographic request.
@@ -27,12 +34,14 @@ pub enum Request {
         ciphertext: Vec<u8>,
         context: Context,
         key_id: Option<String>,
+        algorithm: String,
         dry_run: bool,
     },
     Encrypt {
         key_id: String,
         plaintext: Zeroizing<Vec<u8>>,
         context: Context,
+        algorithm: String,
         dry_run: bool,
     },
     GenerateDataKey {
@@ -56,20 +65,24 @@ pub enum Request {
         ciphertext: Vec<u8>,
         source_context: Context,
         source_key_id: Option<String>,
+        source_algorithm: String,
         destination_key_id: String,
         destination_context: Context,
+        destination_algorithm: String,
         dry_run: bool,
     },
 }
 
 impl Request {
-    /// Whether the key store can answer from memory: always, except for a ciphertext whose
-    /// material is not in the snapshot (made by another process since the last refresh, or not
+    /// Whether the key store can answer from memory: always, except for a symmetric ciphertext
+    /// whose material is not in the snapshot (made by another process since the last refresh, or not
     /// a ciphertext of this store), which is looked up in the database.
     pub fn in_memory(&self, server: &Server) -> bool {
         match self {
-            Request::Decrypt { ciphertext, .. } | Request::ReEncrypt { ciphertext, .. } => {
-                server.store.is_cached(ciphertext)
+            // An RSA ciphertext is decrypted with the key pair in the snapshot.
+            Request::Decrypt { ciphertext, algorithm, .. }
+            | Request::ReEncrypt { ciphertext, source_algorithm: algorithm, .. } => {
+                algorithm != SYMMETRIC_DEFAULT || server.store.is_cached(ciphertext)
             }
             Request::Encrypt { .. }
             | Request::GenerateDataKey { .. }
@@ -93,12 +106,12 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
             if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT {
                 return Err(length_error("plaintext", 1, MAX_PLAINTEXT, plaintext.len()));
             }
-            symmetric_only(&raw.encryption_algorithm)?;
             reserved_context(&raw.encryption_context)?;
             Request::Encrypt {
                 key_id: key_id.unwrap_or_default(),
                 plaintext,
                 context: raw.encryption_context.clone().unwrap_or_default(),
+                algorithm: algorithm_name(&raw.encryption_algorithm),
                 dry_run,
             }
         }
@@ -112,12 +125,12 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
             v.finish()?;
             unsupported_if(raw.recipient.is_some(), "Recipient (attestation) is not supported.")?;
             let ciphertext = decode_blob("ciphertextBlob", ciphertext.unwrap_or_default(), MAX_CIPHERTEXT)?;
-            symmetric_only(&raw.encryption_algorithm)?;
             reserved_context(&raw.encryption_context)?;
             Request::Decrypt {
                 ciphertext,
                 context: raw.encryption_context.clone().unwrap_or_default(),
                 key_id: raw.key_id.clone(),
+                algorithm: algorithm_name(&raw.encryption_algorithm),
                 dry_run,
             }
         }
@@ -132,16 +145,16 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
             v.algorithm("destinationEncryptionAlgorithm", &raw.destination_encryption_algorithm);
             v.finish()?;
             let ciphertext = decode_blob("ciphertextBlob", ciphertext.unwrap_or_default(), MAX_CIPHERTEXT)?;
-            symmetric_only(&raw.source_encryption_algorithm)?;
-            symmetric_only(&raw.destination_encryption_algorithm)?;
             reserved_context(&raw.source_encryption_context)?;
             reserved_context(&raw.destination_encryption_context)?;
             Request::ReEncrypt {
                 ciphertext,
                 source_context: raw.source_encryption_context.clone().unwrap_or_default(),
                 source_key_id: raw.source_key_id.clone(),
+                source_algorithm: algorithm_name(&raw.source_encryption_algorithm),
                 destination_key_id: destination_key_id.unwrap_or_default(),
                 destination_context: raw.destination_encryption_context.clone().unwrap_or_default(),
+                destination_algorithm: algorithm_name(&raw.destination_encryption_algorithm),
                 dry_run,
             }
         }
@@ -210,11 +223,25 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
 pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
     let s = call.server();
     match req {
-        Request::Encrypt { key_id, plaintext, context, dry_run } => {
+        Request::Encrypt { key_id, plaintext, context, algorithm, dry_run } => {
             let k = call.resolve(&key_id, Forms::Any)?;
             call.authorize(&k, "Encrypt", &context)?;
             usable(&k)?;
             uses(&k, KeyUsage::EncryptDecrypt, "Encrypt")?;
+            if let Some(alg) = key_algorithm(&k, &algorithm)? {
+                no_context(&context, "EncryptionContext")?;
+                within_limit(&k, alg, plaintext.len())?;
+                if dry_run {
+                    return Err(KmsError::DryRun);
+                }
+                let c = s
+                    .store
+                    .rsa_encrypt(&k.r, alg, &plaintext)
+                    .map_err(|e| KmsError::from_store(e, Subject::Key(&k.arn)))?;
+                let resp =
+                    EncryptResponse { ciphertext_blob: b64(&c), key_id: &k.arn, encryption_algorithm: alg.as_str() };
+                return call.crypto_reply(&resp, Some(k.arn.clone()));
+            }
             if dry_run {
                 return Err(KmsError::DryRun);
             }
@@ -229,14 +256,14 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             };
             call.crypto_reply(&resp, Some(k.arn.clone()))
         }
-        Request::Decrypt { ciphertext, context, key_id, dry_run } => {
-            let d = decrypt(call, &ciphertext, &context, key_id.as_deref(), dry_run, "Decrypt")?;
+        Request::Decrypt { ciphertext, context, key_id, algorithm, dry_run } => {
+            let d = decrypt(call, &ciphertext, &context, key_id.as_deref(), &algorithm, dry_run, "Decrypt")?;
             let arn = s.names.key_arn(&uuid::Uuid::from_bytes(d.key_id).to_string());
             let resp = DecryptResponse {
                 key_id: &arn,
                 plaintext: encode_secret(&d.plaintext),
-                encryption_algorithm: SYMMETRIC_DEFAULT,
-                key_material_id: hex::encode(d.material_id),
+                encryption_algorithm: d.algorithm.map_or(SYMMETRIC_DEFAULT, |a| a.as_str()),
+                key_material_id: d.material_id.map(hex::encode),
             };
             call.crypto_reply(&resp, Some(arn.clone()))
         }
@@ -244,27 +271,54 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             ciphertext,
             source_context,
             source_key_id,
+            source_algorithm,
             destination_key_id,
             destination_context,
+            destination_algorithm,
             dry_run,
         } => {
             let dest = call.resolve(&destination_key_id, Forms::Any)?;
             call.authorize(&dest, "ReEncryptTo", &destination_context)?;
             usable(&dest)?;
             uses(&dest, KeyUsage::EncryptDecrypt, "ReEncrypt")?;
-            let d = decrypt(call, &ciphertext, &source_context, source_key_id.as_deref(), dry_run, "ReEncryptFrom")?;
-            let e = s
-                .store
-                .encrypt(&dest.r, &d.plaintext, &destination_context)
-                .map_err(|e| KmsError::from_store(e, Subject::Key(&dest.arn)))?;
+            let dest_alg = key_algorithm(&dest, &destination_algorithm)?;
+            if dest_alg.is_some() {
+                no_context(&destination_context, "DestinationEncryptionContext")?;
+            }
+            let d = decrypt(
+                call,
+                &ciphertext,
+                &source_context,
+                source_key_id.as_deref(),
+                &source_algorithm,
+                dry_run,
+                "ReEncryptFrom",
+            )?;
+            let (blob, destination_material) = match dest_alg {
+                Some(alg) => {
+                    within_limit(&dest, alg, d.plaintext.len())?;
+                    let c = s
+                        .store
+                        .rsa_encrypt(&dest.r, alg, &d.plaintext)
+                        .map_err(|e| KmsError::from_store(e, Subject::Key(&dest.arn)))?;
+                    (c, None)
+                }
+                None => {
+                    let e = s
+                        .store
+                        .encrypt(&dest.r, &d.plaintext, &destination_context)
+                        .map_err(|e| KmsError::from_store(e, Subject::Key(&dest.arn)))?;
+                    (e.blob, Some(e.material_id))
+                }
+            };
             let resp = ReEncryptResponse {
-                ciphertext_blob: b64(&e.blob),
+                ciphertext_blob: b64(&blob),
                 source_key_id: s.names.key_arn(&uuid::Uuid::from_bytes(d.key_id).to_string()),
                 key_id: &dest.arn,
-                source_encryption_algorithm: SYMMETRIC_DEFAULT,
-                destination_encryption_algorithm: SYMMETRIC_DEFAULT,
-                source_key_material_id: hex::encode(d.material_id),
-                destination_key_material_id: hex::encode(e.material_id),
+                source_encryption_algorithm: d.algorithm.map_or(SYMMETRIC_DEFAULT, |a| a.as_str()),
+                destination_encryption_algorithm: dest_alg.map_or(SYMMETRIC_DEFAULT, |a| a.as_str()),
+                source_key_material_id: d.material_id.map(hex::encode),
+                destination_key_material_id: destination_material.map(hex::encode),
             };
             call.crypto_reply(&resp, Some(dest.arn.clone()))
         }
@@ -274,6 +328,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             call.authorize(&k, action, &context)?;
             usable(&k)?;
             uses(&k, KeyUsage::EncryptDecrypt, action)?;
+            symmetric_key(&k, action)?;
             if dry_run {
                 return Err(KmsError::DryRun);
             }
@@ -293,6 +348,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             call.authorize(&k, action, &context)?;
             usable(&k)?;
             uses(&k, KeyUsage::EncryptDecrypt, action)?;
+            symmetric_key(&k, action)?;
             if dry_run {
                 return Err(KmsError::DryRun);
             }
@@ -319,17 +375,102 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
     }
 }
 
+/// The wire name of an optional EncryptionAlgorithm member (absent: `SYMMETRIC_DEFAULT`).
+fn algorithm_name(a: &Option<String>) -> String {
+    a.clone().unwrap_or_else(|| SYMMETRIC_DEFAULT.to_string())
+}
+
+/// The RSA-OAEP algorithm `name` names for key `k` (an `ENCRYPT_DECRYPT` key): `None` for
+/// `SYMMETRIC_DEFAULT` with a symmetric key; `InvalidKeyUsageException` in AWS's words for an
+/// algorithm the key's spec does not support (SYMMETRIC_DEFAULT with an RSA key, RSAES_* with a
+/// symmetric one, SM2PKE with either).
+fn key_algorithm(k: &Resolved, name: &str) -> Result<Option<EncryptionAlgorithm>> {
+    if k.spec == KeySpec::SymmetricDefault && name == SYMMETRIC_DEFAULT {
+        return Ok(None);
+    }
+    match EncryptionAlgorithm::from_name(name).filter(|a| k.spec.encryption_algorithms().contains(a)) {
+        Some(a) => Ok(Some(a)),
+        None => Err(KmsError::InvalidKeyUsage(format!("Algorithm {name} is incompatible with key spec {}.", k.spec))),
+    }
+}
+
+/// Asymmetric keys take no encryption context (AWS refuses one).
+fn no_context(context: &Context, member: &str) -> Result<()> {
+    if context.is_empty() {
+        return Ok(());
+    }
+    Err(KmsError::Validation(format!("{member} is not supported with asymmetric KMS keys.")))
+}
+
+/// The plaintext must fit RSA-OAEP with `alg` under the key's modulus (AWS's documented limits).
+fn within_limit(k: &Resolved, alg: EncryptionAlgorithm, len: usize) -> Result<()> {
+    let max = alg.max_plaintext(k.spec);
+    if len <= max {
+        return Ok(());
+    }
+    Err(KmsError::Validation(format!(
+        "Plaintext is {len} bytes: {alg} encrypts at most {max} bytes with key spec {}.",
+        k.spec
+    )))
+}
+
+/// The data key operations need a symmetric encryption key.
+fn symmetric_key(k: &Resolved, op: &str) -> Result<()> {
+    if k.spec == KeySpec::SymmetricDefault {
+        return Ok(());
+    }
+    Err(KmsError::InvalidKeyUsage(format!(
+        "{} key spec is {} which is not valid for {op}: it needs a symmetric encryption KMS key.",
+        k.arn, k.spec
+    )))
+}
+
+/// What Decrypt and ReEncrypt decrypted: the plaintext, its key, and the algorithm (`None`:
+/// SYMMETRIC_DEFAULT) with the material (symmetric keys only).
+struct Plain {
+    plaintext: Zeroizing<Vec<u8>>,
+    key_id: [u8; 16],
+    algorithm: Option<EncryptionAlgorithm>,
+    material_id: Option<[u8; 32]>,
+}
+
 /// Decrypts for Decrypt (`action` Decrypt) and ReEncrypt (ReEncryptFrom): the blob's key must
-/// be the one named (if any), authorized for the caller and usable.
+/// be the one named (if any), authorized for the caller and usable. An RSA ciphertext (an
+/// RSAES_* `algorithm`) is the raw RSA-OAEP output, which names no key: the KeyId must
+/// (`InvalidCiphertextException` without one, as for any ciphertext that names no key here).
 fn decrypt(
     call: &Call<'_>,
     ciphertext: &[u8],
     context: &EncryptionContext,
     key_id: Option<&str>,
+    algorithm: &str,
     dry_run: bool,
     action: &str,
-) -> Result<envelope_keystore::Decrypted> {
+) -> Result<Plain> {
+    let op = if action == "Decrypt" { "Decrypt" } else { "ReEncrypt" };
     let wanted = key_id.map(|k| call.resolve(k, Forms::Any)).transpose()?;
+    // The RSA path: an RSA encryption key named, or an asymmetric algorithm (a key of another
+    // kind named without one did not make a symmetric ciphertext either: IncorrectKey below).
+    let rsa_key = |w: &&Resolved| w.usage == KeyUsage::EncryptDecrypt && w.spec != KeySpec::SymmetricDefault;
+    if let Some(w) = wanted.as_ref().filter(|w| rsa_key(w) || algorithm != SYMMETRIC_DEFAULT) {
+        call.authorize(w, action, context)?;
+        usable(w)?;
+        uses(w, KeyUsage::EncryptDecrypt, op)?;
+        let Some(alg) = key_algorithm(w, algorithm)? else {
+            return Err(KmsError::Internal("a symmetric key took the asymmetric path".into()));
+        };
+        no_context(context, if action == "Decrypt" { "EncryptionContext" } else { "SourceEncryptionContext" })?;
+        if dry_run {
+            return Err(KmsError::DryRun);
+        }
+        let plaintext = call
+            .server()
+            .store
+            .rsa_decrypt(&w.r, alg, ciphertext)
+            .map_err(|e| KmsError::from_store(e, Subject::Ciphertext(&w.arn)))?;
+        return Ok(Plain { plaintext, key_id: w.kid, algorithm: Some(alg), material_id: None });
+    }
+    // Without a KeyId, the ciphertext must name its key: a raw RSA ciphertext does not parse.
     let blob = envelope_keystore::blob::parse(ciphertext).map_err(|_| KmsError::InvalidCiphertext)?;
     if wanted.as_ref().is_some_and(|w| w.kid != blob.key_id) {
         return Err(KmsError::IncorrectKey(
@@ -340,14 +481,18 @@ fn decrypt(
     let owner = call.owner(blob.key_id).ok_or(KmsError::InvalidCiphertext)?;
     call.authorize(&owner, action, context)?;
     usable(&owner)?;
-    uses(&owner, KeyUsage::EncryptDecrypt, if action == "Decrypt" { "Decrypt" } else { "ReEncrypt" })?;
+    uses(&owner, KeyUsage::EncryptDecrypt, op)?;
+    // An asymmetric algorithm for a symmetric key's ciphertext.
+    key_algorithm(&owner, algorithm)?;
     if dry_run {
         return Err(KmsError::DryRun);
     }
-    call.server()
+    let d = call
+        .server()
         .store
         .decrypt(ciphertext, context)
-        .map_err(|e| KmsError::from_store(e, Subject::Ciphertext(&owner.arn)))
+        .map_err(|e| KmsError::from_store(e, Subject::Ciphertext(&owner.arn)))?;
+    Ok(Plain { plaintext: d.plaintext, key_id: d.key_id, algorithm: None, material_id: Some(d.material_id) })
 }
 
 fn random(len: usize) -> Result<Zeroizing<Vec<u8>>> {
@@ -370,7 +515,8 @@ struct DecryptResponse<'a> {
     key_id: &'a str,
     plaintext: SecretB64,
     encryption_algorithm: &'static str,
-    key_material_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_material_id: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -381,8 +527,10 @@ struct ReEncryptResponse<'a> {
     key_id: &'a str,
     source_encryption_algorithm: &'static str,
     destination_encryption_algorithm: &'static str,
-    source_key_material_id: String,
-    destination_key_material_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_key_material_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination_key_material_id: Option<String>,
 }
 
 #[derive(Serialize)]

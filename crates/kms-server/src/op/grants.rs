@@ -14,7 +14,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use envelope_keystore::store::NewGrant;
-use envelope_keystore::{Grant, GrantConstraints, KeyUsage};
+use envelope_keystore::{Grant, GrantConstraints, KeySpec, KeyUsage};
 use serde::Serialize;
 
 use super::{Call, Operation, Reply, decode_marker, empty, encode_marker, not_pending};
@@ -82,12 +82,31 @@ const HMAC_OPERATIONS: &[&str] = &["CreateGrant", "DescribeKey", "GenerateMac", 
 /// The grant operations valid for an asymmetric signing key.
 const SIGNING_OPERATIONS: &[&str] = &["CreateGrant", "DescribeKey", "GetPublicKey", "RetireGrant", "Sign", "Verify"];
 
-/// Checks a grant's operations against the key's usage (AWS's per-key-type lists). Encryption
-/// context constraints need operations that take a context: symmetric encryption keys only.
-pub(crate) fn check_operations(usage: KeyUsage, operations: &[String], constrained: bool) -> Result<()> {
+/// The grant operations valid for an asymmetric (RSA) encryption key.
+const ASYMMETRIC_ENCRYPTION_OPERATIONS: &[&str] = &[
+    "CreateGrant",
+    "Decrypt",
+    "DescribeKey",
+    "Encrypt",
+    "GetPublicKey",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "RetireGrant",
+];
+
+/// The grant operations valid for a key agreement key.
+const KEY_AGREEMENT_OPERATIONS: &[&str] =
+    &["CreateGrant", "DeriveSharedSecret", "DescribeKey", "GetPublicKey", "RetireGrant"];
+
+/// Checks a grant's operations against the key's spec and usage (AWS's per-key-type lists).
+/// Encryption context constraints need operations that take a context: symmetric encryption
+/// keys only.
+pub(crate) fn check_operations(spec: KeySpec, usage: KeyUsage, operations: &[String], constrained: bool) -> Result<()> {
     let (valid, kind): (&[&str], &str) = match usage {
         KeyUsage::GenerateVerifyMac => (HMAC_OPERATIONS, "an HMAC"),
         KeyUsage::SignVerify => (SIGNING_OPERATIONS, "an asymmetric signing"),
+        KeyUsage::KeyAgreement => (KEY_AGREEMENT_OPERATIONS, "a key agreement"),
+        _ if spec != KeySpec::SymmetricDefault => (ASYMMETRIC_ENCRYPTION_OPERATIONS, "an asymmetric encryption"),
         _ => (SYMMETRIC_OPERATIONS, "a symmetric encryption"),
     };
     let invalid: Vec<&str> = operations.iter().map(String::as_str).filter(|o| !valid.contains(o)).collect();
@@ -97,7 +116,7 @@ pub(crate) fn check_operations(usage: KeyUsage, operations: &[String], constrain
             invalid.join(", ")
         )));
     }
-    if constrained && usage != KeyUsage::EncryptDecrypt {
+    if constrained && spec != KeySpec::SymmetricDefault {
         return Err(KmsError::Validation(format!(
             "Encryption context grant constraints are not valid for {kind} KMS key: its operations take no \
              encryption context."
@@ -413,7 +432,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
     match req {
         Request::CreateGrant { key_id, grantee, retiring, operations, constraints, name, dry_run } => {
             let k = call.resolve(&key_id, Forms::KeyOnly)?;
-            check_operations(k.usage, &operations, constraints.is_some())?;
+            check_operations(k.spec, k.usage, &operations, constraints.is_some())?;
             let wanted = GrantRequest { operations: &operations, grantee: &grantee, retiring: retiring.as_deref() };
             let (verdict, attrs) = call.key_verdict(&k, "CreateGrant", &no_context, Some(&wanted))?;
             // A grant with CreateGrant allows passing on no more than it has (never against an
@@ -685,29 +704,69 @@ mod tests {
     fn grant_operations_follow_the_key_usage() {
         let ops = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let code = |r: Result<()>| r.err().map(|e| e.aws().0);
-        assert_eq!(code(check_operations(KeyUsage::EncryptDecrypt, &ops(&["Decrypt", "GenerateDataKey"]), true)), None);
         assert_eq!(
-            code(check_operations(KeyUsage::EncryptDecrypt, &ops(&["Sign"]), false)),
-            Some("ValidationException")
-        );
-        assert_eq!(
-            code(check_operations(KeyUsage::GenerateVerifyMac, &ops(&["GenerateMac", "VerifyMac"]), false)),
+            code(check_operations(
+                KeySpec::SymmetricDefault,
+                KeyUsage::EncryptDecrypt,
+                &ops(&["Decrypt", "GenerateDataKey"]),
+                true
+            )),
             None
         );
         assert_eq!(
-            code(check_operations(KeyUsage::GenerateVerifyMac, &ops(&["Decrypt"]), false)),
+            code(check_operations(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt, &ops(&["Sign"]), false)),
             Some("ValidationException")
         );
         assert_eq!(
-            code(check_operations(KeyUsage::GenerateVerifyMac, &ops(&["GenerateMac"]), true)),
-            Some("ValidationException")
-        );
-        assert_eq!(
-            code(check_operations(KeyUsage::SignVerify, &ops(&["Sign", "Verify", "GetPublicKey"]), false)),
+            code(check_operations(
+                KeySpec::Hmac256,
+                KeyUsage::GenerateVerifyMac,
+                &ops(&["GenerateMac", "VerifyMac"]),
+                false
+            )),
             None
         );
         assert_eq!(
-            code(check_operations(KeyUsage::SignVerify, &ops(&["GenerateMac"]), false)),
+            code(check_operations(KeySpec::Hmac256, KeyUsage::GenerateVerifyMac, &ops(&["Decrypt"]), false)),
+            Some("ValidationException")
+        );
+        assert_eq!(
+            code(check_operations(KeySpec::Hmac256, KeyUsage::GenerateVerifyMac, &ops(&["GenerateMac"]), true)),
+            Some("ValidationException")
+        );
+        assert_eq!(
+            code(check_operations(
+                KeySpec::EccNistP256,
+                KeyUsage::SignVerify,
+                &ops(&["Sign", "Verify", "GetPublicKey"]),
+                false
+            )),
+            None
+        );
+        assert_eq!(
+            code(check_operations(KeySpec::EccNistP256, KeyUsage::SignVerify, &ops(&["GenerateMac"]), false)),
+            Some("ValidationException")
+        );
+        let rsa = |o: &[&str], c| code(check_operations(KeySpec::Rsa2048, KeyUsage::EncryptDecrypt, &ops(o), c));
+        assert_eq!(
+            rsa(&["Encrypt", "Decrypt", "ReEncryptFrom", "ReEncryptTo", "GetPublicKey", "DescribeKey"], false),
+            None
+        );
+        assert_eq!(rsa(&["GenerateDataKey"], false), Some("ValidationException"), "no data keys from RSA keys");
+        assert_eq!(rsa(&["Decrypt"], true), Some("ValidationException"), "no context: no constraint");
+        assert_eq!(
+            code(check_operations(KeySpec::SymmetricDefault, KeyUsage::EncryptDecrypt, &ops(&["GetPublicKey"]), false)),
+            Some("ValidationException")
+        );
+        let ecdh = |o: &[&str], c| code(check_operations(KeySpec::EccNistP384, KeyUsage::KeyAgreement, &ops(o), c));
+        assert_eq!(
+            ecdh(&["DeriveSharedSecret", "GetPublicKey", "DescribeKey", "CreateGrant", "RetireGrant"], false),
+            None
+        );
+        assert_eq!(ecdh(&["Sign"], false), Some("ValidationException"));
+        assert_eq!(ecdh(&["DeriveSharedSecret"], true), Some("ValidationException"));
+        assert_eq!(
+            code(check_operations(KeySpec::EccNistP256, KeyUsage::SignVerify, &ops(&["DeriveSharedSecret"]), false)),
             Some("ValidationException")
         );
     }

@@ -26,6 +26,7 @@ pub enum Request {
         external: bool,
         bypass_lockout_check: bool,
         key_spec: KeySpec,
+        key_usage: KeyUsage,
     },
     DescribeKey {
         key_id: String,
@@ -86,7 +87,7 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
                 v.one_of("origin", o, &["AWS_KMS", "EXTERNAL", "AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"]);
             }
             v.finish()?;
-            let key_spec = spec_and_usage(raw)?;
+            let (key_spec, key_usage) = spec_and_usage(raw)?;
             unsupported_if(
                 raw.origin.as_deref().is_some_and(|o| o != "AWS_KMS" && o != "EXTERNAL"),
                 "Only Origin AWS_KMS and EXTERNAL are supported.",
@@ -100,6 +101,7 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
                 external,
                 bypass_lockout_check: raw.bypass_policy_lockout_safety_check == Some(true),
                 key_spec,
+                key_usage,
             }
         }
         Operation::ScheduleKeyDeletion => {
@@ -152,7 +154,7 @@ pub(super) fn parse(op: Operation, raw: &Raw) -> Result<Request> {
 pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
     let s = call.server();
     match req {
-        Request::CreateKey { description, tags, policy, external, bypass_lockout_check, key_spec } => {
+        Request::CreateKey { description, tags, policy, external, bypass_lockout_check, key_spec, key_usage } => {
             call.authorize_account("CreateKey")?;
             if let Some(p) = &policy {
                 super::policies::check_policy(p)?;
@@ -166,9 +168,9 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             // store's limits), so concurrent creations, on this server or on replicas, cannot
             // go past it together.
             let meta = if external {
-                s.store.create_external_key_of(key_spec, &description, &tags, policy.as_deref())
+                s.store.create_external_key_for(key_spec, key_usage, &description, &tags, policy.as_deref())
             } else {
-                s.store.create_key_of(key_spec, &description, &tags, policy.as_deref())
+                s.store.create_key_for(key_spec, key_usage, &description, &tags, policy.as_deref())
             }
             .map_err(|e| match e {
                 envelope_keystore::Error::LimitExceeded(envelope_keystore::Limit::Keys(max)) => {
@@ -247,10 +249,10 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
     }
 }
 
-/// The key spec of a CreateKey request, checked with its key usage as AWS checks the pair
+/// The key spec and usage of a CreateKey request, checked as AWS checks the pair
 /// (`ValidationException` in AWS's words); a valid pair of a spec this server does not make
-/// (RSA, ECC, SM2, ML-DSA, ML-KEM) is `UnsupportedOperationException`.
-fn spec_and_usage(raw: &Raw) -> Result<KeySpec> {
+/// (SM2, Ed25519, ML-DSA, ML-KEM) is `UnsupportedOperationException`.
+fn spec_and_usage(raw: &Raw) -> Result<(KeySpec, KeyUsage)> {
     let spec = raw.key_spec.as_deref().or(raw.customer_master_key_spec.as_deref()).unwrap_or(SYMMETRIC_DEFAULT);
     let usage = match raw.key_usage.as_deref() {
         Some(u) => u,
@@ -266,13 +268,13 @@ fn spec_and_usage(raw: &Raw) -> Result<KeySpec> {
     }
     let key_spec = KeySpec::from_name(spec)
         .ok_or_else(|| KmsError::UnsupportedOperation(format!("KeySpec {spec} is not supported by this server.")))?;
-    if key_spec.usage().as_str() != usage {
-        // ECC keys for KEY_AGREEMENT: a valid pair this server does not make.
+    let Some(key_usage) = key_spec.usages().iter().copied().find(|u| u.as_str() == usage) else {
+        // A valid pair this server does not make.
         return Err(KmsError::UnsupportedOperation(format!(
             "KeyUsage {usage} with KeySpec {spec} is not supported by this server."
         )));
-    }
-    Ok(key_spec)
+    };
+    Ok((key_spec, key_usage))
 }
 
 /// The key usages AWS allows with each key spec.
@@ -322,12 +324,10 @@ pub(crate) fn metadata(s: &Server, m: &envelope_keystore::KeyMetadata) -> KeyMet
         key_manager: "CUSTOMER",
         customer_master_key_spec: m.key_spec.as_str(),
         key_spec: m.key_spec.as_str(),
-        encryption_algorithms: (m.key_usage == KeyUsage::EncryptDecrypt).then_some([SYMMETRIC_DEFAULT]),
+        encryption_algorithms: encryption_algorithms(m.key_spec, m.key_usage),
         mac_algorithms: m.key_spec.mac_algorithm().map(|a| [a.as_str()]),
-        signing_algorithms: m
-            .key_spec
-            .is_signing()
-            .then(|| m.key_spec.signing_algorithms().iter().map(|a| a.as_str()).collect()),
+        signing_algorithms: signing_algorithms(m.key_spec, m.key_usage),
+        key_agreement_algorithms: key_agreement_algorithms(m.key_usage),
         multi_region: false,
         current_key_material_id: has_material.then(|| m.current_material_id.clone()),
     }
@@ -350,9 +350,11 @@ pub(crate) struct KeyMetadataOut {
     customer_master_key_spec: &'static str,
     key_spec: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    encryption_algorithms: Option<[&'static str; 1]>,
+    encryption_algorithms: Option<Vec<&'static str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     signing_algorithms: Option<Vec<&'static str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_agreement_algorithms: Option<[&'static str; 1]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mac_algorithms: Option<[&'static str; 1]>,
     multi_region: bool,
@@ -366,6 +368,25 @@ pub(crate) struct KeyMetadataOut {
     deletion_date: Option<i64>,
     // No PendingDeletionWindowInDays: AWS sends it only for multi-Region replicas
     // (PendingReplicaDeletion), which this server does not have.
+}
+
+/// The `EncryptionAlgorithms` of an `ENCRYPT_DECRYPT` key (`SYMMETRIC_DEFAULT`, or RSA-OAEP's).
+pub(crate) fn encryption_algorithms(spec: KeySpec, usage: KeyUsage) -> Option<Vec<&'static str>> {
+    match (usage, spec) {
+        (KeyUsage::EncryptDecrypt, KeySpec::SymmetricDefault) => Some(vec![SYMMETRIC_DEFAULT]),
+        (KeyUsage::EncryptDecrypt, _) => Some(spec.encryption_algorithms().iter().map(|a| a.as_str()).collect()),
+        _ => None,
+    }
+}
+
+/// The `SigningAlgorithms` of a `SIGN_VERIFY` key.
+pub(crate) fn signing_algorithms(spec: KeySpec, usage: KeyUsage) -> Option<Vec<&'static str>> {
+    (usage == KeyUsage::SignVerify).then(|| spec.signing_algorithms().iter().map(|a| a.as_str()).collect())
+}
+
+/// The `KeyAgreementAlgorithms` of a `KEY_AGREEMENT` key.
+pub(crate) fn key_agreement_algorithms(usage: KeyUsage) -> Option<[&'static str; 1]> {
+    (usage == KeyUsage::KeyAgreement).then_some(["ECDH"])
 }
 
 #[derive(Serialize)]

@@ -5,7 +5,8 @@
 //! * [`crypto`]: Encrypt, Decrypt, ReEncrypt, GenerateDataKey(WithoutPlaintext),
 //!   GenerateDataKeyPair(WithoutPlaintext), GenerateRandom.
 //! * [`mac`]: GenerateMac, VerifyMac (HMAC keys).
-//! * [`sign`]: Sign, Verify, GetPublicKey (signing keys).
+//! * [`sign`]: Sign, Verify, GetPublicKey (signing keys; GetPublicKey for every key pair).
+//! * [`agreement`]: DeriveSharedSecret (ECDH with `KEY_AGREEMENT` keys).
 //! * [`keys`]: CreateKey, DescribeKey, ListKeys, Enable/DisableKey, Schedule/CancelKeyDeletion,
 //!   UpdateKeyDescription.
 //! * [`aliases`]: Create/Update/DeleteAlias, ListAliases.
@@ -35,6 +36,7 @@
 //!    (validation of the [`Raw`] members, adding new members to [`Raw`] if needed) and in its
 //!    `run` (authorize through [`Call`], act on the key store, answer with a typed response).
 
+pub mod agreement;
 pub mod aliases;
 pub mod crypto;
 pub mod grants;
@@ -67,6 +69,7 @@ use crate::protocol::{Context, Raw, to_body};
 /// The families of operations (one module each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
+    Agreement,
     Aliases,
     Crypto,
     Grants,
@@ -141,6 +144,7 @@ operations! {
     CreateGrant                     => Grants,   Management, Control;
     CreateKey                       => Keys,     Management, Control;
     Decrypt                         => Crypto,   ReadOnly,   Data;
+    DeriveSharedSecret              => Agreement, ReadOnly,  Data;
     DeleteAlias                     => Aliases,  Management, Control;
     DeleteImportedKeyMaterial       => Import,   Management, Control;
     DescribeKey                     => Keys,     ReadOnly,   Control;
@@ -193,7 +197,6 @@ const NOT_IMPLEMENTED: &[&str] = &[
     "CreateCustomKeyStore",
     "Decapsulate",
     "DeleteCustomKeyStore",
-    "DeriveSharedSecret",
     "DescribeCustomKeyStores",
     "DisconnectCustomKeyStore",
     "Encapsulate",
@@ -248,6 +251,7 @@ impl Operation {
 #[non_exhaustive]
 #[allow(missing_docs)]
 pub enum Request {
+    Agreement(agreement::Request),
     Aliases(aliases::Request),
     Crypto(crypto::Request),
     Grants(grants::Request),
@@ -268,7 +272,7 @@ impl Request {
     pub fn in_memory(&self, server: &Server) -> bool {
         match self {
             Request::Crypto(r) => r.in_memory(server),
-            Request::Mac(_) => true,
+            Request::Mac(_) | Request::Agreement(_) => true,
             Request::Sign(r) => !matches!(r, sign::Request::GetPublicKey { .. }),
             Request::Keys(keys::Request::DescribeKey { .. }) => true,
             _ => false,
@@ -298,6 +302,7 @@ pub(crate) fn parse(op: Operation, body: &[u8]) -> Result<Parsed> {
     }
     let mut raw = Box::new(Raw::from_body(body)?);
     let request = match op.family() {
+        Family::Agreement => agreement::parse(op, &raw).map(Request::Agreement),
         Family::Aliases => aliases::parse(op, &raw).map(Request::Aliases),
         Family::Crypto => crypto::parse(op, &raw).map(Request::Crypto),
         Family::Grants => grants::parse(op, &raw).map(Request::Grants),
@@ -375,6 +380,7 @@ impl Server {
     pub fn execute(&self, req: Request, caller: &Caller) -> Outcome {
         let call = Call { server: self, caller, audited: self.audit.is_some(), resources: RefCell::new(Vec::new()) };
         let result = match req {
+            Request::Agreement(r) => agreement::run(r, &call),
             Request::Aliases(r) => aliases::run(r, &call),
             Request::Crypto(r) => crypto::run(r, &call),
             Request::Grants(r) => grants::run(r, &call),

@@ -1,7 +1,9 @@
 //! Asymmetric signing: Sign and Verify (the data plane, served from the key store's in-memory
 //! snapshot) and GetPublicKey, with signing keys (KeyUsage `SIGN_VERIFY`): KeySpec
 //! `ECC_NIST_P256/P384/P521` (ECDSA with SHA-256/384/512, signatures ASN.1 DER as AWS returns
-//! them) and `RSA_2048/3072/4096` (RSASSA-PSS and RSASSA-PKCS1-v1_5 with SHA-256/384/512). Audit
+//! them) and `RSA_2048/3072/4096` (RSASSA-PSS and RSASSA-PKCS1-v1_5 with SHA-256/384/512).
+//! GetPublicKey answers for every key pair (RSA `ENCRYPT_DECRYPT` and ECC `KEY_AGREEMENT` keys
+//! too), with the algorithms of the key's usage. Audit
 //! records show the key, the algorithm and the message type, never the message or signature.
 //!
 //! Checks in AWS's order: the request's members, the key (exists, then the caller's permission),
@@ -114,7 +116,7 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
             call.allow(&k, "GetPublicKey")?;
             usable(&k)?;
             // AWS: only asymmetric keys have a public key.
-            if !k.spec.is_signing() {
+            if !k.spec.is_key_pair() {
                 return Err(KmsError::UnsupportedOperation(format!(
                     "{} key usage is {} which is not valid for GetPublicKey.",
                     k.arn, k.usage
@@ -127,7 +129,9 @@ pub(super) fn run(req: Request, call: &Call<'_>) -> Result<Reply> {
                 customer_master_key_spec: k.spec.as_str(),
                 key_spec: k.spec.as_str(),
                 key_usage: k.usage.as_str(),
-                signing_algorithms: k.spec.signing_algorithms().iter().map(|a| a.as_str()).collect(),
+                encryption_algorithms: super::keys::encryption_algorithms(k.spec, k.usage),
+                signing_algorithms: super::keys::signing_algorithms(k.spec, k.usage),
+                key_agreement_algorithms: super::keys::key_agreement_algorithms(k.usage),
             })
         }
         Request::Sign { key_id, algorithm, message, digest, dry_run } => {
@@ -196,7 +200,12 @@ struct PublicKeyResponse<'a> {
     customer_master_key_spec: &'static str,
     key_spec: &'static str,
     key_usage: &'static str,
-    signing_algorithms: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption_algorithms: Option<Vec<&'static str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signing_algorithms: Option<Vec<&'static str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_agreement_algorithms: Option<[&'static str; 1]>,
 }
 
 #[derive(Serialize)]

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::protocol::{WrappingAlgorithm, WrappingKeySpec};
-use envelope_keystore::{KeySpec, MacAlgorithm};
+use envelope_keystore::{KeySpec, KeyUsage, MacAlgorithm};
 
 fn code(r: Result<Request>) -> &'static str {
     match r {
@@ -36,12 +36,12 @@ fn encrypt_parsing_and_validation() {
         Operation::Encrypt,
         br#"{"KeyId":"alias/x","Plaintext":"aGVsbG8=","EncryptionContext":{"a":"b"}}"#,
     );
-    let Ok(Request::Crypto(crypto::Request::Encrypt { key_id, plaintext, context, dry_run })) = r else {
+    let Ok(Request::Crypto(crypto::Request::Encrypt { key_id, plaintext, context, algorithm, dry_run })) = r else {
         panic!("{r:?}")
     };
     assert_eq!(
-        (key_id.as_str(), &plaintext[..], context["a"].as_str(), dry_run),
-        ("alias/x", &b"hello"[..], "b", false)
+        (key_id.as_str(), &plaintext[..], context["a"].as_str(), algorithm.as_str(), dry_run),
+        ("alias/x", &b"hello"[..], "b", "SYMMETRIC_DEFAULT", false)
     );
 
     assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"k"}"#)), "ValidationException");
@@ -56,13 +56,11 @@ fn encrypt_parsing_and_validation() {
     );
     assert_eq!(code(parse_request(Operation::Encrypt, br#"{"KeyId":"#)), "SerializationException");
     assert_eq!(code(parse_request(Operation::Encrypt, br#"[]"#)), "SerializationException");
-    assert_eq!(
-        code(parse_request(
-            Operation::Encrypt,
-            br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionAlgorithm":"RSAES_OAEP_SHA_1"}"#
-        )),
-        "InvalidKeyUsageException"
-    );
+    // An RSA algorithm is checked against the key (when it runs), not while parsing.
+    assert!(matches!(
+        parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionAlgorithm":"RSAES_OAEP_SHA_1"}"#),
+        Ok(Request::Crypto(crypto::Request::Encrypt { ref algorithm, .. })) if algorithm == "RSAES_OAEP_SHA_1"
+    ));
     assert_eq!(
         code(parse_request(Operation::Encrypt, br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionAlgorithm":"ROT13"}"#)),
         "ValidationException"
@@ -203,6 +201,76 @@ fn sign_requests() {
 }
 
 #[test]
+fn rsa_encryption_algorithms_are_parsed_for_the_key_to_check() {
+    let ok = br#"{"CiphertextBlob":"AAEC","KeyId":"k","EncryptionAlgorithm":"RSAES_OAEP_SHA_256"}"#;
+    match parse_request(Operation::Decrypt, ok) {
+        Ok(Request::Crypto(crypto::Request::Decrypt { algorithm, key_id: Some(k), .. })) => {
+            assert_eq!((algorithm.as_str(), k.as_str()), ("RSAES_OAEP_SHA_256", "k"))
+        }
+        other => panic!("{other:?}"),
+    }
+    let ok = br#"{"CiphertextBlob":"AAEC","DestinationKeyId":"d","SourceEncryptionAlgorithm":"RSAES_OAEP_SHA_1"}"#;
+    match parse_request(Operation::ReEncrypt, ok) {
+        Ok(Request::Crypto(crypto::Request::ReEncrypt { source_algorithm, destination_algorithm, .. })) => {
+            assert_eq!(
+                (source_algorithm.as_str(), destination_algorithm.as_str()),
+                ("RSAES_OAEP_SHA_1", "SYMMETRIC_DEFAULT")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    for (op, body) in [
+        (Operation::Encrypt, &br#"{"KeyId":"k","Plaintext":"aGk=","EncryptionAlgorithm":"RSAES_OAEP_SHA_512"}"#[..]),
+        (Operation::Decrypt, br#"{"CiphertextBlob":"AAEC","EncryptionAlgorithm":"rsaes_oaep_sha_1"}"#),
+        (
+            Operation::ReEncrypt,
+            br#"{"CiphertextBlob":"AAEC","DestinationKeyId":"d","DestinationEncryptionAlgorithm":"RSA"}"#,
+        ),
+    ] {
+        assert_eq!(code(parse_request(op, body)), "ValidationException", "{}", String::from_utf8_lossy(body));
+    }
+}
+
+#[test]
+fn derive_shared_secret_requests() {
+    let ok = br#"{"KeyId":"k","KeyAgreementAlgorithm":"ECDH","PublicKey":"AAEC","DryRun":true}"#;
+    match parse_request(Operation::DeriveSharedSecret, ok) {
+        Ok(Request::Agreement(agreement::Request::DeriveSharedSecret { key_id, public_key, dry_run })) => {
+            assert_eq!((key_id.as_str(), &public_key[..], dry_run), ("k", &[0u8, 1, 2][..], true))
+        }
+        other => panic!("{other:?}"),
+    }
+    let e = parse_request(Operation::DeriveSharedSecret, b"{}").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "3 validation errors detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null; \
+         Value null at 'keyAgreementAlgorithm' failed to satisfy constraint: Member must not be null; \
+         Value null at 'publicKey' failed to satisfy constraint: Member must not be null"
+    );
+    let long =
+        format!(r#"{{"KeyId":"k","KeyAgreementAlgorithm":"ECDH","PublicKey":"{}"}}"#, STANDARD.encode([1u8; 8193]));
+    for (body, want) in [
+        (&br#"{"KeyId":"k","KeyAgreementAlgorithm":"ECMQV","PublicKey":"AAEC"}"#[..], "ValidationException"),
+        (br#"{"KeyId":"k","KeyAgreementAlgorithm":"ECDH","PublicKey":"!!"}"#, "SerializationException"),
+        (br#"{"KeyId":"k","KeyAgreementAlgorithm":"ECDH","PublicKey":""}"#, "ValidationException"),
+        (long.as_bytes(), "ValidationException"),
+        (br#"{"KeyId":"","KeyAgreementAlgorithm":"ECDH","PublicKey":"AAEC"}"#, "ValidationException"),
+        (br#"{"KeyId":"k","KeyAgreementAlgorithm":"ECDH","PublicKey":"AAEC","GrantTokens":[""]}"#, "ValidationException"),
+        (
+            br#"{"KeyId":"k","KeyAgreementAlgorithm":"ECDH","PublicKey":"AAEC","Recipient":{"AttestationDocument":"AA=="}}"#,
+            "UnsupportedOperationException",
+        ),
+    ] {
+        assert_eq!(code(parse_request(Operation::DeriveSharedSecret, body)), want, "{}", String::from_utf8_lossy(body));
+    }
+    // The peer's key is not in the audit view.
+    let p = parse(Operation::DeriveSharedSecret, ok).unwrap();
+    let crate::audit::Params::Typed(raw) = p.params else { panic!("KMS requests have typed parameters") };
+    let view = serde_json::to_string(&raw).unwrap();
+    assert_eq!(view, r#"{"dryRun":true,"keyAgreementAlgorithm":"ECDH","keyId":"k"}"#);
+}
+
+#[test]
 fn data_key_pair_requests() {
     match parse_request(Operation::GenerateDataKeyPair, br#"{"KeyId":"k","KeyPairSpec":"RSA_3072"}"#) {
         Ok(Request::Crypto(crypto::Request::GenerateDataKeyPair { spec, with_plaintext: true, .. })) => {
@@ -271,14 +339,19 @@ fn create_key_options() {
             "KeySpec SM2 is not supported by this server.",
         ),
         (
-            br#"{"KeySpec":"RSA_2048","KeyUsage":"ENCRYPT_DECRYPT"}"#,
-            "UnsupportedOperationException",
-            "KeyUsage ENCRYPT_DECRYPT with KeySpec RSA_2048 is not supported by this server.",
+            br#"{"KeySpec":"ECC_SECG_P256K1","KeyUsage":"KEY_AGREEMENT"}"#,
+            "ValidationException",
+            "KeyUsage KEY_AGREEMENT is not compatible with KeySpec ECC_SECG_P256K1",
         ),
         (
-            br#"{"KeySpec":"ECC_NIST_P256","KeyUsage":"KEY_AGREEMENT"}"#,
+            br#"{"KeySpec":"RSA_3072","KeyUsage":"KEY_AGREEMENT"}"#,
+            "ValidationException",
+            "KeyUsage KEY_AGREEMENT is not compatible with KeySpec RSA_3072",
+        ),
+        (
+            br#"{"KeySpec":"SM2","KeyUsage":"KEY_AGREEMENT"}"#,
             "UnsupportedOperationException",
-            "KeyUsage KEY_AGREEMENT with KeySpec ECC_NIST_P256 is not supported by this server.",
+            "KeySpec SM2 is not supported by this server.",
         ),
         (
             br#"{"KeySpec":"ECC_NIST_P384","KeyUsage":"ENCRYPT_DECRYPT"}"#,
@@ -303,6 +376,23 @@ fn create_key_options() {
                 }
                 other => panic!("{body}: {other:?}"),
             }
+        }
+    }
+    for (spec, usage, want_spec, want_usage) in [
+        ("RSA_2048", "ENCRYPT_DECRYPT", KeySpec::Rsa2048, KeyUsage::EncryptDecrypt),
+        ("RSA_3072", "ENCRYPT_DECRYPT", KeySpec::Rsa3072, KeyUsage::EncryptDecrypt),
+        ("RSA_4096", "SIGN_VERIFY", KeySpec::Rsa4096, KeyUsage::SignVerify),
+        ("ECC_NIST_P256", "KEY_AGREEMENT", KeySpec::EccNistP256, KeyUsage::KeyAgreement),
+        ("ECC_NIST_P384", "KEY_AGREEMENT", KeySpec::EccNistP384, KeyUsage::KeyAgreement),
+        ("ECC_NIST_P521", "KEY_AGREEMENT", KeySpec::EccNistP521, KeyUsage::KeyAgreement),
+        ("ECC_NIST_P521", "SIGN_VERIFY", KeySpec::EccNistP521, KeyUsage::SignVerify),
+    ] {
+        let body = format!(r#"{{"KeySpec":"{spec}","KeyUsage":"{usage}"}}"#);
+        match parse_request(Operation::CreateKey, body.as_bytes()) {
+            Ok(Request::Keys(keys::Request::CreateKey { key_spec, key_usage, .. })) => {
+                assert_eq!((key_spec, key_usage), (want_spec, want_usage), "{body}")
+            }
+            other => panic!("{body}: {other:?}"),
         }
     }
     assert!(matches!(
@@ -539,6 +629,7 @@ fn descriptors() {
         data,
         [
             "Decrypt",
+            "DeriveSharedSecret",
             "Encrypt",
             "GenerateDataKey",
             "GenerateDataKeyPair",

@@ -45,8 +45,7 @@ impl KeyStore {
     /// Returns the material id (hex).
     pub fn import_material_with(&self, key: &KeyRef, material: &[u8], opts: &ImportOptions, at: i64) -> Result<String> {
         let (kid, id) = self.resolve_db(key)?;
-        let (spec, usage) =
-            self.core.snapshot().keys.get(&kid).map(|k| (k.key_spec, k.key_usage)).unwrap_or_default();
+        let (spec, usage) = self.core.snapshot().keys.get(&kid).map(|k| (k.key_spec, k.key_usage)).unwrap_or_default();
         check_material(spec, material)?;
         if spec != KeySpec::SymmetricDefault && opts.import_type.is_some() {
             return Err(Error::Unsupported(format!(

@@ -195,3 +195,26 @@ def test_material_that_is_not_a_private_key_is_refused(kms):
             _import(kms, key, junk)
         assert _code(e) == "IncorrectKeyMaterialException"
     assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingImport"
+
+
+def test_imported_rsa_encryption_and_ecdh_keys_use_their_material(kms):
+    rsa_key = kms.create_key(Origin="EXTERNAL", KeySpec="RSA_3072", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]["KeyId"]
+    mine = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    _import(kms, rsa_key, _pkcs8(mine), "RSA_AES_KEY_WRAP_SHA_256", "RSA_4096")
+    assert kms.get_public_key(KeyId=rsa_key)["PublicKey"] == _spki(mine)
+    # Encrypted by the client with the imported key's public half; decrypted by the server.
+    ct = mine.public_key().encrypt(b"to the imported key", padding.OAEP(
+        mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
+    out = kms.decrypt(KeyId=rsa_key, CiphertextBlob=ct, EncryptionAlgorithm="RSAES_OAEP_SHA_256")
+    assert out["Plaintext"] == b"to the imported key"
+
+    ecdh_key = kms.create_key(Origin="EXTERNAL", KeySpec="ECC_NIST_P384", KeyUsage="KEY_AGREEMENT")["KeyMetadata"]
+    mine = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(ClientError) as e:
+        kms.derive_shared_secret(KeyId=ecdh_key["KeyId"], KeyAgreementAlgorithm="ECDH", PublicKey=_spki(mine))
+    assert _code(e) == "KMSInvalidStateException"
+    _import(kms, ecdh_key["KeyId"], _pkcs8(mine), "RSAES_OAEP_SHA_256", "RSA_3072")
+    peer = ec.generate_private_key(ec.SECP384R1())
+    secret = kms.derive_shared_secret(KeyId=ecdh_key["KeyId"], KeyAgreementAlgorithm="ECDH",
+                                      PublicKey=_spki(peer))["SharedSecret"]
+    assert secret == peer.exchange(ec.ECDH(), mine.public_key())

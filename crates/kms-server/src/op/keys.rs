@@ -329,7 +329,9 @@ pub(crate) fn metadata(s: &Server, m: &envelope_keystore::KeyMetadata) -> KeyMet
         signing_algorithms: signing_algorithms(m.key_spec, m.key_usage),
         key_agreement_algorithms: key_agreement_algorithms(m.key_usage),
         multi_region: false,
-        current_key_material_id: has_material.then(|| m.current_material_id.clone()),
+        // AWS shows it for symmetric encryption keys only (the keys with several materials).
+        current_key_material_id: (has_material && m.key_spec == KeySpec::SymmetricDefault)
+            .then(|| m.current_material_id.clone()),
     }
 }
 

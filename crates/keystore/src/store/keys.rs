@@ -46,9 +46,6 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        if !spec.usages().contains(&usage) {
-            return Err(Error::Invalid(format!("a {spec} key cannot have key usage {usage}")));
-        }
         self.create(None, description, tags, policy, false, (spec, usage))
     }
 
@@ -73,9 +70,6 @@ impl KeyStore {
         tags: &[(String, String)],
         policy: Option<&str>,
     ) -> Result<KeyMetadata> {
-        if !spec.usages().contains(&usage) {
-            return Err(Error::Invalid(format!("a {spec} key cannot have key usage {usage}")));
-        }
         self.create(None, description, tags, policy, true, (spec, usage))
     }
 
@@ -88,6 +82,9 @@ impl KeyStore {
         external: bool,
         (key_spec, key_usage): (KeySpec, KeyUsage),
     ) -> Result<KeyMetadata> {
+        if !key_spec.usages().contains(&key_usage) {
+            return Err(Error::Invalid(format!("a {key_spec} key cannot have key usage {key_usage}")));
+        }
         let alias = alias.map(normalise_alias).transpose()?;
         let kid = *uuid::Uuid::new_v4().as_bytes();
         let id = uuid::Uuid::from_bytes(kid).to_string();

@@ -234,3 +234,23 @@ def test_a_region_given_twice_or_malformed_stops_the_start():
             assert "invalid configuration" in r.stderr and "region" in r.stderr, r.stderr
         finally:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def test_kms_migrate_copies_one_region_s_store(kms):
+    kms.stop()
+    try:
+        target = os.path.join(kms.dir, "copy")
+        r = subprocess.run([envelope_bin(), "kms", "migrate", "--data-dir", os.path.join(kms.dir, "data"),
+                            "--region", WEST, "--from", "sqlite", "--to", f"sqlite:{target}"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert os.path.join(kms.dir, "data", "regions", WEST) in r.stdout, r.stdout
+        assert os.path.isfile(os.path.join(target, "regions", WEST, "keystore.db")), r.stdout
+        copied = int(r.stdout.split("copied ")[1].split(" key")[0])
+        # Every key of the west region, and none of the others.
+        kms.start("--region", HOME, "--region", f"{WEST},{EU}")
+        west_ids = {k["KeyId"] for k in kms.client(WEST).list_keys()["Keys"]}
+        assert copied == len(west_ids) > 0, (copied, west_ids, r.stdout)
+    finally:
+        if kms.p.poll() is not None:
+            kms.start("--region", HOME, "--region", f"{WEST},{EU}")

@@ -237,6 +237,7 @@ def test_a_region_given_twice_or_malformed_stops_the_start():
 
 
 def test_kms_migrate_copies_one_region_s_store(kms):
+    kms.client(WEST).list_keys()  # serving (its signal handlers are in place): a SIGTERM stops it cleanly
     kms.stop()
     try:
         target = os.path.join(kms.dir, "copy")

@@ -24,6 +24,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from test_kms_key_specs import ACCOUNT, ADMIN, AKID, APP, APP_AKID, APP_SECRET, REGION, SECRET, Server, _aws_cli, arn
+# The key-spec tests' fixtures (a server of this module's own, its clients: scope="module").
+from test_kms_key_specs import c, raw, srv  # noqa: F401
 
 # KeySpec → (modulus length, longest plaintext with RSAES_OAEP_SHA_1, with RSAES_OAEP_SHA_256):
 # AWS's documented limits.
@@ -34,25 +36,6 @@ OPENSSL_MD = {"RSAES_OAEP_SHA_1": "sha1", "RSAES_OAEP_SHA_256": "sha256"}
 # KeySpec → (OpenSSL curve name, shared secret length).
 ECDH_SPECS = {"ECC_NIST_P256": ("prime256v1", 32), "ECC_NIST_P384": ("secp384r1", 48),
               "ECC_NIST_P521": ("secp521r1", 66)}
-
-
-@pytest.fixture(scope="module")
-def srv():
-    s = Server()
-    yield s
-    s.stop()
-    shutil.rmtree(s.dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def c(srv):
-    return srv.client()
-
-
-@pytest.fixture(scope="module")
-def raw(srv):
-    """A client without boto3's parameter validation."""
-    return srv.client(validate=False)
 
 
 @pytest.fixture(scope="module")

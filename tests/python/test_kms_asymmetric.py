@@ -23,7 +23,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from test_kms_key_specs import ACCOUNT, ADMIN, AKID, APP, APP_AKID, APP_SECRET, REGION, SECRET, Server, _aws_cli, arn
+from test_kms_key_specs import ADMIN, APP, APP_AKID, APP_SECRET, Server, arn
 # The key-spec tests' fixtures (a server of this module's own, its clients: scope="module").
 from test_kms_key_specs import c, raw, srv  # noqa: F401
 
@@ -394,17 +394,7 @@ def test_audit_records_never_show_the_secret_or_the_peer_key(srv, c, p256, rsa20
 
 
 def test_aws_cli_encrypts_decrypts_and_derives(srv, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({"AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION,
-                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
-                "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
-
-    def aws(*args, check=True):
-        r = subprocess.run([_aws_cli(), "--endpoint-url", srv.url, "--output", "json", "kms", *args],
-                           env=env, capture_output=True, text=True, timeout=60)
-        if check:
-            assert r.returncode == 0, r.stderr
-        return r
+    aws = srv.aws
 
     rsa = json.loads(aws("create-key", "--key-spec", "RSA_3072", "--key-usage", "ENCRYPT_DECRYPT").stdout)
     rsa = rsa["KeyMetadata"]

@@ -15,11 +15,9 @@ import base64
 import hashlib
 import json
 import os
-import pathlib
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 
 import boto3
@@ -28,6 +26,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from harness import envelope_bin, free_port, wait_listening
+from test_kms_server import _aws_cli, _env
 
 AKID = "AKIAENVELOPESPECS001"
 SECRET = "specs-test-secret-0123456789abcdefghijkl"
@@ -80,6 +79,14 @@ class Server:
     @property
     def url(self):
         return f"http://127.0.0.1:{self.port}"
+
+    def aws(self, *args, check=True):
+        """The aws CLI's `kms` commands against this server, as the admin (JSON output)."""
+        r = subprocess.run([_aws_cli(), "--endpoint-url", self.url, "--output", "json", "kms", *args],
+                           env=_env(AKID, SECRET), capture_output=True, text=True, timeout=60)
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r
 
     def client(self, akid=AKID, secret=SECRET, validate=True):
         cfg = Config(parameter_validation=validate, retries={"max_attempts": 1})
@@ -318,23 +325,8 @@ def test_audit_records_show_the_key_and_algorithm_never_the_message(srv, c):
         assert r["resources"][0]["ARN"] == arn(key)
 
 
-def _aws_cli():
-    exe = pathlib.Path(sys.executable).parent / "aws"
-    return str(exe) if exe.exists() else shutil.which("aws")
-
-
 def test_aws_cli_creates_hmac_keys_and_makes_and_verifies_macs(srv, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({"AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION,
-                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
-                "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
-
-    def aws(*args, check=True):
-        r = subprocess.run([_aws_cli(), "--endpoint-url", srv.url, "--output", "json", "kms", *args],
-                           env=env, capture_output=True, text=True, timeout=60)
-        if check:
-            assert r.returncode == 0, r.stderr
-        return r
+    aws = srv.aws
 
     meta = json.loads(aws("create-key", "--key-spec", "HMAC_256", "--key-usage", "GENERATE_VERIFY_MAC").stdout)
     meta = meta["KeyMetadata"]
@@ -519,16 +511,8 @@ def test_generate_data_key_pair_under_a_symmetric_key(c, raw):
 
 
 def test_aws_cli_signs_with_an_ecc_key(srv, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({"AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": REGION,
-                "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/dev/null",
-                "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"})
-
     def aws(*args):
-        r = subprocess.run([_aws_cli(), "--endpoint-url", srv.url, "--output", "json", "kms", *args],
-                           env=env, capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+        return json.loads(srv.aws(*args).stdout)
 
     key = aws("create-key", "--key-spec", "ECC_NIST_P384", "--key-usage", "SIGN_VERIFY")["KeyMetadata"]["KeyId"]
     msg = tmp_path / "message"

@@ -18,7 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from harness import envelope_bin, free_port, wait_listening
-from test_kms_server import ACCOUNT, _aws_cli
+from test_kms_server import ACCOUNT, _aws_cli, _env
 
 HOME, WEST, EU = "us-east-1", "us-west-2", "eu-west-1"
 ADMIN = ("AKIAENVELOPEREGION01", "region-admin-secret-0123456789abcdefghijk")
@@ -180,9 +180,7 @@ def test_a_region_not_served_is_refused(kms):
 
 
 def test_the_aws_cli_picks_the_region(kms):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({"AWS_ACCESS_KEY_ID": ADMIN[0], "AWS_SECRET_ACCESS_KEY": ADMIN[1], "AWS_CONFIG_FILE": "/dev/null",
-                "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_EC2_METADATA_DISABLED": "true"})
+    env = _env(*ADMIN)  # the command line's --region wins over its AWS_DEFAULT_REGION
 
     def cli(region, *args):
         r = subprocess.run([_aws_cli(), "--endpoint-url", kms.url, "--region", region, "--output", "json", "kms",

@@ -348,10 +348,13 @@ async fn handle_request(server: Arc<Server>, req: Request<Body>, peer: Option<So
     // The region the request's credential scope names picks the keys it acts on; verification
     // then holds the signature to that scope. A region not served stays with the server's own,
     // whose verification refuses the scope as AWS does.
-    let server = match crate::auth::claimed_region(req.headers()).and_then(|r| server.other_region(r)).cloned() {
-        Some(other) => other,
-        None => server,
+    // (A server of one region, the usual case, skips the header's parse.)
+    let other = if server.other_regions().is_empty() {
+        None
+    } else {
+        crate::auth::claimed_region(req.headers()).and_then(|r| server.other_region(r)).cloned()
     };
+    let server = other.unwrap_or(server);
     let request_id = crate::ids::random_uuid();
     let source_ip = peer.map(|p| p.ip().to_string());
     let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);

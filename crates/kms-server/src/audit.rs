@@ -7,17 +7,19 @@
 //! (`additionalEventData.auditStage` tells them apart). With `fail_closed`, a request whose
 //! intent record cannot be written is refused (`KMSInternalException`) before anything changes,
 //! and a read whose record cannot be written is refused instead of answered. A failed write
-//! leaves no partial line: the file is cut back to where the write began.
+//! leaves no partial line: the file is cut back to where the write began. (A failed `fdatasync`
+//! leaves the record in place — other records may follow it by then — and still fails the
+//! request under `fail_closed`.)
 //!
 //! Records are typed values serialized straight into their line ([`AuditEvent`]: the request
 //! as sent minus secrets, [`Params`]; the response's audit view, built by the operation).
-//! [`AuditLog::append`] writes a record that needs no sync from the request's own thread when
-//! the file is free (one `write` of a page-cache file: no thread hand-off, no wake-up); intent
-//! records, and records that find the file busy, go to a writer thread that commits in groups:
-//! every record queued while it writes goes into its next single `write` (and one `fdatasync`
-//! if any of them is an intent record), so an `fdatasync` never blocks a runtime thread. Either
-//! way each request waits for its own record's result, so no response leaves before its record
-//! is in the file.
+//! [`AuditLog::append`] writes a record that needs no sync from the request's own thread (one
+//! `write` of a page-cache file under the file's lock, which is only ever held for a `write` or
+//! a rotation's rename: no thread hand-off, no wake-up); intent records go to a writer thread
+//! that commits in groups: every record queued while it writes goes into its next single
+//! `write`, followed by one `fdatasync` outside the lock, so an `fdatasync` never blocks a
+//! runtime thread. Either way each request waits for its own record's result, so no response
+//! leaves before its record is in the file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -72,6 +74,10 @@ const CRYPTO_OPS: &[&str] = &[
 /// Most records one group commit writes.
 const MAX_GROUP: usize = 512;
 
+/// Most groups a request's task writes for others after its own record before a task of its
+/// own takes over (so that no response waits long for other requests' records).
+const MAX_ROUNDS: usize = 4;
+
 /// An append-only audit file and the writer thread that commits records to it in groups.
 #[derive(Debug)]
 pub struct AuditLog {
@@ -88,13 +94,26 @@ struct LogFile {
     file: Mutex<Live>,
     fail_closed: bool,
     rotation: crate::audit_rotate::Rotation,
+    /// Records that need no sync, waiting while another request's task writes.
+    waiting: Mutex<Waiting>,
+}
+
+/// Unsynced records that arrived while a write was in progress: the task writing takes them
+/// into its next `write` and answers them.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// A task is writing (and will take what waits here).
+    writing: bool,
+    lines: Vec<u8>,
+    waiters: Vec<oneshot::Sender<std::io::Result<()>>>,
 }
 
 /// One record for the writer: its line, whether it must be synced, and who waits for it.
 /// The file records go to now, and since when (for rotation by age).
 #[derive(Debug)]
 struct Live {
-    file: File,
+    /// Shared with a writer that syncs it after letting go of the lock.
+    file: Arc<File>,
     since: Instant,
 }
 
@@ -215,8 +234,14 @@ impl AuditLog {
     /// retention run on a thread of their own).
     pub fn open_with(path: &Path, fail_closed: bool, rotation: crate::audit_rotate::Rotation) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        let live = Live { file, since: Instant::now() };
-        let file = Arc::new(LogFile { path: path.to_path_buf(), file: Mutex::new(live), fail_closed, rotation });
+        let live = Live { file: Arc::new(file), since: Instant::now() };
+        let file = Arc::new(LogFile {
+            path: path.to_path_buf(),
+            file: Mutex::new(live),
+            fail_closed,
+            rotation,
+            waiting: Mutex::new(Waiting::default()),
+        });
         let (queue, jobs) = mpsc::unbounded_channel();
         let shared = file.clone();
         let writer =
@@ -229,7 +254,7 @@ impl AuditLog {
     pub fn reopen(&self) -> std::io::Result<()> {
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.file.path)?;
         let mut f = self.file.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
-        *f = Live { file, since: Instant::now() };
+        *f = Live { file: Arc::new(file), since: Instant::now() };
         Ok(())
     }
 
@@ -254,14 +279,14 @@ impl AuditLog {
         self.file.append(&line(ev, SystemTime::now())?, true)
     }
 
-    /// Appends one record through the writer thread (with the records queued beside it) and
-    /// completes once it is in the file — synced to disk first if `durable`.
-    /// A record that needs no sync is written at once from the calling thread if no other write
-    /// is in progress.
+    /// Appends one record and completes once it is in the file — synced to disk first if
+    /// `durable`, through the writer thread (with the records queued beside it). A record that
+    /// needs no sync is written by the calling task, or, if another task is writing, by that
+    /// task in its next `write` (group commit without a thread hand-off).
     pub async fn append(&self, ev: &AuditEvent<'_>, durable: bool) -> std::io::Result<()> {
         let line = line(ev, SystemTime::now())?;
-        if !durable && let Some(written) = self.file.try_append(&line) {
-            return written;
+        if !durable {
+            return self.file.clone().append_unsynced(line).await;
         }
         let (done, result) = oneshot::channel();
         let gone = || std::io::Error::other("the audit writer has stopped");
@@ -281,24 +306,74 @@ impl Drop for AuditLog {
 }
 
 impl LogFile {
-    /// Writes `bytes` (whole lines) in one `write`, synced if `sync`; on failure the file is
-    /// cut back to where they began, so a full disk never leaves half a line that would corrupt
-    /// the next record.
-    fn append(&self, bytes: &[u8], sync: bool) -> std::io::Result<()> {
-        let mut live = self.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
-        write_lines(&mut live.file, bytes, sync)
+    /// Writes `line` (one record) and what other tasks queue meanwhile, in as few `write`s as
+    /// they arrive; see [`AuditLog::append`]. The task that finds no write in progress writes
+    /// (with no await in between, so no cancelled request can leave records unwritten); the
+    /// others queue their lines and wait for its answer.
+    async fn append_unsynced(self: Arc<Self>, line: Vec<u8>) -> std::io::Result<()> {
+        let queued = {
+            // Its holders only move bytes and senders: a panic elsewhere leaves it consistent.
+            let mut w = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if w.writing {
+                w.lines.extend_from_slice(&line);
+                let (done, result) = oneshot::channel();
+                w.waiters.push(done);
+                Some(result)
+            } else {
+                w.writing = true;
+                None
+            }
+        };
+        if let Some(result) = queued {
+            return result.await.map_err(|_| std::io::Error::other("the audit writer has stopped"))?;
+        }
+        let mine = self.append(&line, false);
+        drop(line);
+        if self.write_waiting(MAX_ROUNDS) {
+            // Others keep coming: a task of its own writes them, this response goes.
+            let file = self.clone();
+            tokio::spawn(async move { while file.write_waiting(MAX_ROUNDS) {} });
+        }
+        self.rotate_if_due();
+        mine
     }
 
-    /// [`LogFile::append`] without sync, if the file is free now (`None` when another write is
-    /// in progress); rotates the file after it if that is due.
-    fn try_append(&self, bytes: &[u8]) -> Option<std::io::Result<()>> {
-        let written = match self.file.try_lock() {
-            Ok(mut live) => write_lines(&mut live.file, bytes, false),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-            Err(std::sync::TryLockError::Poisoned(_)) => Err(std::io::Error::other("audit log lock poisoned")),
+    /// Writes what waits, at most `rounds` times, and answers each record. Returns whether
+    /// records still wait (and this task is still the writer); otherwise writing has ended.
+    fn write_waiting(&self, rounds: usize) -> bool {
+        for _ in 0..rounds {
+            let (lines, waiters) = {
+                let mut w = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if w.lines.is_empty() {
+                    w.writing = false;
+                    return false;
+                }
+                (std::mem::take(&mut w.lines), std::mem::take(&mut w.waiters))
+            };
+            let result = self.append(&lines, false);
+            for done in waiters {
+                let r = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                };
+                let _ = done.send(r);
+            }
+        }
+        true
+    }
+
+    /// Writes `bytes` (whole lines) in one `write`, then syncs them if `sync` (after letting
+    /// go of the lock, so that writers of unsynced records never wait for a disk flush). A
+    /// failed write cuts the file back to where it began, so a full disk never leaves half a
+    /// line that would corrupt the next record.
+    fn append(&self, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+        let file = {
+            let live = self.file.lock().map_err(|_| std::io::Error::other("audit log lock poisoned"))?;
+            write_lines(&live.file, bytes)?;
+            live.file.clone()
         };
-        self.rotate_if_due();
-        Some(written)
+        // The file the lines went to, even if a rotation has replaced it since.
+        if sync { file.sync_data() } else { Ok(()) }
     }
 
     /// Rotates the file if it is due (size or age). The rotated copy is compressed and old
@@ -315,7 +390,7 @@ impl LogFile {
             }
             match crate::audit_rotate::rotate(&self.path, SystemTime::now()) {
                 Ok((file, copy)) => {
-                    *live = Live { file, since: Instant::now() };
+                    *live = Live { file: Arc::new(file), since: Instant::now() };
                     copy
                 }
                 Err(e) => {
@@ -346,11 +421,10 @@ impl LogFile {
     }
 }
 
-/// Writes whole lines at the end of `f` (opened for appending), synced if `sync`. On failure the
-/// file is cut back by what this call wrote (the caller holds the file's lock, so nothing was
-/// appended after it), so a full disk never leaves half a line that would corrupt the next
-/// record.
-fn write_lines(f: &mut File, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+/// Writes whole lines at the end of `f` (opened for appending). On failure the file is cut back
+/// by what this call wrote (the caller holds the file's lock, so nothing was appended after it),
+/// so a full disk never leaves half a line that would corrupt the next record.
+fn write_lines(mut f: &File, bytes: &[u8]) -> std::io::Result<()> {
     let mut done = 0usize;
     let mut written = Ok(());
     while done < bytes.len() {
@@ -367,7 +441,6 @@ fn write_lines(f: &mut File, bytes: &[u8], sync: bool) -> std::io::Result<()> {
             }
         }
     }
-    let written = written.and_then(|()| if sync { f.sync_data() } else { Ok(()) });
     if written.is_err()
         && done > 0
         && let Ok(m) = f.metadata()
@@ -806,6 +879,70 @@ mod tests {
             let v: Value = serde_json::from_str(l).unwrap();
             assert_eq!(v["eventName"], "ListKeys");
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn records_arriving_during_a_write_wait_for_it_and_go_out_in_one_group() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("audit.log");
+        let log = Arc::new(AuditLog::open(&p, true).unwrap());
+        let append = |i: usize| {
+            let log = log.clone();
+            async move {
+                let id = format!("req-{i}");
+                let ev = AuditEvent {
+                    operation: Some("Decrypt"),
+                    request_id: &id,
+                    region: "r",
+                    account_id: "1",
+                    ..Default::default()
+                };
+                log.append(&ev, false).await
+            }
+        };
+        let waiting = |log: &AuditLog| {
+            let w = log.file.waiting.lock().unwrap();
+            (w.writing, w.waiters.len())
+        };
+        // The file is busy (a thread holds it until told to let go): the first record's task
+        // becomes the writer and waits for it.
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let _busy = log.file.file.lock().unwrap();
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            })
+        };
+        held_rx.recv().unwrap();
+        let first = tokio::spawn(append(0));
+        while waiting(&log) != (true, 0) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let rest: Vec<_> = (1..=20).map(|i| tokio::spawn(append(i))).collect();
+        while waiting(&log) != (true, 20) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "", "nothing is answered before it is written");
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        first.await.unwrap().unwrap();
+        for t in rest {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(waiting(&log), (false, 0), "the writer is done and nothing waits");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut ids: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["requestID"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.first().map(String::as_str), Some("req-0"), "the writer's own record first");
+        ids.sort();
+        let mut want: Vec<String> = (0..=20).map(|i| format!("req-{i}")).collect();
+        want.sort();
+        assert_eq!(ids, want, "every record once, each line whole");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

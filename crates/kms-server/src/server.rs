@@ -228,11 +228,14 @@ async fn serve_connection<I>(
         last_end: std::sync::Mutex::new(tokio::time::Instant::now()),
     });
     let tracked = activity.clone();
+    // The audit records' sourceIPAddress, written once per connection.
+    let source_ip: Arc<str> = peer.ip().to_string().into();
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let request = tracked.begin();
         let app = app.clone();
+        let source_ip = source_ip.clone();
         async move {
-            let r = handle_request(app, req.map(Body::new), Some(peer)).await;
+            let r = handle_request(app, req.map(Body::new), Some(source_ip)).await;
             drop(request);
             Ok::<_, std::convert::Infallible>(r)
         }
@@ -338,12 +341,12 @@ pub fn router(state: Arc<Server>) -> Router {
 }
 
 async fn handle(State(server): State<Arc<Server>>, req: Request<Body>) -> Response<Body> {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-    handle_request(server, req, peer).await
+    let source_ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| Arc::from(c.0.ip().to_string()));
+    handle_request(server, req, source_ip).await
 }
 
-/// Answers one request from `peer`.
-async fn handle_request(server: Arc<Server>, req: Request<Body>, peer: Option<SocketAddr>) -> Response<Body> {
+/// Answers one request from the client at `source_ip`.
+async fn handle_request(server: Arc<Server>, req: Request<Body>, source_ip: Option<Arc<str>>) -> Response<Body> {
     let started = std::time::Instant::now();
     // The region the request's credential scope names picks the keys it acts on; verification
     // then holds the signature to that scope. A region not served stays with the server's own,
@@ -356,7 +359,6 @@ async fn handle_request(server: Arc<Server>, req: Request<Body>, peer: Option<So
     };
     let server = other.unwrap_or(server);
     let request_id = crate::ids::random_uuid();
-    let source_ip = peer.map(|p| p.ip().to_string());
     let user_agent = req.headers().get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_string);
     let mut audit = AuditInfo { request_id, source_ip, user_agent, ..AuditInfo::default() };
     let outcome = process(&server, req, &mut audit).await;
@@ -437,7 +439,7 @@ fn error_body(code: &str, message: &str) -> Zeroizing<Vec<u8>> {
 #[derive(Default)]
 struct AuditInfo {
     request_id: String,
-    source_ip: Option<String>,
+    source_ip: Option<Arc<str>>,
     user_agent: Option<String>,
     /// The operation named by `X-Amz-Target` (known before authentication).
     op: Option<Operation>,
@@ -500,10 +502,14 @@ async fn process(server: &Arc<Server>, req: Request<Body>, audit: &mut AuditInfo
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let timeout = server.config.client_timeout;
-    let body =
-        tokio::time::timeout(timeout, read_body(body, server.config.max_body, length)).await.map_err(|_| {
+    // Usually the whole body came with the headers: the timer is armed only when it did not.
+    let mut reading = std::pin::pin!(read_body(body, server.config.max_body, length));
+    let body = match std::future::poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await {
+        Poll::Ready(body) => body?,
+        Poll::Pending => tokio::time::timeout(timeout, reading).await.map_err(|_| {
             KmsError::Serialization(format!("The request body was not received within {} ms.", timeout.as_millis()))
-        })??;
+        })??,
+    };
     // HTTP/2 clients send the host as `:authority` (RFC 9113 §8.3.1), with no Host header; it is
     // what they signed as `host`.
     let mut with_host;

@@ -21,11 +21,26 @@
 //!
 //! Which frames are pending is known from the outgoing bytes' own 9-byte frame headers
 //! ([`FrameScan`]); the HTTP/2 client preface never flows this way.
+//!
+//! Reads **peek** (`MSG_PEEK`) and consume the bytes from the socket only once the response is
+//! written (or before the next read, or after [`CONSUME_AFTER`] without a write). Consuming
+//! frees the sender's buffer space, and the kernel then wakes anyone polling the client's end
+//! for writability — grpc-go's netpoller registers every connection for `EPOLLOUT`,
+//! edge-triggered, so that is kube-apiserver, for nothing, on every request. Consumed at once,
+//! that wake-up (an inter-processor interrupt when the client's thread sleeps on another core)
+//! would sit between the request's arrival and its handling; consumed after the response is
+//! written, it falls into the wake-up the response causes anyway.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::future::Future;
+use std::io::{self, IoSlice, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, recv};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -35,6 +50,10 @@ pub const MAX_HOLDS: u8 = 3;
 
 /// Bytes of the read staging buffer (one `read(2)` at most).
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How long bytes already handed to the reader may stay in the socket when no write comes to
+/// consume them (a peer that waits for its buffer space before sending the rest of a request).
+pub const CONSUME_AFTER: Duration = Duration::from_millis(2);
 
 /// Above this many buffered bytes, `poll_write` writes out before it accepts more.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
@@ -116,6 +135,27 @@ pub struct UdsIo {
     out_pos: usize,
     scan: FrameScan,
     holds: u8,
+    /// Bytes handed to the reader (peeked) that are still in the socket's queue.
+    unconsumed: usize,
+    /// Consumes them if nothing else has within [`CONSUME_AFTER`]; armed while they wait.
+    consume_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Takes `*unconsumed` bytes, already peeked, out of the socket's queue (into `scratch`).
+fn consume(stream: &StdUnixStream, scratch: &mut [u8], unconsumed: &mut usize) -> io::Result<()> {
+    while *unconsumed > 0 {
+        let n = (*unconsumed).min(scratch.len());
+        match recv(stream.as_raw_fd(), &mut scratch[..n], MsgFlags::MSG_DONTWAIT) {
+            // Peeked bytes stay in the queue until taken: there is no way for them to be gone.
+            Ok(0) | Err(Errno::EAGAIN) => {
+                return Err(io::Error::other("peeked bytes vanished from the socket"));
+            }
+            Ok(k) => *unconsumed -= k.min(*unconsumed),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 impl UdsIo {
@@ -130,7 +170,15 @@ impl UdsIo {
             out_pos: 0,
             scan: FrameScan::default(),
             holds: 0,
+            unconsumed: 0,
+            consume_timer: None,
         })
+    }
+
+    /// Consumes the bytes handed out so far (see the module documentation).
+    fn consume_read(&mut self) -> io::Result<()> {
+        self.consume_timer = None;
+        consume(self.read.get_ref(), &mut self.rbuf, &mut self.unconsumed)
     }
 
     fn pending(&self) -> &[u8] {
@@ -164,7 +212,8 @@ impl UdsIo {
         self.holds = 0;
         // Writable again: stop being woken for it.
         self.write_wait = None;
-        Poll::Ready(Ok(()))
+        // The response is out: now the request's bytes may leave the socket.
+        Poll::Ready(self.consume_read())
     }
 
     fn buffer(&mut self, bytes: &[u8]) {
@@ -181,22 +230,44 @@ impl AsyncRead for UdsIo {
             return Poll::Ready(Ok(()));
         }
         loop {
-            let mut guard = ready!(this.read.poll_read_ready(cx))?;
-            match guard.get_inner().read(&mut this.rbuf[..want]) {
+            let mut guard = match this.read.poll_read_ready(cx) {
+                Poll::Ready(g) => g?,
+                Poll::Pending => {
+                    // Nothing new: what was handed out waits for the response's write, or
+                    // for the timer.
+                    if this.unconsumed > 0 {
+                        let timer =
+                            this.consume_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(CONSUME_AFTER)));
+                        if timer.as_mut().poll(cx).is_ready() {
+                            this.consume_timer = None;
+                            consume(this.read.get_ref(), &mut this.rbuf, &mut this.unconsumed)?;
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            };
+            // A peek starts at the head of the queue: what was handed out goes first.
+            if this.unconsumed > 0 {
+                this.consume_timer = None;
+                consume(guard.get_inner(), &mut this.rbuf, &mut this.unconsumed)?;
+            }
+            let fd = guard.get_inner().as_raw_fd();
+            match recv(fd, &mut this.rbuf[..want], MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
                 Ok(n) => {
-                    // Readiness is edge-triggered: a read that did not fill the buffer emptied
-                    // the socket, so the next read waits for the next edge instead of asking
-                    // the kernel to say EAGAIN (a byte arriving meanwhile raises a new edge,
-                    // which this clear cannot lose).
+                    // Readiness is edge-triggered: a read that did not fill the buffer saw
+                    // everything in the socket, so the next read waits for the next edge
+                    // instead of asking the kernel to say EAGAIN (a byte arriving meanwhile
+                    // raises a new edge, which this clear cannot lose).
                     if n > 0 && n < want {
                         guard.clear_ready();
                     }
+                    this.unconsumed = n;
                     buf.put_slice(&this.rbuf[..n]);
                     return Poll::Ready(Ok(()));
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(Errno::EAGAIN) => guard.clear_ready(),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
     }
@@ -403,6 +474,79 @@ mod tests {
         let mut got = Vec::new();
         io.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"hello over the socket");
+    }
+
+    /// Bytes still in `io`'s socket queue (a peek from the side of the test).
+    fn queued(io: &UdsIo) -> usize {
+        let mut probe = [0u8; 4096];
+        match recv(io.read.get_ref().as_raw_fd(), &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => n,
+            Err(Errno::EAGAIN) => 0,
+            Err(e) => panic!("peek: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_leaves_the_socket_once_its_response_is_written() {
+        let (mut io, mut peer) = pair();
+        peer.write_all(b"request").await.unwrap();
+        let mut got = [0u8; 64];
+        let n = io.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"request");
+        assert_eq!(queued(&io), 7, "read, but still in the socket: the client is not woken for its buffer yet");
+        io.write_all(&frame(0x1, 0x4, b"hdrs")).await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(queued(&io), 0, "the response is out, so the request's bytes are taken");
+        let mut resp = [0u8; 13];
+        peer.read_exact(&mut resp).await.unwrap();
+        assert_eq!(&resp[9..], b"hdrs");
+    }
+
+    #[tokio::test]
+    async fn bytes_arriving_later_are_read_once_each_and_in_order() {
+        let (mut io, mut peer) = pair();
+        let mut got = [0u8; 64];
+        peer.write_all(b"ab").await.unwrap();
+        let n = io.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"ab");
+        peer.write_all(b"cd").await.unwrap();
+        let n = io.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"cd", "what was handed out is not handed out again");
+        assert_eq!(queued(&io), 2);
+    }
+
+    #[tokio::test]
+    async fn bytes_no_response_follows_leave_the_socket_after_a_while() {
+        let (mut io, mut peer) = pair();
+        peer.write_all(b"half a frame").await.unwrap();
+        let mut got = [0u8; 64];
+        let n = io.read(&mut got).await.unwrap();
+        assert_eq!(n, 12);
+        // The reader waits for the rest, which a peer short of buffer space would only send once
+        // these bytes are taken: the timer takes them.
+        let more = tokio::time::timeout(CONSUME_AFTER * 20, io.read(&mut got)).await;
+        assert!(more.is_err(), "nothing more was sent");
+        assert_eq!(queued(&io), 0, "taken after CONSUME_AFTER without a write");
+        peer.write_all(b"rest").await.unwrap();
+        let n = io.read(&mut got).await.unwrap();
+        assert_eq!(&got[..n], b"rest");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_sends_far_more_than_a_socket_buffer_loses_nothing() {
+        let (mut io, mut peer) = pair();
+        let payload: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+        let expect = payload.clone();
+        let writer = tokio::spawn(async move {
+            // Small writes too: many buffers for the socket's accounting.
+            for chunk in payload.chunks(1000) {
+                peer.write_all(chunk).await.unwrap();
+            }
+        });
+        let mut got = Vec::new();
+        io.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert!(got == expect, "every byte once, in order");
     }
 
     #[tokio::test]

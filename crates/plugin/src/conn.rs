@@ -52,8 +52,12 @@ pub const MAX_HOLDS: u8 = 3;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// How long bytes already handed to the reader may stay in the socket when no write comes to
-/// consume them (a peer that waits for its buffer space before sending the rest of a request).
-pub const CONSUME_AFTER: Duration = Duration::from_millis(2);
+/// consume them (a peer that waits for its buffer space before sending the rest of a request:
+/// not grpc-go, whose writes are buffered, but a peer of many tiny writes could fill its buffer
+/// accounting with a few kilobytes). Longer than the server's timer-wheel tick
+/// (`server::WHEEL_TICK`), so that arming it never brings the runtime's next wake-up forward:
+/// that would cost an `eventfd` write and an extra `epoll_wait` per RPC.
+pub const CONSUME_AFTER: Duration = Duration::from_secs(1);
 
 /// Above this many buffered bytes, `poll_write` writes out before it accepts more.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
@@ -515,7 +519,7 @@ mod tests {
         assert_eq!(queued(&io), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn bytes_no_response_follows_leave_the_socket_after_a_while() {
         let (mut io, mut peer) = pair();
         peer.write_all(b"half a frame").await.unwrap();

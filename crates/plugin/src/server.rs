@@ -147,8 +147,10 @@ async fn keep_timer_wheel_warm() {
     }
 }
 
-/// See [`keep_timer_wheel_warm`]; shorter than any deadline kube-apiserver uses.
+/// See [`keep_timer_wheel_warm`]; shorter than any deadline kube-apiserver uses, and than the
+/// connections' own timer ([`crate::conn::CONSUME_AFTER`]).
 const WHEEL_TICK: Duration = Duration::from_millis(500);
+const _: () = assert!(WHEEL_TICK.as_millis() < crate::conn::CONSUME_AFTER.as_millis());
 
 /// Stops the accept task when serving ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -13,9 +13,11 @@
 //!
 //! Records are typed values serialized straight into their line ([`AuditEvent`]: the request
 //! as sent minus secrets, [`Params`]; the response's audit view, built by the operation).
-//! [`AuditLog::append`] writes a record that needs no sync from the request's own thread (one
+//! [`AuditLog::append`] writes a record that needs no sync from the request's own task (one
 //! `write` of a page-cache file under the file's lock, which is only ever held for a `write` or
-//! a rotation's rename: no thread hand-off, no wake-up); intent records go to a writer thread
+//! a rotation's rename: no thread hand-off), or, when another task is writing at the time, has
+//! that task write it with the others that arrived meanwhile, in its next single `write` (group
+//! commit on the runtime's own threads); intent records go to a writer thread
 //! that commits in groups: every record queued while it writes goes into its next single
 //! `write`, followed by one `fdatasync` outside the lock, so an `fdatasync` never blocks a
 //! runtime thread. Either way each request waits for its own record's result, so no response

@@ -243,8 +243,7 @@ impl AsyncRead for UdsIo {
                         let timer =
                             this.consume_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(CONSUME_AFTER)));
                         if timer.as_mut().poll(cx).is_ready() {
-                            this.consume_timer = None;
-                            consume(this.read.get_ref(), &mut this.rbuf, &mut this.unconsumed)?;
+                            this.consume_read()?;
                         }
                     }
                     return Poll::Pending;

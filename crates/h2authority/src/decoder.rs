@@ -45,6 +45,11 @@ pub enum HpackError {
     /// (RFC 7541 §4.2).
     #[error("dynamic table size update after a header field")]
     LateTableSizeUpdate,
+    /// A block whose last representation is a dynamic table size update:
+    /// one with no field after it, a decoding error for conformant HTTP/2
+    /// decoders (h2spec's hpack 4.2 case) though no request can be empty.
+    #[error("header block ends with a dynamic table size update")]
+    TableSizeUpdateAtEnd,
     /// A Huffman-coded string contains the EOS symbol.
     #[error("Huffman-coded string contains EOS")]
     HuffmanEos,
@@ -236,6 +241,7 @@ impl Decoder {
         let Decoder { table, limit, name_buf, value_buf } = self;
         let mut pos = 0;
         let mut fields_seen = false;
+        let mut ends_with_size_update = false;
         while let Some(&first) = block.get(pos) {
             if first & 0x80 != 0 {
                 // Indexed header field (§6.1).
@@ -263,6 +269,7 @@ impl Decoder {
                     return Err(HpackError::TableSizeTooLarge { size, limit: *limit }.into());
                 }
                 table.set_max_size(size);
+                ends_with_size_update = true;
                 continue;
             } else {
                 // Literal header field without indexing (§6.2.2, 0000) or
@@ -273,6 +280,10 @@ impl Decoder {
                 emit(name, value)?;
             }
             fields_seen = true;
+            ends_with_size_update = false;
+        }
+        if ends_with_size_update {
+            return Err(HpackError::TableSizeUpdateAtEnd.into());
         }
         Ok(())
     }

@@ -373,6 +373,19 @@ fn table_size_updates_are_bounded_by_4096() {
 }
 
 #[test]
+fn a_block_ending_in_a_table_size_update_is_refused() {
+    // A block of a size update alone (after a PRIORITY prefix, as a fuzzed
+    // case had it), and one whose fields precede the update: neither goes on.
+    for block in [&[0, 0, 0, 0, 0, 0x20][..], &[0x20][..], &[0x20, 0x3f, 0xe1, 0x1f][..]] {
+        let flags = if block.len() == 6 { END_HEADERS | PRIORITY_FLAG } else { END_HEADERS };
+        let input = connection(&[frame(HEADERS, flags, 1, block)]);
+        assert_eq!(run(&input), Err(RewriteError::Hpack(HpackError::TableSizeUpdateAtEnd)), "{block:?}");
+    }
+    let late = connection(&[frame(HEADERS, END_HEADERS, 1, &[0x82, 0x20])]);
+    assert_eq!(run(&late), Err(RewriteError::Hpack(HpackError::LateTableSizeUpdate)));
+}
+
+#[test]
 fn preface_mismatch_switches_to_transparent() {
     for input in [
         &b"GET / HTTP/1.1\r\nHost: /var/run/kms/x.sock\r\n\r\n"[..],

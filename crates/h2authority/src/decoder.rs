@@ -45,9 +45,9 @@ pub enum HpackError {
     /// (RFC 7541 §4.2).
     #[error("dynamic table size update after a header field")]
     LateTableSizeUpdate,
-    /// A block whose last representation is a dynamic table size update:
-    /// one with no field after it, a decoding error for conformant HTTP/2
-    /// decoders (h2spec's hpack 4.2 case) though no request can be empty.
+    /// A block whose last representation is a dynamic table size update
+    /// (no field follows it): a decoding error for HTTP/2 decoders that
+    /// h2spec's hpack 4.2 case holds to. No real request is such a block.
     #[error("header block ends with a dynamic table size update")]
     TableSizeUpdateAtEnd,
     /// A Huffman-coded string contains the EOS symbol.
